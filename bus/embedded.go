@@ -1,0 +1,99 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// MaxPayload is the embedded server's max_payload (CONTRACT.md section 1).
+const MaxPayload = 8 << 20
+
+// EmbeddedOptions configure the in-process nats-server.
+type EmbeddedOptions struct {
+	// Listen is the client listener, host:port; "" serves in-process
+	// clients only.
+	Listen string
+	// StoreDir holds JetStream's files.
+	StoreDir string
+	// NoSync turns off fsync on every write (benchmarks of the floor
+	// only; the service always syncs).
+	NoSync bool
+}
+
+// StartEmbedded starts nats-server with JetStream on file storage, fsync
+// on every write, and max_payload 8 MiB, and waits until it is ready.
+func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
+	if o.StoreDir == "" {
+		return nil, errors.New("bus: embedded server needs a store dir")
+	}
+	opts := &server.Options{
+		ServerName:         "scrollback-embedded",
+		JetStream:          true,
+		StoreDir:           o.StoreDir,
+		SyncAlways:         !o.NoSync,
+		MaxPayload:         MaxPayload,
+		NoLog:              true,
+		NoSigs:             true,
+		JetStreamMaxMemory: 64 << 20,
+	}
+	if o.Listen == "" {
+		opts.DontListen = true
+	} else {
+		host, portStr, err := net.SplitHostPort(o.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("bus: nats listen %q: %w", o.Listen, err)
+		}
+		port, err := strconv.Atoi(portStr)
+		if err != nil {
+			return nil, fmt.Errorf("bus: nats listen %q: bad port", o.Listen)
+		}
+		if port == 0 {
+			port = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, port
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bus: embedded nats-server: %w", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("bus: embedded nats-server did not become ready (is %s in use?)", o.Listen)
+	}
+	// With NoLog a failed JetStream start is silent: check it.
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		return nil, fmt.Errorf("bus: JetStream did not start in %s", o.StoreDir)
+	}
+	return srv, nil
+}
+
+// ConnectInProcess connects a client to an embedded server without TCP.
+func ConnectInProcess(srv *server.Server, name string) (*nats.Conn, error) {
+	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Name(name), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect in-process: %w", err)
+	}
+	return nc, nil
+}
+
+// Connect connects to an external NATS cluster; credentials is an
+// optional creds file.
+func Connect(url, credentials, name string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	if credentials != "" {
+		opts = append(opts, nats.UserCredentials(credentials))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect %s: %w", url, err)
+	}
+	return nc, nil
+}

@@ -1,0 +1,146 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Handler answers one request: data is the raw request payload (not yet
+// checked), subject the request's subject. It returns the MessagePack
+// reply, or an error that Respond maps to the contract's error convention.
+type Handler func(ctx context.Context, subject string, data []byte) ([]byte, error)
+
+// Endpoint is one micro endpoint.
+type Endpoint struct {
+	Name    string
+	Subject string
+	Handler Handler
+	// Timeout bounds one request (default 30 s).
+	Timeout time.Duration
+}
+
+// ServiceOptions configure Serve.
+type ServiceOptions struct {
+	Name    string // micro service name: "scrollback"
+	Version string
+	// Workers bounds the requests answered at once across endpoints. micro
+	// runs one handler at a time per endpoint, so requests are handed to
+	// this pool; when it is full, the subscription waits (backpressure).
+	Workers int
+	Logger  *slog.Logger
+	// Observe, if set, hears each request's endpoint, duration and status.
+	Observe func(endpoint string, d time.Duration, status int)
+}
+
+// Service is a running micro service.
+type Service struct {
+	svc  micro.Service
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	opts ServiceOptions
+	ctx  context.Context
+	stop context.CancelFunc
+}
+
+// Serve registers the endpoints as a nats.go/micro service (queue group
+// "q", so several instances share the load).
+func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = 64
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Version == "" {
+		opts.Version = "0.1.0"
+	}
+	s := &Service{sem: make(chan struct{}, opts.Workers), opts: opts}
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	svc, err := micro.AddService(nc, micro.Config{Name: opts.Name, Version: opts.Version, Description: "Matrix room history"})
+	if err != nil {
+		return nil, fmt.Errorf("bus: micro service: %w", err)
+	}
+	s.svc = svc
+	for _, ep := range endpoints {
+		if err := svc.AddEndpoint(ep.Name, s.wrap(ep), micro.WithEndpointSubject(ep.Subject)); err != nil {
+			svc.Stop()
+			return nil, fmt.Errorf("bus: endpoint %s: %w", ep.Name, err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Service) wrap(ep Endpoint) micro.Handler {
+	timeout := ep.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	return micro.HandlerFunc(func(req micro.Request) {
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.ctx.Done():
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer func() { <-s.sem; s.wg.Done() }()
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(s.ctx, timeout)
+			defer cancel()
+			status := 200
+			reply, err := s.call(ctx, ep, req)
+			if err != nil {
+				status = s.respondError(req, ep, err)
+			} else if rerr := req.Respond(reply); rerr != nil {
+				s.opts.Logger.Warn("reply failed", "endpoint", ep.Name, "err", rerr)
+			}
+			if s.opts.Observe != nil {
+				s.opts.Observe(ep.Name, time.Since(start), status)
+			}
+		}()
+	})
+}
+
+func (s *Service) call(ctx context.Context, ep Endpoint, req micro.Request) (reply []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.opts.Logger.Error("handler panicked", "endpoint", ep.Name, "panic", r)
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return ep.Handler(ctx, req.Subject(), req.Data())
+}
+
+// respondError is the one place where errors become the contract's error
+// replies: Nats-Service-Error-Code, Nats-Service-Error and a body
+// {errcode, error}. Internal errors are logged and answered generically.
+func (s *Service) respondError(req micro.Request, ep Endpoint, err error) int {
+	var e *commands.Error
+	if !errors.As(err, &e) {
+		s.opts.Logger.Error("request failed", "endpoint", ep.Name, "subject", req.Subject(), "err", err)
+	}
+	e = commands.AsError(err)
+	body, _ := Encode(map[string]any{"errcode": e.Code, "error": e.Message})
+	if rerr := req.Error(strconv.Itoa(e.Status), e.Message, body); rerr != nil {
+		s.opts.Logger.Warn("error reply failed", "endpoint", ep.Name, "err", rerr)
+	}
+	return e.Status
+}
+
+// Stop stops taking requests and waits for the ones under way.
+func (s *Service) Stop() error {
+	err := s.svc.Stop()
+	s.wg.Wait()
+	s.stop()
+	return err
+}

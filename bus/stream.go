@@ -1,0 +1,146 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrStreamConflict: an existing stream's configuration cannot carry the
+// room log. The service never deletes or recreates the log to fix it.
+var ErrStreamConflict = errors.New("bus: stream configuration conflicts with the room log")
+
+// StreamConfig is the room log's stream as the service creates it.
+func (s Subjects) StreamConfig(name string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:               name,
+		Subjects:           []string{s.RoomWildcard()},
+		Storage:            jetstream.FileStorage,
+		AllowAtomicPublish: true,
+		Duplicates:         2 * time.Minute,
+		DenyDelete:         false,
+		DenyPurge:          false,
+		Retention:          jetstream.LimitsPolicy,
+	}
+}
+
+// EnsureStream creates the room log if it is missing, or checks an
+// existing one: different subjects or storage, denied deletes or purges,
+// or a subject transform stop start-up with ErrStreamConflict. Replicas
+// and limits are the operator's and are left alone.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, s Subjects, name string) (jetstream.Stream, error) {
+	want := s.StreamConfig(name)
+	st, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		st, err = js.CreateStream(ctx, want)
+		if err != nil {
+			return nil, fmt.Errorf("bus: create stream %s: %w", name, err)
+		}
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus: look up stream %s: %w", name, err)
+	}
+	got := st.CachedInfo().Config
+	var problems []error
+	if !slices.Equal(got.Subjects, want.Subjects) {
+		problems = append(problems, fmt.Errorf("subjects are %v, want %v", got.Subjects, want.Subjects))
+	}
+	if got.Storage != jetstream.FileStorage {
+		problems = append(problems, fmt.Errorf("storage is %s, want file", got.Storage))
+	}
+	if got.DenyDelete {
+		problems = append(problems, errors.New("deletes are denied (deny_delete), but purges erase events from the log"))
+	}
+	if got.DenyPurge {
+		problems = append(problems, errors.New("purges are denied (deny_purge)"))
+	}
+	if got.SubjectTransform != nil {
+		problems = append(problems, errors.New("the stream has a subject transform; stored subjects must stay sb.room.<rk>.<kind>"))
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%w: stream %s: %w (fix or move the stream by hand; scrollback never deletes the log)", ErrStreamConflict, name, errors.Join(problems...))
+	}
+	return st, nil
+}
+
+// Log reads and appends to the room log.
+type Log struct {
+	JS       jetstream.JetStream
+	Stream   string
+	Subjects Subjects
+}
+
+// Consume delivers every room log message from sequence from on, in order,
+// through an ordered consumer, until ctx ends. The projection keeps its own
+// checkpoint, so the consumer needs no acks and no durable state.
+func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subject string, data []byte, ts int64, pending uint64)) error {
+	cons, err := l.JS.OrderedConsumer(ctx, l.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{l.Subjects.RoomWildcard()},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    max(from, 1),
+	})
+	if err != nil {
+		return fmt.Errorf("bus: ordered consumer on %s: %w", l.Stream, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	if err != nil {
+		return fmt.Errorf("bus: consume %s: %w", l.Stream, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return fmt.Errorf("bus: consumer of %s closed: %w", l.Stream, err)
+			}
+			// The ordered consumer recreates itself after gaps and missed
+			// heartbeats; anything else is reported and retried.
+			continue
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		fn(md.Sequence.Stream, msg.Subject(), msg.Data(), md.Timestamp.UnixMilli(), md.NumPending)
+	}
+}
+
+// LastSeq is the stream's last sequence.
+func (l *Log) LastSeq(ctx context.Context) (uint64, error) {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
+}
+
+// Append publishes one message to a room subject with a message ID (for
+// the server's duplicate window) and returns its sequence.
+func (l *Log) Append(ctx context.Context, subject, msgID string, data []byte) (uint64, error) {
+	if !ValidSubject(subject) {
+		return 0, fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	if msgID != "" {
+		msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	}
+	ack, err := l.JS.PublishMsg(ctx, msg)
+	if err != nil {
+		return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
+	}
+	return ack.Sequence, nil
+}

@@ -1,0 +1,772 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Config is the configuration of `scrollback serve`: one YAML file
+// (CONTRACT.md section 1, docs/CONFIG.md) overlaid on DefaultConfig, then
+// overridden by command-line flags. Durations are commands.Duration, which
+// reads Synapse's syntax ("10s", "1d", an integer of milliseconds).
+type Config struct {
+	// ServerName is our Matrix server name; it decides which users and
+	// events are local.
+	ServerName string `yaml:"server_name"`
+	// DataDir holds the bbolt file and the embedded JetStream storage.
+	DataDir string `yaml:"data_dir"`
+	// NATS says where the room log lives.
+	NATS NATSConfig `yaml:"nats"`
+	// HTTP configures the HTTP bridge.
+	HTTP HTTPConfig `yaml:"http"`
+	// Auth lists static access tokens.
+	Auth AuthConfig `yaml:"auth"`
+	// Backfill configures requests to federation workers.
+	Backfill BackfillConfig `yaml:"backfill"`
+	// Homeserver configures requests to homeserver workers (sb.hs.*).
+	Homeserver HomeserverConfig `yaml:"homeserver"`
+	// Tasks bounds the purge and shutdown tasks that run at once.
+	Tasks TasksConfig `yaml:"tasks"`
+	// Shutdown bounds the homeserver requests of one room shutdown.
+	Shutdown ShutdownConfig `yaml:"shutdown"`
+	// ForgottenRoomRetentionPeriod is Synapse's option of that name: how
+	// long a room that every local user has forgotten is kept before it is
+	// purged. nil (YAML null, the default) turns it off.
+	ForgottenRoomRetentionPeriod *commands.Duration `yaml:"forgotten_room_retention_period"`
+	// Retention is Synapse's `retention:` section (SYNAPSE.md section 9).
+	Retention RetentionConfig `yaml:"retention"`
+	// Log configures the process logger. It is an addition to the
+	// contract.
+	Log LogConfig `yaml:"log"`
+}
+
+// NATSConfig is the `nats:` section.
+type NATSConfig struct {
+	// URL of an external NATS cluster; "" starts the embedded server.
+	URL string `yaml:"url"`
+	// Listen is the embedded server's client listener (host:port);
+	// "" keeps it in-process only.
+	Listen string `yaml:"listen"`
+	// Stream is the JetStream stream that holds the room log.
+	Stream string `yaml:"stream"`
+	// SubjectPrefix is the first token of every subject (`sb` in the
+	// contract).
+	SubjectPrefix string `yaml:"subject_prefix"`
+	// Credentials is a creds file for an external cluster.
+	Credentials string `yaml:"credentials"`
+}
+
+// HTTPConfig is the `http:` section.
+type HTTPConfig struct {
+	// Listen is the HTTP bridge's address (host:port); "" disables the
+	// bridge.
+	Listen string `yaml:"listen"`
+}
+
+// AuthConfig is the `auth:` section.
+type AuthConfig struct {
+	// Tokens are static access tokens, checked before sb.hs.whoami.
+	Tokens []TokenConfig `yaml:"tokens"`
+}
+
+// TokenConfig is one static access token.
+type TokenConfig struct {
+	// Token is the secret a client sends as its access token.
+	Token string `yaml:"token"`
+	// UserID is the Matrix user the token authenticates, @local:server.
+	UserID string `yaml:"user_id"`
+	// Admin grants the admin APIs.
+	Admin bool `yaml:"admin"`
+}
+
+// String prints the token entry with the secret redacted, so that logging
+// a Config does not leak tokens.
+func (t TokenConfig) String() string {
+	return fmt.Sprintf("{token:<redacted> user_id:%s admin:%t}", t.UserID, t.Admin)
+}
+
+// BackfillConfig is the `backfill:` section.
+type BackfillConfig struct {
+	// Timeout is how long a foreground /messages waits for federation
+	// workers.
+	Timeout commands.Duration `yaml:"timeout"`
+	// Backoff is the first retry delay of a failed extremity; it doubles
+	// up to 2^8 times.
+	Backoff commands.Duration `yaml:"backoff"`
+}
+
+// HomeserverConfig is the `homeserver:` section.
+type HomeserverConfig struct {
+	// Timeout is how long the service waits for one sb.hs.* reply.
+	Timeout commands.Duration `yaml:"timeout"`
+}
+
+// TasksConfig is the `tasks:` section.
+type TasksConfig struct {
+	// MaxConcurrent is the number of tasks running at once across rooms.
+	MaxConcurrent int `yaml:"max_concurrent"`
+}
+
+// ShutdownConfig is the `shutdown:` section.
+type ShutdownConfig struct {
+	// Concurrency is the number of homeserver requests in flight for one
+	// room shutdown.
+	Concurrency int `yaml:"concurrency"`
+}
+
+// RetentionConfig is Synapse's `retention:` section. Optional durations
+// have Set false when absent.
+type RetentionConfig struct {
+	// Enabled turns room retention policies on; when false they are
+	// ignored everywhere.
+	Enabled bool `yaml:"enabled"`
+	// DefaultPolicy applies to rooms without an m.room.retention state
+	// event, and fills the fields such an event leaves out.
+	DefaultPolicy RetentionPolicy `yaml:"default_policy"`
+	// AllowedLifetimeMin clamps a room's max_lifetime from below when
+	// purging (not when hiding).
+	AllowedLifetimeMin commands.Duration `yaml:"allowed_lifetime_min"`
+	// AllowedLifetimeMax clamps a room's max_lifetime from above when
+	// purging (not when hiding).
+	AllowedLifetimeMax commands.Duration `yaml:"allowed_lifetime_max"`
+	// PurgeJobs are the periodic purge jobs. ApplyDefaults adds one daily
+	// job without bounds when retention is enabled and none is given.
+	PurgeJobs []PurgeJobConfig `yaml:"purge_jobs"`
+}
+
+// RetentionPolicy is a retention policy: Synapse's default_policy.
+type RetentionPolicy struct {
+	// MinLifetime is stored but unused, as in Synapse.
+	MinLifetime commands.Duration `yaml:"min_lifetime"`
+	// MaxLifetime is how long events are kept.
+	MaxLifetime commands.Duration `yaml:"max_lifetime"`
+}
+
+// PurgeJobConfig is one retention purge job: it runs every Interval over the
+// rooms whose max_lifetime is in (ShortestMaxLifetime, LongestMaxLifetime];
+// an unset bound is open.
+type PurgeJobConfig struct {
+	// Interval between runs; required. The first run is one Interval
+	// after start.
+	Interval commands.Duration `yaml:"interval"`
+	// ShortestMaxLifetime is the exclusive lower bound of the rooms'
+	// max_lifetime.
+	ShortestMaxLifetime commands.Duration `yaml:"shortest_max_lifetime"`
+	// LongestMaxLifetime is the inclusive upper bound of the rooms'
+	// max_lifetime.
+	LongestMaxLifetime commands.Duration `yaml:"longest_max_lifetime"`
+}
+
+// LogConfig is the `log:` section, an addition to the contract.
+type LogConfig struct {
+	// Level is the lowest level logged: debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is text (log/slog's TextHandler) or json (JSONHandler).
+	Format string `yaml:"format"`
+}
+
+// Log levels and formats accepted in LogConfig.
+const (
+	LogLevelDebug = "debug"
+	LogLevelInfo  = "info"
+	LogLevelWarn  = "warn"
+	LogLevelError = "error"
+
+	LogFormatText = "text"
+	LogFormatJSON = "json"
+)
+
+// SlogLevel returns Level as a slog.Level; a level Validate would reject
+// reads as info.
+func (l LogConfig) SlogLevel() slog.Level {
+	switch l.Level {
+	case LogLevelDebug:
+		return slog.LevelDebug
+	case LogLevelWarn:
+		return slog.LevelWarn
+	case LogLevelError:
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// DefaultPurgeJobInterval is the interval of the purge job ApplyDefaults
+// adds when retention is enabled without purge_jobs (Synapse's default).
+const DefaultPurgeJobInterval = 24 * time.Hour
+
+// DefaultConfig returns the defaults of CONTRACT.md section 1, plus log
+// level info and format text.
+func DefaultConfig() Config {
+	return Config{
+		ServerName: "localhost",
+		DataDir:    "./data",
+		NATS: NATSConfig{
+			Listen:        "127.0.0.1:4222",
+			Stream:        "SCROLLBACK",
+			SubjectPrefix: "sb",
+		},
+		HTTP: HTTPConfig{Listen: "127.0.0.1:8090"},
+		Backfill: BackfillConfig{
+			Timeout: commands.DurationOf(10 * time.Second),
+			Backoff: commands.DurationOf(time.Hour),
+		},
+		Homeserver: HomeserverConfig{Timeout: commands.DurationOf(5 * time.Second)},
+		Tasks:      TasksConfig{MaxConcurrent: 5},
+		Shutdown:   ShutdownConfig{Concurrency: 16},
+		Log:        LogConfig{Level: LogLevelInfo, Format: LogFormatText},
+	}
+}
+
+// LoadConfig returns DefaultConfig overlaid with the YAML file at path, with
+// ApplyDefaults applied. An empty path, an empty file and a file of only
+// comments give the defaults. Unknown and duplicate keys, values of the
+// wrong type and bad durations are errors; all of them are reported at
+// once, each with its line and dotted key (for example
+// "line 4: http.lisen: unknown key"). LoadConfig does not call Validate,
+// so that flags can still fix a value: ParseServeFlags does both.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		if err := decodeConfig(data, &cfg); err != nil {
+			return Config{}, withHeading("config "+path, err)
+		}
+	}
+	cfg.ApplyDefaults()
+	return cfg, nil
+}
+
+// decodeConfig overlays the YAML document in data on cfg.
+func decodeConfig(data []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // empty, or only comments
+		}
+		return err
+	}
+	var more yaml.Node
+	switch err := dec.Decode(&more); {
+	case err == nil:
+		return fmt.Errorf("line %d: a config file holds one YAML document; found a second one", more.Line)
+	case !errors.Is(err, io.EOF):
+		return err
+	}
+
+	// Check first, to name every problem with its key; then decode.
+	var c checker
+	c.check(&doc, reflect.TypeFor[Config](), "")
+	if len(c.errs) > 0 {
+		return errors.Join(c.errs...)
+	}
+	strict := yaml.NewDecoder(bytes.NewReader(data))
+	strict.KnownFields(true)
+	if err := strict.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// checker walks a YAML tree alongside the Go type it will be decoded into
+// and collects, with line numbers and dotted keys, unknown and duplicate
+// keys, mappings or lists where they do not belong, and leaf values that do
+// not decode (bad durations, text for a number). Aliases into mappings and
+// lists, and merge keys, are left to the strict decoder that runs after it.
+type checker struct {
+	errs []error
+}
+
+func (c *checker) errorf(n *yaml.Node, key, format string, args ...any) {
+	if key == "" {
+		key = "top level"
+	}
+	c.errs = append(c.errs, fmt.Errorf("line %d: %s: %s", n.Line, key, fmt.Sprintf(format, args...)))
+}
+
+var durationType = reflect.TypeFor[commands.Duration]()
+
+func (c *checker) check(n *yaml.Node, t reflect.Type, key string) {
+	if n.Kind == yaml.DocumentNode {
+		for _, child := range n.Content {
+			c.check(child, t, key)
+		}
+		return
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		return // null leaves the value (the default) as it is
+	}
+	switch {
+	case t == durationType:
+		c.leaf(n, t, key, "a duration")
+	case t.Kind() == reflect.Struct:
+		c.mapping(n, t, key)
+	case t.Kind() == reflect.Slice:
+		switch n.Kind {
+		case yaml.AliasNode:
+		case yaml.SequenceNode:
+			for i, item := range n.Content {
+				c.check(item, t.Elem(), fmt.Sprintf("%s[%d]", key, i))
+			}
+		default:
+			c.errorf(n, key, "want a list, got %s", nodeKind(n))
+		}
+	default:
+		c.leaf(n, t, key, "a single value")
+	}
+}
+
+// leaf test-decodes a scalar into a fresh value of type t.
+func (c *checker) leaf(n *yaml.Node, t reflect.Type, key, want string) {
+	if n.Kind != yaml.ScalarNode && n.Kind != yaml.AliasNode {
+		c.errorf(n, key, "want %s, got %s", want, nodeKind(n))
+		return
+	}
+	if err := n.Decode(reflect.New(t).Interface()); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			msgs := make([]string, len(te.Errors))
+			for i, m := range te.Errors {
+				msgs[i] = lineRE.ReplaceAllString(m, "")
+			}
+			c.errorf(n, key, "%s", strings.Join(msgs, "; "))
+			return
+		}
+		c.errorf(n, key, "%v", err)
+	}
+}
+
+var lineRE = regexp.MustCompile(`^line \d+: `)
+
+func (c *checker) mapping(n *yaml.Node, t reflect.Type, key string) {
+	switch n.Kind {
+	case yaml.AliasNode:
+		return
+	case yaml.MappingNode:
+	default:
+		c.errorf(n, key, "want a mapping of keys, got %s", nodeKind(n))
+		return
+	}
+	fields := yamlFields(t)
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" {
+			continue
+		}
+		sub := k.Value
+		if key != "" {
+			sub = key + "." + k.Value
+		}
+		if first, dup := seen[k.Value]; dup {
+			c.errorf(k, sub, "duplicate key (first at line %d)", first)
+			continue
+		}
+		seen[k.Value] = k.Line
+		ft, ok := fields[k.Value]
+		if !ok {
+			names := make([]string, 0, len(fields))
+			for name := range fields {
+				names = append(names, name)
+			}
+			sort.Strings(names)
+			where := "at the top level"
+			if key != "" {
+				where = "under " + key
+			}
+			c.errorf(k, sub, "unknown key (valid keys %s: %s)", where, strings.Join(names, ", "))
+			continue
+		}
+		c.check(v, ft, sub)
+	}
+}
+
+// yamlFields maps the YAML keys of struct type t to the field types.
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	fields := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = strings.ToLower(f.Name)
+		}
+		fields[name] = f.Type
+	}
+	return fields
+}
+
+func nodeKind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+// ApplyDefaults fills values that depend on other values: when retention
+// is enabled without purge_jobs it adds Synapse's default job (interval 1d,
+// no bounds), and an empty log level or format becomes info or text.
+// LoadConfig and ParseServeFlags call it.
+func (c *Config) ApplyDefaults() {
+	if c.Retention.Enabled && len(c.Retention.PurgeJobs) == 0 {
+		c.Retention.PurgeJobs = []PurgeJobConfig{{Interval: commands.DurationOf(DefaultPurgeJobInterval)}}
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = LogLevelInfo
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = LogFormatText
+	}
+}
+
+// Validate reports every problem of the configuration at once, joined with
+// errors.Join; each problem starts with its dotted key (for example
+// "nats.stream: ..." or "auth.tokens[2].user_id: ...").
+func (c *Config) Validate() error {
+	var p problems
+
+	if c.ServerName == "" {
+		p.add("server_name", "must not be empty")
+	} else if !validServerName(c.ServerName) {
+		p.add("server_name", "%q is not a Matrix server name (a host name or IP literal, optionally with :port)", c.ServerName)
+	}
+	if c.DataDir == "" {
+		p.add("data_dir", "must not be empty")
+	}
+
+	if c.NATS.Stream == "" {
+		p.add("nats.stream", "must not be empty")
+	} else if bad := badNameChar(c.NATS.Stream, ".*>/\\"); bad != "" {
+		p.add("nats.stream", "%q is not a valid JetStream stream name: it must not contain %s", c.NATS.Stream, bad)
+	}
+	if c.NATS.SubjectPrefix == "" {
+		p.add("nats.subject_prefix", "must not be empty")
+	} else if bad := badNameChar(c.NATS.SubjectPrefix, ".*>"); bad != "" {
+		p.add("nats.subject_prefix", "%q is not a single NATS subject token: it must not contain %s", c.NATS.SubjectPrefix, bad)
+	}
+	p.listen("nats.listen", c.NATS.Listen)
+	p.listen("http.listen", c.HTTP.Listen)
+
+	seen := map[string]int{}
+	for i, t := range c.Auth.Tokens {
+		key := fmt.Sprintf("auth.tokens[%d]", i)
+		switch {
+		case t.Token == "":
+			p.add(key+".token", "must not be empty")
+		case strings.IndexFunc(t.Token, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+			p.add(key+".token", "must not contain spaces or control characters")
+		default:
+			if first, dup := seen[t.Token]; dup {
+				p.add(key+".token", "duplicates auth.tokens[%d].token", first)
+			} else {
+				seen[t.Token] = i
+			}
+		}
+		if t.UserID == "" {
+			p.add(key+".user_id", "must not be empty")
+		} else if !validUserID(t.UserID) {
+			p.add(key+".user_id", "%q is not a Matrix user ID (@localpart:server)", t.UserID)
+		}
+	}
+
+	p.positive("backfill.timeout", c.Backfill.Timeout)
+	p.positive("backfill.backoff", c.Backfill.Backoff)
+	p.positive("homeserver.timeout", c.Homeserver.Timeout)
+	if c.Tasks.MaxConcurrent < 1 {
+		p.add("tasks.max_concurrent", "must be at least 1, got %d", c.Tasks.MaxConcurrent)
+	}
+	if c.Shutdown.Concurrency < 1 {
+		p.add("shutdown.concurrency", "must be at least 1, got %d", c.Shutdown.Concurrency)
+	}
+	if d := c.ForgottenRoomRetentionPeriod; d != nil && d.Duration < 0 {
+		p.add("forgotten_room_retention_period", "must not be negative, got %v", d.Duration)
+	}
+
+	r := &c.Retention
+	p.nonNegative("retention.default_policy.min_lifetime", r.DefaultPolicy.MinLifetime)
+	p.nonNegative("retention.default_policy.max_lifetime", r.DefaultPolicy.MaxLifetime)
+	if r.DefaultPolicy.MinLifetime.Set && r.DefaultPolicy.MaxLifetime.Set &&
+		r.DefaultPolicy.MinLifetime.Duration > r.DefaultPolicy.MaxLifetime.Duration {
+		p.add("retention.default_policy.min_lifetime", "%v can not be greater than max_lifetime %v",
+			r.DefaultPolicy.MinLifetime, r.DefaultPolicy.MaxLifetime)
+	}
+	p.nonNegative("retention.allowed_lifetime_min", r.AllowedLifetimeMin)
+	p.nonNegative("retention.allowed_lifetime_max", r.AllowedLifetimeMax)
+	if r.AllowedLifetimeMin.Set && r.AllowedLifetimeMax.Set && r.AllowedLifetimeMin.Duration > r.AllowedLifetimeMax.Duration {
+		p.add("retention.allowed_lifetime_min", "%v can not be greater than allowed_lifetime_max %v",
+			r.AllowedLifetimeMin, r.AllowedLifetimeMax)
+	}
+	for i, j := range r.PurgeJobs {
+		key := fmt.Sprintf("retention.purge_jobs[%d]", i)
+		if !j.Interval.Set {
+			p.add(key+".interval", "is required")
+		} else {
+			p.positive(key+".interval", j.Interval)
+		}
+		p.nonNegative(key+".shortest_max_lifetime", j.ShortestMaxLifetime)
+		p.nonNegative(key+".longest_max_lifetime", j.LongestMaxLifetime)
+		if j.ShortestMaxLifetime.Set && j.LongestMaxLifetime.Set && j.ShortestMaxLifetime.Duration > j.LongestMaxLifetime.Duration {
+			p.add(key+".shortest_max_lifetime", "%v can not be greater than longest_max_lifetime %v",
+				j.ShortestMaxLifetime, j.LongestMaxLifetime)
+		}
+	}
+
+	switch c.Log.Level {
+	case LogLevelDebug, LogLevelInfo, LogLevelWarn, LogLevelError:
+	default:
+		p.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case LogFormatText, LogFormatJSON:
+	default:
+		p.add("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	return errors.Join(p...)
+}
+
+// problems collects Validate's findings.
+type problems []error
+
+func (p *problems) add(key, format string, args ...any) {
+	*p = append(*p, errors.New(key+": "+fmt.Sprintf(format, args...)))
+}
+
+func (p *problems) positive(key string, d commands.Duration) {
+	if d.Duration <= 0 {
+		p.add(key, "must be greater than 0, got %v", d)
+	}
+}
+
+func (p *problems) nonNegative(key string, d commands.Duration) {
+	if d.Duration < 0 {
+		p.add(key, "must not be negative, got %v", d.Duration)
+	}
+}
+
+// listen checks a host:port listen address; "" (disabled) is fine.
+func (p *problems) listen(key, addr string) {
+	if addr == "" {
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		reason := err.Error()
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			reason = ae.Err
+		}
+		p.add(key, "%q is not host:port (for example 127.0.0.1:8090 or :8090): %s", addr, reason)
+		return
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		p.add(key, "%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+}
+
+// badNameChar describes the first character of s that may not appear in a
+// NATS name: whitespace, control characters, or any of forbidden.
+func badNameChar(s, forbidden string) string {
+	for _, r := range s {
+		switch {
+		case unicode.IsSpace(r):
+			return "spaces"
+		case unicode.IsControl(r) || !unicode.IsPrint(r):
+			return "control characters"
+		case strings.ContainsRune(forbidden, r):
+			return fmt.Sprintf("%q", r)
+		}
+	}
+	return ""
+}
+
+// validServerName reports whether s is a Matrix server name: a DNS name,
+// IPv4 address or [IPv6] literal, optionally followed by :port.
+func validServerName(s string) bool {
+	host, port := s, ""
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return false
+		}
+		host, port = s[:end+1], s[end+1:]
+		if port != "" && port[0] != ':' {
+			return false
+		}
+		port = strings.TrimPrefix(port, ":")
+		inner := host[1 : len(host)-1]
+		if inner == "" || strings.Trim(inner, "0123456789abcdefABCDEF:.") != "" {
+			return false
+		}
+	} else {
+		if i := strings.IndexByte(s, ':'); i >= 0 {
+			host, port = s[:i], s[i+1:]
+			if port == "" {
+				return false
+			}
+		}
+		if host == "" || len(host) > 255 {
+			return false
+		}
+		for _, r := range host {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+				return false
+			}
+		}
+	}
+	if port != "" && (len(port) > 5 || strings.Trim(port, "0123456789") != "") {
+		return false
+	}
+	return true
+}
+
+// validUserID reports whether s has the form @localpart:server_name.
+func validUserID(s string) bool {
+	rest, ok := strings.CutPrefix(s, "@")
+	if !ok || len(s) > 255 {
+		return false
+	}
+	local, server, ok := strings.Cut(rest, ":")
+	return ok && local != "" && validServerName(server)
+}
+
+// listError prints a heading followed by one problem per line.
+type listError struct {
+	heading string
+	errs    []error
+}
+
+func (e *listError) Error() string {
+	if len(e.errs) == 1 {
+		return e.heading + ": " + e.errs[0].Error()
+	}
+	var b strings.Builder
+	b.WriteString(e.heading + ":")
+	for _, err := range e.errs {
+		b.WriteString("\n  " + strings.ReplaceAll(err.Error(), "\n", "\n  "))
+	}
+	return b.String()
+}
+
+func (e *listError) Unwrap() []error { return e.errs }
+
+// withHeading puts a heading over err, listing the errors of an
+// errors.Join one per line.
+func withHeading(heading string, err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return &listError{heading: heading, errs: j.Unwrap()}
+	}
+	return &listError{heading: heading, errs: []error{err}}
+}
+
+// ParseServeFlags parses the arguments of `scrollback serve` (those after
+// the word serve) and returns the configuration to run with: DefaultConfig,
+// overlaid with the file named by -c/--config if any (LoadConfig), then
+// with the flags that were given, then ApplyDefaults and Validate.
+//
+// Flags (Go's flag package: one or two dashes, "--http=addr" or
+// "--http addr"):
+//
+//	-c, --config FILE     YAML config file
+//	--data DIR            data_dir
+//	--server-name NAME    server_name
+//	--nats-url URL        nats.url ("" = embedded server)
+//	--nats-listen ADDR    nats.listen ("" = in-process only)
+//	--http ADDR           http.listen ("" = no HTTP bridge)
+//	--log-level LEVEL     log.level (debug, info, warn, error)
+//
+// A flag given with an empty value sets the key to "". With -h or --help
+// it prints the usage on stderr and returns flag.ErrHelp. Every problem of
+// the resulting configuration is reported at once.
+func ParseServeFlags(args []string) (Config, error) {
+	return parseServeFlags(args, os.Stderr)
+}
+
+func parseServeFlags(args []string, output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(output)
+	var (
+		path                                                       string
+		dataDir, serverName, natsURL, natsListen, httpAddr, logLvl string
+	)
+	fs.StringVar(&path, "c", "", "YAML config `file` (same as --config)")
+	fs.StringVar(&path, "config", "", "YAML config `file`; without one, the built-in defaults apply")
+	fs.StringVar(&dataDir, "data", "", "data `dir`ectory, overrides data_dir (default ./data)")
+	fs.StringVar(&serverName, "server-name", "", "Matrix server `name`, overrides server_name (default localhost)")
+	fs.StringVar(&natsURL, "nats-url", "", "external NATS `url`s, overrides nats.url (default \"\": embedded server)")
+	fs.StringVar(&natsListen, "nats-listen", "", "embedded NATS client `address`, overrides nats.listen (default 127.0.0.1:4222; \"\": in-process only)")
+	fs.StringVar(&httpAddr, "http", "", "HTTP bridge `address`, overrides http.listen (default 127.0.0.1:8090; \"\": no bridge)")
+	fs.StringVar(&logLvl, "log-level", "", "`level` debug, info, warn or error, overrides log.level (default info)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: scrollback serve [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("serve: unexpected argument %q (flags go before it; see -h)", fs.Arg(0))
+	}
+
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return Config{}, err
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "data":
+			cfg.DataDir = dataDir
+		case "server-name":
+			cfg.ServerName = serverName
+		case "nats-url":
+			cfg.NATS.URL = natsURL
+		case "nats-listen":
+			cfg.NATS.Listen = natsListen
+		case "http":
+			cfg.HTTP.Listen = httpAddr
+		case "log-level":
+			cfg.Log.Level = logLvl
+		}
+	})
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		heading := "invalid configuration"
+		if path != "" {
+			heading += " (" + path + " and flags)"
+		}
+		return Config{}, withHeading(heading, err)
+	}
+	return cfg, nil
+}

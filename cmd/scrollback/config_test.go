@@ -1,0 +1,695 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+const (
+	day  = 24 * time.Hour
+	year = 365 * day
+)
+
+func dur(d time.Duration) commands.Duration { return commands.DurationOf(d) }
+
+// writeConfig writes content to a config file in a fresh temp dir.
+func writeConfig(tb testing.TB, content string) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "scrollback.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
+// wantAll fails unless err's text contains every one of wants.
+func wantAll(tb testing.TB, err error, wants ...string) {
+	tb.Helper()
+	if err == nil {
+		tb.Fatalf("error = nil, want one mentioning %q", wants)
+	}
+	for _, w := range wants {
+		if !strings.Contains(err.Error(), w) {
+			tb.Errorf("error = %q\nwant it to contain %q", err, w)
+		}
+	}
+}
+
+func TestDefaultConfig_MatchesContract(t *testing.T) {
+	want := Config{
+		ServerName: "localhost",
+		DataDir:    "./data",
+		NATS: NATSConfig{
+			URL:           "",
+			Listen:        "127.0.0.1:4222",
+			Stream:        "SCROLLBACK",
+			SubjectPrefix: "sb",
+			Credentials:   "",
+		},
+		HTTP:                         HTTPConfig{Listen: "127.0.0.1:8090"},
+		Auth:                         AuthConfig{Tokens: nil},
+		Backfill:                     BackfillConfig{Timeout: dur(10 * time.Second), Backoff: dur(time.Hour)},
+		Homeserver:                   HomeserverConfig{Timeout: dur(5 * time.Second)},
+		Tasks:                        TasksConfig{MaxConcurrent: 5},
+		Shutdown:                     ShutdownConfig{Concurrency: 16},
+		ForgottenRoomRetentionPeriod: nil,
+		Retention:                    RetentionConfig{Enabled: false},
+		Log:                          LogConfig{Level: "info", Format: "text"},
+	}
+	got := DefaultConfig()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("DefaultConfig() = %+v\nwant %+v", got, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Errorf("DefaultConfig().Validate() = %v, want nil", err)
+	}
+	loaded, err := LoadConfig("")
+	if err != nil || !reflect.DeepEqual(loaded, want) {
+		t.Errorf("LoadConfig(\"\") = %+v, %v\nwant %+v, nil", loaded, err, want)
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want func(c *Config) // applied to DefaultConfig()
+	}{
+		{
+			name: "empty file gives the defaults",
+			yaml: "",
+			want: func(c *Config) {},
+		},
+		{
+			name: "only comments gives the defaults",
+			yaml: "# nothing yet\n\n# really\n",
+			want: func(c *Config) {},
+		},
+		{
+			name: "null document gives the defaults",
+			yaml: "---\n",
+			want: func(c *Config) {},
+		},
+		{
+			name: "overlay keeps the keys the file leaves out",
+			yaml: "server_name: example.org\nnats:\n  listen: 0.0.0.0:4333\n",
+			want: func(c *Config) {
+				c.ServerName = "example.org"
+				c.NATS.Listen = "0.0.0.0:4333"
+			},
+		},
+		{
+			name: "empty strings disable listeners",
+			yaml: "nats: {listen: \"\"}\nhttp: {listen: \"\"}\n",
+			want: func(c *Config) {
+				c.NATS.Listen = ""
+				c.HTTP.Listen = ""
+			},
+		},
+		{
+			name: "synapse durations",
+			yaml: "backfill:\n  timeout: 10s\n  backoff: 1d\nhomeserver:\n  timeout: 500\nforgotten_room_retention_period: 1y\n",
+			want: func(c *Config) {
+				c.Backfill.Timeout = dur(10 * time.Second)
+				c.Backfill.Backoff = dur(day)
+				c.Homeserver.Timeout = dur(500 * time.Millisecond)
+				c.ForgottenRoomRetentionPeriod = &commands.Duration{Duration: year, Set: true}
+			},
+		},
+		{
+			name: "quoted integer and go durations",
+			yaml: "backfill: {timeout: \"2500\", backoff: 1h30m}\n",
+			want: func(c *Config) {
+				c.Backfill.Timeout = dur(2500 * time.Millisecond)
+				c.Backfill.Backoff = dur(90 * time.Minute)
+			},
+		},
+		{
+			name: "null forgotten_room_retention_period is off",
+			yaml: "forgotten_room_retention_period: null\n",
+			want: func(c *Config) { c.ForgottenRoomRetentionPeriod = nil },
+		},
+		{
+			name: "empty forgotten_room_retention_period is off",
+			yaml: "forgotten_room_retention_period:\n",
+			want: func(c *Config) { c.ForgottenRoomRetentionPeriod = nil },
+		},
+		{
+			name: "null duration keeps the default",
+			yaml: "backfill: {timeout: null, backoff: ~}\n",
+			want: func(c *Config) {},
+		},
+		{
+			name: "tokens",
+			yaml: "auth:\n  tokens:\n    - {token: s3cret, user_id: \"@admin:localhost\", admin: true}\n    - token: t2\n      user_id: \"@bob:localhost\"\n",
+			want: func(c *Config) {
+				c.Auth.Tokens = []TokenConfig{
+					{Token: "s3cret", UserID: "@admin:localhost", Admin: true},
+					{Token: "t2", UserID: "@bob:localhost"},
+				}
+			},
+		},
+		{
+			name: "contract retention example",
+			yaml: `retention:
+  enabled: true
+  default_policy: {min_lifetime: 1d, max_lifetime: 1y}
+  allowed_lifetime_min: 1d
+  allowed_lifetime_max: 1y
+  purge_jobs: [{longest_max_lifetime: 3d, interval: 12h}, {shortest_max_lifetime: 3d, interval: 1d}]
+`,
+			want: func(c *Config) {
+				c.Retention = RetentionConfig{
+					Enabled:            true,
+					DefaultPolicy:      RetentionPolicy{MinLifetime: dur(day), MaxLifetime: dur(year)},
+					AllowedLifetimeMin: dur(day),
+					AllowedLifetimeMax: dur(year),
+					PurgeJobs: []PurgeJobConfig{
+						{LongestMaxLifetime: dur(3 * day), Interval: dur(12 * time.Hour)},
+						{ShortestMaxLifetime: dur(3 * day), Interval: dur(day)},
+					},
+				}
+			},
+		},
+		{
+			name: "retention enabled without purge jobs gets a daily job",
+			yaml: "retention:\n  enabled: true\n",
+			want: func(c *Config) {
+				c.Retention.Enabled = true
+				c.Retention.PurgeJobs = []PurgeJobConfig{{Interval: dur(day)}}
+			},
+		},
+		{
+			name: "every contract key",
+			yaml: `server_name: example.org
+data_dir: /var/lib/scrollback
+nats:
+  url: nats://a:4222,nats://b:4222
+  listen: ""
+  stream: ROOMS
+  subject_prefix: rooms
+  credentials: /etc/scrollback/nats.creds
+http:
+  listen: :8091
+auth:
+  tokens: []
+backfill:
+  timeout: 3s
+  backoff: 30m
+homeserver:
+  timeout: 2s
+tasks:
+  max_concurrent: 2
+shutdown:
+  concurrency: 4
+forgotten_room_retention_period: 7d
+retention:
+  enabled: false
+log:
+  level: debug
+  format: json
+`,
+			want: func(c *Config) {
+				*c = Config{
+					ServerName: "example.org",
+					DataDir:    "/var/lib/scrollback",
+					NATS: NATSConfig{
+						URL:           "nats://a:4222,nats://b:4222",
+						Stream:        "ROOMS",
+						SubjectPrefix: "rooms",
+						Credentials:   "/etc/scrollback/nats.creds",
+					},
+					HTTP:                         HTTPConfig{Listen: ":8091"},
+					Auth:                         AuthConfig{Tokens: []TokenConfig{}},
+					Backfill:                     BackfillConfig{Timeout: dur(3 * time.Second), Backoff: dur(30 * time.Minute)},
+					Homeserver:                   HomeserverConfig{Timeout: dur(2 * time.Second)},
+					Tasks:                        TasksConfig{MaxConcurrent: 2},
+					Shutdown:                     ShutdownConfig{Concurrency: 4},
+					ForgottenRoomRetentionPeriod: &commands.Duration{Duration: 7 * day, Set: true},
+					Log:                          LogConfig{Level: "debug", Format: "json"},
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := LoadConfig(writeConfig(t, tt.yaml))
+			if err != nil {
+				t.Fatalf("LoadConfig() error = %v", err)
+			}
+			want := DefaultConfig()
+			tt.want(&want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("LoadConfig() = %+v\nwant %+v", got, want)
+			}
+			if err := got.Validate(); err != nil {
+				t.Errorf("Validate() = %v, want nil", err)
+			}
+		})
+	}
+}
+
+func TestLoadConfig_Errors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string // substrings of the error
+	}{
+		{
+			name: "unknown top-level key",
+			yaml: "sever_name: example.org\n",
+			want: []string{"line 1: sever_name: unknown key", "valid keys at the top level:", "server_name"},
+		},
+		{
+			name: "unknown nested key",
+			yaml: "http:\n  lisen: :8090\n",
+			want: []string{"line 2: http.lisen: unknown key", "valid keys under http: listen"},
+		},
+		{
+			name: "unknown key in a list item",
+			yaml: "auth:\n  tokens:\n    - token: x\n      user: \"@a:b\"\n",
+			want: []string{"line 4: auth.tokens[0].user: unknown key"},
+		},
+		{
+			name: "unknown key in a purge job",
+			yaml: "retention:\n  purge_jobs:\n    - {interval: 1d, longest: 3d}\n",
+			want: []string{"retention.purge_jobs[0].longest: unknown key"},
+		},
+		{
+			name: "bad duration",
+			yaml: "backfill:\n  timeout: 10x\n",
+			want: []string{"line 2: backfill.timeout: invalid duration \"10x\""},
+		},
+		{
+			name: "negative duration",
+			yaml: "homeserver: {timeout: -5}\n",
+			want: []string{"homeserver.timeout: invalid duration \"-5\": durations cannot be negative"},
+		},
+		{
+			name: "float duration",
+			yaml: "homeserver: {timeout: 1.5}\n",
+			want: []string{"homeserver.timeout: invalid duration \"1.5\""},
+		},
+		{
+			name: "duration overflow",
+			yaml: "forgotten_room_retention_period: 300y\n",
+			want: []string{"forgotten_room_retention_period: invalid duration \"300y\"", "292 years"},
+		},
+		{
+			name: "mapping where a duration belongs",
+			yaml: "backfill:\n  timeout: {seconds: 10}\n",
+			want: []string{"line 2: backfill.timeout: want a duration, got a mapping"},
+		},
+		{
+			name: "text where a number belongs",
+			yaml: "tasks:\n  max_concurrent: five\n",
+			want: []string{"line 2: tasks.max_concurrent: cannot unmarshal !!str `five` into int"},
+		},
+		{
+			name: "scalar where a section belongs",
+			yaml: "nats: nats://localhost:4222\n",
+			want: []string{"line 1: nats: want a mapping of keys, got \"nats://localhost:4222\""},
+		},
+		{
+			name: "mapping where a list belongs",
+			yaml: "auth:\n  tokens: {token: x}\n",
+			want: []string{"line 2: auth.tokens: want a list, got a mapping"},
+		},
+		{
+			name: "top level not a mapping",
+			yaml: "- a\n- b\n",
+			want: []string{"line 1: top level: want a mapping of keys, got a list"},
+		},
+		{
+			name: "duplicate key",
+			yaml: "http: {listen: :1}\nhttp: {listen: :2}\n",
+			want: []string{"line 2: http: duplicate key (first at line 1)"},
+		},
+		{
+			name: "two documents",
+			yaml: "server_name: a\n---\nserver_name: b\n",
+			want: []string{"one YAML document"},
+		},
+		{
+			name: "syntax error",
+			yaml: "server_name: [a\n",
+			want: []string{"yaml:"},
+		},
+		{
+			name: "every problem at once",
+			yaml: "sever_name: x\nhttp: {lisen: :1}\nbackfill: {timeout: soon}\ntasks: {max_concurrent: many}\n",
+			want: []string{
+				"line 1: sever_name: unknown key",
+				"line 2: http.lisen: unknown key",
+				"line 3: backfill.timeout: invalid duration \"soon\"",
+				"line 4: tasks.max_concurrent: cannot unmarshal",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfig(t, tt.yaml)
+			_, err := LoadConfig(path)
+			wantAll(t, err, append([]string{"config " + path}, tt.want...)...)
+		})
+	}
+
+	t.Run("missing file", func(t *testing.T) {
+		_, err := LoadConfig(filepath.Join(t.TempDir(), "nope.yaml"))
+		if !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("LoadConfig(missing) error = %v, want os.ErrNotExist", err)
+		}
+	})
+	t.Run("bad durations wrap the commands sentinel", func(t *testing.T) {
+		_, err := LoadConfig(writeConfig(t, "backfill: {timeout: -1s, backoff: 1q}\n"))
+		if !errors.Is(err, commands.ErrNegativeDuration) {
+			t.Errorf("error = %v, want it to wrap commands.ErrNegativeDuration", err)
+		}
+	})
+}
+
+func TestConfig_Validate_ReportsEveryProblem(t *testing.T) {
+	c := DefaultConfig()
+	c.ServerName = ""
+	c.DataDir = ""
+	c.NATS.Stream = "ROOM LOG"
+	c.NATS.SubjectPrefix = "sb.x"
+	c.NATS.Listen = "4222"
+	c.HTTP.Listen = "localhost:http-alt"
+	c.Auth.Tokens = []TokenConfig{
+		{Token: "", UserID: "@a:localhost"},
+		{Token: "dup", UserID: "admin"},
+		{Token: "dup", UserID: "@b:localhost"},
+		{Token: "has space", UserID: ""},
+	}
+	c.Backfill.Timeout = dur(0)
+	c.Backfill.Backoff = dur(-time.Second)
+	c.Homeserver.Timeout = commands.Duration{}
+	c.Tasks.MaxConcurrent = 0
+	c.Shutdown.Concurrency = -1
+	c.ForgottenRoomRetentionPeriod = &commands.Duration{Duration: -time.Hour, Set: true}
+	c.Retention = RetentionConfig{
+		DefaultPolicy:      RetentionPolicy{MinLifetime: dur(2 * day), MaxLifetime: dur(day)},
+		AllowedLifetimeMin: dur(year),
+		AllowedLifetimeMax: dur(day),
+		PurgeJobs: []PurgeJobConfig{
+			{ShortestMaxLifetime: dur(3 * day), LongestMaxLifetime: dur(day)},
+			{Interval: dur(0)},
+		},
+	}
+	c.Log = LogConfig{Level: "verbose", Format: "xml"}
+
+	err := c.Validate()
+	wants := []string{
+		"server_name: must not be empty",
+		"data_dir: must not be empty",
+		`nats.stream: "ROOM LOG" is not a valid JetStream stream name: it must not contain spaces`,
+		`nats.subject_prefix: "sb.x" is not a single NATS subject token: it must not contain '.'`,
+		`nats.listen: "4222" is not host:port`,
+		`http.listen: "localhost:http-alt": port "http-alt" is not a number`,
+		"auth.tokens[0].token: must not be empty",
+		`auth.tokens[1].user_id: "admin" is not a Matrix user ID`,
+		"auth.tokens[2].token: duplicates auth.tokens[1].token",
+		"auth.tokens[3].token: must not contain spaces",
+		"auth.tokens[3].user_id: must not be empty",
+		"backfill.timeout: must be greater than 0, got 0",
+		"backfill.backoff: must be greater than 0, got -1s",
+		"homeserver.timeout: must be greater than 0",
+		"tasks.max_concurrent: must be at least 1, got 0",
+		"shutdown.concurrency: must be at least 1, got -1",
+		"forgotten_room_retention_period: must not be negative",
+		"retention.default_policy.min_lifetime: 2d can not be greater than max_lifetime 1d",
+		"retention.allowed_lifetime_min: 1y can not be greater than allowed_lifetime_max 1d",
+		"retention.purge_jobs[0].interval: is required",
+		"retention.purge_jobs[0].shortest_max_lifetime: 3d can not be greater than longest_max_lifetime 1d",
+		"retention.purge_jobs[1].interval: must be greater than 0",
+		`log.level: "verbose" is not one of debug, info, warn, error`,
+		`log.format: "xml" is not one of text, json`,
+	}
+	wantAll(t, err, wants...)
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		t.Fatalf("Validate() error %T does not come from errors.Join", err)
+	}
+	if got := len(joined.Unwrap()); got != len(wants) {
+		t.Errorf("Validate() reported %d problems, want %d:\n%v", got, len(wants), err)
+	}
+	if strings.Contains(err.Error(), "dup") || strings.Contains(err.Error(), "has space") {
+		t.Errorf("Validate() error leaks a token: %v", err)
+	}
+}
+
+func TestConfig_Validate(t *testing.T) {
+	tests := []struct {
+		name    string
+		change  func(c *Config)
+		wantErr string // "" = valid
+	}{
+		{"defaults", func(c *Config) {}, ""},
+		{"server name with port", func(c *Config) { c.ServerName = "example.org:8448" }, ""},
+		{"server name ipv4", func(c *Config) { c.ServerName = "10.0.0.1" }, ""},
+		{"server name ipv6", func(c *Config) { c.ServerName = "[::1]:8448" }, ""},
+		{"server name with space", func(c *Config) { c.ServerName = "my server" }, "server_name:"},
+		{"server name with empty port", func(c *Config) { c.ServerName = "example.org:" }, "server_name:"},
+		{"server name with long port", func(c *Config) { c.ServerName = "example.org:123456" }, "server_name:"},
+		{"server name bad ipv6", func(c *Config) { c.ServerName = "[zz]" }, "server_name:"},
+		{"stream with dot", func(c *Config) { c.NATS.Stream = "A.B" }, "nats.stream:"},
+		{"stream with star", func(c *Config) { c.NATS.Stream = "A*" }, "nats.stream:"},
+		{"stream with gt", func(c *Config) { c.NATS.Stream = "A>" }, "nats.stream:"},
+		{"stream with slash", func(c *Config) { c.NATS.Stream = "a/b" }, "nats.stream:"},
+		{"stream with backslash", func(c *Config) { c.NATS.Stream = `a\b` }, "nats.stream:"},
+		{"stream with tab", func(c *Config) { c.NATS.Stream = "a\tb" }, "nats.stream:"},
+		{"stream empty", func(c *Config) { c.NATS.Stream = "" }, "nats.stream: must not be empty"},
+		{"stream with dash", func(c *Config) { c.NATS.Stream = "scrollback-test_1" }, ""},
+		{"prefix empty", func(c *Config) { c.NATS.SubjectPrefix = "" }, "nats.subject_prefix: must not be empty"},
+		{"prefix wildcard", func(c *Config) { c.NATS.SubjectPrefix = "*" }, "nats.subject_prefix:"},
+		{"prefix full wildcard", func(c *Config) { c.NATS.SubjectPrefix = ">" }, "nats.subject_prefix:"},
+		{"prefix with space", func(c *Config) { c.NATS.SubjectPrefix = "s b" }, "nats.subject_prefix:"},
+		{"listen port zero", func(c *Config) { c.HTTP.Listen = "127.0.0.1:0" }, ""},
+		{"listen all interfaces", func(c *Config) { c.HTTP.Listen = ":8090" }, ""},
+		{"listen ipv6", func(c *Config) { c.NATS.Listen = "[::1]:4222" }, ""},
+		{"listen port too big", func(c *Config) { c.HTTP.Listen = ":70000" }, "http.listen:"},
+		{"listen no port", func(c *Config) { c.NATS.Listen = "localhost" }, "nats.listen:"},
+		{"user id with port", func(c *Config) {
+			c.Auth.Tokens = []TokenConfig{{Token: "t", UserID: "@a:example.org:8448"}}
+		}, ""},
+		{"user id without localpart", func(c *Config) {
+			c.Auth.Tokens = []TokenConfig{{Token: "t", UserID: "@:example.org"}}
+		}, "auth.tokens[0].user_id:"},
+		{"user id without server", func(c *Config) {
+			c.Auth.Tokens = []TokenConfig{{Token: "t", UserID: "@alice"}}
+		}, "auth.tokens[0].user_id:"},
+		{"user id with sigil of a room", func(c *Config) {
+			c.Auth.Tokens = []TokenConfig{{Token: "t", UserID: "!room:example.org"}}
+		}, "auth.tokens[0].user_id:"},
+		{"retention equal bounds", func(c *Config) {
+			c.Retention.DefaultPolicy = RetentionPolicy{MinLifetime: dur(day), MaxLifetime: dur(day)}
+			c.Retention.PurgeJobs = []PurgeJobConfig{{Interval: dur(time.Hour), ShortestMaxLifetime: dur(day), LongestMaxLifetime: dur(day)}}
+		}, ""},
+		{"retention only max lifetime", func(c *Config) {
+			c.Retention.DefaultPolicy = RetentionPolicy{MaxLifetime: dur(day)}
+		}, ""},
+		{"retention min lifetime alone is fine", func(c *Config) {
+			c.Retention.DefaultPolicy = RetentionPolicy{MinLifetime: dur(year)}
+		}, ""},
+		{"retention checked even when disabled", func(c *Config) {
+			c.Retention.Enabled = false
+			c.Retention.AllowedLifetimeMin = dur(2 * day)
+			c.Retention.AllowedLifetimeMax = dur(day)
+		}, "retention.allowed_lifetime_min:"},
+		{"forgotten room retention zero", func(c *Config) {
+			c.ForgottenRoomRetentionPeriod = &commands.Duration{Set: true}
+		}, ""},
+		{"log warn json", func(c *Config) { c.Log = LogConfig{Level: "warn", Format: "json"} }, ""},
+		{"log level upper case", func(c *Config) { c.Log.Level = "INFO" }, "log.level:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tt.change(&c)
+			err := c.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Errorf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			wantAll(t, err, tt.wantErr)
+		})
+	}
+}
+
+func TestConfig_ApplyDefaults(t *testing.T) {
+	tests := []struct {
+		name string
+		in   Config
+		want Config
+	}{
+		{
+			name: "retention enabled without jobs",
+			in:   Config{Retention: RetentionConfig{Enabled: true}},
+			want: Config{
+				Retention: RetentionConfig{Enabled: true, PurgeJobs: []PurgeJobConfig{{Interval: dur(day)}}},
+				Log:       LogConfig{Level: "info", Format: "text"},
+			},
+		},
+		{
+			name: "retention disabled keeps no jobs",
+			in:   Config{},
+			want: Config{Log: LogConfig{Level: "info", Format: "text"}},
+		},
+		{
+			name: "given jobs are kept",
+			in: Config{
+				Retention: RetentionConfig{Enabled: true, PurgeJobs: []PurgeJobConfig{{Interval: dur(time.Hour)}}},
+				Log:       LogConfig{Level: "debug", Format: "json"},
+			},
+			want: Config{
+				Retention: RetentionConfig{Enabled: true, PurgeJobs: []PurgeJobConfig{{Interval: dur(time.Hour)}}},
+				Log:       LogConfig{Level: "debug", Format: "json"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tt.in
+			got.ApplyDefaults()
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ApplyDefaults() = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseServeFlags(t *testing.T) {
+	file := writeConfig(t, "server_name: file.org\ndata_dir: /from/file\nhttp: {listen: \"127.0.0.1:9000\"}\nbackfill: {timeout: 2s}\n")
+	fromFile := func(c *Config) {
+		c.ServerName = "file.org"
+		c.DataDir = "/from/file"
+		c.HTTP.Listen = "127.0.0.1:9000"
+		c.Backfill.Timeout = dur(2 * time.Second)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want func(c *Config) // applied to DefaultConfig()
+	}{
+		{"no flags gives the defaults", nil, func(c *Config) {}},
+		{"-c", []string{"-c", file}, fromFile},
+		{"--config", []string{"--config", file}, fromFile},
+		{"-config", []string{"-config", file}, fromFile},
+		{"--config=", []string{"--config=" + file}, fromFile},
+		{"--c", []string{"--c", file}, fromFile},
+		{"flags override the file", []string{"-c", file, "--data", "/from/flag", "--http", ":9100", "--server-name", "flag.org"},
+			func(c *Config) {
+				fromFile(c)
+				c.DataDir = "/from/flag"
+				c.HTTP.Listen = ":9100"
+				c.ServerName = "flag.org"
+			}},
+		{"flags before -c still override", []string{"--data=/from/flag", "-c", file},
+			func(c *Config) {
+				fromFile(c)
+				c.DataDir = "/from/flag"
+			}},
+		{"nats flags", []string{"--nats-url", "nats://n1:4222", "--nats-listen", ""},
+			func(c *Config) {
+				c.NATS.URL = "nats://n1:4222"
+				c.NATS.Listen = ""
+			}},
+		{"empty flag value disables the bridge", []string{"-c", file, "--http="},
+			func(c *Config) {
+				fromFile(c)
+				c.HTTP.Listen = ""
+			}},
+		{"log level", []string{"--log-level", "debug"}, func(c *Config) { c.Log.Level = "debug" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseServeFlags(tt.args, io.Discard)
+			if err != nil {
+				t.Fatalf("parseServeFlags(%q) error = %v", tt.args, err)
+			}
+			want := DefaultConfig()
+			tt.want(&want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("parseServeFlags(%q) = %+v\nwant %+v", tt.args, got, want)
+			}
+		})
+	}
+}
+
+func TestParseServeFlags_Errors(t *testing.T) {
+	bad := writeConfig(t, "server_name: \"\"\ntasks: {max_concurrent: 0}\n")
+	typo := writeConfig(t, "sever_name: x\n")
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr error
+		want    []string
+	}{
+		{"help", []string{"-h"}, flag.ErrHelp, nil},
+		{"unknown flag", []string{"--verbose"}, nil, []string{"flag provided but not defined: -verbose"}},
+		{"stray argument", []string{"-c", "x.yaml", "extra"}, nil, []string{`unexpected argument "extra"`}},
+		{"missing file", []string{"-c", filepath.Join(t.TempDir(), "none.yaml")}, os.ErrNotExist, nil},
+		{"unknown key in the file", []string{"-c", typo}, nil, []string{"sever_name: unknown key"}},
+		{"every problem after the flags", []string{"-c", bad, "--http", "nope", "--log-level", "loud"}, nil, []string{
+			"invalid configuration (" + bad + " and flags):",
+			"server_name: must not be empty",
+			"tasks.max_concurrent: must be at least 1",
+			`http.listen: "nope" is not host:port`,
+			`log.level: "loud"`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseServeFlags(tt.args, io.Discard)
+			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Errorf("parseServeFlags(%q) error = %v, want %v", tt.args, err, tt.wantErr)
+			}
+			if tt.want != nil {
+				wantAll(t, err, tt.want...)
+			}
+		})
+	}
+
+	t.Run("a flag fixes a bad file value", func(t *testing.T) {
+		path := writeConfig(t, "server_name: \"\"\n")
+		got, err := parseServeFlags([]string{"-c", path, "--server-name", "fixed.org"}, io.Discard)
+		if err != nil || got.ServerName != "fixed.org" {
+			t.Errorf("parseServeFlags() = %q, %v; want fixed.org, nil", got.ServerName, err)
+		}
+	})
+	t.Run("usage names the flags", func(t *testing.T) {
+		var out strings.Builder
+		_, _ = parseServeFlags([]string{"-h"}, &out)
+		for _, name := range []string{"-c", "-config", "-data", "-server-name", "-nats-url", "-nats-listen", "-http", "-log-level"} {
+			if !strings.Contains(out.String(), name+" ") {
+				t.Errorf("usage does not mention %s:\n%s", name, out.String())
+			}
+		}
+	})
+}
+
+func TestTokenConfig_String(t *testing.T) {
+	c := DefaultConfig()
+	c.Auth.Tokens = []TokenConfig{{Token: "s3cret", UserID: "@admin:localhost", Admin: true}}
+	for _, verb := range []string{"%v", "%+v", "%s"} {
+		if s := fmt.Sprintf(verb, c); strings.Contains(s, "s3cret") {
+			t.Errorf("Sprintf(%s, cfg) leaks the token: %s", verb, s)
+		}
+	}
+	if s := fmt.Sprint(c.Auth.Tokens[0]); !strings.Contains(s, "@admin:localhost") {
+		t.Errorf("String() = %s, want the user ID", s)
+	}
+}

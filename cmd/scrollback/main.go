@@ -1,0 +1,61 @@
+// Command scrollback is the Matrix room-history service: `scrollback
+// serve` runs it, `scrollback seed` fills a running one with synthetic
+// rooms, `scrollback bench` measures it.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: scrollback <command> [flags]
+
+commands:
+  serve   run the service (embedded NATS, projection, NATS API, HTTP bridge)
+  seed    publish synthetic rooms to a running service
+  bench   measure ingest and /messages against the floor
+  version print the version
+
+Run 'scrollback <command> -h' for the flags of a command.
+`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = runServe(ctx, args[1:], stderr)
+	case "seed":
+		err = runSeed(ctx, args[1:], stdout)
+	case "bench":
+		err = runBench(ctx, args[1:], stdout)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "scrollback", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "scrollback: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "scrollback:", err)
+		return 1
+	}
+	return 0
+}

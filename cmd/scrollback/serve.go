@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/projections"
+)
+
+func runServe(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := ParseServeFlags(args)
+	if err != nil {
+		return err
+	}
+	m := &Main{Config: cfg, Logger: newLogger(cfg.Log, stderr)}
+	if err := m.Open(ctx); err != nil {
+		m.Close()
+		return err
+	}
+	<-ctx.Done()
+	m.Logger.Info("shutting down")
+	return m.Close()
+}
+
+func newLogger(c LogConfig, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
+	if c.Format == LogFormatJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// Main is one running scrollback: Open starts every part, Close stops them
+// in reverse order. Tests run it in-process.
+type Main struct {
+	Config Config
+	Logger *slog.Logger
+
+	// Set by Open.
+	NATSServer *server.Server // nil with an external cluster
+	NC         *nats.Conn
+	JS         jetstream.JetStream
+	Store      *projections.Store
+	Projector  *projections.Projector
+	Metrics    *handlers.Metrics
+	HTTPAddr   string // where the bridge listens ("" if off)
+	AdminToken string // the generated admin token, if any
+
+	svc      *bus.Service
+	httpSrv  *http.Server
+	cancel   context.CancelFunc
+	projDone chan error
+	httpDone chan error
+}
+
+// Open starts the service: NATS (embedded or external), the stream, the
+// projection file, the projector, the micro service and the HTTP bridge.
+// Listeners are bound before Open returns.
+func (m *Main) Open(ctx context.Context) error {
+	if m.Logger == nil {
+		m.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := m.Config
+	subjects := bus.Subjects{Prefix: c.NATS.SubjectPrefix}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	var err error
+	if c.NATS.URL == "" {
+		m.NATSServer, err = bus.StartEmbedded(bus.EmbeddedOptions{Listen: c.NATS.Listen, StoreDir: filepath.Join(c.DataDir, "jetstream")})
+		if err != nil {
+			return err
+		}
+		if m.NC, err = bus.ConnectInProcess(m.NATSServer, "scrollback"); err != nil {
+			return err
+		}
+		if c.NATS.Listen != "" {
+			m.Logger.Info("embedded NATS listening", "url", m.NATSServer.ClientURL())
+		}
+	} else if m.NC, err = bus.Connect(c.NATS.URL, c.NATS.Credentials, "scrollback"); err != nil {
+		return err
+	}
+	if m.JS, err = jetstream.New(m.NC); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = bus.EnsureStream(sctx, m.JS, subjects, c.NATS.Stream)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if m.Store, err = projections.Open(filepath.Join(c.DataDir, "scrollback.db"), projections.Options{}); err != nil {
+		return err
+	}
+	logLog := &bus.Log{JS: m.JS, Stream: c.NATS.Stream, Subjects: subjects}
+	m.Projector = &projections.Projector{
+		Store:     m.Store,
+		Source:    logLog,
+		Decode:    subjects.Decode,
+		RoomKeyOf: roomKeyToken(c.NATS.SubjectPrefix),
+		Logger:    m.Logger.With("component", "projector"),
+	}
+	m.Metrics = handlers.NewMetrics(func() float64 {
+		return float64(m.Projector.LogLast() - min(m.Projector.Applied(), m.Projector.LogLast()))
+	})
+	m.Projector.Observe = m.observeBatch(subjects)
+	runCtx, runCancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = runCancel
+	m.projDone = make(chan error, 1)
+	go func() { m.projDone <- m.Projector.Run(runCtx) }()
+
+	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now}
+	m.svc, err = bus.Serve(m.NC, bus.ServiceOptions{
+		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
+		Observe: m.Metrics.ObserveRequest("nats"),
+	}, []bus.Endpoint{
+		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second},
+	})
+	if err != nil {
+		return err
+	}
+	if c.HTTP.Listen != "" {
+		if err := m.openHTTP(subjects); err != nil {
+			return err
+		}
+	}
+	m.Logger.Info("scrollback started", "server_name", c.ServerName, "data_dir", c.DataDir, "http", m.HTTPAddr, "stream", c.NATS.Stream)
+	return nil
+}
+
+func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
+	log := m.Logger.With("component", "projector")
+	return func(part int, outcomes []projections.Outcome, d time.Duration) {
+		m.Metrics.ObserveBatch(outcomes, d)
+		for _, o := range outcomes {
+			if o.Result != projections.OutcomeDead {
+				continue
+			}
+			log.Warn("dead letter: log message not applied", "seq", o.Seq, "room_id", o.RoomID, "kind", o.Kind, "reason", o.Reason)
+			data, err := bus.Encode(projections.DeadLetter{Seq: o.Seq, RoomID: o.RoomID, Reason: o.Reason})
+			if err == nil {
+				kind := o.Kind
+				if kind == "" {
+					kind = "unknown"
+				}
+				_ = m.NC.Publish(subjects.DeadLetter(kind), data)
+			}
+		}
+	}
+}
+
+func (m *Main) openHTTP(subjects bus.Subjects) error {
+	c := m.Config
+	static := map[string]handlers.Identity{}
+	hasAdmin := false
+	for _, t := range c.Auth.Tokens {
+		static[t.Token] = handlers.Identity{UserID: t.UserID, Admin: t.Admin}
+		hasAdmin = hasAdmin || t.Admin
+	}
+	if !hasAdmin {
+		tok, path, err := adminToken(c.DataDir, c.ServerName)
+		if err != nil {
+			return err
+		}
+		m.AdminToken = tok
+		static[tok] = handlers.Identity{UserID: "@admin:" + c.ServerName, Admin: true}
+		m.Logger.Info("no admin token in auth.tokens: using a generated one", "path", path, "user_id", "@admin:"+c.ServerName)
+	}
+	req := &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}
+	bridge := &handlers.Bridge{
+		Req:      &bus.Requester{NC: m.NC, Timeout: handlers.WaitForTimeout + 20*time.Second},
+		Subjects: subjects,
+		Auth:     &handlers.Auth{Static: static, Req: req, Subjects: subjects},
+		Logger:   m.Logger.With("component", "http"),
+		Healthy:  m.Projector.Started,
+		Metrics:  m.Metrics.Handler(),
+		Observe:  m.Metrics.ObserveRequest("http"),
+	}
+	ln, err := net.Listen("tcp", c.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("http listen %s: %w", c.HTTP.Listen, err)
+	}
+	m.HTTPAddr = ln.Addr().String()
+	m.httpSrv = &http.Server{
+		Handler:           bridge.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+	}
+	m.httpDone = make(chan error, 1)
+	go func() { m.httpDone <- m.httpSrv.Serve(ln) }()
+	return nil
+}
+
+// adminToken reads <data_dir>/admin.token, creating it (mode 0600) with a
+// random token on first start.
+func adminToken(dataDir, serverName string) (token, path string, err error) {
+	path = filepath.Join(dataDir, "admin.token")
+	if b, err := os.ReadFile(path); err == nil {
+		if tok := strings.TrimSpace(string(b)); tok != "" {
+			return tok, path, nil
+		}
+	}
+	token = "sb_" + rand.Text()
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write admin token: %w", err)
+	}
+	return token, path, nil
+}
+
+// roomKeyToken returns the <rk> token of a room subject <prefix>.room.<rk>.<kind>.
+func roomKeyToken(prefix string) func(string) string {
+	skip := len(prefix) + len(".room.")
+	return func(subject string) string {
+		if len(subject) <= skip {
+			return ""
+		}
+		rk, _, _ := strings.Cut(subject[skip:], ".")
+		return rk
+	}
+}
+
+// Close stops everything in reverse order and waits for it: the HTTP
+// bridge, the micro service, the projector (which commits what it was
+// given), the file, the NATS connection and the embedded server.
+func (m *Main) Close() error {
+	var errs []error
+	if m.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, m.httpSrv.Shutdown(ctx))
+		cancel()
+		if err := <-m.httpDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if m.svc != nil {
+		errs = append(errs, m.svc.Stop())
+	}
+	if m.cancel != nil {
+		m.cancel()
+		errs = append(errs, <-m.projDone)
+	}
+	if m.Store != nil {
+		errs = append(errs, m.Store.Close())
+	}
+	if m.NC != nil {
+		m.NC.Close()
+	}
+	if m.NATSServer != nil {
+		m.NATSServer.Shutdown()
+		m.NATSServer.WaitForShutdown()
+	}
+	return errors.Join(errs...)
+}
+
+var _ = commands.ErrMalformed

@@ -1,0 +1,82 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Identity is who made a request.
+type Identity struct {
+	UserID string
+	Admin  bool
+}
+
+// Requester sends a request over the bus and returns the raw reply (an
+// error reply comes back as *commands.Error).
+type Requester interface {
+	Request(ctx context.Context, subject string, req any) ([]byte, error)
+}
+
+// Auth checks access tokens: first the static tokens of the config and the
+// generated admin token, then sb.hs.whoami (CONTRACT.md section 1).
+type Auth struct {
+	Static   map[string]Identity
+	Req      Requester
+	Subjects bus.Subjects
+}
+
+// tokenOf returns the request's access token: the Authorization bearer
+// header, else the access_token query parameter.
+func tokenOf(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok || tok == "" {
+			return "", false
+		}
+		return tok, true
+	}
+	if tok := r.URL.Query().Get("access_token"); tok != "" {
+		return tok, true
+	}
+	return "", false
+}
+
+// Authenticate returns the requester's identity or a Matrix error: 401
+// M_MISSING_TOKEN, 401 M_UNKNOWN_TOKEN, or 503 when no homeserver answers
+// whoami for a token the config does not know.
+func (a *Auth) Authenticate(ctx context.Context, r *http.Request) (Identity, error) {
+	tok, ok := tokenOf(r)
+	if !ok {
+		return Identity{}, commands.Errorf(401, commands.CodeMissingToken, "Missing access token.")
+	}
+	if id, ok := a.Static[tok]; ok {
+		return id, nil
+	}
+	if a.Req == nil {
+		return Identity{}, commands.Errorf(401, commands.CodeUnknownToken, "Unrecognised access token.")
+	}
+	data, err := a.Req.Request(ctx, a.Subjects.HS("whoami"), map[string]any{"access_token": tok})
+	var apiErr *commands.Error
+	switch {
+	case errors.As(err, &apiErr):
+		return Identity{}, commands.Errorf(401, commands.CodeUnknownToken, "Unrecognised access token.")
+	case err != nil:
+		return Identity{}, commands.Errorf(503, commands.CodeUnknown, "Cannot check the access token: no homeserver answers %s", a.Subjects.HS("whoami"))
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return Identity{}, commands.Errorf(503, commands.CodeUnknown, "Cannot check the access token: bad whoami reply")
+	}
+	id := Identity{}
+	id.UserID, _ = m["user_id"].(string)
+	id.Admin, _ = m["admin"].(bool)
+	if id.UserID == "" {
+		return Identity{}, commands.Errorf(401, commands.CodeUnknownToken, "Unrecognised access token.")
+	}
+	return id, nil
+}

@@ -1,0 +1,306 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Bounds of the HTTP bridge.
+const (
+	MaxBodyBytes   = 1 << 20
+	MaxQueryBytes  = 64 << 10
+	requestTimeout = 30 * time.Second
+)
+
+// Bridge is the HTTP bridge: Synapse's client and admin endpoints, each a
+// thin translation to a request of CONTRACT.md section 4.
+type Bridge struct {
+	Req      Requester
+	Subjects bus.Subjects
+	Auth     *Auth
+	Logger   *slog.Logger
+	// Healthy reports whether the service consumes the log and answers.
+	Healthy func() bool
+	// Metrics serves /metrics; Observe hears every request.
+	Metrics http.Handler
+	Observe func(endpoint string, d time.Duration, status int)
+}
+
+// apiHandler is an HTTP handler that returns its error; serveAPI is the one
+// place where errors become Matrix error responses.
+type apiHandler func(ctx context.Context, r *http.Request, id Identity) (any, error)
+
+// Handler returns the bridge's routes.
+func (b *Bridge) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, v := range []string{"v3", "r0", "api/v1"} {
+		mux.Handle("GET /_matrix/client/"+v+"/rooms/{roomId}/messages", b.serve("client_messages", false, b.clientMessages))
+	}
+	mux.Handle("GET /_synapse/admin/v1/rooms/{roomId}/messages", b.serve("admin_messages", true, b.adminMessages))
+	mux.HandleFunc("GET /health", b.health)
+	if b.Metrics != nil {
+		mux.Handle("GET /metrics", b.Metrics)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, commands.Errorf(404, commands.CodeUnrecognized, "Unrecognized request"))
+	})
+	return mux
+}
+
+func (b *Bridge) health(w http.ResponseWriter, r *http.Request) {
+	if b.Healthy != nil && !b.Healthy() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "starting")
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		status := b.handle(w, r, admin, h)
+		if b.Observe != nil {
+			b.Observe(name, time.Since(start), status)
+		}
+	})
+}
+
+func (b *Bridge) handle(w http.ResponseWriter, r *http.Request, admin bool, h apiHandler) int {
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	if len(r.URL.RawQuery) > MaxQueryBytes {
+		return writeError(w, commands.Errorf(414, commands.CodeUnknown, "Query string too long"))
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	id, err := b.Auth.Authenticate(ctx, r)
+	if err == nil && admin && !id.Admin {
+		err = commands.Errorf(403, commands.CodeForbidden, "You are not a server admin")
+	}
+	var out any
+	if err == nil {
+		out, err = h(ctx, r, id)
+	}
+	if err != nil {
+		var e *commands.Error
+		if !errors.As(err, &e) {
+			b.Logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		return writeError(w, err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(out); err != nil {
+		b.Logger.Warn("write response", "path", r.URL.Path, "err", err)
+	}
+	return http.StatusOK
+}
+
+// writeError is the one place that turns an error into a Matrix error
+// response; anything that is not a *commands.Error is a generic 500.
+func writeError(w http.ResponseWriter, err error) int {
+	e := commands.AsError(err)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(map[string]string{"errcode": e.Code, "error": e.Message})
+	return e.Status
+}
+
+func (b *Bridge) clientMessages(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	req, err := messagesQuery(r)
+	if err != nil {
+		return nil, err
+	}
+	req["user_id"] = id.UserID
+	return b.messages(ctx, r.PathValue("roomId"), req)
+}
+
+func (b *Bridge) adminMessages(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	req, err := messagesQuery(r)
+	if err != nil {
+		return nil, err
+	}
+	req["admin"] = true
+	return b.messages(ctx, r.PathValue("roomId"), req)
+}
+
+func (b *Bridge) messages(ctx context.Context, roomID string, req map[string]any) (any, error) {
+	if roomID == "" || len(roomID) > commands.MaxIDLength {
+		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Invalid room ID")
+	}
+	return b.call(ctx, b.Subjects.APIRoom(roomID, "messages"), req)
+}
+
+// call sends a request to the service and decodes its MessagePack reply
+// into JSON-ready values.
+func (b *Bridge) call(ctx context.Context, subject string, req map[string]any) (any, error) {
+	data, err := b.Req.Request(ctx, subject, req)
+	if err != nil {
+		var e *commands.Error
+		if errors.As(err, &e) {
+			return nil, e
+		}
+		if errors.Is(err, bus.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, commands.Errorf(503, commands.CodeUnknown, "scrollback did not answer")
+		}
+		return nil, err
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, fmt.Errorf("decode reply of %s: %w", subject, err)
+	}
+	return m, nil
+}
+
+// messagesQuery translates /messages query parameters into the request
+// map of the messages endpoint, with Synapse's parsing errors.
+func messagesQuery(r *http.Request) (map[string]any, error) {
+	q := r.URL.Query()
+	req := map[string]any{}
+	if v := q.Get("dir"); q.Has("dir") {
+		if v != "b" && v != "f" {
+			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter 'dir' must be one of ['b', 'f']")
+		}
+		req["dir"] = v
+	}
+	for _, k := range []string{"from", "to"} {
+		if q.Has(k) {
+			req[k] = q.Get(k)
+		}
+	}
+	if q.Has("limit") {
+		n, err := parseLimit(q.Get("limit"))
+		if err != nil {
+			return nil, err
+		}
+		req["limit"] = n
+	}
+	if q.Has("filter") {
+		f, err := parseJSONParam(q.Get("filter"))
+		if err != nil {
+			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
+		}
+		if m, ok := f.(map[string]any); !ok {
+			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
+		} else if len(m) > 0 {
+			req["filter"] = m
+		}
+	}
+	return req, nil
+}
+
+// parseLimit follows Synapse's parse_integer: an integer (Python int()
+// syntax: surrounding spaces, a sign, digits), never negative; huge
+// values are clamped later.
+func parseLimit(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	digits := strings.TrimLeft(t, "+-")
+	if digits == "" || len(t)-len(digits) > 1 || strings.Trim(digits, "0123456789") != "" {
+		return 0, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter limit must be an integer")
+	}
+	if strings.HasPrefix(t, "-") {
+		if strings.Trim(digits, "0") == "" {
+			return 0, nil
+		}
+		return 0, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter limit must be a positive integer.")
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	if err != nil {
+		return MaxLimit, nil // all digits, only too large: clamped like Synapse
+	}
+	return n, nil
+}
+
+// parseJSONParam decodes a JSON query parameter into MessagePack-ready
+// values: integral numbers become int64, others float64.
+func parseJSONParam(s string) (any, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data")
+	}
+	return normalizeJSON(v, 0)
+}
+
+// DecodeJSONBody decodes a request body into an object with Synapse's
+// errors: unparseable "Content not JSON.", non-object "Content must be a
+// JSON object.". emptyOK makes an empty body {}.
+func DecodeJSONBody(r *http.Request, emptyOK bool) (map[string]any, error) {
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(r.Body); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, commands.Errorf(413, commands.CodeLimitExceeded, "Request body too large")
+		}
+		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
+	}
+	if buf.Len() == 0 {
+		if emptyOK {
+			return map[string]any{}, nil
+		}
+		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
+	}
+	v, err := parseJSONParam(buf.String())
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Content must be a JSON object.")
+	}
+	return m, nil
+}
+
+const maxJSONDepth = 100
+
+func normalizeJSON(v any, depth int) (any, error) {
+	if depth > maxJSONDepth {
+		return nil, errors.New("nested too deeply")
+	}
+	switch x := v.(type) {
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return n, nil
+		}
+		f, err := x.Float64()
+		if err != nil {
+			return nil, err
+		}
+		return f, nil
+	case map[string]any:
+		for k, c := range x {
+			n, err := normalizeJSON(c, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			x[k] = n
+		}
+	case []any:
+		for i, c := range x {
+			n, err := normalizeJSON(c, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			x[i] = n
+		}
+	}
+	return v, nil
+}

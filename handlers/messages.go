@@ -1,0 +1,402 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// Synapse's limits for /messages (SYNAPSE.md 1.1).
+const (
+	DefaultLimit = 10
+	MaxLimit     = 1000
+	// WaitForTimeout bounds a read's wait_for (CONTRACT.md section 4).
+	WaitForTimeout = 10 * time.Second
+	// replyMargin keeps a reply under the server's max_payload with room
+	// for the headers and the tokens.
+	replyMargin = 64 << 10
+)
+
+// Waiter is the projector as reads need it.
+type Waiter interface {
+	// WaitFor blocks until the room's partition has applied seq.
+	WaitFor(ctx context.Context, roomID string, seq uint64) error
+	// Watermark is the sequence up to which the room's partition is applied.
+	Watermark(roomID string) uint64
+}
+
+// Messages answers sb.api.room.<rk>.messages: Synapse's get_messages
+// (SYNAPSE.md 1.4) over the projection.
+type Messages struct {
+	Store    *projections.Store
+	Waiter   Waiter
+	Subjects bus.Subjects
+	Now      func() time.Time
+	// MaxReply bounds a reply's size (default: max_payload).
+	MaxReply int
+}
+
+// MessagesRequest is the decoded request (CONTRACT.md section 4).
+type MessagesRequest struct {
+	UserID       string
+	Admin        bool
+	From, To     *commands.StreamToken
+	Backwards    bool
+	Limit        int
+	Filter       *commands.Filter
+	WaitFor      uint64
+	IgnoredUsers []string
+}
+
+// ParseMessagesRequest validates a request map in Synapse's order: dir,
+// from, to, limit, filter; then the requester.
+func ParseMessagesRequest(m map[string]any) (*MessagesRequest, error) {
+	r := &MessagesRequest{Limit: DefaultLimit}
+	if v, ok := m["dir"]; ok && v != nil {
+		switch v {
+		case "b":
+			r.Backwards = true
+		case "f":
+		default:
+			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter 'dir' must be one of ['b', 'f']")
+		}
+	}
+	for _, f := range []struct {
+		key string
+		dst **commands.StreamToken
+	}{{"from", &r.From}, {"to", &r.To}} {
+		v, ok := m[f.key]
+		if !ok || v == nil {
+			continue
+		}
+		s, ok := v.(string)
+		if !ok {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "'%s' parameter is invalid", f.key)
+		}
+		if s == "" || (f.key == "from" && s == "END") {
+			continue // "END" is Synapse's old spelling of "no from"
+		}
+		t, err := commands.ParseStreamToken(s)
+		if err != nil {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "'%s' parameter is invalid", f.key)
+		}
+		*f.dst = &t
+	}
+	if v, ok := m["limit"]; ok && v != nil {
+		n, ok := commands.AsInt(v)
+		if !ok {
+			if u, isU := v.(uint64); isU && u > 1<<63-1 {
+				n, ok = MaxLimit, true
+			}
+		}
+		if !ok {
+			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter limit must be an integer")
+		}
+		if n < 0 {
+			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter limit must be a positive integer.")
+		}
+		r.Limit = int(min(n, MaxLimit))
+	}
+	if v, ok := m["filter"]; ok && v != nil {
+		f, err := commands.ParseFilter(v)
+		if err != nil {
+			return nil, err
+		}
+		r.Filter = f
+	}
+	if v, ok := m["admin"]; ok && v != nil {
+		b, ok := v.(bool)
+		if !ok {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'admin' must be a boolean")
+		}
+		r.Admin = b
+	}
+	if v, ok := m["user_id"]; ok && v != nil {
+		s, ok := v.(string)
+		if !ok {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'user_id' must be a string")
+		}
+		r.UserID = s
+	}
+	if !r.Admin && r.UserID == "" {
+		return nil, commands.Errorf(400, commands.CodeMissingParam, "Missing params: ['user_id']")
+	}
+	if v, ok := m["wait_for"]; ok && v != nil {
+		n, ok := commands.AsInt(v)
+		if u, isU := v.(uint64); isU {
+			n, ok = int64(min(u, 1<<63-1)), true
+		}
+		if !ok || n < 0 {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'wait_for' must be a log sequence number")
+		}
+		r.WaitFor = uint64(n)
+	}
+	if v, ok := m["ignored_users"]; ok && v != nil {
+		list, ok := v.([]any)
+		if !ok {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'ignored_users' must be an array of user IDs")
+		}
+		for _, u := range list {
+			s, ok := u.(string)
+			if !ok {
+				return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'ignored_users' must be an array of user IDs")
+			}
+			r.IgnoredUsers = append(r.IgnoredUsers, s)
+		}
+	}
+	return r, nil
+}
+
+// Handle is the bus.Handler of the messages endpoint.
+func (h *Messages) Handle(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	roomID, err := h.Subjects.ParseAPIRoomSubject(subject)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+	}
+	req, err := ParseMessagesRequest(m)
+	if err != nil {
+		return nil, err
+	}
+	return h.Read(ctx, roomID, req)
+}
+
+// Read answers a parsed request with the MessagePack reply
+// {chunk, start, end?, state?}.
+func (h *Messages) Read(ctx context.Context, roomID string, req *MessagesRequest) ([]byte, error) {
+	if req.WaitFor > 0 {
+		wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+		err := h.Waiter.WaitFor(wctx, roomID, req.WaitFor)
+		cancel()
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil, commands.Errorf(504, commands.CodeUnknown, "Timed out waiting for the room log to reach sequence %d", req.WaitFor)
+			}
+			return nil, err
+		}
+	}
+	now := h.Now().UnixMilli()
+	var reply []byte
+	err := h.Store.View(roomID, func(v *projections.RoomView) error {
+		var err error
+		reply, err = h.page(v, roomID, req, now)
+		return err
+	})
+	return reply, err
+}
+
+func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesRequest, now int64) ([]byte, error) {
+	// Step 1: the from token.
+	var from commands.StreamToken
+	fromGiven := req.From != nil
+	switch {
+	case fromGiven:
+		from = *req.From
+	case req.Backwards:
+		depth, stream, _ := v.MaxPosition()
+		stream = max(stream, int64(h.Waiter.Watermark(roomID)))
+		from = commands.StartToken.WithRoom(commands.RoomToken{Topological: depth, Stream: stream, IsTopological: true})
+	default:
+		from = commands.StartToken
+	}
+	// Step 2: access. Until history visibility lands, a non-admin read
+	// needs a current join.
+	if !req.Admin {
+		if v.Membership(req.UserID) != "join" {
+			return nil, commands.Errorf(403, commands.CodeForbidden, "User %s not in room %s, and room previews are disabled", req.UserID, roomID)
+		}
+	}
+	// Step 5: the timeline, with Synapse's early bail.
+	var to *commands.RoomToken
+	if req.To != nil {
+		to = &req.To.Room
+	}
+	res := &projections.PageResult{}
+	bail := to != nil && (!req.Backwards && to.Stream <= from.Room.Stream || req.Backwards && from.Room.Stream <= to.Stream)
+	if !bail {
+		q := projections.PageQuery{RoomID: roomID, Backwards: req.Backwards, To: to, Limit: req.Limit, Filter: req.Filter}
+		if fromGiven || req.Backwards {
+			q.From = &from.Room
+		}
+		var err error
+		if res, err = v.Paginate(q); err != nil {
+			return nil, err
+		}
+	}
+	// Step 7: next_key.
+	next := from.Room
+	switch {
+	case res.Next != nil:
+		next = *res.Next
+	case to != nil:
+		next = *to
+	}
+	end := from.WithRoom(next)
+	// Rejected events never leave the store (get_events_as_list).
+	rows := res.Rows[:0:0]
+	for _, r := range res.Rows {
+		if !r.Rejected() {
+			rows = append(rows, r)
+		}
+	}
+	// Step 8: the end of the timeline.
+	if !res.Limited && len(rows) == 0 {
+		return encodeReply(from.String(), "", nil, nil)
+	}
+	// Step 9: the filter's after-limit part, then visibility.
+	visible := rows[:0:0]
+	for _, r := range rows {
+		if req.Filter != nil && !req.Filter.Check(r.Meta()) {
+			continue
+		}
+		if !req.Admin && r.SoftFailed() {
+			continue
+		}
+		visible = append(visible, r)
+	}
+	enc := clientEncoder{now: now, roomID: roomID}
+	maxReply := h.MaxReply
+	if maxReply <= 0 {
+		maxReply = bus.MaxPayload
+	}
+	for i, r := range visible {
+		var prev *projections.PrevState
+		if r.IsState() {
+			var err error
+			if prev, err = v.StateBefore(r.Type, r.StateKey, r.Depth, r.Stream); err != nil {
+				return nil, err
+			}
+		}
+		mark := enc.buf.Len()
+		if err := enc.event(r, prev); err != nil {
+			return nil, err
+		}
+		if enc.buf.Len() > maxReply-replyMargin && i > 0 {
+			// The reply would pass max_payload: end at the last whole
+			// event, with end just after it.
+			enc.buf.Truncate(mark)
+			last := visible[i-1]
+			end = from.WithRoom(projections.NextToken(last.Depth, last.Stream, req.Backwards))
+			break
+		}
+		enc.n++
+	}
+	return encodeReply(from.String(), end.String(), &enc, nil)
+}
+
+// encodeReply writes {chunk, start, end?, state?}; end "" is left out.
+func encodeReply(start, end string, chunk *clientEncoder, state *clientEncoder) ([]byte, error) {
+	var buf bytes.Buffer
+	e := msgpack.NewEncoder(&buf)
+	n := 2
+	if end != "" {
+		n++
+	}
+	if state != nil && state.n > 0 {
+		n++
+	}
+	_ = e.EncodeMapLen(n)
+	_ = e.EncodeString("chunk")
+	if chunk == nil {
+		_ = e.EncodeArrayLen(0)
+	} else {
+		_ = e.EncodeArrayLen(chunk.n)
+		buf.Write(chunk.buf.Bytes())
+	}
+	_ = e.EncodeString("start")
+	_ = e.EncodeString(start)
+	if end != "" {
+		_ = e.EncodeString("end")
+		_ = e.EncodeString(end)
+	}
+	if state != nil && state.n > 0 {
+		_ = e.EncodeString("state")
+		_ = e.EncodeArrayLen(state.n)
+		buf.Write(state.buf.Bytes())
+	}
+	return buf.Bytes(), nil
+}
+
+// clientEncoder appends events in Synapse's client format (SYNAPSE.md
+// 1.5) to a buffer of concatenated MessagePack maps.
+type clientEncoder struct {
+	buf    bytes.Buffer
+	enc    *msgpack.Encoder
+	n      int
+	now    int64
+	roomID string
+}
+
+func (c *clientEncoder) event(r *projections.Row, prev *projections.PrevState) error {
+	if c.enc == nil {
+		c.enc = msgpack.NewEncoder(&c.buf)
+	}
+	e := c.enc
+	age := c.now - r.AgeTS
+	fields := 9 // content event_id origin_server_ts room_id sender type unsigned user_id age
+	if r.IsState() {
+		fields++
+	}
+	if r.Redacts != "" {
+		fields++
+	}
+	if prev != nil {
+		fields += 2 // prev_content, replaces_state copied to the top level
+	}
+	if err := e.EncodeMapLen(fields); err != nil {
+		return err
+	}
+	str := func(k, v string) {
+		_ = e.EncodeString(k)
+		_ = e.EncodeString(v)
+	}
+	_ = e.EncodeString("content")
+	c.buf.Write(r.Content)
+	str("event_id", r.EventID)
+	_ = e.EncodeString("origin_server_ts")
+	_ = e.EncodeInt(r.OriginServerTS)
+	str("room_id", c.roomID)
+	str("sender", r.Sender)
+	str("type", r.Type)
+	if r.IsState() {
+		str("state_key", r.StateKey)
+	}
+	if r.Redacts != "" {
+		str("redacts", r.Redacts)
+	}
+	str("user_id", r.Sender)
+	_ = e.EncodeString("age")
+	_ = e.EncodeInt(age)
+	if prev != nil {
+		_ = e.EncodeString("prev_content")
+		c.buf.Write(prev.Content)
+		str("replaces_state", prev.EventID)
+	}
+	// unsigned: age, the published fields, and prev_* for state events.
+	un := 1 + r.UnsignedN
+	if prev != nil {
+		un += 3
+	}
+	_ = e.EncodeString("unsigned")
+	_ = e.EncodeMapLen(un)
+	_ = e.EncodeString("age")
+	_ = e.EncodeInt(age)
+	c.buf.Write(r.Unsigned)
+	if prev != nil {
+		_ = e.EncodeString("prev_content")
+		c.buf.Write(prev.Content)
+		str("prev_sender", prev.Sender)
+		str("replaces_state", prev.EventID)
+	}
+	return nil
+}

@@ -1,0 +1,77 @@
+package handlers
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/scrollback/scrollback/projections"
+)
+
+// Metrics are the service's Prometheus metrics, on their own registry.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests   *prometheus.HistogramVec
+	logMsgs    *prometheus.CounterVec
+	deadLetter prometheus.Counter
+	batch      prometheus.Histogram
+}
+
+// NewMetrics registers the metrics. lag reports the projection lag in log
+// messages (the log's last sequence minus the applied one).
+func NewMetrics(lag func() float64) *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m.requests = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "scrollback_request_duration_seconds",
+		Help:    "Time to answer a request, by endpoint and transport (nats or http).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"endpoint", "transport", "status"})
+	m.logMsgs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "scrollback_log_messages_total",
+		Help: "Room log messages processed, by kind (event, cmd, task) and result (applied, duplicate, dead_letter, skipped).",
+	}, []string{"kind", "result"})
+	m.deadLetter = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "scrollback_dead_letters_total",
+		Help: "Room log messages rejected as malformed and recorded as dead letters.",
+	})
+	m.batch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "scrollback_apply_batch_seconds",
+		Help:    "Time to decode and commit one batch of log messages.",
+		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+	})
+	lagGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "scrollback_projection_lag_messages",
+		Help: "Log messages not yet applied to the projection.",
+	}, lag)
+	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, lagGauge,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
+}
+
+// ObserveRequest records one answered request.
+func (m *Metrics) ObserveRequest(transport string) func(endpoint string, d time.Duration, status int) {
+	return func(endpoint string, d time.Duration, status int) {
+		m.requests.WithLabelValues(endpoint, transport, strconv.Itoa(status)).Observe(d.Seconds())
+	}
+}
+
+// ObserveBatch records one applied batch.
+func (m *Metrics) ObserveBatch(outcomes []projections.Outcome, d time.Duration) {
+	m.batch.Observe(d.Seconds())
+	for _, o := range outcomes {
+		m.logMsgs.WithLabelValues(o.Kind, o.Result).Inc()
+		if o.Result == projections.OutcomeDead {
+			m.deadLetter.Inc()
+		}
+	}
+}

@@ -1,0 +1,121 @@
+package projections
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"math"
+)
+
+// Bucket names. The layout is documented in doc.go.
+var (
+	bMeta     = []byte("meta")       // format version, partition count
+	bCP       = []byte("checkpoint") // partition (uint16) -> last applied log sequence
+	bRooms    = []byte("rooms")      // room ID -> room number (uint64)
+	bRoomMeta = []byte("roommeta")   // room number -> RoomMeta (msgpack)
+	bTimeline = []byte("timeline")   // room|depth|order -> row
+	bEvents   = []byte("events")     // event ID -> room|depth|order|outlier
+	bOutliers = []byte("outliers")   // event ID -> row
+	bState    = []byte("state")      // room|type|state_key|depth|order -> membership|event ID
+	bFwd      = []byte("fwdext")     // room|event ID -> depth
+	bBack     = []byte("backext")    // room|event ID -> depth of the successor that named it
+	bForgot   = []byte("forgotten")  // room|user ID -> empty
+	bTasks    = []byte("tasks")      // task ID -> Task (msgpack)
+	bRoomTask = []byte("roomtasks")  // room|created ts|task ID -> empty
+	bDead     = []byte("deadletter") // log sequence -> DeadLetter (msgpack)
+	bReceived = []byte("received")   // received ts|log sequence -> room number (live events only)
+
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived}
+)
+
+// order maps a signed stream ordering to an unsigned key component that
+// sorts the same way (negative backfilled orderings first).
+func order(stream int64) uint64 { return uint64(stream) ^ 1<<63 }
+
+func unorder(u uint64) int64 { return int64(u ^ 1<<63) }
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+// tlKey is room|depth|order. Depth is >= 1, so it sorts as unsigned.
+func tlKey(room uint64, depth, stream int64) []byte {
+	k := make([]byte, 24)
+	binary.BigEndian.PutUint64(k, room)
+	binary.BigEndian.PutUint64(k[8:], uint64(depth))
+	binary.BigEndian.PutUint64(k[16:], order(stream))
+	return k
+}
+
+func parseTLKey(k []byte) (room uint64, depth, stream int64) {
+	return binary.BigEndian.Uint64(k), int64(binary.BigEndian.Uint64(k[8:])), unorder(binary.BigEndian.Uint64(k[16:]))
+}
+
+// roomEnd is the first key after every timeline key of room.
+func roomEnd(room uint64) []byte {
+	k := make([]byte, 24)
+	binary.BigEndian.PutUint64(k, room)
+	binary.BigEndian.PutUint64(k[8:], math.MaxUint64)
+	binary.BigEndian.PutUint64(k[16:], math.MaxUint64)
+	return k
+}
+
+// roomStrKey is room|s, for per-room sets keyed by a string.
+func roomStrKey(room uint64, s string) []byte {
+	k := make([]byte, 8, 8+len(s))
+	binary.BigEndian.PutUint64(k, room)
+	return append(k, s...)
+}
+
+// statePrefix is room|len(type)|type|len(key)|key.
+func statePrefix(room uint64, typ, stateKey string) []byte {
+	k := make([]byte, 8, 8+4+len(typ)+len(stateKey)+16)
+	binary.BigEndian.PutUint64(k, room)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(typ)))
+	k = append(k, typ...)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(stateKey)))
+	return append(k, stateKey...)
+}
+
+func stateKeyAt(prefix []byte, depth, stream int64) []byte {
+	k := make([]byte, len(prefix), len(prefix)+16)
+	copy(k, prefix)
+	k = binary.BigEndian.AppendUint64(k, uint64(depth))
+	return binary.BigEndian.AppendUint64(k, order(stream))
+}
+
+// evLoc is the value of the events index.
+type evLoc struct {
+	room    uint64
+	depth   int64
+	stream  int64
+	outlier bool
+}
+
+func (l evLoc) bytes() []byte {
+	b := make([]byte, 25)
+	binary.BigEndian.PutUint64(b, l.room)
+	binary.BigEndian.PutUint64(b[8:], uint64(l.depth))
+	binary.BigEndian.PutUint64(b[16:], order(l.stream))
+	if l.outlier {
+		b[24] = 1
+	}
+	return b
+}
+
+func parseLoc(b []byte) (evLoc, bool) {
+	if len(b) != 25 {
+		return evLoc{}, false
+	}
+	return evLoc{
+		room:    binary.BigEndian.Uint64(b),
+		depth:   int64(binary.BigEndian.Uint64(b[8:])),
+		stream:  unorder(binary.BigEndian.Uint64(b[16:])),
+		outlier: b[24] == 1,
+	}, true
+}
+
+// roomKey is the room's <rk> (unpadded base64url of its ID), which decides
+// its partition.
+func roomKey(roomID string) string { return base64.RawURLEncoding.EncodeToString([]byte(roomID)) }

@@ -1,0 +1,316 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Source is the room log as the projector reads it: Consume delivers every
+// message with a sequence >= from, in log order, until ctx ends or the
+// source fails. fn must not keep data after it returns unless it copies.
+type Source interface {
+	Consume(ctx context.Context, from uint64, fn func(seq uint64, subject string, data []byte, ts int64, pending uint64)) error
+}
+
+// Decoder turns a raw log message into a LogEntry (bus.Subjects.Decode).
+type Decoder func(seq uint64, subject string, data []byte, ts int64) commands.LogEntry
+
+// Observer hears about every applied message (metrics, logs, dead-letter
+// announcements). It is called from partition goroutines after the
+// commit.
+type Observer func(part int, outcomes []Outcome, batchDuration time.Duration)
+
+// Projector applies the room log to the Store: one goroutine per
+// partition, each applying its rooms' messages in log order in batches,
+// one bbolt transaction per batch that also advances the partition's
+// checkpoint.
+type Projector struct {
+	Store     *Store
+	Source    Source
+	Decode    Decoder
+	RoomKeyOf func(subject string) string // the <rk> token of a room subject
+	Observe   Observer
+	Logger    *slog.Logger
+	// MaxBatch bounds the messages of one transaction (default 1000).
+	MaxBatch int
+	// QueueLen bounds the messages waiting per partition (default 4096):
+	// the consumer blocks when a partition is that far behind.
+	QueueLen int
+
+	parts      []*partition
+	dispatched atomic.Uint64 // highest sequence handed to a partition
+	logLast    atomic.Uint64 // highest sequence the log is known to hold
+	started    atomic.Bool
+	notify     broadcaster
+}
+
+type partition struct {
+	id      int
+	queue   chan rawMsg
+	pending atomic.Int64  // dispatched but not yet committed
+	applied atomic.Uint64 // checkpoint: last sequence committed
+}
+
+type rawMsg struct {
+	seq     uint64
+	subject string
+	data    []byte
+	ts      int64
+}
+
+// PartitionOf maps a room key to its partition: fnv32a modulo the count,
+// the same hash as nats-server's {{partition()}} mapping.
+func PartitionOf(roomKey string, parts int) int {
+	h := fnv.New32a()
+	h.Write([]byte(roomKey))
+	return int(h.Sum32() % uint32(parts))
+}
+
+func (p *Projector) init() error {
+	if p.parts != nil {
+		return nil
+	}
+	if p.MaxBatch <= 0 {
+		p.MaxBatch = 1000
+	}
+	if p.QueueLen <= 0 {
+		p.QueueLen = 4096
+	}
+	if p.Logger == nil {
+		p.Logger = slog.New(slog.DiscardHandler)
+	}
+	cps, err := p.Store.Checkpoints()
+	if err != nil {
+		return err
+	}
+	p.parts = make([]*partition, len(cps))
+	low := ^uint64(0)
+	for i, cp := range cps {
+		pt := &partition{id: i, queue: make(chan rawMsg, p.QueueLen)}
+		pt.applied.Store(cp)
+		p.parts[i] = pt
+		low = min(low, cp)
+	}
+	p.dispatched.Store(low)
+	return nil
+}
+
+// Run consumes the log until ctx ends. It returns nil after a clean stop
+// (every dispatched message committed), or the source's error.
+func (p *Projector) Run(ctx context.Context) error {
+	if err := p.init(); err != nil {
+		return err
+	}
+	from := p.dispatched.Load() + 1
+	var wg sync.WaitGroup
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	for _, pt := range p.parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.runPartition(workCtx, pt)
+		}()
+	}
+	p.started.Store(true)
+	err := p.Source.Consume(ctx, from, p.dispatch(ctx))
+	// Let the partitions finish what was dispatched, then stop them.
+	for _, pt := range p.parts {
+		close(pt.queue)
+	}
+	wg.Wait()
+	p.started.Store(false)
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, int64, uint64) {
+	return func(seq uint64, subject string, data []byte, ts int64, pending uint64) {
+		if seq <= p.dispatched.Load() {
+			return // a redelivery after a consumer reset
+		}
+		pt := p.parts[PartitionOf(p.RoomKeyOf(subject), len(p.parts))]
+		pt.pending.Add(1)
+		select {
+		case pt.queue <- rawMsg{seq: seq, subject: subject, data: data, ts: ts}:
+		case <-ctx.Done():
+			pt.pending.Add(-1)
+			return
+		}
+		p.dispatched.Store(seq)
+		if last := seq + pending; last > p.logLast.Load() {
+			p.logLast.Store(last)
+		}
+		p.notify.broadcast()
+	}
+}
+
+func (p *Projector) runPartition(ctx context.Context, pt *partition) {
+	batch := make([]rawMsg, 0, p.MaxBatch)
+	for first := range pt.queue {
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < p.MaxBatch {
+			select {
+			case m, ok := <-pt.queue:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		p.applyBatch(ctx, pt, batch)
+	}
+}
+
+// applyBatch decodes and commits one batch, retrying transient failures
+// of the file until ctx ends; a batch that fails for a reason of its own
+// is applied message by message, and a message that still fails becomes a
+// dead letter, so that no message stops its partition forever.
+func (p *Projector) applyBatch(ctx context.Context, pt *partition, batch []rawMsg) {
+	start := time.Now()
+	entries := make([]commands.LogEntry, len(batch))
+	for i, m := range batch {
+		entries[i] = p.Decode(m.seq, m.subject, m.data, m.ts)
+	}
+	outcomes, err := p.Store.ApplyBatch(pt.id, entries)
+	if err != nil {
+		p.Logger.Warn("batch failed; applying one by one", "partition", pt.id, "messages", len(entries), "err", err)
+		outcomes = outcomes[:0]
+		for _, e := range entries {
+			outcomes = append(outcomes, p.applyOne(ctx, pt, e)...)
+		}
+	}
+	last := batch[len(batch)-1].seq
+	pt.applied.Store(last)
+	pt.pending.Add(-int64(len(batch)))
+	p.notify.broadcast()
+	if p.Observe != nil {
+		p.Observe(pt.id, outcomes, time.Since(start))
+	}
+}
+
+func (p *Projector) applyOne(ctx context.Context, pt *partition, e commands.LogEntry) []Outcome {
+	backoff := 10 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		out, err := p.Store.ApplyBatch(pt.id, []commands.LogEntry{e})
+		if err == nil {
+			return out
+		}
+		if attempt >= 2 {
+			// It fails alone, repeatedly: a poison message, not the file.
+			reason := fmt.Sprintf("internal error applying message: %v", err)
+			if derr := p.Store.DeadLetterOne(pt.id, e, reason); derr == nil {
+				return []Outcome{{Seq: e.Seq, RoomID: e.RoomID, Kind: e.Kind, Result: OutcomeDead, Reason: reason}}
+			} else {
+				p.Logger.Error("cannot write to the projection; retrying", "partition", pt.id, "seq", e.Seq, "err", derr)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// Started reports whether the projector is consuming the log.
+func (p *Projector) Started() bool { return p.started.Load() }
+
+// Watermark is the log sequence up to which every message of the room's
+// partition is applied.
+func (p *Projector) Watermark(roomID string) uint64 {
+	pt := p.parts[PartitionOf(roomKey(roomID), len(p.parts))]
+	return p.watermark(pt)
+}
+
+func (p *Projector) watermark(pt *partition) uint64 {
+	// Load dispatched before pending: every message up to d that belongs
+	// to pt was counted in pending before d was stored.
+	d := p.dispatched.Load()
+	if pt.pending.Load() == 0 {
+		return max(d, pt.applied.Load())
+	}
+	return pt.applied.Load()
+}
+
+// Applied is the lowest watermark of all partitions: every message up to
+// it is applied.
+func (p *Projector) Applied() uint64 {
+	low := ^uint64(0)
+	for _, pt := range p.parts {
+		low = min(low, p.watermark(pt))
+	}
+	if low == ^uint64(0) {
+		return 0
+	}
+	return low
+}
+
+// LogLast is the highest sequence the log is known to hold.
+func (p *Projector) LogLast() uint64 { return max(p.logLast.Load(), p.dispatched.Load()) }
+
+// WaitFor blocks until every message of the room's partition up to seq is
+// applied, or ctx ends.
+func (p *Projector) WaitFor(ctx context.Context, roomID string, seq uint64) error {
+	pt := p.parts[PartitionOf(roomKey(roomID), len(p.parts))]
+	for {
+		ch := p.notify.wait()
+		if p.watermark(pt) >= seq {
+			p.notify.done()
+			return nil
+		}
+		select {
+		case <-ch:
+			p.notify.done()
+		case <-ctx.Done():
+			p.notify.done()
+			return ctx.Err()
+		}
+	}
+}
+
+// broadcaster wakes every waiter when the projection moves; it costs
+// nothing while nobody waits.
+type broadcaster struct {
+	mu      sync.Mutex
+	ch      chan struct{}
+	waiters atomic.Int64
+}
+
+func (b *broadcaster) wait() <-chan struct{} {
+	b.waiters.Add(1)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch == nil {
+		b.ch = make(chan struct{})
+	}
+	return b.ch
+}
+
+func (b *broadcaster) done() { b.waiters.Add(-1) }
+
+func (b *broadcaster) broadcast() {
+	if b.waiters.Load() == 0 {
+		return
+	}
+	b.mu.Lock()
+	if b.ch != nil {
+		close(b.ch)
+		b.ch = nil
+	}
+	b.mu.Unlock()
+}

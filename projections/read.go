@@ -1,0 +1,328 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// MaxScan bounds the rows one page may look at: a filter that matches
+// nothing in a huge room ends the page early (limited, with an end token
+// at the last row scanned) instead of walking the whole room.
+const MaxScan = 20000
+
+// PageQuery is one pagination request against a room's timeline.
+type PageQuery struct {
+	RoomID    string
+	Backwards bool
+	// From is the position to start at (inclusive for backwards, exclusive
+	// forwards); nil means the start of the timeline forwards (backfilled
+	// events included) or the end backwards.
+	From *commands.RoomToken
+	To   *commands.RoomToken // optional bound (exclusive backwards, inclusive forwards)
+	// Limit is the number of rows to return; rows must pass Filter.PreLimit.
+	Limit  int
+	Filter *commands.Filter
+}
+
+// PageResult is what the timeline holds for a PageQuery.
+type PageResult struct {
+	Rows    []*Row
+	Limited bool // more rows may follow
+	// Next is the room token after the last row taken (or after the last
+	// row scanned when MaxScan ended the page); nil when no row was taken.
+	Next *commands.RoomToken
+}
+
+// NextToken is Synapse's next_key for a row: just before it backwards,
+// just after it forwards.
+func NextToken(depth, stream int64, backwards bool) commands.RoomToken {
+	if backwards {
+		return commands.RoomToken{Topological: depth, Stream: stream - 1, IsTopological: true}
+	}
+	return commands.RoomToken{Topological: depth, Stream: stream, IsTopological: true}
+}
+
+// RoomView is a consistent snapshot of one room for a read: every method
+// reads the same bbolt transaction. Use Store.View.
+type RoomView struct {
+	tx   *bolt.Tx
+	room uint64
+}
+
+// View runs fn with a snapshot of roomID. The view must not escape fn.
+func (s *Store) View(roomID string, fn func(v *RoomView) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return fn(&RoomView{tx: tx, room: roomNum(tx, roomID)})
+	})
+}
+
+// Known reports whether the room has ever been seen on the log.
+func (v *RoomView) Known() bool { return v.room != 0 }
+
+// MaxPosition is the (depth, stream) of the room's last timeline event;
+// ok is false for an empty timeline.
+func (v *RoomView) MaxPosition() (depth, stream int64, ok bool) {
+	if v.room == 0 {
+		return 0, 0, false
+	}
+	c := v.tx.Bucket(bTimeline).Cursor()
+	c.Seek(roomEnd(v.room))
+	k, _ := c.Prev()
+	if k == nil || binary.BigEndian.Uint64(k) != v.room {
+		return 0, 0, false
+	}
+	_, depth, stream = parseTLKey(k)
+	return depth, stream, true
+}
+
+// MaxDepth is the largest depth in the room's timeline (0 if empty).
+func (v *RoomView) MaxDepth() int64 {
+	if v.room == 0 {
+		return 0
+	}
+	// The timeline is ordered by depth first, so the last key has it.
+	d, _, _ := v.MaxPosition()
+	return d
+}
+
+// CurrentState returns the event ID and membership of the current state
+// event (type, stateKey), linearized by (depth, stream ordering).
+func (v *RoomView) CurrentState(typ, stateKey string) (eventID, membership string, ok bool) {
+	if v.room == 0 {
+		return "", "", false
+	}
+	prefix := statePrefix(v.room, typ, stateKey)
+	c := v.tx.Bucket(bState).Cursor()
+	c.Seek(stateKeyAt(prefix, math.MaxInt64, math.MaxInt64))
+	k, val := c.Prev()
+	if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 {
+		return "", "", false
+	}
+	return parseStateVal(val)
+}
+
+func parseStateVal(val []byte) (eventID, membership string, ok bool) {
+	n, w := binary.Uvarint(val)
+	if w <= 0 || uint64(len(val)-w) < n {
+		return "", "", false
+	}
+	return string(val[w+int(n):]), string(val[w : w+int(n)]), true
+}
+
+// Membership is the user's current membership ("" if none).
+func (v *RoomView) Membership(userID string) string {
+	_, m, _ := v.CurrentState("m.room.member", userID)
+	return m
+}
+
+// PrevState is the state event an event replaced.
+type PrevState struct {
+	EventID string
+	Sender  string
+	Content []byte // MessagePack map
+}
+
+// StateBefore returns the state event (type, stateKey) that was current
+// just before position (depth, stream), or nil.
+func (v *RoomView) StateBefore(typ, stateKey string, depth, stream int64) (*PrevState, error) {
+	prefix := statePrefix(v.room, typ, stateKey)
+	c := v.tx.Bucket(bState).Cursor()
+	c.Seek(stateKeyAt(prefix, depth, stream))
+	k, val := c.Prev()
+	if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 {
+		return nil, nil
+	}
+	id, _, ok := parseStateVal(val)
+	if !ok {
+		return nil, errBadRow
+	}
+	row, err := v.Event(id)
+	if err != nil || row == nil {
+		return nil, err
+	}
+	return &PrevState{EventID: row.EventID, Sender: row.Sender, Content: row.Content}, nil
+}
+
+// Event returns a stored event of this room by ID (timeline or outlier),
+// nil if unknown.
+func (v *RoomView) Event(eventID string) (*Row, error) {
+	locb := v.tx.Bucket(bEvents).Get([]byte(eventID))
+	if locb == nil {
+		return nil, nil
+	}
+	loc, ok := parseLoc(locb)
+	if !ok || loc.room != v.room {
+		return nil, nil
+	}
+	var val []byte
+	if loc.outlier {
+		val = v.tx.Bucket(bOutliers).Get([]byte(eventID))
+	} else {
+		val = v.tx.Bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
+	}
+	if val == nil {
+		return nil, nil
+	}
+	r, err := unmarshalRow(val)
+	if err != nil {
+		return nil, fmt.Errorf("projections: event %s: %w", eventID, err)
+	}
+	r.Depth, r.Stream = loc.depth, loc.stream
+	return r, nil
+}
+
+// Forgotten reports whether userID forgot the room.
+func (v *RoomView) Forgotten(userID string) bool {
+	return v.room != 0 && v.tx.Bucket(bForgot).Get(roomStrKey(v.room, userID)) != nil
+}
+
+// Extremities lists the room's forward or backward extremities with their
+// depths.
+func (v *RoomView) Extremities(backward bool) map[string]int64 {
+	out := map[string]int64{}
+	if v.room == 0 {
+		return out
+	}
+	b := v.tx.Bucket(bFwd)
+	if backward {
+		b = v.tx.Bucket(bBack)
+	}
+	prefix := u64(v.room)
+	c := b.Cursor()
+	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
+		out[string(k[8:])] = int64(binary.BigEndian.Uint64(val))
+	}
+	return out
+}
+
+// Paginate walks the room's timeline as Synapse's
+// paginate_room_events_by_topological_ordering does: ordered by (depth,
+// stream ordering), bounded by From and To (compared as tuples for
+// topological tokens, by stream ordering only for live ones), taking up to
+// Limit rows that pass the filter's pre-limit part.
+func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
+	res := &PageResult{}
+	if q.Limit <= 0 {
+		// SQL LIMIT 0: no rows, and Synapse counts it as limited.
+		res.Limited = true
+		return res, nil
+	}
+	if v.room == 0 {
+		return res, nil
+	}
+	c := v.tx.Bucket(bTimeline).Cursor()
+	prefix := u64(v.room)
+	var k, val []byte
+	from := q.From
+	// Position the cursor on the first candidate.
+	switch {
+	case q.Backwards && from != nil && from.IsTopological:
+		seek := tlKey(v.room, from.Topological, from.Stream)
+		k, val = c.Seek(seek)
+		if k == nil || !bytes.Equal(k, seek) {
+			k, val = c.Prev()
+		}
+	case q.Backwards:
+		c.Seek(roomEnd(v.room))
+		k, val = c.Prev()
+	case from != nil && from.IsTopological:
+		seek := tlKey(v.room, from.Topological, from.Stream)
+		k, val = c.Seek(seek)
+		if k != nil && bytes.Equal(k, seek) {
+			k, val = c.Next()
+		}
+	default:
+		k, val = c.Seek(prefix)
+	}
+	step := c.Next
+	if q.Backwards {
+		step = c.Prev
+	}
+	scanned := 0
+	cut := false // MaxScan ended the page
+	var lastDepth, lastStream int64
+	for ; k != nil && bytes.HasPrefix(k, prefix); k, val = step() {
+		_, depth, stream := parseTLKey(k)
+		if !beforeTo(q, depth, stream) {
+			if q.To.IsTopological {
+				break // ordered by (depth, stream): nothing further is in bounds
+			}
+			continue
+		}
+		if !afterLiveFrom(q, stream) {
+			continue
+		}
+		if scanned == MaxScan {
+			cut = true
+			break
+		}
+		flags, typ, sender, labels, err := rowHead(val)
+		if err != nil {
+			return nil, fmt.Errorf("projections: timeline row %x: %w", k, err)
+		}
+		scanned++
+		lastDepth, lastStream = depth, stream
+		if q.Filter != nil && !q.Filter.PreLimit(commands.EventMeta{Type: string(typ), Sender: string(sender), HasURL: flags&flagHasURL != 0, Labels: labels}) {
+			continue
+		}
+		if len(res.Rows) == q.Limit {
+			res.Limited = true
+			break
+		}
+		r, err := unmarshalRow(val)
+		if err != nil {
+			return nil, fmt.Errorf("projections: timeline row %x: %w", k, err)
+		}
+		r.Depth, r.Stream = depth, stream
+		res.Rows = append(res.Rows, r)
+	}
+	switch {
+	case cut:
+		// Continue after the last row scanned, not the last one taken.
+		res.Limited = true
+		t := NextToken(lastDepth, lastStream, q.Backwards)
+		res.Next = &t
+	case len(res.Rows) > 0:
+		last := res.Rows[len(res.Rows)-1]
+		t := NextToken(last.Depth, last.Stream, q.Backwards)
+		res.Next = &t
+	}
+	return res, nil
+}
+
+// afterLiveFrom applies a live (s) From token, which compares stream
+// orderings only; topological ones positioned the cursor.
+func afterLiveFrom(q PageQuery, stream int64) bool {
+	f := q.From
+	if f == nil || f.IsTopological {
+		return true
+	}
+	if q.Backwards {
+		return stream <= f.Stream
+	}
+	return stream > f.Stream
+}
+
+// beforeTo applies To: exclusive backwards, inclusive forwards.
+func beforeTo(q PageQuery, depth, stream int64) bool {
+	t := q.To
+	if t == nil {
+		return true
+	}
+	if t.IsTopological {
+		if q.Backwards {
+			return depth > t.Topological || depth == t.Topological && stream > t.Stream
+		}
+		return depth < t.Topological || depth == t.Topological && stream <= t.Stream
+	}
+	if q.Backwards {
+		return stream > t.Stream
+	}
+	return stream <= t.Stream
+}

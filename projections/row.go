@@ -1,0 +1,282 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Row flags.
+const (
+	flagRejected   = 1 << 0
+	flagSoftFailed = 1 << 1
+	flagState      = 1 << 2
+	flagBackfilled = 1 << 3
+	flagOutlier    = 1 << 4
+	flagHasURL     = 1 << 5
+)
+
+// Row is one stored event: everything a read needs, with content and the
+// published unsigned kept as MessagePack bytes so that a read copies them
+// into its reply without decoding. Rows are written once at apply time.
+type Row struct {
+	EventID        string
+	Type           string
+	Sender         string
+	StateKey       string // valid when IsState
+	OriginServerTS int64
+	AgeTS          int64 // received time minus any published unsigned.age
+	Redacts        string
+	Membership     string   // content.membership of member events
+	Labels         []string // content["org.matrix.labels"]
+	Content        []byte   // MessagePack map
+	Unsigned       []byte   // MessagePack map pairs of the published unsigned, age removed
+	UnsignedN      int      // number of pairs in Unsigned
+	Flags          uint8
+
+	// Position, filled by reads from the key.
+	Depth  int64
+	Stream int64
+}
+
+// IsState reports whether the row is a state event.
+func (r *Row) IsState() bool { return r.Flags&flagState != 0 }
+
+// Rejected reports whether the event was rejected.
+func (r *Row) Rejected() bool { return r.Flags&flagRejected != 0 }
+
+// SoftFailed reports whether the event was soft-failed.
+func (r *Row) SoftFailed() bool { return r.Flags&flagSoftFailed != 0 }
+
+// Meta is what filters look at.
+func (r *Row) Meta() commands.EventMeta {
+	return commands.EventMeta{Type: r.Type, Sender: r.Sender, HasURL: r.Flags&flagHasURL != 0, Labels: r.Labels}
+}
+
+// Token is the room token naming this row's position.
+func (r *Row) Token() commands.RoomToken {
+	return commands.RoomToken{Topological: r.Depth, Stream: r.Stream, IsTopological: true}
+}
+
+func encodeMsgpack(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.SetSortMapKeys(true)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// computedUnsigned are the unsigned keys the service computes at read
+// time; published values of them are dropped.
+var computedUnsigned = map[string]bool{
+	"age": true, "prev_content": true, "prev_sender": true, "replaces_state": true,
+	"redacted_because": true, "redacted_by": true, "membership": true, "m.relations": true,
+}
+
+// newRow builds the stored form of an event.
+func newRow(e *commands.Event, receivedTS int64) (*Row, error) {
+	r := &Row{
+		EventID:        e.EventID,
+		Type:           e.Type,
+		Sender:         e.Sender,
+		OriginServerTS: e.OriginServerTS,
+		AgeTS:          receivedTS - e.PublishedAge(),
+		Redacts:        e.Redacts,
+		Membership:     e.Membership(),
+	}
+	meta := e.Meta()
+	r.Labels = meta.Labels
+	if meta.HasURL {
+		r.Flags |= flagHasURL
+	}
+	if e.StateKey != nil {
+		r.Flags |= flagState
+		r.StateKey = *e.StateKey
+	}
+	for _, f := range []struct {
+		on   bool
+		flag uint8
+	}{{e.Rejected, flagRejected}, {e.SoftFailed, flagSoftFailed}, {e.Backfilled, flagBackfilled}, {e.Outlier, flagOutlier}} {
+		if f.on {
+			r.Flags |= f.flag
+		}
+	}
+	var err error
+	if r.Content, err = encodeMsgpack(e.Content); err != nil {
+		return nil, fmt.Errorf("encode content: %w", err)
+	}
+	if len(e.Unsigned) > 0 {
+		keys := make([]string, 0, len(e.Unsigned))
+		for k := range e.Unsigned {
+			if !computedUnsigned[k] {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		var buf bytes.Buffer
+		enc := msgpack.NewEncoder(&buf)
+		enc.SetSortMapKeys(true)
+		for _, k := range keys {
+			if err := enc.EncodeString(k); err != nil {
+				return nil, err
+			}
+			if err := enc.Encode(e.Unsigned[k]); err != nil {
+				return nil, fmt.Errorf("encode unsigned: %w", err)
+			}
+		}
+		r.Unsigned, r.UnsignedN = buf.Bytes(), len(keys)
+	}
+	return r, nil
+}
+
+const rowVersion = 1
+
+// marshal writes the row's binary form: a version byte, the flags, then
+// varint-prefixed fields. Position is not stored: it is the key.
+func (r *Row) marshal() []byte {
+	n := 32 + len(r.EventID) + len(r.Type) + len(r.Sender) + len(r.StateKey) + len(r.Redacts) + len(r.Membership) + len(r.Content) + len(r.Unsigned)
+	for _, l := range r.Labels {
+		n += len(l) + 2
+	}
+	b := make([]byte, 0, n)
+	b = append(b, rowVersion, r.Flags)
+	b = binary.AppendVarint(b, r.OriginServerTS)
+	b = binary.AppendVarint(b, r.AgeTS)
+	for _, s := range []string{r.EventID, r.Type, r.Sender, r.StateKey, r.Redacts, r.Membership} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(r.Labels)))
+	for _, l := range r.Labels {
+		b = binary.AppendUvarint(b, uint64(len(l)))
+		b = append(b, l...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(r.Content)))
+	b = append(b, r.Content...)
+	b = binary.AppendUvarint(b, uint64(r.UnsignedN))
+	b = binary.AppendUvarint(b, uint64(len(r.Unsigned)))
+	b = append(b, r.Unsigned...)
+	return b
+}
+
+var errBadRow = errors.New("projections: corrupt row")
+
+type rowReader struct {
+	b   []byte
+	err error
+}
+
+func (rr *rowReader) varint() int64 {
+	if rr.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(rr.b)
+	if n <= 0 {
+		rr.err = errBadRow
+		return 0
+	}
+	rr.b = rr.b[n:]
+	return v
+}
+
+func (rr *rowReader) uvarint() uint64 {
+	if rr.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(rr.b)
+	if n <= 0 {
+		rr.err = errBadRow
+		return 0
+	}
+	rr.b = rr.b[n:]
+	return v
+}
+
+func (rr *rowReader) bytes() []byte {
+	n := rr.uvarint()
+	if rr.err != nil {
+		return nil
+	}
+	if n > uint64(len(rr.b)) {
+		rr.err = errBadRow
+		return nil
+	}
+	out := make([]byte, n)
+	copy(out, rr.b[:n])
+	rr.b = rr.b[n:]
+	return out
+}
+
+func (rr *rowReader) str() string { return string(rr.bytes()) }
+
+// unmarshalRow decodes a row; it copies everything, so the result outlives
+// the bbolt transaction.
+func unmarshalRow(b []byte) (*Row, error) {
+	if len(b) < 2 || b[0] != rowVersion {
+		return nil, errBadRow
+	}
+	r := &Row{Flags: b[1]}
+	rr := &rowReader{b: b[2:]}
+	r.OriginServerTS = rr.varint()
+	r.AgeTS = rr.varint()
+	r.EventID, r.Type, r.Sender, r.StateKey, r.Redacts, r.Membership = rr.str(), rr.str(), rr.str(), rr.str(), rr.str(), rr.str()
+	nl := rr.uvarint()
+	if nl > uint64(len(rr.b)) {
+		return nil, errBadRow
+	}
+	for i := uint64(0); i < nl && rr.err == nil; i++ {
+		r.Labels = append(r.Labels, rr.str())
+	}
+	r.Content = rr.bytes()
+	r.UnsignedN = int(rr.uvarint())
+	r.Unsigned = rr.bytes()
+	if rr.err != nil {
+		return nil, rr.err
+	}
+	return r, nil
+}
+
+// rowHead decodes only what a scan needs to decide whether a row counts
+// (flags, type, sender, labels) without copying content.
+func rowHead(b []byte) (flags uint8, typ, sender []byte, labels []string, err error) {
+	if len(b) < 2 || b[0] != rowVersion {
+		return 0, nil, nil, nil, errBadRow
+	}
+	flags = b[1]
+	rr := &rowReader{b: b[2:]}
+	rr.varint()
+	rr.varint()
+	skip := func() []byte {
+		n := rr.uvarint()
+		if rr.err != nil || n > uint64(len(rr.b)) {
+			rr.err = errBadRow
+			return nil
+		}
+		s := rr.b[:n]
+		rr.b = rr.b[n:]
+		return s
+	}
+	skip() // event_id
+	typ = skip()
+	sender = skip()
+	skip() // state_key
+	skip() // redacts
+	skip() // membership
+	nl := rr.uvarint()
+	for i := uint64(0); i < nl && rr.err == nil; i++ {
+		labels = append(labels, string(skip()))
+	}
+	return flags, typ, sender, labels, rr.err
+}
+
+func decodeMsgpack(b []byte, v any) error {
+	return msgpack.Unmarshal(b, v)
+}

@@ -1,0 +1,263 @@
+package projections
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// formatVersion is the on-disk layout version; Open refuses other versions.
+const formatVersion = 1
+
+// DefaultPartitions is the number of partitions of a new data directory.
+// It is fixed when the file is created: a room's partition must never
+// change, since its checkpoint lives there.
+const DefaultPartitions = 16
+
+// Errors of the store.
+var (
+	// ErrFormat: the file was written by an incompatible version.
+	ErrFormat = errors.New("projections: unsupported file format")
+	// ErrClosed: the store is closed.
+	ErrClosed = errors.New("projections: store closed")
+)
+
+// Options configure Open.
+type Options struct {
+	// Partitions is used only when the file is created; an existing file
+	// keeps its own count. 0 means DefaultPartitions.
+	Partitions int
+	// NoSync skips fsync on commit (tests and benchmarks of the apply path
+	// only; never in production).
+	NoSync bool
+}
+
+// Store is the bbolt projection of the room log.
+type Store struct {
+	db    *bolt.DB
+	parts int
+}
+
+// Open opens or creates the projection file at path.
+func Open(path string, opts Options) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         5 * time.Second,
+		InitialMmapSize: 1 << 30, // readers never block the writer on mmap growth below 1 GiB
+		FreelistType:    bolt.FreelistMapType,
+		NoSync:          opts.NoSync,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("projections: open %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bMeta)
+		if v := meta.Get([]byte("version")); v != nil {
+			if binary.BigEndian.Uint64(v) != formatVersion {
+				return fmt.Errorf("%w: version %d, want %d", ErrFormat, binary.BigEndian.Uint64(v), formatVersion)
+			}
+		} else if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
+			return err
+		}
+		if v := meta.Get([]byte("partitions")); v != nil {
+			s.parts = int(binary.BigEndian.Uint64(v))
+		} else {
+			s.parts = opts.Partitions
+			if s.parts <= 0 {
+				s.parts = DefaultPartitions
+			}
+			return meta.Put([]byte("partitions"), u64(uint64(s.parts)))
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("projections: init %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Partitions is the partition count of this file.
+func (s *Store) Partitions() int { return s.parts }
+
+// DB exposes the bbolt handle to benchmarks and verification tools in
+// this module's tests; the application never writes through it.
+func (s *Store) DB() *bolt.DB { return s.db }
+
+// Checkpoints returns the last applied log sequence of every partition.
+func (s *Store) Checkpoints() ([]uint64, error) {
+	cps := make([]uint64, s.parts)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bCP)
+		for p := range cps {
+			if v := b.Get(partKey(p)); v != nil {
+				cps[p] = binary.BigEndian.Uint64(v)
+			}
+		}
+		return nil
+	})
+	return cps, err
+}
+
+func partKey(p int) []byte { return binary.BigEndian.AppendUint16(nil, uint16(p)) }
+
+// RoomMeta is the per-room record.
+type RoomMeta struct {
+	RoomID    string `msgpack:"room_id"`
+	Blocked   bool   `msgpack:"blocked,omitempty"`
+	BlockedBy string `msgpack:"blocked_by,omitempty"`
+}
+
+// DeadLetter records a log message that was not applied.
+type DeadLetter struct {
+	Seq     uint64 `msgpack:"seq"`
+	Subject string `msgpack:"subject"`
+	RoomID  string `msgpack:"room_id,omitempty"`
+	Reason  string `msgpack:"reason"`
+	LogTS   int64  `msgpack:"log_ts"`
+}
+
+// roomNum returns the room's number, 0 if the room is unknown.
+func roomNum(tx *bolt.Tx, roomID string) uint64 {
+	if v := tx.Bucket(bRooms).Get([]byte(roomID)); v != nil {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func ensureRoom(tx *bolt.Tx, roomID string) (uint64, error) {
+	if n := roomNum(tx, roomID); n != 0 {
+		return n, nil
+	}
+	rooms := tx.Bucket(bRooms)
+	n, err := rooms.NextSequence()
+	if err != nil {
+		return 0, err
+	}
+	if err := rooms.Put([]byte(roomID), u64(n)); err != nil {
+		return 0, err
+	}
+	return n, putRoomMeta(tx, n, &RoomMeta{RoomID: roomID})
+}
+
+func getRoomMeta(tx *bolt.Tx, n uint64) (*RoomMeta, error) {
+	m := &RoomMeta{}
+	v := tx.Bucket(bRoomMeta).Get(u64(n))
+	if v == nil {
+		return m, nil
+	}
+	if err := decodeMsgpack(v, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func putRoomMeta(tx *bolt.Tx, n uint64, m *RoomMeta) error {
+	b, err := encodeMsgpack(m)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bRoomMeta).Put(u64(n), b)
+}
+
+// Task returns a task by ID (nil if unknown).
+func (s *Store) Task(id string) (*commands.Task, error) {
+	var t *commands.Task
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		t, err = getTask(tx, id)
+		return err
+	})
+	return t, err
+}
+
+func getTask(tx *bolt.Tx, id string) (*commands.Task, error) {
+	v := tx.Bucket(bTasks).Get([]byte(id))
+	if v == nil {
+		return nil, nil
+	}
+	t := &commands.Task{}
+	if err := decodeMsgpack(v, t); err != nil {
+		return nil, fmt.Errorf("projections: task %s: %w", id, err)
+	}
+	return t, nil
+}
+
+func putTask(tx *bolt.Tx, t *commands.Task) error {
+	b, err := encodeMsgpack(t)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bTasks).Put([]byte(t.ID), b)
+}
+
+// RoomTasks lists a room's tasks, oldest first.
+func (s *Store) RoomTasks(roomID string) ([]*commands.Task, error) {
+	var out []*commands.Task
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n := roomNum(tx, roomID)
+		if n == 0 {
+			return nil
+		}
+		c := tx.Bucket(bRoomTask).Cursor()
+		prefix := u64(n)
+		for k, _ := c.Seek(prefix); k != nil && len(k) > 16 && string(k[:8]) == string(prefix); k, _ = c.Next() {
+			t, err := getTask(tx, string(k[16:]))
+			if err != nil {
+				return err
+			}
+			if t != nil {
+				out = append(out, t)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Blocked reports whether a room is blocked and by whom.
+func (s *Store) Blocked(roomID string) (blocked bool, by string, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		n := roomNum(tx, roomID)
+		if n == 0 {
+			return nil
+		}
+		m, err := getRoomMeta(tx, n)
+		if err != nil {
+			return err
+		}
+		blocked, by = m.Blocked, m.BlockedBy
+		return nil
+	})
+	return blocked, by, err
+}
+
+// DeadLetters lists the most recent dead-letter records, newest first.
+func (s *Store) DeadLetters(max int) ([]DeadLetter, error) {
+	var out []DeadLetter
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bDead).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < max; k, v = c.Prev() {
+			var d DeadLetter
+			if err := decodeMsgpack(v, &d); err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, err
+}

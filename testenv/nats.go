@@ -1,0 +1,59 @@
+package testenv
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/bus"
+)
+
+// NATS is an embedded nats-server with JetStream and a client connection.
+type NATS struct {
+	Server *server.Server
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	URL    string
+}
+
+// NewNATS starts nats-server on a random loopback port with its store in
+// the test's temp dir; cleanup closes the client and shuts the server
+// down, waiting for it.
+func NewNATS(tb testing.TB) *NATS {
+	tb.Helper()
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: tb.TempDir()})
+	if err != nil {
+		tb.Fatalf("start nats-server: %v", err)
+	}
+	nc, err := nats.Connect(srv.ClientURL(), nats.MaxReconnects(-1))
+	if err != nil {
+		srv.Shutdown()
+		tb.Fatalf("connect: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		nc.Close()
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	return &NATS{Server: srv, NC: nc, JS: js, URL: srv.ClientURL()}
+}
+
+// Stream creates the room log stream (as the service would) and returns a
+// Log on it.
+func (n *NATS) Stream(tb testing.TB, subjects bus.Subjects, name string) *bus.Log {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := bus.EnsureStream(ctx, n.JS, subjects, name); err != nil {
+		tb.Fatal(err)
+	}
+	return &bus.Log{JS: n.JS, Stream: name, Subjects: subjects}
+}
