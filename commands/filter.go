@@ -21,7 +21,7 @@ const (
 	MaxFilterStringLen = 1000
 	// MaxFilterBytes is the most bytes all string entries of all list
 	// fields may hold together.
-	MaxFilterBytes = 64 << 10
+	MaxFilterBytes = 8 << 10
 )
 
 // EventMeta is what filters look at for one event (no content decoding
@@ -484,7 +484,9 @@ func compileSQLTypes(entries []string) []sqlMatcher {
 		switch {
 		case star < 0:
 			out[i] = sqlMatcher{kind: sqlExact, s: e}
-		case star == len(e)-1 && !strings.ContainsAny(e, "%_\\"):
+		case star == len(e)-1 && !strings.ContainsAny(e, "%_\\\uFFFD"):
+			// (U+FFFD is left to the rune-wise matcher, which also
+			// lets it stand for an invalid byte of the type.)
 			out[i] = sqlMatcher{kind: sqlPrefix, s: e[:star]}
 		default:
 			if lp := compileLike(e); lp != nil {

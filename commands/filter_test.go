@@ -624,6 +624,7 @@ func FuzzParseFilter(f *testing.F) {
 	} {
 		f.Add(s, "m.room.message")
 	}
+	f.Add("{\"types\":[\"\xc4*\"]}", "\xbc") // U+FFFD prefix vs an invalid byte
 	f.Fuzz(func(t *testing.T, js, typ string) {
 		var v any
 		if json.Unmarshal([]byte(js), &v) != nil {

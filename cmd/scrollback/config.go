@@ -301,7 +301,7 @@ func (c *checker) errorf(n *yaml.Node, key, format string, args ...any) {
 	if key == "" {
 		key = "top level"
 	}
-	c.errs = append(c.errs, fmt.Errorf("line %d: %s: %s", n.Line, key, fmt.Sprintf(format, args...)))
+	c.errs = append(c.errs, fmt.Errorf("line %d: %s: "+format, append([]any{n.Line, key}, args...)...))
 }
 
 var durationType = reflect.TypeFor[commands.Duration]()
@@ -355,7 +355,7 @@ func (c *checker) leaf(n *yaml.Node, t reflect.Type, key, want string) {
 			c.errorf(n, key, "%s", strings.Join(msgs, "; "))
 			return
 		}
-		c.errorf(n, key, "%v", err)
+		c.errorf(n, key, "%w", err)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/scrollback/scrollback/commands"
 )
 
@@ -148,6 +150,33 @@ func TestLoadConfig(t *testing.T) {
 			name: "null duration keeps the default",
 			yaml: "backfill: {timeout: null, backoff: ~}\n",
 			want: func(c *Config) {},
+		},
+		{
+			name: "empty and null sections keep their defaults",
+			yaml: "http:\nnats: null\nauth: ~\n",
+			want: func(c *Config) {},
+		},
+		{
+			name: "anchors, aliases and merge keys",
+			yaml: `backfill:
+  timeout: &t 3s
+  backoff: *t
+homeserver:
+  timeout: *t
+retention:
+  purge_jobs:
+    - &job {interval: 12h, shortest_max_lifetime: 1d}
+    - <<: *job
+      interval: 1d
+`,
+			want: func(c *Config) {
+				c.Backfill = BackfillConfig{Timeout: dur(3 * time.Second), Backoff: dur(3 * time.Second)}
+				c.Homeserver.Timeout = dur(3 * time.Second)
+				c.Retention.PurgeJobs = []PurgeJobConfig{
+					{Interval: dur(12 * time.Hour), ShortestMaxLifetime: dur(day)},
+					{Interval: dur(day), ShortestMaxLifetime: dur(day)},
+				}
+			},
 		},
 		{
 			name: "tokens",
@@ -332,7 +361,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		},
 		{
 			name: "duplicate key",
-			yaml: "http: {listen: :1}\nhttp: {listen: :2}\n",
+			yaml: "http: {listen: \":1\"}\nhttp: {listen: \":2\"}\n",
 			want: []string{"line 2: http: duplicate key (first at line 1)"},
 		},
 		{
@@ -347,7 +376,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		},
 		{
 			name: "every problem at once",
-			yaml: "sever_name: x\nhttp: {lisen: :1}\nbackfill: {timeout: soon}\ntasks: {max_concurrent: many}\n",
+			yaml: "sever_name: x\nhttp: {lisen: \":1\"}\nbackfill: {timeout: soon}\ntasks: {max_concurrent: many}\n",
 			want: []string{
 				"line 1: sever_name: unknown key",
 				"line 2: http.lisen: unknown key",
@@ -388,8 +417,8 @@ func TestConfig_Validate_ReportsEveryProblem(t *testing.T) {
 	c.HTTP.Listen = "localhost:http-alt"
 	c.Auth.Tokens = []TokenConfig{
 		{Token: "", UserID: "@a:localhost"},
-		{Token: "dup", UserID: "admin"},
-		{Token: "dup", UserID: "@b:localhost"},
+		{Token: "tok-twice", UserID: "admin"},
+		{Token: "tok-twice", UserID: "@b:localhost"},
 		{Token: "has space", UserID: ""},
 	}
 	c.Backfill.Timeout = dur(0)
@@ -444,7 +473,7 @@ func TestConfig_Validate_ReportsEveryProblem(t *testing.T) {
 	if got := len(joined.Unwrap()); got != len(wants) {
 		t.Errorf("Validate() reported %d problems, want %d:\n%v", got, len(wants), err)
 	}
-	if strings.Contains(err.Error(), "dup") || strings.Contains(err.Error(), "has space") {
+	if strings.Contains(err.Error(), "tok-twice") || strings.Contains(err.Error(), "has space") {
 		t.Errorf("Validate() error leaks a token: %v", err)
 	}
 }
@@ -691,5 +720,34 @@ func TestTokenConfig_String(t *testing.T) {
 	}
 	if s := fmt.Sprint(c.Auth.Tokens[0]); !strings.Contains(s, "@admin:localhost") {
 		t.Errorf("String() = %s, want the user ID", s)
+	}
+}
+
+func TestConfig_YAMLRoundTrip(t *testing.T) {
+	c := DefaultConfig()
+	c.Auth.Tokens = []TokenConfig{{Token: "s3cret", UserID: "@admin:localhost", Admin: true}}
+	c.ForgottenRoomRetentionPeriod = &commands.Duration{Duration: 30 * day, Set: true}
+	c.Homeserver.Timeout = dur(1500 * time.Millisecond)
+	c.Retention = RetentionConfig{
+		Enabled:            true,
+		DefaultPolicy:      RetentionPolicy{MaxLifetime: dur(year)},
+		AllowedLifetimeMax: dur(2 * year),
+		PurgeJobs:          []PurgeJobConfig{{Interval: dur(12 * time.Hour), LongestMaxLifetime: dur(3 * day)}},
+	}
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"timeout: 10s", "timeout: 1500", "max_lifetime: 1y", "min_lifetime: null", "forgotten_room_retention_period: 30d"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("yaml.Marshal(cfg) does not contain %q:\n%s", want, out)
+		}
+	}
+	got, err := LoadConfig(writeConfig(t, string(out)))
+	if err != nil {
+		t.Fatalf("LoadConfig(marshalled) error = %v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Errorf("round trip = %+v\nwant %+v", got, c)
 	}
 }

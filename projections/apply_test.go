@@ -1,0 +1,325 @@
+package projections_test
+
+import (
+	"testing"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+var subjects = bus.Subjects{Prefix: "sb"}
+
+// entry decodes v as the log message seq on the room's subject of kind.
+func entry(tb testing.TB, seq uint64, roomID, kind string, v map[string]any) commands.LogEntry {
+	tb.Helper()
+	data, err := bus.Encode(v)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return subjects.Decode(seq, subjects.Room(roomID, kind), data, int64(1_700_000_000_000+seq))
+}
+
+// apply applies events as consecutive log messages from seq on.
+func apply(tb testing.TB, s *projections.Store, seq uint64, evs ...testenv.Event) uint64 {
+	tb.Helper()
+	for _, ev := range evs {
+		e := entry(tb, seq, ev["room_id"].(string), commands.KindEvent, ev)
+		out, err := s.ApplyBatch(0, []commands.LogEntry{e})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if out[0].Result == projections.OutcomeDead {
+			tb.Fatalf("seq %d dead-lettered: %s", seq, out[0].Reason)
+		}
+		seq++
+	}
+	return seq
+}
+
+func timelineIDs(tb testing.TB, s *projections.Store, roomID string) []string {
+	tb.Helper()
+	var ids []string
+	err := s.View(roomID, func(v *projections.RoomView) error {
+		res, err := v.Paginate(projections.PageQuery{RoomID: roomID, Limit: 100000})
+		if err != nil {
+			return err
+		}
+		for _, r := range res.Rows {
+			ids = append(ids, r.EventID)
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ids
+}
+
+func sameStrings(tb testing.TB, what string, got, want []string) {
+	tb.Helper()
+	if len(got) != len(want) {
+		tb.Fatalf("%s: got %v, want %v", what, got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			tb.Fatalf("%s: got %v, want %v", what, got, want)
+		}
+	}
+}
+
+func ids(evs ...testenv.Event) []string {
+	out := make([]string, len(evs))
+	for i, e := range evs {
+		out[i] = e.ID()
+	}
+	return out
+}
+
+func TestApplyBatch_DuplicatesAndRedeliveryChangeNothing(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("dup", "test")
+	evs := append(r.Setup("@a:test"), r.Msg("@a:test", "hi"))
+	next := apply(t, s, 1, evs...)
+	// The same event again under a new sequence: ignored by event_id.
+	out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next, r.ID, commands.KindEvent, evs[2])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Result != projections.OutcomeDuplicate {
+		t.Fatalf("Result=%s, want duplicate", out[0].Result)
+	}
+	// A redelivered sequence at or below the checkpoint is skipped.
+	out, err = s.ApplyBatch(0, []commands.LogEntry{entry(t, 2, r.ID, commands.KindEvent, r.Msg("@a:test", "late"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Result != projections.OutcomeSkipped {
+		t.Fatalf("Result=%s, want skipped", out[0].Result)
+	}
+	sameStrings(t, "timeline", timelineIDs(t, s, r.ID), ids(evs...))
+	cps, _ := s.Checkpoints()
+	if cps[0] != next {
+		t.Fatalf("checkpoint=%d, want %d", cps[0], next)
+	}
+}
+
+func TestApplyBatch_OrderIsDepthThenStream(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("order", "test")
+	create, join := r.Create("@a:test"), r.Join("@a:test")
+	m1 := r.Msg("@a:test", "1")
+	r.StartAt(3, join.ID()) // a sibling of m1 at the same depth
+	m1b := r.Msg("@a:test", "1b")
+	// Live arrival order: create, join, m1b, m1; backfilled events sort
+	// before live ones at the same depth.
+	next := apply(t, s, 1, create, join, m1b, m1)
+	bf := r.Msg("@a:test", "old")
+	bf["depth"] = int64(3)
+	bf["backfilled"] = true
+	apply(t, s, next, bf)
+	sameStrings(t, "timeline", timelineIDs(t, s, r.ID), ids(create, join, bf, m1b, m1))
+}
+
+func TestApplyBatch_MalformedIsDeadLetteredAndRoomGoesOn(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("bad", "test")
+	good := r.Create("@a:test")
+	noDepth := r.Msg("@a:test", "x")
+	delete(noDepth, "depth")
+	wrongRoom := r.Msg("@a:test", "y")
+	wrongRoom["room_id"] = "!other:test"
+	badData := subjects.Decode(3, subjects.Room(r.ID, commands.KindEvent), []byte{0xdf, 0xff, 0xff, 0xff, 0xff}, 0)
+	after := r.Msg("@a:test", "after")
+	batch := []commands.LogEntry{
+		entry(t, 1, r.ID, commands.KindEvent, good),
+		entry(t, 2, r.ID, commands.KindEvent, noDepth),
+		badData,
+		entry(t, 4, r.ID, commands.KindEvent, wrongRoom),
+		entry(t, 5, r.ID, commands.KindEvent, after),
+	}
+	out, err := s.ApplyBatch(0, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{projections.OutcomeApplied, projections.OutcomeDead, projections.OutcomeDead, projections.OutcomeDead, projections.OutcomeApplied}
+	for i, o := range out {
+		if o.Result != want[i] {
+			t.Errorf("seq %d: Result=%s (%s), want %s", o.Seq, o.Result, o.Reason, want[i])
+		}
+	}
+	dead, err := s.DeadLetters(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != 3 || dead[0].Seq != 4 || dead[2].Seq != 2 {
+		t.Fatalf("dead letters = %+v", dead)
+	}
+	for _, d := range dead {
+		if d.Reason == "" || d.Subject == "" {
+			t.Errorf("dead letter without reason or subject: %+v", d)
+		}
+	}
+	sameStrings(t, "timeline", timelineIDs(t, s, r.ID), ids(good, after))
+}
+
+func TestApplyBatch_Extremities(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("ext", "test")
+	create := r.Create("@a:test")
+	r.StartAt(10, "$missing9") // a gap: $missing9 is not held
+	late := r.Msg("@a:test", "after gap")
+	next := apply(t, s, 1, create, late)
+	check := func(what string, wantFwd, wantBack []string) {
+		t.Helper()
+		_ = s.View(r.ID, func(v *projections.RoomView) error {
+			fwd, back := v.Extremities(false), v.Extremities(true)
+			if len(fwd) != len(wantFwd) || len(back) != len(wantBack) {
+				t.Fatalf("%s: fwd=%v back=%v, want %v %v", what, fwd, back, wantFwd, wantBack)
+			}
+			for _, id := range wantFwd {
+				if _, ok := fwd[id]; !ok {
+					t.Fatalf("%s: fwd=%v, want %v", what, fwd, wantFwd)
+				}
+			}
+			for _, id := range wantBack {
+				if _, ok := back[id]; !ok {
+					t.Fatalf("%s: back=%v, want %v", what, back, wantBack)
+				}
+			}
+			return nil
+		})
+	}
+	check("after the gap", []string{create.ID(), late.ID()}, []string{"$missing9"})
+	// The missing event arrives (backfilled): it closes the gap.
+	missing := testenv.Event{"event_id": "$missing9", "room_id": r.ID, "type": "m.room.message", "sender": "@a:test",
+		"origin_server_ts": int64(5), "depth": int64(9), "prev_events": []string{create.ID()}, "content": map[string]any{}, "backfilled": true}
+	apply(t, s, next, missing)
+	check("gap filled", []string{late.ID()}, nil)
+}
+
+func TestApplyBatch_Commands(t *testing.T) {
+	s := testenv.NewStore(t)
+	room := "!cmd:test"
+	cmd := func(seq uint64, id, action string, params map[string]any) projections.Outcome {
+		t.Helper()
+		out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, room, commands.KindCmd, map[string]any{
+			"id": id, "action": action, "room_id": room, "params": params, "requested_by": "@admin:test", "ts": int64(1000 + seq)})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0]
+	}
+	tests := []struct {
+		name, id, action string
+		params           map[string]any
+		wantStatus       string
+		wantErr          string
+	}{
+		{"block", "c1", commands.ActionBlockRoom, map[string]any{"block": true}, commands.TaskComplete, ""},
+		{"forget", "c2", commands.ActionForget, map[string]any{"user_id": "@bob:test"}, commands.TaskComplete, ""},
+		{"purge history scheduled", "c3", commands.ActionPurgeHistory, map[string]any{"token": "t5-10"}, commands.TaskScheduled, ""},
+		{"purge history bad token", "c4", commands.ActionPurgeHistory, map[string]any{"token": "s10"}, commands.TaskFailed, `purge_history: params.token "s10" is not a t<depth>-<stream> token`},
+		{"shutdown scheduled", "c5", commands.ActionShutdownAndPurgeRoom, map[string]any{"purge": true}, commands.TaskScheduled, ""},
+		{"shutdown bad bool", "c6", commands.ActionShutdownAndPurgeRoom, map[string]any{"purge": "yes"}, commands.TaskFailed, "params.purge must be a boolean"},
+		{"unknown action", "c7", "explode", nil, commands.TaskFailed, `unknown action "explode"`},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := cmd(uint64(i+1), tt.id, tt.action, tt.params)
+			if o.Result != projections.OutcomeApplied {
+				t.Fatalf("Result=%s (%s)", o.Result, o.Reason)
+			}
+			task, err := s.Task(tt.id)
+			if err != nil || task == nil {
+				t.Fatalf("task %s: %v", tt.id, err)
+			}
+			if task.Status != tt.wantStatus || task.Error != tt.wantErr {
+				t.Fatalf("task = %s %q, want %s %q", task.Status, task.Error, tt.wantStatus, tt.wantErr)
+			}
+		})
+	}
+	if blocked, by, _ := s.Blocked(room); !blocked || by != "@admin:test" {
+		t.Fatalf("Blocked=%v by %q", blocked, by)
+	}
+	_ = s.View(room, func(v *projections.RoomView) error {
+		if !v.Forgotten("@bob:test") || v.Forgotten("@alice:test") {
+			t.Error("forget not applied")
+		}
+		return nil
+	})
+	// A command id that is already a task is dead-lettered.
+	if o := cmd(100, "c1", commands.ActionBlockRoom, map[string]any{"block": false}); o.Result != projections.OutcomeDead {
+		t.Fatalf("duplicate id: Result=%s", o.Result)
+	}
+	if blocked, _, _ := s.Blocked(room); !blocked {
+		t.Fatal("a duplicate command changed the room")
+	}
+	tasks, _ := s.RoomTasks(room)
+	if len(tasks) != len(tests) {
+		t.Fatalf("RoomTasks=%d, want %d", len(tasks), len(tests))
+	}
+}
+
+func TestApplyBatch_TaskUpdates(t *testing.T) {
+	s := testenv.NewStore(t)
+	room := "!tu:test"
+	apply1 := func(seq uint64, kind string, v map[string]any) projections.Outcome {
+		out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, room, kind, v)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0]
+	}
+	apply1(1, commands.KindCmd, map[string]any{"id": "p1", "action": "purge_room", "room_id": room, "params": map[string]any{}})
+	if o := apply1(2, commands.KindTask, map[string]any{"task_id": "p1", "status": "active", "ts": int64(5)}); o.Result != projections.OutcomeApplied {
+		t.Fatalf("update: %s %s", o.Result, o.Reason)
+	}
+	apply1(3, commands.KindTask, map[string]any{"task_id": "p1", "status": "complete", "result": map[string]any{"n": int64(3)}})
+	task, _ := s.Task("p1")
+	if task.Status != commands.TaskComplete || task.Updates != 2 {
+		t.Fatalf("task=%+v", task)
+	}
+	// A task ends once; an unknown task is a dead letter.
+	if o := apply1(4, commands.KindTask, map[string]any{"task_id": "p1", "status": "failed"}); o.Result != projections.OutcomeDead {
+		t.Fatalf("update after the end: %s", o.Result)
+	}
+	if o := apply1(5, commands.KindTask, map[string]any{"task_id": "nope", "status": "active"}); o.Result != projections.OutcomeDead {
+		t.Fatalf("unknown task: %s", o.Result)
+	}
+}
+
+func TestApplyBatch_OutlierJoinsTimelineWhenSentAgain(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("out", "test")
+	create := r.Create("@a:test")
+	m := r.Msg("@a:test", "x")
+	outlier := testenv.Event{}
+	for k, v := range m {
+		outlier[k] = v
+	}
+	outlier["outlier"] = true
+	next := apply(t, s, 1, create, outlier)
+	sameStrings(t, "with outlier", timelineIDs(t, s, r.ID), ids(create))
+	next = apply(t, s, next, outlier) // again as outlier: a duplicate
+	apply(t, s, next, m)
+	sameStrings(t, "after re-send", timelineIDs(t, s, r.ID), ids(create, m))
+}
+
+func TestStore_ReopenKeepsPartitions(t *testing.T) {
+	path := t.TempDir() + "/x.db"
+	s, err := projections.Open(path, projections.Options{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = projections.Open(path, projections.Options{Partitions: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Partitions() != 4 {
+		t.Fatalf("Partitions=%d, want 4 (fixed at creation)", s.Partitions())
+	}
+}

@@ -1,0 +1,147 @@
+package projections_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+type runningProjector struct {
+	*projections.Projector
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startProjector(tb testing.TB, s *projections.Store, log *bus.Log) *runningProjector {
+	tb.Helper()
+	p := &projections.Projector{
+		Store: s, Source: log, Decode: subjects.Decode,
+		RoomKeyOf: func(subject string) string {
+			_, rest, _ := cutN(subject, 2)
+			rk, _, _ := cutN(rest, 1)
+			return rk
+		},
+		MaxBatch: 64,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rp := &runningProjector{Projector: p, cancel: cancel, done: make(chan error, 1)}
+	go func() { rp.done <- p.Run(ctx) }()
+	testenv.WaitFor(tb, 10*time.Second, "projector start", p.Started)
+	tb.Cleanup(rp.stop)
+	return rp
+}
+
+func (r *runningProjector) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	r.cancel = nil
+}
+
+// cutN splits s after its n-th '.'.
+func cutN(s string, n int) (head, tail string, ok bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '.' {
+			n--
+			if n == 0 {
+				return s[:i], s[i+1:], true
+			}
+		}
+	}
+	return s, "", false
+}
+
+func TestProjector_ManyRoomsInOrderAcrossRestarts(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, subjects, "SCROLLBACK")
+	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
+	path := filepath.Join(t.TempDir(), "p.db")
+	s := testenv.OpenStore(t, path)
+	p := startProjector(t, s, log)
+
+	const rooms, perRoom = 12, 60
+	var want [rooms][]string
+	var all []testenv.Event
+	rs := make([]*testenv.Room, rooms)
+	for i := range rs {
+		rs[i] = testenv.NewRoom(fmt.Sprintf("room%d", i), "test")
+		for _, ev := range rs[i].Setup("@a:test") {
+			all = append(all, ev)
+			want[i] = append(want[i], ev.ID())
+		}
+	}
+	for j := 0; j < perRoom; j++ {
+		for i, r := range rs {
+			ev := r.Msg("@a:test", fmt.Sprint(j))
+			all = append(all, ev)
+			want[i] = append(want[i], ev.ID())
+		}
+	}
+	half := len(all) / 2
+	seqs := pub.Publish(t, all[:half]...)
+	testenv.WaitApplied(t, p, seqs[len(seqs)-1])
+
+	// Stop, publish the rest while nothing consumes, redeliver from an
+	// older position by reopening, and check nothing is applied twice.
+	p.stop()
+	seqs = pub.Publish(t, all[half:]...)
+	p = startProjector(t, s, log)
+	testenv.WaitApplied(t, p, seqs[len(seqs)-1])
+	for i, r := range rs {
+		sameStrings(t, r.ID, timelineIDs(t, s, r.ID), want[i])
+	}
+	// The same events published again (a homeserver retrying past the
+	// duplicate window) change nothing.
+	seqs = pub.Publish(t, all[:10]...)
+	testenv.WaitApplied(t, p, seqs[len(seqs)-1])
+	for i, r := range rs {
+		sameStrings(t, r.ID+" after re-publish", timelineIDs(t, s, r.ID), want[i])
+	}
+}
+
+func TestProjector_WaitForOtherRoomsSequence(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, subjects, "SCROLLBACK")
+	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
+	s := testenv.NewStore(t)
+	p := startProjector(t, s, log)
+	a, b := testenv.NewRoom("a", "test"), testenv.NewRoom("b", "test")
+	pub.Publish(t, a.Create("@a:test"))
+	seqs := pub.Publish(t, b.Create("@a:test"), b.Msg("@a:test", "x"))
+	// Room a's partition has nothing at those sequences, yet a wait for
+	// them must end: every message of a's subjects up to them is applied.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.WaitFor(ctx, a.ID, seqs[1]); err != nil {
+		t.Fatalf("WaitFor(a, %d): %v", seqs[1], err)
+	}
+	// A sequence past the end of the log waits for it.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var werr error
+	go func() {
+		defer wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		werr = p.WaitFor(ctx, b.ID, seqs[1]+1)
+	}()
+	pub.Publish(t, b.Msg("@a:test", "y"))
+	wg.Wait()
+	if werr != nil {
+		t.Fatalf("WaitFor a future sequence: %v", werr)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if err := p.WaitFor(short, b.ID, 1000); err == nil {
+		t.Fatal("WaitFor a sequence never published returned nil")
+	}
+}
