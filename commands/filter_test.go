@@ -247,8 +247,8 @@ func TestParseFilter_Limits(t *testing.T) {
 		{"too many non-string entries", `{"not_senders": [` + strings.Repeat("1,", MaxFilterListLen) + `1]}`, true, "filter field 'not_senders' has more than 1000 entries"},
 		{"max string ok", `{"senders": ` + list(1, MaxFilterStringLen) + `}`, false, ""},
 		{"string too long", `{"org.matrix.labels": ` + list(1, MaxFilterStringLen+1) + `}`, true, "filter field 'org.matrix.labels' has an entry longer than 1000 bytes"},
-		{"total too large", `{"types": ` + list(66, 1000) + `}`, true, "filter is too large: its lists hold more than 65536 bytes"},
-		{"total spread over lists", `{"types": ` + list(40, 1000) + `, "not_types": ` + list(30, 1000) + `}`, true, "filter is too large: its lists hold more than 65536 bytes"},
+		{"total too large", `{"types": ` + list(9, 1000) + `}`, true, "filter is too large: its lists hold more than 8192 bytes"},
+		{"total spread over lists", `{"types": ` + list(5, 1000) + `, "not_types": ` + list(5, 1000) + `}`, true, "filter is too large: its lists hold more than 8192 bytes"},
 		{"ignored field not limited", `{"types": "` + strings.Repeat("a", 5000) + `"}`, false, ""},
 	}
 	for _, tc := range tests {
