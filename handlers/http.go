@@ -48,6 +48,23 @@ func (b *Bridge) Handler() http.Handler {
 		mux.Handle("GET /_matrix/client/"+v+"/rooms/{roomId}/messages", b.serve("client_messages", false, b.clientMessages))
 	}
 	mux.Handle("GET /_synapse/admin/v1/rooms/{roomId}/messages", b.serve("admin_messages", true, b.adminMessages))
+	mux.Handle("GET /_synapse/admin/v1/rooms/{roomId}/block", b.serve("get_block", true, b.getBlock))
+	mux.Handle("PUT /_synapse/admin/v1/rooms/{roomId}/block", b.serve("put_block", true, b.putBlock))
+	// Purge and room deletion are routed (so that authentication answers as
+	// Synapse does) but not served yet: they come with the purge and
+	// shutdown tasks.
+	for _, p := range []string{
+		"POST /_synapse/admin/v1/purge_history/{roomId}",
+		"POST /_synapse/admin/v1/purge_history/{roomId}/{eventId}",
+		"GET /_synapse/admin/v1/purge_history_status/{purgeId}",
+		"DELETE /_synapse/admin/v1/rooms/{roomId}",
+		"DELETE /_synapse/admin/v2/rooms/{roomId}",
+		// .../rooms/{roomId}/delete_status and .../rooms/delete_status/{deleteId}
+		// overlap as ServeMux patterns; one pattern serves both.
+		"GET /_synapse/admin/v2/rooms/{first}/{second}",
+	} {
+		mux.Handle(p, b.serve("not_implemented", true, notImplemented))
+	}
 	mux.HandleFunc("GET /health", b.health)
 	if b.Metrics != nil {
 		mux.Handle("GET /metrics", b.Metrics)
@@ -118,6 +135,38 @@ func writeError(w http.ResponseWriter, err error) int {
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(map[string]string{"errcode": e.Code, "error": e.Message})
 	return e.Status
+}
+
+func notImplemented(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	return nil, commands.Errorf(501, commands.CodeUnrecognized, "%s %s is not implemented by this version of scrollback", r.Method, r.URL.Path)
+}
+
+func (b *Bridge) getBlock(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	roomID := r.PathValue("roomId")
+	if !commands.ValidRoomID(roomID) {
+		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+	}
+	return b.call(ctx, b.Subjects.APIRoom(roomID, "block"), map[string]any{})
+}
+
+// putBlock validates in Synapse's order: body, room ID, then block.
+func (b *Bridge) putBlock(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	body, err := DecodeJSONBody(r, false)
+	if err != nil {
+		return nil, err
+	}
+	roomID := r.PathValue("roomId")
+	if !commands.ValidRoomID(roomID) {
+		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+	}
+	v, ok := body["block"]
+	if !ok {
+		return nil, commands.Errorf(400, commands.CodeMissingParam, "Missing params: ['block']")
+	}
+	if _, ok := v.(bool); !ok {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'block' must be a boolean.")
+	}
+	return b.call(ctx, b.Subjects.APIRoom(roomID, "block"), map[string]any{"block": v, "requested_by": id.UserID})
 }
 
 func (b *Bridge) clientMessages(ctx context.Context, r *http.Request, id Identity) (any, error) {

@@ -74,6 +74,10 @@ func PartitionOf(roomKey string, parts int) int {
 	return int(h.Sum32() % uint32(parts))
 }
 
+// Init reads the checkpoints and prepares the partitions. Call it before
+// serving reads (Run calls it too, for tests that start Run alone).
+func (p *Projector) Init() error { return p.init() }
+
 func (p *Projector) init() error {
 	if p.parts != nil {
 		return nil

@@ -30,6 +30,9 @@ func startProjector(tb testing.TB, s *projections.Store, log *bus.Log) *runningP
 		},
 		MaxBatch: 64,
 	}
+	if err := p.Init(); err != nil {
+		tb.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rp := &runningProjector{Projector: p, cancel: cancel, done: make(chan error, 1)}
 	go func() { rp.done <- p.Run(ctx) }()

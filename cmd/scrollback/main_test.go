@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -38,7 +39,7 @@ func startMain(tb testing.TB, edit ...func(*Config)) *Main {
 	for _, e := range edit {
 		e(&cfg)
 	}
-	m := &Main{Config: cfg}
+	m := &Main{Config: cfg, Logger: slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if err := m.Open(context.Background()); err != nil {
 		m.Close()
 		tb.Fatalf("open: %v", err)

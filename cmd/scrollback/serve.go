@@ -19,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/bus"
-	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/handlers"
 	"github.com/scrollback/scrollback/projections"
 )
@@ -121,17 +120,28 @@ func (m *Main) Open(ctx context.Context) error {
 		return float64(m.Projector.LogLast() - min(m.Projector.Applied(), m.Projector.LogLast()))
 	})
 	m.Projector.Observe = m.observeBatch(subjects)
+	if err := m.Projector.Init(); err != nil {
+		return err
+	}
 	runCtx, runCancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = runCancel
 	m.projDone = make(chan error, 1)
-	go func() { m.projDone <- m.Projector.Run(runCtx) }()
+	go func() {
+		err := m.Projector.Run(runCtx)
+		if err != nil {
+			m.Logger.Error("the projector stopped: reads go stale until a restart", "err", err)
+		}
+		m.projDone <- err
+	}()
 
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now}
+	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now}
 	m.svc, err = bus.Serve(m.NC, bus.ServiceOptions{
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"),
 	}, []bus.Endpoint{
 		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second},
+		{Name: "block", Subject: subjects.APIRoomWildcard("block"), Handler: admin.Block, Timeout: handlers.WaitForTimeout + 20*time.Second},
 	})
 	if err != nil {
 		return err
@@ -272,5 +282,3 @@ func (m *Main) Close() error {
 	}
 	return errors.Join(errs...)
 }
-
-var _ = commands.ErrMalformed

@@ -1,0 +1,120 @@
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// Appender appends a message to the room log and returns its sequence.
+type Appender interface {
+	Append(ctx context.Context, subject, msgID string, data []byte) (uint64, error)
+}
+
+// Admin answers the admin requests that act through the room log: each
+// one publishes a command and replies once the command is processed, so
+// that its effect and task are visible to the next request.
+type Admin struct {
+	Store    *projections.Store
+	Waiter   Waiter
+	Log      Appender
+	Subjects bus.Subjects
+	Now      func() time.Time
+	// NewID makes command IDs (default: 16 random letters, like Synapse's
+	// task IDs).
+	NewID func() string
+}
+
+// RandomID returns 16 random ASCII letters.
+func RandomID() string {
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	b := make([]byte, 16)
+	for i := range b {
+		n, err := rand.Int(rand.Reader, big.NewInt(int64(len(letters))))
+		if err != nil {
+			panic(err) // crypto/rand does not fail on supported platforms
+		}
+		b[i] = letters[n.Int64()]
+	}
+	return string(b)
+}
+
+// publish appends a command to the room's log and waits until the
+// projection has processed it.
+func (a *Admin) publish(ctx context.Context, roomID, action string, params map[string]any, requestedBy string) (string, error) {
+	newID := a.NewID
+	if newID == nil {
+		newID = RandomID
+	}
+	id := newID()
+	cmd := map[string]any{"id": id, "action": action, "room_id": roomID, "params": params, "ts": a.Now().UnixMilli()}
+	if requestedBy != "" {
+		cmd["requested_by"] = requestedBy
+	}
+	data, err := bus.Encode(cmd)
+	if err != nil {
+		return "", err
+	}
+	seq, err := a.Log.Append(ctx, a.Subjects.Room(roomID, commands.KindCmd), id, data)
+	if err != nil {
+		return "", fmt.Errorf("publish %s command: %w", action, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+	defer cancel()
+	if err := a.Waiter.WaitFor(wctx, roomID, seq); err != nil {
+		return "", commands.Errorf(504, commands.CodeUnknown, "The %s command was published (sequence %d) but not processed in time", action, seq)
+	}
+	return id, nil
+}
+
+// roomOf decodes the room of a sb.api.room.<rk>.<endpoint> subject and the
+// request map.
+func (a *Admin) roomOf(subject string, data []byte) (string, map[string]any, error) {
+	roomID, err := a.Subjects.ParseAPIRoomSubject(subject)
+	if err != nil {
+		return "", nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return "", nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+	}
+	if !commands.ValidRoomID(roomID) {
+		return "", nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+	}
+	return roomID, m, nil
+}
+
+// Block answers sb.api.room.<rk>.block: {} reads the flag, {block,
+// requested_by} sets it through a block_room command (SYNAPSE.md 7.6).
+func (a *Admin) Block(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	roomID, m, err := a.roomOf(subject, data)
+	if err != nil {
+		return nil, err
+	}
+	v, set := m["block"]
+	if !set {
+		blocked, by, err := a.Store.Blocked(roomID)
+		if err != nil {
+			return nil, err
+		}
+		if blocked {
+			return bus.Encode(map[string]any{"block": true, "user_id": by})
+		}
+		return bus.Encode(map[string]any{"block": false})
+	}
+	block, ok := v.(bool)
+	if !ok {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'block' must be a boolean.")
+	}
+	by, _ := m["requested_by"].(string)
+	if _, err := a.publish(ctx, roomID, commands.ActionBlockRoom, map[string]any{"block": block}, by); err != nil {
+		return nil, err
+	}
+	return bus.Encode(map[string]any{"block": block})
+}
