@@ -1,0 +1,119 @@
+package handlers
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+)
+
+// FuzzParseMessagesRequest: any payload is either a request or a Matrix
+// error (never a panic, never an internal error).
+func FuzzParseMessagesRequest(f *testing.F) {
+	for _, m := range []map[string]any{
+		{"user_id": "@a:x", "dir": "b", "limit": 50, "from": "t5-10_0_0", "filter": map[string]any{"types": []any{"m.*"}}},
+		{"admin": true, "wait_for": 10, "ignored_users": []any{"@b:x"}},
+		{"user_id": "@a:x", "limit": -1},
+	} {
+		data, _ := bus.Encode(m)
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := bus.DecodeMap(data, bus.DefaultLimits)
+		if err != nil {
+			return
+		}
+		req, err := ParseMessagesRequest(m)
+		if err != nil {
+			var e *commands.Error
+			if !errors.As(err, &e) || e.Status != 400 {
+				t.Fatalf("error %v is not a 400", err)
+			}
+			return
+		}
+		if req.Limit < 0 || req.Limit > MaxLimit || (!req.Admin && req.UserID == "") {
+			t.Fatalf("accepted %+v", req)
+		}
+	})
+}
+
+// FuzzMessagesQuery: any query string becomes a request map or a 400.
+func FuzzMessagesQuery(f *testing.F) {
+	f.Add("dir=b&limit=10&from=s5&filter=%7B%22types%22%3A%5B%22m.*%22%5D%7D")
+	f.Add("limit=-0&filter=[1]")
+	f.Add("limit=99999999999999999999999")
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		r := httptest.NewRequest(http.MethodGet, "/x?"+q.Encode(), nil)
+		m, err := messagesQuery(r)
+		if err != nil {
+			var e *commands.Error
+			if !errors.As(err, &e) || e.Status != 400 {
+				t.Fatalf("error %v is not a 400", err)
+			}
+			return
+		}
+		if _, err := bus.Encode(m); err != nil {
+			t.Fatalf("request map does not encode: %v", err)
+		}
+	})
+}
+
+// FuzzDecodeJSONBody: any body is an object or Synapse's 400s.
+func FuzzDecodeJSONBody(f *testing.F) {
+	f.Add([]byte(`{"block": true}`))
+	f.Add([]byte(`[1]`))
+	f.Add([]byte(``))
+	f.Add([]byte(`{"a": 1e999}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest(http.MethodPut, "/x", bytes.NewReader(body))
+		m, err := DecodeJSONBody(r, false)
+		if err != nil {
+			var e *commands.Error
+			if !errors.As(err, &e) || e.Status != 400 || (e.Code != commands.CodeNotJSON && e.Code != commands.CodeBadJSON) {
+				t.Fatalf("error %v", err)
+			}
+			return
+		}
+		if m == nil {
+			t.Fatal("nil object without error")
+		}
+	})
+}
+
+func TestParseLimit(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		err  string
+	}{
+		{"10", 10, ""}, {" 7 ", 7, ""}, {"+3", 3, ""}, {"0", 0, ""}, {"-0", 0, ""},
+		{"99999999999999999999", MaxLimit, ""},
+		{"-1", 0, "Query parameter limit must be a positive integer."},
+		{"ten", 0, "Query parameter limit must be an integer"},
+		{"1.5", 0, "Query parameter limit must be an integer"},
+		{"", 0, "Query parameter limit must be an integer"},
+		{"--1", 0, "Query parameter limit must be an integer"},
+	}
+	for _, tt := range tests {
+		n, err := parseLimit(tt.in)
+		if tt.err != "" {
+			var e *commands.Error
+			if !errors.As(err, &e) || e.Message != tt.err {
+				t.Errorf("parseLimit(%q) err=%v, want %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || n != tt.want {
+			t.Errorf("parseLimit(%q)=%d %v, want %d", tt.in, n, err, tt.want)
+		}
+	}
+}

@@ -1,0 +1,43 @@
+package projections
+
+import (
+	"testing"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+func TestRow_RoundTrip(t *testing.T) {
+	sk := "@a:x"
+	ev := &commands.Event{EventID: "$e", Type: "m.room.member", Sender: "@a:x", StateKey: &sk, OriginServerTS: 42, Depth: 3,
+		Content:  map[string]any{"membership": "join", "url": "mxc://x/y", "org.matrix.labels": []any{"#a", 5}},
+		Unsigned: map[string]any{"age": int64(10), "transaction_id": "t", "prev_content": "dropped"}, SoftFailed: true}
+	r, err := newRow(ev, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := unmarshalRow(r.marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.EventID != "$e" || got.Membership != "join" || got.AgeTS != 990 || !got.IsState() || !got.SoftFailed() || got.Rejected() ||
+		got.StateKey != sk || got.UnsignedN != 1 || len(got.Labels) != 1 || got.Meta().HasURL != true {
+		t.Fatalf("round trip: %+v", got)
+	}
+	flags, typ, sender, labels, err := rowHead(r.marshal())
+	if err != nil || flags != r.Flags || string(typ) != "m.room.member" || string(sender) != "@a:x" || len(labels) != 1 {
+		t.Fatalf("rowHead: %v %q %q %v %v", flags, typ, sender, labels, err)
+	}
+}
+
+// FuzzUnmarshalRow: a corrupt row is an error, never a panic or a huge
+// allocation.
+func FuzzUnmarshalRow(f *testing.F) {
+	ev := &commands.Event{EventID: "$e", Type: "t", Sender: "@a:x", Content: map[string]any{"b": "x"}}
+	r, _ := newRow(ev, 1)
+	f.Add(r.marshal())
+	f.Add([]byte{rowVersion, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = unmarshalRow(b)
+		_, _, _, _, _ = rowHead(b)
+	})
+}
