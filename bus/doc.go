@@ -1,0 +1,30 @@
+// Package bus is scrollback's NATS adapter: subject names and room keys,
+// the bounded MessagePack codec, the embedded nats-server, the room log's
+// JetStream stream, the ordered consumer that feeds the projector, the
+// nats.go/micro service that answers requests, and outbound requests.
+//
+// # Ordering
+//
+// The room log is one JetStream stream over sb.room.>. Log.Consume
+// delivers it in stream order through an ordered consumer without acks:
+// the projection keeps its own checkpoint, so a restart resumes from it
+// and redelivery is harmless.
+//
+// # Input limits
+//
+// msgpack v5.4.1 allocates what a length prefix claims before reading it
+// (vmihailenco/msgpack issue 401). Every payload from the bus goes through
+// Check first, which walks the bytes without allocating and refuses
+// lengths the input cannot back, nesting past Limits, binary and extension
+// types, and non-string map keys. DecodeMap = Check + decode.
+//
+// # Requests
+//
+// Serve registers micro endpoints. micro runs one handler at a time per
+// endpoint, so each request is handed to a bounded worker pool
+// (ServiceOptions.Workers); when the pool is full the subscription waits,
+// which is the backpressure. Errors become the contract's error replies in
+// one place (Nats-Service-Error-Code, Nats-Service-Error and a
+// {errcode, error} body); errors that are not *commands.Error are logged
+// and answered as a generic 500.
+package bus

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// do sends an HTTP request to the bridge and decodes the JSON object.
+func (m *Main) do(tb testing.TB, method, path, token, body string) (int, map[string]any) {
+	tb.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://"+m.HTTPAddr+path, rd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil && resp.StatusCode != 200 {
+		tb.Fatalf("%s %s: %d with non-JSON body %q", method, path, resp.StatusCode, data)
+	}
+	return resp.StatusCode, out
+}
+
+func wantErr(tb testing.TB, status int, body map[string]any, wantStatus int, code, text string) {
+	tb.Helper()
+	if status != wantStatus || body["errcode"] != code || (text != "" && body["error"] != text) {
+		tb.Fatalf("got %d %v, want %d %s %q", status, body, wantStatus, code, text)
+	}
+}
+
+// fakeWhoami answers sb.hs.whoami for one token.
+func fakeWhoami(tb testing.TB, m *Main, token, userID string, admin bool) {
+	tb.Helper()
+	sub, err := m.NC.Subscribe(bus.Subjects{Prefix: "sb"}.HS("whoami"), func(msg *nats.Msg) {
+		req, _ := bus.DecodeMap(msg.Data, bus.DefaultLimits)
+		if req["access_token"] != token {
+			body, _ := bus.Encode(map[string]any{"errcode": "M_UNKNOWN_TOKEN", "error": "nope"})
+			h := nats.Header{}
+			h.Set("Nats-Service-Error-Code", "401")
+			h.Set("Nats-Service-Error", "nope")
+			msg.RespondMsg(&nats.Msg{Header: h, Data: body})
+			return
+		}
+		data, _ := bus.Encode(map[string]any{"user_id": userID, "admin": admin})
+		msg.Respond(data)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { sub.Unsubscribe() })
+}
+
+func TestHTTP_AuthAndErrors(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("web", "test")
+	seqs := m.publisher().Publish(t, append(room.Setup(alice, bob), room.Msg(alice, "hi"))...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := "/_matrix/client/v3/rooms/" + url.PathEscape(room.ID) + "/messages"
+	admin := "/_synapse/admin/v1/rooms/" + url.PathEscape(room.ID) + "/messages"
+
+	t.Run("missing token", func(t *testing.T) {
+		st, body := m.do(t, "GET", msgs, "", "")
+		wantErr(t, st, body, 401, "M_MISSING_TOKEN", "")
+	})
+	t.Run("query token", func(t *testing.T) {
+		st, body := m.do(t, "GET", msgs+"?access_token=tok-alice", "", "")
+		if st != 200 || len(body["chunk"].([]any)) == 0 {
+			t.Fatalf("%d %v", st, body)
+		}
+	})
+	t.Run("unknown token without a homeserver is 503", func(t *testing.T) {
+		st, body := m.do(t, "GET", msgs, "nope", "")
+		wantErr(t, st, body, 503, "M_UNKNOWN", "")
+	})
+	t.Run("whoami", func(t *testing.T) {
+		fakeWhoami(t, m, "hs-token", bob, false)
+		st, body := m.do(t, "GET", msgs+"?dir=b&limit=1", "hs-token", "")
+		if st != 200 {
+			t.Fatalf("%d %v", st, body)
+		}
+		st, body = m.do(t, "GET", msgs, "other", "")
+		wantErr(t, st, body, 401, "M_UNKNOWN_TOKEN", "")
+	})
+	t.Run("admin endpoints need an admin", func(t *testing.T) {
+		st, body := m.do(t, "GET", admin, "tok-alice", "")
+		wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
+		st, body = m.do(t, "GET", admin+"?dir=b", "tok-admin", "")
+		if st != 200 || len(body["chunk"].([]any)) == 0 {
+			t.Fatalf("%d %v", st, body)
+		}
+	})
+	tests := []struct {
+		name, query string
+		status      int
+		code, text  string
+	}{
+		{"bad dir", "dir=x", 400, "M_INVALID_PARAM", "Query parameter 'dir' must be one of ['b', 'f']"},
+		{"bad from", "from=zzz", 400, "M_UNKNOWN", "'from' parameter is invalid"},
+		{"bad limit", "limit=x", 400, "M_INVALID_PARAM", "Query parameter limit must be an integer"},
+		{"negative limit", "limit=-3", 400, "M_INVALID_PARAM", "Query parameter limit must be a positive integer."},
+		{"bad filter", "filter=%7Bnope", 400, "M_NOT_JSON", "Query parameter filter must be a valid JSON object"},
+		{"non-object filter", "filter=%5B1%5D", 400, "M_NOT_JSON", "Query parameter filter must be a valid JSON object"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, body := m.do(t, "GET", msgs+"?"+tt.query, "tok-alice", "")
+			wantErr(t, st, body, tt.status, tt.code, tt.text)
+		})
+	}
+	t.Run("not a member", func(t *testing.T) {
+		fakeWhoami(t, m, "carol", "@carol:test", false)
+		st, body := m.do(t, "GET", msgs, "carol", "")
+		wantErr(t, st, body, 403, "M_FORBIDDEN", "User @carol:test not in room !web:test, and room previews are disabled")
+	})
+	t.Run("filter and r0 path", func(t *testing.T) {
+		st, body := m.do(t, "GET", "/_matrix/client/r0/rooms/"+url.PathEscape(room.ID)+"/messages?dir=b&filter="+url.QueryEscape(`{"types":["m.room.message"]}`), "tok-bob", "")
+		if st != 200 || len(body["chunk"].([]any)) != 1 {
+			t.Fatalf("%d %v", st, body)
+		}
+	})
+	t.Run("health and metrics", func(t *testing.T) {
+		for _, p := range []string{"/health", "/metrics"} {
+			resp, err := http.Get("http://" + m.HTTPAddr + p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("%s: %d", p, resp.StatusCode)
+			}
+			if p == "/metrics" {
+				for _, name := range []string{"scrollback_request_duration_seconds", "scrollback_projection_lag_messages", "scrollback_log_messages_total"} {
+					if !bytes.Contains(data, []byte(name)) {
+						t.Errorf("/metrics lacks %s", name)
+					}
+				}
+			}
+		}
+	})
+}
+
+func TestHTTP_BlockAPI(t *testing.T) {
+	m := startMain(t)
+	path := "/_synapse/admin/v1/rooms/" + url.PathEscape("!blocked:test") + "/block"
+	st, body := m.do(t, "GET", path, "tok-admin", "")
+	if st != 200 || body["block"] != false {
+		t.Fatalf("initial: %d %v", st, body)
+	}
+	tests := []struct {
+		name, path, body string
+		status           int
+		code, text       string
+	}{
+		{"empty body", path, "", 400, "M_NOT_JSON", "Content not JSON."},
+		{"not an object", path, "[]", 400, "M_BAD_JSON", "Content must be a JSON object."},
+		{"bad room id before missing block", "/_synapse/admin/v1/rooms/nope/block", "{}", 400, "M_UNKNOWN", "nope is not a legal room ID"},
+		{"missing block", path, "{}", 400, "M_MISSING_PARAM", "Missing params: ['block']"},
+		{"block not bool", path, `{"block": "yes"}`, 400, "M_BAD_JSON", "Param 'block' must be a boolean."},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, body := m.do(t, "PUT", tt.path, "tok-admin", tt.body)
+			wantErr(t, st, body, tt.status, tt.code, tt.text)
+		})
+	}
+	st, body = m.do(t, "PUT", path, "tok-alice", `{"block": true}`)
+	wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
+	st, body = m.do(t, "PUT", path, "tok-admin", `{"block": true}`)
+	if st != 200 || body["block"] != true {
+		t.Fatalf("block: %d %v", st, body)
+	}
+	// The reply comes after the command is applied: a read sees it at once.
+	st, body = m.do(t, "GET", path, "tok-admin", "")
+	if st != 200 || body["block"] != true || body["user_id"] != "@admin:test" {
+		t.Fatalf("after block: %d %v", st, body)
+	}
+	st, body = m.do(t, "PUT", path, "tok-admin", `{"block": false}`)
+	if st != 200 || body["block"] != false {
+		t.Fatalf("unblock: %d %v", st, body)
+	}
+	st, body = m.do(t, "GET", path, "tok-admin", "")
+	if st != 200 || body["block"] != false {
+		t.Fatalf("after unblock: %d %v", st, body)
+	}
+}
+
+func TestMain_GeneratedAdminToken(t *testing.T) {
+	m := startMain(t, func(c *Config) { c.Auth.Tokens = nil })
+	tok, err := os.ReadFile(filepath.Join(m.Config.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(filepath.Join(m.Config.DataDir, "admin.token"))
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin.token mode %v, want 0600", fi.Mode().Perm())
+	}
+	st, body := m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape("!x:test")+"/messages", strings.TrimSpace(string(tok)), "")
+	if st != 200 {
+		t.Fatalf("admin read with the generated token: %d %v", st, body)
+	}
+}

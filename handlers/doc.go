@@ -1,0 +1,12 @@
+// Package handlers holds scrollback's request logic: Messages (Synapse's
+// get_messages over the projection), Admin (requests that act through the
+// room log, such as blocking a room), Auth, the HTTP bridge and the
+// Prometheus metrics.
+//
+// Handlers return errors; exactly one place per transport turns them into
+// replies: bus.Service for NATS, writeError for HTTP. A *commands.Error is
+// sent as is; anything else is logged and answered as a generic 500.
+//
+// The HTTP bridge is a thin translation: every endpoint becomes a NATS
+// request of CONTRACT.md section 4, so it can run in its own process.
+package handlers

@@ -1,0 +1,48 @@
+// Package projections is the room log's bbolt projection: timelines,
+// state, extremities, tasks, dead letters and the per-partition
+// checkpoints, and the reads that page through them.
+//
+// # Basics
+//
+// Projector.Run consumes the log and hands each message to the partition
+// of its room (fnv32a of the room key modulo the partition count, fixed
+// when the file is created). Each partition applies its messages in log
+// order, in batches, one bbolt transaction per batch; the transaction also
+// writes the partition's checkpoint (the last log sequence applied), so a
+// message's effects happen exactly once: on restart or redelivery
+// everything at or below the checkpoint is skipped. Rooms in different
+// partitions are applied in parallel; a room's messages never are.
+//
+// Reads use bbolt read transactions (snapshots): they never wait for the
+// writer and see whole batches only. Store.View gives a RoomView for one
+// consistent read.
+//
+// # Layout
+//
+// Keys are big-endian. Room IDs are mapped to 8-byte room numbers
+// (rooms bucket). Stream orderings are signed (backfilled events are
+// negative) and stored as uint64(v) ^ 1<<63 so that they sort.
+//
+//	timeline   room|depth|order            -> row (see Row)
+//	events     event ID                    -> room|depth|order|outlier
+//	outliers   event ID                    -> row
+//	state      room|type|state_key|depth|order -> membership|event ID
+//	fwdext     room|event ID               -> depth   (no stored event names it)
+//	backext    room|event ID               -> depth   (named, not held)
+//	forgotten  room|user ID                -> {}
+//	tasks      task ID                     -> Task
+//	roomtasks  room|created|task ID        -> {}
+//	deadletter log sequence                -> DeadLetter (last MaxDeadLetters)
+//	received   received ts|log sequence    -> room (live events)
+//	checkpoint partition                   -> log sequence
+//
+// Room state is linearized by (depth, stream ordering): the state after an
+// event is, for each (type, state_key), the entry with the greatest
+// position at or below the event's. Looking it up is one cursor seek.
+//
+// # Caveats
+//
+// A message that fails to apply in a batch is retried alone; one that
+// still fails is recorded as a dead letter so that it never stops its
+// partition. The file never shrinks by itself (bbolt reuses freed pages).
+package projections
