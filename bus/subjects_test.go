@@ -45,12 +45,12 @@ func TestSubjects_ParseRoomSubject(t *testing.T) {
 
 func TestValidSubject(t *testing.T) {
 	for subj, want := range map[string]bool{
-		"sb.room.a.event":          true,
-		"":                         false,
-		"sb..x":                    false,
-		"sb.*.x":                   false,
-		"sb.>":                     false,
-		"sb.a b":                   false,
+		"sb.room.a.event":         true,
+		"":                        false,
+		"sb..x":                   false,
+		"sb.*.x":                  false,
+		"sb.>":                    false,
+		"sb.a b":                  false,
 		strings.Repeat("a", 2000): false,
 	} {
 		if got := ValidSubject(subj); got != want {
