@@ -214,7 +214,7 @@ func (s *Store) RoomTasks(roomID string) ([]*commands.Task, error) {
 		}
 		c := tx.Bucket(bRoomTask).Cursor()
 		prefix := u64(n)
-		for k, _ := c.Seek(prefix); k != nil && len(k) > 16 && string(k[:8]) == string(prefix); k, _ = c.Next() {
+		for k, _ := c.Seek(prefix); len(k) > 16 && string(k[:8]) == string(prefix); k, _ = c.Next() {
 			t, err := getTask(tx, string(k[16:]))
 			if err != nil {
 				return err
