@@ -41,6 +41,15 @@ type Messages struct {
 	Now      func() time.Time
 	// MaxReply bounds a reply's size (default: max_payload).
 	MaxReply int
+	// Retention is the server's retention config: when enabled, non-state
+	// events older than the room's max_lifetime are hidden from users.
+	Retention Retention
+}
+
+// Retention is the part of the retention config that reads need.
+type Retention struct {
+	Enabled bool
+	Default commands.RetentionPolicy
 }
 
 // MessagesRequest is the decoded request (CONTRACT.md section 4).
@@ -209,11 +218,19 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	default:
 		from = commands.StartToken
 	}
-	// Step 2: access. Until history visibility lands, a non-admin read
-	// needs a current join.
+	// Step 2: access (SYNAPSE.md 1.3).
+	rc := &readContext{v: v, roomID: roomID, req: req, now: now, h: h}
 	if !req.Admin {
-		if v.Membership(req.UserID) != "join" {
-			return nil, commands.Errorf(403, commands.CodeForbidden, "User %s not in room %s, and room previews are disabled", req.UserID, roomID)
+		if err := rc.checkAccess(); err != nil {
+			return nil, err
+		}
+		// Step 4: a departed user paging backwards is clamped to their
+		// leave event; start shows the clamped token.
+		if req.Backwards && rc.departed {
+			if clamped, ok := rc.leaveClamp(from.Room); ok {
+				from = from.WithRoom(clamped)
+				fromGiven = true
+			}
 		}
 	}
 	// Step 5: the timeline, with Synapse's early bail.
@@ -255,43 +272,56 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	}
 	// Step 9: the filter's after-limit part, then visibility.
 	visible := rows[:0:0]
+	var memberships []string
 	for _, r := range rows {
 		if req.Filter != nil && !req.Filter.Check(r.Meta()) {
 			continue
 		}
-		if !req.Admin && r.SoftFailed() {
+		if req.Admin {
+			visible = append(visible, r)
 			continue
 		}
-		visible = append(visible, r)
+		ok, membership := rc.visible(r)
+		if ok {
+			visible = append(visible, r)
+			memberships = append(memberships, membership)
+		}
 	}
-	enc := clientEncoder{now: now, roomID: roomID}
+	// Steps 10-12: serialise with redactions, prev_content, bundled
+	// aggregations and lazy-loaded members.
+	enc := clientEncoder{rc: rc}
 	maxReply := h.MaxReply
 	if maxReply <= 0 {
 		maxReply = bus.MaxPayload
 	}
 	for i, r := range visible {
-		var prev *projections.PrevState
-		if r.IsState() {
-			var err error
-			if prev, err = v.StateBefore(r.Type, r.StateKey, r.Depth, r.Stream); err != nil {
-				return nil, err
-			}
-		}
 		mark := enc.buf.Len()
-		if err := enc.event(r, prev); err != nil {
+		opts := eventOpts{bundle: true}
+		if !req.Admin {
+			opts.membership = memberships[i]
+		}
+		if err := enc.event(r, opts); err != nil {
 			return nil, err
 		}
 		if enc.buf.Len() > maxReply-replyMargin && i > 0 {
 			// The reply would pass max_payload: end at the last whole
 			// event, with end just after it.
 			enc.buf.Truncate(mark)
+			visible = visible[:i]
 			last := visible[i-1]
 			end = from.WithRoom(projections.NextToken(last.Depth, last.Stream, req.Backwards))
 			break
 		}
 		enc.n++
 	}
-	return encodeReply(from.String(), end.String(), &enc, nil)
+	var state *clientEncoder
+	if req.Filter != nil && req.Filter.LazyLoadMembers && len(visible) > 0 {
+		var err error
+		if state, err = rc.lazyMembers(visible); err != nil {
+			return nil, err
+		}
+	}
+	return encodeReply(from.String(), end.String(), &enc, state)
 }
 
 // encodeReply writes {chunk, start, end?, state?}; end "" is left out.
@@ -327,76 +357,3 @@ func encodeReply(start, end string, chunk *clientEncoder, state *clientEncoder) 
 	return buf.Bytes(), nil
 }
 
-// clientEncoder appends events in Synapse's client format (SYNAPSE.md
-// 1.5) to a buffer of concatenated MessagePack maps.
-type clientEncoder struct {
-	buf    bytes.Buffer
-	enc    *msgpack.Encoder
-	n      int
-	now    int64
-	roomID string
-}
-
-func (c *clientEncoder) event(r *projections.Row, prev *projections.PrevState) error {
-	if c.enc == nil {
-		c.enc = msgpack.NewEncoder(&c.buf)
-	}
-	e := c.enc
-	age := c.now - r.AgeTS
-	fields := 9 // content event_id origin_server_ts room_id sender type unsigned user_id age
-	if r.IsState() {
-		fields++
-	}
-	if r.Redacts != "" {
-		fields++
-	}
-	if prev != nil {
-		fields += 2 // prev_content, replaces_state copied to the top level
-	}
-	if err := e.EncodeMapLen(fields); err != nil {
-		return err
-	}
-	str := func(k, v string) {
-		_ = e.EncodeString(k)
-		_ = e.EncodeString(v)
-	}
-	_ = e.EncodeString("content")
-	c.buf.Write(r.Content)
-	str("event_id", r.EventID)
-	_ = e.EncodeString("origin_server_ts")
-	_ = e.EncodeInt(r.OriginServerTS)
-	str("room_id", c.roomID)
-	str("sender", r.Sender)
-	str("type", r.Type)
-	if r.IsState() {
-		str("state_key", r.StateKey)
-	}
-	if r.Redacts != "" {
-		str("redacts", r.Redacts)
-	}
-	str("user_id", r.Sender)
-	_ = e.EncodeString("age")
-	_ = e.EncodeInt(age)
-	if prev != nil {
-		_ = e.EncodeString("prev_content")
-		c.buf.Write(prev.Content)
-		str("replaces_state", prev.EventID)
-	}
-	// unsigned: age, the published fields, and prev_* for state events.
-	un := 1 + r.UnsignedN
-	if prev != nil {
-		un += 3
-	}
-	_ = e.EncodeString("unsigned")
-	_ = e.EncodeMapLen(un)
-	_ = e.EncodeString("age")
-	_ = e.EncodeInt(age)
-	c.buf.Write(r.Unsigned)
-	if prev != nil {
-		_ = e.EncodeString("prev_content")
-		c.buf.Write(prev.Content)
-		str("prev_sender", prev.Sender)
-		str("replaces_state", prev.EventID)
-	}
-	return nil
-}

@@ -70,6 +70,23 @@ func (f *fixture) add(evs ...testenv.Event) {
 	f.w.seq = f.seq
 }
 
+// applyCmd applies a command as the next log message.
+func (f *fixture) applyCmd(cmd map[string]any) {
+	f.t.Helper()
+	f.seq++
+	data, err := bus.Encode(cmd)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	roomID := cmd["room_id"].(string)
+	e := subjects.Decode(f.seq, subjects.Room(roomID, commands.KindCmd), data, 1_800_000_000_000)
+	out, err := f.store.ApplyBatch(projections.PartitionOf(bus.RoomKey(roomID), f.store.Partitions()), []commands.LogEntry{e})
+	if err != nil || out[0].Result != projections.OutcomeApplied {
+		f.t.Fatalf("command: %v %+v", err, out)
+	}
+	f.w.seq = f.seq
+}
+
 func (f *fixture) read(roomID string, req map[string]any) (map[string]any, *commands.Error) {
 	f.t.Helper()
 	data, err := bus.Encode(req)

@@ -199,10 +199,13 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 		// extremity.
 		return nil
 	}
+	if err := indexEventRelations(tx, room, ev, row, stream); err != nil {
+		return err
+	}
 	if ev.StateKey != nil {
 		k := stateKeyAt(statePrefix(room, ev.Type, *ev.StateKey), ev.Depth, stream)
-		v := binary.AppendUvarint(nil, uint64(len(row.Membership)))
-		v = append(append(v, row.Membership...), ev.EventID...)
+		v := binary.AppendUvarint(nil, uint64(len(row.Summary)))
+		v = append(append(v, row.Summary...), ev.EventID...)
 		if err := tx.Bucket(bState).Put(k, v); err != nil {
 			return err
 		}

@@ -23,8 +23,11 @@ var (
 	bRoomTask = []byte("roomtasks")  // room|created ts|task ID -> empty
 	bDead     = []byte("deadletter") // log sequence -> DeadLetter (msgpack)
 	bReceived = []byte("received")   // received ts|log sequence -> room number (live events only)
+	bRedacts  = []byte("redactions") // redacted event ID -> redaction event ID
+	bRel      = []byte("relations")  // room|target|rel type|depth|order -> relating event ID
+	bRelCount = []byte("relcounts")  // room|target|rel type -> count; ...|0xff|sender -> count
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
@@ -119,3 +122,22 @@ func parseLoc(b []byte) (evLoc, bool) {
 // roomKey is the room's <rk> (unpadded base64url of its ID), which decides
 // its partition.
 func roomKey(roomID string) string { return base64.RawURLEncoding.EncodeToString([]byte(roomID)) }
+
+// relPrefix is room|len(target)|target|len(relType)|relType.
+func relPrefix(room uint64, target, relType string) []byte {
+	k := make([]byte, 8, 8+4+len(target)+len(relType)+16)
+	binary.BigEndian.PutUint64(k, room)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(target)))
+	k = append(k, target...)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(relType)))
+	return append(k, relType...)
+}
+
+// relSenderKey is relPrefix|0xff|sender: the per-sender count, which sorts
+// after the positions of the same prefix in relcounts' own bucket.
+func relSenderKey(prefix []byte, sender string) []byte {
+	k := make([]byte, len(prefix), len(prefix)+1+len(sender))
+	copy(k, prefix)
+	k = append(k, 0xff)
+	return append(k, sender...)
+}

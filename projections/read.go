@@ -91,23 +91,57 @@ func (v *RoomView) MaxDepth() int64 {
 	return d
 }
 
-// CurrentState returns the event ID and membership of the current state
-// event (type, stateKey), linearized by (depth, stream ordering).
-func (v *RoomView) CurrentState(typ, stateKey string) (eventID, membership string, ok bool) {
-	if v.room == 0 {
-		return "", "", false
-	}
-	prefix := statePrefix(v.room, typ, stateKey)
-	c := v.tx.Bucket(bState).Cursor()
-	c.Seek(stateKeyAt(prefix, math.MaxInt64, math.MaxInt64))
-	k, val := c.Prev()
-	if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 {
-		return "", "", false
-	}
-	return parseStateVal(val)
+// StateEntry is one state event in the state index.
+type StateEntry struct {
+	EventID string
+	Summary string // commands.StateSummary: membership, visibility, join rule...
+	Depth   int64
+	Stream  int64
 }
 
-func parseStateVal(val []byte) (eventID, membership string, ok bool) {
+// CurrentState returns the room's current state event (type, stateKey):
+// state is linearized by (depth, stream ordering), so it is the one with
+// the greatest position.
+func (v *RoomView) CurrentState(typ, stateKey string) (StateEntry, bool) {
+	return v.stateSeek(typ, stateKey, math.MaxInt64, math.MaxInt64, true)
+}
+
+// StateAt returns the state event (type, stateKey) in the state after the
+// event at (depth, stream): the entry with the greatest position at or
+// before it. One cursor seek.
+func (v *RoomView) StateAt(typ, stateKey string, depth, stream int64) (StateEntry, bool) {
+	return v.stateSeek(typ, stateKey, depth, stream, true)
+}
+
+// StateBefore is StateAt strictly before (depth, stream): the state event
+// that one at that position replaced.
+func (v *RoomView) StateBefore(typ, stateKey string, depth, stream int64) (StateEntry, bool) {
+	return v.stateSeek(typ, stateKey, depth, stream, false)
+}
+
+func (v *RoomView) stateSeek(typ, stateKey string, depth, stream int64, inclusive bool) (StateEntry, bool) {
+	if v.room == 0 {
+		return StateEntry{}, false
+	}
+	prefix := statePrefix(v.room, typ, stateKey)
+	seek := stateKeyAt(prefix, depth, stream)
+	c := v.tx.Bucket(bState).Cursor()
+	k, val := c.Seek(seek)
+	if !inclusive || k == nil || !bytes.Equal(k, seek) {
+		k, val = c.Prev()
+	}
+	if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 {
+		return StateEntry{}, false
+	}
+	id, summary, ok := parseStateVal(val)
+	if !ok {
+		return StateEntry{}, false
+	}
+	pos := k[len(prefix):]
+	return StateEntry{EventID: id, Summary: summary, Depth: int64(binary.BigEndian.Uint64(pos)), Stream: unorder(binary.BigEndian.Uint64(pos[8:]))}, true
+}
+
+func parseStateVal(val []byte) (eventID, summary string, ok bool) {
 	n, w := binary.Uvarint(val)
 	if w <= 0 || uint64(len(val)-w) < n {
 		return "", "", false
@@ -117,36 +151,8 @@ func parseStateVal(val []byte) (eventID, membership string, ok bool) {
 
 // Membership is the user's current membership ("" if none).
 func (v *RoomView) Membership(userID string) string {
-	_, m, _ := v.CurrentState("m.room.member", userID)
-	return m
-}
-
-// PrevState is the state event an event replaced.
-type PrevState struct {
-	EventID string
-	Sender  string
-	Content []byte // MessagePack map
-}
-
-// StateBefore returns the state event (type, stateKey) that was current
-// just before position (depth, stream), or nil.
-func (v *RoomView) StateBefore(typ, stateKey string, depth, stream int64) (*PrevState, error) {
-	prefix := statePrefix(v.room, typ, stateKey)
-	c := v.tx.Bucket(bState).Cursor()
-	c.Seek(stateKeyAt(prefix, depth, stream))
-	k, val := c.Prev()
-	if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 {
-		return nil, nil
-	}
-	id, _, ok := parseStateVal(val)
-	if !ok {
-		return nil, errBadRow
-	}
-	row, err := v.Event(id)
-	if err != nil || row == nil {
-		return nil, err
-	}
-	return &PrevState{EventID: row.EventID, Sender: row.Sender, Content: row.Content}, nil
+	e, _ := v.CurrentState("m.room.member", userID)
+	return e.Summary
 }
 
 // Event returns a stored event of this room by ID (timeline or outlier),

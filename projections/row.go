@@ -33,7 +33,9 @@ type Row struct {
 	OriginServerTS int64
 	AgeTS          int64 // received time minus any published unsigned.age
 	Redacts        string
-	Membership     string   // content.membership of member events
+	Summary        string   // commands.StateSummary of state events
+	RelType        string   // content["m.relates_to"].rel_type, if any
+	RelTarget      string   // content["m.relates_to"].event_id, if any
 	Labels         []string // content["org.matrix.labels"]
 	Content        []byte   // MessagePack map
 	Unsigned       []byte   // MessagePack map pairs of the published unsigned, age removed
@@ -90,7 +92,9 @@ func newRow(e *commands.Event, receivedTS int64) (*Row, error) {
 		OriginServerTS: e.OriginServerTS,
 		AgeTS:          receivedTS - e.PublishedAge(),
 		Redacts:        e.Redacts,
-		Membership:     e.Membership(),
+	}
+	if rel, ok := commands.RelationOf(e.Content); ok {
+		r.RelType, r.RelTarget = rel.RelType, rel.EventID
 	}
 	meta := e.Meta()
 	r.Labels = meta.Labels
@@ -100,6 +104,7 @@ func newRow(e *commands.Event, receivedTS int64) (*Row, error) {
 	if e.StateKey != nil {
 		r.Flags |= flagState
 		r.StateKey = *e.StateKey
+		r.Summary = commands.StateSummary(e.Type, e.Content)
 	}
 	for _, f := range []struct {
 		on   bool
@@ -142,7 +147,7 @@ const rowVersion = 1
 // marshal writes the row's binary form: a version byte, the flags, then
 // varint-prefixed fields. Position is not stored: it is the key.
 func (r *Row) marshal() []byte {
-	n := 32 + len(r.EventID) + len(r.Type) + len(r.Sender) + len(r.StateKey) + len(r.Redacts) + len(r.Membership) + len(r.Content) + len(r.Unsigned)
+	n := 40 + len(r.EventID) + len(r.Type) + len(r.Sender) + len(r.StateKey) + len(r.Redacts) + len(r.Summary) + len(r.RelType) + len(r.RelTarget) + len(r.Content) + len(r.Unsigned)
 	for _, l := range r.Labels {
 		n += len(l) + 2
 	}
@@ -150,7 +155,7 @@ func (r *Row) marshal() []byte {
 	b = append(b, rowVersion, r.Flags)
 	b = binary.AppendVarint(b, r.OriginServerTS)
 	b = binary.AppendVarint(b, r.AgeTS)
-	for _, s := range []string{r.EventID, r.Type, r.Sender, r.StateKey, r.Redacts, r.Membership} {
+	for _, s := range []string{r.EventID, r.Type, r.Sender, r.StateKey, r.Redacts, r.Summary, r.RelType, r.RelTarget} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
@@ -227,7 +232,8 @@ func unmarshalRow(b []byte) (*Row, error) {
 	rr := &rowReader{b: b[2:]}
 	r.OriginServerTS = rr.varint()
 	r.AgeTS = rr.varint()
-	r.EventID, r.Type, r.Sender, r.StateKey, r.Redacts, r.Membership = rr.str(), rr.str(), rr.str(), rr.str(), rr.str(), rr.str()
+	r.EventID, r.Type, r.Sender, r.StateKey = rr.str(), rr.str(), rr.str(), rr.str()
+	r.Redacts, r.Summary, r.RelType, r.RelTarget = rr.str(), rr.str(), rr.str(), rr.str()
 	nl := rr.uvarint()
 	if nl > uint64(len(rr.b)) {
 		return nil, errBadRow
@@ -269,7 +275,9 @@ func rowHead(b []byte) (flags uint8, typ, sender []byte, labels []string, err er
 	sender = skip()
 	skip() // state_key
 	skip() // redacts
-	skip() // membership
+	skip() // summary
+	skip() // rel type
+	skip() // rel target
 	nl := rr.uvarint()
 	for i := uint64(0); i < nl && rr.err == nil; i++ {
 		labels = append(labels, string(skip()))

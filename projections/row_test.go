@@ -19,7 +19,7 @@ func TestRow_RoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.EventID != "$e" || got.Membership != "join" || got.AgeTS != 990 || !got.IsState() || !got.SoftFailed() || got.Rejected() ||
+	if got.EventID != "$e" || got.Summary != "join" || got.AgeTS != 990 || !got.IsState() || !got.SoftFailed() || got.Rejected() ||
 		got.StateKey != sk || got.UnsignedN != 1 || len(got.Labels) != 1 || got.Meta().HasURL != true {
 		t.Fatalf("round trip: %+v", got)
 	}

@@ -1,0 +1,208 @@
+package handlers
+
+import (
+	"bytes"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// eventOpts say what to add to one client event.
+type eventOpts struct {
+	membership string // unsigned.membership (MSC4115); "" leaves it out
+	bundle     bool   // bundled aggregations in unsigned["m.relations"]
+	noThread   bool   // bundle without m.thread (a thread's latest event)
+}
+
+// clientEncoder appends events in Synapse's client format (SYNAPSE.md
+// 1.5) to a buffer of concatenated MessagePack maps.
+type clientEncoder struct {
+	rc  *readContext
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+	n   int
+}
+
+// prevState is the state event a state event replaced.
+type prevState struct {
+	eventID string
+	sender  string
+	content []byte
+}
+
+func (c *clientEncoder) init() *msgpack.Encoder {
+	if c.enc == nil {
+		c.enc = msgpack.NewEncoder(&c.buf)
+	}
+	return c.enc
+}
+
+// event writes r as a client event.
+func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
+	e := c.init()
+	rc := c.rc
+	age := rc.now - r.AgeTS
+	content := r.Content
+	var redaction *projections.Row
+	if by := rc.v.RedactedBy(r.EventID); by != "" {
+		var err error
+		if content, err = c.redacted(r.Type, r.Content); err != nil {
+			return err
+		}
+		if redaction, err = rc.v.Event(by); err != nil {
+			return err
+		}
+	}
+	var prev *prevState
+	if r.IsState() {
+		var err error
+		if prev, err = c.prev(r); err != nil {
+			return err
+		}
+	}
+	var relations []byte
+	if opts.bundle && redaction == nil {
+		var err error
+		if relations, err = c.rc.bundle(r, !opts.noThread); err != nil {
+			return err
+		}
+	}
+	redacts := r.Redacts
+	if redaction != nil && !commands.KeepsTopLevelRedacts(rc.version()) {
+		redacts = ""
+	}
+
+	fields := 9 // content event_id origin_server_ts room_id sender type unsigned user_id age
+	if r.IsState() {
+		fields++
+	}
+	if redacts != "" {
+		fields++
+	}
+	if prev != nil {
+		fields += 2 // prev_content and replaces_state copied to the top level
+	}
+	if redaction != nil {
+		fields++ // redacted_because copied to the top level
+	}
+	if err := e.EncodeMapLen(fields); err != nil {
+		return err
+	}
+	str := func(k, v string) {
+		_ = e.EncodeString(k)
+		_ = e.EncodeString(v)
+	}
+	_ = e.EncodeString("content")
+	c.buf.Write(content)
+	str("event_id", r.EventID)
+	_ = e.EncodeString("origin_server_ts")
+	_ = e.EncodeInt(r.OriginServerTS)
+	str("room_id", rc.roomID)
+	str("sender", r.Sender)
+	str("type", r.Type)
+	if r.IsState() {
+		str("state_key", r.StateKey)
+	}
+	if redacts != "" {
+		str("redacts", redacts)
+	}
+	str("user_id", r.Sender)
+	_ = e.EncodeString("age")
+	_ = e.EncodeInt(age)
+	if prev != nil {
+		_ = e.EncodeString("prev_content")
+		c.buf.Write(prev.content)
+		str("replaces_state", prev.eventID)
+	}
+	if redaction != nil {
+		_ = e.EncodeString("redacted_because")
+		if err := c.event(redaction, eventOpts{}); err != nil {
+			return err
+		}
+	}
+
+	// unsigned: age, the published fields (not for redacted events),
+	// prev_* for state events, membership, redaction, relations.
+	un := 1
+	if redaction == nil {
+		un += r.UnsignedN
+	}
+	if prev != nil {
+		un += 3
+	}
+	if opts.membership != "" {
+		un++
+	}
+	if redaction != nil {
+		un += 2
+	}
+	if relations != nil {
+		un++
+	}
+	_ = e.EncodeString("unsigned")
+	_ = e.EncodeMapLen(un)
+	_ = e.EncodeString("age")
+	_ = e.EncodeInt(age)
+	if redaction == nil {
+		c.buf.Write(r.Unsigned)
+	}
+	if prev != nil {
+		_ = e.EncodeString("prev_content")
+		c.buf.Write(prev.content)
+		str("prev_sender", prev.sender)
+		str("replaces_state", prev.eventID)
+	}
+	if opts.membership != "" {
+		str("membership", opts.membership)
+	}
+	if redaction != nil {
+		str("redacted_by", redaction.EventID)
+		_ = e.EncodeString("redacted_because")
+		if err := c.event(redaction, eventOpts{}); err != nil {
+			return err
+		}
+	}
+	if relations != nil {
+		_ = e.EncodeString("m.relations")
+		c.buf.Write(relations)
+	}
+	return nil
+}
+
+// prev finds the state event r replaced, for prev_content.
+func (c *clientEncoder) prev(r *projections.Row) (*prevState, error) {
+	st, ok := c.rc.v.StateBefore(r.Type, r.StateKey, r.Depth, r.Stream)
+	if !ok {
+		return nil, nil
+	}
+	row, err := c.rc.v.Event(st.EventID)
+	if err != nil || row == nil {
+		return nil, err
+	}
+	content := row.Content
+	if c.rc.v.RedactedBy(row.EventID) != "" {
+		if content, err = c.redacted(row.Type, row.Content); err != nil {
+			return nil, err
+		}
+	}
+	return &prevState{eventID: row.EventID, sender: row.Sender, content: content}, nil
+}
+
+// redacted prunes stored content with the room version's redaction rules.
+func (c *clientEncoder) redacted(typ string, raw []byte) ([]byte, error) {
+	var content map[string]any
+	dec := msgpack.NewDecoder(bytes.NewReader(raw))
+	dec.UseLooseInterfaceDecoding(true)
+	if err := dec.Decode(&content); err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	enc := msgpack.NewEncoder(&out)
+	enc.SetSortMapKeys(true)
+	if err := enc.Encode(commands.RedactContent(c.rc.version(), typ, content)); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}

@@ -1,0 +1,163 @@
+package handlers
+
+import (
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// readContext is one read's view of a room and of the reader: the
+// snapshot, the access decision, and values looked up once per request.
+type readContext struct {
+	h      *Messages
+	v      *projections.RoomView
+	roomID string
+	req    *MessagesRequest
+	now    int64
+
+	departed bool // the reader left and did not forget the room
+	peeking  bool // a non-member reading a world_readable room
+	leave    projections.StateEntry
+	reader   commands.Reader
+
+	roomVersion string
+	versionRead bool
+}
+
+const (
+	typeMember     = "m.room.member"
+	typeVisibility = "m.room.history_visibility"
+	typeJoinRules  = "m.room.join_rules"
+	typeCreate     = "m.room.create"
+	typeRetention  = "m.room.retention"
+)
+
+// checkAccess is Synapse's check_user_in_room_or_world_readable with
+// allow_departed_users (SYNAPSE.md 1.3): a current join, a leave not
+// forgotten, or a currently world_readable room; anything else, unknown
+// rooms included, is 403.
+func (rc *readContext) checkAccess() error {
+	user := rc.req.UserID
+	cur, _ := rc.v.CurrentState(typeMember, user)
+	switch {
+	case cur.Summary == "join":
+	case cur.Summary == "leave" && !rc.v.Forgotten(user):
+		rc.departed, rc.leave = true, cur
+	default:
+		vis, _ := rc.v.CurrentState(typeVisibility, "")
+		if vis.Summary != commands.VisWorldReadable {
+			return commands.Errorf(403, commands.CodeForbidden, "User %s not in room %s, and room previews are disabled", user, rc.roomID)
+		}
+		rc.peeking = true
+	}
+	ignored := make(map[string]bool, len(rc.req.IgnoredUsers))
+	for _, u := range rc.req.IgnoredUsers {
+		ignored[u] = true
+	}
+	rc.reader = commands.Reader{UserID: user, Peeking: rc.peeking, Ignored: ignored, Now: rc.now}
+	if rc.h.Retention.Enabled {
+		ret, _ := rc.v.CurrentState(typeRetention, "")
+		roomMin, roomMax := commands.ParseRetentionSummary(ret.Summary)
+		rc.reader.MaxLifetime = commands.EffectiveRetention(true, rc.h.Retention.Default, roomMin, roomMax).MaxLifetime
+	}
+	return nil
+}
+
+// leaveClamp is step 4 of get_messages: when the reader's leave event is
+// older than where the page starts, the page starts at the leave event
+// (inclusive backwards, so it is the first event returned).
+//
+// For a live (s) token Synapse compares with the smallest depth of the
+// events at or after the token's stream position; along a timeline whose
+// depths grow with the stream that is "the leave comes before the token",
+// which is what is compared here without scanning the room.
+func (rc *readContext) leaveClamp(from commands.RoomToken) (commands.RoomToken, bool) {
+	leave := commands.RoomToken{Topological: rc.leave.Depth, Stream: rc.leave.Stream, IsTopological: true}
+	if from.IsTopological && from.Topological != 0 {
+		if rc.leave.Depth < from.Topological {
+			return leave, true
+		}
+		return from, false
+	}
+	_, maxStream, ok := rc.v.MaxPosition()
+	if !ok {
+		return from, false
+	}
+	if rc.leave.Stream < min(from.Stream, maxStream) {
+		return leave, true
+	}
+	return from, false
+}
+
+// visible runs the visibility rules for one row (SYNAPSE.md 3) with the
+// state after the event looked up by cursor seeks: O(1) seeks per event,
+// whatever the size of the room's state.
+func (rc *readContext) visible(r *projections.Row) (bool, string) {
+	in := commands.VisibilityInput{
+		Type: r.Type, Sender: r.Sender, IsState: r.IsState(), StateKey: r.StateKey,
+		OriginServerTS: r.OriginServerTS, SoftFailed: r.SoftFailed(), Rejected: r.Rejected(),
+	}
+	vis, _ := rc.v.StateAt(typeVisibility, "", r.Depth, r.Stream)
+	in.VisibilityAfter = vis.Summary
+	own, _ := rc.v.StateAt(typeMember, rc.req.UserID, r.Depth, r.Stream)
+	in.UserMembershipAfter = own.Summary
+	if r.IsState() {
+		switch r.Type {
+		case typeMember:
+			in.Membership = r.Summary
+			if prev, ok := rc.v.StateBefore(typeMember, r.StateKey, r.Depth, r.Stream); ok {
+				in.PrevMembership = prev.Summary
+			}
+		case typeVisibility:
+			in.HistoryVisibility = r.Summary
+			if prev, ok := rc.v.StateBefore(typeVisibility, "", r.Depth, r.Stream); ok {
+				in.PrevHistoryVisibility = prev.Summary
+			}
+		}
+	} else if r.Type == "m.call.invite" {
+		jr, _ := rc.v.StateAt(typeJoinRules, "", r.Depth, r.Stream)
+		in.JoinRuleAfter = jr.Summary
+	}
+	return commands.Visible(in, rc.reader)
+}
+
+// version is the room version from m.room.create ("1" without one).
+func (rc *readContext) version() string {
+	if !rc.versionRead {
+		rc.versionRead = true
+		rc.roomVersion = "1"
+		if c, ok := rc.v.CurrentState(typeCreate, ""); ok && c.Summary != "" {
+			rc.roomVersion = c.Summary
+		}
+	}
+	return rc.roomVersion
+}
+
+// lazyMembers is lazy_load_members (SYNAPSE.md 5): the member events of
+// the chunk's senders in the state after chunk[0].
+func (rc *readContext) lazyMembers(chunk []*projections.Row) (*clientEncoder, error) {
+	first := chunk[0]
+	enc := &clientEncoder{rc: rc}
+	seen := map[string]bool{}
+	for _, r := range chunk {
+		if seen[r.Sender] {
+			continue
+		}
+		seen[r.Sender] = true
+		st, ok := rc.v.StateAt(typeMember, r.Sender, first.Depth, first.Stream)
+		if !ok {
+			continue
+		}
+		row, err := rc.v.Event(st.EventID)
+		if err != nil {
+			return nil, err
+		}
+		if row == nil {
+			continue
+		}
+		if err := enc.event(row, eventOpts{}); err != nil {
+			return nil, err
+		}
+		enc.n++
+	}
+	return enc, nil
+}

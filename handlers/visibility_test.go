@@ -1,0 +1,340 @@
+package handlers_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+const carol = "@carol:test"
+
+func memberships(p page) []string {
+	var out []string
+	for _, ev := range p.events {
+		un, _ := ev["unsigned"].(map[string]any)
+		m, _ := un["membership"].(string)
+		out = append(out, m)
+	}
+	return out
+}
+
+func visRoom(r *testenv.Room, visibility string) []testenv.Event {
+	evs := r.Setup(alice)
+	if visibility != "" {
+		evs = append(evs, r.Next("m.room.history_visibility", alice, testenv.S(""), map[string]any{"history_visibility": visibility}))
+	}
+	return evs
+}
+
+// Synapse's test_joined_history_visibility, through /messages: with
+// "joined" visibility, bob who joined then left sees exactly
+// [join, during, leave] with memberships [join, join, leave].
+func TestVisibility_JoinedHistory(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("joined", "test")
+	evs := visRoom(r, "joined")
+	before := r.Msg(alice, "before")
+	join := r.Join(bob)
+	during := r.Msg(alice, "during")
+	leave := r.Member(bob, bob, "leave")
+	after := r.Msg(alice, "after")
+	f.add(append(evs, before, join, during, leave, after)...)
+
+	// Read from just after the visibility event: the events before it
+	// were under the default (shared) visibility.
+	hv := evs[len(evs)-1]
+	afterHV := fmt.Sprintf("t%d-%d", hv["depth"], f.seqOf[hv.ID()])
+	p := f.mustRead(r.ID, map[string]any{"user_id": bob, "limit": 100, "from": afterHV})
+	same(t, "bob (departed)", p.ids, idsOf([]testenv.Event{join, during, leave}))
+	same(t, "bob's memberships", memberships(p), []string{"join", "join", "leave"})
+
+	p = f.mustRead(r.ID, map[string]any{"user_id": alice, "limit": 5, "from": fmt.Sprintf("t%d-%d", evs[len(evs)-1]["depth"], f.seqOf[evs[len(evs)-1].ID()])})
+	same(t, "alice (resident)", p.ids, idsOf([]testenv.Event{before, join, during, leave, after}))
+	same(t, "alice's memberships", memberships(p), []string{"join", "join", "join", "join", "join"})
+
+	t.Run("departed user paging back is clamped to the leave", func(t *testing.T) {
+		p := f.mustRead(r.ID, map[string]any{"user_id": bob, "dir": "b", "limit": 2})
+		same(t, "page", p.ids, idsOf([]testenv.Event{leave, during}))
+		if want := fmt.Sprintf("t%d-%d", leave["depth"], f.seqOf[leave.ID()]) + zeros; p.start != want {
+			t.Fatalf("start=%q, want the clamped %q", p.start, want)
+		}
+	})
+	t.Run("forgetting ends access", func(t *testing.T) {
+		f.seq++
+		data := map[string]any{"id": "forget1", "action": "forget", "room_id": r.ID, "params": map[string]any{"user_id": bob}}
+		f.applyCmd(data)
+		_, e := f.read(r.ID, map[string]any{"user_id": bob})
+		if e == nil || e.Status != 403 {
+			t.Fatalf("after forget: %v", e)
+		}
+	})
+}
+
+func TestVisibility_InvitedSharedWorldReadable(t *testing.T) {
+	f := newFixture(t)
+
+	t.Run("invited", func(t *testing.T) {
+		r := testenv.NewRoom("invited", "test")
+		evs := visRoom(r, "invited")
+		before := r.Msg(alice, "before")
+		invite := r.Member(alice, bob, "invite")
+		whileInvited := r.Msg(alice, "while invited")
+		join := r.Join(bob)
+		joined := r.Msg(alice, "joined")
+		f.add(append(evs, before, invite, whileInvited, join, joined)...)
+		hv := evs[len(evs)-1]
+		p := f.mustRead(r.ID, map[string]any{"user_id": bob, "limit": 100, "from": fmt.Sprintf("t%d-%d", hv["depth"], f.seqOf[hv.ID()])})
+		same(t, "bob", p.ids, idsOf([]testenv.Event{invite, whileInvited, join, joined}))
+		same(t, "memberships", memberships(p), []string{"invite", "invite", "join", "join"})
+	})
+	t.Run("shared shows history to members", func(t *testing.T) {
+		r := testenv.NewRoom("shared", "test")
+		evs := visRoom(r, "shared")
+		before := r.Msg(alice, "before")
+		join := r.Join(bob)
+		f.add(append(evs, before, join)...)
+		p := f.mustRead(r.ID, map[string]any{"user_id": bob, "limit": 100})
+		same(t, "bob", p.ids, idsOf(append(evs, before, join)))
+		if memberships(p)[0] != "leave" {
+			t.Fatalf("membership before bob's join = %q, want leave", memberships(p)[0])
+		}
+	})
+	t.Run("world_readable peek", func(t *testing.T) {
+		r := testenv.NewRoom("world", "test")
+		evs := visRoom(r, "world_readable")
+		msg := r.Msg(alice, "hello world")
+		f.add(append(evs, msg)...)
+		p := f.mustRead(r.ID, map[string]any{"user_id": carol, "dir": "b", "limit": 2})
+		same(t, "carol peeks", p.ids, idsOf([]testenv.Event{msg, evs[len(evs)-1]}))
+	})
+	t.Run("shared and peeking hides, after visibility changes", func(t *testing.T) {
+		r := testenv.NewRoom("wr2", "test")
+		evs := visRoom(r, "shared")
+		secret := r.Msg(alice, "secret")
+		wr := r.Next("m.room.history_visibility", alice, testenv.S(""), map[string]any{"history_visibility": "world_readable"})
+		public := r.Msg(alice, "public")
+		f.add(append(evs, secret, wr, public)...)
+		p := f.mustRead(r.ID, map[string]any{"user_id": carol, "limit": 100})
+		// The visibility event itself uses the less restrictive of old
+		// and new, so it is shown.
+		same(t, "carol", p.ids, idsOf([]testenv.Event{wr, public}))
+	})
+	t.Run("unknown room and non-member are 403", func(t *testing.T) {
+		_, e := f.read("!none:test", map[string]any{"user_id": carol})
+		if e == nil || e.Status != 403 || e.Message != "User @carol:test not in room !none:test, and room previews are disabled" {
+			t.Fatalf("%v", e)
+		}
+	})
+}
+
+func TestVisibility_HiddenEventsAndIgnoredUsers(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("hidden", "test")
+	evs := r.Setup(alice, bob)
+	dummy := r.Next("org.matrix.dummy_event", alice, nil, nil)
+	aliases := r.Next("m.room.aliases", alice, testenv.S("test"), map[string]any{"aliases": []any{"#a:test"}})
+	fromBob := r.Msg(bob, "from bob")
+	bobTopic := r.Next("m.room.topic", bob, testenv.S(""), map[string]any{"topic": "bob's"})
+	f.add(append(evs, dummy, aliases, fromBob, bobTopic)...)
+	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 4, "ignored_users": []any{bob}})
+	same(t, "alice ignoring bob", p.ids, []string{bobTopic.ID()})
+	if !p.hasEnd {
+		t.Fatal("a page emptied by visibility lost its end")
+	}
+	p = f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 4})
+	same(t, "admin sees all", p.ids, rev(idsOf([]testenv.Event{dummy, aliases, fromBob, bobTopic})))
+	if _, ok := p.events[0]["unsigned"].(map[string]any)["membership"]; ok {
+		t.Fatal("admin read carries unsigned.membership")
+	}
+}
+
+func TestVisibility_RetentionHidesOldMessages(t *testing.T) {
+	f := newFixture(t)
+	f.h.Retention = handlers.Retention{Enabled: true, Default: commands.RetentionPolicy{MaxLifetime: int64(24 * time.Hour / time.Millisecond)}}
+	r := testenv.NewRoom("ret", "test")
+	evs := r.Setup(alice)
+	old := r.Msg(alice, "old") // origin_server_ts in 2023: older than a day
+	fresh := r.Next("m.room.message", alice, nil, map[string]any{"body": "fresh"})
+	fresh["origin_server_ts"] = f.clock.Now().UnixMilli() - 1000
+	f.add(append(evs, old, fresh)...)
+	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "limit": 100})
+	same(t, "retention", p.ids, idsOf(append(evs, fresh)))
+	// A room policy overrides the default.
+	f.add(r.Next("m.room.retention", alice, testenv.S(""), map[string]any{"max_lifetime": int64(1 << 50)}))
+	p = f.mustRead(r.ID, map[string]any{"user_id": alice, "limit": 100})
+	if len(p.ids) != len(evs)+3 {
+		t.Fatalf("with a long room policy: %v", p.ids)
+	}
+}
+
+func TestRedactions(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("redact", "test")
+	evs := r.Setup(alice, bob)
+	target := r.Next("m.room.message", bob, nil, map[string]any{"msgtype": "m.text", "body": "spam", "url": "mxc://x/y"})
+	red := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": target.ID(), "reason": "spam"})
+	red["redacts"] = target.ID()
+	// The redaction reaches the log before its target.
+	f.add(evs...)
+	f.add(red, target)
+	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
+	same(t, "page", p.ids, []string{red.ID(), target.ID()})
+	got := p.events[1]
+	if c := got["content"].(map[string]any); len(c) != 0 {
+		t.Fatalf("redacted content = %v, want {}", c)
+	}
+	un := got["unsigned"].(map[string]any)
+	because, _ := un["redacted_because"].(map[string]any)
+	if because["event_id"] != red.ID() || un["redacted_by"] != red.ID() {
+		t.Fatalf("unsigned = %v", un)
+	}
+	if top, _ := got["redacted_because"].(map[string]any); top["event_id"] != red.ID() {
+		t.Fatalf("top-level redacted_because = %v", got["redacted_because"])
+	}
+	t.Run("member events keep membership", func(t *testing.T) {
+		m := r.Next("m.room.member", carol, testenv.S(carol), map[string]any{"membership": "join", "displayname": "Carol"})
+		rm := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID()})
+		f.add(m, rm)
+		p := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 2})
+		c := p.events[1]["content"].(map[string]any)
+		if c["membership"] != "join" || c["displayname"] != nil {
+			t.Fatalf("content = %v", c)
+		}
+	})
+}
+
+func relations(ev map[string]any) map[string]any {
+	un, _ := ev["unsigned"].(map[string]any)
+	rel, _ := un["m.relations"].(map[string]any)
+	return rel
+}
+
+func TestBundledAggregations(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("bundles", "test")
+	evs := r.Setup(alice, bob, carol)
+	root := r.Msg(alice, "root")
+	thread := func(sender, body string) testenv.Event {
+		return r.Next("m.room.message", sender, nil, map[string]any{"msgtype": "m.text", "body": body,
+			"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root.ID(), "is_falling_back": true}})
+	}
+	edit := func(sender, target, body string, ts int64) testenv.Event {
+		e := r.Next("m.room.message", sender, nil, map[string]any{"msgtype": "m.text", "body": "* " + body,
+			"m.new_content": map[string]any{"msgtype": "m.text", "body": body},
+			"m.relates_to":  map[string]any{"rel_type": "m.replace", "event_id": target}})
+		e["origin_server_ts"] = ts
+		return e
+	}
+	ref := func(sender, target string) testenv.Event {
+		return r.Next("m.room.message", sender, nil, map[string]any{"body": "ref", "m.relates_to": map[string]any{"rel_type": "m.reference", "event_id": target}})
+	}
+	r1 := thread(bob, "reply 1")
+	r2 := thread(bob, "reply 2")
+	e1 := edit(alice, root.ID(), "root v2", 1_900_000_000_000)
+	e2 := edit(alice, root.ID(), "root v3", 1_900_000_000_001)
+	eOther := edit(bob, root.ID(), "not alice", 1_900_000_000_002)
+	ref1 := ref(carol, root.ID())
+	ref2 := ref(bob, root.ID())
+	editOfReply := edit(bob, r2.ID(), "reply 2 edited", 1_900_000_000_003)
+	f.add(append(evs, root, r1, r2, e1, e2, eOther, ref1, ref2, editOfReply)...)
+
+	rootOf := func(t *testing.T, user string, ignored ...any) map[string]any {
+		t.Helper()
+		from := fmt.Sprintf("t%d-%d", root["depth"], f.seqOf[root.ID()])
+		req := map[string]any{"user_id": user, "dir": "b", "limit": 1, "from": from}
+		if len(ignored) > 0 {
+			req["ignored_users"] = ignored
+		}
+		p := f.mustRead(r.ID, req)
+		same(t, "root page", p.ids, []string{root.ID()})
+		return relations(p.events[0])
+	}
+	for _, tt := range []struct {
+		name, user   string
+		participated bool
+	}{{"root sender", alice, true}, {"replier", bob, true}, {"bystander", carol, false}} {
+		t.Run("thread summary for "+tt.name, func(t *testing.T) {
+			rel := rootOf(t, tt.user)
+			th, _ := rel["m.thread"].(map[string]any)
+			if n, _ := commands.AsInt(th["count"]); n != 2 || th["current_user_participated"] != tt.participated {
+				t.Fatalf("m.thread = %v", th)
+			}
+			latest, _ := th["latest_event"].(map[string]any)
+			if latest["event_id"] != r2.ID() {
+				t.Fatalf("latest_event = %v", latest["event_id"])
+			}
+			// The latest event carries its own bundle: its edit.
+			if le := relations(latest)["m.replace"].(map[string]any); le["event_id"] != editOfReply.ID() {
+				t.Fatalf("latest_event's edit = %v", le)
+			}
+		})
+	}
+	t.Run("edit: latest by the original's sender, whole event", func(t *testing.T) {
+		rep, _ := rootOf(t, alice)["m.replace"].(map[string]any)
+		if rep["event_id"] != e2.ID() || rep["content"].(map[string]any)["m.new_content"] == nil {
+			t.Fatalf("m.replace = %v", rep)
+		}
+	})
+	t.Run("references in order", func(t *testing.T) {
+		refs := rootOf(t, alice)["m.reference"].(map[string]any)["chunk"].([]any)
+		if len(refs) != 2 || refs[0].(map[string]any)["event_id"] != ref1.ID() || refs[1].(map[string]any)["event_id"] != ref2.ID() {
+			t.Fatalf("m.reference = %v", refs)
+		}
+	})
+	t.Run("ignored users excluded", func(t *testing.T) {
+		rel := rootOf(t, carol, bob)
+		if _, ok := rel["m.thread"]; ok {
+			t.Fatalf("thread of only ignored replies: %v", rel["m.thread"])
+		}
+		refs := rel["m.reference"].(map[string]any)["chunk"].([]any)
+		if len(refs) != 1 {
+			t.Fatalf("references = %v", refs)
+		}
+	})
+	t.Run("edits get no bundle and redacted relations drop out", func(t *testing.T) {
+		red := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": r2.ID()})
+		red["redacts"] = r2.ID()
+		f.add(red)
+		th := rootOf(t, alice)["m.thread"].(map[string]any)
+		if n, _ := commands.AsInt(th["count"]); n != 1 || th["latest_event"].(map[string]any)["event_id"] != r1.ID() {
+			t.Fatalf("after redacting reply 2: %v", th)
+		}
+	})
+}
+
+func TestLazyLoadMembers(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("lazy", "test")
+	evs := r.Setup(alice, bob, carol)
+	bobName := r.Next("m.room.member", bob, testenv.S(bob), map[string]any{"membership": "join", "displayname": "Bob"})
+	m1 := r.Msg(bob, "hi")
+	m2 := r.Msg(alice, "hello")
+	later := r.Next("m.room.member", bob, testenv.S(bob), map[string]any{"membership": "join", "displayname": "Robert"})
+	f.add(append(evs, bobName, m1, m2, later)...)
+	from := fmt.Sprintf("t%d-%d", m2["depth"], f.seqOf[m2.ID()])
+	m, e := f.read(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2, "from": from, "filter": map[string]any{"lazy_load_members": true}})
+	if e != nil {
+		t.Fatal(e)
+	}
+	state, _ := m["state"].([]any)
+	got := map[string]string{}
+	for _, s := range state {
+		ev := s.(map[string]any)
+		got[ev["state_key"].(string)] = ev["event_id"].(string)
+		if _, ok := ev["unsigned"].(map[string]any)["membership"]; ok {
+			t.Error("state entry carries unsigned.membership")
+		}
+	}
+	if len(got) != 2 || got[bob] != bobName.ID() || got[alice] != evs[1].ID() {
+		t.Fatalf("state = %v (want bob's member event as of the chunk, not the later rename)", got)
+	}
+	// Without lazy_load_members there is no state.
+	m, e = f.read(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2, "from": from})
+	if _, ok := m["state"]; ok || e != nil {
+		t.Fatalf("state without lazy_load_members: %v %v", m["state"], e)
+	}
+}
