@@ -356,4 +356,3 @@ func encodeReply(start, end string, chunk *clientEncoder, state *clientEncoder) 
 	}
 	return buf.Bytes(), nil
 }
-
