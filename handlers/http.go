@@ -175,7 +175,40 @@ func (b *Bridge) clientMessages(ctx context.Context, r *http.Request, id Identit
 		return nil, err
 	}
 	req["user_id"] = id.UserID
+	ignored, err := b.ignoredUsers(ctx, id.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if len(ignored) > 0 {
+		req["ignored_users"] = ignored
+	}
 	return b.messages(ctx, r.PathValue("roomId"), req)
+}
+
+// ignoredUsers asks the homeserver for the user's ignore list
+// (sb.hs.ignored_users). No homeserver answering means none; an error
+// reply or a timeout is 503, since showing ignored users' messages would
+// be wrong.
+func (b *Bridge) ignoredUsers(ctx context.Context, userID string) ([]any, error) {
+	data, err := b.Auth.Req.Request(ctx, b.Subjects.HS("ignored_users"), map[string]any{"user_id": userID})
+	if errors.Is(err, bus.ErrNoResponders) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, commands.Errorf(503, commands.CodeUnknown, "Cannot read the ignored users of %s: the homeserver did not answer", userID)
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, commands.Errorf(503, commands.CodeUnknown, "Cannot read the ignored users of %s: bad reply", userID)
+	}
+	list, _ := m["ignored_users"].([]any)
+	out := list[:0]
+	for _, u := range list {
+		if s, ok := u.(string); ok && len(s) <= commands.MaxIDLength {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 func (b *Bridge) adminMessages(ctx context.Context, r *http.Request, id Identity) (any, error) {

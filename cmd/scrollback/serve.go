@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/handlers"
 	"github.com/scrollback/scrollback/projections"
 )
@@ -134,7 +135,11 @@ func (m *Main) Open(ctx context.Context) error {
 		m.projDone <- err
 	}()
 
-	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now}
+	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
+		Retention: handlers.Retention{Enabled: c.Retention.Enabled, Default: commands.RetentionPolicy{
+			MinLifetime: c.Retention.DefaultPolicy.MinLifetime.Milliseconds(),
+			MaxLifetime: c.Retention.DefaultPolicy.MaxLifetime.Milliseconds(),
+		}}}
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now}
 	m.svc, err = bus.Serve(m.NC, bus.ServiceOptions{
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
