@@ -69,9 +69,15 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 			return err
 		}
 	}
+	// Synapse's client format shows a redaction's target at the top level
+	// whichever place the room version keeps it in; a redacted redaction
+	// keeps it only where the redaction rules keep content.redacts (v11).
 	redacts := r.Redacts
 	if redaction != nil && !commands.KeepsTopLevelRedacts(rc.version()) {
 		redacts = ""
+	}
+	if redacts == "" && r.Type == "m.room.redaction" {
+		redacts = contentRedacts(content)
 	}
 
 	fields := 9 // content event_id origin_server_ts room_id sender type unsigned user_id age
@@ -205,4 +211,14 @@ func (c *clientEncoder) redacted(typ string, raw []byte) ([]byte, error) {
 		return nil, err
 	}
 	return out.Bytes(), nil
+}
+
+// contentRedacts reads content.redacts from stored content.
+func contentRedacts(raw []byte) string {
+	var content map[string]any
+	dec := msgpack.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&content); err != nil {
+		return ""
+	}
+	return commands.RedactionTarget("", content)
 }

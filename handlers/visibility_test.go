@@ -195,6 +195,18 @@ func TestRedactions(t *testing.T) {
 	if top, _ := got["redacted_because"].(map[string]any); top["event_id"] != red.ID() {
 		t.Fatalf("top-level redacted_because = %v", got["redacted_because"])
 	}
+	t.Run("content.redacts only (room v11) redacts and shows redacts", func(t *testing.T) {
+		m := r.Msg(bob, "v11 style target")
+		rd := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID()})
+		f.add(m, rd)
+		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
+		if p.events[0]["redacts"] != m.ID() {
+			t.Fatalf("redaction event without top-level redacts: %v", p.events[0])
+		}
+		if c := p.events[1]["content"].(map[string]any); len(c) != 0 {
+			t.Fatalf("target not redacted: %v", c)
+		}
+	})
 	t.Run("member events keep membership", func(t *testing.T) {
 		m := r.Next("m.room.member", carol, testenv.S(carol), map[string]any{"membership": "join", "displayname": "Carol"})
 		rm := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID()})
