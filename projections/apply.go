@@ -16,6 +16,7 @@ const (
 	OutcomeDuplicate = "duplicate"
 	OutcomeDead      = "dead_letter"
 	OutcomeSkipped   = "skipped" // at or below the checkpoint: applied before
+	OutcomeDropped   = "dropped" // below the room's purge cut-off (CONTRACT.md section 7)
 )
 
 // MaxDeadLetters bounds the dead-letter bucket; older records are dropped
@@ -74,6 +75,12 @@ func (s *Store) ApplyBatch(part int, entries []commands.LogEntry) ([]Outcome, er
 	})
 	if err != nil {
 		return nil, fmt.Errorf("projections: partition %d: %w", part, err)
+	}
+	for _, o := range out {
+		if o.Task != nil && (o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom) {
+			s.WakeJanitor()
+			break
+		}
 	}
 	return out, nil
 }
@@ -149,7 +156,7 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	ev := e.Event
 	events := tx.Bucket(bEvents)
 	id := []byte(ev.EventID)
-	if v := events.Get(id); v != nil {
+	if v := events.Get(id); v != nil && sameRoom(tx, v, e.RoomID) {
 		loc, _ := parseLoc(v)
 		if !loc.outlier || ev.Outlier {
 			o.Result = OutcomeDuplicate
@@ -164,6 +171,16 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	room, err := ensureRoom(tx, e.RoomID)
 	if err != nil {
 		return err
+	}
+	if !ev.Outlier {
+		meta, err := getRoomMeta(tx, room)
+		if err != nil {
+			return err
+		}
+		if ev.Depth < meta.Floor {
+			o.Result, o.Reason = OutcomeDropped, fmt.Sprintf("depth %d is below the room's purge cut-off %d", ev.Depth, meta.Floor)
+			return nil
+		}
 	}
 	stream := int64(e.Seq)
 	if ev.Backfilled {
@@ -186,6 +203,9 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 		return tx.Bucket(bOutliers).Put(id, val)
 	}
 	if err := tx.Bucket(bTimeline).Put(tlKey(room, ev.Depth, stream), val); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bRStream).Put(binary.BigEndian.AppendUint64(u64(room), order(stream)), u64(uint64(ev.Depth))); err != nil {
 		return err
 	}
 	if !ev.Backfilled {
@@ -217,8 +237,11 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 // names in prev_events) and backward extremities (prev_events the room
 // does not hold) in step with a new timeline event.
 func updateExtremities(tx *bolt.Tx, room uint64, ev *commands.Event) error {
-	fwd, back, events := tx.Bucket(bFwd), tx.Bucket(bBack), tx.Bucket(bEvents)
+	fwd, back, events, edges := tx.Bucket(bFwd), tx.Bucket(bBack), tx.Bucket(bEvents), tx.Bucket(bEdges)
 	for _, p := range ev.PrevEvents {
+		if err := edges.Put(edgeKey(room, p, ev.EventID), u64(uint64(ev.Depth))); err != nil {
+			return err
+		}
 		pk := roomStrKey(room, p)
 		if err := fwd.Delete(pk); err != nil {
 			return err
@@ -268,6 +291,14 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 				return err
 			}
 			t.Status = commands.TaskComplete
+		case commands.ActionPurgeHistory:
+			if err := applyPurgeHistory(tx, room, c, t); err != nil {
+				return err
+			}
+		case commands.ActionPurgeRoom:
+			if room, err = applyPurgeRoom(tx, room, c, t, e.Seq, serverName(tx)); err != nil {
+				return err
+			}
 		case commands.ActionBlockRoom:
 			m, err := getRoomMeta(tx, room)
 			if err != nil {
@@ -315,4 +346,11 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	}
 	o.Task = t
 	return putTask(tx, t)
+}
+
+// sameRoom reports whether an events-index entry belongs to the room's
+// current number (entries of a room number dropped by purge_room do not).
+func sameRoom(tx *bolt.Tx, locb []byte, roomID string) bool {
+	loc, ok := parseLoc(locb)
+	return ok && loc.room == roomNum(tx, roomID)
 }

@@ -8,26 +8,32 @@ import (
 
 // Bucket names. The layout is documented in doc.go.
 var (
-	bMeta     = []byte("meta")       // format version, partition count
-	bCP       = []byte("checkpoint") // partition (uint16) -> last applied log sequence
-	bRooms    = []byte("rooms")      // room ID -> room number (uint64)
-	bRoomMeta = []byte("roommeta")   // room number -> RoomMeta (msgpack)
-	bTimeline = []byte("timeline")   // room|depth|order -> row
-	bEvents   = []byte("events")     // event ID -> room|depth|order|outlier
-	bOutliers = []byte("outliers")   // event ID -> row
-	bState    = []byte("state")      // room|type|state_key|depth|order -> membership|event ID
-	bFwd      = []byte("fwdext")     // room|event ID -> depth
-	bBack     = []byte("backext")    // room|event ID -> depth of the successor that named it
-	bForgot   = []byte("forgotten")  // room|user ID -> empty
-	bTasks    = []byte("tasks")      // task ID -> Task (msgpack)
-	bRoomTask = []byte("roomtasks")  // room|created ts|task ID -> empty
-	bDead     = []byte("deadletter") // log sequence -> DeadLetter (msgpack)
-	bReceived = []byte("received")   // received ts|log sequence -> room number (live events only)
-	bRedacts  = []byte("redactions") // redacted event ID -> redaction event ID
-	bRel      = []byte("relations")  // room|target|rel type|depth|order -> relating event ID
-	bRelCount = []byte("relcounts")  // room|target|rel type -> count; ...|0xff|sender -> count
+	bMeta      = []byte("meta")       // format version, partition count
+	bCP        = []byte("checkpoint") // partition (uint16) -> last applied log sequence
+	bRooms     = []byte("rooms")      // room ID -> room number (uint64)
+	bRoomMeta  = []byte("roommeta")   // room number -> RoomMeta (msgpack)
+	bTimeline  = []byte("timeline")   // room|depth|order -> row
+	bEvents    = []byte("events")     // event ID -> room|depth|order|outlier
+	bOutliers  = []byte("outliers")   // event ID -> row
+	bState     = []byte("state")      // room|type|state_key|depth|order -> membership|event ID
+	bFwd       = []byte("fwdext")     // room|event ID -> depth
+	bBack      = []byte("backext")    // room|event ID -> depth of the successor that named it
+	bForgot    = []byte("forgotten")  // room|user ID -> empty
+	bTasks     = []byte("tasks")      // task ID -> Task (msgpack)
+	bRoomTask  = []byte("roomtasks")  // room|created ts|task ID -> empty
+	bDead      = []byte("deadletter") // log sequence -> DeadLetter (msgpack)
+	bReceived  = []byte("received")   // received ts|log sequence -> room number (live events only)
+	bRedacts   = []byte("redactions") // redacted event ID -> redaction event ID
+	bRel       = []byte("relations")  // room|target|rel type|depth|order -> relating event ID
+	bRelCount  = []byte("relcounts")  // room|target|rel type -> count; ...|0xff|sender -> count
+	bEdges     = []byte("edges")      // room|prev event ID|0|event ID -> depth of the event
+	bRStream   = []byte("roomstream") // room|order -> depth (timeline events by stream ordering)
+	bJanitor   = []byte("janitor")    // room -> {} (rooms with purged rows still stored)
+	bErase     = []byte("erase")      // log sequence -> {} (event messages to erase from the log)
+	bEraseRoom = []byte("eraseroom")  // room ID -> log sequence (purge the room's event subject below it)
+	bOpenTasks = []byte("opentasks")  // task ID -> {} (scheduled or active)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bOpenTasks}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
@@ -140,4 +146,11 @@ func relSenderKey(prefix []byte, sender string) []byte {
 	copy(k, prefix)
 	k = append(k, 0xff)
 	return append(k, sender...)
+}
+
+// edgeKey is room|prev|0|child: the reverse of prev_events.
+func edgeKey(room uint64, prev, child string) []byte {
+	k := roomStrKey(room, prev)
+	k = append(k, 0)
+	return append(k, child...)
 }

@@ -53,13 +53,37 @@ func NextToken(depth, stream int64, backwards bool) commands.RoomToken {
 type RoomView struct {
 	tx   *bolt.Tx
 	room uint64
+	meta *RoomMeta
 }
 
 // View runs fn with a snapshot of roomID. The view must not escape fn.
 func (s *Store) View(roomID string, fn func(v *RoomView) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		return fn(&RoomView{tx: tx, room: roomNum(tx, roomID)})
+		v := &RoomView{tx: tx, room: roomNum(tx, roomID), meta: &RoomMeta{}}
+		if v.room != 0 {
+			var err error
+			if v.meta, err = getRoomMeta(tx, v.room); err != nil {
+				return err
+			}
+		}
+		return fn(v)
 	})
+}
+
+// Floor is the room's purge cut-off depth (0 if never purged): reads stop
+// there and never ask federation for history below it.
+func (v *RoomView) Floor() int64 { return v.meta.Floor }
+
+// preReset reports whether a stream ordering is from before the room's
+// last purge_room.
+func (v *RoomView) preReset(stream int64) bool {
+	if v.meta.ResetSeq == 0 {
+		return false
+	}
+	if stream < 0 {
+		stream = -stream
+	}
+	return uint64(stream) < v.meta.ResetSeq
 }
 
 // Known reports whether the room has ever been seen on the log.
@@ -73,12 +97,16 @@ func (v *RoomView) MaxPosition() (depth, stream int64, ok bool) {
 	}
 	c := v.tx.Bucket(bTimeline).Cursor()
 	c.Seek(roomEnd(v.room))
-	k, _ := c.Prev()
-	if k == nil || binary.BigEndian.Uint64(k) != v.room {
-		return 0, 0, false
+	for k, _ := c.Prev(); k != nil && binary.BigEndian.Uint64(k) == v.room; k, _ = c.Prev() {
+		_, depth, stream = parseTLKey(k)
+		if !v.meta.purgedAway(depth, stream) {
+			return depth, stream, true
+		}
+		if depth < v.meta.Floor {
+			break
+		}
 	}
-	_, depth, stream = parseTLKey(k)
-	return depth, stream, true
+	return 0, 0, false
 }
 
 // MaxDepth is the largest depth in the room's timeline (0 if empty).
@@ -130,6 +158,9 @@ func (v *RoomView) stateSeek(typ, stateKey string, depth, stream int64, inclusiv
 	if !inclusive || k == nil || !bytes.Equal(k, seek) {
 		k, val = c.Prev()
 	}
+	for k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16 && v.preReset(unorder(binary.BigEndian.Uint64(k[len(prefix)+8:]))) {
+		k, val = c.Prev() // state from before a purge_room is gone
+	}
 	if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 {
 		return StateEntry{}, false
 	}
@@ -163,7 +194,7 @@ func (v *RoomView) Event(eventID string) (*Row, error) {
 		return nil, nil
 	}
 	loc, ok := parseLoc(locb)
-	if !ok || loc.room != v.room {
+	if !ok || loc.room != v.room || v.preReset(loc.stream) {
 		return nil, nil
 	}
 	var val []byte
@@ -237,14 +268,15 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 	case q.Backwards:
 		c.Seek(roomEnd(v.room))
 		k, val = c.Prev()
-	case from != nil && from.IsTopological:
+	case from != nil && from.IsTopological && from.Topological >= v.meta.Floor:
 		seek := tlKey(v.room, from.Topological, from.Stream)
 		k, val = c.Seek(seek)
 		if k != nil && bytes.Equal(k, seek) {
 			k, val = c.Next()
 		}
 	default:
-		k, val = c.Seek(prefix)
+		// Forwards from the start: from the floor, if the room was purged.
+		k, val = c.Seek(tlKey(v.room, max(v.meta.Floor, 0), math.MinInt64))
 	}
 	step := c.Next
 	if q.Backwards {
@@ -255,6 +287,15 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 	var lastDepth, lastStream int64
 	for ; k != nil && bytes.HasPrefix(k, prefix); k, val = step() {
 		_, depth, stream := parseTLKey(k)
+		if depth < v.meta.Floor {
+			if q.Backwards {
+				break // everything further back is purged
+			}
+			continue
+		}
+		if v.preReset(stream) {
+			continue
+		}
 		if !beforeTo(q, depth, stream) {
 			if q.To.IsTopological {
 				break // ordered by (depth, stream): nothing further is in bounds

@@ -37,6 +37,7 @@ type Row struct {
 	RelType        string   // content["m.relates_to"].rel_type, if any
 	RelTarget      string   // content["m.relates_to"].event_id, if any
 	Labels         []string // content["org.matrix.labels"]
+	PrevEvents     []string // the event's parents, for the purge's extremity update
 	Content        []byte   // MessagePack map
 	Unsigned       []byte   // MessagePack map pairs of the published unsigned, age removed
 	UnsignedN      int      // number of pairs in Unsigned
@@ -92,6 +93,7 @@ func newRow(e *commands.Event, receivedTS int64) (*Row, error) {
 		OriginServerTS: e.OriginServerTS,
 		AgeTS:          receivedTS - e.PublishedAge(),
 		Redacts:        e.Redacts,
+		PrevEvents:     e.PrevEvents,
 	}
 	if rel, ok := commands.RelationOf(e.Content); ok {
 		r.RelType, r.RelTarget = rel.RelType, rel.EventID
@@ -151,6 +153,9 @@ func (r *Row) marshal() []byte {
 	for _, l := range r.Labels {
 		n += len(l) + 2
 	}
+	for _, p := range r.PrevEvents {
+		n += len(p) + 2
+	}
 	b := make([]byte, 0, n)
 	b = append(b, rowVersion, r.Flags)
 	b = binary.AppendVarint(b, r.OriginServerTS)
@@ -163,6 +168,11 @@ func (r *Row) marshal() []byte {
 	for _, l := range r.Labels {
 		b = binary.AppendUvarint(b, uint64(len(l)))
 		b = append(b, l...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(r.PrevEvents)))
+	for _, p := range r.PrevEvents {
+		b = binary.AppendUvarint(b, uint64(len(p)))
+		b = append(b, p...)
 	}
 	b = binary.AppendUvarint(b, uint64(len(r.Content)))
 	b = append(b, r.Content...)
@@ -240,6 +250,13 @@ func unmarshalRow(b []byte) (*Row, error) {
 	}
 	for i := uint64(0); i < nl && rr.err == nil; i++ {
 		r.Labels = append(r.Labels, rr.str())
+	}
+	np := rr.uvarint()
+	if np > uint64(len(rr.b)) {
+		return nil, errBadRow
+	}
+	for i := uint64(0); i < np && rr.err == nil; i++ {
+		r.PrevEvents = append(r.PrevEvents, rr.str())
 	}
 	r.Content = rr.bytes()
 	r.UnsignedN = int(rr.uvarint())

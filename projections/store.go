@@ -29,6 +29,9 @@ var (
 
 // Options configure Open.
 type Options struct {
+	// ServerName decides which users are local (purge_room refuses while
+	// local users are joined).
+	ServerName string
 	// Partitions is used only when the file is created; an existing file
 	// keeps its own count. 0 means DefaultPartitions.
 	Partitions int
@@ -39,8 +42,10 @@ type Options struct {
 
 // Store is the bbolt projection of the room log.
 type Store struct {
-	db    *bolt.DB
-	parts int
+	db         *bolt.DB
+	parts      int
+	serverName string
+	janitor    chan struct{} // wakes the janitor when a purge is applied
 }
 
 // Open opens or creates the projection file at path.
@@ -54,7 +59,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", path, err)
 	}
-	s := &Store{db: db}
+	s := &Store{db: db, serverName: opts.ServerName, janitor: make(chan struct{}, 1)}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -68,6 +73,11 @@ func Open(path string, opts Options) (*Store, error) {
 			}
 		} else if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
 			return err
+		}
+		if opts.ServerName != "" {
+			if err := meta.Put([]byte("server_name"), []byte(opts.ServerName)); err != nil {
+				return err
+			}
 		}
 		if v := meta.Get([]byte("partitions")); v != nil {
 			s.parts = int(binary.BigEndian.Uint64(v))
@@ -119,7 +129,43 @@ type RoomMeta struct {
 	RoomID    string `msgpack:"room_id"`
 	Blocked   bool   `msgpack:"blocked,omitempty"`
 	BlockedBy string `msgpack:"blocked_by,omitempty"`
+	// Floor is the highest purge_history cut-off depth: no event below it
+	// is ever returned, and events below it that reach the log later are
+	// dropped (CONTRACT.md section 7).
+	Floor int64 `msgpack:"floor,omitempty"`
+	// PurgedTo is the depth below which the rows are physically gone
+	// (the janitor's progress towards Floor).
+	PurgedTo int64 `msgpack:"purged_to,omitempty"`
+	// ResetSeq is the log position of the last purge_room: every event
+	// logged before it is gone; later events start a new timeline.
+	ResetSeq uint64 `msgpack:"reset_seq,omitempty"`
+	// ResetDone is ResetSeq once the janitor has removed those rows.
+	ResetDone uint64 `msgpack:"reset_done,omitempty"`
+	// DeleteLocal is delete_local_events of the latest purge_history.
+	DeleteLocal bool `msgpack:"delete_local,omitempty"`
+	// Deleted and Outliered count the rows the janitor has purged.
+	Deleted   int64 `msgpack:"deleted,omitempty"`
+	Outliered int64 `msgpack:"outliered,omitempty"`
 }
+
+// purgedAway reports whether an event at (depth, stream) is hidden by the
+// room's purges.
+func (m *RoomMeta) purgedAway(depth, stream int64) bool {
+	if depth < m.Floor {
+		return true
+	}
+	if m.ResetSeq > 0 {
+		seq := stream
+		if seq < 0 {
+			seq = -seq
+		}
+		return uint64(seq) < m.ResetSeq
+	}
+	return false
+}
+
+// needsJanitor reports whether purged rows are still stored.
+func (m *RoomMeta) needsJanitor() bool { return m.PurgedTo < m.Floor || m.ResetDone < m.ResetSeq }
 
 // DeadLetter records a log message that was not applied.
 type DeadLetter struct {
@@ -201,7 +247,84 @@ func putTask(tx *bolt.Tx, t *commands.Task) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bTasks).Put([]byte(t.ID), b)
+	if err := tx.Bucket(bTasks).Put([]byte(t.ID), b); err != nil {
+		return err
+	}
+	if t.Finished() {
+		return tx.Bucket(bOpenTasks).Delete([]byte(t.ID))
+	}
+	return tx.Bucket(bOpenTasks).Put([]byte(t.ID), nil)
+}
+
+// OpenTasks lists the tasks that are scheduled or active.
+func (s *Store) OpenTasks() ([]*commands.Task, error) {
+	var out []*commands.Task
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bOpenTasks).ForEach(func(k, _ []byte) error {
+			t, err := getTask(tx, string(k))
+			if err != nil || t == nil {
+				return err
+			}
+			out = append(out, t)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Erasures are the log messages purges have queued for deletion.
+type Erasures struct {
+	Seqs  []uint64          // single event messages
+	Rooms map[string]uint64 // room ID -> purge the room's event subject below this sequence
+}
+
+// PendingErasures returns up to max queued erasures.
+func (s *Store) PendingErasures(max int) (Erasures, error) {
+	e := Erasures{Rooms: map[string]uint64{}}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bErase).Cursor()
+		for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
+			e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k))
+		}
+		return tx.Bucket(bEraseRoom).ForEach(func(k, v []byte) error {
+			e.Rooms[string(k)] = binary.BigEndian.Uint64(v)
+			return nil
+		})
+	})
+	return e, err
+}
+
+// ErasuresDone removes erasures that the log has carried out.
+func (s *Store) ErasuresDone(e Erasures) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bErase)
+		for _, seq := range e.Seqs {
+			if err := b.Delete(u64(seq)); err != nil {
+				return err
+			}
+		}
+		rb := tx.Bucket(bEraseRoom)
+		for room, seq := range e.Rooms {
+			if v := rb.Get([]byte(room)); v != nil && binary.BigEndian.Uint64(v) == seq {
+				if err := rb.Delete([]byte(room)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// ErasuresPending reports whether any erasure is queued.
+func (s *Store) ErasuresPending() (bool, error) {
+	pending := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bErase).Cursor().First()
+		k2, _ := tx.Bucket(bEraseRoom).Cursor().First()
+		pending = k != nil || k2 != nil
+		return nil
+	})
+	return pending, err
 }
 
 // RoomTasks lists a room's tasks, oldest first.

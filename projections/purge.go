@@ -1,0 +1,194 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/binary"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Purges are logical first, physical later (DESIGN.md). Applying a
+// purge_history command raises the room's floor and applying purge_room
+// sets its reset position, in the room's ordered transaction: from that
+// commit on, no read returns a purged event. The janitor then removes the
+// rows in bounded batches, off the ordered path, and records the log
+// messages of deleted events for erasure.
+
+// Synapse's texts for purges that cannot run (SYNAPSE.md appendix A).
+const (
+	ErrTextAboveExtremities = "400: topological_ordering is greater than forward extremities"
+	ErrTextUsersJoined      = "400: Users are still joined to this room"
+)
+
+func serverName(tx *bolt.Tx) string {
+	return string(tx.Bucket(bMeta).Get([]byte("server_name")))
+}
+
+// applyPurgeHistory checks the forward-extremity guard and raises the
+// floor. The task stays scheduled; the task runner completes it once the
+// janitor and the log erasure are done.
+func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task) error {
+	tok, err := commands.ParseRoomToken(c.String("token"))
+	if err != nil {
+		t.Status, t.Error = commands.TaskFailed, err.Error()
+		return nil
+	}
+	maxFwd, found := int64(0), false
+	prefix := u64(room)
+	cur := tx.Bucket(bFwd).Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		found = true
+		maxFwd = max(maxFwd, int64(binary.BigEndian.Uint64(v)))
+	}
+	if found && maxFwd < tok.Topological {
+		t.Status, t.Error = commands.TaskFailed, ErrTextAboveExtremities
+		return nil
+	}
+	meta, err := getRoomMeta(tx, room)
+	if err != nil {
+		return err
+	}
+	meta.DeleteLocal = c.Bool("delete_local_events", false)
+	if err := putRoomMeta(tx, room, meta); err != nil {
+		return err
+	}
+	if tok.Topological > meta.Floor {
+		meta.Floor = tok.Topological
+		if err := putRoomMeta(tx, room, meta); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bJanitor).Put(u64(room), nil); err != nil {
+			return err
+		}
+	}
+	t.Result = map[string]any{"floor": meta.Floor, "delete_local_events": c.Bool("delete_local_events", false)}
+	return nil
+}
+
+// applyPurgeRoom refuses while local users are joined (unless forced),
+// else ends the room's history at this log position: the room ID gets a
+// new room number, so every read and every later event sees an empty room
+// at once, with the block flag and the task list carried over; the old
+// number's rows are the janitor's to delete, and the room's event
+// messages before seq are to be purged from the log. It returns the
+// room's number from now on.
+func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, seq uint64, server string) (uint64, error) {
+	if !c.Bool("force", false) && server != "" {
+		joined, err := localJoined(tx, room, server)
+		if err != nil {
+			return room, err
+		}
+		if joined {
+			t.Status, t.Error = commands.TaskFailed, ErrTextUsersJoined
+			return room, nil
+		}
+	}
+	old, err := getRoomMeta(tx, room)
+	if err != nil {
+		return room, err
+	}
+	rooms := tx.Bucket(bRooms)
+	n, err := rooms.NextSequence()
+	if err != nil {
+		return room, err
+	}
+	if err := rooms.Put([]byte(old.RoomID), u64(n)); err != nil {
+		return room, err
+	}
+	fresh := &RoomMeta{RoomID: old.RoomID, Blocked: old.Blocked, BlockedBy: old.BlockedBy, ResetSeq: seq, ResetDone: seq}
+	if err := putRoomMeta(tx, n, fresh); err != nil {
+		return room, err
+	}
+	// The task list stays with the room.
+	rt := tx.Bucket(bRoomTask)
+	prefix := u64(room)
+	var keys [][]byte
+	c2 := rt.Cursor()
+	for k, _ := c2.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c2.Next() {
+		keys = append(keys, append([]byte{}, k...))
+	}
+	for _, k := range keys {
+		if err := rt.Put(append(u64(n), k[8:]...), nil); err != nil {
+			return room, err
+		}
+		if err := rt.Delete(k); err != nil {
+			return room, err
+		}
+	}
+	if err := tx.Bucket(bJanitor).Put(u64(room), []byte(janitorDrop)); err != nil {
+		return room, err
+	}
+	if err := tx.Bucket(bEraseRoom).Put([]byte(old.RoomID), u64(seq)); err != nil {
+		return room, err
+	}
+	t.Result = map[string]any{"reset_seq": seq}
+	return n, nil
+}
+
+// localJoined reports whether a local user's current membership is join.
+func localJoined(tx *bolt.Tx, room uint64, server string) (bool, error) {
+	meta, err := getRoomMeta(tx, room)
+	if err != nil {
+		return false, err
+	}
+	v := &RoomView{tx: tx, room: room, meta: meta}
+	joined := false
+	v.CurrentMembers(func(user, membership string) bool {
+		if membership == "join" && commands.IsLocalUser(user, server) {
+			joined = true
+			return false
+		}
+		return true
+	})
+	return joined, nil
+}
+
+// CurrentMembers calls fn with every user's current membership in the
+// room (after its last purge_room), until fn returns false.
+func (v *RoomView) CurrentMembers(fn func(user, membership string) bool) {
+	if v.room == 0 {
+		return
+	}
+	prefix := statePrefix(v.room, "m.room.member", "")
+	prefix = prefix[:len(prefix)-2] // room|len(type)|type: every state key
+	c := v.tx.Bucket(bState).Cursor()
+	last := ""
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		rest := k[len(prefix):]
+		if len(rest) < 2+16 {
+			continue
+		}
+		n := int(binary.BigEndian.Uint16(rest))
+		if len(rest) != 2+n+16 {
+			continue
+		}
+		user := string(rest[2 : 2+n])
+		if user == last {
+			continue
+		}
+		last = user
+		if e, ok := v.CurrentState("m.room.member", user); ok && !fn(user, e.Summary) {
+			return
+		}
+	}
+}
+
+// PurgeDone reports whether a room's purged rows are physically gone.
+func (s *Store) PurgeDone(roomID string) (bool, error) {
+	done := true
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n := roomNum(tx, roomID)
+		if n == 0 {
+			return nil
+		}
+		meta, err := getRoomMeta(tx, n)
+		if err != nil {
+			return err
+		}
+		done = !meta.needsJanitor()
+		return nil
+	})
+	return done, err
+}

@@ -1,0 +1,165 @@
+package projections_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+func openWithServer(t *testing.T) *projections.Store {
+	t.Helper()
+	s, err := projections.Open(t.TempDir()+"/p.db", projections.Options{ServerName: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testenv.CheckBolt(t, s.DB()); s.Close() })
+	return s
+}
+
+func applyCmd(t *testing.T, s *projections.Store, seq uint64, roomID, id, action string, params map[string]any) *commands.Task {
+	t.Helper()
+	out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, roomID, commands.KindCmd, map[string]any{"id": id, "action": action, "room_id": roomID, "params": params})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Result != projections.OutcomeApplied {
+		t.Fatalf("%s: %s %s", id, out[0].Result, out[0].Reason)
+	}
+	return out[0].Task
+}
+
+func drainJanitor(t *testing.T, s *projections.Store) {
+	t.Helper()
+	for i := 0; ; i++ {
+		did, err := s.JanitorStep(3) // tiny batches: exercise resumption
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !did {
+			return
+		}
+		if i > 10000 {
+			t.Fatal("janitor does not finish")
+		}
+	}
+}
+
+func TestPurgeHistory_Semantics(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("purge", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	var msgs []testenv.Event
+	for i := range 10 {
+		sender := "@remote:other.org"
+		if i%2 == 0 {
+			sender = "@alice:test"
+		}
+		msgs = append(msgs, r.Msg(sender, fmt.Sprint(i)))
+	}
+	topic := r.Next("m.room.topic", "@alice:test", testenv.S(""), map[string]any{"topic": "t"})
+	tail := []testenv.Event{topic, r.Msg("@alice:test", "tail")}
+	all := append(append(append([]testenv.Event{}, setup...), msgs...), tail...)
+	next := apply(t, s, 1, all...)
+	cut := msgs[6] // purge everything strictly below its depth
+	tok := fmt.Sprintf("t%d-%d", cut["depth"], 0)
+
+	t.Run("guard above forward extremities", func(t *testing.T) {
+		task := applyCmd(t, s, next, r.ID, "guard", commands.ActionPurgeHistory, map[string]any{"token": "t999-1"})
+		next++
+		if task.Status != commands.TaskFailed || task.Error != "400: topological_ordering is greater than forward extremities" {
+			t.Fatalf("task = %s %q", task.Status, task.Error)
+		}
+	})
+	task := applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": tok})
+	next++
+	if task.Status != commands.TaskScheduled {
+		t.Fatalf("status %s %s", task.Status, task.Error)
+	}
+	want := ids(append([]testenv.Event{}, append(msgs[6:], tail...)...)...)
+	// Instant for readers: before any row is deleted.
+	sameStrings(t, "after the command", timelineIDs(t, s, r.ID), want)
+	drainJanitor(t, s)
+	sameStrings(t, "after the janitor", timelineIDs(t, s, r.ID), want)
+	if done, _ := s.PurgeDone(r.ID); !done {
+		t.Fatal("PurgeDone false after the janitor")
+	}
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		// State survives as outliers: the create event is still state.
+		if st, ok := v.CurrentState("m.room.create", ""); !ok || st.EventID != setup[0].ID() {
+			t.Errorf("create state lost: %+v", st)
+		}
+		if row, _ := v.Event(setup[0].ID()); row == nil {
+			t.Error("state event deleted")
+		}
+		// Local non-state events are kept as outliers (delete_local_events false).
+		if row, _ := v.Event(msgs[0].ID()); row == nil {
+			t.Error("local message deleted although delete_local_events is false")
+		}
+		if row, _ := v.Event(msgs[1].ID()); row != nil {
+			t.Error("remote message kept")
+		}
+		back := v.Extremities(true)
+		if _, ok := back[msgs[5].ID()]; !ok || len(back) != 1 {
+			t.Errorf("backward extremities = %v, want the purged parent of the cut-off", back)
+		}
+		return nil
+	})
+	er, _ := s.PendingErasures(100)
+	if len(er.Seqs) != 3 { // remote messages 1, 3, 5
+		t.Fatalf("erasures = %v", er.Seqs)
+	}
+	// A late event below the cut-off is dropped.
+	late := testenv.Event{"event_id": "$late", "room_id": r.ID, "type": "m.room.message", "sender": "@remote:other.org",
+		"origin_server_ts": int64(1), "depth": int64(2), "prev_events": []any{}, "content": map[string]any{}, "backfilled": true}
+	out, _ := s.ApplyBatch(0, []commands.LogEntry{entry(t, next, r.ID, commands.KindEvent, late)})
+	next++
+	if out[0].Result != projections.OutcomeDropped {
+		t.Fatalf("late event: %s", out[0].Result)
+	}
+	// Nothing left to purge: success.
+	if task := applyCmd(t, s, next, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": tok}); task.Status != commands.TaskScheduled {
+		t.Fatalf("second purge: %s %s", task.Status, task.Error)
+	}
+}
+
+func TestPurgeRoom(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("gone", "test")
+	evs := append(r.Setup("@alice:test"), r.Msg("@alice:test", "x"))
+	next := apply(t, s, 1, evs...)
+	applyCmd(t, s, next, r.ID, "b1", commands.ActionBlockRoom, map[string]any{"block": true})
+	next++
+	task := applyCmd(t, s, next, r.ID, "pr1", commands.ActionPurgeRoom, map[string]any{})
+	next++
+	if task.Status != commands.TaskFailed || task.Error != "400: Users are still joined to this room" {
+		t.Fatalf("unforced purge_room with alice joined: %s %q", task.Status, task.Error)
+	}
+	applyCmd(t, s, next, r.ID, "pr2", commands.ActionPurgeRoom, map[string]any{"force": true})
+	next++
+	sameStrings(t, "after purge_room", timelineIDs(t, s, r.ID), nil)
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		if v.Membership("@alice:test") != "" {
+			t.Error("state survived purge_room")
+		}
+		return nil
+	})
+	if blocked, _, _ := s.Blocked(r.ID); !blocked {
+		t.Fatal("purge_room lost the block flag")
+	}
+	if tasks, _ := s.RoomTasks(r.ID); len(tasks) != 3 {
+		t.Fatalf("purge_room lost tasks: %d", len(tasks))
+	}
+	drainJanitor(t, s)
+	// Later events start a new timeline; old IDs are new again.
+	fresh := testenv.NewRoom("gone", "test")
+	again := fresh.Create("@bob:test")
+	apply(t, s, next, again)
+	sameStrings(t, "new timeline", timelineIDs(t, s, r.ID), ids(again))
+	er, _ := s.PendingErasures(10)
+	if er.Rooms[r.ID] != next-1 {
+		t.Fatalf("room erasure = %v, want below %d", er.Rooms, next-1)
+	}
+}
