@@ -144,3 +144,36 @@ func (l *Log) Append(ctx context.Context, subject, msgID string, data []byte) (u
 	}
 	return ack.Sequence, nil
 }
+
+// DeleteMsgs erases messages from the log by sequence; messages already
+// gone are not an error.
+func (l *Log) DeleteMsgs(ctx context.Context, seqs []uint64) error {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	for _, seq := range seqs {
+		if err := st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !isNoMessage(err) {
+			return fmt.Errorf("bus: delete message %d: %w", seq, err)
+		}
+	}
+	return nil
+}
+
+func isNoMessage(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound
+}
+
+// PurgeSubjectBelow erases the messages of one subject with a sequence
+// below seq: one purge request, however many messages.
+func (l *Log) PurgeSubjectBelow(ctx context.Context, subject string, seq uint64) error {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(seq)); err != nil {
+		return fmt.Errorf("bus: purge %s below %d: %w", subject, seq, err)
+	}
+	return nil
+}

@@ -118,3 +118,118 @@ func (a *Admin) Block(ctx context.Context, subject string, data []byte) ([]byte,
 	}
 	return bus.Encode(map[string]any{"block": block})
 }
+
+// TaskExpired reports whether a finished task is past its 7 days.
+func TaskExpired(t *commands.Task, now time.Time) bool {
+	return t.Finished() && t.UpdatedTS < now.UnixMilli()-commands.TaskExpiryMS
+}
+
+// PurgeHistory answers sb.api.room.<rk>.purge_history with Synapse's
+// validation and cut-off selection (SYNAPSE.md 6.1): an event ID, or
+// purge_up_to_ts by received time. It publishes a purge_history command
+// and replies {purge_id} once the command is applied.
+func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	roomID, err := a.Subjects.ParseAPIRoomSubject(subject)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+	}
+	deleteLocal := truthy(m["delete_local_events"])
+	var token string
+	eventID, _ := m["event_id"].(string)
+	if v, ok := m["event_id"]; ok && v != nil && eventID == "" {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "event_id must be a string")
+	}
+	switch {
+	case eventID != "":
+		info, ok, err := a.Store.FindEvent(eventID)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || info.Rejected {
+			return nil, commands.Errorf(404, commands.CodeNotFound, "Could not find event %s", eventID)
+		}
+		if info.RoomID != roomID {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "Event is for wrong room.")
+		}
+		token = fmt.Sprintf("t%d-%d", info.Depth, info.Stream)
+	case hasKey(m, "purge_up_to_ts"):
+		ts, ok := commands.AsInt(m["purge_up_to_ts"])
+		if !ok {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "purge_up_to_ts must be an int")
+		}
+		depth, stream, found, err := a.Store.CutoffByTS(roomID, ts)
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			return nil, commands.Errorf(404, commands.CodeNotFound, "there is no event to be purged")
+		}
+		token = fmt.Sprintf("t%d-%d", depth, stream)
+	default:
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "must specify purge_up_to_event_id or purge_up_to_ts")
+	}
+	by, _ := m["requested_by"].(string)
+	id, err := a.publish(ctx, roomID, commands.ActionPurgeHistory, map[string]any{"token": token, "delete_local_events": deleteLocal}, by)
+	if err != nil {
+		return nil, err
+	}
+	return bus.Encode(map[string]any{"purge_id": id})
+}
+
+// PurgeStatus answers sb.api.purge_status {purge_id}: Synapse maps
+// complete and failed through and every other status to active, and adds
+// the failure reason.
+func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+	}
+	id, _ := m["purge_id"].(string)
+	if id == "" {
+		return nil, commands.Errorf(400, commands.CodeMissingParam, "Missing params: ['purge_id']")
+	}
+	var t *commands.Task
+	if commands.ValidCommandID(id) {
+		if t, err = a.Store.Task(id); err != nil {
+			return nil, err
+		}
+	}
+	if t == nil || t.Action != commands.ActionPurgeHistory || TaskExpired(t, a.Now()) {
+		return nil, commands.Errorf(404, commands.CodeNotFound, "purge id '%s' not found", id)
+	}
+	status := commands.TaskActive
+	if t.Status == commands.TaskComplete || t.Status == commands.TaskFailed {
+		status = t.Status
+	}
+	out := map[string]any{"status": status}
+	if t.Error != "" {
+		out["error"] = t.Error
+	}
+	return bus.Encode(out)
+}
+
+func hasKey(m map[string]any, k string) bool { _, ok := m[k]; return ok }
+
+// truthy is Python's bool() of a JSON value.
+func truthy(v any) bool {
+	switch x := v.(type) {
+	case nil:
+		return false
+	case bool:
+		return x
+	case string:
+		return x != ""
+	case float64:
+		return x != 0
+	case []any:
+		return len(x) > 0
+	case map[string]any:
+		return len(x) > 0
+	}
+	n, ok := commands.AsInt(v)
+	return !ok || n != 0
+}

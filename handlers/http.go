@@ -53,10 +53,10 @@ func (b *Bridge) Handler() http.Handler {
 	// Purge and room deletion are routed (so that authentication answers as
 	// Synapse does) but not served yet: they come with the purge and
 	// shutdown tasks.
+	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}", b.serve("purge_history", true, b.purgeHistory))
+	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{eventId}", b.serve("purge_history", true, b.purgeHistory))
+	mux.Handle("GET /_synapse/admin/v1/purge_history_status/{purgeId}", b.serve("purge_status", true, b.purgeStatus))
 	for _, p := range []string{
-		"POST /_synapse/admin/v1/purge_history/{roomId}",
-		"POST /_synapse/admin/v1/purge_history/{roomId}/{eventId}",
-		"GET /_synapse/admin/v1/purge_history_status/{purgeId}",
 		"DELETE /_synapse/admin/v1/rooms/{roomId}",
 		"DELETE /_synapse/admin/v2/rooms/{roomId}",
 		// .../rooms/{roomId}/delete_status and .../rooms/delete_status/{deleteId}
@@ -139,6 +139,31 @@ func writeError(w http.ResponseWriter, err error) int {
 
 func notImplemented(ctx context.Context, r *http.Request, id Identity) (any, error) {
 	return nil, commands.Errorf(501, commands.CodeUnrecognized, "%s %s is not implemented by this version of scrollback", r.Method, r.URL.Path)
+}
+
+// purgeHistory: body (empty is {}), then the cut-off from the URL's event
+// ID or the body (SYNAPSE.md 6.1).
+func (b *Bridge) purgeHistory(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	body, err := DecodeJSONBody(r, true)
+	if err != nil {
+		return nil, err
+	}
+	req := map[string]any{"delete_local_events": truthy(body["delete_local_events"]), "requested_by": id.UserID}
+	if ev := r.PathValue("eventId"); ev != "" {
+		req["event_id"] = ev
+	} else if ev, ok := body["purge_up_to_event_id"]; ok && ev != nil {
+		req["event_id"] = ev
+	} else if ts, ok := body["purge_up_to_ts"]; ok {
+		if _, isBool := ts.(bool); isBool {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "purge_up_to_ts must be an int")
+		}
+		req["purge_up_to_ts"] = ts
+	}
+	return b.call(ctx, b.Subjects.APIRoom(r.PathValue("roomId"), "purge_history"), req)
+}
+
+func (b *Bridge) purgeStatus(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	return b.call(ctx, b.Subjects.API("purge_status"), map[string]any{"purge_id": r.PathValue("purgeId")})
 }
 
 func (b *Bridge) getBlock(ctx context.Context, r *http.Request, id Identity) (any, error) {

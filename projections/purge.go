@@ -3,6 +3,7 @@ package projections
 import (
 	"bytes"
 	"encoding/binary"
+	"math"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -191,4 +192,87 @@ func (s *Store) PurgeDone(roomID string) (bool, error) {
 		return nil
 	})
 	return done, err
+}
+
+// EventInfo is where an event is stored.
+type EventInfo struct {
+	RoomID   string
+	Depth    int64
+	Stream   int64
+	Outlier  bool
+	Rejected bool
+}
+
+// FindEvent looks an event up by ID in any room; ok is false if unknown.
+func (s *Store) FindEvent(eventID string) (info EventInfo, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		loc, found := parseLoc(tx.Bucket(bEvents).Get([]byte(eventID)))
+		if !found {
+			return nil
+		}
+		meta, err := getRoomMeta(tx, loc.room)
+		if err != nil {
+			return err
+		}
+		if meta.RoomID == "" || roomNum(tx, meta.RoomID) != loc.room {
+			return nil // a room number retired by purge_room
+		}
+		var val []byte
+		if loc.outlier {
+			val = tx.Bucket(bOutliers).Get([]byte(eventID))
+		} else {
+			val = tx.Bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
+		}
+		if len(val) < 2 {
+			return nil
+		}
+		info = EventInfo{RoomID: meta.RoomID, Depth: loc.depth, Stream: loc.stream, Outlier: loc.outlier, Rejected: val[1]&flagRejected != 0}
+		ok = true
+		return nil
+	})
+	return info, ok, err
+}
+
+// CutoffByTS is Synapse's purge_up_to_ts look-up (SYNAPSE.md 6.1): X is
+// the lowest live log sequence, of any room, received at or after ts
+// (backfilled events do not count); the cut-off is the room's latest
+// timeline event, not rejected, with a stream ordering <= X.
+func (s *Store) CutoffByTS(roomID string, ts int64) (depth, stream int64, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		room := roomNum(tx, roomID)
+		if room == 0 {
+			return nil
+		}
+		x := int64(math.MaxInt64)
+		if k, _ := tx.Bucket(bReceived).Cursor().Seek(binary.BigEndian.AppendUint64(u64(uint64(max(ts, 0))), 0)); k != nil {
+			x = int64(binary.BigEndian.Uint64(k[8:]))
+		}
+		meta, err := getRoomMeta(tx, room)
+		if err != nil {
+			return err
+		}
+		prefix := u64(room)
+		seek := binary.BigEndian.AppendUint64(u64(room), order(x))
+		c := tx.Bucket(bRStream).Cursor()
+		k, v := c.Seek(seek)
+		if k == nil || !bytes.Equal(k, seek) {
+			k, v = c.Prev()
+		}
+		tl := tx.Bucket(bTimeline)
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
+			d := int64(binary.BigEndian.Uint64(v))
+			st := unorder(binary.BigEndian.Uint64(k[8:]))
+			if d < meta.Floor {
+				continue
+			}
+			val := tl.Get(tlKey(room, d, st))
+			if len(val) < 2 || val[1]&flagRejected != 0 {
+				continue
+			}
+			depth, stream, ok = d, st, true
+			return nil
+		}
+		return nil
+	})
+	return depth, stream, ok, err
 }

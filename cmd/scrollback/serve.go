@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -67,6 +68,7 @@ type Main struct {
 	httpSrv  *http.Server
 	cancel   context.CancelFunc
 	projDone chan error
+	bg       sync.WaitGroup
 	httpDone chan error
 }
 
@@ -106,7 +108,7 @@ func (m *Main) Open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if m.Store, err = projections.Open(filepath.Join(c.DataDir, "scrollback.db"), projections.Options{}); err != nil {
+	if m.Store, err = projections.Open(filepath.Join(c.DataDir, "scrollback.db"), projections.Options{ServerName: c.ServerName}); err != nil {
 		return err
 	}
 	logLog := &bus.Log{JS: m.JS, Stream: c.NATS.Stream, Subjects: subjects}
@@ -135,6 +137,15 @@ func (m *Main) Open(ctx context.Context) error {
 		m.projDone <- err
 	}()
 
+	m.background(runCtx, "janitor", func(ctx context.Context) {
+		m.Store.RunJanitor(ctx, 10*time.Second, m.Logger.With("component", "janitor"))
+	})
+	m.background(runCtx, "eraser", func(ctx context.Context) {
+		handlers.RunEraser(ctx, m.Store, logLog, subjects, m.Logger.With("component", "eraser"))
+	})
+	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
+		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent}
+	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
 		Retention: handlers.Retention{Enabled: c.Retention.Enabled, Default: commands.RetentionPolicy{
 			MinLifetime: c.Retention.DefaultPolicy.MinLifetime.Milliseconds(),
@@ -147,6 +158,8 @@ func (m *Main) Open(ctx context.Context) error {
 	}, []bus.Endpoint{
 		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "block", Subject: subjects.APIRoomWildcard("block"), Handler: admin.Block, Timeout: handlers.WaitForTimeout + 20*time.Second},
+		{Name: "purge_history", Subject: subjects.APIRoomWildcard("purge_history"), Handler: admin.PurgeHistory, Timeout: handlers.WaitForTimeout + 20*time.Second},
+		{Name: "purge_status", Subject: subjects.API("purge_status"), Handler: admin.PurgeStatus},
 	})
 	if err != nil {
 		return err
@@ -227,6 +240,16 @@ func (m *Main) openHTTP(subjects bus.Subjects) error {
 	return nil
 }
 
+// background runs fn until ctx ends; Close waits for it.
+func (m *Main) background(ctx context.Context, name string, fn func(ctx context.Context)) {
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		fn(ctx)
+		m.Logger.Debug("stopped", "component", name)
+	}()
+}
+
 // adminToken reads <data_dir>/admin.token, creating it (mode 0600) with a
 // random token on first start.
 func adminToken(dataDir, serverName string) (token, path string, err error) {
@@ -274,6 +297,7 @@ func (m *Main) Close() error {
 	if m.cancel != nil {
 		m.cancel()
 		errs = append(errs, <-m.projDone)
+		m.bg.Wait()
 	}
 	if m.Store != nil {
 		errs = append(errs, m.Store.Close())

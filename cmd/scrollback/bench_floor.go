@@ -1,0 +1,233 @@
+package main
+
+// The floor of `scrollback bench` (DESIGN.md, "Benchmark protocol"): the
+// cheapest way to answer a /messages-sized read on this machine, measured
+// in the same run with the same client code as the service, so that the
+// service's numbers can be read as a ratio to it rather than against
+// figures from another day or another machine.
+//
+//   - scan over NATS: a micro endpoint served by bus.Serve, the same
+//     arrangement as the service's (micro hands each request to a bounded
+//     worker pool goroutine), on its own in-process connection to the
+//     service's embedded server. The handler does one bbolt read
+//     transaction with a reverse cursor scan of `limit` values and replies
+//     with the raw bytes concatenated.
+//   - scan over HTTP: the same scan behind a bare net/http handler on
+//     loopback.
+//   - echo: a plain core NATS subscription that replies with the request.
+//
+// The floor's bbolt file holds the very bytes the benchmark published: the
+// MessagePack events of the room, keyed by their big-endian position
+// (1 = oldest). It has no per-room prefix, no membership, no tokens and no
+// re-encoding: everything scrollback does beyond that is what the ratio
+// measures.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/bus"
+)
+
+// Subjects of the floor's NATS endpoints (outside the service's prefix).
+const (
+	floorScanSubject = "bench.floor.scan"
+	floorEchoSubject = "bench.floor.echo"
+)
+
+var floorBucket = []byte("events")
+
+// floor is the running floor: the bbolt file, the NATS scan endpoint and
+// echo, and the HTTP scan server.
+type floor struct {
+	db       *bolt.DB
+	nc       *nats.Conn
+	svc      *bus.Service
+	echo     *nats.Subscription
+	httpSrv  *http.Server
+	httpDone chan error
+	httpAddr string
+}
+
+// openFloor writes the room's events to a new bbolt file at path and
+// starts the floor's endpoints on srv and on a loopback HTTP port. Close
+// stops everything it started, also after a failure.
+func openFloor(ctx context.Context, path string, srv *server.Server, room *benchRoom) (f *floor, err error) {
+	f = &floor{}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	// The same mmap setting as the projection, so that reads of both files
+	// cost the same; the file is written once and only read afterwards, so
+	// its load skips fsync.
+	if f.db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: 1 << 30, NoSync: true}); err != nil {
+		return f, fmt.Errorf("bench: floor file: %w", err)
+	}
+	if err := f.load(ctx, room.raw); err != nil {
+		return f, err
+	}
+	if f.nc, err = bus.ConnectInProcess(srv, "bench-floor"); err != nil {
+		return f, err
+	}
+	f.svc, err = bus.Serve(f.nc, bus.ServiceOptions{Name: "scrollback-floor", Version: version}, []bus.Endpoint{
+		{Name: "scan", Subject: floorScanSubject, Handler: f.handleScan},
+	})
+	if err != nil {
+		return f, err
+	}
+	if f.echo, err = f.nc.Subscribe(floorEchoSubject, func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return f, fmt.Errorf("bench: floor echo: %w", err)
+	}
+	// Make sure the server has the subscriptions before the first request.
+	if err := f.nc.FlushTimeout(5 * time.Second); err != nil {
+		return f, fmt.Errorf("bench: floor flush: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return f, fmt.Errorf("bench: floor http: %w", err)
+	}
+	f.httpAddr = ln.Addr().String()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /scan", f.serveScan)
+	f.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	f.httpDone = make(chan error, 1)
+	go func() { f.httpDone <- f.httpSrv.Serve(ln) }()
+	return f, nil
+}
+
+// load stores the events in transactions of 10,000.
+func (f *floor) load(ctx context.Context, raw [][]byte) error {
+	const batch = 10_000
+	for lo := 0; lo < len(raw); lo += batch {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := f.db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(floorBucket)
+			if err != nil {
+				return err
+			}
+			b.FillPercent = 0.9 // append-only keys
+			for i := lo; i < min(lo+batch, len(raw)); i++ {
+				if err := b.Put(floorKey(i+1), raw[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("bench: load floor file: %w", err)
+		}
+	}
+	return nil
+}
+
+func floorKey(pos int) []byte { return binary.BigEndian.AppendUint64(nil, uint64(pos)) }
+
+// floorRequest is the floor's NATS request: the position to scan down from
+// and the limit, 8 + 4 bytes big-endian.
+func floorRequest(from, limit int) []byte {
+	return binary.BigEndian.AppendUint32(floorKey(from), uint32(limit))
+}
+
+// URL is the floor's HTTP request for the same scan.
+func (f *floor) URL(from, limit int) string {
+	return fmt.Sprintf("http://%s/scan?from=%d&limit=%d", f.httpAddr, from, limit)
+}
+
+// scan appends the values at positions from, from-1, ... (at most limit
+// of them) to dst, in one read transaction.
+func (f *floor) scan(dst []byte, from uint64, limit int) ([]byte, error) {
+	err := f.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(floorBucket)
+		if b == nil {
+			return errors.New("floor bucket missing")
+		}
+		key := binary.BigEndian.AppendUint64(make([]byte, 0, 8), from)
+		c := b.Cursor()
+		k, v := c.Seek(key)
+		switch {
+		case k == nil:
+			k, v = c.Last()
+		case bytes.Compare(k, key) > 0:
+			k, v = c.Prev()
+		}
+		for n := 0; k != nil && n < limit; n++ {
+			dst = append(dst, v...)
+			k, v = c.Prev()
+		}
+		return nil
+	})
+	return dst, err
+}
+
+// handleScan is the NATS endpoint's handler.
+func (f *floor) handleScan(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	if len(data) != 12 {
+		return nil, fmt.Errorf("floor scan request of %d bytes, want 12", len(data))
+	}
+	return f.scan(nil, binary.BigEndian.Uint64(data), int(binary.BigEndian.Uint32(data[8:])))
+}
+
+// serveScan is the HTTP handler: GET /scan?from=N&limit=N.
+func (f *floor) serveScan(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	from, err1 := strconv.ParseUint(q.Get("from"), 10, 64)
+	limit, err2 := strconv.Atoi(q.Get("limit"))
+	if err := errors.Join(err1, err2); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	body, err := f.scan(nil, from, limit)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	_, _ = w.Write(body)
+}
+
+// Close stops the endpoints and closes the file.
+func (f *floor) Close() error {
+	var errs []error
+	if f.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, f.httpSrv.Shutdown(ctx))
+		cancel()
+		if err := <-f.httpDone; !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+		f.httpSrv = nil
+	}
+	if f.echo != nil {
+		errs = append(errs, f.echo.Unsubscribe())
+		f.echo = nil
+	}
+	if f.svc != nil {
+		errs = append(errs, f.svc.Stop())
+		f.svc = nil
+	}
+	if f.nc != nil {
+		f.nc.Close()
+		f.nc = nil
+	}
+	if f.db != nil {
+		errs = append(errs, f.db.Close())
+		f.db = nil
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/testenv"
+)
+
+func TestPurgeHistory_EndToEnd(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("purgeme", "test")
+	evs := room.Setup(alice, "@remote:other.org")
+	for i := range 20 {
+		sender := "@remote:other.org"
+		if i%4 == 0 {
+			sender = alice
+		}
+		evs = append(evs, room.Msg(sender, fmt.Sprint(i)))
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	last := seqs[len(seqs)-1]
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": last}); err != nil {
+		t.Fatal(err)
+	}
+	base := "/_synapse/admin/v1/purge_history/" + url.PathEscape(room.ID)
+
+	errs := []struct {
+		name, path, body string
+		status           int
+		code, text       string
+	}{
+		{"no cut-off", base, "", 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts"},
+		{"ts not an int", base, `{"purge_up_to_ts": "5"}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
+		{"ts is a bool", base, `{"purge_up_to_ts": true}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
+		{"unknown event", base + "/" + url.PathEscape("$nope"), "", 404, "M_NOT_FOUND", "Could not find event $nope"},
+		{"wrong room", "/_synapse/admin/v1/purge_history/" + url.PathEscape("!other:test") + "/" + url.PathEscape(evs[5].ID()), "", 400, "M_UNKNOWN", "Event is for wrong room."},
+		{"no event in the room before ts", "/_synapse/admin/v1/purge_history/" + url.PathEscape("!empty:test"), `{"purge_up_to_ts": 0}`, 404, "M_NOT_FOUND", "there is no event to be purged"},
+		{"not json", base, `{`, 400, "M_NOT_JSON", "Content not JSON."},
+		{"not an object", base, `[]`, 400, "M_BAD_JSON", "Content must be a JSON object."},
+	}
+	for _, tt := range errs {
+		t.Run(tt.name, func(t *testing.T) {
+			st, body := m.do(t, "POST", tt.path, "tok-admin", tt.body)
+			wantErr(t, st, body, tt.status, tt.code, tt.text)
+		})
+	}
+	// Synapse's test_purge_history: purge_up_to_ts 0 with delete_local_events
+	// is accepted (it finds the room's first event: nothing to delete) and
+	// completes.
+	st, body := m.do(t, "POST", base, "tok-admin", `{"delete_local_events": true, "purge_up_to_ts": 0}`)
+	if st != 200 {
+		t.Fatalf("purge_up_to_ts 0: %d %v", st, body)
+	}
+	first := body["purge_id"].(string)
+	testenv.WaitFor(t, 20*time.Second, "the ts purge to complete", func() bool {
+		st, body := m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/"+first, "tok-admin", "")
+		return st == 200 && body["status"] == "complete"
+	})
+	st, body = m.do(t, "POST", base, "tok-alice", "{}")
+	wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
+
+	cut := evs[12]
+	st, body = m.do(t, "POST", base+"/"+url.PathEscape(cut.ID()), "tok-admin", "")
+	if st != 200 {
+		t.Fatalf("purge: %d %v", st, body)
+	}
+	purgeID, _ := body["purge_id"].(string)
+	if len(purgeID) != 16 {
+		t.Fatalf("purge_id = %q", purgeID)
+	}
+	// Instant for readers: the reply comes after the command is applied.
+	p, err := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := chunkIDs(p)
+	if len(got) != len(evs)-12 || got[0] != cut.ID() {
+		t.Fatalf("after purge: %v", got)
+	}
+	status := "/_synapse/admin/v1/purge_history_status/" + purgeID
+	testenv.WaitFor(t, 20*time.Second, "purge to complete", func() bool {
+		st, body := m.do(t, "GET", status, "tok-admin", "")
+		return st == 200 && body["status"] == "complete"
+	})
+	st, body = m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/nopenope", "tok-admin", "")
+	wantErr(t, st, body, 404, "M_NOT_FOUND", "purge id 'nopenope' not found")
+
+	// Erased from the log: remote messages below the cut-off are gone,
+	// local ones and state stay (kept as outliers).
+	ctx := context.Background()
+	stream, err := m.JS.Stream(ctx, "SCROLLBACK")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range evs[:12] {
+		_, err := stream.GetMsg(ctx, seqs[i])
+		remoteMsg := ev["type"] == "m.room.message" && ev["sender"] == "@remote:other.org"
+		if remoteMsg && err == nil {
+			t.Errorf("%s (remote, purged) is still in the log", ev.ID())
+		}
+		if !remoteMsg && err != nil {
+			t.Errorf("%s (kept) was erased: %v", ev.ID(), err)
+		}
+		_ = jetstream.ErrMsgNotFound
+	}
+}
+
+func TestPurge_ForwardExtremityGuardFailsTask(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("guard", "test")
+	seqs := m.publisher().Publish(t, room.Setup(alice)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	// A purge_history command from a homeserver with a cut-off above
+	// every forward extremity becomes a failed task with Synapse's text.
+	m.publisher().Command(t, map[string]any{"id": "guardcmd", "action": "purge_history", "room_id": room.ID, "params": map[string]any{"token": "t100-1"}})
+	testenv.WaitFor(t, 10*time.Second, "failed status", func() bool {
+		st, body := m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/guardcmd", "tok-admin", "")
+		return st == 200 && body["status"] == "failed" && body["error"] == "400: topological_ordering is greater than forward extremities"
+	})
+}

@@ -1,0 +1,182 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// TaskRunner runs the tasks of purge commands. A task is event-sourced:
+// every change of status is a TaskUpdate published to the room's task
+// subject and applied by the projector like any log message, so the task
+// record survives crashes and a rebuild reproduces it. The runner looks
+// for open tasks every PollInterval, so a task that was active when the
+// service stopped resumes within that interval of a restart.
+type TaskRunner struct {
+	Store    *projections.Store
+	Log      Appender
+	Waiter   Waiter
+	Subjects bus.Subjects
+	Now      func() time.Time
+	Logger   *slog.Logger
+	// MaxConcurrent bounds the tasks running at once across rooms.
+	MaxConcurrent int
+	// PollInterval is how often open tasks are looked for (default 1 s).
+	PollInterval time.Duration
+
+	mu      sync.Mutex
+	running map[string]bool
+}
+
+// Runs reports whether the runner handles this action.
+func (r *TaskRunner) handles(action string) bool {
+	return action == commands.ActionPurgeHistory || action == commands.ActionPurgeRoom
+}
+
+// Run starts open tasks until ctx ends, then waits for the ones running.
+func (r *TaskRunner) Run(ctx context.Context) {
+	if r.PollInterval <= 0 {
+		r.PollInterval = time.Second
+	}
+	if r.MaxConcurrent <= 0 {
+		r.MaxConcurrent = 5
+	}
+	r.running = map[string]bool{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	t := time.NewTicker(r.PollInterval)
+	defer t.Stop()
+	for {
+		tasks, err := r.Store.OpenTasks()
+		if err != nil {
+			r.Logger.Error("list open tasks", "err", err)
+		}
+		for _, task := range tasks {
+			if !r.handles(task.Action) {
+				continue
+			}
+			r.mu.Lock()
+			busy := r.running[task.ID] || len(r.running) >= r.MaxConcurrent
+			if !busy {
+				r.running[task.ID] = true
+			}
+			r.mu.Unlock()
+			if busy {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { r.mu.Lock(); delete(r.running, task.ID); r.mu.Unlock() }()
+				if err := r.run(ctx, task); err != nil && ctx.Err() == nil {
+					r.Logger.Warn("task interrupted; it resumes on the next pass", "task", task.ID, "err", err)
+				}
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// run drives one purge task: active, then complete once the janitor has
+// removed the purged rows and the log has erased their messages.
+func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
+	n := task.Updates
+	if task.Status == commands.TaskScheduled {
+		n++
+		if err := r.update(ctx, task, n, commands.TaskActive, task.Result, ""); err != nil {
+			return err
+		}
+	}
+	for {
+		done, err := r.Store.PurgeDone(task.RoomID)
+		if err != nil {
+			return err
+		}
+		pending, err := r.Store.ErasuresPending()
+		if err != nil {
+			return err
+		}
+		if done && !pending {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	n++
+	return r.update(ctx, task, n, commands.TaskComplete, task.Result, "")
+}
+
+// update publishes the n-th TaskUpdate of a task (message ID
+// "<task id>-<n>", so a repeated publish after a crash is a duplicate the
+// log drops) and waits until it is applied.
+func (r *TaskRunner) update(ctx context.Context, task *commands.Task, n int, status string, result map[string]any, errText string) error {
+	u := map[string]any{"task_id": task.ID, "status": status, "ts": r.Now().UnixMilli()}
+	if result != nil {
+		u["result"] = result
+	}
+	if errText != "" {
+		u["error"] = errText
+	}
+	data, err := bus.Encode(u)
+	if err != nil {
+		return err
+	}
+	seq, err := r.Log.Append(ctx, r.Subjects.Room(task.RoomID, commands.KindTask), fmt.Sprintf("%s-%d", task.ID, n), data)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+	defer cancel()
+	return r.Waiter.WaitFor(wctx, task.RoomID, seq)
+}
+
+// LogEraser erases messages from the room log.
+type LogEraser interface {
+	DeleteMsgs(ctx context.Context, seqs []uint64) error
+	PurgeSubjectBelow(ctx context.Context, subject string, seq uint64) error
+}
+
+// RunEraser carries out the erasures purges queue: the event messages
+// whose rows a purge deleted are deleted from the log too, so that a
+// rebuild from the log does not bring them back and the log's space is
+// reused (CONTRACT.md section 7). It works in batches until ctx ends.
+func RunEraser(ctx context.Context, s *projections.Store, log LogEraser, subjects bus.Subjects, logger *slog.Logger) {
+	for {
+		e, err := s.PendingErasures(1000)
+		if err == nil && (len(e.Seqs) > 0 || len(e.Rooms) > 0) {
+			err = log.DeleteMsgs(ctx, e.Seqs)
+			for room, seq := range e.Rooms {
+				if err == nil {
+					err = log.PurgeSubjectBelow(ctx, subjects.Room(room, commands.KindEvent), seq)
+				}
+			}
+			if err == nil {
+				err = s.ErasuresDone(e)
+			}
+			if err == nil {
+				continue
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			logger.Warn("erasing purged events from the log failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
