@@ -290,6 +290,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	// Steps 10-12: serialise with redactions, prev_content, bundled
 	// aggregations and lazy-loaded members.
 	enc := clientEncoder{rc: rc}
+	enc.buf.Grow(len(visible) * 512)
 	maxReply := h.MaxReply
 	if maxReply <= 0 {
 		maxReply = bus.MaxPayload

@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"sort"
+
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/projections"
 )
@@ -21,6 +23,49 @@ type readContext struct {
 
 	roomVersion string
 	versionRead bool
+
+	// In-memory histories of the two state keys every visibility check
+	// reads, when they are short (nil: seek per event).
+	visHist, memberHist []projections.StateEntry
+	histLoaded          bool
+}
+
+// maxHistory bounds the state entries a read keeps in memory per key.
+const maxHistory = 256
+
+// stateAt answers "the state (type, key) after (depth, stream)" from a
+// loaded history, or by a seek.
+func (rc *readContext) stateAt(hist []projections.StateEntry, typ, key string, depth, stream int64) string {
+	if hist == nil {
+		e, _ := rc.v.StateAt(typ, key, depth, stream)
+		return e.Summary
+	}
+	// The last entry at or before the position.
+	i := sort.Search(len(hist), func(i int) bool {
+		e := hist[i]
+		return e.Depth > depth || e.Depth == depth && e.Stream > stream
+	})
+	if i == 0 {
+		return ""
+	}
+	return hist[i-1].Summary
+}
+
+func (rc *readContext) loadHistories() {
+	rc.histLoaded = true
+	if h, ok := rc.v.StateHistory(typeVisibility, "", maxHistory); ok {
+		rc.visHist = nonNil(h)
+	}
+	if h, ok := rc.v.StateHistory(typeMember, rc.req.UserID, maxHistory); ok {
+		rc.memberHist = nonNil(h)
+	}
+}
+
+func nonNil(h []projections.StateEntry) []projections.StateEntry {
+	if h == nil {
+		return []projections.StateEntry{}
+	}
+	return h
 }
 
 const (
@@ -96,10 +141,11 @@ func (rc *readContext) visible(r *projections.Row) (bool, string) {
 		Type: r.Type, Sender: r.Sender, IsState: r.IsState(), StateKey: r.StateKey,
 		OriginServerTS: r.OriginServerTS, SoftFailed: r.SoftFailed(), Rejected: r.Rejected(),
 	}
-	vis, _ := rc.v.StateAt(typeVisibility, "", r.Depth, r.Stream)
-	in.VisibilityAfter = vis.Summary
-	own, _ := rc.v.StateAt(typeMember, rc.req.UserID, r.Depth, r.Stream)
-	in.UserMembershipAfter = own.Summary
+	if !rc.histLoaded {
+		rc.loadHistories()
+	}
+	in.VisibilityAfter = rc.stateAt(rc.visHist, typeVisibility, "", r.Depth, r.Stream)
+	in.UserMembershipAfter = rc.stateAt(rc.memberHist, typeMember, rc.req.UserID, r.Depth, r.Stream)
 	if r.IsState() {
 		switch r.Type {
 		case typeMember:

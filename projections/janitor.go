@@ -190,7 +190,7 @@ func removeFromTimeline(tx *bolt.Tx, room uint64, key []byte, r *Row, depth, str
 	if err := tx.Bucket(bFwd).Delete(roomStrKey(room, r.EventID)); err != nil {
 		return err
 	}
-	for _, p := range r.PrevEvents {
+	for _, p := range r.Prevs() {
 		if err := tx.Bucket(bEdges).Delete(edgeKey(room, p, r.EventID)); err != nil {
 			return err
 		}

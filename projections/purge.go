@@ -154,7 +154,7 @@ func (v *RoomView) CurrentMembers(fn func(user, membership string) bool) {
 	}
 	prefix := statePrefix(v.room, "m.room.member", "")
 	prefix = prefix[:len(prefix)-2] // room|len(type)|type: every state key
-	c := v.tx.Bucket(bState).Cursor()
+	c := v.bucket(bState).Cursor()
 	last := ""
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		rest := k[len(prefix):]

@@ -51,9 +51,25 @@ func NextToken(depth, stream int64, backwards bool) commands.RoomToken {
 // RoomView is a consistent snapshot of one room for a read: every method
 // reads the same bbolt transaction. Use Store.View.
 type RoomView struct {
-	tx   *bolt.Tx
-	room uint64
-	meta *RoomMeta
+	tx      *bolt.Tx
+	room    uint64
+	meta    *RoomMeta
+	buckets map[*byte]*bolt.Bucket
+}
+
+// bucket returns a top-level bucket, opened once per view: bbolt does not
+// cache buckets in read-only transactions, and a page looks at them
+// several times per event.
+func (v *RoomView) bucket(name []byte) *bolt.Bucket {
+	if b, ok := v.buckets[&name[0]]; ok {
+		return b
+	}
+	if v.buckets == nil {
+		v.buckets = make(map[*byte]*bolt.Bucket, 8)
+	}
+	b := v.tx.Bucket(name)
+	v.buckets[&name[0]] = b
+	return b
 }
 
 // View runs fn with a snapshot of roomID. The view must not escape fn.
@@ -95,7 +111,7 @@ func (v *RoomView) MaxPosition() (depth, stream int64, ok bool) {
 	if v.room == 0 {
 		return 0, 0, false
 	}
-	c := v.tx.Bucket(bTimeline).Cursor()
+	c := v.bucket(bTimeline).Cursor()
 	c.Seek(roomEnd(v.room))
 	for k, _ := c.Prev(); k != nil && binary.BigEndian.Uint64(k) == v.room; k, _ = c.Prev() {
 		_, depth, stream = parseTLKey(k)
@@ -153,7 +169,7 @@ func (v *RoomView) stateSeek(typ, stateKey string, depth, stream int64, inclusiv
 	}
 	prefix := statePrefix(v.room, typ, stateKey)
 	seek := stateKeyAt(prefix, depth, stream)
-	c := v.tx.Bucket(bState).Cursor()
+	c := v.bucket(bState).Cursor()
 	k, val := c.Seek(seek)
 	if !inclusive || k == nil || !bytes.Equal(k, seek) {
 		k, val = c.Prev()
@@ -189,7 +205,7 @@ func (v *RoomView) Membership(userID string) string {
 // Event returns a stored event of this room by ID (timeline or outlier),
 // nil if unknown.
 func (v *RoomView) Event(eventID string) (*Row, error) {
-	locb := v.tx.Bucket(bEvents).Get([]byte(eventID))
+	locb := v.bucket(bEvents).Get([]byte(eventID))
 	if locb == nil {
 		return nil, nil
 	}
@@ -199,9 +215,9 @@ func (v *RoomView) Event(eventID string) (*Row, error) {
 	}
 	var val []byte
 	if loc.outlier {
-		val = v.tx.Bucket(bOutliers).Get([]byte(eventID))
+		val = v.bucket(bOutliers).Get([]byte(eventID))
 	} else {
-		val = v.tx.Bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
+		val = v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
 	}
 	if val == nil {
 		return nil, nil
@@ -216,7 +232,7 @@ func (v *RoomView) Event(eventID string) (*Row, error) {
 
 // Forgotten reports whether userID forgot the room.
 func (v *RoomView) Forgotten(userID string) bool {
-	return v.room != 0 && v.tx.Bucket(bForgot).Get(roomStrKey(v.room, userID)) != nil
+	return v.room != 0 && v.bucket(bForgot).Get(roomStrKey(v.room, userID)) != nil
 }
 
 // Extremities lists the room's forward or backward extremities with their
@@ -226,9 +242,9 @@ func (v *RoomView) Extremities(backward bool) map[string]int64 {
 	if v.room == 0 {
 		return out
 	}
-	b := v.tx.Bucket(bFwd)
+	b := v.bucket(bFwd)
 	if backward {
-		b = v.tx.Bucket(bBack)
+		b = v.bucket(bBack)
 	}
 	prefix := u64(v.room)
 	c := b.Cursor()
@@ -253,7 +269,7 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 	if v.room == 0 {
 		return res, nil
 	}
-	c := v.tx.Bucket(bTimeline).Cursor()
+	c := v.bucket(bTimeline).Cursor()
 	prefix := u64(v.room)
 	var k, val []byte
 	from := q.From
@@ -372,4 +388,36 @@ func beforeTo(q PageQuery, depth, stream int64) bool {
 		return stream > t.Stream
 	}
 	return stream <= t.Stream
+}
+
+// StateHistory returns every entry of one state key in position order,
+// when there are at most max of them (ok false otherwise). A read loads
+// the few entries of the keys it asks about for every event (the
+// visibility, the reader's membership) once, and answers "state after
+// this event" in memory.
+func (v *RoomView) StateHistory(typ, stateKey string, max int) ([]StateEntry, bool) {
+	if v.room == 0 {
+		return nil, true
+	}
+	prefix := statePrefix(v.room, typ, stateKey)
+	c := v.bucket(bState).Cursor()
+	var out []StateEntry
+	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
+		if len(k) != len(prefix)+16 {
+			continue // a longer state key with this one as prefix
+		}
+		stream := unorder(binary.BigEndian.Uint64(k[len(prefix)+8:]))
+		if v.preReset(stream) {
+			continue
+		}
+		if len(out) == max {
+			return nil, false
+		}
+		id, summary, ok := parseStateVal(val)
+		if !ok {
+			continue
+		}
+		out = append(out, StateEntry{EventID: id, Summary: summary, Depth: int64(binary.BigEndian.Uint64(k[len(prefix):])), Stream: stream})
+	}
+	return out, true
 }

@@ -25,6 +25,9 @@ func applyRedaction(tx *bolt.Tx, room uint64, target, redactionID string) error 
 	if err := b.Put([]byte(target), []byte(redactionID)); err != nil {
 		return err
 	}
+	if err := markRoom(tx, room, func(m *RoomMeta) bool { was := m.HasRedactions; m.HasRedactions = true; return !was }); err != nil {
+		return err
+	}
 	locb := tx.Bucket(bEvents).Get([]byte(target))
 	loc, ok := parseLoc(locb)
 	if !ok || loc.room != room || loc.outlier {
@@ -48,6 +51,9 @@ func indexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) error 
 	v := binary.AppendUvarint(nil, uint64(len(r.Sender)))
 	v = append(append(v, r.Sender...), r.EventID...)
 	if err := tx.Bucket(bRel).Put(k, v); err != nil {
+		return err
+	}
+	if err := markRoom(tx, room, func(m *RoomMeta) bool { was := m.HasRelations; m.HasRelations = true; return !was }); err != nil {
 		return err
 	}
 	counts := tx.Bucket(bRelCount)
@@ -104,10 +110,25 @@ func indexEventRelations(tx *bolt.Tx, room uint64, ev *commands.Event, r *Row, s
 	return indexRelation(tx, room, r, ev.Depth, stream)
 }
 
+// markRoom updates the room's meta when change reports a change.
+func markRoom(tx *bolt.Tx, room uint64, change func(*RoomMeta) bool) error {
+	m, err := getRoomMeta(tx, room)
+	if err != nil {
+		return err
+	}
+	if !change(m) {
+		return nil
+	}
+	return putRoomMeta(tx, room, m)
+}
+
 // RedactedBy returns the ID of the redaction that redacts eventID ("" if
 // none).
 func (v *RoomView) RedactedBy(eventID string) string {
-	return string(v.tx.Bucket(bRedacts).Get([]byte(eventID)))
+	if !v.meta.HasRedactions {
+		return ""
+	}
+	return string(v.bucket(bRedacts).Get([]byte(eventID)))
 }
 
 // RelationCount is how many events relate to target with relType; with a
@@ -118,7 +139,7 @@ func (v *RoomView) RelationCount(target, relType, sender string) int64 {
 	if sender != "" {
 		k = relSenderKey(prefix, sender)
 	}
-	if val := v.tx.Bucket(bRelCount).Get(k); val != nil {
+	if val := v.bucket(bRelCount).Get(k); val != nil {
 		return int64(binary.BigEndian.Uint64(val))
 	}
 	return 0
@@ -132,7 +153,7 @@ func (v *RoomView) Relations(target, relType string, newestFirst bool, fn func(e
 		return
 	}
 	prefix := relPrefix(v.room, target, relType)
-	c := v.tx.Bucket(bRel).Cursor()
+	c := v.bucket(bRel).Cursor()
 	var k, val []byte
 	if newestFirst {
 		end := append(append([]byte{}, prefix...), bytes.Repeat([]byte{0xff}, 16)...)
@@ -157,4 +178,19 @@ func step(c *bolt.Cursor, back bool) ([]byte, []byte) {
 		return c.Prev()
 	}
 	return c.Next()
+}
+
+// HasRelations reports whether any indexed event relates to target: one
+// seek that spares the per-type look-ups for the many events nobody
+// relates to.
+func (v *RoomView) HasRelations(target string) bool {
+	if v.room == 0 || !v.meta.HasRelations {
+		return false
+	}
+	k := make([]byte, 8, 10+len(target))
+	binary.BigEndian.PutUint64(k, v.room)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(target)))
+	k = append(k, target...)
+	got, _ := v.bucket(bRel).Cursor().Seek(k)
+	return got != nil && bytes.HasPrefix(got, k)
 }

@@ -37,7 +37,8 @@ type Row struct {
 	RelType        string   // content["m.relates_to"].rel_type, if any
 	RelTarget      string   // content["m.relates_to"].event_id, if any
 	Labels         []string // content["org.matrix.labels"]
-	PrevEvents     []string // the event's parents, for the purge's extremity update
+	PrevEvents     []string // the event's parents (set by newRow; reads use Prevs)
+	prevRaw        []byte   // encoded PrevEvents of a stored row, parsed on demand
 	Content        []byte   // MessagePack map
 	Unsigned       []byte   // MessagePack map pairs of the published unsigned, age removed
 	UnsignedN      int      // number of pairs in Unsigned
@@ -156,6 +157,7 @@ func (r *Row) marshal() []byte {
 	for _, p := range r.PrevEvents {
 		n += len(p) + 2
 	}
+	n += len(r.prevRaw)
 	b := make([]byte, 0, n)
 	b = append(b, rowVersion, r.Flags)
 	b = binary.AppendVarint(b, r.OriginServerTS)
@@ -169,10 +171,14 @@ func (r *Row) marshal() []byte {
 		b = binary.AppendUvarint(b, uint64(len(l)))
 		b = append(b, l...)
 	}
-	b = binary.AppendUvarint(b, uint64(len(r.PrevEvents)))
-	for _, p := range r.PrevEvents {
-		b = binary.AppendUvarint(b, uint64(len(p)))
-		b = append(b, p...)
+	if r.PrevEvents == nil && r.prevRaw != nil {
+		b = append(b, r.prevRaw...)
+	} else {
+		b = binary.AppendUvarint(b, uint64(len(r.PrevEvents)))
+		for _, p := range r.PrevEvents {
+			b = binary.AppendUvarint(b, uint64(len(p)))
+			b = append(b, p...)
+		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(r.Content)))
 	b = append(b, r.Content...)
@@ -230,10 +236,45 @@ func (rr *rowReader) bytes() []byte {
 	return out
 }
 
-func (rr *rowReader) str() string { return string(rr.bytes()) }
+func (rr *rowReader) str() string {
+	n := rr.uvarint()
+	if rr.err != nil || n > uint64(len(rr.b)) {
+		rr.err = errBadRow
+		return ""
+	}
+	s := string(rr.b[:n])
+	rr.b = rr.b[n:]
+	return s
+}
 
-// unmarshalRow decodes a row; it copies everything, so the result outlives
-// the bbolt transaction.
+// span returns the next length-prefixed field without copying it.
+func (rr *rowReader) span() []byte {
+	n := rr.uvarint()
+	if rr.err != nil || n > uint64(len(rr.b)) {
+		rr.err = errBadRow
+		return nil
+	}
+	out := rr.b[:n:n]
+	rr.b = rr.b[n:]
+	return out
+}
+
+// Prevs returns the event's prev_events.
+func (r *Row) Prevs() []string {
+	if r.PrevEvents != nil || r.prevRaw == nil {
+		return r.PrevEvents
+	}
+	rr := &rowReader{b: r.prevRaw}
+	n := rr.uvarint()
+	for i := uint64(0); i < n && rr.err == nil; i++ {
+		r.PrevEvents = append(r.PrevEvents, rr.str())
+	}
+	return r.PrevEvents
+}
+
+// unmarshalRow decodes a row. Strings are copied, but Content and
+// Unsigned alias b: a Row must not be used after its bbolt transaction
+// ends (every read serialises its reply inside the transaction).
 func unmarshalRow(b []byte) (*Row, error) {
 	if len(b) < 2 || b[0] != rowVersion {
 		return nil, errBadRow
@@ -251,16 +292,21 @@ func unmarshalRow(b []byte) (*Row, error) {
 	for i := uint64(0); i < nl && rr.err == nil; i++ {
 		r.Labels = append(r.Labels, rr.str())
 	}
+	// Parents are kept encoded: only purges need them.
+	start := rr.b
 	np := rr.uvarint()
 	if np > uint64(len(rr.b)) {
 		return nil, errBadRow
 	}
 	for i := uint64(0); i < np && rr.err == nil; i++ {
-		r.PrevEvents = append(r.PrevEvents, rr.str())
+		rr.span()
 	}
-	r.Content = rr.bytes()
+	if rr.err == nil {
+		r.prevRaw = start[:len(start)-len(rr.b)]
+	}
+	r.Content = rr.span()
 	r.UnsignedN = int(rr.uvarint())
-	r.Unsigned = rr.bytes()
+	r.Unsigned = rr.span()
 	if rr.err != nil {
 		return nil, rr.err
 	}

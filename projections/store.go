@@ -143,6 +143,11 @@ type RoomMeta struct {
 	ResetDone uint64 `msgpack:"reset_done,omitempty"`
 	// DeleteLocal is delete_local_events of the latest purge_history.
 	DeleteLocal bool `msgpack:"delete_local,omitempty"`
+	// HasRedactions and HasRelations say whether any redaction or relation
+	// was ever indexed in the room: reads skip the per-event look-ups in
+	// rooms without them.
+	HasRedactions bool `msgpack:"has_redactions,omitempty"`
+	HasRelations  bool `msgpack:"has_relations,omitempty"`
 	// Deleted and Outliered count the rows the janitor has purged.
 	Deleted   int64 `msgpack:"deleted,omitempty"`
 	Outliered int64 `msgpack:"outliered,omitempty"`

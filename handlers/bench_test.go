@@ -1,0 +1,98 @@
+package handlers_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// benchRoom applies a room of n messages in batches, like the projector.
+func benchRoom(b *testing.B, n int, extra func(r *testenv.Room, i int) testenv.Event) (*handlers.Messages, *testenv.Room, []string) {
+	b.Helper()
+	s := testenv.NewStore(b)
+	r := testenv.NewRoom("bench", "test")
+	evs := r.Setup(alice, bob)
+	for i := range n {
+		if extra != nil {
+			if e := extra(r, i); e != nil {
+				evs = append(evs, e)
+				continue
+			}
+		}
+		evs = append(evs, r.Msg(bob, fmt.Sprintf("message %d with some text in it", i)))
+	}
+	part := projections.PartitionOf(bus.RoomKey(r.ID), s.Partitions())
+	var batch []commands.LogEntry
+	var toks []string
+	for i, ev := range evs {
+		data, _ := bus.Encode(map[string]any(ev))
+		seq := uint64(i + 1)
+		batch = append(batch, subjects.Decode(seq, subjects.Room(r.ID, commands.KindEvent), data, 1_800_000_000_000))
+		if i%1000 == 999 {
+			toks = append(toks, fmt.Sprintf("t%d-%d", ev["depth"], seq))
+		}
+		if len(batch) == 1000 || i == len(evs)-1 {
+			if _, err := s.ApplyBatch(part, batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	h := &handlers.Messages{Store: s, Waiter: &staticWaiter{seq: uint64(len(evs))}, Subjects: subjects, Now: time.Now}
+	return h, r, toks
+}
+
+func benchRead(b *testing.B, h *handlers.Messages, roomID string, toks []string, extra map[string]any) {
+	ctx := context.Background()
+	reqs := make([][]byte, len(toks))
+	for i, tok := range toks {
+		m := map[string]any{"user_id": alice, "dir": "b", "limit": 50, "from": tok}
+		for k, v := range extra {
+			m[k] = v
+		}
+		reqs[i], _ = bus.Encode(m)
+	}
+	subj := subjects.APIRoom(roomID, "messages")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := h.Handle(ctx, subj, reqs[i%len(reqs)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMessages_Plain: a member's dir=b limit=50 page from random
+// depths of a 100k-event room, through the whole handler (decode, access,
+// visibility, serialisation), without NATS.
+func BenchmarkMessages_Plain(b *testing.B) {
+	h, r, toks := benchRoom(b, 100_000, nil)
+	benchRead(b, h, r.ID, toks, nil)
+}
+
+// BenchmarkMessages_LazyAndBundles: the same with lazy_load_members on a
+// room where every tenth event is a thread reply and every tenth an edit.
+func BenchmarkMessages_LazyAndBundles(b *testing.B) {
+	var root string
+	h, r, toks := benchRoom(b, 100_000, func(r *testenv.Room, i int) testenv.Event {
+		switch i % 10 {
+		case 0:
+			e := r.Msg(alice, "root")
+			root = e.ID()
+			return e
+		case 3:
+			return r.Next("m.room.message", bob, nil, map[string]any{"body": "reply", "m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}})
+		case 6:
+			return r.Next("m.room.message", alice, nil, map[string]any{"body": "* edit", "m.new_content": map[string]any{"body": "edit"}, "m.relates_to": map[string]any{"rel_type": "m.replace", "event_id": root}})
+		}
+		return nil
+	})
+	benchRead(b, h, r.ID, toks, map[string]any{"filter": map[string]any{"lazy_load_members": true}})
+}
