@@ -18,6 +18,8 @@ commands:
   serve   run the service (embedded NATS, projection, NATS API, HTTP bridge)
   seed    publish synthetic rooms to a running service
   bench   measure ingest and /messages against the floor
+  rebuild replace the projection by one rebuilt from the log (service stopped)
+  compact give back the disk space purges freed in the projection (service stopped)
   version print the version
 
 Run 'scrollback <command> -h' for the flags of a command.
@@ -45,6 +47,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runSeed(ctx, args[1:], stdout)
 	case "bench":
 		err = runBench(ctx, args[1:], stdout)
+	case "rebuild":
+		err = runRebuild(ctx, args[1:], stdout)
+	case "compact":
+		err = runCompact(ctx, args[1:], stdout)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "scrollback", version)
 	case "help", "-h", "--help":

@@ -81,33 +81,10 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	c := m.Config
 	subjects := bus.Subjects{Prefix: c.NATS.SubjectPrefix}
-	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	if err := m.openLog(ctx); err != nil {
+		return err
 	}
 	var err error
-	if c.NATS.URL == "" {
-		m.NATSServer, err = bus.StartEmbedded(bus.EmbeddedOptions{Listen: c.NATS.Listen, StoreDir: filepath.Join(c.DataDir, "jetstream")})
-		if err != nil {
-			return err
-		}
-		if m.NC, err = bus.ConnectInProcess(m.NATSServer, "scrollback"); err != nil {
-			return err
-		}
-		if c.NATS.Listen != "" {
-			m.Logger.Info("embedded NATS listening", "url", m.NATSServer.ClientURL())
-		}
-	} else if m.NC, err = bus.Connect(c.NATS.URL, c.NATS.Credentials, "scrollback"); err != nil {
-		return err
-	}
-	if m.JS, err = jetstream.New(m.NC); err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = bus.EnsureStream(sctx, m.JS, subjects, c.NATS.Stream)
-	cancel()
-	if err != nil {
-		return err
-	}
 	if m.Store, err = projections.Open(filepath.Join(c.DataDir, "scrollback.db"), projections.Options{ServerName: c.ServerName}); err != nil {
 		return err
 	}
@@ -171,6 +148,40 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	m.Logger.Info("scrollback started", "server_name", c.ServerName, "data_dir", c.DataDir, "http", m.HTTPAddr, "stream", c.NATS.Stream)
 	return nil
+}
+
+// openLog starts or connects to NATS and creates or checks the stream.
+func (m *Main) openLog(ctx context.Context) error {
+	c := m.Config
+	if m.Logger == nil {
+		m.Logger = slog.New(slog.DiscardHandler)
+	}
+	subjects := bus.Subjects{Prefix: c.NATS.SubjectPrefix}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	var err error
+	if c.NATS.URL == "" {
+		m.NATSServer, err = bus.StartEmbedded(bus.EmbeddedOptions{Listen: c.NATS.Listen, StoreDir: filepath.Join(c.DataDir, "jetstream")})
+		if err != nil {
+			return err
+		}
+		if m.NC, err = bus.ConnectInProcess(m.NATSServer, "scrollback"); err != nil {
+			return err
+		}
+		if c.NATS.Listen != "" {
+			m.Logger.Info("embedded NATS listening", "url", m.NATSServer.ClientURL())
+		}
+	} else if m.NC, err = bus.Connect(c.NATS.URL, c.NATS.Credentials, "scrollback"); err != nil {
+		return err
+	}
+	if m.JS, err = jetstream.New(m.NC); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = bus.EnsureStream(sctx, m.JS, subjects, c.NATS.Stream)
+	return err
 }
 
 func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
@@ -290,24 +301,30 @@ func (m *Main) Close() error {
 		if err := <-m.httpDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs = append(errs, err)
 		}
+		m.httpSrv = nil
 	}
 	if m.svc != nil {
 		errs = append(errs, m.svc.Stop())
+		m.svc = nil
 	}
 	if m.cancel != nil {
 		m.cancel()
 		errs = append(errs, <-m.projDone)
 		m.bg.Wait()
+		m.cancel = nil
 	}
 	if m.Store != nil {
 		errs = append(errs, m.Store.Close())
+		m.Store = nil
 	}
 	if m.NC != nil {
 		m.NC.Close()
+		m.NC = nil
 	}
 	if m.NATSServer != nil {
 		m.NATSServer.Shutdown()
 		m.NATSServer.WaitForShutdown()
+		m.NATSServer = nil
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// runRebuild is `scrollback rebuild`: with the service stopped, replace
+// the projection by one rebuilt from the room log. The old file is kept
+// as scrollback.db.prev.
+func runRebuild(ctx context.Context, args []string, out io.Writer) error {
+	cfg, err := ParseServeFlags(args)
+	if err != nil {
+		return err
+	}
+	return rebuildProjection(ctx, cfg, out)
+}
+
+// rebuildProjection applies the whole log into a new file, runs the
+// janitor to the end (so purged rows are gone as they are in the live
+// file), and swaps the files.
+func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
+	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	tmp := dbPath + ".rebuild"
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	m := &Main{Config: cfg, Logger: slog.New(slog.DiscardHandler)}
+	m.Config.NATS.Listen = "" // nothing else may reach the log meanwhile
+	if err := m.openLog(ctx); err != nil {
+		m.Close()
+		return err
+	}
+	defer m.Close()
+	start := time.Now()
+	store, err := projections.Open(tmp, projections.Options{ServerName: cfg.ServerName})
+	if err != nil {
+		return err
+	}
+	subjects := bus.Subjects{Prefix: cfg.NATS.SubjectPrefix}
+	log := &bus.Log{JS: m.JS, Stream: cfg.NATS.Stream, Subjects: subjects}
+	last, err := log.LastSeq(ctx)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken(cfg.NATS.SubjectPrefix), Logger: m.Logger}
+	if err := p.Init(); err != nil {
+		store.Close()
+		return err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(pctx) }()
+	err = waitAll(ctx, p, last)
+	cancel()
+	if rerr := <-done; err == nil {
+		err = rerr
+	}
+	for err == nil {
+		var did bool
+		if did, err = store.JanitorStep(projections.JanitorBatch); !did {
+			break
+		}
+	}
+	if cerr := store.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	if _, err := os.Stat(dbPath); err == nil {
+		if err := os.Rename(dbPath, dbPath+".prev"); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, dbPath); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (previous file kept as %s.prev)\n", dbPath, last, time.Since(start).Round(time.Millisecond), filepath.Base(dbPath))
+	return nil
+}
+
+// waitAll waits until every partition has applied the log up to seq.
+func waitAll(ctx context.Context, p *projections.Projector, seq uint64) error {
+	for p.Applied() < seq {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// runCompact is `scrollback compact`: with the service stopped, copy the
+// projection into a new, tightly packed file and swap them, giving back
+// the disk space that purges freed (bbolt reuses freed pages but never
+// shrinks its file).
+func runCompact(ctx context.Context, args []string, out io.Writer) error {
+	cfg, err := ParseServeFlags(args)
+	if err != nil {
+		return err
+	}
+	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	before, err := os.Stat(dbPath)
+	if err != nil {
+		return err
+	}
+	src, err := bolt.Open(dbPath, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		return fmt.Errorf("compact: open %s (is scrollback serve still running?): %w", dbPath, err)
+	}
+	tmp := dbPath + ".compact"
+	os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, nil)
+	if err != nil {
+		src.Close()
+		return err
+	}
+	err = bolt.Compact(dst, src, 64<<20)
+	src.Close()
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("compact: %w", err)
+	}
+	if err := os.Rename(tmp, dbPath); err != nil {
+		return err
+	}
+	after, _ := os.Stat(dbPath)
+	fmt.Fprintf(out, "compacted %s: %d -> %d bytes\n", dbPath, before.Size(), after.Size())
+	return nil
+}
