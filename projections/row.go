@@ -221,20 +221,6 @@ func (rr *rowReader) uvarint() uint64 {
 	return v
 }
 
-func (rr *rowReader) bytes() []byte {
-	n := rr.uvarint()
-	if rr.err != nil {
-		return nil
-	}
-	if n > uint64(len(rr.b)) {
-		rr.err = errBadRow
-		return nil
-	}
-	out := make([]byte, n)
-	copy(out, rr.b[:n])
-	rr.b = rr.b[n:]
-	return out
-}
 
 func (rr *rowReader) str() string {
 	n := rr.uvarint()
