@@ -221,7 +221,6 @@ func (rr *rowReader) uvarint() uint64 {
 	return v
 }
 
-
 func (rr *rowReader) str() string {
 	n := rr.uvarint()
 	if rr.err != nil || n > uint64(len(rr.b)) {
