@@ -46,11 +46,6 @@ type Messages struct {
 	Retention Retention
 }
 
-// Retention is the part of the retention config that reads need.
-type Retention struct {
-	Enabled bool
-	Default commands.RetentionPolicy
-}
 
 // MessagesRequest is the decoded request (CONTRACT.md section 4).
 type MessagesRequest struct {

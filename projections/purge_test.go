@@ -163,3 +163,48 @@ func TestPurgeRoom(t *testing.T) {
 		t.Fatalf("room erasure = %v, want below %d", er.Rooms, next-1)
 	}
 }
+
+// TestJanitor_CrashMidPurgeFinishesExactlyOnce stops the janitor after a
+// few batches, closes and reopens the file (as a crash would leave it:
+// every batch is its own transaction), and lets it finish: the counts and
+// the erasure queue show every row handled exactly once.
+func TestJanitor_CrashMidPurgeFinishesExactlyOnce(t *testing.T) {
+	path := t.TempDir() + "/p.db"
+	s, err := projections.Open(path, projections.Options{ServerName: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.NewRoom("crash", "test")
+	evs := r.Setup("@alice:test")
+	for i := range 50 {
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	next := apply(t, s, 1, evs...)
+	cut := evs[len(evs)-5]
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])})
+	for range 4 {
+		if did, err := s.JanitorStep(5); err != nil || !did {
+			t.Fatalf("step: %v %v", did, err)
+		}
+	}
+	s.Close()
+	s, err = projections.Open(path, projections.Options{ServerName: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	drainJanitor(t, s)
+	er, _ := s.PendingErasures(1000)
+	if len(er.Seqs) != 45 {
+		t.Fatalf("erasures = %d, want the 45 remote messages below the cut-off", len(er.Seqs))
+	}
+	seen := map[uint64]bool{}
+	for _, q := range er.Seqs {
+		if seen[q] {
+			t.Fatalf("sequence %d queued twice", q)
+		}
+		seen[q] = true
+	}
+	sameStrings(t, "timeline", timelineIDs(t, s, r.ID), ids(evs[len(evs)-5:]...))
+	testenv.CheckBolt(t, s.DB())
+}

@@ -421,3 +421,22 @@ func (v *RoomView) StateHistory(typ, stateKey string, max int) ([]StateEntry, bo
 	}
 	return out, true
 }
+
+// ForEachRoom calls fn with a view of every room, in one read
+// transaction, until fn returns false.
+func (s *Store) ForEachRoom(fn func(roomID string, v *RoomView) bool) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bRooms).Cursor()
+		for k, val := c.First(); k != nil; k, val = c.Next() {
+			v := &RoomView{tx: tx, room: binary.BigEndian.Uint64(val)}
+			var err error
+			if v.meta, err = getRoomMeta(tx, v.room); err != nil {
+				return err
+			}
+			if !fn(string(k), v) {
+				return nil
+			}
+		}
+		return nil
+	})
+}

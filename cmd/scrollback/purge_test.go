@@ -126,3 +126,83 @@ func TestPurge_ForwardExtremityGuardFailsTask(t *testing.T) {
 		return st == 200 && body["status"] == "failed" && body["error"] == "400: topological_ordering is greater than forward extremities"
 	})
 }
+
+// TestPurge_RacesNewEvents: events published while a purge is requested
+// are each either before it (and purged if below the cut-off) or after it
+// (and kept): the room's log order serialises them.
+func TestPurge_RacesNewEvents(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("race", "test")
+	evs := room.Setup(alice)
+	for i := range 50 {
+		evs = append(evs, room.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	cut := evs[30]
+	var more []testenv.Event
+	for i := range 100 {
+		more = append(more, room.Msg("@remote:other.org", fmt.Sprint("late ", i)))
+	}
+	done := make(chan []uint64)
+	go func() { done <- m.publisher().Publish(t, more...) }()
+	st, body := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(room.ID)+"/"+url.PathEscape(cut.ID()), "tok-admin", "")
+	if st != 200 {
+		t.Fatalf("purge: %d %v", st, body)
+	}
+	moreSeqs := <-done
+	p, err := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 1000, "wait_for": moreSeqs[len(moreSeqs)-1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(ids(evs[30:]), ids(more)...)
+	if got := chunkIDs(p); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after the race:\n got  %v\n want %v", got, want)
+	}
+}
+
+// TestPurge_TaskResumesAfterRestart: a purge whose task has not finished
+// when the service stops is finished after the restart, once.
+func TestPurge_TaskResumesAfterRestart(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("resume", "test")
+	evs := room.Setup(alice)
+	for i := range 30 {
+		evs = append(evs, room.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	cmdSeq := m.publisher().Command(t, map[string]any{"id": "resumeme", "action": "purge_history", "room_id": room.ID,
+		"params": map[string]any{"token": fmt.Sprintf("t%d-0", evs[20]["depth"])}})
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": cmdSeq}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := &Main{Config: m.Config}
+	if err := m2.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	testenv.WaitFor(t, 15*time.Second, "the purge task to complete after the restart", func() bool {
+		task, _ := m2.Store.Task("resumeme")
+		return task != nil && task.Status == "complete"
+	})
+	task, _ := m2.Store.Task("resumeme")
+	if task.Updates > 2 {
+		t.Fatalf("task applied %d updates, want active then complete at most once each", task.Updates)
+	}
+}
+
+func ids(evs []testenv.Event) []string {
+	out := make([]string, len(evs))
+	for i, e := range evs {
+		out[i] = e.ID()
+	}
+	return out
+}

@@ -61,6 +61,7 @@ type Main struct {
 	Store      *projections.Store
 	Projector  *projections.Projector
 	Metrics    *handlers.Metrics
+	Retention  *handlers.RetentionRunner
 	HTTPAddr   string // where the bridge listens ("" if off)
 	AdminToken string // the generated admin token, if any
 
@@ -124,11 +125,11 @@ func (m *Main) Open(ctx context.Context) error {
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent}
 	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
-		Retention: handlers.Retention{Enabled: c.Retention.Enabled, Default: commands.RetentionPolicy{
-			MinLifetime: c.Retention.DefaultPolicy.MinLifetime.Milliseconds(),
-			MaxLifetime: c.Retention.DefaultPolicy.MaxLifetime.Milliseconds(),
-		}}}
+		Retention: retentionConfig(c.Retention)}
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now}
+	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: time.Now,
+		Logger: m.Logger.With("component", "retention")}
+	m.background(runCtx, "retention", m.Retention.Run)
 	m.svc, err = bus.Serve(m.NC, bus.ServiceOptions{
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"),
@@ -148,6 +149,21 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	m.Logger.Info("scrollback started", "server_name", c.ServerName, "data_dir", c.DataDir, "http", m.HTTPAddr, "stream", c.NATS.Stream)
 	return nil
+}
+
+// retentionConfig translates the retention section.
+func retentionConfig(r RetentionConfig) handlers.Retention {
+	out := handlers.Retention{
+		Enabled:    r.Enabled,
+		Default:    commands.RetentionPolicy{MinLifetime: r.DefaultPolicy.MinLifetime.Milliseconds(), MaxLifetime: r.DefaultPolicy.MaxLifetime.Milliseconds()},
+		AllowedMin: r.AllowedLifetimeMin.Milliseconds(),
+		AllowedMax: r.AllowedLifetimeMax.Milliseconds(),
+	}
+	for _, j := range r.PurgeJobs {
+		out.Jobs = append(out.Jobs, handlers.RetentionJob{Interval: j.Interval.Duration,
+			Shortest: j.ShortestMaxLifetime.Milliseconds(), Longest: j.LongestMaxLifetime.Milliseconds()})
+	}
+	return out
 }
 
 // openLog starts or connects to NATS and creates or checks the stream.

@@ -1,0 +1,156 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// RetentionJob is one of Synapse's retention purge jobs: every Interval,
+// it purges the rooms whose max_lifetime lies in (Shortest, Longest]
+// (0 leaves a bound open).
+type RetentionJob struct {
+	Interval          time.Duration
+	Shortest, Longest int64 // ms
+}
+
+// Retention is the server's retention config (SYNAPSE.md 9). Reads use
+// Enabled and Default to hide expired events; the RetentionRunner purges
+// them.
+type Retention struct {
+	Enabled bool
+	Default commands.RetentionPolicy
+	// AllowedMin and AllowedMax clamp a room's max_lifetime when purging
+	// (0: unset).
+	AllowedMin, AllowedMax int64
+	Jobs                   []RetentionJob
+}
+
+// RetentionRunner purges history that is older than the rooms' retention
+// policies, by publishing purge_history commands to the rooms' logs like
+// every other change to history.
+type RetentionRunner struct {
+	Config Retention
+	Store  *projections.Store
+	Admin  *Admin
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Run runs every job on its interval (the first run one interval after
+// start, as Synapse does) until ctx ends.
+func (r *RetentionRunner) Run(ctx context.Context) {
+	if !r.Config.Enabled || len(r.Config.Jobs) == 0 {
+		return
+	}
+	done := make(chan struct{})
+	for _, job := range r.Config.Jobs {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			t := time.NewTicker(job.Interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				n, err := r.RunJob(ctx, job)
+				if err != nil {
+					r.Logger.Warn("retention job failed", "interval", job.Interval, "err", err)
+				} else if n > 0 {
+					r.Logger.Info("retention job purged rooms", "rooms", n, "interval", job.Interval)
+				}
+			}
+		}()
+	}
+	for range r.Config.Jobs {
+		<-done
+	}
+}
+
+type retentionTarget struct {
+	roomID string
+	maxMS  int64
+}
+
+// RunJob runs one job now and returns how many rooms it purged. A room is
+// skipped when it has an active room deletion, when no event is older than
+// its lifetime, or when its purge cut-off is already there: a run with
+// nothing to purge costs one pass over the rooms' current state.
+func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, error) {
+	var targets []retentionTarget
+	err := r.Store.ForEachRoom(func(roomID string, v *projections.RoomView) bool {
+		ret, _ := v.CurrentState(typeRetention, "")
+		_, roomMax := commands.ParseRetentionSummary(ret.Summary)
+		maxMS := r.Config.Default.MaxLifetime
+		if roomMax != nil {
+			maxMS = *roomMax
+		}
+		if maxMS <= 0 {
+			return true
+		}
+		if job.Shortest > 0 && maxMS <= job.Shortest || job.Longest > 0 && maxMS > job.Longest {
+			return true
+		}
+		if r.Config.AllowedMin > 0 {
+			maxMS = max(maxMS, r.Config.AllowedMin)
+		}
+		if r.Config.AllowedMax > 0 {
+			maxMS = min(maxMS, r.Config.AllowedMax)
+		}
+		targets = append(targets, retentionTarget{roomID: roomID, maxMS: maxMS})
+		return true
+	})
+	if err != nil {
+		return 0, err
+	}
+	purged := 0
+	for _, t := range targets {
+		if ctx.Err() != nil {
+			return purged, ctx.Err()
+		}
+		busy, err := r.deleting(t.roomID)
+		if err != nil || busy {
+			continue
+		}
+		depth, stream, ok, err := r.Store.CutoffByTS(t.roomID, r.Now().UnixMilli()-t.maxMS)
+		if err != nil {
+			return purged, err
+		}
+		if !ok {
+			continue
+		}
+		var floor int64
+		if err := r.Store.View(t.roomID, func(v *projections.RoomView) error { floor = v.Floor(); return nil }); err != nil {
+			return purged, err
+		}
+		if depth <= floor {
+			continue // nothing older than the lifetime is left
+		}
+		token := fmt.Sprintf("t%d-%d", depth, stream)
+		if _, err := r.Admin.publish(ctx, t.roomID, commands.ActionPurgeHistory, map[string]any{"token": token, "delete_local_events": true}, ""); err != nil {
+			return purged, err
+		}
+		purged++
+	}
+	return purged, nil
+}
+
+// deleting reports whether the room has an active deletion task.
+func (r *RetentionRunner) deleting(roomID string) (bool, error) {
+	tasks, err := r.Store.RoomTasks(roomID)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range tasks {
+		if t.Status == commands.TaskActive && (t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
