@@ -46,7 +46,6 @@ type Messages struct {
 	Retention Retention
 }
 
-
 // MessagesRequest is the decoded request (CONTRACT.md section 4).
 type MessagesRequest struct {
 	UserID       string
