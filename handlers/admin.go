@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
@@ -29,6 +30,8 @@ type Admin struct {
 	// NewID makes command IDs (default: 16 random letters, like Synapse's
 	// task IDs).
 	NewID func() string
+	// ServerName decides which users are local.
+	ServerName string
 }
 
 // RandomID returns 16 random ASCII letters.
@@ -232,4 +235,167 @@ func truthy(v any) bool {
 	}
 	n, ok := commands.AsInt(v)
 	return !ok || n != 0
+}
+
+// Delete answers sb.api.room.<rk>.delete, the Delete Room API (SYNAPSE.md
+// 7.1, 7.2, 7.5), in Synapse's validation order. It publishes a
+// shutdown_and_purge_room command and replies {delete_id} once it is
+// applied; with wait (v1) it replies with the shutdown result once the
+// task has finished.
+func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	roomID, err := a.Subjects.ParseAPIRoomSubject(subject)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+	}
+	params := map[string]any{}
+	for _, k := range []string{"block", "purge", "force_purge"} {
+		v, ok := m[k]
+		if !ok || v == nil {
+			continue
+		}
+		b, isBool := v.(bool)
+		if !isBool {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param '%s' must be a boolean, if given", k)
+		}
+		params[k] = b
+	}
+	if !commands.ValidRoomID(roomID) {
+		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+	}
+	wait, _ := m["wait"].(bool)
+	if !wait {
+		tasks, err := a.Store.RoomTasks(roomID)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range tasks {
+			// Synapse refuses only while one is active; a scheduled one is
+			// refused too, so two requests in a row never start two
+			// shutdowns (synapse#10797).
+			if !t.Finished() && isDeleteAction(t.Action) {
+				return nil, commands.Errorf(400, commands.CodeUnknown, "Purge already in progress for %s", roomID)
+			}
+		}
+	}
+	for _, k := range []string{"new_room_user_id", "room_name", "message"} {
+		if v, ok := m[k]; ok && v != nil {
+			s, isStr := v.(string)
+			if !isStr {
+				return nil, commands.Errorf(400, commands.CodeBadJSON, "Param '%s' must be a string, if given", k)
+			}
+			key := k
+			if k == "room_name" {
+				key = "new_room_name"
+			}
+			if s != "" {
+				params[key] = s
+			}
+		}
+	}
+	if u, _ := params["new_room_user_id"].(string); u != "" && !commands.IsLocalUser(u, a.ServerName) {
+		return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: %s", u)
+	}
+	by, _ := m["requested_by"].(string)
+	id, err := a.publish(ctx, roomID, commands.ActionShutdownAndPurgeRoom, params, by)
+	if err != nil {
+		return nil, err
+	}
+	if !wait {
+		return bus.Encode(map[string]any{"delete_id": id})
+	}
+	t, err := a.waitTask(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if t.Status == commands.TaskFailed {
+		if msg, ok := strings.CutPrefix(t.Error, "400: "); ok {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "%s", msg)
+		}
+		return nil, commands.Errorf(500, commands.CodeUnknown, "%s", t.Error)
+	}
+	return bus.Encode(resultOf(t.Result).public())
+}
+
+// waitTask waits until a task has finished, or ctx ends.
+func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error) {
+	for {
+		t, err := a.Store.Task(id)
+		if err != nil {
+			return nil, err
+		}
+		if t != nil && t.Finished() {
+			return t, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, commands.Errorf(504, commands.CodeUnknown, "The room deletion %s is still running; follow it with the v2 delete_status API", id)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// deleteTask is Synapse's delete status record, plus the failure reason.
+func deleteTask(t *commands.Task) map[string]any {
+	out := map[string]any{"delete_id": t.ID, "room_id": t.RoomID, "status": t.Status, "shutdown_room": nil}
+	if t.Action == commands.ActionShutdownAndPurgeRoom && t.Result != nil {
+		out["shutdown_room"] = resultOf(t.Result).public()
+	}
+	if t.Error != "" {
+		out["error"] = t.Error
+	}
+	return out
+}
+
+func isDeleteAction(a string) bool {
+	return a == commands.ActionPurgeRoom || a == commands.ActionShutdownAndPurgeRoom
+}
+
+// DeleteStatusByRoom answers sb.api.room.<rk>.delete_status: the room's
+// active, complete and failed deletions, oldest first.
+func (a *Admin) DeleteStatusByRoom(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	roomID, _, err := a.roomOf(subject, data)
+	if err != nil {
+		return nil, err
+	}
+	tasks, err := a.Store.RoomTasks(roomID)
+	if err != nil {
+		return nil, err
+	}
+	var results []any
+	for _, t := range tasks {
+		if !isDeleteAction(t.Action) || TaskExpired(t, a.Now()) {
+			continue
+		}
+		if t.Status == commands.TaskActive || t.Status == commands.TaskComplete || t.Status == commands.TaskFailed {
+			results = append(results, deleteTask(t))
+		}
+	}
+	if len(results) == 0 {
+		return nil, commands.Errorf(404, commands.CodeNotFound, "No delete task for room_id '%s' found", roomID)
+	}
+	return bus.Encode(map[string]any{"results": results})
+}
+
+// DeleteStatus answers sb.api.delete_status {delete_id}: the task in any
+// status.
+func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+	}
+	id, _ := m["delete_id"].(string)
+	var t *commands.Task
+	if commands.ValidCommandID(id) {
+		if t, err = a.Store.Task(id); err != nil {
+			return nil, err
+		}
+	}
+	if t == nil || !isDeleteAction(t.Action) || TaskExpired(t, a.Now()) {
+		return nil, commands.Errorf(404, commands.CodeNotFound, "delete id '%s' not found", id)
+	}
+	return bus.Encode(deleteTask(t))
 }

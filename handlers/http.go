@@ -26,10 +26,13 @@ const (
 // Bridge is the HTTP bridge: Synapse's client and admin endpoints, each a
 // thin translation to a request of CONTRACT.md section 4.
 type Bridge struct {
-	Req      Requester
-	Subjects bus.Subjects
-	Auth     *Auth
-	Logger   *slog.Logger
+	Req Requester
+	// DeleteReq sends v1 room deletions, which wait for the shutdown
+	// (default Req).
+	DeleteReq Requester
+	Subjects  bus.Subjects
+	Auth      *Auth
+	Logger    *slog.Logger
 	// Healthy reports whether the service consumes the log and answers.
 	Healthy func() bool
 	// Metrics serves /metrics; Observe hears every request.
@@ -56,15 +59,11 @@ func (b *Bridge) Handler() http.Handler {
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{eventId}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("GET /_synapse/admin/v1/purge_history_status/{purgeId}", b.serve("purge_status", true, b.purgeStatus))
-	for _, p := range []string{
-		"DELETE /_synapse/admin/v1/rooms/{roomId}",
-		"DELETE /_synapse/admin/v2/rooms/{roomId}",
-		// .../rooms/{roomId}/delete_status and .../rooms/delete_status/{deleteId}
-		// overlap as ServeMux patterns; one pattern serves both.
-		"GET /_synapse/admin/v2/rooms/{first}/{second}",
-	} {
-		mux.Handle(p, b.serve("not_implemented", true, notImplemented))
-	}
+	mux.Handle("DELETE /_synapse/admin/v1/rooms/{roomId}", b.serve("delete_room_v1", true, b.deleteRoom(true)))
+	mux.Handle("DELETE /_synapse/admin/v2/rooms/{roomId}", b.serve("delete_room_v2", true, b.deleteRoom(false)))
+	// .../rooms/{roomId}/delete_status and .../rooms/delete_status/{deleteId}
+	// overlap as ServeMux patterns; one pattern serves both.
+	mux.Handle("GET /_synapse/admin/v2/rooms/{first}/{second}", b.serve("delete_status", true, b.deleteStatus))
 	mux.HandleFunc("GET /health", b.health)
 	if b.Metrics != nil {
 		mux.Handle("GET /metrics", b.Metrics)
@@ -87,6 +86,11 @@ func (b *Bridge) health(w http.ResponseWriter, r *http.Request) {
 func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		if name == "delete_room_v1" {
+			// v1 answers when the shutdown is over: past the server's
+			// write timeout.
+			_ = http.NewResponseController(w).SetWriteDeadline(start.Add(DeleteV1Timeout + time.Minute))
+		}
 		status := b.handle(w, r, admin, h)
 		if b.Observe != nil {
 			b.Observe(name, time.Since(start), status)
@@ -137,8 +141,46 @@ func writeError(w http.ResponseWriter, err error) int {
 	return e.Status
 }
 
-func notImplemented(ctx context.Context, r *http.Request, id Identity) (any, error) {
-	return nil, commands.Errorf(501, commands.CodeUnrecognized, "%s %s is not implemented by this version of scrollback", r.Method, r.URL.Path)
+// deleteRoom is the Delete Room API: v1 waits and returns the shutdown
+// result, v2 returns a delete_id. An empty body is rejected (SYNAPSE.md
+// 7.1): an empty request must never delete a room.
+func (b *Bridge) deleteRoom(v1 bool) apiHandler {
+	return func(ctx context.Context, r *http.Request, id Identity) (any, error) {
+		body, err := DecodeJSONBody(r, false)
+		if err != nil {
+			return nil, err
+		}
+		req := map[string]any{"requested_by": id.UserID, "wait": v1}
+		for _, k := range []string{"new_room_user_id", "room_name", "message", "block", "purge", "force_purge"} {
+			if v, ok := body[k]; ok {
+				req[k] = v
+			}
+		}
+		if v1 {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DeleteV1Timeout)
+			defer cancel()
+			return b.callWith(ctx, b.DeleteReq, b.Subjects.APIRoom(r.PathValue("roomId"), "delete"), req)
+		}
+		return b.call(ctx, b.Subjects.APIRoom(r.PathValue("roomId"), "delete"), req)
+	}
+}
+
+// DeleteV1Timeout bounds a v1 room deletion, which answers only when the
+// shutdown is over.
+const DeleteV1Timeout = 10 * time.Minute
+
+func (b *Bridge) deleteStatus(ctx context.Context, r *http.Request, id Identity) (any, error) {
+	first, second := r.PathValue("first"), r.PathValue("second")
+	switch {
+	case first == "delete_status":
+		return b.call(ctx, b.Subjects.API("delete_status"), map[string]any{"delete_id": second})
+	case second == "delete_status":
+		if !commands.ValidRoomID(first) {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", first)
+		}
+		return b.call(ctx, b.Subjects.APIRoom(first, "delete_status"), map[string]any{})
+	}
+	return nil, commands.Errorf(404, commands.CodeUnrecognized, "Unrecognized request")
 }
 
 // purgeHistory: body (empty is {}), then the cut-off from the URL's event
@@ -255,7 +297,14 @@ func (b *Bridge) messages(ctx context.Context, roomID string, req map[string]any
 // call sends a request to the service and decodes its MessagePack reply
 // into JSON-ready values.
 func (b *Bridge) call(ctx context.Context, subject string, req map[string]any) (any, error) {
-	data, err := b.Req.Request(ctx, subject, req)
+	return b.callWith(ctx, b.Req, subject, req)
+}
+
+func (b *Bridge) callWith(ctx context.Context, rq Requester, subject string, req map[string]any) (any, error) {
+	if rq == nil {
+		rq = b.Req
+	}
+	data, err := rq.Request(ctx, subject, req)
 	if err != nil {
 		var e *commands.Error
 		if errors.As(err, &e) {

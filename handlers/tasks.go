@@ -29,14 +29,28 @@ type TaskRunner struct {
 	MaxConcurrent int
 	// PollInterval is how often open tasks are looked for (default 1 s).
 	PollInterval time.Duration
+	// HS asks homeserver workers (sb.hs.*) for a shutdown's side
+	// effects, each bounded by HSTimeout; Concurrency bounds the users
+	// handled at once in one shutdown.
+	HS          Requester
+	HSTimeout   time.Duration
+	Concurrency int
+	// ServerName decides which members are local.
+	ServerName string
 
 	mu      sync.Mutex
 	running map[string]bool
 }
 
-// Runs reports whether the runner handles this action.
+// handles reports whether the runner runs tasks of this action.
 func (r *TaskRunner) handles(action string) bool {
-	return action == commands.ActionPurgeHistory || action == commands.ActionPurgeRoom
+	switch action {
+	case commands.ActionPurgeHistory, commands.ActionPurgeRoom:
+		return true
+	case commands.ActionShutdownAndPurgeRoom:
+		return r.HS != nil
+	}
+	return false
 }
 
 // Run starts open tasks until ctx ends, then waits for the ones running.
@@ -87,9 +101,13 @@ func (r *TaskRunner) Run(ctx context.Context) {
 	}
 }
 
-// run drives one purge task: active, then complete once the janitor has
-// removed the purged rows and the log has erased their messages.
+// run drives one task. A purge task goes active, then complete once the
+// janitor has removed the purged rows and the log has erased their
+// messages.
 func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
+	if task.Action == commands.ActionShutdownAndPurgeRoom {
+		return r.runShutdown(ctx, task)
+	}
 	n := task.Updates
 	if task.Status == commands.TaskScheduled {
 		n++

@@ -1,9 +1,11 @@
 package projections
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -278,6 +280,15 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	if ts == 0 {
 		ts = e.LogTS
 	}
+	if owner, ok := strings.CutSuffix(c.ID, "-purge"); ok && c.Action == commands.ActionPurgeRoom {
+		parent, err := getTask(tx, owner)
+		if err != nil {
+			return err
+		}
+		if parent != nil && parent.Action == commands.ActionShutdownAndPurgeRoom && parent.RoomID == c.RoomID {
+			return applyShutdownPurge(tx, room, c, parent, e, ts, o)
+		}
+	}
 	t := &commands.Task{
 		ID: c.ID, Action: c.Action, RoomID: c.RoomID, Params: c.Params, RequestedBy: c.RequestedBy,
 		Status: commands.TaskScheduled, CreatedTS: ts, UpdatedTS: ts, Seq: e.Seq,
@@ -298,6 +309,23 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 		case commands.ActionPurgeRoom:
 			if room, err = applyPurgeRoom(tx, room, c, t, e.Seq, serverName(tx)); err != nil {
 				return err
+			}
+		case commands.ActionShutdownAndPurgeRoom:
+			// One deletion at a time per room: a second one applied while
+			// another is open fails (the API refuses it up front; this
+			// settles races between requests).
+			if busy, err := deletionOpen(tx, room); err != nil {
+				return err
+			} else if busy {
+				t.Status, t.Error = commands.TaskFailed, "Purge already in progress for "+c.RoomID
+				break
+			}
+			// Step 1 of a shutdown: block, in the room's order, even for
+			// rooms never seen (a pre-emptive block).
+			if c.Bool("block", false) {
+				if err := setBlock(tx, room, true, c.RequestedBy); err != nil {
+					return err
+				}
 			}
 		case commands.ActionBlockRoom:
 			m, err := getRoomMeta(tx, room)
@@ -353,4 +381,51 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 func sameRoom(tx *bolt.Tx, locb []byte, roomID string) bool {
 	loc, ok := parseLoc(locb)
 	return ok && loc.room == roomNum(tx, roomID)
+}
+
+func setBlock(tx *bolt.Tx, room uint64, block bool, by string) error {
+	m, err := getRoomMeta(tx, room)
+	if err != nil {
+		return err
+	}
+	m.Blocked, m.BlockedBy = block, ""
+	if block {
+		m.BlockedBy = by
+	}
+	return putRoomMeta(tx, room, m)
+}
+
+// applyShutdownPurge applies the purge_room that a shutdown publishes
+// after its last homeserver reply (id "<delete id>-purge"): its outcome
+// completes or fails the shutdown task, and it is not a task of its own
+// (CONTRACT.md section 3).
+func applyShutdownPurge(tx *bolt.Tx, room uint64, c *commands.Command, parent *commands.Task, e *commands.LogEntry, ts int64, o *Outcome) error {
+	if parent.Finished() {
+		return fmt.Errorf("%w: %s: its shutdown task is already %s", commands.ErrDuplicateCommand, c.ID, parent.Status)
+	}
+	probe := &commands.Task{Status: commands.TaskComplete}
+	if _, err := applyPurgeRoom(tx, room, c, probe, e.Seq, serverName(tx)); err != nil {
+		return err
+	}
+	parent.Status, parent.Error, parent.UpdatedTS = probe.Status, probe.Error, ts
+	parent.Updates++
+	o.Task = parent
+	return putTask(tx, parent)
+}
+
+// deletionOpen reports whether the room has a scheduled or active
+// shutdown_and_purge_room or purge_room task.
+func deletionOpen(tx *bolt.Tx, room uint64) (bool, error) {
+	prefix := u64(room)
+	c := tx.Bucket(bRoomTask).Cursor()
+	for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		t, err := getTask(tx, string(k[16:]))
+		if err != nil {
+			return false, err
+		}
+		if t != nil && !t.Finished() && (t.Action == commands.ActionShutdownAndPurgeRoom || t.Action == commands.ActionPurgeRoom) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -122,11 +122,13 @@ func (m *Main) Open(ctx context.Context) error {
 		handlers.RunEraser(ctx, m.Store, logLog, subjects, m.Logger.With("component", "eraser"))
 	})
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
-		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent}
+		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
+		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
+		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName}
 	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
 		Retention: retentionConfig(c.Retention)}
-	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now}
+	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now, ServerName: c.ServerName}
 	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: time.Now,
 		Logger: m.Logger.With("component", "retention")}
 	m.background(runCtx, "retention", m.Retention.Run)
@@ -138,6 +140,9 @@ func (m *Main) Open(ctx context.Context) error {
 		{Name: "block", Subject: subjects.APIRoomWildcard("block"), Handler: admin.Block, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "purge_history", Subject: subjects.APIRoomWildcard("purge_history"), Handler: admin.PurgeHistory, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "purge_status", Subject: subjects.API("purge_status"), Handler: admin.PurgeStatus},
+		{Name: "delete", Subject: subjects.APIRoomWildcard("delete"), Handler: admin.Delete, Timeout: handlers.DeleteV1Timeout},
+		{Name: "delete_status_room", Subject: subjects.APIRoomWildcard("delete_status"), Handler: admin.DeleteStatusByRoom},
+		{Name: "delete_status", Subject: subjects.API("delete_status"), Handler: admin.DeleteStatus},
 	})
 	if err != nil {
 		return err
@@ -240,13 +245,14 @@ func (m *Main) openHTTP(subjects bus.Subjects) error {
 	}
 	req := &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}
 	bridge := &handlers.Bridge{
-		Req:      &bus.Requester{NC: m.NC, Timeout: handlers.WaitForTimeout + 20*time.Second},
-		Subjects: subjects,
-		Auth:     &handlers.Auth{Static: static, Req: req, Subjects: subjects},
-		Logger:   m.Logger.With("component", "http"),
-		Healthy:  m.Projector.Started,
-		Metrics:  m.Metrics.Handler(),
-		Observe:  m.Metrics.ObserveRequest("http"),
+		Req:       &bus.Requester{NC: m.NC, Timeout: handlers.WaitForTimeout + 20*time.Second},
+		DeleteReq: &bus.Requester{NC: m.NC, Timeout: handlers.DeleteV1Timeout},
+		Subjects:  subjects,
+		Auth:      &handlers.Auth{Static: static, Req: req, Subjects: subjects},
+		Logger:    m.Logger.With("component", "http"),
+		Healthy:   m.Projector.Started,
+		Metrics:   m.Metrics.Handler(),
+		Observe:   m.Metrics.ObserveRequest("http"),
 	}
 	ln, err := net.Listen("tcp", c.HTTP.Listen)
 	if err != nil {

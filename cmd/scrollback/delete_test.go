@@ -1,0 +1,252 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"net/url"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/testenv"
+)
+
+func deletePath(v, roomID string) string {
+	return "/_synapse/admin/" + v + "/rooms/" + url.PathEscape(roomID)
+}
+
+func strList(v any) []string {
+	var out []string
+	l, _ := v.([]any)
+	for _, x := range l {
+		s, _ := x.(string)
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// shutdownRoom publishes a room with local members (joined, invited,
+// knocking) and a remote one, tracked by the fake homeserver.
+func shutdownRoom(t *testing.T, m *Main, hs *testenv.Homeserver, name string, joined int) *testenv.Room {
+	t.Helper()
+	r := testenv.NewRoom(name, "test")
+	hs.Track(r)
+	evs := r.Setup(alice, "@remote:other.org")
+	for i := range joined {
+		evs = append(evs, r.Join(fmt.Sprintf("@user%d:test", i)))
+	}
+	evs = append(evs, r.Member(alice, "@invitee:test", "invite"), r.Member("@knocker:test", "@knocker:test", "knock"), r.Msg(alice, "bye"))
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestDeleteRoom_Validation(t *testing.T) {
+	m := startMain(t)
+	room := "!some:test"
+	tests := []struct {
+		name, method, path, body string
+		status                   int
+		code, text               string
+	}{
+		{"not admin", "DELETE", deletePath("v2", room), "{}", 403, "M_FORBIDDEN", "You are not a server admin"},
+		{"empty body", "DELETE", deletePath("v2", room), "", 400, "M_NOT_JSON", "Content not JSON."},
+		{"v1 empty body", "DELETE", deletePath("v1", room), "", 400, "M_NOT_JSON", "Content not JSON."},
+		{"not an object", "DELETE", deletePath("v2", room), "[]", 400, "M_BAD_JSON", "Content must be a JSON object."},
+		{"block not bool", "DELETE", deletePath("v2", room), `{"block": "yes"}`, 400, "M_BAD_JSON", "Param 'block' must be a boolean, if given"},
+		{"purge not bool", "DELETE", deletePath("v2", room), `{"purge": 1}`, 400, "M_BAD_JSON", "Param 'purge' must be a boolean, if given"},
+		{"force_purge not bool", "DELETE", deletePath("v2", room), `{"force_purge": null, "block": true, "purge": "x"}`, 400, "M_BAD_JSON", "Param 'purge' must be a boolean, if given"},
+		{"bools before room id", "DELETE", deletePath("v2", "bad"), `{"block": 1}`, 400, "M_BAD_JSON", "Param 'block' must be a boolean, if given"},
+		{"invalid room id", "DELETE", deletePath("v2", "bad"), "{}", 400, "M_UNKNOWN", "bad is not a legal room ID"},
+		{"remote new_room_user_id", "DELETE", deletePath("v2", room), `{"new_room_user_id": "@x:other.org"}`, 400, "M_UNKNOWN", "User must be our own: @x:other.org"},
+		{"status of unknown id", "GET", "/_synapse/admin/v2/rooms/delete_status/nope", "", 404, "M_NOT_FOUND", "delete id 'nope' not found"},
+		{"status of room without deletes", "GET", deletePath("v2", room) + "/delete_status", "", 404, "M_NOT_FOUND", "No delete task for room_id '!some:test' found"},
+		{"status of invalid room", "GET", deletePath("v2", "bad") + "/delete_status", "", 400, "M_UNKNOWN", "bad is not a legal room ID"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tok := "tok-admin"
+			if tt.status == 403 {
+				tok = "tok-alice"
+			}
+			st, body := m.do(t, tt.method, tt.path, tok, tt.body)
+			wantErr(t, st, body, tt.status, tt.code, tt.text)
+		})
+	}
+}
+
+func TestDeleteRoom_V2UnknownRoomBlocks(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	_ = hs
+	st, body := m.do(t, "DELETE", deletePath("v2", "!unknown:test"), "tok-admin", `{"block": true}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	testenv.WaitFor(t, 15*time.Second, "completion", func() bool {
+		st, body := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		return st == 200 && body["status"] == "complete"
+	})
+	st, body = m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape("!unknown:test")+"/block", "tok-admin", "")
+	if body["block"] != true || body["user_id"] != "@admin:test" {
+		t.Fatalf("block after deleting an unknown room: %d %v", st, body)
+	}
+}
+
+func TestDeleteRoom_V2ShutdownWithNewRoom(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	hs.SetAliases("#old:test")
+	room := shutdownRoom(t, m, hs, "doomed", 20)
+	hs.FailLeave("@user3:test")
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"new_room_user_id": "@admin:test", "block": true, "purge": true, "force_purge": true}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	// A second v2 delete while the first is scheduled or running is
+	// refused.
+	st2, body2 := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{}`)
+	wantErr(t, st2, body2, 400, "M_UNKNOWN", "Purge already in progress for "+room.ID)
+	var task map[string]any
+	testenv.WaitFor(t, 30*time.Second, "the shutdown to finish", func() bool {
+		_, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		return task["status"] == "complete" || task["status"] == "failed"
+	})
+	if task["status"] != "complete" {
+		t.Fatalf("task = %v", task)
+	}
+	res := task["shutdown_room"].(map[string]any)
+	kicked := strList(res["kicked_users"])
+	if len(kicked) != 22 { // alice, 19 users, the invitee, the knocker (user3 failed)
+		t.Fatalf("kicked_users = %d %v", len(kicked), kicked)
+	}
+	if f := strList(res["failed_to_kick_users"]); len(f) != 1 || f[0] != "@user3:test" {
+		t.Fatalf("failed_to_kick_users = %v", f)
+	}
+	if a := strList(res["local_aliases"]); len(a) != 1 || a[0] != "#old:test" {
+		t.Fatalf("local_aliases = %v", a)
+	}
+	newRoom, _ := res["new_room_id"].(string)
+	if newRoom == "" {
+		t.Fatalf("no new_room_id: %v", res)
+	}
+	// Invited and knocking users left but were not moved; joined ones were.
+	joins := map[string]bool{}
+	for _, c := range hs.Calls("join") {
+		joins[c.Req["user_id"].(string)] = true
+	}
+	if joins["@invitee:test"] || joins["@knocker:test"] || !joins["@user5:test"] {
+		t.Fatalf("joins to the new room: %v", joins)
+	}
+	// Every homeserver request carried a txn_id; nobody was kicked twice.
+	for _, c := range hs.Calls("") {
+		if c.Subject != "sb.hs.whoami" && c.Subject != "sb.hs.ignored_users" && c.Req["txn_id"] == nil {
+			t.Fatalf("request without txn_id: %+v", c)
+		}
+	}
+	if n := hs.Acted("leave", "@user5:test"); n != 1 {
+		t.Fatalf("user5 left %d times", n)
+	}
+	// Purged (forced): the old room reads empty; by room, the task shows.
+	p, err := m.messages(t, room.ID, map[string]any{"admin": true})
+	if err != nil || len(chunkIDs(p)) != 0 {
+		t.Fatalf("after purge: %v %v", chunkIDs(p), err)
+	}
+	st, body = m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
+	if st != 200 || len(body["results"].([]any)) != 1 {
+		t.Fatalf("delete_status by room: %d %v", st, body)
+	}
+}
+
+func TestDeleteRoom_V1WaitsAndUnforcedPurgeFails(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "v1room", 3)
+	hs.FailLeave("@user1:test")
+	// user1 stays joined, so the unforced purge is refused and the
+	// shutdown fails with Synapse's text.
+	st, body := m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", `{}`)
+	wantErr(t, st, body, 400, "M_UNKNOWN", "Users are still joined to this room")
+	room2 := shutdownRoom(t, m, hs, "v1room2", 3)
+	// user1's leave still fails (the fake fails it in every room).
+	st, body = m.do(t, "DELETE", deletePath("v1", room2.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 || len(strList(body["kicked_users"])) != 5 || len(strList(body["failed_to_kick_users"])) != 1 || body["new_room_id"] != nil {
+		t.Fatalf("v1 without purge: %d %v", st, body)
+	}
+}
+
+// TestDeleteRoom_ResumesAfterRestart stops the service in the middle of
+// kicking users and starts it again: the shutdown finishes, nobody is
+// kicked twice and no second new room is made.
+func TestDeleteRoom_ResumesAfterRestart(t *testing.T) {
+	// The homeserver is a process of its own: it talks to scrollback's
+	// embedded NATS over TCP and reconnects when scrollback restarts.
+	m := startMain(t, func(c *Config) { c.Shutdown.Concurrency = 2; c.NATS.Listen = "127.0.0.1:0" })
+	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	hsPub := &testenv.Publisher{JS: js, Subjects: m.publisher().Subjects}
+	hs := testenv.NewHomeserver(t, nc, hsPub, "test")
+	room := shutdownRoom(t, m, hs, "resumed", 30)
+	hs.SetDelay(20 * time.Millisecond)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"new_room_user_id": "@admin:test", "purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	testenv.WaitFor(t, 20*time.Second, "some users kicked", func() bool { return hs.Acted("leave", "") >= 6 })
+	addr := m.NATSServer.Addr().String()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := &Main{Config: m.Config, Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	m2.Config.NATS.Listen = addr
+	if err := m2.Open(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	hs2 := hs
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		task, _ := m2.Store.Task(id)
+		if task != nil && task.Status == "complete" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the shutdown did not finish after the restart: %+v; hs leaves %d", task, hs.Acted("leave", ""))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	task, _ := m2.Store.Task(id)
+	kicked := task.Result["kicked_users"].([]any)
+	if len(kicked) != 33 {
+		t.Fatalf("kicked %d users, want 33", len(kicked))
+	}
+	seen := map[any]bool{}
+	for _, u := range kicked {
+		if seen[u] {
+			t.Fatalf("%v kicked twice in the result", u)
+		}
+		seen[u] = true
+	}
+	for i := range 30 {
+		u := fmt.Sprintf("@user%d:test", i)
+		if n := hs2.Acted("leave", u); n != 1 {
+			t.Fatalf("%s left %d times", u, n)
+		}
+	}
+	if n := hs2.Acted("create_room", ""); n != 1 {
+		t.Fatalf("%d new rooms created", n)
+	}
+}

@@ -1,0 +1,316 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// Synapse's defaults of the Delete Room API (SYNAPSE.md 7.1).
+const (
+	DefaultNewRoomName = "Content Violation Notification"
+	DefaultMessage     = "Sharing illegal content on this server is not permitted and rooms in violation will be blocked."
+)
+
+// shutdownResult is Synapse's ShutdownRoomResponse, kept in the task's
+// result and updated as each step happens.
+type shutdownResult struct {
+	Kicked    []string
+	Failed    []string
+	Aliases   []string
+	NewRoomID string
+	// Todo is the local members to kick (user -> membership), recorded
+	// before the first kick so that a resumed shutdown works on the same
+	// list even though the kicked users have left meanwhile. It is not
+	// part of Synapse's response.
+	Todo map[string]string
+}
+
+func resultOf(m map[string]any) *shutdownResult {
+	r := &shutdownResult{}
+	list := func(k string) []string {
+		var out []string
+		l, _ := m[k].([]any)
+		for _, v := range l {
+			if s, ok := v.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	r.Kicked, r.Failed, r.Aliases = list("kicked_users"), list("failed_to_kick_users"), list("local_aliases")
+	r.NewRoomID, _ = m["new_room_id"].(string)
+	if todo, ok := m[todoKey].(map[string]any); ok {
+		r.Todo = map[string]string{}
+		for u, v := range todo {
+			r.Todo[u], _ = v.(string)
+		}
+	}
+	return r
+}
+
+const todoKey = "users_to_kick"
+
+// public is the result as Synapse's ShutdownRoomResponse.
+func (r *shutdownResult) public() map[string]any {
+	m := r.toMap()
+	delete(m, todoKey)
+	return m
+}
+
+func (r *shutdownResult) toMap() map[string]any {
+	strs := func(l []string) []any {
+		out := make([]any, len(l))
+		for i, s := range l {
+			out[i] = s
+		}
+		return out
+	}
+	m := map[string]any{"kicked_users": strs(r.Kicked), "failed_to_kick_users": strs(r.Failed), "local_aliases": strs(r.Aliases), "new_room_id": nil}
+	if r.NewRoomID != "" {
+		m["new_room_id"] = r.NewRoomID
+	}
+	if r.Todo != nil {
+		todo := make(map[string]any, len(r.Todo))
+		for u, mem := range r.Todo {
+			todo[u] = mem
+		}
+		m[todoKey] = todo
+	}
+	return m
+}
+
+// txnN is the <n> of a per-user txn_id: stable across resumptions,
+// whatever the member list looks like then.
+func txnN(user string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(user))
+	return h.Sum32()
+}
+
+// runShutdown carries out shutdown_and_purge_room (SYNAPSE.md 7.3) as a
+// resumable task. Every homeserver request carries a txn_id, so a resumed
+// task repeats requests safely (the homeserver answers them with its first
+// answer), and users recorded as kicked are never asked again.
+func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error {
+	p := task.Params
+	str := func(k, def string) string {
+		if s, _ := p[k].(string); s != "" {
+			return s
+		}
+		return def
+	}
+	boolOf := func(k string, def bool) bool {
+		if b, ok := p[k].(bool); ok {
+			return b
+		}
+		return def
+	}
+	newUser := str("new_room_user_id", "")
+	roomName := str("new_room_name", DefaultNewRoomName)
+	message := str("message", DefaultMessage)
+	purge, force := boolOf("purge", true), boolOf("force_purge", false)
+	res := resultOf(task.Result)
+	n := task.Updates
+	next := func(status string, errText string) error {
+		n++
+		return r.update(ctx, task, n, status, res.toMap(), errText)
+	}
+	if task.Status == commands.TaskScheduled {
+		if err := next(commands.TaskActive, ""); err != nil {
+			return err
+		}
+	}
+	// The block was applied with the command. An unknown room ends here.
+	var members map[string]string
+	known := false
+	err := r.Store.View(task.RoomID, func(v *projections.RoomView) error {
+		_, _, known = v.MaxPosition()
+		members = map[string]string{}
+		v.CurrentMembers(func(user, membership string) bool {
+			if commands.IsLocalUser(user, r.ServerName) && (membership == "join" || membership == "invite" || membership == "knock") {
+				members[user] = membership
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !known {
+		return next(commands.TaskComplete, "")
+	}
+	if newUser != "" && res.NewRoomID == "" {
+		reply, err := r.hs(ctx, "create_room", map[string]any{"txn_id": task.ID + "-create", "creator": newUser, "preset": "public_chat",
+			"name": roomName, "power_level_content_override": map[string]any{"users_default": int64(-10)}})
+		if err != nil {
+			return next(commands.TaskFailed, fmt.Sprintf("Failed to create the new room: %v", err))
+		}
+		res.NewRoomID, _ = reply["room_id"].(string)
+		if res.NewRoomID == "" {
+			return next(commands.TaskFailed, "Failed to create the new room: no room_id in the homeserver's reply")
+		}
+		if err := next(commands.TaskActive, ""); err != nil {
+			return err
+		}
+	}
+	if res.Todo == nil {
+		res.Todo = members
+		if err := next(commands.TaskActive, ""); err != nil {
+			return err
+		}
+	}
+	if err := r.kickAll(ctx, task, res.Todo, res, &n); err != nil {
+		return err
+	}
+	if newUser != "" {
+		if _, err := r.hs(ctx, "send", map[string]any{"txn_id": task.ID + "-send", "room_id": res.NewRoomID, "sender": newUser,
+			"type": "m.room.message", "content": map[string]any{"msgtype": "m.text", "body": message}}); err != nil {
+			return next(commands.TaskFailed, fmt.Sprintf("Failed to send the message to the new room: %v", err))
+		}
+		reply, err := r.hs(ctx, "move_aliases", map[string]any{"txn_id": task.ID + "-aliases", "from_room_id": task.RoomID,
+			"to_room_id": res.NewRoomID, "requested_by": task.RequestedBy})
+		if err != nil {
+			return next(commands.TaskFailed, fmt.Sprintf("Failed to move the aliases: %v", err))
+		}
+		res.Aliases = resultOf(map[string]any{"local_aliases": reply["aliases"]}).Aliases
+	}
+	if !purge {
+		return next(commands.TaskComplete, "")
+	}
+	if err := next(commands.TaskActive, ""); err != nil {
+		return err
+	}
+	// After the last homeserver reply: its outcome completes or fails
+	// this task (CONTRACT.md section 3).
+	data, err := bus.Encode(map[string]any{"id": task.ID + "-purge", "action": commands.ActionPurgeRoom, "room_id": task.RoomID,
+		"params": map[string]any{"force": force}, "requested_by": task.RequestedBy, "ts": r.Now().UnixMilli()})
+	if err != nil {
+		return err
+	}
+	seq, err := r.Log.Append(ctx, r.Subjects.Room(task.RoomID, commands.KindCmd), task.ID+"-purge", data)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+	defer cancel()
+	return r.Waiter.WaitFor(wctx, task.RoomID, seq)
+}
+
+// kickAll makes every local member leave and forget the room, and joins
+// the previously joined ones to the new room, at most Concurrency users at
+// once. Progress is published every 200 ms and at the end.
+func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members map[string]string, res *shutdownResult, n *int) error {
+	var users []string
+	for u := range members {
+		if !slices.Contains(res.Kicked, u) {
+			users = append(users, u)
+		}
+	}
+	slices.Sort(users)
+	conc := max(r.Concurrency, 1)
+	var mu sync.Mutex
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	lastFlush := time.Now()
+	var flushErr error
+	flush := func(force bool) {
+		// mu held
+		if !force && time.Since(lastFlush) < 200*time.Millisecond {
+			return
+		}
+		lastFlush = time.Now()
+		*n++
+		if err := r.update(ctx, task, *n, commands.TaskActive, res.toMap(), ""); err != nil && flushErr == nil {
+			flushErr = err
+		}
+	}
+	for _, u := range users {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return ctx.Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ok := r.kick(ctx, task, u, members[u], res.NewRoomID)
+			mu.Lock()
+			defer mu.Unlock()
+			res.Failed = slices.DeleteFunc(res.Failed, func(s string) bool { return s == u })
+			if ok {
+				res.Kicked = append(res.Kicked, u)
+			} else {
+				res.Failed = append(res.Failed, u)
+			}
+			flush(false)
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	flush(true)
+	return flushErr
+}
+
+// kick is one user's part of a shutdown: leave, forget, and join the new
+// room when they were joined. Any failure puts the user in
+// failed_to_kick_users; the shutdown goes on.
+func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user, membership, newRoom string) bool {
+	suffix := fmt.Sprintf("-%d", txnN(user))
+	if _, err := r.hs(ctx, "leave", map[string]any{"txn_id": task.ID + "-leave" + suffix, "room_id": task.RoomID, "user_id": user}); err != nil {
+		r.Logger.Warn("shutdown: leave failed", "task", task.ID, "user", user, "err", err)
+		return false
+	}
+	if _, err := r.hs(ctx, "forget", map[string]any{"txn_id": task.ID + "-forget" + suffix, "room_id": task.RoomID, "user_id": user}); err != nil {
+		r.Logger.Warn("shutdown: forget failed", "task", task.ID, "user", user, "err", err)
+		return false
+	}
+	if newRoom != "" && membership == "join" {
+		if _, err := r.hs(ctx, "join", map[string]any{"txn_id": task.ID + "-join" + suffix, "room_id": newRoom, "user_id": user}); err != nil {
+			r.Logger.Warn("shutdown: join to the new room failed", "task", task.ID, "user", user, "err", err)
+			return false
+		}
+	}
+	return true
+}
+
+// hs asks the homeserver, bounded by HSTimeout. "No responders" is
+// retried within that bound: a homeserver worker that restarts or
+// reconnects must not fail every user of a shutdown at once.
+func (r *TaskRunner) hs(ctx context.Context, name string, req map[string]any) (map[string]any, error) {
+	t := r.HSTimeout
+	if t <= 0 {
+		t = 5 * time.Second
+	}
+	hctx, cancel := context.WithTimeout(ctx, t)
+	defer cancel()
+	for {
+		data, err := r.HS.Request(hctx, r.Subjects.HS(name), req)
+		if errors.Is(err, bus.ErrNoResponders) {
+			select {
+			case <-hctx.Done():
+				return nil, err
+			case <-time.After(100 * time.Millisecond):
+				continue
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		return bus.DecodeMap(data, bus.DefaultLimits)
+	}
+}
