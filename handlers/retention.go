@@ -154,3 +154,51 @@ func (r *RetentionRunner) deleting(roomID string) (bool, error) {
 	}
 	return false, nil
 }
+
+// ForgottenRooms purges rooms that every local member has left and
+// forgotten, Period after the last forget (Synapse's
+// forgotten_room_retention_period), by publishing purge_room to the
+// room's log.
+type ForgottenRooms struct {
+	Period     time.Duration
+	ServerName string
+	Store      *projections.Store
+	Admin      *Admin
+	Now        func() time.Time
+	Logger     *slog.Logger
+}
+
+// Run checks every min(Period, 1 h) until ctx ends.
+func (f *ForgottenRooms) Run(ctx context.Context) {
+	if f.Period <= 0 {
+		return
+	}
+	t := time.NewTicker(max(min(f.Period, time.Hour), time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n, err := f.RunOnce(ctx); err != nil {
+			f.Logger.Warn("forgotten-room purge failed", "err", err)
+		} else if n > 0 {
+			f.Logger.Info("purged forgotten rooms", "rooms", n)
+		}
+	}
+}
+
+// RunOnce purges the rooms that are due now and returns how many.
+func (f *ForgottenRooms) RunOnce(ctx context.Context) (int, error) {
+	rooms, err := f.Store.ForgottenRooms(f.ServerName, f.Now().UnixMilli(), f.Period.Milliseconds())
+	if err != nil {
+		return 0, err
+	}
+	for i, room := range rooms {
+		if _, err := f.Admin.publish(ctx, room, commands.ActionPurgeRoom, map[string]any{"force": false}, ""); err != nil {
+			return i, err
+		}
+	}
+	return len(rooms), nil
+}

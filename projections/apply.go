@@ -298,7 +298,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	} else {
 		switch c.Action {
 		case commands.ActionForget:
-			if err := tx.Bucket(bForgot).Put(roomStrKey(room, c.String("user_id")), nil); err != nil {
+			if err := tx.Bucket(bForgot).Put(roomStrKey(room, c.String("user_id")), u64(uint64(max(ts, 0)))); err != nil {
 				return err
 			}
 			t.Status = commands.TaskComplete

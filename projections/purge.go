@@ -276,3 +276,43 @@ func (s *Store) CutoffByTS(roomID string, ts int64) (depth, stream int64, ok boo
 	})
 	return depth, stream, ok, err
 }
+
+// ForgottenRooms lists the rooms whose local members have all left and
+// forgotten them, the last forget at least period before now (Synapse's
+// forgotten_room_retention_period). Rooms with any deletion task, and
+// rooms that never had a local member, are left out.
+func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, error) {
+	var out []string
+	err := s.ForEachRoom(func(roomID string, v *RoomView) bool {
+		local, eligible := 0, true
+		var last int64
+		v.CurrentMembers(func(user, membership string) bool {
+			if !commands.IsLocalUser(user, server) {
+				return true
+			}
+			local++
+			ts := v.bucket(bForgot).Get(roomStrKey(v.room, user))
+			if membership == "join" || membership == "invite" || membership == "knock" || ts == nil {
+				eligible = false
+				return false
+			}
+			if len(ts) == 8 {
+				last = max(last, int64(binary.BigEndian.Uint64(ts)))
+			}
+			return true
+		})
+		if local == 0 || !eligible || last+period > now {
+			return true
+		}
+		c := v.bucket(bRoomTask).Cursor()
+		prefix := u64(v.room)
+		for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if t, err := getTask(v.tx, string(k[16:])); err == nil && t != nil && (t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom) {
+				return true
+			}
+		}
+		out = append(out, roomID)
+		return true
+	})
+	return out, err
+}

@@ -62,8 +62,9 @@ type Main struct {
 	Projector  *projections.Projector
 	Metrics    *handlers.Metrics
 	Retention  *handlers.RetentionRunner
-	HTTPAddr   string // where the bridge listens ("" if off)
-	AdminToken string // the generated admin token, if any
+	Forgotten  *handlers.ForgottenRooms // nil unless forgotten_room_retention_period is set
+	HTTPAddr   string                   // where the bridge listens ("" if off)
+	AdminToken string                   // the generated admin token, if any
 
 	svc      *bus.Service
 	httpSrv  *http.Server
@@ -132,6 +133,11 @@ func (m *Main) Open(ctx context.Context) error {
 	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: time.Now,
 		Logger: m.Logger.With("component", "retention")}
 	m.background(runCtx, "retention", m.Retention.Run)
+	if c.ForgottenRoomRetentionPeriod != nil {
+		m.Forgotten = &handlers.ForgottenRooms{Period: c.ForgottenRoomRetentionPeriod.Duration, ServerName: c.ServerName,
+			Store: m.Store, Admin: admin, Now: time.Now, Logger: m.Logger.With("component", "forgotten-rooms")}
+		m.background(runCtx, "forgotten-rooms", m.Forgotten.Run)
+	}
 	m.svc, err = bus.Serve(m.NC, bus.ServiceOptions{
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"),
