@@ -44,6 +44,7 @@ type ServiceOptions struct {
 
 // Service is a running micro service.
 type Service struct {
+	nc   *nats.Conn
 	svc  micro.Service
 	sem  chan struct{}
 	wg   sync.WaitGroup
@@ -64,7 +65,7 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 	if opts.Version == "" {
 		opts.Version = "0.1.0"
 	}
-	s := &Service{sem: make(chan struct{}, opts.Workers), opts: opts}
+	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), opts: opts}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	svc, err := micro.AddService(nc, micro.Config{Name: opts.Name, Version: opts.Version, Description: "Matrix room history"})
 	if err != nil {
@@ -101,7 +102,7 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 			reply, err := s.call(ctx, ep, req)
 			if err != nil {
 				status = s.respondError(req, ep, err)
-			} else if rerr := req.Respond(reply); rerr != nil {
+			} else if rerr := s.reply(req, &nats.Msg{Data: reply}); rerr != nil {
 				s.opts.Logger.Warn("reply failed", "endpoint", ep.Name, "err", rerr)
 			}
 			if s.opts.Observe != nil {
@@ -131,10 +132,25 @@ func (s *Service) respondError(req micro.Request, ep Endpoint, err error) int {
 	}
 	e = commands.AsError(err)
 	body, _ := Encode(map[string]any{"errcode": e.Code, "error": e.Message})
-	if rerr := req.Error(strconv.Itoa(e.Status), e.Message, body); rerr != nil {
+	h := nats.Header{}
+	h.Set(micro.ErrorCodeHeader, strconv.Itoa(e.Status))
+	h.Set(micro.ErrorHeader, e.Message)
+	if rerr := s.reply(req, &nats.Msg{Header: h, Data: body}); rerr != nil {
 		s.opts.Logger.Warn("error reply failed", "endpoint", ep.Name, "err", rerr)
 	}
 	return e.Status
+}
+
+// reply answers from the worker goroutine. micro's own Respond and Error
+// record state that micro reads when the handler returns, so they must
+// not be called after the handler has handed the request to the pool; the
+// reply is published to the request's inbox directly instead.
+func (s *Service) reply(req micro.Request, msg *nats.Msg) error {
+	if req.Reply() == "" {
+		return nil
+	}
+	msg.Subject = req.Reply()
+	return s.nc.PublishMsg(msg)
 }
 
 // Stop stops taking requests and waits for the ones under way.

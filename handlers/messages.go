@@ -44,6 +44,15 @@ type Messages struct {
 	// Retention is the server's retention config: when enabled, non-state
 	// events older than the room's max_lifetime are hidden from users.
 	Retention Retention
+	// Backfill, if set, fills gaps from federation workers on backwards
+	// reads (SYNAPSE.md 1.4 step 6).
+	Backfill *Backfiller
+}
+
+// backfillNeed is what a backwards page found about gaps.
+type backfillNeed struct {
+	depth      int64 // the depth the read is at
+	foreground bool  // the page is too gappy or short to answer without trying
 }
 
 // MessagesRequest is the decoded request (CONTRACT.md section 4).
@@ -188,17 +197,59 @@ func (h *Messages) Read(ctx context.Context, roomID string, req *MessagesRequest
 			return nil, err
 		}
 	}
-	now := h.Now().UnixMilli()
-	var reply []byte
-	err := h.Store.View(roomID, func(v *projections.RoomView) error {
-		var err error
-		reply, err = h.page(v, roomID, req, now)
-		return err
-	})
+	reply, need, err := h.readOnce(roomID, req)
+	if err != nil || need == nil || h.Backfill == nil {
+		return reply, err
+	}
+	if !need.foreground {
+		h.Backfill.Background(roomID, need.depth, req.Limit)
+		return reply, nil
+	}
+	if !h.Backfill.Maybe(ctx, roomID, need.depth, req.Limit) {
+		return reply, nil // nothing came: the local page, at once
+	}
+	reply, _, err = h.readOnce(roomID, req)
 	return reply, err
 }
 
-func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesRequest, now int64) ([]byte, error) {
+func (h *Messages) readOnce(roomID string, req *MessagesRequest) ([]byte, *backfillNeed, error) {
+	now := h.Now().UnixMilli()
+	var reply []byte
+	var need *backfillNeed
+	err := h.Store.View(roomID, func(v *projections.RoomView) error {
+		var err error
+		reply, need, err = h.page(v, roomID, req, now)
+		return err
+	})
+	return reply, need, err
+}
+
+// backfillDecision is Synapse's (SYNAPSE.md 1.4 step 6): backfill in the
+// foreground when the page has a depth gap larger than 2, more than 3
+// single-event gaps, or fewer events than the limit; otherwise in the
+// background.
+func backfillDecision(rows []*projections.Row, limit int, depth int64) *backfillNeed {
+	need := &backfillNeed{depth: depth, foreground: len(rows) < limit}
+	gaps := 0
+	for i := 1; i < len(rows); i++ {
+		d := rows[i-1].Depth - rows[i].Depth
+		if d < 0 {
+			d = -d
+		}
+		if d > 2 {
+			need.foreground = true
+		}
+		if d > 1 {
+			gaps++
+		}
+	}
+	if gaps > 3 {
+		need.foreground = true
+	}
+	return need
+}
+
+func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesRequest, now int64) ([]byte, *backfillNeed, error) {
 	// Step 1: the from token.
 	var from commands.StreamToken
 	fromGiven := req.From != nil
@@ -216,7 +267,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	rc := &readContext{v: v, roomID: roomID, req: req, now: now, h: h}
 	if !req.Admin {
 		if err := rc.checkAccess(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		// Step 4: a departed user paging backwards is clamped to their
 		// leave event; start shows the clamped token.
@@ -241,8 +292,21 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		}
 		var err error
 		if res, err = v.Paginate(q); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+	}
+	// Step 6: decide about backfill (the caller runs it outside this
+	// read transaction).
+	var need *backfillNeed
+	if req.Backwards && req.Limit > 0 {
+		depth := from.Room.Topological
+		if !from.Room.IsTopological || depth == 0 {
+			depth, _, _ = v.MaxPosition()
+			if len(res.Rows) > 0 {
+				depth = res.Rows[0].Depth
+			}
+		}
+		need = backfillDecision(res.Rows, req.Limit, depth)
 	}
 	// Step 7: next_key.
 	next := from.Room
@@ -262,7 +326,8 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	}
 	// Step 8: the end of the timeline.
 	if !res.Limited && len(rows) == 0 {
-		return encodeReply(from.String(), "", nil, nil)
+		reply, err := encodeReply(from.String(), "", nil, nil)
+		return reply, need, err
 	}
 	// Step 9: the filter's after-limit part, then visibility.
 	visible := rows[:0:0]
@@ -296,7 +361,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 			opts.membership = memberships[i]
 		}
 		if err := enc.event(r, opts); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if enc.buf.Len() > maxReply-replyMargin && i > 0 {
 			// The reply would pass max_payload: end at the last whole
@@ -313,10 +378,11 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	if req.Filter != nil && req.Filter.LazyLoadMembers && len(visible) > 0 {
 		var err error
 		if state, err = rc.lazyMembers(visible); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return encodeReply(from.String(), end.String(), &enc, state)
+	reply, err := encodeReply(from.String(), end.String(), &enc, state)
+	return reply, need, err
 }
 
 // encodeReply writes {chunk, start, end?, state?}; end "" is left out.

@@ -36,8 +36,10 @@ func TestForgottenRooms(t *testing.T) {
 	recent := mk("recent", true, time.Hour)
 	joined := mk("joined", false, 0)
 	seq := pub.Command(t, map[string]any{"id": "sync", "action": "forget", "room_id": joined.ID, "params": map[string]any{"user_id": "@nobody:test"}})
-	if _, err := m.messages(t, joined.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
-		t.Fatal(err)
+	for _, r := range []*testenv.Room{old, recent, joined} {
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	n, err := m.Forgotten.RunOnce(context.Background())
 	if err != nil || n != 1 {

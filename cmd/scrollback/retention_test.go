@@ -49,8 +49,10 @@ func TestRetention_JobPurgesByReceivedTime(t *testing.T) {
 	}
 	all := append(append(append(append([]testenv.Event{}, evs...), old...), fresh...), levs...)
 	seqs := m.publisher().Publish(t, all...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
+	for _, id := range []string{room.ID, long.ID} {
+		if _, err := m.messages(t, id, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
 	if err != nil || n != 1 {

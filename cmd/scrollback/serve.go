@@ -128,7 +128,10 @@ func (m *Main) Open(ctx context.Context) error {
 		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName}
 	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
-		Retention: retentionConfig(c.Retention)}
+		Retention: retentionConfig(c.Retention),
+		Backfill: &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
+			Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
+			Backoff: c.Backfill.Backoff.Duration, Now: time.Now, Logger: m.Logger.With("component", "backfill")}}
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now, ServerName: c.ServerName}
 	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: time.Now,
 		Logger: m.Logger.With("component", "retention")}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// gappyRoom: a room whose full history (60 events) the federation worker
+// knows, of which the local log has events 6-10 (a gap at the start) and
+// 41-60 (a gap in the middle).
+func gappyRoom(t *testing.T, m *Main, name string) (*testenv.Room, []testenv.Event) {
+	t.Helper()
+	r := testenv.NewRoom(name, "test")
+	full := r.Setup(alice)
+	for len(full) < 60 {
+		full = append(full, r.Msg("@remote:other.org", name))
+	}
+	seqs := m.publisher().Publish(t, append(append([]testenv.Event{}, full[5:10]...), full[40:]...)...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	return r, full
+}
+
+func backfillMain(t *testing.T, timeout time.Duration) *Main {
+	return startMain(t, func(c *Config) { c.Backfill.Timeout = commands.DurationOf(timeout) })
+}
+
+func TestBackfill_ForegroundFillsTheGap(t *testing.T) {
+	m := backfillMain(t, 2*time.Second)
+	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+	r, full := gappyRoom(t, m, "gappy")
+	fed.Serve(r.ID, full...)
+	// 20 local events for a limit of 30: a short page, so the read
+	// backfills in the foreground and answers with the filled page.
+	p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := chunkIDs(p), rev(ids(full[30:])); !same(got, want) {
+		t.Fatalf("filled page:\n got  %v\n want %v", got, want)
+	}
+	reqs := fed.Requests()
+	if len(reqs) == 0 || reqs[0]["room_id"] != r.ID {
+		t.Fatalf("requests = %v", reqs)
+	}
+	ev := reqs[0]["event_ids"].([]any)
+	if len(ev) == 0 || len(ev) > 5 || ev[0] != full[39].ID() {
+		t.Fatalf("asked about %v, want the extremity %s first", ev, full[39].ID())
+	}
+	if n, _ := commands.AsInt(reqs[0]["limit"]); n != 100 {
+		t.Fatalf("limit = %v", reqs[0]["limit"])
+	}
+	// Everything is there now, the start gap included, each event once
+	// (events already known in the reply were dropped), in order.
+	p, _ = m.messages(t, r.ID, map[string]any{"admin": true, "dir": "f", "limit": 100})
+	if got := chunkIDs(p); !same(got, ids(full)) {
+		t.Fatalf("whole room after backfill:\n got  %v\n want %v", got, ids(full))
+	}
+}
+
+func TestBackfill_NeverHangsAndBacksOff(t *testing.T) {
+	t.Run("no federation worker", func(t *testing.T) {
+		m := backfillMain(t, 2*time.Second)
+		r, full := gappyRoom(t, m, "alone")
+		start := time.Now()
+		p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30})
+		if err != nil || !same(chunkIDs(p), localPage(full)) {
+			t.Fatalf("local page: %v %v", chunkIDs(p), err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("a read without responders took %s", d)
+		}
+	})
+	t.Run("silent worker: the local page after the timeout, then back-off", func(t *testing.T) {
+		m := backfillMain(t, 300*time.Millisecond)
+		fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+		fed.SetSilent(true)
+		r, full := gappyRoom(t, m, "silent")
+		p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30})
+		if err != nil || !same(chunkIDs(p), localPage(full)) {
+			t.Fatalf("local page: %v %v", chunkIDs(p), err)
+		}
+		n := len(fed.Requests())
+		start := time.Now()
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30}); err != nil {
+			t.Fatal(err)
+		}
+		if len(fed.Requests()) != n {
+			t.Fatal("an extremity in back-off was asked again")
+		}
+		if d := time.Since(start); d > 250*time.Millisecond {
+			t.Fatalf("the read after a failure took %s (back-off should make it local)", d)
+		}
+	})
+	t.Run("error replies back off too", func(t *testing.T) {
+		m := backfillMain(t, 2*time.Second)
+		fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+		fed.SetFail(true)
+		r, _ := gappyRoom(t, m, "failing")
+		for range 3 {
+			if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := len(fed.Requests()); n != 1 {
+			t.Fatalf("%d requests, want 1 (then back-off)", n)
+		}
+	})
+}
+
+func TestBackfill_ConcurrentReadsShareOneRequest(t *testing.T) {
+	m := backfillMain(t, 3*time.Second)
+	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+	fed.SetDelay(300 * time.Millisecond)
+	r, full := gappyRoom(t, m, "shared")
+	fed.Serve(r.ID, full...)
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := len(fed.Requests()); n != 1 {
+		t.Fatalf("%d backfill requests for 5 concurrent reads, want 1", n)
+	}
+}
+
+func TestBackfill_BackgroundAndNotBelowPurge(t *testing.T) {
+	t.Run("background", func(t *testing.T) {
+		m := backfillMain(t, 2*time.Second)
+		fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+		r, full := gappyRoom(t, m, "bg")
+		fed.Serve(r.ID, full...)
+		// A full, contiguous page answers at once and backfills behind it.
+		p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 10})
+		if err != nil || !same(chunkIDs(p), rev(ids(full[50:]))) {
+			t.Fatalf("page: %v %v", chunkIDs(p), err)
+		}
+		testenv.WaitFor(t, 10*time.Second, "the background backfill", func() bool {
+			p, _ := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "f", "limit": 100})
+			return len(chunkIDs(p)) == len(full)
+		})
+	})
+	t.Run("no backfill below a purge cut-off", func(t *testing.T) {
+		m := backfillMain(t, 2*time.Second)
+		fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+		r, full := gappyRoom(t, m, "purged")
+		fed.Serve(r.ID, full...)
+		seq := m.publisher().Command(t, map[string]any{"id": "cut", "action": "purge_history", "room_id": r.ID,
+			"params": map[string]any{"token": "t45-0"}})
+		p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30, "wait_for": seq})
+		if err != nil || !same(chunkIDs(p), rev(ids(full[44:]))) {
+			t.Fatalf("page: %v %v", chunkIDs(p), err)
+		}
+		if n := len(fed.Requests()); n != 0 {
+			t.Fatalf("%d backfill requests below the purge cut-off", n)
+		}
+	})
+}
+
+// localPage is what the gappy room holds locally, newest first.
+func localPage(full []testenv.Event) []string {
+	return rev(ids(append(append([]testenv.Event{}, full[5:10]...), full[40:]...)))
+}
+
+func rev(s []string) []string {
+	out := make([]string, len(s))
+	for i := range s {
+		out[len(s)-1-i] = s[i]
+	}
+	return out
+}
+
+func same(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,267 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// Synapse's backfill constants (SYNAPSE.md 11).
+const (
+	backfillLimit      = 100 // events asked for, and how far above the requested depth a point may be
+	backfillMaxPoints  = 5
+	backfillMaxBackoff = 8 // the back-off doubles up to 2^8 times
+	backgroundBackfill = 4 // background backfills at once
+)
+
+// Backfiller asks federation workers for history the room is missing
+// (sb.backfill) and appends what they return to the room's log as
+// backfilled events, so it reaches the timeline like every other event.
+// It never fails or hangs a read: no responder, an error or a timeout
+// leave the page as it is and put the extremities in exponential
+// back-off. Concurrent reads of a room share one request.
+type Backfiller struct {
+	Req      Requester
+	Log      Appender
+	Waiter   Waiter
+	Store    *projections.Store
+	Subjects bus.Subjects
+	// Timeout bounds a request and the wait for its events (backfill.timeout).
+	Timeout time.Duration
+	// Backoff is the first retry delay of a failed extremity (backfill.backoff).
+	Backoff time.Duration
+	Now     func() time.Time
+	Logger  *slog.Logger
+
+	mu       sync.Mutex
+	inflight map[string]*backfillCall
+	failures map[string]backoffState // room|event ID -> back-off
+	bg       chan struct{}
+}
+
+type backfillCall struct {
+	done chan struct{}
+	did  bool
+}
+
+type backoffState struct {
+	attempts int
+	until    time.Time
+}
+
+// point is a backward extremity with its approximate depth (the depth of
+// the known event that names it).
+type point struct {
+	id    string
+	depth int64
+}
+
+func (b *Backfiller) init() {
+	if b.inflight == nil {
+		b.inflight = map[string]*backfillCall{}
+		b.failures = map[string]backoffState{}
+		b.bg = make(chan struct{}, backgroundBackfill)
+	}
+}
+
+// Background starts Maybe in the background unless too many are running.
+func (b *Backfiller) Background(roomID string, depth int64, limit int) {
+	b.mu.Lock()
+	b.init()
+	b.mu.Unlock()
+	select {
+	case b.bg <- struct{}{}:
+	default:
+		return // busy: a later read will ask again
+	}
+	go func() {
+		defer func() { <-b.bg }()
+		ctx, cancel := context.WithTimeout(context.Background(), b.timeout()+WaitForTimeout)
+		defer cancel()
+		b.Maybe(ctx, roomID, depth, limit)
+	}()
+}
+
+func (b *Backfiller) timeout() time.Duration {
+	if b.Timeout <= 0 {
+		return 10 * time.Second
+	}
+	return b.Timeout
+}
+
+// Maybe is Synapse's maybe_backfill: it picks up to 5 backfill points near
+// depth, asks the federation workers for their history, appends it to the
+// log and waits until it is applied. It reports whether any event came.
+func (b *Backfiller) Maybe(ctx context.Context, roomID string, depth int64, limit int) bool {
+	b.mu.Lock()
+	b.init()
+	if c, ok := b.inflight[roomID]; ok {
+		b.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.did
+		case <-ctx.Done():
+			return false
+		}
+	}
+	points, err := b.points(roomID, depth, limit)
+	if err != nil || len(points) == 0 {
+		b.mu.Unlock()
+		return false
+	}
+	c := &backfillCall{done: make(chan struct{})}
+	b.inflight[roomID] = c
+	b.mu.Unlock()
+	c.did = b.fetch(ctx, roomID, points)
+	b.mu.Lock()
+	delete(b.inflight, roomID)
+	b.mu.Unlock()
+	close(c.done)
+	return c.did
+}
+
+// points chooses the extremities to ask about (b.mu held).
+func (b *Backfiller) points(roomID string, depth int64, limit int) ([]point, error) {
+	var all []point
+	err := b.Store.View(roomID, func(v *projections.RoomView) error {
+		floor := v.Floor()
+		for id, d := range v.Extremities(true) {
+			if d <= floor {
+				continue // never backfill into purged history
+			}
+			all = append(all, point{id, d})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	now := b.Now()
+	var near []point
+	for _, p := range all {
+		if p.depth > depth+backfillLimit {
+			continue
+		}
+		if st, ok := b.failures[roomID+"|"+p.id]; ok && now.Before(st.until) {
+			continue
+		}
+		near = append(near, p)
+	}
+	if len(near) == 0 {
+		return nil, nil
+	}
+	// Closest to the requested depth first, then the older one.
+	slices.SortFunc(near, func(x, y point) int {
+		dx, dy := abs(depth-x.depth), abs(depth-y.depth)
+		if dx != dy {
+			return int(dx - dy)
+		}
+		return int(x.depth - y.depth)
+	})
+	if depth-2*int64(limit) > near[0].depth {
+		return nil, nil // not close enough yet
+	}
+	return near[:min(len(near), backfillMaxPoints)], nil
+}
+
+func abs(x int64) int64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+// fetch asks sb.backfill and appends the reply's events.
+func (b *Backfiller) fetch(ctx context.Context, roomID string, points []point) bool {
+	ctx, cancel := context.WithTimeout(ctx, b.timeout())
+	defer cancel()
+	ids := make([]any, len(points))
+	for i, p := range points {
+		ids[i] = p.id
+	}
+	data, err := b.Req.Request(ctx, b.Subjects.Backfill(), map[string]any{"room_id": roomID, "event_ids": ids, "limit": int64(backfillLimit)})
+	var events []any
+	if err == nil {
+		var m map[string]any
+		if m, err = bus.DecodeMap(data, bus.DefaultLimits); err == nil {
+			events, _ = m["events"].([]any)
+		}
+	}
+	appended, last, aerr := b.append(ctx, roomID, events)
+	if err == nil {
+		err = aerr
+	}
+	if err != nil || appended == 0 {
+		b.failed(roomID, points)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			b.Logger.Debug("backfill gave nothing", "room_id", roomID, "err", err)
+		}
+		if appended == 0 {
+			return false
+		}
+	}
+	if err := b.Waiter.WaitFor(ctx, roomID, last); err != nil {
+		return false
+	}
+	return true
+}
+
+// append publishes the reply's events to the room's log as backfilled
+// events. Events of another room or that fail validation are skipped; the
+// projection drops duplicates and events below a purge cut-off.
+func (b *Backfiller) append(ctx context.Context, roomID string, events []any) (int, uint64, error) {
+	n := 0
+	var last uint64
+	for _, raw := range events {
+		ev, ok := raw.(map[string]any)
+		if !ok {
+			continue
+		}
+		ev["backfilled"] = true
+		delete(ev, "outlier")
+		if _, err := commands.EventFromMap(ev, roomID); err != nil {
+			continue
+		}
+		data, err := bus.Encode(ev)
+		if err != nil {
+			continue
+		}
+		id, _ := ev["event_id"].(string)
+		seq, err := b.Log.Append(ctx, b.Subjects.Room(roomID, commands.KindEvent), id, data)
+		if err != nil {
+			return n, last, fmt.Errorf("append backfilled event: %w", err)
+		}
+		n++
+		last = seq
+	}
+	return n, last, nil
+}
+
+// failed puts the points in exponential back-off: Backoff, doubling up
+// to 2^8 times.
+func (b *Backfiller) failed(roomID string, points []point) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	base := b.Backoff
+	if base <= 0 {
+		base = time.Hour
+	}
+	now := b.Now()
+	for _, p := range points {
+		k := roomID + "|" + p.id
+		st := b.failures[k]
+		st.attempts++
+		mult := math.Pow(2, float64(min(st.attempts-1, backfillMaxBackoff)))
+		st.until = now.Add(time.Duration(float64(base) * mult))
+		b.failures[k] = st
+	}
+}
