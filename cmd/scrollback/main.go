@@ -20,6 +20,7 @@ commands:
   bench   measure ingest and /messages against the floor
   rebuild replace the projection by one rebuilt from the log (service stopped)
   compact give back the disk space purges freed in the projection (service stopped)
+  verify  compare the projection with a rebuild from the log (service stopped)
   version print the version
 
 Run 'scrollback <command> -h' for the flags of a command.
@@ -51,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runRebuild(ctx, args[1:], stdout)
 	case "compact":
 		err = runCompact(ctx, args[1:], stdout)
+	case "verify":
+		err = runVerify(ctx, args[1:], stdout)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "scrollback", version)
 	case "help", "-h", "--help":

@@ -33,32 +33,101 @@ func runRebuild(ctx context.Context, args []string, out io.Writer) error {
 func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
 	tmp := dbPath + ".rebuild"
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+	start := time.Now()
+	last, err := buildFromLog(ctx, cfg, tmp)
+	if err != nil {
 		return err
+	}
+	if _, err := os.Stat(dbPath); err == nil {
+		if err := os.Rename(dbPath, dbPath+".prev"); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, dbPath); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (previous file kept as %s.prev)\n", dbPath, last, time.Since(start).Round(time.Millisecond), filepath.Base(dbPath))
+	return nil
+}
+
+// runVerify is `scrollback verify`: with the service stopped, rebuild the
+// projection from the log into a temporary file and compare it with the
+// live one (timelines, state, extremities, forgotten users, relations,
+// tasks). It reports the differences and fails if there are any.
+func runVerify(ctx context.Context, args []string, out io.Writer) error {
+	cfg, err := ParseServeFlags(args)
+	if err != nil {
+		return err
+	}
+	n, err := verifyProjection(ctx, cfg, out)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("verify: %d differences between the projection and a rebuild from the log", n)
+	}
+	return nil
+}
+
+func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, error) {
+	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	tmp := dbPath + ".verify"
+	defer os.Remove(tmp)
+	if _, err := buildFromLog(ctx, cfg, tmp); err != nil {
+		return 0, err
+	}
+	digest := func(path string) (projections.Digest, error) {
+		s, err := projections.Open(path, projections.Options{})
+		if err != nil {
+			return nil, err
+		}
+		defer s.Close()
+		return s.Digest()
+	}
+	live, err := digest(dbPath)
+	if err != nil {
+		return 0, fmt.Errorf("verify: the live projection (is scrollback serve still running?): %w", err)
+	}
+	rebuilt, err := digest(tmp)
+	if err != nil {
+		return 0, err
+	}
+	diff := live.Diff(rebuilt)
+	for _, d := range diff {
+		fmt.Fprintln(out, d)
+	}
+	fmt.Fprintf(out, "verify: %d aspects compared, %d differences\n", len(live), len(diff))
+	return len(diff), nil
+}
+
+// buildFromLog applies the whole log into a new projection file at path
+// and runs the janitor to the end. It returns the log's last sequence.
+func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
 	}
 	m := &Main{Config: cfg, Logger: slog.New(slog.DiscardHandler)}
 	m.Config.NATS.Listen = "" // nothing else may reach the log meanwhile
 	if err := m.openLog(ctx); err != nil {
 		m.Close()
-		return err
+		return 0, err
 	}
 	defer m.Close()
-	start := time.Now()
 	store, err := projections.Open(tmp, projections.Options{ServerName: cfg.ServerName})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	subjects := bus.Subjects{Prefix: cfg.NATS.SubjectPrefix}
 	log := &bus.Log{JS: m.JS, Stream: cfg.NATS.Stream, Subjects: subjects}
 	last, err := log.LastSeq(ctx)
 	if err != nil {
 		store.Close()
-		return err
+		return 0, err
 	}
 	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken(cfg.NATS.SubjectPrefix), Logger: m.Logger}
 	if err := p.Init(); err != nil {
 		store.Close()
-		return err
+		return 0, err
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -78,18 +147,9 @@ func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("rebuild: %w", err)
+		return 0, fmt.Errorf("rebuild: %w", err)
 	}
-	if _, err := os.Stat(dbPath); err == nil {
-		if err := os.Rename(dbPath, dbPath+".prev"); err != nil {
-			return err
-		}
-	}
-	if err := os.Rename(tmp, dbPath); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (previous file kept as %s.prev)\n", dbPath, last, time.Since(start).Round(time.Millisecond), filepath.Base(dbPath))
-	return nil
+	return last, nil
 }
 
 // waitAll waits until every partition has applied the log up to seq.

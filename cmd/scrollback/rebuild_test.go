@@ -2,8 +2,14 @@ package main
 
 import (
 	"bytes"
+	"path/filepath"
+	"strings"
+
 	"context"
 	"fmt"
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
 	"net/url"
 	"reflect"
 	"testing"
@@ -78,6 +84,11 @@ func TestRebuild_AfterPurgesGivesIdenticalReads(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// The live projection equals a rebuild from the log.
+	var vout bytes.Buffer
+	if n, err := verifyProjection(context.Background(), m.Config, &vout); err != nil || n != 0 {
+		t.Fatalf("verify: %d differences, %v\n%s", n, err, vout.String())
+	}
 	var out bytes.Buffer
 	if err := rebuildProjection(context.Background(), m.Config, &out); err != nil {
 		t.Fatal(err)
@@ -97,5 +108,38 @@ func TestRebuild_AfterPurgesGivesIdenticalReads(t *testing.T) {
 		if task == nil || task.Status != "complete" {
 			t.Fatalf("task %s after rebuild: %+v", id, task)
 		}
+	}
+}
+
+// TestVerify_FindsADifference: a projection changed behind the log's back
+// (here: a block flag written straight into the file) fails verify.
+func TestVerify_FindsADifference(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("tampered", "test")
+	seqs := m.publisher().Publish(t, r.Setup(alice)...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := m.Config
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := projections.Open(filepath.Join(cfg.DataDir, "scrollback.db"), projections.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := bus.Encode(map[string]any{"id": "sneaky", "action": "block_room", "room_id": r.ID, "params": map[string]any{"block": true}})
+	e := bus.Subjects{Prefix: "sb"}.Decode(1<<40, bus.Subjects{Prefix: "sb"}.Room(r.ID, "cmd"), data, 0)
+	if _, err := s.ApplyBatch(projections.PartitionOf(bus.RoomKey(r.ID), s.Partitions()), []commands.LogEntry{e}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	var out bytes.Buffer
+	n, err := verifyProjection(context.Background(), cfg, &out)
+	if err != nil || n == 0 {
+		t.Fatalf("verify found %d differences (%v):\n%s", n, err, out.String())
+	}
+	if !strings.Contains(out.String(), "task sneaky: only in the first") {
+		t.Fatalf("report:\n%s", out.String())
 	}
 }

@@ -1,0 +1,101 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Digest is a logical dump of a projection: one entry per room aspect
+// (timeline, state, extremities, forgotten users, flags) and per task,
+// free of what may differ between two files holding the same history
+// (room numbers, page layout, the janitor's counters, queued erasures).
+// Two projections of the same log must have equal digests.
+type Digest map[string]string
+
+// Digest computes the projection's digest.
+func (s *Store) Digest() (Digest, error) {
+	d := Digest{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bRooms).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			roomID, room := string(k), binary.BigEndian.Uint64(v)
+			if err := digestRoom(tx, d, roomID, room); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bTasks).ForEach(func(k, v []byte) error {
+			t, err := getTask(tx, string(k))
+			if err != nil || t == nil {
+				return err
+			}
+			d["task "+t.ID] = fmt.Sprintf("%s %s %s %s updates=%d result=%v", t.Action, t.RoomID, t.Status, t.Error, t.Updates, t.Result)
+			return nil
+		})
+	})
+	return d, err
+}
+
+func digestRoom(tx *bolt.Tx, d Digest, roomID string, room uint64) error {
+	prefix := u64(room)
+	var b strings.Builder
+	c := tx.Bucket(bTimeline).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		_, depth, stream := parseTLKey(k)
+		r, err := unmarshalRow(v)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %d %d %d %x\n", r.EventID, depth, stream, r.Flags, r.Content)
+	}
+	d["room "+roomID+" timeline"] = b.String()
+	meta, err := getRoomMeta(tx, room)
+	if err != nil {
+		return err
+	}
+	d["room "+roomID+" meta"] = fmt.Sprintf("blocked=%v by=%s floor=%d purged_to=%d", meta.Blocked, meta.BlockedBy, meta.Floor, meta.PurgedTo)
+	lines := func(bucket []byte, val bool) string {
+		var out []string
+		c := tx.Bucket(bucket).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if val {
+				out = append(out, fmt.Sprintf("%q=%x", k[8:], v))
+			} else {
+				out = append(out, fmt.Sprintf("%q", k[8:]))
+			}
+		}
+		slices.Sort(out)
+		return strings.Join(out, "\n")
+	}
+	d["room "+roomID+" state"] = lines(bState, true)
+	d["room "+roomID+" forward extremities"] = lines(bFwd, true)
+	d["room "+roomID+" backward extremities"] = lines(bBack, true)
+	d["room "+roomID+" forgotten"] = lines(bForgot, false)
+	d["room "+roomID+" relations"] = lines(bRelCount, true)
+	return nil
+}
+
+// Diff lists what differs between two digests, one line per key.
+func (a Digest) Diff(b Digest) []string {
+	var out []string
+	for k, va := range a {
+		vb, ok := b[k]
+		switch {
+		case !ok:
+			out = append(out, k+": only in the first")
+		case va != vb:
+			out = append(out, k+": differs")
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out = append(out, k+": only in the second")
+		}
+	}
+	slices.Sort(out)
+	return out
+}
