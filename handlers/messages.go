@@ -326,7 +326,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	}
 	// Step 8: the end of the timeline.
 	if !res.Limited && len(rows) == 0 {
-		reply, err := encodeReply(from.String(), "", nil, nil)
+		reply, err := encodeReply(from.String(), "", nil, nil, nil)
 		return reply, need, err
 	}
 	// Step 9: the filter's after-limit part, then visibility.
@@ -381,16 +381,57 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 			return nil, nil, err
 		}
 	}
-	reply, err := encodeReply(from.String(), end.String(), &enc, state)
+	reply, err := encodeReply(from.String(), end.String(), &enc, state, gaps(v, visible, from, req.Backwards))
 	return reply, need, err
 }
 
-// encodeReply writes {chunk, start, end?, state?}; end "" is left out.
-func encodeReply(start, end string, chunk *clientEncoder, state *clientEncoder) ([]byte, error) {
+// gapsKey is MSC3871's unstable field.
+const gapsKey = "org.matrix.msc3871.gaps"
+
+// gaps lists the events of the chunk whose parents the room does not hold
+// (MSC3871): after any backfill, the holes a client may try to fill, with
+// the tokens on either side of the event in pagination order. Events at or
+// below a purge cut-off are not gaps: that history is gone on purpose.
+func gaps(v *projections.RoomView, rows []*projections.Row, from commands.StreamToken, backwards bool) []any {
+	if !v.HasGaps() {
+		return nil
+	}
+	var out []any
+	for _, r := range rows {
+		if r.Depth <= v.Floor() {
+			continue
+		}
+		missing := false
+		for _, p := range r.Prevs() {
+			if !v.Holds(p) {
+				missing = true
+				break
+			}
+		}
+		if !missing {
+			continue
+		}
+		before := from.WithRoom(commands.RoomToken{Topological: r.Depth, Stream: r.Stream - 1, IsTopological: true}).String()
+		after := from.WithRoom(commands.RoomToken{Topological: r.Depth, Stream: r.Stream, IsTopological: true}).String()
+		prev, next := before, after
+		if backwards {
+			prev, next = after, before
+		}
+		out = append(out, map[string]any{"event_id": r.EventID, "prev_pagination_token": prev, "next_pagination_token": next})
+	}
+	return out
+}
+
+// encodeReply writes {chunk, start, end?, state?, gaps?}; end "" is left
+// out, and so are empty state and gaps.
+func encodeReply(start, end string, chunk *clientEncoder, state *clientEncoder, gaps []any) ([]byte, error) {
 	var buf bytes.Buffer
 	e := msgpack.NewEncoder(&buf)
 	n := 2
 	if end != "" {
+		n++
+	}
+	if len(gaps) > 0 {
 		n++
 	}
 	if state != nil && state.n > 0 {
@@ -414,6 +455,12 @@ func encodeReply(start, end string, chunk *clientEncoder, state *clientEncoder) 
 		_ = e.EncodeString("state")
 		_ = e.EncodeArrayLen(state.n)
 		buf.Write(state.buf.Bytes())
+	}
+	if len(gaps) > 0 {
+		_ = e.EncodeString(gapsKey)
+		if err := e.Encode(gaps); err != nil {
+			return nil, err
+		}
 	}
 	return buf.Bytes(), nil
 }

@@ -194,3 +194,20 @@ func (v *RoomView) HasRelations(target string) bool {
 	got, _ := v.bucket(bRel).Cursor().Seek(k)
 	return got != nil && bytes.HasPrefix(got, k)
 }
+
+// HasGaps reports whether the room has backward extremities (events it
+// names but does not hold): one seek.
+func (v *RoomView) HasGaps() bool {
+	if v.room == 0 {
+		return false
+	}
+	prefix := u64(v.room)
+	k, _ := v.bucket(bBack).Cursor().Seek(prefix)
+	return k != nil && bytes.HasPrefix(k, prefix)
+}
+
+// Holds reports whether the room holds an event (timeline or outlier).
+func (v *RoomView) Holds(eventID string) bool {
+	loc, ok := parseLoc(v.bucket(bEvents).Get([]byte(eventID)))
+	return ok && loc.room == v.room
+}

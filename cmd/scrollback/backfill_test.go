@@ -75,6 +75,19 @@ func TestBackfill_NeverHangsAndBacksOff(t *testing.T) {
 		if d := time.Since(start); d > time.Second {
 			t.Fatalf("a read without responders took %s", d)
 		}
+		// MSC3871: the gaps the read could not fill, after full[40] and
+		// full[5] (their parents are missing), with tokens around them.
+		gaps, _ := p["org.matrix.msc3871.gaps"].([]any)
+		if len(gaps) != 2 {
+			t.Fatalf("gaps = %v", gaps)
+		}
+		g := gaps[0].(map[string]any)
+		if g["event_id"] != full[40].ID() || g["prev_pagination_token"] == g["next_pagination_token"] {
+			t.Fatalf("first gap = %v", g)
+		}
+		if gaps[1].(map[string]any)["event_id"] != full[5].ID() {
+			t.Fatalf("second gap = %v", gaps[1])
+		}
 	})
 	t.Run("silent worker: the local page after the timeout, then back-off", func(t *testing.T) {
 		m := backfillMain(t, 300*time.Millisecond)
