@@ -111,7 +111,7 @@ func ParseFilter(v any) (*Filter, error) {
 		}
 		return parseFilterFields(func(k string) any { return m[k] })
 	}
-	if !truthy(v) {
+	if !Truthy(v) {
 		return nil, nil
 	}
 	return nil, errFilterNotObject()
@@ -148,7 +148,7 @@ func parseFilterFields(get func(string) any) (*Filter, error) {
 	if b, ok := get("contains_url").(bool); ok {
 		f.ContainsURL = &b
 	}
-	f.LazyLoadMembers = truthy(get("lazy_load_members"))
+	f.LazyLoadMembers = Truthy(get("lazy_load_members"))
 	if s, ok := get("event_format").(string); ok && s == "federation" {
 		f.FederationFormat = true
 	}
@@ -201,8 +201,8 @@ func errEntryTooLong(name string) *Error {
 	return Errorf(400, CodeInvalidParam, "filter field '%s' has an entry longer than %d bytes", name, MaxFilterStringLen)
 }
 
-// truthy is Python's bool() of a decoded JSON/MessagePack value.
-func truthy(v any) bool {
+// Truthy is Python's bool() of a decoded JSON/MessagePack value.
+func Truthy(v any) bool {
 	switch x := v.(type) {
 	case nil:
 		return false

@@ -83,9 +83,9 @@ func (a *Admin) roomOf(subject string, data []byte) (string, map[string]any, err
 	if err != nil {
 		return "", nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
 	}
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	m, err := decodeRequest(data)
 	if err != nil {
-		return "", nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+		return "", nil, err
 	}
 	if !commands.ValidRoomID(roomID) {
 		return "", nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
@@ -136,11 +136,11 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 	if err != nil {
 		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
 	}
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	m, err := decodeRequest(data)
 	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+		return nil, err
 	}
-	deleteLocal := truthy(m["delete_local_events"])
+	deleteLocal := commands.Truthy(m["delete_local_events"])
 	var token string
 	eventID, _ := m["event_id"].(string)
 	if v, ok := m["event_id"]; ok && v != nil && eventID == "" {
@@ -187,9 +187,9 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 // complete and failed through and every other status to active, and adds
 // the failure reason.
 func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	m, err := decodeRequest(data)
 	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+		return nil, err
 	}
 	id, _ := m["purge_id"].(string)
 	if id == "" {
@@ -217,26 +217,6 @@ func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([
 
 func hasKey(m map[string]any, k string) bool { _, ok := m[k]; return ok }
 
-// truthy is Python's bool() of a JSON value.
-func truthy(v any) bool {
-	switch x := v.(type) {
-	case nil:
-		return false
-	case bool:
-		return x
-	case string:
-		return x != ""
-	case float64:
-		return x != 0
-	case []any:
-		return len(x) > 0
-	case map[string]any:
-		return len(x) > 0
-	}
-	n, ok := commands.AsInt(v)
-	return !ok || n != 0
-}
-
 // Delete answers sb.api.room.<rk>.delete, the Delete Room API (SYNAPSE.md
 // 7.1, 7.2, 7.5), in Synapse's validation order. It publishes a
 // shutdown_and_purge_room command and replies {delete_id} once it is
@@ -247,9 +227,9 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	if err != nil {
 		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
 	}
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	m, err := decodeRequest(data)
 	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+		return nil, err
 	}
 	params := map[string]any{}
 	for _, k := range []string{"block", "purge", "force_purge"} {
@@ -383,9 +363,9 @@ func (a *Admin) DeleteStatusByRoom(ctx context.Context, subject string, data []b
 // DeleteStatus answers sb.api.delete_status {delete_id}: the task in any
 // status.
 func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	m, err := decodeRequest(data)
 	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+		return nil, err
 	}
 	id, _ := m["delete_id"].(string)
 	var t *commands.Task
@@ -398,4 +378,14 @@ func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) (
 		return nil, commands.Errorf(404, commands.CodeNotFound, "delete id '%s' not found", id)
 	}
 	return bus.Encode(deleteTask(t))
+}
+
+// decodeRequest decodes a request payload: a MessagePack map, or 400
+// M_BAD_JSON (the empty payload included: it is never taken for {}).
+func decodeRequest(data []byte) (map[string]any, error) {
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+	}
+	return m, nil
 }

@@ -190,7 +190,7 @@ func (b *Bridge) purgeHistory(ctx context.Context, r *http.Request, id Identity)
 	if err != nil {
 		return nil, err
 	}
-	req := map[string]any{"delete_local_events": truthy(body["delete_local_events"]), "requested_by": id.UserID}
+	req := map[string]any{"delete_local_events": commands.Truthy(body["delete_local_events"]), "requested_by": id.UserID}
 	if ev := r.PathValue("eventId"); ev != "" {
 		req["event_id"] = ev
 	} else if ev, ok := body["purge_up_to_event_id"]; ok && ev != nil {

@@ -172,9 +172,9 @@ func (h *Messages) Handle(ctx context.Context, subject string, data []byte) ([]b
 	if err != nil {
 		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
 	}
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	m, err := decodeRequest(data)
 	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
+		return nil, err
 	}
 	req, err := ParseMessagesRequest(m)
 	if err != nil {

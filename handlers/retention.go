@@ -51,25 +51,33 @@ func (r *RetentionRunner) Run(ctx context.Context) {
 	for _, job := range r.Config.Jobs {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			t := time.NewTicker(job.Interval)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
+			every(ctx, job.Interval, func() {
 				n, err := r.RunJob(ctx, job)
 				if err != nil {
 					r.Logger.Warn("retention job failed", "interval", job.Interval, "err", err)
 				} else if n > 0 {
 					r.Logger.Info("retention job purged rooms", "rooms", n, "interval", job.Interval)
 				}
-			}
+			})
 		}()
 	}
 	for range r.Config.Jobs {
 		<-done
+	}
+}
+
+// every calls fn every interval (the first time one interval from now)
+// until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
 	}
 }
 
@@ -173,20 +181,13 @@ func (f *ForgottenRooms) Run(ctx context.Context) {
 	if f.Period <= 0 {
 		return
 	}
-	t := time.NewTicker(max(min(f.Period, time.Hour), time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, max(min(f.Period, time.Hour), time.Second), func() {
 		if n, err := f.RunOnce(ctx); err != nil {
 			f.Logger.Warn("forgotten-room purge failed", "err", err)
 		} else if n > 0 {
 			f.Logger.Info("purged forgotten rooms", "rooms", n)
 		}
-	}
+	})
 }
 
 // RunOnce purges the rooms that are due now and returns how many.
