@@ -24,6 +24,11 @@ type EmbeddedOptions struct {
 	// NoSync turns off fsync on every write (benchmarks of the floor
 	// only; the service always syncs).
 	NoSync bool
+	// Users, if any, turn on authentication with per-role permissions;
+	// the service then connects as ServiceUser with ServicePassword.
+	Users           []User
+	ServicePassword string
+	Subjects        Subjects
 }
 
 // StartEmbedded starts nats-server with JetStream on file storage, fsync
@@ -41,6 +46,9 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		NoLog:              true,
 		NoSigs:             true,
 		JetStreamMaxMemory: 64 << 20,
+	}
+	if len(o.Users) > 0 {
+		opts.Users = serverUsers(o.Subjects, o.Users, o.ServicePassword)
 	}
 	if o.Listen == "" {
 		opts.DontListen = true
@@ -77,7 +85,17 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 
 // ConnectInProcess connects a client to an embedded server without TCP.
 func ConnectInProcess(srv *server.Server, name string) (*nats.Conn, error) {
-	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Name(name), nats.MaxReconnects(-1))
+	return ConnectInProcessAs(srv, name, "")
+}
+
+// ConnectInProcessAs is ConnectInProcess authenticated as ServiceUser
+// when password is set (an embedded server with users).
+func ConnectInProcessAs(srv *server.Server, name, password string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.InProcessServer(srv), nats.Name(name), nats.MaxReconnects(-1)}
+	if password != "" {
+		opts = append(opts, nats.UserInfo(ServiceUser, password))
+	}
+	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return nil, fmt.Errorf("bus: connect in-process: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
 )
 
@@ -71,6 +72,29 @@ type NATSConfig struct {
 	SubjectPrefix string `yaml:"subject_prefix"`
 	// Credentials is a creds file for an external cluster.
 	Credentials string `yaml:"credentials"`
+	// Auth, an addition to the contract, gives the embedded server users
+	// with per-role permissions; without it the listener is open (to
+	// loopback by default).
+	Auth NATSAuthConfig `yaml:"auth"`
+}
+
+// NATSAuthConfig is `nats.auth`: the users of the embedded server.
+type NATSAuthConfig struct {
+	Users []NATSUserConfig `yaml:"users"`
+}
+
+// NATSUserConfig is one user of the embedded server and its role:
+// homeserver, federation or client (see docs/CONFIG.md for what each may
+// do on the bus).
+type NATSUserConfig struct {
+	User     string `yaml:"user"`
+	Password string `yaml:"password"`
+	Role     string `yaml:"role"`
+}
+
+// String hides the password.
+func (u NATSUserConfig) String() string {
+	return fmt.Sprintf("{user:%s password:<redacted> role:%s}", u.User, u.Role)
 }
 
 // HTTPConfig is the `http:` section.
@@ -456,6 +480,29 @@ func (c *Config) ApplyDefaults() {
 // errors.Join; each problem starts with its dotted key (for example
 // "nats.stream: ..." or "auth.tokens[2].user_id: ...").
 func (c *Config) Validate() error {
+	var authProblems []error
+	seenUsers := map[string]bool{}
+	for i, u := range c.NATS.Auth.Users {
+		key := fmt.Sprintf("nats.auth.users[%d]", i)
+		switch {
+		case u.User == "" || strings.ContainsAny(u.User, " \t\r\n"):
+			authProblems = append(authProblems, fmt.Errorf("%s.user: must be a non-empty name without spaces", key))
+		case seenUsers[u.User]:
+			authProblems = append(authProblems, fmt.Errorf("%s.user: %q is listed twice", key, u.User))
+		case u.User == bus.ServiceUser:
+			authProblems = append(authProblems, fmt.Errorf("%s.user: %q is reserved for scrollback itself", key, u.User))
+		}
+		seenUsers[u.User] = true
+		if len(u.Password) < 12 {
+			authProblems = append(authProblems, fmt.Errorf("%s.password: must be at least 12 characters", key))
+		}
+		if !bus.ValidRole(u.Role) {
+			authProblems = append(authProblems, fmt.Errorf("%s.role: %q is not one of homeserver, federation, client", key, u.Role))
+		}
+	}
+	if len(c.NATS.Auth.Users) > 0 && c.NATS.URL != "" {
+		authProblems = append(authProblems, errors.New("nats.auth: only for the embedded server; an external cluster has its own accounts (use nats.credentials)"))
+	}
 	var p problems
 
 	if c.ServerName == "" {
@@ -554,6 +601,7 @@ func (c *Config) Validate() error {
 	default:
 		p.add("log.format", "%q is not one of text, json", c.Log.Format)
 	}
+	p = append(p, authProblems...)
 	return errors.Join(p...)
 }
 

@@ -192,11 +192,19 @@ func (m *Main) openLog(ctx context.Context) error {
 	}
 	var err error
 	if c.NATS.URL == "" {
-		m.NATSServer, err = bus.StartEmbedded(bus.EmbeddedOptions{Listen: c.NATS.Listen, StoreDir: filepath.Join(c.DataDir, "jetstream")})
+		eo := bus.EmbeddedOptions{Listen: c.NATS.Listen, StoreDir: filepath.Join(c.DataDir, "jetstream"), Subjects: subjects}
+		for _, u := range c.NATS.Auth.Users {
+			eo.Users = append(eo.Users, bus.User{Name: u.User, Password: u.Password, Role: u.Role})
+		}
+		if len(eo.Users) > 0 {
+			// The service's own password lives only in this process.
+			eo.ServicePassword = rand.Text()
+		}
+		m.NATSServer, err = bus.StartEmbedded(eo)
 		if err != nil {
 			return err
 		}
-		if m.NC, err = bus.ConnectInProcess(m.NATSServer, "scrollback"); err != nil {
+		if m.NC, err = bus.ConnectInProcessAs(m.NATSServer, "scrollback", eo.ServicePassword); err != nil {
 			return err
 		}
 		if c.NATS.Listen != "" {

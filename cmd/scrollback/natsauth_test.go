@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// roleConn connects to the embedded server as a user and collects the
+// permission violations the server reports.
+type roleConn struct {
+	nc   *nats.Conn
+	mu   sync.Mutex
+	errs []string
+}
+
+func connectAs(t *testing.T, m *Main, user, password string) *roleConn {
+	t.Helper()
+	rc := &roleConn{}
+	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.UserInfo(user, password),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			rc.mu.Lock()
+			rc.errs = append(rc.errs, err.Error())
+			rc.mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", user, err)
+	}
+	t.Cleanup(nc.Close)
+	rc.nc = nc
+	return rc
+}
+
+func (rc *roleConn) violation(t *testing.T, what string) {
+	t.Helper()
+	testenv.WaitFor(t, 5*time.Second, what+" to be refused", func() bool {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		for _, e := range rc.errs {
+			if strings.Contains(strings.ToLower(e), "permissions violation") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func TestNATSAuth_RolesStayInTheirLane(t *testing.T) {
+	const pw = "correct horse battery"
+	m := startMain(t, func(c *Config) {
+		c.NATS.Listen = "127.0.0.1:0"
+		c.NATS.Auth.Users = []NATSUserConfig{
+			{User: "hs", Password: pw, Role: "homeserver"},
+			{User: "fed", Password: pw, Role: "federation"},
+			{User: "tool", Password: pw, Role: "client"},
+		}
+	})
+	subjects := bus.Subjects{Prefix: "sb"}
+	room := testenv.NewRoom("locked", "test")
+
+	t.Run("anonymous clients are refused", func(t *testing.T) {
+		if nc, err := nats.Connect(m.NATSServer.ClientURL()); err == nil {
+			nc.Close()
+			t.Fatal("connected without credentials")
+		}
+	})
+	t.Run("homeserver publishes events, not task updates", func(t *testing.T) {
+		hs := connectAs(t, m, "hs", pw)
+		js, _ := jetstream.New(hs.nc)
+		seqs := (&testenv.Publisher{JS: js, Subjects: subjects}).Publish(t, room.Setup(alice)...)
+		if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		data, _ := bus.Encode(map[string]any{"task_id": "x", "status": "complete"})
+		if _, err := js.Publish(ctx, subjects.Room(room.ID, "task"), data); err == nil {
+			t.Fatal("a homeserver published a task update")
+		}
+		hs.violation(t, "a task update")
+		// Nor may it ask the service's API.
+		if _, err := hs.nc.Request(subjects.APIRoom(room.ID, "messages"), data, 500*time.Millisecond); err == nil {
+			t.Fatal("a homeserver used the API")
+		}
+	})
+	t.Run("federation answers backfill only", func(t *testing.T) {
+		fed := connectAs(t, m, "fed", pw)
+		sub, err := fed.nc.SubscribeSync(subjects.HS("leave"))
+		if err == nil {
+			fed.nc.Flush()
+			sub.Unsubscribe()
+		}
+		fed.violation(t, "a subscription to sb.hs.leave")
+		if _, err := fed.nc.SubscribeSync(subjects.Backfill()); err != nil {
+			t.Fatal(err)
+		}
+		if err := fed.nc.Publish(subjects.Room(room.ID, "event"), []byte{0x80}); err != nil {
+			t.Fatal(err)
+		}
+		fed.violation(t, "an event published by a federation worker")
+	})
+	t.Run("client reads through the API, cannot write the log", func(t *testing.T) {
+		tool := connectAs(t, m, "tool", pw)
+		r := &bus.Requester{NC: tool.nc, Timeout: 5 * time.Second}
+		data, err := r.Request(context.Background(), subjects.APIRoom(room.ID, "messages"), map[string]any{"admin": true})
+		if err != nil {
+			t.Fatalf("client request: %v", err)
+		}
+		if _, err := bus.DecodeMap(data, bus.DefaultLimits); err != nil {
+			t.Fatal(err)
+		}
+		tool.nc.Publish(subjects.Room(room.ID, "cmd"), []byte{0x80})
+		tool.violation(t, "a command published by a client")
+	})
+	t.Run("config refuses weak or unknown roles", func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.NATS.Auth.Users = []NATSUserConfig{{User: "x", Password: "short", Role: "god"}, {User: "scrollback", Password: pw, Role: "client"}}
+		err := cfg.Validate()
+		for _, want := range []string{"password: must be at least 12", "is not one of homeserver", "reserved for scrollback"} {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("Validate() = %v, want it to mention %q", err, want)
+			}
+		}
+	})
+}
