@@ -218,28 +218,42 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 	}
 	slices.Sort(users)
 	conc := max(r.Concurrency, 1)
-	var mu sync.Mutex
+	var mu sync.Mutex // guards res
+	snapshot := func() map[string]any {
+		mu.Lock()
+		defer mu.Unlock()
+		return res.toMap()
+	}
+	// Progress goes to the log from its own goroutine every 500 ms, so
+	// the users' requests never wait for it.
+	stopFlush := make(chan struct{})
+	flushDone := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		var err error
+		for {
+			select {
+			case <-stopFlush:
+				flushDone <- err
+				return
+			case <-t.C:
+				*n++
+				if uerr := r.update(ctx, task, *n, commands.TaskActive, snapshot(), ""); uerr != nil && err == nil {
+					err = uerr
+				}
+			}
+		}
+	}()
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
-	lastFlush := time.Now()
-	var flushErr error
-	flush := func(force bool) {
-		// mu held
-		if !force && time.Since(lastFlush) < 200*time.Millisecond {
-			return
-		}
-		lastFlush = time.Now()
-		*n++
-		if err := r.update(ctx, task, *n, commands.TaskActive, res.toMap(), ""); err != nil && flushErr == nil {
-			flushErr = err
-		}
-	}
 	for _, u := range users {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
-			wg.Wait()
-			return ctx.Err()
+		}
+		if ctx.Err() != nil {
+			break
 		}
 		wg.Add(1)
 		go func() {
@@ -253,17 +267,18 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 			} else {
 				res.Failed = append(res.Failed, u)
 			}
-			flush(false)
 		}()
 	}
 	wg.Wait()
+	close(stopFlush)
+	if err := <-flushDone; err != nil {
+		return err
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	flush(true)
-	return flushErr
+	*n++
+	return r.update(ctx, task, *n, commands.TaskActive, snapshot(), "")
 }
 
 // kick is one user's part of a shutdown: leave, forget, and join the new

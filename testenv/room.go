@@ -115,8 +115,18 @@ type Publisher struct {
 	Subjects bus.Subjects
 }
 
-// Publish appends events in order and returns their sequences.
+// Publish appends events in order and returns their sequences. It keeps
+// at most 1000 publishes unacknowledged.
 func (p *Publisher) Publish(tb testing.TB, evs ...Event) []uint64 {
+	tb.Helper()
+	seqs := make([]uint64, 0, len(evs))
+	for start := 0; start < len(evs); start += 1000 {
+		seqs = append(seqs, p.publishWindow(tb, evs[start:min(start+1000, len(evs))])...)
+	}
+	return seqs
+}
+
+func (p *Publisher) publishWindow(tb testing.TB, evs []Event) []uint64 {
 	tb.Helper()
 	seqs := make([]uint64, len(evs))
 	futs := make([]jetstream.PubAckFuture, len(evs))
