@@ -80,7 +80,7 @@ type NATSConfig struct {
 
 // NATSAuthConfig is `nats.auth`: the users of the embedded server.
 type NATSAuthConfig struct {
-	Users []NATSUserConfig `yaml:"users"`
+	Users []NATSUserConfig `yaml:"users,omitempty"`
 }
 
 // NATSUserConfig is one user of the embedded server and its role:
