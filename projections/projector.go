@@ -2,7 +2,6 @@ package projections
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -107,8 +106,8 @@ func (p *Projector) init() error {
 	return nil
 }
 
-// Run consumes the log until ctx ends. It returns nil after a clean stop
-// (every dispatched message committed), or the source's error.
+// Run consumes the log until ctx ends, consuming again after source
+// failures, and returns once every dispatched message is committed.
 func (p *Projector) Run(ctx context.Context) error {
 	if err := p.init(); err != nil {
 		return err
@@ -125,17 +124,33 @@ func (p *Projector) Run(ctx context.Context) error {
 		}()
 	}
 	p.started.Store(true)
-	err := p.Source.Consume(ctx, from, p.dispatch(ctx))
+	// The source may fail (a lost connection, a consumer the server
+	// dropped): consume again from the next undispatched message, with a
+	// growing pause, until ctx ends. The checkpoints make any overlap
+	// harmless.
+	var err error
+	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
+		err = p.Source.Consume(ctx, from, p.dispatch(ctx))
+		if ctx.Err() != nil {
+			break
+		}
+		p.Logger.Warn("log consumer stopped; consuming again", "from", p.dispatched.Load()+1, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		from = p.dispatched.Load() + 1
+	}
 	// Let the partitions finish what was dispatched, then stop them.
 	for _, pt := range p.parts {
 		close(pt.queue)
 	}
 	wg.Wait()
 	p.started.Store(false)
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return nil
-	}
-	return err
+	return nil // consumption only ends with ctx
 }
 
 func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, int64, uint64) {
