@@ -29,6 +29,9 @@ type EmbeddedOptions struct {
 	Users           []User
 	ServicePassword string
 	Subjects        Subjects
+	// TLSCert and TLSKey, if set, make the client listener require TLS
+	// (in-process connections do not use the listener).
+	TLSCert, TLSKey string
 }
 
 // StartEmbedded starts nats-server with JetStream on file storage, fsync
@@ -49,6 +52,13 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	}
 	if len(o.Users) > 0 {
 		opts.Users = serverUsers(o.Subjects, o.Users, o.ServicePassword)
+	}
+	if o.TLSCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: o.TLSCert, KeyFile: o.TLSKey})
+		if err != nil {
+			return nil, fmt.Errorf("bus: nats TLS: %w", err)
+		}
+		opts.TLSConfig, opts.TLS = tc, true
 	}
 	if o.Listen == "" {
 		opts.DontListen = true

@@ -72,6 +72,9 @@ type NATSConfig struct {
 	SubjectPrefix string `yaml:"subject_prefix"`
 	// Credentials is a creds file for an external cluster.
 	Credentials string `yaml:"credentials"`
+	// TLS, an addition to the contract, makes the embedded server's
+	// client listener require TLS.
+	TLS TLSConfig `yaml:"tls"`
 	// Auth, an addition to the contract, gives the embedded server users
 	// with per-role permissions; without it the listener is open (to
 	// loopback by default).
@@ -102,7 +105,19 @@ type HTTPConfig struct {
 	// Listen is the HTTP bridge's address (host:port); "" disables the
 	// bridge.
 	Listen string `yaml:"listen"`
+	// TLS, an addition to the contract, serves the bridge over HTTPS.
+	TLS TLSConfig `yaml:"tls"`
 }
+
+// TLSConfig names a PEM certificate (chain) and its key; both empty means
+// no TLS.
+type TLSConfig struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLSConfig) Enabled() bool { return t.Cert != "" || t.Key != "" }
 
 // AuthConfig is the `auth:` section.
 type AuthConfig struct {
@@ -498,6 +513,11 @@ func (c *Config) Validate() error {
 		}
 		if !bus.ValidRole(u.Role) {
 			authProblems = append(authProblems, fmt.Errorf("%s.role: %q is not one of homeserver, federation, client", key, u.Role))
+		}
+	}
+	for key, t := range map[string]TLSConfig{"http.tls": c.HTTP.TLS, "nats.tls": c.NATS.TLS} {
+		if t.Enabled() && (t.Cert == "" || t.Key == "") {
+			authProblems = append(authProblems, fmt.Errorf("%s: cert and key go together", key))
 		}
 	}
 	if len(c.NATS.Auth.Users) > 0 && c.NATS.URL != "" {

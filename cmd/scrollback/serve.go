@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -192,7 +193,8 @@ func (m *Main) openLog(ctx context.Context) error {
 	}
 	var err error
 	if c.NATS.URL == "" {
-		eo := bus.EmbeddedOptions{Listen: c.NATS.Listen, StoreDir: filepath.Join(c.DataDir, "jetstream"), Subjects: subjects}
+		eo := bus.EmbeddedOptions{Listen: c.NATS.Listen, StoreDir: filepath.Join(c.DataDir, "jetstream"), Subjects: subjects,
+			TLSCert: c.NATS.TLS.Cert, TLSKey: c.NATS.TLS.Key}
 		for _, u := range c.NATS.Auth.Users {
 			eo.Users = append(eo.Users, bus.User{Name: u.User, Password: u.Password, Role: u.Role})
 		}
@@ -286,6 +288,16 @@ func (m *Main) openHTTP(subjects bus.Subjects) error {
 		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
 	}
 	m.httpDone = make(chan error, 1)
+	if c.HTTP.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(c.HTTP.TLS.Cert, c.HTTP.TLS.Key)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("http TLS: %w", err)
+		}
+		m.httpSrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		go func() { m.httpDone <- m.httpSrv.ServeTLS(ln, "", "") }()
+		return nil
+	}
 	go func() { m.httpDone <- m.httpSrv.Serve(ln) }()
 	return nil
 }
