@@ -30,8 +30,19 @@ package main
 //     floors take turns (--rounds) so that all of them see the same noise
 //     of a shared machine.
 //
+// These phases are the default scenario, "reads". Two more scenarios
+// (--scenario rich, purge, or all for the three in turn, each on a service
+// of its own):
+//
+//   - rich (bench_rich.go): a room with thousands of members, threads and
+//     edits; plain reads against reads with lazy_load_members, in turns.
+//   - purge (bench_purge.go): purge_history on a big room: how soon readers
+//     stop seeing the purged events, how fast the rows leave bbolt and the
+//     messages leave the log, and what the purge does to the p99 of reads
+//     of another room (open-loop).
+//
 // The numbers are printed as measured; the summary table compares them
-// with the goals of the benchmark issue.
+// with the goals of the benchmark issues.
 
 import (
 	"context"
@@ -41,6 +52,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
@@ -89,38 +101,58 @@ const (
 	benchRequestTimeout = 10 * time.Second
 )
 
+// Scenarios of `scrollback bench --scenario`.
+const (
+	scenarioReads = "reads" // publish, ingest and /messages against the floor
+	scenarioRich  = "rich"  // a room with many members, threads and edits
+	scenarioPurge = "purge" // purge_history on a big room
+	scenarioAll   = "all"   // the three, one after the other
+)
+
 // benchConfig is the parsed flags of `scrollback bench`.
 type benchConfig struct {
-	Events     int           // events in the benchmark room
-	Duration   time.Duration // length of each latency or throughput phase
-	Clients    int           // closed-loop clients of the throughput phases
-	Limit      int           // /messages limit
-	Rounds     int           // turns that each read phase is cut into
-	Publish    int           // messages of each publish phase
-	CPUProfile string        // file for a CPU profile of an extra NATS read run
+	Scenario    string        // reads, rich, purge or all
+	Events      int           // events in the benchmark room (reads and rich)
+	Members     int           // joined members of the rich room
+	PurgeEvents int           // messages below the purge's cut-off
+	PurgeRate   float64       // open-loop reads during the purge, a fraction of the floor's throughput
+	Duration    time.Duration // length of each latency or throughput phase
+	Clients     int           // closed-loop clients of the throughput phases
+	Limit       int           // /messages limit
+	Rounds      int           // turns that each read phase is cut into
+	Publish     int           // messages of each publish phase
+	CPUProfile  string        // file for a CPU profile (see the scenarios)
 }
+
+// Runs reports whether the configured scenario includes s.
+func (c benchConfig) Runs(s string) bool { return c.Scenario == s || c.Scenario == scenarioAll }
 
 // Warmup is the unmeasured run of each target before each read phase: a
 // tenth of the phase, at most half a second.
 func (c benchConfig) Warmup() time.Duration { return min(c.Duration/10, 500*time.Millisecond) }
 
 func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
-	c := benchConfig{Events: 100_000, Duration: 5 * time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 5_000}
+	c := defaultBenchConfig()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(output)
 	var quick bool
-	fs.IntVar(&c.Events, "events", c.Events, "`n`umber of events in the benchmark room")
+	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "what to measure: reads (publish, ingest, /messages against the floor), rich (a room with many members, threads and edits), purge (purge_history on a big room), or all")
+	fs.IntVar(&c.Events, "events", c.Events, "`n`umber of events in the benchmark room (reads) and the rich room")
+	fs.IntVar(&c.Members, "members", c.Members, "`n`umber of joined members of the rich room")
+	fs.IntVar(&c.PurgeEvents, "purge-events", c.PurgeEvents, "`n`umber of messages below the purge's cut-off (the issue's goal size is 1000000)")
+	fs.Float64Var(&c.PurgeRate, "purge-rate", c.PurgeRate, "open-loop rate of the reads during the purge, as a `fraction` of the floor's throughput (DESIGN.md: 0.5)")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "length of each latency and throughput phase")
 	fs.IntVar(&c.Clients, "clients", c.Clients, "closed-loop clients of the throughput phases (one shared connection)")
 	fs.IntVar(&c.Limit, "limit", c.Limit, "/messages `limit` (and events per floor scan)")
 	fs.IntVar(&c.Rounds, "rounds", c.Rounds, "`n`umber of turns each read phase is cut into, the service and its floors taking turns")
 	fs.IntVar(&c.Publish, "publish", c.Publish, "`n`umber of messages of each publish phase")
-	fs.BoolVar(&quick, "quick", false, "a small CI-sized run: 5000 events, 1s phases, 500 publishes (explicit flags still win)")
-	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "after the measurements, profile an extra --duration run of scrollback /messages over NATS with --clients clients into `file`")
+	fs.BoolVar(&quick, "quick", false, "a small CI-sized run: 5000 events, 250 members, 3000 messages to purge, reads during the purge at 0.1 of the floor's throughput, 1s phases, 500 publishes (explicit flags still win)")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile to `file`: reads and rich profile an extra --duration run of /messages over NATS with --clients clients after the measurements; purge profiles the purge from its request until the rows are removed (one scenario only)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: scrollback bench [flags]\n\n"+
 			"Runs a whole scrollback in-process on a temp dir (removed at the end) and\n"+
-			"measures publish, ingest and /messages against the floor (see docs/BENCHMARKS.md).\n\n")
+			"measures publish, ingest and /messages against the floor, reads of a rich room,\n"+
+			"and purges (see docs/BENCHMARKS.md).\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -141,8 +173,28 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 		if !set["publish"] {
 			c.Publish = 500
 		}
+		if !set["members"] {
+			c.Members = 250
+		}
+		if !set["purge-events"] {
+			c.PurgeEvents = 3_000
+		}
+		if !set["purge-rate"] {
+			// The race detector slows the service far more than the
+			// floor: at half the floor's rate its reads would overload it.
+			c.PurgeRate = 0.1
+		}
 	}
 	var p problems
+	switch c.Scenario {
+	case scenarioReads, scenarioRich, scenarioPurge:
+	case scenarioAll:
+		if c.CPUProfile != "" {
+			p.add("cpuprofile", "needs one scenario, not %q", c.Scenario)
+		}
+	default:
+		p.add("scenario", "must be one of reads, rich, purge, all; got %q", c.Scenario)
+	}
 	if c.Events < 1_000 {
 		p.add("events", "must be at least 1000, got %d", c.Events)
 	}
@@ -161,10 +213,24 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 	if c.Publish < benchPublishers {
 		p.add("publish", "must be at least %d, got %d", benchPublishers, c.Publish)
 	}
+	if c.Members < 2 || c.Members > c.Events/4 {
+		p.add("members", "must be from 2 to a quarter of --events (%d), got %d", c.Events/4, c.Members)
+	}
+	if c.PurgeEvents < 100 {
+		p.add("purge-events", "must be at least 100, got %d", c.PurgeEvents)
+	}
+	if c.PurgeRate <= 0 || c.PurgeRate > 1 {
+		p.add("purge-rate", "must be greater than 0 and at most 1, got %g", c.PurgeRate)
+	}
 	if err := errors.Join(p...); err != nil {
 		return c, withHeading("bench: invalid flags", err)
 	}
 	return c, nil
+}
+
+func defaultBenchConfig() benchConfig {
+	return benchConfig{Scenario: scenarioReads, Events: 100_000, Members: 5_000, PurgeEvents: 200_000, PurgeRate: 0.5,
+		Duration: 5 * time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 5_000}
 }
 
 // runBench is `scrollback bench`: it runs every phase, prints each result as
@@ -207,8 +273,16 @@ type bench struct {
 	res benchResults
 }
 
-// benchResults holds every measurement for the summary.
+// benchResults holds every measurement for the summary; a scenario's
+// part is nil unless it ran.
 type benchResults struct {
+	reads *readsResults
+	rich  *richResults  // bench_rich.go
+	purge *purgeResults // bench_purge.go
+}
+
+// readsResults are the measurements of the reads scenario.
+type readsResults struct {
 	pub1, pub16     rate
 	live, catchUp   rate
 	livePublish     rate
@@ -234,14 +308,37 @@ func (b *bench) printf(format string, args ...any) { fmt.Fprintf(b.out, format, 
 
 func (b *bench) run(ctx context.Context) error {
 	c := b.cfg
-	b.printf("scrollback bench %s: %d events, limit %d, %d clients, %v read phases in %d rounds (+%v warm-up), %s %s/%s, %d CPUs, GOMAXPROCS %d\n",
-		version, c.Events, c.Limit, c.Clients, c.Duration, c.Rounds, c.Warmup(), runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	b.printf("scrollback bench %s: scenario %s, limit %d, %d clients, %v read phases in %d rounds (+%v warm-up), %s %s/%s, %d CPUs, GOMAXPROCS %d\n",
+		version, c.Scenario, c.Limit, c.Clients, c.Duration, c.Rounds, c.Warmup(), runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
 	b.printf("temp dir %s (removed at the end); NATS in-process (nats.InProcessServer, no TCP); HTTP over loopback TCP\n", b.dir)
 
+	if c.Runs(scenarioReads) {
+		if err := b.readsScenario(ctx); err != nil {
+			return err
+		}
+	}
+	if c.Runs(scenarioRich) {
+		if err := b.richScenario(ctx); err != nil {
+			return err
+		}
+	}
+	if c.Runs(scenarioPurge) {
+		if err := b.purgeScenario(ctx); err != nil {
+			return err
+		}
+	}
+	b.summary()
+	return nil
+}
+
+// readsScenario is phases 1 to 4: publish, ingest, and reads against the
+// floor.
+func (b *bench) readsScenario(ctx context.Context) error {
+	b.res.reads = &readsResults{}
 	if err := b.publishPhases(ctx); err != nil {
 		return err
 	}
-	room := newBenchRoom("!bench:"+benchServerName, c.Events)
+	room := newBenchRoom("!bench:"+benchServerName, b.cfg.Events)
 	m, err := b.ingestPhases(ctx, room)
 	if m == nil {
 		return err
@@ -257,7 +354,6 @@ func (b *bench) run(ctx context.Context) error {
 	if err := closeM(); err != nil {
 		return fmt.Errorf("bench: close service: %w", err)
 	}
-	b.summary()
 	return nil
 }
 
@@ -316,8 +412,9 @@ func (b *bench) publishPhases(ctx context.Context) error {
 			return err
 		}
 	}
-	b.res.pub1 = rate{len(one), time.Since(start)}
-	b.printf("publish, 1 publisher:   %d msgs in %v = %.0f msgs/s\n", b.res.pub1.N, round(b.res.pub1.Elapsed), b.res.pub1.PerSec())
+	r := b.res.reads
+	r.pub1 = rate{len(one), time.Since(start)}
+	b.printf("publish, 1 publisher:   %d msgs in %v = %.0f msgs/s\n", r.pub1.N, round(r.pub1.Elapsed), r.pub1.PerSec())
 
 	per := b.cfg.Publish / benchPublishers
 	rooms := make([][]*nats.Msg, benchPublishers)
@@ -337,11 +434,11 @@ func (b *bench) publishPhases(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
-	b.res.pub16 = rate{per * benchPublishers, time.Since(start)}
+	r.pub16 = rate{per * benchPublishers, time.Since(start)}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	b.printf("publish, %d publishers: %d msgs in %v = %.0f msgs/s\n", benchPublishers, b.res.pub16.N, round(b.res.pub16.Elapsed), b.res.pub16.PerSec())
+	b.printf("publish, %d publishers: %d msgs in %v = %.0f msgs/s\n", benchPublishers, r.pub16.N, round(r.pub16.Elapsed), r.pub16.PerSec())
 	nc.Close()
 	if err := closeM(); err != nil {
 		return fmt.Errorf("bench: close service: %w", err)
@@ -392,56 +489,83 @@ func (b *bench) ingestPhases(ctx context.Context, room *benchRoom) (*Main, error
 	if err := waitApplied(ctx, m, room.ID, last); err != nil {
 		return m, err
 	}
-	b.res.catchUp = rate{int(last), time.Since(start)}
+	r := b.res.reads
+	r.catchUp = rate{int(last), time.Since(start)}
 	b.printf("ingest, catch-up: %d log messages applied from a backlog in %v = %.0f events/s (clock from Open, which took %v; projection file deleted, log kept)\n",
-		b.res.catchUp.N, round(b.res.catchUp.Elapsed), b.res.catchUp.PerSec(), round(opened))
+		r.catchUp.N, round(r.catchUp.Elapsed), r.catchUp.PerSec(), round(opened))
 	return m, nil
 }
 
-// liveIngest publishes the room asynchronously (at most publishWindow
-// unacknowledged) from a connection of its own, like a homeserver worker,
-// and waits until the projector has applied the last message. It returns
-// the last sequence.
+// liveIngest loads the room into the service (loadRoom) and returns the
+// last sequence.
 func (b *bench) liveIngest(ctx context.Context, m *Main, room *benchRoom) (uint64, error) {
-	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-publisher")
+	r := b.res.reads
+	msgs := room.Msgs(bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix})
+	l, err := loadRoom(ctx, m, room.ID, len(msgs), func(i int) *nats.Msg { return msgs[i] })
 	if err != nil {
 		return 0, err
+	}
+	r.live = rate{l.N, l.Applied}
+	r.livePublish = rate{l.N, l.Acked}
+	if l.Last != uint64(len(msgs)) {
+		return 0, fmt.Errorf("bench: the log's last sequence is %d after publishing %d events to a new stream", l.Last, len(msgs))
+	}
+	b.printf("ingest, live: %d events published async (window %d) and applied in %v = %.0f events/s (all acked after %v = %.0f msgs/s; applied %v after the last ack)\n",
+		r.live.N, publishWindow, round(r.live.Elapsed), r.live.PerSec(), round(l.Acked), r.livePublish.PerSec(), round(l.Applied-l.Acked))
+	return l.Last, nil
+}
+
+// loaded is a room's load into a service by loadRoom.
+type loaded struct {
+	N       int           // messages published
+	Acked   time.Duration // from the first publish until the last ack
+	Applied time.Duration // from the first publish until the projector applied the last
+	Last    uint64        // the log sequence of the last message
+}
+
+// PerSec is messages published and applied per second.
+func (l loaded) PerSec() float64 { return float64(l.N) / l.Applied.Seconds() }
+
+// String says how the room was loaded, for the phase lines.
+func (l loaded) String() string {
+	return fmt.Sprintf("%d msgs published async (window %d, SyncAlways) and applied in %v = %.0f msgs/s (all acked after %v)",
+		l.N, publishWindow, round(l.Applied), l.PerSec(), round(l.Acked))
+}
+
+// loadRoom publishes n messages (msg(i) is the i-th) asynchronously, at
+// most publishWindow awaiting their ack, from a connection of its own like
+// a homeserver worker, and waits until the projector has applied the last
+// of them. With the service's SyncAlways every message costs one fsync, so
+// this runs at a few thousand messages a second.
+func loadRoom(ctx context.Context, m *Main, roomID string, n int, msg func(i int) *nats.Msg) (loaded, error) {
+	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-publisher")
+	if err != nil {
+		return loaded{}, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*publishWindow), jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
-		return 0, fmt.Errorf("bench: jetstream: %w", err)
+		return loaded{}, fmt.Errorf("bench: jetstream: %w", err)
 	}
-	msgs := room.Msgs(bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix})
-
 	start := time.Now()
-	last, err := publishAsync(ctx, js, msgs, publishWindow)
+	last, err := publishAsync(ctx, js, n, msg, publishWindow)
 	if err != nil {
-		return 0, err
+		return loaded{}, err
 	}
 	acked := time.Since(start)
-	if err := waitApplied(ctx, m, room.ID, last); err != nil {
-		return 0, err
+	if err := waitApplied(ctx, m, roomID, last); err != nil {
+		return loaded{}, err
 	}
-	b.res.live = rate{len(msgs), time.Since(start)}
-	b.res.livePublish = rate{len(msgs), acked}
-	if last != uint64(len(msgs)) {
-		return 0, fmt.Errorf("bench: the log's last sequence is %d after publishing %d events to a new stream", last, len(msgs))
-	}
-	b.printf("ingest, live: %d events published async (window %d) and applied in %v = %.0f events/s (all acked after %v = %.0f msgs/s; applied %v after the last ack)\n",
-		b.res.live.N, publishWindow, round(b.res.live.Elapsed), b.res.live.PerSec(), round(acked), b.res.livePublish.PerSec(), round(b.res.live.Elapsed-acked))
-	return last, nil
+	return loaded{N: n, Acked: acked, Applied: time.Since(start), Last: last}, nil
 }
 
-// publishAsync publishes msgs in order with at most window awaiting their
-// ack and returns the sequence of the last one.
-func publishAsync(ctx context.Context, js jetstream.JetStream, msgs []*nats.Msg, window int) (uint64, error) {
-	pending := make([]jetstream.PubAckFuture, 0, len(msgs))
-	next := 0 // the oldest future not yet acknowledged
+// publishAsync publishes msg(0) to msg(n-1) in order with at most window
+// awaiting their ack and returns the sequence of the last one. Only the
+// window's futures are kept, so n may be millions.
+func publishAsync(ctx context.Context, js jetstream.JetStream, n int, msg func(i int) *nats.Msg, window int) (uint64, error) {
+	ring := make([]jetstream.PubAckFuture, window) // future i is at i%window
 	var last uint64
-	await := func() error {
-		f := pending[next]
-		next++
+	await := func(f jetstream.PubAckFuture) error {
 		select {
 		case ack := <-f.Ok():
 			last = max(last, ack.Sequence)
@@ -452,20 +576,21 @@ func publishAsync(ctx context.Context, js jetstream.JetStream, msgs []*nats.Msg,
 			return ctx.Err()
 		}
 	}
-	for _, msg := range msgs {
-		if len(pending)-next >= window {
-			if err := await(); err != nil {
+	for i := range n {
+		if i >= window {
+			if err := await(ring[i%window]); err != nil {
 				return 0, err
 			}
 		}
-		f, err := js.PublishMsgAsync(msg)
+		m := msg(i)
+		f, err := js.PublishMsgAsync(m)
 		if err != nil {
-			return 0, fmt.Errorf("bench: publish to %s: %w", msg.Subject, err)
+			return 0, fmt.Errorf("bench: publish to %s: %w", m.Subject, err)
 		}
-		pending = append(pending, f)
+		ring[i%window] = f
 	}
-	for next < len(pending) {
-		if err := await(); err != nil {
+	for i := max(n-window, 0); i < n; i++ {
+		if err := await(ring[i%window]); err != nil {
 			return 0, err
 		}
 	}
@@ -534,23 +659,20 @@ func (b *bench) readPhases(ctx context.Context, m *Main, room *benchRoom) error 
 
 	// The service's requests, encoded once.
 	svcSubject := subjects.APIRoom(room.ID, "messages")
-	svcReqs := make([][]byte, len(t.tokens))
+	svcReqs, err := t.requests(room.Reader(), c.Limit, nil)
+	if err != nil {
+		return err
+	}
+	floorReqs := t.floorRequests(c.Limit)
 	httpURLs := make([]string, len(t.tokens))
-	floorReqs := make([][]byte, len(t.tokens))
 	floorURLs := make([]string, len(t.tokens))
 	base := "http://" + m.HTTPAddr + "/_matrix/client/v3/rooms/" + url.PathEscape(room.ID) + fmt.Sprintf("/messages?dir=b&limit=%d", c.Limit)
 	for i, tok := range t.tokens {
-		req := map[string]any{"user_id": room.Reader(), "dir": "b", "limit": c.Limit}
 		u := base
 		if tok != "" {
-			req["from"] = tok
 			u += "&from=" + url.QueryEscape(tok)
 		}
-		if svcReqs[i], err = bus.Encode(req); err != nil {
-			return err
-		}
 		httpURLs[i] = u
-		floorReqs[i] = floorRequest(t.depths[i], c.Limit)
 		floorURLs[i] = fl.URL(t.depths[i], c.Limit)
 	}
 	hc := newBenchHTTPClient(c.Clients)
@@ -567,30 +689,64 @@ func (b *bench) readPhases(ctx context.Context, m *Main, room *benchRoom) error 
 	if err != nil {
 		return err
 	}
-	b.res.echo, b.res.natsFl, b.res.natsSvc = nats3[0], nats3[1], nats3[2]
+	r := b.res.reads
+	r.echo, r.natsFl, r.natsSvc = nats3[0], nats3[1], nats3[2]
 	http2, err := b.compare(ctx,
 		namedTarget{"floor http scan", httpTarget(hc, floorURLs, bearer)},
 		namedTarget{"scrollback http /messages", httpTarget(hc, httpURLs, bearer)})
 	if err != nil {
 		return err
 	}
-	b.res.httpFl, b.res.httpSvc = http2[0], http2[1]
+	r.httpFl, r.httpSvc = http2[0], http2[1]
+	return b.profileRun(ctx, namedTarget{"scrollback nats /messages", natsTarget(nc, svcSubject, svcReqs)})
+}
 
-	if b.prof != nil {
-		// An extra run, not counted, so that the profiler's overhead
-		// touches none of the numbers above.
-		if err := pprof.StartCPUProfile(b.prof); err != nil {
-			return fmt.Errorf("bench: cpu profile: %w", err)
-		}
-		r, err := runLoad(ctx, c.Clients, c.Duration, natsTarget(nc, svcSubject, svcReqs))
-		pprof.StopCPUProfile()
-		if err != nil {
-			return fmt.Errorf("bench: profiled run: %w", err)
-		}
-		b.printf("cpu profile: an extra %v run of scrollback nats /messages with %d clients (%.0f req/s under the profiler, not counted; the bench clients are in the profile too): %s\n",
-			round(r.Elapsed), c.Clients, r.PerSec(), c.CPUProfile)
+// profileRun, with --cpuprofile, runs t for an extra --duration with
+// --clients clients under the CPU profiler. The run is not counted, so that
+// the profiler's overhead touches none of the measured numbers.
+func (b *bench) profileRun(ctx context.Context, t namedTarget) error {
+	if b.prof == nil {
+		return nil
 	}
+	c := b.cfg
+	if err := pprof.StartCPUProfile(b.prof); err != nil {
+		return fmt.Errorf("bench: cpu profile: %w", err)
+	}
+	r, err := runLoad(ctx, c.Clients, c.Duration, t.t)
+	pprof.StopCPUProfile()
+	if err != nil {
+		return fmt.Errorf("bench: profiled run: %w", err)
+	}
+	b.printf("cpu profile: an extra %v run of %s with %d clients (%.0f req/s under the profiler, not counted; the bench clients are in the profile too): %s\n",
+		round(r.Elapsed), t.name, c.Clients, r.PerSec(), c.CPUProfile)
 	return nil
+}
+
+// requests encodes the service's request for each start point: {user_id,
+// dir: "b", limit, from} and the extra fields.
+func (t readTarget) requests(userID string, limit int, extra map[string]any) ([][]byte, error) {
+	reqs := make([][]byte, len(t.tokens))
+	for i, tok := range t.tokens {
+		req := map[string]any{"user_id": userID, "dir": "b", "limit": limit}
+		if tok != "" {
+			req["from"] = tok
+		}
+		maps.Copy(req, extra)
+		var err error
+		if reqs[i], err = bus.Encode(req); err != nil {
+			return nil, fmt.Errorf("bench: encode request: %w", err)
+		}
+	}
+	return reqs, nil
+}
+
+// floorRequests is the floor's NATS request for each start point.
+func (t readTarget) floorRequests(limit int) [][]byte {
+	reqs := make([][]byte, len(t.depths))
+	for i, d := range t.depths {
+		reqs[i] = floorRequest(d, limit)
+	}
+	return reqs
 }
 
 // collectTokens pages once through the room, newest first, limit
@@ -850,14 +1006,29 @@ type benchRoom struct {
 	raw     [][]byte // encoded events, in log order
 }
 
-// newBenchRoom builds a room of n events (at least its set-up).
+// newBenchRoom builds a room of n events (at least its set-up): the
+// set-up with benchMembers members, then text messages from the members in
+// turn.
 func newBenchRoom(roomID string, n int) *benchRoom {
-	local := strings.TrimPrefix(roomID[:strings.IndexByte(roomID, ':')], "!")
-	r := &benchRoom{ID: roomID}
-	for i := range benchMembers {
-		r.members = append(r.members, fmt.Sprintf("@user%d:%s", i, benchServerName))
+	members := make([]string, benchMembers)
+	for i := range members {
+		members[i] = benchUser(i)
 	}
-	creator := r.members[0]
+	evs := setupEvents(members)
+	for i := len(evs); i < n; i++ {
+		evs = append(evs, textMessage(members[i%benchMembers], i))
+	}
+	return encodeRoom(roomID, members, evs)
+}
+
+// benchUser is the i-th local user.
+func benchUser(i int) string { return fmt.Sprintf("@user%d:%s", i, benchServerName) }
+
+// setupEvents is a room's set-up as a homeserver makes it: create, the
+// creator's (members[0]) join, power levels, join rules (public), history
+// visibility (shared), then the other members' joins.
+func setupEvents(members []string) []map[string]any {
+	creator := members[0]
 	state := func(typ, sender, key string, content map[string]any) map[string]any {
 		return map[string]any{"type": typ, "sender": sender, "state_key": key, "content": content}
 	}
@@ -868,34 +1039,56 @@ func newBenchRoom(roomID string, n int) *benchRoom {
 		state("m.room.join_rules", creator, "", map[string]any{"join_rule": "public"}),
 		state("m.room.history_visibility", creator, "", map[string]any{"history_visibility": "shared"}),
 	}
-	for _, u := range r.members[1:] {
+	for _, u := range members[1:] {
 		evs = append(evs, state("m.room.member", u, u, map[string]any{"membership": "join"}))
 	}
+	return evs
+}
+
+// textMessage is an m.text message from sender; its body (40-110 bytes)
+// depends on i.
+func textMessage(sender string, i int) map[string]any {
 	const text = "The quick brown fox jumps over the lazy dog while the projector applies the room log in order. "
-	for i := len(evs); i < n; i++ {
-		body := fmt.Sprintf("message %d: %s", i, text[:20+(i*37)%(len(text)-20)])
-		evs = append(evs, map[string]any{"type": "m.room.message", "sender": r.members[i%benchMembers],
-			"content": map[string]any{"msgtype": "m.text", "body": body}})
-	}
-	prev := []string{}
+	body := fmt.Sprintf("message %d: %s", i, text[:20+(i*37)%(len(text)-20)])
+	return map[string]any{"type": "m.room.message", "sender": sender, "content": map[string]any{"msgtype": "m.text", "body": body}}
+}
+
+// encodeRoom makes evs the events of the room roomID (benchEvent).
+func encodeRoom(roomID string, members []string, evs []map[string]any) *benchRoom {
+	r := &benchRoom{ID: roomID, members: members, ids: make([]string, len(evs)), raw: make([][]byte, len(evs))}
 	for i, ev := range evs {
-		id := fmt.Sprintf("$%s.%d", local, i+1)
-		ev["event_id"] = id
-		ev["room_id"] = roomID
-		ev["origin_server_ts"] = int64(1_700_000_000_000 + i)
-		ev["depth"] = int64(i + 1)
-		ev["prev_events"] = prev
-		ev["hashes"] = map[string]any{"sha256": "aGFzaA"}
-		ev["signatures"] = map[string]any{benchServerName: map[string]any{"ed25519:a": "c2ln"}}
-		data, err := bus.Encode(ev)
-		if err != nil {
-			panic(fmt.Sprintf("bench: encode event: %v", err)) // plain maps of strings and ints always encode
-		}
-		r.ids = append(r.ids, id)
-		r.raw = append(r.raw, data)
-		prev = []string{id}
+		r.ids[i], r.raw[i] = benchEvent(roomID, i, ev)
 	}
 	return r
+}
+
+// benchEventID is the ID of the i-th event (from 0) of a bench room.
+func benchEventID(roomID string, i int) string {
+	local := strings.TrimPrefix(roomID[:strings.IndexByte(roomID, ':')], "!")
+	return fmt.Sprintf("$%s.%d", local, i+1)
+}
+
+// benchEvent completes ev as the i-th event (from 0) of the room roomID,
+// shaped like testenv.Room's: each event one deeper than the last, with the
+// last as its only prev_event. It returns the event's ID and encoding.
+func benchEvent(roomID string, i int, ev map[string]any) (string, []byte) {
+	id := benchEventID(roomID, i)
+	prev := []string{}
+	if i > 0 {
+		prev = []string{benchEventID(roomID, i-1)}
+	}
+	ev["event_id"] = id
+	ev["room_id"] = roomID
+	ev["origin_server_ts"] = int64(1_700_000_000_000 + i)
+	ev["depth"] = int64(i + 1)
+	ev["prev_events"] = prev
+	ev["hashes"] = map[string]any{"sha256": "aGFzaA"}
+	ev["signatures"] = map[string]any{benchServerName: map[string]any{"ed25519:a": "c2ln"}}
+	data, err := bus.Encode(ev)
+	if err != nil {
+		panic(fmt.Sprintf("bench: encode event: %v", err)) // plain maps of strings and ints always encode
+	}
+	return id, data
 }
 
 // Len is the number of events.
@@ -916,48 +1109,99 @@ func (r *benchRoom) Msgs(subjects bus.Subjects) []*nats.Msg {
 
 // ---- the summary ----
 
+// summary prints the table of every scenario that ran: one row per
+// metric with the value, what it is compared with, the ratio, the goal and
+// PASS or MISS. Each section has its own header row.
 func (b *bench) summary() {
-	r := &b.res
-	b.printf("\n== summary (as measured; ratio = scrollback / floor) ==\n")
-	tw := tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "metric\tscrollback\tfloor\tratio\tgoal\tresult")
-	row := func(metric, svc, floor, ratio, goal, result string) {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", metric, svc, floor, ratio, goal, result)
+	b.printf("\n== summary (as measured) ==\n")
+	t := summaryTable{tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)}
+	if b.res.reads != nil {
+		b.readsSummary(t)
 	}
-	verdict := func(ok bool) string {
-		if ok {
-			return "PASS"
-		}
-		return "MISS"
+	if b.res.rich != nil {
+		b.richSummary(t)
 	}
-	row("publish sync, 1 publisher (msgs/s)", fmtRate(r.pub1.PerSec()), "-", "-", "report", "-")
-	row(fmt.Sprintf("publish sync, %d publishers (msgs/s)", benchPublishers), fmtRate(r.pub16.PerSec()), "-", "-", "report", "-")
-	row("ingest live, async publish to applied (events/s)", fmtRate(r.live.PerSec()), "-", "-", "report", "-")
-	row("ingest catch-up, backlog to applied (events/s)", fmtRate(r.catchUp.PerSec()), "-", "-",
+	if b.res.purge != nil {
+		b.purgeSummary(t)
+	}
+	t.tw.Flush()
+}
+
+func (b *bench) readsSummary(t summaryTable) {
+	r := b.res.reads
+	t.section("reads: ratio = scrollback / floor", "metric", "scrollback", "floor", "ratio", "goal", "result")
+	t.row("publish sync, 1 publisher (msgs/s)", fmtRate(r.pub1.PerSec()), "-", "-", "report", "-")
+	t.row(fmt.Sprintf("publish sync, %d publishers (msgs/s)", benchPublishers), fmtRate(r.pub16.PerSec()), "-", "-", "report", "-")
+	t.row("ingest live, async publish to applied (events/s)", fmtRate(r.live.PerSec()), "-", "-", "report", "-")
+	t.row("ingest catch-up, backlog to applied (events/s)", fmtRate(r.catchUp.PerSec()), "-", "-",
 		fmt.Sprintf(">= %s", fmtRate(goalApplyPerSec)), verdict(r.catchUp.PerSec() >= goalApplyPerSec))
 	latRows := func(label string, svc, fl loadPair, p99Goal bool, thrGoal bool) {
 		for _, p := range []float64{50, 99} {
-			ratio := float64(svc.Lat.Pct(p)) / float64(fl.Lat.Pct(p))
-			goal, result := "-", "-"
+			goal := 0.0
 			if p == 99 && p99Goal {
-				goal, result = fmt.Sprintf("<= %.0fx", goalP99Ratio), verdict(ratio <= goalP99Ratio)
+				goal = goalP99Ratio
 			}
-			row(fmt.Sprintf("%s p%.0f, 1 client", label, p), fmtLat(svc.Lat.Pct(p)), fmtLat(fl.Lat.Pct(p)), fmt.Sprintf("%.2fx", ratio), goal, result)
+			t.latRow(fmt.Sprintf("%s p%.0f, 1 client", label, p), svc.Lat.Pct(p), fl.Lat.Pct(p), goal)
 		}
-		ratio := svc.Thr.PerSec() / fl.Thr.PerSec()
-		goal, result := "-", "-"
+		goal := 0.0
 		if thrGoal {
-			goal, result = fmt.Sprintf(">= %.1fx", goalThroughputRatio), verdict(ratio >= goalThroughputRatio)
+			goal = goalThroughputRatio
 		}
-		row(fmt.Sprintf("%s throughput, %d clients (req/s)", label, svc.Thr.Clients), fmtRate(svc.Thr.PerSec()), fmtRate(fl.Thr.PerSec()), fmt.Sprintf("%.2fx", ratio), goal, result)
+		t.thrRow(fmt.Sprintf("%s throughput, %d clients (req/s)", label, svc.Thr.Clients), svc.Thr.PerSec(), fl.Thr.PerSec(), goal)
 	}
 	latRows("NATS /messages", r.natsSvc, r.natsFl, true, true)
 	latRows("HTTP /messages", r.httpSvc, r.httpFl, false, false)
-	row("NATS echo p50, 1 client", "-", fmtLat(r.echo.Lat.Pct(50)), "-", "-", "-")
-	row("NATS echo p99, 1 client", "-", fmtLat(r.echo.Lat.Pct(99)), "-", "-", "-")
-	row(fmt.Sprintf("NATS echo throughput, %d clients (req/s)", r.echo.Thr.Clients), "-", fmtRate(r.echo.Thr.PerSec()), "-", "-", "-")
-	tw.Flush()
-	b.printf("floors: NATS = bbolt reverse scan of %d raw events behind a micro endpoint with the service's worker pool (bus.Serve), in-process connection; HTTP = the same scan behind net/http over loopback\n", b.cfg.Limit)
+	t.row("NATS echo p50, 1 client", "-", fmtLat(r.echo.Lat.Pct(50)), "-", "-", "-")
+	t.row("NATS echo p99, 1 client", "-", fmtLat(r.echo.Lat.Pct(99)), "-", "-", "-")
+	t.row(fmt.Sprintf("NATS echo throughput, %d clients (req/s)", r.echo.Thr.Clients), "-", fmtRate(r.echo.Thr.PerSec()), "-", "-", "-")
+	t.line("floors: NATS = bbolt reverse scan of %d raw events behind a micro endpoint with the service's worker pool (bus.Serve), in-process connection; HTTP = the same scan behind net/http over loopback", b.cfg.Limit)
+}
+
+// summaryTable is the summary's tab-aligned table.
+type summaryTable struct{ tw *tabwriter.Writer }
+
+// row is one row of cells.
+func (t summaryTable) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\t")) }
+
+// line is a line outside the columns. It also ends the run of rows whose
+// columns are aligned together, so each section is aligned on its own.
+func (t summaryTable) line(format string, args ...any) {
+	fmt.Fprintf(t.tw, format+"\n", args...)
+}
+
+// section starts a section: a blank line, its title and its header row.
+func (t summaryTable) section(title string, header ...string) {
+	t.line("\n%s", title)
+	t.row(header...)
+}
+
+// latRow compares two latencies; with maxRatio > 0 the goal is
+// value / vs <= maxRatio.
+func (t summaryTable) latRow(metric string, value, vs time.Duration, maxRatio float64) {
+	ratio := float64(value) / float64(vs)
+	goal, result := "-", "-"
+	if maxRatio > 0 {
+		goal, result = fmt.Sprintf("<= %gx", maxRatio), verdict(ratio <= maxRatio)
+	}
+	t.row(metric, fmtLat(value), fmtLat(vs), fmt.Sprintf("%.2fx", ratio), goal, result)
+}
+
+// thrRow compares two throughputs; with minRatio > 0 the goal is
+// value / vs >= minRatio.
+func (t summaryTable) thrRow(metric string, value, vs float64, minRatio float64) {
+	ratio := value / vs
+	goal, result := "-", "-"
+	if minRatio > 0 {
+		goal, result = fmt.Sprintf(">= %gx", minRatio), verdict(ratio >= minRatio)
+	}
+	t.row(metric, fmtRate(value), fmtRate(vs), fmt.Sprintf("%.2fx", ratio), goal, result)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
 }
 
 // ---- formatting ----

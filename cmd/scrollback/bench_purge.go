@@ -1,0 +1,901 @@
+package main
+
+// The purge scenario of `scrollback bench` (issue 4): purge_history of a
+// room with --purge-events messages below the cut-off, while a second,
+// small room ("other") is read.
+//
+// One service holds both rooms. The purged room is its set-up (create, the
+// creator's join, power levels, join rules, history visibility, the joins
+// of a local reader and of @remote:other.org), then --purge-events messages
+// from @remote:other.org, then the cut-off event and purgeTail messages of
+// the reader. Every message below the cut-off is a remote user's, so the
+// purge deletes every one of them, from bbolt and from the log, instead of
+// keeping it as an outlier.
+//
+// What is measured, in this order:
+//
+//  1. An idle purge: the room's set-up only (the cut-off is the first
+//     message), with nothing else running: the purge request's latency on
+//     a big room without other load. It waits until that purge is complete;
+//     the set-up's state events stay, as outliers.
+//  2. The other room's /messages over NATS next to its floor, closed-loop
+//     (compare): this sets the open-loop rate, half the floor's throughput
+//     (DESIGN.md, "Benchmark protocol"; --purge-rate), but no more than
+//     maxOpenLoad of the service's own throughput.
+//  3. The other room's /messages open-loop at that rate for --duration,
+//     with no purge running.
+//  4. The purge of every message, with the same open-loop reads of the
+//     other room running from just before the request until the purge task
+//     is complete:
+//     - the purge request, POST /_synapse/admin/v1/purge_history/{room}/{cut}
+//     over HTTP with the admin token. Its reply comes once the purge
+//     command is applied, and from then on no read returns a purged event:
+//     its latency is the time until the purge is visible. One read right
+//     after it checks that the room now starts at the cut-off event;
+//     - the rows' removal from bbolt: Store.PurgeDone polled every
+//     purgePoll, timed from the reply;
+//     - the messages' erasure from the log: the stream's message count on
+//     the room's event subject polled until it has dropped by the number
+//     of purged messages, timed from the reply;
+//     - the task's completion: purge status polled until "complete".
+//     The reads' p99 is reported for the whole purge, and for its two
+//     parts: until the rows are removed (the janitor's transactions, which
+//     use the CPU) and after (the erasure, which waits for the disk).
+//  5. The other room's reads as in 3 once more, after the purge: how
+//     steady the reference was.
+//  6. The bbolt file and the JetStream store directory before 1 and
+//     after 4.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/bits"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/bus"
+)
+
+// Goals of issue 4: a purge is visible to readers within 10 ms whatever the
+// room's size; the rows leave bbolt at 50k or more a second; the p99 of
+// reads of another room during the purge is at most twice the p99 without.
+const (
+	goalPurgeVisible    = 10 * time.Millisecond
+	goalPurgeRowsPerSec = 50_000
+	goalDuringP99Ratio  = 2.0
+)
+
+// Shape of the purge scenario.
+const (
+	// purgeRemote sends every message below the cut-off.
+	purgeRemote = "@remote:other.org"
+	// purgeTail is the number of events from the cut-off on: they stay.
+	purgeTail = 100
+	// otherRoomEvents is the size of the room read during the purge.
+	otherRoomEvents = 5_000
+	// purgePoll is how often the bench looks at the purge's progress.
+	purgePoll = 5 * time.Millisecond
+	// maxInFlight bounds the open-loop requests under way at once; a
+	// request due beyond it is released late, and its latency understated
+	// (printOpenLoop says so).
+	maxInFlight = 16384
+	// maxOpenLoad caps the open-loop rate at this fraction of the
+	// service's own closed-loop throughput (see otherRoomReads).
+	maxOpenLoad = 0.9
+)
+
+// purgeResults are the measurements of the purge scenario.
+type purgeResults struct {
+	N int // remote messages below the cut-off: the rows the purge removes, the log messages it erases
+
+	OtherLoad, Load loaded
+
+	IdleRequest time.Duration // the idle purge's request, sent to reply
+	Request     time.Duration // the purge's request, sent to reply
+	RowsDone    time.Duration // reply to PurgeDone
+	Erased      time.Duration // reply to the log's count dropping by N
+	Complete    time.Duration // reply to purge status "complete"
+	Profiled    bool          // the purge ran under the CPU profiler
+
+	Rate              float64 // the open-loop read rate of the other room
+	Capped            bool    // Rate is maxOpenLoad x the service's throughput, not --purge-rate x the floor's
+	otherFloor, other loadPair
+	before, during    openResult
+	after             openResult // no purge, after it: how steady before was
+	duringRows        openResult // the part of during until the rows were removed
+	duringErase       openResult // the rest: the erasure from the log
+
+	boltBefore, boltAfter int64  // bytes of <data_dir>/scrollback.db
+	jsBefore, jsAfter     int64  // bytes of the files under <data_dir>/jetstream
+	msgsBefore, msgsAfter uint64 // messages in the stream
+}
+
+// purgeRoom is the room that is purged. Its events are made on demand, so
+// that a room of a million events is never held in memory.
+type purgeRoom struct {
+	ID      string
+	members []string // creator, reader, purgeRemote
+	remote  int      // messages below the cut-off
+}
+
+func newPurgeRoom(roomID string, remote int) *purgeRoom {
+	return &purgeRoom{ID: roomID, members: []string{benchUser(0), benchUser(1), purgeRemote}, remote: remote}
+}
+
+// setupLen is the number of set-up events (setupEvents).
+func (r *purgeRoom) setupLen() int { return len(r.members) + 4 }
+
+// Cut is the index of the cut-off event: every event before it is purged.
+func (r *purgeRoom) Cut() int { return r.setupLen() + r.remote }
+
+// Len is the number of events.
+func (r *purgeRoom) Len() int { return r.Cut() + purgeTail }
+
+// Reader is the local member who reads the room.
+func (r *purgeRoom) Reader() string { return r.members[1] }
+
+// Msg is the i-th event as a log message with its Nats-Msg-Id.
+func (r *purgeRoom) Msg(subjects bus.Subjects, i int) *nats.Msg {
+	var ev map[string]any
+	switch {
+	case i < r.setupLen():
+		ev = setupEvents(r.members)[i]
+	case i < r.Cut():
+		ev = textMessage(purgeRemote, i)
+	default:
+		ev = textMessage(r.Reader(), i)
+	}
+	id, data := benchEvent(r.ID, i, ev)
+	return &nats.Msg{Subject: subjects.Room(r.ID, "event"), Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}
+}
+
+// purgeScenario loads both rooms into a service of its own and measures
+// the purge (see the top of this file).
+func (b *bench) purgeScenario(ctx context.Context) error {
+	c := b.cfg
+	room := newPurgeRoom("!purge:"+benchServerName, c.PurgeEvents)
+	res := &purgeResults{N: room.remote}
+	b.res.purge = res
+	b.printf("\n== purge: purge_history of a room with %d messages below the cut-off (--purge-events; the issue's goal size is 1000000), while a room of %d events is read ==\n",
+		c.PurgeEvents, otherRoomEvents)
+
+	dataDir := filepath.Join(b.dir, "purge")
+	m, err := b.openBenchService(ctx, dataDir)
+	if err != nil {
+		return err
+	}
+	closeM := sync.OnceValue(m.Close)
+	defer closeM()
+	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
+
+	other := newBenchRoom("!other:"+benchServerName, otherRoomEvents)
+	otherMsgs := other.Msgs(subjects)
+	if res.OtherLoad, err = loadRoom(ctx, m, other.ID, len(otherMsgs), func(i int) *nats.Msg { return otherMsgs[i] }); err != nil {
+		return err
+	}
+	b.printf("other room loaded: %s\n", res.OtherLoad)
+	if res.Load, err = loadRoom(ctx, m, room.ID, room.Len(), func(i int) *nats.Msg { return room.Msg(subjects, i) }); err != nil {
+		return err
+	}
+	b.printf("purged room loaded: %s; %d set-up events, %d messages of %s, the cut-off, %d more\n",
+		res.Load, room.setupLen(), room.remote, purgeRemote, purgeTail-1)
+
+	dbPath := filepath.Join(dataDir, "scrollback.db")
+	jsDir := filepath.Join(dataDir, "jetstream")
+	if res.boltBefore, res.jsBefore, err = storeSizes(dbPath, jsDir); err != nil {
+		return err
+	}
+
+	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-client")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	p, err := newPurger(ctx, m, nc, room)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	if err := b.idlePurge(ctx, p); err != nil {
+		return err
+	}
+	read, err := b.otherRoomReads(ctx, m, nc, other)
+	if err != nil {
+		return err
+	}
+	if res.before, err = runOpenLoop(ctx, res.Rate, c.Duration, read); err != nil {
+		return fmt.Errorf("bench: other room, open loop: %w", err)
+	}
+	b.printOpenLoop("other: no purge", res.Rate, res.before)
+
+	if err := b.purge(ctx, p, read); err != nil {
+		return err
+	}
+	// The same reads once more with no purge running, to see how steady
+	// the reference was.
+	if res.after, err = runOpenLoop(ctx, res.Rate, c.Duration, read); err != nil {
+		return fmt.Errorf("bench: other room, open loop: %w", err)
+	}
+	b.printOpenLoop("other: no purge, after", res.Rate, res.after)
+	if res.boltAfter, res.jsAfter, err = storeSizes(dbPath, jsDir); err != nil {
+		return err
+	}
+	b.printf("sizes: bbolt file %s before, %s after; JetStream store (the files under jetstream/) %s before, %s after; stream messages %d before, %d after\n",
+		fmtMiB(res.boltBefore), fmtMiB(res.boltAfter), fmtMiB(res.jsBefore), fmtMiB(res.jsAfter), res.msgsBefore, res.msgsAfter)
+	if err := closeM(); err != nil {
+		return fmt.Errorf("bench: close service: %w", err)
+	}
+	return nil
+}
+
+// otherRoomReads measures the other room's /messages next to its floor
+// (compare), sets the open-loop rate to --purge-rate times the floor's
+// throughput (but at most maxOpenLoad times the service's) and returns the
+// read as a target.
+func (b *bench) otherRoomReads(ctx context.Context, m *Main, nc *nats.Conn, other *benchRoom) (target, error) {
+	c := b.cfg
+	res := b.res.purge
+	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
+	t, err := collectTokens(ctx, nc, subjects, other, c.Limit)
+	if err != nil {
+		return target{}, err
+	}
+	fl, err := openFloor(ctx, filepath.Join(b.dir, "purge-floor.db"), m.NATSServer, other)
+	if err != nil {
+		return target{}, err
+	}
+	defer fl.Close()
+	reqs, err := t.requests(other.Reader(), c.Limit, nil)
+	if err != nil {
+		return target{}, err
+	}
+	read := natsTarget(nc, subjects.APIRoom(other.ID, "messages"), reqs)
+	pairs, err := b.compare(ctx,
+		namedTarget{"other: floor nats scan", natsTarget(nc, floorScanSubject, t.floorRequests(c.Limit))},
+		namedTarget{"other: nats /messages", read})
+	if err != nil {
+		return target{}, err
+	}
+	res.otherFloor, res.other = pairs[0], pairs[1]
+	floorThr, svcThr := res.otherFloor.Thr.PerSec(), res.other.Thr.PerSec()
+	res.Rate = c.PurgeRate * floorThr
+	b.printf("open-loop rate of the other room's reads: %.0f req/s = %g x the floor's %.0f req/s with %d clients (--purge-rate); scrollback's own closed-loop throughput is %.0f req/s, so the rate is %.0f%% of it\n",
+		res.Rate, c.PurgeRate, floorThr, c.Clients, svcThr, 100*res.Rate/svcThr)
+	if limit := maxOpenLoad * svcThr; res.Rate > limit {
+		// Beyond the service's capacity an open loop measures only how long
+		// its queue grows, and the purge competes with an overload.
+		res.Rate, res.Capped = limit, true
+		b.printf("open-loop rate capped at %.0f req/s, %.0f%% of scrollback's closed-loop throughput\n", res.Rate, 100*maxOpenLoad)
+	}
+	return read, nil
+}
+
+// purger sends purge requests for one room and watches their progress.
+type purger struct {
+	m       *Main
+	room    *purgeRoom
+	hc      *http.Client
+	req     *bus.Requester
+	stream  jetstream.Stream
+	subject string // the room's event subject
+}
+
+func newPurger(ctx context.Context, m *Main, nc *nats.Conn, room *purgeRoom) (*purger, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("bench: jetstream: %w", err)
+	}
+	stream, err := js.Stream(ctx, m.Config.NATS.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("bench: stream: %w", err)
+	}
+	p := &purger{m: m, room: room, hc: newBenchHTTPClient(1), req: &bus.Requester{NC: nc, Timeout: benchRequestTimeout},
+		stream: stream, subject: bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}.Room(room.ID, "event")}
+	// Open the connection first, so that no purge request pays for it.
+	if err := httpGet(ctx, p.hc, "http://"+m.HTTPAddr+"/health"); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *purger) Close() { p.hc.CloseIdleConnections() }
+
+// count is the number of log messages of the room's events, and of the
+// stream.
+func (p *purger) count(ctx context.Context) (room, all uint64, err error) {
+	info, err := p.stream.Info(ctx, jetstream.WithSubjectFilter(p.subject))
+	if err != nil {
+		return 0, 0, fmt.Errorf("bench: stream info: %w", err)
+	}
+	return info.State.Subjects[p.subject], info.State.Msgs, nil
+}
+
+// purgeRequest is one purge request as measured.
+type purgeRequest struct {
+	ID      string    // purge_id
+	Sent    time.Time // the request was sent
+	Took    time.Duration
+	Visible time.Duration // from Sent until the read after the reply replied
+}
+
+// Replied is when the reply came.
+func (r purgeRequest) Replied() time.Time { return r.Sent.Add(r.Took) }
+
+// request purges the room up to its cut-th event over HTTP, then checks
+// with one read, as the room's reader, that the room now starts at that
+// event.
+func (p *purger) request(ctx context.Context, cut int) (purgeRequest, error) {
+	m := p.m
+	cutID := benchEventID(p.room.ID, cut)
+	u := "http://" + m.HTTPAddr + "/_synapse/admin/v1/purge_history/" + url.PathEscape(p.room.ID) + "/" + url.PathEscape(cutID)
+	adminToken := m.Config.Auth.Tokens[len(m.Config.Auth.Tokens)-1].Token // openBenchService's
+	r := purgeRequest{Sent: time.Now()}
+	id, err := postPurge(ctx, p.hc, u, adminToken)
+	if err != nil {
+		return r, err
+	}
+	r.ID, r.Took = id, time.Since(r.Sent)
+	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
+	first, err := firstEventID(ctx, p.req, subjects.APIRoom(p.room.ID, "messages"), p.room.Reader())
+	if err != nil {
+		return r, err
+	}
+	r.Visible = time.Since(r.Sent)
+	if first != cutID {
+		return r, fmt.Errorf("bench: right after the purge's reply, the room's oldest event is %s, want the cut-off %s", first, cutID)
+	}
+	return r, nil
+}
+
+// status is a purge's status; a failed purge is an error.
+func (p *purger) status(ctx context.Context, id string) (string, error) {
+	subjects := bus.Subjects{Prefix: p.m.Config.NATS.SubjectPrefix}
+	status, err := purgeStatus(ctx, p.req, subjects.API("purge_status"), id)
+	if err == nil && status == "failed" {
+		err = fmt.Errorf("bench: purge %s failed", id)
+	}
+	return status, err
+}
+
+// idlePurge purges the room's set-up (the cut-off is the first message)
+// with nothing else running, and waits until that purge is complete: the
+// purge request's latency on a big room without other load.
+func (b *bench) idlePurge(ctx context.Context, p *purger) error {
+	res := b.res.purge
+	r, err := p.request(ctx, p.room.setupLen())
+	if err != nil {
+		return err
+	}
+	res.IdleRequest = r.Took
+	tick := time.NewTicker(purgePoll)
+	defer tick.Stop()
+	for {
+		status, err := p.status(ctx, r.ID)
+		if err != nil {
+			return err
+		}
+		if status == "complete" {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	b.printf("idle purge: the room's %d set-up events (the cut-off is the first message), no other load: POST /_synapse/admin/v1/purge_history/{room}/{cut-off} replied in %s; the read after it starts at the cut-off, %s after the request was sent; complete %v after the reply\n",
+		p.room.setupLen(), fmtLat(r.Took), fmtLat(r.Visible), round(time.Since(r.Replied())))
+	return nil
+}
+
+// purge runs the purge of every message below the cut-off with the other
+// room's reads going on (see the top of this file).
+func (b *bench) purge(ctx context.Context, p *purger, read target) error {
+	res := b.res.purge
+	room := p.room
+	inLog, all, err := p.count(ctx)
+	if err != nil {
+		return err
+	}
+	if inLog != uint64(room.Len()) {
+		return fmt.Errorf("bench: the log holds %d messages of the purged room, want %d", inLog, room.Len())
+	}
+	res.msgsBefore = all
+
+	// With --cpuprofile, the profile covers the purge from the request
+	// until the rows are removed: the part that competes for the CPU (the
+	// erasure that follows waits for the disk).
+	profiling := false
+	stopProfile := func() {
+		if profiling {
+			pprof.StopCPUProfile()
+			profiling = false
+		}
+	}
+	defer stopProfile()
+	if b.prof != nil {
+		if err := pprof.StartCPUProfile(b.prof); err != nil {
+			return fmt.Errorf("bench: cpu profile: %w", err)
+		}
+		profiling, res.Profiled = true, true
+	}
+	during := startOpenLoop(ctx, res.Rate, read)
+	defer during.Stop() // on failure; Stop again returns the same
+
+	r, err := p.request(ctx, room.Cut())
+	if err != nil {
+		return err
+	}
+	res.Request = r.Took
+	replied := r.Replied()
+	b.printf("purge request: POST /_synapse/admin/v1/purge_history/{room}/{cut-off} replied in %s (purge_id %s); the read after it starts at the cut-off, %s after the request was sent\n",
+		fmtLat(r.Took), r.ID, fmtLat(r.Visible))
+
+	// Progress, timed from the reply.
+	tick := time.NewTicker(purgePoll)
+	defer tick.Stop()
+	deadline := time.NewTimer(10*time.Minute + time.Duration(room.Len())*time.Millisecond)
+	defer deadline.Stop()
+	for res.Complete == 0 {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return fmt.Errorf("bench: the purge did not complete (rows removed after %v, log erased after %v)", res.RowsDone, res.Erased)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		now := time.Now()
+		if res.RowsDone == 0 {
+			done, err := p.m.Store.PurgeDone(room.ID)
+			if err != nil {
+				return fmt.Errorf("bench: purge done: %w", err)
+			}
+			if done {
+				res.RowsDone = now.Sub(replied)
+				during.Mark()
+				stopProfile()
+			}
+		}
+		if res.Erased == 0 {
+			n, all, err := p.count(ctx)
+			if err != nil {
+				return err
+			}
+			res.msgsAfter = all
+			if want := inLog - uint64(room.remote); n <= want {
+				res.Erased = now.Sub(replied)
+				if n != want {
+					return fmt.Errorf("bench: the purge erased %d of the room's log messages, want %d", inLog-n, room.remote)
+				}
+			}
+		}
+		if res.RowsDone > 0 && res.Erased > 0 {
+			status, err := p.status(ctx, r.ID)
+			if err != nil {
+				return err
+			}
+			if status == "complete" {
+				res.Complete = now.Sub(replied)
+			}
+		}
+	}
+	if res.during, err = during.Stop(); err != nil {
+		return fmt.Errorf("bench: other room during the purge: %w", err)
+	}
+	res.duringRows, res.duringErase = during.Parts()
+	b.printf("purge, bbolt: %d rows removed %v after the reply = %.0f rows/s\n",
+		res.N, round(res.RowsDone), perSec(res.N, res.RowsDone))
+	b.printf("purge, log: %d messages erased %v after the reply = %.0f msgs/s (the eraser deletes what the janitor queues, one DeleteMsg each)\n",
+		res.N, round(res.Erased), perSec(res.N, res.Erased))
+	b.printf("purge, task: status complete %v after the reply\n", round(res.Complete))
+	b.printOpenLoop("other: during the purge", res.Rate, res.during)
+	b.printOpenLoop("other: until rows removed", res.Rate, res.duringRows)
+	b.printOpenLoop("other: after rows removed", res.Rate, res.duringErase)
+	if res.Profiled {
+		b.printf("cpu profile: the purge from the request until the rows were removed (the purge's numbers above were measured under the profiler): %s\n", b.cfg.CPUProfile)
+	}
+	return nil
+}
+
+// postPurge sends the purge request and returns the purge_id of its reply.
+func postPurge(ctx context.Context, hc *http.Client, u, token string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("bench: purge request: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("bench: purge request: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("bench: purge request: status %d: %s", resp.StatusCode, body)
+	}
+	var out struct {
+		PurgeID string `json:"purge_id"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || out.PurgeID == "" {
+		return "", fmt.Errorf("bench: purge request: reply %s", body)
+	}
+	return out.PurgeID, nil
+}
+
+// httpGet GETs u and wants 200.
+func httpGet(ctx context.Context, hc *http.Client, u string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("bench: GET %s: %w", u, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("bench: GET %s: status %d", u, resp.StatusCode)
+	}
+	return nil
+}
+
+// firstEventID reads the oldest event of a room as userID sees it.
+func firstEventID(ctx context.Context, req *bus.Requester, subject, userID string) (string, error) {
+	data, err := req.Request(ctx, subject, map[string]any{"user_id": userID, "dir": "f", "limit": 1})
+	if err != nil {
+		return "", fmt.Errorf("bench: read after the purge: %w", err)
+	}
+	page, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return "", fmt.Errorf("bench: read after the purge: %w", err)
+	}
+	chunk, _ := page["chunk"].([]any)
+	if len(chunk) == 0 {
+		return "", errors.New("bench: read after the purge: no events")
+	}
+	ev, _ := chunk[0].(map[string]any)
+	id, _ := ev["event_id"].(string)
+	return id, nil
+}
+
+// purgeStatus asks sb.api.purge_status for a purge's status.
+func purgeStatus(ctx context.Context, req *bus.Requester, subject, purgeID string) (string, error) {
+	data, err := req.Request(ctx, subject, map[string]any{"purge_id": purgeID})
+	if err != nil {
+		return "", fmt.Errorf("bench: purge status: %w", err)
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return "", fmt.Errorf("bench: purge status: %w", err)
+	}
+	status, _ := m["status"].(string)
+	return status, nil
+}
+
+// storeSizes is the size of the bbolt file and the total size of the files
+// under the JetStream store directory (du --apparent-size).
+func storeSizes(dbPath, jsDir string) (bolt, js int64, err error) {
+	fi, err := os.Stat(dbPath)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bench: %w", err)
+	}
+	err = filepath.WalkDir(jsDir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			js += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("bench: size of %s: %w", jsDir, err)
+	}
+	return fi.Size(), js, nil
+}
+
+// ---- open-loop reads ----
+
+// openLoop sends requests to a target at a fixed rate, whatever the
+// replies do: "p99 during X" is measured open-loop (DESIGN.md, "Benchmark
+// protocol"), so that a slow service meets as many requests as a fast one.
+// A pacer releases every request that is due each time it wakes (Go's
+// timers wake it about once a millisecond here, so requests leave in small
+// bursts), and each request runs in a goroutine of its own. A request's
+// latency runs from its release to its reply: waiting for the service is
+// counted however long the queue gets (no coordinated omission); the
+// pacer's own oversleep is not.
+//
+// The latencies go into histograms, not lists: the bench shares its
+// process, and so its heap and garbage collector, with the service, and a
+// list growing by a million entries during a long purge would make the
+// collector run less often then than in the phase it is compared with.
+// Mark splits the phase in two parts, by release time.
+type openLoop struct {
+	rate float64
+	t    target
+	stop chan struct{}
+	done chan struct{}
+
+	start    time.Time
+	elapsed  time.Duration
+	mark     atomic.Int64 // when the second part starts, since start; 0: not yet
+	inFlight atomic.Int64
+	maxIn    int64 // the pacer's: the most requests under way at once
+	wg       sync.WaitGroup
+
+	mu    sync.Mutex
+	parts [2]openResult
+	err   error
+}
+
+// openResult is an open-loop phase or a part of one.
+type openResult struct {
+	Requests int
+	Bytes    int // of all replies
+	Elapsed  time.Duration
+	InFlight int // the most requests under way at once (in the whole phase)
+	hist     latHist
+}
+
+// PerSec is completed requests per second.
+func (r openResult) PerSec() float64 { return float64(r.Requests) / r.Elapsed.Seconds() }
+
+// Pct is the p-th percentile latency, within 1%.
+func (r openResult) Pct(p float64) time.Duration { return r.hist.pct(p) }
+
+// Max is the slowest request.
+func (r openResult) Max() time.Duration { return r.hist.max }
+
+// startOpenLoop starts sending; Stop ends it.
+func startOpenLoop(ctx context.Context, rate float64, t target) *openLoop {
+	o := &openLoop{rate: rate, t: t, stop: make(chan struct{}), done: make(chan struct{}), start: time.Now()}
+	go o.pace(ctx)
+	return o
+}
+
+// runOpenLoop sends requests to t at rate for d.
+func runOpenLoop(ctx context.Context, rate float64, d time.Duration, t target) (openResult, error) {
+	o := startOpenLoop(ctx, rate, t)
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	return o.Stop()
+}
+
+func (o *openLoop) pace(ctx context.Context) {
+	defer close(o.done)
+	nap := max(time.Duration(float64(time.Second)/o.rate), 100*time.Microsecond)
+	released := 0
+	for {
+		select {
+		case <-o.stop:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		now := time.Now()
+		due := int(now.Sub(o.start).Seconds()*o.rate) + 1
+		for ; released < due && o.inFlight.Load() < maxInFlight; released++ {
+			o.maxIn = max(o.maxIn, o.inFlight.Add(1))
+			o.wg.Add(1)
+			go o.send(ctx, now)
+		}
+		time.Sleep(nap)
+	}
+}
+
+func (o *openLoop) send(ctx context.Context, released time.Time) {
+	defer o.wg.Done()
+	n, err := o.t.do(ctx, mrand.IntN(o.t.n))
+	d := time.Since(released)
+	o.inFlight.Add(-1)
+	part := 0
+	if m := o.mark.Load(); m > 0 && released.Sub(o.start) >= time.Duration(m) {
+		part = 1
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err != nil {
+		if o.err == nil {
+			o.err = err
+		}
+		return
+	}
+	p := &o.parts[part]
+	p.Requests++
+	p.Bytes += n
+	p.hist.add(d)
+}
+
+// Mark ends the first part of the phase: requests released from now on
+// count in the second.
+func (o *openLoop) Mark() { o.mark.Store(int64(max(time.Since(o.start), 1))) }
+
+// Stop stops releasing requests, waits for those under way and returns
+// the whole phase; Elapsed runs until Stop. Stopping again returns the
+// same.
+func (o *openLoop) Stop() (openResult, error) {
+	select {
+	case <-o.stop:
+	default:
+		close(o.stop)
+		<-o.done
+		o.elapsed = time.Since(o.start)
+		o.wg.Wait()
+	}
+	first, second := o.Parts()
+	r := first
+	r.Requests += second.Requests
+	r.Bytes += second.Bytes
+	r.Elapsed = o.elapsed
+	r.hist.merge(&second.hist)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return r, o.err
+	}
+	if r.Requests == 0 {
+		return r, errors.New("no request completed")
+	}
+	return r, nil
+}
+
+// Parts are the two parts of a stopped phase, before and after Mark.
+func (o *openLoop) Parts() (first, second openResult) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	first, second = o.parts[0], o.parts[1]
+	first.hist, second.hist = o.parts[0].hist.clone(), o.parts[1].hist.clone()
+	first.InFlight, second.InFlight = int(o.maxIn), int(o.maxIn)
+	mark := time.Duration(o.mark.Load())
+	if mark == 0 {
+		mark = o.elapsed
+	}
+	first.Elapsed, second.Elapsed = mark, o.elapsed-mark
+	return first, second
+}
+
+// printOpenLoop prints an open-loop phase like compare prints the others.
+func (b *bench) printOpenLoop(name string, rate float64, r openResult) {
+	capped := ""
+	if r.InFlight >= maxInFlight {
+		capped = " (the cap: later requests were released late, their latency understated)"
+	}
+	b.printf("%-26s open loop at %.0f req/s: %7d req in %v = %6.0f req/s; p50 %s p90 %s p99 %s max %s; at most %d under way%s; reply %s\n",
+		name, rate, r.Requests, round(r.Elapsed), r.PerSec(),
+		fmtLat(r.Pct(50)), fmtLat(r.Pct(90)), fmtLat(r.Pct(99)), fmtLat(r.Max()), r.InFlight, capped, fmtBytes(r.Bytes/max(r.Requests, 1)))
+}
+
+// latHist is a log-linear histogram of latencies: fixed memory whatever
+// the count, each value kept within 1/128 (as HdrHistogram does with two
+// significant digits). Below 256 ns every nanosecond has its bucket; above,
+// each power of two has 128.
+type latHist struct {
+	counts []uint64
+	n      uint64
+	max    time.Duration
+}
+
+const histSub = 128
+
+func histBucket(d time.Duration) int {
+	v := uint64(max(d, 0))
+	if v < 2*histSub {
+		return int(v)
+	}
+	e := bits.Len64(v) - 8 // v>>e is in [128, 256)
+	return 2*histSub + (e-1)*histSub + int(v>>e) - histSub
+}
+
+// histValue is the highest value of bucket i.
+func histValue(i int) time.Duration {
+	if i < 2*histSub {
+		return time.Duration(i)
+	}
+	e := (i-2*histSub)/histSub + 1
+	m := uint64((i-2*histSub)%histSub + histSub)
+	return time.Duration((m+1)<<e - 1)
+}
+
+func (h *latHist) add(d time.Duration) {
+	i := histBucket(d)
+	if i >= len(h.counts) {
+		h.counts = slices.Grow(h.counts, i+1-len(h.counts))[:i+1]
+	}
+	h.counts[i]++
+	h.n++
+	h.max = max(h.max, d)
+}
+
+func (h *latHist) merge(o *latHist) {
+	if len(o.counts) > len(h.counts) {
+		h.counts = slices.Grow(h.counts, len(o.counts)-len(h.counts))[:len(o.counts)]
+	}
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+	h.n += o.n
+	h.max = max(h.max, o.max)
+}
+
+func (h latHist) clone() latHist {
+	h.counts = slices.Clone(h.counts)
+	return h
+}
+
+// pct is the p-th percentile (nearest rank): the highest value of its
+// bucket, at most the largest value seen.
+func (h latHist) pct(p float64) time.Duration {
+	if h.n == 0 {
+		return 0
+	}
+	rank := max(uint64(float64(h.n)*p/100+0.999999), 1)
+	var seen uint64
+	for i, c := range h.counts {
+		if seen += c; seen >= rank {
+			return min(histValue(i), h.max)
+		}
+	}
+	return h.max
+}
+
+func perSec(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
+
+func fmtMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func (b *bench) purgeSummary(t summaryTable) {
+	r := b.res.purge
+	t.section(fmt.Sprintf("purge: %d messages below the cut-off, all remote; a room of %d events read open-loop at %.0f req/s; rates from the purge request's reply",
+		r.N, otherRoomEvents, r.Rate), "metric", "value", "vs", "ratio", "goal", "result")
+	visible := func(metric string, d time.Duration) {
+		t.row(metric, fmtLat(d), "-", "-", fmt.Sprintf("< %v", goalPurgeVisible), verdict(d < goalPurgeVisible))
+	}
+	visible("purge request to purged events hidden, idle (HTTP)", r.IdleRequest)
+	visible("purge request to purged events hidden, with reads (HTTP)", r.Request)
+	rows := perSec(r.N, r.RowsDone)
+	t.row("bbolt rows removed (rows/s)", fmtRate(rows), "-", "-", fmt.Sprintf(">= %d", goalPurgeRowsPerSec), verdict(rows >= goalPurgeRowsPerSec))
+	t.row("log messages erased (msgs/s)", fmtRate(perSec(r.N, r.Erased)), "-", "-", "report", "-")
+	t.row("purge task complete (s)", fmt.Sprintf("%.2f", r.Complete.Seconds()), "-", "-", "report", "-")
+	t.latRow("other room /messages p50 during vs without purge", r.during.Pct(50), r.before.Pct(50), 0)
+	t.latRow("other room /messages p99 during vs without purge", r.during.Pct(99), r.before.Pct(99), goalDuringP99Ratio)
+	t.latRow("other room /messages p99 until rows removed vs without", r.duringRows.Pct(99), r.before.Pct(99), goalDuringP99Ratio)
+	t.latRow("other room /messages p99 after rows removed vs without", r.duringErase.Pct(99), r.before.Pct(99), goalDuringP99Ratio)
+	t.latRow("other room /messages p50 without purge, after vs before", r.after.Pct(50), r.before.Pct(50), 0)
+	t.latRow("other room /messages p99 without purge, after vs before", r.after.Pct(99), r.before.Pct(99), 0)
+	t.row("bbolt file after vs before", fmtMiB(r.boltAfter), fmtMiB(r.boltBefore), fmt.Sprintf("%.2fx", float64(r.boltAfter)/float64(r.boltBefore)), "report", "-")
+	t.row("JetStream store after vs before", fmtMiB(r.jsAfter), fmtMiB(r.jsBefore), fmt.Sprintf("%.2fx", float64(r.jsAfter)/float64(r.jsBefore)), "report", "-")
+	rate := fmt.Sprintf("%g x the floor's throughput (--purge-rate)", b.cfg.PurgeRate)
+	if r.Capped {
+		rate = fmt.Sprintf("capped at %g x scrollback's closed-loop throughput", maxOpenLoad)
+	}
+	t.line("other room: /messages dir=b limit=%d over NATS, open loop at %.0f req/s = %s", b.cfg.Limit, r.Rate, rate)
+	if r.Profiled {
+		t.line("the purge ran under the CPU profiler")
+	}
+}
