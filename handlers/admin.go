@@ -187,19 +187,9 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 // complete and failed through and every other status to active, and adds
 // the failure reason.
 func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	m, err := decodeRequest(data)
+	id, t, err := a.taskByID(data, "purge_id")
 	if err != nil {
 		return nil, err
-	}
-	id, _ := m["purge_id"].(string)
-	if id == "" {
-		return nil, commands.Errorf(400, commands.CodeMissingParam, "Missing params: ['purge_id']")
-	}
-	var t *commands.Task
-	if commands.ValidCommandID(id) {
-		if t, err = a.Store.Task(id); err != nil {
-			return nil, err
-		}
 	}
 	if t == nil || t.Action != commands.ActionPurgeHistory || TaskExpired(t, a.Now()) {
 		return nil, commands.Errorf(404, commands.CodeNotFound, "purge id '%s' not found", id)
@@ -363,16 +353,9 @@ func (a *Admin) DeleteStatusByRoom(ctx context.Context, subject string, data []b
 // DeleteStatus answers sb.api.delete_status {delete_id}: the task in any
 // status.
 func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	m, err := decodeRequest(data)
+	id, t, err := a.taskByID(data, "delete_id")
 	if err != nil {
 		return nil, err
-	}
-	id, _ := m["delete_id"].(string)
-	var t *commands.Task
-	if commands.ValidCommandID(id) {
-		if t, err = a.Store.Task(id); err != nil {
-			return nil, err
-		}
 	}
 	if t == nil || !isDeleteAction(t.Action) || TaskExpired(t, a.Now()) {
 		return nil, commands.Errorf(404, commands.CodeNotFound, "delete id '%s' not found", id)
@@ -388,4 +371,22 @@ func decodeRequest(data []byte) (map[string]any, error) {
 		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
 	}
 	return m, nil
+}
+
+// taskByID decodes a status request {<key>: id} and looks the task up
+// (nil when unknown); a missing id is 400 M_MISSING_PARAM.
+func (a *Admin) taskByID(data []byte, key string) (string, *commands.Task, error) {
+	m, err := decodeRequest(data)
+	if err != nil {
+		return "", nil, err
+	}
+	id, _ := m[key].(string)
+	if id == "" {
+		return "", nil, commands.Errorf(400, commands.CodeMissingParam, "Missing params: ['%s']", key)
+	}
+	if !commands.ValidCommandID(id) {
+		return id, nil, nil
+	}
+	t, err := a.Store.Task(id)
+	return id, t, err
 }
