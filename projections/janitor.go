@@ -31,7 +31,8 @@ func (s *Store) WakeJanitor() {
 }
 
 // RunJanitor removes purged rows in batches of JanitorBatch until ctx ends,
-// waking on WakeJanitor and every interval. Each batch is one short
+// waking on WakeJanitor and every interval, resting after each batch as
+// long as it took. Each batch is one short
 // transaction; reads never wait for it, and a crash loses at most the
 // batch in flight, which the next run redoes.
 func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slog.Logger) {
@@ -39,6 +40,7 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 	defer t.Stop()
 	for {
 		for {
+			start := time.Now()
 			did, err := s.JanitorStep(JanitorBatch)
 			if err != nil {
 				log.Error("janitor batch failed", "err", err)
@@ -46,6 +48,12 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 			}
 			if !did || ctx.Err() != nil {
 				break
+			}
+			// Pace: rest as long as the batch took, so the janitor uses at
+			// most about half of a core and reads keep the rest.
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Since(start)):
 			}
 		}
 		select {
