@@ -79,11 +79,7 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 // roomOf decodes the room of a sb.api.room.<rk>.<endpoint> subject and the
 // request map.
 func (a *Admin) roomOf(subject string, data []byte) (string, map[string]any, error) {
-	roomID, err := a.Subjects.ParseAPIRoomSubject(subject)
-	if err != nil {
-		return "", nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
-	}
-	m, err := decodeRequest(data)
+	roomID, m, err := roomRequest(a.Subjects, subject, data)
 	if err != nil {
 		return "", nil, err
 	}
@@ -132,11 +128,7 @@ func TaskExpired(t *commands.Task, now time.Time) bool {
 // purge_up_to_ts by received time. It publishes a purge_history command
 // and replies {purge_id} once the command is applied.
 func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	roomID, err := a.Subjects.ParseAPIRoomSubject(subject)
-	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
-	}
-	m, err := decodeRequest(data)
+	roomID, m, err := roomRequest(a.Subjects, subject, data)
 	if err != nil {
 		return nil, err
 	}
@@ -213,11 +205,7 @@ func hasKey(m map[string]any, k string) bool { _, ok := m[k]; return ok }
 // applied; with wait (v1) it replies with the shutdown result once the
 // task has finished.
 func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	roomID, err := a.Subjects.ParseAPIRoomSubject(subject)
-	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
-	}
-	m, err := decodeRequest(data)
+	roomID, m, err := roomRequest(a.Subjects, subject, data)
 	if err != nil {
 		return nil, err
 	}
@@ -389,4 +377,18 @@ func (a *Admin) taskByID(data []byte, key string) (string, *commands.Task, error
 	}
 	t, err := a.Store.Task(id)
 	return id, t, err
+}
+
+// roomRequest reads the room of a sb.api.room.<rk>.<endpoint> subject and
+// decodes the request payload.
+func roomRequest(subjects bus.Subjects, subject string, data []byte) (string, map[string]any, error) {
+	roomID, err := subjects.ParseAPIRoomSubject(subject)
+	if err != nil {
+		return "", nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
+	}
+	m, err := decodeRequest(data)
+	if err != nil {
+		return "", nil, err
+	}
+	return roomID, m, nil
 }

@@ -168,11 +168,7 @@ func ParseMessagesRequest(m map[string]any) (*MessagesRequest, error) {
 
 // Handle is the bus.Handler of the messages endpoint.
 func (h *Messages) Handle(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	roomID, err := h.Subjects.ParseAPIRoomSubject(subject)
-	if err != nil {
-		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Bad room key in subject")
-	}
-	m, err := decodeRequest(data)
+	roomID, m, err := roomRequest(h.Subjects, subject, data)
 	if err != nil {
 		return nil, err
 	}

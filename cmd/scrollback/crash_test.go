@@ -105,21 +105,18 @@ func TestCrash_Kill9DuringIngest(t *testing.T) {
 			proc = serveProcess(t, bin, cfg, httpAddr, &log)
 		}
 		data, _ := bus.Encode(map[string]any(ev))
-		for attempt := 0; ; attempt++ {
+		testenv.WaitFor(t, 20*time.Second, "an ack for "+ev.ID(), func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
 			msg := &nats.Msg{Subject: subjects.Room(room.ID, "event"), Data: data, Header: nats.Header{}}
 			msg.Header.Set(jetstream.MsgIDHeader, ev.ID())
 			ack, err := js.PublishMsg(ctx, msg)
-			cancel()
-			if err == nil {
-				last = max(last, ack.Sequence)
-				break
+			if err != nil {
+				return false
 			}
-			if attempt > 100 {
-				t.Fatalf("publish %s: %v", ev.ID(), err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			last = max(last, ack.Sequence)
+			return true
+		})
 	}
 	r := &bus.Requester{NC: nc, Timeout: 15 * time.Second}
 	var got []string

@@ -217,17 +217,10 @@ func TestDeleteRoom_ResumesAfterRestart(t *testing.T) {
 	}
 	defer m2.Close()
 	hs2 := hs
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testenv.WaitFor(t, 30*time.Second, "the shutdown to complete after the restart", func() bool {
 		task, _ := m2.Store.Task(id)
-		if task != nil && task.Status == "complete" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the shutdown did not finish after the restart: %+v; hs leaves %d", task, hs.Acted("leave", ""))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return task != nil && task.Status == "complete"
+	})
 	task, _ := m2.Store.Task(id)
 	kicked := task.Result["kicked_users"].([]any)
 	if len(kicked) != 33 {

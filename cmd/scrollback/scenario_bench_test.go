@@ -68,7 +68,9 @@ func BenchmarkShutdown5000(b *testing.B) {
 		}
 		id := body["delete_id"].(string)
 		var during []time.Duration
-		for {
+		pace := time.NewTicker(5 * time.Millisecond) // an open-loop-ish reader, not saturation
+		defer pace.Stop()
+		for ; ; <-pace.C {
 			task, _ := m.Store.Task(id)
 			if task != nil && task.Finished() {
 				if task.Status != commands.TaskComplete {
@@ -77,7 +79,6 @@ func BenchmarkShutdown5000(b *testing.B) {
 				break
 			}
 			during = append(during, read())
-			time.Sleep(5 * time.Millisecond) // an open-loop-ish reader, not saturation
 		}
 		total := time.Since(start)
 		task, _ := m.Store.Task(id)
