@@ -34,7 +34,15 @@ func (s Subjects) StreamConfig(name string) jetstream.StreamConfig {
 // or a subject transform stop start-up with ErrStreamConflict. Replicas
 // and limits are the operator's and are left alone.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, s Subjects, name string) (jetstream.Stream, error) {
+	return EnsureReplicatedStream(ctx, js, s, name, 1)
+}
+
+// EnsureReplicatedStream is EnsureStream creating a missing stream with
+// replicas copies (3 on a three-node cluster). An existing stream keeps
+// the operator's replicas.
+func EnsureReplicatedStream(ctx context.Context, js jetstream.JetStream, s Subjects, name string, replicas int) (jetstream.Stream, error) {
 	want := s.StreamConfig(name)
+	want.Replicas = max(replicas, 1)
 	st, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		st, err = js.CreateStream(ctx, want)

@@ -32,6 +32,12 @@ type Admin struct {
 	NewID func() string
 	// ServerName decides which users are local.
 	ServerName string
+	// CatchUp, if set, waits until this instance has applied the whole
+	// log as it is now. A status request for an unknown task ID calls it
+	// once before answering 404: with several instances, the request may
+	// reach one that has not yet applied the command another instance
+	// just published.
+	CatchUp func(ctx context.Context) error
 }
 
 // RandomID returns 16 random ASCII letters.
@@ -376,6 +382,13 @@ func (a *Admin) taskByID(data []byte, key string) (string, *commands.Task, error
 		return id, nil, nil
 	}
 	t, err := a.Store.Task(id)
+	if t == nil && err == nil && a.CatchUp != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if a.CatchUp(ctx) == nil {
+			t, err = a.Store.Task(id)
+		}
+	}
 	return id, t, err
 }
 

@@ -22,7 +22,7 @@ type Metrics struct {
 	batch      prometheus.Histogram
 }
 
-// NewMetrics registers the metrics. lag reports the projection lag in log
+// NewMetrics registers the metrics. lag (nil: no projection here) reports the projection lag in log
 // messages (the log's last sequence minus the applied one).
 func NewMetrics(lag func() float64) *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry()}
@@ -44,12 +44,14 @@ func NewMetrics(lag func() float64) *Metrics {
 		Help:    "Time to decode and commit one batch of log messages.",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
 	})
-	lagGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "scrollback_projection_lag_messages",
-		Help: "Log messages not yet applied to the projection.",
-	}, lag)
-	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, lagGauge,
+	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if lag != nil { // nil in a process without a projection (scrollback bridge)
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "scrollback_projection_lag_messages",
+			Help: "Log messages not yet applied to the projection.",
+		}, lag))
+	}
 	return m
 }
 

@@ -39,6 +39,10 @@ type RetentionRunner struct {
 	Admin  *Admin
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Owns tells whether this instance acts for a room (nil: every
+	// room); with several instances each purges the rooms of its
+	// partitions.
+	Owns func(roomID string) bool
 }
 
 // Run runs every job on its interval (the first run one interval after
@@ -93,6 +97,9 @@ type retentionTarget struct {
 func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, error) {
 	var targets []retentionTarget
 	err := r.Store.ForEachRoom(func(roomID string, v *projections.RoomView) bool {
+		if r.Owns != nil && !r.Owns(roomID) {
+			return true
+		}
 		ret, _ := v.CurrentState(typeRetention, "")
 		_, roomMax := commands.ParseRetentionSummary(ret.Summary)
 		maxMS := r.Config.Default.MaxLifetime
@@ -174,6 +181,8 @@ type ForgottenRooms struct {
 	Admin      *Admin
 	Now        func() time.Time
 	Logger     *slog.Logger
+	// Owns tells whether this instance acts for a room (nil: every room).
+	Owns func(roomID string) bool
 }
 
 // Run checks every min(Period, 1 h) until ctx ends.
@@ -196,10 +205,15 @@ func (f *ForgottenRooms) RunOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for i, room := range rooms {
-		if _, err := f.Admin.publish(ctx, room, commands.ActionPurgeRoom, map[string]any{"force": false}, ""); err != nil {
-			return i, err
+	purged := 0
+	for _, room := range rooms {
+		if f.Owns != nil && !f.Owns(room) {
+			continue
 		}
+		if _, err := f.Admin.publish(ctx, room, commands.ActionPurgeRoom, map[string]any{"force": false}, ""); err != nil {
+			return purged, err
+		}
+		purged++
 	}
-	return len(rooms), nil
+	return purged, nil
 }

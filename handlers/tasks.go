@@ -37,10 +37,20 @@ type TaskRunner struct {
 	Concurrency int
 	// ServerName decides which members are local.
 	ServerName string
+	// Owns tells whether this instance runs the tasks of a room (nil:
+	// every room). With several instances, each runs the tasks of the
+	// partitions it owns; a task whose partition moves away is stopped
+	// and resumed by the new owner from its last TaskUpdate. Wake, if
+	// set, is signalled when ownership changes, so that a new owner
+	// starts at once instead of at the next poll.
+	Owns func(roomID string) bool
+	Wake <-chan struct{}
 
 	mu      sync.Mutex
-	running map[string]bool
+	running map[string]context.CancelFunc
 }
+
+func (r *TaskRunner) owns(roomID string) bool { return r.Owns == nil || r.Owns(roomID) }
 
 // handles reports whether the runner runs tasks of this action.
 func (r *TaskRunner) handles(action string) bool {
@@ -61,7 +71,7 @@ func (r *TaskRunner) Run(ctx context.Context) {
 	if r.MaxConcurrent <= 0 {
 		r.MaxConcurrent = 5
 	}
-	r.running = map[string]bool{}
+	r.running = map[string]context.CancelFunc{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	t := time.NewTicker(r.PollInterval)
@@ -75,20 +85,28 @@ func (r *TaskRunner) Run(ctx context.Context) {
 			if !r.handles(task.Action) {
 				continue
 			}
+			owned := r.owns(task.RoomID)
 			r.mu.Lock()
-			busy := r.running[task.ID] || len(r.running) >= r.MaxConcurrent
-			if !busy {
-				r.running[task.ID] = true
+			stop, running := r.running[task.ID]
+			start := owned && !running && len(r.running) < r.MaxConcurrent
+			var tctx context.Context
+			if start {
+				tctx, stop = context.WithCancel(ctx)
+				r.running[task.ID] = stop
 			}
 			r.mu.Unlock()
-			if busy {
+			if running && !owned {
+				r.Logger.Info("the room's partition moved to another instance: stopping its task there", "task", task.ID, "room_id", task.RoomID)
+				stop()
+			}
+			if !start {
 				continue
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer func() { r.mu.Lock(); delete(r.running, task.ID); r.mu.Unlock() }()
-				if err := r.run(ctx, task); err != nil && ctx.Err() == nil {
+				defer func() { r.mu.Lock(); delete(r.running, task.ID); r.mu.Unlock(); stop() }()
+				if err := r.run(tctx, task); err != nil && tctx.Err() == nil {
 					r.Logger.Warn("task interrupted; it resumes on the next pass", "task", task.ID, "err", err)
 				}
 			}()
@@ -97,6 +115,7 @@ func (r *TaskRunner) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.Wake:
 		}
 	}
 }

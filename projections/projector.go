@@ -302,6 +302,25 @@ func (p *Projector) WaitFor(ctx context.Context, roomID string, seq uint64) erro
 	}
 }
 
+// WaitAll blocks until every message up to seq is applied in every
+// partition, or ctx ends.
+func (p *Projector) WaitAll(ctx context.Context, seq uint64) error {
+	for {
+		ch := p.notify.wait()
+		if p.Applied() >= seq {
+			p.notify.done()
+			return nil
+		}
+		select {
+		case <-ch:
+			p.notify.done()
+		case <-ctx.Done():
+			p.notify.done()
+			return ctx.Err()
+		}
+	}
+}
+
 // broadcaster wakes every waiter when the projection moves; it costs
 // nothing while nobody waits.
 type broadcaster struct {

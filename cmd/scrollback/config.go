@@ -56,6 +56,27 @@ type Config struct {
 	// Log configures the process logger. It is an addition to the
 	// contract.
 	Log LogConfig `yaml:"log"`
+	// Cluster configures several instances sharing one log on an
+	// external NATS cluster. It is an addition to the contract.
+	Cluster ClusterConfig `yaml:"cluster"`
+}
+
+// ClusterConfig is the `cluster:` section: how instances sharing a log
+// on an external NATS cluster (nats.url set) split the tasks. Each
+// partition of the rooms has one owner, elected by leases in a JetStream
+// key-value bucket; with the embedded server this instance owns them all.
+type ClusterConfig struct {
+	// Instance names this instance among those sharing the log (letters,
+	// digits, - and _); "" means the host name. Two live instances must
+	// not share a name.
+	Instance string `yaml:"instance"`
+	// Lease is how long an owner may miss renewing a partition's lease
+	// before another instance takes the partition over (default 2s).
+	Lease commands.Duration `yaml:"lease"`
+	// Replicas of the log stream and of the leases bucket when the service
+	// creates them (default 1; 3 on a three-node cluster). An existing
+	// stream keeps the operator's setting.
+	Replicas int `yaml:"replicas"`
 }
 
 // NATSConfig is the `nats:` section.
@@ -270,6 +291,7 @@ func DefaultConfig() Config {
 		Tasks:      TasksConfig{MaxConcurrent: 5},
 		Shutdown:   ShutdownConfig{Concurrency: 16},
 		Log:        LogConfig{Level: LogLevelInfo, Format: LogFormatText},
+		Cluster:    ClusterConfig{Lease: commands.DurationOf(2 * time.Second), Replicas: 1},
 	}
 }
 
@@ -491,6 +513,25 @@ func (c *Config) ApplyDefaults() {
 	}
 }
 
+// InstanceName is cluster.instance, or the host name made into an
+// instance name when it is empty.
+func (c ClusterConfig) InstanceName() string {
+	if c.Instance != "" {
+		return c.Instance
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return "scrollback"
+	}
+	name := []byte(host)
+	for i, b := range name {
+		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '-' || b == '_') {
+			name[i] = '_'
+		}
+	}
+	return string(name[:min(len(name), 64)])
+}
+
 // Validate reports every problem of the configuration at once, joined with
 // errors.Join; each problem starts with its dotted key (for example
 // "nats.stream: ..." or "auth.tokens[2].user_id: ...").
@@ -577,6 +618,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Shutdown.Concurrency < 1 {
 		p.add("shutdown.concurrency", "must be at least 1, got %d", c.Shutdown.Concurrency)
+	}
+	if c.Cluster.Instance != "" && !bus.ValidInstance(c.Cluster.Instance) {
+		p.add("cluster.instance", "%q: use 1 to 64 letters, digits, - or _", c.Cluster.Instance)
+	}
+	if c.Cluster.Lease.Duration < 300*time.Millisecond {
+		p.add("cluster.lease", "must be at least 300ms, got %v", c.Cluster.Lease)
+	}
+	switch {
+	case c.Cluster.Replicas < 1 || c.Cluster.Replicas > 5:
+		p.add("cluster.replicas", "must be between 1 and 5, got %d", c.Cluster.Replicas)
+	case c.Cluster.Replicas > 1 && c.NATS.URL == "":
+		p.add("cluster.replicas", "the embedded server is a single node: replicas %d needs nats.url", c.Cluster.Replicas)
 	}
 	if d := c.ForgottenRoomRetentionPeriod; d != nil && d.Duration < 0 {
 		p.add("forgotten_room_retention_period", "must not be negative, got %v", d.Duration)
@@ -788,6 +841,7 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 	var (
 		path                                                       string
 		dataDir, serverName, natsURL, natsListen, httpAddr, logLvl string
+		instance                                                   string
 	)
 	fs.StringVar(&path, "c", "", "YAML config `file` (same as --config)")
 	fs.StringVar(&path, "config", "", "YAML config `file`; without one, the built-in defaults apply")
@@ -796,6 +850,7 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&natsURL, "nats-url", "", "external NATS `url`s, overrides nats.url (default \"\": embedded server)")
 	fs.StringVar(&natsListen, "nats-listen", "", "embedded NATS client `address`, overrides nats.listen (default 127.0.0.1:4222; \"\": in-process only)")
 	fs.StringVar(&httpAddr, "http", "", "HTTP bridge `address`, overrides http.listen (default 127.0.0.1:8090; \"\": no bridge)")
+	fs.StringVar(&instance, "instance", "", "this instance's `name` among several sharing a log, overrides cluster.instance (default: the host name)")
 	fs.StringVar(&logLvl, "log-level", "", "`level` debug, info, warn or error, overrides log.level (default info)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: scrollback serve [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n")
@@ -826,6 +881,8 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 			cfg.HTTP.Listen = httpAddr
 		case "log-level":
 			cfg.Log.Level = logLvl
+		case "instance":
+			cfg.Cluster.Instance = instance
 		}
 	})
 	cfg.ApplyDefaults()

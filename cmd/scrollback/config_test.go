@@ -67,6 +67,7 @@ func TestDefaultConfig_MatchesContract(t *testing.T) {
 		ForgottenRoomRetentionPeriod: nil,
 		Retention:                    RetentionConfig{Enabled: false},
 		Log:                          LogConfig{Level: "info", Format: "text"},
+		Cluster:                      ClusterConfig{Lease: dur(2 * time.Second), Replicas: 1}, // an addition to the contract
 	}
 	got := DefaultConfig()
 	if !reflect.DeepEqual(got, want) {
@@ -247,6 +248,10 @@ retention:
 log:
   level: debug
   format: json
+cluster:
+  instance: node-1
+  lease: 5s
+  replicas: 3
 `,
 			want: func(c *Config) {
 				*c = Config{
@@ -266,6 +271,7 @@ log:
 					Shutdown:                     ShutdownConfig{Concurrency: 4},
 					ForgottenRoomRetentionPeriod: &commands.Duration{Duration: 7 * day, Set: true},
 					Log:                          LogConfig{Level: "debug", Format: "json"},
+					Cluster:                      ClusterConfig{Instance: "node-1", Lease: dur(5 * time.Second), Replicas: 3},
 				}
 			},
 		},
@@ -504,6 +510,12 @@ func TestConfig_Validate(t *testing.T) {
 		{"prefix wildcard", func(c *Config) { c.NATS.SubjectPrefix = "*" }, "nats.subject_prefix:"},
 		{"prefix full wildcard", func(c *Config) { c.NATS.SubjectPrefix = ">" }, "nats.subject_prefix:"},
 		{"prefix with space", func(c *Config) { c.NATS.SubjectPrefix = "s b" }, "nats.subject_prefix:"},
+		{"instance name", func(c *Config) { c.Cluster.Instance = "node-1_a" }, ""},
+		{"instance with dot", func(c *Config) { c.Cluster.Instance = "node.1" }, "cluster.instance:"},
+		{"lease too short", func(c *Config) { c.Cluster.Lease = dur(100 * time.Millisecond) }, "cluster.lease:"},
+		{"replicas zero", func(c *Config) { c.Cluster.Replicas = 0 }, "cluster.replicas:"},
+		{"replicas on the embedded server", func(c *Config) { c.Cluster.Replicas = 3 }, "cluster.replicas: the embedded server"},
+		{"replicas on a cluster", func(c *Config) { c.Cluster.Replicas = 3; c.NATS.URL = "nats://a:4222" }, ""},
 		{"listen port zero", func(c *Config) { c.HTTP.Listen = "127.0.0.1:0" }, ""},
 		{"listen all interfaces", func(c *Config) { c.HTTP.Listen = ":8090" }, ""},
 		{"listen ipv6", func(c *Config) { c.NATS.Listen = "[::1]:4222" }, ""},

@@ -16,6 +16,7 @@ const usage = `usage: scrollback <command> [flags]
 
 commands:
   serve   run the service (embedded NATS, projection, NATS API, HTTP bridge)
+  bridge  run the HTTP bridge alone, in front of instances on an external NATS
   seed    publish synthetic rooms to a running service
   bench   measure ingest and /messages against the floor
   rebuild replace the projection by one rebuilt from the log (service stopped)
@@ -44,6 +45,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = runServe(ctx, args[1:], stderr)
+	case "bridge":
+		err = runBridge(ctx, args[1:], stderr)
 	case "seed":
 		err = runSeed(ctx, args[1:], stdout)
 	case "bench":

@@ -64,6 +64,7 @@ type Main struct {
 	Metrics    *handlers.Metrics
 	Retention  *handlers.RetentionRunner
 	Forgotten  *handlers.ForgottenRooms // nil unless forgotten_room_retention_period is set
+	Owners     *bus.Owners              // partition leases; nil with the embedded server (this instance owns all)
 	HTTPAddr   string                   // where the bridge listens ("" if off)
 	AdminToken string                   // the generated admin token, if any
 
@@ -117,6 +118,10 @@ func (m *Main) Open(ctx context.Context) error {
 		m.projDone <- err
 	}()
 
+	owns, wake, err := m.openOwners(ctx, runCtx)
+	if err != nil {
+		return err
+	}
 	m.background(runCtx, "janitor", func(ctx context.Context) {
 		m.Store.RunJanitor(ctx, 10*time.Second, m.Logger.With("component", "janitor"))
 	})
@@ -126,7 +131,7 @@ func (m *Main) Open(ctx context.Context) error {
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
-		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName}
+		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName, Owns: owns, Wake: wake}
 	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
 		Retention: retentionConfig(c.Retention),
@@ -134,12 +139,21 @@ func (m *Main) Open(ctx context.Context) error {
 			Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
 			Backoff: c.Backfill.Backoff.Duration, Now: time.Now, Logger: m.Logger.With("component", "backfill")}}
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now, ServerName: c.ServerName}
+	if m.Owners != nil {
+		admin.CatchUp = func(ctx context.Context) error {
+			last, err := logLog.LastSeq(ctx)
+			if err != nil {
+				return err
+			}
+			return m.Projector.WaitAll(ctx, last)
+		}
+	}
 	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: time.Now,
-		Logger: m.Logger.With("component", "retention")}
+		Logger: m.Logger.With("component", "retention"), Owns: owns}
 	m.background(runCtx, "retention", m.Retention.Run)
 	if c.ForgottenRoomRetentionPeriod != nil {
 		m.Forgotten = &handlers.ForgottenRooms{Period: c.ForgottenRoomRetentionPeriod.Duration, ServerName: c.ServerName,
-			Store: m.Store, Admin: admin, Now: time.Now, Logger: m.Logger.With("component", "forgotten-rooms")}
+			Store: m.Store, Admin: admin, Now: time.Now, Logger: m.Logger.With("component", "forgotten-rooms"), Owns: owns}
 		m.background(runCtx, "forgotten-rooms", m.Forgotten.Run)
 	}
 	m.svc, err = bus.Serve(m.NC, bus.ServiceOptions{
@@ -158,7 +172,7 @@ func (m *Main) Open(ctx context.Context) error {
 		return err
 	}
 	if c.HTTP.Listen != "" {
-		if err := m.openHTTP(subjects); err != nil {
+		if err := m.openHTTP(subjects, m.Projector.Started); err != nil {
 			return err
 		}
 	}
@@ -220,8 +234,37 @@ func (m *Main) openLog(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	_, err = bus.EnsureStream(sctx, m.JS, subjects, c.NATS.Stream)
+	_, err = bus.EnsureReplicatedStream(sctx, m.JS, subjects, c.NATS.Stream, c.Cluster.Replicas)
 	return err
+}
+
+// openOwners takes part in the election of partition owners when the log
+// is on an external NATS (several instances may share it), and returns
+// who owns a room and a channel signalled when that changes. With the
+// embedded server this instance is alone and owns every room (nil, nil).
+// The first round runs before Open returns, so a lone instance starts its
+// tasks at once.
+func (m *Main) openOwners(ctx, runCtx context.Context) (func(roomID string) bool, <-chan struct{}, error) {
+	c := m.Config
+	if c.NATS.URL == "" {
+		return nil, nil, nil
+	}
+	var err error
+	m.Owners, err = bus.OpenOwners(ctx, m.JS, c.NATS.Stream, c.Cluster.Replicas, c.Cluster.InstanceName(), m.Store.Partitions(),
+		c.Cluster.Lease.Duration, m.Logger.With("component", "owners"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := m.Owners.Step(ctx); err != nil {
+		m.Logger.Warn("partition leases: first round failed; retrying", "err", err)
+	}
+	m.background(runCtx, "owners", m.Owners.Run)
+	parts, owners := m.Store.Partitions(), m.Owners
+	owns := func(roomID string) bool {
+		return owners.Owns(projections.PartitionOf(bus.RoomKey(roomID), parts))
+	}
+	m.Logger.Info("sharing the log with other instances", "instance", c.Cluster.InstanceName(), "owned_partitions", len(owners.Owned()), "lease", c.Cluster.Lease)
+	return owns, owners.Changed(), nil
 }
 
 func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
@@ -245,7 +288,8 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 	}
 }
 
-func (m *Main) openHTTP(subjects bus.Subjects) error {
+// openHTTP starts the HTTP bridge; healthy decides /health.
+func (m *Main) openHTTP(subjects bus.Subjects, healthy func() bool) error {
 	c := m.Config
 	static := map[string]handlers.Identity{}
 	hasAdmin := false
@@ -269,7 +313,7 @@ func (m *Main) openHTTP(subjects bus.Subjects) error {
 		Subjects:  subjects,
 		Auth:      &handlers.Auth{Static: static, Req: req, Subjects: subjects},
 		Logger:    m.Logger.With("component", "http"),
-		Healthy:   m.Projector.Started,
+		Healthy:   healthy,
 		Metrics:   m.Metrics.Handler(),
 		Observe:   m.Metrics.ObserveRequest("http"),
 	}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/handlers"
+)
+
+// runBridge runs the HTTP bridge alone, in front of scrollback instances
+// reached over an external NATS (`scrollback bridge -c FILE`): it reads
+// the same config file as serve and uses nats.url, nats.credentials,
+// http.*, auth.* and homeserver.timeout. Reads and admin requests go to
+// whichever instance the NATS queue group picks.
+func runBridge(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := ParseServeFlags(args)
+	if err != nil {
+		return err
+	}
+	m := &Main{Config: cfg, Logger: newLogger(cfg.Log, stderr)}
+	if err := m.OpenBridge(); err != nil {
+		m.Close()
+		return err
+	}
+	<-ctx.Done()
+	m.Logger.Info("shutting down")
+	return m.Close()
+}
+
+// OpenBridge connects to the external NATS and starts the HTTP bridge
+// only. /health answers 200 while a scrollback instance answers the micro
+// service's ping.
+func (m *Main) OpenBridge() error {
+	c := m.Config
+	if c.NATS.URL == "" {
+		return errors.New("bridge: needs nats.url (or --nats-url): the NATS where the scrollback instances run")
+	}
+	if c.HTTP.Listen == "" {
+		return errors.New("bridge: needs http.listen (or --http)")
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil { // the generated admin token lives there
+		return fmt.Errorf("data dir: %w", err)
+	}
+	var err error
+	if m.NC, err = bus.Connect(c.NATS.URL, c.NATS.Credentials, "scrollback-bridge"); err != nil {
+		return err
+	}
+	m.Metrics = handlers.NewMetrics(nil)
+	healthy := func() bool {
+		_, err := m.NC.Request("$SRV.PING.scrollback", nil, time.Second)
+		return err == nil
+	}
+	if err := m.openHTTP(bus.Subjects{Prefix: c.NATS.SubjectPrefix}, healthy); err != nil {
+		return err
+	}
+	m.Logger.Info("scrollback bridge started", "http", m.HTTPAddr, "nats", c.NATS.URL)
+	return nil
+}
