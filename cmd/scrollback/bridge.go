@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"time"
 
@@ -37,6 +38,9 @@ func runBridge(ctx context.Context, args []string, stderr io.Writer) error {
 // service's ping.
 func (m *Main) OpenBridge() error {
 	c := m.Config
+	if m.Logger == nil {
+		m.Logger = slog.New(slog.DiscardHandler)
+	}
 	if c.NATS.URL == "" {
 		return errors.New("bridge: needs nats.url (or --nats-url): the NATS where the scrollback instances run")
 	}

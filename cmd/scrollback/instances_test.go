@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -217,5 +218,46 @@ func TestInstances_ShutdownFailsOver(t *testing.T) {
 	}
 	if got := taskUpdates(t, b.JS, room.ID, id); purges != 1 || got["failed"] != 0 || got["complete"] > 1 {
 		t.Fatalf("the log holds %d purge commands and task updates %v for the delete", purges, got)
+	}
+}
+
+// TestBridge_OwnProcess runs the HTTP bridge without a projection in
+// front of an instance on an external NATS.
+func TestBridge_OwnProcess(t *testing.T) {
+	n := testenv.NewNATS(t)
+	bridge := &Main{Config: DefaultConfig()}
+	bridge.Config.NATS.URL = n.URL
+	bridge.Config.DataDir = t.TempDir()
+	bridge.Config.HTTP.Listen = "127.0.0.1:0"
+	bridge.Config.Auth.Tokens = []TokenConfig{{Token: "tok-alice", UserID: alice}, {Token: "tok-admin", UserID: "@admin:test", Admin: true}}
+	if err := bridge.OpenBridge(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bridge.Close() })
+	health := func() int {
+		resp, err := http.Get("http://" + bridge.HTTPAddr + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if st := health(); st != 503 {
+		t.Fatalf("/health with no instance behind the bridge: %d, want 503", st)
+	}
+	a := startInstance(t, n.URL, "a")
+	testenv.WaitFor(t, 10*time.Second, "/health 200", func() bool { return health() == 200 })
+	room := testenv.NewRoom("bridged", "test")
+	evs := append(room.Setup(alice), room.Msg(alice, "hello"))
+	seqs := a.publisher().Publish(t, evs...)
+	if err := a.Projector.WaitFor(context.Background(), room.ID, seqs[len(seqs)-1]); err != nil {
+		t.Fatal(err)
+	}
+	st, body := bridge.do(t, "GET", "/_matrix/client/v3/rooms/"+room.ID+"/messages?dir=b&limit=1", "tok-alice", "")
+	if st != 200 || len(body["chunk"].([]any)) != 1 {
+		t.Fatalf("read through the bridge: %d %v", st, body)
+	}
+	if err := (&Main{Config: Config{HTTP: HTTPConfig{Listen: ":0"}}}).OpenBridge(); err == nil {
+		t.Fatal("a bridge without nats.url started")
 	}
 }
