@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"regexp"
 	"strconv"
 	"strings"
@@ -54,8 +55,14 @@ type Owners struct {
 	revs    []uint64        // per partition: the revision of our lease (Run's goroutine only)
 	free    []int           // per partition: ticks seen free (Run's goroutine only)
 	changed chan struct{}   // signalled when the owned set changes
-	mu      sync.Mutex      // guards members
+	mu      sync.Mutex      // guards members and view
 	members map[string]bool // live instances, as last seen
+	view    map[string]string
+	// stopWatch ends the current watcher of the bucket; gen numbers the
+	// watchers, so that a replaced one changes nothing.
+	stopWatch func()
+	gen       uint64
+	lastEvent atomic.Int64 // unix nanos of the watcher's last update
 }
 
 // OwnersBucket is the name of the leases bucket for a stream.
@@ -82,6 +89,9 @@ func OpenOwners(ctx context.Context, js jetstream.JetStream, stream string, repl
 		TTL:      lease,
 		Storage:  jetstream.FileStorage,
 		Replicas: max(replicas, 1),
+		// A lease that expires leaves a marker, so that the watchers
+		// of the other instances see it go.
+		LimitMarkerTTL: max(lease, time.Second),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: owners bucket %s: %w", OwnersBucket(stream), err)
@@ -92,7 +102,68 @@ func OpenOwners(ctx context.Context, js jetstream.JetStream, stream string, repl
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := o.startWatch(ctx); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// startWatch (re)starts the watcher that keeps the view of every lease
+// and membership, so a round costs the writes only, and waits for the
+// initial values. Every round renews this instance's membership, so the
+// watcher hears something at least every Lease/4: a watcher silent for a
+// whole Lease has lost its consumer (a NATS node died under it) and Step
+// starts a new one.
+func (o *Owners) startWatch(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(context.Background())
+	w, err := o.KV.WatchAll(wctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("bus: watch %s: %w", o.KV.Bucket(), err)
+	}
+	o.mu.Lock()
+	if o.stopWatch != nil {
+		o.stopWatch()
+	}
+	o.gen++
+	gen := o.gen
+	o.view = map[string]string{}
+	o.stopWatch = func() { cancel(); _ = w.Stop() }
+	o.mu.Unlock()
+	o.lastEvent.Store(time.Now().UnixNano())
+	ready := make(chan struct{})
+	go o.watch(w, gen, ready)
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("bus: watch %s: %w", o.KV.Bucket(), ctx.Err())
+	}
+}
+
+// watch applies the bucket's changes to the view while gen is current;
+// ready is closed once the initial values are in.
+func (o *Owners) watch(w jetstream.KeyWatcher, gen uint64, ready chan struct{}) {
+	initial := true
+	for e := range w.Updates() {
+		o.lastEvent.Store(time.Now().UnixNano())
+		if e == nil {
+			if initial {
+				close(ready)
+				initial = false
+			}
+			continue
+		}
+		o.mu.Lock()
+		if gen == o.gen {
+			if e.Operation() == jetstream.KeyValuePut {
+				o.view[e.Key()] = string(e.Value())
+			} else {
+				delete(o.view, e.Key()) // deleted, or expired (a MaxAge marker)
+			}
+		}
+		o.mu.Unlock()
+	}
 }
 
 // Owns reports whether this instance owns partition p now. A lease not
@@ -144,6 +215,7 @@ func (o *Owners) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			o.release()
+			o.Close()
 			return
 		case <-tick.C:
 		}
@@ -155,20 +227,27 @@ func (o *Owners) myValue() []byte        { return []byte(o.Instance + " " + o.no
 func partitionKey(p int) string          { return "p." + strconv.Itoa(p) }
 func leaseHolder(v []byte) (name string) { name, _, _ = strings.Cut(string(v), " "); return name }
 
-// Step runs one round: keep this instance's membership alive, read every
-// lease, renew ours, take free partitions this instance is preferred for
+// Step runs one round: keep this instance's membership alive, renew
+// our leases, take free partitions this instance is preferred for
 // (others after a grace of two rounds), and hand over partitions another
-// live instance is preferred for.
+// live instance is preferred for. Who holds what comes from the watcher's
+// view; our own leases are renewed by the revision we last wrote, so a
+// view that lags behind our writes never costs a lease.
 func (o *Owners) Step(ctx context.Context) error {
 	if _, err := o.KV.Put(ctx, o.memberKey(), []byte(o.nonce)); err != nil {
 		return fmt.Errorf("membership: %w", err)
 	}
-	entries, err := o.snapshot(ctx)
-	if err != nil {
-		return err
+	if time.Since(time.Unix(0, o.lastEvent.Load())) > o.Lease {
+		o.Logger.Warn("partition leases: the watcher went silent; watching again")
+		if err := o.startWatch(ctx); err != nil {
+			return err
+		}
 	}
+	o.mu.Lock()
+	view := maps.Clone(o.view)
+	o.mu.Unlock()
 	members := map[string]bool{o.Instance: true}
-	for k := range entries {
+	for k := range view {
 		if name, ok := strings.CutPrefix(k, "m."); ok {
 			members[name] = true
 		}
@@ -179,27 +258,26 @@ func (o *Owners) Step(ctx context.Context) error {
 	var errs []error
 	for p := range o.Partitions {
 		key := partitionKey(p)
-		e, held := entries[key]
+		holder, held := view[key]
 		preferred := Preferred(p, members)
-		mine := held && string(e.Value()) == string(o.myValue())
+		mine := o.owned[p].Load() != 0
 		switch {
 		case mine && preferred != o.Instance:
 			// Another live instance is preferred: hand the partition over.
 			o.lose(p)
-			if err := o.KV.Delete(ctx, key, jetstream.LastRevision(e.Revision())); err != nil {
+			if err := o.KV.Delete(ctx, key, jetstream.LastRevision(o.revs[p])); err != nil {
 				errs = append(errs, fmt.Errorf("release %s: %w", key, err))
 			}
 		case mine:
-			rev, err := o.KV.Update(ctx, key, o.myValue(), e.Revision())
+			rev, err := o.KV.Update(ctx, key, o.myValue(), o.revs[p])
 			if err != nil {
 				o.lose(p)
 				errs = append(errs, fmt.Errorf("renew %s: %w", key, err))
 				continue
 			}
 			o.gain(p, rev)
-		case held:
-			o.lose(p) // someone else's (or our previous process's, until it expires)
-			o.free[p] = 0
+		case held && holder != string(o.myValue()):
+			o.free[p] = 0 // someone else's (or our previous process's, until it expires)
 		default:
 			o.free[p]++
 			if preferred != o.Instance && o.free[p] < 3 {
@@ -217,27 +295,6 @@ func (o *Owners) Step(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// snapshot reads every live entry of the bucket.
-func (o *Owners) snapshot(ctx context.Context) (map[string]jetstream.KeyValueEntry, error) {
-	w, err := o.KV.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("read leases: %w", err)
-	}
-	defer w.Stop()
-	out := map[string]jetstream.KeyValueEntry{}
-	for {
-		select {
-		case e := <-w.Updates():
-			if e == nil {
-				return out, nil // the initial values are all in
-			}
-			out[e.Key()] = e
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 }
 
 func (o *Owners) gain(p int, rev uint64) {
@@ -274,6 +331,14 @@ func (o *Owners) release() {
 		}
 	}
 	_ = o.KV.Delete(ctx, o.memberKey())
+}
+
+// Close stops the watcher (Run releases the leases when its context
+// ends; Close is for an Owners whose Run never ran).
+func (o *Owners) Close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.stopWatch()
 }
 
 // Preferred is the live instance that should own partition p: the

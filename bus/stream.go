@@ -96,7 +96,11 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 	if err != nil {
 		return fmt.Errorf("bus: ordered consumer on %s: %w", l.Stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	// Short pull requests with a heartbeat every second: when the node
+	// serving the consumer dies (a cluster losing a node), two missed
+	// heartbeats make the ordered consumer recreate itself on a live one
+	// within about 2 s, instead of the 30 s of the defaults.
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("bus: consume %s: %w", l.Stream, err)
 	}

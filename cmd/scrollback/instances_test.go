@@ -100,21 +100,23 @@ func logRecords(t *testing.T, js jetstream.JetStream, roomID, kind string) []map
 	}
 	var out []map[string]any
 	for {
-		msgs, err := c.FetchNoWait(100)
+		info, err := c.Info(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		n := 0
+		if info.NumPending == 0 {
+			return out
+		}
+		msgs, err := c.Fetch(100, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
 		for msg := range msgs.Messages() {
-			n++
 			u, err := bus.DecodeMap(msg.Data(), bus.DefaultLimits)
 			if err != nil {
 				t.Fatal(err)
 			}
 			out = append(out, u)
-		}
-		if n == 0 {
-			return out
 		}
 	}
 }
