@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"strings"
 	"time"
@@ -32,6 +33,10 @@ type Admin struct {
 	NewID func() string
 	// ServerName decides which users are local.
 	ServerName string
+	// Audit, if set, gets one line per command the admin API publishes:
+	// who asked for what on which room, and the task ID. (The task record
+	// keeps the same: requested_by and created_ts.)
+	Audit *slog.Logger
 	// CatchUp, if set, waits until this instance has applied the whole
 	// log as it is now. A status request for an unknown task ID calls it
 	// once before answering 404: with several instances, the request may
@@ -76,10 +81,27 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 	}
 	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
 	defer cancel()
+	if a.Audit != nil {
+		by := requestedBy
+		if by == "" {
+			by = "scrollback" // retention and forgotten-room jobs
+		}
+		a.Audit.Info("admin action", "action", action, "room_id", roomID, "requested_by", by, "task_id", id, "seq", seq)
+	}
 	if err := a.Waiter.WaitFor(wctx, roomID, seq); err != nil {
 		return "", commands.Errorf(504, commands.CodeUnknown, "The %s command was published (sequence %d) but not processed in time", action, seq)
 	}
 	return id, nil
+}
+
+// auditOf is the audit record a status reply carries (an addition to
+// Synapse's fields): who asked, when, and the last change.
+func auditOf(t *commands.Task) map[string]any {
+	by := t.RequestedBy
+	if by == "" {
+		by = "scrollback"
+	}
+	return map[string]any{"requested_by": by, "requested_ts": t.CreatedTS, "updated_ts": t.UpdatedTS}
 }
 
 // roomOf decodes the room of a sb.api.room.<rk>.<endpoint> subject and the
@@ -196,7 +218,7 @@ func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([
 	if t.Status == commands.TaskComplete || t.Status == commands.TaskFailed {
 		status = t.Status
 	}
-	out := map[string]any{"status": status}
+	out := map[string]any{"status": status, "audit": auditOf(t)}
 	if t.Error != "" {
 		out["error"] = t.Error
 	}
@@ -304,7 +326,7 @@ func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error)
 
 // deleteTask is Synapse's delete status record, plus the failure reason.
 func deleteTask(t *commands.Task) map[string]any {
-	out := map[string]any{"delete_id": t.ID, "room_id": t.RoomID, "status": t.Status, "shutdown_room": nil}
+	out := map[string]any{"delete_id": t.ID, "room_id": t.RoomID, "status": t.Status, "shutdown_room": nil, "audit": auditOf(t)}
 	if t.Action == commands.ActionShutdownAndPurgeRoom && t.Result != nil {
 		out["shutdown_room"] = resultOf(t.Result).public()
 	}

@@ -90,10 +90,16 @@ func TestDeleteRoom_V2UnknownRoomBlocks(t *testing.T) {
 		t.Fatalf("%d %v", st, body)
 	}
 	id := body["delete_id"].(string)
+	var task map[string]any
 	testenv.WaitFor(t, 15*time.Second, "completion", func() bool {
-		st, body := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
-		return st == 200 && body["status"] == "complete"
+		var st int
+		st, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		return st == 200 && task["status"] == "complete"
 	})
+	// The audit record: who deleted the room, and when.
+	if audit, _ := task["audit"].(map[string]any); audit["requested_by"] != "@admin:test" || audit["requested_ts"].(float64) <= 0 {
+		t.Fatalf("delete status without its audit record: %v", task)
+	}
 	st, body = m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape("!unknown:test")+"/block", "tok-admin", "")
 	if body["block"] != true || body["user_id"] != "@admin:test" {
 		t.Fatalf("block after deleting an unknown room: %d %v", st, body)

@@ -166,6 +166,9 @@ func TestInstances_ShareReadsAndSplitPartitions(t *testing.T) {
 		if st != 200 {
 			t.Fatalf("status from b: %d %v", st, body)
 		}
+		if audit, _ := body["audit"].(map[string]any); audit["requested_by"] != "@admin:test" {
+			t.Fatalf("purge status without its audit record: %v", body)
+		}
 		return body["status"] == "complete"
 	})
 	if got := taskUpdates(t, a.JS, room.ID, id); got["complete"] != 1 || got["active"] != 1 {

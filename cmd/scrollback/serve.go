@@ -138,7 +138,8 @@ func (m *Main) Open(ctx context.Context) error {
 		Backfill: &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
 			Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
 			Backoff: c.Backfill.Backoff.Duration, Now: time.Now, Logger: m.Logger.With("component", "backfill")}}
-	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now, ServerName: c.ServerName}
+	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now, ServerName: c.ServerName,
+		Audit: m.Logger.With("component", "audit")}
 	if m.Owners != nil {
 		admin.CatchUp = func(ctx context.Context) error {
 			last, err := logLog.LastSeq(ctx)
