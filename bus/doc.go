@@ -27,4 +27,13 @@
 // one place (Nats-Service-Error-Code, Nats-Service-Error and a
 // {errcode, error} body); errors that are not *commands.Error are logged
 // and answered as a generic 500.
+//
+// # Partition owners
+//
+// With several instances on one log, Owners elects an owner per partition
+// through leases in a JetStream key-value bucket (Create takes, Update
+// with the last revision renews, expiry frees). One long-lived watcher
+// keeps the view of the bucket and is restarted when it goes silent (our
+// own renewals guarantee traffic), so a NATS node dying under it cannot
+// freeze the election. See docs/CLUSTER.md.
 package bus
