@@ -3,8 +3,10 @@ package bus
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -101,7 +103,7 @@ func ConnectInProcess(srv *server.Server, name string) (*nats.Conn, error) {
 // ConnectInProcessAs is ConnectInProcess authenticated as ServiceUser
 // when password is set (an embedded server with users).
 func ConnectInProcessAs(srv *server.Server, name, password string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.InProcessServer(srv), nats.Name(name), nats.MaxReconnects(-1)}
+	opts := []nats.Option{nats.InProcessServer(srv), nats.Name(name), nats.MaxReconnects(-1), nats.ErrorHandler(quietErrors())}
 	if password != "" {
 		opts = append(opts, nats.UserInfo(ServiceUser, password))
 	}
@@ -115,7 +117,7 @@ func ConnectInProcessAs(srv *server.Server, name, password string) (*nats.Conn, 
 // Connect connects to an external NATS cluster; credentials is an
 // optional creds file.
 func Connect(url, credentials, name string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond), nats.ErrorHandler(quietErrors())}
 	if credentials != "" {
 		opts = append(opts, nats.UserCredentials(credentials))
 	}
@@ -124,4 +126,28 @@ func Connect(url, credentials, name string) (*nats.Conn, error) {
 		return nil, fmt.Errorf("bus: connect %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// quietErrors reports asynchronous connection errors through slog, at
+// most one a subject every 10 s: under a flood the client drops requests
+// past an endpoint's pending limits, and nats.go's default handler would
+// print a line for every one.
+func quietErrors() nats.ErrHandler {
+	var mu sync.Mutex
+	last := map[string]time.Time{}
+	return func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		subject := ""
+		if sub != nil {
+			subject = sub.Subject
+		}
+		mu.Lock()
+		quiet := time.Since(last[subject]) < 10*time.Second
+		if !quiet {
+			last[subject] = time.Now()
+		}
+		mu.Unlock()
+		if !quiet {
+			slog.Warn("nats: asynchronous error (repeats within 10 s are not logged)", "subject", subject, "err", err)
+		}
+	}
 }

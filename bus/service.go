@@ -53,6 +53,15 @@ type Service struct {
 	stop context.CancelFunc
 }
 
+// An endpoint's requests wait in its subscription while every worker is
+// busy, up to these limits; past them the client library drops requests
+// (their senders time out) instead of buffering a flood without bound.
+// nats.go's own defaults are 512k messages and 64 MiB per subscription.
+const (
+	EndpointPendingMsgs  = 1024
+	EndpointPendingBytes = 32 << 20
+)
+
 // Serve registers the endpoints as a nats.go/micro service (queue group
 // "q", so several instances share the load).
 func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, error) {
@@ -73,7 +82,8 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 	}
 	s.svc = svc
 	for _, ep := range endpoints {
-		if err := svc.AddEndpoint(ep.Name, s.wrap(ep), micro.WithEndpointSubject(ep.Subject)); err != nil {
+		if err := svc.AddEndpoint(ep.Name, s.wrap(ep), micro.WithEndpointSubject(ep.Subject),
+			micro.WithEndpointPendingLimits(EndpointPendingMsgs, EndpointPendingBytes)); err != nil {
 			svc.Stop()
 			return nil, fmt.Errorf("bus: endpoint %s: %w", ep.Name, err)
 		}

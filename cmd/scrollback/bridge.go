@@ -24,6 +24,7 @@ func runBridge(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	m := &Main{Config: cfg, Logger: newLogger(cfg.Log, stderr)}
+	slog.SetDefault(m.Logger) // for what libraries report without a logger of ours
 	if err := m.OpenBridge(); err != nil {
 		m.Close()
 		return err

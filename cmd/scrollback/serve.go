@@ -32,6 +32,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	m := &Main{Config: cfg, Logger: newLogger(cfg.Log, stderr)}
+	slog.SetDefault(m.Logger) // for what libraries report without a logger of ours
 	if err := m.Open(ctx); err != nil {
 		m.Close()
 		return err
