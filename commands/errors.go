@@ -18,6 +18,7 @@ const (
 	CodeUnknown       = "M_UNKNOWN"
 	CodeUnrecognized  = "M_UNRECOGNIZED"
 	CodeLimitExceeded = "M_TOO_LARGE"
+	CodeRateLimited   = "M_LIMIT_EXCEEDED"
 )
 
 // Error is the one user-visible error type of scrollback: an HTTP status, a

@@ -21,6 +21,10 @@ const (
 	MaxBodyBytes   = 1 << 20
 	MaxQueryBytes  = 64 << 10
 	requestTimeout = 30 * time.Second
+	// DefaultMaxInFlight bounds the API requests the bridge handles at
+	// once; past it a request is answered 429 M_LIMIT_EXCEEDED at once
+	// instead of holding a goroutine, its body and a NATS request.
+	DefaultMaxInFlight = 1024
 )
 
 // Bridge is the HTTP bridge: Synapse's client and admin endpoints, each a
@@ -38,6 +42,11 @@ type Bridge struct {
 	// Metrics serves /metrics; Observe hears every request.
 	Metrics http.Handler
 	Observe func(endpoint string, d time.Duration, status int)
+	// MaxInFlight bounds the API requests handled at once (default
+	// DefaultMaxInFlight); /health and /metrics do not count.
+	MaxInFlight int
+
+	slots chan struct{}
 }
 
 // apiHandler is an HTTP handler that returns its error; serveAPI is the one
@@ -46,6 +55,10 @@ type apiHandler func(ctx context.Context, r *http.Request, id Identity) (any, er
 
 // Handler returns the bridge's routes.
 func (b *Bridge) Handler() http.Handler {
+	if b.MaxInFlight <= 0 {
+		b.MaxInFlight = DefaultMaxInFlight
+	}
+	b.slots = make(chan struct{}, b.MaxInFlight)
 	mux := http.NewServeMux()
 	for _, v := range []string{"v3", "r0", "api/v1"} {
 		mux.Handle("GET /_matrix/client/"+v+"/rooms/{roomId}/messages", b.serve("client_messages", false, b.clientMessages))
@@ -91,7 +104,15 @@ func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
 			// write timeout.
 			_ = http.NewResponseController(w).SetWriteDeadline(start.Add(DeleteV1Timeout + time.Minute))
 		}
-		status := b.handle(w, r, admin, h)
+		var status int
+		select {
+		case b.slots <- struct{}{}:
+			status = b.handle(w, r, admin, h)
+			<-b.slots
+		default:
+			w.Header().Set("Retry-After", "1")
+			status = writeError(w, commands.Errorf(429, commands.CodeRateLimited, "Too many requests in flight; retry shortly"))
+		}
 		if b.Observe != nil {
 			b.Observe(name, time.Since(start), status)
 		}
