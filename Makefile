@@ -7,7 +7,7 @@ STATICCHECK_VERSION := v0.8.2
 FUZZTIME    ?= 20000x
 PKGS        := ./...
 
-.PHONY: run test fmt-check vet staticcheck unit fuzz boundary bench build seed clean tidy-check
+.PHONY: run test fmt-check vet staticcheck unit fuzz soak boundary bench build seed clean tidy-check
 
 ## run: the service on its embedded defaults (NATS on 127.0.0.1:4222, HTTP on 127.0.0.1:8090, data in ./data)
 run:
@@ -50,6 +50,11 @@ fuzz:
 			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+## soak: the fault-injection tests (kill -9 during purges, shutdowns, backfill, ingest; NATS restarts; hung workers) looping over their crash points with random timings for SOAK each (e.g. make soak SOAK=10m), the service built with -race
+SOAK ?= 10m
+soak:
+	SCROLLBACK_SOAK=$(SOAK) $(GO) test -race -count=1 -timeout 0 -v -run 'Fault|Crash' ./cmd/scrollback/
 
 ## bench: the project's benchmark (ingest, /messages over NATS and HTTP, the floor)
 bench:

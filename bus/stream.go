@@ -165,16 +165,20 @@ func (l *Log) DeleteMsgs(ctx context.Context, seqs []uint64) error {
 		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
 	}
 	for _, seq := range seqs {
-		if err := st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !isNoMessage(err) {
-			return fmt.Errorf("bus: delete message %d: %w", seq, err)
+		err := st.DeleteMsg(ctx, seq)
+		if err == nil {
+			continue
 		}
+		// Deleting a message that is already gone (a retry after a
+		// crash, another instance, a subject purge) is done, not an
+		// error. nats.go reports the server's answer as text only, so
+		// ask whether the message is still there.
+		if _, gerr := st.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		return fmt.Errorf("bus: delete message %d: %w", seq, err)
 	}
 	return nil
-}
-
-func isNoMessage(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound
 }
 
 // PurgeSubjectBelow erases the messages of one subject with a sequence

@@ -20,7 +20,7 @@ import (
 // service stopped resumes within that interval of a restart.
 type TaskRunner struct {
 	Store    *projections.Store
-	Log      Appender
+	Log      TaskLog
 	Waiter   Waiter
 	Subjects bus.Subjects
 	Now      func() time.Time
@@ -124,6 +124,22 @@ func (r *TaskRunner) Run(ctx context.Context) {
 // janitor has removed the purged rows and the log has erased their
 // messages.
 func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
+	// After a restart or a failover the projection may still be catching
+	// up: the task may have moved on, or finished, in the log already.
+	// Resume from the log's present, not from an old copy.
+	last, err := r.Log.LastSeq(ctx)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+	err = r.Waiter.WaitFor(wctx, task.RoomID, last)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if task, err = r.Store.Task(task.ID); err != nil || task == nil || task.Finished() {
+		return err
+	}
 	if task.Action == commands.ActionShutdownAndPurgeRoom {
 		return r.runShutdown(ctx, task)
 	}
@@ -178,6 +194,13 @@ func (r *TaskRunner) update(ctx context.Context, task *commands.Task, n int, sta
 	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
 	defer cancel()
 	return r.Waiter.WaitFor(wctx, task.RoomID, seq)
+}
+
+// TaskLog is the room log as the task runner uses it: it appends
+// TaskUpdates and knows where the log ends.
+type TaskLog interface {
+	Appender
+	LastSeq(ctx context.Context) (uint64, error)
 }
 
 // LogEraser erases messages from the room log.

@@ -248,7 +248,11 @@ func updateExtremities(tx *bolt.Tx, room uint64, ev *commands.Event) error {
 		if err := fwd.Delete(pk); err != nil {
 			return err
 		}
-		if events.Get([]byte(p)) == nil && back.Get(pk) == nil {
+		// A parent known only under a room number that purge_room retired
+		// is gone from this room's history (and from the log), as in a
+		// rebuild: it is a backward extremity, whether or not the janitor
+		// has dropped its rows yet.
+		if loc, ok := parseLoc(events.Get([]byte(p))); (!ok || loc.room != room) && back.Get(pk) == nil {
 			if err := back.Put(pk, u64(uint64(ev.Depth))); err != nil {
 				return err
 			}

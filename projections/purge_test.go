@@ -208,3 +208,33 @@ func TestJanitor_CrashMidPurgeFinishesExactlyOnce(t *testing.T) {
 	sameStrings(t, "timeline", timelineIDs(t, s, r.ID), ids(evs[len(evs)-5:]...))
 	testenv.CheckBolt(t, s.DB())
 }
+
+// TestPurgeRoom_LaterEventsAsInARebuild: an event that arrives after a
+// purge_room, naming an event of the old history as its parent, leaves the
+// same backward extremity whether the janitor has dropped the old rows yet
+// or not, as in a rebuild from the log, where the old events were erased.
+func TestPurgeRoom_LaterEventsAsInARebuild(t *testing.T) {
+	r := testenv.NewRoom("reborn", "test")
+	old := append(r.Setup("@alice:test"), r.Msg("@alice:test", "x"))
+	later := r.Msg("@remote:other.org", "after the purge") // its parent is old history
+	live := openWithServer(t)
+	next := apply(t, live, 1, old...)
+	applyCmd(t, live, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	apply(t, live, next+1, later) // before the janitor drops the old rows
+	drainJanitor(t, live)
+	rebuilt := openWithServer(t) // the log after the erasure: no old events
+	applyCmd(t, rebuilt, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	apply(t, rebuilt, next+1, later)
+	drainJanitor(t, rebuilt)
+	a, err := live.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := rebuilt.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := a.Diff(b); len(diff) != 0 {
+		t.Fatalf("live and rebuilt projections differ: %v", diff)
+	}
+}

@@ -25,7 +25,8 @@ type Call struct {
 // actions create and publishes them to the room log before it answers
 // (a leave as the user's own leave, a forget as a forget command, a new
 // room's create and join, joins and messages), and it answers a txn_id it
-// has seen with its first answer without acting again. It can be told to
+// has seen with its first answer without acting again (a repeat that comes
+// while the first is still being acted on waits for that answer). It can be told to
 // fail or stall for chosen users, and records every request.
 type Homeserver struct {
 	pub    *Publisher
@@ -43,6 +44,8 @@ type Homeserver struct {
 	aliases  []string
 	tokens   map[string]map[string]any
 	retired  bool
+
+	inflight map[string]chan struct{} // subject|txn_id -> closed once answered
 }
 
 // NewHomeserver subscribes a fake homeserver on nc; events go to the log
@@ -50,7 +53,7 @@ type Homeserver struct {
 func NewHomeserver(tb testing.TB, nc *nats.Conn, pub *Publisher, serverName string) *Homeserver {
 	tb.Helper()
 	hs := &Homeserver{pub: pub, nc: nc, server: serverName, fail: map[string]bool{}, stall: map[string]bool{},
-		answered: map[string]*nats.Msg{}, rooms: map[string]*Room{}, acted: map[string]int{}, tokens: map[string]map[string]any{}}
+		answered: map[string]*nats.Msg{}, inflight: map[string]chan struct{}{}, rooms: map[string]*Room{}, acted: map[string]int{}, tokens: map[string]map[string]any{}}
 	for _, name := range []string{"whoami", "ignored_users", "create_room", "leave", "forget", "join", "send", "move_aliases"} {
 		subj := pub.Subjects.HS(name)
 		sub, err := nc.Subscribe(subj, func(m *nats.Msg) { go hs.handle(tb, name, m) })
@@ -75,6 +78,7 @@ func (hs *Homeserver) Adopt(old *Homeserver) {
 	defer hs.mu.Unlock()
 	hs.rooms, hs.fail, hs.stall, hs.delay = old.rooms, old.fail, old.stall, old.delay
 	hs.answered, hs.acted, hs.aliases, hs.calls = old.answered, old.acted, old.aliases, old.calls
+	hs.inflight = old.inflight
 	old.retired = true
 }
 
@@ -151,6 +155,21 @@ func (hs *Homeserver) handle(tb testing.TB, name string, m *nats.Msg) {
 		hs.mu.Unlock()
 		m.RespondMsg(&nats.Msg{Header: first.Header, Data: first.Data})
 		return
+	}
+	if wait, ok := hs.inflight[key]; ok && txn != "" {
+		// A repeat of a request still being acted on (its first requester
+		// may have crashed and restarted): it gets the first answer once
+		// there is one, as Synapse's transaction cache does.
+		hs.mu.Unlock()
+		<-wait
+		hs.mu.Lock()
+		first := hs.answered[key]
+		hs.mu.Unlock()
+		m.RespondMsg(&nats.Msg{Header: first.Header, Data: first.Data})
+		return
+	}
+	if txn != "" {
+		hs.inflight[key] = make(chan struct{})
 	}
 	user := str(req["user_id"])
 	fail, stall, delay := hs.fail[user], hs.stall[user], hs.delay
@@ -235,6 +254,8 @@ func (hs *Homeserver) handle(tb testing.TB, name string, m *nats.Msg) {
 	if txn != "" {
 		hs.mu.Lock()
 		hs.answered[key] = resp
+		close(hs.inflight[key])
+		delete(hs.inflight, key)
 		hs.mu.Unlock()
 	}
 }
