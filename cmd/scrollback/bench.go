@@ -30,9 +30,14 @@ package main
 //     floors take turns (--rounds) so that all of them see the same noise
 //     of a shared machine.
 //
-// These phases are the default scenario, "reads". Two more scenarios
-// (--scenario rich, purge, or all for the three in turn, each on a service
-// of its own):
+//  5. the read matrix (bench_matrix.go): /messages over NATS with dir=b and
+//     dir=f, limits 10, 50 and 100, a filter and lazy loading, each next to
+//     the floor's scan of the same events; and the Dendrite comparison:
+//     HTTP /messages limit=50 on a 10k-event room against Dendrite 0.13.8's
+//     published figures.
+//
+// These phases are the default scenario, "reads". More scenarios (--scenario
+// NAME, or all for every one in turn, each on a service of its own):
 //
 //   - rich (bench_rich.go): a room with thousands of members, threads and
 //     edits; plain reads against reads with lazy_load_members, in turns.
@@ -40,6 +45,19 @@ package main
 //     stop seeing the purged events, how fast the rows leave bbolt and the
 //     messages leave the log, and what the purge does to the p99 of reads
 //     of another room (open-loop).
+//   - ingest (bench_ingest.go): many rooms of Zipf-distributed sizes with
+//     realistic events (bench_gen.go), published in atomic batches; the
+//     projection's lag, memory and disk; then reads of rooms of every size
+//     against the floor.
+//   - catchup (bench_catchup.go): a projection starting --backlog events
+//     behind the log, against the floor's plain copy of the same log.
+//   - mixed (bench_mixed.go): ingest, reads, a purge and a shutdown at once;
+//     the reads' p99 against the same reads alone.
+//
+// Every scenario records its requests over time, samples the projection
+// lag, memory and disk, and can write profiles and an HTML report
+// (bench_report.go). ingest, reads and mixed also run against an external
+// service (--target, bench_sut.go) through the contract only.
 //
 // The numbers are printed as measured; the summary table compares them
 // with the goals of the benchmark issues.
@@ -71,6 +89,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/internal/loadgen"
 )
 
 // Goals of the benchmark issue: NATS /messages p99 at most 3x the floor's,
@@ -103,11 +122,20 @@ const (
 
 // Scenarios of `scrollback bench --scenario`.
 const (
-	scenarioReads = "reads" // publish, ingest and /messages against the floor
-	scenarioRich  = "rich"  // a room with many members, threads and edits
-	scenarioPurge = "purge" // purge_history on a big room
-	scenarioAll   = "all"   // the three, one after the other
+	scenarioReads   = "reads"   // publish, ingest and /messages against the floor
+	scenarioRich    = "rich"    // a room with many members, threads and edits
+	scenarioPurge   = "purge"   // purge_history on a big room
+	scenarioIngest  = "ingest"  // many Zipf-sized rooms of realistic events
+	scenarioCatchup = "catchup" // a projection starting --backlog events behind
+	scenarioMixed   = "mixed"   // ingest, reads, a purge and a shutdown at once
+	scenarioAll     = "all"     // every one, one after the other
 )
+
+// benchScenarios are the scenarios in the order "all" runs them.
+var benchScenarios = []string{scenarioReads, scenarioRich, scenarioPurge, scenarioIngest, scenarioCatchup, scenarioMixed}
+
+// externalScenarios can run against an external service (--target).
+var externalScenarios = []string{scenarioReads, scenarioIngest, scenarioMixed}
 
 // benchConfig is the parsed flags of `scrollback bench`.
 type benchConfig struct {
@@ -122,6 +150,39 @@ type benchConfig struct {
 	Rounds      int           // turns that each read phase is cut into
 	Publish     int           // messages of each publish phase
 	CPUProfile  string        // file for a CPU profile (see the scenarios)
+
+	// The generated rooms (ingest, catchup, mixed).
+	Rooms          int           // rooms of the ingest and catchup scenarios
+	IngestEvents   int           // events of the ingest scenario, in all
+	ZipfS          float64       // Zipf exponent of the room sizes
+	Largest        int           // the largest room's size (solves for the exponent; 0: use ZipfS)
+	Backlog        int           // events the catchup scenario's projection starts behind
+	Batch          int           // messages per atomic batch
+	PublishMode    string        // batch or async
+	Seed           uint64        // the generated rooms' random seed
+	MatrixDuration time.Duration // each phase of the read matrix and of the reads by room size
+
+	// The mixed workload.
+	MixedEvents     int           // events of the rooms ingested into before and during the workload
+	MixedPurge      int           // messages below the purge's cut-off
+	ShutdownMembers int           // local members of the room shut down
+	MixedRate       float64       // open-loop reads, a fraction of the floor's throughput
+	IngestRate      float64       // events/s ingested during the workload
+	HSDelay         time.Duration // the fake homeserver's delay before each answer
+
+	// Output.
+	Report     string        // the HTML report
+	ProfileDir string        // CPU and allocation profiles per scenario
+	Sample     time.Duration // how often lag, memory and disk are sampled
+
+	// An external service.
+	Target       string // NATS URL; "" = embedded
+	TargetHTTP   string // its HTTP bridge, for /metrics and HTTP reads
+	TargetCreds  string // NATS credentials file
+	TargetStream string
+	TargetPrefix string
+	TargetData   string // its data dir, for disk use
+	TargetPID    int    // its process, for memory
 }
 
 // Runs reports whether the configured scenario includes s.
@@ -148,11 +209,37 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 	fs.IntVar(&c.Publish, "publish", c.Publish, "`n`umber of messages of each publish phase")
 	fs.BoolVar(&quick, "quick", false, "a small CI-sized run: 5000 events, 250 members, 3000 messages to purge, reads during the purge at 0.1 of the floor's throughput, 1s phases, 500 publishes (explicit flags still win)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile to `file`: reads and rich profile an extra --duration run of /messages over NATS with --clients clients after the measurements; purge profiles the purge from its request until the rows are removed (one scenario only)")
+	fs.IntVar(&c.Rooms, "rooms", c.Rooms, "`n`umber of rooms of the ingest and catchup scenarios (the issue's scale: 100000)")
+	fs.IntVar(&c.IngestEvents, "ingest-events", c.IngestEvents, "`n`umber of events of the ingest scenario in all (the issue's scale: 10000000)")
+	fs.Float64Var(&c.ZipfS, "zipf-s", c.ZipfS, "Zipf `exponent` of the room sizes (room of rank i: about 1/i^s of the largest)")
+	fs.IntVar(&c.Largest, "largest", c.Largest, "size of the largest room, in `events`: the Zipf exponent is solved for it (0: use --zipf-s; the issue's scale: 2000000)")
+	fs.IntVar(&c.Backlog, "backlog", c.Backlog, "`n`umber of events the catchup scenario's projection starts behind")
+	fs.IntVar(&c.Batch, "batch", c.Batch, "messages per atomic batch publish (at most 1000), or per acknowledgement group with --publish-mode async")
+	fs.StringVar(&c.PublishMode, "publish-mode", c.PublishMode, "how the generated rooms are published: batch (atomic batches) or async (one async publish per message, at most 1024 unacknowledged)")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "random `seed` of the generated rooms")
+	fs.DurationVar(&c.MatrixDuration, "matrix-duration", c.MatrixDuration, "length of each phase of the read matrix and of the reads by room size")
+	fs.IntVar(&c.MixedEvents, "mixed-events", c.MixedEvents, "`n`umber of events of the rooms the mixed workload ingests into (loaded before, as many again during)")
+	fs.IntVar(&c.MixedPurge, "mixed-purge", c.MixedPurge, "`n`umber of messages the mixed workload's purge removes (the issue's goal size is 1000000)")
+	fs.IntVar(&c.ShutdownMembers, "shutdown-members", c.ShutdownMembers, "`n`umber of local members of the room the mixed workload shuts down")
+	fs.Float64Var(&c.MixedRate, "mixed-rate", c.MixedRate, "open-loop rate of the mixed workload's reads, as a `fraction` of the floor's throughput (DESIGN.md's 0.5 is 80% of scrollback's capacity on a 2-core machine, before the workload adds its own), at most half of scrollback's closed-loop throughput")
+	fs.Float64Var(&c.IngestRate, "ingest-rate", c.IngestRate, "`events/s` ingested during the mixed workload")
+	fs.DurationVar(&c.HSDelay, "hs-delay", c.HSDelay, "the fake homeserver's delay before each answer (mixed)")
+	fs.StringVar(&c.Report, "report", "", "write a self-contained HTML report with plots to `file`")
+	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write a CPU and an allocation profile of each scenario to `dir`, and their top entries to the report")
+	fs.DurationVar(&c.Sample, "sample", c.Sample, "how often the projection lag, memory and disk are sampled")
+	fs.StringVar(&c.Target, "target", "", "measure the external service at this NATS `url` (nats://host:4222) through the contract only, instead of an embedded one (scenarios ingest, reads, mixed)")
+	fs.StringVar(&c.TargetHTTP, "target-http", "", "the external service's HTTP bridge, http://host:port: GET /metrics for the projection lag and memory, and the HTTP reads")
+	fs.StringVar(&c.TargetCreds, "target-creds", "", "NATS credentials `file` for --target")
+	fs.StringVar(&c.TargetStream, "target-stream", c.TargetStream, "the external service's stream")
+	fs.StringVar(&c.TargetPrefix, "target-prefix", c.TargetPrefix, "the external service's subject prefix")
+	fs.StringVar(&c.TargetData, "target-data", "", "the external service's data `dir`, for its disk use")
+	fs.IntVar(&c.TargetPID, "target-pid", 0, "the external service's process ID, for its memory (/proc/PID/status)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: scrollback bench [flags]\n\n"+
-			"Runs a whole scrollback in-process on a temp dir (removed at the end) and\n"+
-			"measures publish, ingest and /messages against the floor, reads of a rich room,\n"+
-			"and purges (see docs/BENCHMARKS.md).\n\n")
+			"Runs a whole scrollback in-process on a temp dir (removed at the end), or drives an\n"+
+			"external one (--target), and measures it against the floor: publish, ingest and\n"+
+			"/messages, reads of a rich room, purges, many Zipf-sized rooms, a catch-up and a\n"+
+			"mixed workload (see docs/BENCHMARKS.md). --report writes an HTML report.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -184,17 +271,34 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 			// floor: at half the floor's rate its reads would overload it.
 			c.PurgeRate = 0.1
 		}
+		for name, apply := range map[string]func(){
+			"rooms":            func() { c.Rooms = 200 },
+			"ingest-events":    func() { c.IngestEvents = 20_000 },
+			"backlog":          func() { c.Backlog = 20_000 },
+			"matrix-duration":  func() { c.MatrixDuration = 200 * time.Millisecond },
+			"mixed-events":     func() { c.MixedEvents = 5_000 },
+			"mixed-purge":      func() { c.MixedPurge = 2_000 },
+			"shutdown-members": func() { c.ShutdownMembers = 200 },
+			"mixed-rate":       func() { c.MixedRate = 0.1 },
+			"ingest-rate":      func() { c.IngestRate = 500 },
+			"sample":           func() { c.Sample = 100 * time.Millisecond },
+		} {
+			if !set[name] {
+				apply()
+			}
+		}
 	}
 	var p problems
-	switch c.Scenario {
-	case scenarioReads, scenarioRich, scenarioPurge:
-	case scenarioAll:
+	switch {
+	case slices.Contains(benchScenarios, c.Scenario):
+	case c.Scenario == scenarioAll:
 		if c.CPUProfile != "" {
 			p.add("cpuprofile", "needs one scenario, not %q", c.Scenario)
 		}
 	default:
-		p.add("scenario", "must be one of reads, rich, purge, all; got %q", c.Scenario)
+		p.add("scenario", "must be one of %s, all; got %q", strings.Join(benchScenarios, ", "), c.Scenario)
 	}
+	c.validateGenerated(&p)
 	if c.Events < 1_000 {
 		p.add("events", "must be at least 1000, got %d", c.Events)
 	}
@@ -230,7 +334,86 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 
 func defaultBenchConfig() benchConfig {
 	return benchConfig{Scenario: scenarioReads, Events: 100_000, Members: 5_000, PurgeEvents: 200_000, PurgeRate: 0.5,
-		Duration: 5 * time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 5_000}
+		Duration: 5 * time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 5_000,
+		Rooms: 10_000, IngestEvents: 1_000_000, ZipfS: 1, Backlog: 1_000_000, Batch: maxAtomicBatch, PublishMode: publishModeBatch, Seed: 1,
+		MatrixDuration: 2 * time.Second, MixedEvents: 200_000, MixedPurge: 100_000, ShutdownMembers: 5_000, MixedRate: 0.25,
+		IngestRate: 1_000, HSDelay: 2 * time.Millisecond, Sample: 250 * time.Millisecond,
+		TargetStream: "SCROLLBACK", TargetPrefix: "sb"}
+}
+
+// validateGenerated checks the flags of the new scenarios and of the
+// output.
+func (c benchConfig) validateGenerated(p *problems) {
+	if c.Rooms < 1 {
+		p.add("rooms", "must be at least 1, got %d", c.Rooms)
+	}
+	if c.IngestEvents < c.Rooms*genMinRoom {
+		p.add("ingest-events", "must be at least --rooms x %d (%d), got %d", genMinRoom, c.Rooms*genMinRoom, c.IngestEvents)
+	}
+	if c.ZipfS < 0 || c.ZipfS > 8 {
+		p.add("zipf-s", "must be from 0 to 8, got %g", c.ZipfS)
+	}
+	if c.Largest < 0 || c.Largest > c.IngestEvents {
+		p.add("largest", "must be from 0 to --ingest-events (%d), got %d", c.IngestEvents, c.Largest)
+	}
+	if c.Backlog < c.Rooms*genMinRoom {
+		p.add("backlog", "must be at least --rooms x %d (%d), got %d", genMinRoom, c.Rooms*genMinRoom, c.Backlog)
+	}
+	if c.Batch < 1 || c.Batch > maxAtomicBatch {
+		p.add("batch", "must be from 1 to %d, got %d", maxAtomicBatch, c.Batch)
+	}
+	if c.PublishMode != publishModeBatch && c.PublishMode != publishModeAsync {
+		p.add("publish-mode", "must be %s or %s, got %q", publishModeBatch, publishModeAsync, c.PublishMode)
+	}
+	if c.MatrixDuration <= 0 {
+		p.add("matrix-duration", "must be greater than 0, got %v", c.MatrixDuration)
+	}
+	if c.MixedEvents < 1_000 {
+		p.add("mixed-events", "must be at least 1000, got %d", c.MixedEvents)
+	}
+	if c.MixedPurge < 100 {
+		p.add("mixed-purge", "must be at least 100, got %d", c.MixedPurge)
+	}
+	if c.ShutdownMembers < 1 || c.ShutdownMembers > 100_000 {
+		p.add("shutdown-members", "must be from 1 to 100000, got %d", c.ShutdownMembers)
+	}
+	if c.MixedRate <= 0 || c.MixedRate > 1 {
+		p.add("mixed-rate", "must be greater than 0 and at most 1, got %g", c.MixedRate)
+	}
+	if c.IngestRate < 0 {
+		p.add("ingest-rate", "must not be negative, got %g", c.IngestRate)
+	}
+	if c.HSDelay < 0 {
+		p.add("hs-delay", "must not be negative, got %v", c.HSDelay)
+	}
+	if c.Sample <= 0 {
+		p.add("sample", "must be greater than 0, got %v", c.Sample)
+	}
+	if c.ProfileDir != "" && c.CPUProfile != "" {
+		p.add("profile-dir", "cannot be combined with --cpuprofile (one CPU profile at a time)")
+	}
+	if c.Target != "" {
+		if u, err := url.Parse(c.Target); err != nil || u.Host == "" {
+			p.add("target", "must be a NATS URL such as nats://127.0.0.1:4222, got %q", c.Target)
+		}
+		if !slices.Contains(externalScenarios, c.Scenario) {
+			p.add("target", "runs the scenarios %s, not %q", strings.Join(externalScenarios, ", "), c.Scenario)
+		}
+		if c.CPUProfile != "" || c.ProfileDir != "" {
+			p.add("target", "profiles are of this process, not of the external service: drop --cpuprofile and --profile-dir")
+		}
+	}
+	if c.TargetHTTP != "" {
+		if u, err := url.Parse(c.TargetHTTP); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			p.add("target-http", "must be http://host:port, got %q", c.TargetHTTP)
+		}
+	}
+	if c.TargetPrefix == "" || !bus.ValidSubject(c.TargetPrefix) {
+		p.add("target-prefix", "must be a valid subject token, got %q", c.TargetPrefix)
+	}
+	if c.TargetStream == "" {
+		p.add("target-stream", "must not be empty")
+	}
 }
 
 // runBench is `scrollback bench`: it runs every phase, prints each result as
@@ -257,7 +440,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) (err error) 
 	}
 	defer os.RemoveAll(dir)
 
-	b := &bench{cfg: cfg, dir: dir, out: stdout, prof: prof,
+	b := &bench{cfg: cfg, dir: dir, out: stdout, prof: prof, args: args,
 		logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	return b.run(ctx)
 }
@@ -269,16 +452,26 @@ type bench struct {
 	out    io.Writer
 	prof   *os.File
 	logger *slog.Logger
+	args   []string // the command line, for the report
 
 	res benchResults
+
+	// What the report is made of (bench_report.go).
+	mu     sync.Mutex
+	cur    *scenarioRun // the scenario running now
+	runs   []*scenarioRun
+	source atomic.Pointer[sut] // the service the sampler looks at
 }
 
 // benchResults holds every measurement for the summary; a scenario's
 // part is nil unless it ran.
 type benchResults struct {
-	reads *readsResults
-	rich  *richResults  // bench_rich.go
-	purge *purgeResults // bench_purge.go
+	reads   *readsResults
+	rich    *richResults    // bench_rich.go
+	purge   *purgeResults   // bench_purge.go
+	ingest  *ingestResults  // bench_ingest.go
+	catchup *catchupResults // bench_catchup.go
+	mixed   *mixedResults   // bench_mixed.go
 }
 
 // readsResults are the measurements of the reads scenario.
@@ -289,6 +482,9 @@ type readsResults struct {
 	natsSvc, natsFl loadPair
 	httpSvc, httpFl loadPair
 	echo            loadPair
+	matrix          []matrixRow     // bench_matrix.go
+	dendrite        *dendriteResult // bench_matrix.go
+	external        bool            // phases 1-3 skipped: the service is elsewhere
 }
 
 // rate is a count of things done in a time.
@@ -304,37 +500,76 @@ func (r rate) PerSec() float64 { return float64(r.N) / r.Elapsed.Seconds() }
 // (--clients clients) against one target.
 type loadPair struct{ Lat, Thr loadResult }
 
-func (b *bench) printf(format string, args ...any) { fmt.Fprintf(b.out, format, args...) }
+// printf prints a line of the run and keeps it for the report.
+func (b *bench) printf(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	io.WriteString(b.out, s)
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run != nil {
+		run.mu.Lock()
+		run.log.WriteString(s)
+		run.mu.Unlock()
+	}
+}
 
 func (b *bench) run(ctx context.Context) error {
 	c := b.cfg
+	started := time.Now()
 	b.printf("scrollback bench %s: scenario %s, limit %d, %d clients, %v read phases in %d rounds (+%v warm-up), %s %s/%s, %d CPUs, GOMAXPROCS %d\n",
 		version, c.Scenario, c.Limit, c.Clients, c.Duration, c.Rounds, c.Warmup(), runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	b.printf("temp dir %s (removed at the end); NATS in-process (nats.InProcessServer, no TCP); HTTP over loopback TCP\n", b.dir)
-
-	if c.Runs(scenarioReads) {
-		if err := b.readsScenario(ctx); err != nil {
+	if c.Target != "" {
+		b.printf("target: the external service at %s (stream %s, prefix %s), through the contract only; HTTP bridge %q\n", c.Target, c.TargetStream, c.TargetPrefix, c.TargetHTTP)
+	} else {
+		b.printf("temp dir %s (removed at the end); NATS in-process (nats.InProcessServer, no TCP); HTTP over loopback TCP\n", b.dir)
+	}
+	scenarios := []struct {
+		name, title string
+		run         func(context.Context) error
+	}{
+		{scenarioReads, "reads: publish, ingest, /messages against the floor, the read matrix, the Dendrite comparison", b.readsScenario},
+		{scenarioRich, "rich: a room with many members, threads and edits", b.richScenario},
+		{scenarioPurge, "purge: purge_history of a big room while another is read", b.purgeScenario},
+		{scenarioIngest, "ingest: many rooms of Zipf-distributed sizes, realistic events", b.ingestScenario},
+		{scenarioCatchup, "catchup: a projection starting behind the log", b.catchupScenario},
+		{scenarioMixed, "mixed: ingest, reads, a purge and a shutdown at once", b.mixedScenario},
+	}
+	var runErr error
+	for _, s := range scenarios {
+		if !c.Runs(s.name) {
+			continue
+		}
+		if err := b.startScenario(ctx, s.name, s.title); err != nil {
 			return err
 		}
-	}
-	if c.Runs(scenarioRich) {
-		if err := b.richScenario(ctx); err != nil {
-			return err
+		runErr = s.run(ctx)
+		if err := b.endScenario(); err != nil && runErr == nil {
+			runErr = err
+		}
+		b.source.Store(nil)
+		if runErr != nil {
+			break
 		}
 	}
-	if c.Runs(scenarioPurge) {
-		if err := b.purgeScenario(ctx); err != nil {
-			return err
+	if runErr == nil {
+		b.summary()
+	}
+	if c.Report != "" {
+		if err := b.writeReport(started); err != nil && runErr == nil {
+			runErr = err
 		}
 	}
-	b.summary()
-	return nil
+	return runErr
 }
 
 // readsScenario is phases 1 to 4: publish, ingest, and reads against the
 // floor.
 func (b *bench) readsScenario(ctx context.Context) error {
 	b.res.reads = &readsResults{}
+	if b.cfg.Target != "" {
+		return b.externalReads(ctx)
+	}
 	if err := b.publishPhases(ctx); err != nil {
 		return err
 	}
@@ -349,6 +584,14 @@ func (b *bench) readsScenario(ctx context.Context) error {
 		return err
 	}
 	if err := b.readPhases(ctx, m, room); err != nil {
+		return err
+	}
+	s, err := b.embeddedSUT(m)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := b.matrixPhases(ctx, s, room, m.Config.Auth.Tokens[0].Token); err != nil {
 		return err
 	}
 	if err := closeM(); err != nil {
@@ -376,6 +619,7 @@ func (b *bench) openBenchService(ctx context.Context, dataDir string, tokens ...
 		m.Close()
 		return nil, fmt.Errorf("bench: open service: %w", err)
 	}
+	b.register(&sut{m: m, db: m.Store.DB(), dataDir: cfg.DataDir, httpBase: "http://" + m.HTTPAddr, hc: newBenchHTTPClient(2)})
 	return m, nil
 }
 
@@ -793,14 +1037,28 @@ func collectTokens(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, ro
 // target is one thing the read phases send requests to: do sends the
 // request for start point i and returns the size of the reply.
 type target struct {
-	n  int
-	do func(ctx context.Context, i int) (int, error)
+	n   int
+	do  func(ctx context.Context, i int) (int, error)
+	rec *recHook // where its requests are recorded (compareFor sets it)
+}
+
+// recorded makes do record each request's latency in the target's hook.
+func recorded(n int, do func(ctx context.Context, i int) (int, error)) target {
+	h := &recHook{}
+	return target{n: n, rec: h, do: func(ctx context.Context, i int) (int, error) {
+		t0 := time.Now()
+		size, err := do(ctx, i)
+		if err == nil {
+			h.record(t0, time.Since(t0))
+		}
+		return size, err
+	}}
 }
 
 // natsTarget sends reqs[i] to subject over nc and fails on a service error
 // reply (CONTRACT.md section 4).
 func natsTarget(nc *nats.Conn, subject string, reqs [][]byte) target {
-	return target{n: len(reqs), do: func(ctx context.Context, i int) (int, error) {
+	return recorded(len(reqs), func(ctx context.Context, i int) (int, error) {
 		msg, err := nc.RequestMsg(&nats.Msg{Subject: subject, Data: reqs[i]}, benchRequestTimeout)
 		if err != nil {
 			return 0, fmt.Errorf("request %s: %w", subject, err)
@@ -809,13 +1067,13 @@ func natsTarget(nc *nats.Conn, subject string, reqs [][]byte) target {
 			return 0, fmt.Errorf("request %s: error %s: %s", subject, code, msg.Header.Get("Nats-Service-Error"))
 		}
 		return len(msg.Data), nil
-	}}
+	})
 }
 
 // httpTarget GETs urls[i] with an Authorization header and reads the
 // whole body; anything but 200 fails.
 func httpTarget(hc *http.Client, urls []string, authorization string) target {
-	return target{n: len(urls), do: func(ctx context.Context, i int) (int, error) {
+	return recorded(len(urls), func(ctx context.Context, i int) (int, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, urls[i], nil)
 		if err != nil {
 			return 0, err
@@ -834,7 +1092,7 @@ func httpTarget(hc *http.Client, urls []string, authorization string) target {
 			return 0, fmt.Errorf("GET %s: status %d", urls[i], resp.StatusCode)
 		}
 		return int(n), nil
-	}}
+	})
 }
 
 // newBenchHTTPClient keeps enough idle connections for every client (no
@@ -864,15 +1122,30 @@ type namedTarget struct {
 // the other. Each target is warmed up before each phase. It prints each
 // target's phases and returns them in the order of ts.
 func (b *bench) compare(ctx context.Context, ts ...namedTarget) ([]loadPair, error) {
+	return b.compareFor(ctx, b.cfg.Duration, ts...)
+}
+
+// compareFor is compare with phases of d. Each target's requests of each
+// phase go to a series of their own (the report's plots); its requests
+// after the comparison to one more.
+func (b *bench) compareFor(ctx context.Context, d time.Duration, ts ...namedTarget) ([]loadPair, error) {
 	c := b.cfg
 	out := make([]loadPair, len(ts))
-	slice := c.Duration / time.Duration(c.Rounds)
+	slice := d / time.Duration(c.Rounds)
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = strings.TrimSpace(t.name)
+	}
+	group := "in turns: " + strings.Join(names, " | ")
+	warmup := min(d/10, 500*time.Millisecond)
 	for _, clients := range []int{1, c.Clients} {
 		res := make([]loadResult, len(ts))
 		for _, t := range ts {
-			if _, err := runLoad(ctx, clients, c.Warmup(), t.t); err != nil {
+			t.t.rec.set(nil)
+			if _, err := runLoad(ctx, clients, warmup, t.t); err != nil {
 				return nil, fmt.Errorf("bench: %s, warm-up: %w", t.name, err)
 			}
+			t.t.rec.set(b.newSeries(group, fmt.Sprintf("%s, %d client(s)", strings.TrimSpace(t.name), clients)))
 		}
 		for range c.Rounds {
 			for i, t := range ts {
@@ -895,6 +1168,9 @@ func (b *bench) compare(ctx context.Context, ts ...namedTarget) ([]loadPair, err
 				t.name, r.Clients, r.Requests, round(r.Elapsed), r.PerSec(),
 				fmtLat(r.Pct(50)), fmtLat(r.Pct(90)), fmtLat(r.Pct(99)), fmtLat(r.Max()), fmtBytes(r.Bytes/max(r.Requests, 1)))
 		}
+	}
+	for _, t := range ts {
+		b.afterSeries(t.t.rec, "later requests", strings.TrimSpace(t.name)+", later")
 	}
 	return out, nil
 }
@@ -1113,22 +1389,44 @@ func (r *benchRoom) Msgs(subjects bus.Subjects) []*nats.Msg {
 // metric with the value, what it is compared with, the ratio, the goal and
 // PASS or MISS. Each section has its own header row.
 func (b *bench) summary() {
-	b.printf("\n== summary (as measured) ==\n")
-	t := summaryTable{tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0)}
-	if b.res.reads != nil {
-		b.readsSummary(t)
-	}
-	if b.res.rich != nil {
-		b.richSummary(t)
-	}
-	if b.res.purge != nil {
-		b.purgeSummary(t)
+	fmt.Fprintf(b.out, "\n== summary (as measured) ==\n")
+	t := summaryTable{tw: tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0), rec: &summaryRec{}}
+	for _, s := range []struct {
+		name    string
+		ran     bool
+		summary func(summaryTable)
+	}{
+		{scenarioReads, b.res.reads != nil, b.readsSummary},
+		{scenarioRich, b.res.rich != nil, b.richSummary},
+		{scenarioPurge, b.res.purge != nil, b.purgeSummary},
+		{scenarioIngest, b.res.ingest != nil, b.ingestSummary},
+		{scenarioCatchup, b.res.catchup != nil, b.catchupSummary},
+		{scenarioMixed, b.res.mixed != nil, b.mixedSummary},
+	} {
+		if !s.ran {
+			continue
+		}
+		t.rec.scenario, t.rec.table = nil, nil
+		var run *scenarioRun
+		for _, r := range b.runs {
+			if r.rep.Name == s.name {
+				run, t.rec.scenario = r, r.rep
+			}
+		}
+		s.summary(t)
+		if run != nil && run.sampler != nil {
+			t.line("%s: %s", s.name, run.sampler.resources())
+		}
 	}
 	t.tw.Flush()
 }
 
 func (b *bench) readsSummary(t summaryTable) {
 	r := b.res.reads
+	if r.external {
+		b.matrixSummary(t)
+		return
+	}
 	t.section("reads: ratio = scrollback / floor", "metric", "scrollback", "floor", "ratio", "goal", "result")
 	t.row("publish sync, 1 publisher (msgs/s)", fmtRate(r.pub1.PerSec()), "-", "-", "report", "-")
 	t.row(fmt.Sprintf("publish sync, %d publishers (msgs/s)", benchPublishers), fmtRate(r.pub16.PerSec()), "-", "-", "report", "-")
@@ -1155,24 +1453,49 @@ func (b *bench) readsSummary(t summaryTable) {
 	t.row("NATS echo p99, 1 client", "-", fmtLat(r.echo.Lat.Pct(99)), "-", "-", "-")
 	t.row(fmt.Sprintf("NATS echo throughput, %d clients (req/s)", r.echo.Thr.Clients), "-", fmtRate(r.echo.Thr.PerSec()), "-", "-", "-")
 	t.line("floors: NATS = bbolt reverse scan of %d raw events behind a micro endpoint with the service's worker pool (bus.Serve), in-process connection; HTTP = the same scan behind net/http over loopback", b.cfg.Limit)
+	b.matrixSummary(t)
 }
 
-// summaryTable is the summary's tab-aligned table.
-type summaryTable struct{ tw *tabwriter.Writer }
+// summaryTable is the summary's tab-aligned table. It also records its
+// sections as the tables of the report.
+type summaryTable struct {
+	tw  *tabwriter.Writer
+	rec *summaryRec
+}
+
+// summaryRec is where the summary's sections go in the report.
+type summaryRec struct {
+	scenario *loadgen.Scenario // nil: not recorded
+	table    *loadgen.Table
+}
 
 // row is one row of cells.
-func (t summaryTable) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\t")) }
+func (t summaryTable) row(cells ...string) {
+	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+	if r := t.rec; r != nil && r.table != nil {
+		r.table.Rows = append(r.table.Rows, cells)
+	}
+}
 
 // line is a line outside the columns. It also ends the run of rows whose
 // columns are aligned together, so each section is aligned on its own.
 func (t summaryTable) line(format string, args ...any) {
 	fmt.Fprintf(t.tw, format+"\n", args...)
+	if r := t.rec; r != nil && r.table != nil {
+		if s := strings.TrimSpace(fmt.Sprintf(format, args...)); s != "" {
+			r.table.Notes = append(r.table.Notes, s)
+		}
+	}
 }
 
 // section starts a section: a blank line, its title and its header row.
 func (t summaryTable) section(title string, header ...string) {
-	t.line("\n%s", title)
-	t.row(header...)
+	fmt.Fprintf(t.tw, "\n%s\n", title)
+	fmt.Fprintln(t.tw, strings.Join(header, "\t"))
+	if r := t.rec; r != nil && r.scenario != nil {
+		r.scenario.Tables = append(r.scenario.Tables, loadgen.Table{Title: title, Header: header})
+		r.table = &r.scenario.Tables[len(r.scenario.Tables)-1]
+	}
 }
 
 // latRow compares two latencies; with maxRatio > 0 the goal is
@@ -1217,8 +1540,11 @@ func round(d time.Duration) time.Duration {
 }
 
 func fmtLat(d time.Duration) string {
-	if d < time.Millisecond {
+	switch {
+	case d < time.Millisecond:
 		return fmt.Sprintf("%dµs", d.Microseconds())
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1fs", d.Seconds())
 	}
 	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
 }

@@ -8,10 +8,10 @@ package main
 //
 //   - scan over NATS: a micro endpoint served by bus.Serve, the same
 //     arrangement as the service's (micro hands each request to a bounded
-//     worker pool goroutine), on its own in-process connection to the
-//     service's embedded server. The handler does one bbolt read
-//     transaction with a reverse cursor scan of `limit` values and replies
-//     with the raw bytes concatenated.
+//     worker pool goroutine), on its own connection to the service's NATS
+//     server (in-process when embedded). The handler does one bbolt read
+//     transaction with a reverse cursor scan of `limit` values (a forward
+//     one for dir=f) and replies with the raw bytes concatenated.
 //   - scan over HTTP: the same scan behind a bare net/http handler on
 //     loopback.
 //   - echo: a plain core NATS subscription that replies with the request.
@@ -28,8 +28,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -64,6 +66,12 @@ type floor struct {
 // starts the floor's endpoints on srv and on a loopback HTTP port. Close
 // stops everything it started, also after a failure.
 func openFloor(ctx context.Context, path string, srv *server.Server, room *benchRoom) (f *floor, err error) {
+	return openFloorFrom(ctx, path, func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }, slices.Values(room.raw))
+}
+
+// openFloorFrom is openFloor for any NATS server (connect) and any
+// sequence of events, oldest first, which need not fit in memory.
+func openFloorFrom(ctx context.Context, path string, connect func(name string) (*nats.Conn, error), events iter.Seq[[]byte]) (f *floor, err error) {
 	f = &floor{}
 	defer func() {
 		if err != nil {
@@ -76,10 +84,10 @@ func openFloor(ctx context.Context, path string, srv *server.Server, room *bench
 	if f.db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: 1 << 30, NoSync: true}); err != nil {
 		return f, fmt.Errorf("bench: floor file: %w", err)
 	}
-	if err := f.load(ctx, room.raw); err != nil {
+	if err := f.load(ctx, events); err != nil {
 		return f, err
 	}
-	if f.nc, err = bus.ConnectInProcess(srv, "bench-floor"); err != nil {
+	if f.nc, err = connect("bench-floor"); err != nil {
 		return f, err
 	}
 	f.svc, err = bus.Serve(f.nc, bus.ServiceOptions{Name: "scrollback-floor", Version: version}, []bus.Endpoint{
@@ -109,9 +117,12 @@ func openFloor(ctx context.Context, path string, srv *server.Server, room *bench
 }
 
 // load stores the events in transactions of 10,000.
-func (f *floor) load(ctx context.Context, raw [][]byte) error {
+func (f *floor) load(ctx context.Context, events iter.Seq[[]byte]) error {
 	const batch = 10_000
-	for lo := 0; lo < len(raw); lo += batch {
+	next, stop := iter.Pull(events)
+	defer stop()
+	pos := 0
+	for done := false; !done; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -121,8 +132,14 @@ func (f *floor) load(ctx context.Context, raw [][]byte) error {
 				return err
 			}
 			b.FillPercent = 0.9 // append-only keys
-			for i := lo; i < min(lo+batch, len(raw)); i++ {
-				if err := b.Put(floorKey(i+1), raw[i]); err != nil {
+			for range batch {
+				v, ok := next()
+				if !ok {
+					done = true
+					return nil
+				}
+				pos++
+				if err := b.Put(floorKey(pos), v); err != nil {
 					return err
 				}
 			}
@@ -142,6 +159,10 @@ func floorKey(pos int) []byte { return binary.BigEndian.AppendUint64(nil, uint64
 func floorRequest(from, limit int) []byte {
 	return binary.BigEndian.AppendUint32(floorKey(from), uint32(limit))
 }
+
+// floorForward is the request of a forward scan: the position to scan up
+// from and the limit, then 'f'.
+func floorForward(from, limit int) []byte { return append(floorRequest(from, limit), 'f') }
 
 // URL is the floor's HTTP request for the same scan.
 func (f *floor) URL(from, limit int) string {
@@ -174,12 +195,36 @@ func (f *floor) scan(dst []byte, from uint64, limit int) ([]byte, error) {
 	return dst, err
 }
 
+// scanForward appends the values at positions from, from+1, ... (at most
+// limit of them) to dst, in one read transaction: the floor of dir=f.
+func (f *floor) scanForward(dst []byte, from uint64, limit int) ([]byte, error) {
+	err := f.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(floorBucket)
+		if b == nil {
+			return errors.New("floor bucket missing")
+		}
+		c := b.Cursor()
+		k, v := c.Seek(binary.BigEndian.AppendUint64(make([]byte, 0, 8), from))
+		for n := 0; k != nil && n < limit; n++ {
+			dst = append(dst, v...)
+			k, v = c.Next()
+		}
+		return nil
+	})
+	return dst, err
+}
+
 // handleScan is the NATS endpoint's handler.
 func (f *floor) handleScan(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	if len(data) != 12 {
-		return nil, fmt.Errorf("floor scan request of %d bytes, want 12", len(data))
+	forward := len(data) == 13 && data[12] == 'f'
+	if len(data) != 12 && !forward {
+		return nil, fmt.Errorf("floor scan request of %d bytes, want 12 (or 13 for a forward scan)", len(data))
 	}
-	return f.scan(nil, binary.BigEndian.Uint64(data), int(binary.BigEndian.Uint32(data[8:])))
+	from, limit := binary.BigEndian.Uint64(data), int(binary.BigEndian.Uint32(data[8:12]))
+	if forward {
+		return f.scanForward(nil, from, limit)
+	}
+	return f.scan(nil, from, limit)
 }
 
 // serveScan is the HTTP handler: GET /scan?from=N&limit=N.

@@ -7,21 +7,32 @@ import (
 	"flag"
 	"io"
 	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
-// TestRunBench_Quick runs every scenario of the benchmark in its CI size
-// and checks that every phase and every summary row was reported. It is a
-// smoke test of the command: it asserts no timings.
+// tinyBench are the flags of the smoke runs: every scenario at a size that
+// takes seconds, not minutes.
+var tinyBench = []string{"--quick", "--duration", "300ms", "--rounds", "2", "--matrix-duration", "60ms", "--publish", "200",
+	"--events", "2000", "--members", "100", "--purge-events", "1000", "--rooms", "50", "--ingest-events", "5000", "--backlog", "5000",
+	"--mixed-events", "2000", "--mixed-purge", "500", "--shutdown-members", "50", "--ingest-rate", "300", "--hs-delay", "0s", "--sample", "50ms"}
+
+// TestRunBench_Quick runs every scenario of the benchmark at a tiny size
+// and checks that every phase and every summary row was reported, and that
+// the report holds every scenario. It is a smoke test of the command: it
+// asserts no timings.
 func TestRunBench_Quick(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs three whole services for several seconds each")
+		t.Skip("runs six whole services for a few seconds each")
 	}
+	report := filepath.Join(t.TempDir(), "report.html")
 	var buf bytes.Buffer
-	if err := runBench(context.Background(), []string{"--quick", "--scenario", "all"}, &buf); err != nil {
+	if err := runBench(context.Background(), append(slices.Clone(tinyBench), "--scenario", "all", "--report", report), &buf); err != nil {
 		t.Fatalf("runBench: %v\noutput:\n%s", err, buf.String())
 	}
 	out := buf.String()
@@ -36,27 +47,53 @@ func TestRunBench_Quick(t *testing.T) {
 		"ingest, live:",
 		"ingest, catch-up:",
 		"== reads",
+		"== read matrix",
+		"== Dendrite comparison",
 		// rich
-		"== rich: a room of 5000 events, 250 members",
+		"== rich: a room of 2000 events, 100 members",
 		"rich room loaded:",
 		"lazy_load_members pages:",
 		// purge
-		"== purge: purge_history of a room with 3000 messages below the cut-off (--purge-events; the issue's goal size is 1000000)",
+		"== purge: purge_history of a room with 1000 messages below the cut-off (--purge-events; the issue's goal size is 1000000)",
 		"other room loaded:",
 		"purged room loaded:",
 		"idle purge: the room's 7 set-up events",
 		"open-loop rate of the other room's reads:",
 		"purge request: POST /_synapse/admin/v1/purge_history/",
 		"the read after it starts at the cut-off",
-		"purge, bbolt: 3000 rows removed",
-		"purge, log: 3000 messages erased",
+		"purge, bbolt: 1000 rows removed",
+		"purge, log: 1000 messages erased",
 		"purge, task: status complete",
 		"sizes: bbolt file",
+		// ingest
+		"== ingest: 5000 events in 50 rooms, Zipf s=1.000",
+		"published: 5000 events acked",
+		"applied: 5000 events published and applied",
+		"freshness, publish to applied",
+		"== reads by room size",
+		// catchup
+		"== catchup: a projection starting 5000 events behind the log",
+		"backlog: 5000 events published",
+		"catch-up: 5000 events applied",
+		"floor: an ordered consumer copying",
+		// mixed
+		"== mixed: reads of a 10000-event room",
+		"requests: purge_history replied",
+		"purge: 500 messages; rows removed",
+		"shutdown: 51 members kicked",
+		"ingest during the workload:",
 		// the summary
 		"== summary",
 		"\nreads: ratio = scrollback / floor\n",
-		"\nrich: 5000 events, 250 members,",
-		"\npurge: 3000 messages below the cut-off, all remote;",
+		"\nread matrix: NATS /messages",
+		"\nDendrite 0.13.8 comparison:",
+		"\nrich: 2000 events, 100 members,",
+		"\npurge: 1000 messages below the cut-off, all remote;",
+		"\ningest: 5000 events in 50 rooms",
+		"\nreads by room size:",
+		"\ncatchup: a projection starting 5000 events behind",
+		"\nmixed: reads of a 10000-event room",
+		"report: " + report,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output has no %q", want)
@@ -67,9 +104,12 @@ func TestRunBench_Quick(t *testing.T) {
 	// clients), each open-loop phase once.
 	for name, want := range map[string]int{
 		"floor nats echo": 2, "floor nats scan": 2, "scrollback nats /messages": 2, "floor http scan": 2, "scrollback http /messages": 2,
+		"floor dir=b limit=10": 2, "nats dir=f limit=100": 2, "nats dir=b limit=50 lazy_load_members": 2,
+		"dendrite room: http /messages": 2, "dendrite room: floor http scan": 2,
 		"rich: floor nats scan": 2, "rich: plain /messages": 2, "rich: lazy_load_members": 2,
 		"other: floor nats scan": 2, "other: nats /messages": 2,
 		"other: no purge": 1, "other: during the purge": 1, "other: until rows removed": 1, "other: after rows removed": 1, "other: no purge, after": 1,
+		"mixed: floor nats scan": 2, "mixed: nats /messages": 2, "mixed: reads alone": 1, "mixed: reads during": 1, "mixed: reads alone, after": 1,
 	} {
 		n := 0
 		for _, l := range lines {
@@ -86,7 +126,12 @@ func TestRunBench_Quick(t *testing.T) {
 		{"ingest catch-up, backlog to applied (events/s)", "PASS|MISS"},
 		{"NATS /messages p99, 1 client", "PASS|MISS"},
 		{"NATS /messages throughput, 16 clients (req/s)", "PASS|MISS"},
-		{"HTTP /messages p99, 1 client", "-"},
+		{"HTTP /messages p99, 1 client", "-|PASS|MISS"},
+		{"dir=b limit=10 p99, 1 client", "PASS|MISS"},
+		{"dir=f limit=100 p99, 1 client", "PASS|MISS"},
+		{"dir=b limit=50 filter types+not_senders p99, 1 client", "PASS|MISS"},
+		{"dir=b limit=50 lazy_load_members p99, 1 client", "PASS|MISS"},
+		{"HTTP /messages throughput, 16 clients (req/s)", "-|PASS|MISS"},
 		{"NATS lazy_load_members vs plain p50, 1 client", "-"},
 		{"NATS lazy_load_members vs plain p99, 1 client", "PASS|MISS"},
 		{"NATS lazy_load_members vs plain throughput, 16 clients (req/s)", "-"},
@@ -104,6 +149,13 @@ func TestRunBench_Quick(t *testing.T) {
 		{"other room /messages p99 without purge, after vs before", "-"},
 		{"bbolt file after vs before", "-"},
 		{"JetStream store after vs before", "-"},
+		{"ingest: publish to applied (events/s) vs the log's ack rate", "-"},
+		{"freshness p99, publish to applied per group", "-"},
+		{"memory RssAnon+RssShmem, peak (process: service + bench)", "-"}, // the goal is at 10M events
+		{"catch-up, Open to all applied (events/s)", "PASS|MISS"},
+		{"reads p99 during the workload vs alone", "PASS|MISS"},
+		{"purge request replied (purged events hidden)", "PASS|MISS"},
+		{"shutdown: members kicked", "-"},
 	} {
 		var found string
 		for _, l := range lines {
@@ -121,9 +173,62 @@ func TestRunBench_Quick(t *testing.T) {
 			t.Errorf("row %q ends in %q, want %s", row.metric, got, row.result)
 		}
 	}
+	// Room sizes: the reads by size found rooms of the run's sizes.
+	if !regexp.MustCompile(`\n\d+-event room plain p99, 1 client  `).MatchString(out) {
+		t.Error("no reads by room size in the summary")
+	}
+	html, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<svg", "Goals at a glance", `id="s-reads"`, `id="s-rich"`, `id="s-purge"`, `id="s-ingest"`, `id="s-catchup"`, `id="s-mixed"`,
+		"latency over time", "latency histogram", "projection lag", "RssFile", "JetStream store", "read matrix", "Dendrite 0.13.8 comparison", "reads during the workload"} {
+		if !strings.Contains(string(html), want) {
+			t.Errorf("report has no %q", want)
+		}
+	}
+}
+
+// TestRunBench_External runs the scenarios that work through the contract
+// alone against a service of their own, as --target does.
+func TestRunBench_External(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a service and three scenarios against it")
+	}
+	m := startMain(t, func(c *Config) {
+		c.ServerName = benchServerName // the shutdown kicks the bench's users: they must be local
+		c.NATS.Listen = "127.0.0.1:0"
+	})
+	for _, scenario := range externalScenarios {
+		t.Run(scenario, func(t *testing.T) {
+			var buf bytes.Buffer
+			args := append(slices.Clone(tinyBench), "--scenario", scenario, "--target", m.NATSServer.ClientURL(),
+				"--target-http", "http://"+m.HTTPAddr, "--target-data", m.Config.DataDir)
+			if err := runBench(context.Background(), args, &buf); err != nil {
+				t.Fatalf("runBench: %v\noutput:\n%s", err, buf.String())
+			}
+			out := buf.String()
+			t.Logf("output:\n%s", out)
+			for _, want := range map[string][]string{
+				scenarioReads:  {"target: the external service at nats://", "== reads (external)", "== read matrix", "== Dendrite comparison", "\nread matrix:", "\nDendrite 0.13.8 comparison:"},
+				scenarioIngest: {"applied: 5000 events", "freshness, publish to applied", "\nreads by room size:", "memory RssAnon+RssShmem, peak (the external service)"},
+				scenarioMixed:  {"shutdown: 51 members kicked", "\nmixed: reads of a 10000-event room"},
+			}[scenario] {
+				if !strings.Contains(out, want) {
+					t.Errorf("output has no %q", want)
+				}
+			}
+		})
+	}
 }
 
 func TestParseBenchFlags(t *testing.T) {
+	defaults := defaultBenchConfig()
+	quick := defaults
+	quick.Events, quick.Members, quick.PurgeEvents, quick.PurgeRate, quick.Duration, quick.Publish = 5_000, 250, 3_000, 0.1, time.Second, 500
+	quick.Rooms, quick.IngestEvents, quick.Backlog, quick.MatrixDuration = 200, 20_000, 20_000, 200*time.Millisecond
+	quick.MixedEvents, quick.MixedPurge, quick.ShutdownMembers, quick.MixedRate, quick.IngestRate, quick.Sample = 5_000, 2_000, 200, 0.1, 500, 100*time.Millisecond
+	with := func(c benchConfig, edit func(*benchConfig)) benchConfig { edit(&c); return c }
 	tests := []struct {
 		name    string
 		args    []string
@@ -131,22 +236,40 @@ func TestParseBenchFlags(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", want: benchConfig{Scenario: "reads", Events: 100_000, Members: 5_000, PurgeEvents: 200_000, PurgeRate: 0.5,
-			Duration: 5 * time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 5_000}},
-		{name: "quick", args: []string{"--quick"}, want: benchConfig{Scenario: "reads", Events: 5_000, Members: 250, PurgeEvents: 3_000, PurgeRate: 0.1,
-			Duration: time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 500}},
-		{name: "quick with explicit events", args: []string{"--quick", "--events", "2000", "--cpuprofile", "cpu.out"},
-			want: benchConfig{Scenario: "reads", Events: 2_000, Members: 250, PurgeEvents: 3_000, PurgeRate: 0.1,
-				Duration: time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 500, CPUProfile: "cpu.out"}},
+			Duration: 5 * time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 5_000,
+			Rooms: 10_000, IngestEvents: 1_000_000, ZipfS: 1, Backlog: 1_000_000, Batch: 1000, PublishMode: "batch", Seed: 1,
+			MatrixDuration: 2 * time.Second, MixedEvents: 200_000, MixedPurge: 100_000, ShutdownMembers: 5_000, MixedRate: 0.25,
+			IngestRate: 1_000, HSDelay: 2 * time.Millisecond, Sample: 250 * time.Millisecond, TargetStream: "SCROLLBACK", TargetPrefix: "sb"}},
+		{name: "quick", args: []string{"--quick"}, want: quick},
+		{name: "quick with explicit events", args: []string{"--quick", "--events", "2000", "--cpuprofile", "cpu.out", "--rooms", "10"},
+			want: with(quick, func(c *benchConfig) { c.Events, c.CPUProfile, c.Rooms = 2_000, "cpu.out", 10 })},
 		{name: "purge of a million", args: []string{"--scenario", "purge", "--purge-events", "1000000"},
-			want: benchConfig{Scenario: "purge", Events: 100_000, Members: 5_000, PurgeEvents: 1_000_000, PurgeRate: 0.5,
-				Duration: 5 * time.Second, Clients: 16, Limit: 50, Rounds: 5, Publish: 5_000}},
+			want: with(defaults, func(c *benchConfig) { c.Scenario, c.PurgeEvents = "purge", 1_000_000 })},
+		{name: "the issue's scale", args: []string{"--scenario", "ingest", "--rooms", "100000", "--ingest-events", "10000000", "--largest", "2000000", "--report", "r.html", "--profile-dir", "prof"},
+			want: with(defaults, func(c *benchConfig) {
+				c.Scenario, c.Rooms, c.IngestEvents, c.Largest, c.Report, c.ProfileDir = "ingest", 100_000, 10_000_000, 2_000_000, "r.html", "prof"
+			})},
+		{name: "external", args: []string{"--scenario", "mixed", "--target", "nats://127.0.0.1:4222", "--target-http", "http://127.0.0.1:8090"},
+			want: with(defaults, func(c *benchConfig) {
+				c.Scenario, c.Target, c.TargetHTTP = "mixed", "nats://127.0.0.1:4222", "http://127.0.0.1:8090"
+			})},
 		{name: "bad values", args: []string{"--events", "10", "--clients", "0", "--limit", "1001", "--duration", "0s"},
 			wantErr: "events: must be at least 1000"},
-		{name: "unknown scenario", args: []string{"--scenario", "everything"}, wantErr: `scenario: must be one of reads, rich, purge, all; got "everything"`},
+		{name: "unknown scenario", args: []string{"--scenario", "everything"}, wantErr: `scenario: must be one of reads, rich, purge, ingest, catchup, mixed, all; got "everything"`},
 		{name: "profile of all", args: []string{"--scenario", "all", "--cpuprofile", "cpu.out"}, wantErr: `cpuprofile: needs one scenario, not "all"`},
 		{name: "too many members", args: []string{"--events", "4000", "--members", "1001"}, wantErr: "members: must be from 2 to a quarter of --events (1000), got 1001"},
 		{name: "small purge", args: []string{"--purge-events", "10"}, wantErr: "purge-events: must be at least 100, got 10"},
 		{name: "argument", args: []string{"extra"}, wantErr: `unexpected argument "extra"`},
+		{name: "rooms too small", args: []string{"--rooms", "1000", "--ingest-events", "5000"}, wantErr: "ingest-events: must be at least --rooms x 10 (10000), got 5000"},
+		{name: "largest beyond the events", args: []string{"--largest", "2000000"}, wantErr: "largest: must be from 0 to --ingest-events (1000000), got 2000000"},
+		{name: "batch too big", args: []string{"--batch", "5000"}, wantErr: "batch: must be from 1 to 1000, got 5000"},
+		{name: "publish mode", args: []string{"--publish-mode", "sync"}, wantErr: `publish-mode: must be batch or async, got "sync"`},
+		{name: "mixed rate", args: []string{"--mixed-rate", "2"}, wantErr: "mixed-rate: must be greater than 0 and at most 1, got 2"},
+		{name: "both profiles", args: []string{"--scenario", "ingest", "--cpuprofile", "c.out", "--profile-dir", "p"}, wantErr: "profile-dir: cannot be combined with --cpuprofile"},
+		{name: "external purge", args: []string{"--scenario", "purge", "--target", "nats://127.0.0.1:4222"}, wantErr: `target: runs the scenarios reads, ingest, mixed, not "purge"`},
+		{name: "external profile", args: []string{"--scenario", "ingest", "--target", "nats://h:4222", "--profile-dir", "p"}, wantErr: "target: profiles are of this process"},
+		{name: "bad target", args: []string{"--scenario", "ingest", "--target", "localhost"}, wantErr: `target: must be a NATS URL such as nats://127.0.0.1:4222, got "localhost"`},
+		{name: "bad target http", args: []string{"--target-http", "127.0.0.1:8090"}, wantErr: `target-http: must be http://host:port, got "127.0.0.1:8090"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

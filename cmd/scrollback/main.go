@@ -18,7 +18,7 @@ commands:
   serve   run the service (embedded NATS, projection, NATS API, HTTP bridge)
   bridge  run the HTTP bridge alone, in front of instances on an external NATS
   seed    publish synthetic rooms to a running service
-  bench   measure ingest and /messages against the floor
+  bench   measure the service against the floor (scenarios, HTML report)
   rebuild replace the projection by one rebuilt from the log (service stopped)
   compact give back the disk space purges freed in the projection (service stopped)
   verify  compare the projection with a rebuild from the log (service stopped)

@@ -1,0 +1,329 @@
+package main
+
+// The catchup scenario of `scrollback bench` (issue 7): a projection
+// starting --backlog events behind the log, as after a restore, a rebuild
+// or a long outage.
+//
+//  1. The log: the embedded NATS server alone (the service is not running)
+//     on a new data dir; --backlog events of --rooms generated rooms
+//     (bench_gen.go, Zipf sizes with --zipf-s) published in atomic batches.
+//  2. The catch-up: a service opened on that data dir, with an empty
+//     projection; the clock runs from Open until everything is applied.
+//     Meanwhile one reader asks the largest room for its newest page 50
+//     times a second (what a client sees during a catch-up; it hardly
+//     loads the service).
+//  3. The floor: the cheapest catch-up of the same log on this machine: an
+//     ordered consumer reading the whole stream and writing each message's
+//     bytes to a new bbolt file, keyed by sequence, one transaction (with
+//     fsync) per 1000 messages as the projector commits.
+//
+// Goal: at least 50k events/s.
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/internal/loadgen"
+)
+
+// catchupReadRate is the rate of the reads during the catch-up.
+const catchupReadRate = 50
+
+// catchupResults are the measurements of the catchup scenario.
+type catchupResults struct {
+	Events, Rooms  int
+	S              float64
+	Largest        int
+	Load           time.Duration // publishing the backlog
+	Open           time.Duration // Open of the service
+	Caught         time.Duration // Open until all applied
+	Floor          time.Duration // the floor's copy of the log
+	PeakAnon       float64
+	PeakFile       float64
+	Bolt, JS       int64
+	readsN, readsE int // reads during the catch-up: done, failed
+	cost           applyCost
+	floorWritten   int64
+}
+
+func (b *bench) catchupScenario(ctx context.Context) error {
+	c := b.cfg
+	sizes, s, err := genSizes(c.Rooms, c.Backlog, c.ZipfS, 0)
+	if err != nil {
+		return fmt.Errorf("bench: room sizes: %w", err)
+	}
+	res := &catchupResults{Events: c.Backlog, Rooms: c.Rooms, S: s, Largest: sizes[0]}
+	b.res.catchup = res
+	b.printf("\n== catchup: a projection starting %d events behind the log (%d rooms, Zipf s=%.3f, largest %d events) ==\n", c.Backlog, c.Rooms, s, sizes[0])
+	dataDir := filepath.Join(b.dir, "catchup")
+	subjects := bus.Subjects{Prefix: DefaultConfig().NATS.SubjectPrefix}
+	g := newGenLog(c.Seed, "c", sizes, subjects)
+	last, err := b.loadBacklog(ctx, dataDir, subjects, g)
+	if err != nil {
+		return err
+	}
+	b.printf("backlog: %d events published in atomic batches of %d with the service stopped in %v = %.0f events/s\n",
+		c.Backlog, c.Batch, round(res.Load), perSec(c.Backlog, res.Load))
+
+	b.mark("open")
+	wOpen := b.written()
+	start := time.Now()
+	m, err := b.openBenchService(ctx, dataDir)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	res.Open = time.Since(start)
+	rctx, stopReads := context.WithCancel(ctx)
+	readsDone := make(chan struct{})
+	go func() {
+		defer close(readsDone)
+		res.readsN, res.readsE = b.catchupReads(rctx, m, g.Rooms[0])
+	}()
+	err = b.waitAllApplied(ctx, m, last)
+	res.Caught = time.Since(start)
+	stopReads()
+	<-readsDone
+	if err != nil {
+		return err
+	}
+	b.mark("caught up")
+	res.cost = b.applyCost(ctx)
+	if wOpen >= 0 && res.cost.Written >= 0 {
+		res.cost.Written -= wOpen // the catch-up's writes, not the backlog's
+	}
+	_, res.PeakAnon, res.PeakFile = b.samplerPeaks()
+	res.Bolt, _ = fileSize(filepath.Join(dataDir, "scrollback.db"))
+	res.JS, _ = dirSize(filepath.Join(dataDir, "jetstream"))
+	b.printf("catch-up: %d events applied in %v from Open (Open took %v) = %.0f events/s; %d reads of the largest room's newest page meanwhile (%d failed)\n",
+		c.Backlog, round(res.Caught), round(res.Open), perSec(c.Backlog, res.Caught), res.readsN, res.readsE)
+	if st := b.seriesStats("newest page of the largest room during the catch-up"); st.N > 0 {
+		b.printf("reads during the catch-up: p50 %s p90 %s p99 %s max %s\n", fmtLat(st.P50), fmtLat(st.P90), fmtLat(st.P99), fmtLat(st.Max))
+	}
+
+	b.printf("projector: %s\n", res.cost.per(c.Backlog))
+	b.mark("floor")
+	w0 := b.written()
+	if res.Floor, err = b.catchupFloor(ctx, m, last); err != nil {
+		return err
+	}
+	if w0 >= 0 {
+		res.floorWritten = b.written() - w0
+	}
+	b.printf("floor: an ordered consumer copying the %d messages to a bbolt file, 1000 per fsynced transaction, in %v = %.0f msgs/s; %s written = %.0f bytes per message\n",
+		last, round(res.Floor), perSec(int(last), res.Floor), fmtMiB(res.floorWritten), float64(res.floorWritten)/float64(last))
+	b.printf("memory peak RssAnon+RssShmem %s, RssFile %s; disk: bbolt %s, JetStream %s\n",
+		fmtMiB(int64(res.PeakAnon)), fmtMiB(int64(res.PeakFile)), fmtMiB(res.Bolt), fmtMiB(res.JS))
+	if err := m.Close(); err != nil {
+		return fmt.Errorf("bench: close service: %w", err)
+	}
+	return nil
+}
+
+// loadBacklog publishes the generated log to the embedded NATS server of
+// dataDir with no service running, and returns the last sequence.
+func (b *bench) loadBacklog(ctx context.Context, dataDir string, subjects bus.Subjects, g *genLog) (uint64, error) {
+	res := b.res.catchup
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: filepath.Join(dataDir, "jetstream"), Subjects: subjects})
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }
+	nc, err := connect("bench-setup")
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstreamOf(nc)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := bus.EnsureStream(ctx, js, subjects, DefaultConfig().NATS.Stream); err != nil {
+		return 0, err
+	}
+	var last uint64
+	p, closeP, err := newPublisher(connect, "bench-publisher", publishModeBatch, b.cfg.Batch, 4, func(a pubAck) { last = max(last, a.Last) })
+	if err != nil {
+		return 0, err
+	}
+	defer closeP()
+	start := time.Now()
+	if _, err := p.run(ctx, func() *nats.Msg {
+		_, m := g.Next()
+		return m
+	}); err != nil {
+		return 0, err
+	}
+	res.Load = time.Since(start)
+	return last, nil
+}
+
+// waitAllApplied waits until the projector has applied every partition up
+// to seq.
+func (b *bench) waitAllApplied(ctx context.Context, m *Main, seq uint64) error {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for m.Projector.Applied() < seq {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// catchupReads reads the room's newest page catchupReadRate times a second
+// until ctx ends, recording each read.
+func (b *bench) catchupReads(ctx context.Context, m *Main, room *synthRoom) (ok, failed int) {
+	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-reader")
+	if err != nil {
+		return 0, 1
+	}
+	defer nc.Close()
+	series := b.newSeries("reads during the catch-up", "newest page of the largest room during the catch-up, 50 req/s")
+	subject := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}.APIRoom(room.ID, "messages")
+	data, err := bus.Encode(map[string]any{"user_id": room.Reader(), "dir": "b", "limit": b.cfg.Limit})
+	if err != nil {
+		return 0, 1
+	}
+	tick := time.NewTicker(time.Second / catchupReadRate)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ok, failed
+		case <-tick.C:
+		}
+		t0 := time.Now()
+		msg, err := nc.RequestMsg(&nats.Msg{Subject: subject, Data: data}, benchRequestTimeout)
+		// Before the room's first event is applied the read is an error
+		// (not a member yet): counted apart.
+		if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "" {
+			failed++
+			continue
+		}
+		series.Record(t0, time.Since(t0))
+		ok++
+	}
+}
+
+// catchupFloor copies the log to a new bbolt file with an ordered consumer,
+// 1000 messages per transaction, and returns the time it took.
+func (b *bench) catchupFloor(ctx context.Context, m *Main, last uint64) (time.Duration, error) {
+	path := filepath.Join(b.dir, "catchup-floor.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: 1 << 30})
+	if err != nil {
+		return 0, fmt.Errorf("bench: floor file: %w", err)
+	}
+	defer os.Remove(path)
+	defer db.Close()
+	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-floor")
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstreamOf(nc)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	cons, err := js.OrderedConsumer(ctx, m.Config.NATS.Stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+	if err != nil {
+		return 0, fmt.Errorf("bench: floor consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	if err != nil {
+		return 0, fmt.Errorf("bench: floor consumer: %w", err)
+	}
+	defer it.Stop()
+	type kv struct {
+		seq  uint64
+		data []byte
+	}
+	batch := make([]kv, 0, 1000)
+	commit := func() error {
+		err := db.Update(func(tx *bolt.Tx) error {
+			bk, err := tx.CreateBucketIfNotExists(floorBucket)
+			if err != nil {
+				return err
+			}
+			bk.FillPercent = 0.9
+			for _, e := range batch {
+				if err := bk.Put(binary.BigEndian.AppendUint64(nil, e.seq), e.data); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		batch = batch[:0]
+		return err
+	}
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			return 0, fmt.Errorf("bench: floor consumer: %w", err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return 0, fmt.Errorf("bench: floor consumer: %w", err)
+		}
+		batch = append(batch, kv{md.Sequence.Stream, msg.Data()})
+		done := md.Sequence.Stream >= last
+		if len(batch) == cap(batch) || done {
+			if err := commit(); err != nil {
+				return 0, fmt.Errorf("bench: floor file: %w", err)
+			}
+		}
+		if done {
+			return time.Since(start), nil
+		}
+	}
+}
+
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+func dirSize(path string) (int64, error) { return loadgen.DirSize(path) }
+
+func (b *bench) catchupSummary(t summaryTable) {
+	r := b.res.catchup
+	t.section(fmt.Sprintf("catchup: a projection starting %d events behind the log (%d rooms, Zipf s=%.3f, largest %d); ratio = scrollback / floor (an ordered consumer copying the log into bbolt)",
+		r.Events, r.Rooms, r.S, r.Largest), "metric", "value", "floor", "ratio", "goal", "result")
+	rate := perSec(r.Events, r.Caught)
+	floor := perSec(r.Events, r.Floor)
+	t.row("catch-up, Open to all applied (events/s)", fmtRate(rate), fmtRate(floor), fmt.Sprintf("%.2fx", rate/floor),
+		fmt.Sprintf(">= %s", fmtRate(goalApplyPerSec)), verdict(rate >= goalApplyPerSec))
+	costRows(t, r.cost, r.Events)
+	if r.floorWritten > 0 {
+		t.row("floor: written to storage per event (bytes)", fmt.Sprintf("%.0f", float64(r.floorWritten)/float64(r.Events)), "-", "-", "report", "-")
+	}
+	t.row("Open of the service (ms)", fmt.Sprintf("%.1f", float64(r.Open)/float64(time.Millisecond)), "-", "-", "report", "-")
+	t.row("backlog published, atomic batches, service stopped (events/s)", fmtRate(perSec(r.Events, r.Load)), "-", "-", "report", "-")
+	if s := b.seriesStats("newest page of the largest room during the catch-up"); s.N > 0 {
+		t.row("reads during the catch-up p50 (50 req/s)", fmtLat(s.P50), "-", "-", "report", "-")
+		t.row("reads during the catch-up p99 (50 req/s)", fmtLat(s.P99), "-", "-", "report", "-")
+	}
+	t.row("memory RssAnon+RssShmem, peak", fmtMiB(int64(r.PeakAnon)), "-", "-", "report", "-")
+	t.row("memory RssFile, peak", fmtMiB(int64(r.PeakFile)), "-", "-", "report", "-")
+	t.row("disk: bbolt file after", fmtMiB(r.Bolt), "-", "-", "report", "-")
+	t.row("disk: JetStream store", fmtMiB(r.JS), "-", "-", "report", "-")
+}

@@ -1,0 +1,491 @@
+package main
+
+// What every scenario of `scrollback bench` records besides its own
+// numbers, and the HTML report (--report) and profiles (--profile-dir)
+// made of it:
+//
+//   - every request of the read phases, with when it was sent
+//     (loadgen.Series, one per target and phase, through the target's
+//     recHook), for the plots of latency over time and the histograms;
+//   - a sample every --sample of the projection lag, the memory (RssAnon +
+//     RssShmem, and RssFile apart) and the disk (the bbolt file and the
+//     JetStream store) of the service under test;
+//   - the lines it printed, and its summary tables (summaryTable records
+//     what it prints);
+//   - with --profile-dir, a CPU profile of the whole scenario and the
+//     allocations made during it, with their top entries.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/scrollback/scrollback/internal/loadgen"
+)
+
+// scenarioRun is what one scenario recorded for the report.
+type scenarioRun struct {
+	rep    *loadgen.Scenario
+	origin time.Time
+
+	mu     sync.Mutex
+	log    bytes.Buffer
+	series []*loadgen.Series
+	hooks  []*recHook // targets whose later requests go to an "after" series
+
+	sampler *sampler
+	cpu     *os.File
+	allocs0 string // allocation profile at the start
+}
+
+// recHook is where a target records its requests: the series of the
+// phase that runs it (nil: not recorded).
+type recHook struct {
+	s atomic.Pointer[loadgen.Series]
+}
+
+// set makes the hook record into s (nil: stop recording).
+func (h *recHook) set(s *loadgen.Series) {
+	if h != nil {
+		h.s.Store(s)
+	}
+}
+
+func (h *recHook) record(sent time.Time, lat time.Duration) {
+	if h == nil {
+		return
+	}
+	if s := h.s.Load(); s != nil {
+		s.Record(sent, lat)
+	}
+}
+
+// startScenario begins recording a scenario: the sampler and, with
+// --profile-dir, its profiles.
+func (b *bench) startScenario(ctx context.Context, name, title string) error {
+	run := &scenarioRun{rep: &loadgen.Scenario{Name: name, Title: title}, origin: time.Now()}
+	b.mu.Lock()
+	b.cur = run
+	b.runs = append(b.runs, run)
+	b.mu.Unlock()
+	if dir := b.cfg.ProfileDir; dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("bench: profile dir: %w", err)
+		}
+		run.allocs0 = filepath.Join(dir, name+".allocs-start.pprof")
+		if err := writeAllocs(run.allocs0); err != nil {
+			return err
+		}
+		f, err := os.Create(filepath.Join(dir, name+".cpu.pprof"))
+		if err != nil {
+			return fmt.Errorf("bench: cpu profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("bench: cpu profile: %w", err)
+		}
+		run.cpu = f
+	}
+	run.sampler = startSampler(ctx, run.origin, b.cfg.Sample, &b.source)
+	return nil
+}
+
+// endScenario stops the sampler and the profiles of the current scenario.
+func (b *bench) endScenario() error {
+	b.mu.Lock()
+	run := b.cur
+	b.cur = nil
+	b.mu.Unlock()
+	if run == nil {
+		return nil
+	}
+	run.sampler.stop()
+	rep := run.rep
+	rep.Lag, rep.Memory, rep.Disk, rep.IO = run.sampler.series()
+	var errs []error
+	if run.cpu != nil {
+		pprof.StopCPUProfile()
+		errs = append(errs, run.cpu.Close())
+		rep.Profiles = append(rep.Profiles, loadgen.Profile{Kind: "CPU", File: run.cpu.Name(), Top: pprofTop(run.cpu.Name())})
+		allocs := filepath.Join(b.cfg.ProfileDir, rep.Name+".allocs.pprof")
+		if err := writeAllocs(allocs); err != nil {
+			errs = append(errs, err)
+		} else {
+			rep.Profiles = append(rep.Profiles, loadgen.Profile{Kind: "allocations (alloc_space during the scenario)", File: allocs,
+				Top: pprofTop("-sample_index=alloc_space", "-base", run.allocs0, allocs)})
+		}
+		b.printf("profiles: %s, %s (go tool pprof -http=: FILE; allocations during the scenario: go tool pprof -sample_index=alloc_space -base %s %s)\n",
+			run.cpu.Name(), allocs, run.allocs0, allocs)
+	}
+	run.mu.Lock()
+	for _, h := range run.hooks {
+		h.set(nil)
+	}
+	for _, s := range run.series {
+		if s.Count() > 0 {
+			rep.Latency = append(rep.Latency, s)
+		}
+	}
+	run.mu.Unlock()
+	return errorsJoin(errs)
+}
+
+func errorsJoin(errs []error) error {
+	var out []error
+	for _, e := range errs {
+		if e != nil {
+			out = append(out, e)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return fmt.Errorf("bench: profiles: %v", out)
+}
+
+func writeAllocs(path string) error {
+	runtime.GC() // the profile shows the state as of the last GC
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("bench: allocation profile: %w", err)
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("bench: allocation profile: %w", err)
+	}
+	return f.Close()
+}
+
+// pprofTop is `go tool pprof -top` of a profile, or why there is none.
+func pprofTop(args ...string) string {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "go tool pprof -top: no go command on the PATH"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, append([]string{"tool", "pprof", "-top", "-nodecount=30"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("go tool pprof -top %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// newSeries is a latency series of the current scenario, plotted with the
+// other series of its group.
+func (b *bench) newSeries(group, name string) *loadgen.Series {
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run == nil {
+		return loadgen.NewSeries(name, time.Now())
+	}
+	s := loadgen.NewSeries(name, run.origin)
+	s.Group = group
+	run.mu.Lock()
+	run.series = append(run.series, s)
+	run.mu.Unlock()
+	return s
+}
+
+// afterSeries points h at a series for the target's requests after its
+// measured phases (the purge scenario's open loop sends them).
+func (b *bench) afterSeries(h *recHook, group, name string) {
+	if h == nil {
+		return
+	}
+	h.set(b.newSeries(group, name))
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run != nil {
+		run.mu.Lock()
+		run.hooks = append(run.hooks, h)
+		run.mu.Unlock()
+	}
+}
+
+// seriesStats are the statistics of the current or a finished scenario's
+// series whose name starts with prefix (the last one that does).
+func (b *bench) seriesStats(prefix string) loadgen.Stats {
+	b.mu.Lock()
+	runs := slices.Clone(b.runs)
+	b.mu.Unlock()
+	var found *loadgen.Series
+	for _, r := range runs {
+		r.mu.Lock()
+		for _, s := range r.series {
+			if strings.HasPrefix(s.Name, prefix) {
+				found = s
+			}
+		}
+		r.mu.Unlock()
+	}
+	if found == nil {
+		return loadgen.Stats{}
+	}
+	return found.Stats()
+}
+
+// mark records a moment of the current scenario for the plots.
+func (b *bench) mark(label string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cur != nil {
+		b.cur.rep.Marks = append(b.cur.rep.Marks, loadgen.Mark{T: time.Since(b.cur.origin), Label: label})
+	}
+}
+
+// register makes s the service the sampler looks at.
+func (b *bench) register(s *sut) { b.source.Store(s) }
+
+// ---- the sampler ----
+
+// sampler samples the service under test every interval until stopped.
+type sampler struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	origin time.Time
+	every  time.Duration
+
+	mu                                 sync.Mutex // the sampler's goroutine and peakMemory sample
+	lag, anon, file, bolt, js, written loadgen.TimeSeries
+	freelist                           loadgen.TimeSeries
+	peakAnon, peakFile                 float64
+	written0                           int64 // write_bytes at the start
+}
+
+func startSampler(ctx context.Context, origin time.Time, every time.Duration, src *atomic.Pointer[sut]) *sampler {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &sampler{cancel: cancel, done: make(chan struct{}), origin: origin, every: every}
+	s.lag.Name, s.lag.Unit = "projection lag", "msgs"
+	s.anon.Name, s.anon.Unit = "RssAnon + RssShmem", "bytes"
+	s.file.Name, s.file.Unit = "RssFile", "bytes"
+	s.bolt.Name, s.bolt.Unit = "bbolt file", "bytes"
+	s.js.Name, s.js.Unit = "JetStream store", "bytes"
+	s.written.Name, s.written.Unit = "written by the process since the scenario started", "bytes"
+	s.freelist.Name, s.freelist.Unit = "bbolt freelist (written with every commit)", "bytes"
+	s.written0 = -1
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			s.sample(ctx, src.Load())
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *sampler) sample(ctx context.Context, src *sut) {
+	if src == nil {
+		return
+	}
+	lag, lagErr := src.lag(ctx)
+	m, memOK := src.memory(ctx)
+	bolt, js, diskOK := src.disk()
+	io, ioOK := src.io()
+	fl, flOK := src.freelist()
+	at := time.Since(s.origin)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if lagErr == nil {
+		s.lag.Add(at, lag)
+	}
+	if memOK {
+		s.anon.Add(at, float64(m.Resident()))
+		s.peakAnon = max(s.peakAnon, float64(m.Resident()))
+		if src.m != nil || src.pid > 0 {
+			s.file.Add(at, float64(m.RssFile))
+			s.peakFile = max(s.peakFile, float64(m.RssFile))
+		}
+	}
+	if flOK {
+		s.freelist.Add(at, float64(fl))
+	}
+	if ioOK {
+		if s.written0 < 0 {
+			s.written0 = io.WriteBytes
+		}
+		s.written.Add(at, float64(io.WriteBytes-s.written0))
+	}
+	if diskOK {
+		s.bolt.Add(at, float64(bolt))
+		s.js.Add(at, float64(js))
+	}
+}
+
+func (s *sampler) stop() {
+	s.cancel()
+	<-s.done
+}
+
+// series are the sampled series that have points.
+func (s *sampler) series() (lag, mem, disk, io []loadgen.TimeSeries) {
+	keep := func(ts ...loadgen.TimeSeries) []loadgen.TimeSeries {
+		var out []loadgen.TimeSeries
+		for _, t := range ts {
+			if len(t.Points) > 0 {
+				out = append(out, t)
+			}
+		}
+		return out
+	}
+	return keep(s.lag), keep(s.anon, s.file), keep(s.bolt, s.js, s.freelist), keep(s.written)
+}
+
+// resources is one line on what the sampler saw: the largest projection
+// lag, the peak memory and the disk use at the end.
+func (s *sampler) resources() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var parts []string
+	if len(s.lag.Points) > 0 {
+		parts = append(parts, fmt.Sprintf("projection lag max %.0f msgs", s.lag.Max()))
+	}
+	if len(s.anon.Points) > 0 {
+		parts = append(parts, fmt.Sprintf("memory peak RssAnon+RssShmem %s", fmtMiB(int64(s.anon.Max()))))
+	}
+	if len(s.file.Points) > 0 {
+		parts = append(parts, fmt.Sprintf("RssFile %s", fmtMiB(int64(s.file.Max()))))
+	}
+	if len(s.bolt.Points) > 0 {
+		parts = append(parts, fmt.Sprintf("disk at the end: bbolt %s, JetStream %s", fmtMiB(int64(s.bolt.Last())), fmtMiB(int64(s.js.Last()))))
+	}
+	if len(s.written.Points) > 0 {
+		parts = append(parts, fmt.Sprintf("written to storage %s", fmtMiB(int64(s.written.Last()))))
+	}
+	if len(s.freelist.Points) > 0 {
+		parts = append(parts, fmt.Sprintf("bbolt freelist max %s", fmtKiB(s.freelist.Max())))
+	}
+	if len(parts) == 0 {
+		return "no samples"
+	}
+	return "sampled every " + s.every.String() + ": " + strings.Join(parts, "; ")
+}
+
+// applyCost is what applying events cost the projector so far: its
+// commits (scrollback_apply_batch_seconds), and the bytes the process
+// wrote to storage since the scenario started.
+type applyCost struct {
+	Commits, CommitSecs float64 // 0: not known
+	Written             int64   // -1: not known
+}
+
+func (b *bench) applyCost(ctx context.Context) applyCost {
+	c := applyCost{Written: b.written()}
+	if src := b.source.Load(); src != nil {
+		if n, secs, ok := src.batches(ctx); ok {
+			c.Commits, c.CommitSecs = n, secs
+		}
+	}
+	return c
+}
+
+// String says it per event.
+func (c applyCost) per(events int) string {
+	var parts []string
+	if c.Commits > 0 {
+		parts = append(parts, fmt.Sprintf("%.0f batches (one commit each) of %.0f messages on average, %.2f ms each from decoding to the commit, waiting for bbolt's writer included",
+			c.Commits, float64(events)/c.Commits, 1000*c.CommitSecs/c.Commits))
+	}
+	if c.Written >= 0 {
+		parts = append(parts, fmt.Sprintf("%s written to storage = %.0f bytes per event", fmtMiB(c.Written), float64(c.Written)/float64(events)))
+	}
+	if len(parts) == 0 {
+		return "not known"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// written is what the process wrote to storage since the scenario
+// started (-1: not known).
+func (b *bench) written() int64 {
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run == nil || run.sampler == nil {
+		return -1
+	}
+	s := run.sampler
+	s.sample(context.Background(), b.source.Load())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.written.Points) == 0 {
+		return -1
+	}
+	return int64(s.written.Last())
+}
+
+// peakMemory is the highest RssAnon + RssShmem and RssFile sampled in the
+// current scenario so far.
+func (b *bench) peakMemory() (anon, file float64) {
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run == nil || run.sampler == nil {
+		return 0, 0
+	}
+	s := run.sampler
+	s.sample(context.Background(), b.source.Load())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakAnon, s.peakFile
+}
+
+// ---- the report ----
+
+// writeReport writes the HTML report of every scenario that ran.
+func (b *bench) writeReport(started time.Time) error {
+	rep := &loadgen.Report{
+		Title:   "scrollback bench " + version,
+		Command: "scrollback bench " + strings.Join(b.args, " "),
+		Started: started, Elapsed: time.Since(started), Machine: loadgen.ReadMachine(),
+		Notes: []string{
+			"Every ratio compares two things measured in this run, on this machine (DESIGN.md, \"Benchmark protocol\"): latency from 1 closed-loop client, throughput from --clients closed-loop clients on one shared connection, interference (\"p99 during X\") at an open-loop rate; the floor is the cheapest way to answer the same read, measured with the same client code.",
+			"Latency over time shows each request at the time it was sent; the percentiles of the tables are exact (closed loop) or within 1% (open loop); those of the plots over time within 1/8, per window.",
+		},
+	}
+	if b.cfg.Target != "" {
+		rep.Notes = append(rep.Notes, "Target: the external service at "+b.cfg.Target+", reached through the contract only (CONTRACT.md).")
+	} else {
+		rep.Notes = append(rep.Notes, "Target: an embedded service in the bench's own process (its memory includes the bench's clients).")
+	}
+	for _, r := range b.runs {
+		r.mu.Lock()
+		r.rep.Log = r.log.String()
+		r.mu.Unlock()
+		rep.Scenarios = append(rep.Scenarios, r.rep)
+	}
+	f, err := os.Create(b.cfg.Report)
+	if err != nil {
+		return fmt.Errorf("bench: report: %w", err)
+	}
+	if err := rep.WriteHTML(f); err != nil {
+		f.Close()
+		return fmt.Errorf("bench: report: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("bench: report: %w", err)
+	}
+	fmt.Fprintf(b.out, "report: %s\n", b.cfg.Report)
+	return nil
+}
+
+func fmtKiB(n float64) string { return fmt.Sprintf("%.0f KiB", n/1024) }
