@@ -1,12 +1,10 @@
 package handlers
 
 import (
-	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"time"
-
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
@@ -322,7 +320,8 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	}
 	// Step 8: the end of the timeline.
 	if !res.Limited && len(rows) == 0 {
-		reply, err := encodeReply(from.String(), "", nil, nil, nil)
+		var enc clientEncoder
+		reply, err := finishReply(&enc, startReply(&enc), from.String(), "", nil, nil)
 		return reply, need, err
 	}
 	// Step 9: the filter's after-limit part, then visibility.
@@ -344,8 +343,11 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	}
 	// Steps 10-12: serialise with redactions, prev_content, bundled
 	// aggregations and lazy-loaded members.
+	// The events are written straight into the reply after its head
+	// (see startReply), so the reply is built in one buffer, not copied.
 	enc := clientEncoder{rc: rc}
-	enc.buf.Grow(len(visible) * 512)
+	enc.buf.Grow(len(visible)*512 + 256)
+	chunkAt := startReply(&enc)
 	maxReply := h.MaxReply
 	if maxReply <= 0 {
 		maxReply = bus.MaxPayload
@@ -377,7 +379,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 			return nil, nil, err
 		}
 	}
-	reply, err := encodeReply(from.String(), end.String(), &enc, state, gaps(v, visible, from, req.Backwards))
+	reply, err := finishReply(&enc, chunkAt, from.String(), end.String(), state, gaps(v, visible, from, req.Backwards))
 	return reply, need, err
 }
 
@@ -418,45 +420,47 @@ func gaps(v *projections.RoomView, rows []*projections.Row, from commands.Stream
 	return out
 }
 
-// encodeReply writes {chunk, start, end?, state?, gaps?}; end "" is left
-// out, and so are empty state and gaps.
-func encodeReply(start, end string, chunk *clientEncoder, state *clientEncoder, gaps []any) ([]byte, error) {
-	var buf bytes.Buffer
-	e := msgpack.NewEncoder(&buf)
-	n := 2
-	if end != "" {
-		n++
-	}
-	if len(gaps) > 0 {
-		n++
-	}
-	if state != nil && state.n > 0 {
-		n++
-	}
-	_ = e.EncodeMapLen(n)
+// startReply writes the head of a reply into the chunk's encoder: a
+// one-byte map header (fixmap, patched by finishReply once the number of
+// keys is known), the "chunk" key and a five-byte array32 header (patched
+// with the number of events). It returns where the array header is.
+func startReply(c *clientEncoder) int {
+	e := c.init()
+	c.buf.WriteByte(0x80)
 	_ = e.EncodeString("chunk")
-	if chunk == nil {
-		_ = e.EncodeArrayLen(0)
-	} else {
-		_ = e.EncodeArrayLen(chunk.n)
-		buf.Write(chunk.buf.Bytes())
-	}
+	at := c.buf.Len()
+	c.buf.Write([]byte{0xdd, 0, 0, 0, 0})
+	return at
+}
+
+// finishReply completes the reply startReply began, after c's events:
+// {chunk, start, end?, state?, gaps?}; end "" is left out, and so are
+// empty state and gaps.
+func finishReply(c *clientEncoder, chunkAt int, start, end string, state *clientEncoder, gaps []any) ([]byte, error) {
+	e := c.init()
+	n := 2
 	_ = e.EncodeString("start")
 	_ = e.EncodeString(start)
 	if end != "" {
+		n++
 		_ = e.EncodeString("end")
 		_ = e.EncodeString(end)
 	}
 	if state != nil && state.n > 0 {
+		n++
 		_ = e.EncodeString("state")
 		_ = e.EncodeArrayLen(state.n)
-		buf.Write(state.buf.Bytes())
+		c.buf.Write(state.buf.Bytes())
 	}
 	if len(gaps) > 0 {
+		n++
 		_ = e.EncodeString(gapsKey)
 		if err := e.Encode(gaps); err != nil {
 			return nil, err
 		}
 	}
-	return buf.Bytes(), nil
+	out := c.buf.Bytes()
+	out[0] = 0x80 | byte(n) // at most 5 keys: a fixmap
+	binary.BigEndian.PutUint32(out[chunkAt+1:], uint32(c.n))
+	return out, nil
 }
