@@ -222,10 +222,9 @@ func (o *Owners) Run(ctx context.Context) {
 	}
 }
 
-func (o *Owners) memberKey() string      { return "m." + o.Instance }
-func (o *Owners) myValue() []byte        { return []byte(o.Instance + " " + o.nonce) }
-func partitionKey(p int) string          { return "p." + strconv.Itoa(p) }
-func leaseHolder(v []byte) (name string) { name, _, _ = strings.Cut(string(v), " "); return name }
+func (o *Owners) memberKey() string { return "m." + o.Instance }
+func (o *Owners) myValue() []byte   { return []byte(o.Instance + " " + o.nonce) }
+func partitionKey(p int) string     { return "p." + strconv.Itoa(p) }
 
 // Step runs one round: keep this instance's membership alive, renew
 // our leases, take free partitions this instance is preferred for
