@@ -38,10 +38,15 @@ type Projector struct {
 	RoomKeyOf func(subject string) string // the <rk> token of a room subject
 	Observe   Observer
 	Logger    *slog.Logger
-	// MaxBatch bounds the messages of one transaction (default 1000).
+	// MaxBatch bounds the messages of one transaction (default 8000). A
+	// partition commits what is queued, so batches are this big only
+	// when it is behind (a backlog, a catch-up); there, bigger commits
+	// share pages and fsyncs: catching up 200k events in 10k rooms went
+	// from 14.6k to 28.9k events/s between 1000 and 8000.
 	MaxBatch int
-	// QueueLen bounds the messages waiting per partition (default 4096):
-	// the consumer blocks when a partition is that far behind.
+	// QueueLen bounds the messages waiting per partition (default 8192,
+	// at most about 43 MB over 16 partitions of 330-byte events): the
+	// consumer blocks when a partition is that far behind.
 	QueueLen int
 
 	parts      []*partition
@@ -82,10 +87,10 @@ func (p *Projector) init() error {
 		return nil
 	}
 	if p.MaxBatch <= 0 {
-		p.MaxBatch = 1000
+		p.MaxBatch = 8000
 	}
 	if p.QueueLen <= 0 {
-		p.QueueLen = 4096
+		p.QueueLen = 8192
 	}
 	if p.Logger == nil {
 		p.Logger = slog.New(slog.DiscardHandler)
