@@ -142,6 +142,12 @@ func (b *Bridge) handle(w http.ResponseWriter, r *http.Request, admin bool, h ap
 		return writeError(w, err)
 	}
 	w.Header().Set("Content-Type", "application/json")
+	if raw, ok := out.(rawJSON); ok {
+		if _, err := w.Write(append(raw, '\n')); err != nil {
+			b.Logger.Warn("write response", "path", r.URL.Path, "err", err)
+		}
+		return http.StatusOK
+	}
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(out); err != nil {
@@ -312,7 +318,16 @@ func (b *Bridge) messages(ctx context.Context, roomID string, req map[string]any
 	if roomID == "" || len(roomID) > commands.MaxIDLength {
 		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Invalid room ID")
 	}
-	return b.call(ctx, b.Subjects.APIRoom(roomID, "messages"), req)
+	subject := b.Subjects.APIRoom(roomID, "messages")
+	data, err := b.request(ctx, b.Req, subject, req)
+	if err != nil {
+		return nil, err
+	}
+	out, err := replyJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("decode reply of %s: %w", subject, err)
+	}
+	return out, nil
 }
 
 // call sends a request to the service and decodes its MessagePack reply
@@ -322,6 +337,20 @@ func (b *Bridge) call(ctx context.Context, subject string, req map[string]any) (
 }
 
 func (b *Bridge) callWith(ctx context.Context, rq Requester, subject string, req map[string]any) (any, error) {
+	data, err := b.request(ctx, rq, subject, req)
+	if err != nil {
+		return nil, err
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		return nil, fmt.Errorf("decode reply of %s: %w", subject, err)
+	}
+	return m, nil
+}
+
+// request sends a request to the service; an error reply is the
+// service's *commands.Error, and no answer is 503.
+func (b *Bridge) request(ctx context.Context, rq Requester, subject string, req map[string]any) ([]byte, error) {
 	if rq == nil {
 		rq = b.Req
 	}
@@ -336,11 +365,7 @@ func (b *Bridge) callWith(ctx context.Context, rq Requester, subject string, req
 		}
 		return nil, err
 	}
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
-	if err != nil {
-		return nil, fmt.Errorf("decode reply of %s: %w", subject, err)
-	}
-	return m, nil
+	return data, nil
 }
 
 // messagesQuery translates /messages query parameters into the request
