@@ -291,28 +291,21 @@ func (p *Projector) LogLast() uint64 { return max(p.logLast.Load(), p.dispatched
 // applied, or ctx ends.
 func (p *Projector) WaitFor(ctx context.Context, roomID string, seq uint64) error {
 	pt := p.parts[PartitionOf(roomKey(roomID), len(p.parts))]
-	for {
-		ch := p.notify.wait()
-		if p.watermark(pt) >= seq {
-			p.notify.done()
-			return nil
-		}
-		select {
-		case <-ch:
-			p.notify.done()
-		case <-ctx.Done():
-			p.notify.done()
-			return ctx.Err()
-		}
-	}
+	return p.waitUntil(ctx, func() bool { return p.watermark(pt) >= seq })
 }
 
 // WaitAll blocks until every message up to seq is applied in every
 // partition, or ctx ends.
 func (p *Projector) WaitAll(ctx context.Context, seq uint64) error {
+	return p.waitUntil(ctx, func() bool { return p.Applied() >= seq })
+}
+
+// waitUntil blocks until done holds, checking it whenever the projection
+// moves, or until ctx ends.
+func (p *Projector) waitUntil(ctx context.Context, done func() bool) error {
 	for {
 		ch := p.notify.wait()
-		if p.Applied() >= seq {
+		if done() {
 			p.notify.done()
 			return nil
 		}

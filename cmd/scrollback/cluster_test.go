@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/bus"
@@ -19,64 +18,16 @@ import (
 )
 
 // publishAcked publishes events the way a homeserver worker does on a
-// cluster: each until the log acknowledges it (a retry after a lost ack
-// is a duplicate the log drops by Nats-Msg-Id). It returns the highest
-// acknowledged sequence.
+// cluster (publishOne: each until the log acknowledges it) and returns
+// the highest acknowledged sequence.
 func publishAcked(t *testing.T, js jetstream.JetStream, evs ...testenv.Event) uint64 {
 	t.Helper()
-	subjects := bus.Subjects{Prefix: "sb"}
 	var last uint64
 	for _, ev := range evs {
-		data, err := bus.Encode(map[string]any(ev))
-		if err != nil {
-			t.Fatal(err)
-		}
 		roomID, _ := ev["room_id"].(string)
-		testenv.WaitFor(t, 30*time.Second, "an ack for "+ev.ID(), func() bool {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			msg := &nats.Msg{Subject: subjects.Room(roomID, "event"), Data: data, Header: nats.Header{}}
-			msg.Header.Set(jetstream.MsgIDHeader, ev.ID())
-			ack, err := js.PublishMsg(ctx, msg)
-			if err != nil {
-				return false
-			}
-			last = max(last, ack.Sequence)
-			return true
-		})
+		last = max(last, publishOne(t, js, faultSubjects.Room(roomID, "event"), ev.ID(), encodeEvent(t, ev)))
 	}
 	return last
-}
-
-// readAll pages through a room forward as an admin on one instance's
-// connection and returns the event IDs.
-func readAll(t *testing.T, m *Main, roomID string, waitFor uint64) []string {
-	t.Helper()
-	var got []string
-	from := ""
-	for {
-		req := map[string]any{"admin": true, "dir": "f", "limit": 1000, "wait_for": waitFor}
-		if from != "" {
-			req["from"] = from
-		}
-		var p map[string]any
-		// A node loss can hold an instance's consumer up for a few
-		// seconds, past the 10 s of wait_for: a client tries again.
-		testenv.WaitFor(t, 40*time.Second, m.Config.Cluster.Instance+" to answer", func() bool {
-			var err error
-			p, err = m.messages(t, roomID, req)
-			if err != nil {
-				t.Logf("%s: %v (applied %d, log last %d)", m.Config.Cluster.Instance, err, m.Projector.Applied(), m.Projector.LogLast())
-			}
-			return err == nil
-		})
-		got = append(got, chunkIDs(p)...)
-		end, ok := p["end"].(string)
-		if !ok {
-			return got
-		}
-		from = end
-	}
 }
 
 // TestCluster_SurvivesInstanceAndNodeLoss runs three instances on a
@@ -168,7 +119,7 @@ func TestCluster_SurvivesInstanceAndNodeLoss(t *testing.T) {
 	t.Logf("%v: all published", time.Since(start).Round(time.Millisecond))
 	for i, r := range rooms {
 		for _, m := range []*Main{a, b, c} {
-			if got := readAll(t, m, r.ID, last); !slices.Equal(got, want[i]) {
+			if got := readRoom(t, m.NC, r.ID, last); !slices.Equal(got, want[i]) {
 				t.Fatalf("%s after a node loss during ingest: %d events of %s, want %d, each once and in order",
 					m.Config.Cluster.Instance, len(got), r.ID, len(want[i]))
 			}
