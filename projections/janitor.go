@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"log/slog"
+	"runtime"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/scrollback/scrollback/commands"
 )
 
 // Janitor job kinds (values of the janitor bucket).
@@ -18,9 +19,27 @@ const (
 	janitorDrop  = "drop" // delete every row of a room number purge_room retired
 )
 
-// JanitorBatch is the number of rows one janitor transaction handles: small
+// JanitorBatch is the most rows one janitor transaction handles: small
 // enough that the partitions' commits never wait long for the writer.
 const JanitorBatch = 2000
+
+// JanitorSlice is the number of rows of one transaction of RunJanitor, the
+// janitor that runs next to reads: a few milliseconds of work, so that the
+// partitions' commits wait at most that long for the writer, while the
+// commit's fixed costs (writing the freelist, the fsync) stay small beside
+// the rows' own.
+const JanitorSlice = 1000
+
+// The janitor yields its goroutine every janitorYield rows, so that every
+// goroutine that became runnable meanwhile (a read, its reply) runs first:
+// a read waits for a few dozen rows (tens of microseconds), not for a
+// scheduler time slice (10 ms) nor a whole transaction. A transaction
+// stops yielding once it has lasted janitorYieldFor, so that reads that
+// keep both cores busy slow the janitor down but cannot stop it.
+const (
+	janitorYield    = 32
+	janitorYieldFor = 20 * time.Millisecond
+)
 
 // WakeJanitor tells a running janitor that there may be work.
 func (s *Store) WakeJanitor() {
@@ -30,18 +49,22 @@ func (s *Store) WakeJanitor() {
 	}
 }
 
-// RunJanitor removes purged rows in batches of JanitorBatch until ctx ends,
-// waking on WakeJanitor and every interval, resting after each batch as
-// long as it took. Each batch is one short
-// transaction; reads never wait for it, and a crash loses at most the
-// batch in flight, which the next run redoes.
+// RunJanitor removes purged rows in transactions of JanitorSlice rows
+// until ctx ends, waking on WakeJanitor and every interval. Each
+// transaction is short, and a crash loses at most the one in flight, which
+// the next run redoes. Reads never wait for it: it yields to them every
+// janitorYield rows, and after each transaction it rests as long as the
+// transaction used the CPU (its time less the time it yielded and its
+// commit's writes and fsyncs), so that it takes at most half of a core;
+// the commit's disk time is not rested for, since reads do not wait for
+// it.
 func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		for {
 			start := time.Now()
-			did, err := s.JanitorStep(JanitorBatch)
+			did, offCPU, err := s.janitorStep(JanitorSlice)
 			if err != nil {
 				log.Error("janitor batch failed", "err", err)
 				break
@@ -49,11 +72,10 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 			if !did || ctx.Err() != nil {
 				break
 			}
-			// Pace: rest as long as the batch took, so the janitor uses at
-			// most about half of a core and reads keep the rest.
+			// Rest as long as the transaction used the CPU.
 			select {
 			case <-ctx.Done():
-			case <-time.After(time.Since(start)):
+			case <-time.After(time.Since(start) - offCPU):
 			}
 		}
 		select {
@@ -68,8 +90,17 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 // JanitorStep runs one batch of the first pending job; it reports whether
 // there was work.
 func (s *Store) JanitorStep(batch int) (bool, error) {
-	did := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	did, _, err := s.janitorStep(batch)
+	return did, err
+}
+
+// janitorStep is JanitorStep; it also returns how long the batch did not
+// use the CPU: the time it yielded to others and its commit's writes.
+func (s *Store) janitorStep(batch int) (did bool, offCPU time.Duration, err error) {
+	y := &yielder{start: time.Now()}
+	var wtx *bolt.Tx
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		wtx = tx
 		k, v := tx.Bucket(bJanitor).Cursor().First()
 		if k == nil {
 			return nil
@@ -79,92 +110,116 @@ func (s *Store) JanitorStep(batch int) (bool, error) {
 		done := false
 		var err error
 		if string(v) == janitorDrop {
-			done, err = dropRoomBatch(tx, room, batch)
+			done, err = dropRoomBatch(tx, room, batch, y)
 		} else {
-			done, err = floorBatch(tx, room, batch)
+			done, err = floorBatch(tx, room, batch, y)
 		}
 		if err != nil || !done {
 			return err
 		}
 		return tx.Bucket(bJanitor).Delete(k)
 	})
-	return did, err
+	offCPU = y.yielded
+	if wtx != nil {
+		st := wtx.Stats()
+		offCPU += st.GetWriteTime() // after the commit: its pwrites and fsyncs
+	}
+	return did, offCPU, err
+}
+
+// yielder yields the janitor's goroutine every janitorYield rows of a
+// transaction, for janitorYieldFor at most, and counts the time it left
+// to others.
+type yielder struct {
+	start   time.Time
+	rows    int
+	yielded time.Duration
+}
+
+func (y *yielder) row() {
+	y.rows++
+	if y.rows%janitorYield != 0 {
+		return
+	}
+	now := time.Now()
+	if now.Sub(y.start) > janitorYieldFor {
+		return
+	}
+	runtime.Gosched()
+	y.yielded += time.Since(now)
 }
 
 // floorBatch removes up to batch timeline rows below the room's floor, as
 // Synapse's _purge_history_txn does (SYNAPSE.md 6.4): state events, and
 // local events unless delete_local_events, survive as outliers; the rest
 // are deleted, and their log messages are queued for erasure.
-func floorBatch(tx *bolt.Tx, room uint64, batch int) (bool, error) {
+//
+// It takes the room's lowest rows, as a resumed purge expects, but deletes
+// them walking down from the highest, with one cursor: walking down,
+// Cursor.Delete never skips a row, and a node never shifts the rows after
+// the one it deletes. The index keys of each row go through one reused
+// cursor per bucket, and the row is read in place: a few allocations per
+// deleted row, where a Bucket.Delete alone costs a cursor and its stack.
+// The erasure keys are put in ascending order, after those of the
+// batches before.
+func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	meta, err := getRoomMeta(tx, room)
 	if err != nil {
 		return false, err
 	}
+	j := newPurgeTx(tx, room, meta.Floor)
 	server := serverName(tx)
-	tl := tx.Bucket(bTimeline)
-	c := tl.Cursor()
 	prefix := u64(room)
-	type sel struct {
-		key   []byte
-		row   *Row
-		depth int64
-		strm  int64
-	}
-	var picked []sel
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(picked) < batch; k, v = c.Next() {
+	var erase []uint64
+	n, err := deleteLowest(tx.Bucket(bTimeline).Cursor(), prefix, batch, y, func(k []byte) bool {
+		_, depth, _ := parseTLKey(k)
+		return depth < meta.Floor
+	}, func(k, v []byte) error {
 		_, depth, stream := parseTLKey(k)
-		if depth >= meta.Floor {
-			break
-		}
-		r, err := unmarshalRow(v)
+		h, err := readPurgeHead(v)
 		if err != nil {
-			return false, err
+			return err
 		}
-		picked = append(picked, sel{append([]byte{}, k...), r, depth, stream})
-	}
-	for _, p := range picked {
-		r := p.row
-		deleteIt := !r.IsState() && (meta.DeleteLocal || !commands.IsLocalUser(r.Sender, server))
-		if err := removeFromTimeline(tx, room, p.key, r, p.depth, p.strm); err != nil {
-			return false, err
+		if err := j.unindex(&h, depth, stream); err != nil {
+			return err
 		}
-		if deleteIt {
-			if err := tx.Bucket(bEvents).Delete([]byte(r.EventID)); err != nil {
-				return false, err
+		if h.flags&flagState == 0 && (meta.DeleteLocal || !isLocalSender(h.sender, server)) {
+			if err := j.cur(bEvents).del(h.eventID); err != nil {
+				return err
 			}
-			seq := p.strm
+			seq := stream
 			if seq < 0 {
 				seq = -seq
 			}
-			if err := tx.Bucket(bErase).Put(u64(uint64(seq)), nil); err != nil {
-				return false, err
-			}
+			erase = append(erase, uint64(seq))
 			meta.Deleted++
 		} else {
-			r.Flags |= flagOutlier
-			if err := tx.Bucket(bOutliers).Put([]byte(r.EventID), r.marshal()); err != nil {
-				return false, err
+			// The row as it is, flagged as an outlier (what marshal
+			// writes for the decoded row with the flag set).
+			row := append([]byte(nil), v...)
+			row[1] |= flagOutlier
+			if err := j.b(bOutliers).Put(h.eventID, row); err != nil {
+				return err
 			}
-			loc := evLoc{room: room, depth: p.depth, stream: p.strm, outlier: true}
-			if err := tx.Bucket(bEvents).Put([]byte(r.EventID), loc.bytes()); err != nil {
-				return false, err
+			loc := evLoc{room: room, depth: depth, stream: stream, outlier: true}
+			if err := j.b(bEvents).Put(h.eventID, loc.bytes()); err != nil {
+				return err
 			}
 			meta.Outliered++
 		}
-		// A purged event that a kept event names becomes a backward
-		// extremity.
-		edges := tx.Bucket(bEdges).Cursor()
-		ep := append(roomStrKey(room, r.EventID), 0)
-		for k, v := edges.Seek(ep); k != nil && bytes.HasPrefix(k, ep); k, v = edges.Next() {
-			if int64(binary.BigEndian.Uint64(v)) >= meta.Floor {
-				if err := tx.Bucket(bBack).Put(roomStrKey(room, r.EventID), v); err != nil {
-					return false, err
-				}
-				break
-			}
+		return j.markExtremity(h.eventID)
+	})
+	if err != nil {
+		return false, err
+	}
+	slices.Sort(erase)
+	eb := j.b(bErase)
+	for _, seq := range erase {
+		if err := eb.Put(binary.BigEndian.AppendUint64(j.buf[:0], seq), nil); err != nil {
+			return false, err
 		}
 	}
-	done := len(picked) < batch
+	done := n < batch
 	if done {
 		// Backward extremities below the floor lead only into purged
 		// history: nobody backfills there.
@@ -186,78 +241,261 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int) (bool, error) {
 	return done, putRoomMeta(tx, room, meta)
 }
 
-// removeFromTimeline takes a row out of the timeline and of the indexes
-// that only timeline events are in.
-func removeFromTimeline(tx *bolt.Tx, room uint64, key []byte, r *Row, depth, stream int64) error {
-	if err := tx.Bucket(bTimeline).Delete(key); err != nil {
-		return err
+// purgeHead is what the janitor reads of a row, aliasing its bytes.
+type purgeHead struct {
+	flags                     uint8
+	eventID, sender           []byte
+	relType, relTarget, prevs []byte // prevs: the encoded prev_events
+}
+
+// readPurgeHead reads a row's flags, IDs, relation and parents in place
+// (the layout of Row.marshal).
+func readPurgeHead(b []byte) (purgeHead, error) {
+	if len(b) < 2 || b[0] != rowVersion {
+		return purgeHead{}, errBadRow
 	}
-	if err := tx.Bucket(bRStream).Delete(binary.BigEndian.AppendUint64(u64(room), order(stream))); err != nil {
-		return err
+	h := purgeHead{flags: b[1]}
+	rr := &rowReader{b: b[2:]}
+	rr.varint() // origin_server_ts
+	rr.varint() // age ts
+	h.eventID = rr.span()
+	rr.span() // type
+	h.sender = rr.span()
+	rr.span() // state key
+	rr.span() // redacts
+	rr.span() // summary
+	h.relType = rr.span()
+	h.relTarget = rr.span()
+	nl := rr.uvarint()
+	for i := uint64(0); i < nl && rr.err == nil; i++ {
+		rr.span()
 	}
-	if err := tx.Bucket(bFwd).Delete(roomStrKey(room, r.EventID)); err != nil {
-		return err
+	start := rr.b
+	np := rr.uvarint()
+	if np > uint64(len(rr.b)) {
+		return purgeHead{}, errBadRow
 	}
-	for _, p := range r.Prevs() {
-		if err := tx.Bucket(bEdges).Delete(edgeKey(room, p, r.EventID)); err != nil {
-			return err
-		}
+	for i := uint64(0); i < np && rr.err == nil; i++ {
+		rr.span()
 	}
-	if r.RelType != "" {
-		return unindexRelation(tx, room, r, depth, stream)
+	if rr.err != nil {
+		return purgeHead{}, rr.err
+	}
+	h.prevs = start[:len(start)-len(rr.b)]
+	return h, nil
+}
+
+// isLocalSender is commands.IsLocalUser on bytes.
+func isLocalSender(user []byte, server string) bool {
+	i := bytes.IndexByte(user, ':')
+	return i >= 0 && user[0] == '@' && string(user[i+1:]) == server
+}
+
+// purgeTx is one janitor batch's buckets, cursors and key buffers, reused
+// for every row so that a deletion allocates nothing.
+type purgeTx struct {
+	tx      *bolt.Tx
+	room    uint64
+	floor   int64
+	buckets map[string]*bolt.Bucket
+	cursors map[string]purgeCursor
+	buf     []byte // the key being built
+	prefix  []byte // a relation prefix
+}
+
+func newPurgeTx(tx *bolt.Tx, room uint64, floor int64) *purgeTx {
+	return &purgeTx{tx: tx, room: room, floor: floor, buckets: map[string]*bolt.Bucket{}, cursors: map[string]purgeCursor{},
+		buf: make([]byte, 0, 256), prefix: make([]byte, 0, 256)}
+}
+
+func (j *purgeTx) b(name []byte) *bolt.Bucket {
+	b, ok := j.buckets[string(name)]
+	if !ok {
+		b = j.tx.Bucket(name)
+		j.buckets[string(name)] = b
+	}
+	return b
+}
+
+func (j *purgeTx) cur(name []byte) purgeCursor {
+	c, ok := j.cursors[string(name)]
+	if !ok {
+		c = purgeCursor{j.b(name).Cursor()}
+		j.cursors[string(name)] = c
+	}
+	return c
+}
+
+// roomKey builds room|parts... in the key buffer.
+func (j *purgeTx) roomKey(parts ...[]byte) []byte {
+	k := binary.BigEndian.AppendUint64(j.buf[:0], j.room)
+	for _, p := range parts {
+		k = append(k, p...)
+	}
+	j.buf = k
+	return k
+}
+
+// purgeCursor deletes keys through one cursor.
+type purgeCursor struct{ c *bolt.Cursor }
+
+// del deletes k if it is stored (Bucket.Delete without a new cursor).
+func (pc purgeCursor) del(k []byte) error {
+	if got, _ := pc.c.Seek(k); got != nil && bytes.Equal(got, k) {
+		return pc.c.Delete()
 	}
 	return nil
 }
 
+// unindex deletes the keys of the indexes that only timeline events are
+// in: stream order, forward extremity, the edges from the row's parents,
+// and its relation.
+func (j *purgeTx) unindex(h *purgeHead, depth, stream int64) error {
+	if err := j.cur(bRStream).del(binary.BigEndian.AppendUint64(j.roomKey(), order(stream))); err != nil {
+		return err
+	}
+	if err := j.cur(bFwd).del(j.roomKey(h.eventID)); err != nil {
+		return err
+	}
+	rr := &rowReader{b: h.prevs}
+	np := rr.uvarint()
+	for i := uint64(0); i < np && rr.err == nil; i++ {
+		p := rr.span()
+		if err := j.cur(bEdges).del(j.roomKey(p, []byte{0}, h.eventID)); err != nil {
+			return err
+		}
+	}
+	if rr.err != nil {
+		return rr.err
+	}
+	if len(h.relType) == 0 {
+		return nil
+	}
+	// relPrefix: room|len(target)|target|len(relType)|relType.
+	p := binary.BigEndian.AppendUint64(j.prefix[:0], j.room)
+	p = binary.BigEndian.AppendUint16(p, uint16(len(h.relTarget)))
+	p = append(p, h.relTarget...)
+	p = binary.BigEndian.AppendUint16(p, uint16(len(h.relType)))
+	p = append(p, h.relType...)
+	j.prefix = p
+	k := binary.BigEndian.AppendUint64(append(j.buf[:0], p...), uint64(depth))
+	k = binary.BigEndian.AppendUint64(k, order(stream))
+	j.buf = k
+	rel := j.cur(bRel)
+	if got, _ := rel.c.Seek(k); got == nil || !bytes.Equal(got, k) {
+		return nil
+	}
+	if err := rel.c.Delete(); err != nil {
+		return err
+	}
+	if err := j.decCount(p); err != nil {
+		return err
+	}
+	k = append(append(j.buf[:0], p...), 0xff)
+	j.buf = append(k, h.sender...)
+	return j.decCount(j.buf)
+}
+
+// decCount lowers a relation count by one, deleting it at zero.
+func (j *purgeTx) decCount(k []byte) error {
+	c := j.cur(bRelCount)
+	got, v := c.c.Seek(k)
+	if got == nil || !bytes.Equal(got, k) {
+		return nil
+	}
+	n := int64(binary.BigEndian.Uint64(v)) - 1
+	if n <= 0 {
+		return c.c.Delete()
+	}
+	return j.b(bRelCount).Put(k, u64(uint64(n)))
+}
+
+// markExtremity makes a purged event that a kept event names a backward
+// extremity.
+func (j *purgeTx) markExtremity(eventID []byte) error {
+	ep := j.roomKey(eventID, []byte{0})
+	edges := j.cur(bEdges).c
+	for k, v := edges.Seek(ep); k != nil && bytes.HasPrefix(k, ep); k, v = edges.Next() {
+		if int64(binary.BigEndian.Uint64(v)) >= j.floor {
+			return j.b(bBack).Put(j.roomKey(eventID), append([]byte(nil), v...))
+		}
+	}
+	return nil
+}
+
+// deleteLowest deletes the lowest keys with prefix for which in holds, up
+// to max of them, calling each with every key and value before deleting
+// it, and returns how many it deleted. It counts them walking up, then
+// deletes them walking down with one cursor: walking down, Cursor.Delete
+// never skips a key, and a node never shifts the keys after the one it
+// deletes. It tells y of every key.
+func deleteLowest(c *bolt.Cursor, prefix []byte, max int, y *yielder, in func(k []byte) bool, each func(k, v []byte) error) (int, error) {
+	inRange := func(k []byte) bool { return k != nil && bytes.HasPrefix(k, prefix) && (in == nil || in(k)) }
+	n := 0
+	k, _ := c.Seek(prefix)
+	for ; inRange(k) && n < max; k, _ = c.Next() {
+		n++
+	}
+	var v []byte
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	for i := range n {
+		if i > 0 {
+			k, v = c.Prev()
+		}
+		if !inRange(k) {
+			return i, fmt.Errorf("projections: janitor: the cursor left the %d keys to delete after %d", n, i)
+		}
+		if each != nil {
+			if err := each(k, v); err != nil {
+				return i, err
+			}
+		}
+		if err := c.Delete(); err != nil {
+			return i, err
+		}
+		y.row()
+	}
+	return n, nil
+}
+
 // dropRoomBatch deletes up to batch keys of a room number that purge_room
 // retired, bucket by bucket.
-func dropRoomBatch(tx *bolt.Tx, room uint64, batch int) (bool, error) {
+func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	prefix := u64(room)
 	left := batch
 	// Timeline rows first: their event IDs key the events index.
-	tl := tx.Bucket(bTimeline)
-	c := tl.Cursor()
-	var keys [][]byte
-	var ids []string
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(keys) < left; k, v = c.Next() {
-		keys = append(keys, append([]byte{}, k...))
-		if r, err := unmarshalRow(v); err == nil {
-			ids = append(ids, r.EventID)
+	events, redacts := tx.Bucket(bEvents).Cursor(), purgeCursor{tx.Bucket(bRedacts).Cursor()}
+	n, err := deleteLowest(tx.Bucket(bTimeline).Cursor(), prefix, left, y, nil, func(_, v []byte) error {
+		h, err := readPurgeHead(v)
+		if err != nil {
+			return nil // a corrupt row: its index entries stay
 		}
-	}
-	for _, k := range keys {
-		if err := tl.Delete(k); err != nil {
-			return false, err
-		}
-	}
-	events := tx.Bucket(bEvents)
-	for _, id := range ids {
-		if loc, ok := parseLoc(events.Get([]byte(id))); ok && loc.room == room {
-			if err := events.Delete([]byte(id)); err != nil {
-				return false, err
+		if k, loc := events.Seek(h.eventID); k != nil && bytes.Equal(k, h.eventID) {
+			if l, ok := parseLoc(loc); ok && l.room == room {
+				if err := events.Delete(); err != nil {
+					return err
+				}
 			}
 		}
-		if err := tx.Bucket(bRedacts).Delete([]byte(id)); err != nil {
-			return false, err
-		}
+		return redacts.del(h.eventID)
+	})
+	if err != nil {
+		return false, err
 	}
-	left -= len(keys)
+	left -= n
 	if left <= 0 {
 		return false, nil
 	}
 	for _, name := range [][]byte{bState, bFwd, bBack, bForgot, bRel, bRelCount, bEdges, bRStream} {
-		b := tx.Bucket(name)
-		c := b.Cursor()
-		var ks [][]byte
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(ks) < left; k, _ = c.Next() {
-			ks = append(ks, append([]byte{}, k...))
+		n, err := deleteLowest(tx.Bucket(name).Cursor(), prefix, left, y, nil, nil)
+		if err != nil {
+			return false, err
 		}
-		for _, k := range ks {
-			if err := b.Delete(k); err != nil {
-				return false, err
-			}
-		}
-		left -= len(ks)
+		left -= n
 		if left <= 0 {
 			return false, nil
 		}

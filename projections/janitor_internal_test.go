@@ -1,0 +1,66 @@
+package projections
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// The janitor reads rows in place and makes an outlier by setting the flag
+// on a copy of the stored bytes: both must agree with the decoded row.
+func TestReadPurgeHead_AgreesWithUnmarshalRow(t *testing.T) {
+	sk := "@a:x"
+	events := []*commands.Event{
+		{EventID: "$state", Type: "m.room.member", Sender: "@a:x", StateKey: &sk, OriginServerTS: 42, Depth: 3,
+			Content:  map[string]any{"membership": "join", "url": "mxc://x/y", "org.matrix.labels": []any{"#a", "#b"}},
+			Unsigned: map[string]any{"age": int64(10), "transaction_id": "t"}, PrevEvents: []string{"$p1", "$p2"}, SoftFailed: true},
+		{EventID: "$reply", Type: "m.room.message", Sender: "@remote:other.org", Depth: 9, PrevEvents: []string{"$p3"},
+			Content: map[string]any{"body": "r", "m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": "$root"}}},
+		{EventID: "$bare", Type: "m.room.message", Sender: "x", Depth: 1, Content: map[string]any{}, Backfilled: true},
+	}
+	for _, ev := range events {
+		r, err := newRow(ev, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored := r.marshal()
+		h, err := readPurgeHead(stored)
+		if err != nil {
+			t.Fatalf("%s: %v", ev.EventID, err)
+		}
+		got, err := unmarshalRow(stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(h.eventID) != got.EventID || string(h.sender) != got.Sender || h.flags != got.Flags ||
+			string(h.relType) != got.RelType || string(h.relTarget) != got.RelTarget || !bytes.Equal(h.prevs, got.prevRaw) {
+			t.Fatalf("%s: head %+v, row %+v", ev.EventID, h, got)
+		}
+		got.Flags |= flagOutlier
+		outlier := append([]byte(nil), stored...)
+		outlier[1] |= flagOutlier
+		if !bytes.Equal(outlier, got.marshal()) {
+			t.Fatalf("%s: flagged copy %x, marshal of the flagged row %x", ev.EventID, outlier, got.marshal())
+		}
+	}
+}
+
+func TestIsLocalSender(t *testing.T) {
+	for _, u := range []string{"@a:test", "@a:test:1", "@a:other", "a:test", "@a", "", "@:test", ":test", "@a:"} {
+		if got, want := isLocalSender([]byte(u), "test"), commands.IsLocalUser(u, "test"); got != want {
+			t.Errorf("isLocalSender(%q) = %v, want %v", u, got, want)
+		}
+	}
+}
+
+func FuzzReadPurgeHead(f *testing.F) {
+	ev := &commands.Event{EventID: "$e", Type: "t", Sender: "@a:x", Content: map[string]any{"b": "x"}, PrevEvents: []string{"$p"}}
+	r, _ := newRow(ev, 1)
+	f.Add(r.marshal())
+	f.Add([]byte{rowVersion, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = readPurgeHead(b)
+		_ = isLocalSender(b, "x")
+	})
+}
