@@ -208,11 +208,15 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 
 // kickAll makes every local member leave and forget the room, and joins
 // the previously joined ones to the new room, at most Concurrency users at
-// once. Progress is published every 200 ms and at the end.
+// once. Progress is published every 500 ms and at the end.
 func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members map[string]string, res *shutdownResult, n *int) error {
+	kicked := make(map[string]bool, len(res.Kicked))
+	for _, u := range res.Kicked {
+		kicked[u] = true
+	}
 	var users []string
 	for u := range members {
-		if !slices.Contains(res.Kicked, u) {
+		if !kicked[u] {
 			users = append(users, u)
 		}
 	}
