@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/internal/loadgen"
 )
 
@@ -77,7 +78,7 @@ func TestGenRoom_Shapes(t *testing.T) {
 		if ev["room_id"] != r.ID {
 			t.Fatalf("event %d: room %v", i, ev["room_id"])
 		}
-		if depth, ok := asInt(ev["depth"]); !ok || depth != int64(i+1) {
+		if depth, ok := commands.AsInt(ev["depth"]); !ok || depth != int64(i+1) {
 			t.Fatalf("event %d: depth %v", i, ev["depth"])
 		}
 		content, _ := ev["content"].(map[string]any)
@@ -106,28 +107,6 @@ func TestGenRoom_Shapes(t *testing.T) {
 	if !joined[r.Reader()] || !joined[genUser(0)] {
 		t.Errorf("the reader or the creator left")
 	}
-}
-
-func asInt(v any) (int64, bool) {
-	switch n := v.(type) {
-	case int64:
-		return n, true
-	case uint64:
-		return int64(n), true
-	case int8:
-		return int64(n), true
-	case int16:
-		return int64(n), true
-	case int32:
-		return int64(n), true
-	case uint8:
-		return int64(n), true
-	case uint16:
-		return int64(n), true
-	case uint32:
-		return int64(n), true
-	}
-	return 0, false
 }
 
 // TestPublisher publishes through both modes to a real embedded server

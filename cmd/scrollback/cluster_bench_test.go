@@ -181,20 +181,7 @@ func runInstances(b *testing.B, n int, r3 bool) instancesResult {
 	}
 
 	// Reads: a client connection of its own, as a homeserver's.
-	rnc, err := nats.Connect(url, nats.MaxReconnects(-1))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer rnc.Close()
-	t, err := collectTokens(ctx, rnc, subjects, room, instancesLimit)
-	if err != nil {
-		b.Fatal(err)
-	}
-	reqs, err := t.requests(room.Reader(), instancesLimit, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	target := natsTarget(rnc, subjects.APIRoom(room.ID, "messages"), reqs)
+	target := instancesReadTarget(ctx, b, url, subjects, room)
 	d := 3 * time.Second
 	if testing.Short() {
 		d = time.Second
@@ -305,20 +292,7 @@ func BenchmarkInstances_ReadsInterleaved(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		rnc, err := nats.Connect(srv.URL)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer rnc.Close()
-		t, err := collectTokens(ctx, rnc, subjects, room, instancesLimit)
-		if err != nil {
-			b.Fatal(err)
-		}
-		reqs, err := t.requests(room.Reader(), instancesLimit, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		target := natsTarget(rnc, subjects.APIRoom(room.ID, "messages"), reqs)
+		target := instancesReadTarget(ctx, b, srv.URL, subjects, room)
 		if _, err := runLoad(ctx, instancesClients, d/4, target); err != nil { // warm-up
 			b.Fatal(err)
 		}
@@ -684,4 +658,24 @@ func appliedEvents(tb testing.TB, httpAddr string) int {
 		}
 	}
 	return n
+}
+
+// instancesReadTarget is the benchmarks' read load: /messages from the
+// room's start points on a client connection of its own, as a
+// homeserver's; the connection closes with the benchmark.
+func instancesReadTarget(ctx context.Context, b *testing.B, url string, subjects bus.Subjects, room *benchRoom) target {
+	rnc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(rnc.Close)
+	t, err := collectTokens(ctx, rnc, subjects, room, instancesLimit)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reqs, err := t.requests(room.Reader(), instancesLimit, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return natsTarget(rnc, subjects.APIRoom(room.ID, "messages"), reqs)
 }
