@@ -253,17 +253,29 @@ func killDuringShutdown(t *testing.T, svc *service, nc *nats.Conn, js jetstream.
 			t.Fatalf("%s: %s asked under txn_ids %v, want one", point, name, txns)
 		}
 	}
-	// The old room is purged: its events are erased from the log, and
+	// The old room is purged: its events are erased from the log (the
+	// eraser does that after the task completes, so give it time), and
 	// reads return the events after the purge step (its new timeline),
 	// each once.
 	var after []string
 	var waitFor uint64
-	for _, m := range logMessages(t, js, faultSubjects.Room(room.ID, commands.KindEvent)) {
-		if m.seq < purges[0] {
-			t.Fatalf("%s: event %v (sequence %d) is still in the log, before the purge step at %d", point, m.m["event_id"], m.seq, purges[0])
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		after, waitFor = nil, 0
+		var stale *logMsg
+		for _, m := range logMessages(t, js, faultSubjects.Room(room.ID, commands.KindEvent)) {
+			if m.seq < purges[0] {
+				stale = &m
+				break
+			}
+			after = append(after, m.m["event_id"].(string))
+			waitFor = m.seq
 		}
-		after = append(after, m.m["event_id"].(string))
-		waitFor = m.seq
+		if stale == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: event %v (sequence %d) is still in the log 30s after the task completed, before the purge step at %d", point, stale.m["event_id"], stale.seq, purges[0])
+		}
 	}
 	counts.events += len(evs) + wantRoom(t, nc, room.ID, waitFor, after, point+": the deleted room")
 	svc.noDeadLetters(point)
