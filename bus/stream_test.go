@@ -65,3 +65,91 @@ func TestEnsureStream_ConflictStopsAndKeepsTheLog(t *testing.T) {
 		})
 	}
 }
+
+// publishN appends n small event messages to the room log and returns
+// their sequences.
+func publishN(tb testing.TB, n *testenv.NATS, log *bus.Log, count int) []uint64 {
+	tb.Helper()
+	seqs := make([]uint64, 0, count)
+	for len(seqs) < count {
+		var futs []jetstream.PubAckFuture
+		for j := 0; j < 1000 && len(seqs)+len(futs) < count; j++ {
+			f, err := n.JS.PublishAsync(log.Subjects.Room("!r:x", "event"), []byte("an event of a purged room"))
+			if err != nil {
+				tb.Fatal(err)
+			}
+			futs = append(futs, f)
+		}
+		for _, f := range futs {
+			select {
+			case a := <-f.Ok():
+				seqs = append(seqs, a.Sequence)
+			case err := <-f.Err():
+				tb.Fatal(err)
+			}
+		}
+	}
+	return seqs
+}
+
+func TestDeleteMsgs_ErasesAndToleratesGone(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, bus.Subjects{Prefix: "sb"}, "SCROLLBACK")
+	seqs := publishN(t, n, log, 300)
+	ctx := context.Background()
+	// The first 100 twice (a retry after a crash), and 50 never
+	// published past the end are not there either.
+	if err := log.DeleteMsgs(ctx, seqs[:100]); err != nil {
+		t.Fatal(err)
+	}
+	if err := log.DeleteMsgs(ctx, seqs[:200]); err != nil {
+		t.Fatalf("deleting messages already gone: %v", err)
+	}
+	st, err := n.JS.Stream(ctx, "SCROLLBACK")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, seq := range seqs {
+		_, err := st.GetMsg(ctx, seq)
+		if gone := errors.Is(err, jetstream.ErrMsgNotFound); gone != (i < 200) {
+			t.Fatalf("message %d (sequence %d): gone %v, err %v", i, seq, gone, err)
+		}
+	}
+	// A cancelled context stops the work with its error.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := log.DeleteMsgs(cctx, seqs[200:]); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: err = %v", err)
+	}
+}
+
+// BenchmarkDeleteMsgs erases b.N messages with fsync on every write: one
+// DeleteMsg at a time, against DeleteMsgs's requests in parallel.
+func BenchmarkDeleteMsgs(b *testing.B) {
+	for _, mode := range []string{"one-at-a-time", "DeleteMsgs"} {
+		b.Run(mode, func(b *testing.B) {
+			n := testenv.NewNATS(b)
+			log := n.Stream(b, bus.Subjects{Prefix: "sb"}, "SCROLLBACK")
+			seqs := publishN(b, n, log, b.N)
+			ctx := context.Background()
+			st, err := n.JS.Stream(ctx, "SCROLLBACK")
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			if mode == "DeleteMsgs" {
+				if err := log.DeleteMsgs(ctx, seqs); err != nil {
+					b.Fatal(err)
+				}
+			} else {
+				for _, seq := range seqs {
+					if err := st.DeleteMsg(ctx, seq); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
