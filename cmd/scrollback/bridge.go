@@ -60,7 +60,7 @@ func (m *Main) OpenBridge() error {
 		_, err := m.NC.Request("$SRV.PING.scrollback", nil, time.Second)
 		return err == nil
 	}
-	if err := m.openHTTP(bus.Subjects{Prefix: c.NATS.SubjectPrefix}, healthy); err != nil {
+	if err := m.openHTTP(m.NC, bus.Subjects{Prefix: c.NATS.SubjectPrefix}, healthy); err != nil {
 		return err
 	}
 	m.Logger.Info("scrollback bridge started", "http", m.HTTPAddr, "nats", c.NATS.URL)

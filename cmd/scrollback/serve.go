@@ -70,6 +70,8 @@ type Main struct {
 	AdminToken string                   // the generated admin token, if any
 
 	svc      *bus.Service
+	extraNC  []*nats.Conn // the API's and the in-process bridge's connections
+	natsPass string       // the service user's password on an embedded server with users
 	httpSrv  *http.Server
 	cancel   context.CancelFunc
 	projDone chan error
@@ -158,7 +160,15 @@ func (m *Main) Open(ctx context.Context) error {
 			Store: m.Store, Admin: admin, Now: time.Now, Logger: m.Logger.With("component", "forgotten-rooms"), Owns: owns}
 		m.background(runCtx, "forgotten-rooms", m.Forgotten.Run)
 	}
-	m.svc, err = bus.Serve(m.NC, bus.ServiceOptions{
+	// The API answers on a connection of its own: its replies (pages of
+	// up to megabytes, thousands a second) would otherwise queue in the
+	// same write buffer as the log's appends and consumer pulls, and an
+	// admin request's command publish would wait behind them.
+	apiNC, err := m.dial("scrollback-api")
+	if err != nil {
+		return err
+	}
+	m.svc, err = bus.Serve(apiNC, bus.ServiceOptions{
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"),
 	}, []bus.Endpoint{
@@ -174,7 +184,11 @@ func (m *Main) Open(ctx context.Context) error {
 		return err
 	}
 	if c.HTTP.Listen != "" {
-		if err := m.openHTTP(subjects, m.Projector.Started); err != nil {
+		bridgeNC, err := m.dial("scrollback-bridge")
+		if err != nil {
+			return err
+		}
+		if err := m.openHTTP(bridgeNC, subjects, m.Projector.Started); err != nil {
 			return err
 		}
 	}
@@ -218,17 +232,18 @@ func (m *Main) openLog(ctx context.Context) error {
 			// The service's own password lives only in this process.
 			eo.ServicePassword = rand.Text()
 		}
+		m.natsPass = eo.ServicePassword
 		m.NATSServer, err = bus.StartEmbedded(eo)
 		if err != nil {
 			return err
 		}
-		if m.NC, err = bus.ConnectInProcessAs(m.NATSServer, "scrollback", eo.ServicePassword); err != nil {
+		if m.NC, err = m.dial("scrollback"); err != nil {
 			return err
 		}
 		if c.NATS.Listen != "" {
 			m.Logger.Info("embedded NATS listening", "url", m.NATSServer.ClientURL())
 		}
-	} else if m.NC, err = bus.Connect(c.NATS.URL, c.NATS.Credentials, "scrollback"); err != nil {
+	} else if m.NC, err = m.dial("scrollback"); err != nil {
 		return err
 	}
 	if m.JS, err = jetstream.New(m.NC); err != nil {
@@ -238,6 +253,23 @@ func (m *Main) openLog(ctx context.Context) error {
 	defer cancel()
 	_, err = bus.EnsureReplicatedStream(sctx, m.JS, subjects, c.NATS.Stream, c.Cluster.Replicas)
 	return err
+}
+
+// dial opens a connection as the service: in-process to the embedded
+// server, or to nats.url with the configured credentials. Connections
+// after the first (m.NC, which carries the log) are closed by Close.
+func (m *Main) dial(name string) (*nats.Conn, error) {
+	var nc *nats.Conn
+	var err error
+	if m.NATSServer != nil {
+		nc, err = bus.ConnectInProcessAs(m.NATSServer, name, m.natsPass)
+	} else {
+		nc, err = bus.Connect(m.Config.NATS.URL, m.Config.NATS.Credentials, name)
+	}
+	if err == nil && m.NC != nil {
+		m.extraNC = append(m.extraNC, nc)
+	}
+	return nc, err
 }
 
 // openOwners takes part in the election of partition owners when the log
@@ -290,8 +322,9 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 	}
 }
 
-// openHTTP starts the HTTP bridge; healthy decides /health.
-func (m *Main) openHTTP(subjects bus.Subjects, healthy func() bool) error {
+// openHTTP starts the HTTP bridge, a client of the API on nc; healthy
+// decides /health.
+func (m *Main) openHTTP(nc *nats.Conn, subjects bus.Subjects, healthy func() bool) error {
 	c := m.Config
 	static := map[string]handlers.Identity{}
 	hasAdmin := false
@@ -308,10 +341,10 @@ func (m *Main) openHTTP(subjects bus.Subjects, healthy func() bool) error {
 		static[tok] = handlers.Identity{UserID: "@admin:" + c.ServerName, Admin: true}
 		m.Logger.Info("no admin token in auth.tokens: using a generated one", "path", path, "user_id", "@admin:"+c.ServerName)
 	}
-	req := &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}
+	req := &bus.Requester{NC: nc, Timeout: c.Homeserver.Timeout.Duration}
 	bridge := &handlers.Bridge{
-		Req:       &bus.Requester{NC: m.NC, Timeout: handlers.WaitForTimeout + 20*time.Second},
-		DeleteReq: &bus.Requester{NC: m.NC, Timeout: handlers.DeleteV1Timeout},
+		Req:       &bus.Requester{NC: nc, Timeout: handlers.WaitForTimeout + 20*time.Second},
+		DeleteReq: &bus.Requester{NC: nc, Timeout: handlers.DeleteV1Timeout},
 		Subjects:  subjects,
 		Auth:      &handlers.Auth{Static: static, Req: req, Subjects: subjects},
 		Logger:    m.Logger.With("component", "http"),
@@ -414,6 +447,10 @@ func (m *Main) Close() error {
 		errs = append(errs, m.Store.Close())
 		m.Store = nil
 	}
+	for _, nc := range m.extraNC {
+		nc.Close()
+	}
+	m.extraNC = nil
 	if m.NC != nil {
 		m.NC.Close()
 		m.NC = nil
