@@ -99,6 +99,9 @@ const (
 	goalP99Ratio        = 3.0
 	goalThroughputRatio = 0.5
 	goalApplyPerSec     = 50_000
+	// goalDurablePublish: acknowledged events/s a homeserver worker
+	// reaches with fsync on every write (issue 7).
+	goalDurablePublish = 20_000
 )
 
 // Fixed shape of the benchmark.
@@ -107,6 +110,9 @@ const (
 	// benchPublishers is the number of concurrent publishers of the
 	// publish phase.
 	benchPublishers = 16
+	// benchBatchWindow is the atomic batches of the publish phase awaiting
+	// their acknowledgement at once.
+	benchBatchWindow = 4
 	// benchMembers is the number of joined members of each room; they take
 	// turns sending the messages.
 	benchMembers = 10
@@ -477,6 +483,7 @@ type benchResults struct {
 // readsResults are the measurements of the reads scenario.
 type readsResults struct {
 	pub1, pub16     rate
+	pubBatch        []batchRate // atomic batches, by size
 	live, catchUp   rate
 	livePublish     rate
 	natsSvc, natsFl loadPair
@@ -495,6 +502,12 @@ type rate struct {
 
 // PerSec is N per second.
 func (r rate) PerSec() float64 { return float64(r.N) / r.Elapsed.Seconds() }
+
+// batchRate is the acknowledged rate of atomic batches of one size.
+type batchRate struct {
+	Size int
+	rate
+}
 
 // loadPair is a latency phase (one client) and a throughput phase
 // (--clients clients) against one target.
@@ -631,7 +644,7 @@ func (b *bench) openBenchService(ctx context.Context, dataDir string, tokens ...
 // messages come from one worker at a time in practice). The service's
 // projector runs meanwhile, as in production.
 func (b *bench) publishPhases(ctx context.Context) error {
-	b.printf("\n== publish: synchronous JetStream publishes, SyncAlways (fsync on every write), own throwaway service ==\n")
+	b.printf("\n== publish: synchronous JetStream publishes, then atomic batches, SyncAlways (fsync on every write), own throwaway service ==\n")
 	m, err := b.openBenchService(ctx, filepath.Join(b.dir, "publish"))
 	if err != nil {
 		return err
@@ -683,6 +696,39 @@ func (b *bench) publishPhases(ctx context.Context) error {
 		return err
 	}
 	b.printf("publish, %d publishers: %d msgs in %v = %.0f msgs/s\n", benchPublishers, r.pub16.N, round(r.pub16.Elapsed), r.pub16.PerSec())
+
+	// Atomic batches (ADR-50), the way to durable speed: a batch is
+	// committed with one fsync. Batched messages carry no Nats-Msg-Id
+	// (the server refuses deduplication inside a batch); a batch sent
+	// twice is harmless to the projection, which applies an event ID once.
+	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(m.NATSServer, name) }
+	n := max(4*b.cfg.Publish, 2000)
+	for _, size := range []int{10, 100, maxAtomicBatch} {
+		msgs := newBenchRoom(fmt.Sprintf("!publish-batch-%d:%s", size, benchServerName), n).Msgs(subjects)
+		for _, msg := range msgs {
+			msg.Header.Del(jetstream.MsgIDHeader)
+		}
+		p, closeP, err := newPublisher(connect, "bench-batch-publisher", publishModeBatch, size, benchBatchWindow, nil)
+		if err != nil {
+			return err
+		}
+		i := 0
+		start = time.Now()
+		_, err = p.run(ctx, func() *nats.Msg {
+			if i == len(msgs) {
+				return nil
+			}
+			i++
+			return msgs[i-1]
+		})
+		closeP()
+		if err != nil {
+			return err
+		}
+		br := batchRate{size, rate{len(msgs), time.Since(start)}}
+		r.pubBatch = append(r.pubBatch, br)
+		b.printf("publish, atomic batches of %d, %d in flight: %d msgs acked in %v = %.0f msgs/s\n", size, benchBatchWindow, br.N, round(br.Elapsed), br.PerSec())
+	}
 	nc.Close()
 	if err := closeM(); err != nil {
 		return fmt.Errorf("bench: close service: %w", err)
@@ -1430,6 +1476,14 @@ func (b *bench) readsSummary(t summaryTable) {
 	t.section("reads: ratio = scrollback / floor", "metric", "scrollback", "floor", "ratio", "goal", "result")
 	t.row("publish sync, 1 publisher (msgs/s)", fmtRate(r.pub1.PerSec()), "-", "-", "report", "-")
 	t.row(fmt.Sprintf("publish sync, %d publishers (msgs/s)", benchPublishers), fmtRate(r.pub16.PerSec()), "-", "-", "report", "-")
+	best := 0.0
+	for _, br := range r.pubBatch {
+		t.row(fmt.Sprintf("publish atomic batches of %d, %d in flight (acked msgs/s)", br.Size, benchBatchWindow), fmtRate(br.PerSec()), "-", "-", "report", "-")
+		best = max(best, br.PerSec())
+	}
+	if len(r.pubBatch) > 0 {
+		t.row("durable publishing, best of the above (acked msgs/s)", fmtRate(best), "-", "-", fmt.Sprintf(">= %s", fmtRate(goalDurablePublish)), verdict(best >= goalDurablePublish))
+	}
 	t.row("ingest live, async publish to applied (events/s)", fmtRate(r.live.PerSec()), "-", "-", "report", "-")
 	t.row("ingest catch-up, backlog to applied (events/s)", fmtRate(r.catchUp.PerSec()), "-", "-",
 		fmt.Sprintf(">= %s", fmtRate(goalApplyPerSec)), verdict(r.catchUp.PerSec() >= goalApplyPerSec))

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -43,6 +44,8 @@ func TestRunBench_Quick(t *testing.T) {
 		"== publish",
 		"publish, 1 publisher:",
 		"publish, 16 publishers:",
+		"publish, atomic batches of 10, 4 in flight:",
+		"publish, atomic batches of 1000, 4 in flight:",
 		"== ingest",
 		"ingest, live:",
 		"ingest, catch-up:",
@@ -124,6 +127,8 @@ func TestRunBench_Quick(t *testing.T) {
 	// Every summary row, with a result where the row has a goal.
 	for _, row := range []struct{ metric, result string }{
 		{"ingest catch-up, backlog to applied (events/s)", "PASS|MISS"},
+		{"publish atomic batches of 100, 4 in flight (acked msgs/s)", "-"},
+		{"durable publishing, best of the above (acked msgs/s)", "PASS|MISS"},
 		{"NATS /messages p99, 1 client", "PASS|MISS"},
 		{"NATS /messages throughput, 16 clients (req/s)", "PASS|MISS"},
 		{"HTTP /messages p99, 1 client", "-|PASS|MISS"},
@@ -327,5 +332,38 @@ func TestLatHist(t *testing.T) {
 		if v := histValue(histBucket(d)); v < d || float64(v-d) > float64(d)/histSub+1 {
 			t.Errorf("bucket of %v holds up to %v", d, v)
 		}
+	}
+}
+
+// TestOpenLoop_CountsFailures: an open loop against a target that fails
+// every third request keeps going, counts the failures with their
+// latencies, and reports an error only when nothing was answered.
+func TestOpenLoop_CountsFailures(t *testing.T) {
+	var calls atomic.Int64
+	boom := errors.New("timeout")
+	tg := target{n: 1, do: func(ctx context.Context, i int) (int, error) {
+		if calls.Add(1)%3 == 0 {
+			time.Sleep(2 * time.Millisecond)
+			return 0, boom
+		}
+		return 100, nil
+	}}
+	r, err := runOpenLoop(context.Background(), 2000, 200*time.Millisecond, tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := int(calls.Load())
+	if r.Requests+r.Failed != total || r.Failed != total/3 || !errors.Is(r.FirstErr, boom) {
+		t.Fatalf("%d calls: %d answered, %d failed (first %v)", total, r.Requests, r.Failed, r.FirstErr)
+	}
+	if r.Max() < 2*time.Millisecond {
+		t.Fatalf("max %v: the failures' latencies are not counted", r.Max())
+	}
+	if r.Bytes != 100*r.Requests {
+		t.Fatalf("bytes %d for %d answers", r.Bytes, r.Requests)
+	}
+	_, err = runOpenLoop(context.Background(), 2000, 50*time.Millisecond, target{n: 1, do: func(context.Context, int) (int, error) { return 0, boom }})
+	if err == nil || !strings.Contains(err.Error(), "no request completed") {
+		t.Fatalf("all failed: err = %v", err)
 	}
 }
