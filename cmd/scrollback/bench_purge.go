@@ -185,11 +185,11 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 
 	other := newBenchRoom("!other:"+benchServerName, otherRoomEvents)
 	otherMsgs := other.Msgs(subjects)
-	if res.OtherLoad, err = loadRoom(ctx, m, other.ID, len(otherMsgs), func(i int) *nats.Msg { return otherMsgs[i] }); err != nil {
+	if res.OtherLoad, err = loadRoomBatched(ctx, m, other.ID, len(otherMsgs), func(i int) *nats.Msg { return otherMsgs[i] }); err != nil {
 		return err
 	}
 	b.printf("other room loaded: %s\n", res.OtherLoad)
-	if res.Load, err = loadRoom(ctx, m, room.ID, room.Len(), func(i int) *nats.Msg { return room.Msg(subjects, i) }); err != nil {
+	if res.Load, err = loadRoomBatched(ctx, m, room.ID, room.Len(), func(i int) *nats.Msg { return room.Msg(subjects, i) }); err != nil {
 		return err
 	}
 	b.printf("purged room loaded: %s; %d set-up events, %d messages of %s, the cut-off, %d more\n",
