@@ -698,9 +698,10 @@ func (b *bench) publishPhases(ctx context.Context) error {
 	b.printf("publish, %d publishers: %d msgs in %v = %.0f msgs/s\n", benchPublishers, r.pub16.N, round(r.pub16.Elapsed), r.pub16.PerSec())
 
 	// Atomic batches (ADR-50), the way to durable speed: a batch is
-	// committed with one fsync. Batched messages carry no Nats-Msg-Id
-	// (the server refuses deduplication inside a batch); a batch sent
-	// twice is harmless to the projection, which applies an event ID once.
+	// committed with one fsync. Batched messages carry no Nats-Msg-Id:
+	// one ID already in the duplicate window makes the server refuse the
+	// whole batch, so a retried batch would fail; stored twice instead,
+	// it is harmless to the projection, which applies an event ID once.
 	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(m.NATSServer, name) }
 	n := max(4*b.cfg.Publish, 2000)
 	for _, size := range []int{10, 100, maxAtomicBatch} {
@@ -856,7 +857,7 @@ func loadRoom(ctx context.Context, m *Main, roomID string, n int, msg func(i int
 
 // loadRoomBatched is loadRoom with atomic batches of maxAtomicBatch
 // messages (benchBatchWindow in flight, one fsync each, Nats-Msg-Id
-// removed as batches require): set-up in seconds where async publishes
+// removed: see publishPhases): set-up in seconds where async publishes
 // take minutes. The purge scenario loads its rooms so.
 func loadRoomBatched(ctx context.Context, m *Main, roomID string, n int, msg func(i int) *nats.Msg) (loaded, error) {
 	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(m.NATSServer, name) }
