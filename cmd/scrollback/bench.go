@@ -231,7 +231,7 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 	fs.Float64Var(&c.IngestRate, "ingest-rate", c.IngestRate, "`events/s` ingested during the mixed workload")
 	fs.DurationVar(&c.HSDelay, "hs-delay", c.HSDelay, "the fake homeserver's delay before each answer (mixed)")
 	fs.StringVar(&c.Report, "report", "", "write a self-contained HTML report with plots to `file`")
-	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write a CPU and an allocation profile of each scenario to `dir`, and their top entries to the report")
+	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write a CPU and an allocation profile of each scenario to `dir`, a heap profile at its memory peak, and their top entries to the report")
 	fs.DurationVar(&c.Sample, "sample", c.Sample, "how often the projection lag, memory and disk are sampled")
 	fs.StringVar(&c.Target, "target", "", "measure the external service at this NATS `url` (nats://host:4222) through the contract only, instead of an embedded one (scenarios ingest, reads, mixed)")
 	fs.StringVar(&c.TargetHTTP, "target-http", "", "the external service's HTTP bridge, http://host:port: GET /metrics for the projection lag and memory, and the HTTP reads")

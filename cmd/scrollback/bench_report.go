@@ -97,6 +97,9 @@ func (b *bench) startScenario(ctx context.Context, name, title string) error {
 		run.cpu = f
 	}
 	run.sampler = startSampler(ctx, run.origin, b.cfg.Sample, &b.source)
+	if dir := b.cfg.ProfileDir; dir != "" {
+		run.sampler.heapPath = filepath.Join(dir, name+".heap-peak.pprof")
+	}
 	return nil
 }
 
@@ -126,6 +129,11 @@ func (b *bench) endScenario() error {
 		}
 		b.printf("profiles: %s, %s (go tool pprof -http=: FILE; allocations during the scenario: go tool pprof -sample_index=alloc_space -base %s %s)\n",
 			run.cpu.Name(), allocs, run.allocs0, allocs)
+		if heap := run.sampler.heapPath; fileExists(heap) {
+			rep.Profiles = append(rep.Profiles, loadgen.Profile{Kind: "heap in use at the memory peak (inuse_space)", File: heap,
+				Top: pprofTop("-sample_index=inuse_space", heap)})
+			b.printf("heap at the memory peak: %s (go tool pprof -sample_index=inuse_space %s)\n", heap, heap)
+		}
 	}
 	run.mu.Lock()
 	for _, h := range run.hooks {
@@ -155,15 +163,25 @@ func errorsJoin(errs []error) error {
 
 func writeAllocs(path string) error {
 	runtime.GC() // the profile shows the state as of the last GC
+	return writeProfile(path, "allocs")
+}
+
+// writeProfile writes the named runtime/pprof profile to path.
+func writeProfile(path, name string) error {
 	f, err := os.Create(path)
 	if err != nil {
-		return fmt.Errorf("bench: allocation profile: %w", err)
+		return fmt.Errorf("bench: %s profile: %w", name, err)
 	}
-	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
 		f.Close()
-		return fmt.Errorf("bench: allocation profile: %w", err)
+		return fmt.Errorf("bench: %s profile: %w", name, err)
 	}
 	return f.Close()
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return path != "" && err == nil
 }
 
 // pprofTop is `go tool pprof -top` of a profile, or why there is none.
@@ -264,6 +282,14 @@ type sampler struct {
 	freelist                           loadgen.TimeSeries
 	peakAnon, peakFile                 float64
 	written0                           int64 // write_bytes at the start
+
+	// heapPath, if set, receives a heap profile each time the memory of
+	// an in-process service reaches a new peak (5% above the last
+	// profiled one, at most every 2 s): where the peak's bytes are.
+	heapPath string
+	heapPeak float64
+	heapAt   time.Time
+	heapErr  error
 }
 
 func startSampler(ctx context.Context, origin time.Time, every time.Duration, src *atomic.Pointer[sut]) *sampler {
@@ -311,6 +337,10 @@ func (s *sampler) sample(ctx context.Context, src *sut) {
 	if memOK {
 		s.anon.Add(at, float64(m.Resident()))
 		s.peakAnon = max(s.peakAnon, float64(m.Resident()))
+		if s.heapPath != "" && src.m != nil && s.heapErr == nil && float64(m.Resident()) > s.heapPeak*1.05 && time.Since(s.heapAt) >= 2*time.Second {
+			s.heapPeak, s.heapAt = float64(m.Resident()), time.Now()
+			s.heapErr = writeProfile(s.heapPath, "heap")
+		}
 		if src.m != nil || src.pid > 0 {
 			s.file.Add(at, float64(m.RssFile))
 			s.peakFile = max(s.peakFile, float64(m.RssFile))
