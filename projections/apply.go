@@ -2,9 +2,11 @@ package projections
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
@@ -43,48 +45,213 @@ func (s *Store) ApplyBatch(part int, entries []commands.LogEntry) ([]Outcome, er
 	if len(entries) == 0 {
 		return nil, nil
 	}
-	var out []Outcome
+	b := prepareBatch(part, entries)
+	if err := s.applyBatches([]*partBatch{b}); err != nil {
+		return nil, err
+	}
+	return b.out, nil
+}
+
+// partBatch is one partition's batch on its way to the writer: its
+// entries, what of their apply needs no transaction (prepared before the
+// writer is taken, by the partition's own goroutine) and, once committed,
+// their outcomes.
+type partBatch struct {
+	part    int
+	entries []commands.LogEntry
+	prep    []prepared // by entry; zero for entries other than events
+	out     []Outcome
+}
+
+// prepared is an event's stored row, built outside the transaction, as
+// bbolt has one writer: encoding the content and parsing its relation
+// took 2.7 s of the 18.5 s that a catch-up of 1M events spent applying
+// them in transactions.
+type prepared struct {
+	row *Row
+	val []byte // row.marshal()
+	err error  // newRow's: the event is malformed
+}
+
+// prepareBatch builds the rows of a batch's events. It is pure: a batch
+// may be prepared once and applied (and retried) any number of times.
+func prepareBatch(part int, entries []commands.LogEntry) *partBatch {
+	b := &partBatch{part: part, entries: entries, prep: make([]prepared, len(entries))}
+	for i := range entries {
+		e, p := &entries[i], &b.prep[i]
+		if e.Event == nil || e.Err != nil {
+			continue
+		}
+		if p.row, p.err = newRow(e.Event, receivedTS(e)); p.err == nil {
+			p.val = p.row.marshal()
+		}
+	}
+	return b
+}
+
+// receivedTS is when the event reached the homeserver: as published, or
+// else when it reached the log.
+func receivedTS(e *commands.LogEntry) int64 {
+	if e.Event.ReceivedTS != 0 {
+		return e.Event.ReceivedTS
+	}
+	return e.LogTS
+}
+
+// applyBatches applies batches of distinct partitions in one transaction
+// (a group commit: the partitions share its page writes and its fsync).
+// Each batch reads and advances its own checkpoint, so a batch, or a part
+// of one, that was committed before is skipped. An error means nothing
+// was written; it names the partition whose batch failed, if one did.
+func (s *Store) applyBatches(bs []*partBatch) error {
+	applied := false
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		out = out[:0]
-		cpb := tx.Bucket(bCP)
-		var cp uint64
-		if v := cpb.Get(partKey(part)); v != nil {
-			cp = binary.BigEndian.Uint64(v)
+		if err := (&applier{tx: tx}).apply(bs); err != nil {
+			return err
 		}
-		last := cp
-		for i := range entries {
-			e := &entries[i]
-			if e.Seq <= last {
-				out = append(out, Outcome{Seq: e.Seq, RoomID: e.RoomID, Kind: e.Kind, Result: OutcomeSkipped})
-				continue
-			}
-			o, err := applyEntry(tx, e)
-			if err != nil {
-				return fmt.Errorf("apply seq %d: %w", e.Seq, err)
-			}
-			if o.Result == OutcomeDead {
-				if err := putDeadLetter(tx, e, o.Reason); err != nil {
-					return err
-				}
-			}
-			out = append(out, o)
-			last = e.Seq
-		}
-		if last == cp {
-			return nil
-		}
-		return cpb.Put(partKey(part), u64(last))
+		applied = true
+		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("projections: partition %d: %w", part, err)
+		if applied {
+			parts := make([]int, len(bs))
+			for i, b := range bs {
+				parts[i] = b.part
+			}
+			return fmt.Errorf("projections: commit of partitions %v: %w", parts, err)
+		}
+		return fmt.Errorf("projections: %w", err)
 	}
-	for _, o := range out {
-		if o.Task != nil && (o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom) {
-			s.WakeJanitor()
-			break
+	for _, b := range bs {
+		for _, o := range b.out {
+			if o.Task != nil && (o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom) {
+				s.WakeJanitor()
+				return nil
+			}
 		}
 	}
-	return out, nil
+	return nil
+}
+
+// applier applies entries in one write transaction. It remembers the
+// room numbers and purge floors it has looked up, which only commands
+// change (purge_room renumbers a room, purge_history raises its floor):
+// applying a command forgets them.
+type applier struct {
+	tx       *bolt.Tx
+	rooms    map[string]uint64 // room ID -> number
+	floors   map[uint64]int64  // room number -> RoomMeta.Floor
+	received []received        // for putReceived
+}
+
+// entryRef is an entry of a group, by batch and index, with the number
+// its room had when the group began (0 for a room not yet known).
+type entryRef struct {
+	batch, i int
+	room     uint64
+}
+
+// apply applies the batches' entries that are above their partitions'
+// checkpoints and advances the checkpoints. Each room's entries are
+// applied in log order, and the rooms one after the other, by room number
+// (rooms not yet known last): a room's projection does not depend on
+// other rooms' messages, whose order between partitions was never fixed
+// either. Almost every key an event writes starts with its room's number,
+// so a group then goes through each bucket in key order, where bbolt's
+// search from the root for every key finds the same pages again, rather
+// than jumping between pages at every event: in a catch-up of 1M events,
+// this took 15% off the time spent applying them.
+func (a *applier) apply(bs []*partBatch) error {
+	var refs []entryRef
+	cps, lasts := make([]uint64, len(bs)), make([]uint64, len(bs))
+	cpb := a.tx.Bucket(bCP)
+	for bi, b := range bs {
+		for _, other := range bs[:bi] {
+			if other.part == b.part {
+				return fmt.Errorf("partition %d: two batches in one group", b.part)
+			}
+		}
+		if v := cpb.Get(partKey(b.part)); v != nil {
+			cps[bi] = binary.BigEndian.Uint64(v)
+		}
+		last := cps[bi]
+		b.out = make([]Outcome, len(b.entries))
+		for i := range b.entries {
+			e := &b.entries[i]
+			if e.Seq <= last {
+				b.out[i] = Outcome{Seq: e.Seq, RoomID: e.RoomID, Kind: e.Kind, Result: OutcomeSkipped}
+				continue
+			}
+			last = e.Seq
+			var room uint64
+			if e.Err == nil {
+				room = a.roomNum(e.RoomID)
+			}
+			refs = append(refs, entryRef{batch: bi, i: i, room: room})
+		}
+		lasts[bi] = last
+	}
+	slices.SortFunc(refs, func(x, y entryRef) int {
+		if x.room != y.room {
+			return cmp.Compare(x.room-1, y.room-1) // rooms not yet known last
+		}
+		if x.room == 0 {
+			if c := strings.Compare(bs[x.batch].entries[x.i].RoomID, bs[y.batch].entries[y.i].RoomID); c != 0 {
+				return c
+			}
+		}
+		return cmp.Or(cmp.Compare(x.batch, y.batch), cmp.Compare(x.i, y.i)) // a room's entries in log order
+	})
+	for _, r := range refs {
+		b := bs[r.batch]
+		e := &b.entries[r.i]
+		o, err := a.applyEntry(e, &b.prep[r.i])
+		if err != nil {
+			return fmt.Errorf("partition %d: apply seq %d: %w", b.part, e.Seq, err)
+		}
+		if o.Result == OutcomeDead {
+			if err := putDeadLetter(a.tx, e, o.Reason); err != nil {
+				return fmt.Errorf("partition %d: %w", b.part, err)
+			}
+		}
+		b.out[r.i] = o
+	}
+	for bi, b := range bs {
+		if lasts[bi] != cps[bi] {
+			if err := cpb.Put(partKey(b.part), u64(lasts[bi])); err != nil {
+				return err
+			}
+		}
+	}
+	return a.putReceived()
+}
+
+// received is an entry of the received bucket.
+type received struct {
+	ts, seq, room uint64
+}
+
+// putReceived writes the received bucket's entries of the transaction's
+// events, in key order. Its keys grow with the log, so in order they are
+// appended to the bucket's last page; in the order of the partitions,
+// whose batches of a group commit overlap in the log, each would be
+// inserted into the middle of that page's node, which bbolt only splits
+// at the commit: a copy of the whole node per event, which made group
+// commits of 10k messages no faster than a transaction per batch.
+func (a *applier) putReceived() error {
+	if len(a.received) == 0 {
+		return nil
+	}
+	slices.SortFunc(a.received, func(x, y received) int {
+		return cmp.Or(cmp.Compare(x.ts, y.ts), cmp.Compare(x.seq, y.seq))
+	})
+	b := a.tx.Bucket(bReceived)
+	for _, r := range a.received {
+		if err := b.Put(binary.BigEndian.AppendUint64(u64(r.ts), r.seq), u64(r.room)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DeadLetterOne records e as a dead letter and advances the checkpoint
@@ -130,7 +297,7 @@ func putDeadLetter(tx *bolt.Tx, e *commands.LogEntry, reason string) error {
 	return meta.Put([]byte("deadcount"), u64(n))
 }
 
-func applyEntry(tx *bolt.Tx, e *commands.LogEntry) (Outcome, error) {
+func (a *applier) applyEntry(e *commands.LogEntry, p *prepared) (Outcome, error) {
 	o := Outcome{Seq: e.Seq, RoomID: e.RoomID, Kind: e.Kind, Result: OutcomeApplied}
 	if e.Err != nil {
 		o.Result, o.Reason = OutcomeDead, e.Err.Error()
@@ -139,11 +306,13 @@ func applyEntry(tx *bolt.Tx, e *commands.LogEntry) (Outcome, error) {
 	var err error
 	switch {
 	case e.Event != nil:
-		err = applyEvent(tx, e, &o)
+		err = a.applyEvent(e, p, &o)
 	case e.Command != nil:
-		err = applyCommand(tx, e, &o)
+		a.forgetRooms()
+		err = applyCommand(a.tx, e, &o)
 	case e.Update != nil:
-		err = applyUpdate(tx, e, &o)
+		a.forgetRooms()
+		err = applyUpdate(a.tx, e, &o)
 	default:
 		o.Result, o.Reason = OutcomeDead, "empty log entry"
 	}
@@ -154,11 +323,61 @@ func applyEntry(tx *bolt.Tx, e *commands.LogEntry) (Outcome, error) {
 	return o, err
 }
 
-func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
-	ev := e.Event
+// forgetRooms drops the remembered room numbers and floors.
+func (a *applier) forgetRooms() { a.rooms, a.floors = nil, nil }
+
+// roomNum is roomNum, remembered (0 if the room is unknown).
+func (a *applier) roomNum(roomID string) uint64 {
+	n, ok := a.rooms[roomID]
+	if !ok {
+		if n = roomNum(a.tx, roomID); n != 0 {
+			a.rememberRoom(roomID, n)
+		}
+	}
+	return n
+}
+
+// ensureRoom is ensureRoom, remembered.
+func (a *applier) ensureRoom(roomID string) (uint64, error) {
+	if n := a.roomNum(roomID); n != 0 {
+		return n, nil
+	}
+	n, err := ensureRoom(a.tx, roomID)
+	if err != nil {
+		return 0, err
+	}
+	a.rememberRoom(roomID, n)
+	return n, nil
+}
+
+func (a *applier) rememberRoom(roomID string, n uint64) {
+	if a.rooms == nil {
+		a.rooms = map[string]uint64{}
+	}
+	a.rooms[roomID] = n
+}
+
+// floor is the room's RoomMeta.Floor, remembered.
+func (a *applier) floor(room uint64) (int64, error) {
+	if f, ok := a.floors[room]; ok {
+		return f, nil
+	}
+	meta, err := getRoomMeta(a.tx, room)
+	if err != nil {
+		return 0, err
+	}
+	if a.floors == nil {
+		a.floors = map[uint64]int64{}
+	}
+	a.floors[room] = meta.Floor
+	return meta.Floor, nil
+}
+
+func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) error {
+	tx, ev := a.tx, e.Event
 	events := tx.Bucket(bEvents)
 	id := []byte(ev.EventID)
-	if v := events.Get(id); v != nil && sameRoom(tx, v, e.RoomID) {
+	if v := events.Get(id); v != nil && a.sameRoom(v, e.RoomID) {
 		loc, _ := parseLoc(v)
 		if !loc.outlier || ev.Outlier {
 			o.Result = OutcomeDuplicate
@@ -170,17 +389,17 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 			return err
 		}
 	}
-	room, err := ensureRoom(tx, e.RoomID)
+	room, err := a.ensureRoom(e.RoomID)
 	if err != nil {
 		return err
 	}
 	if !ev.Outlier {
-		meta, err := getRoomMeta(tx, room)
+		floor, err := a.floor(room)
 		if err != nil {
 			return err
 		}
-		if ev.Depth < meta.Floor {
-			o.Result, o.Reason = OutcomeDropped, fmt.Sprintf("depth %d is below the room's purge cut-off %d", ev.Depth, meta.Floor)
+		if ev.Depth < floor {
+			o.Result, o.Reason = OutcomeDropped, fmt.Sprintf("depth %d is below the room's purge cut-off %d", ev.Depth, floor)
 			return nil
 		}
 	}
@@ -188,15 +407,10 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	if ev.Backfilled {
 		stream = -stream
 	}
-	received := ev.ReceivedTS
-	if received == 0 {
-		received = e.LogTS
+	if p.err != nil {
+		return fmt.Errorf("%w: %v", commands.ErrMalformed, p.err)
 	}
-	row, err := newRow(ev, received)
-	if err != nil {
-		return fmt.Errorf("%w: %v", commands.ErrMalformed, err)
-	}
-	val := row.marshal()
+	row, val := p.row, p.val
 	loc := evLoc{room: room, depth: ev.Depth, stream: stream, outlier: ev.Outlier}
 	if err := events.Put(id, loc.bytes()); err != nil {
 		return err
@@ -211,10 +425,7 @@ func applyEvent(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 		return err
 	}
 	if !ev.Backfilled {
-		k := binary.BigEndian.AppendUint64(u64(uint64(received)), e.Seq)
-		if err := tx.Bucket(bReceived).Put(k, u64(room)); err != nil {
-			return err
-		}
+		a.received = append(a.received, received{ts: uint64(receivedTS(e)), seq: e.Seq, room: room})
 	}
 	if ev.Rejected || ev.SoftFailed {
 		// Kept for the DAG and for admin reads, but neither state nor an
@@ -382,9 +593,9 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 
 // sameRoom reports whether an events-index entry belongs to the room's
 // current number (entries of a room number dropped by purge_room do not).
-func sameRoom(tx *bolt.Tx, locb []byte, roomID string) bool {
+func (a *applier) sameRoom(locb []byte, roomID string) bool {
 	loc, ok := parseLoc(locb)
-	return ok && loc.room == roomNum(tx, roomID)
+	return ok && loc.room == a.roomNum(roomID)
 }
 
 func setBlock(tx *bolt.Tx, room uint64, block bool, by string) error {

@@ -1,6 +1,7 @@
 package projections_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/scrollback/scrollback/bus"
@@ -321,5 +322,87 @@ func TestStore_ReopenKeepsPartitions(t *testing.T) {
 	defer s.Close()
 	if s.Partitions() != 4 {
 		t.Fatalf("Partitions=%d, want 4 (fixed at creation)", s.Partitions())
+	}
+}
+
+// TestApplyBatch_OneBatchAppliesAsOneByOne applies a log of interleaved
+// rooms, with commands that change what later events of their room do (a
+// purge_history raises the floor, a purge_room renumbers the room, a
+// block), once as one batch and once message by message: a batch applies
+// its rooms one after the other and remembers room numbers and floors,
+// yet the outcomes and the projections must be the same.
+func TestApplyBatch_OneBatchAppliesAsOneByOne(t *testing.T) {
+	a, b, c := testenv.NewRoom("a", "test"), testenv.NewRoom("b", "test"), testenv.NewRoom("c", "test")
+	var log []commands.LogEntry
+	add := func(kind, roomID string, v map[string]any) int {
+		log = append(log, entry(t, uint64(len(log)+1), roomID, kind, v))
+		return len(log) - 1
+	}
+	ev := func(evs ...testenv.Event) {
+		for _, e := range evs {
+			add(commands.KindEvent, e["room_id"].(string), e)
+		}
+	}
+	cmd := func(roomID, id, action string, params map[string]any) {
+		add(commands.KindCmd, roomID, map[string]any{"id": id, "action": action, "room_id": roomID, "params": params})
+	}
+	as, bs := a.Setup("@alice:test", "@remote:other.org"), b.Setup("@bob:test")
+	for i := range max(len(as), len(bs)) {
+		if i < len(as) {
+			ev(as[i])
+		}
+		if i < len(bs) {
+			ev(bs[i])
+		}
+	}
+	var am, bm []testenv.Event
+	for i := range 6 {
+		am = append(am, a.Msg("@remote:other.org", fmt.Sprint("a", i)))
+		bm = append(bm, b.Msg("@bob:test", fmt.Sprint("b", i)))
+		ev(am[i], bm[i])
+	}
+	ev(a.Next("m.reaction", "@alice:test", nil, map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": am[1].ID(), "key": "x"}}),
+		b.Next("m.room.redaction", "@bob:test", nil, map[string]any{"redacts": bm[2].ID()}))
+	cmd(a.ID, "purge-a", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", am[3]["depth"])})
+	late := add(commands.KindEvent, a.ID, testenv.Event{"event_id": "$late", "room_id": a.ID, "type": "m.room.message", "sender": "@remote:other.org",
+		"origin_server_ts": int64(1), "depth": int64(2), "prev_events": []any{}, "content": map[string]any{}, "backfilled": true})
+	ev(a.Msg("@alice:test", "after the purge"))
+	cmd(b.ID, "purge-b", commands.ActionPurgeRoom, map[string]any{"force": true})
+	b2 := testenv.NewRoom("b", "test")
+	reborn := []testenv.Event{b2.Create("@carol:test"), b2.Msg("@carol:test", "new history")}
+	ev(reborn...)
+	ev(c.Setup("@carol:test")...)
+	cmd(c.ID, "block-c", commands.ActionBlockRoom, map[string]any{"block": true})
+	dup := add(commands.KindEvent, a.ID, am[4])
+	ev(c.Msg("@carol:test", "blocked but stored"))
+
+	whole, alone := openWithServer(t), openWithServer(t)
+	got, err := whole.ApplyBatch(0, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range log {
+		want, err := alone.ApplyBatch(0, []commands.LogEntry{e})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g, w := got[i], want[0]; g.Seq != w.Seq || g.Result != w.Result || g.Reason != w.Reason {
+			t.Errorf("seq %d: one batch %s %q, one by one %s %q", e.Seq, g.Result, g.Reason, w.Result, w.Reason)
+		}
+	}
+	if got[late].Result != projections.OutcomeDropped || got[dup].Result != projections.OutcomeDuplicate {
+		t.Errorf("late event %s, duplicate %s", got[late].Result, got[dup].Result)
+	}
+	sameStrings(t, "room b after purge_room", timelineIDs(t, whole, b.ID), ids(reborn...))
+	dw, err := whole.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	da, err := alone.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := dw.Diff(da); len(diff) != 0 {
+		t.Fatalf("one batch and one by one differ: %v", diff)
 	}
 }

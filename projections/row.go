@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -68,14 +69,28 @@ func (r *Row) Token() commands.RoomToken {
 	return commands.RoomToken{Topological: r.Depth, Stream: r.Stream, IsTopological: true}
 }
 
+// encodeBufs are encodeMsgpack's buffers: a catch-up encodes the content
+// of every event, and a buffer and an encoder made for each made building
+// a row a fifth slower (9 allocations instead of 4).
+var encodeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// encodeMsgpack encodes v with sorted map keys, into a slice of its own.
 func encodeMsgpack(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := msgpack.NewEncoder(&buf)
+	buf := encodeBufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 { // a rare big one is not kept
+			encodeBufs.Put(buf)
+		}
+	}()
+	buf.Reset()
+	enc := msgpack.GetEncoder()
+	defer msgpack.PutEncoder(enc)
+	enc.Reset(buf)
 	enc.SetSortMapKeys(true)
 	if err := enc.Encode(v); err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	return bytes.Clone(buf.Bytes()), nil
 }
 
 // computedUnsigned are the unsigned keys the service computes at read
