@@ -47,17 +47,27 @@ type Projector struct {
 	// rooms, one transaction per batch, went from 14.6k to 28.9k
 	// events/s between 1000 and 8000.
 	MaxBatch int
-	// QueueLen bounds the messages waiting per partition (default 8192,
-	// at most about 43 MB over 16 partitions of 330-byte events): the
-	// consumer blocks when a partition is that far behind.
+	// QueueLen bounds the messages waiting per partition (default 4096):
+	// the consumer blocks when a partition is that far behind. Each
+	// waiting message holds its NATS message (about 600 bytes with
+	// headers): 8192 a partition held 80-94 MB at the peak of a catch-up.
 	QueueLen int
-	// MaxGroup bounds the messages of one group commit (default 32000),
+	// MaxDecoded bounds the messages decoded and not yet committed,
+	// across partitions (default 16000): a decoded event with its
+	// prepared row takes about 2 KB of heap, and without a bound the 16
+	// partitions' batches made most of a 1.1 GiB peak during a catch-up
+	// in 100k rooms (issue 7's memory goal is 512 MiB in all).
+	MaxDecoded int
+	// MaxGroup bounds the messages of one group commit (default 16000),
 	// and so a transaction's dirty pages and the wait of a batch that
 	// comes after it. A group is what the partitions have ready when the
 	// previous one is committed: catching up 1M events in 10k rooms on 2
 	// cores (scrollback bench --scenario catchup), groups held 7k to 18k
 	// messages, and a bound of 16000, 32000 or 64000 gave 38.7k, 42.8k
-	// and 41.7k events/s (two runs each).
+	// and 41.7k events/s (two runs each). In 100k rooms nearly every
+	// message of a group dirties a leaf of its own, and a group of 32000
+	// held over 200 MB of bbolt nodes and page buffers: 16000 trades a
+	// tenth of the speed for half of that.
 	MaxGroup int
 
 	parts      []*partition
@@ -71,6 +81,42 @@ type Projector struct {
 	// finds a CPU. With all 16 partitions free to decode at once, the
 	// same catch-up ran at 38.4k events/s instead of 42.8k.
 	preparing chan struct{}
+	decoded   *budget // messages decoded and not yet committed
+}
+
+// budget is a count of messages that takes may draw on; a take of more
+// than the whole budget waits until nothing is drawn, then takes it all.
+type budget struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	size int
+	free int
+}
+
+func newBudget(size int) *budget {
+	b := &budget{size: size, free: size}
+	b.cond.L = &b.mu
+	return b
+}
+
+// take waits until n messages (at most the budget's size) are free and
+// draws them; it returns what it drew, for give.
+func (b *budget) take(n int) int {
+	n = min(n, b.size)
+	b.mu.Lock()
+	for b.free < n {
+		b.cond.Wait()
+	}
+	b.free -= n
+	b.mu.Unlock()
+	return n
+}
+
+func (b *budget) give(n int) {
+	b.mu.Lock()
+	b.free += n
+	b.mu.Unlock()
+	b.cond.Broadcast()
 }
 
 type partition struct {
@@ -116,11 +162,15 @@ func (p *Projector) init() error {
 		p.MaxBatch = 8000
 	}
 	if p.QueueLen <= 0 {
-		p.QueueLen = 8192
+		p.QueueLen = 4096
 	}
 	if p.MaxGroup <= 0 {
-		p.MaxGroup = 32000
+		p.MaxGroup = 16000
 	}
+	if p.MaxDecoded <= 0 {
+		p.MaxDecoded = 16000
+	}
+	p.decoded = newBudget(p.MaxDecoded)
 	if p.Logger == nil {
 		p.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -245,6 +295,8 @@ func (p *Projector) runPartition(ctx context.Context, pt *partition) {
 // so that bbolt's single writer only reads and writes the file.
 func (p *Projector) applyBatch(ctx context.Context, pt *partition, batch []rawMsg) {
 	start := time.Now()
+	drawn := p.decoded.take(len(batch))
+	defer func() { p.decoded.give(drawn) }()
 	p.preparing <- struct{}{}
 	entries := make([]commands.LogEntry, len(batch))
 	for i, m := range batch {
