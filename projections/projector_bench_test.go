@@ -70,11 +70,7 @@ func runBenchProjector(b *testing.B, log *memLog) *projections.Projector {
 	}
 	p := &projections.Projector{
 		Store: s, Source: log, Decode: subjects.Decode,
-		RoomKeyOf: func(subject string) string {
-			_, rest, _ := cutN(subject, 2)
-			rk, _, _ := cutN(rest, 1)
-			return rk
-		},
+		RoomKeyOf: roomKeyOfSubject,
 	}
 	if err := p.Init(); err != nil {
 		b.Fatal(err)

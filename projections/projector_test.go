@@ -19,16 +19,19 @@ type runningProjector struct {
 	done   chan error
 }
 
+// roomKeyOfSubject is the <rk> token of sb.room.<rk>.<kind>.
+func roomKeyOfSubject(subject string) string {
+	_, rest, _ := cutN(subject, 2)
+	rk, _, _ := cutN(rest, 1)
+	return rk
+}
+
 func startProjector(tb testing.TB, s *projections.Store, log *bus.Log) *runningProjector {
 	tb.Helper()
 	p := &projections.Projector{
 		Store: s, Source: log, Decode: subjects.Decode,
-		RoomKeyOf: func(subject string) string {
-			_, rest, _ := cutN(subject, 2)
-			rk, _, _ := cutN(rest, 1)
-			return rk
-		},
-		MaxBatch: 64,
+		RoomKeyOf: roomKeyOfSubject,
+		MaxBatch:  64,
 	}
 	if err := p.Init(); err != nil {
 		tb.Fatal(err)
