@@ -141,8 +141,16 @@ func (l *Log) LastSeq(ctx context.Context) (uint64, error) {
 	return info.State.LastSeq, nil
 }
 
+// appendAttempt bounds one publish of Append: an acknowledgement lost
+// while a cluster node dies (or the client reconnects) would otherwise
+// hold the caller until its own deadline.
+const appendAttempt = 5 * time.Second
+
 // Append publishes one message to a room subject with a message ID (for
-// the server's duplicate window) and returns its sequence.
+// the server's duplicate window) and returns its sequence. With a message
+// ID a publish whose acknowledgement does not come within appendAttempt
+// is sent again until ctx ends: the duplicate window makes the repeat
+// harmless, and its acknowledgement carries the first one's sequence.
 func (l *Log) Append(ctx context.Context, subject, msgID string, data []byte) (uint64, error) {
 	if !ValidSubject(subject) {
 		return 0, fmt.Errorf("%w: %q", ErrBadSubject, subject)
@@ -151,11 +159,23 @@ func (l *Log) Append(ctx context.Context, subject, msgID string, data []byte) (u
 	if msgID != "" {
 		msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	}
-	ack, err := l.JS.PublishMsg(ctx, msg)
-	if err != nil {
-		return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
+	for {
+		actx, cancel := context.WithTimeout(ctx, appendAttempt)
+		ack, err := l.JS.PublishMsg(actx, msg)
+		cancel()
+		if err == nil {
+			return ack.Sequence, nil
+		}
+		lost := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse)
+		if msgID == "" || !lost || ctx.Err() != nil {
+			return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return ack.Sequence, nil
 }
 
 // DeleteInFlight is how many DeleteMsg requests DeleteMsgs keeps under

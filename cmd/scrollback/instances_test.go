@@ -28,9 +28,12 @@ func startInstance(t *testing.T, url, name string, edit ...func(*Config)) *Main 
 }
 
 // crash stops an in-process instance the closest way to kill -9: its
-// NATS connection goes first, so it neither releases its leases nor
+// NATS connections go first, so it neither releases its leases nor
 // finishes anything it was doing.
 func crash(m *Main) {
+	for _, nc := range m.extraNC { // the API's and the bridge's, as a dead process's
+		nc.Close()
+	}
 	m.NC.Close()
 	m.Close()
 }
