@@ -88,6 +88,13 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 			return nil, fmt.Errorf("bus: endpoint %s: %w", ep.Name, err)
 		}
 	}
+	// The endpoints' subscriptions reach the server asynchronously: one
+	// round trip makes sure it has them before Serve returns, so that a
+	// request sent on another connection right after finds a responder.
+	if err := nc.Flush(); err != nil {
+		svc.Stop()
+		return nil, fmt.Errorf("bus: register endpoints: %w", err)
+	}
 	return s, nil
 }
 

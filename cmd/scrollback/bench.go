@@ -1316,7 +1316,9 @@ func runLoad(ctx context.Context, clients int, d time.Duration, t target) (loadR
 	for w := range clients {
 		wg.Go(func() {
 			lat := make([]time.Duration, 0, 4096)
-			for !stop.Load() {
+			// Every client sends at least one request: on a loaded
+			// machine a short phase can end before a client has run.
+			for first := true; first || !stop.Load(); first = false {
 				if err := ctx.Err(); err != nil {
 					errs[w] = err
 					break
