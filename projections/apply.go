@@ -46,7 +46,7 @@ func (s *Store) ApplyBatch(part int, entries []commands.LogEntry) ([]Outcome, er
 		return nil, nil
 	}
 	b := prepareBatch(part, entries)
-	if err := s.applyBatches([]*partBatch{b}); err != nil {
+	if _, err := s.applyBatches([]*partBatch{b}); err != nil {
 		return nil, err
 	}
 	return b.out, nil
@@ -103,34 +103,47 @@ func receivedTS(e *commands.LogEntry) int64 {
 // Each batch reads and advances its own checkpoint, so a batch, or a part
 // of one, that was committed before is skipped. An error means nothing
 // was written; it names the partition whose batch failed, if one did.
-func (s *Store) applyBatches(bs []*partBatch) error {
+// written is the number of pages its commit wrote (bbolt holds a buffer
+// for each until the commit ends: what a group's memory grows with).
+func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 	applied := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	// One writer at a time, and reads allocate no pages: the change of
+	// the file's page allocations is this transaction's.
+	before := s.pagesAllocated()
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		if err := (&applier{tx: tx}).apply(bs); err != nil {
 			return err
 		}
 		applied = true
 		return nil
 	})
+	written = int((s.pagesAllocated() - before) / int64(s.db.Info().PageSize))
 	if err != nil {
 		if applied {
 			parts := make([]int, len(bs))
 			for i, b := range bs {
 				parts[i] = b.part
 			}
-			return fmt.Errorf("projections: commit of partitions %v: %w", parts, err)
+			return written, fmt.Errorf("projections: commit of partitions %v: %w", parts, err)
 		}
-		return fmt.Errorf("projections: %w", err)
+		return written, fmt.Errorf("projections: %w", err)
 	}
 	for _, b := range bs {
 		for _, o := range b.out {
 			if o.Task != nil && (o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom) {
 				s.WakeJanitor()
-				return nil
+				return written, nil
 			}
 		}
 	}
-	return nil
+	return written, nil
+}
+
+// pagesAllocated is the bytes of pages the file's write transactions
+// have allocated so far.
+func (s *Store) pagesAllocated() int64 {
+	st := s.db.Stats()
+	return st.TxStats.GetPageAlloc()
 }
 
 // applier applies entries in one write transaction. It remembers the

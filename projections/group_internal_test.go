@@ -101,7 +101,7 @@ func TestApplyBatches_GroupAppliesAsAlone(t *testing.T) {
 		}
 	}
 	bs := []*partBatch{prepareBatch(0, batch(0)), prepareBatch(1, batch(1)), prepareBatch(2, batch(2))}
-	if err := group.applyBatches(bs); err != nil {
+	if _, err := group.applyBatches(bs); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []int{2, 0, 1} {
@@ -144,7 +144,7 @@ func TestApplyBatches_GroupAppliesAsAlone(t *testing.T) {
 		t.Fatalf("received index: %d entries, alone %d, want %d alike", len(rg), len(ra), 6*40)
 	}
 	// The same group again changes nothing.
-	if err := group.applyBatches(bs); err != nil {
+	if _, err := group.applyBatches(bs); err != nil {
 		t.Fatal(err)
 	}
 	for _, b := range bs {

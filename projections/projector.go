@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +73,20 @@ type Projector struct {
 	// held over 200 MB of bbolt nodes and page buffers: 16000 trades a
 	// tenth of the speed for half of that.
 	MaxGroup int
+	// MaxDirty bounds the pages a group commit should write (dirty
+	// pages); 0 (the default without a Go memory limit) bounds groups by
+	// MaxGroup alone. bbolt holds a buffer and the keys of each dirty
+	// page until the commit ends, about 13 KB of heap a page. How many
+	// pages a message dirties depends on how its room shares pages with
+	// others (in 100k rooms, 2.6 in groups of 16000 messages and 4.8 in
+	// groups of 2000), so the committer measures it on each group and
+	// bounds the next group, and the partitions' batches, to the
+	// messages that would write about MaxDirty pages, within [minGroup,
+	// MaxGroup]. Smaller groups share fewer pages: in 100k rooms, 8192
+	// pages made a catch-up 1.3x slower and its memory peak 1.5x smaller.
+	MaxDirty int
 
+	groupLimit atomic.Int64 // messages the next group and batches may hold
 	parts      []*partition
 	dispatched atomic.Uint64 // highest sequence handed to a partition
 	logLast    atomic.Uint64 // highest sequence the log is known to hold
@@ -163,12 +178,25 @@ func (p *Projector) init() error {
 	if p.MaxBatch <= 0 {
 		p.MaxBatch = 8000
 	}
+	// Under a Go memory limit (GOMEMLIMIT, or the service's
+	// memory_limit), queues and group transactions that are not set
+	// explicitly are sized from it (see sizeFor).
+	if lim := debug.SetMemoryLimit(-1); lim < math.MaxInt64 {
+		queueLen, maxDirty := sizeFor(lim)
+		if p.QueueLen <= 0 {
+			p.QueueLen = queueLen
+		}
+		if p.MaxDirty <= 0 {
+			p.MaxDirty = maxDirty
+		}
+	}
 	if p.QueueLen <= 0 {
 		p.QueueLen = 4096
 	}
 	if p.MaxGroup <= 0 {
 		p.MaxGroup = 16000
 	}
+	p.groupLimit.Store(int64(p.MaxGroup))
 	if p.MaxDecoded <= 0 {
 		p.MaxDecoded = 2 * p.MaxGroup
 	}
@@ -273,8 +301,9 @@ func (p *Projector) runPartition(ctx context.Context, pt *partition) {
 	batch := make([]rawMsg, 0, p.MaxBatch)
 	for first := range pt.queue {
 		batch = append(batch[:0], first)
+		limit := min(p.MaxBatch, int(p.groupLimit.Load()))
 	fill:
-		for len(batch) < p.MaxBatch {
+		for len(batch) < limit {
 			select {
 			case m, ok := <-pt.queue:
 				if !ok {
@@ -310,7 +339,7 @@ func (p *Projector) applyBatch(ctx context.Context, pt *partition, batch []rawMs
 	if err != nil && group > 1 {
 		// The group failed: this batch may not be the cause.
 		p.Logger.Warn("group commit failed; applying the partition's batch alone", "partition", pt.id, "messages", len(entries), "group", group, "err", err)
-		err = p.Store.applyBatches([]*partBatch{b})
+		_, err = p.Store.applyBatches([]*partBatch{b})
 	}
 	outcomes := b.out
 	if err != nil {
@@ -350,9 +379,9 @@ func (p *Projector) runCommitter() {
 	var batches []*partBatch
 	for j := range p.commits {
 		group = append(group[:0], j)
-		n := len(j.batch.entries)
+		n, limit := len(j.batch.entries), int(p.groupLimit.Load())
 	fill:
-		for n < p.MaxGroup {
+		for n < limit {
 			select {
 			case j, ok := <-p.commits:
 				if !ok {
@@ -367,12 +396,36 @@ func (p *Projector) runCommitter() {
 		for _, j := range group {
 			batches = append(batches, j.batch)
 		}
-		err := p.Store.applyBatches(batches)
+		written, err := p.Store.applyBatches(batches)
+		if err == nil && p.MaxDirty > 0 && n >= minGroup {
+			// The next group holds the messages that would write about
+			// MaxDirty pages at this group's rate. (Groups of fewer
+			// messages share fewer pages, so the estimate errs low and
+			// the next measure corrects it.)
+			p.groupLimit.Store(int64(max(minGroup, min(p.MaxGroup, n*p.MaxDirty/max(written, 1)))))
+		}
 		for _, j := range group {
 			j.err, j.group = err, len(group)
 			j.done <- struct{}{}
 		}
 	}
+}
+
+// minGroup is the least MaxDirty may bound a group to, and the least
+// group the committer learns from.
+const minGroup = 256
+
+// sizeFor gives the queue length and the dirty-page bound for a memory
+// limit of lim bytes. Measured in a catch-up of 1M events in 100k rooms
+// (the worst case: nearly every message dirties leaves of its own), a
+// dirty page cost about 13 KB of heap (its buffer and its keys) and a
+// queued message about 1 KB, 16 partitions' worth. A limit of 512 MiB
+// gives 8192 pages (about a fifth of the limit) and 1024 messages a
+// partition (16 MB).
+func sizeFor(lim int64) (queueLen, maxDirty int) {
+	queueLen = int(min(max(lim/(512<<10), 256), 4096))
+	maxDirty = int(max(lim/(64<<10), 1024))
+	return queueLen, maxDirty
 }
 
 func (p *Projector) applyOne(ctx context.Context, pt *partition, e commands.LogEntry) []Outcome {

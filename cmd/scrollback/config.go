@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"reflect"
 	"regexp"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,6 +58,12 @@ type Config struct {
 	// Log configures the process logger. It is an addition to the
 	// contract.
 	Log LogConfig `yaml:"log"`
+	// MemoryLimit is a soft limit on the memory of the whole process
+	// (Go's memory limit, as GOMEMLIMIT sets it; 0 = none, or what
+	// GOMEMLIMIT says). The projector sizes its queues and write
+	// transactions from it (projections.Projector). It is an addition to
+	// the contract.
+	MemoryLimit ByteSize `yaml:"memory_limit"`
 	// Cluster configures several instances sharing one log on an
 	// external NATS cluster. It is an addition to the contract.
 	Cluster ClusterConfig `yaml:"cluster"`
@@ -664,6 +672,9 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	if c.MemoryLimit != 0 && c.MemoryLimit < MinMemoryLimit {
+		p.add("memory_limit", "%v is below the least that makes sense, %v (0 means no limit)", c.MemoryLimit, MinMemoryLimit)
+	}
 	switch c.Log.Level {
 	case LogLevelDebug, LogLevelInfo, LogLevelWarn, LogLevelError:
 	default:
@@ -827,6 +838,7 @@ func withHeading(heading string, err error) error {
 //	--nats-listen ADDR    nats.listen ("" = in-process only)
 //	--http ADDR           http.listen ("" = no HTTP bridge)
 //	--log-level LEVEL     log.level (debug, info, warn, error)
+//	--memory-limit SIZE   memory_limit (512MiB, 2GiB; 0 = none)
 //
 // A flag given with an empty value sets the key to "". With -h or --help
 // it prints the usage on stderr and returns flag.ErrHelp. Every problem of
@@ -841,7 +853,7 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 	var (
 		path                                                       string
 		dataDir, serverName, natsURL, natsListen, httpAddr, logLvl string
-		instance                                                   string
+		instance, memLimit                                         string
 	)
 	fs.StringVar(&path, "c", "", "YAML config `file` (same as --config)")
 	fs.StringVar(&path, "config", "", "YAML config `file`; without one, the built-in defaults apply")
@@ -851,6 +863,7 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&natsListen, "nats-listen", "", "embedded NATS client `address`, overrides nats.listen (default 127.0.0.1:4222; \"\": in-process only)")
 	fs.StringVar(&httpAddr, "http", "", "HTTP bridge `address`, overrides http.listen (default 127.0.0.1:8090; \"\": no bridge)")
 	fs.StringVar(&instance, "instance", "", "this instance's `name` among several sharing a log, overrides cluster.instance (default: the host name)")
+	fs.StringVar(&memLimit, "memory-limit", "", "soft memory `limit` of the process, like 512MiB, overrides memory_limit (default 0: none)")
 	fs.StringVar(&logLvl, "log-level", "", "`level` debug, info, warn or error, overrides log.level (default info)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: scrollback serve [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n")
@@ -867,8 +880,13 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
+	var flagProblems []error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
+		case "memory-limit":
+			if err := cfg.MemoryLimit.UnmarshalText([]byte(memLimit)); err != nil {
+				flagProblems = append(flagProblems, fmt.Errorf("--memory-limit: %w", err))
+			}
 		case "data":
 			cfg.DataDir = dataDir
 		case "server-name":
@@ -885,6 +903,9 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 			cfg.Cluster.Instance = instance
 		}
 	})
+	if err := errors.Join(flagProblems...); err != nil {
+		return Config{}, err
+	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		heading := "invalid configuration"
@@ -894,4 +915,62 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 		return Config{}, withHeading(heading, err)
 	}
 	return cfg, nil
+}
+
+// ByteSize is a number of bytes written as GOMEMLIMIT is: an integer
+// with an optional unit B, KiB, MiB, GiB or TiB ("512MiB"); a bare
+// integer is bytes.
+type ByteSize int64
+
+// MinMemoryLimit is the least memory_limit accepted: below it the
+// service would spend its time collecting garbage.
+const MinMemoryLimit ByteSize = 64 << 20
+
+var byteUnits = []struct {
+	suffix string
+	size   int64
+}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+// UnmarshalText parses a size; "" is 0.
+func (b *ByteSize) UnmarshalText(text []byte) error {
+	s := strings.TrimSpace(string(text))
+	if s == "" {
+		*b = 0
+		return nil
+	}
+	unit := int64(1)
+	for _, u := range byteUnits {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, unit = strings.TrimSpace(num), u.size
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/unit {
+		return fmt.Errorf("invalid size %q: want a whole number of bytes with an optional unit B, KiB, MiB, GiB or TiB, like 512MiB", string(text))
+	}
+	*b = ByteSize(n * unit)
+	return nil
+}
+
+// String writes the size in the largest unit that divides it.
+func (b ByteSize) String() string {
+	for _, u := range byteUnits {
+		if int64(b)%u.size == 0 && (b != 0 || u.size == 1) {
+			return strconv.FormatInt(int64(b)/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(b), 10) + "B"
+}
+
+// MarshalText writes the size as String does.
+func (b ByteSize) MarshalText() ([]byte, error) { return []byte(b.String()), nil }
+
+// applyMemoryLimit sets Go's soft memory limit of the process from
+// memory_limit; with none it leaves what GOMEMLIMIT set. The projector
+// reads the limit when it starts, so this comes first.
+func applyMemoryLimit(c Config) {
+	if c.MemoryLimit > 0 {
+		debug.SetMemoryLimit(int64(c.MemoryLimit))
+	}
 }

@@ -654,6 +654,7 @@ func TestParseServeFlags(t *testing.T) {
 				c.HTTP.Listen = ""
 			}},
 		{"log level", []string{"--log-level", "debug"}, func(c *Config) { c.Log.Level = "debug" }},
+		{"memory limit", []string{"--memory-limit", "512MiB"}, func(c *Config) { c.MemoryLimit = 512 << 20 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -691,6 +692,8 @@ func TestParseServeFlags_Errors(t *testing.T) {
 			`http.listen: "nope" is not host:port`,
 			`log.level: "loud"`,
 		}},
+		{"bad memory limit flag", []string{"--memory-limit", "lots"}, nil, []string{`--memory-limit: invalid size "lots"`}},
+		{"memory limit too small", []string{"--memory-limit", "1MiB"}, nil, []string{"memory_limit: 1MiB is below the least that makes sense, 64MiB"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -761,5 +764,35 @@ func TestConfig_YAMLRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, c) {
 		t.Errorf("round trip = %+v\nwant %+v", got, c)
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want ByteSize
+		out  string
+	}{
+		{"", 0, "0B"}, {"0", 0, "0B"}, {"1048576", 1 << 20, "1MiB"}, {"512MiB", 512 << 20, "512MiB"},
+		{"2GiB", 2 << 30, "2GiB"}, {" 3 KiB ", 3 << 10, "3KiB"}, {"100B", 100, "100B"}, {"1536MiB", 1536 << 20, "1536MiB"},
+	} {
+		var b ByteSize
+		if err := b.UnmarshalText([]byte(tt.in)); err != nil || b != tt.want || b.String() != tt.out {
+			t.Errorf("ByteSize(%q) = %d %q, %v; want %d %q", tt.in, b, b.String(), err, tt.want, tt.out)
+		}
+	}
+	for _, in := range []string{"lots", "-1MiB", "1.5GiB", "12 MB", "MiB", "9999999TiB"} {
+		var b ByteSize
+		if err := b.UnmarshalText([]byte(in)); err == nil || !strings.Contains(err.Error(), "invalid size") {
+			t.Errorf("ByteSize(%q) = %d, %v; want an invalid size error", in, b, err)
+		}
+	}
+	path := writeConfig(t, "memory_limit: 768MiB\n")
+	c, err := LoadConfig(path)
+	if err != nil || c.MemoryLimit != 768<<20 {
+		t.Fatalf("memory_limit from the file: %v, %v", c.MemoryLimit, err)
+	}
+	if _, err := LoadConfig(writeConfig(t, "memory_limit: 1.5G\n")); err == nil || !strings.Contains(err.Error(), "memory_limit") {
+		t.Fatalf("a bad memory_limit in the file: %v", err)
 	}
 }

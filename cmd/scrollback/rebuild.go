@@ -24,6 +24,7 @@ func runRebuild(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	applyMemoryLimit(cfg)
 	return rebuildProjection(ctx, cfg, out)
 }
 
@@ -59,6 +60,7 @@ func runVerify(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	applyMemoryLimit(cfg)
 	n, err := verifyProjection(ctx, cfg, out)
 	if err != nil {
 		return err

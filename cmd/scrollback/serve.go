@@ -31,6 +31,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	applyMemoryLimit(cfg)
 	m := &Main{Config: cfg, Logger: newLogger(cfg.Log, stderr)}
 	slog.SetDefault(m.Logger) // for what libraries report without a logger of ours
 	if err := m.Open(ctx); err != nil {
