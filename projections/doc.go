@@ -50,7 +50,11 @@
 // Memory: a catch-up's peak is the projector's buffers (QueueLen raw
 // messages per partition, MaxDecoded decoded ones, the group's dirty
 // pages), not the history; the embedded nats-server adds about 1.3 KB per
-// room for its subject index.
+// room for its subject index. Under a Go memory limit (GOMEMLIMIT, the
+// service's memory_limit) the projector sizes QueueLen and MaxDirty from
+// it, and the committer bounds each group to the messages that would
+// dirty about MaxDirty pages, measured on the group before: less memory,
+// but a slower catch-up, since small groups share fewer pages.
 //
 // A group that fails is retried batch by batch, and a message that fails
 // to apply in a batch is retried alone; one that
