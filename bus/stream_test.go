@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,12 +124,18 @@ func TestDeleteMsgs_ErasesAndToleratesGone(t *testing.T) {
 	}
 }
 
-// BenchmarkDeleteMsgs erases b.N messages with fsync on every write: one
-// DeleteMsg at a time, against DeleteMsgs's requests in parallel.
+// BenchmarkDeleteMsgs erases b.N messages with fsync on every write (the
+// service's setting): one DeleteMsg at a time, against DeleteMsgs's
+// requests in parallel; then both without fsync, to show what the
+// tombstones' syncs cost.
 func BenchmarkDeleteMsgs(b *testing.B) {
-	for _, mode := range []string{"one-at-a-time", "DeleteMsgs"} {
+	for _, mode := range []string{"one-at-a-time", "DeleteMsgs", "one-at-a-time-nosync", "DeleteMsgs-nosync"} {
 		b.Run(mode, func(b *testing.B) {
-			n := testenv.NewNATS(b)
+			newNATS := testenv.NewNATS
+			if strings.HasSuffix(mode, "-nosync") {
+				newNATS = testenv.NewNATSNoSync
+			}
+			n := newNATS(b)
 			log := n.Stream(b, bus.Subjects{Prefix: "sb"}, "SCROLLBACK")
 			seqs := publishN(b, n, log, b.N)
 			ctx := context.Background()
@@ -137,7 +144,7 @@ func BenchmarkDeleteMsgs(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ResetTimer()
-			if mode == "DeleteMsgs" {
+			if strings.HasPrefix(mode, "DeleteMsgs") {
 				if err := log.DeleteMsgs(ctx, seqs); err != nil {
 					b.Fatal(err)
 				}

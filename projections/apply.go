@@ -107,17 +107,20 @@ func receivedTS(e *commands.LogEntry) int64 {
 // for each until the commit ends: what a group's memory grows with).
 func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 	applied := false
-	// One writer at a time, and reads allocate no pages: the change of
-	// the file's page allocations is this transaction's.
-	before := s.pagesAllocated()
+	pageSize := int64(s.db.Info().PageSize)
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		if err := (&applier{tx: tx}).apply(bs); err != nil {
 			return err
 		}
 		applied = true
+		// The commit allocates the pages it writes; its handlers run
+		// once that is done.
+		tx.OnCommit(func() {
+			st := tx.Stats()
+			written = int(st.GetPageAlloc() / pageSize)
+		})
 		return nil
 	})
-	written = int((s.pagesAllocated() - before) / int64(s.db.Info().PageSize))
 	if err != nil {
 		if applied {
 			parts := make([]int, len(bs))
@@ -137,13 +140,6 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 		}
 	}
 	return written, nil
-}
-
-// pagesAllocated is the bytes of pages the file's write transactions
-// have allocated so far.
-func (s *Store) pagesAllocated() int64 {
-	st := s.db.Stats()
-	return st.TxStats.GetPageAlloc()
 }
 
 // applier applies entries in one write transaction. It remembers the

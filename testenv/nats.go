@@ -25,7 +25,19 @@ type NATS struct {
 // down, waiting for it.
 func NewNATS(tb testing.TB) *NATS {
 	tb.Helper()
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: tb.TempDir()})
+	return newNATS(tb, bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: tb.TempDir()})
+}
+
+// NewNATSNoSync is NewNATS without fsync on every write, for benchmarks
+// that show what the service's fsync costs.
+func NewNATSNoSync(tb testing.TB) *NATS {
+	tb.Helper()
+	return newNATS(tb, bus.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: tb.TempDir(), NoSync: true})
+}
+
+func newNATS(tb testing.TB, opts bus.EmbeddedOptions) *NATS {
+	tb.Helper()
+	srv, err := bus.StartEmbedded(opts)
 	if err != nil {
 		tb.Fatalf("start nats-server: %v", err)
 	}
