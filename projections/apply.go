@@ -107,7 +107,6 @@ func receivedTS(e *commands.LogEntry) int64 {
 // for each until the commit ends: what a group's memory grows with).
 func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 	applied := false
-	pageSize := int64(s.db.Info().PageSize)
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		if err := (&applier{tx: tx}).apply(bs); err != nil {
 			return err
@@ -117,7 +116,7 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 		// once that is done.
 		tx.OnCommit(func() {
 			st := tx.Stats()
-			written = int(st.GetPageAlloc() / pageSize)
+			written = int(st.GetPageCount())
 		})
 		return nil
 	})

@@ -63,16 +63,20 @@ func roomLog(t *testing.T, roomID string, n int, seq uint64) []rawMsg {
 	return out
 }
 
-// TestCommitter_BoundsGroupsByPagesWritten: the committer stops filling a
-// group at the current limit, then sets the next limit from the nodes
-// the group dirtied per message, within [minGroup, MaxGroup].
+// TestCommitter_BoundsGroupsByPagesWritten: the committer fills a group
+// up to the current limit (a batch that would overfill it starts the
+// next group), then sets the next limit from the pages the group wrote
+// per message, within [minGroup, MaxGroup].
 func TestCommitter_BoundsGroupsByPagesWritten(t *testing.T) {
 	const rooms, perRoom, batches = 256, 2, 8 // batches of 512 messages, one per partition
 	p := &Projector{Store: openTestStore(t), Decode: testSubjects.Decode, MaxDirty: 16}
 	if err := p.init(); err != nil {
 		t.Fatal(err)
 	}
-	p.groupLimit.Store(1000) // two batches fill a group
+	if got := p.groupLimit.Load(); got != minGroup {
+		t.Fatalf("first limit %d with MaxDirty 16, want minGroup (%d) until a group is measured", got, minGroup)
+	}
+	p.groupLimit.Store(1100) // two batches of 512 fit, three do not
 	logs := interleave(t, rooms*batches, perRoom)
 	var wg sync.WaitGroup
 	p.commits = make(chan *commitJob, batches)
@@ -95,7 +99,6 @@ func TestCommitter_BoundsGroupsByPagesWritten(t *testing.T) {
 			t.Fatal("the partitions did not hand their batches over")
 		}
 	}
-	dirtyBefore := p.groupLimit.Load()
 	committed := make(chan struct{})
 	go func() {
 		defer close(committed)
@@ -105,13 +108,16 @@ func TestCommitter_BoundsGroupsByPagesWritten(t *testing.T) {
 	close(p.commits)
 	<-committed
 
-	for b, g := range groups {
-		if g < 1 || g > 2 {
-			t.Errorf("partition %d's batch was committed in a group of %d batches; a limit of %d messages allows 2 of 512", b, g, dirtyBefore)
-		}
+	// The first group takes two batches (1024 <= 1100) and writes far
+	// more than 16 pages, so the limit falls to minGroup: every later
+	// group is one batch.
+	sizes := map[int]int{}
+	for _, g := range groups {
+		sizes[g]++
 	}
-	// A group of 512 or 1024 messages writes far more than 16 pages, so
-	// the limit falls to minGroup, which then takes one batch a group.
+	if sizes[2] != 2 || sizes[1] != batches-2 {
+		t.Errorf("groups of each batch %v: want two batches in a group of 2, the others alone", groups)
+	}
 	if got := p.groupLimit.Load(); got != minGroup {
 		t.Errorf("limit after the groups %d, want minGroup (%d)", got, minGroup)
 	}
@@ -119,6 +125,48 @@ func TestCommitter_BoundsGroupsByPagesWritten(t *testing.T) {
 		if got, want := p.parts[b].applied.Load(), slices.Max(seqsOf(logs[b*rooms:(b+1)*rooms])); got != want {
 			t.Errorf("partition %d applied up to %d, want %d", b, got, want)
 		}
+	}
+}
+
+// TestPartition_CutsBatchesAtGroupLimit: a partition that is behind takes
+// at most the group limit's messages into a batch.
+func TestPartition_CutsBatchesAtGroupLimit(t *testing.T) {
+	var mu sync.Mutex
+	var sizes []int
+	p := &Projector{Store: openTestStore(t), Decode: testSubjects.Decode, QueueLen: 1000,
+		Observe: func(_ int, out []Outcome, _ time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			sizes = append(sizes, len(out))
+		}}
+	if err := p.init(); err != nil {
+		t.Fatal(err)
+	}
+	p.groupLimit.Store(300) // MaxDirty 0: the committer leaves it alone
+	p.commits = make(chan *commitJob, 1)
+	p.preparing = make(chan struct{}, 1)
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		p.runCommitter()
+	}()
+	pt := p.parts[0]
+	for _, m := range roomLog(t, "!behind:test", 1000, 0) {
+		pt.queue <- m
+	}
+	close(pt.queue)
+	p.runPartition(context.Background(), pt)
+	close(p.commits)
+	<-committed
+	total := 0
+	for _, n := range sizes {
+		total += n
+		if n > 300 {
+			t.Errorf("a batch of %d messages with a group limit of 300", n)
+		}
+	}
+	if total != 1000 || pt.applied.Load() != 1000 {
+		t.Fatalf("batches %v (%d messages), applied up to %d; want 1000", sizes, total, pt.applied.Load())
 	}
 }
 
@@ -151,8 +199,8 @@ func TestProjector_SizesFromMemoryLimit(t *testing.T) {
 	if err := p.init(); err != nil {
 		t.Fatal(err)
 	}
-	if p.QueueLen != 77 || p.MaxDirty != 8192 {
-		t.Fatalf("under 512 MiB: QueueLen %d (set: 77), MaxDirty %d (want 8192)", p.QueueLen, p.MaxDirty)
+	if p.QueueLen != 77 || p.MaxDirty != 8192 || p.groupLimit.Load() != 2048 {
+		t.Fatalf("under 512 MiB: QueueLen %d (set: 77), MaxDirty %d (want 8192), first group limit %d (want 2048)", p.QueueLen, p.MaxDirty, p.groupLimit.Load())
 	}
 	debug.SetMemoryLimit(math.MaxInt64)
 	p = &Projector{Store: openTestStore(t), Decode: testSubjects.Decode}

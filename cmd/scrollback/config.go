@@ -903,11 +903,8 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 			cfg.Cluster.Instance = instance
 		}
 	})
-	if err := errors.Join(flagProblems...); err != nil {
-		return Config{}, err
-	}
 	cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(append(flagProblems, cfg.Validate())...); err != nil {
 		heading := "invalid configuration"
 		if path != "" {
 			heading += " (" + path + " and flags)"
@@ -917,9 +914,9 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 	return cfg, nil
 }
 
-// ByteSize is a number of bytes written as GOMEMLIMIT is: an integer
-// with an optional unit B, KiB, MiB, GiB or TiB ("512MiB"); a bare
-// integer is bytes.
+// ByteSize is a number of bytes written as GOMEMLIMIT is: digits with
+// an optional unit B, KiB, MiB, GiB or TiB right after them ("512MiB");
+// bare digits are bytes.
 type ByteSize int64
 
 // MinMemoryLimit is the least memory_limit accepted: below it the
@@ -941,12 +938,12 @@ func (b *ByteSize) UnmarshalText(text []byte) error {
 	unit := int64(1)
 	for _, u := range byteUnits {
 		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, unit = strings.TrimSpace(num), u.size
+			s, unit = num, u.size
 			break
 		}
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 || n > math.MaxInt64/unit {
+	if err != nil || strings.TrimLeft(s, "0123456789") != "" || n > math.MaxInt64/unit {
 		return fmt.Errorf("invalid size %q: want a whole number of bytes with an optional unit B, KiB, MiB, GiB or TiB, like 512MiB", string(text))
 	}
 	*b = ByteSize(n * unit)

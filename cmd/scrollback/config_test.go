@@ -692,7 +692,8 @@ func TestParseServeFlags_Errors(t *testing.T) {
 			`http.listen: "nope" is not host:port`,
 			`log.level: "loud"`,
 		}},
-		{"bad memory limit flag", []string{"--memory-limit", "lots"}, nil, []string{`--memory-limit: invalid size "lots"`}},
+		{"bad memory limit flag, with the file's problems", []string{"-c", bad, "--memory-limit", "lots"}, nil, []string{
+			`--memory-limit: invalid size "lots"`, "server_name: must not be empty"}},
 		{"memory limit too small", []string{"--memory-limit", "1MiB"}, nil, []string{"memory_limit: 1MiB is below the least that makes sense, 64MiB"}},
 	}
 	for _, tt := range tests {
@@ -743,6 +744,7 @@ func TestConfig_YAMLRoundTrip(t *testing.T) {
 	c.Auth.Tokens = []TokenConfig{{Token: "s3cret", UserID: "@admin:localhost", Admin: true}}
 	c.ForgottenRoomRetentionPeriod = &commands.Duration{Duration: 30 * day, Set: true}
 	c.Homeserver.Timeout = dur(1500 * time.Millisecond)
+	c.MemoryLimit = 1536 << 20
 	c.Retention = RetentionConfig{
 		Enabled:            true,
 		DefaultPolicy:      RetentionPolicy{MaxLifetime: dur(year)},
@@ -753,7 +755,7 @@ func TestConfig_YAMLRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"timeout: 10s", "timeout: 1500", "max_lifetime: 1y", "min_lifetime: null", "forgotten_room_retention_period: 30d"} {
+	for _, want := range []string{"timeout: 10s", "timeout: 1500", "max_lifetime: 1y", "min_lifetime: null", "forgotten_room_retention_period: 30d", "memory_limit: 1536MiB"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("yaml.Marshal(cfg) does not contain %q:\n%s", want, out)
 		}
@@ -774,14 +776,14 @@ func TestByteSize(t *testing.T) {
 		out  string
 	}{
 		{"", 0, "0B"}, {"0", 0, "0B"}, {"1048576", 1 << 20, "1MiB"}, {"512MiB", 512 << 20, "512MiB"},
-		{"2GiB", 2 << 30, "2GiB"}, {" 3 KiB ", 3 << 10, "3KiB"}, {"100B", 100, "100B"}, {"1536MiB", 1536 << 20, "1536MiB"},
+		{"2GiB", 2 << 30, "2GiB"}, {" 3KiB ", 3 << 10, "3KiB"}, {"100B", 100, "100B"}, {"1536MiB", 1536 << 20, "1536MiB"},
 	} {
 		var b ByteSize
 		if err := b.UnmarshalText([]byte(tt.in)); err != nil || b != tt.want || b.String() != tt.out {
 			t.Errorf("ByteSize(%q) = %d %q, %v; want %d %q", tt.in, b, b.String(), err, tt.want, tt.out)
 		}
 	}
-	for _, in := range []string{"lots", "-1MiB", "1.5GiB", "12 MB", "MiB", "9999999TiB"} {
+	for _, in := range []string{"lots", "-1MiB", "+1GiB", "-0", "1.5GiB", "12 MB", "3 KiB", "MiB", "9999999TiB"} {
 		var b ByteSize
 		if err := b.UnmarshalText([]byte(in)); err == nil || !strings.Contains(err.Error(), "invalid size") {
 			t.Errorf("ByteSize(%q) = %d, %v; want an invalid size error", in, b, err)
