@@ -107,7 +107,7 @@ func receivedTS(e *commands.LogEntry) int64 {
 // for each until the commit ends: what a group's memory grows with).
 func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 	applied := false
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		if err := (&applier{tx: tx}).apply(bs); err != nil {
 			return err
 		}
@@ -266,7 +266,7 @@ func (a *applier) putReceived() error {
 // past it: the fallback for an entry whose apply failed in a way that
 // would otherwise stop its partition forever.
 func (s *Store) DeadLetterOne(part int, e commands.LogEntry, reason string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		cpb := tx.Bucket(bCP)
 		if v := cpb.Get(partKey(part)); v != nil && binary.BigEndian.Uint64(v) >= e.Seq {
 			return nil

@@ -60,4 +60,10 @@
 // to apply in a batch is retried alone; one that
 // still fails is recorded as a dead letter so that it never stops its
 // partition. The file never shrinks by itself (bbolt reuses freed pages).
+//
+// Every write transaction goes through Store.update, which leaves bbolt's
+// freelist out of the commit while more than freelistSyncMax pages are
+// free (after a big purge): bbolt rewrites the whole list at each commit
+// otherwise. Close writes it; an Open after a crash in that window
+// rebuilds it by reading the file.
 package projections

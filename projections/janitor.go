@@ -99,7 +99,7 @@ func (s *Store) JanitorStep(batch int) (bool, error) {
 func (s *Store) janitorStep(batch int) (did bool, offCPU time.Duration, err error) {
 	y := &yielder{start: time.Now()}
 	var wtx *bolt.Tx
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		wtx = tx
 		k, v := tx.Bucket(bJanitor).Cursor().First()
 		if k == nil {

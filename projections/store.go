@@ -97,8 +97,37 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close writes bbolt's freelist, so that the next Open reads it instead
+// of rebuilding it (see update), and closes the file.
+func (s *Store) Close() error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		s.db.NoFreelistSync = false
+		return nil
+	})
+	return errors.Join(err, s.db.Close())
+}
+
+// freelistSyncMax is the most free pages for which a commit writes
+// bbolt's freelist. bbolt rewrites the whole list, sorted, at every
+// commit: after a purge of 1M events it held about 180k pages (1.4 MB),
+// and writing it was 46% of the projector's commit time in the mixed
+// benchmark and most of its disk writes. Above this many free pages,
+// commits leave it out (bbolt's NoFreelistSync); Close writes it, and an
+// Open after a crash in the meantime rebuilds it by reading the whole
+// file (about 0.4 s per GB from the page cache, 15 s per GB from this
+// machine's disk). Normal operation stays below: the 10M-event run's
+// list peaked at 83 KiB (about 10k pages).
+const freelistSyncMax = 16384
+
+// update is the store's write transaction: db.Update with the freelist
+// policy of freelistSyncMax. The policy is set under bbolt's writer lock,
+// which is where bbolt reads it.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		s.db.NoFreelistSync = s.db.Stats().FreePageN > freelistSyncMax
+		return fn(tx)
+	})
+}
 
 // Partitions is the partition count of this file.
 func (s *Store) Partitions() int { return s.parts }
@@ -301,7 +330,7 @@ func (s *Store) PendingErasures(max int) (Erasures, error) {
 
 // ErasuresDone removes erasures that the log has carried out.
 func (s *Store) ErasuresDone(e Erasures) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bErase)
 		for _, seq := range e.Seqs {
 			if err := b.Delete(u64(seq)); err != nil {
