@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"reflect"
@@ -90,6 +91,78 @@ func FuzzReplyJSON(f *testing.F) {
 		if !ok {
 			t.Fatalf("replyJSON wrote %s for % x, which the old path refused", got, data)
 		}
+		if !equalJSON(got, want) && repeatsKey(got) {
+			// Two keys that differ only in bytes that are not UTF-8
+			// both become U+FFFD: each path then writes a repeated key,
+			// replyJSON in the input's order and encoding/json in the
+			// sorted order of the original bytes, and a JSON reader
+			// keeps whichever comes last. JSON has no one value for
+			// such an object, and Matrix events are UTF-8.
+			return
+		}
 		sameJSON(t, got, want)
 	})
+}
+
+func equalJSON(a, b []byte) bool {
+	var va, vb any
+	return json.Unmarshal(a, &va) == nil && json.Unmarshal(b, &vb) == nil && reflect.DeepEqual(va, vb)
+}
+
+// repeatsKey reports whether an object of the JSON text names a key twice.
+func repeatsKey(data []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	type frame struct {
+		object, wantKey bool
+		keys            map[string]bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			if top != nil && top.object {
+				top.wantKey = true // this value ends, the next token is a key
+			}
+			stack = append(stack, &frame{object: tok == json.Delim('{'), wantKey: true, keys: map[string]bool{}})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		if top == nil || !top.object {
+			continue
+		}
+		if top.wantKey {
+			k := tok.(string)
+			if top.keys[k] {
+				return true
+			}
+			top.keys[k] = true
+			top.wantKey = false
+		} else {
+			top.wantKey = true
+		}
+	}
+}
+
+func TestRepeatsKey(t *testing.T) {
+	for in, want := range map[string]bool{
+		`{"a":1,"a":2}`:                       true,
+		`{"a":{"a":1},"b":[{"a":1},{"a":2}]}`: false,
+		`{"x":[1,{"k":1,"k":{"k":3}}]}`:       true,
+		`{"a":{"b":1},"c":{"b":2},"d":3}`:     false,
+		`[{"a":[],"a":null}]`:                 true,
+	} {
+		if got := repeatsKey([]byte(in)); got != want {
+			t.Errorf("repeatsKey(%s) = %v, want %v", in, got, want)
+		}
+	}
 }
