@@ -94,19 +94,7 @@ func TestCommitter_BoundsGroupsByPagesWritten(t *testing.T) {
 			groups[b] = pt.job.group
 		})
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(p.commits) < batches; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the partitions did not hand their batches over")
-		}
-	}
-	committed := make(chan struct{})
-	go func() {
-		defer close(committed)
-		p.runCommitter()
-	}()
-	wg.Wait()
-	close(p.commits)
-	<-committed
+	commitWhenHandedOver(t, p, batches, &wg)
 
 	// The first group takes two batches (1024 <= 1100) and writes far
 	// more than 16 pages, so the limit falls to minGroup: every later

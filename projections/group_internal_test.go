@@ -214,19 +214,7 @@ func TestProjector_PoisonInGroupCommit(t *testing.T) {
 	for part, msgs := range logs {
 		wg.Go(func() { p.applyBatch(context.Background(), p.parts[part], msgs) })
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(p.commits) < len(logs); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the partitions did not hand their batches over")
-		}
-	}
-	committed := make(chan struct{})
-	go func() {
-		defer close(committed)
-		p.runCommitter()
-	}()
-	wg.Wait()
-	close(p.commits)
-	<-committed
+	commitWhenHandedOver(t, p, len(logs), &wg)
 
 	for part, msgs := range logs {
 		if len(outcomes[part]) != len(msgs) {
@@ -262,6 +250,26 @@ func TestProjector_PoisonInGroupCommit(t *testing.T) {
 	if count["group commit failed; applying the partition's batch alone"] != 3 || count["batch failed; applying one by one"] != 1 {
 		t.Fatalf("warnings %q: want each batch retried alone once and only the poisoned one applied one by one", warnings)
 	}
+}
+
+// commitWhenHandedOver waits until n partitions have handed their batches
+// to the committer (so that it sees them all at once), then runs it until
+// the partitions' goroutines (wg) are done.
+func commitWhenHandedOver(t *testing.T, p *Projector, n int, wg *sync.WaitGroup) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); len(p.commits) < n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the partitions did not hand their batches over")
+		}
+	}
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		p.runCommitter()
+	}()
+	wg.Wait()
+	close(p.commits)
+	<-committed
 }
 
 // handlerFunc is a slog.Handler that hands each record to a function.
