@@ -226,15 +226,5 @@ func TestPurgeRoom_LaterEventsAsInARebuild(t *testing.T) {
 	applyCmd(t, rebuilt, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
 	apply(t, rebuilt, next+1, later)
 	drainJanitor(t, rebuilt)
-	a, err := live.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := rebuilt.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := a.Diff(b); len(diff) != 0 {
-		t.Fatalf("live and rebuilt projections differ: %v", diff)
-	}
+	sameProjection(t, "live and rebuilt projections", live, rebuilt)
 }

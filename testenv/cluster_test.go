@@ -36,13 +36,7 @@ func TestNewCluster_Healthy(t *testing.T) {
 		if !srv.JetStreamIsClustered() {
 			t.Errorf("node %s is not clustered", srv.Name())
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for !srv.JetStreamIsCurrent() && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if !srv.JetStreamIsCurrent() {
-			t.Errorf("node %s not current with the meta leader 5 s after the cluster was healthy", srv.Name())
-		}
+		testenv.WaitFor(t, 5*time.Second, "node "+srv.Name()+" to be current with the meta leader", srv.JetStreamIsCurrent)
 	}
 	_, js := c.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

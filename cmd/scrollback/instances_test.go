@@ -206,21 +206,21 @@ func TestInstances_ShutdownFailsOver(t *testing.T) {
 	// A rare failure under load (about 1 in 40 runs with -race next to
 	// other packages' tests) left b without finishing: say where it was.
 	var seen []string // each change of the answer, with its time after the crash
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	defer func() {
+		if t.Failed() {
+			t.Logf("b's answers after the crash %q; b owns partitions %v; b applied %d of %d log messages; the homeserver saw %d leaves",
+				seen, b.Owners.Owned(), b.Projector.Applied(), b.Projector.LogLast(), hs.Acted("leave", ""))
+		}
+	}()
+	testenv.WaitFor(t, 30*time.Second, "b to finish the shutdown", func() bool {
 		var st int
 		st, task = b.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
 		answer := fmt.Sprintf("%d %v/%v", st, task["status"], task["error"])
 		if len(seen) == 0 || !strings.HasSuffix(seen[len(seen)-1], " "+answer) {
 			seen = append(seen, fmt.Sprintf("%v %s", time.Since(crashed).Round(time.Millisecond), answer))
 		}
-		if task["status"] == "complete" || task["status"] == "failed" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("b did not finish the shutdown within 30 s of the crash: answers %q; b owns partitions %v; b applied %d of %d log messages; the homeserver saw %d leaves",
-				seen, b.Owners.Owned(), b.Projector.Applied(), b.Projector.LogLast(), hs.Acted("leave", ""))
-		}
-	}
+		return task["status"] == "complete" || task["status"] == "failed"
+	})
 	t.Logf("finished %v after the crash (lease %v)", time.Since(crashed).Round(10*time.Millisecond), b.Config.Cluster.Lease)
 	if task["status"] != "complete" {
 		t.Fatalf("task %v", task)
