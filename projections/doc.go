@@ -34,12 +34,20 @@
 //	state      room|type|state_key|depth|order -> membership|event ID
 //	fwdext     room|event ID               -> depth   (no stored event names it)
 //	backext    room|event ID               -> depth   (named, not held)
+//	edges      room|parent ID|0|child ID   -> child's depth (parents not
+//	                                          one level up, or unknown)
 //	forgotten  room|user ID                -> {}
 //	tasks      task ID                     -> Task
 //	roomtasks  room|created|task ID        -> {}
 //	deadletter log sequence                -> DeadLetter (last MaxDeadLetters)
 //	received   received ts|log sequence    -> room (live events)
 //	checkpoint partition                   -> log sequence
+//
+// A purge finds the kept children of each event it removes through the
+// edges, and, for an event just below its floor, among the rows at the
+// floor: the usual link, a child one level above its parent, is never
+// stored, which spares every event a write to a bucket keyed by scattered
+// IDs.
 //
 // Room state is linearized by (depth, stream ordering): the state after an
 // event is, for each (type, state_key), the entry with the greatest

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"slices"
 	"time"
@@ -207,7 +208,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 			}
 			meta.Outliered++
 		}
-		return j.markExtremity(h.eventID)
+		return j.markExtremity(h.eventID, depth)
 	})
 	if err != nil {
 		return false, err
@@ -410,17 +411,53 @@ func (j *purgeTx) decCount(k []byte) error {
 	return j.b(bRelCount).Put(k, u64(uint64(n)))
 }
 
-// markExtremity makes a purged event that a kept event names a backward
-// extremity.
-func (j *purgeTx) markExtremity(eventID []byte) error {
+// markExtremity makes a purged event at depth that a kept event names a
+// backward extremity, with the depth of its kept child of lowest event ID.
+// Its kept children are those of its edges with a depth at or above the
+// floor, and, when it lies just below the floor, the rows at the floor
+// that name it (updateExtremities stores no edge to a parent one level
+// up). Rejected and soft-failed rows name no parents here, as they have
+// no edges.
+func (j *purgeTx) markExtremity(eventID []byte, depth int64) error {
+	var child, childDepth []byte
 	ep := j.roomKey(eventID, []byte{0})
 	edges := j.cur(bEdges).c
 	for k, v := edges.Seek(ep); k != nil && bytes.HasPrefix(k, ep); k, v = edges.Next() {
 		if int64(binary.BigEndian.Uint64(v)) >= j.floor {
-			return j.b(bBack).Put(j.roomKey(eventID), append([]byte(nil), v...))
+			child, childDepth = append([]byte(nil), k[len(ep):]...), append([]byte(nil), v...)
+			break
 		}
 	}
-	return nil
+	if depth+1 == j.floor {
+		at := tlKey(j.room, j.floor, math.MinInt64)
+		tl := j.cur(bTimeline).c
+		for k, v := tl.Seek(at); k != nil && bytes.HasPrefix(k, at[:16]); k, v = tl.Next() {
+			h, err := readPurgeHead(v)
+			if err != nil {
+				return err
+			}
+			if h.flags&(flagRejected|flagSoftFailed) != 0 || child != nil && bytes.Compare(h.eventID, child) >= 0 || !namesParent(h.prevs, eventID) {
+				continue
+			}
+			child, childDepth = append(child[:0], h.eventID...), u64(uint64(j.floor))
+		}
+	}
+	if child == nil {
+		return nil
+	}
+	return j.b(bBack).Put(j.roomKey(eventID), childDepth)
+}
+
+// namesParent reports whether encoded prev_events (a row's) hold id.
+func namesParent(prevs, id []byte) bool {
+	rr := &rowReader{b: prevs}
+	n := rr.uvarint()
+	for i := uint64(0); i < n && rr.err == nil; i++ {
+		if bytes.Equal(rr.span(), id) {
+			return true
+		}
+	}
+	return false
 }
 
 // deleteLowest deletes the lowest keys with prefix for which in holds, up

@@ -26,7 +26,7 @@ var (
 	bRedacts   = []byte("redactions") // redacted event ID -> redaction event ID
 	bRel       = []byte("relations")  // room|target|rel type|depth|order -> relating event ID
 	bRelCount  = []byte("relcounts")  // room|target|rel type -> count; ...|0xff|sender -> count
-	bEdges     = []byte("edges")      // room|prev event ID|0|event ID -> depth of the event
+	bEdges     = []byte("edges")      // room|prev event ID|0|event ID -> depth of the event (parents not one level up; see updateExtremities)
 	bRStream   = []byte("roomstream") // room|order -> depth (timeline events by stream ordering)
 	bJanitor   = []byte("janitor")    // room -> {} (rooms with purged rows still stored)
 	bErase     = []byte("erase")      // log sequence -> {} (event messages to erase from the log)

@@ -2,7 +2,10 @@ package projections_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/projections"
@@ -225,6 +228,66 @@ func TestPurgeRoom_LaterEventsAsInARebuild(t *testing.T) {
 	rebuilt := openWithServer(t) // the log after the erasure: no old events
 	applyCmd(t, rebuilt, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
 	apply(t, rebuilt, next+1, later)
+	drainJanitor(t, rebuilt)
+	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
+
+// TestPurgeHistory_ParentsBelowTheCut: every purged event that a kept
+// event names becomes a backward extremity, whether the kept event is
+// one deeper than it (the cut-off names its parent) or further up (a
+// merge naming an old event); the projection then equals one rebuilt
+// from the log after the erasure. The edges index only holds the links
+// a purge cannot find from the kept rows at the floor: here, the merge's.
+func TestPurgeHistory_ParentsBelowTheCut(t *testing.T) {
+	r := testenv.NewRoom("parents", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	var msgs []testenv.Event
+	for i := range 10 {
+		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	merge := r.Msg("@remote:other.org", "merge")
+	merge["prev_events"] = []any{msgs[9].ID(), msgs[1].ID()}
+	all := append(append(append([]testenv.Event{}, setup...), msgs...), merge)
+	cut := msgs[6]
+	params := map[string]any{"token": fmt.Sprintf("t%d-%d", cut["depth"], 0)}
+
+	live := openWithServer(t)
+	next := apply(t, live, 1, all...)
+	edges := func(s *projections.Store) (n int) {
+		_ = s.DB().View(func(tx *bolt.Tx) error {
+			n = tx.Bucket([]byte("edges")).Stats().KeyN
+			return nil
+		})
+		return n
+	}
+	if n := edges(live); n != 1 {
+		t.Errorf("edges stored: %d, want 1 (the merge's link to an event 9 deeper)", n)
+	}
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	_ = live.View(r.ID, func(v *projections.RoomView) error {
+		back := v.Extremities(true)
+		if _, ok := back[msgs[5].ID()]; !ok {
+			t.Errorf("backward extremities %v lack the cut-off's parent", back)
+		}
+		if _, ok := back[msgs[1].ID()]; !ok || len(back) != 2 {
+			t.Errorf("backward extremities %v: want the cut-off's parent and the merge's old parent", back)
+		}
+		return nil
+	})
+
+	// The log after the erasure: the remote messages below the cut-off
+	// are gone; the state events stay where they were.
+	rebuilt := openWithServer(t)
+	kept := append(append(append([]testenv.Event{}, setup...), msgs[6:]...), merge)
+	seq := uint64(1)
+	for _, ev := range all {
+		if slices.ContainsFunc(kept, func(k testenv.Event) bool { return k.ID() == ev.ID() }) {
+			apply(t, rebuilt, seq, ev)
+		}
+		seq++
+	}
+	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
 	drainJanitor(t, rebuilt)
 	sameProjection(t, "live and rebuilt projections", live, rebuilt)
 }
