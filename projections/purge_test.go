@@ -291,3 +291,41 @@ func TestPurgeHistory_ParentsBelowTheCut(t *testing.T) {
 	drainJanitor(t, rebuilt)
 	sameProjection(t, "live and rebuilt projections", live, rebuilt)
 }
+
+// TestPurgeHistory_GuardSeesItsBatch: the forward-extremity guard sees the
+// events applied just before the command in the same transaction (the
+// applier holds their extremities back until a command comes).
+func TestPurgeHistory_GuardSeesItsBatch(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("guard", "test")
+	evs := append(r.Setup("@alice:test"), r.Msg("@alice:test", "a"), r.Msg("@alice:test", "b"))
+	var batch []commands.LogEntry
+	for i, ev := range evs {
+		batch = append(batch, entry(t, uint64(i+1), r.ID, commands.KindEvent, ev))
+	}
+	cmd := func(seq uint64, id string, depth any) commands.LogEntry {
+		return entry(t, seq, r.ID, commands.KindCmd, map[string]any{"id": id, "action": commands.ActionPurgeHistory, "room_id": r.ID,
+			"params": map[string]any{"token": fmt.Sprintf("t%v-0", depth)}})
+	}
+	last := evs[len(evs)-1]["depth"].(int64)
+	batch = append(batch, cmd(uint64(len(evs)+1), "above", last+1), cmd(uint64(len(evs)+2), "at", last))
+	out, err := s.ApplyBatch(0, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	above, at := out[len(out)-2].Task, out[len(out)-1].Task
+	if above == nil || above.Status != commands.TaskFailed || above.Error != projections.ErrTextAboveExtremities {
+		t.Errorf("purge above the extremities: %+v", above)
+	}
+	if at == nil || at.Status != commands.TaskScheduled {
+		t.Errorf("purge at the extremity: %+v", at)
+	}
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		if fwd := v.Extremities(false); len(fwd) != 1 {
+			t.Errorf("forward extremities %v, want the last event", fwd)
+		} else if _, ok := fwd[evs[len(evs)-1].ID()]; !ok {
+			t.Errorf("forward extremities %v, want %s", fwd, evs[len(evs)-1].ID())
+		}
+		return nil
+	})
+}
