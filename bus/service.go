@@ -40,6 +40,8 @@ type ServiceOptions struct {
 	Logger  *slog.Logger
 	// Observe, if set, hears each request's endpoint, duration and status.
 	Observe func(endpoint string, d time.Duration, status int)
+	// Load, if set, counts the requests the service holds.
+	Load *Load
 }
 
 // Service is a running micro service.
@@ -104,14 +106,16 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 		timeout = 30 * time.Second
 	}
 	return micro.HandlerFunc(func(req micro.Request) {
+		s.opts.Load.add(1)
 		select {
 		case s.sem <- struct{}{}:
 		case <-s.ctx.Done():
+			s.opts.Load.add(-1)
 			return
 		}
 		s.wg.Add(1)
 		go func() {
-			defer func() { <-s.sem; s.wg.Done() }()
+			defer func() { <-s.sem; s.opts.Load.add(-1); s.wg.Done() }()
 			start := time.Now()
 			ctx, cancel := context.WithTimeout(s.ctx, timeout)
 			defer cancel()

@@ -83,6 +83,10 @@ type Log struct {
 	JS       jetstream.JetStream
 	Stream   string
 	Subjects Subjects
+	// BeforeDelete, if set, is called before each DeleteMsg request that
+	// DeleteMsgs sends: the eraser waits there while reads queue (see
+	// Load.MakeWay).
+	BeforeDelete func(ctx context.Context)
 }
 
 // Consume delivers every room log message from sequence from on, in order,
@@ -207,6 +211,9 @@ func (l *Log) DeleteMsgs(ctx context.Context, seqs []uint64) error {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
+		}
+		if ctx.Err() == nil && l.BeforeDelete != nil {
+			l.BeforeDelete(ctx)
 		}
 		if ctx.Err() != nil {
 			break

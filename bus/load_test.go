@@ -1,0 +1,122 @@
+package bus_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// holdRequests serves an endpoint whose handler waits until release is
+// closed, sends n requests to it, and waits until the service holds them.
+func holdRequests(t *testing.T, n int) (load *bus.Load, release func()) {
+	t.Helper()
+	env := testenv.NewNATS(t)
+	load = &bus.Load{}
+	gate := make(chan struct{})
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load}, []bus.Endpoint{{
+		Name: "hold", Subject: "held.hold",
+		Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
+			<-gate
+			return []byte{0x80}, nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { _, _ = env.NC.Request("held.hold", nil, 10*time.Second) })
+	}
+	testenv.WaitFor(t, 5*time.Second, "the service to hold the requests", func() bool { return load.Requests() == n })
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate); wg.Wait() }) }
+	t.Cleanup(release)
+	return load, release
+}
+
+// TestLoad_CountsHeldRequests: a service counts the requests it holds,
+// and drops them from the count once answered.
+func TestLoad_CountsHeldRequests(t *testing.T) {
+	load, release := holdRequests(t, 3)
+	release()
+	testenv.WaitFor(t, 5*time.Second, "the count to fall to 0", func() bool { return load.Requests() == 0 })
+	var none *bus.Load
+	if none.Requests() != 0 {
+		t.Fatal("a nil Load holds requests")
+	}
+}
+
+// TestLoad_MakeWayWaitsForTheRequests: MakeWay returns once the service
+// holds no more than the limit, or when its longest wait is over.
+func TestLoad_MakeWayWaitsForTheRequests(t *testing.T) {
+	load, release := holdRequests(t, 3)
+	done := make(chan struct{})
+	go func() {
+		load.MakeWay(context.Background(), 2, time.Minute)
+		close(done)
+	}()
+	select {
+	case <-done:
+		t.Fatal("MakeWay returned while 3 requests were held, limit 2")
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	testenv.WaitFor(t, 5*time.Second, "MakeWay to return once the requests are answered", func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+
+	busy, _ := holdRequests(t, 2)
+	start := time.Now()
+	busy.MakeWay(context.Background(), 1, 20*time.Millisecond)
+	if busy.Requests() != 2 || time.Since(start) < 20*time.Millisecond {
+		t.Fatalf("MakeWay under load returned after %v with %d requests held: want its whole wait", time.Since(start), busy.Requests())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	busy.MakeWay(ctx, 1, time.Minute) // returns: the context has ended
+}
+
+// TestDeleteMsgs_WaitsBeforeEachDelete: DeleteMsgs asks BeforeDelete
+// before each message, and a message is deleted only once it returned.
+func TestDeleteMsgs_WaitsBeforeEachDelete(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, bus.Subjects{Prefix: "sb"}, "SCROLLBACK")
+	seqs := publishN(t, n, log, 20)
+	st, err := n.JS.Stream(context.Background(), "SCROLLBACK")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	asked := 0
+	log.BeforeDelete = func(ctx context.Context) {
+		mu.Lock()
+		defer mu.Unlock()
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		// Deletes run bus.DeleteInFlight at a time: at most that many
+		// have been let through and not yet counted here.
+		if gone := 20 - int(info.State.Msgs); gone > asked || gone < asked-bus.DeleteInFlight {
+			t.Errorf("before delete %d: %d messages gone", asked+1, gone)
+		}
+		asked++
+	}
+	if err := log.DeleteMsgs(context.Background(), seqs); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(context.Background()); err != nil || info.State.Msgs != 0 || asked != 20 {
+		t.Fatalf("after: %d messages left (err %v), BeforeDelete asked %d times", info.State.Msgs, err, asked)
+	}
+}
