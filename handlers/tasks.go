@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -208,6 +209,23 @@ type LogEraser interface {
 	DeleteMsgs(ctx context.Context, seqs []uint64) error
 	PurgeSubjectBelow(ctx context.Context, subject string, seq uint64) error
 }
+
+// MakeWayForReads is the log eraser's wait before each DeleteMsg
+// (bus.Log.BeforeDelete): while the API holds more requests than twice
+// the CPUs, that is while reads queue for a CPU, it waits, at most
+// LongestWaitForReads a message, so that a read load slows the erasure
+// down but never stops it. Each DeleteMsg costs the server a write and an fsync,
+// and the kernel about as much CPU again: erasing 2.6k messages a second
+// took half of a 2-core machine, which overloaded reads that used 62% of
+// it alone (scrollback bench --scenario purge; docs/BENCHMARKS.md).
+func MakeWayForReads(load *bus.Load) func(context.Context) {
+	limit := 2 * runtime.GOMAXPROCS(0)
+	return func(ctx context.Context) { load.MakeWay(ctx, limit, LongestWaitForReads) }
+}
+
+// LongestWaitForReads bounds one wait of MakeWayForReads: under a read
+// load that never lets up the eraser still erases 50 messages a second.
+const LongestWaitForReads = 20 * time.Millisecond
 
 // RunEraser carries out the erasures purges queue: the event messages
 // whose rows a purge deleted are deleted from the log too, so that a

@@ -129,8 +129,12 @@ func (m *Main) Open(ctx context.Context) error {
 	m.background(runCtx, "janitor", func(ctx context.Context) {
 		m.Store.RunJanitor(ctx, 10*time.Second, m.Logger.With("component", "janitor"))
 	})
+	// The eraser makes way for the API's requests (handlers.MakeWayForReads).
+	apiLoad := &bus.Load{}
+	eraseLog := *logLog
+	eraseLog.BeforeDelete = handlers.MakeWayForReads(apiLoad)
 	m.background(runCtx, "eraser", func(ctx context.Context) {
-		handlers.RunEraser(ctx, m.Store, logLog, subjects, m.Logger.With("component", "eraser"))
+		handlers.RunEraser(ctx, m.Store, &eraseLog, subjects, m.Logger.With("component", "eraser"))
 	})
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
@@ -171,7 +175,7 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	m.svc, err = bus.Serve(apiNC, bus.ServiceOptions{
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
-		Observe: m.Metrics.ObserveRequest("nats"),
+		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad,
 	}, []bus.Endpoint{
 		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "block", Subject: subjects.APIRoomWildcard("block"), Handler: admin.Block, Timeout: handlers.WaitForTimeout + 20*time.Second},
