@@ -214,10 +214,11 @@ type LogEraser interface {
 // (bus.Log.BeforeDelete): while the API holds more requests than twice
 // the CPUs, that is while reads queue for a CPU, it waits, at most
 // LongestWaitForReads a message, so that a read load slows the erasure
-// down but never stops it. Each DeleteMsg costs the server a write and an fsync,
-// and the kernel about as much CPU again: erasing 2.6k messages a second
-// took half of a 2-core machine, which overloaded reads that used 62% of
-// it alone (scrollback bench --scenario purge; docs/BENCHMARKS.md).
+// down but never stops it. Each DeleteMsg costs the server a write and
+// an fsync, and the kernel about as much CPU again: erasing 2.6k
+// messages a second took half of a 2-core machine, which overloaded
+// reads that used 62% of it alone (scrollback bench --scenario purge;
+// docs/BENCHMARKS.md).
 func MakeWayForReads(load *bus.Load) func(context.Context) {
 	limit := 2 * runtime.GOMAXPROCS(0)
 	return func(ctx context.Context) { load.MakeWay(ctx, limit, LongestWaitForReads) }
