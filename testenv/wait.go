@@ -9,8 +9,15 @@ import (
 // the test with what.
 func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
+	WaitEvery(tb, timeout, 5*time.Millisecond, what, cond)
+}
+
+// WaitEvery is WaitFor polling every interval, for a cond that costs more
+// than a glance (a read of a room's whole log).
+func WaitEvery(tb testing.TB, timeout, interval time.Duration, what string, cond func() bool) {
+	tb.Helper()
 	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(5 * time.Millisecond)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {

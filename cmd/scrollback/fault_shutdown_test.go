@@ -259,9 +259,15 @@ func killDuringShutdown(t *testing.T, svc *service, nc *nats.Conn, js jetstream.
 	// each once.
 	var after []string
 	var waitFor uint64
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		after, waitFor = nil, 0
-		var stale *logMsg
+	var stale *logMsg
+	defer func() {
+		if t.Failed() && stale != nil {
+			t.Logf("%s: event %v (sequence %d) is still in the log, before the purge step at %d", point, stale.m["event_id"], stale.seq, purges[0])
+		}
+	}()
+	// Each look reads the room's whole log: every 100 ms.
+	testenv.WaitEvery(t, 30*time.Second, 100*time.Millisecond, point+": the old room's events to leave the log after the task completed", func() bool {
+		after, waitFor, stale = nil, 0, nil
 		for _, m := range logMessages(t, js, faultSubjects.Room(room.ID, commands.KindEvent)) {
 			if m.seq < purges[0] {
 				stale = &m
@@ -270,13 +276,8 @@ func killDuringShutdown(t *testing.T, svc *service, nc *nats.Conn, js jetstream.
 			after = append(after, m.m["event_id"].(string))
 			waitFor = m.seq
 		}
-		if stale == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: event %v (sequence %d) is still in the log 30s after the task completed, before the purge step at %d", point, stale.m["event_id"], stale.seq, purges[0])
-		}
-	}
+		return stale == nil
+	})
 	counts.events += len(evs) + wantRoom(t, nc, room.ID, waitFor, after, point+": the deleted room")
 	svc.noDeadLetters(point)
 }
