@@ -17,6 +17,10 @@ func (s Subjects) Decode(seq uint64, subject string, data []byte, ts int64) comm
 		return e
 	}
 	e.RoomID, e.Kind = roomID, kind
+	if kind == commands.KindKept {
+		// Consume delivered it at its original sequence already.
+		return e
+	}
 	fields, err := DecodeMap(data, DefaultLimits)
 	if err != nil {
 		e.Err = fmt.Errorf("%w: %v", commands.ErrMalformed, err)

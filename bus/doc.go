@@ -10,6 +10,21 @@
 // the projection keeps its own checkpoint, so a restart resumes from it
 // and redelivery is harmless.
 //
+// # Kept copies
+//
+// Log.Compact erases most of a room's event messages with one subject
+// purge: the messages it must keep (a purge's outliers, and anything
+// else not being erased below that point) are first copied to
+// sb.room.<rk>.kept in atomic batches, each copy carrying its original
+// sequence and log time in headers. Consume reads those copies when it
+// starts and hands each one over at its original sequence, on the event
+// subject, before the first message after it; where a copy itself stands
+// it is delivered as a message of kind kept, which the projector passes
+// over. So a reader of the log, and a rebuild, sees the same messages at
+// the same sequences as before, minus the erased ones. Only a log no
+// other instance reads while it is compacted may be compacted: Consume
+// reads copies once, when it starts.
+//
 // # Input limits
 //
 // msgpack v5.4.1 allocates what a length prefix claims before reading it

@@ -90,9 +90,18 @@ type Log struct {
 }
 
 // Consume delivers every room log message from sequence from on, in order,
-// through an ordered consumer, until ctx ends. The projection keeps its own
-// checkpoint, so the consumer needs no acks and no durable state.
+// through an ordered consumer, until ctx ends, with the kept copies of
+// compactions at their original sequences (see Compact). The projection
+// keeps its own checkpoint, so the consumer needs no acks and no durable
+// state.
 func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subject string, data []byte, ts int64, pending uint64)) error {
+	// Kept copies (Compact) go back to their original places: each one
+	// comes just before the first message after its original sequence,
+	// and not at all if the original is still there.
+	kept, err := l.readKept(ctx, from)
+	if err != nil {
+		return err
+	}
 	cons, err := l.JS.OrderedConsumer(ctx, l.Stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{l.Subjects.RoomWildcard()},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
@@ -128,7 +137,14 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 		if err != nil {
 			continue
 		}
-		fn(md.Sequence.Stream, msg.Subject(), msg.Data(), md.Timestamp.UnixMilli(), md.NumPending)
+		seq := md.Sequence.Stream
+		for len(kept) > 0 && kept[0].seq <= seq {
+			if k := kept[0]; k.seq < seq {
+				fn(k.seq, k.subject, k.data, k.ts, md.NumPending+1)
+			}
+			kept = kept[1:]
+		}
+		fn(seq, msg.Subject(), msg.Data(), md.Timestamp.UnixMilli(), md.NumPending)
 	}
 }
 
@@ -163,6 +179,13 @@ func (l *Log) Append(ctx context.Context, subject, msgID string, data []byte) (u
 	if msgID != "" {
 		msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	}
+	return l.publish(ctx, msg, msgID != "")
+}
+
+// publish is Append's publish of a prepared message; with a message ID
+// (repeatable) it retries a lost acknowledgement.
+func (l *Log) publish(ctx context.Context, msg *nats.Msg, repeatable bool) (uint64, error) {
+	subject := msg.Subject
 	for {
 		actx, cancel := context.WithTimeout(ctx, appendAttempt)
 		ack, err := l.JS.PublishMsg(actx, msg)
@@ -171,7 +194,7 @@ func (l *Log) Append(ctx context.Context, subject, msgID string, data []byte) (u
 			return ack.Sequence, nil
 		}
 		lost := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse)
-		if msgID == "" || !lost || ctx.Err() != nil {
+		if !repeatable || !lost || ctx.Err() != nil {
 			return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
 		}
 		select {

@@ -5,6 +5,11 @@ const (
 	KindEvent = "event"
 	KindCmd   = "cmd"
 	KindTask  = "task"
+	// KindKept is a kept copy of an event message that a compaction of
+	// the room's event subject moved (bus.Log.Compact; CONTRACT.md
+	// section 3). Readers of the log take it at its original sequence
+	// (bus.Log.Consume); where it stands it has no effect.
+	KindKept = "kept"
 )
 
 // LogEntry is one decoded message of the room log: exactly one of Event,

@@ -21,6 +21,7 @@ const (
 	OutcomeDead      = "dead_letter"
 	OutcomeSkipped   = "skipped" // at or below the checkpoint: applied before
 	OutcomeDropped   = "dropped" // below the room's purge cut-off (CONTRACT.md section 7)
+	OutcomePassed    = "passed"  // a kept copy where it stands: it took effect at its original sequence
 )
 
 // MaxDeadLetters bounds the dead-letter bucket; older records are dropped
@@ -313,6 +314,8 @@ func (a *applier) applyEntry(e *commands.LogEntry, p *prepared) (Outcome, error)
 	}
 	var err error
 	switch {
+	case e.Kind == commands.KindKept:
+		o.Result = OutcomePassed
 	case e.Event != nil:
 		err = a.applyEvent(e, p, &o)
 	case e.Command != nil:

@@ -1,0 +1,307 @@
+package bus
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/commands"
+)
+
+// Headers of a kept copy (sb.room.<rk>.kept): the original message's
+// sequence and its log time in Unix nanoseconds.
+const (
+	HeaderKeptSeq  = "Sb-Kept-Seq"
+	HeaderKeptTime = "Sb-Kept-Time"
+)
+
+// keptCopy is a kept copy as readers deliver it: at its original
+// sequence, on the event subject, with the original log time.
+type keptCopy struct {
+	seq     uint64
+	subject string
+	data    []byte
+	ts      int64 // ms
+}
+
+// Compact erases the given messages of a room's event subject (every one
+// below the last of seqs must be listed or kept) with one subject purge,
+// where DeleteMsgs needs one write and one fsync per message. The other
+// messages of the subject below that point, the ones the purge keeps,
+// are first copied to sb.room.<rk>.kept, each with its original sequence
+// and time (HeaderKeptSeq, HeaderKeptTime); Consume puts each copy back
+// in its original place, so a reader of the log sees what it saw before,
+// minus the erased messages.
+//
+// Only a log whose every reader is past the erased messages may be
+// compacted this way: a reader behind them, reading while the purge
+// happens, could miss a copy made after it started (Consume reads the
+// copies when it starts). The service therefore compacts only a log no
+// other instance reads (the embedded server), and `scrollback rebuild`
+// and `verify` run with the service stopped.
+//
+// A repeat after a crash is harmless: copies go in order of sequence, and
+// the ones already made (up to the subject's last copy) are not made again.
+func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	eventSubj := l.Subjects.Room(roomID, commands.KindEvent)
+	keptSubj := l.Subjects.Room(roomID, commands.KindKept)
+	below := slices.Max(seqs) + 1
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	present, err := subjectSeqs(ctx, l.JS, st, eventSubj, below)
+	if err != nil {
+		return err
+	}
+	erase := make(map[uint64]struct{}, len(seqs))
+	for _, s := range seqs {
+		erase[s] = struct{}{}
+	}
+	copied, err := lastKept(ctx, st, keptSubj)
+	if err != nil {
+		return err
+	}
+	var keep []uint64
+	for _, seq := range present {
+		if _, ok := erase[seq]; !ok && seq > copied {
+			keep = append(keep, seq)
+		}
+	}
+	for len(keep) > 0 {
+		n := min(len(keep), keptBatch)
+		if err := l.copyKept(ctx, st, keptSubj, keep[:n]); err != nil {
+			return err
+		}
+		keep = keep[n:]
+	}
+	if l.BeforeDelete != nil {
+		l.BeforeDelete(ctx)
+	}
+	return l.PurgeSubjectBelow(ctx, eventSubj, below)
+}
+
+// keptBatch is how many kept copies go in one atomic batch: nats-server's
+// default limit. A batch costs one fsync, where single publishes cost one
+// each (about 4k messages a second here).
+const keptBatch = 1000
+
+// keptReads is how many original messages copyKept reads at once.
+const keptReads = 8
+
+// copyKept publishes kept copies of messages seqs (ascending) as one
+// atomic batch: all of them or none, so a repeat after a crash finds the
+// last copy made and carries on after it.
+func (l *Log) copyKept(ctx context.Context, st jetstream.Stream, keptSubj string, seqs []uint64) error {
+	msgs := make([]*nats.Msg, len(seqs))
+	errs := make([]error, len(seqs))
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, keptReads)
+	for i, seq := range seqs {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			m, err := st.GetMsg(ctx, seq)
+			if err != nil {
+				errs[i] = fmt.Errorf("bus: read message %d to keep it: %w", seq, err)
+				return
+			}
+			msg := &nats.Msg{Subject: keptSubj, Data: m.Data, Header: nats.Header{}}
+			msg.Header.Set(HeaderKeptSeq, strconv.FormatUint(seq, 10))
+			msg.Header.Set(HeaderKeptTime, strconv.FormatInt(m.Time.UnixNano(), 10))
+			msgs[i] = msg
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return l.publishBatch(ctx, msgs)
+}
+
+// batchAckWait bounds the wait for an atomic batch's acknowledgement.
+const batchAckWait = 10 * time.Second
+
+// publishBatch publishes msgs as one atomic batch (ADR-50): the server
+// stores all of them or none, with one fsync.
+func (l *Log) publishBatch(ctx context.Context, msgs []*nats.Msg) error {
+	nc := l.JS.Conn()
+	id := rand.Text()
+	for i, m := range msgs {
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(msgs)-1 {
+			if err := nc.PublishMsg(m); err != nil {
+				return fmt.Errorf("bus: batch publish %s: %w", m.Subject, err)
+			}
+			continue
+		}
+		m.Header.Set("Nats-Batch-Commit", "1")
+		actx, cancel := context.WithTimeout(ctx, batchAckWait)
+		reply, err := nc.RequestMsgWithContext(actx, m)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("bus: batch publish %s: %w", m.Subject, err)
+		}
+		var ack struct {
+			Error *struct {
+				Code        int    `json:"code"`
+				ErrCode     int    `json:"err_code"`
+				Description string `json:"description"`
+			} `json:"error"`
+			Count int `json:"count"`
+		}
+		if err := json.Unmarshal(reply.Data, &ack); err != nil {
+			return fmt.Errorf("bus: batch acknowledgement %q: %w", reply.Data, err)
+		}
+		if ack.Error != nil {
+			return fmt.Errorf("bus: batch publish %s: %s (%d)", m.Subject, ack.Error.Description, ack.Error.ErrCode)
+		}
+		if ack.Count != len(msgs) {
+			return fmt.Errorf("bus: batch publish %s: %d messages acknowledged, want %d", m.Subject, ack.Count, len(msgs))
+		}
+	}
+	return nil
+}
+
+// lastKept is the original sequence of the subject's last kept copy, 0
+// without one.
+func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (uint64, error) {
+	m, err := st.GetLastMsgForSubject(ctx, keptSubj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bus: last kept copy on %s: %w", keptSubj, err)
+	}
+	k, err := parseKept(m.Subject, m.Header)
+	return k.seq, err
+}
+
+// parseKept reads a kept copy's headers; its subject becomes the event
+// subject of the same room.
+func parseKept(subject string, h nats.Header) (keptCopy, error) {
+	seq, err := strconv.ParseUint(h.Get(HeaderKeptSeq), 10, 64)
+	if err != nil || seq == 0 {
+		return keptCopy{}, fmt.Errorf("bus: kept copy on %s without a valid %s header", subject, HeaderKeptSeq)
+	}
+	ns, err := strconv.ParseInt(h.Get(HeaderKeptTime), 10, 64)
+	if err != nil {
+		return keptCopy{}, fmt.Errorf("bus: kept copy on %s without a valid %s header", subject, HeaderKeptTime)
+	}
+	base, ok := strings.CutSuffix(subject, "."+commands.KindKept)
+	if !ok {
+		return keptCopy{}, fmt.Errorf("bus: %q is not a kept copy's subject", subject)
+	}
+	return keptCopy{seq: seq, subject: base + "." + commands.KindEvent, ts: time.Unix(0, ns).UnixMilli()}, nil
+}
+
+// subjectSeqs lists the sequences of subject's messages below below,
+// reading headers only.
+func subjectSeqs(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, subject string, below uint64) ([]uint64, error) {
+	last, err := st.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus: last message on %s: %w", subject, err)
+	}
+	end := min(last.Sequence, below-1)
+	var seqs []uint64
+	err = readRange(ctx, js, st.CachedInfo().Config.Name, subject, 1, end, true, func(m jetstream.Msg, seq uint64) error {
+		seqs = append(seqs, seq)
+		return nil
+	})
+	return seqs, err
+}
+
+// readRange delivers the messages on filter with a sequence from from to
+// to (both included) in order, through an ordered consumer.
+func readRange(ctx context.Context, js jetstream.JetStream, stream, filter string, from, to uint64, headersOnly bool, fn func(m jetstream.Msg, seq uint64) error) error {
+	if to < from {
+		return nil
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+		HeadersOnly:    headersOnly,
+	})
+	if err != nil {
+		return fmt.Errorf("bus: ordered consumer on %s: %w", filter, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	if err != nil {
+		return fmt.Errorf("bus: read %s: %w", filter, err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("bus: read %s: %w", filter, err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("bus: read %s: %w", filter, err)
+		}
+		seq := md.Sequence.Stream
+		if seq > to {
+			return nil
+		}
+		if err := fn(m, seq); err != nil {
+			return err
+		}
+		if seq == to || md.NumPending == 0 {
+			return nil
+		}
+	}
+}
+
+// readKept reads the kept copies made at or after sequence from whose
+// original sequence is from or later, ordered by original sequence.
+func (l *Log) readKept(ctx context.Context, from uint64) ([]keptCopy, error) {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	filter := l.Subjects.Prefix + ".room.*." + commands.KindKept
+	last, err := st.GetLastMsgForSubject(ctx, filter)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus: last kept copy: %w", err)
+	}
+	var out []keptCopy
+	err = readRange(ctx, l.JS, l.Stream, filter, max(from, 1), last.Sequence, false, func(m jetstream.Msg, _ uint64) error {
+		// A copy without valid headers is not one the service made; it
+		// passes where it stands, and the projector reports it there.
+		k, err := parseKept(m.Subject(), m.Headers())
+		if err == nil && k.seq >= from {
+			k.data = m.Data()
+			out = append(out, k)
+		}
+		return nil
+	})
+	slices.SortFunc(out, func(a, b keptCopy) int { return cmp.Compare(a.seq, b.seq) })
+	return out, err
+}

@@ -1,0 +1,229 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// readMsg is one message as Consume delivered it.
+type readMsg struct {
+	subject, data string
+	ts            int64
+}
+
+// keptLog is a log holding two rooms' events, interleaved: room a's
+// messages are "a<i>", room b's "b<i>", i = 1..n each.
+type keptLog struct {
+	n    *testenv.NATS
+	log  *bus.Log
+	st   jetstream.Stream
+	seqs map[string]uint64 // data -> sequence
+}
+
+func newKeptLog(t *testing.T, n int) *keptLog {
+	t.Helper()
+	k := &keptLog{n: testenv.NewNATS(t), seqs: map[string]uint64{}}
+	s := bus.Subjects{Prefix: "sb"}
+	ctx := context.Background()
+	st, err := bus.EnsureStream(ctx, k.n.JS, s, "SCROLLBACK")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.st = st
+	k.log = &bus.Log{JS: k.n.JS, Stream: "SCROLLBACK", Subjects: s}
+	for i := 1; i <= n; i++ {
+		for _, room := range []string{"a", "b"} {
+			k.append(t, room, fmt.Sprintf("%s%d", room, i))
+		}
+	}
+	return k
+}
+
+func (k *keptLog) append(t *testing.T, room, data string) {
+	t.Helper()
+	seq, err := k.log.Append(context.Background(), k.log.Subjects.Room("!"+room+":x", commands.KindEvent), "", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.seqs[data] = seq
+}
+
+// read is the whole log through Consume from sequence from.
+func (k *keptLog) read(t *testing.T, from uint64) map[uint64]readMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	last, err := k.log.LastSeq(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]readMsg{}
+	var prev uint64
+	rctx, stop := context.WithCancel(ctx)
+	err = k.log.Consume(rctx, from, func(seq uint64, subject string, data []byte, ts int64, _ uint64) {
+		if seq <= prev {
+			t.Errorf("sequence %d delivered after %d", seq, prev)
+		}
+		prev = seq
+		out[seq] = readMsg{subject, string(data), ts}
+		if seq >= last {
+			stop()
+		}
+	})
+	if ctx.Err() != nil || (err != nil && !errors.Is(err, context.Canceled)) {
+		t.Fatalf("read: %v (ctx %v)", err, ctx.Err())
+	}
+	return out
+}
+
+func (k *keptLog) count(t *testing.T, subject string) uint64 {
+	t.Helper()
+	info, err := k.st.Info(context.Background(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
+}
+
+// TestCompact_KeptMessagesAreReadInTheirPlaces: room a's events 1-6 are
+// erased except 2 and 5, which the purge keeps. One subject purge takes
+// them all off the event subject; a reader from the start still gets a2
+// and a5, at their sequences, with their data, subject and log time, and
+// nothing of the erased ones; room b is untouched.
+func TestCompact_KeptMessagesAreReadInTheirPlaces(t *testing.T) {
+	k := newKeptLog(t, 8)
+	before := k.read(t, 1)
+	var erase []uint64
+	for _, i := range []int{1, 3, 4, 6} {
+		erase = append(erase, k.seqs[fmt.Sprintf("a%d", i)])
+	}
+	if err := k.log.Compact(context.Background(), "!a:x", erase); err != nil {
+		t.Fatal(err)
+	}
+	eventSubj := k.log.Subjects.Room("!a:x", commands.KindEvent)
+	keptSubj := k.log.Subjects.Room("!a:x", commands.KindKept)
+	if n := k.count(t, eventSubj); n != 2 { // a7, a8
+		t.Errorf("room a's event subject holds %d messages, want 2", n)
+	}
+	if n := k.count(t, keptSubj); n != 2 { // copies of a2, a5
+		t.Errorf("room a's kept subject holds %d messages, want 2", n)
+	}
+	after := k.read(t, 1)
+	for seq, m := range before {
+		got, ok := after[seq]
+		switch m.data {
+		case "a1", "a3", "a4", "a6":
+			if ok {
+				t.Errorf("erased %s read at %d", m.data, seq)
+			}
+		default:
+			if got != m {
+				t.Errorf("at %d: read %+v, want %+v", seq, got, m)
+			}
+		}
+	}
+	// The copies themselves pass where they stand, as kept messages.
+	var passed int
+	for seq, m := range after {
+		if _, ok := before[seq]; !ok {
+			if m.subject != keptSubj {
+				t.Errorf("new message at %d on %s", seq, m.subject)
+			}
+			passed++
+		}
+	}
+	if passed != 2 {
+		t.Errorf("%d kept copies read where they stand, want 2", passed)
+	}
+	// A reader starting past a2 gets a5 in its place, not a2.
+	from := k.seqs["a3"]
+	got := k.read(t, from)
+	if _, ok := got[k.seqs["a2"]]; ok {
+		t.Error("a reader from a3 got a2")
+	}
+	if got[k.seqs["a5"]].data != "a5" {
+		t.Errorf("a reader from a3 got %+v at a5's place", got[k.seqs["a5"]])
+	}
+}
+
+// TestCompact_ResumesAfterACrash: a compaction that died after copying
+// a2 (its copy is in the log, the originals too) is repeated: a2 is not
+// copied twice, and a reader meanwhile gets each message once.
+func TestCompact_ResumesAfterACrash(t *testing.T) {
+	k := newKeptLog(t, 4)
+	ctx := context.Background()
+	keptSubj := k.log.Subjects.Room("!a:x", commands.KindKept)
+	orig, err := k.st.GetMsg(ctx, k.seqs["a2"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyMsg := &nats.Msg{Subject: keptSubj, Data: orig.Data, Header: nats.Header{}}
+	copyMsg.Header.Set(bus.HeaderKeptSeq, strconv.FormatUint(orig.Sequence, 10))
+	copyMsg.Header.Set(bus.HeaderKeptTime, strconv.FormatInt(orig.Time.UnixNano(), 10))
+	if _, err := k.n.JS.PublishMsg(ctx, copyMsg); err != nil {
+		t.Fatal(err)
+	}
+	// Before the repeat: the original and its copy are both there; the
+	// reader takes the original once.
+	mid := k.read(t, 1)
+	var a2 int
+	for _, m := range mid {
+		if m.data == "a2" && m.subject != keptSubj {
+			a2++
+		}
+	}
+	if a2 != 1 {
+		t.Fatalf("a2 read %d times with its copy and the original in the log", a2)
+	}
+	erase := []uint64{k.seqs["a1"], k.seqs["a3"]}
+	if err := k.log.Compact(ctx, "!a:x", erase); err != nil {
+		t.Fatal(err)
+	}
+	if n := k.count(t, keptSubj); n != 1 {
+		t.Errorf("kept subject holds %d copies, want 1 (a2 once)", n)
+	}
+	if got := k.read(t, 1)[k.seqs["a2"]]; got.data != "a2" || got.ts != mid[k.seqs["a2"]].ts {
+		t.Errorf("a2 after the repeat: %+v", got)
+	}
+	// A repeat after the purge changes nothing.
+	if err := k.log.Compact(ctx, "!a:x", erase); err != nil {
+		t.Fatal(err)
+	}
+	if n := k.count(t, keptSubj); n != 1 {
+		t.Errorf("kept subject holds %d copies after a second repeat, want 1", n)
+	}
+}
+
+// BenchmarkCompact: erasing b.N messages of a room (every tenth kept) by
+// one compaction, against DeleteMsgs (BenchmarkDeleteMsgs).
+func BenchmarkCompact(b *testing.B) {
+	n := testenv.NewNATS(b)
+	ctx := context.Background()
+	if _, err := bus.EnsureStream(ctx, n.JS, bus.Subjects{Prefix: "sb"}, "SCROLLBACK"); err != nil {
+		b.Fatal(err)
+	}
+	log := &bus.Log{JS: n.JS, Stream: "SCROLLBACK", Subjects: bus.Subjects{Prefix: "sb"}}
+	seqs := publishN(b, n, log, b.N+b.N/9)
+	var erase []uint64
+	for i, s := range seqs {
+		if i%10 != 9 {
+			erase = append(erase, s)
+		}
+	}
+	b.ResetTimer()
+	if err := log.Compact(ctx, "!r:x", erase); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(len(erase))/b.Elapsed().Seconds(), "erased/s")
+}
