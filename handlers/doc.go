@@ -7,6 +7,13 @@
 // replies: bus.Service for NATS, writeError for HTTP. A *commands.Error is
 // sent as is; anything else is logged and answered as a generic 500.
 //
+// Background work runs here too: the TaskRunner (purge and shutdown
+// tasks), the retention and forgotten-room jobs, and the Eraser, which
+// erases from the log the event messages whose rows a purge deleted. On
+// the embedded server the Eraser compacts a room's event subject with one
+// subject purge (bus.Log.Compact); on a shared NATS, where other instances
+// read the log, it deletes message by message.
+//
 // The HTTP bridge is a thin translation: every endpoint becomes a NATS
 // request of CONTRACT.md section 4, so it can run in its own process.
 package handlers

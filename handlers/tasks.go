@@ -204,12 +204,6 @@ type TaskLog interface {
 	LastSeq(ctx context.Context) (uint64, error)
 }
 
-// LogEraser erases messages from the room log.
-type LogEraser interface {
-	DeleteMsgs(ctx context.Context, seqs []uint64) error
-	PurgeSubjectBelow(ctx context.Context, subject string, seq uint64) error
-}
-
 // MakeWayForReads is the log eraser's wait before each DeleteMsg
 // (bus.Log.BeforeDelete): while the API holds more requests than twice
 // the CPUs, that is while reads queue for a CPU, it waits, at most
@@ -227,35 +221,3 @@ func MakeWayForReads(load *bus.Load) func(context.Context) {
 // LongestWaitForReads bounds one wait of MakeWayForReads: under a read
 // load that never lets up the eraser still erases 50 messages a second.
 const LongestWaitForReads = 20 * time.Millisecond
-
-// RunEraser carries out the erasures purges queue: the event messages
-// whose rows a purge deleted are deleted from the log too, so that a
-// rebuild from the log does not bring them back and the log's space is
-// reused (CONTRACT.md section 7). It works in batches until ctx ends.
-func RunEraser(ctx context.Context, s *projections.Store, log LogEraser, subjects bus.Subjects, logger *slog.Logger) {
-	for {
-		e, err := s.PendingErasures(1000)
-		if err == nil && (len(e.Seqs) > 0 || len(e.Rooms) > 0) {
-			err = log.DeleteMsgs(ctx, e.Seqs)
-			for room, seq := range e.Rooms {
-				if err == nil {
-					err = log.PurgeSubjectBelow(ctx, subjects.Room(room, commands.KindEvent), seq)
-				}
-			}
-			if err == nil {
-				err = s.ErasuresDone(e)
-			}
-			if err == nil {
-				continue
-			}
-		}
-		if err != nil && ctx.Err() == nil {
-			logger.Warn("erasing purged events from the log failed; retrying", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}

@@ -110,7 +110,7 @@ func TestPurgeHistory_Semantics(t *testing.T) {
 		}
 		return nil
 	})
-	er, _ := s.PendingErasures(100)
+	er, _ := s.PendingErasures(100, true)
 	if len(er.Seqs) != 3 { // remote messages 1, 3, 5
 		t.Fatalf("erasures = %v", er.Seqs)
 	}
@@ -161,7 +161,7 @@ func TestPurgeRoom(t *testing.T) {
 	again := fresh.Create("@bob:test")
 	apply(t, s, next, again)
 	sameStrings(t, "new timeline", timelineIDs(t, s, r.ID), ids(again))
-	er, _ := s.PendingErasures(10)
+	er, _ := s.PendingErasures(10, true)
 	if er.Rooms[r.ID] != next-1 {
 		t.Fatalf("room erasure = %v, want below %d", er.Rooms, next-1)
 	}
@@ -197,7 +197,7 @@ func TestJanitor_CrashMidPurgeFinishesExactlyOnce(t *testing.T) {
 	}
 	defer s.Close()
 	drainJanitor(t, s)
-	er, _ := s.PendingErasures(1000)
+	er, _ := s.PendingErasures(1000, true)
 	if len(er.Seqs) != 45 {
 		t.Fatalf("erasures = %d, want the 45 remote messages below the cut-off", len(er.Seqs))
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -310,15 +312,25 @@ func (s *Store) OpenTasks() ([]*commands.Task, error) {
 type Erasures struct {
 	Seqs  []uint64          // single event messages
 	Rooms map[string]uint64 // room ID -> purge the room's event subject below this sequence
+	inKey [][]byte          // the erasein keys among Seqs
 }
 
-// PendingErasures returns up to max queued erasures.
-func (s *Store) PendingErasures(max int) (Erasures, error) {
+// PendingErasures returns up to max queued single erasures, and the
+// queued room purges. With inRooms false it leaves out the erasures
+// queued by room (RoomErasures takes those).
+func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 	e := Erasures{Rooms: map[string]uint64{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bErase).Cursor()
 		for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
 			e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k))
+		}
+		if inRooms {
+			c := tx.Bucket(bEraseIn).Cursor()
+			for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
+				e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k[8:]))
+				e.inKey = append(e.inKey, slices.Clone(k))
+			}
 		}
 		return tx.Bucket(bEraseRoom).ForEach(func(k, v []byte) error {
 			e.Rooms[string(k)] = binary.BigEndian.Uint64(v)
@@ -337,6 +349,12 @@ func (s *Store) ErasuresDone(e Erasures) error {
 				return err
 			}
 		}
+		ib := tx.Bucket(bEraseIn)
+		for _, k := range e.inKey {
+			if err := ib.Delete(k); err != nil {
+				return err
+			}
+		}
 		rb := tx.Bucket(bEraseRoom)
 		for room, seq := range e.Rooms {
 			if v := rb.Get([]byte(room)); v != nil && binary.BigEndian.Uint64(v) == seq {
@@ -349,13 +367,71 @@ func (s *Store) ErasuresDone(e Erasures) error {
 	})
 }
 
+// RoomErasure is every erasure queued for one room.
+type RoomErasure struct {
+	RoomID string
+	Seqs   []uint64 // ascending
+	room   uint64
+}
+
+// RoomErasures returns the erasures queued for the first room whose
+// purge the janitor has finished, so that all of them are known: a
+// compaction of the room's event subject (bus.Log.Compact) keeps every
+// message below the last of them that is not listed.
+func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		jb := tx.Bucket(bJanitor)
+		c := tx.Bucket(bEraseIn).Cursor()
+		k, _ := c.First()
+		for k != nil {
+			room := binary.BigEndian.Uint64(k)
+			if jb.Get(k[:8]) == nil {
+				meta, err := getRoomMeta(tx, room)
+				if err != nil {
+					return err
+				}
+				r = RoomErasure{RoomID: meta.RoomID, room: room}
+				for ; k != nil && binary.BigEndian.Uint64(k) == room; k, _ = c.Next() {
+					r.Seqs = append(r.Seqs, binary.BigEndian.Uint64(k[8:]))
+				}
+				ok = true
+				return nil
+			}
+			if room == math.MaxUint64 {
+				return nil
+			}
+			k, _ = c.Seek(u64(room + 1))
+		}
+		return nil
+	})
+	return r, ok, err
+}
+
+// RoomErasureDone removes a room's erasures that the log has carried out.
+func (s *Store) RoomErasureDone(r RoomErasure) error {
+	return s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bEraseIn)
+		k := make([]byte, 16)
+		binary.BigEndian.PutUint64(k, r.room)
+		for _, seq := range r.Seqs {
+			binary.BigEndian.PutUint64(k[8:], seq)
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // ErasuresPending reports whether any erasure is queued.
 func (s *Store) ErasuresPending() (bool, error) {
 	pending := false
 	err := s.db.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bErase).Cursor().First()
-		k2, _ := tx.Bucket(bEraseRoom).Cursor().First()
-		pending = k != nil || k2 != nil
+		for _, b := range [][]byte{bErase, bEraseIn, bEraseRoom} {
+			if k, _ := tx.Bucket(b).Cursor().First(); k != nil {
+				pending = true
+			}
+		}
 		return nil
 	})
 	return pending, err

@@ -912,3 +912,36 @@ func waitTaskComplete(t testing.TB, nc *nats.Conn, action, id string, timeout ti
 		t.Fatalf("task %s (%s) is %s: %s", id, action, status, errText)
 	}
 }
+
+// logAsRead reads the whole log as the projector reads it, through
+// bus.Log.Consume (kept copies in their original places), and returns
+// each message's subject by sequence.
+func logAsRead(t testing.TB, js jetstream.JetStream, stream string, subjects bus.Subjects) map[uint64]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := &bus.Log{JS: js, Stream: stream, Subjects: subjects}
+	last, err := l.LastSeq(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]string{}
+	if last == 0 {
+		return out
+	}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	err = l.Consume(rctx, 1, func(seq uint64, subject string, _ []byte, _ int64, _ uint64) {
+		out[seq] = subject
+		if seq >= last {
+			stop()
+		}
+	})
+	if ctx.Err() != nil {
+		t.Fatalf("reading the log: %v", ctx.Err())
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	return out
+}

@@ -133,9 +133,11 @@ func (m *Main) Open(ctx context.Context) error {
 	apiLoad := &bus.Load{}
 	eraseLog := *logLog
 	eraseLog.BeforeDelete = handlers.MakeWayForReads(apiLoad)
-	m.background(runCtx, "eraser", func(ctx context.Context) {
-		handlers.RunEraser(ctx, m.Store, &eraseLog, subjects, m.Logger.With("component", "eraser"))
-	})
+	// With the embedded server this instance is the log's only reader,
+	// so it may compact rooms' event subjects (bus.Log.Compact).
+	eraser := &handlers.Eraser{Store: m.Store, Log: &eraseLog, Subjects: subjects, Compact: m.Owners == nil,
+		Logger: m.Logger.With("component", "eraser")}
+	m.background(runCtx, "eraser", eraser.Run)
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,

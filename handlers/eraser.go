@@ -1,0 +1,88 @@
+package handlers
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+)
+
+// LogEraser erases messages from the room log.
+type LogEraser interface {
+	DeleteMsgs(ctx context.Context, seqs []uint64) error
+	PurgeSubjectBelow(ctx context.Context, subject string, seq uint64) error
+	Compact(ctx context.Context, roomID string, seqs []uint64) error
+}
+
+// Eraser carries out the erasures purges queue: the event messages whose
+// rows a purge deleted are deleted from the log too, so that a rebuild
+// from the log does not bring them back and the log's space is reused
+// (CONTRACT.md section 7).
+type Eraser struct {
+	Store    *projections.Store
+	Log      LogEraser
+	Subjects bus.Subjects
+	// Compact erases a room's messages with one subject purge once its
+	// purge's rows are all gone (bus.Log.Compact), copying the messages
+	// the purge keeps; without it each message is deleted by itself,
+	// with a write and an fsync each. Only a log that no other instance
+	// reads may be compacted (the embedded server; see bus.Log.Compact).
+	Compact bool
+	Logger  *slog.Logger
+}
+
+// Run works in batches until ctx ends.
+func (r *Eraser) Run(ctx context.Context) {
+	for {
+		did, err := r.step(ctx)
+		if err == nil && did {
+			continue
+		}
+		if err != nil && ctx.Err() == nil {
+			r.Logger.Warn("erasing purged events from the log failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// step carries out one room's compaction, or one batch of single
+// erasures and the queued room purges. It reports whether it did
+// anything.
+func (r *Eraser) step(ctx context.Context) (bool, error) {
+	if r.Compact {
+		re, ok, err := r.Store.RoomErasures()
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			if err := r.Log.Compact(ctx, re.RoomID, re.Seqs); err != nil {
+				return false, err
+			}
+			return true, r.Store.RoomErasureDone(re)
+		}
+	}
+	e, err := r.Store.PendingErasures(1000, !r.Compact)
+	if err != nil || (len(e.Seqs) == 0 && len(e.Rooms) == 0) {
+		return false, err
+	}
+	if err := r.Log.DeleteMsgs(ctx, e.Seqs); err != nil {
+		return false, err
+	}
+	for room, seq := range e.Rooms {
+		// The room's kept copies (bus.Log.Compact) made before its
+		// purge_room go too.
+		for _, kind := range []string{commands.KindEvent, commands.KindKept} {
+			if err := r.Log.PurgeSubjectBelow(ctx, r.Subjects.Room(room, kind), seq); err != nil {
+				return false, err
+			}
+		}
+	}
+	return true, r.Store.ErasuresDone(e)
+}
