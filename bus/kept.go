@@ -64,7 +64,7 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 	if err != nil {
 		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
 	}
-	present, err := subjectSeqs(ctx, l.JS, st, eventSubj, below)
+	present, err := subjectSeqs(ctx, l.JS, st, eventSubj, below, l.BeforeDelete)
 	if err != nil {
 		return err
 	}
@@ -211,8 +211,10 @@ func parseKept(subject string, h nats.Header) (keptCopy, error) {
 }
 
 // subjectSeqs lists the sequences of subject's messages below below,
-// reading headers only.
-func subjectSeqs(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, subject string, below uint64) ([]uint64, error) {
+// reading headers only. pace, if set, is called before each scanBatch
+// messages: reading 300k headers at full speed took 1.2 s of both cores
+// here, and reads served meanwhile timed out.
+func subjectSeqs(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, subject string, below uint64, pace func(context.Context)) ([]uint64, error) {
 	last, err := st.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
@@ -223,11 +225,19 @@ func subjectSeqs(ctx context.Context, js jetstream.JetStream, st jetstream.Strea
 	end := min(last.Sequence, below-1)
 	var seqs []uint64
 	err = readRange(ctx, js, st.CachedInfo().Config.Name, subject, 1, end, true, func(m jetstream.Msg, seq uint64) error {
+		if pace != nil && len(seqs)%scanBatch == 0 {
+			pace(ctx)
+		}
 		seqs = append(seqs, seq)
 		return nil
 	})
 	return seqs, err
 }
+
+// scanBatch is how many messages readRange asks the server for at once,
+// and how many subjectSeqs reads between two calls of its pace: a pause
+// stops the server's work too, since it sends only what was asked for.
+const scanBatch = 1024
 
 // readRange delivers the messages on filter with a sequence from from to
 // to (both included) in order, through an ordered consumer.
@@ -244,7 +254,7 @@ func readRange(ctx context.Context, js jetstream.JetStream, stream, filter strin
 	if err != nil {
 		return fmt.Errorf("bus: ordered consumer on %s: %w", filter, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	it, err := cons.Messages(jetstream.PullMaxMessages(scanBatch))
 	if err != nil {
 		return fmt.Errorf("bus: read %s: %w", filter, err)
 	}
