@@ -42,15 +42,17 @@
 //	deadletter log sequence                -> DeadLetter (last MaxDeadLetters)
 //	received   received ts|log sequence    -> room (live events)
 //	checkpoint partition                   -> log sequence
-//	erasein    room|log sequence           -> {}      (messages a purge's
+//	erasein    room -> bucket: log sequence -> {}    (messages a purge's
 //	                                          janitor deleted, to erase)
 //	erase      log sequence                -> {}      (the same, queued by
 //	                                          files before erasein)
 //	eraseroom  room ID                     -> log sequence (purge_room)
 //
-// The erasures are queued by room so that the eraser can take all of a
-// room's at once once its janitor is done (RoomErasures) and erase them
-// with one subject purge (bus.Log.Compact).
+// The erasures are queued in a bucket per room so that the eraser can
+// take all of a room's at once once its janitor is done (RoomErasures),
+// erase them with one subject purge (bus.Log.Compact), and drop them by
+// deleting the bucket: freeing its pages, where deleting a million keys
+// one by one held the writer for 0.6 s.
 //
 // A purge finds the kept children of each event it removes through the
 // edges, and, for an event just below its floor, among the rows at the

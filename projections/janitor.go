@@ -161,8 +161,8 @@ func (y *yielder) row() {
 // the one it deletes. The index keys of each row go through one reused
 // cursor per bucket, and the row is read in place: a few allocations per
 // deleted row, where a Bucket.Delete alone costs a cursor and its stack.
-// The erasure keys (room|sequence) are put in ascending order, after
-// those of the batches before.
+// The erasure keys (sequences, in the room's bucket of erasein) are put in
+// ascending order, after those of the batches before.
 func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	meta, err := getRoomMeta(tx, room)
 	if err != nil {
@@ -214,10 +214,15 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 		return false, err
 	}
 	slices.Sort(erase)
-	eb := j.b(bEraseIn)
-	for _, seq := range erase {
-		if err := eb.Put(binary.BigEndian.AppendUint64(append(j.buf[:0], prefix...), seq), nil); err != nil {
+	if len(erase) > 0 {
+		eb, err := j.b(bEraseIn).CreateBucketIfNotExists(prefix)
+		if err != nil {
 			return false, err
+		}
+		for _, seq := range erase {
+			if err := eb.Put(binary.BigEndian.AppendUint64(j.buf[:0], seq), nil); err != nil {
+				return false, err
+			}
 		}
 	}
 	done := n < batch

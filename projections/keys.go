@@ -31,7 +31,7 @@ var (
 	bJanitor   = []byte("janitor")    // room -> {} (rooms with purged rows still stored)
 	bErase     = []byte("erase")      // log sequence -> {} (event messages to erase from the log)
 	bEraseRoom = []byte("eraseroom")  // room ID -> log sequence (purge the room's event subject below it)
-	bEraseIn   = []byte("erasein")    // room|log sequence -> {} (event messages to erase, by room; see RoomErasures)
+	bEraseIn   = []byte("erasein")    // room -> bucket: log sequence -> {} (event messages to erase, by room; see RoomErasures)
 	bOpenTasks = []byte("opentasks")  // task ID -> {} (scheduled or active)
 
 	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks}

@@ -329,3 +329,65 @@ func TestPurgeHistory_GuardSeesItsBatch(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRoomErasures_OnceTheJanitorIsDone: a purge's erasures are offered
+// for one compaction only once the janitor has finished the room, all of
+// them at once; single-message erasure takes them only when asked to;
+// done, they are gone, and a purge queued meanwhile is not lost.
+func TestRoomErasures_OnceTheJanitorIsDone(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("erasures", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	var msgs []testenv.Event
+	for i := range 8 {
+		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	next := apply(t, s, 1, append(append([]testenv.Event{}, setup...), msgs...)...)
+	firstMsg := uint64(len(setup) + 1) // log sequence of msgs[0]
+	purge := func(id string, cut testenv.Event) {
+		applyCmd(t, s, next, r.ID, id, commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])})
+		next++
+	}
+	purge("p1", msgs[4])
+	if _, ok, err := s.RoomErasures(); ok || err != nil {
+		t.Fatalf("erasures offered before the janitor ran (%v)", err)
+	}
+	if _, err := s.JanitorStep(2); err != nil { // part of the room
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.RoomErasures(); ok {
+		t.Fatal("erasures offered while the janitor is still at the room")
+	}
+	drainJanitor(t, s)
+	re, ok, err := s.RoomErasures()
+	if err != nil || !ok {
+		t.Fatalf("no erasures after the janitor: %v", err)
+	}
+	want := []uint64{firstMsg, firstMsg + 1, firstMsg + 2, firstMsg + 3}
+	if re.RoomID != r.ID || !slices.Equal(re.Seqs, want) {
+		t.Fatalf("RoomErasures = %s %v, want %s %v", re.RoomID, re.Seqs, r.ID, want)
+	}
+	if e, _ := s.PendingErasures(100, false); len(e.Seqs) != 0 {
+		t.Errorf("single erasures without the room's: %v", e.Seqs)
+	}
+	if e, _ := s.PendingErasures(100, true); !slices.Equal(e.Seqs, want) {
+		t.Errorf("single erasures with the room's: %v, want %v", e.Seqs, want)
+	}
+	// A second purge's rows are removed before the first compaction is
+	// done: its erasures stay.
+	purge("p2", msgs[6])
+	drainJanitor(t, s)
+	if err := s.RoomErasureDone(re); err != nil {
+		t.Fatal(err)
+	}
+	re2, ok, _ := s.RoomErasures()
+	if !ok || !slices.Equal(re2.Seqs, []uint64{firstMsg + 4, firstMsg + 5}) {
+		t.Fatalf("after the first compaction: %v %v, want the second purge's", ok, re2.Seqs)
+	}
+	if err := s.RoomErasureDone(re2); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _ := s.ErasuresPending(); pending {
+		t.Error("erasures still pending after both compactions")
+	}
+}

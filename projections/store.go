@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -312,7 +310,7 @@ func (s *Store) OpenTasks() ([]*commands.Task, error) {
 type Erasures struct {
 	Seqs  []uint64          // single event messages
 	Rooms map[string]uint64 // room ID -> purge the room's event subject below this sequence
-	inKey [][]byte          // the erasein keys among Seqs
+	inKey [][2]uint64       // room number and sequence of the erasein entries among Seqs
 }
 
 // PendingErasures returns up to max queued single erasures, and the
@@ -326,10 +324,15 @@ func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 			e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k))
 		}
 		if inRooms {
-			c := tx.Bucket(bEraseIn).Cursor()
-			for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
-				e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k[8:]))
-				e.inKey = append(e.inKey, slices.Clone(k))
+			rc := tx.Bucket(bEraseIn).Cursor()
+			for rk, _ := rc.First(); rk != nil && len(e.Seqs) < max; rk, _ = rc.Next() {
+				room := binary.BigEndian.Uint64(rk)
+				c := tx.Bucket(bEraseIn).Bucket(rk).Cursor()
+				for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
+					seq := binary.BigEndian.Uint64(k)
+					e.Seqs = append(e.Seqs, seq)
+					e.inKey = append(e.inKey, [2]uint64{room, seq})
+				}
 			}
 		}
 		return tx.Bucket(bEraseRoom).ForEach(func(k, v []byte) error {
@@ -351,8 +354,17 @@ func (s *Store) ErasuresDone(e Erasures) error {
 		}
 		ib := tx.Bucket(bEraseIn)
 		for _, k := range e.inKey {
-			if err := ib.Delete(k); err != nil {
+			rb := ib.Bucket(u64(k[0]))
+			if rb == nil {
+				continue
+			}
+			if err := rb.Delete(u64(k[1])); err != nil {
 				return err
+			}
+			if first, _ := rb.Cursor().First(); first == nil {
+				if err := ib.DeleteBucket(u64(k[0])); err != nil {
+					return err
+				}
 			}
 		}
 		rb := tx.Bucket(bEraseRoom)
@@ -381,41 +393,45 @@ type RoomErasure struct {
 func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		jb := tx.Bucket(bJanitor)
-		c := tx.Bucket(bEraseIn).Cursor()
-		k, _ := c.First()
-		for k != nil {
-			room := binary.BigEndian.Uint64(k)
-			if jb.Get(k[:8]) == nil {
-				meta, err := getRoomMeta(tx, room)
-				if err != nil {
-					return err
-				}
-				r = RoomErasure{RoomID: meta.RoomID, room: room}
-				for ; k != nil && binary.BigEndian.Uint64(k) == room; k, _ = c.Next() {
-					r.Seqs = append(r.Seqs, binary.BigEndian.Uint64(k[8:]))
-				}
-				ok = true
-				return nil
+		ib := tx.Bucket(bEraseIn)
+		rc := ib.Cursor()
+		for rk, _ := rc.First(); rk != nil; rk, _ = rc.Next() {
+			if jb.Get(rk) != nil {
+				continue
 			}
-			if room == math.MaxUint64 {
-				return nil
+			room := binary.BigEndian.Uint64(rk)
+			meta, err := getRoomMeta(tx, room)
+			if err != nil {
+				return err
 			}
-			k, _ = c.Seek(u64(room + 1))
+			b := ib.Bucket(rk)
+			r = RoomErasure{RoomID: meta.RoomID, room: room, Seqs: make([]uint64, 0, b.Stats().KeyN)}
+			c := b.Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				r.Seqs = append(r.Seqs, binary.BigEndian.Uint64(k))
+			}
+			ok = true
+			return nil
 		}
 		return nil
 	})
 	return r, ok, err
 }
 
-// RoomErasureDone removes a room's erasures that the log has carried out.
+// RoomErasureDone removes a room's erasures that the log has carried
+// out: the whole bucket, unless the janitor has queued more since.
 func (s *Store) RoomErasureDone(r RoomErasure) error {
 	return s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bEraseIn)
-		k := make([]byte, 16)
-		binary.BigEndian.PutUint64(k, r.room)
+		ib := tx.Bucket(bEraseIn)
+		b := ib.Bucket(u64(r.room))
+		if b == nil {
+			return nil
+		}
+		if b.Stats().KeyN == len(r.Seqs) {
+			return ib.DeleteBucket(u64(r.room))
+		}
 		for _, seq := range r.Seqs {
-			binary.BigEndian.PutUint64(k[8:], seq)
-			if err := b.Delete(k); err != nil {
+			if err := b.Delete(u64(seq)); err != nil {
 				return err
 			}
 		}
