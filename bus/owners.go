@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -325,8 +326,19 @@ func (o *Owners) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for p := range o.Partitions {
-		if o.owned[p].Swap(0) != 0 {
-			_ = o.KV.Delete(ctx, partitionKey(p), jetstream.LastRevision(o.revs[p]))
+		if o.owned[p].Swap(0) == 0 {
+			continue
+		}
+		key := partitionKey(p)
+		if err := o.KV.Delete(ctx, key, jetstream.LastRevision(o.revs[p])); err == nil {
+			continue
+		}
+		// A renewal cut short by the same shutdown may have been stored
+		// without our learning its revision: the lease is still ours if
+		// it holds our value, and it goes by the revision it has now
+		// (else it would stay taken until it expires).
+		if e, err := o.KV.Get(ctx, key); err == nil && bytes.Equal(e.Value(), o.myValue()) {
+			_ = o.KV.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
 		}
 	}
 	_ = o.KV.Delete(ctx, o.memberKey())

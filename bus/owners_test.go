@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -123,6 +124,34 @@ func TestOwners_ReleaseOnStop(t *testing.T) {
 	<-done
 	// With a 30 s lease, b only gets everything this fast because a
 	// released its leases and its membership on the way out.
+	stepUntil(t, "b to own every partition", func() bool { return len(b.Owned()) == 16 }, b)
+}
+
+// TestOwners_ReleaseAfterALostRenewal: a renewal that the server stored
+// but whose reply the owner never saw (its shutdown cut the request
+// short) leaves the owner with an old revision. Stopping must still free
+// the lease, not leave it taken until it expires (30 s here). CI once
+// timed out in TestOwners_ReleaseOnStop this way.
+func TestOwners_ReleaseAfterALostRenewal(t *testing.T) {
+	n := testenv.NewNATS(t)
+	a := openOwners(t, n, "a", 30*time.Second)
+	b := openOwners(t, n, "b", 30*time.Second)
+	stepUntil(t, "a and b to split the partitions", func() bool {
+		return len(a.Owned()) > 0 && len(a.Owned())+len(b.Owned()) == 16
+	}, a, b)
+	// a's renewal of one lease lands, its reply is lost.
+	key := fmt.Sprintf("p.%d", a.Owned()[0])
+	ctx := context.Background()
+	e, err := a.KV.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.KV.Update(ctx, key, e.Value(), e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	a.Run(cctx)
 	stepUntil(t, "b to own every partition", func() bool { return len(b.Owned()) == 16 }, b)
 }
 
