@@ -16,9 +16,10 @@
 // purge: the messages it must keep (a purge's outliers, and anything
 // else not being erased below that point) are first copied to
 // sb.room.<rk>.kept in atomic batches, each copy carrying its original
-// sequence and log time in headers. Consume reads those copies when it
-// starts and hands each one over at its original sequence, on the event
-// subject, before the first message after it; where a copy itself stands
+// sequence and log time in headers. Consume reads the copies' headers
+// when it starts (about 50 bytes held for each) and hands each one over,
+// its data read then, at its original sequence, on the event subject,
+// before the first message after it; where a copy itself stands
 // it is delivered as a message of kind kept, which the projector passes
 // over. So a reader of the log, and a rebuild, sees the same messages at
 // the same sequences as before, minus the erased ones. Only a log no

@@ -27,12 +27,14 @@ const (
 )
 
 // keptCopy is a kept copy as readers deliver it: at its original
-// sequence, on the event subject, with the original log time.
+// sequence, on the event subject, with the original log time. Its data
+// stays in the log (at) until it is delivered, so that a rebuild that
+// must place many copies holds 50-odd bytes for each, not the events.
 type keptCopy struct {
 	seq     uint64
 	subject string
-	data    []byte
-	ts      int64 // ms
+	ts      int64  // ms
+	at      uint64 // the copy's own sequence
 }
 
 // Compact erases the given messages of a room's event subject (every one
@@ -288,8 +290,9 @@ func readRange(ctx context.Context, js jetstream.JetStream, stream, filter strin
 	}
 }
 
-// readKept reads the kept copies made at or after sequence from whose
-// original sequence is from or later, ordered by original sequence.
+// readKept reads the headers of the kept copies made at or after
+// sequence from whose original sequence is from or later, ordered by
+// original sequence.
 func (l *Log) readKept(ctx context.Context, from uint64) ([]keptCopy, error) {
 	st, err := l.JS.Stream(ctx, l.Stream)
 	if err != nil {
@@ -304,16 +307,30 @@ func (l *Log) readKept(ctx context.Context, from uint64) ([]keptCopy, error) {
 		return nil, fmt.Errorf("bus: last kept copy: %w", err)
 	}
 	var out []keptCopy
-	err = readRange(ctx, l.JS, l.Stream, filter, max(from, 1), last.Sequence, false, func(m jetstream.Msg, _ uint64) error {
+	err = readRange(ctx, l.JS, l.Stream, filter, max(from, 1), last.Sequence, true, func(m jetstream.Msg, at uint64) error {
 		// A copy without valid headers is not one the service made; it
-		// passes where it stands, and the projector reports it there.
+		// passes where it stands.
 		k, err := parseKept(m.Subject(), m.Headers())
 		if err == nil && k.seq >= from {
-			k.data = m.Data()
+			k.at = at
 			out = append(out, k)
 		}
 		return nil
 	})
 	slices.SortFunc(out, func(a, b keptCopy) int { return cmp.Compare(a.seq, b.seq) })
 	return out, err
+}
+
+// keptData reads a kept copy's data when it is delivered; ok is false if
+// the copy is gone since (a purge_room erased the room's copies with its
+// events: the room's history before it is gone either way).
+func keptData(ctx context.Context, st jetstream.Stream, k keptCopy) (data []byte, ok bool, err error) {
+	m, err := st.GetMsg(ctx, k.at)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("bus: read kept copy %d: %w", k.at, err)
+	}
+	return m.Data, true, nil
 }

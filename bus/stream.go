@@ -102,6 +102,12 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 	if err != nil {
 		return err
 	}
+	var st jetstream.Stream
+	if len(kept) > 0 {
+		if st, err = l.JS.Stream(ctx, l.Stream); err != nil {
+			return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+		}
+	}
 	cons, err := l.JS.OrderedConsumer(ctx, l.Stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{l.Subjects.RoomWildcard()},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
@@ -140,7 +146,13 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 		seq := md.Sequence.Stream
 		for len(kept) > 0 && kept[0].seq <= seq {
 			if k := kept[0]; k.seq < seq {
-				fn(k.seq, k.subject, k.data, k.ts, md.NumPending+1)
+				data, ok, err := keptData(ctx, st, k)
+				if err != nil {
+					return err
+				}
+				if ok {
+					fn(k.seq, k.subject, data, k.ts, md.NumPending+1)
+				}
 			}
 			kept = kept[1:]
 		}
