@@ -174,7 +174,9 @@ func (l *Log) publishBatch(ctx context.Context, msgs []*nats.Msg) error {
 }
 
 // lastKept is the original sequence of the subject's last kept copy, 0
-// without one.
+// without one, or if the last message there is not a valid copy (not
+// one the service made): then every copy is made again, which is
+// harmless, since readers take a sequence once.
 func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (uint64, error) {
 	m, err := st.GetLastMsgForSubject(ctx, keptSubj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -184,7 +186,10 @@ func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (uint64
 		return 0, fmt.Errorf("bus: last kept copy on %s: %w", keptSubj, err)
 	}
 	k, err := parseKept(m.Subject, m.Header)
-	return k.seq, err
+	if err != nil {
+		return 0, nil
+	}
+	return k.seq, nil
 }
 
 // parseKept reads a kept copy's headers; its subject becomes the event

@@ -87,6 +87,23 @@ func (k *keptLog) read(t *testing.T, from uint64) map[uint64]readMsg {
 	return out
 }
 
+// copyByHand makes a kept copy of message name, as a compaction does.
+func (k *keptLog) copyByHand(t *testing.T, name string) {
+	t.Helper()
+	ctx := context.Background()
+	orig, err := k.st.GetMsg(ctx, k.seqs[name])
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := string(name[0])
+	copyMsg := &nats.Msg{Subject: k.log.Subjects.Room("!"+room+":x", commands.KindKept), Data: orig.Data, Header: nats.Header{}}
+	copyMsg.Header.Set(bus.HeaderKeptSeq, strconv.FormatUint(orig.Sequence, 10))
+	copyMsg.Header.Set(bus.HeaderKeptTime, strconv.FormatInt(orig.Time.UnixNano(), 10))
+	if _, err := k.n.JS.PublishMsg(ctx, copyMsg); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (k *keptLog) count(t *testing.T, subject string) uint64 {
 	t.Helper()
 	info, err := k.st.Info(context.Background(), jetstream.WithSubjectFilter(subject))
@@ -164,16 +181,7 @@ func TestCompact_ResumesAfterACrash(t *testing.T) {
 	k := newKeptLog(t, 4)
 	ctx := context.Background()
 	keptSubj := k.log.Subjects.Room("!a:x", commands.KindKept)
-	orig, err := k.st.GetMsg(ctx, k.seqs["a2"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	copyMsg := &nats.Msg{Subject: keptSubj, Data: orig.Data, Header: nats.Header{}}
-	copyMsg.Header.Set(bus.HeaderKeptSeq, strconv.FormatUint(orig.Sequence, 10))
-	copyMsg.Header.Set(bus.HeaderKeptTime, strconv.FormatInt(orig.Time.UnixNano(), 10))
-	if _, err := k.n.JS.PublishMsg(ctx, copyMsg); err != nil {
-		t.Fatal(err)
-	}
+	k.copyByHand(t, "a2")
 	// Before the repeat: the original and its copy are both there; the
 	// reader takes the original once.
 	mid := k.read(t, 1)
@@ -202,6 +210,40 @@ func TestCompact_ResumesAfterACrash(t *testing.T) {
 	}
 	if n := k.count(t, keptSubj); n != 1 {
 		t.Errorf("kept subject holds %d copies after a second repeat, want 1", n)
+	}
+}
+
+// TestCompact_AForeignMessageOnTheKeptSubject: a message on the kept
+// subject that is not a valid copy does not stop a compaction (it copies
+// again what it cannot tell is copied) nor a reader (each sequence comes
+// once, and the foreign message passes where it stands).
+func TestCompact_AForeignMessageOnTheKeptSubject(t *testing.T) {
+	k := newKeptLog(t, 6)
+	ctx := context.Background()
+	keptSubj := k.log.Subjects.Room("!a:x", commands.KindKept)
+	// A compaction copied a2 and died before its purge; then a foreign
+	// message hides that copy from the next attempt, which copies a2
+	// again.
+	k.copyByHand(t, "a2")
+	if _, err := k.n.JS.Publish(ctx, keptSubj, []byte("not a copy")); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.log.Compact(ctx, "!a:x", []uint64{k.seqs["a1"], k.seqs["a3"]}); err != nil {
+		t.Fatalf("compaction after a foreign message: %v", err)
+	}
+	if n := k.count(t, keptSubj); n != 3 {
+		t.Fatalf("kept subject holds %d messages, want 3 (a2 twice, the foreign one)", n)
+	}
+	got := k.read(t, 1) // read fails the test on a sequence delivered twice
+	for _, name := range []string{"a2", "a4", "b1", "b6"} {
+		if got[k.seqs[name]].data != name {
+			t.Errorf("%s: read %+v", name, got[k.seqs[name]])
+		}
+	}
+	for _, name := range []string{"a1", "a3"} {
+		if _, ok := got[k.seqs[name]]; ok {
+			t.Errorf("erased %s read", name)
+		}
 	}
 }
 

@@ -110,13 +110,21 @@ func TestOwners_TakesOverAfterTheLeaseExpires(t *testing.T) {
 	}, a2, b)
 }
 
-func TestOwners_ReleaseOnStop(t *testing.T) {
+// twoOwners starts instances a and b with lease on one server and steps
+// them until they share the partitions.
+func twoOwners(t *testing.T, lease time.Duration) (a, b *bus.Owners) {
+	t.Helper()
 	n := testenv.NewNATS(t)
-	a := openOwners(t, n, "a", 30*time.Second)
-	b := openOwners(t, n, "b", 30*time.Second)
+	a = openOwners(t, n, "a", lease)
+	b = openOwners(t, n, "b", lease)
 	stepUntil(t, "a and b to split the partitions", func() bool {
 		return len(a.Owned()) > 0 && len(a.Owned())+len(b.Owned()) == 16
 	}, a, b)
+	return a, b
+}
+
+func TestOwners_ReleaseOnStop(t *testing.T) {
+	a, b := twoOwners(t, 30*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()
@@ -133,12 +141,7 @@ func TestOwners_ReleaseOnStop(t *testing.T) {
 // the lease, not leave it taken until it expires (30 s here). CI once
 // timed out in TestOwners_ReleaseOnStop this way.
 func TestOwners_ReleaseAfterALostRenewal(t *testing.T) {
-	n := testenv.NewNATS(t)
-	a := openOwners(t, n, "a", 30*time.Second)
-	b := openOwners(t, n, "b", 30*time.Second)
-	stepUntil(t, "a and b to split the partitions", func() bool {
-		return len(a.Owned()) > 0 && len(a.Owned())+len(b.Owned()) == 16
-	}, a, b)
+	a, b := twoOwners(t, 30*time.Second)
 	// a's renewal of one lease lands, its reply is lost.
 	key := fmt.Sprintf("p.%d", a.Owned()[0])
 	ctx := context.Background()

@@ -102,7 +102,10 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 	if err != nil {
 		return err
 	}
-	var st jetstream.Stream
+	var (
+		st        jetstream.Stream
+		delivered uint64 // the last sequence handed over
+	)
 	if len(kept) > 0 {
 		if st, err = l.JS.Stream(ctx, l.Stream); err != nil {
 			return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
@@ -145,7 +148,9 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 		}
 		seq := md.Sequence.Stream
 		for len(kept) > 0 && kept[0].seq <= seq {
-			if k := kept[0]; k.seq < seq {
+			// Copies of the same message (a compaction repeated) go once.
+			if k := kept[0]; k.seq < seq && k.seq > delivered {
+				delivered = k.seq
 				data, ok, err := keptData(ctx, st, k)
 				if err != nil {
 					return err
@@ -156,6 +161,7 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 			}
 			kept = kept[1:]
 		}
+		delivered = seq
 		fn(seq, msg.Subject(), msg.Data(), md.Timestamp.UnixMilli(), md.NumPending)
 	}
 }
