@@ -47,6 +47,7 @@ package main
 //     after 4.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -70,6 +71,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/internal/loadgen"
 )
 
 // Goals of issue 4: a purge is visible to readers within 10 ms whatever the
@@ -437,6 +439,8 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 		}
 		profiling, res.Profiled = true, true
 	}
+	series := b.newSeries("other room, open loop", "during the purge")
+	read.rec.set(series)
 	during := startOpenLoop(ctx, res.Rate, read)
 	defer during.Stop() // on failure; Stop again returns the same
 
@@ -509,6 +513,11 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 	b.printOpenLoop("other: during the purge", res.Rate, res.during)
 	b.printOpenLoop("other: until rows removed", res.Rate, res.duringRows)
 	b.printOpenLoop("other: after rows removed", res.Rate, res.duringErase)
+	read.rec.set(b.newSeries("other room, open loop", "after the purge"))
+	if wins := series.Windows(); len(wins) > 0 {
+		b.printf("other: slowest %v windows during the purge, by p99 (from the reply): %s\n",
+			wins[0].End-wins[0].Start, strings.Join(slowestWindows(wins, replied.Sub(series.Origin()), res.RowsDone, 3), "; "))
+	}
 	if res.Profiled {
 		b.printf("cpu profile: the purge from the request until the rows were removed (the purge's numbers above were measured under the profiler): %s\n", b.cfg.CPUProfile)
 	}
@@ -911,4 +920,25 @@ func (b *bench) purgeSummary(t summaryTable) {
 	if r.Profiled {
 		t.line("the purge ran under the CPU profiler")
 	}
+}
+
+// slowestWindows describes the n windows with the highest p99 (ties: the
+// earlier), each at its start from the purge's reply (at replied since
+// the series' origin) and in its phase: rows (until rowsDone) or erasure.
+func slowestWindows(ws []loadgen.Window, replied, rowsDone time.Duration, n int) []string {
+	ws = slices.Clone(ws)
+	slices.SortStableFunc(ws, func(a, b loadgen.Window) int { return cmp.Compare(b.P99, a.P99) })
+	var out []string
+	for _, w := range ws[:min(n, len(ws))] {
+		at := w.Start - replied
+		phase := "rows"
+		switch {
+		case at < 0:
+			phase = "before the reply"
+		case at >= rowsDone:
+			phase = "erasure"
+		}
+		out = append(out, fmt.Sprintf("%+.1fs (%s) p99 %s max %s", at.Seconds(), phase, fmtLat(w.P99), fmtLat(w.Max)))
+	}
+	return out
 }

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/scrollback/scrollback/internal/loadgen"
 )
 
 // tinyBench are the flags of the smoke runs: every scenario at a size that
@@ -365,5 +367,32 @@ func TestOpenLoop_CountsFailures(t *testing.T) {
 	_, err = runOpenLoop(context.Background(), 2000, 50*time.Millisecond, target{n: 1, do: func(context.Context, int) (int, error) { return 0, boom }})
 	if err == nil || !strings.Contains(err.Error(), "no request completed") {
 		t.Fatalf("all failed: err = %v", err)
+	}
+}
+
+func TestSlowestWindows(t *testing.T) {
+	ms := time.Millisecond
+	ws := []loadgen.Window{
+		{Start: 0, End: 100 * ms, P99: 5 * ms, Max: 6 * ms},
+		{Start: 100 * ms, End: 200 * ms, P99: 30 * ms, Max: 40 * ms},
+		{Start: 200 * ms, End: 300 * ms, P99: 9 * ms, Max: 9 * ms},
+		{Start: 300 * ms, End: 400 * ms, P99: 30 * ms, Max: 31 * ms},
+		{Start: 400 * ms, End: 500 * ms, P99: 50 * ms, Max: 55 * ms},
+	}
+	// The reply at 100 ms, the rows removed 250 ms after it.
+	got := slowestWindows(ws, 100*ms, 250*ms, 3)
+	want := []string{
+		"+0.3s (erasure) p99 50.00ms max 55.00ms",
+		"+0.0s (rows) p99 30.00ms max 40.00ms",
+		"+0.2s (rows) p99 30.00ms max 31.00ms",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("slowestWindows = %q, want %q", got, want)
+	}
+	if got := slowestWindows(ws[:1], 100*ms, 0, 3); len(got) != 1 || !strings.Contains(got[0], "before the reply") {
+		t.Errorf("a window before the reply: %q", got)
+	}
+	if got := slowestWindows(nil, 0, 0, 3); len(got) != 0 {
+		t.Errorf("no windows: %q", got)
 	}
 }
