@@ -27,6 +27,10 @@ type Endpoint struct {
 	Handler Handler
 	// Timeout bounds one request (default 30 s).
 	Timeout time.Duration
+	// Release, if set, is given each reply of Handler once it has been
+	// sent (nats.go copies a message's data when publishing), so that
+	// the handler can reuse its buffer.
+	Release func([]byte)
 }
 
 // ServiceOptions configure Serve.
@@ -123,8 +127,13 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 			reply, err := s.call(ctx, ep, req)
 			if err != nil {
 				status = s.respondError(req, ep, err)
-			} else if rerr := s.reply(req, &nats.Msg{Data: reply}); rerr != nil {
-				s.opts.Logger.Warn("reply failed", "endpoint", ep.Name, "err", rerr)
+			} else {
+				if rerr := s.reply(req, &nats.Msg{Data: reply}); rerr != nil {
+					s.opts.Logger.Warn("reply failed", "endpoint", ep.Name, "err", rerr)
+				}
+				if ep.Release != nil {
+					ep.Release(reply)
+				}
 			}
 			if s.opts.Observe != nil {
 				s.opts.Observe(ep.Name, time.Since(start), status)

@@ -63,9 +63,11 @@ func benchRead(b *testing.B, h *handlers.Messages, roomID string, toks []string,
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
-		if _, err := h.Handle(ctx, subj, reqs[i%len(reqs)]); err != nil {
+		reply, err := h.Handle(ctx, subj, reqs[i%len(reqs)])
+		if err != nil {
 			b.Fatal(err)
 		}
+		handlers.ReleaseReply(reply) // as the service does once it has sent it
 	}
 }
 

@@ -179,7 +179,8 @@ func (m *Main) Open(ctx context.Context) error {
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad,
 	}, []bus.Endpoint{
-		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second},
+		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second,
+			Release: handlers.ReleaseReply},
 		{Name: "block", Subject: subjects.APIRoomWildcard("block"), Handler: admin.Block, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "purge_history", Subject: subjects.APIRoomWildcard("purge_history"), Handler: admin.PurgeHistory, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "purge_status", Subject: subjects.API("purge_status"), Handler: admin.PurgeStatus},
