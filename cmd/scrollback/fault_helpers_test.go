@@ -774,11 +774,25 @@ type logMsg struct {
 }
 
 // logMessages decodes every message the log holds on subject, in order.
+// A read that messages vanish from (an erasure under way) is read again.
 func logMessages(t testing.TB, js jetstream.JetStream, subject string) []logMsg {
+	t.Helper()
+	var out []logMsg
+	testenv.WaitFor(t, 30*time.Second, "a whole read of "+subject, func() bool {
+		var ok bool
+		out, ok = readSubject(t, js, subject)
+		return ok
+	})
+	return out
+}
+
+// readSubject is one try of logMessages; ok is false if fewer messages
+// came than the subject held when it started.
+func readSubject(t testing.TB, js jetstream.JetStream, subject string) (out []logMsg, ok bool) {
 	t.Helper()
 	n := mustSubjectCount(t, js, subject)
 	if n == 0 {
-		return nil
+		return nil, true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -786,7 +800,6 @@ func logMessages(t testing.TB, js jetstream.JetStream, subject string) []logMsg 
 	if err != nil {
 		t.Fatalf("read %s: %v", subject, err)
 	}
-	var out []logMsg
 	for uint64(len(out)) < n {
 		batch, err := cons.Fetch(int(n)-len(out), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -805,11 +818,17 @@ func logMessages(t testing.TB, js jetstream.JetStream, subject string) []logMsg 
 			}
 			out = append(out, logMsg{md.Sequence.Stream, m})
 		}
-		if batch.Error() != nil || got == 0 {
+		if batch.Error() != nil {
 			t.Fatalf("read %s: %d of %d messages: %v", subject, len(out), n, batch.Error())
 		}
+		if got == 0 {
+			if now := mustSubjectCount(t, js, subject); now < n {
+				return nil, false // erased while read: read again
+			}
+			t.Fatalf("read %s: %d of %d messages, and none came", subject, len(out), n)
+		}
 	}
-	return out
+	return out, true
 }
 
 // taskEnds counts, on a room's task subject, the TaskUpdates that finish
