@@ -135,42 +135,62 @@ const batchAckWait = 10 * time.Second
 // stores all of them or none, with one fsync.
 func (l *Log) publishBatch(ctx context.Context, msgs []*nats.Msg) error {
 	nc := l.JS.Conn()
-	id := rand.Text()
-	for i, m := range msgs {
-		m.Header.Set("Nats-Batch-Id", id)
-		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
-		if i < len(msgs)-1 {
-			if err := nc.PublishMsg(m); err != nil {
-				return fmt.Errorf("bus: batch publish %s: %w", m.Subject, err)
-			}
-			continue
-		}
-		m.Header.Set("Nats-Batch-Commit", "1")
-		actx, cancel := context.WithTimeout(ctx, batchAckWait)
-		reply, err := nc.RequestMsgWithContext(actx, m)
-		cancel()
-		if err != nil {
+	MarkBatch(msgs, rand.Text())
+	last := msgs[len(msgs)-1]
+	for _, m := range msgs[:len(msgs)-1] {
+		if err := nc.PublishMsg(m); err != nil {
 			return fmt.Errorf("bus: batch publish %s: %w", m.Subject, err)
 		}
-		var ack struct {
-			Error *struct {
-				Code        int    `json:"code"`
-				ErrCode     int    `json:"err_code"`
-				Description string `json:"description"`
-			} `json:"error"`
-			Count int `json:"count"`
+	}
+	actx, cancel := context.WithTimeout(ctx, batchAckWait)
+	reply, err := nc.RequestMsgWithContext(actx, last)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("bus: batch publish %s: %w", last.Subject, err)
+	}
+	_, err = ParseBatchAck(reply.Data, len(msgs))
+	return err
+}
+
+// MarkBatch sets the headers that make msgs one atomic batch with the
+// given ID (at most 64 characters): each message's place in it, and the
+// commit on the last, whose publisher must ask for the acknowledgement
+// (a reply subject).
+func MarkBatch(msgs []*nats.Msg, id string) {
+	for i, m := range msgs {
+		if m.Header == nil {
+			m.Header = nats.Header{}
 		}
-		if err := json.Unmarshal(reply.Data, &ack); err != nil {
-			return fmt.Errorf("bus: batch acknowledgement %q: %w", reply.Data, err)
-		}
-		if ack.Error != nil {
-			return fmt.Errorf("bus: batch publish %s: %s (%d)", m.Subject, ack.Error.Description, ack.Error.ErrCode)
-		}
-		if ack.Count != len(msgs) {
-			return fmt.Errorf("bus: batch publish %s: %d messages acknowledged, want %d", m.Subject, ack.Count, len(msgs))
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i == len(msgs)-1 {
+			m.Header.Set("Nats-Batch-Commit", "1")
 		}
 	}
-	return nil
+}
+
+// ParseBatchAck reads an atomic batch's acknowledgement for a batch of n
+// messages and returns the sequence of its last message.
+func ParseBatchAck(data []byte, n int) (last uint64, err error) {
+	var ack struct {
+		Seq   uint64 `json:"seq"`
+		Count int    `json:"count"`
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(data, &ack); err != nil {
+		return 0, fmt.Errorf("bus: batch acknowledgement %q: %w", data, err)
+	}
+	if ack.Error != nil {
+		return 0, fmt.Errorf("bus: batch publish: %s (%d, %d)", ack.Error.Description, ack.Error.Code, ack.Error.ErrCode)
+	}
+	if ack.Count != n {
+		return 0, fmt.Errorf("bus: batch acknowledgement counts %d messages, want %d", ack.Count, n)
+	}
+	return ack.Seq, nil
 }
 
 // lastKept is the original sequence of the subject's last kept copy, 0

@@ -269,3 +269,18 @@ func BenchmarkCompact(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(erase))/b.Elapsed().Seconds(), "erased/s")
 }
+
+func TestParseBatchAck(t *testing.T) {
+	if last, err := bus.ParseBatchAck([]byte(`{"stream":"S","seq":42,"batch":"b","count":3}`), 3); err != nil || last != 42 {
+		t.Errorf("ok ack: %d %v", last, err)
+	}
+	for name, data := range map[string]string{
+		"error":       `{"error":{"code":400,"err_code":10199,"description":"atomic publish batch contains duplicate message id"}}`,
+		"short count": `{"seq":42,"count":2}`,
+		"not json":    `nope`,
+	} {
+		if _, err := bus.ParseBatchAck([]byte(data), 3); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}

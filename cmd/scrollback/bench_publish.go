@@ -13,7 +13,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/bus"
 )
 
 // Publishing modes of --publish-mode.
@@ -67,17 +68,6 @@ func (p *publisher) run(ctx context.Context, next func() *nats.Msg) (int, error)
 // batchAckTimeout bounds the wait for one batch's acknowledgement.
 const batchAckTimeout = 60 * time.Second
 
-type batchReply struct {
-	Seq   uint64 `json:"seq"`
-	Batch string `json:"batch"`
-	Count int    `json:"count"`
-	Error *struct {
-		Code        int    `json:"code"`
-		ErrCode     int    `json:"err_code"`
-		Description string `json:"description"`
-	} `json:"error"`
-}
-
 func (p *publisher) runBatches(ctx context.Context, next func() *nats.Msg) (int, error) {
 	size := min(max(p.size, 1), maxAtomicBatch)
 	window := max(p.window, 1)
@@ -111,21 +101,13 @@ func (p *publisher) runBatches(ctx context.Context, next func() *nats.Msg) (int,
 			return
 		}
 		defer func() { <-slots }()
-		var r batchReply
-		if err := json.Unmarshal(m.Data, &r); err != nil {
-			fail(fmt.Errorf("bench: batch ack %q: %w", m.Data, err))
-			return
-		}
-		if r.Error != nil {
-			fail(fmt.Errorf("bench: batch publish: %d %d %s", r.Error.Code, r.Error.ErrCode, r.Error.Description))
-			return
-		}
-		if r.Count != pd.n {
-			fail(fmt.Errorf("bench: batch ack counts %d messages, want %d", r.Count, pd.n))
+		last, err := bus.ParseBatchAck(m.Data, pd.n)
+		if err != nil {
+			fail(fmt.Errorf("bench: %w", err))
 			return
 		}
 		if p.onAck != nil {
-			p.onAck(pubAck{First: r.Seq - uint64(r.Count) + 1, Last: r.Seq, N: r.Count, Sent: pd.sent, Acked: time.Now()})
+			p.onAck(pubAck{First: last - uint64(pd.n) + 1, Last: last, N: pd.n, Sent: pd.sent, Acked: time.Now()})
 		}
 	})
 	if err != nil {
@@ -173,17 +155,9 @@ func (p *publisher) runBatches(ctx context.Context, next func() *nats.Msg) (int,
 		mu.Lock()
 		inflight[token] = pending{sent: sent, n: len(batch)}
 		mu.Unlock()
-		id := idPrefix + token
-		for j, m := range batch {
-			if m.Header == nil {
-				m.Header = nats.Header{}
-			}
-			m.Header.Set("Nats-Batch-Id", id)
-			m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(j+1))
-			if j == len(batch)-1 {
-				m.Header.Set("Nats-Batch-Commit", "1")
-				m.Reply = prefix + token
-			}
+		bus.MarkBatch(batch, idPrefix+token)
+		batch[len(batch)-1].Reply = prefix + token
+		for _, m := range batch {
 			if err := p.nc.PublishMsg(m); err != nil {
 				return total, fmt.Errorf("bench: batch publish: %w", err)
 			}
