@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -205,29 +204,33 @@ func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (uint64
 	if err != nil {
 		return 0, fmt.Errorf("bus: last kept copy on %s: %w", keptSubj, err)
 	}
-	k, err := parseKept(m.Subject, m.Header)
-	if err != nil {
-		return 0, nil
-	}
-	return k.seq, nil
+	seq, _ := keptSeq(m.Header)
+	return seq, nil
 }
 
-// parseKept reads a kept copy's headers; its subject becomes the event
-// subject of the same room.
-func parseKept(subject string, h nats.Header) (keptCopy, error) {
+// keptSeq is a kept copy's original sequence (HeaderKeptSeq); ok is false
+// without a valid one.
+func keptSeq(h nats.Header) (seq uint64, ok bool) {
 	seq, err := strconv.ParseUint(h.Get(HeaderKeptSeq), 10, 64)
-	if err != nil || seq == 0 {
+	return seq, err == nil && seq > 0
+}
+
+// parseKept reads a kept copy as readers deliver it: its headers, and the
+// event subject of its room.
+func (s Subjects) parseKept(subject string, h nats.Header) (keptCopy, error) {
+	seq, ok := keptSeq(h)
+	if !ok {
 		return keptCopy{}, fmt.Errorf("bus: kept copy on %s without a valid %s header", subject, HeaderKeptSeq)
 	}
 	ns, err := strconv.ParseInt(h.Get(HeaderKeptTime), 10, 64)
 	if err != nil {
 		return keptCopy{}, fmt.Errorf("bus: kept copy on %s without a valid %s header", subject, HeaderKeptTime)
 	}
-	base, ok := strings.CutSuffix(subject, "."+commands.KindKept)
-	if !ok {
+	roomID, kind, err := s.ParseRoomSubject(subject)
+	if err != nil || kind != commands.KindKept {
 		return keptCopy{}, fmt.Errorf("bus: %q is not a kept copy's subject", subject)
 	}
-	return keptCopy{seq: seq, subject: base + "." + commands.KindEvent, ts: time.Unix(0, ns).UnixMilli()}, nil
+	return keptCopy{seq: seq, subject: s.Room(roomID, commands.KindEvent), ts: time.Unix(0, ns).UnixMilli()}, nil
 }
 
 // keptSeqs lists the messages of subject below the last of erase
@@ -335,7 +338,7 @@ func (l *Log) readKept(ctx context.Context, from uint64) ([]keptCopy, error) {
 	err = readRange(ctx, l.JS, l.Stream, filter, max(from, 1), last.Sequence, true, func(m jetstream.Msg, at uint64) error {
 		// A copy without valid headers is not one the service made; it
 		// passes where it stands.
-		k, err := parseKept(m.Subject(), m.Headers())
+		k, err := l.Subjects.parseKept(m.Subject(), m.Headers())
 		if err == nil && k.seq >= from {
 			k.at = at
 			out = append(out, k)

@@ -84,7 +84,8 @@ type Log struct {
 	Stream   string
 	Subjects Subjects
 	// BeforeDelete, if set, is called before each DeleteMsg request that
-	// DeleteMsgs sends: the eraser waits there while reads queue (see
+	// DeleteMsgs sends, and by Compact before each batch of its scan and
+	// before its purge: the eraser waits there while reads queue (see
 	// Load.MakeWay).
 	BeforeDelete func(ctx context.Context)
 }

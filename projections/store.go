@@ -404,9 +404,8 @@ func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
 			if err != nil {
 				return err
 			}
-			b := ib.Bucket(rk)
-			r = RoomErasure{RoomID: meta.RoomID, room: room, Seqs: make([]uint64, 0, b.Stats().KeyN)}
-			c := b.Cursor()
+			r = RoomErasure{RoomID: meta.RoomID, room: room}
+			c := ib.Bucket(rk).Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
 				r.Seqs = append(r.Seqs, binary.BigEndian.Uint64(k))
 			}

@@ -71,6 +71,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/internal/loadgen"
 )
 
@@ -296,6 +297,8 @@ type purger struct {
 	req     *bus.Requester
 	stream  jetstream.Stream
 	subject string // the room's event subject
+	kept    string // and its kept copies' (bus.Log.Compact)
+	all     string // every subject of the room: one stream info counts both
 }
 
 func newPurger(ctx context.Context, m *Main, nc *nats.Conn, room *purgeRoom) (*purger, error) {
@@ -307,8 +310,10 @@ func newPurger(ctx context.Context, m *Main, nc *nats.Conn, room *purgeRoom) (*p
 	if err != nil {
 		return nil, fmt.Errorf("bench: stream: %w", err)
 	}
+	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
 	p := &purger{m: m, room: room, hc: newBenchHTTPClient(1), req: &bus.Requester{NC: nc, Timeout: benchRequestTimeout},
-		stream: stream, subject: bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}.Room(room.ID, "event")}
+		stream: stream, subject: subjects.Room(room.ID, commands.KindEvent), kept: subjects.Room(room.ID, commands.KindKept),
+		all: subjects.Room(room.ID, "*")}
 	// Open the connection first, so that no purge request pays for it.
 	if err := httpGet(ctx, p.hc, "http://"+m.HTTPAddr+"/health"); err != nil {
 		return nil, err
@@ -322,12 +327,11 @@ func (p *purger) Close() { p.hc.CloseIdleConnections() }
 // stream. The room's events include their kept copies (bus.Log.Compact
 // moves the events a purge keeps to sb.room.<rk>.kept).
 func (p *purger) count(ctx context.Context) (room, all uint64, err error) {
-	kept := strings.TrimSuffix(p.subject, ".event") + ".kept"
-	info, err := p.stream.Info(ctx, jetstream.WithSubjectFilter(strings.TrimSuffix(p.subject, ".event")+".*"))
+	info, err := p.stream.Info(ctx, jetstream.WithSubjectFilter(p.all))
 	if err != nil {
 		return 0, 0, fmt.Errorf("bench: stream info: %w", err)
 	}
-	return info.State.Subjects[p.subject] + info.State.Subjects[kept], info.State.Msgs, nil
+	return info.State.Subjects[p.subject] + info.State.Subjects[p.kept], info.State.Msgs, nil
 }
 
 // purgeRequest is one purge request as measured.
