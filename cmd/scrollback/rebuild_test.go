@@ -143,3 +143,63 @@ func TestVerify_FindsADifference(t *testing.T) {
 		t.Fatalf("report:\n%s", out.String())
 	}
 }
+
+// TestPurgeRoom_ErasesTheKeptCopies: a purge_history on the embedded
+// server moves the messages it keeps to the room's kept subject (the set-up's
+// state events here); a later purge_room of the room erases them with
+// its events, and the projection still equals a rebuild from the log.
+func TestPurgeRoom_ErasesTheKeptCopies(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("copied", "test")
+	evs := r.Setup("@remote:other.org")
+	for i := range 20 {
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	eventSubj, keptSubj := faultSubjects.Room(r.ID, commands.KindEvent), faultSubjects.Room(r.ID, commands.KindKept)
+	count := func(subject string) uint64 {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		n, err := subjectCount(ctx, m.JS, subject)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	cut := evs[len(evs)-5]
+	st, body := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(r.ID)+"/"+url.PathEscape(cut.ID()), "tok-admin", "")
+	if st != 200 {
+		t.Fatalf("purge: %d %v", st, body)
+	}
+	purgeID := body["purge_id"].(string)
+	testenv.WaitFor(t, 20*time.Second, "the history purge to complete", func() bool {
+		task, _ := m.Store.Task(purgeID)
+		return task != nil && task.Status == commands.TaskComplete
+	})
+	if n := count(keptSubj); n == 0 {
+		t.Fatal("the history purge kept no copy: the set-up's state events should be there")
+	}
+	m.publisher().Command(t, map[string]any{"id": "dropcopied", "action": "purge_room", "room_id": r.ID, "params": map[string]any{"force": true}})
+	testenv.WaitFor(t, 20*time.Second, "the room purge's erasure", func() bool {
+		task, _ := m.Store.Task("dropcopied")
+		pending, _ := m.Store.ErasuresPending()
+		return task != nil && task.Status == commands.TaskComplete && !pending
+	})
+	if n := count(keptSubj); n != 0 {
+		t.Errorf("%d kept copies left after purge_room", n)
+	}
+	if n := count(eventSubj); n != 0 {
+		t.Errorf("%d events left after purge_room", n)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var vout bytes.Buffer
+	if n, err := verifyProjection(context.Background(), m.Config, &vout); err != nil || n != 0 {
+		t.Fatalf("verify: %d differences, %v\n%s", n, err, vout.String())
+	}
+}
