@@ -20,6 +20,9 @@ type Metrics struct {
 	logMsgs    *prometheus.CounterVec
 	deadLetter prometheus.Counter
 	batch      prometheus.Histogram
+	commit     prometheus.Histogram
+	commitMsgs prometheus.Counter
+	commitPgs  prometheus.Counter
 }
 
 // NewMetrics registers the metrics. lag (nil: no projection here) reports the projection lag in log
@@ -44,7 +47,23 @@ func NewMetrics(lag func() float64) *Metrics {
 		Help:    "Time to decode and commit one batch of log messages.",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
 	})
-	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch,
+	// bbolt has one writer: the sum of the commits' seconds over a span
+	// of time is how busy it was, and the bound on how fast the
+	// projection catches up.
+	m.commit = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "scrollback_commit_seconds",
+		Help:    "Time bbolt's one writer spent on one group commit of the projector (applying the partitions' batches, writing, syncing).",
+		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+	})
+	m.commitMsgs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "scrollback_commit_messages_total",
+		Help: "Log messages applied by the projector's group commits.",
+	})
+	m.commitPgs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "scrollback_commit_pages_total",
+		Help: "bbolt pages (4 KiB) written by the projector's group commits.",
+	})
+	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, m.commit, m.commitMsgs, m.commitPgs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if lag != nil { // nil in a process without a projection (scrollback bridge)
 		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -65,6 +84,13 @@ func (m *Metrics) ObserveRequest(transport string) func(endpoint string, d time.
 	return func(endpoint string, d time.Duration, status int) {
 		m.requests.WithLabelValues(endpoint, transport, strconv.Itoa(status)).Observe(d.Seconds())
 	}
+}
+
+// ObserveCommit records one group commit (projections.Projector.ObserveCommit).
+func (m *Metrics) ObserveCommit(c projections.CommitStats) {
+	m.commit.Observe(c.Duration.Seconds())
+	m.commitMsgs.Add(float64(c.Messages))
+	m.commitPgs.Add(float64(c.Pages))
 }
 
 // ObserveBatch records one applied batch.

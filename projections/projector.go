@@ -30,6 +30,17 @@ type Decoder func(seq uint64, subject string, data []byte, ts int64) commands.Lo
 // commit.
 type Observer func(part int, outcomes []Outcome, batchDuration time.Duration)
 
+// CommitStats describes one transaction of bbolt's one writer: a group
+// commit of the partitions' batches (Projector.ObserveCommit). The sum
+// of the Durations over a span of time is how busy the writer was, which
+// bounds how fast the projection can catch up.
+type CommitStats struct {
+	Messages int           // log messages in the transaction
+	Batches  int           // partition batches in it
+	Pages    int           // pages its commit wrote
+	Duration time.Duration // applying, writing and syncing
+}
+
 // Projector applies the room log to the Store: one goroutine per
 // partition decodes its rooms' messages in log order, in batches, and
 // hands each batch to the committer, bbolt's one writer, which commits
@@ -41,7 +52,12 @@ type Projector struct {
 	Decode    Decoder
 	RoomKeyOf func(subject string) string // the <rk> token of a room subject
 	Observe   Observer
-	Logger    *slog.Logger
+	// ObserveCommit, if set, hears about every committed transaction that
+	// applied batches (metrics); it is called by the writer, so it must
+	// be quick, and by several goroutines when a failed group is retried
+	// batch by batch.
+	ObserveCommit func(CommitStats)
+	Logger        *slog.Logger
 	// MaxBatch bounds the messages of one partition's batch (default
 	// 8000). A partition takes what is queued, so batches are this big
 	// only when it is behind (a backlog, a catch-up); there, bigger
@@ -347,7 +363,7 @@ func (p *Projector) applyBatch(ctx context.Context, pt *partition, batch []rawMs
 	if err != nil && group > 1 {
 		// The group failed: this batch may not be the cause.
 		p.Logger.Warn("group commit failed; applying the partition's batch alone", "partition", pt.id, "messages", len(entries), "group", group, "err", err)
-		_, err = p.Store.applyBatches([]*partBatch{b})
+		_, err = p.applyGroup([]*partBatch{b})
 	}
 	outcomes := b.out
 	if err != nil {
@@ -417,7 +433,7 @@ func (p *Projector) runCommitter() {
 		for _, j := range group {
 			batches = append(batches, j.batch)
 		}
-		written, err := p.Store.applyBatches(batches)
+		written, err := p.applyGroup(batches)
 		if err == nil && p.MaxDirty > 0 && n >= minGroup {
 			// The next group holds the messages that would write about
 			// MaxDirty pages at this group's rate, and at most twice
@@ -433,6 +449,21 @@ func (p *Projector) runCommitter() {
 			j.done <- struct{}{}
 		}
 	}
+}
+
+// applyGroup applies batches in one transaction and reports it, once
+// committed, to ObserveCommit.
+func (p *Projector) applyGroup(batches []*partBatch) (written int, err error) {
+	start := time.Now()
+	written, err = p.Store.applyBatches(batches)
+	if err == nil && p.ObserveCommit != nil {
+		c := CommitStats{Batches: len(batches), Pages: written, Duration: time.Since(start)}
+		for _, b := range batches {
+			c.Messages += len(b.entries)
+		}
+		p.ObserveCommit(c)
+	}
+	return written, err
 }
 
 // clampGroup bounds a group limit to [minGroup, maxGroup].

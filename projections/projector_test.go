@@ -151,3 +151,64 @@ func TestProjector_WaitForOtherRoomsSequence(t *testing.T) {
 		t.Fatal("WaitFor a sequence never published returned nil")
 	}
 }
+
+// TestProjector_ObserveCommit: every message is counted in exactly one
+// group commit, every partition batch in one group, and each commit
+// reports the pages it wrote and the writer's time.
+func TestProjector_ObserveCommit(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, subjects, "SCROLLBACK")
+	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
+	var all []testenv.Event
+	for i := range 20 {
+		r := testenv.NewRoom(fmt.Sprintf("room%d", i), "test")
+		all = append(all, r.Setup("@a:test")...)
+		for j := range 30 {
+			all = append(all, r.Msg("@a:test", fmt.Sprint(j)))
+		}
+	}
+	// A backlog, so that partitions have batches ready at once.
+	seqs := pub.Publish(t, all...)
+
+	var mu sync.Mutex
+	var commits []projections.CommitStats
+	batches := 0
+	p := &projections.Projector{
+		Store: testenv.NewStore(t), Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOfSubject, MaxBatch: 16,
+		Observe: func(int, []projections.Outcome, time.Duration) {
+			mu.Lock()
+			batches++
+			mu.Unlock()
+		},
+		ObserveCommit: func(c projections.CommitStats) {
+			mu.Lock()
+			commits = append(commits, c)
+			mu.Unlock()
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	testenv.WaitApplied(t, p, seqs[len(seqs)-1])
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	msgs, inGroups := 0, 0
+	for i, c := range commits {
+		msgs += c.Messages
+		inGroups += c.Batches
+		if c.Messages <= 0 || c.Batches <= 0 || c.Pages <= 0 || c.Duration <= 0 {
+			t.Errorf("commit %d: %+v, want every field positive", i, c)
+		}
+	}
+	if msgs != len(all) {
+		t.Errorf("group commits counted %d messages, want the %d published", msgs, len(all))
+	}
+	if inGroups != batches {
+		t.Errorf("group commits counted %d partition batches, Observe saw %d", inGroups, batches)
+	}
+}

@@ -97,7 +97,7 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 		return err
 	}
 	b.mark("caught up")
-	res.cost = b.applyCost(ctx)
+	res.cost = b.applyCost(ctx, res.Caught)
 	if wOpen >= 0 && res.cost.Written >= 0 {
 		res.cost.Written -= wOpen // the catch-up's writes, not the backlog's
 	}

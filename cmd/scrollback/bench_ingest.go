@@ -154,7 +154,7 @@ func (b *bench) ingestScenario(ctx context.Context) error {
 	}
 	res.Applied = time.Since(start)
 	b.mark("all applied")
-	res.cost = b.applyCost(ctx)
+	res.cost = b.applyCost(ctx, res.Applied)
 	fw.stop()
 	res.MaxLag, res.PeakAnon, res.PeakFile = b.samplerPeaks()
 	bolt, js, ok := sv.disk()
@@ -244,9 +244,14 @@ func (b *bench) readsBySize(ctx context.Context, sv *sut, g *genLog, prefix stri
 
 // costRows are the summary's rows of what applying cost.
 func costRows(t summaryTable, c applyCost, events int) {
-	if c.Commits > 0 {
-		t.row("projector: messages per commit, on average", fmt.Sprintf("%.0f", float64(events)/c.Commits), "-", "-", "report", "-")
-		t.row("projector: batch time, on average (decode, wait for the writer, apply, commit)", fmtLat(time.Duration(c.CommitSecs/c.Commits*float64(time.Second))), "-", "-", "report", "-")
+	if c.Batches > 0 {
+		t.row("projector: messages per partition batch, on average", fmt.Sprintf("%.0f", float64(events)/c.Batches), "-", "-", "report", "-")
+		t.row("projector: batch time, on average (decode, wait for the writer, apply, commit)", fmtLat(time.Duration(c.BatchSecs/c.Batches*float64(time.Second))), "-", "-", "report", "-")
+	}
+	if c.Groups > 0 {
+		t.row("projector: messages per group commit, on average", fmt.Sprintf("%.0f", float64(events)/c.Groups), "-", "-", "report", "-")
+		t.row("projector: pages written per message", fmt.Sprintf("%.2f", c.Pages/float64(events)), "-", "-", "report", "-")
+		t.row("bbolt's writer busy in group commits (share of the time)", fmt.Sprintf("%.0f%%", 100*c.writerBusy()), "-", "-", "report", "-")
 	}
 	if c.Written >= 0 {
 		t.row("written to storage per event (bytes, /proc/self/io: the log's and the projection's)", fmt.Sprintf("%.0f", float64(c.Written)/float64(events)), "-", "-", "report", "-")

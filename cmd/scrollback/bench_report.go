@@ -410,30 +410,43 @@ func (s *sampler) resources() string {
 	return "sampled every " + s.every.String() + ": " + strings.Join(parts, "; ")
 }
 
-// applyCost is what applying events cost the projector so far: its
-// commits (scrollback_apply_batch_seconds), and the bytes the process
-// wrote to storage since the scenario started.
+// applyCost is what applying events cost the projector so far, from its
+// metrics (sut.projectorCost), and the bytes the process wrote to
+// storage since the scenario started.
 type applyCost struct {
-	Commits, CommitSecs float64 // 0: not known
-	Written             int64   // -1: not known
+	Batches, BatchSecs float64       // partition batches, decoding to commit; 0: not known
+	Groups, GroupSecs  float64       // bbolt's writer's group commits; 0: not known
+	Pages              float64       // pages the group commits wrote
+	Written            int64         // -1: not known
+	Span               time.Duration // the time the counts cover (the caller's clock)
 }
 
-func (b *bench) applyCost(ctx context.Context) applyCost {
-	c := applyCost{Written: b.written()}
+func (b *bench) applyCost(ctx context.Context, span time.Duration) applyCost {
+	c := applyCost{Written: b.written(), Span: span}
 	if src := b.source.Load(); src != nil {
-		if n, secs, ok := src.batches(ctx); ok {
-			c.Commits, c.CommitSecs = n, secs
-		}
+		src.projectorCost(ctx, &c)
 	}
 	return c
 }
 
-// String says it per event.
+// writerBusy is the share of Span bbolt's writer spent in group commits.
+func (c applyCost) writerBusy() float64 {
+	if c.Span <= 0 {
+		return 0
+	}
+	return c.GroupSecs / c.Span.Seconds()
+}
+
+// per says it per event.
 func (c applyCost) per(events int) string {
 	var parts []string
-	if c.Commits > 0 {
-		parts = append(parts, fmt.Sprintf("%.0f batches (one commit each) of %.0f messages on average, %.2f ms each from decoding to the commit, waiting for bbolt's writer included",
-			c.Commits, float64(events)/c.Commits, 1000*c.CommitSecs/c.Commits))
+	if c.Batches > 0 {
+		parts = append(parts, fmt.Sprintf("%.0f partition batches of %.0f messages on average, %.2f ms each from decoding to the commit, waiting for bbolt's writer included",
+			c.Batches, float64(events)/c.Batches, 1000*c.BatchSecs/c.Batches))
+	}
+	if c.Groups > 0 {
+		parts = append(parts, fmt.Sprintf("%.0f group commits of %.0f messages on average, %.1f pages written per message; bbolt's writer busy %.1f s of %.1f s (%.0f%%)",
+			c.Groups, float64(events)/c.Groups, c.Pages/float64(events), c.GroupSecs, c.Span.Seconds(), 100*c.writerBusy()))
 	}
 	if c.Written >= 0 {
 		parts = append(parts, fmt.Sprintf("%s written to storage = %.0f bytes per event", fmtMiB(c.Written), float64(c.Written)/float64(events)))

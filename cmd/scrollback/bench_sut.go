@@ -299,16 +299,23 @@ func (s *sut) io() (loadgen.IO, bool) {
 	return io, err == nil
 }
 
-// batches is the projector's commits so far and the time they took, from
-// scrollback_apply_batch_seconds of GET /metrics.
-func (s *sut) batches(ctx context.Context) (n, secs float64, ok bool) {
+// projectorCost is what the projector's metrics (GET /metrics) say it
+// did so far: its partitions' batches and the time each took from
+// decoding to the commit (scrollback_apply_batch_seconds), and bbolt's
+// writer's group commits (scrollback_commit_*). A field not served (an
+// older build) stays 0.
+func (s *sut) projectorCost(ctx context.Context, c *applyCost) {
 	text, err := s.metrics(ctx)
 	if err != nil {
-		return 0, 0, false
+		return
 	}
-	n, ok1 := loadgen.PromValue(text, "scrollback_apply_batch_seconds_count")
-	secs, ok2 := loadgen.PromValue(text, "scrollback_apply_batch_seconds_sum")
-	return n, secs, ok1 && ok2
+	get := func(name string) float64 {
+		v, _ := loadgen.PromValue(text, name)
+		return v
+	}
+	c.Batches, c.BatchSecs = get("scrollback_apply_batch_seconds_count"), get("scrollback_apply_batch_seconds_sum")
+	c.Groups, c.GroupSecs = get("scrollback_commit_seconds_count"), get("scrollback_commit_seconds_sum")
+	c.Pages = get("scrollback_commit_pages_total")
 }
 
 // freelist is the size of the projection file's freelist in bytes:

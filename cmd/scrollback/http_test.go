@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -155,9 +156,16 @@ func TestHTTP_AuthAndErrors(t *testing.T) {
 				t.Fatalf("%s: %d", p, resp.StatusCode)
 			}
 			if p == "/metrics" {
-				for _, name := range []string{"scrollback_request_duration_seconds", "scrollback_projection_lag_messages", "scrollback_log_messages_total"} {
+				for _, name := range []string{"scrollback_request_duration_seconds", "scrollback_projection_lag_messages", "scrollback_log_messages_total",
+					"scrollback_commit_seconds_count", "scrollback_commit_messages_total", "scrollback_commit_pages_total"} {
 					if !bytes.Contains(data, []byte(name)) {
 						t.Errorf("/metrics lacks %s", name)
+					}
+				}
+				// The room's events were applied by group commits.
+				for _, name := range []string{"scrollback_commit_seconds_count", "scrollback_commit_messages_total", "scrollback_commit_pages_total"} {
+					if v, ok := loadgen.PromValue(data, name); !ok || v <= 0 {
+						t.Errorf("/metrics: %s = %v, want > 0", name, v)
 					}
 				}
 			}

@@ -108,6 +108,7 @@ func (m *Main) Open(ctx context.Context) error {
 		return float64(m.Projector.LogLast() - min(m.Projector.Applied(), m.Projector.LogLast()))
 	})
 	m.Projector.Observe = m.observeBatch(subjects)
+	m.Projector.ObserveCommit = m.Metrics.ObserveCommit
 	if err := m.Projector.Init(); err != nil {
 		return err
 	}
