@@ -169,6 +169,16 @@ func TestSeries_Windows(t *testing.T) {
 	if got := len(s.Samples()); got != 31 {
 		t.Errorf("%d samples, want 31", got)
 	}
+	// Between takes the windows that start in the span.
+	if st := s.Between(0, 200*time.Millisecond); st.N != 20 || st.Max != time.Millisecond {
+		t.Errorf("between 0 and 200ms: %+v, want the 20 requests of 1ms", st)
+	}
+	if st := s.Between(150*time.Millisecond, time.Second); st.N != 11 || st.Max != 50*time.Millisecond {
+		t.Errorf("between 150ms and 1s: %+v, want the last window's 11 requests", st)
+	}
+	if st := s.Between(time.Second, 2*time.Second); st.N != 0 {
+		t.Errorf("between 1s and 2s: %+v, want nothing", st)
+	}
 	// A long run widens the windows instead of growing without bound.
 	s.Record(origin.Add(10*time.Hour), time.Second)
 	ws = s.Windows()
