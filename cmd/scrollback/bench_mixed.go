@@ -465,6 +465,11 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 	}
 	b.mark("workload done")
 	res.phases = mixedPhases(series, replied.Sub(series.Origin()), res.PurgeRows, res.ShutdownDone, res.PurgeDone)
+	for i := range res.phases {
+		ph := &res.phases[i]
+		at := replied.Sub(series.Origin())
+		ph.CPU, ph.MachineCPU, ph.CPUKnown = b.cpuBetween(at+ph.From, at+ph.To)
+	}
 	res.MaxLag = b.lagMaxSince(ingestStart)
 	rows := "-"
 	if res.PurgeRows > 0 {
@@ -490,6 +495,10 @@ type mixedPhase struct {
 	From, To time.Duration // since the requests' reply
 	Running  []string      // what ran meanwhile, besides the reads and the ingest
 	Stats    loadgen.Stats
+	// The cores the service's process (with the bench) and the machine
+	// used on average, when sampled (CPUKnown).
+	CPU, MachineCPU float64
+	CPUKnown        bool
 }
 
 func (p mixedPhase) String() string {
@@ -500,8 +509,12 @@ func (p mixedPhase) String() string {
 	if p.Stats.N == 0 {
 		return fmt.Sprintf("%5.1f-%5.1fs, %s: no reads", p.From.Seconds(), p.To.Seconds(), running)
 	}
-	return fmt.Sprintf("%5.1f-%5.1fs, %s: %d reads, p50 %s p99 %s max %s", p.From.Seconds(), p.To.Seconds(), running,
-		p.Stats.N, fmtLat(p.Stats.P50), fmtLat(p.Stats.P99), fmtLat(p.Stats.Max))
+	cpu := ""
+	if p.CPUKnown {
+		cpu = fmt.Sprintf("; CPU %.2f cores (machine %.2f)", p.CPU, p.MachineCPU)
+	}
+	return fmt.Sprintf("%5.1f-%5.1fs, %s: %d reads, p50 %s p99 %s max %s%s", p.From.Seconds(), p.To.Seconds(), running,
+		p.Stats.N, fmtLat(p.Stats.P50), fmtLat(p.Stats.P99), fmtLat(p.Stats.Max), cpu)
 }
 
 // mixedPhases splits the reads during the workload at the steps' ends,

@@ -114,7 +114,7 @@ func (b *bench) endScenario() error {
 	}
 	run.sampler.stop()
 	rep := run.rep
-	rep.Lag, rep.Memory, rep.Disk, rep.IO = run.sampler.series()
+	rep.Lag, rep.Memory, rep.Disk, rep.IO, rep.CPU = run.sampler.series()
 	var errs []error
 	if run.cpu != nil {
 		pprof.StopCPUProfile()
@@ -280,6 +280,10 @@ type sampler struct {
 	mu                                 sync.Mutex // the sampler's goroutine and peakMemory sample
 	lag, anon, file, bolt, js, written loadgen.TimeSeries
 	freelist                           loadgen.TimeSeries
+	cpu, machineCPU                    loadgen.TimeSeries // cores busy since the sample before
+	lastCPU                            time.Duration      // the service's CPU time at the last sample
+	lastMachine                        loadgen.MachineCPU
+	lastAt                             time.Duration
 	peakAnon, peakFile                 float64
 	written0                           int64 // write_bytes at the start
 
@@ -302,7 +306,9 @@ func startSampler(ctx context.Context, origin time.Time, every time.Duration, sr
 	s.js.Name, s.js.Unit = "JetStream store", "bytes"
 	s.written.Name, s.written.Unit = "written by the process since the scenario started", "bytes"
 	s.freelist.Name, s.freelist.Unit = "bbolt freelist (written with every commit)", "bytes"
-	s.written0 = -1
+	s.cpu.Name, s.cpu.Unit = "the service's process (with the bench's clients when embedded)", "cores"
+	s.machineCPU.Name, s.machineCPU.Unit = "the whole machine (other jobs too)", "cores"
+	s.written0, s.lastCPU = -1, -1
 	go func() {
 		defer close(s.done)
 		t := time.NewTicker(every)
@@ -328,9 +334,24 @@ func (s *sampler) sample(ctx context.Context, src *sut) {
 	bolt, js, diskOK := src.disk()
 	io, ioOK := src.io()
 	fl, flOK := src.freelist()
+	cpu, cpuOK := src.cpu()
+	machine, machineErr := loadgen.ReadMachineCPU()
 	at := time.Since(s.origin)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if elapsed := (at - s.lastAt).Seconds(); s.lastAt > 0 && elapsed > 0 {
+		if cpuOK && s.lastCPU >= 0 {
+			s.cpu.Add(at, (cpu-s.lastCPU).Seconds()/elapsed)
+		}
+		if d := machine.Total - s.lastMachine.Total; machineErr == nil && d > 0 {
+			// Total counts every CPU: busy over total is the busy share.
+			s.machineCPU.Add(at, float64(machine.Busy-s.lastMachine.Busy)/float64(d)*float64(runtime.NumCPU()))
+		}
+	}
+	s.lastAt, s.lastMachine, s.lastCPU = at, machine, -1
+	if cpuOK {
+		s.lastCPU = cpu
+	}
 	if lagErr == nil {
 		s.lag.Add(at, lag)
 	}
@@ -367,7 +388,7 @@ func (s *sampler) stop() {
 }
 
 // series are the sampled series that have points.
-func (s *sampler) series() (lag, mem, disk, io []loadgen.TimeSeries) {
+func (s *sampler) series() (lag, mem, disk, io, cpu []loadgen.TimeSeries) {
 	keep := func(ts ...loadgen.TimeSeries) []loadgen.TimeSeries {
 		var out []loadgen.TimeSeries
 		for _, t := range ts {
@@ -377,7 +398,39 @@ func (s *sampler) series() (lag, mem, disk, io []loadgen.TimeSeries) {
 		}
 		return out
 	}
-	return keep(s.lag), keep(s.anon, s.file), keep(s.bolt, s.js, s.freelist), keep(s.written)
+	return keep(s.lag), keep(s.anon, s.file), keep(s.bolt, s.js, s.freelist), keep(s.written), keep(s.cpu, s.machineCPU)
+}
+
+// cpuBetween is the current scenario's sampler.cpuBetween, with times
+// since the scenario's origin.
+func (b *bench) cpuBetween(from, to time.Duration) (service, machine float64, ok bool) {
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run == nil || run.sampler == nil {
+		return 0, 0, false
+	}
+	return run.sampler.cpuBetween(from, to)
+}
+
+// cpuBetween is the mean of the cores the service and the machine used
+// in the samples taken in [from, to) since the origin (ok: there were
+// samples of both).
+func (s *sampler) cpuBetween(from, to time.Duration) (service, machine float64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	mean := func(ts *loadgen.TimeSeries) (float64, bool) {
+		sum, n := 0.0, 0
+		for _, p := range ts.Points {
+			if p.T >= from && p.T < to {
+				sum, n = sum+p.V, n+1
+			}
+		}
+		return sum / float64(max(n, 1)), n > 0
+	}
+	service, ok1 := mean(&s.cpu)
+	machine, ok2 := mean(&s.machineCPU)
+	return service, machine, ok1 && ok2
 }
 
 // resources is one line on what the sampler saw: the largest projection

@@ -289,6 +289,16 @@ func (s *sut) memory(ctx context.Context) (loadgen.Memory, bool) {
 	return loadgen.Memory{RssAnon: int64(v)}, ok
 }
 
+// cpu is the service's CPU time so far: this process's when embedded, the
+// --target-pid's when given.
+func (s *sut) cpu() (time.Duration, bool) {
+	if s.m == nil && s.pid <= 0 {
+		return 0, false
+	}
+	d, err := loadgen.ReadCPU(s.pid)
+	return d, err == nil
+}
+
 // io is the service's storage I/O: this process's when embedded, the
 // --target-pid's when given.
 func (s *sut) io() (loadgen.IO, bool) {

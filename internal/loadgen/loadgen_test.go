@@ -363,6 +363,40 @@ func TestParseIO(t *testing.T) {
 	}
 }
 
+func TestParseProcStat(t *testing.T) {
+	// A command with a space and a parenthesis; utime 1234, stime 56.
+	line := "4242 (scroll back) R 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 12 0 300 1000000 2000 18446744073709551615\n"
+	got, err := ParseProcStat([]byte(line))
+	if err != nil || got != 1290*ClockTick {
+		t.Errorf("ParseProcStat = %v, %v; want %v", got, err, 1290*ClockTick)
+	}
+	if _, err := ParseProcStat([]byte("4242 (x) R 1 2\n")); err == nil {
+		t.Error("a short stat line parsed")
+	}
+	if _, err := ParseProcStat([]byte("4242 x R")); err == nil {
+		t.Error("a stat line without a command parsed")
+	}
+	// This process's own stat parses.
+	if _, err := ReadCPU(0); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestParseMachineStat(t *testing.T) {
+	text := "cpu  100 5 20 1000 30 1 2 3 7 0\ncpu0 50 2 10 500 15 0 1 1 0 0\n"
+	got, err := ParseMachineStat([]byte(text))
+	want := MachineCPU{Busy: (100 + 5 + 20 + 1 + 2 + 3) * ClockTick, Total: (100 + 5 + 20 + 1000 + 30 + 1 + 2 + 3) * ClockTick}
+	if err != nil || got != want {
+		t.Errorf("ParseMachineStat = %+v, %v; want %+v", got, err, want)
+	}
+	if _, err := ParseMachineStat([]byte("intr 1 2 3\n")); err == nil {
+		t.Error("a stat without the cpu line parsed")
+	}
+	if _, err := ReadMachineCPU(); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestPromValue(t *testing.T) {
 	text := []byte("# HELP x\nscrollback_projection_lag_messages 42\nscrollback_projection_lag_messages_total 7\nprocess_resident_memory_bytes 1.234e+08\nfoo{a=\"b\"} 3\n")
 	for name, want := range map[string]float64{"scrollback_projection_lag_messages": 42, "process_resident_memory_bytes": 1.234e8} {

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Memory is a process's resident memory from /proc/<pid>/status, in bytes.
@@ -80,6 +81,87 @@ func ParseStatus(r io.Reader) (Memory, error) {
 	}
 	if found == 0 {
 		return m, fmt.Errorf("loadgen: no Rss lines in status (not Linux?)")
+	}
+	return m, nil
+}
+
+// ClockTick is the unit of the CPU times in /proc/<pid>/stat and
+// /proc/stat: USER_HZ, 100 on every Linux architecture Go supports.
+const ClockTick = 10 * time.Millisecond
+
+// ReadCPU is the CPU time (user and system) a process used so far, from
+// /proc/<pid>/stat (pid 0: this process), to ClockTick.
+func ReadCPU(pid int) (time.Duration, error) {
+	path := "/proc/self/stat"
+	if pid > 0 {
+		path = fmt.Sprintf("/proc/%d/stat", pid)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("loadgen: cpu: %w", err)
+	}
+	return ParseProcStat(b)
+}
+
+// ParseProcStat reads utime and stime, the 14th and 15th fields, of a
+// /proc/<pid>/stat line. The second field, the command in parentheses,
+// may hold spaces and parentheses: fields count from the last ')'.
+func ParseProcStat(b []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("loadgen: stat %q: no command", b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is the 3rd field (state); utime and stime are the 14th and 15th.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("loadgen: stat: %d fields after the command, want at least 13", len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("loadgen: stat: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * ClockTick, nil
+}
+
+// MachineCPU is the machine's CPU time so far, summed over its CPUs, from
+// the first line of /proc/stat.
+type MachineCPU struct {
+	Busy, Total time.Duration // Total - Busy is idle and waiting for I/O
+}
+
+// ReadMachineCPU reads /proc/stat.
+func ReadMachineCPU() (MachineCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return MachineCPU{}, fmt.Errorf("loadgen: machine cpu: %w", err)
+	}
+	return ParseMachineStat(b)
+}
+
+// ParseMachineStat reads the "cpu" line of /proc/stat: user, nice,
+// system, idle, iowait, irq, softirq, steal (guest time is counted in
+// user already).
+func ParseMachineStat(b []byte) (MachineCPU, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 5 || f[0] != "cpu" {
+		return MachineCPU{}, fmt.Errorf("loadgen: /proc/stat starts %q, want the cpu line", line)
+	}
+	var m MachineCPU
+	for i, s := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return MachineCPU{}, fmt.Errorf("loadgen: /proc/stat: %w", err)
+		}
+		d := time.Duration(n) * ClockTick
+		m.Total += d
+		if i != 3 && i != 4 { // idle, iowait
+			m.Busy += d
+		}
 	}
 	return m, nil
 }

@@ -37,6 +37,7 @@ type Scenario struct {
 	Memory  []TimeSeries // bytes
 	Disk    []TimeSeries // bytes
 	IO      []TimeSeries // bytes written, cumulative
+	CPU     []TimeSeries // cores busy
 	Marks   []Mark       // moments drawn on every plot over time
 	Log     string       // the lines the scenario printed
 	// Profiles of the scenario, with their top entries.
@@ -213,6 +214,7 @@ func (s *Scenario) writeHTML(b *strings.Builder) {
 		{"memory (RssAnon + RssShmem is the process's own; RssFile is mapped files: bbolt pages)", "MiB", s.Memory, 1 << 20},
 		{"disk use (apparent size)", "MiB", s.Disk, 1 << 20},
 		{"bytes written to storage by the process, cumulative (/proc/PID/io write_bytes)", "MiB", s.IO, 1 << 20},
+		{"CPU in use (cores, between samples; /proc/PID/stat and /proc/stat)", "cores", s.CPU, 1},
 	} {
 		if len(g.ts) == 0 {
 			continue
