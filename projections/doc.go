@@ -18,6 +18,11 @@
 // the checkpoint is skipped. A room's messages are never applied out of
 // order; the order between rooms is not fixed.
 //
+// The committer is the projector's bound: when the log is far ahead (a
+// catch-up) it is busy nearly all the time (97% catching up 1M events in
+// 10k rooms). ObserveCommit reports each group commit, with the pages it
+// wrote and the writer's time, so that the service's metrics show it.
+//
 // Reads use bbolt read transactions (snapshots): they never wait for the
 // writer and see whole batches only. Store.View gives a RoomView for one
 // consistent read.
