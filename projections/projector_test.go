@@ -186,9 +186,13 @@ func TestProjector_ObserveCommit(t *testing.T) {
 			mu.Unlock()
 		},
 	}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
+	testenv.WaitFor(t, 10*time.Second, "projector start", p.Started)
 	testenv.WaitApplied(t, p, seqs[len(seqs)-1])
 	cancel()
 	if err := <-done; err != nil {
