@@ -42,7 +42,8 @@ type Backfiller struct {
 	Now     func() time.Time
 	Logger  *slog.Logger
 
-	mu       sync.Mutex
+	once     sync.Once
+	mu       sync.Mutex // inflight and failures
 	inflight map[string]*backfillCall
 	failures map[string]backoffState // room|event ID -> back-off
 	bg       chan struct{}
@@ -66,18 +67,17 @@ type point struct {
 }
 
 func (b *Backfiller) init() {
-	if b.inflight == nil {
+	b.once.Do(func() {
 		b.inflight = map[string]*backfillCall{}
 		b.failures = map[string]backoffState{}
 		b.bg = make(chan struct{}, backgroundBackfill)
-	}
+	})
 }
 
 // Background starts Maybe in the background unless too many are running.
+// Every read near a backward extremity calls it: it takes no lock.
 func (b *Backfiller) Background(roomID string, depth int64, limit int) {
-	b.mu.Lock()
 	b.init()
-	b.mu.Unlock()
 	select {
 	case b.bg <- struct{}{}:
 	default:
@@ -102,19 +102,26 @@ func (b *Backfiller) timeout() time.Duration {
 // depth, asks the federation workers for their history, appends it to the
 // log and waits until it is applied. It reports whether any event came.
 func (b *Backfiller) Maybe(ctx context.Context, roomID string, depth int64, limit int) bool {
-	b.mu.Lock()
 	b.init()
+	if c := b.call(roomID); c != nil {
+		return c.wait(ctx)
+	}
+	// The room's extremities are read without the lock: a backfill
+	// holding it through a bbolt read made every read near a gap queue
+	// behind it (a runtime trace of the mixed benchmark). A call that
+	// ends between this read and the lock may be asked again with points
+	// it already filled: harmless, its events come back as duplicates.
+	all, err := b.extremities(roomID)
+	if err != nil {
+		return false
+	}
+	b.mu.Lock()
 	if c, ok := b.inflight[roomID]; ok {
 		b.mu.Unlock()
-		select {
-		case <-c.done:
-			return c.did
-		case <-ctx.Done():
-			return false
-		}
+		return c.wait(ctx)
 	}
-	points, err := b.points(roomID, depth, limit)
-	if err != nil || len(points) == 0 {
+	points := b.points(all, roomID, depth, limit)
+	if len(points) == 0 {
 		b.mu.Unlock()
 		return false
 	}
@@ -129,8 +136,25 @@ func (b *Backfiller) Maybe(ctx context.Context, roomID string, depth int64, limi
 	return c.did
 }
 
-// points chooses the extremities to ask about (b.mu held).
-func (b *Backfiller) points(roomID string, depth int64, limit int) ([]point, error) {
+// call is the room's backfill under way, if any.
+func (b *Backfiller) call(roomID string) *backfillCall {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.inflight[roomID]
+}
+
+// wait waits for the call to end and reports whether any event came.
+func (c *backfillCall) wait(ctx context.Context) bool {
+	select {
+	case <-c.done:
+		return c.did
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// extremities are the room's backward extremities above its purge floor.
+func (b *Backfiller) extremities(roomID string) ([]point, error) {
 	var all []point
 	err := b.Store.View(roomID, func(v *projections.RoomView) error {
 		floor := v.Floor()
@@ -142,9 +166,11 @@ func (b *Backfiller) points(roomID string, depth int64, limit int) ([]point, err
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
+	return all, err
+}
+
+// points chooses the extremities to ask about among all (b.mu held).
+func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) []point {
 	now := b.Now()
 	var near []point
 	for _, p := range all {
@@ -157,7 +183,7 @@ func (b *Backfiller) points(roomID string, depth int64, limit int) ([]point, err
 		near = append(near, p)
 	}
 	if len(near) == 0 {
-		return nil, nil
+		return nil
 	}
 	// Closest to the requested depth first, then the older one.
 	slices.SortFunc(near, func(x, y point) int {
@@ -168,9 +194,9 @@ func (b *Backfiller) points(roomID string, depth int64, limit int) ([]point, err
 		return int(x.depth - y.depth)
 	})
 	if depth-2*int64(limit) > near[0].depth {
-		return nil, nil // not close enough yet
+		return nil // not close enough yet
 	}
-	return near[:min(len(near), backfillMaxPoints)], nil
+	return near[:min(len(near), backfillMaxPoints)]
 }
 
 func abs(x int64) int64 {

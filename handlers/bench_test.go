@@ -3,6 +3,8 @@ package handlers_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,4 +99,63 @@ func BenchmarkMessages_LazyAndBundles(b *testing.B) {
 		return nil
 	})
 	benchRead(b, h, r.ID, toks, map[string]any{"filter": map[string]any{"lazy_load_members": true}})
+}
+
+// BenchmarkMessages_NearAGap: members page back (dir=b, limit 50, from
+// depths 150-210) towards a gap at depth 100 whose missing parent no
+// federation worker answers for, in parallel: each read near the gap
+// starts a background backfill (Synapse's maybe_backfill), which finds
+// the point in back-off. The reads must not queue behind that
+// bookkeeping.
+func BenchmarkMessages_NearAGap(b *testing.B) {
+	n := testenv.NewNATS(b)
+	log := n.Stream(b, subjects, "SCROLLBACK")
+	s := testenv.NewStore(b)
+	r := testenv.NewRoom("gap", "test")
+	evs := r.Setup(alice, bob)
+	r.StartAt(100, "$missing:test")
+	for i := range 2000 {
+		evs = append(evs, r.Msg(bob, fmt.Sprintf("message %d with some text in it", i)))
+	}
+	part := projections.PartitionOf(bus.RoomKey(r.ID), s.Partitions())
+	var batch []commands.LogEntry
+	var toks []string
+	for i, ev := range evs {
+		data, _ := bus.Encode(map[string]any(ev))
+		seq := uint64(i + 1)
+		batch = append(batch, subjects.Decode(seq, subjects.Room(r.ID, commands.KindEvent), data, 1_800_000_000_000))
+		if d, _ := ev["depth"].(int64); d >= 150 && d < 210 {
+			toks = append(toks, fmt.Sprintf("t%d-%d", d, seq))
+		}
+	}
+	if _, err := s.ApplyBatch(part, batch); err != nil {
+		b.Fatal(err)
+	}
+	if len(toks) == 0 {
+		b.Fatal("no start points near the gap")
+	}
+	waiter := &staticWaiter{seq: uint64(len(evs))}
+	h := &handlers.Messages{Store: s, Waiter: waiter, Subjects: subjects, Now: time.Now,
+		Backfill: &handlers.Backfiller{Req: &bus.Requester{NC: n.NC, Timeout: time.Second}, Log: log, Waiter: waiter,
+			Store: s, Subjects: subjects, Timeout: time.Second, Backoff: time.Minute, Now: time.Now, Logger: slog.New(slog.DiscardHandler)}}
+	reqs := make([][]byte, len(toks))
+	for i, tok := range toks {
+		reqs[i], _ = bus.Encode(map[string]any{"user_id": alice, "dir": "b", "limit": 50, "from": tok})
+	}
+	subj := subjects.APIRoom(r.ID, "messages")
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetParallelism(8) // 16 readers on 2 cores, as the service's worker pool has them
+	b.ResetTimer()
+	var next atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			reply, err := h.Handle(ctx, subj, reqs[int(next.Add(1))%len(reqs)])
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			handlers.ReleaseReply(reply)
+		}
+	})
 }
