@@ -14,6 +14,12 @@
 // subject purge (bus.Log.Compact); on a shared NATS, where other instances
 // read the log, it deletes message by message.
 //
+// Reads that reach a backward extremity call the Backfiller (Synapse's
+// maybe_backfill): in the foreground when the page is short or gappy,
+// else in the background. Every read near a gap may call it, so its
+// lock guards only the in-flight calls and the back-off, never a bbolt
+// read: a convoy behind such a lock held up the reads under load.
+//
 // The HTTP bridge is a thin translation: every endpoint becomes a NATS
 // request of CONTRACT.md section 4, so it can run in its own process.
 package handlers
