@@ -51,6 +51,7 @@ type catchupResults struct {
 	PeakFile       float64
 	Bolt, JS       int64
 	readsN, readsE int // reads during the catch-up: done, failed
+	readsRefused   int // refused: the reader's join not yet applied
 	cost           applyCost
 	floorWritten   int64
 }
@@ -87,7 +88,7 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	readsDone := make(chan struct{})
 	go func() {
 		defer close(readsDone)
-		res.readsN, res.readsE = b.catchupReads(rctx, m, g.Rooms[0])
+		res.readsN, res.readsRefused, res.readsE = b.catchupReads(rctx, m, g.Rooms[0])
 	}()
 	err = b.waitAllApplied(ctx, m, last)
 	res.Caught = time.Since(start)
@@ -104,8 +105,8 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	_, res.PeakAnon, res.PeakFile = b.samplerPeaks()
 	res.Bolt, _ = fileSize(filepath.Join(dataDir, "scrollback.db"))
 	res.JS, _ = dirSize(filepath.Join(dataDir, "jetstream"))
-	b.printf("catch-up: %d events applied in %v from Open (Open took %v) = %.0f events/s; %d reads of the largest room's newest page meanwhile (%d failed)\n",
-		c.Backlog, round(res.Caught), round(res.Open), perSec(c.Backlog, res.Caught), res.readsN, res.readsE)
+	b.printf("catch-up: %d events applied in %v from Open (Open took %v) = %.0f events/s; %d reads of the largest room's newest page meanwhile (%d refused before the reader's join was applied, %d failed)\n",
+		c.Backlog, round(res.Caught), round(res.Open), perSec(c.Backlog, res.Caught), res.readsN, res.readsRefused, res.readsE)
 	if st := b.seriesStats("newest page of the largest room during the catch-up"); st.N > 0 {
 		b.printf("reads during the catch-up: p50 %s p90 %s p99 %s max %s\n", fmtLat(st.P50), fmtLat(st.P90), fmtLat(st.P99), fmtLat(st.Max))
 	}
@@ -187,32 +188,36 @@ func (b *bench) waitAllApplied(ctx context.Context, m *Main, seq uint64) error {
 }
 
 // catchupReads reads the room's newest page catchupReadRate times a second
-// until ctx ends, recording each read.
-func (b *bench) catchupReads(ctx context.Context, m *Main, room *synthRoom) (ok, failed int) {
+// until ctx ends, recording each read. Before the reader's join is
+// applied a read is refused (403, not a member): counted apart from
+// failures (timeouts, other errors).
+func (b *bench) catchupReads(ctx context.Context, m *Main, room *synthRoom) (ok, refused, failed int) {
 	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-reader")
 	if err != nil {
-		return 0, 1
+		return 0, 0, 1
 	}
 	defer nc.Close()
 	series := b.newSeries("reads during the catch-up", "newest page of the largest room during the catch-up, 50 req/s")
 	subject := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}.APIRoom(room.ID, "messages")
 	data, err := bus.Encode(map[string]any{"user_id": room.Reader(), "dir": "b", "limit": b.cfg.Limit})
 	if err != nil {
-		return 0, 1
+		return 0, 0, 1
 	}
 	tick := time.NewTicker(time.Second / catchupReadRate)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return ok, failed
+			return ok, refused, failed
 		case <-tick.C:
 		}
 		t0 := time.Now()
 		msg, err := nc.RequestMsg(&nats.Msg{Subject: subject, Data: data}, benchRequestTimeout)
-		// Before the room's first event is applied the read is an error
-		// (not a member yet): counted apart.
-		if err != nil || msg.Header.Get("Nats-Service-Error-Code") != "" {
+		switch {
+		case err == nil && msg.Header.Get("Nats-Service-Error-Code") == "403":
+			refused++
+			continue
+		case err != nil || msg.Header.Get("Nats-Service-Error-Code") != "":
 			failed++
 			continue
 		}
