@@ -15,6 +15,31 @@ import (
 	"github.com/scrollback/scrollback/testenv"
 )
 
+// applyRoom applies a room's events in batches of 1000, like the
+// projector, at log sequences 1, 2, ..., and returns the stream tokens
+// of the events at for which at(index, depth) holds.
+func applyRoom(b *testing.B, s *projections.Store, roomID string, evs []testenv.Event, at func(i int, depth int64) bool) []string {
+	b.Helper()
+	part := projections.PartitionOf(bus.RoomKey(roomID), s.Partitions())
+	var batch []commands.LogEntry
+	var toks []string
+	for i, ev := range evs {
+		data, _ := bus.Encode(map[string]any(ev))
+		seq := uint64(i + 1)
+		batch = append(batch, subjects.Decode(seq, subjects.Room(roomID, commands.KindEvent), data, 1_800_000_000_000))
+		if d, _ := ev["depth"].(int64); at(i, d) {
+			toks = append(toks, fmt.Sprintf("t%d-%d", d, seq))
+		}
+		if len(batch) == 1000 || i == len(evs)-1 {
+			if _, err := s.ApplyBatch(part, batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	return toks
+}
+
 // benchRoom applies a room of n messages in batches, like the projector.
 func benchRoom(b *testing.B, n int, extra func(r *testenv.Room, i int) testenv.Event) (*handlers.Messages, *testenv.Room, []string) {
 	b.Helper()
@@ -30,23 +55,7 @@ func benchRoom(b *testing.B, n int, extra func(r *testenv.Room, i int) testenv.E
 		}
 		evs = append(evs, r.Msg(bob, fmt.Sprintf("message %d with some text in it", i)))
 	}
-	part := projections.PartitionOf(bus.RoomKey(r.ID), s.Partitions())
-	var batch []commands.LogEntry
-	var toks []string
-	for i, ev := range evs {
-		data, _ := bus.Encode(map[string]any(ev))
-		seq := uint64(i + 1)
-		batch = append(batch, subjects.Decode(seq, subjects.Room(r.ID, commands.KindEvent), data, 1_800_000_000_000))
-		if i%1000 == 999 {
-			toks = append(toks, fmt.Sprintf("t%d-%d", ev["depth"], seq))
-		}
-		if len(batch) == 1000 || i == len(evs)-1 {
-			if _, err := s.ApplyBatch(part, batch); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
+	toks := applyRoom(b, s, r.ID, evs, func(i int, _ int64) bool { return i%1000 == 999 })
 	h := &handlers.Messages{Store: s, Waiter: &staticWaiter{seq: uint64(len(evs))}, Subjects: subjects, Now: time.Now}
 	return h, r, toks
 }
@@ -117,20 +126,7 @@ func BenchmarkMessages_NearAGap(b *testing.B) {
 	for i := range 2000 {
 		evs = append(evs, r.Msg(bob, fmt.Sprintf("message %d with some text in it", i)))
 	}
-	part := projections.PartitionOf(bus.RoomKey(r.ID), s.Partitions())
-	var batch []commands.LogEntry
-	var toks []string
-	for i, ev := range evs {
-		data, _ := bus.Encode(map[string]any(ev))
-		seq := uint64(i + 1)
-		batch = append(batch, subjects.Decode(seq, subjects.Room(r.ID, commands.KindEvent), data, 1_800_000_000_000))
-		if d, _ := ev["depth"].(int64); d >= 150 && d < 210 {
-			toks = append(toks, fmt.Sprintf("t%d-%d", d, seq))
-		}
-	}
-	if _, err := s.ApplyBatch(part, batch); err != nil {
-		b.Fatal(err)
-	}
+	toks := applyRoom(b, s, r.ID, evs, func(_ int, d int64) bool { return d >= 150 && d < 210 })
 	if len(toks) == 0 {
 		b.Fatal("no start points near the gap")
 	}
