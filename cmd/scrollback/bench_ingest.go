@@ -131,6 +131,7 @@ func (b *bench) ingestScenario(ctx context.Context) error {
 	}
 	defer closeP()
 	b.mark("publishing")
+	cost0 := b.applyCost(ctx, 0)
 	start := time.Now()
 	n, err := p.run(ctx, func() *nats.Msg {
 		_, m := g.Next()
@@ -154,7 +155,7 @@ func (b *bench) ingestScenario(ctx context.Context) error {
 	}
 	res.Applied = time.Since(start)
 	b.mark("all applied")
-	res.cost = b.applyCost(ctx, res.Applied)
+	res.cost = b.applyCost(ctx, res.Applied).since(cost0)
 	fw.stop()
 	res.MaxLag, res.PeakAnon, res.PeakFile = b.samplerPeaks()
 	bolt, js, ok := sv.disk()

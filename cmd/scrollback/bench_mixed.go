@@ -464,10 +464,10 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 		return fmt.Errorf("bench: reads during the workload: %w", err)
 	}
 	b.mark("workload done")
-	res.phases = mixedPhases(series, replied.Sub(series.Origin()), res.PurgeRows, res.ShutdownDone, res.PurgeDone)
+	at := replied.Sub(series.Origin()) // the reply, on the series' and the sampler's clock
+	res.phases = mixedPhases(series, at, res.PurgeRows, res.ShutdownDone, res.PurgeDone)
 	for i := range res.phases {
 		ph := &res.phases[i]
-		at := replied.Sub(series.Origin())
 		ph.CPU, ph.MachineCPU, ph.CPUKnown = b.cpuBetween(at+ph.From, at+ph.To)
 	}
 	res.MaxLag = b.lagMaxSince(ingestStart)

@@ -482,6 +482,14 @@ func (b *bench) applyCost(ctx context.Context, span time.Duration) applyCost {
 	return c
 }
 
+// since is c less the projector's counts of an earlier c0 (an external
+// service's metrics count from its start, not from the scenario's).
+func (c applyCost) since(c0 applyCost) applyCost {
+	c.Batches, c.BatchSecs = c.Batches-c0.Batches, c.BatchSecs-c0.BatchSecs
+	c.Groups, c.GroupSecs, c.Pages = c.Groups-c0.Groups, c.GroupSecs-c0.GroupSecs, c.Pages-c0.Pages
+	return c
+}
+
 // writerBusy is the share of Span bbolt's writer spent in group commits.
 func (c applyCost) writerBusy() float64 {
 	if c.Span <= 0 {
