@@ -170,10 +170,22 @@ type entryRef struct {
 // search from the root for every key finds the same pages again, rather
 // than jumping between pages at every event: in a catch-up of 1M events,
 // this took 15% off the time spent applying them.
+// appendFill is the FillPercent of the buckets the applier appends to.
+const appendFill = 0.9
+
 func (a *applier) apply(bs []*partBatch) error {
 	var refs []entryRef
 	cps, lasts := make([]uint64, len(bs)), make([]uint64, len(bs))
 	cpb := a.tx.Bucket(bCP)
+	// These buckets are appended to: a room's timeline and stream order
+	// at the room's end, received at the end. bbolt splits a full leaf
+	// at FillPercent (default half), which leaves every appended leaf
+	// half empty for good; 0.9 packs them. After a catch-up of 1M events
+	// in 10k rooms the file was 0.77x the size (670-696 against 880-884
+	// MiB), applying as fast and writing as many bytes.
+	for _, name := range [][]byte{bTimeline, bRStream, bReceived} {
+		a.tx.Bucket(name).FillPercent = appendFill
+	}
 	for bi, b := range bs {
 		for _, other := range bs[:bi] {
 			if other.part == b.part {

@@ -53,6 +53,11 @@
 //	                                          files before erasein)
 //	eraseroom  room ID                     -> log sequence (purge_room)
 //
+// timeline, roomstream and received are appended to (at a room's end, or
+// at the end): the applier fills their leaves to 90% before splitting
+// (appendFill), where bbolt's default half left each appended leaf half
+// empty.
+//
 // The erasures are queued in a bucket per room so that the eraser can
 // take all of a room's at once once its janitor is done (RoomErasures),
 // erase them with one subject purge (bus.Log.Compact), and drop them by
