@@ -13,7 +13,7 @@ import (
 // whole in the answer), and for a thread a count, one count per ignored
 // user and the latest reply: never a scan of the room.
 func (rc *readContext) bundle(r *projections.Row, withThread bool) ([]byte, error) {
-	if r.IsState() || r.RelType == commands.RelAnnotation || r.RelType == commands.RelReplace || !rc.v.HasRelations(r.EventID) {
+	if r.IsState() || r.RelType == commands.RelAnnotation || r.RelType == commands.RelReplace || !rc.v.Related(r) {
 		return nil, nil
 	}
 	ignored := rc.reader.Ignored

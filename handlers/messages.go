@@ -347,6 +347,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	// aggregations and lazy-loaded members.
 	// The events are written straight into the reply after its head
 	// (see startReply), so the reply is built in one buffer, not copied.
+	rc.v.MarkRelated(visible)
 	enc := clientEncoder{rc: rc}
 	enc.buf = *bytes.NewBuffer(replyBuf(len(visible)*512 + 256))
 	chunkAt := startReply(&enc)

@@ -444,6 +444,9 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	if err := tx.Bucket(bTimeline).Put(tlKey(room, ev.Depth, stream), val); err != nil {
 		return err
 	}
+	if err := joinRelated(tx, room, ev.EventID, ev.Depth, stream); err != nil {
+		return err
+	}
 	if err := tx.Bucket(bRStream).Put(binary.BigEndian.AppendUint64(u64(room), order(stream)), u64(uint64(ev.Depth))); err != nil {
 		return err
 	}

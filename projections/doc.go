@@ -52,6 +52,22 @@
 //	erase      log sequence                -> {}      (the same, queued by
 //	                                          files before erasein)
 //	eraseroom  room ID                     -> log sequence (purge_room)
+//	relations  room|target|rel type|depth|order -> sender|relating event ID
+//	relcounts  room|target|rel type        -> count (and ...|0xff|sender)
+//	relat      room|depth|order            -> {}      (timeline events that
+//	                                          an indexed relation targets)
+//	relwait    room|event ID               -> {}      (targets of indexed
+//	                                          relations off the timeline)
+//
+// relat lets a page of /messages learn which of its events have bundled
+// aggregations with one seek and a walk over its own range
+// (RoomView.MarkRelated), where a seek into relations per event was most
+// of what a read with bundles did beyond a plain read. Every target of an
+// indexed relation has exactly one mark: at its timeline position, or in
+// relwait until it joins the timeline (markRelated; checked by
+// Store.CheckRelatedMarks). Files made before the marks (no "relmarks"
+// key in meta) read each event's relations instead; a rebuild gives them
+// the marks.
 //
 // timeline, roomstream and received are appended to (at a room's end, or
 // at the end): the applier fills their leaves to 90% before splitting

@@ -184,6 +184,9 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 		if err := j.unindex(&h, depth, stream); err != nil {
 			return err
 		}
+		if err := j.waitMark(h.eventID, depth, stream); err != nil {
+			return err
+		}
 		if h.flags&flagState == 0 && (meta.DeleteLocal || !isLocalSender(h.sender, server)) {
 			if err := j.cur(bEvents).del(h.eventID); err != nil {
 				return err
@@ -399,7 +402,26 @@ func (j *purgeTx) unindex(h *purgeHead, depth, stream int64) error {
 	}
 	k = append(append(j.buf[:0], p...), 0xff)
 	j.buf = append(k, h.sender...)
-	return j.decCount(j.buf)
+	if err := j.decCount(j.buf); err != nil {
+		return err
+	}
+	return unmarkRelated(j.tx, j.room, string(h.relTarget))
+}
+
+// waitMark moves the related mark of a row that leaves the timeline, if
+// it has one, from relat to relwait (see markRelated).
+func (j *purgeTx) waitMark(eventID []byte, depth, stream int64) error {
+	k := binary.BigEndian.AppendUint64(j.roomKey(), uint64(depth))
+	k = binary.BigEndian.AppendUint64(k, order(stream))
+	j.buf = k
+	c := j.cur(bRelAt).c
+	if got, _ := c.Seek(k); got == nil || !bytes.Equal(got, k) {
+		return nil
+	}
+	if err := c.Delete(); err != nil {
+		return err
+	}
+	return j.b(bRelWait).Put(j.roomKey(eventID), nil)
 }
 
 // decCount lowers a relation count by one, deleting it at zero.
@@ -532,7 +554,7 @@ func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error
 	if left <= 0 {
 		return false, nil
 	}
-	for _, name := range [][]byte{bState, bFwd, bBack, bForgot, bRel, bRelCount, bEdges, bRStream} {
+	for _, name := range [][]byte{bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream} {
 		n, err := deleteLowest(tx.Bucket(name).Cursor(), prefix, left, y, nil, nil)
 		if err != nil {
 			return false, err

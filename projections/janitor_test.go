@@ -18,7 +18,8 @@ import (
 // richPurgeLog is a deterministic log of two rooms: "rich" has forks,
 // backfilled history, state, local and remote senders, threads, edits and
 // redactions; it gets two purge_history commands (the second raising the
-// floor, with delete_local_events). "gone" gets a forced purge_room.
+// floor, with delete_local_events). "gone", with threads, gets a forced
+// purge_room.
 func richPurgeLog(tb testing.TB) []commands.LogEntry {
 	tb.Helper()
 	rng := rand.New(rand.NewPCG(7, 7))
@@ -67,6 +68,10 @@ func richPurgeLog(tb testing.TB) []commands.LogEntry {
 	g := testenv.NewRoom("gone", "test")
 	gevs := g.Setup("@alice:test")
 	for i := range 300 {
+		if i%10 == 9 { // relations, whose marks purge_room drops too
+			gevs = append(gevs, g.Next("m.room.message", "@remote:other.org", nil, map[string]any{"body": "t", "m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": gevs[len(gevs)-1].ID()}}))
+			continue
+		}
 		gevs = append(gevs, g.Msg("@remote:other.org", fmt.Sprint(i)))
 	}
 

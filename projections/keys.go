@@ -26,6 +26,8 @@ var (
 	bRedacts   = []byte("redactions") // redacted event ID -> redaction event ID
 	bRel       = []byte("relations")  // room|target|rel type|depth|order -> relating event ID
 	bRelCount  = []byte("relcounts")  // room|target|rel type -> count; ...|0xff|sender -> count
+	bRelAt     = []byte("relat")      // room|depth|order -> {} (timeline events some indexed relation targets; see markRelated)
+	bRelWait   = []byte("relwait")    // room|event ID -> {} (targets of indexed relations that are not on the room's timeline)
 	bEdges     = []byte("edges")      // room|prev event ID|0|event ID -> depth of the event (parents not one level up; see updateExtremities)
 	bRStream   = []byte("roomstream") // room|order -> depth (timeline events by stream ordering)
 	bJanitor   = []byte("janitor")    // room -> {} (rooms with purged rows still stored)
@@ -34,7 +36,7 @@ var (
 	bEraseIn   = []byte("erasein")    // room -> bucket: log sequence -> {} (event messages to erase, by room; see RoomErasures)
 	bOpenTasks = []byte("opentasks")  // task ID -> {} (scheduled or active)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
@@ -51,11 +53,14 @@ func u64(v uint64) []byte {
 
 // tlKey is room|depth|order. Depth is >= 1, so it sorts as unsigned.
 func tlKey(room uint64, depth, stream int64) []byte {
-	k := make([]byte, 24)
-	binary.BigEndian.PutUint64(k, room)
-	binary.BigEndian.PutUint64(k[8:], uint64(depth))
-	binary.BigEndian.PutUint64(k[16:], order(stream))
-	return k
+	return tlKeyAt(make([]byte, 0, 24), room, depth, stream)
+}
+
+// tlKeyAt appends tlKey to dst.
+func tlKeyAt(dst []byte, room uint64, depth, stream int64) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, room)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(depth))
+	return binary.BigEndian.AppendUint64(dst, order(stream))
 }
 
 func parseTLKey(k []byte) (room uint64, depth, stream int64) {

@@ -2,7 +2,9 @@ package projections
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -60,7 +62,10 @@ func indexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) error 
 	if err := addCount(counts, prefix, 1); err != nil {
 		return err
 	}
-	return addCount(counts, relSenderKey(prefix, r.Sender), 1)
+	if err := addCount(counts, relSenderKey(prefix, r.Sender), 1); err != nil {
+		return err
+	}
+	return markRelated(tx, room, r.RelTarget)
 }
 
 func unindexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) error {
@@ -78,7 +83,63 @@ func unindexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) erro
 	if err := addCount(counts, prefix, -1); err != nil {
 		return err
 	}
-	return addCount(counts, relSenderKey(prefix, r.Sender), -1)
+	if err := addCount(counts, relSenderKey(prefix, r.Sender), -1); err != nil {
+		return err
+	}
+	return unmarkRelated(tx, room, r.RelTarget)
+}
+
+// The related marks keep one fact for every target of an indexed
+// relation: where the target is a timeline event of the room, a key at
+// its position in relat; otherwise (not received, an outlier, purged) its
+// ID in relwait, until it joins the timeline. A page of /messages then
+// learns which of its events have bundled aggregations from one seek and
+// a walk over its own range of relat (RoomView.MarkRelated), instead of a
+// seek into relations per event, which at 10M events was most of what a
+// read with bundles did more than a plain one. Every change to relations
+// (indexRelation, unindexRelation, the janitor's unindex) and every
+// timeline row that comes or goes (applyEvent, floorBatch, dropRoomBatch)
+// keeps them in step, so a rebuild from the log gives the same marks.
+
+// markRelated records that target has an indexed relation.
+func markRelated(tx *bolt.Tx, room uint64, target string) error {
+	loc, ok := parseLoc(tx.Bucket(bEvents).Get([]byte(target)))
+	if ok && loc.room == room && !loc.outlier {
+		return tx.Bucket(bRelAt).Put(tlKey(room, loc.depth, loc.stream), nil)
+	}
+	return tx.Bucket(bRelWait).Put(roomStrKey(room, target), nil)
+}
+
+// unmarkRelated drops target's mark once no relation to it is indexed.
+func unmarkRelated(tx *bolt.Tx, room uint64, target string) error {
+	k := make([]byte, 8, 10+len(target))
+	binary.BigEndian.PutUint64(k, room)
+	k = binary.BigEndian.AppendUint16(k, uint16(len(target)))
+	k = append(k, target...)
+	if got, _ := tx.Bucket(bRel).Cursor().Seek(k); got != nil && bytes.HasPrefix(got, k) {
+		return nil
+	}
+	loc, ok := parseLoc(tx.Bucket(bEvents).Get([]byte(target)))
+	if ok && loc.room == room && !loc.outlier {
+		if err := tx.Bucket(bRelAt).Delete(tlKey(room, loc.depth, loc.stream)); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bRelWait).Delete(roomStrKey(room, target))
+}
+
+// joinRelated moves the mark of an event that has just joined the room's
+// timeline at (depth, stream) from relwait to relat, if it has one.
+func joinRelated(tx *bolt.Tx, room uint64, eventID string, depth, stream int64) error {
+	wait := tx.Bucket(bRelWait)
+	k := roomStrKey(room, eventID)
+	if wait.Get(k) == nil {
+		return nil
+	}
+	if err := wait.Delete(k); err != nil {
+		return err
+	}
+	return tx.Bucket(bRelAt).Put(tlKey(room, depth, stream), nil)
 }
 
 func addCount(b *bolt.Bucket, k []byte, delta int64) error {
@@ -193,6 +254,55 @@ func (v *RoomView) HasRelations(target string) bool {
 	k = append(k, target...)
 	got, _ := v.bucket(bRel).Cursor().Seek(k)
 	return got != nil && bytes.HasPrefix(got, k)
+}
+
+// MarkRelated finds out which of rows, timeline rows of one page of the
+// room (from Paginate, in either direction), have indexed relations, for
+// Related: one seek into relat and a walk over the page's range of it. A
+// walk that would pass many more marks than the page has rows (a filter
+// that skipped most of the room) stops, and the rows it did not reach
+// are left to Related's seek.
+func (v *RoomView) MarkRelated(rows []*Row) {
+	if !v.marks || v.room == 0 || len(rows) == 0 {
+		return
+	}
+	if !v.meta.HasRelations {
+		for _, r := range rows {
+			r.related = 1
+		}
+		return
+	}
+	byKey := make([]*Row, len(rows))
+	copy(byKey, rows)
+	slices.SortFunc(byKey, func(a, b *Row) int {
+		return cmp.Or(cmp.Compare(a.Depth, b.Depth), cmp.Compare(order(a.Stream), order(b.Stream)))
+	})
+	c := v.bucket(bRelAt).Cursor()
+	budget := 2*len(rows) + 16
+	var want [24]byte
+	k, _ := c.Seek(tlKeyAt(want[:0], v.room, byKey[0].Depth, byKey[0].Stream))
+	for _, r := range byKey {
+		key := tlKeyAt(want[:0], v.room, r.Depth, r.Stream)
+		for k != nil && bytes.Compare(k, key) < 0 {
+			if budget--; budget < 0 {
+				return
+			}
+			k, _ = c.Next()
+		}
+		r.related = 1
+		if k != nil && bytes.Equal(k, key) {
+			r.related = 2
+		}
+	}
+}
+
+// Related reports whether any indexed event relates to r: from
+// MarkRelated when it looked r up, else by HasRelations.
+func (v *RoomView) Related(r *Row) bool {
+	if r.related != 0 {
+		return r.related == 2
+	}
+	return v.HasRelations(r.EventID)
 }
 
 // HasGaps reports whether the room has backward extremities (events it

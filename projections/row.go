@@ -48,6 +48,8 @@ type Row struct {
 	// Position, filled by reads from the key.
 	Depth  int64
 	Stream int64
+
+	related int8 // set by RoomView.MarkRelated: 0 not looked up, 1 no relations, 2 some
 }
 
 // IsState reports whether the row is a state event.

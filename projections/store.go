@@ -46,7 +46,15 @@ type Store struct {
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
+	// relMarks: the file keeps relat and relwait from its first event on
+	// (files made before they existed lack the meta key, and their reads
+	// look up each event's relations; a rebuild gives them the marks).
+	relMarks bool
 }
+
+// metaRelMarks is the meta key of a file whose relat and relwait buckets
+// are complete (Store.relMarks).
+var metaRelMarks = []byte("relmarks")
 
 // Open opens or creates the projection file at path.
 func Open(path string, opts Options) (*Store, error) {
@@ -71,9 +79,15 @@ func Open(path string, opts Options) (*Store, error) {
 			if binary.BigEndian.Uint64(v) != formatVersion {
 				return fmt.Errorf("%w: version %d, want %d", ErrFormat, binary.BigEndian.Uint64(v), formatVersion)
 			}
-		} else if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
-			return err
+		} else {
+			if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
+				return err
+			}
+			if err := meta.Put(metaRelMarks, []byte{1}); err != nil {
+				return err
+			}
 		}
+		s.relMarks = meta.Get(metaRelMarks) != nil
 		if opts.ServerName != "" {
 			if err := meta.Put([]byte("server_name"), []byte(opts.ServerName)); err != nil {
 				return err

@@ -1,0 +1,204 @@
+package projections_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// checkRelated fails the test unless the related marks agree with the
+// relations index (CheckRelatedMarks), and a page of the room's whole
+// timeline learns from MarkRelated exactly which rows HasRelations finds
+// relations for. It returns the IDs of those rows.
+func checkRelated(t *testing.T, s *projections.Store, roomID, what string) []string {
+	t.Helper()
+	if err := s.CheckRelatedMarks(); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	var related []string
+	err := s.View(roomID, func(v *projections.RoomView) error {
+		for _, backwards := range []bool{false, true} {
+			res, err := v.Paginate(projections.PageQuery{RoomID: roomID, Backwards: backwards, Limit: 5000})
+			if err != nil {
+				return err
+			}
+			v.MarkRelated(res.Rows)
+			var got []string
+			for _, r := range res.Rows {
+				truth := v.HasRelations(r.EventID)
+				if v.Related(r) != truth {
+					t.Errorf("%s: %s: marked %v, has relations %v", what, r.EventID, !truth, truth)
+				}
+				if truth {
+					got = append(got, r.EventID)
+				}
+			}
+			slices.Sort(got)
+			if backwards && !slices.Equal(got, related) {
+				t.Errorf("%s: pages in both directions disagree: %v, %v", what, related, got)
+			}
+			related = got
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return related
+}
+
+func relatesTo(r *testenv.Room, sender, relType, target string) testenv.Event {
+	return r.Next("m.room.message", sender, nil, map[string]any{"body": relType, "m.relates_to": map[string]any{"rel_type": relType, "event_id": target}})
+}
+
+// TestRelatedMarks_StayInStep applies a rich log (threads, edits,
+// redactions, two purge_history and a purge_room) one message at a time,
+// draining the janitor after each command: after every message, the
+// marks agree with the relations index.
+func TestRelatedMarks_StayInStep(t *testing.T) {
+	s := openWithServer(t)
+	s.DB().NoSync = true // a test of contents, not of durability
+	marked := 0
+	for _, e := range richPurgeLog(t) {
+		if _, err := s.ApplyBatch(0, []commands.LogEntry{e}); err != nil {
+			t.Fatal(err)
+		}
+		if e.Kind == commands.KindCmd {
+			drainJanitor(t, s)
+		}
+		if err := s.CheckRelatedMarks(); err != nil {
+			t.Fatalf("after seq %d (%s): %v", e.Seq, e.Kind, err)
+		}
+		if e.Seq%50 == 0 {
+			marked = max(marked, len(checkRelated(t, s, e.RoomID, fmt.Sprint("seq ", e.Seq))))
+		}
+	}
+	if marked == 0 {
+		t.Fatal("no page ever had an event with relations: the test shows nothing")
+	}
+	checkRelated(t, s, "!rich:test", "the end")
+}
+
+// TestRelatedMarks_TargetsOffTheTimeline: a relation to an event not yet
+// received, or known only as an outlier, marks the target once it joins
+// the timeline; a redaction of its only relation takes the mark away.
+func TestRelatedMarks_TargetsOffTheTimeline(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("marks", "test")
+	seq := apply(t, s, 1, r.Setup("@alice:test")...)
+	root := r.Msg("@alice:test", "root")
+	early := relatesTo(r, "@alice:test", commands.RelThread, "$late")
+	seq = apply(t, s, seq, root, early, relatesTo(r, "@alice:test", commands.RelReference, root.ID()))
+	if got := checkRelated(t, s, r.ID, "target not received"); !slices.Equal(got, []string{root.ID()}) {
+		t.Fatalf("related %v, want the root only", got)
+	}
+
+	late := r.Msg("@alice:test", "late")
+	late["event_id"] = "$late"
+	out := r.Msg("@alice:test", "an outlier first")
+	outlier := testenv.Event{}
+	for k, v := range out {
+		outlier[k] = v
+	}
+	outlier["outlier"] = true
+	seq = apply(t, s, seq, late, outlier, relatesTo(r, "@alice:test", commands.RelReplace, out.ID()))
+	want := []string{"$late", root.ID()}
+	slices.Sort(want)
+	if got := checkRelated(t, s, r.ID, "target received, outlier related"); !slices.Equal(got, want) {
+		t.Fatalf("related %v, want %v", got, want)
+	}
+
+	seq = apply(t, s, seq, out) // the outlier joins the timeline
+	want = append(want, out.ID())
+	slices.Sort(want)
+	if got := checkRelated(t, s, r.ID, "outlier joined"); !slices.Equal(got, want) {
+		t.Fatalf("related %v, want %v", got, want)
+	}
+
+	apply(t, s, seq, r.Next("m.room.redaction", "@alice:test", nil, map[string]any{"redacts": early.ID()}))
+	want = slices.DeleteFunc(want, func(id string) bool { return id == "$late" })
+	if got := checkRelated(t, s, r.ID, "only relation redacted"); !slices.Equal(got, want) {
+		t.Fatalf("related %v, want %v", got, want)
+	}
+}
+
+// TestRelatedMarks_PurgedTargetAsInARebuild: a kept relation whose target
+// the purge erases leaves the projection with the marks of a rebuild from
+// the log after the erasure, where the target never came.
+func TestRelatedMarks_PurgedTargetAsInARebuild(t *testing.T) {
+	r := testenv.NewRoom("purged", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	target := r.Msg("@remote:other.org", "target")
+	var msgs []testenv.Event
+	for i := range 5 {
+		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	rel := relatesTo(r, "@remote:other.org", commands.RelThread, target.ID())
+	all := append(append(append(append([]testenv.Event{}, setup...), target), msgs...), rel)
+	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[2]["depth"])}
+
+	live := openWithServer(t)
+	next := apply(t, live, 1, all...)
+	if got := checkRelated(t, live, r.ID, "before the purge"); !slices.Equal(got, []string{target.ID()}) {
+		t.Fatalf("related %v, want the target", got)
+	}
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	if got := checkRelated(t, live, r.ID, "after the purge"); len(got) != 0 {
+		t.Fatalf("related %v after the target was purged", got)
+	}
+
+	rebuilt := openWithServer(t)
+	seq := uint64(1)
+	for _, ev := range all {
+		if ev.ID() != target.ID() && !slices.ContainsFunc(msgs[:2], func(m testenv.Event) bool { return m.ID() == ev.ID() }) {
+			apply(t, rebuilt, seq, ev)
+		}
+		seq++
+	}
+	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, rebuilt)
+	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
+
+// TestRelatedMarks_OlderFile: a file made before the marks existed has
+// none; its reads look each event up instead, and find the same.
+func TestRelatedMarks_OlderFile(t *testing.T) {
+	path := t.TempDir() + "/p.db"
+	s, err := projections.Open(path, projections.Options{ServerName: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.NewRoom("older", "test")
+	root := r.Msg("@alice:test", "root")
+	apply(t, s, 1, append(r.Setup("@alice:test"), root, relatesTo(r, "@alice:test", commands.RelThread, root.ID()))...)
+	err = s.DB().Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket([]byte("meta")).Delete([]byte("relmarks")); err != nil {
+			return err
+		}
+		if err := tx.DeleteBucket([]byte("relat")); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket([]byte("relat"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = projections.Open(path, projections.Options{ServerName: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := checkRelated(t, s, r.ID, "older file"); !slices.Equal(got, []string{root.ID()}) {
+		t.Fatalf("related %v, want the root", got)
+	}
+}
