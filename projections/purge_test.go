@@ -278,18 +278,27 @@ func TestPurgeHistory_ParentsBelowTheCut(t *testing.T) {
 
 	// The log after the erasure: the remote messages below the cut-off
 	// are gone; the state events stay where they were.
-	rebuilt := openWithServer(t)
 	kept := append(append(append([]testenv.Event{}, setup...), msgs[6:]...), merge)
-	seq := uint64(1)
-	for _, ev := range all {
-		if slices.ContainsFunc(kept, func(k testenv.Event) bool { return k.ID() == ev.ID() }) {
-			apply(t, rebuilt, seq, ev)
-		}
-		seq++
-	}
-	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	drainJanitor(t, rebuilt)
+	rebuilt := rebuildPurged(t, all, func(ev testenv.Event) bool {
+		return slices.ContainsFunc(kept, func(k testenv.Event) bool { return k.ID() == ev.ID() })
+	}, next, r.ID, params)
 	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
+
+// rebuildPurged is a projection rebuilt from the log after a purge's
+// erasure: the events of all that kept, at their sequences from 1, then
+// the purge_history command with params at seq.
+func rebuildPurged(t *testing.T, all []testenv.Event, kept func(testenv.Event) bool, seq uint64, roomID string, params map[string]any) *projections.Store {
+	t.Helper()
+	rebuilt := openWithServer(t)
+	for i, ev := range all {
+		if kept(ev) {
+			apply(t, rebuilt, uint64(i+1), ev)
+		}
+	}
+	applyCmd(t, rebuilt, seq, roomID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, rebuilt)
+	return rebuilt
 }
 
 // TestPurgeHistory_GuardSeesItsBatch: the forward-extremity guard sees the

@@ -154,16 +154,10 @@ func TestRelatedMarks_PurgedTargetAsInARebuild(t *testing.T) {
 		t.Fatalf("related %v after the target was purged", got)
 	}
 
-	rebuilt := openWithServer(t)
-	seq := uint64(1)
-	for _, ev := range all {
-		if ev.ID() != target.ID() && !slices.ContainsFunc(msgs[:2], func(m testenv.Event) bool { return m.ID() == ev.ID() }) {
-			apply(t, rebuilt, seq, ev)
-		}
-		seq++
-	}
-	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	drainJanitor(t, rebuilt)
+	erased := append([]testenv.Event{target}, msgs[:2]...)
+	rebuilt := rebuildPurged(t, all, func(ev testenv.Event) bool {
+		return !slices.ContainsFunc(erased, func(m testenv.Event) bool { return m.ID() == ev.ID() })
+	}, next, r.ID, params)
 	sameProjection(t, "live and rebuilt projections", live, rebuilt)
 }
 
