@@ -65,9 +65,9 @@
 // of what a read with bundles did beyond a plain read. Every target of an
 // indexed relation has exactly one mark: at its timeline position, or in
 // relwait until it joins the timeline (markRelated; checked by
-// Store.CheckRelatedMarks). Files made before the marks (no "relmarks"
-// key in meta) read each event's relations instead; a rebuild gives them
-// the marks.
+// Store.CheckRelatedMarks). Open gives a file made before the marks its
+// marks once, from the relations index (addRelatedMarks; the "relmarks"
+// key in meta says it is done).
 //
 // timeline, roomstream and received are appended to (at a room's end, or
 // at the end): the applier fills their leaves to 90% before splitting

@@ -55,7 +55,6 @@ type RoomView struct {
 	room    uint64
 	meta    *RoomMeta
 	buckets map[*byte]*bolt.Bucket
-	marks   bool // Store.relMarks
 }
 
 // bucket returns a top-level bucket, opened once per view: bbolt does not
@@ -76,7 +75,7 @@ func (v *RoomView) bucket(name []byte) *bolt.Bucket {
 // View runs fn with a snapshot of roomID. The view must not escape fn.
 func (s *Store) View(roomID string, fn func(v *RoomView) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		v := &RoomView{tx: tx, room: roomNum(tx, roomID), meta: &RoomMeta{}, marks: s.relMarks}
+		v := &RoomView{tx: tx, room: roomNum(tx, roomID), meta: &RoomMeta{}}
 		if v.room != 0 {
 			var err error
 			if v.meta, err = getRoomMeta(tx, v.room); err != nil {

@@ -263,7 +263,7 @@ func (v *RoomView) HasRelations(target string) bool {
 // that skipped most of the room) stops, and the rows it did not reach
 // are left to Related's seek.
 func (v *RoomView) MarkRelated(rows []*Row) {
-	if !v.marks || v.room == 0 || len(rows) == 0 {
+	if v.room == 0 || len(rows) == 0 {
 		return
 	}
 	if !v.meta.HasRelations {

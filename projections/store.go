@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -46,15 +47,7 @@ type Store struct {
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
-	// relMarks: the file keeps relat and relwait from its first event on
-	// (files made before they existed lack the meta key, and their reads
-	// look up each event's relations; a rebuild gives them the marks).
-	relMarks bool
 }
-
-// metaRelMarks is the meta key of a file whose relat and relwait buckets
-// are complete (Store.relMarks).
-var metaRelMarks = []byte("relmarks")
 
 // Open opens or creates the projection file at path.
 func Open(path string, opts Options) (*Store, error) {
@@ -83,11 +76,10 @@ func Open(path string, opts Options) (*Store, error) {
 			if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
 				return err
 			}
-			if err := meta.Put(metaRelMarks, []byte{1}); err != nil {
+			if err := meta.Put(metaRelMarks, nil); err != nil {
 				return err
 			}
 		}
-		s.relMarks = meta.Get(metaRelMarks) != nil
 		if opts.ServerName != "" {
 			if err := meta.Put([]byte("server_name"), []byte(opts.ServerName)); err != nil {
 				return err
@@ -104,12 +96,73 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.addRelatedMarks()
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("projections: init %s: %w", path, err)
 	}
 	return s, nil
 }
+
+// metaRelMarks is the meta key of a file whose relat and relwait buckets
+// are complete: new files have it from the start, older ones once
+// addRelatedMarks is done.
+var metaRelMarks = []byte("relmarks")
+
+// addRelatedMarks gives a file made before the related marks existed its
+// marks, from the relations index, once: in transactions of up to
+// relMarksBatch targets, so that a big file does not hold every dirty page
+// at once; a crash in between starts over, as the marks are idempotent.
+func (s *Store) addRelatedMarks() error {
+	var after []byte // the last relations key done
+	for {
+		done := false
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bMeta)
+			if meta.Get(metaRelMarks) != nil {
+				done = true
+				return nil
+			}
+			c := tx.Bucket(bRel).Cursor()
+			k, _ := c.First()
+			if after != nil {
+				if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
+					k, _ = c.Next()
+				}
+			}
+			var last []byte // room|len|target of the last target marked
+			for n := 0; k != nil; k, _ = c.Next() {
+				if len(k) < 10 || len(k) < 10+int(binary.BigEndian.Uint16(k[8:])) {
+					return fmt.Errorf("relations: short key %x", k)
+				}
+				t := k[:10+int(binary.BigEndian.Uint16(k[8:]))]
+				if bytes.Equal(t, last) {
+					continue
+				}
+				if n == relMarksBatch {
+					return nil
+				}
+				last = append(last[:0], t...)
+				after = append(after[:0], k...)
+				n++
+				if err := markRelated(tx, binary.BigEndian.Uint64(t), string(t[10:])); err != nil {
+					return err
+				}
+			}
+			done = true
+			return meta.Put(metaRelMarks, nil)
+		})
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// relMarksBatch bounds the targets addRelatedMarks marks per transaction
+// (a variable for the tests).
+var relMarksBatch = 20000
 
 // Close writes bbolt's freelist, so that the next Open reads it instead
 // of rebuilding it (see update), and closes the file.

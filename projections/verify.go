@@ -83,12 +83,8 @@ func digestRoom(tx *bolt.Tx, d Digest, roomID string, room uint64) error {
 // CheckRelatedMarks checks the invariant of relat and relwait (see
 // markRelated) against the relations index: every target of an indexed
 // relation has exactly one mark, at its timeline position or else in
-// relwait, and there is no other mark. Files made before the marks
-// existed are not checked.
+// relwait, and there is no other mark.
 func (s *Store) CheckRelatedMarks() error {
-	if !s.relMarks {
-		return nil
-	}
 	return s.db.View(func(tx *bolt.Tx) error {
 		want := map[string]bool{} // bucket name + key
 		c := tx.Bucket(bRel).Cursor()

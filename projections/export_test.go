@@ -1,0 +1,8 @@
+package projections
+
+// SetRelMarksBatch sets relMarksBatch for a test, and back at its end.
+func SetRelMarksBatch(tb interface{ Cleanup(func()) }, n int) {
+	was := relMarksBatch
+	relMarksBatch = n
+	tb.Cleanup(func() { relMarksBatch = was })
+}
