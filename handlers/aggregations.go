@@ -13,25 +13,35 @@ import (
 // whole in the answer), and for a thread a count, one count per ignored
 // user and the latest reply: never a scan of the room.
 func (rc *readContext) bundle(r *projections.Row, withThread bool) ([]byte, error) {
-	if r.IsState() || r.RelType == commands.RelAnnotation || r.RelType == commands.RelReplace || !rc.v.Related(r) {
+	if r.IsState() || r.RelType == commands.RelAnnotation || r.RelType == commands.RelReplace {
+		return nil, nil
+	}
+	kinds := rc.v.Related(r) // the kinds to look up
+	if kinds == 0 {
 		return nil, nil
 	}
 	ignored := rc.reader.Ignored
 	var refs []string
-	rc.v.Relations(r.EventID, commands.RelReference, false, func(id, sender string) bool {
-		if !ignored[sender] {
-			refs = append(refs, id)
+	if kinds&projections.RelatedReference != 0 {
+		rc.v.Relations(r.EventID, commands.RelReference, false, func(id, sender string) bool {
+			if !ignored[sender] {
+				refs = append(refs, id)
+			}
+			return true
+		})
+	}
+	var edit *projections.Row
+	if kinds&projections.RelatedReplace != 0 {
+		var err error
+		if edit, err = rc.latestEdit(r); err != nil {
+			return nil, err
 		}
-		return true
-	})
-	edit, err := rc.latestEdit(r)
-	if err != nil {
-		return nil, err
 	}
 	var latest *projections.Row
 	var count int64
 	participated := false
-	if withThread && r.RelType == "" {
+	var err error
+	if withThread && r.RelType == "" && kinds&projections.RelatedThread != 0 {
 		count = rc.v.RelationCount(r.EventID, commands.RelThread, "")
 		for u := range ignored {
 			count -= rc.v.RelationCount(r.EventID, commands.RelThread, u)

@@ -318,6 +318,44 @@ func TestBundledAggregations(t *testing.T) {
 	})
 }
 
+// TestBundledAggregations_OneKindEach: events with one kind of relation
+// each, on one page, get that kind's aggregation and no other (the page
+// learns the kinds from the related marks); a reaction bundles nothing.
+func TestBundledAggregations_OneKindEach(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("kinds", "test")
+	evs := r.Setup(alice, bob)
+	withRef, withEdit, withThread, withReaction := r.Msg(alice, "ref"), r.Msg(alice, "edit"), r.Msg(alice, "thread"), r.Msg(alice, "reaction")
+	relate := func(typ, relType, target string) testenv.Event {
+		return r.Next(typ, alice, nil, map[string]any{"body": relType, "m.relates_to": map[string]any{"rel_type": relType, "event_id": target, "key": "x"}})
+	}
+	f.add(append(evs, withRef, withEdit, withThread, withReaction,
+		relate("m.room.message", "m.reference", withRef.ID()), relate("m.room.message", "m.replace", withEdit.ID()),
+		relate("m.room.message", "m.thread", withThread.ID()), relate("m.reaction", "m.annotation", withReaction.ID()))...)
+	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 20})
+	want := map[string]string{withRef.ID(): "m.reference", withEdit.ID(): "m.replace", withThread.ID(): "m.thread", withReaction.ID(): ""}
+	for i, id := range p.ids {
+		kind, ok := want[id]
+		if !ok {
+			continue
+		}
+		delete(want, id)
+		rel := relations(p.events[i])
+		if kind == "" {
+			if len(rel) != 0 {
+				t.Errorf("the reacted-to message has bundles %v", rel)
+			}
+			continue
+		}
+		if _, ok := rel[kind]; !ok || len(rel) != 1 {
+			t.Errorf("the message with an %s has bundles %v", kind, rel)
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("not on the page: %v", want)
+	}
+}
+
 func TestLazyLoadMembers(t *testing.T) {
 	f := newFixture(t)
 	r := testenv.NewRoom("lazy", "test")

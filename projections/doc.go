@@ -54,15 +54,16 @@
 //	eraseroom  room ID                     -> log sequence (purge_room)
 //	relations  room|target|rel type|depth|order -> sender|relating event ID
 //	relcounts  room|target|rel type        -> count (and ...|0xff|sender)
-//	relat      room|depth|order            -> {}      (timeline events that
+//	relat      room|depth|order            -> kinds   (timeline events that
 //	                                          an indexed relation targets)
-//	relwait    room|event ID               -> {}      (targets of indexed
+//	relwait    room|event ID               -> kinds   (targets of indexed
 //	                                          relations off the timeline)
 //
 // relat lets a page of /messages learn which of its events have bundled
-// aggregations with one seek and a walk over its own range
-// (RoomView.MarkRelated), where a seek into relations per event was most
-// of what a read with bundles did beyond a plain read. Every target of an
+// aggregations, and of which kinds (a byte of RelatedReference,
+// RelatedReplace, RelatedThread; 0 for a reaction alone), with one seek
+// and a walk over its own range (RoomView.MarkRelated), where it looked
+// up every kind for every event. Every target of an
 // indexed relation has exactly one mark: at its timeline position, or in
 // relwait until it joins the timeline (markRelated; checked by
 // Store.CheckRelatedMarks). Open gives a file made before the marks its

@@ -415,13 +415,15 @@ func (j *purgeTx) waitMark(eventID []byte, depth, stream int64) error {
 	k = binary.BigEndian.AppendUint64(k, order(stream))
 	j.buf = k
 	c := j.cur(bRelAt).c
-	if got, _ := c.Seek(k); got == nil || !bytes.Equal(got, k) {
+	got, kinds := c.Seek(k)
+	if got == nil || !bytes.Equal(got, k) {
 		return nil
 	}
+	kinds = bytes.Clone(kinds)
 	if err := c.Delete(); err != nil {
 		return err
 	}
-	return j.b(bRelWait).Put(j.roomKey(eventID), nil)
+	return j.b(bRelWait).Put(j.roomKey(eventID), kinds)
 }
 
 // decCount lowers a relation count by one, deleting it at zero.

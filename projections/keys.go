@@ -26,8 +26,8 @@ var (
 	bRedacts   = []byte("redactions") // redacted event ID -> redaction event ID
 	bRel       = []byte("relations")  // room|target|rel type|depth|order -> relating event ID
 	bRelCount  = []byte("relcounts")  // room|target|rel type -> count; ...|0xff|sender -> count
-	bRelAt     = []byte("relat")      // room|depth|order -> {} (timeline events some indexed relation targets; see markRelated)
-	bRelWait   = []byte("relwait")    // room|event ID -> {} (targets of indexed relations that are not on the room's timeline)
+	bRelAt     = []byte("relat")      // room|depth|order -> bundled kinds (timeline events some indexed relation targets; see markRelated)
+	bRelWait   = []byte("relwait")    // room|event ID -> bundled kinds (targets of indexed relations that are not on the room's timeline)
 	bEdges     = []byte("edges")      // room|prev event ID|0|event ID -> depth of the event (parents not one level up; see updateExtremities)
 	bRStream   = []byte("roomstream") // room|order -> depth (timeline events by stream ordering)
 	bJanitor   = []byte("janitor")    // room -> {} (rooms with purged rows still stored)
@@ -143,6 +143,23 @@ func relPrefix(room uint64, target, relType string) []byte {
 	k = append(k, target...)
 	k = binary.BigEndian.AppendUint16(k, uint16(len(relType)))
 	return append(k, relType...)
+}
+
+// parseRelKey reads the room, target and relation type of a relations
+// key (relPrefix, then depth and order).
+func parseRelKey(k []byte) (room uint64, target, relType string, ok bool) {
+	if len(k) < 10 {
+		return 0, "", "", false
+	}
+	n := 10 + int(binary.BigEndian.Uint16(k[8:]))
+	if len(k) < n+2 {
+		return 0, "", "", false
+	}
+	m := n + 2 + int(binary.BigEndian.Uint16(k[n:]))
+	if len(k) < m {
+		return 0, "", "", false
+	}
+	return binary.BigEndian.Uint64(k), string(k[10:n]), string(k[n+2 : m]), true
 }
 
 // relSenderKey is relPrefix|0xff|sender: the per-sender count, which sorts

@@ -14,8 +14,9 @@ import (
 
 // checkRelated fails the test unless the related marks agree with the
 // relations index (CheckRelatedMarks), and a page of the room's whole
-// timeline learns from MarkRelated exactly which rows HasRelations finds
-// relations for. It returns the IDs of those rows.
+// timeline learns from MarkRelated exactly which bundled kinds of
+// relation each row has. It returns the IDs of the rows with relations
+// of any kind (HasRelations).
 func checkRelated(t *testing.T, s *projections.Store, roomID, what string) []string {
 	t.Helper()
 	if err := s.CheckRelatedMarks(); err != nil {
@@ -31,11 +32,17 @@ func checkRelated(t *testing.T, s *projections.Store, roomID, what string) []str
 			v.MarkRelated(res.Rows)
 			var got []string
 			for _, r := range res.Rows {
-				truth := v.HasRelations(r.EventID)
-				if v.Related(r) != truth {
-					t.Errorf("%s: %s: marked %v, has relations %v", what, r.EventID, !truth, truth)
+				var kinds uint8
+				for kind, relType := range map[uint8]string{projections.RelatedReference: commands.RelReference,
+					projections.RelatedReplace: commands.RelReplace, projections.RelatedThread: commands.RelThread} {
+					if v.RelationCount(r.EventID, relType, "") > 0 {
+						kinds |= kind
+					}
 				}
-				if truth {
+				if k := v.Related(r); k != kinds {
+					t.Errorf("%s: %s: marked with kinds %b, has %b", what, r.EventID, k, kinds)
+				}
+				if v.HasRelations(r.EventID) {
 					got = append(got, r.EventID)
 				}
 			}
@@ -126,6 +133,43 @@ func TestRelatedMarks_TargetsOffTheTimeline(t *testing.T) {
 	if got := checkRelated(t, s, r.ID, "only relation redacted"); !slices.Equal(got, want) {
 		t.Fatalf("related %v, want %v", got, want)
 	}
+}
+
+// TestRelatedMarks_Kinds: a mark holds the bundled kinds of relation its
+// target has; a reaction alone marks it with none, so a read looks
+// nothing up for it.
+func TestRelatedMarks_Kinds(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("kinds", "test")
+	seq := apply(t, s, 1, r.Setup("@alice:test")...)
+	msg := r.Msg("@alice:test", "hello")
+	react := r.Next("m.reaction", "@alice:test", nil, map[string]any{"m.relates_to": map[string]any{"rel_type": commands.RelAnnotation, "event_id": msg.ID(), "key": "x"}})
+	seq = apply(t, s, seq, msg, react)
+	kinds := func(what string, want uint8) {
+		t.Helper()
+		if got := checkRelated(t, s, r.ID, what); !slices.Equal(got, []string{msg.ID()}) {
+			t.Fatalf("%s: related %v, want the message", what, got)
+		}
+		_ = s.View(r.ID, func(v *projections.RoomView) error {
+			res, err := v.Paginate(projections.PageQuery{RoomID: r.ID, Backwards: true, Limit: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v.MarkRelated(res.Rows)
+			for _, row := range res.Rows {
+				if row.EventID == msg.ID() && v.Related(row) != want {
+					t.Errorf("%s: kinds %b, want %b", what, v.Related(row), want)
+				}
+			}
+			return nil
+		})
+	}
+	kinds("a reaction", 0)
+	edit := relatesTo(r, "@alice:test", commands.RelReplace, msg.ID())
+	seq = apply(t, s, seq, edit, relatesTo(r, "@alice:test", commands.RelThread, msg.ID()))
+	kinds("an edit and a thread reply", projections.RelatedReplace|projections.RelatedThread)
+	apply(t, s, seq, r.Next("m.room.redaction", "@alice:test", nil, map[string]any{"redacts": edit.ID()}))
+	kinds("the edit redacted", projections.RelatedThread)
 }
 
 // TestRelatedMarks_PurgedTargetAsInARebuild: a kept relation whose target

@@ -65,7 +65,7 @@ func indexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) error 
 	if err := addCount(counts, relSenderKey(prefix, r.Sender), 1); err != nil {
 		return err
 	}
-	return markRelated(tx, room, r.RelTarget)
+	return markRelated(tx, room, r.RelTarget, relKind(r.RelType))
 }
 
 func unindexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) error {
@@ -100,32 +100,74 @@ func unindexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) erro
 // (indexRelation, unindexRelation, the janitor's unindex) and every
 // timeline row that comes or goes (applyEvent, floorBatch, dropRoomBatch)
 // keeps them in step, so a rebuild from the log gives the same marks.
+//
+// A mark's value is one byte: the bundled kinds of relation the target
+// has (RelatedReference, RelatedReplace, RelatedThread; 0 when it has
+// only others, such as reactions), so that a read looks up only those.
 
-// markRelated records that target has an indexed relation.
-func markRelated(tx *bolt.Tx, room uint64, target string) error {
-	loc, ok := parseLoc(tx.Bucket(bEvents).Get([]byte(target)))
-	if ok && loc.room == room && !loc.outlier {
-		return tx.Bucket(bRelAt).Put(tlKey(room, loc.depth, loc.stream), nil)
+// Bundled kinds of relation, the bits of a related mark.
+const (
+	RelatedReference = 1 << iota
+	RelatedReplace
+	RelatedThread
+
+	relatedBundled = RelatedReference | RelatedReplace | RelatedThread
+)
+
+// relKind is the bit of a relation type (0 for the kinds not bundled).
+func relKind(relType string) uint8 {
+	switch relType {
+	case commands.RelReference:
+		return RelatedReference
+	case commands.RelReplace:
+		return RelatedReplace
+	case commands.RelThread:
+		return RelatedThread
 	}
-	return tx.Bucket(bRelWait).Put(roomStrKey(room, target), nil)
+	return 0
 }
 
-// unmarkRelated drops target's mark once no relation to it is indexed.
-func unmarkRelated(tx *bolt.Tx, room uint64, target string) error {
-	k := make([]byte, 8, 10+len(target))
-	binary.BigEndian.PutUint64(k, room)
-	k = binary.BigEndian.AppendUint16(k, uint16(len(target)))
-	k = append(k, target...)
-	if got, _ := tx.Bucket(bRel).Cursor().Seek(k); got != nil && bytes.HasPrefix(got, k) {
-		return nil
-	}
+// markAt is where target's mark is, or goes, by bucket name and key: its
+// position in relat when it is a timeline event of the room, else
+// relwait.
+func markAt(tx *bolt.Tx, room uint64, target string) (bucket, key []byte) {
 	loc, ok := parseLoc(tx.Bucket(bEvents).Get([]byte(target)))
 	if ok && loc.room == room && !loc.outlier {
-		if err := tx.Bucket(bRelAt).Delete(tlKey(room, loc.depth, loc.stream)); err != nil {
-			return err
+		return bRelAt, tlKey(room, loc.depth, loc.stream)
+	}
+	return bRelWait, roomStrKey(room, target)
+}
+
+// markRelated records that target has an indexed relation of kind.
+func markRelated(tx *bolt.Tx, room uint64, target string, kind uint8) error {
+	name, k := markAt(tx, room, target)
+	b := tx.Bucket(name)
+	v := b.Get(k)
+	if v != nil && len(v) == 1 && v[0]|kind == v[0] {
+		return nil
+	}
+	if v != nil && len(v) == 1 {
+		kind |= v[0]
+	}
+	return b.Put(k, []byte{kind})
+}
+
+// unmarkRelated updates target's mark after a relation to it left the
+// index: gone with the last one, else the kinds that are left.
+func unmarkRelated(tx *bolt.Tx, room uint64, target string) error {
+	name, k := markAt(tx, room, target)
+	b := tx.Bucket(name)
+	if !hasRelations(tx.Bucket(bRel), room, target) {
+		return b.Delete(k)
+	}
+	var kinds uint8
+	counts := tx.Bucket(bRelCount)
+	for _, t := range []string{commands.RelReference, commands.RelReplace, commands.RelThread} {
+		if counts.Get(relPrefix(room, target, t)) != nil {
+			kinds |= relKind(t)
 		}
 	}
-	return tx.Bucket(bRelWait).Delete(roomStrKey(room, target))
+	return b.Put(k, []byte{kinds})
 }
 
 // joinRelated moves the mark of an event that has just joined the room's
@@ -133,13 +175,15 @@ func unmarkRelated(tx *bolt.Tx, room uint64, target string) error {
 func joinRelated(tx *bolt.Tx, room uint64, eventID string, depth, stream int64) error {
 	wait := tx.Bucket(bRelWait)
 	k := roomStrKey(room, eventID)
-	if wait.Get(k) == nil {
+	v := wait.Get(k)
+	if v == nil {
 		return nil
 	}
+	v = bytes.Clone(v)
 	if err := wait.Delete(k); err != nil {
 		return err
 	}
-	return tx.Bucket(bRelAt).Put(tlKey(room, depth, stream), nil)
+	return tx.Bucket(bRelAt).Put(tlKey(room, depth, stream), v)
 }
 
 func addCount(b *bolt.Bucket, k []byte, delta int64) error {
@@ -248,17 +292,23 @@ func (v *RoomView) HasRelations(target string) bool {
 	if v.room == 0 || !v.meta.HasRelations {
 		return false
 	}
+	return hasRelations(v.bucket(bRel), v.room, target)
+}
+
+// hasRelations reports whether relations holds a key of target: one seek.
+func hasRelations(rel *bolt.Bucket, room uint64, target string) bool {
 	k := make([]byte, 8, 10+len(target))
-	binary.BigEndian.PutUint64(k, v.room)
+	binary.BigEndian.PutUint64(k, room)
 	k = binary.BigEndian.AppendUint16(k, uint16(len(target)))
 	k = append(k, target...)
-	got, _ := v.bucket(bRel).Cursor().Seek(k)
+	got, _ := rel.Cursor().Seek(k)
 	return got != nil && bytes.HasPrefix(got, k)
 }
 
 // MarkRelated finds out which of rows, timeline rows of one page of the
-// room (from Paginate, in either direction), have indexed relations, for
-// Related: one seek into relat and a walk over the page's range of it. A
+// room (from Paginate, in either direction), have indexed relations of
+// which bundled kinds, for Related: one seek into relat and a walk over
+// the page's range of it. A
 // walk that would pass many more marks than the page has rows (a filter
 // that skipped most of the room) stops, and the rows it did not reach
 // are left to Related's seek.
@@ -268,7 +318,7 @@ func (v *RoomView) MarkRelated(rows []*Row) {
 	}
 	if !v.meta.HasRelations {
 		for _, r := range rows {
-			r.related = 1
+			r.relKnown, r.relKinds = true, 0
 		}
 		return
 	}
@@ -280,29 +330,33 @@ func (v *RoomView) MarkRelated(rows []*Row) {
 	c := v.bucket(bRelAt).Cursor()
 	budget := 2*len(rows) + 16
 	var want [24]byte
-	k, _ := c.Seek(tlKeyAt(want[:0], v.room, byKey[0].Depth, byKey[0].Stream))
+	k, val := c.Seek(tlKeyAt(want[:0], v.room, byKey[0].Depth, byKey[0].Stream))
 	for _, r := range byKey {
 		key := tlKeyAt(want[:0], v.room, r.Depth, r.Stream)
 		for k != nil && bytes.Compare(k, key) < 0 {
 			if budget--; budget < 0 {
 				return
 			}
-			k, _ = c.Next()
+			k, val = c.Next()
 		}
-		r.related = 1
-		if k != nil && bytes.Equal(k, key) {
-			r.related = 2
+		r.relKnown, r.relKinds = true, 0
+		if k != nil && bytes.Equal(k, key) && len(val) == 1 {
+			r.relKinds = val[0]
 		}
 	}
 }
 
-// Related reports whether any indexed event relates to r: from
-// MarkRelated when it looked r up, else by HasRelations.
-func (v *RoomView) Related(r *Row) bool {
-	if r.related != 0 {
-		return r.related == 2
+// Related is the bundled kinds of relation (RelatedReference, ...) that
+// indexed events may have to r: from MarkRelated when it looked r up,
+// else all of them if HasRelations finds any relation.
+func (v *RoomView) Related(r *Row) uint8 {
+	if r.relKnown {
+		return r.relKinds
 	}
-	return v.HasRelations(r.EventID)
+	if v.HasRelations(r.EventID) {
+		return relatedBundled
+	}
+	return 0
 }
 
 // HasGaps reports whether the room has backward extremities (events it

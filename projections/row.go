@@ -49,7 +49,8 @@ type Row struct {
 	Depth  int64
 	Stream int64
 
-	related int8 // set by RoomView.MarkRelated: 0 not looked up, 1 no relations, 2 some
+	relKnown bool  // MarkRelated looked the row up
+	relKinds uint8 // and found these bundled kinds of relation to it
 }
 
 // IsState reports whether the row is a state event.

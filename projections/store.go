@@ -113,8 +113,8 @@ var metaRelMarks = []byte("relmarks")
 
 // addRelatedMarks gives a file made before the related marks existed its
 // marks, from the relations index, once: in transactions of up to
-// relMarksBatch targets, so that a big file does not hold every dirty page
-// at once; a crash in between starts over, as the marks are idempotent.
+// relMarksBatch relations, so that a big file does not hold every dirty
+// page at once; a crash in between starts over, as marks only add kinds.
 func (s *Store) addRelatedMarks() error {
 	var after []byte // the last relations key done
 	for {
@@ -132,24 +132,19 @@ func (s *Store) addRelatedMarks() error {
 					k, _ = c.Next()
 				}
 			}
-			var last []byte // room|len|target of the last target marked
 			for n := 0; k != nil; k, _ = c.Next() {
-				if len(k) < 10 || len(k) < 10+int(binary.BigEndian.Uint16(k[8:])) {
-					return fmt.Errorf("relations: short key %x", k)
-				}
-				t := k[:10+int(binary.BigEndian.Uint16(k[8:]))]
-				if bytes.Equal(t, last) {
-					continue
-				}
 				if n == relMarksBatch {
 					return nil
 				}
-				last = append(last[:0], t...)
-				after = append(after[:0], k...)
-				n++
-				if err := markRelated(tx, binary.BigEndian.Uint64(t), string(t[10:])); err != nil {
+				room, target, relType, ok := parseRelKey(k)
+				if !ok {
+					return fmt.Errorf("relations: bad key %x", k)
+				}
+				if err := markRelated(tx, room, target, relKind(relType)); err != nil {
 					return err
 				}
+				after = append(after[:0], k...)
+				n++
 			}
 			done = true
 			return meta.Put(metaRelMarks, nil)

@@ -76,51 +76,8 @@ func digestRoom(tx *bolt.Tx, d Digest, roomID string, room uint64) error {
 	d["room "+roomID+" backward extremities"] = lines(bBack, true)
 	d["room "+roomID+" forgotten"] = lines(bForgot, false)
 	d["room "+roomID+" relations"] = lines(bRelCount, true)
-	d["room "+roomID+" related marks"] = lines(bRelAt, false) + "\n-\n" + lines(bRelWait, false)
+	d["room "+roomID+" related marks"] = lines(bRelAt, true) + "\n-\n" + lines(bRelWait, true)
 	return nil
-}
-
-// CheckRelatedMarks checks the invariant of relat and relwait (see
-// markRelated) against the relations index: every target of an indexed
-// relation has exactly one mark, at its timeline position or else in
-// relwait, and there is no other mark.
-func (s *Store) CheckRelatedMarks() error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		want := map[string]bool{} // bucket name + key
-		c := tx.Bucket(bRel).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if len(k) < 10 || len(k) < 10+int(binary.BigEndian.Uint16(k[8:])) {
-				return fmt.Errorf("relations: short key %x", k)
-			}
-			room, target := binary.BigEndian.Uint64(k), string(k[10:10+int(binary.BigEndian.Uint16(k[8:]))])
-			loc, ok := parseLoc(tx.Bucket(bEvents).Get([]byte(target)))
-			if ok && loc.room == room && !loc.outlier {
-				want[string(bRelAt)+" "+string(tlKey(room, loc.depth, loc.stream))] = true
-			} else {
-				want[string(bRelWait)+" "+string(roomStrKey(room, target))] = true
-			}
-		}
-		var errs []string
-		for _, name := range [][]byte{bRelAt, bRelWait} {
-			c := tx.Bucket(name).Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
-				key := string(name) + " " + string(k)
-				if !want[key] {
-					errs = append(errs, fmt.Sprintf("%s %x: a mark no relation needs", name, k))
-				}
-				delete(want, key)
-			}
-		}
-		for key := range want {
-			name, k, _ := strings.Cut(key, " ")
-			errs = append(errs, fmt.Sprintf("%s %x: missing", name, k))
-		}
-		if len(errs) > 0 {
-			slices.Sort(errs)
-			return fmt.Errorf("projections: related marks: %s", strings.Join(errs, "; "))
-		}
-		return nil
-	})
 }
 
 // Diff lists what differs between two digests, one line per key.
@@ -142,4 +99,49 @@ func (a Digest) Diff(b Digest) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// CheckRelatedMarks checks the invariant of relat and relwait (see
+// markRelated) against the relations index: every target of an indexed
+// relation has exactly one mark, at its timeline position or else in
+// relwait, holding the bundled kinds of its relations, and there is no
+// other mark.
+func (s *Store) CheckRelatedMarks() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		want := map[string]uint8{} // bucket name + " " + key -> kinds
+		c := tx.Bucket(bRel).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			room, target, relType, ok := parseRelKey(k)
+			if !ok {
+				return fmt.Errorf("relations: bad key %x", k)
+			}
+			name, mk := markAt(tx, room, target)
+			key := string(name) + " " + string(mk)
+			want[key] |= relKind(relType)
+		}
+		var errs []string
+		for _, name := range [][]byte{bRelAt, bRelWait} {
+			c := tx.Bucket(name).Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				key := string(name) + " " + string(k)
+				kinds, ok := want[key]
+				switch {
+				case !ok:
+					errs = append(errs, fmt.Sprintf("%s %x: a mark no relation needs", name, k))
+				case len(v) != 1 || v[0] != kinds:
+					errs = append(errs, fmt.Sprintf("%s %x: kinds %x, want %d", name, k, v, kinds))
+				}
+				delete(want, key)
+			}
+		}
+		for key := range want {
+			name, k, _ := strings.Cut(key, " ")
+			errs = append(errs, fmt.Sprintf("%s %x: missing", name, k))
+		}
+		if len(errs) > 0 {
+			slices.Sort(errs)
+			return fmt.Errorf("projections: related marks: %s", strings.Join(errs, "; "))
+		}
+		return nil
+	})
 }
