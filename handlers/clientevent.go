@@ -183,7 +183,7 @@ func (c *clientEncoder) prev(r *projections.Row) (*prevState, error) {
 	if !ok {
 		return nil, nil
 	}
-	row, err := c.rc.v.Event(st.EventID)
+	row, err := c.rc.v.StateEvent(st)
 	if err != nil || row == nil {
 		return nil, err
 	}

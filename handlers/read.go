@@ -193,7 +193,7 @@ func (rc *readContext) lazyMembers(chunk []*projections.Row) (*clientEncoder, er
 		if !ok {
 			continue
 		}
-		row, err := rc.v.Event(st.EventID)
+		row, err := rc.v.StateEvent(st)
 		if err != nil {
 			return nil, err
 		}

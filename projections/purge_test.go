@@ -97,6 +97,12 @@ func TestPurgeHistory_Semantics(t *testing.T) {
 		if row, _ := v.Event(setup[0].ID()); row == nil {
 			t.Error("state event deleted")
 		}
+		// Read by its state entry, from outliers now.
+		if st, _ := v.CurrentState("m.room.member", "@remote:other.org"); st.EventID == "" {
+			t.Error("membership state lost")
+		} else if row, err := v.StateEvent(st); err != nil || row == nil || row.EventID != st.EventID {
+			t.Errorf("StateEvent of an outliered membership: %v, %v", row, err)
+		}
 		// Local non-state events are kept as outliers (delete_local_events false).
 		if row, _ := v.Event(msgs[0].ID()); row == nil {
 			t.Error("local message deleted although delete_local_events is false")

@@ -202,6 +202,24 @@ func (v *RoomView) Membership(userID string) string {
 	return e.Summary
 }
 
+// StateEvent is the state event of st, read at st's position: one seek
+// instead of Event's two, the first into the events index, a bucket with
+// a key for every event of every room. An event no longer at its position
+// (a purge kept it as an outlier) is read by Event.
+func (v *RoomView) StateEvent(st StateEntry) (*Row, error) {
+	if val := v.bucket(bTimeline).Get(tlKey(v.room, st.Depth, st.Stream)); val != nil {
+		r, err := unmarshalRow(val)
+		if err != nil {
+			return nil, fmt.Errorf("projections: event %s: %w", st.EventID, err)
+		}
+		if r.EventID == st.EventID {
+			r.Depth, r.Stream = st.Depth, st.Stream
+			return r, nil
+		}
+	}
+	return v.Event(st.EventID)
+}
+
 // Event returns a stored event of this room by ID (timeline or outlier),
 // nil if unknown.
 func (v *RoomView) Event(eventID string) (*Row, error) {
