@@ -85,12 +85,16 @@ func roomStrKey(room uint64, s string) []byte {
 
 // statePrefix is room|len(type)|type|len(key)|key.
 func statePrefix(room uint64, typ, stateKey string) []byte {
-	k := make([]byte, 8, 8+4+len(typ)+len(stateKey)+16)
-	binary.BigEndian.PutUint64(k, room)
-	k = binary.BigEndian.AppendUint16(k, uint16(len(typ)))
-	k = append(k, typ...)
-	k = binary.BigEndian.AppendUint16(k, uint16(len(stateKey)))
-	return append(k, stateKey...)
+	return appendStatePrefix(make([]byte, 0, 8+4+len(typ)+len(stateKey)+16), room, typ, stateKey)
+}
+
+// appendStatePrefix appends statePrefix to dst.
+func appendStatePrefix(dst []byte, room uint64, typ, stateKey string) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, room)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(typ)))
+	dst = append(dst, typ...)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(stateKey)))
+	return append(dst, stateKey...)
 }
 
 func stateKeyAt(prefix []byte, depth, stream int64) []byte {
