@@ -143,11 +143,10 @@ func markAt(tx *bolt.Tx, room uint64, target string) (bucket, key []byte) {
 func markRelated(tx *bolt.Tx, room uint64, target string, kind uint8) error {
 	name, k := markAt(tx, room, target)
 	b := tx.Bucket(name)
-	v := b.Get(k)
-	if v != nil && len(v) == 1 && v[0]|kind == v[0] {
-		return nil
-	}
-	if v != nil && len(v) == 1 {
+	if v := b.Get(k); len(v) == 1 {
+		if v[0]|kind == v[0] {
+			return nil
+		}
 		kind |= v[0]
 	}
 	return b.Put(k, []byte{kind})
