@@ -383,6 +383,9 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		}
 	}
 	reply, err := finishReply(&enc, chunkAt, from.String(), end.String(), state, gaps(v, visible, from, req.Backwards))
+	if state != nil {
+		ReleaseReply(state.buf.Bytes()) // copied into the reply
+	}
 	return reply, need, err
 }
 

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bytes"
 	"sort"
 
 	"github.com/scrollback/scrollback/commands"
@@ -183,6 +184,10 @@ func (rc *readContext) version() string {
 func (rc *readContext) lazyMembers(chunk []*projections.Row) (*clientEncoder, error) {
 	first := chunk[0]
 	enc := &clientEncoder{rc: rc}
+	// From the reply buffers: page gives it back once the state is copied
+	// into the reply. Grown from nothing, it made a third of what
+	// lazyMembers allocated (1M ingest scenario).
+	enc.buf = *bytes.NewBuffer(replyBuf(minReplyBuf))
 	seen := map[string]bool{}
 	for _, r := range chunk {
 		if seen[r.Sender] {
