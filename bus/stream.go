@@ -169,15 +169,12 @@ func (l *Log) Consume(ctx context.Context, from uint64, fn func(seq uint64, subj
 
 // LastSeq is the stream's last sequence.
 func (l *Log) LastSeq(ctx context.Context) (uint64, error) {
+	// Stream looks the stream's info up: one request, not two.
 	st, err := l.JS.Stream(ctx, l.Stream)
 	if err != nil {
 		return 0, err
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return 0, err
-	}
-	return info.State.LastSeq, nil
+	return st.CachedInfo().State.LastSeq, nil
 }
 
 // appendAttempt bounds one publish of Append: an acknowledgement lost
