@@ -329,6 +329,7 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 	if q.Backwards {
 		step = c.Prev
 	}
+	rows := rowBlock{n: min(q.Limit, 128)}
 	scanned := 0
 	cut := false // MaxScan ended the page
 	var lastDepth, lastStream int64
@@ -369,8 +370,8 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 			res.Limited = true
 			break
 		}
-		r, err := unmarshalRow(val)
-		if err != nil {
+		r := rows.next()
+		if err := r.unmarshal(val); err != nil {
 			return nil, fmt.Errorf("projections: timeline row %x: %w", k, err)
 		}
 		r.Depth, r.Stream = depth, stream

@@ -250,6 +250,27 @@ func (rr *rowReader) str() string {
 	return s
 }
 
+// strs reads consecutive length-prefixed strings into dst, copying them
+// in one allocation: they are substrings of one copy of their bytes.
+func (rr *rowReader) strs(dst ...*string) {
+	start := rr.b
+	for range dst {
+		rr.span()
+	}
+	if rr.err != nil {
+		return
+	}
+	raw := start[:len(start)-len(rr.b)]
+	text := string(raw)
+	pos := 0
+	for _, d := range dst {
+		n, w := binary.Uvarint(raw[pos:])
+		pos += w
+		*d = text[pos : pos+int(n)]
+		pos += int(n)
+	}
+}
+
 // span returns the next length-prefixed field without copying it.
 func (rr *rowReader) span() []byte {
 	n := rr.uvarint()
@@ -275,22 +296,31 @@ func (r *Row) Prevs() []string {
 	return r.PrevEvents
 }
 
-// unmarshalRow decodes a row. Strings are copied, but Content and
-// Unsigned alias b: a Row must not be used after its bbolt transaction
-// ends (every read serialises its reply inside the transaction).
+// unmarshalRow decodes a row into a Row of its own (see Row.unmarshal).
 func unmarshalRow(b []byte) (*Row, error) {
-	if len(b) < 2 || b[0] != rowVersion {
-		return nil, errBadRow
+	r := new(Row)
+	if err := r.unmarshal(b); err != nil {
+		return nil, err
 	}
-	r := &Row{Flags: b[1]}
+	return r, nil
+}
+
+// unmarshal decodes a row into r. Its strings are copied, all eight into
+// one allocation; Content and Unsigned alias b: a Row must not be used
+// after its bbolt transaction ends (every read serialises its reply
+// inside the transaction).
+func (r *Row) unmarshal(b []byte) error {
+	if len(b) < 2 || b[0] != rowVersion {
+		return errBadRow
+	}
+	*r = Row{Flags: b[1]}
 	rr := &rowReader{b: b[2:]}
 	r.OriginServerTS = rr.varint()
 	r.AgeTS = rr.varint()
-	r.EventID, r.Type, r.Sender, r.StateKey = rr.str(), rr.str(), rr.str(), rr.str()
-	r.Redacts, r.Summary, r.RelType, r.RelTarget = rr.str(), rr.str(), rr.str(), rr.str()
+	rr.strs(&r.EventID, &r.Type, &r.Sender, &r.StateKey, &r.Redacts, &r.Summary, &r.RelType, &r.RelTarget)
 	nl := rr.uvarint()
 	if nl > uint64(len(rr.b)) {
-		return nil, errBadRow
+		return errBadRow
 	}
 	for i := uint64(0); i < nl && rr.err == nil; i++ {
 		r.Labels = append(r.Labels, rr.str())
@@ -299,7 +329,7 @@ func unmarshalRow(b []byte) (*Row, error) {
 	start := rr.b
 	np := rr.uvarint()
 	if np > uint64(len(rr.b)) {
-		return nil, errBadRow
+		return errBadRow
 	}
 	for i := uint64(0); i < np && rr.err == nil; i++ {
 		rr.span()
@@ -310,10 +340,22 @@ func unmarshalRow(b []byte) (*Row, error) {
 	r.Content = rr.span()
 	r.UnsignedN = int(rr.uvarint())
 	r.Unsigned = rr.span()
-	if rr.err != nil {
-		return nil, rr.err
+	return rr.err
+}
+
+// rowBlock hands out Rows from blocks of n, one allocation a block
+// instead of one a row: a page reads up to its limit of rows.
+type rowBlock struct {
+	rows []Row
+	n    int
+}
+
+func (rb *rowBlock) next() *Row {
+	if len(rb.rows) == cap(rb.rows) {
+		rb.rows = make([]Row, 0, max(rb.n, 1))
 	}
-	return r, nil
+	rb.rows = rb.rows[:len(rb.rows)+1]
+	return &rb.rows[len(rb.rows)-1]
 }
 
 // rowHead decodes only what a scan needs to decide whether a row counts

@@ -29,6 +29,27 @@ func TestRow_RoundTrip(t *testing.T) {
 	}
 }
 
+// Every string of a row comes back in its place (they share one
+// allocation when read).
+func TestRow_RoundTripStrings(t *testing.T) {
+	sk := ""
+	ev := &commands.Event{EventID: "$edit", Type: "m.room.topic", Sender: "@b:x", StateKey: &sk, Redacts: "$old", OriginServerTS: 7, Depth: 9,
+		Content: map[string]any{"topic": "t", "m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": "$root"}}}
+	r, err := newRow(ev, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := unmarshalRow(r.marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [...]string{"$edit", "m.room.topic", "@b:x", "", "$old", r.Summary, "m.thread", "$root"}
+	have := [...]string{got.EventID, got.Type, got.Sender, got.StateKey, got.Redacts, got.Summary, got.RelType, got.RelTarget}
+	if have != want || !got.IsState() {
+		t.Fatalf("strings read back as %q, want %q", have, want)
+	}
+}
+
 // FuzzUnmarshalRow: a corrupt row is an error, never a panic or a huge
 // allocation.
 func FuzzUnmarshalRow(f *testing.F) {
