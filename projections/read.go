@@ -329,7 +329,7 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 	if q.Backwards {
 		step = c.Prev
 	}
-	rows := rowBlock{n: min(q.Limit, 128)}
+	rows := rowBlock{n: q.Limit}
 	scanned := 0
 	cut := false // MaxScan ended the page
 	var lastDepth, lastStream int64

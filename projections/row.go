@@ -343,16 +343,21 @@ func (r *Row) unmarshal(b []byte) error {
 	return rr.err
 }
 
-// rowBlock hands out Rows from blocks of n, one allocation a block
-// instead of one a row: a page reads up to its limit of rows.
+// rowBlock hands out up to n Rows (a page's limit) from blocks, one
+// allocation a block instead of one a row. The blocks double from 16 rows
+// and stop at n in all, so a page of a few rows does not pay for its
+// whole limit, and a full page for no more than it.
 type rowBlock struct {
 	rows []Row
 	n    int
+	made int // rows in the blocks so far
 }
 
 func (rb *rowBlock) next() *Row {
 	if len(rb.rows) == cap(rb.rows) {
-		rb.rows = make([]Row, 0, max(rb.n, 1))
+		size := max(1, min(rb.n-rb.made, max(16, rb.made)))
+		rb.rows = make([]Row, 0, size)
+		rb.made += size
 	}
 	rb.rows = rb.rows[:len(rb.rows)+1]
 	return &rb.rows[len(rb.rows)-1]

@@ -62,3 +62,27 @@ func FuzzUnmarshalRow(f *testing.F) {
 		_, _, _, _, _ = rowHead(b)
 	})
 }
+
+// rowBlock hands out n rows in blocks that double from 16: a page's
+// limit of rows in a few allocations, without paying for the limit up
+// front.
+func TestRowBlock_Blocks(t *testing.T) {
+	for _, tt := range []struct{ n, blocks int }{{1, 1}, {16, 1}, {50, 3}, {1000, 7}} {
+		rb := rowBlock{n: tt.n}
+		blocks, seen := 0, map[*Row]bool{}
+		for range tt.n {
+			before := cap(rb.rows)
+			r := rb.next()
+			if len(rb.rows) == 1 || cap(rb.rows) != before {
+				blocks++
+			}
+			if seen[r] {
+				t.Fatalf("n=%d: row handed out twice", tt.n)
+			}
+			seen[r] = true
+		}
+		if blocks != tt.blocks || rb.made != tt.n {
+			t.Errorf("n=%d: %d blocks making %d rows, want %d blocks making %d", tt.n, blocks, rb.made, tt.blocks, tt.n)
+		}
+	}
+}
