@@ -137,7 +137,15 @@ func sameValue(a, b any) bool {
 
 func TestDecodeMap_EveryFormat(t *testing.T) {
 	// One value of every format Check accepts, each written out by hand.
-	in := []byte{0x80 | 15,
+	in := []byte{0xde, 0x00, 23, // map16 of 23 entries
+		0xda, 0x00, 0x01, 'p', 0xcd, 0x01, 0x00, // str16 key, uint16 256
+		0xdb, 0x00, 0x00, 0x00, 0x01, 'q', 0xce, 0x00, 0x01, 0x00, 0x00, // str32 key, uint32 65536
+		0xa1, 'r', 0xd0, 0x80, // int8 -128
+		0xa1, 's', 0xd2, 0xff, 0xff, 0xff, 0xfe, // int32 -2
+		0xa1, 't', 0xda, 0x00, 0x02, 'a', 'b', // str16
+		0xa1, 'u', 0xdb, 0x00, 0x00, 0x00, 0x01, 'c', // str32
+		0xa1, 'v', 0xdd, 0x00, 0x00, 0x00, 0x01, 0xc3, // array32 of one
+		0xa1, 'w', 0xdf, 0x00, 0x00, 0x00, 0x01, 0xa1, 'y', 0x01, // map32 of one
 		0xa1, 'a', 0x05, // positive fixint
 		0xa1, 'b', 0xf0, // negative fixint
 		0xa1, 'c', 0xcc, 0xff, // uint8
@@ -160,7 +168,9 @@ func TestDecodeMap_EveryFormat(t *testing.T) {
 	}
 	want := map[string]any{"a": int64(5), "b": int64(-16), "c": uint64(255), "d": uint64(math.MaxUint64), "e": int64(math.MinInt64),
 		"f": 1.5, "g": 2.5, "h": "hi", "i": []any{}, "j": []any{}, "k": map[string]any{"x": nil}, "l": false, "m": true,
-		"n": int64(-256), "o": map[string]any{}}
+		"n": int64(-256), "o": map[string]any{},
+		"p": uint64(256), "q": uint64(65536), "r": int64(-128), "s": int64(-2), "t": "ab", "u": "c",
+		"v": []any{true}, "w": map[string]any{"y": int64(1)}}
 	if !sameValue(got, want) {
 		t.Fatalf("decoded %#v\nwant    %#v", got, want)
 	}

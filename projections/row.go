@@ -251,7 +251,8 @@ func (rr *rowReader) str() string {
 }
 
 // strs reads consecutive length-prefixed strings into dst, copying them
-// in one allocation: they are substrings of one copy of their bytes.
+// in one allocation: they are substrings of one copy of their bytes (the
+// length prefixes come along, a byte or so each).
 func (rr *rowReader) strs(dst ...*string) {
 	start := rr.b
 	for range dst {
