@@ -319,6 +319,15 @@ func (f *Filter) PreLimit(m EventMeta) bool {
 	return true
 }
 
+// PreLimitAll reports whether PreLimit accepts every event that names no
+// room (as a page of one room asks it): the filter has no types,
+// not_types, senders, not_senders, labels, and no contains_url true. A
+// reader can then skip reading what PreLimit looks at.
+func (f *Filter) PreLimitAll() bool {
+	return f == nil || len(f.Types) == 0 && len(f.sqlTypes) == 0 && len(f.NotTypes) == 0 && len(f.sqlNotTypes) == 0 &&
+		len(f.Senders) == 0 && len(f.NotSenders) == 0 && len(f.Labels) == 0 && (f.ContainsURL == nil || !*f.ContainsURL)
+}
+
 // Check is Synapse's Filter.filter check (filtering.py _check), applied
 // after the limit: an event matching any not_ entry is rejected; a
 // non-nil Types, Senders, Rooms (when m.RoomID is set) or Labels that the

@@ -683,3 +683,54 @@ func FuzzLikeMatch(f *testing.F) {
 		}
 	})
 }
+
+// TestFilter_PreLimitAll: a filter that says PreLimit accepts everything
+// accepts every event here, and every filter that constrains what
+// PreLimit looks at says it does not.
+func TestFilter_PreLimitAll(t *testing.T) {
+	events := []EventMeta{
+		{Type: "m.room.message", Sender: "@a:test"},
+		{Type: "m.room.member", Sender: "@b:test", HasURL: true, Labels: []string{"#x"}},
+		{Type: "", Sender: ""},
+	}
+	for _, tt := range []struct {
+		filter string
+		all    bool
+	}{
+		{`{}`, true},
+		{`{"lazy_load_members": true}`, true},
+		{`{"types": []}`, true}, // Check rejects everything; PreLimit takes all
+		{`{"rooms": ["!r:test"], "not_rooms": ["!s:test"]}`, true},
+		{`{"contains_url": false}`, true},
+		{`{"org.matrix.not_labels": ["#x"]}`, true},
+		{`{"types": ["m.room.message"]}`, false},
+		{`{"not_types": ["m.room.member"]}`, false},
+		{`{"senders": ["@a:test"]}`, false},
+		{`{"not_senders": ["@b:test"]}`, false},
+		{`{"contains_url": true}`, false},
+		{`{"org.matrix.labels": ["#x"]}`, false},
+	} {
+		f, err := parseJSONFilter(t, tt.filter)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.filter, err)
+		}
+		if got := f.PreLimitAll(); got != tt.all {
+			t.Errorf("%s: PreLimitAll() = %v, want %v", tt.filter, got, tt.all)
+		}
+		if tt.all {
+			for _, m := range events {
+				if !f.PreLimit(m) {
+					t.Errorf("%s: PreLimitAll, but PreLimit(%+v) = false", tt.filter, m)
+				}
+			}
+		}
+	}
+	var nilFilter *Filter
+	if !nilFilter.PreLimitAll() {
+		t.Error("nil filter: PreLimitAll() = false")
+	}
+	hand := &Filter{Types: []string{"m.room.message"}} // not compiled
+	if hand.PreLimitAll() {
+		t.Error("hand-built filter with types: PreLimitAll() = true")
+	}
+}

@@ -294,7 +294,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	// Step 6: decide about backfill (the caller runs it outside this
 	// read transaction).
 	var need *backfillNeed
-	if req.Backwards && req.Limit > 0 {
+	if req.Backwards && req.Limit > 0 && v.MayBackfill() {
 		depth := from.Room.Topological
 		if !from.Room.IsTopological || depth == 0 {
 			depth, _, _ = v.MaxPosition()
