@@ -39,6 +39,24 @@ func (c *clientEncoder) init() *msgpack.Encoder {
 	return c.enc
 }
 
+// str writes s as a MessagePack string, in the shortest format, as
+// msgpack's EncodeString does: straight into the buffer, where the
+// encoder's writes through its interfaces took two thirds of the time of
+// encoding a page's events.
+func (c *clientEncoder) str(s string) {
+	switch n := len(s); {
+	case n < 32:
+		c.buf.WriteByte(0xa0 | byte(n))
+	case n < 1<<8:
+		c.buf.Write([]byte{0xd9, byte(n)})
+	case n < 1<<16:
+		c.buf.Write([]byte{0xda, byte(n >> 8), byte(n)})
+	default:
+		c.buf.Write([]byte{0xdb, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	}
+	c.buf.WriteString(s)
+}
+
 // event writes r as a client event.
 func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	e := c.init()
@@ -97,13 +115,13 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 		return err
 	}
 	str := func(k, v string) {
-		_ = e.EncodeString(k)
-		_ = e.EncodeString(v)
+		c.str(k)
+		c.str(v)
 	}
-	_ = e.EncodeString("content")
+	c.str("content")
 	c.buf.Write(content)
 	str("event_id", r.EventID)
-	_ = e.EncodeString("origin_server_ts")
+	c.str("origin_server_ts")
 	_ = e.EncodeInt(r.OriginServerTS)
 	str("room_id", rc.roomID)
 	str("sender", r.Sender)
@@ -115,15 +133,15 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 		str("redacts", redacts)
 	}
 	str("user_id", r.Sender)
-	_ = e.EncodeString("age")
+	c.str("age")
 	_ = e.EncodeInt(age)
 	if prev != nil {
-		_ = e.EncodeString("prev_content")
+		c.str("prev_content")
 		c.buf.Write(prev.content)
 		str("replaces_state", prev.eventID)
 	}
 	if redaction != nil {
-		_ = e.EncodeString("redacted_because")
+		c.str("redacted_because")
 		if err := c.event(redaction, eventOpts{}); err != nil {
 			return err
 		}
@@ -147,15 +165,15 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	if relations != nil {
 		un++
 	}
-	_ = e.EncodeString("unsigned")
+	c.str("unsigned")
 	_ = e.EncodeMapLen(un)
-	_ = e.EncodeString("age")
+	c.str("age")
 	_ = e.EncodeInt(age)
 	if redaction == nil {
 		c.buf.Write(r.Unsigned)
 	}
 	if prev != nil {
-		_ = e.EncodeString("prev_content")
+		c.str("prev_content")
 		c.buf.Write(prev.content)
 		str("prev_sender", prev.sender)
 		str("replaces_state", prev.eventID)
@@ -165,13 +183,13 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	}
 	if redaction != nil {
 		str("redacted_by", redaction.EventID)
-		_ = e.EncodeString("redacted_because")
+		c.str("redacted_because")
 		if err := c.event(redaction, eventOpts{}); err != nil {
 			return err
 		}
 	}
 	if relations != nil {
-		_ = e.EncodeString("m.relations")
+		c.str("m.relations")
 		c.buf.Write(relations)
 	}
 	return nil

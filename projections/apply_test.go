@@ -189,8 +189,8 @@ func TestApplyBatch_Extremities(t *testing.T) {
 					t.Fatalf("%s: back=%v, want %v", what, back, wantBack)
 				}
 			}
-			if got := v.MayBackfill(); got != (len(wantBack) > 0) {
-				t.Fatalf("%s: MayBackfill() = %v with back=%v", what, got, back)
+			if got := v.HasGaps(); got != (len(wantBack) > 0) {
+				t.Fatalf("%s: HasGaps() = %v with back=%v", what, got, back)
 			}
 			return nil
 		})

@@ -114,9 +114,6 @@ func TestPurgeHistory_Semantics(t *testing.T) {
 		if _, ok := back[msgs[5].ID()]; !ok || len(back) != 1 {
 			t.Errorf("backward extremities = %v, want the purged parent of the cut-off", back)
 		}
-		if v.MayBackfill() {
-			t.Error("MayBackfill() = true: the only backward extremity is at the purge floor, which is never backfilled")
-		}
 		return nil
 	})
 	er, _ := s.PendingErasures(100, true)

@@ -285,31 +285,6 @@ func (v *RoomView) Extremities(backward bool) map[string]int64 {
 	return out
 }
 
-// MayBackfill reports whether the room has a backward extremity above its
-// purge floor: a parent its events name that it does not hold, which a
-// backfill could fetch. Synapse's maybe_backfill returns at once without
-// one; a reader that asks here first spares the backfill's own read (a
-// twentieth of the CPU of reads of a room without gaps). It looks at no
-// more than maxGapScan extremities: past that it answers true, and the
-// backfill decides.
-func (v *RoomView) MayBackfill() bool {
-	if v.room == 0 {
-		return false
-	}
-	prefix := u64(v.room)
-	c := v.bucket(bBack).Cursor()
-	n := 0
-	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
-		if n++; n > maxGapScan || int64(binary.BigEndian.Uint64(val)) > v.meta.Floor {
-			return true
-		}
-	}
-	return false
-}
-
-// maxGapScan bounds MayBackfill's walk over extremities below the floor.
-const maxGapScan = 64
-
 // Paginate walks the room's timeline as Synapse's
 // paginate_room_events_by_topological_ordering does: ordered by (depth,
 // stream ordering), bounded by From and To (compared as tuples for
