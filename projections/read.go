@@ -32,6 +32,9 @@ type PageQuery struct {
 
 // PageResult is what the timeline holds for a PageQuery.
 type PageResult struct {
+	// Rows are the page's rows. Their strings, as their content, are
+	// the transaction's memory (Row.unmarshal): nothing of them may be
+	// kept after it ends, not even a string.
 	Rows    []*Row
 	Limited bool // more rows may follow
 	// Next is the room token after the last row taken (or after the last
@@ -376,7 +379,7 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 			break
 		}
 		r := rows.next()
-		if err := r.unmarshal(val); err != nil {
+		if err := r.unmarshal(val, true); err != nil {
 			return nil, fmt.Errorf("projections: timeline row %x: %w", k, err)
 		}
 		r.Depth, r.Stream = depth, stream

@@ -1,7 +1,9 @@
 package projections
 
 import (
+	"bytes"
 	"testing"
+	"unsafe"
 
 	"github.com/scrollback/scrollback/commands"
 )
@@ -39,14 +41,22 @@ func TestRow_RoundTripStrings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := unmarshalRow(r.marshal())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := [...]string{"$edit", "m.room.topic", "@b:x", "", "$old", r.Summary, "m.thread", "$root"}
-	have := [...]string{got.EventID, got.Type, got.Sender, got.StateKey, got.Redacts, got.Summary, got.RelType, got.RelTarget}
-	if have != want || !got.IsState() {
-		t.Fatalf("strings read back as %q, want %q", have, want)
+	b := r.marshal()
+	for _, alias := range []bool{false, true} {
+		var got Row
+		if err := got.unmarshal(b, alias); err != nil {
+			t.Fatal(err)
+		}
+		want := [...]string{"$edit", "m.room.topic", "@b:x", "", "$old", r.Summary, "m.thread", "$root"}
+		have := [...]string{got.EventID, got.Type, got.Sender, got.StateKey, got.Redacts, got.Summary, got.RelType, got.RelTarget}
+		if have != want || !got.IsState() {
+			t.Fatalf("alias %v: strings read back as %q, want %q", alias, have, want)
+		}
+		// Aliased strings are the row's bytes; copied ones are not.
+		inRow := unsafe.StringData(got.EventID) == &b[bytes.Index(b, []byte("$edit"))]
+		if inRow != alias {
+			t.Errorf("alias %v: EventID in the row's own bytes = %v", alias, inRow)
+		}
 	}
 }
 
