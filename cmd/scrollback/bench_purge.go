@@ -43,7 +43,12 @@ package main
 //     use the CPU) and after (the erasure, which waits for the disk).
 //  5. The other room's reads as in 3 once more, after the purge: how
 //     steady the reference was.
-//  6. The bbolt file and the JetStream store directory before 1 and
+//  6. hideSeries purges of a third, small room, one after the other, with
+//     the same open-loop reads of the other room running: each purges one
+//     more message. The one purge of step 4 is a single sample of the time
+//     until a purge is hidden under load; these give its distribution
+//     (the logical purge costs the same whatever the room's size).
+//  7. The bbolt file and the JetStream store directory before 1 and
 //     after 4.
 
 import (
@@ -54,6 +59,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"math/bits"
 	mrand "math/rand/v2"
 	"net/http"
@@ -90,6 +96,12 @@ const (
 	purgeRemote = "@remote:other.org"
 	// purgeTail is the number of events from the cut-off on: they stay.
 	purgeTail = 100
+	// hideSeries is the number of purges of the small room (step 6), and
+	// of its messages below its last cut-off.
+	hideSeries = 30
+	// hidePause is the pause after each of them: its janitor and its
+	// erasure, a few messages each, are done by then.
+	hidePause = 50 * time.Millisecond
 	// otherRoomEvents is the size of the room read during the purge.
 	otherRoomEvents = 5_000
 	// purgePoll is how often the bench looks at the purge's progress.
@@ -120,9 +132,11 @@ type purgeResults struct {
 	Capped            bool    // Rate is maxOpenLoad x the service's throughput, not --purge-rate x the floor's
 	otherFloor, other loadPair
 	before, during    openResult
-	after             openResult // no purge, after it: how steady before was
-	duringRows        openResult // the part of during until the rows were removed
-	duringErase       openResult // the rest: the erasure from the log
+	after             openResult      // no purge, after it: how steady before was
+	duringRows        openResult      // the part of during until the rows were removed
+	duringErase       openResult      // the rest: the erasure from the log
+	Hides             []time.Duration // step 6: each small purge's request, sent to reply
+	duringHides       openResult      // the reads during step 6
 
 	boltBefore, boltAfter int64  // bytes of <data_dir>/scrollback.db
 	jsBefore, jsAfter     int64  // bytes of the files under <data_dir>/jetstream
@@ -198,6 +212,10 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 	}
 	b.printf("purged room loaded: %s; %d set-up events, %d messages of %s, the cut-off, %d more\n",
 		res.Load, room.setupLen(), room.remote, purgeRemote, purgeTail-1)
+	small := newPurgeRoom("!hide:"+benchServerName, hideSeries)
+	if _, err := loadRoomBatched(ctx, m, small.ID, small.Len(), func(i int) *nats.Msg { return small.Msg(subjects, i) }); err != nil {
+		return err
+	}
 
 	dbPath := filepath.Join(dataDir, "scrollback.db")
 	jsDir := filepath.Join(dataDir, "jetstream")
@@ -236,6 +254,14 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 		return fmt.Errorf("bench: other room, open loop: %w", err)
 	}
 	b.printOpenLoop("other: no purge, after", res.Rate, res.after)
+	sp, err := newPurger(ctx, m, nc, small)
+	if err != nil {
+		return err
+	}
+	defer sp.Close()
+	if err := b.hideSeries(ctx, sp, read); err != nil {
+		return err
+	}
 	if res.boltAfter, res.jsAfter, err = storeSizes(dbPath, jsDir); err != nil {
 		return err
 	}
@@ -526,6 +552,61 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 		b.printf("cpu profile: the purge from the request until the rows were removed (the purge's numbers above were measured under the profiler): %s\n", b.cfg.CPUProfile)
 	}
 	return nil
+}
+
+// hideSeries purges the small room hideSeries times with the other
+// room's open-loop reads running (step 6): each request purges one more of
+// its messages, and checks with one read that the room then starts at
+// its cut-off.
+func (b *bench) hideSeries(ctx context.Context, p *purger, read target) error {
+	res := b.res.purge
+	read.rec.set(b.newSeries("other room, open loop", "small purges"))
+	reads := startOpenLoop(ctx, res.Rate, read)
+	defer reads.Stop() // on failure; Stop again returns the same
+	pause := func(d time.Duration) error {
+		select {
+		case <-time.After(d):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := pause(b.cfg.Warmup()); err != nil {
+		return err
+	}
+	res.Hides = res.Hides[:0]
+	for i := 1; i <= p.room.remote; i++ {
+		r, err := p.request(ctx, p.room.setupLen()+i)
+		if err != nil {
+			return err
+		}
+		res.Hides = append(res.Hides, r.Took)
+		if err := pause(hidePause); err != nil {
+			return err
+		}
+	}
+	var err error
+	if res.duringHides, err = reads.Stop(); err != nil {
+		return fmt.Errorf("bench: other room during the small purges: %w", err)
+	}
+	h := hideStats(res.Hides)
+	b.printf("small purges: %d purge requests of a %d-event room, one more message each, with the reads: replied in p50 %s p90 %s max %s\n",
+		len(res.Hides), p.room.Len(), fmtLat(h.p50), fmtLat(h.p90), fmtLat(h.max))
+	b.printOpenLoop("other: small purges", res.Rate, res.duringHides)
+	return nil
+}
+
+// latencies is the summary of a few measured durations.
+type latencies struct{ p50, p90, max time.Duration }
+
+// hideStats is the nearest-rank p50 and p90, and the largest, of ds.
+func hideStats(ds []time.Duration) latencies {
+	if len(ds) == 0 {
+		return latencies{}
+	}
+	s := slices.Sorted(slices.Values(ds))
+	rank := func(p float64) time.Duration { return s[max(int(math.Ceil(float64(len(s))*p/100))-1, 0)] }
+	return latencies{p50: rank(50), p90: rank(90), max: s[len(s)-1]}
 }
 
 // postPurge sends the purge request and returns the purge_id of its reply.
@@ -901,6 +982,11 @@ func (b *bench) purgeSummary(t summaryTable) {
 	}
 	visible("purge request to purged events hidden, idle (HTTP)", r.IdleRequest)
 	visible("purge request to purged events hidden, with reads (HTTP)", r.Request)
+	if len(r.Hides) > 0 {
+		h := hideStats(r.Hides)
+		visible(fmt.Sprintf("the same, %d purges of a small room: p50", len(r.Hides)), h.p50)
+		visible(fmt.Sprintf("the same, %d purges of a small room: p90", len(r.Hides)), h.p90)
+	}
 	rows := perSec(r.N, r.RowsDone)
 	t.row("bbolt rows removed (rows/s)", fmtRate(rows), "-", "-", fmt.Sprintf(">= %d", goalPurgeRowsPerSec), verdict(rows >= goalPurgeRowsPerSec))
 	t.row("log messages erased (msgs/s)", fmtRate(perSec(r.N, r.Erased)), "-", "-", "report", "-")

@@ -441,3 +441,29 @@ func TestMixedPhases(t *testing.T) {
 		t.Errorf("phases without the rows' end = %v", got)
 	}
 }
+
+// TestHideStats: nearest-rank percentiles of a few durations, in any
+// order.
+func TestHideStats(t *testing.T) {
+	ms := func(n ...int) []time.Duration {
+		var out []time.Duration
+		for _, v := range n {
+			out = append(out, time.Duration(v)*time.Millisecond)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		in            []time.Duration
+		p50, p90, max time.Duration
+	}{
+		{nil, 0, 0, 0},
+		{ms(7), 7 * time.Millisecond, 7 * time.Millisecond, 7 * time.Millisecond},
+		{ms(10, 1, 9, 2, 8, 3, 7, 4, 6, 5), 5 * time.Millisecond, 9 * time.Millisecond, 10 * time.Millisecond},
+		{ms(3, 1, 2), 2 * time.Millisecond, 3 * time.Millisecond, 3 * time.Millisecond},
+	} {
+		got := hideStats(tt.in)
+		if got != (latencies{tt.p50, tt.p90, tt.max}) {
+			t.Errorf("hideStats(%v) = %+v, want p50 %v p90 %v max %v", tt.in, got, tt.p50, tt.p90, tt.max)
+		}
+	}
+}
