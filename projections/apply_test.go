@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/scrollback/scrollback/bus"
@@ -48,7 +49,7 @@ func timelineIDs(tb testing.TB, s *projections.Store, roomID string) []string {
 			return err
 		}
 		for _, r := range res.Rows {
-			ids = append(ids, r.EventID)
+			ids = append(ids, strings.Clone(r.EventID)) // a page's strings live as long as its transaction
 		}
 		return nil
 	})

@@ -3,6 +3,7 @@ package projections_test
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,7 +45,7 @@ func checkRelated(t *testing.T, s *projections.Store, roomID, what string) []str
 					t.Errorf("%s: %s: marked with kinds %b, has %b", what, r.EventID, k, kinds)
 				}
 				if v.HasRelations(r.EventID) {
-					got = append(got, r.EventID)
+					got = append(got, strings.Clone(r.EventID)) // a page's strings live as long as its transaction
 				}
 			}
 			slices.Sort(got)

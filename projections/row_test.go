@@ -2,6 +2,7 @@ package projections
 
 import (
 	"bytes"
+	"reflect"
 	"testing"
 	"unsafe"
 
@@ -68,8 +69,17 @@ func FuzzUnmarshalRow(f *testing.F) {
 	f.Add(r.marshal())
 	f.Add([]byte{rowVersion, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = unmarshalRow(b)
+		copied, err := unmarshalRow(b)
 		_, _, _, _, _ = rowHead(b)
+		// The aliasing decode (Paginate's) reads the same row the same way.
+		var aliased Row
+		aerr := aliased.unmarshal(b, true)
+		if (err == nil) != (aerr == nil) {
+			t.Fatalf("copying decode: %v; aliasing decode: %v", err, aerr)
+		}
+		if err == nil && !reflect.DeepEqual(*copied, aliased) {
+			t.Fatalf("copying decode %+v, aliasing decode %+v", *copied, aliased)
+		}
 	})
 }
 
