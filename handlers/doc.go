@@ -18,7 +18,14 @@
 // maybe_backfill): in the foreground when the page is short or gappy,
 // else in the background. Every read near a gap may call it, so its
 // lock guards only the in-flight calls and the back-off, never a bbolt
-// read: a convoy behind such a lock held up the reads under load.
+// read: a convoy behind such a lock held up the reads under load. A page
+// of a room without backward extremities (RoomView.HasGaps, asked in the
+// page's own transaction) does not call it at all.
+//
+// A page's rows alias the read transaction's memory, strings included
+// (projections.PageResult): the /messages handler serialises the reply
+// inside the transaction and keeps nothing of a row after it, not even
+// a string (a map key, an error's text, a goroutine's argument).
 //
 // The HTTP bridge is a thin translation: every endpoint becomes a NATS
 // request of CONTRACT.md section 4, so it can run in its own process.

@@ -25,7 +25,9 @@
 //
 // Reads use bbolt read transactions (snapshots): they never wait for the
 // writer and see whole batches only. Store.View gives a RoomView for one
-// consistent read.
+// consistent read. A Row's content aliases the transaction's memory, and
+// so do the strings of Paginate's rows: nothing of them may be used after
+// the transaction ends (bbolt reuses a freed page and rewrites it).
 //
 // # Layout
 //
