@@ -12,8 +12,10 @@
 //
 // # Kept copies
 //
-// Log.Compact erases most of a room's event messages with one subject
-// purge: the messages it must keep (a purge's outliers, and anything
+// Log.Compact erases most of a room's event messages with subject purges
+// (one for every 100k erased messages, each followed by a rest as long as
+// it took, so that the embedded server's work comes in short bursts): the
+// messages it must keep (a purge's outliers, and anything
 // else not being erased below that point) are first copied to
 // sb.room.<rk>.kept in atomic batches, each copy carrying its original
 // sequence and log time in headers. Consume reads the copies' headers

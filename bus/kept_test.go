@@ -177,6 +177,47 @@ func TestCompact_KeptMessagesAreReadInTheirPlaces(t *testing.T) {
 // TestCompact_ResumesAfterACrash: a compaction that died after copying
 // a2 (its copy is in the log, the originals too) is repeated: a2 is not
 // copied twice, and a reader meanwhile gets each message once.
+// TestCompact_InSteps: with steps of two erased messages, the subject
+// purge goes in three steps, making way for reads before each, and the
+// log reads as after one purge.
+func TestCompact_InSteps(t *testing.T) {
+	defer bus.SetCompactStep(2)()
+	k := newKeptLog(t, 8)
+	before := k.read(t, 1)
+	var erase []uint64
+	for _, i := range []int{1, 3, 4, 6, 7} {
+		erase = append(erase, k.seqs[fmt.Sprintf("a%d", i)])
+	}
+	ways := 0
+	k.log.BeforeDelete = func(context.Context) { ways++ }
+	if err := k.log.Compact(context.Background(), "!a:x", erase); err != nil {
+		t.Fatal(err)
+	}
+	if ways < 3 {
+		t.Errorf("BeforeDelete called %d times, want one before each of 3 steps at least", ways)
+	}
+	if n := k.count(t, k.log.Subjects.Room("!a:x", commands.KindEvent)); n != 1 { // a8
+		t.Errorf("room a's event subject holds %d messages, want 1", n)
+	}
+	if n := k.count(t, k.log.Subjects.Room("!a:x", commands.KindKept)); n != 2 { // copies of a2, a5
+		t.Errorf("room a's kept subject holds %d messages, want 2", n)
+	}
+	after := k.read(t, 1)
+	for seq, m := range before {
+		erased := false
+		for _, e := range erase {
+			erased = erased || e == seq
+		}
+		got, ok := after[seq]
+		switch {
+		case erased && ok:
+			t.Errorf("erased message %d (%s) still read", seq, m.data)
+		case !erased && (!ok || got.data != m.data || got.subject != m.subject):
+			t.Errorf("message %d: read %+v (present %v), want %+v", seq, got, ok, m)
+		}
+	}
+}
+
 func TestCompact_ResumesAfterACrash(t *testing.T) {
 	k := newKeptLog(t, 4)
 	ctx := context.Background()

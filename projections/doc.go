@@ -79,7 +79,7 @@
 //
 // The erasures are queued in a bucket per room so that the eraser can
 // take all of a room's at once once its janitor is done (RoomErasures),
-// erase them with one subject purge (bus.Log.Compact), and drop them by
+// erase them with subject purges (bus.Log.Compact), and drop them by
 // deleting the bucket: freeing its pages, where deleting a million keys
 // one by one held the writer for 0.6 s.
 //
