@@ -59,7 +59,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math"
 	"math/bits"
 	mrand "math/rand/v2"
 	"net/http"
@@ -605,8 +604,7 @@ func hideStats(ds []time.Duration) latencies {
 		return latencies{}
 	}
 	s := slices.Sorted(slices.Values(ds))
-	rank := func(p float64) time.Duration { return s[max(int(math.Ceil(float64(len(s))*p/100))-1, 0)] }
-	return latencies{p50: rank(50), p90: rank(90), max: s[len(s)-1]}
+	return latencies{p50: loadgen.Percentile(s, 50), p90: loadgen.Percentile(s, 90), max: s[len(s)-1]}
 }
 
 // postPurge sends the purge request and returns the purge_id of its reply.
