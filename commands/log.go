@@ -24,4 +24,9 @@ type LogEntry struct {
 	Command *Command
 	Update  *TaskUpdate
 	Err     error // wraps ErrMalformed
+	// HistoryErased is set by the projector on a purge_room command whose
+	// room's event messages below it the log no longer holds: another
+	// instance applied the purge and erased them, perhaps while this
+	// reader was reading them (projections.Projector.Erased).
+	HistoryErased bool
 }

@@ -561,7 +561,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 				return err
 			}
 		case commands.ActionPurgeRoom:
-			if room, err = applyPurgeRoom(tx, room, c, t, e.Seq, serverName(tx)); err != nil {
+			if room, err = applyPurgeRoom(tx, room, c, t, e.Seq, serverName(tx), e.HistoryErased); err != nil {
 				return err
 			}
 		case commands.ActionShutdownAndPurgeRoom:
@@ -658,7 +658,7 @@ func applyShutdownPurge(tx *bolt.Tx, room uint64, c *commands.Command, parent *c
 		return fmt.Errorf("%w: %s: its shutdown task is already %s", commands.ErrDuplicateCommand, c.ID, parent.Status)
 	}
 	probe := &commands.Task{Status: commands.TaskComplete}
-	if _, err := applyPurgeRoom(tx, room, c, probe, e.Seq, serverName(tx)); err != nil {
+	if _, err := applyPurgeRoom(tx, room, c, probe, e.Seq, serverName(tx), e.HistoryErased); err != nil {
 		return err
 	}
 	parent.Status, parent.Error, parent.UpdatedTS = probe.Status, probe.Error, ts

@@ -104,6 +104,15 @@
 // dirty about MaxDirty pages, measured on the group before: less memory,
 // but a slower catch-up, since small groups share fewer pages.
 //
+// A purge_room is applied by every instance that reads the log, and the
+// instance that ran it then erases the room's history from the log; a
+// reader behind it may have read part of that history and lost the rest
+// (the members' leaves). Before applying an unforced purge_room the
+// projector therefore asks the log whether any of the room's history is
+// left below it (Projector.Erased, one question per purge_room); if none
+// is, the purge succeeded elsewhere and is applied without the
+// joined-members check (commands.LogEntry.HistoryErased).
+//
 // A group that fails is retried batch by batch, and a message that fails
 // to apply in a batch is retried alone; one that
 // still fails is recorded as a dead letter so that it never stops its

@@ -57,7 +57,14 @@ type Projector struct {
 	// be quick, and by several goroutines when a failed group is retried
 	// batch by batch.
 	ObserveCommit func(CommitStats)
-	Logger        *slog.Logger
+	// Erased, if set, reports whether the log no longer holds any of a
+	// room's event messages below seq. The projector asks it for every
+	// unforced purge_room before applying it (commands.LogEntry.
+	// HistoryErased): with several instances on one log, another may
+	// erase the room's history while this one is reading it (CLUSTER.md).
+	// Without it, such a reader can refuse a purge the others completed.
+	Erased func(ctx context.Context, roomID string, seq uint64) (bool, error)
+	Logger *slog.Logger
 	// MaxBatch bounds the messages of one partition's batch (default
 	// 8000). A partition takes what is queued, so batches are this big
 	// only when it is behind (a backlog, a catch-up); there, bigger
@@ -265,7 +272,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.runPartition(workCtx, pt)
+			p.runPartition(workCtx, ctx, pt)
 		}()
 	}
 	p.started.Store(true)
@@ -321,7 +328,10 @@ func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, i
 	}
 }
 
-func (p *Projector) runPartition(ctx context.Context, pt *partition) {
+// runPartition applies the partition's queue until it is closed. ctx is
+// the partition's own, which lasts until the queue is drained; stop is
+// Run's, which ends when consuming does.
+func (p *Projector) runPartition(ctx, stop context.Context, pt *partition) {
 	batch := make([]rawMsg, 0, p.MaxBatch)
 	for first := range pt.queue {
 		batch = append(batch[:0], first)
@@ -338,7 +348,16 @@ func (p *Projector) runPartition(ctx context.Context, pt *partition) {
 				break fill
 			}
 		}
-		p.applyBatch(ctx, pt, batch)
+		if !p.applyBatch(ctx, stop, pt, batch) {
+			// Run is stopping, and a batch could not be applied as it
+			// must be: so is nothing after it. The next run starts from
+			// the checkpoint.
+			pt.pending.Add(-int64(len(batch)))
+			for range pt.queue {
+				pt.pending.Add(-1)
+			}
+			return
+		}
 	}
 }
 
@@ -347,8 +366,10 @@ func (p *Projector) runPartition(ctx context.Context, pt *partition) {
 // is applied message by message, and a message that still fails becomes a
 // dead letter, so that no message stops its partition forever. The batch
 // is decoded and its rows are built here, in the partition's goroutine,
-// so that bbolt's single writer only reads and writes the file.
-func (p *Projector) applyBatch(ctx context.Context, pt *partition, batch []rawMsg) {
+// so that bbolt's single writer only reads and writes the file. It
+// reports false, having applied nothing, when stop ends before the log
+// answers the batch's questions (markErased).
+func (p *Projector) applyBatch(ctx, stop context.Context, pt *partition, batch []rawMsg) bool {
 	start := time.Now()
 	drawn := p.decoded.take(len(batch))
 	defer func() { p.decoded.give(drawn) }()
@@ -359,6 +380,9 @@ func (p *Projector) applyBatch(ctx context.Context, pt *partition, batch []rawMs
 	}
 	b := prepareBatch(pt.id, entries)
 	<-p.preparing
+	if !p.markErased(stop, entries) {
+		return false
+	}
 	group, err := p.commit(pt, b)
 	if err != nil && group > 1 {
 		// The group failed: this batch may not be the cause.
@@ -380,6 +404,37 @@ func (p *Projector) applyBatch(ctx context.Context, pt *partition, batch []rawMs
 	if p.Observe != nil {
 		p.Observe(pt.id, outcomes, time.Since(start))
 	}
+	return true
+}
+
+// markErased asks the log, for each unforced purge_room of the batch,
+// whether the room's history below it is erased (Erased). It asks again
+// until the log answers, or reports false when ctx ends first: applying
+// without the answer could refuse a purge that other instances completed.
+func (p *Projector) markErased(ctx context.Context, entries []commands.LogEntry) bool {
+	if p.Erased == nil {
+		return true
+	}
+	for i := range entries {
+		e := &entries[i]
+		if e.Command == nil || e.Err != nil || e.Command.Action != commands.ActionPurgeRoom || e.Command.Bool("force", false) {
+			continue
+		}
+		for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+			erased, err := p.Erased(ctx, e.RoomID, e.Seq)
+			if err == nil {
+				e.HistoryErased = erased
+				break
+			}
+			p.Logger.Warn("cannot tell whether a purged room's history is erased; asking again", "room_id", e.RoomID, "seq", e.Seq, "err", err)
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(backoff):
+			}
+		}
+	}
+	return true
 }
 
 // commit hands the batch to the committer and waits for its group's

@@ -75,8 +75,13 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 // number's rows are the janitor's to delete, and the room's event
 // messages before seq are to be purged from the log. It returns the
 // room's number from now on.
-func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, seq uint64, server string) (uint64, error) {
-	if !c.Bool("force", false) && server != "" {
+//
+// A purge whose history the log no longer holds (erased: see
+// commands.LogEntry.HistoryErased) is not refused: only a purge_room that
+// succeeded is erased, and what this reader saw of the room may lack the
+// members' leaves, erased before it read them.
+func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, seq uint64, server string, erased bool) (uint64, error) {
+	if !c.Bool("force", false) && server != "" && !erased {
 		joined, err := localJoined(tx, room, server)
 		if err != nil {
 			return room, err

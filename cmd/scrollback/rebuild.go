@@ -126,7 +126,8 @@ func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
 		store.Close()
 		return 0, err
 	}
-	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken(cfg.NATS.SubjectPrefix), Logger: m.Logger}
+	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken(cfg.NATS.SubjectPrefix),
+		Erased: logErased(log, subjects), Logger: m.Logger}
 	if err := p.Init(); err != nil {
 		store.Close()
 		return 0, err
