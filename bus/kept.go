@@ -235,6 +235,41 @@ func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (uint64
 	return seq, nil
 }
 
+// RoomHistoryBelow reports whether the log still holds any of a room's
+// event messages below seq: on its event subject, or as a kept copy
+// (Compact) of one, whose original sequence is what counts (a copy is
+// appended after its original, perhaps after seq). Copies go to the
+// kept subject in order of original sequence, so its first message holds
+// the lowest; a copy without a valid header counts as history left.
+// It costs three requests: the stream's info and the first message of
+// each subject (the server finds it from its subject index).
+func (l *Log) RoomHistoryBelow(ctx context.Context, roomID string, seq uint64) (bool, error) {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return false, fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	first := func(kind string) (*jetstream.RawStreamMsg, error) {
+		subj := l.Subjects.Room(roomID, kind)
+		m, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("bus: first message of %s: %w", subj, err)
+		}
+		return m, nil
+	}
+	m, err := first(commands.KindEvent)
+	if err != nil || (m != nil && m.Sequence < seq) {
+		return m != nil, err
+	}
+	if m, err = first(commands.KindKept); err != nil || m == nil {
+		return false, err
+	}
+	orig, ok := keptSeq(m.Header)
+	return !ok || orig < seq, nil
+}
+
 // keptSeq is a kept copy's original sequence (HeaderKeptSeq); ok is false
 // without a valid one.
 func keptSeq(h nats.Header) (seq uint64, ok bool) {

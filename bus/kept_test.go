@@ -325,3 +325,37 @@ func TestParseBatchAck(t *testing.T) {
 		}
 	}
 }
+
+// RoomHistoryBelow finds a room's first event message, and its first kept
+// copy by the original's sequence, not the copy's own (copies are made
+// after their originals, here after every message of the log).
+func TestRoomHistoryBelow(t *testing.T) {
+	k := newKeptLog(t, 4) // a1 b1 a2 b2 a3 b3 a4 b4
+	ctx := context.Background()
+	check := func(what, room string, seq uint64, want bool) {
+		t.Helper()
+		if got, err := k.log.RoomHistoryBelow(ctx, "!"+room+":x", seq); err != nil || got != want {
+			t.Errorf("%s: RoomHistoryBelow(%s, %d) = %v, %v; want %v", what, room, seq, got, err, want)
+		}
+	}
+	check("at room a's first message", "a", k.seqs["a1"], false)
+	check("past it", "a", k.seqs["a1"]+1, true)
+	check("a room with no messages", "c", 1000, false)
+
+	// Erase a2 and a3 and keep a1 (as a purge_history keeps a state
+	// event): a1 is now a copy after b4, and no event message of room a
+	// is left below a4.
+	if err := k.log.Compact(ctx, "!a:x", []uint64{k.seqs["a2"], k.seqs["a3"]}); err != nil {
+		t.Fatal(err)
+	}
+	check("below a4, a1 kept as a copy", "a", k.seqs["a4"], true)
+	check("at a1, kept as a copy", "a", k.seqs["a1"], false)
+	// A purge_room at a4 erases the copies and the messages below it.
+	for _, kind := range []string{commands.KindKept, commands.KindEvent} {
+		if err := k.log.PurgeSubjectBelow(ctx, k.log.Subjects.Room("!a:x", kind), k.seqs["b4"]+100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("everything erased", "a", k.seqs["b4"]+100, false)
+	check("room b untouched", "b", k.seqs["b1"]+1, true)
+}

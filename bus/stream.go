@@ -299,21 +299,3 @@ func (l *Log) PurgeSubjectBelow(ctx context.Context, subject string, seq uint64)
 	}
 	return nil
 }
-
-// HasBelow reports whether the log holds a message of subject with a
-// sequence below seq: the server looks up the subject's first message
-// (a stream info request and a get).
-func (l *Log) HasBelow(ctx context.Context, subject string, seq uint64) (bool, error) {
-	st, err := l.JS.Stream(ctx, l.Stream)
-	if err != nil {
-		return false, fmt.Errorf("bus: stream %s: %w", l.Stream, err)
-	}
-	m, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("bus: first message of %s: %w", subject, err)
-	}
-	return m.Sequence < seq, nil
-}

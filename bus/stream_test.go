@@ -124,37 +124,6 @@ func TestDeleteMsgs_ErasesAndToleratesGone(t *testing.T) {
 	}
 }
 
-// HasBelow finds a subject's first message, whatever else the log holds
-// before and after it, and tells a purged or empty subject from one with
-// messages left.
-func TestHasBelow(t *testing.T) {
-	n := testenv.NewNATS(t)
-	log := n.Stream(t, bus.Subjects{Prefix: "sb"}, "SCROLLBACK")
-	ctx := context.Background()
-	other := log.Subjects.Room("!other:x", "event")
-	subj := log.Subjects.Room("!r:x", "event")
-	if _, err := log.Append(ctx, other, "", []byte("another room's")); err != nil {
-		t.Fatal(err)
-	}
-	seqs := publishN(t, n, log, 3) // on subj
-	check := func(what string, seq uint64, want bool) {
-		t.Helper()
-		if got, err := log.HasBelow(ctx, subj, seq); err != nil || got != want {
-			t.Errorf("%s: HasBelow(%d) = %v, %v; want %v", what, seq, got, err, want)
-		}
-	}
-	check("at the first", seqs[0], false)
-	check("past the first", seqs[0]+1, true)
-	if err := log.PurgeSubjectBelow(ctx, subj, seqs[2]); err != nil {
-		t.Fatal(err)
-	}
-	check("purged below the last", seqs[2], false)
-	check("past the last", seqs[2]+1, true)
-	if got, err := log.HasBelow(ctx, log.Subjects.Room("!empty:x", "event"), 1000); err != nil || got {
-		t.Errorf("an empty subject: %v, %v", got, err)
-	}
-}
-
 // BenchmarkDeleteMsgs erases b.N messages with fsync on every write (the
 // service's setting): one DeleteMsg at a time, against DeleteMsgs's
 // requests in parallel; then both without fsync, to show what the

@@ -78,9 +78,10 @@ func (r *Eraser) step(ctx context.Context) (bool, error) {
 	for room, seq := range e.Rooms {
 		// The room's kept copies (bus.Log.Compact) made before its
 		// purge_room go too, and first: a reader takes the room's
-		// history for erased once neither is left below seq
-		// (projections.Projector.Erased), so the event messages, which
-		// it reads in order, go last.
+		// history for erased only once neither is left below seq
+		// (projections.Projector.Erased). Between the two purges it
+		// finds the event messages still there, and it has lost none
+		// of them yet.
 		for _, kind := range []string{commands.KindKept, commands.KindEvent} {
 			if err := r.Log.PurgeSubjectBelow(ctx, r.Subjects.Room(room, kind), seq); err != nil {
 				return false, err

@@ -109,9 +109,12 @@
 // reader behind it may have read part of that history and lost the rest
 // (the members' leaves). Before applying an unforced purge_room the
 // projector therefore asks the log whether any of the room's history is
-// left below it (Projector.Erased, one question per purge_room); if none
-// is, the purge succeeded elsewhere and is applied without the
-// joined-members check (commands.LogEntry.HistoryErased).
+// left below it, as event messages or as kept copies of them
+// (Projector.Erased, one question per purge_room); if none is, the purge
+// succeeded elsewhere and is applied without the joined-members check
+// (commands.LogEntry.HistoryErased). A partition whose question the log
+// cannot answer before Run stops applies nothing more, and its watermark
+// does not pass the purge_room.
 //
 // A group that fails is retried batch by batch, and a message that fails
 // to apply in a batch is retried alone; one that

@@ -58,7 +58,8 @@ type Projector struct {
 	// batch by batch.
 	ObserveCommit func(CommitStats)
 	// Erased, if set, reports whether the log no longer holds any of a
-	// room's event messages below seq. The projector asks it for every
+	// room's history below seq: neither an event message nor a kept copy
+	// of one (bus.Log.RoomHistoryBelow). The projector asks it for every
 	// unforced purge_room before applying it (commands.LogEntry.
 	// HistoryErased): with several instances on one log, another may
 	// erase the room's history while this one is reading it (CLUSTER.md).
@@ -252,7 +253,10 @@ func (p *Projector) init() error {
 }
 
 // Run consumes the log until ctx ends, consuming again after source
-// failures, and returns once every dispatched message is committed.
+// failures, and returns once every dispatched message is committed, or,
+// in a partition whose batch needed an answer from the log that did not
+// come before ctx ended (Erased), left for the next run: the watermarks
+// never count such messages as applied. Run is called once.
 func (p *Projector) Run(ctx context.Context) error {
 	if err := p.init(); err != nil {
 		return err
@@ -350,11 +354,11 @@ func (p *Projector) runPartition(ctx, stop context.Context, pt *partition) {
 		}
 		if !p.applyBatch(ctx, stop, pt, batch) {
 			// Run is stopping, and a batch could not be applied as it
-			// must be: so is nothing after it. The next run starts from
-			// the checkpoint.
-			pt.pending.Add(-int64(len(batch)))
+			// must be: so is nothing after it. Its messages and the
+			// rest of the queue stay pending, so that the watermark
+			// does not pass them; the next run starts from the
+			// checkpoint.
 			for range pt.queue {
-				pt.pending.Add(-1)
 			}
 			return
 		}

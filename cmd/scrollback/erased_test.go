@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,6 +13,77 @@ import (
 	"github.com/scrollback/scrollback/testenv"
 )
 
+// erasedLog is a log and what reads it the way an instance does.
+type erasedLog struct {
+	log      *bus.Log
+	subjects bus.Subjects
+	pub      *testenv.Publisher
+}
+
+func newErasedLog(t *testing.T) *erasedLog {
+	n := testenv.NewNATS(t)
+	subjects := bus.Subjects{Prefix: "sb"}
+	return &erasedLog{log: n.Stream(t, subjects, "SCROLLBACK"), subjects: subjects, pub: &testenv.Publisher{JS: n.JS, Subjects: subjects}}
+}
+
+// store opens a projection of server test.example, whose local users a
+// purge_room checks.
+func (l *erasedLog) store(t *testing.T) *projections.Store {
+	t.Helper()
+	s, err := projections.Open(filepath.Join(t.TempDir(), "scrollback.db"), projections.Options{ServerName: "test.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// read applies the log into store up to seq, as an instance does, and
+// stops.
+func (l *erasedLog) read(t *testing.T, store *projections.Store, seq uint64) {
+	t.Helper()
+	p := &projections.Projector{Store: store, Source: l.log, Decode: l.subjects.Decode, RoomKeyOf: roomKeyToken("sb"), Erased: logErased(l.log)}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := p.WaitAll(wctx, seq); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkTask fails the test unless the task has the status.
+func checkTask(t *testing.T, store *projections.Store, id, want string) {
+	t.Helper()
+	task, err := store.Task(id)
+	if err != nil || task == nil {
+		t.Fatalf("task %s: %v %v", id, task, err)
+	}
+	if task.Status != want {
+		t.Errorf("task %s: %s %q, want %s", id, task.Status, task.Error, want)
+	}
+}
+
+// checkMember fails the test unless user's membership in the room is want.
+func checkMember(t *testing.T, store *projections.Store, roomID, user, want string) {
+	t.Helper()
+	if err := store.View(roomID, func(v *projections.RoomView) error {
+		if got := v.Membership(user); got != want {
+			t.Errorf("%s: %s's membership %q, want %q", roomID, user, got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const erasedAlice, erasedBob = "@alice:test.example", "@bob:test.example"
+
 // An instance reading the log while another erases a room's history
 // below a purge_room (CLUSTER.md) reads the room's start, then finds the
 // rest gone: it saw the members join and not leave. The erasure follows
@@ -20,75 +92,104 @@ import (
 // it completed it. A purge_room refused while the history is still in
 // the log stays refused.
 func TestProjector_PurgeRoomWhoseHistoryWasErasedUnderTheReader(t *testing.T) {
-	n := testenv.NewNATS(t)
-	subjects := bus.Subjects{Prefix: "sb"}
-	log := n.Stream(t, subjects, "SCROLLBACK")
-	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
-	const alice, bob = "@alice:test.example", "@bob:test.example"
+	l := newErasedLog(t)
 	erased := testenv.NewRoom("erased", "test.example")
 	kept := testenv.NewRoom("kept", "test.example")
-	pub.Publish(t, erased.Setup(alice, bob)...)
-	seqs := pub.Publish(t, kept.Setup(alice, bob)...)
-
-	store, err := projections.Open(filepath.Join(t.TempDir(), "scrollback.db"), projections.Options{ServerName: "test.example"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	// read applies the log up to seq, as an instance does, and stops.
-	read := func(seq uint64) {
-		t.Helper()
-		p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken("sb"),
-			Erased: logErased(log, subjects)}
-		if err := p.Init(); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Run(ctx) }()
-		defer func() { cancel(); <-done }()
-		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-		defer wcancel()
-		if err := p.WaitAll(wctx, seq); err != nil {
-			t.Fatal(err)
-		}
-	}
-	read(seqs[len(seqs)-1])
+	l.pub.Publish(t, erased.Setup(erasedAlice, erasedBob)...)
+	seqs := l.pub.Publish(t, kept.Setup(erasedAlice, erasedBob)...)
+	store := l.store(t)
+	l.read(t, store, seqs[len(seqs)-1])
 
 	// The rest of the erased room's life, as the instance that ran its
 	// purge saw it: everybody leaves, the room is purged, and its events
 	// are erased before the reader gets to them. The kept room's purge
 	// is refused: its members are still there, and so is its history.
-	pub.Publish(t, erased.Member(alice, alice, "leave"), erased.Member(bob, bob, "leave"))
-	drop := pub.Command(t, map[string]any{"id": "drop-erased", "action": "purge_room", "room_id": erased.ID, "params": map[string]any{}})
-	last := pub.Command(t, map[string]any{"id": "drop-kept", "action": "purge_room", "room_id": kept.ID, "params": map[string]any{}})
+	l.pub.Publish(t, erased.Member(erasedAlice, erasedAlice, "leave"), erased.Member(erasedBob, erasedBob, "leave"))
+	drop := l.pub.Command(t, map[string]any{"id": "drop-erased", "action": "purge_room", "room_id": erased.ID, "params": map[string]any{}})
+	last := l.pub.Command(t, map[string]any{"id": "drop-kept", "action": "purge_room", "room_id": kept.ID, "params": map[string]any{}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := log.PurgeSubjectBelow(ctx, subjects.Room(erased.ID, commands.KindEvent), drop); err != nil {
+	if err := l.log.PurgeSubjectBelow(ctx, l.subjects.Room(erased.ID, commands.KindEvent), drop); err != nil {
 		t.Fatal(err)
 	}
-	read(last)
+	l.read(t, store, last)
 
 	// Accepted, the purge waits for the task runner (not running here)
 	// to complete it once the rows are gone.
-	for id, want := range map[string]string{"drop-erased": commands.TaskScheduled, "drop-kept": commands.TaskFailed} {
-		task, err := store.Task(id)
-		if err != nil || task == nil {
-			t.Fatalf("task %s: %v %v", id, task, err)
-		}
-		if task.Status != want {
-			t.Errorf("task %s: %s %q, want %s", id, task.Status, task.Error, want)
-		}
+	checkTask(t, store, "drop-erased", commands.TaskScheduled)
+	checkTask(t, store, "drop-kept", commands.TaskFailed)
+	checkMember(t, store, erased.ID, erasedAlice, "") // a new, empty room
+	checkMember(t, store, kept.ID, erasedAlice, "join")
+}
+
+// A lone instance compacts the log: a purge_history after a refused
+// purge_room copies the state events it keeps to the room's kept subject,
+// after the purge_room, and erases their originals, so no event message
+// of the room is left below the purge_room. The joins are still in the
+// log, as copies of messages from before it: a rebuild must refuse the
+// purge_room again.
+func TestProjector_RefusedPurgeRoomStaysRefusedAfterCompaction(t *testing.T) {
+	l := newErasedLog(t)
+	r := testenv.NewRoom("refused", "test.example")
+	const eve = "@eve:remote.example"
+	l.pub.Publish(t, r.Setup(erasedAlice, erasedBob, eve)...)
+	l.pub.Command(t, map[string]any{"id": "drop", "action": "purge_room", "room_id": r.ID, "params": map[string]any{}})
+	after := l.pub.Publish(t, r.Msg(eve, "one"), r.Msg(eve, "two"))
+	live := l.store(t)
+	l.read(t, live, after[1])
+	checkTask(t, live, "drop", commands.TaskFailed)
+
+	// A purge_history up to "two": "one" is erased, and the state below
+	// it is kept.
+	if err := l.log.Compact(context.Background(), r.ID, []uint64{after[0]}); err != nil {
+		t.Fatal(err)
 	}
-	// The erased room starts anew; the kept room keeps its members.
-	for room, want := range map[string]string{erased.ID: "", kept.ID: "join"} {
-		if err := store.View(room, func(v *projections.RoomView) error {
-			if got := v.Membership(alice); got != want {
-				t.Errorf("%s: alice's membership %q, want %q", room, got, want)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+	rebuilt := l.store(t)
+	l.read(t, rebuilt, after[1])
+	checkTask(t, rebuilt, "drop", commands.TaskFailed)
+	checkMember(t, rebuilt, r.ID, erasedAlice, "join")
+}
+
+// A projector stopped while the log cannot tell whether a purge_room's
+// history is erased applies neither the purge_room nor anything after it
+// in its partition, and does not count them as applied; the next run
+// applies them.
+func TestProjector_StopWhileTheLogCannotAnswer(t *testing.T) {
+	l := newErasedLog(t)
+	r := testenv.NewRoom("unanswered", "test.example")
+	l.pub.Publish(t, r.Setup(erasedAlice)...)
+	l.pub.Publish(t, r.Member(erasedAlice, erasedAlice, "leave"))
+	drop := l.pub.Command(t, map[string]any{"id": "drop", "action": "purge_room", "room_id": r.ID, "params": map[string]any{}})
+	after := l.pub.Publish(t, r.Msg(erasedBob, "after the purge"))[0]
+	store := l.store(t)
+
+	asked := make(chan struct{}, 100)
+	p := &projections.Projector{Store: store, Source: l.log, Decode: l.subjects.Decode, RoomKeyOf: roomKeyToken("sb"),
+		Erased: func(context.Context, string, uint64) (bool, error) {
+			asked <- struct{}{}
+			return false, errors.New("the log is away")
+		}}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	<-asked
+	<-asked // asked again: it does not give up while running
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if task, err := store.Task("drop"); err != nil || task != nil {
+		t.Fatalf("the purge_room was applied without an answer: %v %v", task, err)
+	}
+	if got := p.Applied(); got >= drop {
+		t.Errorf("Applied() = %d, past the unapplied purge_room at %d", got, drop)
+	}
+
+	l.read(t, store, after)
+	checkTask(t, store, "drop", commands.TaskScheduled)
 }

@@ -127,7 +127,7 @@ func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
 		return 0, err
 	}
 	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken(cfg.NATS.SubjectPrefix),
-		Erased: logErased(log, subjects), Logger: m.Logger}
+		Erased: logErased(log), Logger: m.Logger}
 	if err := p.Init(); err != nil {
 		store.Close()
 		return 0, err

@@ -102,7 +102,7 @@ func (m *Main) Open(ctx context.Context) error {
 		Source:    logLog,
 		Decode:    subjects.Decode,
 		RoomKeyOf: roomKeyToken(c.NATS.SubjectPrefix),
-		Erased:    logErased(logLog, subjects),
+		Erased:    logErased(logLog),
 		Logger:    m.Logger.With("component", "projector"),
 	}
 	m.Metrics = handlers.NewMetrics(projectionLag(m.Projector, logLog))
@@ -452,16 +452,11 @@ func roomKeyToken(prefix string) func(string) string {
 }
 
 // logErased tells the projector whether a room's history below a
-// purge_room is gone from the log (projections.Projector.Erased): none
-// of its event messages, nor kept copies of them, is left below seq.
-func logErased(log *bus.Log, subjects bus.Subjects) func(context.Context, string, uint64) (bool, error) {
+// purge_room is gone from the log (projections.Projector.Erased).
+func logErased(log *bus.Log) func(context.Context, string, uint64) (bool, error) {
 	return func(ctx context.Context, roomID string, seq uint64) (bool, error) {
-		for _, kind := range []string{commands.KindEvent, commands.KindKept} {
-			if has, err := log.HasBelow(ctx, subjects.Room(roomID, kind), seq); err != nil || has {
-				return false, err
-			}
-		}
-		return true, nil
+		left, err := log.RoomHistoryBelow(ctx, roomID, seq)
+		return !left && err == nil, err
 	}
 }
 
