@@ -379,6 +379,31 @@ func TestApplyBatch_OneBatchAppliesAsOneByOne(t *testing.T) {
 	cmd(c.ID, "block-c", commands.ActionBlockRoom, map[string]any{"block": true})
 	dup := add(commands.KindEvent, a.ID, am[4])
 	ev(c.Msg("@carol:test", "blocked but stored"))
+	// Room d's graph is not a chain, where the applier's shortcut for an
+	// event whose parent is the one it applied just before (chainLink)
+	// must not apply: siblings, a merge, a rejected event between a
+	// parent and its child, a gap and the event that fills it, two
+	// parents in either order.
+	d := testenv.NewRoom("d", "test")
+	ds := d.Setup("@dave:test")
+	ev(ds...)
+	base := ds[len(ds)-1]
+	x1 := d.Msg("@dave:test", "x1")
+	d.StartAt(x1["depth"].(int64), base.ID())
+	x2 := d.Msg("@dave:test", "x2, x1's sibling")
+	d.StartAt(x2["depth"].(int64)+1, x1.ID(), x2.ID())
+	merge := d.Msg("@dave:test", "merges x1 and x2")
+	rejected := d.Msg("@dave:test", "rejected")
+	rejected["rejected"] = true
+	d.StartAt(rejected["depth"].(int64), merge.ID())
+	afterRejected := d.Msg("@dave:test", "after the rejected one")
+	d.StartAt(afterRejected["depth"].(int64)+2, "$dgap")
+	overGap := d.Msg("@dave:test", "over a gap")
+	filler := testenv.Event{"event_id": "$dgap", "room_id": d.ID, "type": "m.room.message", "sender": "@dave:test",
+		"origin_server_ts": int64(7), "depth": afterRejected["depth"].(int64) + 1, "prev_events": []any{afterRejected.ID()}, "content": map[string]any{}}
+	d.StartAt(overGap["depth"].(int64)+1, filler.ID(), overGap.ID())
+	both := d.Msg("@dave:test", "names the filler first")
+	ev(x1, x2, merge, rejected, afterRejected, overGap, filler, both)
 
 	whole, alone := openWithServer(t), openWithServer(t)
 	got, err := whole.ApplyBatch(0, log)
@@ -398,6 +423,15 @@ func TestApplyBatch_OneBatchAppliesAsOneByOne(t *testing.T) {
 		t.Errorf("late event %s, duplicate %s", got[late].Result, got[dup].Result)
 	}
 	sameStrings(t, "room b after purge_room", timelineIDs(t, whole, b.ID), ids(reborn...))
+	if err := whole.View(d.ID, func(v *projections.RoomView) error {
+		fwd, back := v.Extremities(false), v.Extremities(true)
+		if _, ok := fwd[both.ID()]; len(fwd) != 1 || !ok || len(back) != 0 {
+			t.Errorf("room d: forward extremities %v, backward %v; want only %s forward", fwd, back, both.ID())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	sameProjection(t, "one batch and one by one", whole, alone)
 }
 
