@@ -203,3 +203,26 @@ func TestSummaryTable_Records(t *testing.T) {
 		t.Errorf("report: %v", err)
 	}
 }
+
+// Bench event IDs look like a homeserver's (room version 4 and later: "$"
+// and 43 characters of unpadded URL-safe base64), so that they scatter
+// over the events index as real ones do; each event of each room has
+// its own, and the same one in every run.
+func TestBenchEventID_ShapedLikeMatrix(t *testing.T) {
+	seen := map[string]bool{}
+	for _, room := range []string{"!a:bench.example", "!b:bench.example"} {
+		for i := range 1000 {
+			id := benchEventID(room, i)
+			if len(id) != 44 || id[0] != '$' || strings.Trim(id[1:], "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+				t.Fatalf("event %d of %s: %q is not shaped like a Matrix event ID", i, room, id)
+			}
+			if seen[id] {
+				t.Fatalf("event %d of %s: %q given twice", i, room, id)
+			}
+			seen[id] = true
+			if again := benchEventID(room, i); again != id {
+				t.Fatalf("event %d of %s: %q, then %q", i, room, id, again)
+			}
+		}
+	}
+}
