@@ -83,6 +83,11 @@
 // deleting the bucket: freeing its pages, where deleting a million keys
 // one by one held the writer for 0.6 s.
 //
+// The events index is keyed by event ID, a hash: the janitor deletes the
+// entries of the next unindexWindow rows of a purge ahead of the rows, in
+// key order (unindex.go), so that a transaction dirties a narrow slice of
+// the index rather than a leaf per row.
+//
 // A purge finds the kept children of each event it removes through the
 // edges, and, for an event just below its floor, among the rows at the
 // floor: the usual link, a child one level above its parent, is never

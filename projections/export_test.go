@@ -6,3 +6,10 @@ func SetRelMarksBatch(tb interface{ Cleanup(func()) }, n int) {
 	relMarksBatch = n
 	tb.Cleanup(func() { relMarksBatch = was })
 }
+
+// SetUnindexWindow sets unindexWindow for a test, and back at its end.
+func SetUnindexWindow(tb interface{ Cleanup(func()) }, n int) {
+	was := unindexWindow
+	unindexWindow = n
+	tb.Cleanup(func() { unindexWindow = was })
+}

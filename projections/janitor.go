@@ -98,7 +98,13 @@ func (s *Store) JanitorStep(batch int) (bool, error) {
 // janitorStep is JanitorStep; it also returns how long the batch did not
 // use the CPU: the time it yielded to others and its commit's writes.
 func (s *Store) janitorStep(batch int) (did bool, offCPU time.Duration, err error) {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	if did, offCPU, err = s.unindexStep(batch); did || err != nil {
+		return did, offCPU, err
+	}
 	y := &yielder{start: time.Now()}
+	defer func() { s.ahead.rows -= y.rows }()
 	var wtx *bolt.Tx
 	err = s.update(func(tx *bolt.Tx) error {
 		wtx = tx

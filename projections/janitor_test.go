@@ -112,12 +112,15 @@ func dumpBuckets(tb testing.TB, s *projections.Store) string {
 
 // TestJanitor_BatchSizesAgree purges a rich room and retires another,
 // applying the commands one after the other and draining the janitor in
-// batches of several sizes (1 exercises a resumption after every row):
-// every bucket ends byte for byte the same, and the file is consistent.
+// batches of several sizes (1 exercises a resumption after every row),
+// first without deleting index entries ahead of the rows (unindex.go),
+// then with windows of several sizes: every bucket ends byte for byte
+// the same, and the file is consistent.
 func TestJanitor_BatchSizesAgree(t *testing.T) {
 	log := richPurgeLog(t)
 	var want string
-	for _, batch := range []int{projections.JanitorBatch, 1, 7, 64} {
+	for i, batch := range []int{projections.JanitorBatch, projections.JanitorBatch, 1, 7, 64, 64} {
+		projections.SetUnindexWindow(t, []int{0, 1 << 20, 1 << 20, 10, 100, 1}[i])
 		s := openWithServer(t)
 		s.DB().NoSync = true // a test of contents, not of durability
 		for _, e := range log {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -47,6 +48,8 @@ type Store struct {
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
+	jmu        sync.Mutex    // one janitor step at a time
+	ahead      unindexAhead  // the janitor's window (unindex.go), under jmu
 }
 
 // Open opens or creates the projection file at path.

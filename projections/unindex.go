@@ -1,0 +1,162 @@
+package projections
+
+import (
+	"bytes"
+	"encoding/binary"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The events index is keyed by event ID, a hash, so the entries of the
+// rows a janitor transaction removes are scattered over the whole index:
+// deleting them row by row dirtied about one page of it per row. With
+// IDs shaped like a homeserver's, a purge of 1M events removed 17k rows
+// a second, writing 4.9x the bytes of the rows themselves (BENCHMARKS.md,
+// "Realistic event IDs"). So the janitor deletes the index entries of the
+// next unindexWindow rows of its job first, in key order, in transactions
+// of the usual size: each of them then covers a narrow slice of the
+// index. The row transactions that follow find those entries gone. The
+// same purge then removed 57-61k rows a second, writing half the bytes
+// (two runs). It helps as long as the window's entries are dense in the
+// index: with an index many times the window, each transaction's entries
+// still fall on leaves of their own, and only a sweep of a room's entries
+// in key order would help (BENCHMARKS.md).
+//
+// Targets of relations are left to their rows: removing a relation's
+// marks looks its target's entry up (markAt).
+//
+// The window is an optimization only: the row transactions still delete
+// (or, for the rows a purge keeps, rewrite) each row's entry as before,
+// so a window lost to a crash or to a change of job is simply walked
+// again. An entry is deleted ahead only if it still points at the very
+// row (room number, depth, stream, not an outlier): the event of a row
+// below a room's floor is invisible to readers already, and one whose
+// room number purge_room retired as well.
+
+// unindexWindow is the number of rows whose index entries the janitor
+// deletes ahead at a time: about 90 bytes of memory each (the event ID
+// and the row's position). The larger it is, the narrower the slice of
+// the index each transaction covers.
+var unindexWindow = 200_000 // a variable for the tests
+
+// unindexAhead is the janitor's window: the job it belongs to, the
+// entries still to delete in key order, and how many rows of the job the
+// window covers that the row transactions have not removed yet.
+type unindexAhead struct {
+	room    uint64
+	drop    bool
+	entries []unindexEntry
+	rows    int
+}
+
+type unindexEntry struct {
+	id            string
+	depth, stream int64
+}
+
+// unindexStep deletes up to batch index entries of the window of the
+// janitor's first job, filling the window first when the row
+// transactions have gone through the previous one. It reports whether it
+// did anything; when it did not, the job's row transactions come next.
+func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err error) {
+	w := &s.ahead
+	var job unindexAhead
+	var found bool
+	err = s.db.View(func(tx *bolt.Tx) error {
+		k, v := tx.Bucket(bJanitor).Cursor().First()
+		if k == nil {
+			return nil
+		}
+		found = true
+		job.room, job.drop = binary.BigEndian.Uint64(k), string(v) == janitorDrop
+		if job.room != w.room || job.drop != w.drop || (len(w.entries) == 0 && w.rows <= 0) {
+			return fillUnindex(tx, &job)
+		}
+		return nil
+	})
+	if err != nil || !found {
+		*w = unindexAhead{}
+		return false, 0, err
+	}
+	if job.room != w.room || job.drop != w.drop || (len(w.entries) == 0 && w.rows <= 0) {
+		*w = job
+	}
+	if len(w.entries) == 0 {
+		return false, 0, nil
+	}
+	n := min(batch, len(w.entries))
+	y := &yielder{start: time.Now()}
+	var wtx *bolt.Tx
+	err = s.update(func(tx *bolt.Tx) error {
+		wtx = tx
+		c := tx.Bucket(bEvents).Cursor()
+		for _, e := range w.entries[:n] {
+			k, v := c.Seek([]byte(e.id))
+			if k == nil || string(k) != e.id {
+				continue
+			}
+			loc, ok := parseLoc(v)
+			if !ok || loc.room != w.room || (!w.drop && (loc.outlier || loc.depth != e.depth || loc.stream != e.stream)) {
+				continue
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			y.row()
+		}
+		return nil
+	})
+	if err != nil {
+		return false, 0, err
+	}
+	w.entries = w.entries[n:]
+	offCPU = y.yielded
+	if wtx != nil {
+		st := wtx.Stats()
+		offCPU += st.GetWriteTime()
+	}
+	return true, offCPU, nil
+}
+
+// fillUnindex walks the lowest unindexWindow rows of the job's room (below
+// its floor, or all of a dropped room number's) and collects, in key
+// order, the index entries of those the row transactions will delete.
+func fillUnindex(tx *bolt.Tx, job *unindexAhead) error {
+	prefix := u64(job.room)
+	floor, deleteLocal := int64(0), false
+	if !job.drop {
+		meta, err := getRoomMeta(tx, job.room)
+		if err != nil {
+			return err
+		}
+		floor, deleteLocal = meta.Floor, meta.DeleteLocal
+	}
+	server := serverName(tx)
+	relAt := tx.Bucket(bRelAt)
+	c := tx.Bucket(bTimeline).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && job.rows < unindexWindow; k, v = c.Next() {
+		_, depth, stream := parseTLKey(k)
+		if !job.drop && depth >= floor {
+			break
+		}
+		job.rows++
+		h, err := readPurgeHead(v)
+		if err != nil {
+			continue // the row transaction reports it
+		}
+		if !job.drop && (h.flags&flagState != 0 || (!deleteLocal && isLocalSender(h.sender, server))) {
+			continue // kept as an outlier
+		}
+		if relAt.Get(k) != nil {
+			// A target of relations: removing their marks looks its
+			// entry up (markAt), so it goes with its row.
+			continue
+		}
+		job.entries = append(job.entries, unindexEntry{id: string(h.eventID), depth: depth, stream: stream})
+	}
+	slices.SortFunc(job.entries, func(a, b unindexEntry) int { return strings.Compare(a.id, b.id) })
+	return nil
+}
