@@ -46,15 +46,24 @@ func (l *erasedLog) read(t *testing.T, store *projections.Store, seq uint64) {
 	if err := p.Init(); err != nil {
 		t.Fatal(err)
 	}
+	runProjector(t, p, seq)()
+}
+
+// runProjector runs p until every message up to seq is applied, and
+// returns what stops it.
+func runProjector(t *testing.T, p *projections.Projector, seq uint64) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	stop = func() { cancel(); <-done }
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer wcancel()
 	if err := p.WaitAll(wctx, seq); err != nil {
+		stop()
 		t.Fatal(err)
 	}
+	return stop
 }
 
 // checkTask fails the test unless the task has the status.

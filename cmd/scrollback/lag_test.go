@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/projections"
@@ -33,15 +31,7 @@ func TestProjectionLag_CountsUndeliveredMessages(t *testing.T) {
 	if got := lag(); got != float64(len(evs)) {
 		t.Fatalf("lag before the projector ran = %v, want %d", got, len(evs))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer wcancel()
-	if err := p.WaitAll(wctx, uint64(len(evs))); err != nil {
-		t.Fatal(err)
-	}
+	defer runProjector(t, p, uint64(len(evs)))()
 	if got := lag(); got != 0 {
 		t.Fatalf("lag once everything is applied = %v, want 0", got)
 	}
