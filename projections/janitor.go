@@ -194,8 +194,16 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 			return err
 		}
 		if h.flags&flagState == 0 && (meta.DeleteLocal || !isLocalSender(h.sender, server)) {
-			if err := j.cur(bEvents).del(h.eventID); err != nil {
-				return err
+			// Only the entry of this very row: the event may have come
+			// back as an outlier since its entry was deleted ahead
+			// (unindex.go).
+			ec := j.cur(bEvents).c
+			if k, v := ec.Seek(h.eventID); k != nil && bytes.Equal(k, h.eventID) {
+				if l, ok := parseLoc(v); ok && l.room == room && !l.outlier && l.depth == depth && l.stream == stream {
+					if err := ec.Delete(); err != nil {
+						return err
+					}
+				}
 			}
 			seq := stream
 			if seq < 0 {

@@ -119,8 +119,9 @@ func dumpBuckets(tb testing.TB, s *projections.Store) string {
 func TestJanitor_BatchSizesAgree(t *testing.T) {
 	log := richPurgeLog(t)
 	var want string
+	windows := []int{0, 1 << 20, 1 << 20, 10, 100, 1}
 	for i, batch := range []int{projections.JanitorBatch, projections.JanitorBatch, 1, 7, 64, 64} {
-		projections.SetUnindexWindow(t, []int{0, 1 << 20, 1 << 20, 10, 100, 1}[i])
+		projections.SetUnindexWindow(t, windows[i])
 		s := openWithServer(t)
 		s.DB().NoSync = true // a test of contents, not of durability
 		for _, e := range log {
@@ -158,12 +159,12 @@ func TestJanitor_BatchSizesAgree(t *testing.T) {
 		}
 		if got != want {
 			a, b := strings.Split(want, "\n"), strings.Split(got, "\n")
-			for i := range min(len(a), len(b)) {
-				if a[i] != b[i] {
-					t.Fatalf("batch %d differs from batch %d at line %d:\n%s\n%s", batch, projections.JanitorBatch, i, a[i], b[i])
+			for j := range min(len(a), len(b)) {
+				if a[j] != b[j] {
+					t.Fatalf("batch %d, window %d differs from batch %d without a window at line %d:\n%s\n%s", batch, windows[i], projections.JanitorBatch, j, a[j], b[j])
 				}
 			}
-			t.Fatalf("batch %d: %d lines, want %d", batch, len(b), len(a))
+			t.Fatalf("batch %d, window %d: %d lines, want %d", batch, windows[i], len(b), len(a))
 		}
 	}
 	if !bytes.Contains([]byte(want), []byte("backext ")) {
