@@ -199,7 +199,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 			// (unindex.go).
 			ec := j.cur(bEvents).c
 			if k, v := ec.Seek(h.eventID); k != nil && bytes.Equal(k, h.eventID) {
-				if l, ok := parseLoc(v); ok && l.room == room && !l.outlier && l.depth == depth && l.stream == stream {
+				if l, ok := parseLoc(v); ok && l.isRow(room, depth, stream) {
 					if err := ec.Delete(); err != nil {
 						return err
 					}

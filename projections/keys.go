@@ -112,6 +112,12 @@ type evLoc struct {
 	outlier bool
 }
 
+// isRow reports whether the entry points at the timeline row of room at
+// (depth, stream).
+func (l evLoc) isRow(room uint64, depth, stream int64) bool {
+	return l.room == room && !l.outlier && l.depth == depth && l.stream == stream
+}
+
 func (l evLoc) bytes() []byte {
 	b := make([]byte, 25)
 	binary.BigEndian.PutUint64(b, l.room)

@@ -72,7 +72,7 @@ type unindexEntry struct {
 func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err error) {
 	w := &s.ahead
 	var job unindexAhead
-	var found bool
+	var found, fill bool
 	err = s.db.View(func(tx *bolt.Tx) error {
 		k, v := tx.Bucket(bJanitor).Cursor().First()
 		if k == nil {
@@ -80,17 +80,18 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 		}
 		found = true
 		job.room, job.drop = binary.BigEndian.Uint64(k), string(v) == janitorDrop
-		if job.room != w.room || job.drop != w.drop || (len(w.entries) == 0 && w.rows <= 0) {
+		// A new job, or the row transactions are through the window.
+		if fill = job.room != w.room || job.drop != w.drop || (len(w.entries) == 0 && w.rows <= 0); fill {
 			return fillUnindex(tx, &job, &yielder{start: time.Now()})
 		}
 		return nil
 	})
-	slices.SortFunc(job.entries, func(a, b unindexEntry) int { return strings.Compare(a.id, b.id) })
 	if err != nil || !found {
 		*w = unindexAhead{}
 		return false, 0, err
 	}
-	if job.room != w.room || job.drop != w.drop || (len(w.entries) == 0 && w.rows <= 0) {
+	if fill {
+		slices.SortFunc(job.entries, func(a, b unindexEntry) int { return strings.Compare(a.id, b.id) })
 		*w = job
 	}
 	if len(w.entries) == 0 {
@@ -112,7 +113,7 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 				continue
 			}
 			loc, ok := parseLoc(v)
-			if !ok || loc.room != w.room || (!w.drop && (loc.outlier || loc.depth != e.depth || loc.stream != e.stream)) {
+			if !ok || loc.room != w.room || (!w.drop && !loc.isRow(w.room, e.depth, e.stream)) {
 				continue
 			}
 			if err := c.Delete(); err != nil {
