@@ -168,7 +168,7 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 	}
 	switch {
 	case eventID != "":
-		info, ok, err := a.Store.FindEvent(eventID)
+		info, ok, err := a.Store.FindEvent(roomID, eventID)
 		if err != nil {
 			return nil, err
 		}

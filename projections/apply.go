@@ -435,16 +435,15 @@ func (a *applier) floor(room uint64) (int64, error) {
 func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) error {
 	tx, ev := a.tx, e.Event
 	events := tx.Bucket(bEvents)
-	id := []byte(ev.EventID)
-	if v := events.Get(id); v != nil && a.sameRoom(v, e.RoomID) {
-		loc, _ := parseLoc(v)
+	room := a.roomNum(e.RoomID)
+	if loc, ok := lookupEvent(events, room, ev.EventID); room != 0 && ok {
 		if !loc.outlier || ev.Outlier {
 			o.Result = OutcomeDuplicate
 			return nil
 		}
 		// An event known only as an outlier joins the timeline when it
 		// arrives again without `outlier`.
-		if err := tx.Bucket(bOutliers).Delete(id); err != nil {
+		if err := tx.Bucket(bOutliers).Delete(evKey(room, ev.EventID)); err != nil {
 			return err
 		}
 	}
@@ -452,6 +451,7 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	if err != nil {
 		return err
 	}
+	id := evKey(room, ev.EventID)
 	if !ev.Outlier {
 		floor, err := a.floor(room)
 		if err != nil {
@@ -547,9 +547,7 @@ func (a *applier) updateExtremities(room uint64, ev *commands.Event) error {
 			// retired is gone from this room's history (and from the
 			// log), as in a rebuild: it is a backward extremity, whether
 			// or not the janitor has dropped its rows yet.
-			var ok bool
-			loc, ok = parseLoc(events.Get([]byte(p)))
-			known = ok && loc.room == room
+			loc, known = parseLoc(room, events.Get(pk)) // pk is p's evKey too
 		}
 		if !known && back.Get(pk) == nil {
 			if err := back.Put(pk, u64(uint64(ev.Depth))); err != nil {
@@ -686,13 +684,6 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	}
 	o.Task = t
 	return putTask(tx, t)
-}
-
-// sameRoom reports whether an events-index entry belongs to the room's
-// current number (entries of a room number dropped by purge_room do not).
-func (a *applier) sameRoom(locb []byte, roomID string) bool {
-	loc, ok := parseLoc(locb)
-	return ok && loc.room == a.roomNum(roomID)
 }
 
 func setBlock(tx *bolt.Tx, room uint64, block bool, by string) error {

@@ -450,3 +450,40 @@ func sameProjection(t *testing.T, what string, a, b *projections.Store) {
 		t.Fatalf("%s differ: %v", what, diff)
 	}
 }
+
+// TestApply_OneIDInTwoRooms: event IDs are hashes over the room's ID, so
+// one ID in two rooms is a forgery or a bug upstream; each room keeps its
+// own event under it (the events index is keyed by room), and a purge of
+// one room leaves the other's alone.
+func TestApply_OneIDInTwoRooms(t *testing.T) {
+	s := openWithServer(t)
+	a, b := testenv.NewRoom("a", "test"), testenv.NewRoom("b", "test")
+	evA := append(a.Setup("@alice:test"), a.Msg("@alice:test", "in a"))
+	evB := append(b.Setup("@bob:test"), b.Msg("@bob:test", "in b"))
+	evB[len(evB)-1]["event_id"] = evA[len(evA)-1].ID()
+	next := apply(t, s, 1, append(evA, evB...)...)
+	same := evA[len(evA)-1].ID()
+	for _, c := range []struct {
+		room, body string
+	}{{a.ID, "in a"}, {b.ID, "in b"}} {
+		err := s.View(c.room, func(v *projections.RoomView) error {
+			r, err := v.Event(same)
+			if err != nil || r == nil {
+				t.Fatalf("%s: Event = %v, %v", c.room, r, err)
+			}
+			if !strings.Contains(string(r.Content), c.body) {
+				t.Errorf("%s: Event gave %s", c.room, r.Content)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	applyCmd(t, s, next, b.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	drainJanitor(t, s)
+	sameStrings(t, "room a after b's purge_room", timelineIDs(t, s, a.ID), ids(evA...))
+	if info, ok, err := s.FindEvent(b.ID, same); err != nil || !ok || info.RoomID != a.ID {
+		t.Fatalf("FindEvent in the purged room = %+v, %v, %v; want it in %s", info, ok, err, a.ID)
+	}
+}

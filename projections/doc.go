@@ -36,8 +36,8 @@
 // negative) and stored as uint64(v) ^ 1<<63 so that they sort.
 //
 //	timeline   room|depth|order            -> row (see Row)
-//	events     event ID                    -> room|depth|order|outlier
-//	outliers   event ID                    -> row
+//	eventindex room|event ID               -> depth|order|outlier
+//	outlierrows room|event ID              -> row
 //	state      room|type|state_key|depth|order -> membership|event ID
 //	fwdext     room|event ID               -> depth   (no stored event names it)
 //	backext    room|event ID               -> depth   (named, not held)
@@ -83,10 +83,19 @@
 // deleting the bucket: freeing its pages, where deleting a million keys
 // one by one held the writer for 0.6 s.
 //
-// The events index is keyed by event ID, a hash: the janitor deletes the
-// entries of the next unindexWindow rows of a purge ahead of the rows, in
-// key order (unindex.go), so that a transaction dirties a narrow slice of
-// the index rather than a leaf per row.
+// The events index (eventindex) and the outliers are keyed by room, then
+// event ID (evKey): the IDs are hashes, and keyed by ID alone every new
+// event of a group commit dirtied a leaf of the index of its own. Keyed by
+// room, a room's entries share leaves: catching up 1M events in 10k rooms
+// wrote 1.3 pages per message instead of 1.5, and ran 1.16x as fast. A
+// purge_room drops the room's entries and outliers by prefix. The only
+// look-up without a room, the admin API's "Event is for wrong room.",
+// asks every room (Store.FindEvent). Version 1 files, keyed by ID alone
+// (buckets events and outliers), are migrated by Open
+// (migrateEventIndex). Within a room the IDs are still random, so the
+// janitor deletes the entries of the next unindexWindow rows of a purge
+// ahead of the rows, in key order (unindex.go), so that a transaction
+// dirties a narrow slice of the room's entries rather than a leaf per row.
 //
 // A purge finds the kept children of each event it removes through the
 // edges, and, for an event just below its floor, among the rows at the

@@ -13,3 +13,10 @@ func SetUnindexWindow(tb interface{ Cleanup(func()) }, n int) {
 	unindexWindow = n
 	tb.Cleanup(func() { unindexWindow = was })
 }
+
+// SetMigrateBatch sets migrateBatch for a test, and back at its end.
+func SetMigrateBatch(tb interface{ Cleanup(func()) }, n int) {
+	was := migrateBatch
+	migrateBatch = n
+	tb.Cleanup(func() { migrateBatch = was })
+}

@@ -197,9 +197,9 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 			// Only the entry of this very row: the event may have come
 			// back as an outlier since its entry was deleted ahead
 			// (unindex.go).
-			ec := j.cur(bEvents).c
-			if k, v := ec.Seek(h.eventID); k != nil && bytes.Equal(k, h.eventID) {
-				if l, ok := parseLoc(v); ok && l.isRow(room, depth, stream) {
+			ec, ek := j.cur(bEvents).c, j.roomKey(h.eventID)
+			if k, v := ec.Seek(ek); k != nil && bytes.Equal(k, ek) {
+				if l, ok := parseLoc(room, v); ok && l.isRow(room, depth, stream) {
 					if err := ec.Delete(); err != nil {
 						return err
 					}
@@ -216,11 +216,11 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 			// writes for the decoded row with the flag set).
 			row := append([]byte(nil), v...)
 			row[1] |= flagOutlier
-			if err := j.b(bOutliers).Put(h.eventID, row); err != nil {
+			if err := j.b(bOutliers).Put(j.roomKey(h.eventID), row); err != nil {
 				return err
 			}
 			loc := evLoc{room: room, depth: depth, stream: stream, outlier: true}
-			if err := j.b(bEvents).Put(h.eventID, loc.bytes()); err != nil {
+			if err := j.b(bEvents).Put(j.roomKey(h.eventID), loc.bytes()); err != nil {
 				return err
 			}
 			meta.Outliered++
@@ -547,19 +547,12 @@ func deleteLowest(c *bolt.Cursor, prefix []byte, max int, y *yielder, in func(k 
 func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	prefix := u64(room)
 	left := batch
-	// Timeline rows first: their event IDs key the events index.
-	events, redacts := tx.Bucket(bEvents).Cursor(), purgeCursor{tx.Bucket(bRedacts).Cursor()}
+	// Timeline rows first: their event IDs key the redactions.
+	redacts := purgeCursor{tx.Bucket(bRedacts).Cursor()}
 	n, err := deleteLowest(tx.Bucket(bTimeline).Cursor(), prefix, left, y, nil, func(_, v []byte) error {
 		h, err := readPurgeHead(v)
 		if err != nil {
-			return nil // a corrupt row: its index entries stay
-		}
-		if k, loc := events.Seek(h.eventID); k != nil && bytes.Equal(k, h.eventID) {
-			if l, ok := parseLoc(loc); ok && l.room == room {
-				if err := events.Delete(); err != nil {
-					return err
-				}
-			}
+			return nil // a corrupt row: its redaction stays
 		}
 		return redacts.del(h.eventID)
 	})
@@ -570,7 +563,7 @@ func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error
 	if left <= 0 {
 		return false, nil
 	}
-	for _, name := range [][]byte{bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream} {
+	for _, name := range [][]byte{bEvents, bOutliers, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream} {
 		n, err := deleteLowest(tx.Bucket(name).Cursor(), prefix, left, y, nil, nil)
 		if err != nil {
 			return false, err

@@ -150,7 +150,7 @@ func TestJanitor_BatchSizesAgree(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if !strings.Contains(got, "erasein ") || !strings.Contains(got, "outliers ") {
+		if !strings.Contains(got, "erasein ") || !strings.Contains(got, "outlierrows ") {
 			t.Fatalf("batch %d: the purge queued no erasure or kept no outlier", batch)
 		}
 		if want == "" {

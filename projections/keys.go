@@ -4,37 +4,39 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"math"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Bucket names. The layout is documented in doc.go.
 var (
-	bMeta      = []byte("meta")       // format version, partition count
-	bCP        = []byte("checkpoint") // partition (uint16) -> last applied log sequence
-	bRooms     = []byte("rooms")      // room ID -> room number (uint64)
-	bRoomMeta  = []byte("roommeta")   // room number -> RoomMeta (msgpack)
-	bTimeline  = []byte("timeline")   // room|depth|order -> row
-	bEvents    = []byte("events")     // event ID -> room|depth|order|outlier
-	bOutliers  = []byte("outliers")   // event ID -> row
-	bState     = []byte("state")      // room|type|state_key|depth|order -> membership|event ID
-	bFwd       = []byte("fwdext")     // room|event ID -> depth
-	bBack      = []byte("backext")    // room|event ID -> depth of the successor that named it
-	bForgot    = []byte("forgotten")  // room|user ID -> empty
-	bTasks     = []byte("tasks")      // task ID -> Task (msgpack)
-	bRoomTask  = []byte("roomtasks")  // room|created ts|task ID -> empty
-	bDead      = []byte("deadletter") // log sequence -> DeadLetter (msgpack)
-	bReceived  = []byte("received")   // received ts|log sequence -> room number (live events only)
-	bRedacts   = []byte("redactions") // redacted event ID -> redaction event ID
-	bRel       = []byte("relations")  // room|target|rel type|depth|order -> relating event ID
-	bRelCount  = []byte("relcounts")  // room|target|rel type -> count; ...|0xff|sender -> count
-	bRelAt     = []byte("relat")      // room|depth|order -> bundled kinds (timeline events some indexed relation targets; see markRelated)
-	bRelWait   = []byte("relwait")    // room|event ID -> bundled kinds (targets of indexed relations that are not on the room's timeline)
-	bEdges     = []byte("edges")      // room|prev event ID|0|event ID -> depth of the event (parents not one level up; see updateExtremities)
-	bRStream   = []byte("roomstream") // room|order -> depth (timeline events by stream ordering)
-	bJanitor   = []byte("janitor")    // room -> {} (rooms with purged rows still stored)
-	bErase     = []byte("erase")      // log sequence -> {} (event messages to erase from the log)
-	bEraseRoom = []byte("eraseroom")  // room ID -> log sequence (purge the room's event subject below it)
-	bEraseIn   = []byte("erasein")    // room -> bucket: log sequence -> {} (event messages to erase, by room; see RoomErasures)
-	bOpenTasks = []byte("opentasks")  // task ID -> {} (scheduled or active)
+	bMeta      = []byte("meta")        // format version, partition count
+	bCP        = []byte("checkpoint")  // partition (uint16) -> last applied log sequence
+	bRooms     = []byte("rooms")       // room ID -> room number (uint64)
+	bRoomMeta  = []byte("roommeta")    // room number -> RoomMeta (msgpack)
+	bTimeline  = []byte("timeline")    // room|depth|order -> row
+	bEvents    = []byte("eventindex")  // room|event ID -> depth|order|outlier (see evKey)
+	bOutliers  = []byte("outlierrows") // room|event ID -> row
+	bState     = []byte("state")       // room|type|state_key|depth|order -> membership|event ID
+	bFwd       = []byte("fwdext")      // room|event ID -> depth
+	bBack      = []byte("backext")     // room|event ID -> depth of the successor that named it
+	bForgot    = []byte("forgotten")   // room|user ID -> empty
+	bTasks     = []byte("tasks")       // task ID -> Task (msgpack)
+	bRoomTask  = []byte("roomtasks")   // room|created ts|task ID -> empty
+	bDead      = []byte("deadletter")  // log sequence -> DeadLetter (msgpack)
+	bReceived  = []byte("received")    // received ts|log sequence -> room number (live events only)
+	bRedacts   = []byte("redactions")  // redacted event ID -> redaction event ID
+	bRel       = []byte("relations")   // room|target|rel type|depth|order -> relating event ID
+	bRelCount  = []byte("relcounts")   // room|target|rel type -> count; ...|0xff|sender -> count
+	bRelAt     = []byte("relat")       // room|depth|order -> bundled kinds (timeline events some indexed relation targets; see markRelated)
+	bRelWait   = []byte("relwait")     // room|event ID -> bundled kinds (targets of indexed relations that are not on the room's timeline)
+	bEdges     = []byte("edges")       // room|prev event ID|0|event ID -> depth of the event (parents not one level up; see updateExtremities)
+	bRStream   = []byte("roomstream")  // room|order -> depth (timeline events by stream ordering)
+	bJanitor   = []byte("janitor")     // room -> {} (rooms with purged rows still stored)
+	bErase     = []byte("erase")       // log sequence -> {} (event messages to erase from the log)
+	bEraseRoom = []byte("eraseroom")   // room ID -> log sequence (purge the room's event subject below it)
+	bEraseIn   = []byte("erasein")     // room -> bucket: log sequence -> {} (event messages to erase, by room; see RoomErasures)
+	bOpenTasks = []byte("opentasks")   // task ID -> {} (scheduled or active)
 
 	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks}
 )
@@ -104,7 +106,19 @@ func stateKeyAt(prefix []byte, depth, stream int64) []byte {
 	return binary.BigEndian.AppendUint64(k, order(stream))
 }
 
-// evLoc is the value of the events index.
+// evKey is the key of an event in the events index and in outliers:
+// room|event ID. The room comes first so that a room's entries are
+// together: the IDs are hashes, and keyed by ID alone every insert of a
+// group dirtied a leaf of its own (1.5 pages written per message catching
+// up 1M events in 10k rooms, where 0.8 with the room first).
+func evKey(room uint64, id string) []byte { return roomStrKey(room, id) }
+
+// evKeyAt appends the evKey of an ID held as bytes to dst.
+func evKeyAt(dst []byte, room uint64, id []byte) []byte {
+	return append(binary.BigEndian.AppendUint64(dst, room), id...)
+}
+
+// evLoc is an entry of the events index; room is its key's.
 type evLoc struct {
 	room    uint64
 	depth   int64
@@ -118,27 +132,34 @@ func (l evLoc) isRow(room uint64, depth, stream int64) bool {
 	return l.room == room && !l.outlier && l.depth == depth && l.stream == stream
 }
 
+// bytes is the entry's value: depth|order|outlier.
 func (l evLoc) bytes() []byte {
-	b := make([]byte, 25)
-	binary.BigEndian.PutUint64(b, l.room)
-	binary.BigEndian.PutUint64(b[8:], uint64(l.depth))
-	binary.BigEndian.PutUint64(b[16:], order(l.stream))
+	b := make([]byte, 17)
+	binary.BigEndian.PutUint64(b, uint64(l.depth))
+	binary.BigEndian.PutUint64(b[8:], order(l.stream))
 	if l.outlier {
-		b[24] = 1
+		b[16] = 1
 	}
 	return b
 }
 
-func parseLoc(b []byte) (evLoc, bool) {
-	if len(b) != 25 {
+// parseLoc reads the value of room's entry; ok is false for nil (no
+// entry) or a malformed value.
+func parseLoc(room uint64, b []byte) (evLoc, bool) {
+	if len(b) != 17 {
 		return evLoc{}, false
 	}
 	return evLoc{
-		room:    binary.BigEndian.Uint64(b),
-		depth:   int64(binary.BigEndian.Uint64(b[8:])),
-		stream:  unorder(binary.BigEndian.Uint64(b[16:])),
-		outlier: b[24] == 1,
+		room:    room,
+		depth:   int64(binary.BigEndian.Uint64(b)),
+		stream:  unorder(binary.BigEndian.Uint64(b[8:])),
+		outlier: b[16] == 1,
 	}, true
+}
+
+// lookupEvent is the room's entry for id in the events index b.
+func lookupEvent(b *bolt.Bucket, room uint64, id string) (evLoc, bool) {
+	return parseLoc(room, b.Get(evKey(room, id)))
 }
 
 // roomKey is the room's <rk> (unpadded base64url of its ID), which decides

@@ -3,6 +3,7 @@ package projections_test
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -404,5 +405,27 @@ func TestRoomErasures_OnceTheJanitorIsDone(t *testing.T) {
 	}
 	if pending, _ := s.ErasuresPending(); pending {
 		t.Error("erasures still pending after both compactions")
+	}
+}
+
+// TestPurgeRoom_DropsOutliers: purge_room removes the room's outliers and
+// their index entries with the rest of its history (they are keyed by
+// room, so the janitor drops them by prefix).
+func TestPurgeRoom_DropsOutliers(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("gone", "test")
+	evs := append(r.Setup("@alice:test"), r.Msg("@alice:test", "x"))
+	out := r.Msg("@remote:other.org", "outlier")
+	out["outlier"] = true
+	next := apply(t, s, 1, append(evs, out)...)
+	if _, ok, _ := s.FindEvent(r.ID, out.ID()); !ok {
+		t.Fatal("the outlier is not stored")
+	}
+	applyCmd(t, s, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	drainJanitor(t, s)
+	for _, line := range strings.Split(dumpBuckets(t, s), "\n") {
+		if name, _, _ := strings.Cut(line, " "); name == "eventindex" || name == "outlierrows" {
+			t.Errorf("left after purge_room: %.80s", line)
+		}
 	}
 }

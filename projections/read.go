@@ -239,17 +239,13 @@ func (v *RoomView) StateEvent(st StateEntry) (*Row, error) {
 // Event returns a stored event of this room by ID (timeline or outlier),
 // nil if unknown.
 func (v *RoomView) Event(eventID string) (*Row, error) {
-	locb := v.bucket(bEvents).Get([]byte(eventID))
-	if locb == nil {
-		return nil, nil
-	}
-	loc, ok := parseLoc(locb)
-	if !ok || loc.room != v.room || v.preReset(loc.stream) {
+	loc, ok := lookupEvent(v.bucket(bEvents), v.room, eventID)
+	if !ok || v.preReset(loc.stream) {
 		return nil, nil
 	}
 	var val []byte
 	if loc.outlier {
-		val = v.bucket(bOutliers).Get([]byte(eventID))
+		val = v.bucket(bOutliers).Get(evKey(v.room, eventID))
 	} else {
 		val = v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
 	}

@@ -30,9 +30,8 @@ func applyRedaction(tx *bolt.Tx, room uint64, target, redactionID string) error 
 	if err := markRoom(tx, room, func(m *RoomMeta) bool { was := m.HasRedactions; m.HasRedactions = true; return !was }); err != nil {
 		return err
 	}
-	locb := tx.Bucket(bEvents).Get([]byte(target))
-	loc, ok := parseLoc(locb)
-	if !ok || loc.room != room || loc.outlier {
+	loc, ok := lookupEvent(tx.Bucket(bEvents), room, target)
+	if !ok || loc.outlier {
 		return nil
 	}
 	val := tx.Bucket(bTimeline).Get(tlKey(room, loc.depth, loc.stream))
@@ -132,8 +131,8 @@ func relKind(relType string) uint8 {
 // position in relat when it is a timeline event of the room, else
 // relwait.
 func markAt(tx *bolt.Tx, room uint64, target string) (bucket, key []byte) {
-	loc, ok := parseLoc(tx.Bucket(bEvents).Get([]byte(target)))
-	if ok && loc.room == room && !loc.outlier {
+	loc, ok := lookupEvent(tx.Bucket(bEvents), room, target)
+	if ok && !loc.outlier {
 		return bRelAt, tlKey(room, loc.depth, loc.stream)
 	}
 	return bRelWait, roomStrKey(room, target)
@@ -371,6 +370,6 @@ func (v *RoomView) HasGaps() bool {
 
 // Holds reports whether the room holds an event (timeline or outlier).
 func (v *RoomView) Holds(eventID string) bool {
-	loc, ok := parseLoc(v.bucket(bEvents).Get([]byte(eventID)))
-	return ok && loc.room == v.room
+	_, ok := lookupEvent(v.bucket(bEvents), v.room, eventID)
+	return ok
 }

@@ -13,8 +13,9 @@ import (
 	"github.com/scrollback/scrollback/commands"
 )
 
-// formatVersion is the on-disk layout version; Open refuses other versions.
-const formatVersion = 1
+// formatVersion is the on-disk layout version. Open migrates a file of
+// version 1 (migrateEventIndex) and refuses any other.
+const formatVersion = 2
 
 // DefaultPartitions is the number of partitions of a new data directory.
 // It is fixed when the file is created: a room's partition must never
@@ -72,8 +73,8 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		meta := tx.Bucket(bMeta)
 		if v := meta.Get([]byte("version")); v != nil {
-			if binary.BigEndian.Uint64(v) != formatVersion {
-				return fmt.Errorf("%w: version %d, want %d", ErrFormat, binary.BigEndian.Uint64(v), formatVersion)
+			if got := binary.BigEndian.Uint64(v); got != formatVersion && got != 1 {
+				return fmt.Errorf("%w: version %d, want %d", ErrFormat, got, formatVersion)
 			}
 		} else {
 			if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
@@ -99,6 +100,9 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.migrateEventIndex()
+	}
 	if err == nil {
 		err = s.addRelatedMarks()
 	}
@@ -161,6 +165,85 @@ func (s *Store) addRelatedMarks() error {
 // relMarksBatch bounds the targets addRelatedMarks marks per transaction
 // (a variable for the tests).
 var relMarksBatch = 20000
+
+// The buckets of version 1 that version 2 replaced: the events index and
+// the outliers keyed by event ID alone, the index's values starting with
+// the room number (room|depth|order|outlier).
+var (
+	legacyEvents   = []byte("events")
+	legacyOutliers = []byte("outliers")
+)
+
+// migrateEventIndex moves a version 1 file's events index and outliers to
+// their version 2 buckets, keyed room|event ID (evKey), in transactions
+// of up to migrateBatch entries, then drops the old buckets and sets the
+// version. The old buckets are only read until then, so a crash in
+// between starts over: the puts are the same. An outlier row without an
+// outlier entry in the index, or an entry version 1 could not read, was
+// unreachable, and is dropped.
+func (s *Store) migrateEventIndex() error {
+	var after []byte // the last old key done
+	for {
+		done := false
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bMeta)
+			if binary.BigEndian.Uint64(meta.Get([]byte("version"))) == formatVersion {
+				done = true
+				return nil
+			}
+			old, oldOut := tx.Bucket(legacyEvents), tx.Bucket(legacyOutliers)
+			if old != nil {
+				events, outliers := tx.Bucket(bEvents), tx.Bucket(bOutliers)
+				c := old.Cursor()
+				k, v := c.First()
+				if after != nil {
+					if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+						k, v = c.Next()
+					}
+				}
+				for n := 0; k != nil; k, v = c.Next() {
+					if n == migrateBatch {
+						return nil
+					}
+					n++
+					after = append(after[:0], k...)
+					if len(v) != 25 {
+						continue // unreadable: version 1 found nothing there either
+					}
+					room := binary.BigEndian.Uint64(v)
+					key := evKeyAt(nil, room, k)
+					if err := events.Put(key, bytes.Clone(v[8:])); err != nil {
+						return err
+					}
+					if v[24] != 1 || oldOut == nil {
+						continue
+					}
+					if row := oldOut.Get(k); row != nil {
+						if err := outliers.Put(key, bytes.Clone(row)); err != nil {
+							return err
+						}
+					}
+				}
+			}
+			for _, name := range [][]byte{legacyEvents, legacyOutliers} {
+				if tx.Bucket(name) != nil {
+					if err := tx.DeleteBucket(name); err != nil {
+						return err
+					}
+				}
+			}
+			done = true
+			return meta.Put([]byte("version"), u64(formatVersion))
+		})
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// migrateBatch bounds the entries migrateEventIndex moves per transaction
+// (a variable for the tests).
+var migrateBatch = 100_000
 
 // Close writes bbolt's freelist, so that the next Open reads it instead
 // of rebuilding it (see update), and closes the file.

@@ -10,20 +10,24 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The events index is keyed by event ID, a hash, so the entries of the
-// rows a janitor transaction removes are scattered over the whole index:
-// deleting them row by row dirtied about one page of it per row. With
-// IDs shaped like a homeserver's, a purge of 1M events removed 17k rows
-// a second, writing 4.9x the bytes of the rows themselves (BENCHMARKS.md,
-// "Realistic event IDs"). So the janitor deletes the index entries of the
-// next unindexWindow rows of its job first, in key order, in transactions
-// of the usual size: each of them then covers a narrow slice of the
-// index. The row transactions that follow find those entries gone. The
-// same purge then removed 57-61k rows a second, writing half the bytes
-// (two runs). It helps as long as the window's entries are dense in the
-// index: with an index many times the window, each transaction's entries
-// still fall on leaves of their own, and only a sweep of a room's entries
-// in key order would help (BENCHMARKS.md).
+// The events index is keyed by room and event ID (evKey), and the IDs are
+// hashes, so the entries of the rows a janitor transaction removes are
+// scattered over the room's part of the index: deleting them row by row
+// dirtied about one page of it per row. With IDs shaped like a
+// homeserver's, a purge of 1M events removed 17k rows a second, writing
+// 4.9x the bytes of the rows themselves (BENCHMARKS.md, "Realistic event
+// IDs"; then the index was keyed by ID alone, which changes nothing for a
+// purge of a room that holds nearly the whole index). So the janitor
+// deletes the index entries of the next unindexWindow rows of its job
+// first, in key order, in transactions of the usual size: each of them
+// then covers a narrow slice of the index. The row transactions that
+// follow find those entries gone. The same purge then removed 57-61k rows
+// a second, writing half the bytes (two runs). It helps as long as the
+// window's entries are dense in the room's part of the index: for a room
+// many times the window, each transaction's entries still fall on leaves
+// of their own, and only a sweep of the room's entries in key order would
+// help (BENCHMARKS.md). A room number that purge_room retired needs no
+// window: its entries are deleted by prefix (dropRoomBatch).
 //
 // Targets of relations are left to their rows: removing a relation's
 // marks looks its target's entry up (markAt). A row that became a target
@@ -33,16 +37,15 @@ import (
 // The row transactions still delete (or, for the rows a purge keeps,
 // rewrite) each row's entry as before, so a window lost to a crash or to
 // a change of job is simply walked again. An entry is deleted ahead only
-// if it still points at the very row (room number, depth, stream, not an
-// outlier), and a row deletes its entry only on the same condition. The
-// events of those rows are below the room's floor, or under a room number
-// purge_room retired: pages never show them. A lookup by ID of such an
-// event (an admin's purge by event ID, a read of one event) finds nothing
-// from the moment its entry goes ahead, not from its row transaction on;
-// an event that arrives again in between is applied as it would be after
-// the janitor (dropped below the floor, or kept as an outlier). With
-// nothing applied meanwhile, every bucket ends byte for byte as without
-// the window (TestJanitor_BatchSizesAgree).
+// if it still points at the very row (depth, stream, not an outlier), and
+// a row deletes its entry only on the same condition. The events of those
+// rows are below the room's floor: pages never show them. A lookup by ID
+// of such an event (an admin's purge by event ID, a read of one event)
+// finds nothing from the moment its entry goes ahead, not from its row
+// transaction on; an event that arrives again in between is applied as it
+// would be after the janitor (dropped below the floor, or kept as an
+// outlier). With nothing applied meanwhile, every bucket ends byte for
+// byte as without the window (TestJanitor_BatchSizesAgree).
 
 // unindexWindow is the number of rows whose index entries the janitor
 // deletes ahead at a time: about 90 bytes of memory each (the event ID
@@ -55,7 +58,6 @@ var unindexWindow = 200_000 // a variable for the tests
 // window covers that the row transactions have not removed yet.
 type unindexAhead struct {
 	room    uint64
-	drop    bool
 	entries []unindexEntry
 	rows    int
 }
@@ -78,10 +80,13 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 		if k == nil {
 			return nil
 		}
+		if string(v) == janitorDrop {
+			return nil // no window: dropRoomBatch deletes the entries by prefix
+		}
 		found = true
-		job.room, job.drop = binary.BigEndian.Uint64(k), string(v) == janitorDrop
+		job.room = binary.BigEndian.Uint64(k)
 		// A new job, or the row transactions are through the window.
-		if fill = job.room != w.room || job.drop != w.drop || (len(w.entries) == 0 && w.rows <= 0); fill {
+		if fill = job.room != w.room || (len(w.entries) == 0 && w.rows <= 0); fill {
 			return fillUnindex(tx, &job, &yielder{start: time.Now()})
 		}
 		return nil
@@ -104,16 +109,17 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 		wtx = tx
 		c := tx.Bucket(bEvents).Cursor()
 		relAt := tx.Bucket(bRelAt)
+		var key []byte
 		for _, e := range w.entries[:n] {
-			if !w.drop && relAt.Get(tlKey(w.room, e.depth, e.stream)) != nil {
+			if relAt.Get(tlKey(w.room, e.depth, e.stream)) != nil {
 				continue // a target of relations since the window was filled
 			}
-			k, v := c.Seek([]byte(e.id))
-			if k == nil || string(k) != e.id {
+			key = append(binary.BigEndian.AppendUint64(key[:0], w.room), e.id...)
+			k, v := c.Seek(key)
+			if k == nil || !bytes.Equal(k, key) {
 				continue
 			}
-			loc, ok := parseLoc(v)
-			if !ok || loc.room != w.room || (!w.drop && !loc.isRow(w.room, e.depth, e.stream)) {
+			if loc, ok := parseLoc(w.room, v); !ok || !loc.isRow(w.room, e.depth, e.stream) {
 				continue
 			}
 			if err := c.Delete(); err != nil {
@@ -135,26 +141,23 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 	return true, offCPU, nil
 }
 
-// fillUnindex walks the lowest unindexWindow rows of the job's room (below
-// its floor, or all of a dropped room number's) and collects the index
-// entries of those the row transactions will delete. It yields to other
-// goroutines as a janitor transaction does.
+// fillUnindex walks the lowest unindexWindow rows of the job's room below
+// its floor and collects the index entries of those the row transactions
+// will delete. It yields to other goroutines as a janitor transaction
+// does.
 func fillUnindex(tx *bolt.Tx, job *unindexAhead, y *yielder) error {
 	prefix := u64(job.room)
-	floor, deleteLocal := int64(0), false
-	if !job.drop {
-		meta, err := getRoomMeta(tx, job.room)
-		if err != nil {
-			return err
-		}
-		floor, deleteLocal = meta.Floor, meta.DeleteLocal
+	meta, err := getRoomMeta(tx, job.room)
+	if err != nil {
+		return err
 	}
+	floor, deleteLocal := meta.Floor, meta.DeleteLocal
 	server := serverName(tx)
 	relAt := tx.Bucket(bRelAt)
 	c := tx.Bucket(bTimeline).Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && job.rows < unindexWindow; k, v = c.Next() {
 		_, depth, stream := parseTLKey(k)
-		if !job.drop && depth >= floor {
+		if depth >= floor {
 			break
 		}
 		job.rows++
@@ -163,7 +166,7 @@ func fillUnindex(tx *bolt.Tx, job *unindexAhead, y *yielder) error {
 		if err != nil {
 			continue // the row transaction reports it
 		}
-		if !job.drop && (h.flags&flagState != 0 || (!deleteLocal && isLocalSender(h.sender, server))) {
+		if h.flags&flagState != 0 || (!deleteLocal && isLocalSender(h.sender, server)) {
 			continue // kept as an outlier
 		}
 		if relAt.Get(k) != nil {
