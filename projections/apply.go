@@ -435,31 +435,32 @@ func (a *applier) floor(room uint64) (int64, error) {
 func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) error {
 	tx, ev := a.tx, e.Event
 	events := tx.Bucket(bEvents)
-	room := a.roomNum(e.RoomID)
-	if loc, ok := lookupEvent(events, room, ev.EventID); room != 0 && ok {
-		if !loc.outlier || ev.Outlier {
-			o.Result = OutcomeDuplicate
-			return nil
-		}
-		// An event known only as an outlier joins the timeline when it
-		// arrives again without `outlier`.
-		if err := tx.Bucket(bOutliers).Delete(evKey(room, ev.EventID)); err != nil {
-			return err
-		}
-	}
 	room, err := a.ensureRoom(e.RoomID)
 	if err != nil {
 		return err
 	}
 	id := evKey(room, ev.EventID)
+	was, known := parseLoc(room, events.Get(id))
+	if known && (!was.outlier || ev.Outlier) {
+		o.Result = OutcomeDuplicate
+		return nil
+	}
 	if !ev.Outlier {
 		floor, err := a.floor(room)
 		if err != nil {
 			return err
 		}
 		if ev.Depth < floor {
+			// An outlier a purge kept stays one.
 			o.Result, o.Reason = OutcomeDropped, fmt.Sprintf("depth %d is below the room's purge cut-off %d", ev.Depth, floor)
 			return nil
+		}
+	}
+	if known {
+		// An event known only as an outlier joins the timeline when it
+		// arrives again without `outlier`.
+		if err := tx.Bucket(bOutliers).Delete(id); err != nil {
+			return err
 		}
 	}
 	stream := int64(e.Seq)

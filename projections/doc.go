@@ -38,6 +38,7 @@
 //	timeline   room|depth|order            -> row (see Row)
 //	eventindex room|event ID               -> depth|order|outlier
 //	outlierrows room|event ID              -> row
+//	redacted   room|redacted event ID      -> redaction event ID
 //	state      room|type|state_key|depth|order -> membership|event ID
 //	fwdext     room|event ID               -> depth   (no stored event names it)
 //	backext    room|event ID               -> depth   (named, not held)
@@ -83,16 +84,18 @@
 // deleting the bucket: freeing its pages, where deleting a million keys
 // one by one held the writer for 0.6 s.
 //
-// The events index (eventindex) and the outliers are keyed by room, then
-// event ID (evKey): the IDs are hashes, and keyed by ID alone every new
-// event of a group commit dirtied a leaf of the index of its own. Keyed by
-// room, a room's entries share leaves: catching up 1M events in 10k rooms
-// wrote 1.3 pages per message instead of 1.5, and ran 1.16x as fast. A
-// purge_room drops the room's entries and outliers by prefix. The only
-// look-up without a room, the admin API's "Event is for wrong room.",
-// asks every room (Store.FindEvent). Version 1 files, keyed by ID alone
-// (buckets events and outliers), are migrated by Open
-// (migrateEventIndex). Within a room the IDs are still random, so the
+// The events index (eventindex), the outliers and the redactions are
+// keyed by room number, then event ID (evKey): the IDs are hashes, and
+// keyed by ID alone every new event of a group commit dirtied a leaf of
+// the index of its own. Keyed by room, a room's entries share leaves:
+// catching up 1M events in 10k rooms wrote 1.3 pages per message instead
+// of 1.5, and ran 1.16x as fast. The same ID in two rooms is two events,
+// and a purge_room drops the retired number's entries, outliers and
+// redactions by prefix, leaving those of the room's new number alone. The
+// only look-up without a room, the admin API's "Event is for wrong
+// room.", asks every room (Store.FindEvent). Version 1 files, keyed by ID
+// alone (buckets events, outliers and redactions), are migrated by Open
+// (migrate.go). Within a room the IDs are still random, so the
 // janitor deletes the entries of the next unindexWindow rows of a purge
 // ahead of the rows, in key order (unindex.go), so that a transaction
 // dirties a narrow slice of the room's entries rather than a leaf per row.

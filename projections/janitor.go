@@ -547,23 +547,7 @@ func deleteLowest(c *bolt.Cursor, prefix []byte, max int, y *yielder, in func(k 
 func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	prefix := u64(room)
 	left := batch
-	// Timeline rows first: their event IDs key the redactions.
-	redacts := purgeCursor{tx.Bucket(bRedacts).Cursor()}
-	n, err := deleteLowest(tx.Bucket(bTimeline).Cursor(), prefix, left, y, nil, func(_, v []byte) error {
-		h, err := readPurgeHead(v)
-		if err != nil {
-			return nil // a corrupt row: its redaction stays
-		}
-		return redacts.del(h.eventID)
-	})
-	if err != nil {
-		return false, err
-	}
-	left -= n
-	if left <= 0 {
-		return false, nil
-	}
-	for _, name := range [][]byte{bEvents, bOutliers, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream} {
+	for _, name := range [][]byte{bTimeline, bEvents, bOutliers, bRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream} {
 		n, err := deleteLowest(tx.Bucket(name).Cursor(), prefix, left, y, nil, nil)
 		if err != nil {
 			return false, err

@@ -25,7 +25,7 @@ var (
 	bRoomTask  = []byte("roomtasks")   // room|created ts|task ID -> empty
 	bDead      = []byte("deadletter")  // log sequence -> DeadLetter (msgpack)
 	bReceived  = []byte("received")    // received ts|log sequence -> room number (live events only)
-	bRedacts   = []byte("redactions")  // redacted event ID -> redaction event ID
+	bRedacts   = []byte("redacted")    // room|redacted event ID -> redaction event ID
 	bRel       = []byte("relations")   // room|target|rel type|depth|order -> relating event ID
 	bRelCount  = []byte("relcounts")   // room|target|rel type -> count; ...|0xff|sender -> count
 	bRelAt     = []byte("relat")       // room|depth|order -> bundled kinds (timeline events some indexed relation targets; see markRelated)

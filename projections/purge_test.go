@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -428,4 +429,65 @@ func TestPurgeRoom_DropsOutliers(t *testing.T) {
 			t.Errorf("left after purge_room: %.80s", line)
 		}
 	}
+}
+
+// TestPurgeHistory_KeptOutlierArrivingAgainBelowTheFloor: a state event
+// that a purge kept as an outlier arrives again without `outlier`
+// (backfilled) below the floor. It is dropped, and stays an outlier (its
+// row was deleted before the floor check dropped it, leaving an entry
+// without a row).
+func TestPurgeHistory_KeptOutlierArrivingAgainBelowTheFloor(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("refetch", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	var msgs []testenv.Event
+	for i := range 10 {
+		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	next := apply(t, s, 1, append(setup, msgs...)...)
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+	next++
+	drainJanitor(t, s)
+	again := testenv.Event(maps.Clone(setup[0]))
+	again["backfilled"] = true
+	out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next, r.ID, commands.KindEvent, again)})
+	if err != nil || out[0].Result != projections.OutcomeDropped {
+		t.Fatalf("the create event again: %v %+v", err, out)
+	}
+	if info, ok, err := s.FindEvent(r.ID, setup[0].ID()); err != nil || !ok || !info.Outlier {
+		t.Fatalf("FindEvent = %+v, %v, %v; want the outlier", info, ok, err)
+	}
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		if row, err := v.Event(setup[0].ID()); err != nil || row == nil {
+			t.Errorf("Event = %v, %v", row, err)
+		}
+		return nil
+	})
+}
+
+// TestPurgeRoom_SameEventsAgainBeforeTheJanitor: after purge_room the same
+// events (same IDs) arrive again before the janitor drops the retired
+// room number; the new timeline keeps its redaction (redactions are keyed
+// by room number too, so the drop deletes only the retired number's).
+func TestPurgeRoom_SameEventsAgainBeforeTheJanitor(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("again", "test")
+	evs := r.Setup("@alice:test")
+	x := r.Msg("@alice:test", "secret")
+	y := r.Next("m.room.redaction", "@alice:test", nil, map[string]any{"redacts": x.ID()})
+	evs = append(evs, x, y)
+	next := apply(t, s, 1, evs...)
+	applyCmd(t, s, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	next++
+	apply(t, s, next, evs...)
+	drainJanitor(t, s)
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		if row, _ := v.Event(x.ID()); row == nil {
+			t.Fatal("x was not applied again")
+		}
+		if got := v.RedactedBy(x.ID()); got != y.ID() {
+			t.Errorf("RedactedBy(x) = %q, want %q", got, y.ID())
+		}
+		return nil
+	})
 }

@@ -20,11 +20,11 @@ import (
 // A redaction that arrives before its target is recorded all the same:
 // the target is then never indexed as a relation, and reads prune it.
 func applyRedaction(tx *bolt.Tx, room uint64, target, redactionID string) error {
-	b := tx.Bucket(bRedacts)
-	if b.Get([]byte(target)) != nil {
+	b, key := tx.Bucket(bRedacts), evKey(room, target)
+	if b.Get(key) != nil {
 		return nil
 	}
-	if err := b.Put([]byte(target), []byte(redactionID)); err != nil {
+	if err := b.Put(key, []byte(redactionID)); err != nil {
 		return err
 	}
 	if err := markRoom(tx, room, func(m *RoomMeta) bool { was := m.HasRedactions; m.HasRedactions = true; return !was }); err != nil {
@@ -208,7 +208,7 @@ func indexEventRelations(tx *bolt.Tx, room uint64, ev *commands.Event, r *Row, s
 			}
 		}
 	}
-	if r.RelType == "" || tx.Bucket(bRedacts).Get([]byte(ev.EventID)) != nil {
+	if r.RelType == "" || tx.Bucket(bRedacts).Get(evKey(room, ev.EventID)) != nil {
 		return nil
 	}
 	return indexRelation(tx, room, r, ev.Depth, stream)
@@ -232,7 +232,7 @@ func (v *RoomView) RedactedBy(eventID string) string {
 	if !v.meta.HasRedactions {
 		return ""
 	}
-	return string(v.bucket(bRedacts).Get([]byte(eventID)))
+	return string(v.bucket(bRedacts).Get(evKey(v.room, eventID)))
 }
 
 // RelationCount is how many events relate to target with relType; with a
