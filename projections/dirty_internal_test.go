@@ -178,8 +178,8 @@ func TestProjector_SizesFromMemoryLimit(t *testing.T) {
 	if q, d := sizeFor(64 << 20); q != 256 || d != 1024 {
 		t.Fatalf("sizeFor(64 MiB) = %d, %d; want the floors 256, 1024", q, d)
 	}
-	if q, _ := sizeFor(16 << 30); q != 4096 {
-		t.Fatalf("sizeFor(16 GiB) queue %d, want the cap 4096", q)
+	if q, _ := sizeFor(16 << 30); q != defaultQueueLen {
+		t.Fatalf("sizeFor(16 GiB) queue %d, want the cap %d", q, defaultQueueLen)
 	}
 	prev := debug.SetMemoryLimit(512 << 20)
 	defer debug.SetMemoryLimit(prev)
@@ -195,7 +195,7 @@ func TestProjector_SizesFromMemoryLimit(t *testing.T) {
 	if err := p.init(); err != nil {
 		t.Fatal(err)
 	}
-	if p.QueueLen != 4096 || p.MaxDirty != 0 || p.groupLimit.Load() != int64(p.MaxGroup) {
-		t.Fatalf("without a limit: QueueLen %d, MaxDirty %d, group limit %d; want 4096, 0, MaxGroup", p.QueueLen, p.MaxDirty, p.groupLimit.Load())
+	if p.QueueLen != defaultQueueLen || p.MaxDirty != 0 || p.groupLimit.Load() != int64(p.MaxGroup) {
+		t.Fatalf("without a limit: QueueLen %d, MaxDirty %d, group limit %d; want %d, 0, MaxGroup", p.QueueLen, p.MaxDirty, p.groupLimit.Load(), defaultQueueLen)
 	}
 }

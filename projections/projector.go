@@ -73,10 +73,11 @@ type Projector struct {
 	// rooms, one transaction per batch, went from 14.6k to 28.9k
 	// events/s between 1000 and 8000.
 	MaxBatch int
-	// QueueLen bounds the messages waiting per partition (default 4096):
-	// the consumer blocks when a partition is that far behind. Each
-	// waiting message holds its NATS message (about 600 bytes with
-	// headers): 8192 a partition held 80-94 MB at the peak of a catch-up.
+	// QueueLen bounds the messages waiting per partition (default
+	// defaultQueueLen): the consumer blocks when a partition is that far
+	// behind. Each waiting message holds its NATS message (about 600
+	// bytes with headers): 8192 a partition held 80-94 MB at the peak of
+	// a catch-up.
 	QueueLen int
 	// MaxDecoded bounds the messages decoded and not yet committed,
 	// across partitions (default twice MaxGroup, so that the next group
@@ -218,7 +219,7 @@ func (p *Projector) init() error {
 		}
 	}
 	if p.QueueLen <= 0 {
-		p.QueueLen = 4096
+		p.QueueLen = defaultQueueLen
 	}
 	if p.MaxGroup <= 0 {
 		p.MaxGroup = 16000
@@ -532,6 +533,19 @@ func clampGroup(n, maxGroup int) int { return max(minGroup, min(maxGroup, n)) }
 // group the committer learns from.
 const minGroup = 256
 
+// defaultQueueLen is QueueLen without a memory limit. A partition has one
+// batch in flight, and takes what is queued as its next one; while its
+// batch waits for the writer, its queue fills, and the consumer, which
+// feeds every partition in log order, waits for the fullest. So in a
+// catch-up the partitions of the busiest rooms set the pace, and the
+// longer their queues, the bigger their batches and the more pages a
+// group commit shares. Catching up 1M events (hashed IDs) in 10k rooms,
+// 16384 wrote 1.0 pages a message where 4096 wrote 1.3, and applied
+// 1.16x as many events a second (30.0-32.1k/s in 3 runs, 24.7-28.8k/s
+// in 4), at the same memory peak; in 100k rooms 1.19x, at 1.13x the
+// memory peak (1,411 MiB against 1,254 MiB; one run each).
+const defaultQueueLen = 16384
+
 // sizeFor gives the queue length and the dirty-page bound for a memory
 // limit of lim bytes. Measured in a catch-up of 1M events in 100k rooms
 // (the worst case: nearly every message dirties leaves of its own), a
@@ -540,7 +554,7 @@ const minGroup = 256
 // gives 8192 pages (about a fifth of the limit) and 1024 messages a
 // partition (16 MB).
 func sizeFor(lim int64) (queueLen, maxDirty int) {
-	queueLen = int(min(max(lim/(512<<10), 256), 4096))
+	queueLen = int(min(max(lim/(512<<10), 256), defaultQueueLen))
 	maxDirty = int(max(lim/(64<<10), 1024))
 	return queueLen, maxDirty
 }
