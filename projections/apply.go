@@ -456,6 +456,11 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 			return nil
 		}
 	}
+	if p.err != nil {
+		// Before any write: the message becomes a dead letter and the
+		// transaction goes on.
+		return fmt.Errorf("%w: %v", commands.ErrMalformed, p.err)
+	}
 	if known {
 		// An event known only as an outlier joins the timeline when it
 		// arrives again without `outlier`.
@@ -466,9 +471,6 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	stream := int64(e.Seq)
 	if ev.Backfilled {
 		stream = -stream
-	}
-	if p.err != nil {
-		return fmt.Errorf("%w: %v", commands.ErrMalformed, p.err)
 	}
 	row, val := p.row, p.val
 	loc := evLoc{room: room, depth: ev.Depth, stream: stream, outlier: ev.Outlier}

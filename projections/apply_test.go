@@ -453,19 +453,23 @@ func sameProjection(t *testing.T, what string, a, b *projections.Store) {
 
 // TestApply_OneIDInTwoRooms: event IDs are hashes over the room's ID, so
 // one ID in two rooms is a forgery or a bug upstream; each room keeps its
-// own event under it (the events index is keyed by room), and a purge of
-// one room leaves the other's alone.
+// own event under it, and its own redaction of it (the events index and
+// the redactions are keyed by room), and a purge of one room leaves the
+// other's alone.
 func TestApply_OneIDInTwoRooms(t *testing.T) {
 	s := openWithServer(t)
 	a, b := testenv.NewRoom("a", "test"), testenv.NewRoom("b", "test")
 	evA := append(a.Setup("@alice:test"), a.Msg("@alice:test", "in a"))
-	evB := append(b.Setup("@bob:test"), b.Msg("@bob:test", "in b"))
-	evB[len(evB)-1]["event_id"] = evA[len(evA)-1].ID()
-	next := apply(t, s, 1, append(evA, evB...)...)
 	same := evA[len(evA)-1].ID()
+	inB := b.Msg("@bob:test", "in b")
+	inB["event_id"] = same
+	evB := append(b.Setup("@bob:test"), inB)
+	redaction := b.Next("m.room.redaction", "@bob:test", nil, map[string]any{"redacts": same})
+	evB = append(evB, redaction)
+	next := apply(t, s, 1, append(evA, evB...)...)
 	for _, c := range []struct {
-		room, body string
-	}{{a.ID, "in a"}, {b.ID, "in b"}} {
+		room, body, redactedBy string
+	}{{a.ID, "in a", ""}, {b.ID, "in b", redaction.ID()}} {
 		err := s.View(c.room, func(v *projections.RoomView) error {
 			r, err := v.Event(same)
 			if err != nil || r == nil {
@@ -473,6 +477,9 @@ func TestApply_OneIDInTwoRooms(t *testing.T) {
 			}
 			if !strings.Contains(string(r.Content), c.body) {
 				t.Errorf("%s: Event gave %s", c.room, r.Content)
+			}
+			if got := v.RedactedBy(same); got != c.redactedBy {
+				t.Errorf("%s: RedactedBy = %q, want %q", c.room, got, c.redactedBy)
 			}
 			return nil
 		})

@@ -363,6 +363,10 @@ func (p *Projector) runPartition(ctx, stop context.Context, pt *partition) {
 			}
 			return
 		}
+		// The next batch reuses the slice: let go of this one's
+		// messages, or a partition that goes quiet after a catch-up
+		// keeps up to MaxBatch of them.
+		clear(batch)
 	}
 }
 
