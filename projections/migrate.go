@@ -68,12 +68,7 @@ func (s *Store) migrateEventIndex() error {
 					continue
 				}
 				c := b.Cursor()
-				k, v := c.First()
-				if after != nil {
-					if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
-						k, v = c.Next()
-					}
-				}
+				k, v := firstAfter(c, after)
 				for n := 0; k != nil; k, v = c.Next() {
 					if n == migrateBatch {
 						return nil

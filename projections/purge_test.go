@@ -24,6 +24,15 @@ func openWithServer(t *testing.T) *projections.Store {
 	return s
 }
 
+// remoteMsgs is the room's next n messages, from a remote sender.
+func remoteMsgs(r *testenv.Room, n int) []testenv.Event {
+	var msgs []testenv.Event
+	for i := range n {
+		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	return msgs
+}
+
 func applyCmd(t *testing.T, s *projections.Store, seq uint64, roomID, id, action string, params map[string]any) *commands.Task {
 	t.Helper()
 	out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, roomID, commands.KindCmd, map[string]any{"id": id, "action": action, "room_id": roomID, "params": params})})
@@ -249,10 +258,7 @@ func TestPurgeRoom_LaterEventsAsInARebuild(t *testing.T) {
 func TestPurgeHistory_ParentsBelowTheCut(t *testing.T) {
 	r := testenv.NewRoom("parents", "test")
 	setup := r.Setup("@alice:test", "@remote:other.org")
-	var msgs []testenv.Event
-	for i := range 10 {
-		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
-	}
+	msgs := remoteMsgs(r, 10)
 	merge := r.Msg("@remote:other.org", "merge")
 	merge["prev_events"] = []any{msgs[9].ID(), msgs[1].ID()}
 	all := append(append(append([]testenv.Event{}, setup...), msgs...), merge)
@@ -355,10 +361,7 @@ func TestRoomErasures_OnceTheJanitorIsDone(t *testing.T) {
 	s := openWithServer(t)
 	r := testenv.NewRoom("erasures", "test")
 	setup := r.Setup("@alice:test", "@remote:other.org")
-	var msgs []testenv.Event
-	for i := range 8 {
-		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
-	}
+	msgs := remoteMsgs(r, 8)
 	next := apply(t, s, 1, append(append([]testenv.Event{}, setup...), msgs...)...)
 	firstMsg := uint64(len(setup) + 1) // log sequence of msgs[0]
 	purge := func(id string, cut testenv.Event) {
@@ -440,10 +443,7 @@ func TestPurgeHistory_KeptOutlierArrivingAgainBelowTheFloor(t *testing.T) {
 	s := openWithServer(t)
 	r := testenv.NewRoom("refetch", "test")
 	setup := r.Setup("@alice:test", "@remote:other.org")
-	var msgs []testenv.Event
-	for i := range 10 {
-		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
-	}
+	msgs := remoteMsgs(r, 10)
 	next := apply(t, s, 1, append(setup, msgs...)...)
 	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
 	next++

@@ -133,12 +133,7 @@ func (s *Store) addRelatedMarks() error {
 				return nil
 			}
 			c := tx.Bucket(bRel).Cursor()
-			k, _ := c.First()
-			if after != nil {
-				if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
-					k, _ = c.Next()
-				}
-			}
+			k, _ := firstAfter(c, after)
 			for n := 0; k != nil; k, _ = c.Next() {
 				if n == relMarksBatch {
 					return nil
@@ -160,6 +155,19 @@ func (s *Store) addRelatedMarks() error {
 			return err
 		}
 	}
+}
+
+// firstAfter moves c to the first key after after, or to the first key
+// if after is nil: where a migration done in several transactions goes
+// on.
+func firstAfter(c *bolt.Cursor, after []byte) (k, v []byte) {
+	if after == nil {
+		return c.First()
+	}
+	if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+		return c.Next()
+	}
+	return k, v
 }
 
 // relMarksBatch bounds the targets addRelatedMarks marks per transaction
