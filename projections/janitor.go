@@ -55,10 +55,10 @@ func (s *Store) WakeJanitor() {
 // transaction is short, and a crash loses at most the one in flight, which
 // the next run redoes. Reads never wait for it: it yields to them every
 // janitorYield rows, and after each transaction it rests as long as the
-// transaction used the CPU (its time less the time it yielded and its
-// commit's writes and fsyncs), so that it takes at most half of a core;
-// the commit's disk time is not rested for, since reads do not wait for
-// it.
+// transaction used the CPU (its time less the time it waited for bbolt's
+// writer, the time it yielded, and its commit's writes and fsyncs), so
+// that it takes at most half of a core; the waits and the commit's disk
+// time are not rested for, since reads do not wait for them.
 func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -96,18 +96,14 @@ func (s *Store) JanitorStep(batch int) (bool, error) {
 }
 
 // janitorStep is JanitorStep; it also returns how long the batch did not
-// use the CPU: the time it yielded to others and its commit's writes.
+// use the CPU (janitorUpdate).
 func (s *Store) janitorStep(batch int) (did bool, offCPU time.Duration, err error) {
 	s.jmu.Lock()
 	defer s.jmu.Unlock()
 	if did, offCPU, err = s.unindexStep(batch); did || err != nil {
 		return did, offCPU, err
 	}
-	y := &yielder{start: time.Now()}
-	defer func() { s.ahead.rows -= y.rows }()
-	var wtx *bolt.Tx
-	err = s.update(func(tx *bolt.Tx) error {
-		wtx = tx
+	y, offCPU, err := s.janitorUpdate(func(tx *bolt.Tx, y *yielder) error {
 		k, v := tx.Bucket(bJanitor).Cursor().First()
 		if k == nil {
 			return nil
@@ -126,12 +122,29 @@ func (s *Store) janitorStep(batch int) (did bool, offCPU time.Duration, err erro
 		}
 		return tx.Bucket(bJanitor).Delete(k)
 	})
-	offCPU = y.yielded
-	if wtx != nil {
-		st := wtx.Stats()
-		offCPU += st.GetWriteTime() // after the commit: its pwrites and fsyncs
-	}
+	s.ahead.rows -= y.rows
 	return did, offCPU, err
+}
+
+// janitorUpdate runs fn in a write transaction, with a yielder that
+// starts once the transaction has begun, and reports how long the
+// transaction did not use the CPU: the time it waited for bbolt's writer
+// (which the projector's commits hold), the time fn yielded to others,
+// and the commit's writes and fsyncs. RunJanitor rests for the rest.
+func (s *Store) janitorUpdate(fn func(*bolt.Tx, *yielder) error) (y *yielder, offCPU time.Duration, err error) {
+	called := time.Now()
+	y = &yielder{}
+	var wtx *bolt.Tx
+	err = s.update(func(tx *bolt.Tx) error {
+		wtx = tx
+		y.start = time.Now()
+		return fn(tx, y)
+	})
+	if wtx == nil {
+		return y, 0, err
+	}
+	st := wtx.Stats()
+	return y, y.start.Sub(called) + y.yielded + st.GetWriteTime(), err
 }
 
 // yielder yields the janitor's goroutine every janitorYield rows of a

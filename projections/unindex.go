@@ -103,10 +103,7 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 		return false, 0, nil
 	}
 	n := min(batch, len(w.entries))
-	y := &yielder{start: time.Now()}
-	var wtx *bolt.Tx
-	err = s.update(func(tx *bolt.Tx) error {
-		wtx = tx
+	_, offCPU, err = s.janitorUpdate(func(tx *bolt.Tx, y *yielder) error {
 		c := tx.Bucket(bEvents).Cursor()
 		relAt := tx.Bucket(bRelAt)
 		var key []byte
@@ -133,11 +130,6 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 		return false, 0, err
 	}
 	w.entries = w.entries[n:]
-	offCPU = y.yielded
-	if wtx != nil {
-		st := wtx.Stats()
-		offCPU += st.GetWriteTime()
-	}
 	return true, offCPU, nil
 }
 
