@@ -213,7 +213,8 @@ type EventInfo struct {
 //
 // The events index is keyed by room (evKey), so the second look-up is
 // one per room: the admin API needs it only to answer "Event is for wrong
-// room." (tenths of a second for 100k rooms).
+// room." (35 ms over 100k rooms with an empty index, measured once;
+// deeper indexes cost more per room).
 func (s *Store) FindEvent(roomID, eventID string) (info EventInfo, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		if room := roomNum(tx, roomID); room != 0 {
