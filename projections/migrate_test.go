@@ -15,6 +15,18 @@ import (
 	"github.com/scrollback/scrollback/projections"
 )
 
+// legacyBuckets creates, or opens, version 1's buckets events, outliers
+// and redactions.
+func legacyBuckets(tx *bolt.Tx) (events, outliers, redactions *bolt.Bucket, err error) {
+	var bs [3]*bolt.Bucket
+	for i, name := range []string{"events", "outliers", "redactions"} {
+		if bs[i], err = tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return bs[0], bs[1], bs[2], nil
+}
+
 // downgrade rewrites a version 2 file's events index, outliers and
 // redactions in version 1's layout: buckets events (event ID ->
 // room|depth|order|outlier), outliers (event ID -> row) and redactions
@@ -32,15 +44,7 @@ func downgrade(t *testing.T, path string, keep int) {
 	}
 	defer db.Close()
 	err = db.Update(func(tx *bolt.Tx) error {
-		events, err := tx.CreateBucket([]byte("events"))
-		if err != nil {
-			return err
-		}
-		outliers, err := tx.CreateBucket([]byte("outliers"))
-		if err != nil {
-			return err
-		}
-		redactions, err := tx.CreateBucket([]byte("redactions"))
+		events, outliers, redactions, err := legacyBuckets(tx)
 		if err != nil {
 			return err
 		}
@@ -211,11 +215,7 @@ func BenchmarkMigrateEventIndex(b *testing.B) {
 	}
 	for start := 0; start < b.N; start += 100_000 {
 		err = db.Update(func(tx *bolt.Tx) error {
-			events, err := tx.CreateBucketIfNotExists([]byte("events"))
-			if err != nil {
-				return err
-			}
-			outliers, err := tx.CreateBucketIfNotExists([]byte("outliers"))
+			events, outliers, _, err := legacyBuckets(tx)
 			if err != nil {
 				return err
 			}

@@ -65,6 +65,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("projections: open %s: %w", path, err)
 	}
 	s := &Store{db: db, serverName: opts.ServerName, janitor: make(chan struct{}, 1)}
+	var migrate bool // a version 1 file
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -73,9 +74,11 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		meta := tx.Bucket(bMeta)
 		if v := meta.Get([]byte("version")); v != nil {
-			if got := binary.BigEndian.Uint64(v); got != formatVersion && got != 1 {
+			got := binary.BigEndian.Uint64(v)
+			if got != formatVersion && got != 1 {
 				return fmt.Errorf("%w: version %d, want %d", ErrFormat, got, formatVersion)
 			}
+			migrate = got == 1
 		} else {
 			if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
 				return err
@@ -100,7 +103,7 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil
 	})
-	if err == nil {
+	if err == nil && migrate {
 		err = s.migrateEventIndex()
 	}
 	if err == nil {
