@@ -218,6 +218,14 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 					}
 				}
 			}
+			// Its redaction mark goes with it, purged redaction or not
+			// (a row kept as an outlier keeps its mark: it stays
+			// redacted).
+			if meta.HasRedactions {
+				if err := j.cur(bRedacts).del(j.roomKey(h.eventID)); err != nil {
+					return err
+				}
+			}
 			seq := stream
 			if seq < 0 {
 				seq = -seq

@@ -491,3 +491,46 @@ func TestPurgeRoom_SameEventsAgainBeforeTheJanitor(t *testing.T) {
 		return nil
 	})
 }
+
+// TestPurgeHistory_RedactionMarksGoWithTheirRows: a purge deletes the
+// redaction mark of every event whose row it deletes, whether or not the
+// redaction itself is purged (a leak otherwise: marks of purged history
+// stayed until purge_room). A state event kept as an outlier keeps its
+// mark, even when its redaction is purged: it stays redacted (Synapse
+// deletes a purged redaction's row and so shows the target unredacted;
+// CONTRACT.md section 7).
+func TestPurgeHistory_RedactionMarksGoWithTheirRows(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("marks", "test")
+	evs := r.Setup("@alice:test", "@remote:other.org")
+	redact := func(target testenv.Event) testenv.Event {
+		return r.Next("m.room.redaction", "@remote:other.org", nil, map[string]any{"redacts": target.ID()})
+	}
+	bothGone := r.Msg("@remote:other.org", "both purged")
+	topic := "" // a state event: kept as an outlier
+	state := r.Next("m.room.topic", "@remote:other.org", &topic, map[string]any{"topic": "secret"})
+	evs = append(evs, bothGone, redact(bothGone), state, redact(state))
+	targetGone := r.Msg("@remote:other.org", "only the target purged")
+	evs = append(evs, targetGone)
+	cut := r.Msg("@remote:other.org", "the cut")
+	evs = append(evs, cut, redact(targetGone), r.Msg("@remote:other.org", "after"))
+	next := apply(t, s, 1, evs...)
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])})
+	drainJanitor(t, s)
+
+	var marks []string
+	for _, line := range strings.Split(dumpBuckets(t, s), "\n") {
+		if name, _, _ := strings.Cut(line, " "); name == "redacted" {
+			marks = append(marks, line)
+		}
+	}
+	if len(marks) != 1 {
+		t.Errorf("redaction marks after the purge: %q, want only the kept state event's", marks)
+	}
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		if v.RedactedBy(state.ID()) == "" {
+			t.Error("the kept state event is no longer redacted")
+		}
+		return nil
+	})
+}
