@@ -3,6 +3,7 @@ package projections
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	"github.com/scrollback/scrollback/commands"
 )
@@ -63,4 +64,29 @@ func FuzzReadPurgeHead(f *testing.F) {
 		_, _ = readPurgeHead(b)
 		_ = isLocalSender(b, "x")
 	})
+}
+
+// TestNextSlice: the janitor's transactions grow while it waits for the
+// writer longer than it holds it, up to JanitorBatch, and shrink back to
+// JanitorSlice once it hardly waits.
+func TestNextSlice(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		slice        int
+		waited, held time.Duration
+		want         int
+	}{
+		{JanitorSlice, 8 * ms, 5 * ms, 2 * JanitorSlice},
+		{JanitorBatch, 8 * ms, 5 * ms, JanitorBatch},
+		{JanitorBatch, 2 * ms, 5 * ms, JanitorBatch},
+		{JanitorBatch, 1 * ms, 5 * ms, JanitorBatch / 2},
+		{JanitorSlice, 0, 5 * ms, JanitorSlice},
+	} {
+		if got := nextSlice(c.slice, c.waited, c.held); got != c.want {
+			t.Errorf("nextSlice(%d, %v, %v) = %d, want %d", c.slice, c.waited, c.held, got, c.want)
+		}
+	}
+	if JanitorBatch/2 < JanitorSlice {
+		t.Fatal("JanitorBatch/2 is below JanitorSlice: the halving would skip sizes")
+	}
 }

@@ -71,7 +71,7 @@ type unindexEntry struct {
 // janitor's first job, filling the window first when the row
 // transactions have gone through the previous one. It reports whether it
 // did anything; when it did not, the job's row transactions come next.
-func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err error) {
+func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error) {
 	w := &s.ahead
 	var job unindexAhead
 	var found, fill bool
@@ -93,17 +93,17 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 	})
 	if err != nil || !found {
 		*w = unindexAhead{}
-		return false, 0, err
+		return false, janitorTimes{}, err
 	}
 	if fill {
 		slices.SortFunc(job.entries, func(a, b unindexEntry) int { return strings.Compare(a.id, b.id) })
 		*w = job
 	}
 	if len(w.entries) == 0 {
-		return false, 0, nil
+		return false, janitorTimes{}, nil
 	}
 	n := min(batch, len(w.entries))
-	_, offCPU, err = s.janitorUpdate(func(tx *bolt.Tx, y *yielder) error {
+	_, times, err = s.janitorUpdate(func(tx *bolt.Tx, y *yielder) error {
 		c := tx.Bucket(bEvents).Cursor()
 		relAt := tx.Bucket(bRelAt)
 		var key []byte
@@ -127,10 +127,10 @@ func (s *Store) unindexStep(batch int) (did bool, offCPU time.Duration, err erro
 		return nil
 	})
 	if err != nil {
-		return false, 0, err
+		return false, janitorTimes{}, err
 	}
 	w.entries = w.entries[n:]
-	return true, offCPU, nil
+	return true, times, nil
 }
 
 // fillUnindex walks the lowest unindexWindow rows of the job's room below
