@@ -238,7 +238,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 		if err := j.waitMark(h.eventID, depth, stream); err != nil {
 			return err
 		}
-		if h.flags&flagState == 0 && (meta.DeleteLocal || !isLocalSender(h.sender, server)) {
+		if meta.deletes(depth, h.flags&flagState != 0, isLocalSender(h.sender, server)) {
 			// Only the entry of this very row: the event may have come
 			// back as an outlier since its entry was deleted ahead
 			// (unindex.go).

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/scrollback/scrollback/commands"
 )
 
@@ -88,5 +90,40 @@ func TestNextSlice(t *testing.T) {
 	}
 	if JanitorBatch/2 < JanitorSlice {
 		t.Fatal("JanitorBatch/2 is below JanitorSlice: the halving would skip sizes")
+	}
+}
+
+// TestGetRoomMeta_OldDeleteLocal: a file written before DeleteLocalBelow
+// holds the latest purge's delete_local_events as a flag, which the
+// janitor applied to every row below the floor: it reads as
+// DeleteLocalBelow = Floor.
+func TestGetRoomMeta_OldDeleteLocal(t *testing.T) {
+	db, err := bolt.Open(t.TempDir()+"/m.db", 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucket(bRoomMeta); err != nil {
+			return err
+		}
+		old, err := encodeMsgpack(map[string]any{"room_id": "!r:x", "floor": 10, "delete_local": true})
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bRoomMeta).Put(u64(1), old); err != nil {
+			return err
+		}
+		m, err := getRoomMeta(tx, 1)
+		if err != nil {
+			return err
+		}
+		if m.DeleteLocalBelow != 10 || m.DeleteLocal || !m.deletes(9, false, true) || m.deletes(10, false, true) {
+			t.Errorf("old meta read as %+v", m)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

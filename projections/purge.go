@@ -51,9 +51,11 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 	if err != nil {
 		return err
 	}
-	meta.DeleteLocal = c.Bool("delete_local_events", false)
-	if err := putRoomMeta(tx, room, meta); err != nil {
-		return err
+	if c.Bool("delete_local_events", false) && tok.Topological > meta.DeleteLocalBelow {
+		meta.DeleteLocalBelow = tok.Topological
+		if err := putRoomMeta(tx, room, meta); err != nil {
+			return err
+		}
 	}
 	if tok.Topological > meta.Floor {
 		meta.Floor = tok.Topological

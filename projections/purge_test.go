@@ -534,3 +534,36 @@ func TestPurgeHistory_RedactionMarksGoWithTheirRows(t *testing.T) {
 		return nil
 	})
 }
+
+// TestPurgeHistory_DeleteLocalStaysWithItsCutoff: a purge with
+// delete_local_events, then one without it (with a lower cut-off, and
+// with a higher one), both applied before the janitor ran. The second
+// once overwrote the first's flag: local messages below the first cut-off
+// survived as outliers, and their log messages were never erased.
+func TestPurgeHistory_DeleteLocalStaysWithItsCutoff(t *testing.T) {
+	for _, second := range []int{2, 9} {
+		t.Run(fmt.Sprint("second cut at msg ", second), func(t *testing.T) {
+			s := openWithServer(t)
+			r := testenv.NewRoom("local", "test")
+			evs := r.Setup("@alice:test")
+			var msgs []testenv.Event
+			for i := range 10 {
+				msgs = append(msgs, r.Msg("@alice:test", fmt.Sprint(i)))
+			}
+			next := apply(t, s, 1, append(evs, msgs...)...)
+			applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[8]["depth"]), "delete_local_events": true})
+			applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[second]["depth"])})
+			drainJanitor(t, s)
+			_ = s.View(r.ID, func(v *projections.RoomView) error {
+				if row, _ := v.Event(msgs[5].ID()); row != nil {
+					t.Errorf("local message below p1's cut-off (delete_local_events) kept as an outlier")
+				}
+				return nil
+			})
+			er, _ := s.PendingErasures(100, true)
+			if len(er.Seqs) != 8 {
+				t.Errorf("erasures %v, want the 8 local messages below p1's cut-off", er.Seqs)
+			}
+		})
+	}
+}

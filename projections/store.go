@@ -250,7 +250,15 @@ type RoomMeta struct {
 	ResetSeq uint64 `msgpack:"reset_seq,omitempty"`
 	// ResetDone is ResetSeq once the janitor has removed those rows.
 	ResetDone uint64 `msgpack:"reset_done,omitempty"`
-	// DeleteLocal is delete_local_events of the latest purge_history.
+	// DeleteLocalBelow is the highest cut-off depth of a purge_history
+	// with delete_local_events: local events below it are deleted, local
+	// events between it and Floor are kept as outliers (Synapse's purges
+	// decide each for their own events; a later purge without the flag
+	// does not bring back what an earlier one deleted).
+	DeleteLocalBelow int64 `msgpack:"delete_local_below,omitempty"`
+	// DeleteLocal is delete_local_events of the latest purge_history, as
+	// files written before DeleteLocalBelow hold it: getRoomMeta turns it
+	// into DeleteLocalBelow = Floor, what the janitor then did with it.
 	DeleteLocal bool `msgpack:"delete_local,omitempty"`
 	// HasRedactions and HasRelations say whether any redaction or relation
 	// was ever indexed in the room: reads skip the per-event look-ups in
@@ -276,6 +284,14 @@ func (m *RoomMeta) purgedAway(depth, stream int64) bool {
 		return uint64(seq) < m.ResetSeq
 	}
 	return false
+}
+
+// deletes reports whether a purge deletes an event below its floor at
+// depth, rather than keeping it as an outlier: state events stay, and
+// local events unless a purge with delete_local_events cut above them
+// (SYNAPSE.md 6.4, should_delete).
+func (m *RoomMeta) deletes(depth int64, state, local bool) bool {
+	return !state && (!local || depth < m.DeleteLocalBelow)
 }
 
 // needsJanitor reports whether purged rows are still stored.
@@ -321,6 +337,9 @@ func getRoomMeta(tx *bolt.Tx, n uint64) (*RoomMeta, error) {
 	}
 	if err := decodeMsgpack(v, m); err != nil {
 		return nil, err
+	}
+	if m.DeleteLocal {
+		m.DeleteLocalBelow, m.DeleteLocal = max(m.DeleteLocalBelow, m.Floor), false
 	}
 	return m, nil
 }

@@ -143,7 +143,7 @@ func fillUnindex(tx *bolt.Tx, job *unindexAhead, y *yielder) error {
 	if err != nil {
 		return err
 	}
-	floor, deleteLocal := meta.Floor, meta.DeleteLocal
+	floor := meta.Floor
 	server := serverName(tx)
 	relAt := tx.Bucket(bRelAt)
 	c := tx.Bucket(bTimeline).Cursor()
@@ -158,7 +158,7 @@ func fillUnindex(tx *bolt.Tx, job *unindexAhead, y *yielder) error {
 		if err != nil {
 			continue // the row transaction reports it
 		}
-		if h.flags&flagState != 0 || (!deleteLocal && isLocalSender(h.sender, server)) {
+		if !meta.deletes(depth, h.flags&flagState != 0, isLocalSender(h.sender, server)) {
 			continue // kept as an outlier
 		}
 		if relAt.Get(k) != nil {
