@@ -256,7 +256,29 @@ func eventAt(tx *bolt.Tx, room uint64, eventID string) (EventInfo, bool) {
 	if len(val) < 2 {
 		return EventInfo{}, false
 	}
+	if !loc.outlier {
+		meta, err := getRoomMeta(tx, room)
+		if err != nil || meta.purged(tx, loc, val) {
+			return EventInfo{}, false
+		}
+	}
 	return EventInfo{Depth: loc.depth, Stream: loc.stream, Outlier: loc.outlier, Rejected: val[1]&flagRejected != 0}, true
+}
+
+// purged reports whether the row val, stored at loc, is one the room's
+// purges delete: from the moment a purge is applied no read returns it,
+// by position (reads stop at the floor) or by ID (this), though the
+// janitor deletes it later (CONTRACT.md section 7). A row that a purge
+// keeps is an outlier to be, and stays readable by ID.
+func (m *RoomMeta) purged(tx *bolt.Tx, loc evLoc, val []byte) bool {
+	if loc.outlier || loc.depth >= m.Floor {
+		return false
+	}
+	h, err := readPurgeHead(val)
+	if err != nil {
+		return false // the janitor reports it
+	}
+	return m.deletes(loc.depth, h.flags&flagState != 0, isLocalSender(h.sender, serverName(tx)))
 }
 
 // CutoffByTS is Synapse's purge_up_to_ts look-up (SYNAPSE.md 6.1): X is

@@ -567,3 +567,40 @@ func TestPurgeHistory_DeleteLocalStaysWithItsCutoff(t *testing.T) {
 		})
 	}
 }
+
+// TestPurgeHistory_PurgedByIDBeforeTheJanitor: once a purge is applied, a
+// purged event is not returned by its ID either (Event, FindEvent), also
+// as the redacted_because of a kept state event, though the janitor has
+// not deleted its row yet.
+func TestPurgeHistory_PurgedByIDBeforeTheJanitor(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("byid", "test")
+	evs := r.Setup("@alice:test", "@remote:other.org")
+	topic := r.Next("m.room.topic", "@remote:other.org", testenv.S(""), map[string]any{"topic": "secret"})
+	rd := r.Next("m.room.redaction", "@remote:other.org", nil, map[string]any{"redacts": topic.ID()})
+	msgs := remoteMsgs(r, 5)
+	evs = append(append(evs, topic, rd), msgs...)
+	next := apply(t, s, 1, evs...)
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[3]["depth"])})
+	// The purge is applied: rd and msgs[0..2] are purged (remote, non-state).
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		if v.Holds(msgs[1].ID()) {
+			t.Errorf("Holds(%s) after its purge", msgs[1].ID())
+		}
+		if row, _ := v.Event(topic.ID()); row == nil {
+			t.Error("the kept topic is not returned by its ID")
+		}
+		if row, _ := v.Event(msgs[1].ID()); row != nil {
+			t.Errorf("purged message %s still returned by Event before the janitor", msgs[1].ID())
+		}
+		if by := v.RedactedBy(topic.ID()); by != "" {
+			if row, _ := v.Event(by); row != nil {
+				t.Errorf("purged redaction %s still returned (as redacted_because of the kept topic) before the janitor", by)
+			}
+		}
+		return nil
+	})
+	if _, ok, _ := s.FindEvent(r.ID, msgs[1].ID()); ok {
+		t.Errorf("FindEvent finds purged %s before the janitor (admin purge by event_id accepts it)", msgs[1].ID())
+	}
+}

@@ -249,7 +249,7 @@ func (v *RoomView) Event(eventID string) (*Row, error) {
 	} else {
 		val = v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
 	}
-	if val == nil {
+	if val == nil || v.meta.purged(v.tx, loc, val) {
 		return nil, nil
 	}
 	r, err := unmarshalRow(val)

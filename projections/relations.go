@@ -368,8 +368,12 @@ func (v *RoomView) HasGaps() bool {
 	return k != nil && bytes.HasPrefix(k, prefix)
 }
 
-// Holds reports whether the room holds an event (timeline or outlier).
+// Holds reports whether the room holds an event (timeline or outlier),
+// one that a purge deletes not included.
 func (v *RoomView) Holds(eventID string) bool {
-	_, ok := lookupEvent(v.bucket(bEvents), v.room, eventID)
+	loc, ok := lookupEvent(v.bucket(bEvents), v.room, eventID)
+	if ok && !loc.outlier && loc.depth < v.meta.Floor {
+		return !v.meta.purged(v.tx, loc, v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream)))
+	}
 	return ok
 }
