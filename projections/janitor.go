@@ -221,6 +221,12 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	}
 	j := newPurgeTx(tx, room, meta.Floor)
 	server := serverName(tx)
+	if meta.Sweep {
+		if err := j.sweepOutliers(meta, batch, y, server); err != nil {
+			return false, err
+		}
+		return !meta.Sweep && meta.PurgedTo >= meta.Floor, putRoomMeta(tx, room, meta)
+	}
 	prefix := u64(room)
 	var erase []uint64
 	n, err := deleteLowest(tx.Bucket(bTimeline).Cursor(), prefix, batch, y, func(k []byte) bool {
@@ -283,17 +289,8 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	slices.Sort(erase)
-	if len(erase) > 0 {
-		eb, err := j.b(bEraseIn).CreateBucketIfNotExists(prefix)
-		if err != nil {
-			return false, err
-		}
-		for _, seq := range erase {
-			if err := eb.Put(binary.BigEndian.AppendUint64(j.buf[:0], seq), nil); err != nil {
-				return false, err
-			}
-		}
+	if err := j.queueErasures(erase); err != nil {
+		return false, err
 	}
 	done := n < batch
 	if done {
@@ -315,6 +312,89 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 		meta.PurgedTo = meta.Floor
 	}
 	return done, putRoomMeta(tx, room, meta)
+}
+
+// queueErasures queues the log sequences of deleted events for erasure,
+// in the room's bucket of erasein.
+func (j *purgeTx) queueErasures(seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	slices.Sort(seqs)
+	eb, err := j.b(bEraseIn).CreateBucketIfNotExists(u64(j.room))
+	if err != nil {
+		return err
+	}
+	for _, seq := range seqs {
+		if err := eb.Put(binary.BigEndian.AppendUint64(j.buf[:0], seq), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepOutliers examines up to batch of the room's outliers, from
+// meta.SweepAt on, and deletes those below the floor that its purges
+// delete: Synapse's purge selects outliers too (NOT outlier OR
+// should_delete, SYNAPSE.md 6.4): remote non-state events that arrived as
+// outliers, and local ones that an earlier purge kept, once a later one
+// has delete_local_events. Only outliers logged before the purge are
+// its: one that arrives later is kept, as Synapse's purge, done by then,
+// would keep it, and as a rebuild from the log does whenever its janitor
+// runs. A purge that raises the floor or the local
+// cut-off starts the sweep again from the first outlier
+// (applyPurgeHistory), so that when it ends every outlier was examined
+// against the room's latest cut-offs. The rows the purges keep are only
+// read; the outliers of a room are usually a small part of it.
+func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server string) error {
+	prefix := u64(j.room)
+	c := j.b(bOutliers).Cursor()
+	events := j.cur(bEvents)
+	var erase []uint64
+	k, v := c.Seek(append(u64(j.room), meta.SweepAt...))
+	for n := 0; k != nil && bytes.HasPrefix(k, prefix); n++ {
+		if n == batch {
+			meta.SweepAt = string(k[8:])
+			return j.queueErasures(erase)
+		}
+		y.row()
+		loc, ok := parseLoc(j.room, j.b(bEvents).Get(k))
+		h, err := readPurgeHead(v)
+		if err != nil || !ok || !loc.outlier || loc.depth >= meta.Floor || logSeq(loc.stream) >= meta.SweepBelow ||
+			!meta.deletes(loc.depth, h.flags&flagState != 0, isLocalSender(h.sender, server)) {
+			k, v = c.Next()
+			continue
+		}
+		key := append(j.prefix[:0], k...)
+		j.prefix = key
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		if err := events.del(key); err != nil {
+			return err
+		}
+		if meta.HasRedactions {
+			if err := j.cur(bRedacts).del(key); err != nil {
+				return err
+			}
+		}
+		erase = append(erase, logSeq(loc.stream))
+		meta.Deleted++
+		// After Cursor.Delete, Next would skip the key that moved into
+		// the deleted one's place.
+		k, v = c.Seek(key)
+	}
+	meta.Sweep, meta.SweepAt = false, ""
+	return j.queueErasures(erase)
+}
+
+// logSeq is the log sequence of a stream ordering (negative for a
+// backfilled event).
+func logSeq(stream int64) uint64 {
+	if stream < 0 {
+		return uint64(-stream)
+	}
+	return uint64(stream)
 }
 
 // purgeHead is what the janitor reads of a row, aliasing its bytes.

@@ -51,14 +51,17 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 	if err != nil {
 		return err
 	}
+	raised := false
 	if c.Bool("delete_local_events", false) && tok.Topological > meta.DeleteLocalBelow {
-		meta.DeleteLocalBelow = tok.Topological
-		if err := putRoomMeta(tx, room, meta); err != nil {
-			return err
-		}
+		meta.DeleteLocalBelow, raised = tok.Topological, true
 	}
 	if tok.Topological > meta.Floor {
-		meta.Floor = tok.Topological
+		meta.Floor, raised = tok.Topological, true
+	}
+	if raised {
+		// The outliers logged before this purge are examined again
+		// against the new cut-offs.
+		meta.Sweep, meta.SweepAt, meta.SweepBelow = true, "", t.Seq
 		if err := putRoomMeta(tx, room, meta); err != nil {
 			return err
 		}

@@ -604,3 +604,45 @@ func TestPurgeHistory_PurgedByIDBeforeTheJanitor(t *testing.T) {
 		t.Errorf("FindEvent finds purged %s before the janitor (admin purge by event_id accepts it)", msgs[1].ID())
 	}
 }
+
+// TestPurgeHistory_OutliersBelowTheFloor: a purge deletes the outliers below
+// its cut-off that it would delete as timeline events (Synapse selects
+// NOT outlier OR should_delete): a remote message that arrived as an
+// outlier, and a local message that an earlier purge kept, once a later
+// purge has delete_local_events.
+func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("outl", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 3)
+	out := r.Msg("@remote:other.org", "an outlier")
+	out["outlier"] = true
+	local := r.Msg("@alice:test", "local")
+	more := remoteMsgs(r, 6)
+	next := apply(t, s, 1, append(append(append(append([]testenv.Event{}, setup...), msgs...), out, local), more...)...)
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[1]["depth"])})
+	drainJanitor(t, s)
+	applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[3]["depth"]), "delete_local_events": true})
+	drainJanitor(t, s)
+	if _, ok, _ := s.FindEvent(r.ID, out.ID()); ok {
+		t.Errorf("remote outlier %s below the floor survives the purge", out.ID())
+	}
+	if _, ok, _ := s.FindEvent(r.ID, local.ID()); ok {
+		t.Errorf("local %s (kept by p1) survives p2 with delete_local_events", local.ID())
+	}
+	for _, ev := range setup {
+		if info, ok, _ := s.FindEvent(r.ID, ev.ID()); !ok || !info.Outlier {
+			t.Errorf("state event %s: %+v, %v; want kept as an outlier", ev.ID(), info, ok)
+		}
+	}
+	// Their log messages are erased with the purged rows'.
+	er, err := s.PendingErasures(100, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := uint64(len(setup) + 1)
+	outSeq, localSeq := first+uint64(len(msgs)), first+uint64(len(msgs))+1
+	if !slices.Contains(er.Seqs, outSeq) || !slices.Contains(er.Seqs, localSeq) {
+		t.Errorf("erasures %v lack the outlier's %d or the local message's %d", er.Seqs, outSeq, localSeq)
+	}
+}

@@ -260,6 +260,12 @@ type RoomMeta struct {
 	// files written before DeleteLocalBelow hold it: getRoomMeta turns it
 	// into DeleteLocalBelow = Floor, what the janitor then did with it.
 	DeleteLocal bool `msgpack:"delete_local,omitempty"`
+	// Sweep says that the room's outliers logged before SweepBelow (the
+	// latest purge_history's sequence) are to be examined against its
+	// cut-offs (sweepOutliers), from the outlier SweepAt on.
+	Sweep      bool   `msgpack:"sweep,omitempty"`
+	SweepAt    string `msgpack:"sweep_at,omitempty"`
+	SweepBelow uint64 `msgpack:"sweep_below,omitempty"`
 	// HasRedactions and HasRelations say whether any redaction or relation
 	// was ever indexed in the room: reads skip the per-event look-ups in
 	// rooms without them.
@@ -295,7 +301,9 @@ func (m *RoomMeta) deletes(depth int64, state, local bool) bool {
 }
 
 // needsJanitor reports whether purged rows are still stored.
-func (m *RoomMeta) needsJanitor() bool { return m.PurgedTo < m.Floor || m.ResetDone < m.ResetSeq }
+func (m *RoomMeta) needsJanitor() bool {
+	return m.PurgedTo < m.Floor || m.Sweep || m.ResetDone < m.ResetSeq
+}
 
 // DeadLetter records a log message that was not applied.
 type DeadLetter struct {
