@@ -82,7 +82,9 @@
 // take all of a room's at once once its janitor is done (RoomErasures),
 // erase them with subject purges (bus.Log.Compact), and drop them by
 // deleting the bucket: freeing its pages, where deleting a million keys
-// one by one held the writer for 0.6 s.
+// one by one held the writer for 0.6 s. A purge_room deletes the bucket
+// of the room number it retires (dropRoomErasures): its own erasure of
+// the room's event subject below it covers them all.
 //
 // The events index (eventindex), the outliers and the redactions are
 // keyed by room number, then event ID (evKey): the IDs are hashes, and

@@ -294,20 +294,8 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	}
 	done := n < batch
 	if done {
-		// Backward extremities below the floor lead only into purged
-		// history: nobody backfills there.
-		back := tx.Bucket(bBack)
-		bc := back.Cursor()
-		var stale [][]byte
-		for k, v := bc.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = bc.Next() {
-			if int64(binary.BigEndian.Uint64(v)) < meta.Floor {
-				stale = append(stale, append([]byte{}, k...))
-			}
-		}
-		for _, k := range stale {
-			if err := back.Delete(k); err != nil {
-				return false, err
-			}
+		if err := j.settleBackward(); err != nil {
+			return false, err
 		}
 		meta.PurgedTo = meta.Floor
 	}
@@ -457,11 +445,19 @@ type purgeTx struct {
 	cursors map[string]purgeCursor
 	buf     []byte // the key being built
 	prefix  []byte // a relation prefix
+	edges   []byte // a parent's prefix in edges
+	lookups int    // events index look-ups left for kept children (keptChildren)
 }
+
+// childLookups bounds the look-ups of kept children's log sequences in
+// one janitor transaction: as many as the rows of a batch, so that a room
+// whose events name the same parents over and over cannot hold the writer
+// much longer than a batch does.
+const childLookups = JanitorBatch
 
 func newPurgeTx(tx *bolt.Tx, room uint64, floor int64) *purgeTx {
 	return &purgeTx{tx: tx, room: room, floor: floor, buckets: map[string]*bolt.Bucket{}, cursors: map[string]purgeCursor{},
-		buf: make([]byte, 0, 256), prefix: make([]byte, 0, 256)}
+		buf: make([]byte, 0, 256), prefix: make([]byte, 0, 256), edges: make([]byte, 0, 256), lookups: childLookups}
 }
 
 func (j *purgeTx) b(name []byte) *bolt.Bucket {
@@ -588,22 +584,15 @@ func (j *purgeTx) decCount(k []byte) error {
 }
 
 // markExtremity makes a purged event at depth that a kept event names a
-// backward extremity, with the depth of its kept child of lowest event ID.
+// backward extremity, with the depth of its first kept child (firstChild).
 // Its kept children are those of its edges with a depth at or above the
 // floor, and, when it lies just below the floor, the rows at the floor
 // that name it (updateExtremities stores no edge to a parent one level
 // up). Rejected and soft-failed rows name no parents here, as they have
 // no edges.
 func (j *purgeTx) markExtremity(eventID []byte, depth int64) error {
-	var child, childDepth []byte
-	ep := j.roomKey(eventID, []byte{0})
-	edges := j.cur(bEdges).c
-	for k, v := edges.Seek(ep); k != nil && bytes.HasPrefix(k, ep); k, v = edges.Next() {
-		if int64(binary.BigEndian.Uint64(v)) >= j.floor {
-			child, childDepth = append([]byte(nil), k[len(ep):]...), append([]byte(nil), v...)
-			break
-		}
-	}
+	var first firstChild
+	j.keptChildren(eventID, &first)
 	if depth+1 == j.floor {
 		at := tlKey(j.room, j.floor, math.MinInt64)
 		tl := j.cur(bTimeline).c
@@ -612,16 +601,110 @@ func (j *purgeTx) markExtremity(eventID []byte, depth int64) error {
 			if err != nil {
 				return err
 			}
-			if h.flags&(flagRejected|flagSoftFailed) != 0 || child != nil && bytes.Compare(h.eventID, child) >= 0 || !namesParent(h.prevs, eventID) {
+			if h.flags&(flagRejected|flagSoftFailed) != 0 || !namesParent(h.prevs, eventID) {
 				continue
 			}
-			child, childDepth = append(child[:0], h.eventID...), u64(uint64(j.floor))
+			_, _, stream := parseTLKey(k)
+			first.offer(logSeq(stream), j.floor)
 		}
 	}
-	if child == nil {
+	if !first.found {
 		return nil
 	}
-	return j.b(bBack).Put(j.roomKey(eventID), childDepth)
+	return j.b(bBack).Put(j.roomKey(eventID), u64(uint64(first.depth)))
+}
+
+// settleBackward ends a purge with the room's backward extremities below
+// the floor. Each entry holds the depth of the first child that named it
+// (updateExtremities, markExtremity); when the purge deleted that child,
+// a kept one may name it too, and then it stays a backward extremity
+// (Synapse keeps the parents of kept events that it does not hold,
+// SYNAPSE.md 6.4 step 4), with its first kept child's depth, as a rebuild
+// from the log after the erasure gives it. Those that no kept event names
+// lead only into purged history: nobody backfills there. The entries are
+// few (one per gap in the room's history), and each costs a seek in edges
+// and the look-ups of its kept children, bounded by childLookups.
+func (j *purgeTx) settleBackward() error {
+	back := j.b(bBack)
+	prefix := u64(j.room)
+	bc := back.Cursor()
+	var stale [][]byte
+	for k, v := bc.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = bc.Next() {
+		if int64(binary.BigEndian.Uint64(v)) < j.floor {
+			stale = append(stale, bytes.Clone(k))
+		}
+	}
+	for _, k := range stale {
+		var first firstChild
+		j.keptChildren(k[len(prefix):], &first)
+		var err error
+		if first.found {
+			err = back.Put(k, u64(uint64(first.depth)))
+		} else {
+			err = back.Delete(k)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// firstChild is the kept child of a parent that names it first in the
+// log (lowest log sequence), and that child's depth: the child that, in
+// a rebuild from the log after the purge's erasure, would make the parent
+// a backward extremity and give the entry its depth (updateExtremities).
+type firstChild struct {
+	seq   uint64
+	depth int64
+	found bool
+}
+
+func (f *firstChild) offer(seq uint64, depth int64) {
+	if !f.found || seq < f.seq {
+		*f = firstChild{seq: seq, depth: depth, found: true}
+	}
+}
+
+// keptChildren offers first the children of parent that edges holds with
+// a depth at or above the floor, each at its log sequence, from the
+// events index. Once the transaction's look-ups are spent, the next child
+// found (in ID order) stands for them all, if none was found before: the
+// parent then still is a backward extremity, at the depth of a kept child,
+// though maybe not the first one.
+func (j *purgeTx) keptChildren(parent []byte, first *firstChild) {
+	ep := append(binary.BigEndian.AppendUint64(j.edges[:0], j.room), parent...)
+	ep = append(ep, 0)
+	j.edges = ep
+	edges := j.cur(bEdges).c
+	for k, v := edges.Seek(ep); k != nil && bytes.HasPrefix(k, ep); k, v = edges.Next() {
+		depth := int64(binary.BigEndian.Uint64(v))
+		if depth < j.floor {
+			continue
+		}
+		if j.lookups <= 0 {
+			first.offer(math.MaxUint64, depth)
+			return
+		}
+		j.lookups--
+		first.offer(j.childSeq(k[len(ep):]), depth)
+	}
+}
+
+// childSeq is the log sequence of a kept child's row, from its events
+// index entry; math.MaxUint64 (last) if the entry is not the row's.
+func (j *purgeTx) childSeq(child []byte) uint64 {
+	ek := j.roomKey(child)
+	ec := j.cur(bEvents).c
+	k, v := ec.Seek(ek)
+	if k == nil || !bytes.Equal(k, ek) {
+		return math.MaxUint64
+	}
+	l, ok := parseLoc(j.room, v)
+	if !ok || l.outlier {
+		return math.MaxUint64
+	}
+	return logSeq(l.stream)
 }
 
 // namesParent reports whether encoded prev_events (a row's) hold id.

@@ -134,8 +134,26 @@ func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.T
 	if err := tx.Bucket(bEraseRoom).Put([]byte(old.RoomID), u64(seq)); err != nil {
 		return room, err
 	}
+	if err := dropRoomErasures(tx, room); err != nil {
+		return room, err
+	}
 	t.Result = map[string]any{"reset_seq": seq}
 	return n, nil
+}
+
+// dropRoomErasures deletes the erasures that earlier purges queued under a
+// room number purge_room retires (erasein). They are all of the room's
+// event messages below the purge_room, which its own erasure (eraseroom)
+// purges from the room's event subject; kept, they would be offered once
+// the janitor has dropped the number's RoomMeta, under no room ID
+// (RoomErasures). A purge_history task waiting for them waits for the
+// room's erasure instead (ErasuresPending).
+func dropRoomErasures(tx *bolt.Tx, room uint64) error {
+	ib := tx.Bucket(bEraseIn)
+	if ib.Bucket(u64(room)) == nil {
+		return nil
+	}
+	return ib.DeleteBucket(u64(room))
 }
 
 // localJoined reports whether a local user's current membership is join.

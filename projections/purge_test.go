@@ -646,3 +646,134 @@ func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
 		t.Errorf("erasures %v lack the outlier's %d or the local message's %d", er.Seqs, outSeq, localSeq)
 	}
 }
+
+// TestPurgeHistory_BackwardExtremityNamedByAKeptEvent: an unknown parent
+// named first by an event that a purge deletes and later by a kept event
+// stays a backward extremity after the purge, as in a rebuild from the
+// log. It once went: its entry held the first child's depth, below the
+// floor, so the gap was never backfilled nor reported.
+func TestPurgeHistory_BackwardExtremityNamedByAKeptEvent(t *testing.T) {
+	r := testenv.NewRoom("gap", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 10)
+	msgs[2]["prev_events"] = []any{msgs[1].ID(), "$missing"}
+	msgs[8]["prev_events"] = []any{msgs[7].ID(), "$missing"}
+	all := append(append([]testenv.Event{}, setup...), msgs...)
+	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])}
+	live := openWithServer(t)
+	next := apply(t, live, 1, all...)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	_ = live.View(r.ID, func(v *projections.RoomView) error {
+		if _, ok := v.Extremities(true)["$missing"]; !ok {
+			t.Errorf("backward extremities %v: $missing, named by kept %s, is gone", v.Extremities(true), msgs[8].ID())
+		}
+		return nil
+	})
+	kept := append(append([]testenv.Event{}, setup...), msgs[6:]...)
+	rebuilt := rebuildPurged(t, all, func(ev testenv.Event) bool {
+		return slices.ContainsFunc(kept, func(k testenv.Event) bool { return k.ID() == ev.ID() })
+	}, next, r.ID, params)
+	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
+
+// TestPurgeHistory_BackwardExtremityAcrossTwoPurges: a parent's
+// backward-extremity entry takes the depth of a kept child between the
+// two floors (the first child of an unknown parent; or, for a purged
+// parent, the one the first purge found), and the second purge keeps it
+// for the child above both floors that names it too, as a rebuild from
+// the log after both erasures does.
+func TestPurgeHistory_BackwardExtremityAcrossTwoPurges(t *testing.T) {
+	r := testenv.NewRoom("twice", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 10)
+	// $missing is named first between the floors; msgs[1], purged by the
+	// first purge, is named between the floors and above both.
+	msgs[5]["prev_events"] = []any{msgs[4].ID(), "$missing", msgs[1].ID()}
+	msgs[8]["prev_events"] = []any{msgs[7].ID(), "$missing", msgs[1].ID()}
+	all := append(append([]testenv.Event{}, setup...), msgs...)
+	first := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
+	second := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[7]["depth"])}
+	purge := func(s *projections.Store, next uint64) {
+		applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, first)
+		drainJanitor(t, s)
+		applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, second)
+		drainJanitor(t, s)
+	}
+	live := openWithServer(t)
+	next := apply(t, live, 1, all...)
+	purge(live, next)
+	_ = live.View(r.ID, func(v *projections.RoomView) error {
+		back := v.Extremities(true)
+		for _, id := range []string{"$missing", msgs[1].ID()} {
+			if _, ok := back[id]; !ok {
+				t.Errorf("backward extremities %v: %s, named by kept %s, is gone", back, id, msgs[8].ID())
+			}
+		}
+		return nil
+	})
+	rebuilt := openWithServer(t) // the log after both erasures
+	for i, ev := range all {
+		if _, ok := ev["state_key"]; ok || slices.ContainsFunc(msgs[7:], func(k testenv.Event) bool { return k.ID() == ev.ID() }) {
+			apply(t, rebuilt, uint64(i+1), ev)
+		}
+	}
+	purge(rebuilt, next)
+	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
+
+// TestPurgeRoom_DropsQueuedErasures: purge_history's erasures were still
+// queued (erasein, by room number) when purge_room retired the number; the
+// drop deleted the number's RoomMeta, and RoomErasures then named room ""
+// (the eraser compacted subject sb.room..event, a no-op). purge_room now
+// drops them: its own subject purge erases those messages.
+func TestPurgeRoom_DropsQueuedErasures(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("erase", "test")
+	evs := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 6)
+	next := apply(t, s, 1, append(evs, msgs...)...)
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])})
+	drainJanitor(t, s)
+	applyCmd(t, s, next+1, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	drainJanitor(t, s)
+	re, ok, err := s.RoomErasures()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok && re.RoomID != r.ID {
+		t.Errorf("RoomErasures after purge_room: room %q (seqs %v), want %q or none", re.RoomID, re.Seqs, r.ID)
+	}
+	// The purged messages are still erased: by the purge_room's subject
+	// purge, below its own sequence.
+	if e, err := s.PendingErasures(100, true); err != nil || e.Rooms[r.ID] != next+1 {
+		t.Errorf("room erasures %v (%v), want %s below %d", e.Rooms, err, r.ID, next+1)
+	}
+}
+
+// TestPurgeHistory_PurgedParentTakesItsFirstKeptChild: a purged event
+// named by two kept events becomes a backward extremity at the depth of
+// the one first in the log, as in a rebuild, where that one names it
+// first; not at the depth of the one of lower ID ($p.11 sorts before
+// $p.9).
+func TestPurgeHistory_PurgedParentTakesItsFirstKeptChild(t *testing.T) {
+	r := testenv.NewRoom("p", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 10)
+	msgs[3]["prev_events"] = []any{msgs[2].ID(), msgs[0].ID()}
+	msgs[5]["prev_events"] = []any{msgs[4].ID(), msgs[0].ID()}
+	if msgs[5].ID() > msgs[3].ID() {
+		t.Fatalf("IDs %s and %s: want the later child's first", msgs[3].ID(), msgs[5].ID())
+	}
+	all := append(append([]testenv.Event{}, setup...), msgs...)
+	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[3]["depth"])}
+	live := openWithServer(t)
+	next := apply(t, live, 1, all...)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	kept := append(append([]testenv.Event{}, setup...), msgs[3:]...)
+	rebuilt := rebuildPurged(t, all, func(ev testenv.Event) bool {
+		return slices.ContainsFunc(kept, func(k testenv.Event) bool { return k.ID() == ev.ID() })
+	}, next, r.ID, params)
+	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
