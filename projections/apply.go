@@ -442,8 +442,13 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	id := evKey(room, ev.EventID)
 	was, known := parseLoc(room, events.Get(id))
 	if known && (!was.outlier || ev.Outlier) {
+		// Another message of a stored event (published again after
+		// JetStream's de-duplication window, or an outlier copy of it):
+		// it carries the event too, so a purge that deletes the event
+		// erases it as well. Copies of an outlier are recorded too: the
+		// outlier may join the timeline and be purged.
 		o.Result = OutcomeDuplicate
-		return nil
+		return addExtraSeq(tx, room, ev.EventID, e.Seq)
 	}
 	if !ev.Outlier {
 		floor, err := a.floor(room)
@@ -463,8 +468,12 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	}
 	if known {
 		// An event known only as an outlier joins the timeline when it
-		// arrives again without `outlier`.
+		// arrives again without `outlier`. The outlier's message stays an
+		// extra one of the event's.
 		if err := tx.Bucket(bOutliers).Delete(id); err != nil {
+			return err
+		}
+		if err := addExtraSeq(tx, room, ev.EventID, logSeq(was.stream)); err != nil {
 			return err
 		}
 	}
@@ -509,6 +518,25 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		}
 	}
 	return a.updateExtremities(room, ev)
+}
+
+// addExtraSeq records seq as a log message of the room's event id other
+// than its row's (extraSeqKey), and marks the room as having such
+// messages, so that the janitor of a room without any skips the look-up.
+func addExtraSeq(tx *bolt.Tx, room uint64, id string, seq uint64) error {
+	if err := tx.Bucket(bExtraSeqs).Put(extraSeqKey(room, id, seq), nil); err != nil {
+		return err
+	}
+	return markRoom(tx, room, func(m *RoomMeta) bool { was := m.HasExtraSeqs; m.HasExtraSeqs = true; return !was })
+}
+
+// logSeq is the log sequence of the message of a row at stream
+// (backfilled rows have negative streams).
+func logSeq(stream int64) uint64 {
+	if stream < 0 {
+		return uint64(-stream)
+	}
+	return uint64(stream)
 }
 
 // updateExtremities keeps forward extremities (events no stored event

@@ -61,6 +61,17 @@
 //	                                          an indexed relation targets)
 //	relwait    room|event ID               -> kinds   (targets of indexed
 //	                                          relations off the timeline)
+//	extraseqs  room|event ID|0|log sequence -> {}     (a stored event's
+//	                                          other messages)
+//
+// An event can reach the log more than once: as an outlier that later
+// joins the timeline, and published again after JetStream's
+// de-duplication window (applied as a duplicate). Its row holds one log
+// sequence; extraseqs holds the others (extraSeqKey), so that a purge that
+// deletes the row erases every message of the event: one left in the log
+// would bring the event back in a rebuild (CONTRACT.md section 7). Rows a
+// purge keeps as outliers keep their entries; RoomMeta.HasExtraSeqs spares
+// the janitor the look-up in rooms without any.
 //
 // relat lets a page of /messages learn which of its events have bundled
 // aggregations, and of which kinds (a byte of RelatedReference,

@@ -213,7 +213,8 @@ func (y *yielder) row() {
 // cursor per bucket, and the row is read in place: a few allocations per
 // deleted row, where a Bucket.Delete alone costs a cursor and its stack.
 // The erasure keys (sequences, in the room's bucket of erasein) are put in
-// ascending order, after those of the batches before.
+// ascending order, mostly after those of the batches before (a deleted
+// event's extra messages, extraSeqKey, may lie anywhere in the log).
 func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	meta, err := getRoomMeta(tx, room)
 	if err != nil {
@@ -264,11 +265,12 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 					return err
 				}
 			}
-			seq := stream
-			if seq < 0 {
-				seq = -seq
+			erase = append(erase, logSeq(stream))
+			if meta.HasExtraSeqs {
+				if erase, err = j.takeExtraSeqs(h.eventID, erase); err != nil {
+					return err
+				}
 			}
-			erase = append(erase, uint64(seq))
 			meta.Deleted++
 		} else {
 			// The row as it is, flagged as an outlier (what marshal
@@ -366,6 +368,11 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 				return err
 			}
 		}
+		if meta.HasExtraSeqs {
+			if erase, err = j.takeExtraSeqs(key[8:], erase); err != nil {
+				return err
+			}
+		}
 		erase = append(erase, logSeq(loc.stream))
 		meta.Deleted++
 		// After Cursor.Delete, Next would skip the key that moved into
@@ -376,13 +383,27 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 	return j.queueErasures(erase)
 }
 
-// logSeq is the log sequence of a stream ordering (negative for a
-// backfilled event).
-func logSeq(stream int64) uint64 {
-	if stream < 0 {
-		return uint64(-stream)
+// takeExtraSeqs deletes the extraseqs entries of a deleted row's event
+// and appends their log sequences to erase: every message that carries
+// the event goes, or a rebuild from the log would bring it back. It
+// deletes them whether or not the event has come back as an outlier since
+// its index entry was deleted ahead (unindex.go): such an outlier's own
+// message is its row's, not an entry here.
+func (j *purgeTx) takeExtraSeqs(eventID []byte, erase []uint64) ([]uint64, error) {
+	p := extraSeqPrefix(j.buf[:0], j.room, eventID)
+	j.buf = p
+	c := j.cur(bExtraSeqs).c
+	// Seek again after each deletion: a cursor's Next after Delete may
+	// skip a key. An event has few extra messages, usually none.
+	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Seek(p) {
+		if len(k) == len(p)+8 {
+			erase = append(erase, binary.BigEndian.Uint64(k[len(p):]))
+		}
+		if err := c.Delete(); err != nil {
+			return erase, err
+		}
 	}
-	return uint64(stream)
+	return erase, nil
 }
 
 // purgeHead is what the janitor reads of a row, aliasing its bytes.
@@ -763,7 +784,7 @@ func deleteLowest(c *bolt.Cursor, prefix []byte, max int, y *yielder, in func(k 
 func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	prefix := u64(room)
 	left := batch
-	for _, name := range [][]byte{bTimeline, bEvents, bOutliers, bRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream} {
+	for _, name := range [][]byte{bTimeline, bEvents, bOutliers, bRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs} {
 		n, err := deleteLowest(tx.Bucket(name).Cursor(), prefix, left, y, nil, nil)
 		if err != nil {
 			return false, err

@@ -37,8 +37,9 @@ var (
 	bEraseRoom = []byte("eraseroom")   // room ID -> log sequence (purge the room's event subject below it)
 	bEraseIn   = []byte("erasein")     // room -> bucket: log sequence -> {} (event messages to erase, by room; see RoomErasures)
 	bOpenTasks = []byte("opentasks")   // task ID -> {} (scheduled or active)
+	bExtraSeqs = []byte("extraseqs")   // room|event ID|0|log sequence -> {} (a stored event's other log messages; see extraSeqKey)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
@@ -200,6 +201,24 @@ func relSenderKey(prefix []byte, sender string) []byte {
 	copy(k, prefix)
 	k = append(k, 0xff)
 	return append(k, sender...)
+}
+
+// extraSeqPrefix is room|event ID|0, the prefix of the event's keys in
+// extraseqs: the 0 ends the ID (as in edgeKey), so that an ID that is
+// the start of another does not find the other's keys.
+func extraSeqPrefix(dst []byte, room uint64, id []byte) []byte {
+	return append(evKeyAt(dst, room, id), 0)
+}
+
+// extraSeqKey is extraSeqPrefix|log sequence: a log message that carries
+// the event besides the one of its row (or outlier row), which a purge
+// that deletes the row erases too. An event reaches the log more than
+// once as an outlier that later joins the timeline (the outlier's
+// message), and when it is published again after JetStream's
+// de-duplication window (a duplicate).
+func extraSeqKey(room uint64, id string, seq uint64) []byte {
+	k := extraSeqPrefix(make([]byte, 0, 8+len(id)+1+8), room, []byte(id))
+	return binary.BigEndian.AppendUint64(k, seq)
 }
 
 // edgeKey is room|prev|0|child: the reverse of prev_events.

@@ -619,7 +619,9 @@ func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
 	out["outlier"] = true
 	local := r.Msg("@alice:test", "local")
 	more := remoteMsgs(r, 6)
-	next := apply(t, s, 1, append(append(append(append([]testenv.Event{}, setup...), msgs...), out, local), more...)...)
+	// The outlier arrives twice: both its messages go.
+	next := apply(t, s, 1, append(append(append(append([]testenv.Event{}, setup...), msgs...), out, local), append(more, out)...)...)
+	dupSeq := next - 1
 	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[1]["depth"])})
 	drainJanitor(t, s)
 	applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[3]["depth"]), "delete_local_events": true})
@@ -642,8 +644,10 @@ func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
 	}
 	first := uint64(len(setup) + 1)
 	outSeq, localSeq := first+uint64(len(msgs)), first+uint64(len(msgs))+1
-	if !slices.Contains(er.Seqs, outSeq) || !slices.Contains(er.Seqs, localSeq) {
-		t.Errorf("erasures %v lack the outlier's %d or the local message's %d", er.Seqs, outSeq, localSeq)
+	for _, seq := range []uint64{outSeq, localSeq, dupSeq} {
+		if !slices.Contains(er.Seqs, seq) {
+			t.Errorf("erasures %v lack %d (the outlier's %d and %d, the local message's %d)", er.Seqs, seq, outSeq, dupSeq, localSeq)
+		}
 	}
 }
 
@@ -776,4 +780,167 @@ func TestPurgeHistory_PurgedParentTakesItsFirstKeptChild(t *testing.T) {
 		return slices.ContainsFunc(kept, func(k testenv.Event) bool { return k.ID() == ev.ID() })
 	}, next, r.ID, params)
 	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
+
+// bucketLines is dumpBuckets' lines of one bucket.
+func bucketLines(t *testing.T, s *projections.Store, bucket string) []string {
+	t.Helper()
+	var out []string
+	for _, line := range strings.Split(dumpBuckets(t, s), "\n") {
+		if name, _, _ := strings.Cut(line, " "); name == bucket {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// TestPurge_ErasesAnOutlierThatJoinedTheTimeline: an event first received
+// as an outlier (log message s1), later again without `outlier` (s2,
+// joining the timeline), is purged. Only s2 was queued for erasure; s1,
+// with the whole event, stayed in the log, and a rebuild from the log
+// brought the purged event back (as an outlier).
+func TestPurge_ErasesAnOutlierThatJoinedTheTimeline(t *testing.T) {
+	r := testenv.NewRoom("deoutlier", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 6)
+	asOutlier := testenv.Event{}
+	for k, v := range msgs[1] {
+		asOutlier[k] = v
+	}
+	asOutlier["outlier"] = true
+	// The log: setup, msgs[1] as an outlier, then msgs in order.
+	log := append(append(append([]testenv.Event{}, setup...), asOutlier), msgs...)
+	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
+	live := openWithServer(t)
+	next := apply(t, live, 1, log...)
+	outlierSeq := uint64(len(setup) + 1)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	if _, ok, _ := live.FindEvent(r.ID, msgs[1].ID()); ok {
+		t.Fatalf("purged %s still held", msgs[1].ID())
+	}
+	er, _ := live.PendingErasures(100, true)
+	if !slices.Contains(er.Seqs, outlierSeq) {
+		t.Errorf("erasures %v lack %d, the outlier copy of purged %s", er.Seqs, outlierSeq, msgs[1].ID())
+	}
+	// The log after the erasure, rebuilt.
+	erased := map[uint64]bool{}
+	for _, q := range er.Seqs {
+		erased[q] = true
+	}
+	rebuilt := openWithServer(t)
+	for i, ev := range log {
+		if !erased[uint64(i+1)] {
+			apply(t, rebuilt, uint64(i+1), ev)
+		}
+	}
+	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, rebuilt)
+	if _, ok, _ := rebuilt.FindEvent(r.ID, msgs[1].ID()); ok {
+		t.Errorf("a rebuild from the erased log brings purged %s back", msgs[1].ID())
+	}
+}
+
+// copyOf is a copy of ev; with outlier, flagged as an outlier.
+func copyOf(ev testenv.Event, outlier bool) testenv.Event {
+	c := maps.Clone(ev)
+	if outlier {
+		c["outlier"] = true
+	}
+	return c
+}
+
+// TestPurge_ErasesEveryMessageOfADeletedEvent: an event's log messages
+// besides the one of its row (a message published again after
+// JetStream's de-duplication window, live or as an outlier; an outlier
+// copy received before the event joined the timeline, backfilled or not)
+// are erased with the row a purge deletes, and a rebuild from the erased
+// log does not bring the event back. The messages of a row the purge
+// keeps (a local message, as an outlier) all stay.
+func TestPurge_ErasesEveryMessageOfADeletedEvent(t *testing.T) {
+	r := testenv.NewRoom("dups", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	bf := testenv.NewRoom("dups", "test")
+	bf.StartAt(1)
+	old := bf.Msg("@remote:other.org", "old")
+	old["event_id"] = "$old"
+	old["backfilled"] = true
+	msgs := remoteMsgs(r, 3)
+	local := r.Msg("@alice:test", "local")
+	msgs = append(msgs, local, r.Msg("@remote:other.org", "cut"))
+	log := append([]testenv.Event{}, setup...)
+	log = append(log, copyOf(old, true), old) // a backfilled outlier joins
+	log = append(log, msgs...)                // the rows
+	firstDup := len(log)
+	log = append(log,
+		copyOf(msgs[0], false),                       // msgs[0] again, live
+		copyOf(msgs[1], true), copyOf(msgs[1], true), // msgs[1] again twice, as an outlier
+		copyOf(local, false), // a kept row's message again
+	)
+	seqOf := func(ev testenv.Event) []uint64 {
+		var seqs []uint64
+		for i, e := range log {
+			if e.ID() == ev.ID() {
+				seqs = append(seqs, uint64(i+1))
+			}
+		}
+		return seqs
+	}
+	live := openWithServer(t)
+	next := uint64(1)
+	for i, ev := range log {
+		out, err := live.ApplyBatch(0, []commands.LogEntry{entry(t, next, r.ID, commands.KindEvent, ev)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i >= firstDup; want != (out[0].Result == projections.OutcomeDuplicate) {
+			t.Fatalf("seq %d (%s): %s", next, ev.ID(), out[0].Result)
+		}
+		next++
+	}
+	if err := live.CheckExtraSeqs(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(bucketLines(t, live, "extraseqs")); got != 5 {
+		t.Fatalf("%d extra sequences recorded, want 5:\n%s", got, strings.Join(bucketLines(t, live, "extraseqs"), "\n"))
+	}
+	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	if err := live.CheckExtraSeqs(); err != nil {
+		t.Fatal(err)
+	}
+	er, _ := live.PendingErasures(100, true)
+	var want []uint64
+	for _, ev := range []testenv.Event{old, msgs[0], msgs[1], msgs[2]} {
+		want = append(want, seqOf(ev)...)
+	}
+	slices.Sort(want)
+	if !slices.Equal(er.Seqs, want) {
+		t.Errorf("erasures %v, want %v", er.Seqs, want)
+	}
+	if got := bucketLines(t, live, "extraseqs"); len(got) != 1 {
+		t.Errorf("extra sequences after the purge: %v, want the kept local message's", got)
+	}
+	if info, ok, _ := live.FindEvent(r.ID, local.ID()); !ok || !info.Outlier {
+		t.Errorf("kept local message: %+v %v", info, ok)
+	}
+	erased := map[uint64]bool{}
+	for _, q := range er.Seqs {
+		erased[q] = true
+	}
+	rebuilt := openWithServer(t)
+	for i, ev := range log {
+		if !erased[uint64(i+1)] {
+			apply(t, rebuilt, uint64(i+1), ev)
+		}
+	}
+	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, rebuilt)
+	for _, ev := range []testenv.Event{old, msgs[0], msgs[1], msgs[2]} {
+		if _, ok, _ := rebuilt.FindEvent(r.ID, ev.ID()); ok {
+			t.Errorf("a rebuild from the erased log brings purged %s back", ev.ID())
+		}
+	}
+	sameProjection(t, "rebuilt from the erased log", live, rebuilt)
 }

@@ -271,6 +271,10 @@ type RoomMeta struct {
 	// rooms without them.
 	HasRedactions bool `msgpack:"has_redactions,omitempty"`
 	HasRelations  bool `msgpack:"has_relations,omitempty"`
+	// HasExtraSeqs says whether any event of the room was ever stored
+	// with an extra log message (extraSeqKey): the janitor looks a
+	// deleted row's up only in rooms with them.
+	HasExtraSeqs bool `msgpack:"has_extra_seqs,omitempty"`
 	// Deleted and Outliered count the rows the janitor has purged.
 	Deleted   int64 `msgpack:"deleted,omitempty"`
 	Outliered int64 `msgpack:"outliered,omitempty"`
@@ -283,11 +287,7 @@ func (m *RoomMeta) purgedAway(depth, stream int64) bool {
 		return true
 	}
 	if m.ResetSeq > 0 {
-		seq := stream
-		if seq < 0 {
-			seq = -seq
-		}
-		return uint64(seq) < m.ResetSeq
+		return logSeq(stream) < m.ResetSeq
 	}
 	return false
 }
