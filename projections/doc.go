@@ -84,6 +84,14 @@
 // marks once, from the relations index (addRelatedMarks; the "relmarks"
 // key in meta says it is done).
 //
+// A live event's received entry goes with its row: the janitor deletes it
+// with every row it deletes, and, for a purge_room, with every row and
+// outlier of the retired number. received is keyed by time, so a row
+// holds what rebuilds the key: the log sequence is its stream ordering,
+// the received time its AgeTS plus the published age stored at its end
+// (Row.marshal). A row a purge_history keeps as an outlier keeps its
+// entry: Synapse keeps its events row, and counts it in purge_up_to_ts.
+//
 // timeline, roomstream and received are appended to (at a room's end, or
 // at the end): the applier fills their leaves to 90% before splitting
 // (appendFill), where bbolt's default half left each appended leaf half

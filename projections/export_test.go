@@ -1,5 +1,11 @@
 package projections
 
+import (
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
 // SetRelMarksBatch sets relMarksBatch for a test, and back at its end.
 func SetRelMarksBatch(tb interface{ Cleanup(func()) }, n int) {
 	was := relMarksBatch
@@ -19,4 +25,37 @@ func SetMigrateBatch(tb interface{ Cleanup(func()) }, n int) {
 	was := migrateBatch
 	migrateBatch = n
 	tb.Cleanup(func() { migrateBatch = was })
+}
+
+// StripRowAges rewrites every stored row (timeline and outliers) as
+// earlier releases stored it, without the published age that follows its
+// unsigned (Row.marshal).
+func StripRowAges(t *testing.T, s *Store) {
+	t.Helper()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bTimeline, bOutliers} {
+			b := tx.Bucket(name)
+			rows := map[string][]byte{}
+			if err := b.ForEach(func(k, v []byte) error {
+				r, err := unmarshalRow(v)
+				if err != nil {
+					return err
+				}
+				r.aged = false
+				rows[string(k)] = r.marshal()
+				return nil
+			}); err != nil {
+				return err
+			}
+			for k, v := range rows {
+				if err := b.Put([]byte(k), v); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

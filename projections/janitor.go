@@ -265,6 +265,13 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 					return err
 				}
 			}
+			// And its received entry: Synapse's purge_up_to_ts look-up
+			// no longer counts a deleted event. A row kept as an
+			// outlier keeps its entry, as Synapse keeps its events row
+			// and received_ts; the drop of a purge_room deletes it.
+			if err := j.dropReceived(&h, stream); err != nil {
+				return err
+			}
 			erase = append(erase, logSeq(stream))
 			if meta.HasExtraSeqs {
 				if erase, err = j.takeExtraSeqs(h.eventID, erase); err != nil {
@@ -355,6 +362,10 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 			k, v = c.Next()
 			continue
 		}
+		// A row an earlier purge kept had a received entry.
+		if err := j.dropReceived(&h, loc.stream); err != nil {
+			return err
+		}
 		key := append(j.prefix[:0], k...)
 		j.prefix = key
 		if err := c.Delete(); err != nil {
@@ -409,8 +420,10 @@ func (j *purgeTx) takeExtraSeqs(eventID []byte, erase []uint64) ([]uint64, error
 // purgeHead is what the janitor reads of a row, aliasing its bytes.
 type purgeHead struct {
 	flags                     uint8
+	ageTS                     int64
 	eventID, sender           []byte
 	relType, relTarget, prevs []byte // prevs: the encoded prev_events
+	rest                      []byte // what follows prevs (see rowReceived)
 }
 
 // readPurgeHead reads a row's flags, IDs, relation and parents in place
@@ -422,7 +435,7 @@ func readPurgeHead(b []byte) (purgeHead, error) {
 	h := purgeHead{flags: b[1]}
 	rr := &rowReader{b: b[2:]}
 	rr.varint() // origin_server_ts
-	rr.varint() // age ts
+	h.ageTS = rr.varint()
 	h.eventID = rr.span()
 	rr.span() // type
 	h.sender = rr.span()
@@ -447,6 +460,7 @@ func readPurgeHead(b []byte) (purgeHead, error) {
 		return purgeHead{}, rr.err
 	}
 	h.prevs = start[:len(start)-len(rr.b)]
+	h.rest = rr.b
 	return h, nil
 }
 
@@ -570,6 +584,45 @@ func (j *purgeTx) unindex(h *purgeHead, depth, stream int64) error {
 		return err
 	}
 	return unmarkRelated(j.tx, j.room, string(h.relTarget))
+}
+
+// receivedWalk is the most received entries dropReceived steps over from
+// the AgeTS of a row of an earlier release, which does not hold its age.
+const receivedWalk = 64
+
+// dropReceived deletes the received entry (received ts|log sequence ->
+// room) of the room's row at stream, whose head is h. Only live rows have
+// one: a backfilled row's stream is negative. A row's received time is
+// its AgeTS plus the age it stores (rowReceived). A row of an earlier
+// release, without it, is looked for from its AgeTS on (the received time
+// less the published age, 0 if none): received times do not decrease
+// along the log (CONTRACT.md section 3), so the entries in between are
+// those of the events received during that age, and the walk ends at the
+// first later log sequence, or after receivedWalk entries; an entry it
+// misses stays, as every entry did before.
+func (j *purgeTx) dropReceived(h *purgeHead, stream int64) error {
+	if stream <= 0 {
+		return nil
+	}
+	ts, exact, err := rowReceived(h.ageTS, h.rest)
+	if err != nil {
+		// Its content or unsigned is corrupt, which no purge reads
+		// otherwise: the row goes, its entry stays.
+		return nil
+	}
+	seq := uint64(stream)
+	j.buf = binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(j.buf[:0], uint64(ts)), seq)
+	c := j.cur(bReceived).c
+	k, v := c.Seek(j.buf)
+	for i := 0; !exact && i < receivedWalk && len(k) == 16 && binary.BigEndian.Uint64(k[8:]) < seq; i++ {
+		k, v = c.Next()
+	}
+	// The log sequence is the message's alone; the room is checked all
+	// the same.
+	if len(k) != 16 || binary.BigEndian.Uint64(k[8:]) != seq || len(v) != 8 || binary.BigEndian.Uint64(v) != j.room {
+		return nil
+	}
+	return c.Delete()
 }
 
 // waitMark moves the related mark of a row that leaves the timeline, if
@@ -780,12 +833,32 @@ func deleteLowest(c *bolt.Cursor, prefix []byte, max int, y *yielder, in func(k 
 }
 
 // dropRoomBatch deletes up to batch keys of a room number that purge_room
-// retired, bucket by bucket.
+// retired, bucket by bucket. received is keyed by time, not by room, so
+// the rows' entries there go with the rows (dropRowReceived); the
+// outliers' positions are in the events index, which goes after them.
 func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	prefix := u64(room)
+	j := newPurgeTx(tx, room, 0)
 	left := batch
-	for _, name := range [][]byte{bTimeline, bEvents, bOutliers, bRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs} {
-		n, err := deleteLowest(tx.Bucket(name).Cursor(), prefix, left, y, nil, nil)
+	for _, name := range [][]byte{bTimeline, bOutliers, bEvents, bRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs} {
+		var each func(k, v []byte) error
+		switch {
+		case bytes.Equal(name, bTimeline):
+			each = func(k, v []byte) error {
+				_, _, stream := parseTLKey(k)
+				return j.dropRowReceived(v, stream)
+			}
+		case bytes.Equal(name, bOutliers):
+			// Rows a purge_history kept as outliers kept their
+			// entries; events that came as outliers never had one.
+			each = func(k, v []byte) error {
+				if loc, ok := parseLoc(room, j.b(bEvents).Get(k)); ok && loc.outlier {
+					return j.dropRowReceived(v, loc.stream)
+				}
+				return nil
+			}
+		}
+		n, err := deleteLowest(tx.Bucket(name).Cursor(), prefix, left, y, nil, each)
 		if err != nil {
 			return false, err
 		}
@@ -795,4 +868,16 @@ func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error
 		}
 	}
 	return true, tx.Bucket(bRoomMeta).Delete(prefix)
+}
+
+// dropRowReceived deletes the received entry of a row the drop deletes,
+// at stream. A row it cannot read is deleted all the same, with its
+// entry left: the drop deletes whatever the retired number holds, and a
+// corrupt row must not stop it.
+func (j *purgeTx) dropRowReceived(row []byte, stream int64) error {
+	h, err := readPurgeHead(row)
+	if err != nil {
+		return nil
+	}
+	return j.dropReceived(&h, stream)
 }

@@ -46,6 +46,30 @@ func TestReadPurgeHead_AgreesWithUnmarshalRow(t *testing.T) {
 		if !bytes.Equal(outlier, got.marshal()) {
 			t.Fatalf("%s: flagged copy %x, marshal of the flagged row %x", ev.EventID, outlier, got.marshal())
 		}
+		// The received time comes back exactly from the age stored
+		// last; a row stored before it gives its AgeTS, not exact.
+		if h.ageTS != got.AgeTS {
+			t.Fatalf("%s: head's AgeTS %d, row's %d", ev.EventID, h.ageTS, got.AgeTS)
+		}
+		if ts, exact, err := rowReceived(h.ageTS, h.rest); ts != 1000 || !exact || err != nil {
+			t.Fatalf("%s: received %d %v %v, want 1000, exact", ev.EventID, ts, exact, err)
+		}
+		got.aged = false
+		old := got.marshal()
+		if !bytes.Equal(old, outlier[:len(old)]) || len(old) >= len(outlier) {
+			t.Fatalf("%s: the older layout %x is not the row %x without its age", ev.EventID, old, outlier)
+		}
+		back, err := unmarshalRow(old)
+		if err != nil || back.aged || !bytes.Equal(back.marshal(), old) {
+			t.Fatalf("%s: a row of the older layout reads back as %+v, %v", ev.EventID, back, err)
+		}
+		oh, err := readPurgeHead(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ts, exact, err := rowReceived(oh.ageTS, oh.rest); ts != got.AgeTS || exact || err != nil {
+			t.Fatalf("%s: received of the older layout %d %v %v, want AgeTS %d, not exact", ev.EventID, ts, exact, err, got.AgeTS)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package projections_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"slices"
@@ -649,6 +650,12 @@ func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
 			t.Errorf("erasures %v lack %d (the outlier's %d and %d, the local message's %d)", er.Seqs, seq, outSeq, dupSeq, localSeq)
 		}
 	}
+	// The local message had a received entry, kept with its outlier by p1.
+	for _, line := range bucketLines(t, s, "received") {
+		if f := strings.Fields(line); len(f) == 3 && strings.HasSuffix(f[1], fmt.Sprintf("%016x", localSeq)) {
+			t.Errorf("the deleted local message's received entry is left: %s", line)
+		}
+	}
 }
 
 // TestPurgeHistory_BackwardExtremityNamedByAKeptEvent: an unknown parent
@@ -943,4 +950,140 @@ func TestPurge_ErasesEveryMessageOfADeletedEvent(t *testing.T) {
 		}
 	}
 	sameProjection(t, "rebuilt from the erased log", live, rebuilt)
+}
+
+// TestPurgeRoom_DropsReceivedEntries: purge_room's drop deletes the
+// retired number's received entries (received ts|seq -> room); they once
+// stayed, and the bucket grew forever.
+func TestPurgeRoom_DropsReceivedEntries(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("recv", "test")
+	evs := append(r.Setup("@alice:test", "@remote:other.org"), remoteMsgs(r, 6)...)
+	next := apply(t, s, 1, evs...)
+	applyCmd(t, s, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	drainJanitor(t, s)
+	n := 0
+	_ = s.DB().View(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("received")).ForEach(func(k, v []byte) error {
+			if binary.BigEndian.Uint64(v) == 1 { // the retired room number
+				n++
+			}
+			return nil
+		})
+	})
+	if n != 0 {
+		t.Errorf("%d received entries of the retired room number left after purge_room's drop", n)
+	}
+}
+
+// receivedOf is the received bucket's entries of a room number: log
+// sequence -> received time.
+func receivedOf(t *testing.T, s *projections.Store, room uint64) map[uint64]int64 {
+	t.Helper()
+	got := map[uint64]int64{}
+	err := s.DB().View(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("received")).ForEach(func(k, v []byte) error {
+			if binary.BigEndian.Uint64(v) == room {
+				got[binary.BigEndian.Uint64(k[8:])] = int64(binary.BigEndian.Uint64(k))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// roomNumber is the room's current room number.
+func roomNumber(t *testing.T, s *projections.Store, roomID string) uint64 {
+	t.Helper()
+	var n uint64
+	_ = s.DB().View(func(tx *bolt.Tx) error {
+		n = binary.BigEndian.Uint64(tx.Bucket([]byte("rooms")).Get([]byte(roomID)))
+		return nil
+	})
+	return n
+}
+
+// TestPurge_ReceivedEntries: purge_history deletes the received entry of
+// every row it deletes, and keeps those of the rows it keeps as outliers:
+// Synapse keeps their events rows, received_ts and all, and its
+// purge_up_to_ts look-up (CutoffByTS) still counts them, but no longer
+// the deleted ones. purge_room's drop then deletes the rest, the kept
+// outliers' included, and no other room's. The entries are found from
+// the rows: their received time is AgeTS plus the published age, which
+// rows store last; rows of earlier releases, without it (Row.marshal),
+// are looked for from their AgeTS on, which finds them when the age is
+// short.
+func TestPurge_ReceivedEntries(t *testing.T) {
+	for _, oldRows := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rows without their age %v", oldRows), func(t *testing.T) {
+			s := openWithServer(t)
+			r := testenv.NewRoom("recvh", "test")
+			evs := r.Setup("@alice:test", "@remote:other.org")
+			for i := range 8 {
+				sender := "@remote:other.org"
+				if i%2 == 0 {
+					sender = "@alice:test"
+				}
+				evs = append(evs, r.Msg(sender, fmt.Sprint(i)))
+			}
+			cut := len(evs) - 2 // purge below the depth of the 7th message
+			evs = append(evs, r.Msg("@remote:other.org", "tail"))
+			// Received 10 ms apart; the remote events published with
+			// ages of 2 to 7 entries' time.
+			const base = int64(1_800_000_000_000)
+			for i, ev := range evs {
+				ev["received_ts"] = base + 10*int64(i+1)
+				if ev["sender"] == "@remote:other.org" {
+					ev["unsigned"] = map[string]any{"age": int64(5 * i)}
+				}
+			}
+			next := apply(t, s, 1, evs...)
+			if oldRows {
+				projections.StripRowAges(t, s)
+			}
+			room := roomNumber(t, s, r.ID)
+			want := receivedOf(t, s, room)
+			if len(want) != len(evs) {
+				t.Fatalf("%d received entries, want %d", len(want), len(evs))
+			}
+			deleted := []uint64{}
+			for i, ev := range evs[:cut] {
+				if _, state := ev["state_key"]; !state && ev["sender"] == "@remote:other.org" {
+					deleted = append(deleted, uint64(i+1))
+					delete(want, uint64(i+1))
+				}
+			}
+			applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", evs[cut]["depth"])})
+			next++
+			drainJanitor(t, s)
+			if got := receivedOf(t, s, room); !maps.Equal(got, want) {
+				t.Errorf("received entries after purge_history %v, want %v (the deleted rows %v gone)", got, want, deleted)
+			}
+			// The first entry at or after a deleted row's received time is
+			// the cut-off's now; a kept outlier's still counts, and no
+			// timeline event is at or below it.
+			last := deleted[len(deleted)-1]
+			if _, stream, ok, _ := s.CutoffByTS(r.ID, base+10*int64(last)); !ok || stream != int64(cut+1) {
+				t.Errorf("CutoffByTS at the last deleted row's time: stream %d %v, want the cut-off's %d", stream, ok, cut+1)
+			}
+			if _, _, ok, _ := s.CutoffByTS(r.ID, base+10*int64(last-1)); ok {
+				t.Error("CutoffByTS at a kept outlier's time found a timeline event")
+			}
+
+			other := testenv.NewRoom("other", "test")
+			oevs := other.Setup("@alice:test")
+			next = apply(t, s, next, oevs...)
+			applyCmd(t, s, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+			drainJanitor(t, s)
+			if got := receivedOf(t, s, room); len(got) != 0 {
+				t.Errorf("received entries of the retired room number after the drop: %v", got)
+			}
+			if got := receivedOf(t, s, roomNumber(t, s, other.ID)); len(got) != len(oevs) {
+				t.Errorf("the other room's received entries after the drop: %v, want %d", got, len(oevs))
+			}
+		})
+	}
 }

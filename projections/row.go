@@ -52,6 +52,9 @@ type Row struct {
 
 	relKnown bool  // MarkRelated looked the row up
 	relKinds uint8 // and found these bundled kinds of relation to it
+	aged     bool  // the row holds age (rows stored by earlier releases do not)
+
+	age int64 // the published unsigned.age: the received time is AgeTS+age (see marshal)
 }
 
 // IsState reports whether the row is a state event.
@@ -112,6 +115,8 @@ func newRow(e *commands.Event, receivedTS int64) (*Row, error) {
 		Sender:         e.Sender,
 		OriginServerTS: e.OriginServerTS,
 		AgeTS:          receivedTS - e.PublishedAge(),
+		age:            e.PublishedAge(),
+		aged:           true,
 		Redacts:        e.Redacts,
 		PrevEvents:     e.PrevEvents,
 	}
@@ -168,8 +173,17 @@ const rowVersion = 1
 
 // marshal writes the row's binary form: a version byte, the flags, then
 // varint-prefixed fields. Position is not stored: it is the key.
+//
+// Last comes the published unsigned.age (a varint), so that the janitor
+// can rebuild the key of the row's received entry: its received time is
+// AgeTS plus the age (rowReceived). Rows stored by earlier releases end
+// after their unsigned; the layout is otherwise the same, and so is the
+// version byte, so that those rows read as before. The readers that skip
+// ahead (rowHead, readPurgeHead) stop before the unsigned; unmarshal
+// reads the age when it is there (a length check for an older row), so
+// that a decoded row marshals back to the same bytes.
 func (r *Row) marshal() []byte {
-	n := 40 + len(r.EventID) + len(r.Type) + len(r.Sender) + len(r.StateKey) + len(r.Redacts) + len(r.Summary) + len(r.RelType) + len(r.RelTarget) + len(r.Content) + len(r.Unsigned)
+	n := 50 + len(r.EventID) + len(r.Type) + len(r.Sender) + len(r.StateKey) + len(r.Redacts) + len(r.Summary) + len(r.RelType) + len(r.RelTarget) + len(r.Content) + len(r.Unsigned)
 	for _, l := range r.Labels {
 		n += len(l) + 2
 	}
@@ -204,7 +218,10 @@ func (r *Row) marshal() []byte {
 	b = binary.AppendUvarint(b, uint64(r.UnsignedN))
 	b = binary.AppendUvarint(b, uint64(len(r.Unsigned)))
 	b = append(b, r.Unsigned...)
-	return b
+	if !r.aged {
+		return b
+	}
+	return binary.AppendVarint(b, r.age)
 }
 
 var errBadRow = errors.New("projections: corrupt row")
@@ -354,7 +371,27 @@ func (r *Row) unmarshal(b []byte, alias bool) error {
 	r.Content = rr.span()
 	r.UnsignedN = int(rr.uvarint())
 	r.Unsigned = rr.span()
+	if len(rr.b) > 0 && rr.err == nil {
+		r.age, r.aged = rr.varint(), true // not in rows of earlier releases
+	}
 	return rr.err
+}
+
+// rowReceived is the received time of a stored row's event, from its
+// AgeTS and what follows its parents (rest): AgeTS plus the age stored
+// last (see marshal). exact is false for a row of an earlier release,
+// without the age: then it is AgeTS, which is right when no age was
+// published, and otherwise early by the age.
+func rowReceived(ageTS int64, rest []byte) (ts int64, exact bool, err error) {
+	rr := &rowReader{b: rest}
+	rr.span()    // content
+	rr.uvarint() // unsigned pairs
+	rr.span()    // unsigned
+	if rr.err != nil || len(rr.b) == 0 {
+		return ageTS, false, rr.err
+	}
+	age := rr.varint()
+	return ageTS + age, true, rr.err
 }
 
 // rowBlock hands out up to n Rows (a page's limit) from blocks, one
