@@ -121,6 +121,21 @@
 // ahead of the rows, in key order (unindex.go), so that a transaction
 // dirties a narrow slice of the room's entries rather than a leaf per row.
 //
+// A purge_history is applied at once and physically later. Applying it
+// raises RoomMeta.Floor (and DeleteLocalBelow, the highest cut-off of a
+// purge with delete_local_events) and queues a janitor job. From then on
+// pages stop at the floor, and a look-up by ID (RoomView.Event, Holds,
+// FindEvent) skips a timeline row below it that the purges delete
+// (RoomMeta.purged, one row head read, only below the floor). The
+// janitor's job then sweeps the room's outliers logged before the purge
+// (sweepOutliers: Synapse's purge takes outliers too, NOT outlier OR
+// should_delete; RoomMeta.Sweep, SweepAt, SweepBelow), then walks the
+// timeline rows below the floor (floorBatch). A later purge that raises
+// either cut-off starts the sweep again; an outlier logged after a purge
+// is kept, as in a rebuild, whenever the janitor runs. Each deleted row
+// takes its index entries, its redaction mark, its received entry and
+// its extra messages with it, and queues its log sequences for erasure.
+//
 // A purge finds the kept children of each event it removes through the
 // edges, and, for an event just below its floor, among the rows at the
 // floor: the usual link, a child one level above its parent, is never

@@ -95,18 +95,19 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 // nextSlice is the number of rows of RunJanitor's next transaction, after
 // one of slice rows that waited for bbolt's writer (held by the
 // projector's commits) and then held it. Each transaction waits about as
-// long whatever its size, so while the janitor waits longer than it
-// works, it doubles its transactions, up to JanitorBatch; once the
-// writer is free again, it halves them back to JanitorSlice. The
-// projector's commits then wait at most one JanitorBatch transaction,
-// which is also what a janitor left at JanitorBatch would make them wait.
-// In the mixed workload, 2,000-row transactions removed the purge's rows
-// 1.5x as fast as 1,000-row ones (BENCHMARKS.md, session 12).
+// long whatever its size, so while the wait is a third of its time or
+// more (waited > held/2), the janitor doubles its transactions, up to
+// JanitorBatch; once the writer is nearly free (waited < held/8), it
+// halves them back to JanitorSlice. The projector's commits then wait at
+// most one JanitorBatch transaction. In the mixed workload the janitor
+// waited about 7.5 ms a transaction, 0.8x the time it held the writer,
+// and 2,000-row transactions removed the rows 1.5x as fast as 1,000-row
+// ones (BENCHMARKS.md, session 12).
 func nextSlice(slice int, waited, held time.Duration) int {
 	switch {
-	case waited > held:
+	case waited > held/2:
 		return min(2*slice, JanitorBatch)
-	case waited < held/4:
+	case waited < held/8:
 		return max(slice/2, JanitorSlice)
 	}
 	return slice

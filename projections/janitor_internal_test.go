@@ -93,8 +93,8 @@ func FuzzReadPurgeHead(f *testing.F) {
 }
 
 // TestNextSlice: the janitor's transactions grow while it waits for the
-// writer longer than it holds it, up to JanitorBatch, and shrink back to
-// JanitorSlice once it hardly waits.
+// writer more than half as long as it holds it, up to JanitorBatch, and
+// shrink back to JanitorSlice once it hardly waits.
 func TestNextSlice(t *testing.T) {
 	ms := time.Millisecond
 	for _, c := range []struct {
@@ -102,11 +102,12 @@ func TestNextSlice(t *testing.T) {
 		waited, held time.Duration
 		want         int
 	}{
-		{JanitorSlice, 8 * ms, 5 * ms, 2 * JanitorSlice},
-		{JanitorBatch, 8 * ms, 5 * ms, JanitorBatch},
-		{JanitorBatch, 2 * ms, 5 * ms, JanitorBatch},
-		{JanitorBatch, 1 * ms, 5 * ms, JanitorBatch / 2},
-		{JanitorSlice, 0, 5 * ms, JanitorSlice},
+		{JanitorSlice, 8 * ms, 10 * ms, 2 * JanitorSlice},
+		{JanitorBatch, 8 * ms, 10 * ms, JanitorBatch},
+		{JanitorBatch, 2 * ms, 10 * ms, JanitorBatch},
+		{JanitorSlice, 2 * ms, 10 * ms, JanitorSlice},
+		{JanitorBatch, 1 * ms, 10 * ms, JanitorBatch / 2},
+		{JanitorSlice, 0, 10 * ms, JanitorSlice},
 	} {
 		if got := nextSlice(c.slice, c.waited, c.held); got != c.want {
 			t.Errorf("nextSlice(%d, %v, %v) = %d, want %d", c.slice, c.waited, c.held, got, c.want)
