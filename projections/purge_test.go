@@ -303,6 +303,17 @@ func TestPurgeHistory_ParentsBelowTheCut(t *testing.T) {
 // rebuildPurged is a projection rebuilt from the log after a purge's
 // erasure: the events of all that kept, at their sequences from 1, then
 // the purge_history command with params at seq.
+// rebuildErased is rebuildPurged of the log without the messages at the
+// erased sequences (the log after the purge's erasure).
+func rebuildErased(t *testing.T, log []testenv.Event, erased []uint64, seq uint64, roomID string, params map[string]any) *projections.Store {
+	t.Helper()
+	i := 0
+	return rebuildPurged(t, log, func(testenv.Event) bool {
+		i++ // rebuildPurged asks in log order, from sequence 1
+		return !slices.Contains(erased, uint64(i))
+	}, seq, roomID, params)
+}
+
 func rebuildPurged(t *testing.T, all []testenv.Event, kept func(testenv.Event) bool, seq uint64, roomID string, params map[string]any) *projections.Store {
 	t.Helper()
 	rebuilt := openWithServer(t)
@@ -830,19 +841,7 @@ func TestPurge_ErasesAnOutlierThatJoinedTheTimeline(t *testing.T) {
 	if !slices.Contains(er.Seqs, outlierSeq) {
 		t.Errorf("erasures %v lack %d, the outlier copy of purged %s", er.Seqs, outlierSeq, msgs[1].ID())
 	}
-	// The log after the erasure, rebuilt.
-	erased := map[uint64]bool{}
-	for _, q := range er.Seqs {
-		erased[q] = true
-	}
-	rebuilt := openWithServer(t)
-	for i, ev := range log {
-		if !erased[uint64(i+1)] {
-			apply(t, rebuilt, uint64(i+1), ev)
-		}
-	}
-	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	drainJanitor(t, rebuilt)
+	rebuilt := rebuildErased(t, log, er.Seqs, next, r.ID, params)
 	if _, ok, _ := rebuilt.FindEvent(r.ID, msgs[1].ID()); ok {
 		t.Errorf("a rebuild from the erased log brings purged %s back", msgs[1].ID())
 	}
@@ -932,18 +931,7 @@ func TestPurge_ErasesEveryMessageOfADeletedEvent(t *testing.T) {
 	if info, ok, _ := live.FindEvent(r.ID, local.ID()); !ok || !info.Outlier {
 		t.Errorf("kept local message: %+v %v", info, ok)
 	}
-	erased := map[uint64]bool{}
-	for _, q := range er.Seqs {
-		erased[q] = true
-	}
-	rebuilt := openWithServer(t)
-	for i, ev := range log {
-		if !erased[uint64(i+1)] {
-			apply(t, rebuilt, uint64(i+1), ev)
-		}
-	}
-	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	drainJanitor(t, rebuilt)
+	rebuilt := rebuildErased(t, log, er.Seqs, next, r.ID, params)
 	for _, ev := range []testenv.Event{old, msgs[0], msgs[1], msgs[2]} {
 		if _, ok, _ := rebuilt.FindEvent(r.ID, ev.ID()); ok {
 			t.Errorf("a rebuild from the erased log brings purged %s back", ev.ID())
