@@ -258,11 +258,8 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 					}
 				}
 			}
-			// Its redaction mark goes with it, purged redaction or not
-			// (a row kept as an outlier keeps its mark: it stays
-			// redacted).
 			if meta.HasRedactions {
-				if err := j.cur(bRedacts).del(j.roomKey(h.eventID)); err != nil {
+				if err := j.dropMarks(meta, &h); err != nil {
 					return err
 				}
 			}
@@ -312,6 +309,71 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	return done, putRoomMeta(tx, room, meta)
 }
 
+// dropMarks deletes the redaction marks that a deleted row leaves
+// pointing at nothing: its own, once the room no longer holds its
+// redaction, and, for a redaction, its target's, once the room no longer
+// holds the target. A mark whose other end the room keeps stays, as
+// Synapse's redactions row of a kept redaction does, and as a rebuild
+// from the erased log has it: a purged event fetched again is still
+// redacted, and a kept event whose redaction is purged stays redacted
+// (README: where we differ). Both ends' rows below the floor count as
+// gone when the purges delete them (RoomMeta.purged), whichever the
+// janitor reaches first.
+func (j *purgeTx) dropMarks(meta *RoomMeta, h *purgeHead) error {
+	marks := j.b(bRedacts)
+	own := evKeyAt(nil, j.room, h.eventID)
+	if by := marks.Get(own); by != nil && !j.holds(meta, by) {
+		if err := marks.Delete(own); err != nil {
+			return err
+		}
+	}
+	if string(h.typ) != "m.room.redaction" {
+		return nil
+	}
+	target := redactionTarget(h)
+	if target == nil {
+		return nil
+	}
+	tk := evKeyAt(nil, j.room, target)
+	if by := marks.Get(tk); bytes.Equal(by, h.eventID) && !j.holds(meta, target) {
+		return marks.Delete(tk)
+	}
+	return nil
+}
+
+// redactionTarget is the event a stored redaction redacts: its top-level
+// redacts, or its content's (room version 11).
+func redactionTarget(h *purgeHead) []byte {
+	if len(h.redacts) > 0 {
+		return h.redacts
+	}
+	rr := &rowReader{b: h.rest}
+	content := rr.span()
+	var c struct {
+		Redacts string `msgpack:"redacts"`
+	}
+	if rr.err != nil || decodeMsgpack(content, &c) != nil || c.Redacts == "" {
+		return nil
+	}
+	return []byte(c.Redacts)
+}
+
+// holds reports whether the room keeps the event id after its purges.
+func (j *purgeTx) holds(meta *RoomMeta, id []byte) bool {
+	ek := evKeyAt(nil, j.room, id)
+	loc, ok := parseLoc(j.room, j.b(bEvents).Get(ek))
+	if !ok {
+		return false
+	}
+	var val []byte
+	if loc.outlier {
+		val = j.b(bOutliers).Get(ek)
+	} else {
+		val = j.b(bTimeline).Get(tlKey(j.room, loc.depth, loc.stream))
+	}
+	return val != nil && !meta.purged(j.tx, loc, val)
+}
+
 // queueErasures queues the log sequences of deleted events for erasure,
 // in the room's bucket of erasein.
 func (j *purgeTx) queueErasures(seqs []uint64) error {
@@ -336,14 +398,17 @@ func (j *purgeTx) queueErasures(seqs []uint64) error {
 // delete: Synapse's purge selects outliers too (NOT outlier OR
 // should_delete, SYNAPSE.md 6.4): remote non-state events that arrived as
 // outliers, and local ones that an earlier purge kept, once a later one
-// has delete_local_events. Only outliers logged before the purge are
-// its: one that arrives later is kept, as Synapse's purge, done by then,
-// would keep it, and as a rebuild from the log does whenever its janitor
-// runs. A purge that raises the floor or the local
-// cut-off starts the sweep again from the first outlier
-// (applyPurgeHistory), so that when it ends every outlier was examined
-// against the room's latest cut-offs. The rows the purges keep are only
-// read; the outliers of a room are usually a small part of it.
+// has delete_local_events. Only outliers logged before the latest purge
+// are its: one that arrives later is kept, as Synapse's purge, done by
+// then, would keep it, and as a rebuild from the log does whenever its
+// janitor runs. Every purge starts the sweep again from the first
+// outlier (applyPurgeHistory), so that when it ends every outlier logged
+// before it was examined against the room's cut-offs. So it also takes
+// an outlier logged between two purges that lies between the later
+// purge's own cut-off and the room's floor, which Synapse's later purge
+// would keep: the floor is the room's (CONTRACT.md section 7). The rows
+// the purges keep are only read; the outliers of a room are usually a
+// small part of it.
 func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server string) error {
 	prefix := u64(j.room)
 	c := j.b(bOutliers).Cursor()
@@ -376,7 +441,7 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 			return err
 		}
 		if meta.HasRedactions {
-			if err := j.cur(bRedacts).del(key); err != nil {
+			if err := j.dropMarks(meta, &h); err != nil {
 				return err
 			}
 		}
@@ -387,6 +452,11 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 		}
 		erase = append(erase, logSeq(loc.stream))
 		meta.Deleted++
+		// A kept event that names it now names an event the room does
+		// not hold, as for a deleted row.
+		if err := j.markExtremity(key[8:], loc.depth); err != nil {
+			return err
+		}
 		// After Cursor.Delete, Next would skip the key that moved into
 		// the deleted one's place.
 		k, v = c.Seek(key)
@@ -422,7 +492,8 @@ func (j *purgeTx) takeExtraSeqs(eventID []byte, erase []uint64) ([]uint64, error
 type purgeHead struct {
 	flags                     uint8
 	ageTS                     int64
-	eventID, sender           []byte
+	eventID, typ, sender      []byte
+	redacts                   []byte // the top-level redacts (see redactionTarget)
 	relType, relTarget, prevs []byte // prevs: the encoded prev_events
 	rest                      []byte // what follows prevs (see rowReceived)
 }
@@ -438,10 +509,10 @@ func readPurgeHead(b []byte) (purgeHead, error) {
 	rr.varint() // origin_server_ts
 	h.ageTS = rr.varint()
 	h.eventID = rr.span()
-	rr.span() // type
+	h.typ = rr.span()
 	h.sender = rr.span()
 	rr.span() // state key
-	rr.span() // redacts
+	h.redacts = rr.span()
 	rr.span() // summary
 	h.relType = rr.span()
 	h.relTarget = rr.span()

@@ -51,23 +51,21 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 	if err != nil {
 		return err
 	}
-	raised := false
 	if c.Bool("delete_local_events", false) && tok.Topological > meta.DeleteLocalBelow {
-		meta.DeleteLocalBelow, raised = tok.Topological, true
+		meta.DeleteLocalBelow = tok.Topological
 	}
 	if tok.Topological > meta.Floor {
-		meta.Floor, raised = tok.Topological, true
+		meta.Floor = tok.Topological
 	}
-	if raised {
-		// The outliers logged before this purge are examined again
-		// against the new cut-offs.
-		meta.Sweep, meta.SweepAt, meta.SweepBelow = true, "", t.Seq
-		if err := putRoomMeta(tx, room, meta); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bJanitor).Put(u64(room), nil); err != nil {
-			return err
-		}
+	// The outliers logged before this purge are examined against the
+	// room's cut-offs, raised or not: ones logged since the last purge
+	// may be below them.
+	meta.Sweep, meta.SweepAt, meta.SweepBelow = true, "", t.Seq
+	if err := putRoomMeta(tx, room, meta); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bJanitor).Put(u64(room), nil); err != nil {
+		return err
 	}
 	t.Result = map[string]any{"floor": meta.Floor, "delete_local_events": c.Bool("delete_local_events", false)}
 	return nil
@@ -277,11 +275,9 @@ func eventAt(tx *bolt.Tx, room uint64, eventID string) (EventInfo, bool) {
 	if len(val) < 2 {
 		return EventInfo{}, false
 	}
-	if !loc.outlier {
-		meta, err := getRoomMeta(tx, room)
-		if err != nil || meta.purged(tx, loc, val) {
-			return EventInfo{}, false
-		}
+	meta, err := getRoomMeta(tx, room)
+	if err != nil || meta.purged(tx, loc, val) {
+		return EventInfo{}, false
 	}
 	return EventInfo{Depth: loc.depth, Stream: loc.stream, Outlier: loc.outlier, Rejected: val[1]&flagRejected != 0}, true
 }
@@ -289,10 +285,12 @@ func eventAt(tx *bolt.Tx, room uint64, eventID string) (EventInfo, bool) {
 // purged reports whether the row val, stored at loc, is one the room's
 // purges delete: from the moment a purge is applied no read returns it,
 // by position (reads stop at the floor) or by ID (this), though the
-// janitor deletes it later (CONTRACT.md section 7). A row that a purge
-// keeps is an outlier to be, and stays readable by ID.
+// janitor deletes it later (CONTRACT.md section 7). A timeline row that a
+// purge keeps is an outlier to be, and stays readable by ID; an outlier
+// is the sweep's (sweepOutliers) if it was logged before the latest
+// purge.
 func (m *RoomMeta) purged(tx *bolt.Tx, loc evLoc, val []byte) bool {
-	if loc.outlier || loc.depth >= m.Floor {
+	if loc.depth >= m.Floor || loc.outlier && logSeq(loc.stream) >= m.SweepBelow {
 		return false
 	}
 	h, err := readPurgeHead(val)

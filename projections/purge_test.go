@@ -505,43 +505,49 @@ func TestPurgeRoom_SameEventsAgainBeforeTheJanitor(t *testing.T) {
 }
 
 // TestPurgeHistory_RedactionMarksGoWithTheirRows: a purge deletes the
-// redaction mark of every event whose row it deletes, whether or not the
-// redaction itself is purged (a leak otherwise: marks of purged history
-// stayed until purge_room). A state event kept as an outlier keeps its
-// mark, even when its redaction is purged: it stays redacted (Synapse
-// deletes a purged redaction's row and so shows the target unredacted;
-// CONTRACT.md section 7).
+// redaction marks it leaves pointing at nothing: that of a purged event
+// whose redaction is purged too, and that of a purged redaction whose
+// target the room never held (a leak otherwise: they stayed until
+// purge_room). A mark whose other end is kept stays: a state event kept
+// as an outlier stays redacted when its redaction is purged (Synapse
+// deletes the purged redaction's row and shows the event unredacted;
+// README), and a purged event whose redaction is kept is still redacted
+// if it is fetched again, as in a rebuild from the log.
 func TestPurgeHistory_RedactionMarksGoWithTheirRows(t *testing.T) {
 	s := openWithServer(t)
 	r := testenv.NewRoom("marks", "test")
 	evs := r.Setup("@alice:test", "@remote:other.org")
-	redact := func(target testenv.Event) testenv.Event {
-		return r.Next("m.room.redaction", "@remote:other.org", nil, map[string]any{"redacts": target.ID()})
+	redact := func(target string) testenv.Event {
+		return r.Next("m.room.redaction", "@remote:other.org", nil, map[string]any{"redacts": target})
 	}
 	bothGone := r.Msg("@remote:other.org", "both purged")
 	topic := "" // a state event: kept as an outlier
 	state := r.Next("m.room.topic", "@remote:other.org", &topic, map[string]any{"topic": "secret"})
-	evs = append(evs, bothGone, redact(bothGone), state, redact(state))
+	redactedState := redact(state.ID())
+	evs = append(evs, redact(bothGone.ID()), bothGone, state, redactedState, redact("$never.received"))
 	targetGone := r.Msg("@remote:other.org", "only the target purged")
 	evs = append(evs, targetGone)
 	cut := r.Msg("@remote:other.org", "the cut")
-	evs = append(evs, cut, redact(targetGone), r.Msg("@remote:other.org", "after"))
+	keptRedaction := redact(targetGone.ID())
+	evs = append(evs, cut, keptRedaction, r.Msg("@remote:other.org", "after"))
 	next := apply(t, s, 1, evs...)
 	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])})
 	drainJanitor(t, s)
 
-	var marks []string
-	for _, line := range strings.Split(dumpBuckets(t, s), "\n") {
-		if name, _, _ := strings.Cut(line, " "); name == "redacted" {
-			marks = append(marks, line)
-		}
-	}
-	if len(marks) != 1 {
-		t.Errorf("redaction marks after the purge: %q, want only the kept state event's", marks)
+	if marks := bucketLines(t, s, "redacted"); len(marks) != 2 {
+		t.Errorf("redaction marks after the purge: %q, want the kept state event's and the kept redaction's", marks)
 	}
 	_ = s.View(r.ID, func(v *projections.RoomView) error {
-		if v.RedactedBy(state.ID()) == "" {
-			t.Error("the kept state event is no longer redacted")
+		if got := v.RedactedBy(state.ID()); got != redactedState.ID() {
+			t.Errorf("the kept state event: RedactedBy = %q, want %q", got, redactedState.ID())
+		}
+		return nil
+	})
+	// The purged target, fetched again as an outlier, is still redacted.
+	apply(t, s, next+1, copyOf(targetGone, true))
+	_ = s.View(r.ID, func(v *projections.RoomView) error {
+		if got := v.RedactedBy(targetGone.ID()); got != keptRedaction.ID() {
+			t.Errorf("the purged target fetched again: RedactedBy = %q, want %q", got, keptRedaction.ID())
 		}
 		return nil
 	})
@@ -1072,6 +1078,128 @@ func TestPurge_ReceivedEntries(t *testing.T) {
 			if got := receivedOf(t, s, roomNumber(t, s, other.ID)); len(got) != len(oevs) {
 				t.Errorf("the other room's received entries after the drop: %v, want %d", got, len(oevs))
 			}
+		})
+	}
+}
+
+// TestPurgeHistory_SweptOutlierHiddenAtOnce: an outlier the purge deletes
+// is not returned by its ID from the moment the purge is applied, as after
+// the janitor.
+func TestPurgeHistory_SweptOutlierHiddenAtOnce(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("sweepread", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 2)
+	out := r.Msg("@remote:other.org", "an outlier")
+	out["outlier"] = true
+	more := remoteMsgs(r, 4)
+	next := apply(t, s, 1, append(append(append(append([]testenv.Event{}, setup...), msgs...), out), more...)...)
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[2]["depth"])})
+	before := func() (bool, bool, bool) {
+		_, found, _ := s.FindEvent(r.ID, out.ID())
+		var ev, holds bool
+		_ = s.View(r.ID, func(v *projections.RoomView) error {
+			row, _ := v.Event(out.ID())
+			ev, holds = row != nil, v.Holds(out.ID())
+			return nil
+		})
+		return found, ev, holds
+	}
+	f1, e1, h1 := before()
+	drainJanitor(t, s)
+	f2, e2, h2 := before()
+	if f2 || e2 || h2 {
+		t.Fatalf("after the janitor the outlier is still there: %v %v %v", f2, e2, h2)
+	}
+	if f1 || e1 || h1 {
+		t.Errorf("before the janitor, the outlier the purge deletes is returned: FindEvent %v, Event %v, Holds %v", f1, e1, h1)
+	}
+}
+
+// TestPurgeHistory_SecondPurgeSweepsNewOutliers: a purge that raises
+// neither cut-off still deletes a remote outlier logged since the last
+// purge below the cut-off, as Synapse's purge selects it.
+func TestPurgeHistory_SecondPurgeSweepsNewOutliers(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("noraise", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 8)
+	next := apply(t, s, 1, append(append([]testenv.Event{}, setup...), msgs...)...)
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+	next++
+	drainJanitor(t, s)
+	// A remote outlier at a depth below both cut-offs arrives.
+	out := testenv.Event{"event_id": "$late-outlier", "room_id": r.ID, "type": "m.room.message", "sender": "@remote:other.org",
+		"origin_server_ts": int64(1), "depth": msgs[1]["depth"], "prev_events": []any{}, "content": map[string]any{}, "outlier": true}
+	next = apply(t, s, next, out)
+	// The same cut-off again (Synapse: "purge_history" with the same token).
+	applyCmd(t, s, next, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+	drainJanitor(t, s)
+	if _, ok, _ := s.FindEvent(r.ID, out.ID()); ok {
+		t.Errorf("remote outlier %s below p2's cut-off, logged before p2, survives it", out.ID())
+	}
+}
+
+// TestPurgeHistory_SweptOutlierNamedByAKeptEvent: a deleted outlier that a
+// kept event names becomes a backward extremity, as a deleted row does
+// and as in a rebuild from the erased log.
+func TestPurgeHistory_SweptOutlierNamedByAKeptEvent(t *testing.T) {
+	r := testenv.NewRoom("sweepback", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 10)
+	out := testenv.Event{"event_id": "$fetched", "room_id": r.ID, "type": "m.room.message", "sender": "@remote:other.org",
+		"origin_server_ts": int64(1), "depth": msgs[1]["depth"], "prev_events": []any{}, "content": map[string]any{}, "outlier": true}
+	msgs[8]["prev_events"] = []any{msgs[7].ID(), out.ID()}
+	log := append(append(append([]testenv.Event{}, setup...), out), msgs...)
+	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[5]["depth"])}
+	live := openWithServer(t)
+	next := apply(t, live, 1, log...)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	if _, ok, _ := live.FindEvent(r.ID, out.ID()); ok {
+		t.Fatal("the outlier was not swept")
+	}
+	_ = live.View(r.ID, func(v *projections.RoomView) error {
+		if _, ok := v.Extremities(true)[out.ID()]; !ok {
+			t.Errorf("backward extremities %v: swept %s, named by kept %s, is not one", v.Extremities(true), out.ID(), msgs[8].ID())
+		}
+		return nil
+	})
+	er, _ := live.PendingErasures(100, true)
+	rebuilt := rebuildErased(t, log, er.Seqs, next, r.ID, params)
+	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
+}
+
+// TestPurgeHistory_KeptRedactionsMarkAsInARebuild: a purged event whose
+// redaction is kept, fetched again after the purge, is redacted in the
+// live store as in a rebuild from the erased log.
+func TestPurgeHistory_KeptRedactionsMarkAsInARebuild(t *testing.T) {
+	r := testenv.NewRoom("redmark", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 6)
+	x := msgs[1]
+	rd := r.Next("m.room.redaction", "@remote:other.org", nil, map[string]any{"redacts": x.ID()})
+	tail := remoteMsgs(r, 2)
+	log := append(append(append(append([]testenv.Event{}, setup...), msgs...), rd), tail...)
+	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
+	again := copyOf(x, true) // fetched again after the purge
+
+	live := openWithServer(t)
+	next := apply(t, live, 1, log...)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	apply(t, live, next+1, again)
+	er, _ := live.PendingErasures(100, true)
+
+	rebuilt := rebuildErased(t, log, er.Seqs, next, r.ID, params)
+	apply(t, rebuilt, next+1, again)
+
+	for name, s := range map[string]*projections.Store{"live": live, "rebuilt": rebuilt} {
+		_ = s.View(r.ID, func(v *projections.RoomView) error {
+			if got := v.RedactedBy(x.ID()); got != rd.ID() {
+				t.Errorf("%s: RedactedBy(%s) = %q, want the kept redaction %s", name, x.ID(), got, rd.ID())
+			}
+			return nil
 		})
 	}
 }

@@ -372,8 +372,11 @@ func (v *RoomView) HasGaps() bool {
 // one that a purge deletes not included.
 func (v *RoomView) Holds(eventID string) bool {
 	loc, ok := lookupEvent(v.bucket(bEvents), v.room, eventID)
-	if ok && !loc.outlier && loc.depth < v.meta.Floor {
-		return !v.meta.purged(v.tx, loc, v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream)))
+	if !ok || loc.depth >= v.meta.Floor {
+		return ok
 	}
-	return ok
+	if loc.outlier {
+		return !v.meta.purged(v.tx, loc, v.bucket(bOutliers).Get(evKey(v.room, eventID)))
+	}
+	return !v.meta.purged(v.tx, loc, v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream)))
 }
