@@ -441,6 +441,11 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	}
 	id := evKey(room, ev.EventID)
 	was, known := parseLoc(room, events.Get(id))
+	if known && ev.Outlier {
+		if known, err = a.outlastsPurge(room, id, was); err != nil {
+			return err
+		}
+	}
 	if known && (!was.outlier || ev.Outlier) {
 		// Another message of a stored event (published again after
 		// JetStream's de-duplication window, or an outlier copy of it):
@@ -518,6 +523,49 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		}
 	}
 	return a.updateExtremities(room, ev)
+}
+
+// outlastsPurge reports whether the stored copy of an event (at was)
+// that arrives again as an outlier stays: it does unless the room's
+// purges delete it (RoomMeta.purged). An outlier copy logged after the
+// purge is then stored as a new outlier, as it is once the janitor has
+// deleted the stored copy, and as Synapse, its purge done, stores it: a
+// timeline row is left to the janitor (which deletes only the index
+// entry that points at it), and an outlier the sweep would delete is
+// deleted now (deleteOutlier), since the new one takes its keys.
+func (a *applier) outlastsPurge(room uint64, id []byte, was evLoc) (bool, error) {
+	if floor, err := a.floor(room); err != nil || was.depth >= floor {
+		return true, err
+	}
+	meta, err := getRoomMeta(a.tx, room)
+	if err != nil {
+		return true, err
+	}
+	var val []byte
+	if was.outlier {
+		val = a.tx.Bucket(bOutliers).Get(id)
+	} else {
+		val = a.tx.Bucket(bTimeline).Get(tlKey(room, was.depth, was.stream))
+	}
+	if val == nil || !meta.purged(a.tx, was, val) {
+		return true, nil
+	}
+	if !was.outlier {
+		return false, nil
+	}
+	h, err := readPurgeHead(val)
+	if err != nil {
+		return true, err
+	}
+	j := newPurgeTx(a.tx, room, meta.Floor)
+	erase, err := j.deleteOutlier(meta, bytes.Clone(id), was, &h, nil)
+	if err != nil {
+		return true, err
+	}
+	if err := j.queueErasures(erase); err != nil {
+		return true, err
+	}
+	return false, putRoomMeta(a.tx, room, meta)
 }
 
 // addExtraSeq records seq as a log message of the room's event id other

@@ -309,6 +309,37 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	return done, putRoomMeta(tx, room, meta)
 }
 
+// deleteOutlier deletes an outlier that the purges delete, at key
+// (room|event ID), stored at loc, with head h: its row, its index entry,
+// its received entry (a row an earlier purge kept had one), the
+// redaction marks it leaves pointing at nothing and its extra messages,
+// appending its log sequences to erase. A kept event that names it then
+// names an event the room does not hold, as for a deleted row.
+func (j *purgeTx) deleteOutlier(meta *RoomMeta, key []byte, loc evLoc, h *purgeHead, erase []uint64) ([]uint64, error) {
+	if err := j.dropReceived(h, loc.stream); err != nil {
+		return erase, err
+	}
+	if err := j.cur(bOutliers).del(key); err != nil {
+		return erase, err
+	}
+	if err := j.cur(bEvents).del(key); err != nil {
+		return erase, err
+	}
+	if meta.HasRedactions {
+		if err := j.dropMarks(meta, h); err != nil {
+			return erase, err
+		}
+	}
+	var err error
+	if meta.HasExtraSeqs {
+		if erase, err = j.takeExtraSeqs(key[8:], erase); err != nil {
+			return erase, err
+		}
+	}
+	meta.Deleted++
+	return append(erase, logSeq(loc.stream)), j.markExtremity(key[8:], loc.depth)
+}
+
 // dropMarks deletes the redaction marks that a deleted row leaves
 // pointing at nothing: its own, once the room no longer holds its
 // redaction, and, for a redaction, its target's, once the room no longer
@@ -412,7 +443,6 @@ func (j *purgeTx) queueErasures(seqs []uint64) error {
 func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server string) error {
 	prefix := u64(j.room)
 	c := j.b(bOutliers).Cursor()
-	events := j.cur(bEvents)
 	var erase []uint64
 	k, v := c.Seek(append(u64(j.room), meta.SweepAt...))
 	for n := 0; k != nil && bytes.HasPrefix(k, prefix); n++ {
@@ -428,37 +458,13 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 			k, v = c.Next()
 			continue
 		}
-		// A row an earlier purge kept had a received entry.
-		if err := j.dropReceived(&h, loc.stream); err != nil {
-			return err
-		}
 		key := append(j.prefix[:0], k...)
 		j.prefix = key
-		if err := c.Delete(); err != nil {
+		if erase, err = j.deleteOutlier(meta, key, loc, &h, erase); err != nil {
 			return err
 		}
-		if err := events.del(key); err != nil {
-			return err
-		}
-		if meta.HasRedactions {
-			if err := j.dropMarks(meta, &h); err != nil {
-				return err
-			}
-		}
-		if meta.HasExtraSeqs {
-			if erase, err = j.takeExtraSeqs(key[8:], erase); err != nil {
-				return err
-			}
-		}
-		erase = append(erase, logSeq(loc.stream))
-		meta.Deleted++
-		// A kept event that names it now names an event the room does
-		// not hold, as for a deleted row.
-		if err := j.markExtremity(key[8:], loc.depth); err != nil {
-			return err
-		}
-		// After Cursor.Delete, Next would skip the key that moved into
-		// the deleted one's place.
+		// Seek past the deleted row: after a deletion in its node, Next
+		// would skip the key that moved into the row's place.
 		k, v = c.Seek(key)
 	}
 	meta.Sweep, meta.SweepAt = false, ""

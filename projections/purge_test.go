@@ -1203,3 +1203,43 @@ func TestPurgeHistory_KeptRedactionsMarkAsInARebuild(t *testing.T) {
 		})
 	}
 }
+
+// TestPurgeHistory_OutlierCopyAfterThePurge: an event the purge deletes
+// (a timeline row, or an outlier the sweep takes) arrives again as an
+// outlier after the purge: it is kept as a new outlier whether or not the
+// janitor has run (it was erased with the old copy when it had not).
+func TestPurgeHistory_OutlierCopyAfterThePurge(t *testing.T) {
+	for _, asOutlier := range []bool{false, true} {
+		for _, janitorFirst := range []bool{true, false} {
+			t.Run(fmt.Sprintf("first copy an outlier %v, janitor first %v", asOutlier, janitorFirst), func(t *testing.T) {
+				s := openWithServer(t)
+				r := testenv.NewRoom("lateoutl", "test")
+				setup := r.Setup("@alice:test", "@remote:other.org")
+				msgs := remoteMsgs(r, 8)
+				log := append([]testenv.Event{}, setup...)
+				for i, m := range msgs {
+					if i == 2 && asOutlier {
+						m = copyOf(m, true)
+					}
+					log = append(log, m)
+				}
+				next := apply(t, s, 1, log...)
+				applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+				next++
+				if janitorFirst {
+					drainJanitor(t, s)
+				}
+				apply(t, s, next, copyOf(msgs[2], true)) // fetched again, as an outlier
+				drainJanitor(t, s)
+				if info, ok, _ := s.FindEvent(r.ID, msgs[2].ID()); !ok || !info.Outlier {
+					t.Errorf("the outlier logged after the purge: %+v %v, want it kept", info, ok)
+				}
+				// The first copy is erased either way, the new one is not.
+				first := uint64(len(setup) + 3)
+				if er, _ := s.PendingErasures(100, true); !slices.Contains(er.Seqs, first) || slices.Contains(er.Seqs, next) {
+					t.Errorf("erasures %v: want the first copy's %d, not the new one's %d", er.Seqs, first, next)
+				}
+			})
+		}
+	}
+}
