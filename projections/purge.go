@@ -300,9 +300,50 @@ func (m *RoomMeta) purged(tx *bolt.Tx, loc evLoc, val []byte) bool {
 	return m.deletes(loc.depth, h.flags&flagState != 0, isLocalSender(h.sender, serverName(tx)))
 }
 
+// purgedEntries returns a test of whether a received entry (room, live
+// stream ordering) is of an event the purges delete, whose entry the
+// janitor has not deleted yet: a row below its room's floor that the
+// purges delete (RoomMeta.purged), or any row of a room number a
+// purge_room retired. Synapse's events table no longer holds them, and
+// the look-up must not depend on when the janitor runs. It remembers
+// each room's record for the walk.
+func purgedEntries(tx *bolt.Tx) func(room uint64, stream int64) bool {
+	type roomState struct {
+		meta    *RoomMeta
+		retired bool
+	}
+	rooms := map[uint64]roomState{}
+	rs, tl := tx.Bucket(bRStream), tx.Bucket(bTimeline)
+	return func(room uint64, stream int64) bool {
+		st, ok := rooms[room]
+		if !ok {
+			meta, err := getRoomMeta(tx, room)
+			if err != nil {
+				meta = &RoomMeta{}
+			}
+			st = roomState{meta: meta, retired: string(tx.Bucket(bJanitor).Get(u64(room))) == janitorDrop}
+			rooms[room] = st
+		}
+		if st.retired {
+			return true
+		}
+		if st.meta.Floor == 0 {
+			return false
+		}
+		d := rs.Get(binary.BigEndian.AppendUint64(u64(room), order(stream)))
+		if len(d) != 8 {
+			return false // kept as an outlier: it counts, as in Synapse
+		}
+		loc := evLoc{room: room, depth: int64(binary.BigEndian.Uint64(d)), stream: stream}
+		return st.meta.purged(tx, loc, tl.Get(tlKey(room, loc.depth, stream)))
+	}
+}
+
 // CutoffByTS is Synapse's purge_up_to_ts look-up (SYNAPSE.md 6.1): X is
 // the lowest live log sequence, of any room, received at or after ts
-// (backfilled events do not count); the cut-off is the room's latest
+// (backfilled events and events the purges delete do not count; the walk
+// over the latter is as long as the purged events received after ts whose
+// rows the janitor has not deleted yet); the cut-off is the room's latest
 // timeline event, not rejected, with a stream ordering <= X.
 func (s *Store) CutoffByTS(roomID string, ts int64) (depth, stream int64, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
@@ -311,8 +352,13 @@ func (s *Store) CutoffByTS(roomID string, ts int64) (depth, stream int64, ok boo
 			return nil
 		}
 		x := int64(math.MaxInt64)
-		if k, _ := tx.Bucket(bReceived).Cursor().Seek(binary.BigEndian.AppendUint64(u64(uint64(max(ts, 0))), 0)); k != nil {
-			x = int64(binary.BigEndian.Uint64(k[8:]))
+		gone := purgedEntries(tx)
+		rc := tx.Bucket(bReceived).Cursor()
+		for k, v := rc.Seek(binary.BigEndian.AppendUint64(u64(uint64(max(ts, 0))), 0)); k != nil; k, v = rc.Next() {
+			if seq := int64(binary.BigEndian.Uint64(k[8:])); len(v) != 8 || !gone(binary.BigEndian.Uint64(v), seq) {
+				x = seq
+				break
+			}
 		}
 		meta, err := getRoomMeta(tx, room)
 		if err != nil {

@@ -1243,3 +1243,27 @@ func TestPurgeHistory_OutlierCopyAfterThePurge(t *testing.T) {
 		}
 	}
 }
+
+// TestCutoffByTS_SameBeforeAndAfterTheJanitor: purge_up_to_ts's look-up
+// does not count the received entries of events a purge deletes, whether
+// or not the janitor has deleted them yet.
+func TestCutoffByTS_SameBeforeAndAfterTheJanitor(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("cutts", "test")
+	evs := r.Setup("@alice:test", "@remote:other.org")
+	evs = append(evs, remoteMsgs(r, 8)...)
+	const base = int64(1_800_000_000_000)
+	for i, ev := range evs {
+		ev["received_ts"] = base + 10*int64(i+1)
+	}
+	cut := len(evs) - 3
+	next := apply(t, s, 1, evs...)
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", evs[cut]["depth"])})
+	ts := base + 10*int64(cut) // the received time of the last deleted row (seq cut)
+	d1, s1, ok1, _ := s.CutoffByTS(r.ID, ts)
+	drainJanitor(t, s)
+	d2, s2, ok2, _ := s.CutoffByTS(r.ID, ts)
+	if d1 != d2 || s1 != s2 || ok1 != ok2 {
+		t.Errorf("CutoffByTS before the janitor (%d, %d, %v) differs from after it (%d, %d, %v)", d1, s1, ok1, d2, s2, ok2)
+	}
+}
