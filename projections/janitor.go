@@ -180,18 +180,28 @@ func (s *Store) janitorUpdate(fn func(*bolt.Tx, *yielder) error) (y *yielder, ti
 	return y, times, err
 }
 
-// yielder yields the janitor's goroutine every janitorYield rows of a
-// transaction, for janitorYieldFor at most, and counts the time it left
-// to others.
+// yielder yields the janitor's goroutine every janitorYield rows (or
+// other steps) of a transaction, for janitorYieldFor at most, and counts
+// the time it left to others, and the rows.
 type yielder struct {
 	start   time.Time
+	steps   int
 	rows    int
 	yielded time.Duration
 }
 
+// row counts a timeline row the transaction removed (the unindex window
+// counts them down) and is a step.
 func (y *yielder) row() {
 	y.rows++
-	if y.rows%janitorYield != 0 {
+	y.step()
+}
+
+// step is a unit of the transaction's work, such as an outlier the sweep
+// examined.
+func (y *yielder) step() {
+	y.steps++
+	if y.steps%janitorYield != 0 {
 		return
 	}
 	now := time.Now()
@@ -450,7 +460,7 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 			meta.SweepAt = string(k[8:])
 			return j.queueErasures(erase)
 		}
-		y.row()
+		y.step()
 		loc, ok := parseLoc(j.room, j.b(bEvents).Get(k))
 		h, err := readPurgeHead(v)
 		if err != nil || !ok || !loc.outlier || loc.depth >= meta.Floor || logSeq(loc.stream) >= meta.SweepBelow ||
