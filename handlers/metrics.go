@@ -23,6 +23,10 @@ type Metrics struct {
 	commit     prometheus.Histogram
 	commitMsgs prometheus.Counter
 	commitPgs  prometheus.Counter
+	janTx      *prometheus.CounterVec
+	janRows    prometheus.Counter
+	janWait    prometheus.Counter
+	janHeld    prometheus.Counter
 }
 
 // NewMetrics registers the metrics. lag (nil: no projection here) reports the projection lag in log
@@ -63,7 +67,26 @@ func NewMetrics(lag func() float64) *Metrics {
 		Name: "scrollback_commit_pages_total",
 		Help: "bbolt pages (4 KiB) written by the projector's group commits.",
 	})
+	// The purges' janitor: its rows/s, and how much of its time went
+	// waiting for bbolt's writer, which the projector's commits hold.
+	m.janTx = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "scrollback_janitor_transactions_total",
+		Help: "Write transactions of the janitor that removes purged history, by kind: rows (timeline rows below a cut-off) or other (index entries ahead of the rows, the outlier sweep, a purge_room's drop).",
+	}, []string{"kind"})
+	m.janRows = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "scrollback_janitor_rows_total",
+		Help: "Timeline rows below a purge cut-off the janitor removed (deleted, or kept as outliers).",
+	})
+	m.janWait = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "scrollback_janitor_wait_seconds_total",
+		Help: "Time the janitor's transactions waited for bbolt's one writer.",
+	})
+	m.janHeld = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "scrollback_janitor_held_seconds_total",
+		Help: "Time the janitor's transactions held bbolt's one writer (their work, writes and fsyncs).",
+	})
 	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, m.commit, m.commitMsgs, m.commitPgs,
+		m.janTx, m.janRows, m.janWait, m.janHeld,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if lag != nil { // nil in a process without a projection (scrollback bridge)
 		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -91,6 +114,19 @@ func (m *Metrics) ObserveCommit(c projections.CommitStats) {
 	m.commit.Observe(c.Duration.Seconds())
 	m.commitMsgs.Add(float64(c.Messages))
 	m.commitPgs.Add(float64(c.Pages))
+}
+
+// ObserveJanitor records one janitor transaction
+// (projections.Store.ObserveJanitor).
+func (m *Metrics) ObserveJanitor(j projections.JanitorStats) {
+	kind := "other"
+	if j.Rows > 0 {
+		kind = "rows"
+	}
+	m.janTx.WithLabelValues(kind).Inc()
+	m.janRows.Add(float64(j.Rows))
+	m.janWait.Add(j.Waited.Seconds())
+	m.janHeld.Add(j.Held.Seconds())
 }
 
 // ObserveBatch records one applied batch.

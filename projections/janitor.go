@@ -77,6 +77,9 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 			}
 			took := time.Since(start)
 			slice = nextSlice(slice, times.waited, took-times.waited)
+			if s.ObserveJanitor != nil {
+				s.ObserveJanitor(JanitorStats{Rows: times.rows, Waited: times.waited, Held: took - times.waited})
+			}
 			// Rest as long as the transaction used the CPU.
 			select {
 			case <-ctx.Done():
@@ -148,6 +151,7 @@ func (s *Store) janitorStep(batch int) (did bool, times janitorTimes, err error)
 		return tx.Bucket(bJanitor).Delete(k)
 	})
 	s.ahead.rows -= y.rows
+	times.rows = y.rows
 	return did, times, err
 }
 
@@ -158,6 +162,16 @@ func (s *Store) janitorStep(batch int) (did bool, times janitorTimes, err error)
 // rest.
 type janitorTimes struct {
 	waited, offCPU time.Duration
+	rows           int // timeline rows removed (deleted, or kept as outliers)
+}
+
+// JanitorStats describes one transaction of RunJanitor, for metrics:
+// the timeline rows it removed (deleted, or kept as outliers; 0 for the
+// unindex window's and the outlier sweep's transactions), how long it
+// waited for bbolt's writer, and how long it held it.
+type JanitorStats struct {
+	Rows         int
+	Waited, Held time.Duration
 }
 
 // janitorUpdate runs fn in a write transaction, with a yielder that
@@ -180,9 +194,11 @@ func (s *Store) janitorUpdate(fn func(*bolt.Tx, *yielder) error) (y *yielder, ti
 	return y, times, err
 }
 
-// yielder yields the janitor's goroutine every janitorYield rows (or
-// other steps) of a transaction, for janitorYieldFor at most, and counts
-// the time it left to others, and the rows.
+// yielder yields the janitor's goroutine every janitorYield steps (rows,
+// keys, outliers examined) of a transaction, for janitorYieldFor at most,
+// and counts the time it left to others. rows counts the timeline rows
+// below a floor the transaction removed (the unindex window counts them
+// down; metrics).
 type yielder struct {
 	start   time.Time
 	steps   int
@@ -190,15 +206,7 @@ type yielder struct {
 	yielded time.Duration
 }
 
-// row counts a timeline row the transaction removed (the unindex window
-// counts them down) and is a step.
-func (y *yielder) row() {
-	y.rows++
-	y.step()
-}
-
-// step is a unit of the transaction's work, such as an outlier the sweep
-// examined.
+// step is a unit of the transaction's work.
 func (y *yielder) step() {
 	y.steps++
 	if y.steps%janitorYield != 0 {
@@ -306,6 +314,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	y.rows += n
 	if err := j.queueErasures(erase); err != nil {
 		return false, err
 	}
@@ -915,7 +924,7 @@ func deleteLowest(c *bolt.Cursor, prefix []byte, max int, y *yielder, in func(k 
 		if err := c.Delete(); err != nil {
 			return i, err
 		}
-		y.row()
+		y.step()
 	}
 	return n, nil
 }

@@ -51,6 +51,10 @@ type Store struct {
 	janitor    chan struct{} // wakes the janitor when a purge is applied
 	jmu        sync.Mutex    // one janitor step at a time
 	ahead      unindexAhead  // the janitor's window (unindex.go), under jmu
+
+	// ObserveJanitor, if set before RunJanitor starts, hears about every
+	// transaction of RunJanitor that did something.
+	ObserveJanitor func(JanitorStats)
 }
 
 // Open opens or creates the projection file at path.

@@ -122,7 +122,7 @@ func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error)
 			if err := c.Delete(); err != nil {
 				return err
 			}
-			y.row()
+			y.step()
 		}
 		return nil
 	})
@@ -153,7 +153,7 @@ func fillUnindex(tx *bolt.Tx, job *unindexAhead, y *yielder) error {
 			break
 		}
 		job.rows++
-		y.row()
+		y.step()
 		h, err := readPurgeHead(v)
 		if err != nil {
 			continue // the row transaction reports it

@@ -360,6 +360,7 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 	}
 	purgeC, shutC := make(chan reply, 1), make(chan reply, 1)
 	admin := "@admin:" + benchServerName
+	jan0 := b.janitorCost(ctx)
 	go func() {
 		t0 := time.Now()
 		data, err := sv.req.Request(ctx, sv.subjects.APIRoom(purged.ID, "purge_history"),
@@ -476,6 +477,7 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 		rows = round(res.PurgeRows).String()
 	}
 	b.printf("purge: %d messages; rows removed %s and complete %v after the reply\n", purged.remote, rows, round(res.PurgeDone))
+	b.printf("janitor (the purge's and the shutdown's): %s\n", b.janitorCost(ctx).since(jan0))
 	b.printf("shutdown: %d members kicked, complete %v after the reply\n", res.Kicked, round(res.ShutdownDone))
 	b.printf("ingest during the workload: %d events in %v = %.0f events/s (--ingest-rate %.0f); projection lag max %.0f msgs\n",
 		res.Ingested, round(res.IngestFor), perSec(res.Ingested, res.IngestFor), c.IngestRate, res.MaxLag)

@@ -473,6 +473,7 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 	during := startOpenLoop(ctx, res.Rate, read)
 	defer during.Stop() // on failure; Stop again returns the same
 
+	jan0 := b.janitorCost(ctx)
 	r, err := p.request(ctx, room.Cut())
 	if err != nil {
 		return err
@@ -539,6 +540,7 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 	b.printf("purge, log: %d messages erased %v after the reply = %.0f msgs/s (with the embedded server, one subject purge once the janitor is done; else one DeleteMsg each)\n",
 		res.N, round(res.Erased), perSec(res.N, res.Erased))
 	b.printf("purge, task: status complete %v after the reply\n", round(res.Complete))
+	b.printf("purge, janitor: %s\n", b.janitorCost(ctx).since(jan0))
 	b.printOpenLoop("other: during the purge", res.Rate, res.during)
 	b.printOpenLoop("other: until rows removed", res.Rate, res.duringRows)
 	b.printOpenLoop("other: after rows removed", res.Rate, res.duringErase)

@@ -482,6 +482,34 @@ func (b *bench) applyCost(ctx context.Context, span time.Duration) applyCost {
 	return c
 }
 
+// janitorCost is what the purges' janitor's metrics say it did so far
+// (scrollback_janitor_*; 0 when not served).
+type janitorCost struct {
+	RowTx, OtherTx, Rows, Wait, Held float64
+}
+
+func (b *bench) janitorCost(ctx context.Context) janitorCost {
+	var c janitorCost
+	if src := b.source.Load(); src != nil {
+		src.janitorCost(ctx, &c)
+	}
+	return c
+}
+
+// since says what the janitor did between j0 and j: the size of its row
+// transactions, and how long it waited for bbolt's writer against how
+// long it held it (projections.nextSlice grows the transactions while
+// it waits more than half as long).
+func (j janitorCost) since(j0 janitorCost) string {
+	rowTx, otherTx, rows := j.RowTx-j0.RowTx, j.OtherTx-j0.OtherTx, j.Rows-j0.Rows
+	wait, held := j.Wait-j0.Wait, j.Held-j0.Held
+	if rowTx+otherTx <= 0 {
+		return "not known"
+	}
+	return fmt.Sprintf("%.0f row transactions of %.0f rows on average, %.0f others (index entries ahead, sweep, drop); waited for bbolt's writer %.1f s, held it %.1f s (%.2fx)",
+		rowTx, rows/max(rowTx, 1), otherTx, wait, held, wait/max(held, 1e-9))
+}
+
 // since is c less the projector's counts of an earlier c0 (an external
 // service's metrics count from its start, not from the scenario's).
 func (c applyCost) since(c0 applyCost) applyCost {

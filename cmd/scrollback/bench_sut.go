@@ -328,6 +328,22 @@ func (s *sut) projectorCost(ctx context.Context, c *applyCost) {
 	c.Pages = get("scrollback_commit_pages_total")
 }
 
+// janitorCost is what the janitor's metrics (GET /metrics) say it did so
+// far (scrollback_janitor_*).
+func (s *sut) janitorCost(ctx context.Context, c *janitorCost) {
+	text, err := s.metrics(ctx)
+	if err != nil {
+		return
+	}
+	get := func(name string) float64 {
+		v, _ := loadgen.PromValue(text, name)
+		return v
+	}
+	c.RowTx, c.OtherTx = get(`scrollback_janitor_transactions_total{kind="rows"}`), get(`scrollback_janitor_transactions_total{kind="other"}`)
+	c.Rows = get("scrollback_janitor_rows_total")
+	c.Wait, c.Held = get("scrollback_janitor_wait_seconds_total"), get("scrollback_janitor_held_seconds_total")
+}
+
 // freelist is the size of the projection file's freelist in bytes:
 // bbolt writes it with every commit.
 func (s *sut) freelist() (int64, bool) {

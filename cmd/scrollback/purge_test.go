@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -93,6 +96,27 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 	})
 	st, body = m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/nopenope", "tok-admin", "")
 	wantErr(t, st, body, 404, "M_NOT_FOUND", "purge id 'nopenope' not found")
+
+	// The janitor's metrics count the 12 rows below the cut-off it
+	// removed (deleted or kept as outliers), in at least one transaction
+	// (it reports a transaction just after its commit, which the task's
+	// completion may overtake).
+	var metrics []byte
+	testenv.WaitFor(t, 5*time.Second, "the janitor's rows in /metrics", func() bool {
+		resp, err := http.Get("http://" + m.HTTPAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		metrics, _ = io.ReadAll(resp.Body)
+		v, _ := loadgen.PromValue(metrics, "scrollback_janitor_rows_total")
+		return v == 12
+	})
+	for _, name := range []string{`scrollback_janitor_transactions_total{kind="rows"}`, "scrollback_janitor_held_seconds_total"} {
+		if v, _ := loadgen.PromValue(metrics, name); v <= 0 {
+			t.Errorf("%s = %v, want > 0", name, v)
+		}
+	}
 
 	// Erased from the log: remote messages below the cut-off are gone,
 	// local ones and state stay (kept as outliers). The embedded server's

@@ -126,6 +126,7 @@ func (m *Main) Open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	m.Store.ObserveJanitor = m.Metrics.ObserveJanitor
 	m.background(runCtx, "janitor", func(ctx context.Context) {
 		m.Store.RunJanitor(ctx, 10*time.Second, m.Logger.With("component", "janitor"))
 	})
