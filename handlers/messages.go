@@ -401,7 +401,9 @@ const gapsKey = "org.matrix.msc3871.gaps"
 // the tokens on either side of the event in pagination order. Events at or
 // below a purge cut-off are not gaps: that history is gone on purpose.
 func gaps(v *projections.RoomView, rows []*projections.Row, from commands.StreamToken, backwards bool) []any {
-	if !v.HasGaps() {
+	if !v.HasGaps() && !v.Purging() {
+		// While a purge's janitor runs, a kept event may name a purged
+		// one that is not a backward extremity yet: look at the rows.
 		return nil
 	}
 	var out []any

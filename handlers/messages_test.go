@@ -471,3 +471,46 @@ func TestMessages_ReplyEndsBeforeMaxPayload(t *testing.T) {
 	next := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 1, "from": p.end})
 	same(t, "page after the cut", next.ids, []string{evs[len(evs)-1-len(p.ids)].ID()})
 }
+
+// TestMessages_GapsWhileThePurgeRuns: a kept event that names an event a
+// purge deletes shows a gap (MSC3871) from the moment the purge is
+// applied, as it does once the janitor has made the purged event a
+// backward extremity; the read skipped the look-up until then.
+func TestMessages_GapsWhileThePurgeRuns(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("gaps", "test")
+	evs := r.Setup(alice, "@remote:other.org")
+	var msgs []testenv.Event
+	for i := range 10 {
+		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	msgs[8]["prev_events"] = []any{msgs[7].ID(), msgs[1].ID()}
+	f.add(append(evs, msgs...)...)
+	f.applyCmd(map[string]any{"id": "p", "action": commands.ActionPurgeHistory, "room_id": r.ID,
+		"params": map[string]any{"token": fmt.Sprintf("t%d-0", msgs[5]["depth"])}})
+	gapsOf := func() []any {
+		m, e := f.read(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 50})
+		if e != nil {
+			t.Fatal(e)
+		}
+		g, _ := m["org.matrix.msc3871.gaps"].([]any)
+		return g
+	}
+	before := gapsOf()
+	for {
+		did, err := f.store.JanitorStep(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !did {
+			break
+		}
+	}
+	after := gapsOf()
+	if len(after) != 1 || after[0].(map[string]any)["event_id"] != msgs[8].ID() {
+		t.Fatalf("gaps after the janitor: %v, want one at %s", after, msgs[8].ID())
+	}
+	if len(before) != 1 || before[0].(map[string]any)["event_id"] != msgs[8].ID() {
+		t.Errorf("gaps before the janitor: %v, want one at %s as after it", before, msgs[8].ID())
+	}
+}

@@ -268,12 +268,17 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 			// Only the entry of this very row: the event may have come
 			// back as an outlier since its entry was deleted ahead
 			// (unindex.go).
+			// An outlier logged since then is kept, with the messages
+			// logged after it (extraBelow).
+			extraBelow := uint64(math.MaxUint64)
 			ec, ek := j.cur(bEvents).c, j.roomKey(h.eventID)
 			if k, v := ec.Seek(ek); k != nil && bytes.Equal(k, ek) {
 				if l, ok := parseLoc(room, v); ok && l.isRow(room, depth, stream) {
 					if err := ec.Delete(); err != nil {
 						return err
 					}
+				} else if ok && l.outlier {
+					extraBelow = logSeq(l.stream)
 				}
 			}
 			if meta.HasRedactions {
@@ -290,7 +295,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 			}
 			erase = append(erase, logSeq(stream))
 			if meta.HasExtraSeqs {
-				if erase, err = j.takeExtraSeqs(h.eventID, erase); err != nil {
+				if erase, err = j.takeExtraSeqs(h.eventID, extraBelow, erase); err != nil {
 					return err
 				}
 			}
@@ -351,7 +356,7 @@ func (j *purgeTx) deleteOutlier(meta *RoomMeta, key []byte, loc evLoc, h *purgeH
 	}
 	var err error
 	if meta.HasExtraSeqs {
-		if erase, err = j.takeExtraSeqs(key[8:], erase); err != nil {
+		if erase, err = j.takeExtraSeqs(key[8:], math.MaxUint64, erase); err != nil {
 			return erase, err
 		}
 	}
@@ -491,20 +496,25 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 }
 
 // takeExtraSeqs deletes the extraseqs entries of a deleted row's event
-// and appends their log sequences to erase: every message that carries
-// the event goes, or a rebuild from the log would bring it back. It
-// deletes them whether or not the event has come back as an outlier since
-// its index entry was deleted ahead (unindex.go): such an outlier's own
-// message is its row's, not an entry here.
-func (j *purgeTx) takeExtraSeqs(eventID []byte, erase []uint64) ([]uint64, error) {
+// logged before below, and appends their log sequences to erase: every
+// message that carries the event goes, or a rebuild from the log would
+// bring it back. below is the sequence of an outlier of the event logged
+// after the purge (a new one, kept: applyEvent's outlastsPurge), whose
+// own copies are logged after it and stay with it; otherwise MaxUint64.
+func (j *purgeTx) takeExtraSeqs(eventID []byte, below uint64, erase []uint64) ([]uint64, error) {
 	p := extraSeqPrefix(j.buf[:0], j.room, eventID)
 	j.buf = p
 	c := j.cur(bExtraSeqs).c
 	// Seek again after each deletion: a cursor's Next after Delete may
-	// skip a key. An event has few extra messages, usually none.
+	// skip a key. An event has few extra messages, usually none; they
+	// sort by sequence.
 	for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Seek(p) {
 		if len(k) == len(p)+8 {
-			erase = append(erase, binary.BigEndian.Uint64(k[len(p):]))
+			seq := binary.BigEndian.Uint64(k[len(p):])
+			if seq >= below {
+				break
+			}
+			erase = append(erase, seq)
 		}
 		if err := c.Delete(); err != nil {
 			return erase, err

@@ -311,8 +311,9 @@ func purgedEntries(tx *bolt.Tx) func(room uint64, stream int64) bool {
 	type roomState struct {
 		meta    *RoomMeta
 		retired bool
+		swept   map[int64]bool // outliers the pending sweep deletes, by stream
 	}
-	rooms := map[uint64]roomState{}
+	rooms := map[uint64]*roomState{}
 	rs, tl := tx.Bucket(bRStream), tx.Bucket(bTimeline)
 	return func(room uint64, stream int64) bool {
 		st, ok := rooms[room]
@@ -321,7 +322,7 @@ func purgedEntries(tx *bolt.Tx) func(room uint64, stream int64) bool {
 			if err != nil {
 				meta = &RoomMeta{}
 			}
-			st = roomState{meta: meta, retired: string(tx.Bucket(bJanitor).Get(u64(room))) == janitorDrop}
+			st = &roomState{meta: meta, retired: string(tx.Bucket(bJanitor).Get(u64(room))) == janitorDrop}
 			rooms[room] = st
 		}
 		if st.retired {
@@ -332,11 +333,35 @@ func purgedEntries(tx *bolt.Tx) func(room uint64, stream int64) bool {
 		}
 		d := rs.Get(binary.BigEndian.AppendUint64(u64(room), order(stream)))
 		if len(d) != 8 {
-			return false // kept as an outlier: it counts, as in Synapse
+			// Kept as an outlier by a purge: it counts, as in Synapse,
+			// unless the pending sweep deletes it.
+			if !st.meta.Sweep {
+				return false
+			}
+			if st.swept == nil {
+				st.swept = sweptOutliers(tx, room, st.meta)
+			}
+			return st.swept[stream]
 		}
 		loc := evLoc{room: room, depth: int64(binary.BigEndian.Uint64(d)), stream: stream}
 		return st.meta.purged(tx, loc, tl.Get(tlKey(room, loc.depth, stream)))
 	}
+}
+
+// sweptOutliers is the streams of the room's outliers that its pending
+// sweep deletes (sweepOutliers): a room's outliers are few beside its
+// timeline.
+func sweptOutliers(tx *bolt.Tx, room uint64, meta *RoomMeta) map[int64]bool {
+	swept := map[int64]bool{}
+	prefix := u64(room)
+	events := tx.Bucket(bEvents)
+	c := tx.Bucket(bOutliers).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if loc, ok := parseLoc(room, events.Get(k)); ok && loc.outlier && meta.purged(tx, loc, v) {
+			swept[loc.stream] = true
+		}
+	}
+	return swept
 }
 
 // CutoffByTS is Synapse's purge_up_to_ts look-up (SYNAPSE.md 6.1): X is

@@ -1267,3 +1267,82 @@ func TestCutoffByTS_SameBeforeAndAfterTheJanitor(t *testing.T) {
 		t.Errorf("CutoffByTS before the janitor (%d, %d, %v) differs from after it (%d, %d, %v)", d1, s1, ok1, d2, s2, ok2)
 	}
 }
+
+// TestCutoffByTS_KeptLocalOutlierThatASweepDeletes: a local message that
+// a first purge kept as an outlier, and that a second purge with
+// delete_local_events deletes, no longer counts for purge_up_to_ts from
+// the second purge on, before its sweep as after.
+func TestCutoffByTS_KeptLocalOutlierThatASweepDeletes(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("cutsweep", "test")
+	evs := r.Setup("@alice:test", "@remote:other.org")
+	local := r.Msg("@alice:test", "local")
+	evs = append(evs, local)
+	evs = append(evs, remoteMsgs(r, 6)...)
+	const base = int64(1_800_000_000_000)
+	for i, ev := range evs {
+		ev["received_ts"] = base + 10*int64(i+1)
+	}
+	localSeq := len(evs) - 6 // seq of local
+	next := apply(t, s, 1, evs...)
+	tok := fmt.Sprintf("t%d-0", evs[len(evs)-2]["depth"])
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": tok})
+	next++
+	drainJanitor(t, s)
+	if info, ok, _ := s.FindEvent(r.ID, local.ID()); !ok || !info.Outlier {
+		t.Fatalf("p1 should keep the local message as an outlier: %+v %v", info, ok)
+	}
+	applyCmd(t, s, next, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": tok, "delete_local_events": true})
+	ts := base + 10*int64(localSeq)
+	d1, s1, ok1, _ := s.CutoffByTS(r.ID, ts)
+	drainJanitor(t, s)
+	if _, ok, _ := s.FindEvent(r.ID, local.ID()); ok {
+		t.Fatal("p2 should delete the kept local outlier")
+	}
+	d2, s2, ok2, _ := s.CutoffByTS(r.ID, ts)
+	if d1 != d2 || s1 != s2 || ok1 != ok2 {
+		t.Errorf("CutoffByTS before the janitor (%d, %d, %v) differs from after it (%d, %d, %v)", d1, s1, ok1, d2, s2, ok2)
+	}
+}
+
+// TestPurgeHistory_KeptOutlierCopyKeepsItsDuplicates: a purged event comes
+// back as an outlier after the purge, twice. The outlier is kept with both
+// messages whether the janitor deletes the purged row before or after
+// (it took the second message for one of the purged row's).
+func TestPurgeHistory_KeptOutlierCopyKeepsItsDuplicates(t *testing.T) {
+	type result struct {
+		erased []uint64
+		extra  []string
+	}
+	run := func(janitorFirst bool) result {
+		s := openWithServer(t)
+		r := testenv.NewRoom("latedup", "test")
+		setup := r.Setup("@alice:test", "@remote:other.org")
+		msgs := remoteMsgs(r, 8)
+		next := apply(t, s, 1, append(append([]testenv.Event{}, setup...), msgs...)...)
+		applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+		next++
+		if janitorFirst {
+			drainJanitor(t, s)
+		}
+		copy1, copy2 := next, next+1
+		next = apply(t, s, next, copyOf(msgs[2], true), copyOf(msgs[2], true))
+		drainJanitor(t, s)
+		if info, ok, _ := s.FindEvent(r.ID, msgs[2].ID()); !ok || !info.Outlier {
+			t.Fatalf("janitor first %v: the outlier copy is not kept: %+v %v", janitorFirst, info, ok)
+		}
+		if err := s.CheckExtraSeqs(); err != nil {
+			t.Errorf("janitor first %v: %v", janitorFirst, err)
+		}
+		er, _ := s.PendingErasures(100, true)
+		if slices.Contains(er.Seqs, copy1) || slices.Contains(er.Seqs, copy2) {
+			t.Errorf("janitor first %v: erasures %v hold a message (%d, %d) of the kept outlier", janitorFirst, er.Seqs, copy1, copy2)
+		}
+		return result{er.Seqs, bucketLines(t, s, "extraseqs")}
+	}
+	a, b := run(true), run(false)
+	if !slices.Equal(a.erased, b.erased) || !slices.Equal(a.extra, b.extra) {
+		t.Errorf("janitor first: erasures %v, extraseqs %v\njanitor after: erasures %v, extraseqs %v",
+			a.erased, strings.Join(a.extra, "; "), b.erased, strings.Join(b.extra, "; "))
+	}
+}

@@ -92,6 +92,11 @@ func (s *Store) View(roomID string, fn func(v *RoomView) error) error {
 	})
 }
 
+// Purging reports whether the janitor has purged rows or outliers of the
+// room still to delete: until it has, the backward extremities that the
+// purged events leave (kept events naming them) are not recorded yet.
+func (v *RoomView) Purging() bool { return v.meta.needsJanitor() }
+
 // Floor is the room's purge cut-off depth (0 if never purged): reads stop
 // there and never ask federation for history below it.
 func (v *RoomView) Floor() int64 { return v.meta.Floor }
