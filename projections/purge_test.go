@@ -1326,7 +1326,7 @@ func TestPurgeHistory_KeptOutlierCopyKeepsItsDuplicates(t *testing.T) {
 			drainJanitor(t, s)
 		}
 		copy1, copy2 := next, next+1
-		next = apply(t, s, next, copyOf(msgs[2], true), copyOf(msgs[2], true))
+		apply(t, s, next, copyOf(msgs[2], true), copyOf(msgs[2], true))
 		drainJanitor(t, s)
 		if info, ok, _ := s.FindEvent(r.ID, msgs[2].ID()); !ok || !info.Outlier {
 			t.Fatalf("janitor first %v: the outlier copy is not kept: %+v %v", janitorFirst, info, ok)
