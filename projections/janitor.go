@@ -128,7 +128,7 @@ func (s *Store) JanitorStep(batch int) (bool, error) {
 func (s *Store) janitorStep(batch int) (did bool, times janitorTimes, err error) {
 	s.jmu.Lock()
 	defer s.jmu.Unlock()
-	if did, times, err = s.unindexStep(batch); did || err != nil {
+	if did, times, err = s.unindexStep(unindexBatch * min(batch, JanitorSlice)); did || err != nil {
 		return did, times, err
 	}
 	y, times, err := s.janitorUpdate(func(tx *bolt.Tx, y *yielder) error {
