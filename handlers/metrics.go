@@ -59,32 +59,20 @@ func NewMetrics(lag func() float64) *Metrics {
 		Help:    "Time bbolt's one writer spent on one group commit of the projector (applying the partitions' batches, writing, syncing).",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
 	})
-	m.commitMsgs = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "scrollback_commit_messages_total",
-		Help: "Log messages applied by the projector's group commits.",
-	})
-	m.commitPgs = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "scrollback_commit_pages_total",
-		Help: "bbolt pages (4 KiB) written by the projector's group commits.",
-	})
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	m.commitMsgs = counter("scrollback_commit_messages_total", "Log messages applied by the projector's group commits.")
+	m.commitPgs = counter("scrollback_commit_pages_total", "bbolt pages (4 KiB) written by the projector's group commits.")
 	// The purges' janitor: its rows/s, and how much of its time went
 	// waiting for bbolt's writer, which the projector's commits hold.
 	m.janTx = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "scrollback_janitor_transactions_total",
 		Help: "Write transactions of the janitor that removes purged history, by kind: rows (timeline rows below a cut-off) or other (index entries ahead of the rows, the outlier sweep, a purge_room's drop).",
 	}, []string{"kind"})
-	m.janRows = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "scrollback_janitor_rows_total",
-		Help: "Timeline rows below a purge cut-off the janitor removed (deleted, or kept as outliers).",
-	})
-	m.janWait = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "scrollback_janitor_wait_seconds_total",
-		Help: "Time the janitor's transactions waited for bbolt's one writer.",
-	})
-	m.janHeld = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "scrollback_janitor_held_seconds_total",
-		Help: "Time the janitor's transactions held bbolt's one writer (their work, writes and fsyncs).",
-	})
+	m.janRows = counter("scrollback_janitor_rows_total", "Timeline rows below a purge cut-off the janitor removed (deleted, or kept as outliers).")
+	m.janWait = counter("scrollback_janitor_wait_seconds_total", "Time the janitor's transactions waited for bbolt's one writer.")
+	m.janHeld = counter("scrollback_janitor_held_seconds_total", "Time the janitor's transactions held bbolt's one writer (their work, writes and fsyncs).")
 	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, m.commit, m.commitMsgs, m.commitPgs,
 		m.janTx, m.janRows, m.janWait, m.janHeld,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

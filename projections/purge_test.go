@@ -25,6 +25,18 @@ func openWithServer(t *testing.T) *projections.Store {
 	return s
 }
 
+// purgeAt is the params of a purge_history whose cut-off is ev.
+func purgeAt(ev testenv.Event) map[string]any {
+	return map[string]any{"token": fmt.Sprintf("t%d-0", ev["depth"])}
+}
+
+// outlierMsg is the room's next message, arriving as an outlier.
+func outlierMsg(r *testenv.Room, sender, body string) testenv.Event {
+	ev := r.Msg(sender, body)
+	ev["outlier"] = true
+	return ev
+}
+
 // remoteMsgs is the room's next n messages, from a remote sender.
 func remoteMsgs(r *testenv.Room, n int) []testenv.Event {
 	var msgs []testenv.Event
@@ -202,7 +214,7 @@ func TestJanitor_CrashMidPurgeFinishesExactlyOnce(t *testing.T) {
 	}
 	next := apply(t, s, 1, evs...)
 	cut := evs[len(evs)-5]
-	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])})
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(cut))
 	for range 4 {
 		if did, err := s.JanitorStep(5); err != nil || !did {
 			t.Fatalf("step: %v %v", did, err)
@@ -377,7 +389,7 @@ func TestRoomErasures_OnceTheJanitorIsDone(t *testing.T) {
 	next := apply(t, s, 1, append(append([]testenv.Event{}, setup...), msgs...)...)
 	firstMsg := uint64(len(setup) + 1) // log sequence of msgs[0]
 	purge := func(id string, cut testenv.Event) {
-		applyCmd(t, s, next, r.ID, id, commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])})
+		applyCmd(t, s, next, r.ID, id, commands.ActionPurgeHistory, purgeAt(cut))
 		next++
 	}
 	purge("p1", msgs[4])
@@ -431,8 +443,7 @@ func TestPurgeRoom_DropsOutliers(t *testing.T) {
 	s := openWithServer(t)
 	r := testenv.NewRoom("gone", "test")
 	evs := append(r.Setup("@alice:test"), r.Msg("@alice:test", "x"))
-	out := r.Msg("@remote:other.org", "outlier")
-	out["outlier"] = true
+	out := outlierMsg(r, "@remote:other.org", "outlier")
 	next := apply(t, s, 1, append(evs, out)...)
 	if _, ok, _ := s.FindEvent(r.ID, out.ID()); !ok {
 		t.Fatal("the outlier is not stored")
@@ -457,7 +468,7 @@ func TestPurgeHistory_KeptOutlierArrivingAgainBelowTheFloor(t *testing.T) {
 	setup := r.Setup("@alice:test", "@remote:other.org")
 	msgs := remoteMsgs(r, 10)
 	next := apply(t, s, 1, append(setup, msgs...)...)
-	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(msgs[6]))
 	next++
 	drainJanitor(t, s)
 	again := testenv.Event(maps.Clone(setup[0]))
@@ -531,7 +542,7 @@ func TestPurgeHistory_RedactionMarksGoWithTheirRows(t *testing.T) {
 	keptRedaction := redact(targetGone.ID())
 	evs = append(evs, cut, keptRedaction, r.Msg("@remote:other.org", "after"))
 	next := apply(t, s, 1, evs...)
-	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])})
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(cut))
 	drainJanitor(t, s)
 
 	if marks := bucketLines(t, s, "redacted"); len(marks) != 2 {
@@ -570,7 +581,7 @@ func TestPurgeHistory_DeleteLocalStaysWithItsCutoff(t *testing.T) {
 			}
 			next := apply(t, s, 1, append(evs, msgs...)...)
 			applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[8]["depth"]), "delete_local_events": true})
-			applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[second]["depth"])})
+			applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, purgeAt(msgs[second]))
 			drainJanitor(t, s)
 			_ = s.View(r.ID, func(v *projections.RoomView) error {
 				if row, _ := v.Event(msgs[5].ID()); row != nil {
@@ -599,7 +610,7 @@ func TestPurgeHistory_PurgedByIDBeforeTheJanitor(t *testing.T) {
 	msgs := remoteMsgs(r, 5)
 	evs = append(append(evs, topic, rd), msgs...)
 	next := apply(t, s, 1, evs...)
-	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[3]["depth"])})
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(msgs[3]))
 	// The purge is applied: rd and msgs[0..2] are purged (remote, non-state).
 	_ = s.View(r.ID, func(v *projections.RoomView) error {
 		if v.Holds(msgs[1].ID()) {
@@ -633,14 +644,13 @@ func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
 	r := testenv.NewRoom("outl", "test")
 	setup := r.Setup("@alice:test", "@remote:other.org")
 	msgs := remoteMsgs(r, 3)
-	out := r.Msg("@remote:other.org", "an outlier")
-	out["outlier"] = true
+	out := outlierMsg(r, "@remote:other.org", "an outlier")
 	local := r.Msg("@alice:test", "local")
 	more := remoteMsgs(r, 6)
 	// The outlier arrives twice: both its messages go.
 	next := apply(t, s, 1, append(append(append(append([]testenv.Event{}, setup...), msgs...), out, local), append(more, out)...)...)
 	dupSeq := next - 1
-	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[1]["depth"])})
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(more[1]))
 	drainJanitor(t, s)
 	applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[3]["depth"]), "delete_local_events": true})
 	drainJanitor(t, s)
@@ -687,7 +697,7 @@ func TestPurgeHistory_BackwardExtremityNamedByAKeptEvent(t *testing.T) {
 	msgs[2]["prev_events"] = []any{msgs[1].ID(), "$missing"}
 	msgs[8]["prev_events"] = []any{msgs[7].ID(), "$missing"}
 	all := append(append([]testenv.Event{}, setup...), msgs...)
-	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])}
+	params := purgeAt(msgs[6])
 	live := openWithServer(t)
 	next := apply(t, live, 1, all...)
 	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
@@ -720,8 +730,8 @@ func TestPurgeHistory_BackwardExtremityAcrossTwoPurges(t *testing.T) {
 	msgs[5]["prev_events"] = []any{msgs[4].ID(), "$missing", msgs[1].ID()}
 	msgs[8]["prev_events"] = []any{msgs[7].ID(), "$missing", msgs[1].ID()}
 	all := append(append([]testenv.Event{}, setup...), msgs...)
-	first := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
-	second := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[7]["depth"])}
+	first := purgeAt(msgs[4])
+	second := purgeAt(msgs[7])
 	purge := func(s *projections.Store, next uint64) {
 		applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, first)
 		drainJanitor(t, s)
@@ -761,7 +771,7 @@ func TestPurgeRoom_DropsQueuedErasures(t *testing.T) {
 	evs := r.Setup("@alice:test", "@remote:other.org")
 	msgs := remoteMsgs(r, 6)
 	next := apply(t, s, 1, append(evs, msgs...)...)
-	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])})
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(msgs[4]))
 	drainJanitor(t, s)
 	applyCmd(t, s, next+1, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
 	drainJanitor(t, s)
@@ -794,7 +804,7 @@ func TestPurgeHistory_PurgedParentTakesItsFirstKeptChild(t *testing.T) {
 		t.Fatalf("IDs %s and %s: want the later child's first", msgs[3].ID(), msgs[5].ID())
 	}
 	all := append(append([]testenv.Event{}, setup...), msgs...)
-	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[3]["depth"])}
+	params := purgeAt(msgs[3])
 	live := openWithServer(t)
 	next := apply(t, live, 1, all...)
 	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
@@ -834,7 +844,7 @@ func TestPurge_ErasesAnOutlierThatJoinedTheTimeline(t *testing.T) {
 	asOutlier["outlier"] = true
 	// The log: setup, msgs[1] as an outlier, then msgs in order.
 	log := append(append(append([]testenv.Event{}, setup...), asOutlier), msgs...)
-	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
+	params := purgeAt(msgs[4])
 	live := openWithServer(t)
 	next := apply(t, live, 1, log...)
 	outlierSeq := uint64(len(setup) + 1)
@@ -916,7 +926,7 @@ func TestPurge_ErasesEveryMessageOfADeletedEvent(t *testing.T) {
 	if got := len(bucketLines(t, live, "extraseqs")); got != 5 {
 		t.Fatalf("%d extra sequences recorded, want 5:\n%s", got, strings.Join(bucketLines(t, live, "extraseqs"), "\n"))
 	}
-	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
+	params := purgeAt(msgs[4])
 	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
 	drainJanitor(t, live)
 	if err := live.CheckExtraSeqs(); err != nil {
@@ -1050,7 +1060,7 @@ func TestPurge_ReceivedEntries(t *testing.T) {
 					delete(want, uint64(i+1))
 				}
 			}
-			applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", evs[cut]["depth"])})
+			applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(evs[cut]))
 			next++
 			drainJanitor(t, s)
 			if got := receivedOf(t, s, room); !maps.Equal(got, want) {
@@ -1090,11 +1100,10 @@ func TestPurgeHistory_SweptOutlierHiddenAtOnce(t *testing.T) {
 	r := testenv.NewRoom("sweepread", "test")
 	setup := r.Setup("@alice:test", "@remote:other.org")
 	msgs := remoteMsgs(r, 2)
-	out := r.Msg("@remote:other.org", "an outlier")
-	out["outlier"] = true
+	out := outlierMsg(r, "@remote:other.org", "an outlier")
 	more := remoteMsgs(r, 4)
 	next := apply(t, s, 1, append(append(append(append([]testenv.Event{}, setup...), msgs...), out), more...)...)
-	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[2]["depth"])})
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(more[2]))
 	before := func() (bool, bool, bool) {
 		_, found, _ := s.FindEvent(r.ID, out.ID())
 		var ev, holds bool
@@ -1125,7 +1134,7 @@ func TestPurgeHistory_SecondPurgeSweepsNewOutliers(t *testing.T) {
 	setup := r.Setup("@alice:test", "@remote:other.org")
 	msgs := remoteMsgs(r, 8)
 	next := apply(t, s, 1, append(append([]testenv.Event{}, setup...), msgs...)...)
-	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(msgs[6]))
 	next++
 	drainJanitor(t, s)
 	// A remote outlier at a depth below both cut-offs arrives.
@@ -1133,7 +1142,7 @@ func TestPurgeHistory_SecondPurgeSweepsNewOutliers(t *testing.T) {
 		"origin_server_ts": int64(1), "depth": msgs[1]["depth"], "prev_events": []any{}, "content": map[string]any{}, "outlier": true}
 	next = apply(t, s, next, out)
 	// The same cut-off again (Synapse: "purge_history" with the same token).
-	applyCmd(t, s, next, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+	applyCmd(t, s, next, r.ID, "p2", commands.ActionPurgeHistory, purgeAt(msgs[6]))
 	drainJanitor(t, s)
 	if _, ok, _ := s.FindEvent(r.ID, out.ID()); ok {
 		t.Errorf("remote outlier %s below p2's cut-off, logged before p2, survives it", out.ID())
@@ -1151,7 +1160,7 @@ func TestPurgeHistory_SweptOutlierNamedByAKeptEvent(t *testing.T) {
 		"origin_server_ts": int64(1), "depth": msgs[1]["depth"], "prev_events": []any{}, "content": map[string]any{}, "outlier": true}
 	msgs[8]["prev_events"] = []any{msgs[7].ID(), out.ID()}
 	log := append(append(append([]testenv.Event{}, setup...), out), msgs...)
-	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[5]["depth"])}
+	params := purgeAt(msgs[5])
 	live := openWithServer(t)
 	next := apply(t, live, 1, log...)
 	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
@@ -1181,7 +1190,7 @@ func TestPurgeHistory_KeptRedactionsMarkAsInARebuild(t *testing.T) {
 	rd := r.Next("m.room.redaction", "@remote:other.org", nil, map[string]any{"redacts": x.ID()})
 	tail := remoteMsgs(r, 2)
 	log := append(append(append(append([]testenv.Event{}, setup...), msgs...), rd), tail...)
-	params := map[string]any{"token": fmt.Sprintf("t%d-0", msgs[4]["depth"])}
+	params := purgeAt(msgs[4])
 	again := copyOf(x, true) // fetched again after the purge
 
 	live := openWithServer(t)
@@ -1224,7 +1233,7 @@ func TestPurgeHistory_OutlierCopyAfterThePurge(t *testing.T) {
 					log = append(log, m)
 				}
 				next := apply(t, s, 1, log...)
-				applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+				applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(msgs[6]))
 				next++
 				if janitorFirst {
 					drainJanitor(t, s)
@@ -1258,7 +1267,7 @@ func TestCutoffByTS_SameBeforeAndAfterTheJanitor(t *testing.T) {
 	}
 	cut := len(evs) - 3
 	next := apply(t, s, 1, evs...)
-	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", evs[cut]["depth"])})
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(evs[cut]))
 	ts := base + 10*int64(cut) // the received time of the last deleted row (seq cut)
 	d1, s1, ok1, _ := s.CutoffByTS(r.ID, ts)
 	drainJanitor(t, s)
@@ -1320,7 +1329,7 @@ func TestPurgeHistory_KeptOutlierCopyKeepsItsDuplicates(t *testing.T) {
 		setup := r.Setup("@alice:test", "@remote:other.org")
 		msgs := remoteMsgs(r, 8)
 		next := apply(t, s, 1, append(append([]testenv.Event{}, setup...), msgs...)...)
-		applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[6]["depth"])})
+		applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(msgs[6]))
 		next++
 		if janitorFirst {
 			drainJanitor(t, s)

@@ -309,19 +309,29 @@ func (s *sut) io() (loadgen.IO, bool) {
 	return io, err == nil
 }
 
+// metricValues scrapes GET /metrics once and returns a look-up of its
+// values by name (0 for a metric not served); ok is false if the scrape
+// failed.
+func (s *sut) metricValues(ctx context.Context) (get func(name string) float64, ok bool) {
+	text, err := s.metrics(ctx)
+	if err != nil {
+		return nil, false
+	}
+	return func(name string) float64 {
+		v, _ := loadgen.PromValue(text, name)
+		return v
+	}, true
+}
+
 // projectorCost is what the projector's metrics (GET /metrics) say it
 // did so far: its partitions' batches and the time each took from
 // decoding to the commit (scrollback_apply_batch_seconds), and bbolt's
 // writer's group commits (scrollback_commit_*). A field not served (an
 // older build) stays 0.
 func (s *sut) projectorCost(ctx context.Context, c *applyCost) {
-	text, err := s.metrics(ctx)
-	if err != nil {
+	get, ok := s.metricValues(ctx)
+	if !ok {
 		return
-	}
-	get := func(name string) float64 {
-		v, _ := loadgen.PromValue(text, name)
-		return v
 	}
 	c.Batches, c.BatchSecs = get("scrollback_apply_batch_seconds_count"), get("scrollback_apply_batch_seconds_sum")
 	c.Groups, c.GroupSecs = get("scrollback_commit_seconds_count"), get("scrollback_commit_seconds_sum")
@@ -331,13 +341,9 @@ func (s *sut) projectorCost(ctx context.Context, c *applyCost) {
 // janitorCost is what the janitor's metrics (GET /metrics) say it did so
 // far (scrollback_janitor_*).
 func (s *sut) janitorCost(ctx context.Context, c *janitorCost) {
-	text, err := s.metrics(ctx)
-	if err != nil {
+	get, ok := s.metricValues(ctx)
+	if !ok {
 		return
-	}
-	get := func(name string) float64 {
-		v, _ := loadgen.PromValue(text, name)
-		return v
 	}
 	c.RowTx, c.OtherTx = get(`scrollback_janitor_transactions_total{kind="rows"}`), get(`scrollback_janitor_transactions_total{kind="other"}`)
 	c.Rows = get("scrollback_janitor_rows_total")
