@@ -541,12 +541,7 @@ func (a *applier) outlastsPurge(room uint64, id []byte, was evLoc) (bool, error)
 	if err != nil {
 		return true, err
 	}
-	var val []byte
-	if was.outlier {
-		val = a.tx.Bucket(bOutliers).Get(id)
-	} else {
-		val = a.tx.Bucket(bTimeline).Get(tlKey(room, was.depth, was.stream))
-	}
+	val := rowAt(a.tx.Bucket, id, was)
 	if val == nil || !meta.purged(a.tx, was, val) {
 		return true, nil
 	}

@@ -242,7 +242,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 	j := newPurgeTx(tx, room, meta.Floor)
 	server := serverName(tx)
 	if meta.Sweep {
-		if err := j.sweepOutliers(meta, batch, y, server); err != nil {
+		if err := j.sweepOutliers(meta, batch, y); err != nil {
 			return false, err
 		}
 		return !meta.Sweep && meta.PurgedTo >= meta.Floor, putRoomMeta(tx, room, meta)
@@ -282,7 +282,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 				}
 			}
 			if meta.HasRedactions {
-				if err := j.dropMarks(meta, &h); err != nil {
+				if err := j.dropMarks(&h); err != nil {
 					return err
 				}
 			}
@@ -350,7 +350,7 @@ func (j *purgeTx) deleteOutlier(meta *RoomMeta, key []byte, loc evLoc, h *purgeH
 		return erase, err
 	}
 	if meta.HasRedactions {
-		if err := j.dropMarks(meta, h); err != nil {
+		if err := j.dropMarks(h); err != nil {
 			return erase, err
 		}
 	}
@@ -374,10 +374,10 @@ func (j *purgeTx) deleteOutlier(meta *RoomMeta, key []byte, loc evLoc, h *purgeH
 // (README: where we differ). Both ends' rows below the floor count as
 // gone when the purges delete them (RoomMeta.purged), whichever the
 // janitor reaches first.
-func (j *purgeTx) dropMarks(meta *RoomMeta, h *purgeHead) error {
+func (j *purgeTx) dropMarks(h *purgeHead) error {
 	marks := j.b(bRedacts)
 	own := evKeyAt(nil, j.room, h.eventID)
-	if by := marks.Get(own); by != nil && !j.holds(meta, by) {
+	if by := marks.Get(own); by != nil && !j.holds(by) {
 		if err := marks.Delete(own); err != nil {
 			return err
 		}
@@ -390,10 +390,17 @@ func (j *purgeTx) dropMarks(meta *RoomMeta, h *purgeHead) error {
 		return nil
 	}
 	tk := evKeyAt(nil, j.room, target)
-	if by := marks.Get(tk); bytes.Equal(by, h.eventID) && !j.holds(meta, target) {
+	if by := marks.Get(tk); bytes.Equal(by, h.eventID) && !j.holds(target) {
 		return marks.Delete(tk)
 	}
 	return nil
+}
+
+// holds reports whether the room keeps the event id after its purges
+// (what a look-up by ID finds: eventAt).
+func (j *purgeTx) holds(id []byte) bool {
+	_, ok := eventAt(j.tx, j.room, string(id))
+	return ok
 }
 
 // redactionTarget is the event a stored redaction redacts: its top-level
@@ -411,22 +418,6 @@ func redactionTarget(h *purgeHead) []byte {
 		return nil
 	}
 	return []byte(c.Redacts)
-}
-
-// holds reports whether the room keeps the event id after its purges.
-func (j *purgeTx) holds(meta *RoomMeta, id []byte) bool {
-	ek := evKeyAt(nil, j.room, id)
-	loc, ok := parseLoc(j.room, j.b(bEvents).Get(ek))
-	if !ok {
-		return false
-	}
-	var val []byte
-	if loc.outlier {
-		val = j.b(bOutliers).Get(ek)
-	} else {
-		val = j.b(bTimeline).Get(tlKey(j.room, loc.depth, loc.stream))
-	}
-	return val != nil && !meta.purged(j.tx, loc, val)
 }
 
 // queueErasures queues the log sequences of deleted events for erasure,
@@ -464,7 +455,7 @@ func (j *purgeTx) queueErasures(seqs []uint64) error {
 // would keep: the floor is the room's (CONTRACT.md section 7). The rows
 // the purges keep are only read; the outliers of a room are usually a
 // small part of it.
-func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server string) error {
+func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder) error {
 	prefix := u64(j.room)
 	c := j.b(bOutliers).Cursor()
 	var erase []uint64
@@ -476,11 +467,13 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder, server st
 		}
 		y.step()
 		loc, ok := parseLoc(j.room, j.b(bEvents).Get(k))
-		h, err := readPurgeHead(v)
-		if err != nil || !ok || !loc.outlier || loc.depth >= meta.Floor || logSeq(loc.stream) >= meta.SweepBelow ||
-			!meta.deletes(loc.depth, h.flags&flagState != 0, isLocalSender(h.sender, server)) {
+		if !ok || !loc.outlier || !meta.purged(j.tx, loc, v) {
 			k, v = c.Next()
 			continue
+		}
+		h, err := readPurgeHead(v)
+		if err != nil {
+			return err
 		}
 		key := append(j.prefix[:0], k...)
 		j.prefix = key

@@ -266,12 +266,7 @@ func eventAt(tx *bolt.Tx, room uint64, eventID string) (EventInfo, bool) {
 	if !found {
 		return EventInfo{}, false
 	}
-	var val []byte
-	if loc.outlier {
-		val = tx.Bucket(bOutliers).Get(evKey(room, eventID))
-	} else {
-		val = tx.Bucket(bTimeline).Get(tlKey(room, loc.depth, loc.stream))
-	}
+	val := rowAt(tx.Bucket, evKey(room, eventID), loc)
 	if len(val) < 2 {
 		return EventInfo{}, false
 	}
@@ -280,6 +275,16 @@ func eventAt(tx *bolt.Tx, room uint64, eventID string) (EventInfo, bool) {
 		return EventInfo{}, false
 	}
 	return EventInfo{Depth: loc.depth, Stream: loc.stream, Outlier: loc.outlier, Rejected: val[1]&flagRejected != 0}, true
+}
+
+// rowAt is the stored row of an event at loc, key being its events-index
+// key (room|event ID): its outlier row, or its timeline row. bucket opens
+// a bucket (tx.Bucket, or a view's cached one).
+func rowAt(bucket func(name []byte) *bolt.Bucket, key []byte, loc evLoc) []byte {
+	if loc.outlier {
+		return bucket(bOutliers).Get(key)
+	}
+	return bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
 }
 
 // purged reports whether the row val, stored at loc, is one the room's

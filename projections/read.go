@@ -248,12 +248,7 @@ func (v *RoomView) Event(eventID string) (*Row, error) {
 	if !ok || v.preReset(loc.stream) {
 		return nil, nil
 	}
-	var val []byte
-	if loc.outlier {
-		val = v.bucket(bOutliers).Get(evKey(v.room, eventID))
-	} else {
-		val = v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream))
-	}
+	val := rowAt(v.bucket, evKey(v.room, eventID), loc)
 	if val == nil || v.meta.purged(v.tx, loc, val) {
 		return nil, nil
 	}

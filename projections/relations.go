@@ -375,8 +375,5 @@ func (v *RoomView) Holds(eventID string) bool {
 	if !ok || loc.depth >= v.meta.Floor {
 		return ok
 	}
-	if loc.outlier {
-		return !v.meta.purged(v.tx, loc, v.bucket(bOutliers).Get(evKey(v.room, eventID)))
-	}
-	return !v.meta.purged(v.tx, loc, v.bucket(bTimeline).Get(tlKey(loc.room, loc.depth, loc.stream)))
+	return !v.meta.purged(v.tx, loc, rowAt(v.bucket, evKey(v.room, eventID), loc))
 }
