@@ -24,7 +24,9 @@
 // before the first message after it; where a copy itself stands
 // it is delivered as a message of kind kept, which the projector passes
 // over. So a reader of the log, and a rebuild, sees the same messages at
-// the same sequences as before, minus the erased ones. Only a log no
+// the same sequences as before, minus the erased ones. A later compaction
+// that erases a message an earlier one copied (an event a later purge
+// deletes) deletes the copy as well. Only a log no
 // other instance reads while it is compacted may be compacted: Consume
 // reads copies once, when it starts.
 //

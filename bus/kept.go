@@ -68,9 +68,14 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 	if err != nil {
 		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
 	}
-	copied, err := lastKept(ctx, st, keptSubj)
+	copied, lastCopy, err := lastKept(ctx, st, keptSubj)
 	if err != nil {
 		return err
+	}
+	if lastCopy > 0 && (copied == 0 || seqs[0] <= copied) {
+		if err := l.eraseCopies(ctx, keptSubj, lastCopy, seqs); err != nil {
+			return err
+		}
 	}
 	keep, err := keptSeqs(ctx, l.JS, st, eventSubj, seqs, copied, l.BeforeDelete)
 	if err != nil {
@@ -222,17 +227,48 @@ func ParseBatchAck(data []byte, n int) (last uint64, err error) {
 // lastKept is the original sequence of the subject's last kept copy, 0
 // without one, or if the last message there is not a valid copy (not
 // one the service made): then every copy is made again, which is
-// harmless, since readers take a sequence once.
-func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (uint64, error) {
+// harmless, since readers take a sequence once. at is the last message's
+// own sequence, 0 if the subject has none.
+func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (seq, at uint64, err error) {
 	m, err := st.GetLastMsgForSubject(ctx, keptSubj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, nil
+		return 0, 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("bus: last kept copy on %s: %w", keptSubj, err)
+		return 0, 0, fmt.Errorf("bus: last kept copy on %s: %w", keptSubj, err)
 	}
-	seq, _ := keptSeq(m.Header)
-	return seq, nil
+	seq, _ = keptSeq(m.Header)
+	return seq, m.Sequence, nil
+}
+
+// eraseCopies deletes the kept copies, up to the subject's message at
+// last, of erased messages (seqs, ascending): a purge may delete an
+// event that an earlier one kept, and so an earlier compaction copied (a
+// local message, once a purge has delete_local_events; an outlier the
+// sweep deletes). Without this the copy stayed in the log for good,
+// though the projection had deleted the event. It reads the copies'
+// headers, paced as keptSeqs is (the subject holds what the room's purges
+// kept, its state events mostly), and deletes the matches one by one:
+// few, as a rule.
+func (l *Log) eraseCopies(ctx context.Context, keptSubj string, last uint64, seqs []uint64) error {
+	var erase []uint64
+	n := 0
+	err := readRange(ctx, l.JS, l.Stream, keptSubj, 1, last, true, func(m jetstream.Msg, at uint64) error {
+		if l.BeforeDelete != nil && n%scanBatch == 0 {
+			l.BeforeDelete(ctx)
+		}
+		n++
+		if orig, ok := keptSeq(m.Headers()); ok {
+			if _, found := slices.BinarySearch(seqs, orig); found {
+				erase = append(erase, at)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return l.DeleteMsgs(ctx, erase)
 }
 
 // RoomHistoryBelow reports whether the log still holds any of a room's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -174,9 +175,6 @@ func TestCompact_KeptMessagesAreReadInTheirPlaces(t *testing.T) {
 	}
 }
 
-// TestCompact_ResumesAfterACrash: a compaction that died after copying
-// a2 (its copy is in the log, the originals too) is repeated: a2 is not
-// copied twice, and a reader meanwhile gets each message once.
 // TestCompact_InSteps: with steps of two erased messages, the subject
 // purge goes in three steps, making way for reads before each, and the
 // log reads as after one purge.
@@ -218,6 +216,9 @@ func TestCompact_InSteps(t *testing.T) {
 	}
 }
 
+// TestCompact_ResumesAfterACrash: a compaction that died after copying
+// a2 (its copy is in the log, the originals too) is repeated: a2 is not
+// copied twice, and a reader meanwhile gets each message once.
 func TestCompact_ResumesAfterACrash(t *testing.T) {
 	k := newKeptLog(t, 4)
 	ctx := context.Background()
@@ -251,6 +252,46 @@ func TestCompact_ResumesAfterACrash(t *testing.T) {
 	}
 	if n := k.count(t, keptSubj); n != 1 {
 		t.Errorf("kept subject holds %d copies after a second repeat, want 1", n)
+	}
+}
+
+// TestCompact_ErasesKeptCopies: a first compaction keeps a2, a4 and a5
+// as copies; a later one erases a2 and a4 (a purge that deletes events
+// the first one kept, such as local messages with delete_local_events).
+// Their copies go too, so nothing of them stays in the log, and a5's
+// copy, the originals above and room b are untouched. A repeat changes
+// nothing.
+func TestCompact_ErasesKeptCopies(t *testing.T) {
+	k := newKeptLog(t, 8)
+	ctx := context.Background()
+	before := k.read(t, 1)
+	first := []uint64{k.seqs["a1"], k.seqs["a3"], k.seqs["a6"]}
+	if err := k.log.Compact(ctx, "!a:x", first); err != nil {
+		t.Fatal(err)
+	}
+	keptSubj := k.log.Subjects.Room("!a:x", commands.KindKept)
+	if n := k.count(t, keptSubj); n != 3 { // copies of a2, a4, a5
+		t.Fatalf("kept subject holds %d copies after the first compaction, want 3", n)
+	}
+	second := []uint64{k.seqs["a2"], k.seqs["a4"]}
+	for range 2 {
+		if err := k.log.Compact(ctx, "!a:x", second); err != nil {
+			t.Fatal(err)
+		}
+		if n := k.count(t, keptSubj); n != 1 { // a5's copy
+			t.Errorf("kept subject holds %d copies after the second compaction, want 1", n)
+		}
+	}
+	got := k.read(t, 1)
+	for seq, m := range before {
+		erased := slices.Contains(first, seq) || slices.Contains(second, seq)
+		r, ok := got[seq]
+		switch {
+		case erased && ok:
+			t.Errorf("erased %s read at %d", m.data, seq)
+		case !erased && r != m:
+			t.Errorf("at %d: read %+v, want %+v", seq, r, m)
+		}
 	}
 }
 

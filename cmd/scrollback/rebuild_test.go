@@ -2,19 +2,18 @@ package main
 
 import (
 	"bytes"
-	"path/filepath"
-	"strings"
-
 	"context"
 	"fmt"
-	"github.com/scrollback/scrollback/bus"
-	"github.com/scrollback/scrollback/commands"
-	"github.com/scrollback/scrollback/projections"
 	"net/url"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -144,6 +143,74 @@ func TestVerify_FindsADifference(t *testing.T) {
 	}
 }
 
+// purgeHistory purges a room's history below event cut over HTTP, with
+// the given body, and waits until the purge is complete and its erasure
+// from the log (a compaction on the embedded server) is done.
+func (m *Main) purgeHistory(t *testing.T, roomID, cut, body string) {
+	t.Helper()
+	st, reply := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(roomID)+"/"+url.PathEscape(cut), "tok-admin", body)
+	if st != 200 {
+		t.Fatalf("purge: %d %v", st, reply)
+	}
+	purgeID := reply["purge_id"].(string)
+	testenv.WaitFor(t, 20*time.Second, "the history purge and its erasure", func() bool {
+		task, _ := m.Store.Task(purgeID)
+		pending, _ := m.Store.ErasuresPending()
+		return task != nil && task.Status == commands.TaskComplete && !pending
+	})
+}
+
+// TestPurgeHistory_ErasesTheCopiesOfAnEarlierPurge: a first purge keeps
+// a local user's messages as outliers, and the compaction of the
+// embedded server's log copies them to the room's kept subject. A second
+// purge with delete_local_events deletes them: their copies leave the log
+// too, the state events' copies stay, and the projection still equals a
+// rebuild from the log.
+func TestPurgeHistory_ErasesTheCopiesOfAnEarlierPurge(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("recopied", "test")
+	evs := r.Setup(alice, "@remote:other.org")
+	setup := len(evs)
+	var local []int // indexes in evs of alice's messages below the cut-off
+	for i := range 20 {
+		sender := "@remote:other.org"
+		if i%4 == 0 {
+			sender = alice
+			if i < 16 {
+				local = append(local, len(evs))
+			}
+		}
+		evs = append(evs, r.Msg(sender, fmt.Sprint(i)))
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	keptSubj := faultSubjects.Room(r.ID, commands.KindKept)
+	cut := evs[len(evs)-4].ID() // alice's 16th: the last message below it is a remote one
+	m.purgeHistory(t, r.ID, cut, "")
+	if n, want := mustSubjectCount(t, m.JS, keptSubj), uint64(setup+len(local)); n != want {
+		t.Fatalf("the first purge left %d kept copies, want %d (the set-up and the local messages)", n, want)
+	}
+	m.purgeHistory(t, r.ID, cut, `{"delete_local_events": true}`)
+	if n := mustSubjectCount(t, m.JS, keptSubj); n != uint64(setup) {
+		t.Errorf("the second purge left %d kept copies, want %d (the set-up's)", n, setup)
+	}
+	read := logAsRead(t, m.JS, "SCROLLBACK", faultSubjects)
+	for _, i := range local {
+		if subj, ok := read[seqs[i]]; ok {
+			t.Errorf("deleted local message %d still read from the log, on %s", i, subj)
+		}
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var vout bytes.Buffer
+	if n, err := verifyProjection(context.Background(), m.Config, &vout); err != nil || n != 0 {
+		t.Fatalf("verify: %d differences, %v\n%s", n, err, vout.String())
+	}
+}
+
 // TestPurgeRoom_ErasesTheKeptCopies: a purge_history on the embedded
 // server moves the messages it keeps to the room's kept subject (the set-up's
 // state events here); a later purge_room of the room erases them with
@@ -160,26 +227,8 @@ func TestPurgeRoom_ErasesTheKeptCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventSubj, keptSubj := faultSubjects.Room(r.ID, commands.KindEvent), faultSubjects.Room(r.ID, commands.KindKept)
-	count := func(subject string) uint64 {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		n, err := subjectCount(ctx, m.JS, subject)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	cut := evs[len(evs)-5]
-	st, body := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(r.ID)+"/"+url.PathEscape(cut.ID()), "tok-admin", "")
-	if st != 200 {
-		t.Fatalf("purge: %d %v", st, body)
-	}
-	purgeID := body["purge_id"].(string)
-	testenv.WaitFor(t, 20*time.Second, "the history purge to complete", func() bool {
-		task, _ := m.Store.Task(purgeID)
-		return task != nil && task.Status == commands.TaskComplete
-	})
+	count := func(subject string) uint64 { return mustSubjectCount(t, m.JS, subject) }
+	m.purgeHistory(t, r.ID, evs[len(evs)-5].ID(), "")
 	if n := count(keptSubj); n == 0 {
 		t.Fatal("the history purge kept no copy: the set-up's state events should be there")
 	}
