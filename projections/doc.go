@@ -39,6 +39,8 @@
 //	eventindex room|event ID               -> depth|order|outlier
 //	outlierrows room|event ID              -> row
 //	redacted   room|redacted event ID      -> redaction event ID
+//	reredacted room|redacted event ID|0|log sequence -> redaction event ID
+//	                                          (the redactions after the mark's)
 //	state      room|type|state_key|depth|order -> membership|event ID
 //	fwdext     room|event ID               -> depth   (no stored event names it)
 //	backext    room|event ID               -> depth   (named, not held)
@@ -72,6 +74,17 @@
 // would bring the event back in a rebuild (CONTRACT.md section 7). Rows a
 // purge keeps as outliers keep their entries; RoomMeta.HasExtraSeqs spares
 // the janitor the look-up in rooms without any.
+//
+// A redaction mark (redacted) names the first redaction applied to its
+// target; reredacted holds the later ones, keyed by the log sequence they
+// were applied at (reRedactKey). When a purge deletes the mark's
+// redaction, the first later one it keeps takes its place
+// (promoteRedaction), as in a rebuild from the erased log, where that one
+// is the first applied: the janitor moves the mark with the row it
+// deletes (dropMarks), RedactedBy gives the new one from the moment the
+// purge is applied, and a redaction applied after the mark's was purged
+// marks the target at once. A file written before reredacted has no
+// later redactions (a rebuild records them).
 //
 // relat lets a page of /messages learn which of its events have bundled
 // aggregations, and of which kinds (a byte of RelatedReference,

@@ -282,7 +282,7 @@ func floorBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error) {
 				}
 			}
 			if meta.HasRedactions {
-				if err := j.dropMarks(&h); err != nil {
+				if err := j.dropMarks(&h, stream); err != nil {
 					return err
 				}
 			}
@@ -350,7 +350,7 @@ func (j *purgeTx) deleteOutlier(meta *RoomMeta, key []byte, loc evLoc, h *purgeH
 		return erase, err
 	}
 	if meta.HasRedactions {
-		if err := j.dropMarks(h); err != nil {
+		if err := j.dropMarks(h, loc.stream); err != nil {
 			return erase, err
 		}
 	}
@@ -364,21 +364,25 @@ func (j *purgeTx) deleteOutlier(meta *RoomMeta, key []byte, loc evLoc, h *purgeH
 	return append(erase, logSeq(loc.stream)), j.markExtremity(key[8:], loc.depth)
 }
 
-// dropMarks deletes the redaction marks that a deleted row leaves
-// pointing at nothing: its own, once the room no longer holds its
-// redaction, and, for a redaction, its target's, once the room no longer
-// holds the target. A mark whose other end the room keeps stays, as
-// Synapse's redactions row of a kept redaction does, and as a rebuild
-// from the erased log has it: a purged event fetched again is still
-// redacted, and a kept event whose redaction is purged stays redacted
-// (README: where we differ). Both ends' rows below the floor count as
-// gone when the purges delete them (RoomMeta.purged), whichever the
-// janitor reaches first.
-func (j *purgeTx) dropMarks(h *purgeHead) error {
+// dropMarks settles the redaction marks of a deleted row, at stream:
+// a mark whose redaction the room no longer holds goes to the first later
+// redaction of its target that the room keeps (promoteRedaction), as in a
+// rebuild from the erased log, where that one is the first applied;
+// without one, the marks the row leaves pointing at nothing go: its own,
+// once the room no longer holds its redaction, and, for a redaction, its
+// target's, once the room no longer holds the target. A later redaction
+// that the row is goes from reredacted. A mark whose other end the room
+// keeps stays, as Synapse's redactions row of a kept redaction does, and
+// as a rebuild from the erased log has it: a purged event fetched again is
+// still redacted, and a kept event whose redaction is purged stays
+// redacted (README: where we differ). Both ends' rows below the floor
+// count as gone when the purges delete them (RoomMeta.purged), whichever
+// the janitor reaches first.
+func (j *purgeTx) dropMarks(h *purgeHead, stream int64) error {
 	marks := j.b(bRedacts)
 	own := evKeyAt(nil, j.room, h.eventID)
 	if by := marks.Get(own); by != nil && !j.holds(by) {
-		if err := marks.Delete(own); err != nil {
+		if err := j.promoteOrDrop(own, h.eventID); err != nil {
 			return err
 		}
 	}
@@ -390,10 +394,24 @@ func (j *purgeTx) dropMarks(h *purgeHead) error {
 		return nil
 	}
 	tk := evKeyAt(nil, j.room, target)
-	if by := marks.Get(tk); bytes.Equal(by, h.eventID) && !j.holds(target) {
-		return marks.Delete(tk)
+	if by := marks.Get(tk); !bytes.Equal(by, h.eventID) {
+		return j.cur(bReRedacts).del(reRedactKey(j.room, string(target), logSeq(stream)))
 	}
-	return nil
+	if j.holds(target) {
+		_, err := promoteRedaction(j.tx, j.room, target)
+		return err
+	}
+	return j.promoteOrDrop(tk, target)
+}
+
+// promoteOrDrop gives target's mark, at key, to its first kept later
+// redaction, or deletes it if it has none.
+func (j *purgeTx) promoteOrDrop(key, target []byte) error {
+	promoted, err := promoteRedaction(j.tx, j.room, target)
+	if err != nil || promoted {
+		return err
+	}
+	return j.b(bRedacts).Delete(key)
 }
 
 // holds reports whether the room keeps the event id after its purges
@@ -940,7 +958,7 @@ func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error
 	prefix := u64(room)
 	j := newPurgeTx(tx, room, 0)
 	left := batch
-	for _, name := range [][]byte{bTimeline, bOutliers, bEvents, bRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs} {
+	for _, name := range [][]byte{bTimeline, bOutliers, bEvents, bRedacts, bReRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs} {
 		var each func(k, v []byte) error
 		switch {
 		case bytes.Equal(name, bTimeline):

@@ -26,6 +26,7 @@ var (
 	bDead      = []byte("deadletter")  // log sequence -> DeadLetter (msgpack)
 	bReceived  = []byte("received")    // received ts|log sequence -> room number (live events only)
 	bRedacts   = []byte("redacted")    // room|redacted event ID -> redaction event ID
+	bReRedacts = []byte("reredacted")  // room|redacted event ID|0|log sequence -> redaction event ID (the redactions after the mark's; see reRedactKey)
 	bRel       = []byte("relations")   // room|target|rel type|depth|order -> relating event ID
 	bRelCount  = []byte("relcounts")   // room|target|rel type -> count; ...|0xff|sender -> count
 	bRelAt     = []byte("relat")       // room|depth|order -> bundled kinds (timeline events some indexed relation targets; see markRelated)
@@ -39,7 +40,7 @@ var (
 	bOpenTasks = []byte("opentasks")   // task ID -> {} (scheduled or active)
 	bExtraSeqs = []byte("extraseqs")   // room|event ID|0|log sequence -> {} (a stored event's other log messages; see extraSeqKey)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
@@ -218,6 +219,22 @@ func extraSeqPrefix(dst []byte, room uint64, id []byte) []byte {
 // de-duplication window (a duplicate).
 func extraSeqKey(room uint64, id string, seq uint64) []byte {
 	k := extraSeqPrefix(make([]byte, 0, 8+len(id)+1+8), room, []byte(id))
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// reRedactPrefix is room|target|0, the prefix of target's keys in
+// reredacted (extraSeqPrefix's shape: the 0 ends the ID).
+func reRedactPrefix(dst []byte, room uint64, target []byte) []byte {
+	return extraSeqPrefix(dst, room, target)
+}
+
+// reRedactKey is reRedactPrefix|log sequence: a redaction of target
+// applied (as a timeline event, at seq) while another already marked it.
+// The keys sort in the order the redactions were applied, so that the
+// first one a purge keeps can take the place of a purged mark's
+// (promoteRedaction).
+func reRedactKey(room uint64, target string, seq uint64) []byte {
+	k := reRedactPrefix(make([]byte, 0, 8+len(target)+1+8), room, []byte(target))
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 

@@ -15,14 +15,16 @@ import (
 // bundled aggregations and redacted events cost a few seeks per page,
 // never a scan of the room.
 
-// applyRedaction records that redactionID redacts target (the first
-// redaction wins) and takes a redacted relation out of the aggregations.
-// A redaction that arrives before its target is recorded all the same:
-// the target is then never indexed as a relation, and reads prune it.
-func applyRedaction(tx *bolt.Tx, room uint64, target, redactionID string) error {
+// applyRedaction records that redactionID, a timeline event at stream,
+// redacts target, and takes a redacted relation out of the aggregations.
+// The first redaction marks the target; a later one is recorded in
+// reredacted (addReRedaction). A redaction that arrives before its
+// target is recorded all the same: the target is then never indexed as a
+// relation, and reads prune it.
+func applyRedaction(tx *bolt.Tx, room uint64, target, redactionID string, stream int64) error {
 	b, key := tx.Bucket(bRedacts), evKey(room, target)
-	if b.Get(key) != nil {
-		return nil
+	if by := b.Get(key); by != nil {
+		return addReRedaction(tx, room, target, by, redactionID, stream)
 	}
 	if err := b.Put(key, []byte(redactionID)); err != nil {
 		return err
@@ -43,6 +45,50 @@ func applyRedaction(tx *bolt.Tx, room uint64, target, redactionID string) error 
 		return err
 	}
 	return unindexRelation(tx, room, r, loc.depth, loc.stream)
+}
+
+// addReRedaction records a redaction of a target that the redaction by
+// already marks, at its log sequence (reRedactKey): when a purge deletes
+// the mark's redaction, the first later one it keeps takes its place
+// (promoteRedaction), as in a rebuild from the erased log, where that one
+// is the first redaction applied. Each redaction is applied once (another
+// message of a stored event is a duplicate, never applied again). The
+// mark's redaction may be purged already: then the first kept later one,
+// or else this one, marks the target now, as in a rebuild.
+func addReRedaction(tx *bolt.Tx, room uint64, target string, by []byte, redactionID string, stream int64) error {
+	if _, held := eventAt(tx, room, string(by)); !held {
+		promoted, err := promoteRedaction(tx, room, []byte(target))
+		if err != nil {
+			return err
+		}
+		if !promoted {
+			return tx.Bucket(bRedacts).Put(evKey(room, target), []byte(redactionID))
+		}
+	}
+	return tx.Bucket(bReRedacts).Put(reRedactKey(room, target, logSeq(stream)), []byte(redactionID))
+}
+
+// promoteRedaction makes the first later redaction of target (in the
+// order they were applied) that the room holds after its purges (eventAt)
+// the target's mark, in place of a purged one, and deletes it and the
+// later ones before it, purged too, from reredacted. It reports whether
+// it found one; the mark is left as it was otherwise.
+func promoteRedaction(tx *bolt.Tx, room uint64, target []byte) (bool, error) {
+	p := reRedactPrefix(nil, room, target)
+	c := tx.Bucket(bReRedacts).Cursor()
+	// Seek again after each deletion: a cursor's Next after Delete may
+	// skip a key.
+	for k, id := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, id = c.Seek(p) {
+		_, held := eventAt(tx, room, string(id))
+		id = bytes.Clone(id)
+		if err := c.Delete(); err != nil {
+			return false, err
+		}
+		if held {
+			return true, tx.Bucket(bRedacts).Put(evKeyAt(nil, room, target), id)
+		}
+	}
+	return false, nil
 }
 
 func indexRelation(tx *bolt.Tx, room uint64, r *Row, depth, stream int64) error {
@@ -203,7 +249,7 @@ func addCount(b *bolt.Bucket, k []byte, delta int64) error {
 func indexEventRelations(tx *bolt.Tx, room uint64, ev *commands.Event, r *Row, stream int64) error {
 	if ev.Type == "m.room.redaction" {
 		if target := commands.RedactionTarget(ev.Redacts, ev.Content); target != "" {
-			if err := applyRedaction(tx, room, target, ev.EventID); err != nil {
+			if err := applyRedaction(tx, room, target, ev.EventID, stream); err != nil {
 				return err
 			}
 		}
@@ -227,12 +273,34 @@ func markRoom(tx *bolt.Tx, room uint64, change func(*RoomMeta) bool) error {
 }
 
 // RedactedBy returns the ID of the redaction that redacts eventID ("" if
-// none).
+// none). While the room's janitor has purged rows to delete, a mark's
+// redaction may be one the purges delete, whose place the janitor gives
+// to the first later redaction the room keeps (promoteRedaction): the
+// read gives that one already, as a rebuild from the erased log does.
 func (v *RoomView) RedactedBy(eventID string) string {
 	if !v.meta.HasRedactions {
 		return ""
 	}
-	return string(v.bucket(bRedacts).Get(evKey(v.room, eventID)))
+	by := v.bucket(bRedacts).Get(evKey(v.room, eventID))
+	if by != nil && v.Purging() && !v.Holds(string(by)) {
+		if later := v.keptReRedaction(eventID); later != "" {
+			return later
+		}
+	}
+	return string(by)
+}
+
+// keptReRedaction is the first later redaction of target that the room
+// holds ("" if none): promoteRedaction's choice.
+func (v *RoomView) keptReRedaction(target string) string {
+	p := reRedactPrefix(nil, v.room, []byte(target))
+	c := v.bucket(bReRedacts).Cursor()
+	for k, id := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, id = c.Next() {
+		if v.Holds(string(id)) {
+			return string(id)
+		}
+	}
+	return ""
 }
 
 // RelationCount is how many events relate to target with relType; with a
