@@ -80,9 +80,10 @@
 // were applied at (reRedactKey). When a purge deletes the mark's
 // redaction, the first later one it keeps takes its place
 // (promoteRedaction), as in a rebuild from the erased log, where that one
-// is the first applied: the janitor moves the mark with the row it
-// deletes (dropMarks), RedactedBy gives the new one from the moment the
-// purge is applied, and a redaction applied after the mark's was purged
+// is the first applied; without one the mark goes, and the target, if
+// kept, shows unredacted, as in Synapse and in the rebuild. The janitor moves the mark with the row it
+// deletes (dropMarks), RedactedBy gives the new one (or none) from the
+// moment the purge is applied, and a redaction applied after the mark's was purged
 // marks the target at once. A file written before reredacted has no
 // later redactions (a rebuild records them).
 //

@@ -364,20 +364,18 @@ func (j *purgeTx) deleteOutlier(meta *RoomMeta, key []byte, loc evLoc, h *purgeH
 	return append(erase, logSeq(loc.stream)), j.markExtremity(key[8:], loc.depth)
 }
 
-// dropMarks settles the redaction marks of a deleted row, at stream:
-// a mark whose redaction the room no longer holds goes to the first later
+// dropMarks settles the redaction marks of a deleted row, at stream. A
+// mark whose redaction the room no longer holds goes to the first later
 // redaction of its target that the room keeps (promoteRedaction), as in a
-// rebuild from the erased log, where that one is the first applied;
-// without one, the marks the row leaves pointing at nothing go: its own,
-// once the room no longer holds its redaction, and, for a redaction, its
-// target's, once the room no longer holds the target. A later redaction
-// that the row is goes from reredacted. A mark whose other end the room
-// keeps stays, as Synapse's redactions row of a kept redaction does, and
-// as a rebuild from the erased log has it: a purged event fetched again is
-// still redacted, and a kept event whose redaction is purged stays
-// redacted (README: where we differ). Both ends' rows below the floor
-// count as gone when the purges delete them (RoomMeta.purged), whichever
-// the janitor reaches first.
+// rebuild from the erased log, where that one is the first applied; it is
+// deleted if there is none, whether or not the room keeps the target, as
+// Synapse deletes a purged redaction's row (SYNAPSE.md 6.4) and as a
+// rebuild never applies an erased redaction: a kept state event whose
+// redactions are all purged shows unredacted again. A later redaction
+// that the row is goes from reredacted. A mark whose redaction the room
+// keeps stays: a purged event fetched again is still redacted, as in a
+// rebuild. Both ends' rows below the floor count as gone when the purges
+// delete them (RoomMeta.purged), whichever the janitor reaches first.
 func (j *purgeTx) dropMarks(h *purgeHead, stream int64) error {
 	marks := j.b(bRedacts)
 	own := evKeyAt(nil, j.room, h.eventID)
@@ -396,10 +394,6 @@ func (j *purgeTx) dropMarks(h *purgeHead, stream int64) error {
 	tk := evKeyAt(nil, j.room, target)
 	if by := marks.Get(tk); !bytes.Equal(by, h.eventID) {
 		return j.cur(bReRedacts).del(reRedactKey(j.room, string(target), logSeq(stream)))
-	}
-	if j.holds(target) {
-		_, err := promoteRedaction(j.tx, j.room, target)
-		return err
 	}
 	return j.promoteOrDrop(tk, target)
 }

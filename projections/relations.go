@@ -275,17 +275,16 @@ func markRoom(tx *bolt.Tx, room uint64, change func(*RoomMeta) bool) error {
 // RedactedBy returns the ID of the redaction that redacts eventID ("" if
 // none). While the room's janitor has purged rows to delete, a mark's
 // redaction may be one the purges delete, whose place the janitor gives
-// to the first later redaction the room keeps (promoteRedaction): the
-// read gives that one already, as a rebuild from the erased log does.
+// to the first later redaction the room keeps (promoteRedaction), or
+// which it deletes without one: the read gives that one, or none,
+// already, as a rebuild from the erased log does.
 func (v *RoomView) RedactedBy(eventID string) string {
 	if !v.meta.HasRedactions {
 		return ""
 	}
 	by := v.bucket(bRedacts).Get(evKey(v.room, eventID))
 	if by != nil && v.Purging() && !v.Holds(string(by)) {
-		if later := v.keptReRedaction(eventID); later != "" {
-			return later
-		}
+		return v.keptReRedaction(eventID)
 	}
 	return string(by)
 }
