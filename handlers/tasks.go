@@ -1,10 +1,12 @@
 package handlers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,6 +84,7 @@ func (r *TaskRunner) Run(ctx context.Context) {
 		if err != nil {
 			r.Logger.Error("list open tasks", "err", err)
 		}
+		launchOrder(tasks)
 		for _, task := range tasks {
 			if !r.handles(task.Action) {
 				continue
@@ -119,6 +122,24 @@ func (r *TaskRunner) Run(ctx context.Context) {
 		case <-r.Wake:
 		}
 	}
+}
+
+// launchOrder sorts open tasks in the order Synapse's scheduler launches
+// them (SYNAPSE.md 10): the active ones first, so that a task that was
+// running when the service stopped resumes before any other takes its
+// slot, then the scheduled ones oldest first (by the log position of
+// their command; task IDs are random letters and say nothing of age).
+func launchOrder(tasks []*commands.Task) {
+	slices.SortStableFunc(tasks, func(a, b *commands.Task) int {
+		aActive, bActive := a.Status == commands.TaskActive, b.Status == commands.TaskActive
+		if aActive != bActive {
+			if aActive {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
 }
 
 // run drives one task. A purge task goes active, then complete once the

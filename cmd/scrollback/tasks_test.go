@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// shutdownCmd publishes a shutdown_and_purge_room command with a chosen
+// id (purge off, so that the task's length is the homeserver's).
+func shutdownCmd(t *testing.T, m *Main, id, roomID string) {
+	t.Helper()
+	m.publisher().Command(t, map[string]any{"id": id, "action": commands.ActionShutdownAndPurgeRoom, "room_id": roomID,
+		"params": map[string]any{"purge": false}, "ts": time.Now().UnixMilli()})
+}
+
+func taskStatusOf(m *Main, id string) string {
+	task, _ := m.Store.Task(id)
+	if task == nil {
+		return ""
+	}
+	return task.Status
+}
+
+// leavesIn counts the sb.hs.leave requests for a room.
+func leavesIn(hs *testenv.Homeserver, roomID string) int {
+	n := 0
+	for _, c := range hs.Calls("leave") {
+		if c.Req["room_id"] == roomID {
+			n++
+		}
+	}
+	return n
+}
+
+// TestTasks_ActiveTaskResumesFirstAfterRestart: with tasks.max_concurrent
+// 1, a task that was active when the service stopped resumes after the
+// restart (within 10 s, CONTRACT.md section 4), before a task that was
+// still waiting for its turn; the waiting one stays scheduled, so that
+// there is never more than one active task. Synapse's scheduler relaunches
+// the active tasks first, then the scheduled ones oldest first.
+func TestTasks_ActiveTaskResumesFirstAfterRestart(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Tasks.MaxConcurrent = 1
+		c.Homeserver.Timeout = commands.DurationOf(time.Minute)
+		c.NATS.Listen = "127.0.0.1:0"
+	})
+	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	hs := testenv.NewHomeserver(t, nc, &testenv.Publisher{JS: js, Subjects: m.publisher().Subjects}, "test")
+	hs.StallLeave("@user0:test") // a member of both rooms: each shutdown hangs on them
+	first := shutdownRoom(t, m, hs, "first", 1)
+	second := shutdownRoom(t, m, hs, "second", 1)
+
+	// The active task has the greater ID: IDs are random letters, so the
+	// order of IDs says nothing of the order of the tasks.
+	shutdownCmd(t, m, "zzzzzzzzzzzzzzzz", first.ID)
+	testenv.WaitFor(t, 10*time.Second, "the first shutdown to hang on user0's leave", func() bool {
+		return taskStatusOf(m, "zzzzzzzzzzzzzzzz") == commands.TaskActive && hs.Acted("leave", "") >= 1 && leavesIn(hs, first.ID) >= 2
+	})
+	shutdownCmd(t, m, "aaaaaaaaaaaaaaaa", second.ID)
+	time.Sleep(2500 * time.Millisecond) // two polls of the task runner
+	if st := taskStatusOf(m, "aaaaaaaaaaaaaaaa"); st != commands.TaskScheduled {
+		t.Fatalf("before the restart, the second task is %q; want scheduled (max_concurrent 1)", st)
+	}
+
+	addr := m.NATSServer.Addr().String()
+	before := leavesIn(hs, first.ID)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := &Main{Config: m.Config, Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	m2.Config.NATS.Listen = addr
+	if err := m2.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for leavesIn(hs, first.ID) == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("the active task did not resume within 10 s of the restart; the scheduled one is %q",
+				taskStatusOf(m2, "aaaaaaaaaaaaaaaa"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if st := taskStatusOf(m2, "aaaaaaaaaaaaaaaa"); st != commands.TaskScheduled {
+		t.Fatalf("after the restart, the second task is %q while the first is %q; want it scheduled (max_concurrent 1)",
+			st, taskStatusOf(m2, "zzzzzzzzzzzzzzzz"))
+	}
+}
+
+// TestTasks_ScheduledTasksStartOldestFirst: tasks waiting for a free
+// slot start in the order they were requested (Synapse: scheduled tasks
+// ordered by timestamp), not in the order of their random IDs.
+func TestTasks_ScheduledTasksStartOldestFirst(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Tasks.MaxConcurrent = 1
+		c.Homeserver.Timeout = commands.DurationOf(1500 * time.Millisecond)
+	})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	hs.StallLeave("@user0:test") // each shutdown waits for the homeserver timeout
+	r1 := shutdownRoom(t, m, hs, "one", 1)
+	r2 := shutdownRoom(t, m, hs, "two", 1)
+	r3 := shutdownRoom(t, m, hs, "three", 1)
+	shutdownCmd(t, m, "mmmmmmmmmmmmmmmm", r1.ID)
+	testenv.WaitFor(t, 10*time.Second, "the first task to run", func() bool {
+		return taskStatusOf(m, "mmmmmmmmmmmmmmmm") == commands.TaskActive
+	})
+	shutdownCmd(t, m, "zzzzzzzzzzzzzzzz", r2.ID) // requested first
+	shutdownCmd(t, m, "aaaaaaaaaaaaaaaa", r3.ID) // requested second
+	var firstStarted string
+	testenv.WaitFor(t, 20*time.Second, "a waiting task to start", func() bool {
+		for _, id := range []string{"zzzzzzzzzzzzzzzz", "aaaaaaaaaaaaaaaa"} {
+			if st := taskStatusOf(m, id); st != commands.TaskScheduled && st != "" {
+				firstStarted = id
+				return true
+			}
+		}
+		return false
+	})
+	if firstStarted != "zzzzzzzzzzzzzzzz" {
+		t.Fatalf("%s started first; want the older task zzzzzzzzzzzzzzzz", firstStarted)
+	}
+}
