@@ -140,12 +140,19 @@ func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, er
 		if !ok {
 			continue
 		}
-		var floor int64
-		if err := r.Store.View(t.roomID, func(v *projections.RoomView) error { floor = v.Floor(); return nil }); err != nil {
+		var floor, localBelow int64
+		if err := r.Store.View(t.roomID, func(v *projections.RoomView) error {
+			floor, localBelow = v.Floor(), v.DeleteLocalBelow()
+			return nil
+		}); err != nil {
 			return purged, err
 		}
-		if depth <= floor {
-			continue // nothing older than the lifetime is left
+		if depth <= floor && depth <= localBelow {
+			// Nothing older than the lifetime is left: an earlier purge
+			// took it, local events included. (Below a purge without
+			// delete_local_events, local events are kept as outliers,
+			// which retention deletes, as Synapse's does.)
+			continue
 		}
 		token := fmt.Sprintf("t%d-%d", depth, stream)
 		if _, err := r.Admin.publish(ctx, t.roomID, commands.ActionPurgeHistory, map[string]any{"token": token, "delete_local_events": true}, ""); err != nil {

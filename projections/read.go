@@ -101,6 +101,11 @@ func (v *RoomView) Purging() bool { return v.meta.needsJanitor() }
 // there and never ask federation for history below it.
 func (v *RoomView) Floor() int64 { return v.meta.Floor }
 
+// DeleteLocalBelow is the highest cut-off depth of the room's purges with
+// delete_local_events (0 if none): local events below it are deleted,
+// local events between it and Floor are kept as outliers.
+func (v *RoomView) DeleteLocalBelow() int64 { return v.meta.DeleteLocalBelow }
+
 // preReset reports whether a stream ordering is from before the room's
 // last purge_room.
 func (v *RoomView) preReset(stream int64) bool {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"testing"
 	"time"
 
@@ -81,4 +82,69 @@ func TestRetention_JobPurgesByReceivedTime(t *testing.T) {
 	if n, _ := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour, Longest: day}); n != 0 {
 		t.Fatalf("out-of-range job purged %d rooms", n)
 	}
+}
+
+// TestRetention_DeletesLocalEventsBelowAnEarlierFloor: an admin purge
+// without delete_local_events keeps the room's local messages as
+// outliers below its cut-off. A retention job whose cut-off is below that
+// floor must still delete the local messages older than the room's
+// lifetime: Synapse's retention purge runs purge_history with
+// delete_local_events=True (SYNAPSE.md 9), which deletes local non-state
+// events below its cut-off whether or not they are outliers (6.4 step 2).
+func TestRetention_DeletesLocalEventsBelowAnEarlierFloor(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(4 * 24 * time.Hour)
+	})
+	now := time.UnixMilli(1_900_000_000_000)
+	m.Retention.Now = testenv.NewClock(now).Now
+	day := int64(24 * time.Hour / time.Millisecond)
+
+	room := testenv.NewRoom("floored", "test")
+	evs := room.Setup(alice, "@remote:other.org")
+	for _, e := range evs {
+		e["received_ts"] = now.UnixMilli() - 10*day
+	}
+	var local, remote []testenv.Event
+	for i := range 3 {
+		e := room.Msg(alice, fmt.Sprint("local ", i))
+		e["received_ts"] = now.UnixMilli() - 6*day + int64(i)
+		local = append(local, e)
+	}
+	for i := range 6 {
+		e := room.Msg("@remote:other.org", fmt.Sprint("remote ", i))
+		e["received_ts"] = now.UnixMilli() - 3*day + int64(i)
+		remote = append(remote, e)
+	}
+	all := append(append(append([]testenv.Event{}, evs...), local...), remote...)
+	seqs := m.publisher().Publish(t, all...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	// The admin purges up to remote 3, keeping local events.
+	st, body := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(room.ID)+"/"+url.PathEscape(remote[3].ID()), "tok-admin", "")
+	if st != 200 {
+		t.Fatalf("purge: %d %v", st, body)
+	}
+	testenv.WaitFor(t, 20*time.Second, "the admin purge to complete", func() bool {
+		st, b := m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/"+body["purge_id"].(string), "tok-admin", "")
+		return st == 200 && b["status"] == "complete"
+	})
+	if _, ok, _ := m.Store.FindEvent(room.ID, local[0].ID()); !ok {
+		t.Fatal("the admin purge deleted a local message (delete_local_events was false)")
+	}
+	// The retention cut-off (4 days: remote 0) is below the admin's floor
+	// (remote 3), but the local messages before it are older than the
+	// room's lifetime.
+	if _, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 20*time.Second, "retention to delete the local messages older than 4 days", func() bool {
+		for _, e := range local {
+			if _, ok, _ := m.Store.FindEvent(room.ID, e.ID()); ok {
+				return false
+			}
+		}
+		return true
+	})
 }
