@@ -82,8 +82,12 @@ type Reader struct {
 	Ignored map[string]bool // ignored user IDs (m.ignored_user_list)
 	Now     int64           // ms
 	// MaxLifetime is the room's effective retention max_lifetime in ms
-	// (EffectiveRetention); 0 = no retention hiding.
+	// (EffectiveRetention); 0 = no retention hiding, unless
+	// HasMaxLifetime says that the room's lifetime is 0.
 	MaxLifetime int64
+	// HasMaxLifetime makes a MaxLifetime of 0 a lifetime (Synapse hides
+	// every event sent before now) rather than no policy.
+	HasMaxLifetime bool
 }
 
 // Visible reports whether the event is shown to the reader, and the
@@ -154,7 +158,7 @@ func checkFilterSendToClient(ev *VisibilityInput, r *Reader) bool {
 		return false
 	}
 	// MSC1763: retention applies to non-state events only.
-	if !ev.IsState && r.MaxLifetime != 0 && visOlderThan(ev.OriginServerTS, r.Now, r.MaxLifetime) {
+	if !ev.IsState && (r.MaxLifetime != 0 || r.HasMaxLifetime) && visOlderThan(ev.OriginServerTS, r.Now, r.MaxLifetime) {
 		return false
 	}
 	return true
@@ -242,8 +246,15 @@ func visOlderThan(ts, now, maxLifetime int64) bool {
 
 // RetentionPolicy is a room's effective policy; see SYNAPSE.md 9.
 type RetentionPolicy struct {
-	MinLifetime, MaxLifetime int64 // ms, 0 = unset
+	MinLifetime, MaxLifetime int64 // ms, 0 = unset unless MaxSet
+	// MaxSet says that MaxLifetime is given even though it is 0: Synapse
+	// tells a max_lifetime of 0 (hide everything sent before now) from
+	// none.
+	MaxSet bool
 }
+
+// Max returns the policy's max_lifetime and whether it has one.
+func (p RetentionPolicy) Max() (int64, bool) { return p.MaxLifetime, p.MaxLifetime != 0 || p.MaxSet }
 
 // EffectiveRetention fills a room's m.room.retention values from the server
 // default when retention is enabled; disabled => zero policy (no hiding, no
@@ -260,7 +271,7 @@ func EffectiveRetention(enabled bool, def RetentionPolicy, roomMin, roomMax *int
 		p.MinLifetime = *roomMin
 	}
 	if roomMax != nil {
-		p.MaxLifetime = *roomMax
+		p.MaxLifetime, p.MaxSet = *roomMax, true
 	}
 	return p
 }

@@ -177,6 +177,8 @@ func TestVisible_Retention(t *testing.T) {
 		{"huge max_lifetime keeps old events", at(visMsg(visOther, VisShared, "join"), 0), Reader{UserID: visUser, Now: now, MaxLifetime: math.MaxInt64}, true, "join"},
 		{"negative max_lifetime hides even future events", at(visMsg(visOther, VisShared, "join"), now+10), Reader{UserID: visUser, Now: now, MaxLifetime: -100}, false, ""},
 		{"cutoff beyond int64 hides all", at(visMsg(visOther, VisShared, "join"), math.MaxInt64), Reader{UserID: visUser, Now: now, MaxLifetime: math.MinInt64}, false, ""},
+		{"max_lifetime 0 hides messages sent before now", at(visMsg(visOther, VisShared, "join"), now-1), Reader{UserID: visUser, Now: now, HasMaxLifetime: true}, false, ""},
+		{"max_lifetime 0 shows messages sent now", at(visMsg(visOther, VisShared, "join"), now), Reader{UserID: visUser, Now: now, HasMaxLifetime: true}, true, "join"},
 	})
 }
 
@@ -338,11 +340,12 @@ func TestEffectiveRetention(t *testing.T) {
 		{"disabled ignores room and default", false, def, p(1), p(2), RetentionPolicy{}},
 		{"disabled no room", false, def, nil, nil, RetentionPolicy{}},
 		{"no room policy uses default", true, def, nil, nil, def},
-		{"room both", true, def, p(10), p(20), RetentionPolicy{MinLifetime: 10, MaxLifetime: 20}},
-		{"room max only fills min", true, def, nil, p(20), RetentionPolicy{MinLifetime: 1000, MaxLifetime: 20}},
+		{"room both", true, def, p(10), p(20), RetentionPolicy{MinLifetime: 10, MaxLifetime: 20, MaxSet: true}},
+		{"room max only fills min", true, def, nil, p(20), RetentionPolicy{MinLifetime: 1000, MaxLifetime: 20, MaxSet: true}},
 		{"room min only fills max", true, def, p(10), nil, RetentionPolicy{MinLifetime: 10, MaxLifetime: 5000}},
-		{"room max longer than default", true, def, nil, p(1 << 40), RetentionPolicy{MinLifetime: 1000, MaxLifetime: 1 << 40}},
-		{"no default, room max", true, RetentionPolicy{}, nil, p(20), RetentionPolicy{MaxLifetime: 20}},
+		{"room max longer than default", true, def, nil, p(1 << 40), RetentionPolicy{MinLifetime: 1000, MaxLifetime: 1 << 40, MaxSet: true}},
+		{"room max 0 is a policy", true, def, nil, p(0), RetentionPolicy{MinLifetime: 1000, MaxSet: true}},
+		{"no default, room max", true, RetentionPolicy{}, nil, p(20), RetentionPolicy{MaxLifetime: 20, MaxSet: true}},
 		{"no default, no room", true, RetentionPolicy{}, nil, nil, RetentionPolicy{}},
 		{"default max only", true, RetentionPolicy{MaxLifetime: 7}, p(3), nil, RetentionPolicy{MinLifetime: 3, MaxLifetime: 7}},
 	}

@@ -103,7 +103,7 @@ func (rc *readContext) checkAccess() error {
 	if rc.h.Retention.Enabled {
 		ret, _ := rc.v.CurrentState(typeRetention, "")
 		roomMin, roomMax := commands.ParseRetentionSummary(ret.Summary)
-		rc.reader.MaxLifetime = commands.EffectiveRetention(true, rc.h.Retention.Default, roomMin, roomMax).MaxLifetime
+		rc.reader.MaxLifetime, rc.reader.HasMaxLifetime = commands.EffectiveRetention(true, rc.h.Retention.Default, roomMin, roomMax).Max()
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/scrollback/scrollback/commands"
@@ -11,11 +12,21 @@ import (
 )
 
 // RetentionJob is one of Synapse's retention purge jobs: every Interval,
-// it purges the rooms whose max_lifetime lies in (Shortest, Longest]
-// (0 leaves a bound open).
+// it purges the rooms whose max_lifetime lies in (Shortest, Longest]. A
+// bound is open when it is 0 and not Has: Synapse's shortest_max_lifetime
+// and longest_max_lifetime of 0 are bounds.
 type RetentionJob struct {
-	Interval          time.Duration
-	Shortest, Longest int64 // ms
+	Interval                time.Duration
+	Shortest, Longest       int64 // ms
+	HasShortest, HasLongest bool
+}
+
+// inRange reports whether a room's max_lifetime is one the job handles.
+func (j RetentionJob) inRange(maxMS int64) bool {
+	if (j.Shortest != 0 || j.HasShortest) && maxMS <= j.Shortest {
+		return false
+	}
+	return !(j.Longest != 0 || j.HasLongest) || maxMS <= j.Longest
 }
 
 // Retention is the server's retention config (SYNAPSE.md 9). Reads use
@@ -24,10 +35,59 @@ type RetentionJob struct {
 type Retention struct {
 	Enabled bool
 	Default commands.RetentionPolicy
-	// AllowedMin and AllowedMax clamp a room's max_lifetime when purging
-	// (0: unset).
-	AllowedMin, AllowedMax int64
-	Jobs                   []RetentionJob
+	// AllowedMin and AllowedMax clamp a room's max_lifetime when purging;
+	// each is unset when it is 0 and not Has.
+	AllowedMin, AllowedMax       int64
+	HasAllowedMin, HasAllowedMax bool
+	Jobs                         []RetentionJob
+}
+
+// purgeLifetime is the max_lifetime that a job purges a room with, as
+// Synapse's purge_history_for_rooms_in_range computes it: the room's own
+// max_lifetime (nil: none) selects the room by the job's range, the
+// default policy's when it has none; a max_lifetime of 0 is then replaced
+// by the default ("room.max_lifetime or default"), and the result is
+// clamped to [allowed_lifetime_min, allowed_lifetime_max]. ok is false
+// when the job leaves the room alone.
+func (c *Retention) purgeLifetime(job RetentionJob, roomMax *int64) (maxMS int64, ok bool) {
+	def, hasDef := c.Default.Max()
+	switch {
+	case roomMax != nil:
+		if !job.inRange(*roomMax) {
+			return 0, false
+		}
+		maxMS = *roomMax
+		if maxMS == 0 {
+			if !hasDef {
+				return 0, false // Synapse fails on None here
+			}
+			maxMS = def
+		}
+	case hasDef && job.inRange(def):
+		maxMS = def
+	default:
+		return 0, false
+	}
+	if c.AllowedMin != 0 || c.HasAllowedMin {
+		maxMS = max(maxMS, c.AllowedMin)
+	}
+	if c.AllowedMax != 0 || c.HasAllowedMax {
+		maxMS = min(maxMS, c.AllowedMax)
+	}
+	return maxMS, true
+}
+
+// olderThan is now - maxMS, saturated at the int64 range (a negative
+// max_lifetime puts the cut-off after every event).
+func olderThan(now, maxMS int64) int64 {
+	ts := now - maxMS
+	switch {
+	case maxMS < 0 && ts < now:
+		return math.MaxInt64
+	case maxMS > 0 && ts > now:
+		return math.MinInt64
+	}
+	return ts
 }
 
 // RetentionRunner purges history that is older than the rooms' retention
@@ -102,23 +162,9 @@ func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, er
 		}
 		ret, _ := v.CurrentState(typeRetention, "")
 		_, roomMax := commands.ParseRetentionSummary(ret.Summary)
-		maxMS := r.Config.Default.MaxLifetime
-		if roomMax != nil {
-			maxMS = *roomMax
+		if maxMS, ok := r.Config.purgeLifetime(job, roomMax); ok {
+			targets = append(targets, retentionTarget{roomID: roomID, maxMS: maxMS})
 		}
-		if maxMS <= 0 {
-			return true
-		}
-		if job.Shortest > 0 && maxMS <= job.Shortest || job.Longest > 0 && maxMS > job.Longest {
-			return true
-		}
-		if r.Config.AllowedMin > 0 {
-			maxMS = max(maxMS, r.Config.AllowedMin)
-		}
-		if r.Config.AllowedMax > 0 {
-			maxMS = min(maxMS, r.Config.AllowedMax)
-		}
-		targets = append(targets, retentionTarget{roomID: roomID, maxMS: maxMS})
 		return true
 	})
 	if err != nil {
@@ -133,7 +179,7 @@ func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, er
 		if err != nil || busy {
 			continue
 		}
-		depth, stream, ok, err := r.Store.CutoffByTS(t.roomID, r.Now().UnixMilli()-t.maxMS)
+		depth, stream, ok, err := r.Store.CutoffByTS(t.roomID, olderThan(r.Now().UnixMilli(), t.maxMS))
 		if err != nil {
 			return purged, err
 		}

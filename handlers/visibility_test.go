@@ -388,3 +388,21 @@ func TestLazyLoadMembers(t *testing.T) {
 		t.Fatalf("state without lazy_load_members: %v %v", m["state"], e)
 	}
 }
+
+// TestVisibility_RetentionZeroMaxLifetimeHides: a room policy with
+// max_lifetime 0 is a policy (Synapse: "if max_lifetime is not None",
+// SYNAPSE.md 3 and 9): every non-state event sent before now is hidden.
+// scrollback took 0 for "no policy" and showed everything, even with a
+// default policy that would have hidden the old message.
+func TestVisibility_RetentionZeroMaxLifetimeHides(t *testing.T) {
+	f := newFixture(t)
+	f.h.Retention = handlers.Retention{Enabled: true, Default: commands.RetentionPolicy{MaxLifetime: int64(24 * time.Hour / time.Millisecond)}}
+	r := testenv.NewRoom("ret0", "test")
+	evs := append(r.Setup(alice), r.Next("m.room.retention", alice, testenv.S(""), map[string]any{"max_lifetime": int64(0)}))
+	old := r.Msg(alice, "old")
+	recent := r.Next("m.room.message", alice, nil, map[string]any{"body": "a second ago"})
+	recent["origin_server_ts"] = f.clock.Now().UnixMilli() - 1000
+	f.add(append(evs, old, recent)...)
+	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "limit": 100})
+	same(t, "max_lifetime 0", p.ids, idsOf(evs))
+}

@@ -229,17 +229,20 @@ func projectionLag(p *projections.Projector, log *bus.Log) func() float64 {
 	}
 }
 
-// retentionConfig translates the retention section.
+// retentionConfig translates the retention section. A duration given
+// as 0 is a value, as in Synapse, not an unset key.
 func retentionConfig(r RetentionConfig) handlers.Retention {
 	out := handlers.Retention{
-		Enabled:    r.Enabled,
-		Default:    commands.RetentionPolicy{MinLifetime: r.DefaultPolicy.MinLifetime.Milliseconds(), MaxLifetime: r.DefaultPolicy.MaxLifetime.Milliseconds()},
-		AllowedMin: r.AllowedLifetimeMin.Milliseconds(),
-		AllowedMax: r.AllowedLifetimeMax.Milliseconds(),
+		Enabled: r.Enabled,
+		Default: commands.RetentionPolicy{MinLifetime: r.DefaultPolicy.MinLifetime.Milliseconds(),
+			MaxLifetime: r.DefaultPolicy.MaxLifetime.Milliseconds(), MaxSet: r.DefaultPolicy.MaxLifetime.Set},
+		AllowedMin: r.AllowedLifetimeMin.Milliseconds(), HasAllowedMin: r.AllowedLifetimeMin.Set,
+		AllowedMax: r.AllowedLifetimeMax.Milliseconds(), HasAllowedMax: r.AllowedLifetimeMax.Set,
 	}
 	for _, j := range r.PurgeJobs {
 		out.Jobs = append(out.Jobs, handlers.RetentionJob{Interval: j.Interval.Duration,
-			Shortest: j.ShortestMaxLifetime.Milliseconds(), Longest: j.LongestMaxLifetime.Milliseconds()})
+			Shortest: j.ShortestMaxLifetime.Milliseconds(), HasShortest: j.ShortestMaxLifetime.Set,
+			Longest: j.LongestMaxLifetime.Milliseconds(), HasLongest: j.LongestMaxLifetime.Set})
 	}
 	return out
 }

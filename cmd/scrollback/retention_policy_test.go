@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// TestRetention_ZeroMaxLifetimeFallsBackToDefaultWhenPurging: Synapse
+// purges a room with max_lifetime = room.max_lifetime or default
+// (SYNAPSE.md 9), so a room policy with max_lifetime 0 is purged with the
+// default lifetime; scrollback skipped the room.
+func TestRetention_ZeroMaxLifetimeFallsBackToDefaultWhenPurging(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+	})
+	now := time.UnixMilli(1_900_000_000_000)
+	m.Retention.Now = testenv.NewClock(now).Now
+	day := int64(24 * time.Hour / time.Millisecond)
+	room := testenv.NewRoom("zero", "test")
+	evs := append(room.Setup(alice), room.Next("m.room.retention", alice, testenv.S(""), map[string]any{"max_lifetime": int64(0)}))
+	for _, e := range evs {
+		e["received_ts"] = now.UnixMilli() - 10*day
+	}
+	old := room.Msg(alice, "old")
+	old["received_ts"] = now.UnixMilli() - 5*day
+	fresh := room.Msg(alice, "fresh")
+	fresh["received_ts"] = now.UnixMilli() - day
+	seqs := m.publisher().Publish(t, append(evs, old, fresh)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
+	if err != nil || n != 1 {
+		t.Fatalf("RunJob = %d, %v; want the room purged with the default lifetime", n, err)
+	}
+}
+
+// TestRetention_NegativeMaxLifetimeClampedToAllowedMin: Synapse raises a
+// room's max_lifetime to allowed_lifetime_min when purging ("then
+// max(allowed_min, ·)", SYNAPSE.md 9), whatever the room asked for; a
+// negative max_lifetime (an int, so a valid policy) is raised like any
+// other. scrollback skipped such rooms before clamping.
+func TestRetention_NegativeMaxLifetimeClampedToAllowedMin(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.AllowedLifetimeMin = commands.DurationOf(3 * 24 * time.Hour)
+	})
+	now := time.UnixMilli(1_900_000_000_000)
+	m.Retention.Now = testenv.NewClock(now).Now
+	day := int64(24 * time.Hour / time.Millisecond)
+	room := testenv.NewRoom("negative", "test")
+	evs := append(room.Setup(alice), room.Next("m.room.retention", alice, testenv.S(""), map[string]any{"max_lifetime": int64(-5)}))
+	for _, e := range evs {
+		e["received_ts"] = now.UnixMilli() - 10*day
+	}
+	old := room.Msg(alice, "old")
+	old["received_ts"] = now.UnixMilli() - 5*day
+	fresh := room.Msg(alice, "fresh")
+	fresh["received_ts"] = now.UnixMilli() - day
+	seqs := m.publisher().Publish(t, append(evs, old, fresh)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
+	if err != nil || n != 1 {
+		t.Fatalf("RunJob = %d, %v; want the room purged with allowed_lifetime_min", n, err)
+	}
+	p, _ := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 100})
+	if got := chunkIDs(p); fmt.Sprint(got) != fmt.Sprint([]string{fresh.ID()}) {
+		t.Fatalf("after retention: %v, want only %s", got, fresh.ID())
+	}
+}
+
+// TestRetention_ExplicitZeroLongestMaxLifetime: a purge job with
+// longest_max_lifetime: 0 handles the rooms whose max_lifetime is <= 0
+// (Synapse: "max_lifetime <= ?" with 0; include_null is false since
+// 0 < default); scrollback took 0 for "no upper bound" and purged every
+// room with the default policy.
+func TestRetention_ExplicitZeroLongestMaxLifetime(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+		c.Retention.PurgeJobs = []PurgeJobConfig{{Interval: commands.DurationOf(time.Hour), LongestMaxLifetime: commands.DurationOf(0)}}
+	})
+	now := time.UnixMilli(1_900_000_000_000)
+	m.Retention.Now = testenv.NewClock(now).Now
+	day := int64(24 * time.Hour / time.Millisecond)
+	room := testenv.NewRoom("zerobound", "test")
+	evs := room.Setup(alice)
+	for _, e := range evs {
+		e["received_ts"] = now.UnixMilli() - 10*day
+	}
+	fresh := room.Msg(alice, "fresh")
+	fresh["received_ts"] = now.UnixMilli() - day
+	seqs := m.publisher().Publish(t, append(evs, fresh)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := m.Retention.RunJob(context.Background(), m.Retention.Config.Jobs[0]); err != nil || n != 0 {
+		t.Fatalf("RunJob = %d, %v; want no room (the default 3d is above longest_max_lifetime 0)", n, err)
+	}
+}
+
+// TestRetention_ZeroDefaultMaxLifetimeHides: default_policy.max_lifetime
+// 0 is a default policy, as in Synapse (parse_duration(0) is 0, not
+// None): rooms without a policy hide every message sent before now.
+func TestRetention_ZeroDefaultMaxLifetimeHides(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(0)
+	})
+	room := testenv.NewRoom("zerodefault", "test")
+	evs := room.Setup(alice)
+	old := room.Msg(alice, "old")
+	seqs := m.publisher().Publish(t, append(evs, old)...)
+	p, err := m.messages(t, room.ID, map[string]any{"user_id": alice, "limit": 100, "wait_for": seqs[len(seqs)-1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := chunkIDs(p); fmt.Sprint(got) != fmt.Sprint(ids(evs)) {
+		t.Fatalf("with a default max_lifetime of 0: %v, want only the state %v", got, ids(evs))
+	}
+}
