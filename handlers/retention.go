@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -118,7 +119,7 @@ func (r *RetentionRunner) Run(ctx context.Context) {
 			every(ctx, job.Interval, func() {
 				n, err := r.RunJob(ctx, job)
 				if err != nil {
-					r.Logger.Warn("retention job failed", "interval", job.Interval, "err", err)
+					r.Logger.Warn("retention job failed for some rooms", "interval", job.Interval, "purged", n, "err", err)
 				} else if n > 0 {
 					r.Logger.Info("retention job purged rooms", "rooms", n, "interval", job.Interval)
 				}
@@ -150,10 +151,12 @@ type retentionTarget struct {
 	maxMS  int64
 }
 
-// RunJob runs one job now and returns how many rooms it purged. A room is
-// skipped when it has an active room deletion, when no event is older than
-// its lifetime, or when its purge cut-off is already there: a run with
-// nothing to purge costs one pass over the rooms' current state.
+// RunJob runs one job now and returns how many rooms it purged, and the
+// errors of the rooms it could not purge (the others are purged all the
+// same). A room is skipped when it has an active room deletion, when no
+// event is older than its lifetime, or when its purge cut-off is already
+// there: a run with nothing to purge costs one pass over the rooms'
+// current state.
 func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, error) {
 	var targets []retentionTarget
 	err := r.Store.ForEachRoom(func(roomID string, v *projections.RoomView) bool {
@@ -171,42 +174,61 @@ func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, er
 		return 0, err
 	}
 	purged := 0
+	var errs []error
 	for _, t := range targets {
 		if ctx.Err() != nil {
 			return purged, ctx.Err()
 		}
-		busy, err := r.deleting(t.roomID)
-		if err != nil || busy {
+		// One room's failure does not stop the others (Synapse starts
+		// each room's purge on its own): it is reported at the end, and
+		// the room is tried again at the next run.
+		if err := r.purgeRoom(ctx, t); errors.Is(err, errNothingToPurge) {
 			continue
-		}
-		depth, stream, ok, err := r.Store.CutoffByTS(t.roomID, olderThan(r.Now().UnixMilli(), t.maxMS))
-		if err != nil {
-			return purged, err
-		}
-		if !ok {
+		} else if err != nil {
+			errs = append(errs, fmt.Errorf("room %s: %w", t.roomID, err))
 			continue
-		}
-		var floor, localBelow int64
-		if err := r.Store.View(t.roomID, func(v *projections.RoomView) error {
-			floor, localBelow = v.Floor(), v.DeleteLocalBelow()
-			return nil
-		}); err != nil {
-			return purged, err
-		}
-		if depth <= floor && depth <= localBelow {
-			// Nothing older than the lifetime is left: an earlier purge
-			// took it, local events included. (Below a purge without
-			// delete_local_events, local events are kept as outliers,
-			// which retention deletes, as Synapse's does.)
-			continue
-		}
-		token := fmt.Sprintf("t%d-%d", depth, stream)
-		if _, err := r.Admin.publish(ctx, t.roomID, commands.ActionPurgeHistory, map[string]any{"token": token, "delete_local_events": true}, ""); err != nil {
-			return purged, err
 		}
 		purged++
 	}
-	return purged, nil
+	return purged, errors.Join(errs...)
+}
+
+var errNothingToPurge = errors.New("nothing to purge")
+
+// purgeRoom publishes the purge of one room's history older than its
+// lifetime, or returns errNothingToPurge.
+func (r *RetentionRunner) purgeRoom(ctx context.Context, t retentionTarget) error {
+	busy, err := r.deleting(t.roomID)
+	if err != nil {
+		return err
+	}
+	if busy {
+		return errNothingToPurge
+	}
+	depth, stream, ok, err := r.Store.CutoffByTS(t.roomID, olderThan(r.Now().UnixMilli(), t.maxMS))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errNothingToPurge
+	}
+	var floor, localBelow int64
+	if err := r.Store.View(t.roomID, func(v *projections.RoomView) error {
+		floor, localBelow = v.Floor(), v.DeleteLocalBelow()
+		return nil
+	}); err != nil {
+		return err
+	}
+	if depth <= floor && depth <= localBelow {
+		// Nothing older than the lifetime is left: an earlier purge
+		// took it, local events included. (Below a purge without
+		// delete_local_events, local events are kept as outliers,
+		// which retention deletes, as Synapse's does.)
+		return errNothingToPurge
+	}
+	token := fmt.Sprintf("t%d-%d", depth, stream)
+	_, err = r.Admin.publish(ctx, t.roomID, commands.ActionPurgeHistory, map[string]any{"token": token, "delete_local_events": true}, "")
+	return err
 }
 
 // deleting reports whether the room has an active deletion task.

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/handlers"
 	"github.com/scrollback/scrollback/testenv"
@@ -147,4 +150,63 @@ func TestRetention_DeletesLocalEventsBelowAnEarlierFloor(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// failingAppender fails every append to one room's subjects and passes
+// the others to the log.
+type failingAppender struct {
+	handlers.Appender
+	prefix string
+}
+
+func (a failingAppender) Append(ctx context.Context, subject, msgID string, data []byte) (uint64, error) {
+	if strings.HasPrefix(subject, a.prefix) {
+		return 0, errors.New("injected: the room's log refuses appends")
+	}
+	return a.Appender.Append(ctx, subject, msgID, data)
+}
+
+// TestRetention_OneFailingRoomDoesNotStopTheJob: a room whose purge
+// cannot be published (or is not applied in time) must not keep the
+// job from purging the rooms after it. Synapse starts each room's purge
+// in the background; a run that stopped at the first failure left every
+// later room unpurged until the next interval (a day by default), and
+// for ever while the failure lasted.
+func TestRetention_OneFailingRoomDoesNotStopTheJob(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+	})
+	now := time.UnixMilli(1_900_000_000_000)
+	m.Retention.Now = testenv.NewClock(now).Now
+	day := int64(24 * time.Hour / time.Millisecond)
+	var all, fresh []testenv.Event // received time grows along the log
+	rooms := []*testenv.Room{testenv.NewRoom("aaa", "test"), testenv.NewRoom("bbb", "test")}
+	for _, room := range rooms {
+		evs := append(room.Setup(alice), room.Msg(alice, "old"))
+		for _, e := range evs {
+			e["received_ts"] = now.UnixMilli() - 10*day
+		}
+		all = append(all, evs...)
+		f := room.Msg(alice, "fresh")
+		f["received_ts"] = now.UnixMilli() - day
+		fresh = append(fresh, f)
+	}
+	all = append(all, fresh...)
+	seqs := m.publisher().Publish(t, all...)
+	for _, room := range rooms {
+		if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin := *m.Retention.Admin
+	admin.Log = failingAppender{Appender: admin.Log, prefix: strings.TrimSuffix(bus.Subjects{Prefix: "sb"}.Room(rooms[0].ID, commands.KindCmd), "cmd")}
+	m.Retention.Admin = &admin
+	n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
+	if err == nil {
+		t.Error("RunJob reported no error for the room it could not purge")
+	}
+	if n != 1 {
+		t.Fatalf("RunJob purged %d rooms (err %v); want the second room purged despite the first", n, err)
+	}
 }
