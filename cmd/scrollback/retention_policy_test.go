@@ -128,3 +128,28 @@ func TestRetention_ZeroDefaultMaxLifetimeHides(t *testing.T) {
 		t.Fatalf("with a default max_lifetime of 0: %v, want only the state %v", got, ids(evs))
 	}
 }
+
+// TestRetention_SkipsRoomWithActiveDeletion: a room whose deletion task
+// is active is left alone (SYNAPSE.md 9), and purged once it is not.
+func TestRetention_SkipsRoomWithActiveDeletion(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+		c.Homeserver.Timeout = commands.DurationOf(time.Minute)
+	})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	hs.StallLeave("@user0:test")
+	room := shutdownRoom(t, m, hs, "deleting", 1) // received now: ten days before the job's clock
+	other := shutdownRoom(t, m, hs, "other", 1)
+	m.Retention.Now = func() time.Time { return time.Now().Add(10 * 24 * time.Hour) }
+	shutdownCmd(t, m, "deletingroomtask", room.ID)
+	testenv.WaitFor(t, 10*time.Second, "the deletion to be active", func() bool {
+		return taskStatusOf(m, "deletingroomtask") == commands.TaskActive
+	})
+	if n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour}); err != nil || n != 1 {
+		t.Fatalf("RunJob = %d, %v; want the room with an active deletion skipped, the other purged", n, err)
+	}
+	if tasks, _ := m.Store.RoomTasks(other.ID); len(tasks) != 1 || tasks[0].Action != commands.ActionPurgeHistory {
+		t.Fatalf("the other room's tasks: %+v", tasks)
+	}
+}
