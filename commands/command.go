@@ -3,6 +3,7 @@ package commands
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Command actions (CONTRACT.md section 3).
@@ -56,7 +57,8 @@ func ValidCommandID(id string) bool {
 func CommandFromMap(m map[string]any, roomID string) (*Command, error) {
 	c := &Command{}
 	id, ok := m["id"].(string)
-	if !ok || !ValidCommandID(id) {
+	action, _ := m["action"].(string)
+	if !ok || !ValidCommandID(id) && !IsShutdownPurgeID(id, action) {
 		return nil, fieldErr("id", "required: 1-64 of [A-Za-z0-9_-]")
 	}
 	c.ID = id
@@ -80,6 +82,21 @@ func CommandFromMap(m map[string]any, roomID string) (*Command, error) {
 }
 
 const paramsNotMap = "\x00params-not-a-map"
+
+// ShutdownPurgeSuffix ends the id of the purge_room command that a
+// shutdown publishes as its last step: "<delete id>-purge" (CONTRACT.md
+// section 3).
+const ShutdownPurgeSuffix = "-purge"
+
+// IsShutdownPurgeID reports whether id can be the id of a shutdown's
+// purge step: a purge_room whose id is a valid command id followed by
+// ShutdownPurgeSuffix. Since a command id may be 64 bytes long, the
+// purge step's may be 70; the projection accepts one that long only
+// when its shutdown task exists.
+func IsShutdownPurgeID(id, action string) bool {
+	owner, ok := strings.CutSuffix(id, ShutdownPurgeSuffix)
+	return ok && action == ActionPurgeRoom && ValidCommandID(owner)
+}
 
 // Validate checks the action and its parameters. The returned error's text
 // becomes the failed task's error.

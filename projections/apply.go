@@ -656,6 +656,17 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	if existing != nil {
 		return fmt.Errorf("%w: %s", commands.ErrDuplicateCommand, c.ID)
 	}
+	if !commands.ValidCommandID(c.ID) {
+		// Longer than a command id: only a shutdown's purge step may be
+		// (commands.IsShutdownPurgeID), and only with its shutdown task.
+		parent, err := getTask(tx, strings.TrimSuffix(c.ID, commands.ShutdownPurgeSuffix))
+		if err != nil {
+			return err
+		}
+		if parent == nil || parent.Action != commands.ActionShutdownAndPurgeRoom || parent.RoomID != c.RoomID {
+			return fmt.Errorf("%w: id: required: 1-64 of [A-Za-z0-9_-]", commands.ErrMalformed)
+		}
+	}
 	room, err := ensureRoom(tx, e.RoomID)
 	if err != nil {
 		return err
@@ -664,7 +675,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	if ts == 0 {
 		ts = e.LogTS
 	}
-	if owner, ok := strings.CutSuffix(c.ID, "-purge"); ok && c.Action == commands.ActionPurgeRoom {
+	if owner, ok := strings.CutSuffix(c.ID, commands.ShutdownPurgeSuffix); ok && c.Action == commands.ActionPurgeRoom {
 		parent, err := getTask(tx, owner)
 		if err != nil {
 			return err

@@ -494,3 +494,37 @@ func TestApply_OneIDInTwoRooms(t *testing.T) {
 		t.Fatalf("FindEvent in the purged room = %+v, %v, %v; want it in %s", info, ok, err, a.ID)
 	}
 }
+
+// TestApplyBatch_LongPurgeStepID: a shutdown's purge step is
+// "<shutdown id>-purge", 70 bytes for a 64-byte shutdown id. It is
+// applied for its shutdown; a purge_room that long without one, or
+// any other command over 64 bytes, is a dead letter.
+func TestApplyBatch_LongPurgeStepID(t *testing.T) {
+	s := testenv.NewStore(t)
+	room := "!long:test"
+	apply1 := func(seq uint64, v map[string]any) projections.Outcome {
+		out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, room, commands.KindCmd, v)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0]
+	}
+	id := strings.Repeat("s", commands.MaxCommandIDBytes)
+	orphan := strings.Repeat("o", commands.MaxCommandIDBytes) + commands.ShutdownPurgeSuffix
+	if o := apply1(1, map[string]any{"id": orphan, "action": "purge_room", "room_id": room}); o.Result != projections.OutcomeDead {
+		t.Fatalf("a 70-byte purge_room without its shutdown: %s", o.Result)
+	}
+	if o := apply1(2, map[string]any{"id": id + commands.ShutdownPurgeSuffix, "action": "block_room", "room_id": room, "params": map[string]any{"block": true}}); o.Result != projections.OutcomeDead {
+		t.Fatalf("a 70-byte block_room: %s", o.Result)
+	}
+	apply1(3, map[string]any{"id": id, "action": "shutdown_and_purge_room", "room_id": room, "params": map[string]any{}})
+	if o := apply1(4, map[string]any{"id": id + commands.ShutdownPurgeSuffix, "action": "purge_room", "room_id": room, "params": map[string]any{"force": true}}); o.Result != projections.OutcomeApplied {
+		t.Fatalf("the shutdown's purge step: %s %s", o.Result, o.Reason)
+	}
+	if task, _ := s.Task(id); task.Status != commands.TaskComplete {
+		t.Fatalf("shutdown task = %+v", task)
+	}
+	if task, _ := s.Task(orphan); task != nil {
+		t.Fatalf("the orphan purge became a task: %+v", task)
+	}
+}

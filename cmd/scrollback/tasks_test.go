@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,5 +133,35 @@ func TestTasks_ScheduledTasksStartOldestFirst(t *testing.T) {
 	})
 	if firstStarted != "zzzzzzzzzzzzzzzz" {
 		t.Fatalf("%s started first; want the older task zzzzzzzzzzzzzzzz", firstStarted)
+	}
+}
+
+// TestTasks_ShutdownWithLongestIDCompletes: a shutdown_and_purge_room
+// command may have any id of 1-64 of [A-Za-z0-9_-] (CONTRACT.md section
+// 3), and its purge step is the purge_room command "<id>-purge". With a
+// 64-character id that is 70 characters, which the log's command check
+// refused as malformed: the shutdown never completed and its runner
+// published the purge again and again.
+func TestTasks_ShutdownWithLongestIDCompletes(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "longid", 2)
+	id := strings.Repeat("x", commands.MaxCommandIDBytes)
+	m.publisher().Command(t, map[string]any{"id": id, "action": commands.ActionShutdownAndPurgeRoom, "room_id": room.ID,
+		"params": map[string]any{"force_purge": true}, "ts": time.Now().UnixMilli()})
+	testenv.WaitFor(t, 20*time.Second, "the shutdown to finish", func() bool {
+		st := taskStatusOf(m, id)
+		return st == commands.TaskComplete || st == commands.TaskFailed
+	})
+	task, _ := m.Store.Task(id)
+	if task.Status != commands.TaskComplete {
+		t.Fatalf("task = %+v", task)
+	}
+	p, err := m.messages(t, room.ID, map[string]any{"admin": true})
+	if err != nil || len(chunkIDs(p)) != 0 {
+		t.Fatalf("after the purge: %v %v", chunkIDs(p), err)
+	}
+	if dl, _ := m.Store.DeadLetters(10); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
 	}
 }
