@@ -11,8 +11,8 @@ const (
 	TaskCancelled = "cancelled"
 )
 
-// TaskExpiry is how long finished tasks are kept after their last update
-// (Synapse's KEEP_TASKS_FOR_MS).
+// TaskExpiryMS is how long finished tasks are kept after their last
+// update (Synapse's KEEP_TASKS_FOR_MS).
 const TaskExpiryMS = 7 * 24 * 3600 * 1000
 
 // Task is a command folded with its TaskUpdates: the durable record behind
@@ -35,6 +35,15 @@ type Task struct {
 // Finished reports whether the task reached a final status.
 func (t *Task) Finished() bool {
 	return t.Status == TaskComplete || t.Status == TaskFailed || t.Status == TaskCancelled
+}
+
+// ExpiredAt reports whether the task is finished and its last update is
+// more than TaskExpiryMS before ms (Unix milliseconds): the task is gone
+// then (CONTRACT.md, TaskUpdate), whether or not its record is deleted
+// yet. Synapse never deletes cancelled tasks; the contract expires every
+// finished one.
+func (t *Task) ExpiredAt(ms int64) bool {
+	return t.Finished() && t.UpdatedTS < ms-TaskExpiryMS
 }
 
 // TaskUpdate is one progress record of a task on sb.room.<rk>.task.

@@ -146,11 +146,6 @@ func (a *Admin) Block(ctx context.Context, subject string, data []byte) ([]byte,
 	return bus.Encode(map[string]any{"block": block})
 }
 
-// TaskExpired reports whether a finished task is past its 7 days.
-func TaskExpired(t *commands.Task, now time.Time) bool {
-	return t.Finished() && t.UpdatedTS < now.UnixMilli()-commands.TaskExpiryMS
-}
-
 // PurgeHistory answers sb.api.room.<rk>.purge_history with Synapse's
 // validation and cut-off selection (SYNAPSE.md 6.1): an event ID, or
 // purge_up_to_ts by received time. It publishes a purge_history command
@@ -211,7 +206,7 @@ func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([
 	if err != nil {
 		return nil, err
 	}
-	if t == nil || t.Action != commands.ActionPurgeHistory || TaskExpired(t, a.Now()) {
+	if t == nil || t.Action != commands.ActionPurgeHistory || t.ExpiredAt(a.Now().UnixMilli()) {
 		return nil, commands.Errorf(404, commands.CodeNotFound, "purge id '%s' not found", id)
 	}
 	status := commands.TaskActive
@@ -353,7 +348,7 @@ func (a *Admin) DeleteStatusByRoom(ctx context.Context, subject string, data []b
 	}
 	var results []any
 	for _, t := range tasks {
-		if !isDeleteAction(t.Action) || TaskExpired(t, a.Now()) {
+		if !isDeleteAction(t.Action) || t.ExpiredAt(a.Now().UnixMilli()) {
 			continue
 		}
 		if t.Status == commands.TaskActive || t.Status == commands.TaskComplete || t.Status == commands.TaskFailed {
@@ -373,7 +368,7 @@ func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) (
 	if err != nil {
 		return nil, err
 	}
-	if t == nil || !isDeleteAction(t.Action) || TaskExpired(t, a.Now()) {
+	if t == nil || !isDeleteAction(t.Action) || t.ExpiredAt(a.Now().UnixMilli()) {
 		return nil, commands.Errorf(404, commands.CodeNotFound, "delete id '%s' not found", id)
 	}
 	return bus.Encode(deleteTask(t))
