@@ -741,8 +741,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	if err := putTask(tx, t); err != nil {
 		return err
 	}
-	k := binary.BigEndian.AppendUint64(u64(room), uint64(ts))
-	if err := tx.Bucket(bRoomTask).Put(append(k, c.ID...), nil); err != nil {
+	if err := tx.Bucket(bRoomTask).Put(roomTaskKey(room, ts, c.ID), nil); err != nil {
 		return err
 	}
 	o.Task = t

@@ -59,3 +59,10 @@ func StripRowAges(t *testing.T, s *Store) {
 		t.Fatal(err)
 	}
 }
+
+// SetTaskDoneBatch sets taskDoneBatch for a test, and back at its end.
+func SetTaskDoneBatch(tb interface{ Cleanup(func()) }, n int) {
+	was := taskDoneBatch
+	taskDoneBatch = n
+	tb.Cleanup(func() { taskDoneBatch = was })
+}

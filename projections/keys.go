@@ -6,6 +6,8 @@ import (
 	"math"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/scrollback/scrollback/commands"
 )
 
 // Bucket names. The layout is documented in doc.go.
@@ -39,8 +41,9 @@ var (
 	bEraseIn   = []byte("erasein")     // room -> bucket: log sequence -> {} (event messages to erase, by room; see RoomErasures)
 	bOpenTasks = []byte("opentasks")   // task ID -> {} (scheduled or active)
 	bExtraSeqs = []byte("extraseqs")   // room|event ID|0|log sequence -> {} (a stored event's other log messages; see extraSeqKey)
+	bTaskDone  = []byte("taskdone")    // last update ts (as order)|task ID -> {} (finished tasks, to expire; see ExpireTasks)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs, bTaskDone}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
@@ -53,6 +56,18 @@ func u64(v uint64) []byte {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], v)
 	return b[:]
+}
+
+// roomTaskKey is a task's roomtasks key: room|created ts|task ID.
+func roomTaskKey(room uint64, created int64, id string) []byte {
+	k := binary.BigEndian.AppendUint64(u64(room), uint64(created))
+	return append(k, id...)
+}
+
+// taskDoneKey is a finished task's taskdone key: the ts of its last
+// update, signed as stream orderings are (order), then its ID.
+func taskDoneKey(t *commands.Task) []byte {
+	return append(u64(order(t.UpdatedTS)), t.ID...)
 }
 
 // tlKey is room|depth|order. Depth is >= 1, so it sorts as unsigned.

@@ -87,8 +87,10 @@ func Open(path string, opts Options) (*Store, error) {
 			if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
 				return err
 			}
-			if err := meta.Put(metaRelMarks, nil); err != nil {
-				return err
+			for _, mark := range [][]byte{metaRelMarks, metaTaskDone} {
+				if err := meta.Put(mark, nil); err != nil {
+					return err
+				}
 			}
 		}
 		if opts.ServerName != "" {
@@ -113,6 +115,9 @@ func Open(path string, opts Options) (*Store, error) {
 	if err == nil {
 		err = s.addRelatedMarks()
 	}
+	if err == nil {
+		err = s.indexFinishedTasks()
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("projections: init %s: %w", path, err)
@@ -126,37 +131,47 @@ func Open(path string, opts Options) (*Store, error) {
 var metaRelMarks = []byte("relmarks")
 
 // addRelatedMarks gives a file made before the related marks existed its
-// marks, from the relations index, once: in transactions of up to
-// relMarksBatch relations, so that a big file does not hold every dirty
-// page at once; a crash in between starts over, as marks only add kinds.
+// marks, from the relations index, once (fillOnce): a crash in between
+// starts over, as marks only add kinds.
 func (s *Store) addRelatedMarks() error {
-	var after []byte // the last relations key done
+	return s.fillOnce(metaRelMarks, bRel, relMarksBatch, func(tx *bolt.Tx, k, _ []byte) error {
+		room, target, relType, ok := parseRelKey(k)
+		if !ok {
+			return fmt.Errorf("relations: bad key %x", k)
+		}
+		return markRelated(tx, room, target, relKind(relType))
+	})
+}
+
+// fillOnce gives a file made before an index its entries: it calls add
+// for every entry of the bucket from, in transactions of up to batch
+// entries, so that a big file does not hold every dirty page at once,
+// then puts mark in meta, where a new file has it from the start. A crash
+// in between starts over, so add must be idempotent.
+func (s *Store) fillOnce(mark, from []byte, batch int, add func(tx *bolt.Tx, k, v []byte) error) error {
+	var after []byte // the last key done
 	for {
 		done := false
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			meta := tx.Bucket(bMeta)
-			if meta.Get(metaRelMarks) != nil {
+			if meta.Get(mark) != nil {
 				done = true
 				return nil
 			}
-			c := tx.Bucket(bRel).Cursor()
-			k, _ := firstAfter(c, after)
-			for n := 0; k != nil; k, _ = c.Next() {
-				if n == relMarksBatch {
+			c := tx.Bucket(from).Cursor()
+			k, v := firstAfter(c, after)
+			for n := 0; k != nil; k, v = c.Next() {
+				if n == batch {
 					return nil
 				}
-				room, target, relType, ok := parseRelKey(k)
-				if !ok {
-					return fmt.Errorf("relations: bad key %x", k)
-				}
-				if err := markRelated(tx, room, target, relKind(relType)); err != nil {
+				if err := add(tx, k, v); err != nil {
 					return err
 				}
 				after = append(after[:0], k...)
 				n++
 			}
 			done = true
-			return meta.Put(metaRelMarks, nil)
+			return meta.Put(mark, nil)
 		})
 		if err != nil || done {
 			return err
@@ -387,6 +402,11 @@ func getTask(tx *bolt.Tx, id string) (*commands.Task, error) {
 	return t, nil
 }
 
+// putTask writes a task record, and its entry in opentasks while it is
+// open or in taskdone once it is finished. A finished task is never
+// written again (Task.Apply and applyShutdownPurge refuse it, and a
+// command that reuses the ID of an expired one deletes it first), so its
+// taskdone entry never has to move.
 func putTask(tx *bolt.Tx, t *commands.Task) error {
 	b, err := encodeMsgpack(t)
 	if err != nil {
@@ -396,6 +416,9 @@ func putTask(tx *bolt.Tx, t *commands.Task) error {
 		return err
 	}
 	if t.Finished() {
+		if err := tx.Bucket(bTaskDone).Put(taskDoneKey(t), nil); err != nil {
+			return err
+		}
 		return tx.Bucket(bOpenTasks).Delete([]byte(t.ID))
 	}
 	return tx.Bucket(bOpenTasks).Put([]byte(t.ID), nil)
