@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
@@ -438,11 +439,18 @@ func TestApplyBatch_OneBatchAppliesAsOneByOne(t *testing.T) {
 // sameProjection fails the test if the two stores' digests differ.
 func sameProjection(t *testing.T, what string, a, b *projections.Store) {
 	t.Helper()
-	da, err := a.Digest()
+	sameProjectionAt(t, what, time.Now(), a, b)
+}
+
+// sameProjectionAt fails the test if the two stores' digests at now
+// differ.
+func sameProjectionAt(t *testing.T, what string, now time.Time, a, b *projections.Store) {
+	t.Helper()
+	da, err := a.Digest(now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := b.Digest()
+	db, err := b.Digest(now)
 	if err != nil {
 		t.Fatal(err)
 	}

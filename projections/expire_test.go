@@ -236,3 +236,25 @@ func TestOpen_IndexesFinishedTasksOfAnOlderFile(t *testing.T) {
 	}
 	checkExpired(t, s)
 }
+
+// TestDigest_LeavesOutExpiredTasks: a store whose sweep deleted the
+// expired tasks and one whose sweep has not run have the same digest, and
+// it names the kept tasks.
+func TestDigest_LeavesOutExpiredTasks(t *testing.T) {
+	swept, unswept := testenv.NewStore(t), testenv.NewStore(t)
+	applyTaskLog(t, swept, 1)
+	applyTaskLog(t, unswept, 1)
+	if _, err := swept.ExpireTasks(expiryNow, 100); err != nil {
+		t.Fatal(err)
+	}
+	sameProjectionAt(t, "swept and unswept", expiryNow, swept, unswept)
+	d, err := unswept.Digest(expiryNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range keptTasks {
+		if _, ok := d["task "+id]; !ok {
+			t.Errorf("the digest has no task %s", id)
+		}
+	}
+}

@@ -135,8 +135,8 @@ func TestApplyBatches_GroupAppliesAsAlone(t *testing.T) {
 	if fmt.Sprint(cg) != fmt.Sprint(ca) {
 		t.Errorf("checkpoints %v, alone %v", cg, ca)
 	}
-	dg, _ := group.Digest()
-	da, _ := alone.Digest()
+	dg, _ := group.Digest(time.Now())
+	da, _ := alone.Digest(time.Now())
 	if diff := dg.Diff(da); len(diff) != 0 {
 		t.Fatalf("group and alone differ: %v", diff)
 	}

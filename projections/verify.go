@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -14,14 +15,18 @@ import (
 // (timeline, state, extremities, forgotten users, flags, relations,
 // redaction marks) and per task, free of what may differ between two
 // files holding the same history (room numbers, page layout, the
-// janitor's counters, queued erasures), and of what says which log
-// messages carry an event (extraseqs), which describes the log rather
-// than the history.
+// janitor's counters, queued erasures, expired tasks), and of what says
+// which log messages carry an event (extraseqs), which describes the log
+// rather than the history.
 // Two projections of the same log must have equal digests.
 type Digest map[string]string
 
-// Digest computes the projection's digest.
-func (s *Store) Digest() (Digest, error) {
+// Digest computes the projection's digest at now. It leaves out the tasks
+// that have expired at now (commands.Task.ExpiredAt): whether their
+// records are still there depends on when ExpireTasks last ran, and a
+// rebuild, which replays every TaskUpdate, has them all. Compare two
+// digests taken at the same now.
+func (s *Store) Digest(now time.Time) (Digest, error) {
 	d := Digest{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bRooms).Cursor()
@@ -33,7 +38,7 @@ func (s *Store) Digest() (Digest, error) {
 		}
 		return tx.Bucket(bTasks).ForEach(func(k, v []byte) error {
 			t, err := getTask(tx, string(k))
-			if err != nil || t == nil {
+			if err != nil || t == nil || t.ExpiredAt(now.UnixMilli()) {
 				return err
 			}
 			d["task "+t.ID] = fmt.Sprintf("%s %s %s %s updates=%d result=%v", t.Action, t.RoomID, t.Status, t.Error, t.Updates, t.Result)

@@ -221,8 +221,9 @@ func TestCluster_SurvivesInstanceAndNodeLoss(t *testing.T) {
 	var dc, dd projections.Digest
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		var err1, err2 error
-		dc, err1 = c.Store.Digest()
-		dd, err2 = d.Store.Digest()
+		now := time.Now()
+		dc, err1 = c.Store.Digest(now)
+		dd, err2 = d.Store.Digest(now)
 		if err1 != nil || err2 != nil {
 			t.Fatal(err1, err2)
 		}

@@ -78,13 +78,14 @@ func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, erro
 	if _, err := buildFromLog(ctx, cfg, tmp); err != nil {
 		return 0, err
 	}
+	now := time.Now() // one now for both: tasks expire with it
 	digest := func(path string) (projections.Digest, error) {
 		s, err := projections.Open(path, projections.Options{})
 		if err != nil {
 			return nil, err
 		}
 		defer s.Close()
-		return s.Digest()
+		return s.Digest(now)
 	}
 	live, err := digest(dbPath)
 	if err != nil {
