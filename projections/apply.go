@@ -647,19 +647,38 @@ func (a *applier) updateExtremities(room uint64, ev *commands.Event) error {
 	return a.releaseLink(link)
 }
 
+// applyCommand makes a command a task and applies it. A command whose ID
+// is a task's is a duplicate (CONTRACT.md section 3), unless that task
+// had expired at the command's ts: an expired task is gone
+// (commands.Task.ExpiredAt) whether ExpireTasks has deleted its record
+// yet or not, and the command becomes a new task in its place. Deciding
+// by the command's ts, not by whether the record is still there, makes
+// the outcome a function of the log: a rebuild, which replays the log
+// without sweeping, applies what the live file did. (The sweep runs on
+// the wall clock, so a projector days behind could find deleted a task
+// that had not expired at the command's ts; that takes a command reusing
+// an ID days after its task ended, which no writer does: IDs are 16
+// random letters, JetStream drops a repeated message ID within its
+// window, and a task's updates follow its command in the log and end when
+// it finishes.) A shutdown's purge step finds its shutdown task by the
+// same rule.
 func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	c := e.Command
+	ts := c.TS
+	if ts == 0 {
+		ts = e.LogTS
+	}
 	existing, err := getTask(tx, c.ID)
 	if err != nil {
 		return err
 	}
-	if existing != nil {
+	if existing != nil && !existing.ExpiredAt(ts) {
 		return fmt.Errorf("%w: %s", commands.ErrDuplicateCommand, c.ID)
 	}
 	if !commands.ValidCommandID(c.ID) {
 		// Longer than a command id: only a shutdown's purge step may be
 		// (commands.IsShutdownPurgeID), and only with its shutdown task.
-		parent, err := getTask(tx, strings.TrimSuffix(c.ID, commands.ShutdownPurgeSuffix))
+		parent, err := taskAt(tx, strings.TrimSuffix(c.ID, commands.ShutdownPurgeSuffix), ts)
 		if err != nil {
 			return err
 		}
@@ -667,16 +686,17 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 			return fmt.Errorf("%w: id: required: 1-64 of [A-Za-z0-9_-]", commands.ErrMalformed)
 		}
 	}
+	if existing != nil {
+		if err := deleteTask(tx, existing); err != nil {
+			return err
+		}
+	}
 	room, err := ensureRoom(tx, e.RoomID)
 	if err != nil {
 		return err
 	}
-	ts := c.TS
-	if ts == 0 {
-		ts = e.LogTS
-	}
 	if owner, ok := strings.CutSuffix(c.ID, commands.ShutdownPurgeSuffix); ok && c.Action == commands.ActionPurgeRoom {
-		parent, err := getTask(tx, owner)
+		parent, err := taskAt(tx, owner, ts)
 		if err != nil {
 			return err
 		}

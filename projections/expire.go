@@ -74,6 +74,16 @@ func expireTask(tx *bolt.Tx, k []byte, ms int64) error {
 	return tx.Bucket(bTaskDone).Delete(k)
 }
 
+// taskAt looks a task up as a command issued at ts sees it: nil if it
+// had expired by then, deleted or not (see applyCommand).
+func taskAt(tx *bolt.Tx, id string, ts int64) (*commands.Task, error) {
+	t, err := getTask(tx, id)
+	if err != nil || t == nil || t.ExpiredAt(ts) {
+		return nil, err
+	}
+	return t, nil
+}
+
 // deleteTask deletes a finished task: its record, its entry in its room's
 // task list (under the room's current number: purge_room moves the list)
 // and its taskdone entry.

@@ -258,3 +258,77 @@ func TestDigest_LeavesOutExpiredTasks(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyCommand_ReusedIDOfAnExpiredTask: a command whose ID names a
+// task that had expired when it was issued is applied as a new task,
+// whether the sweep has deleted the old one or not (a rebuild replays the
+// log without sweeping): the outcome depends on the log only. So is a
+// shutdown's purge step whose shutdown task has expired: a purge_room of
+// its own. A command reusing the ID of a task that has not expired is
+// refused, as before.
+func TestApplyCommand_ReusedIDOfAnExpiredTask(t *testing.T) {
+	stores := []*projections.Store{openWithServer(t), openWithServer(t)}
+	later := []struct {
+		v    map[string]any
+		want string
+	}{
+		{map[string]any{"id": "expiredblock", "action": "block_room", "params": map[string]any{"block": false}, "ts": expiryNow.UnixMilli()}, projections.OutcomeApplied},
+		{map[string]any{"id": "recentpurge", "action": "block_room", "params": map[string]any{"block": false}, "ts": expiryNow.UnixMilli()}, projections.OutcomeDead},
+		{map[string]any{"id": "oldactive", "action": "block_room", "params": map[string]any{"block": false}, "ts": expiryNow.UnixMilli()}, projections.OutcomeDead},
+		{map[string]any{"id": "shutdown" + commands.ShutdownPurgeSuffix, "action": "purge_room", "params": map[string]any{"force": true}, "ts": expiryNow.UnixMilli()}, projections.OutcomeApplied},
+	}
+	for i, s := range stores {
+		next := applyTaskLog(t, s, 1)
+		shutdown := []struct {
+			kind string
+			v    map[string]any
+		}{
+			{commands.KindCmd, map[string]any{"id": "shutdown", "action": "shutdown_and_purge_room", "room_id": taskRoom, "params": map[string]any{"block": true}, "ts": daysAgo(10)}},
+			{commands.KindTask, map[string]any{"task_id": "shutdown", "status": "failed", "error": "gave up", "ts": daysAgo(9)}},
+		}
+		for _, m := range shutdown {
+			if out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next, taskRoom, m.kind, m.v)}); err != nil || out[0].Result != projections.OutcomeApplied {
+				t.Fatalf("seq %d: %v %+v", next, err, out)
+			}
+			next++
+		}
+		if i == 0 {
+			if _, err := s.ExpireTasks(expiryNow, 100); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, c := range later {
+			c.v["room_id"] = taskRoom
+			out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next, taskRoom, commands.KindCmd, c.v)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out[0].Result != c.want {
+				t.Fatalf("store %d: %s again: %s %s, want %s", i, c.v["id"], out[0].Result, out[0].Reason, c.want)
+			}
+			next++
+		}
+		task, err := s.Task("expiredblock")
+		if err != nil || task == nil || task.CreatedTS != expiryNow.UnixMilli() || task.Params["block"] != false {
+			t.Fatalf("store %d: the reused ID's task = %+v, %v", i, task, err)
+		}
+		if blocked, _, _ := s.Blocked(taskRoom); blocked {
+			t.Fatalf("store %d: the reused ID's unblock was not applied", i)
+		}
+		if task, err := s.Task("shutdown" + commands.ShutdownPurgeSuffix); err != nil || task == nil || task.Action != commands.ActionPurgeRoom {
+			t.Fatalf("store %d: the late purge step = %+v, %v", i, task, err)
+		}
+	}
+	sameProjectionAt(t, "swept before the reused IDs and not", expiryNow, stores[0], stores[1])
+	// Each store holds one record of each ID, and one entry of each in
+	// its room's list: 8 days later the open tasks are left (the two old
+	// ones and the late purge step, a scheduled purge_room).
+	for i, s := range stores {
+		if _, err := s.ExpireTasks(expiryNow.Add(8*24*time.Hour), 100); err != nil {
+			t.Fatal(err)
+		}
+		if got := bucketKeys(t, s, "tasks", "roomtasks", "taskdone", "opentasks"); !slices.Equal(got, []int{3, 3, 0, 3}) {
+			t.Errorf("store %d: tasks, roomtasks, taskdone, opentasks = %v keys 8 days later, want the 3 open tasks", i, got)
+		}
+	}
+}
