@@ -20,7 +20,9 @@ import (
 // subject and applied by the projector like any log message, so the task
 // record survives crashes and a rebuild reproduces it. The runner looks
 // for open tasks every PollInterval, so a task that was active when the
-// service stopped resumes within that interval of a restart.
+// service stopped resumes within that interval of a restart. It also
+// deletes the finished tasks that have expired from this instance's
+// projection (expire).
 type TaskRunner struct {
 	Store    *projections.Store
 	Log      TaskLog
@@ -32,6 +34,9 @@ type TaskRunner struct {
 	MaxConcurrent int
 	// PollInterval is how often open tasks are looked for (default 1 s).
 	PollInterval time.Duration
+	// ExpireInterval is how often, by Now, expired tasks are deleted
+	// (default 1 min, as Synapse's _clean_scheduled_tasks).
+	ExpireInterval time.Duration
 	// HS asks homeserver workers (sb.hs.*) for a shutdown's side
 	// effects, each bounded by HSTimeout; Concurrency bounds the users
 	// handled at once in one shutdown.
@@ -49,8 +54,9 @@ type TaskRunner struct {
 	Owns func(roomID string) bool
 	Wake <-chan struct{}
 
-	mu      sync.Mutex
-	running map[string]context.CancelFunc
+	mu         sync.Mutex
+	running    map[string]context.CancelFunc
+	nextExpire time.Time // when expire deletes again; Run's goroutine only
 }
 
 func (r *TaskRunner) owns(roomID string) bool { return r.Owns == nil || r.Owns(roomID) }
@@ -73,6 +79,9 @@ func (r *TaskRunner) Run(ctx context.Context) {
 	}
 	if r.MaxConcurrent <= 0 {
 		r.MaxConcurrent = 5
+	}
+	if r.ExpireInterval <= 0 {
+		r.ExpireInterval = time.Minute
 	}
 	r.running = map[string]context.CancelFunc{}
 	var wg sync.WaitGroup
@@ -115,12 +124,34 @@ func (r *TaskRunner) Run(ctx context.Context) {
 				}
 			}()
 		}
+		r.expire()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-r.Wake:
 		}
+	}
+}
+
+// expire deletes a batch of expired tasks from the projection when one is
+// due: every ExpireInterval by Now, and on every pass while batches come
+// back full (a backlog, as on the first run over a file from before the
+// sweep), so that a pass never waits long for it. Each instance sweeps
+// its own file, whichever rooms it owns.
+func (r *TaskRunner) expire() {
+	now := r.Now()
+	if now.Before(r.nextExpire) {
+		return
+	}
+	n, err := r.Store.ExpireTasks(now, projections.ExpireBatch)
+	if err != nil {
+		r.Logger.Error("delete expired tasks", "err", err)
+	} else if n > 0 {
+		r.Logger.Debug("deleted expired tasks", "tasks", n)
+	}
+	if n < projections.ExpireBatch {
+		r.nextExpire = now.Add(r.ExpireInterval)
 	}
 }
 

@@ -26,6 +26,12 @@ const (
 // in-process NATS server and the HTTP bridge on a random port.
 func startMain(tb testing.TB, edit ...func(*Config)) *Main {
 	tb.Helper()
+	return startMainAt(tb, nil, edit...)
+}
+
+// startMainAt is startMain with the service's clock (nil: time.Now).
+func startMainAt(tb testing.TB, now func() time.Time, edit ...func(*Config)) *Main {
+	tb.Helper()
 	cfg := DefaultConfig()
 	cfg.ServerName = "test"
 	cfg.DataDir = filepath.Join(tb.TempDir(), "data")
@@ -39,7 +45,7 @@ func startMain(tb testing.TB, edit ...func(*Config)) *Main {
 	for _, e := range edit {
 		e(&cfg)
 	}
-	m := &Main{Config: cfg, Logger: slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	m := &Main{Config: cfg, Now: now, Logger: slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if err := m.Open(context.Background()); err != nil {
 		m.Close()
 		tb.Fatalf("open: %v", err)

@@ -56,6 +56,9 @@ func newLogger(c LogConfig, w io.Writer) *slog.Logger {
 type Main struct {
 	Config Config
 	Logger *slog.Logger
+	// Now is the clock of every part of the service (nil: time.Now);
+	// tests set a fake one before Open.
+	Now func() time.Time
 
 	// Set by Open.
 	NATSServer *server.Server // nil with an external cluster
@@ -89,6 +92,10 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	c := m.Config
 	subjects := bus.Subjects{Prefix: c.NATS.SubjectPrefix}
+	now := m.Now
+	if now == nil {
+		now = time.Now
+	}
 	if err := m.openLog(ctx); err != nil {
 		return err
 	}
@@ -139,17 +146,17 @@ func (m *Main) Open(ctx context.Context) error {
 	eraser := &handlers.Eraser{Store: m.Store, Log: &eraseLog, Subjects: subjects, Compact: m.Owners == nil,
 		Logger: m.Logger.With("component", "eraser")}
 	m.background(runCtx, "eraser", eraser.Run)
-	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
+	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
 		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName, Owns: owns, Wake: wake}
 	m.background(runCtx, "tasks", runner.Run)
-	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: time.Now,
+	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Retention: retentionConfig(c.Retention),
 		Backfill: &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
 			Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
-			Backoff: c.Backfill.Backoff.Duration, Now: time.Now, Logger: m.Logger.With("component", "backfill")}}
-	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: time.Now, ServerName: c.ServerName,
+			Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill")}}
+	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: now, ServerName: c.ServerName,
 		Audit: m.Logger.With("component", "audit")}
 	if m.Owners != nil {
 		admin.CatchUp = func(ctx context.Context) error {
@@ -160,12 +167,12 @@ func (m *Main) Open(ctx context.Context) error {
 			return m.Projector.WaitAll(ctx, last)
 		}
 	}
-	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: time.Now,
+	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: now,
 		Logger: m.Logger.With("component", "retention"), Owns: owns}
 	m.background(runCtx, "retention", m.Retention.Run)
 	if c.ForgottenRoomRetentionPeriod != nil {
 		m.Forgotten = &handlers.ForgottenRooms{Period: c.ForgottenRoomRetentionPeriod.Duration, ServerName: c.ServerName,
-			Store: m.Store, Admin: admin, Now: time.Now, Logger: m.Logger.With("component", "forgotten-rooms"), Owns: owns}
+			Store: m.Store, Admin: admin, Now: now, Logger: m.Logger.With("component", "forgotten-rooms"), Owns: owns}
 		m.background(runCtx, "forgotten-rooms", m.Forgotten.Run)
 	}
 	// The API answers on a connection of its own: its replies (pages of

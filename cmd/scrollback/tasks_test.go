@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +165,55 @@ func TestTasks_ShutdownWithLongestIDCompletes(t *testing.T) {
 	}
 	if dl, _ := m.Store.DeadLetters(10); len(dl) != 0 {
 		t.Fatalf("dead letters: %+v", dl)
+	}
+}
+
+// TestTasks_ExpiredPurgeTaskIsDeleted: with the service's clock 8 days
+// past a purge task's completion, the task runner's sweep deletes its
+// record and its entry in the room's list, and its status is the 404 of
+// an unknown purge ID, as it was while the record stayed; a purge that
+// completed 6 days before is kept and still answers.
+func TestTasks_ExpiredPurgeTaskIsDeleted(t *testing.T) {
+	clock := testenv.NewClock(time.Now())
+	m := startMainAt(t, clock.Now)
+	room := testenv.NewRoom("expire", "test")
+	evs := append(room.Setup(alice), room.Msg(alice, "one"), room.Msg(alice, "two"), room.Msg(alice, "three"))
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	purge := func(cut testenv.Event) (id, status string) {
+		t.Helper()
+		st, body := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(room.ID)+"/"+url.PathEscape(cut.ID()), "tok-admin", "")
+		if st != 200 {
+			t.Fatalf("purge: %d %v", st, body)
+		}
+		id, _ = body["purge_id"].(string)
+		status = "/_synapse/admin/v1/purge_history_status/" + id
+		testenv.WaitFor(t, 20*time.Second, "the purge to complete", func() bool {
+			st, body := m.do(t, "GET", status, "tok-admin", "")
+			return st == 200 && body["status"] == "complete"
+		})
+		return id, status
+	}
+	old, oldStatus := purge(evs[len(evs)-2])
+	clock.Advance(2 * 24 * time.Hour)
+	recent, recentStatus := purge(evs[len(evs)-1])
+	clock.Advance(6 * 24 * time.Hour)
+	testenv.WaitFor(t, 10*time.Second, "the sweep to delete the expired task", func() bool {
+		task, err := m.Store.Task(old)
+		return err == nil && task == nil
+	})
+	tasks, err := m.Store.RoomTasks(room.ID)
+	if err != nil || len(tasks) != 1 || tasks[0].ID != recent {
+		t.Fatalf("RoomTasks = %v, %v; want %s alone", tasks, err, recent)
+	}
+	st, body := m.do(t, "GET", oldStatus, "tok-admin", "")
+	want := map[string]any{"errcode": "M_NOT_FOUND", "error": "purge id '" + old + "' not found"}
+	if st != 404 || !maps.Equal(body, want) {
+		t.Fatalf("status of the deleted task: %d %v, want 404 %v", st, body, want)
+	}
+	if st, body := m.do(t, "GET", recentStatus, "tok-admin", ""); st != 200 || body["status"] != "complete" {
+		t.Fatalf("status of the task completed 6 days ago: %d %v", st, body)
 	}
 }
