@@ -30,7 +30,7 @@ func runRebuild(ctx context.Context, args []string, out io.Writer) error {
 
 // rebuildProjection applies the whole log into a new file, runs the
 // janitor to the end (so purged rows are gone as they are in the live
-// file), and swaps the files.
+// file) and the task sweep, and swaps the files.
 func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
 	tmp := dbPath + ".rebuild"
@@ -103,8 +103,9 @@ func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, erro
 	return len(diff), nil
 }
 
-// buildFromLog applies the whole log into a new projection file at path
-// and runs the janitor to the end. It returns the log's last sequence.
+// buildFromLog applies the whole log into a new projection file at path,
+// runs the janitor to the end and deletes the expired tasks. It returns
+// the log's last sequence.
 func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return 0, err
@@ -147,6 +148,9 @@ func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
 			break
 		}
 	}
+	if err == nil {
+		err = expireAll(store, time.Now())
+	}
 	if cerr := store.Close(); err == nil {
 		err = cerr
 	}
@@ -154,6 +158,18 @@ func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
 		return 0, fmt.Errorf("rebuild: %w", err)
 	}
 	return last, nil
+}
+
+// expireAll deletes every task expired at now, as the live sweep does
+// (the replay brought back the ones it had deleted), so that a rebuilt
+// file does not start with a backlog of them.
+func expireAll(store *projections.Store, now time.Time) error {
+	for {
+		n, err := store.ExpireTasks(now, projections.ExpireBatch)
+		if err != nil || n < projections.ExpireBatch {
+			return err
+		}
+	}
 }
 
 // waitAll waits until every partition has applied the log up to seq.

@@ -146,6 +146,45 @@ func TestVerify_FindsADifference(t *testing.T) {
 	}
 }
 
+// TestRebuild_LeavesOutExpiredTasks: a rebuild replays every task, and
+// then deletes the expired ones, as the live sweep does; verify compares
+// a live file whose sweep has not deleted one yet with it and finds no
+// difference. A task that has not expired is in both.
+func TestRebuild_LeavesOutExpiredTasks(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("expired", "test")
+	m.publisher().Publish(t, r.Setup(alice)...)
+	week := time.Duration(commands.TaskExpiryMS) * time.Millisecond
+	for id, ts := range map[string]time.Time{"oldblock": time.Now().Add(-week - time.Hour), "newblock": time.Now()} {
+		seq := m.publisher().Command(t, map[string]any{"id": id, "action": "block_room", "room_id": r.ID,
+			"params": map[string]any{"block": true}, "ts": ts.UnixMilli()})
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The runner swept when it started, before the commands; its next
+	// sweep is a minute away.
+	if task, err := m.Store.Task("oldblock"); err != nil || task == nil {
+		t.Fatalf("the live file's expired task before its sweep: %+v, %v", task, err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if n, err := verifyProjection(context.Background(), m.Config, &out); err != nil || n != 0 {
+		t.Fatalf("verify: %d differences, %v\n%s", n, err, out.String())
+	}
+	if err := rebuildProjection(context.Background(), m.Config, &out); err != nil {
+		t.Fatal(err)
+	}
+	s := testenv.OpenStore(t, filepath.Join(m.Config.DataDir, "scrollback.db"))
+	for id, kept := range map[string]bool{"oldblock": false, "newblock": true} {
+		if task, err := s.Task(id); err != nil || (task != nil) != kept {
+			t.Errorf("rebuilt file: task %s = %+v, %v; want kept %v", id, task, err, kept)
+		}
+	}
+}
+
 // purgeHistory purges a room's history below event cut over HTTP, with
 // the given body, and waits until the purge is complete and its erasure
 // from the log (a compaction on the embedded server) is done.
