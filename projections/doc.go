@@ -49,6 +49,9 @@
 //	forgotten  room|user ID                -> {}
 //	tasks      task ID                     -> Task
 //	roomtasks  room|created|task ID        -> {}
+//	opentasks  task ID                     -> {}      (scheduled or active)
+//	taskdone   last update|task ID         -> {}      (finished, by the ts
+//	                                          of their last update, as order)
 //	deadletter log sequence                -> DeadLetter (last MaxDeadLetters)
 //	received   received ts|log sequence    -> room (live events)
 //	checkpoint partition                   -> log sequence
@@ -97,6 +100,21 @@
 // Store.CheckRelatedMarks). Open gives a file made before the marks its
 // marks once, from the relations index (addRelatedMarks; the "relmarks"
 // key in meta says it is done).
+//
+// A finished task expires 7 days after its last update
+// (commands.Task.ExpiredAt, CONTRACT.md). A finished task is never
+// written again, so putTask indexes it once in taskdone, sorted by the
+// ts of that update; ExpireTasks, which the service's task runner calls
+// every minute, walks taskdone from its start to the cut-off and deletes
+// each task's record, its roomtasks entry and its taskdone entry, a
+// bounded batch per write transaction, and costs one read when nothing
+// is due. Open indexes the finished tasks of a file written before
+// taskdone once (indexFinishedTasks, through fillOnce as addRelatedMarks).
+// An expired task may be stored until the sweep runs, and a rebuild
+// brings back every one before it sweeps at its end: what must not see
+// one asks ExpiredAt itself (the status endpoints, Digest, and a command
+// reusing its ID, applyCommand), so that nothing depends on when the
+// sweep ran.
 //
 // A live event's received entry goes with its row: the janitor deletes it
 // with every row it deletes, and, for a purge_room, with every row and
