@@ -41,7 +41,9 @@ type Admin struct {
 	// log as it is now. A status request for an unknown task ID calls it
 	// once before answering 404: with several instances, the request may
 	// reach one that has not yet applied the command another instance
-	// just published.
+	// just published. A purge_history calls it before it looks its
+	// cut-off up, so that it sees every event the log holds, as
+	// Synapse's purge sees every persisted event.
 	CatchUp func(ctx context.Context) error
 }
 
@@ -163,6 +165,9 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 	}
 	switch {
 	case eventID != "":
+		if err := a.catchUp(ctx); err != nil {
+			return nil, err
+		}
 		info, ok, err := a.Store.FindEvent(roomID, eventID)
 		if err != nil {
 			return nil, err
@@ -178,6 +183,9 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 		ts, ok := commands.AsInt(m["purge_up_to_ts"])
 		if !ok {
 			return nil, commands.Errorf(400, commands.CodeBadJSON, "purge_up_to_ts must be an int")
+		}
+		if err := a.catchUp(ctx); err != nil {
+			return nil, err
 		}
 		depth, stream, found, err := a.Store.CutoffByTS(roomID, ts)
 		if err != nil {
@@ -218,6 +226,22 @@ func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([
 		out["error"] = t.Error
 	}
 	return bus.Encode(out)
+}
+
+// catchUp waits (at most WaitForTimeout) until this instance has applied
+// the log as it is now. A purge's cut-off looked up in a projection that
+// lags would miss events the log holds: 404 for an event that exists, or,
+// by ts, a cut-off past events another room has not applied yet.
+func (a *Admin) catchUp(ctx context.Context) error {
+	if a.CatchUp == nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+	defer cancel()
+	if err := a.CatchUp(cctx); err != nil {
+		return commands.Errorf(504, commands.CodeUnknown, "The service has not caught up with the room log yet; try again")
+	}
+	return nil
 }
 
 func hasKey(m map[string]any, k string) bool { _, ok := m[k]; return ok }

@@ -158,14 +158,14 @@ func (m *Main) Open(ctx context.Context) error {
 			Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill")}}
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: now, ServerName: c.ServerName,
 		Audit: m.Logger.With("component", "audit")}
-	if m.Owners != nil {
-		admin.CatchUp = func(ctx context.Context) error {
-			last, err := logLog.LastSeq(ctx)
-			if err != nil {
-				return err
-			}
-			return m.Projector.WaitAll(ctx, last)
+	// With one instance too: the projection applies the log a little
+	// after the log acknowledges it.
+	admin.CatchUp = func(ctx context.Context) error {
+		last, err := logLog.LastSeq(ctx)
+		if err != nil {
+			return err
 		}
+		return m.Projector.WaitAll(ctx, last)
 	}
 	m.Retention = &handlers.RetentionRunner{Config: retentionConfig(c.Retention), Store: m.Store, Admin: admin, Now: now,
 		Logger: m.Logger.With("component", "retention"), Owns: owns}
