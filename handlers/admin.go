@@ -159,12 +159,13 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 	}
 	deleteLocal := commands.Truthy(m["delete_local_events"])
 	var token string
-	eventID, _ := m["event_id"].(string)
-	if v, ok := m["event_id"]; ok && v != nil && eventID == "" {
+	// As Synapse: any event_id but null (or absent) is looked up, "" too.
+	eventID, isStr := m["event_id"].(string)
+	if v, ok := m["event_id"]; ok && v != nil && !isStr {
 		return nil, commands.Errorf(400, commands.CodeBadJSON, "event_id must be a string")
 	}
 	switch {
-	case eventID != "":
+	case isStr:
 		if err := a.catchUp(ctx); err != nil {
 			return nil, err
 		}
