@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/big"
 	"strings"
 	"time"
@@ -182,6 +183,10 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 		token = fmt.Sprintf("t%d-%d", info.Depth, info.Stream)
 	case hasKey(m, "purge_up_to_ts"):
 		ts, ok := commands.AsInt(m["purge_up_to_ts"])
+		if n, big := m["purge_up_to_ts"].(uint64); big && n > math.MaxInt64 {
+			// An int to Synapse too, past every received time.
+			ts, ok = math.MaxInt64, true
+		}
 		if !ok {
 			return nil, commands.Errorf(400, commands.CodeBadJSON, "purge_up_to_ts must be an int")
 		}

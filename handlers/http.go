@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -428,7 +429,10 @@ func parseLimit(s string) (int64, error) {
 }
 
 // parseJSONParam decodes a JSON query parameter into MessagePack-ready
-// values: integral numbers become int64, others float64.
+// values: integers become int64, others float64. An integer beyond int64
+// is clamped to it: it stays an integer, as Python's json keeps it an
+// int (purge_up_to_ts is checked to be one, and then only compared with
+// received times, which are all within int64).
 func parseJSONParam(s string) (any, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.UseNumber()
@@ -481,6 +485,14 @@ func normalizeJSON(v any, depth int) (any, error) {
 	case json.Number:
 		if n, err := x.Int64(); err == nil {
 			return n, nil
+		}
+		if s := x.String(); !strings.ContainsAny(s, ".eE") {
+			// A JSON integer (the decoder checked the syntax) that
+			// overflows int64.
+			if strings.HasPrefix(s, "-") {
+				return int64(math.MinInt64), nil
+			}
+			return int64(math.MaxInt64), nil
 		}
 		f, err := x.Float64()
 		if err != nil {

@@ -283,3 +283,41 @@ func TestPurgeHistory_SeesWhatTheLogHolds(t *testing.T) {
 		}
 	}
 }
+
+// TestPurgeHistory_HugeIntegerTS: Synapse checks only that purge_up_to_ts
+// is an int, and Python's ints have no bound; it compares ts with
+// received times, so a ts past every one purges up to the room's latest
+// event. Over JSON, or as a MessagePack uint64 over NATS, an integer
+// beyond int64 is such an int, not "purge_up_to_ts must be an int".
+func TestPurgeHistory_HugeIntegerTS(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("hugets", "test")
+	evs := room.Setup(alice)
+	for i := range 5 {
+		evs = append(evs, room.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	st, body := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(room.ID), "tok-admin", `{"purge_up_to_ts": 100000000000000000000}`)
+	if st != 200 {
+		t.Fatalf("purge_up_to_ts 1e20 as an integer: %d %v", st, body)
+	}
+	p, err := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := chunkIDs(p); len(got) != 1 || got[0] != evs[len(evs)-1].ID() {
+		t.Fatalf("after the purge: %v, want only %s", got, evs[len(evs)-1].ID())
+	}
+	// A float with an integral value stays a float, as in Python.
+	st, body = m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(room.ID), "tok-admin", `{"purge_up_to_ts": 1e20}`)
+	wantErr(t, st, body, 400, "M_BAD_JSON", "purge_up_to_ts must be an int")
+
+	r := &bus.Requester{NC: m.NC, Timeout: 15 * time.Second}
+	subj := bus.Subjects{Prefix: "sb"}.APIRoom(room.ID, "purge_history")
+	if _, err := r.Request(context.Background(), subj, map[string]any{"purge_up_to_ts": uint64(1) << 63}); err != nil {
+		t.Fatalf("purge_up_to_ts 2^63 as a MessagePack uint64: %v", err)
+	}
+}
