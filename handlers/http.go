@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
@@ -462,6 +463,11 @@ func DecodeJSONBody(r *http.Request, emptyOK bool) (map[string]any, error) {
 		if emptyOK {
 			return map[string]any{}, nil
 		}
+		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
+	}
+	// Synapse decodes the body as UTF-8 first; Go's decoder would turn
+	// invalid bytes into U+FFFD and go on.
+	if !utf8.Valid(buf.Bytes()) {
 		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
 	}
 	v, err := parseJSONParam(buf.String())

@@ -52,6 +52,8 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 		// Synapse takes any purge_up_to_event_id but null as the event
 		// ID: get_event("") is a 404, and the ts is not looked at.
 		{"empty event id in the body", base, `{"purge_up_to_event_id": "", "purge_up_to_ts": 0}`, 404, "M_NOT_FOUND", "Could not find event "},
+		// Synapse decodes the body as UTF-8 before parsing it.
+		{"body not UTF-8", base, "{\"purge_up_to_event_id\": \"$\xff\"}", 400, "M_NOT_JSON", "Content not JSON."},
 	}
 	for _, tt := range errs {
 		t.Run(tt.name, func(t *testing.T) {
