@@ -92,7 +92,9 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 		a.Audit.Info("admin action", "action", action, "room_id", roomID, "requested_by", by, "task_id", id, "seq", seq)
 	}
 	if err := a.Waiter.WaitFor(wctx, roomID, seq); err != nil {
-		return "", commands.Errorf(504, commands.CodeUnknown, "The %s command was published (sequence %d) but not processed in time", action, seq)
+		// The command is in the log and will be applied: name its task,
+		// so that the requester can follow it instead of asking again.
+		return "", commands.Errorf(504, commands.CodeUnknown, "The %s command was published as task %s (sequence %d) but not processed in time; follow the task by its ID", action, id, seq)
 	}
 	return id, nil
 }
