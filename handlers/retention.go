@@ -158,6 +158,14 @@ type retentionTarget struct {
 // there: a run with nothing to purge costs one pass over the rooms'
 // current state.
 func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, error) {
+	// The rooms and their cut-offs come from the log as it is now, as
+	// Synapse's come from every persisted event: a lagging projection
+	// would miss a new room, cut a room at its latest applied event, or,
+	// with another room behind, past events received before the cut-off
+	// time. Events published from now on were received after it.
+	if err := r.Admin.catchUp(ctx); err != nil {
+		return 0, err
+	}
 	var targets []retentionTarget
 	err := r.Store.ForEachRoom(func(roomID string, v *projections.RoomView) bool {
 		if r.Owns != nil && !r.Owns(roomID) {

@@ -93,6 +93,38 @@ func TestRetention_JobPurgesByReceivedTime(t *testing.T) {
 // floor must still delete the local messages older than the room's
 // lifetime: Synapse's retention purge runs purge_history with
 // delete_local_events=True (SYNAPSE.md 9), which deletes local non-state
+// TestRetention_SeesWhatTheLogHolds: a job run right after events were
+// acknowledged, before this instance applied them, purges as if it had:
+// every event older than the lifetime goes, up to the room's latest. It
+// looked its cut-off up in the projection as it stood, so a job found a
+// room's latest applied event, or, with another room lagging, a cut-off
+// past events received before the lifetime's start.
+func TestRetention_SeesWhatTheLogHolds(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(time.Hour)
+	})
+	m.Retention.Now = func() time.Time { return time.Now().Add(2 * time.Hour) }
+	for round := range 3 {
+		room := testenv.NewRoom(fmt.Sprint("lagging", round), "test")
+		evs := room.Setup(alice)
+		for i := range 200 {
+			evs = append(evs, room.Msg("@remote:other.org", fmt.Sprint(i)))
+		}
+		seqs := m.publisher().Publish(t, evs...)
+		if _, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 1000, "wait_for": seqs[len(seqs)-1]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := chunkIDs(p); len(got) != 1 || got[0] != evs[len(evs)-1].ID() {
+			t.Fatalf("round %d: %d events left after the job, want only the latest", round, len(got))
+		}
+	}
+}
+
 // events below its cut-off whether or not they are outliers (6.4 step 2).
 func TestRetention_DeletesLocalEventsBelowAnEarlierFloor(t *testing.T) {
 	m := startMain(t, func(c *Config) {
