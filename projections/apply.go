@@ -474,7 +474,11 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	if known {
 		// An event known only as an outlier joins the timeline when it
 		// arrives again without `outlier`. The outlier's message stays an
-		// extra one of the event's.
+		// extra one of the event's; its received entry goes, as the
+		// timeline row has its own.
+		if err := a.dropOutlierReceived(room, id, was); err != nil {
+			return err
+		}
 		if err := tx.Bucket(bOutliers).Delete(id); err != nil {
 			return err
 		}
@@ -491,6 +495,11 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	if err := events.Put(id, loc.bytes()); err != nil {
 		return err
 	}
+	if !ev.Backfilled {
+		// Outliers too: Synapse's purge_up_to_ts counts every event
+		// received at or after ts (SYNAPSE.md 6.1).
+		a.received = append(a.received, received{ts: uint64(receivedTS(e)), seq: e.Seq, room: room})
+	}
 	if ev.Outlier {
 		return tx.Bucket(bOutliers).Put(id, val)
 	}
@@ -502,9 +511,6 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	}
 	if err := tx.Bucket(bRStream).Put(binary.BigEndian.AppendUint64(u64(room), order(stream)), u64(uint64(ev.Depth))); err != nil {
 		return err
-	}
-	if !ev.Backfilled {
-		a.received = append(a.received, received{ts: uint64(receivedTS(e)), seq: e.Seq, room: room})
 	}
 	if ev.Rejected || ev.SoftFailed {
 		// Kept for the DAG and for admin reads, but neither state nor an
@@ -523,6 +529,20 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		}
 	}
 	return a.updateExtremities(room, ev)
+}
+
+// dropOutlierReceived deletes the received entry of the room's outlier
+// at was, stored under id, which is leaving the outliers.
+func (a *applier) dropOutlierReceived(room uint64, id []byte, was evLoc) error {
+	val := a.tx.Bucket(bOutliers).Get(id)
+	if val == nil {
+		return nil
+	}
+	h, err := readPurgeHead(val)
+	if err != nil {
+		return nil // a corrupt row: its entry stays, as the janitor leaves it
+	}
+	return newPurgeTx(a.tx, room, 0).dropReceived(&h, was.stream)
 }
 
 // outlastsPurge reports whether the stored copy of an event (at was)

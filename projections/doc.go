@@ -53,7 +53,7 @@
 //	taskdone   last update|task ID         -> {}      (finished, by the ts
 //	                                          of their last update, as order)
 //	deadletter log sequence                -> DeadLetter (last MaxDeadLetters)
-//	received   received ts|log sequence    -> room (live events)
+//	received   received ts|log sequence    -> room (live events, outliers too)
 //	checkpoint partition                   -> log sequence
 //	erasein    room -> bucket: log sequence -> {}    (messages a purge's
 //	                                          janitor deleted, to erase)
@@ -123,6 +123,9 @@
 // the received time its AgeTS plus the published age stored at its end
 // (Row.marshal). A row a purge_history keeps as an outlier keeps its
 // entry: Synapse keeps its events row, and counts it in purge_up_to_ts.
+// An event published as an outlier has one too, for the same reason; it
+// goes when the outlier joins the timeline (the row's replaces it) or
+// when a purge's sweep deletes the outlier.
 //
 // timeline, roomstream and received are appended to (at a room's end, or
 // at the end): the applier fills their leaves to 90% before splitting

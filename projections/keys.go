@@ -26,7 +26,7 @@ var (
 	bTasks     = []byte("tasks")       // task ID -> Task (msgpack)
 	bRoomTask  = []byte("roomtasks")   // room|created ts|task ID -> empty
 	bDead      = []byte("deadletter")  // log sequence -> DeadLetter (msgpack)
-	bReceived  = []byte("received")    // received ts|log sequence -> room number (live events only)
+	bReceived  = []byte("received")    // received ts|log sequence -> room number (live events only, outliers included)
 	bRedacts   = []byte("redacted")    // room|redacted event ID -> redaction event ID
 	bReRedacts = []byte("reredacted")  // room|redacted event ID|0|log sequence -> redaction event ID (the redactions after the mark's; see reRedactKey)
 	bRel       = []byte("relations")   // room|target|rel type|depth|order -> relating event ID

@@ -984,6 +984,42 @@ func TestPurgeRoom_DropsReceivedEntries(t *testing.T) {
 	}
 }
 
+// TestReceived_Outliers: an event published as an outlier has a received
+// entry, as any event Synapse's purge_up_to_ts counts; when it joins the
+// timeline the row's entry takes its place; the sweep of a purge that
+// deletes it deletes its entry, and purge_room's drop deletes the rest.
+func TestReceived_Outliers(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("recvout", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	joins := outlierMsg(r, "@remote:other.org", "joins the timeline")
+	swept := outlierMsg(r, "@remote:other.org", "swept")
+	msgs := remoteMsgs(r, 3)
+	cut := r.Msg("@remote:other.org", "the cut")
+	next := apply(t, s, 1, append(append(append([]testenv.Event{}, setup...), joins, swept), append(msgs, cut)...)...)
+	joinsSeq, sweptSeq := uint64(len(setup)+1), uint64(len(setup)+2)
+	room := roomNumber(t, s, r.ID)
+	if got := receivedOf(t, s, room); got[joinsSeq] == 0 || got[sweptSeq] == 0 {
+		t.Fatalf("received entries %v lack the outliers' (%d, %d)", got, joinsSeq, sweptSeq)
+	}
+	joined := copyOf(joins, false)
+	delete(joined, "outlier")
+	apply(t, s, next, joined)
+	if got := receivedOf(t, s, room); got[joinsSeq] != 0 || got[next] == 0 {
+		t.Errorf("after the outlier joined the timeline at %d: received entries %v, want its row's and not the outlier's (%d)", next, got, joinsSeq)
+	}
+	applyCmd(t, s, next+1, r.ID, "p", commands.ActionPurgeHistory, purgeAt(cut))
+	drainJanitor(t, s)
+	if got := receivedOf(t, s, room); got[sweptSeq] != 0 {
+		t.Errorf("the swept outlier's received entry (%d) is left: %v", sweptSeq, got)
+	}
+	applyCmd(t, s, next+2, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	drainJanitor(t, s)
+	if got := receivedOf(t, s, room); len(got) != 0 {
+		t.Errorf("received entries of the retired room number left after purge_room's drop: %v", got)
+	}
+}
+
 // receivedOf is the received bucket's entries of a room number: log
 // sequence -> received time.
 func receivedOf(t *testing.T, s *projections.Store, room uint64) map[uint64]int64 {
@@ -1566,7 +1602,6 @@ func TestPurgeHistory_RedactionAfterAPurgedMark(t *testing.T) {
 // makes X its sequence, so the cut-off is the room's latest event before
 // it, not the first one after it.
 func TestCutoffByTS_PublishedOutlierCounts(t *testing.T) {
-	t.Skip("known divergence, not fixed: events published as outliers have no received entry (review 2)")
 	s := openWithServer(t)
 	a := testenv.NewRoom("cutouta", "test")
 	b := testenv.NewRoom("cutoutb", "test")
