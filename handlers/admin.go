@@ -264,17 +264,9 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	params := map[string]any{}
-	for _, k := range []string{"block", "purge", "force_purge"} {
-		v, ok := m[k]
-		if !ok || v == nil {
-			continue
-		}
-		b, isBool := v.(bool)
-		if !isBool {
-			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param '%s' must be a boolean, if given", k)
-		}
-		params[k] = b
+	params, err := DeleteBools(m)
+	if err != nil {
+		return nil, err
 	}
 	if !commands.ValidRoomID(roomID) {
 		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
@@ -331,6 +323,26 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		return nil, commands.Errorf(500, commands.CodeUnknown, "%s", t.Error)
 	}
 	return bus.Encode(resultOf(t.Result).public())
+}
+
+// DeleteBools checks block, purge and force_purge of a Delete Room body
+// as Synapse does (content.get(key, default), then isinstance bool): a
+// present key, null included, must be a boolean. It returns the ones
+// given.
+func DeleteBools(m map[string]any) (map[string]any, error) {
+	params := map[string]any{}
+	for _, k := range []string{"block", "purge", "force_purge"} {
+		v, ok := m[k]
+		if !ok {
+			continue
+		}
+		b, isBool := v.(bool)
+		if !isBool {
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param '%s' must be a boolean, if given", k)
+		}
+		params[k] = b
+	}
+	return params, nil
 }
 
 // waitTask waits until a task has finished, or ctx ends.
