@@ -179,6 +179,14 @@ func (b *Bridge) deleteRoom(v1 bool) apiHandler {
 		if err != nil {
 			return nil, err
 		}
+		// A room ID too long for a subject never reaches the service:
+		// answer here, in Synapse's order (the booleans first).
+		if roomID := r.PathValue("roomId"); !commands.ValidRoomID(roomID) {
+			if _, err := DeleteBools(body); err != nil {
+				return nil, err
+			}
+			return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+		}
 		req := map[string]any{"requested_by": id.UserID, "wait": v1}
 		for _, k := range []string{"new_room_user_id", "room_name", "message", "block", "purge", "force_purge"} {
 			if v, ok := body[k]; ok {
