@@ -287,7 +287,9 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		}
 	}
 	for _, k := range []string{"new_room_user_id", "room_name", "message"} {
-		if v, ok := m[k]; ok && v != nil {
+		// Synapse takes a falsy room_name or message for the default
+		// (SYNAPSE.md 7.1); any other value must be a string.
+		if v, ok := m[k]; ok && commands.Truthy(v) {
 			s, isStr := v.(string)
 			if !isStr {
 				return nil, commands.Errorf(400, commands.CodeBadJSON, "Param '%s' must be a string, if given", k)
@@ -296,9 +298,7 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			if k == "room_name" {
 				key = "new_room_name"
 			}
-			if s != "" {
-				params[key] = s
-			}
+			params[key] = s
 		}
 	}
 	if u, _ := params["new_room_user_id"].(string); u != "" && !commands.IsLocalUser(u, a.ServerName) {

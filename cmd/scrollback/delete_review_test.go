@@ -4,6 +4,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/scrollback/scrollback/testenv"
 )
 
 // TestDeleteRoom_NullBoolIsNotABoolean: Synapse reads block, purge and
@@ -35,5 +37,25 @@ func TestDeleteRoom_LongRoomID(t *testing.T) {
 	st, body := m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape("!x:test")+"/block", "tok-admin", "")
 	if st != 200 || body["block"] != false {
 		t.Fatalf("after a long room id: %d %v", st, body)
+	}
+}
+
+// TestDeleteRoom_FalsyNameAndMessage: Synapse takes a falsy room_name or
+// message (false, 0, "", null) for the default (SYNAPSE.md 7.1).
+func TestDeleteRoom_FalsyNameAndMessage(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "falsy", 1)
+	st, body := m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", `{"new_room_user_id": "@admin:test", "room_name": false, "message": 0, "purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	c := hs.Calls("create_room")
+	if len(c) != 1 || c[0].Req["name"] != "Content Violation Notification" {
+		t.Fatalf("create_room: %v", c)
+	}
+	s := hs.Calls("send")
+	if len(s) != 1 || s[0].Req["content"].(map[string]any)["body"] != "Sharing illegal content on this server is not permitted and rooms in violation will be blocked." {
+		t.Fatalf("send: %v", s)
 	}
 }
