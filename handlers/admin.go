@@ -301,8 +301,14 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			params[key] = s
 		}
 	}
-	if u, _ := params["new_room_user_id"].(string); u != "" && !commands.IsLocalUser(u, a.ServerName) {
-		return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: %s", u)
+	if u, _ := params["new_room_user_id"].(string); u != "" {
+		if !commands.IsLocalUser(u, a.ServerName) {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: %s", u)
+		}
+		// The command would fail its validation, without the block.
+		if !commands.ValidUserID(u) {
+			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Param 'new_room_user_id' is not a valid user ID: %s", u)
+		}
 	}
 	by, _ := m["requested_by"].(string)
 	id, err := a.publish(ctx, roomID, commands.ActionShutdownAndPurgeRoom, params, by)

@@ -59,3 +59,22 @@ func TestDeleteRoom_FalsyNameAndMessage(t *testing.T) {
 		t.Fatalf("send: %v", s)
 	}
 }
+
+// TestDeleteRoom_InvalidLocalNewRoomUser: a new_room_user_id that passes
+// the "is ours" check but is no user ID ("@:test") must be refused by the
+// API, not accepted with 200 and then failed by the command's validation
+// without the block that was asked for.
+func TestDeleteRoom_InvalidLocalNewRoomUser(t *testing.T) {
+	m := startMain(t)
+	_ = testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	st, body := m.do(t, "DELETE", deletePath("v2", "!baduser:test"), "tok-admin", `{"new_room_user_id": "@:test", "block": true}`)
+	if st == 200 {
+		id, _ := body["delete_id"].(string)
+		_, task := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		_, blk := m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape("!baduser:test")+"/block", "tok-admin", "")
+		t.Fatalf("accepted: task %v, block %v", task, blk)
+	}
+	if st != 400 {
+		t.Fatalf("%d %v", st, body)
+	}
+}
