@@ -752,7 +752,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 			if busy, err := deletionOpen(tx, room); err != nil {
 				return err
 			} else if busy {
-				t.Status, t.Error = commands.TaskFailed, "Purge already in progress for "+c.RoomID
+				t.Status, t.Error = commands.TaskFailed, ErrTextDeletionInProgress+c.RoomID
 				break
 			}
 			// Step 1 of a shutdown: block, in the room's order, even for
@@ -839,6 +839,11 @@ func applyShutdownPurge(tx *bolt.Tx, room uint64, c *commands.Command, parent *c
 	o.Task = parent
 	return putTask(tx, parent)
 }
+
+// ErrTextDeletionInProgress, followed by the room ID, is the error of a
+// shutdown_and_purge_room applied while another deletion of its room is
+// open (Synapse's text for a refused second deletion).
+const ErrTextDeletionInProgress = "Purge already in progress for "
 
 // deletionOpen reports whether the room has a scheduled or active
 // shutdown_and_purge_room or purge_room task.

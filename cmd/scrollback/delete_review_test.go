@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/scrollback/scrollback/testenv"
 )
@@ -76,5 +77,40 @@ func TestDeleteRoom_InvalidLocalNewRoomUser(t *testing.T) {
 	}
 	if st != 400 {
 		t.Fatalf("%d %v", st, body)
+	}
+}
+
+// TestDeleteRoom_V1WhileV2Runs: v1 has no "in progress" check; a second
+// call waits for the first (SYNAPSE.md 7.5) and answers 200, never a 500.
+func TestDeleteRoom_V1WhileV2Runs(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "twice", 10)
+	hs.SetDelay(100 * time.Millisecond)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	first := body["delete_id"].(string)
+	st, body = m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("v1 while a v2 runs: %d %v", st, body)
+	}
+	_, task := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+first, "tok-admin", "")
+	if task["status"] != "complete" {
+		t.Fatalf("first: %v", task)
+	}
+	// Nobody was kicked twice.
+	for _, u := range []string{"@user1:test", alice} {
+		if n := hs.Acted("leave", u); n != 1 {
+			t.Fatalf("%s left %d times", u, n)
+		}
+	}
+	// No failed deletion shows up for the room.
+	_, st2 := m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
+	for _, r := range st2["results"].([]any) {
+		if r.(map[string]any)["status"] != "complete" {
+			t.Fatalf("delete_status: %v", st2)
+		}
 	}
 }
