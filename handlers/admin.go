@@ -1,12 +1,14 @@
 package handlers
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"math"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 
@@ -444,6 +446,9 @@ func (a *Admin) DeleteStatusByRoom(ctx context.Context, subject string, data []b
 	if err != nil {
 		return nil, err
 	}
+	// Synapse orders them by the task's timestamp, which is its last
+	// change once it has started (SYNAPSE.md 7.4, 10).
+	slices.SortStableFunc(tasks, func(x, y *commands.Task) int { return cmp.Compare(x.UpdatedTS, y.UpdatedTS) })
 	var results []any
 	for _, t := range tasks {
 		if !isDeleteAction(t.Action) || t.ExpiredAt(a.Now().UnixMilli()) {

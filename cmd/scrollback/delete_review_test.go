@@ -114,3 +114,39 @@ func TestDeleteRoom_V1WhileV2Runs(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteRoom_StatusByRoomOrder: the room's delete tasks come ordered
+// by their timestamp, which for a task that has started is its last
+// change (SYNAPSE.md 7.4 and 10), not by when they were asked for.
+func TestDeleteRoom_StatusByRoomOrder(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "ordered", 10)
+	hs.SetDelay(50 * time.Millisecond)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	first := body["delete_id"].(string)
+	testenv.WaitFor(t, 10*time.Second, "the first deletion to start", func() bool {
+		task, _ := m.Store.Task(first)
+		return task != nil && task.Status == "active"
+	})
+	// A worker publishes a second deletion while the first runs: it
+	// fails at once, long before the first completes.
+	seq := m.publisher().Command(t, map[string]any{"id": "secondDeletion", "action": "shutdown_and_purge_room", "room_id": room.ID,
+		"params": map[string]any{"purge": false}, "ts": time.Now().UnixMilli()})
+	testenv.WaitApplied(t, m.Projector, seq)
+	testenv.WaitFor(t, 30*time.Second, "the first deletion to complete", func() bool {
+		task, _ := m.Store.Task(first)
+		return task != nil && task.Status == "complete"
+	})
+	st, body = m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
+	res, _ := body["results"].([]any)
+	if st != 200 || len(res) != 2 {
+		t.Fatalf("%d %v", st, body)
+	}
+	if a, b := res[0].(map[string]any)["delete_id"], res[1].(map[string]any)["delete_id"]; a != "secondDeletion" || b != first {
+		t.Fatalf("order: %v, %v; want secondDeletion (failed first), then %s", a, b, first)
+	}
+}
