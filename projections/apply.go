@@ -763,16 +763,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 				}
 			}
 		case commands.ActionBlockRoom:
-			m, err := getRoomMeta(tx, room)
-			if err != nil {
-				return err
-			}
-			m.Blocked = c.Bool("block", false)
-			m.BlockedBy = ""
-			if m.Blocked {
-				m.BlockedBy = c.RequestedBy
-			}
-			if err := putRoomMeta(tx, room, m); err != nil {
+			if err := setBlock(tx, room, c.Bool("block", false), c.RequestedBy); err != nil {
 				return err
 			}
 			t.Status = commands.TaskComplete
@@ -810,10 +801,16 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	return putTask(tx, t)
 }
 
+// setBlock blocks or unblocks a room. Blocking a blocked room keeps who
+// blocked it first: Synapse's block_room only inserts its blocked_rooms
+// row (an upsert with nothing to update, ON CONFLICT DO NOTHING).
 func setBlock(tx *bolt.Tx, room uint64, block bool, by string) error {
 	m, err := getRoomMeta(tx, room)
 	if err != nil {
 		return err
+	}
+	if block && m.Blocked {
+		return nil
 	}
 	m.Blocked, m.BlockedBy = block, ""
 	if block {

@@ -150,3 +150,44 @@ func TestDeleteRoom_StatusByRoomOrder(t *testing.T) {
 		t.Fatalf("order: %v, %v; want secondDeletion (failed first), then %s", a, b, first)
 	}
 }
+
+// TestBlockRoom_FirstBlockerKept: Synapse's block_room is an upsert that
+// only inserts (ON CONFLICT DO NOTHING), so blocking a blocked room again,
+// by PUT .../block or by a deletion with block, keeps who blocked it
+// first; unblocking and blocking again records the new requester.
+func TestBlockRoom_FirstBlockerKept(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Auth.Tokens = append(c.Auth.Tokens, TokenConfig{Token: "tok-admin2", UserID: "@admin2:test", Admin: true})
+	})
+	_ = testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	path := "/_synapse/admin/v1/rooms/" + url.PathEscape("!blocked:test") + "/block"
+	blockedBy := func() any {
+		t.Helper()
+		st, body := m.do(t, "GET", path, "tok-admin", "")
+		if st != 200 || body["block"] != true {
+			t.Fatalf("GET block: %d %v", st, body)
+		}
+		return body["user_id"]
+	}
+	if st, body := m.do(t, "PUT", path, "tok-admin", `{"block": true}`); st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	if st, body := m.do(t, "PUT", path, "tok-admin2", `{"block": true}`); st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	if by := blockedBy(); by != "@admin:test" {
+		t.Fatalf("blocked by %v after a second block, want @admin:test", by)
+	}
+	st, body := m.do(t, "DELETE", deletePath("v1", "!blocked:test"), "tok-admin2", `{"block": true}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	if by := blockedBy(); by != "@admin:test" {
+		t.Fatalf("blocked by %v after a deletion with block, want @admin:test", by)
+	}
+	m.do(t, "PUT", path, "tok-admin", `{"block": false}`)
+	m.do(t, "PUT", path, "tok-admin2", `{"block": true}`)
+	if by := blockedBy(); by != "@admin2:test" {
+		t.Fatalf("blocked by %v after unblock and block, want @admin2:test", by)
+	}
+}
