@@ -131,12 +131,27 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 		}
 		return written, fmt.Errorf("projections: %w", err)
 	}
+	wakeJanitor, wakeTasks := false, false
 	for _, b := range bs {
 		for _, o := range b.out {
-			if o.Task != nil && (o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom) {
-				s.WakeJanitor()
-				return written, nil
+			if o.Task == nil {
+				continue
 			}
+			if o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom {
+				wakeJanitor = true
+			}
+			if o.Task.Status == commands.TaskScheduled {
+				wakeTasks = true
+			}
+		}
+	}
+	if wakeJanitor {
+		s.WakeJanitor()
+	}
+	if wakeTasks {
+		select {
+		case s.newTasks <- struct{}{}:
+		default:
 		}
 	}
 	return written, nil

@@ -49,6 +49,7 @@ type Store struct {
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
+	newTasks   chan struct{} // wakes a task runner when a task is scheduled
 	jmu        sync.Mutex    // one janitor step at a time
 	ahead      unindexAhead  // the janitor's window (unindex.go), under jmu
 
@@ -56,6 +57,11 @@ type Store struct {
 	// transaction of RunJanitor that did something.
 	ObserveJanitor func(JanitorStats)
 }
+
+// NewTasks is signalled after a commit that scheduled a task, so that a
+// task runner can start it at once instead of at its next poll (Synapse
+// launches a task when it is scheduled).
+func (s *Store) NewTasks() <-chan struct{} { return s.newTasks }
 
 // Open opens or creates the projection file at path.
 func Open(path string, opts Options) (*Store, error) {
@@ -68,7 +74,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", path, err)
 	}
-	s := &Store{db: db, serverName: opts.ServerName, janitor: make(chan struct{}, 1)}
+	s := &Store{db: db, serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
 	var migrate bool // a version 1 file
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {

@@ -146,10 +146,28 @@ func (m *Main) Open(ctx context.Context) error {
 	eraser := &handlers.Eraser{Store: m.Store, Log: &eraseLog, Subjects: subjects, Compact: m.Owners == nil,
 		Logger: m.Logger.With("component", "eraser")}
 	m.background(runCtx, "eraser", eraser.Run)
+	// The runner wakes when ownership changes and when a task is
+	// scheduled, so that a new deletion goes active at once, as in
+	// Synapse, and shows in the by-room delete status.
+	taskWake := make(chan struct{}, 1)
+	m.background(runCtx, "task-wake", func(ctx context.Context) {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake:
+			case <-m.Store.NewTasks():
+			}
+			select {
+			case taskWake <- struct{}{}:
+			default:
+			}
+		}
+	})
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
-		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName, Owns: owns, Wake: wake}
+		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName, Owns: owns, Wake: taskWake}
 	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Retention: retentionConfig(c.Retention),
