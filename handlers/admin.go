@@ -335,6 +335,7 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			if t, err := a.Store.Task(id); err == nil && t != nil && t.Status == commands.TaskFailed && t.Error == inProgress {
 				return nil, commands.Errorf(400, commands.CodeUnknown, "%s", inProgress)
 			}
+			a.waitStarted(ctx, id)
 			return bus.Encode(map[string]any{"delete_id": id})
 		}
 		if t, err = a.waitTask(ctx, id); err != nil {
@@ -373,6 +374,31 @@ func DeleteBools(m map[string]any) (map[string]any, error) {
 		params[k] = b
 	}
 	return params, nil
+}
+
+// StartWait bounds how long a v2 deletion waits for its task to start
+// before it replies.
+const StartWait = time.Second
+
+// waitStarted waits, at most StartWait, until a task is no longer
+// scheduled. Synapse launches a task as it schedules it, so the by-room
+// delete status, which leaves scheduled tasks out, shows a v2 deletion
+// as soon as its delete_id is returned; with every task slot taken the
+// task stays scheduled, there as here.
+func (a *Admin) waitStarted(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(ctx, StartWait)
+	defer cancel()
+	for {
+		t, err := a.Store.Task(id)
+		if err != nil || t == nil || t.Status != commands.TaskScheduled {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // waitNoDeletion waits until the room has no scheduled or active

@@ -191,3 +191,21 @@ func TestBlockRoom_FirstBlockerKept(t *testing.T) {
 		t.Fatalf("blocked by %v after unblock and block, want @admin2:test", by)
 	}
 }
+
+// TestDeleteRoom_V2VisibleByRoomAtOnce: Synapse launches the task as it
+// schedules it, so a by-room delete_status right after DELETE v2 lists the
+// deletion (active), instead of 404 "No delete task" for up to a poll.
+func TestDeleteRoom_V2VisibleByRoomAtOnce(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "visible", 3)
+	hs.SetDelay(20 * time.Millisecond)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	st, body = m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
+	if res, _ := body["results"].([]any); st != 200 || len(res) != 1 {
+		t.Fatalf("by-room status right after DELETE v2: %d %v", st, body)
+	}
+}
