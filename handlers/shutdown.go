@@ -130,17 +130,9 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 		}
 	}
 	// The block was applied with the command. An unknown room ends here.
-	var members map[string]string
 	known := false
 	err := r.Store.View(task.RoomID, func(v *projections.RoomView) error {
 		_, _, known = v.MaxPosition()
-		members = map[string]string{}
-		v.CurrentMembers(func(user, membership string) bool {
-			if commands.IsLocalUser(user, r.ServerName) && (membership == "join" || membership == "invite" || membership == "knock") {
-				members[user] = membership
-			}
-			return true
-		})
 		return nil
 	})
 	if err != nil {
@@ -164,6 +156,12 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 		}
 	}
 	if res.Todo == nil {
+		// Listed once the new room exists, as Synapse does: a user who
+		// joined while it was being made is kicked too.
+		members, err := r.localMembers(task.RoomID)
+		if err != nil {
+			return err
+		}
 		res.Todo = members
 		if err := next(commands.TaskActive, ""); err != nil {
 			return err
@@ -204,6 +202,22 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
 	defer cancel()
 	return r.Waiter.WaitFor(wctx, task.RoomID, seq)
+}
+
+// localMembers lists the room's local users who are joined, invited or
+// knocking, with their membership.
+func (r *TaskRunner) localMembers(roomID string) (map[string]string, error) {
+	members := map[string]string{}
+	err := r.Store.View(roomID, func(v *projections.RoomView) error {
+		v.CurrentMembers(func(user, membership string) bool {
+			if commands.IsLocalUser(user, r.ServerName) && (membership == "join" || membership == "invite" || membership == "knock") {
+				members[user] = membership
+			}
+			return true
+		})
+		return nil
+	})
+	return members, err
 }
 
 // kickAll makes every local member leave and forget the room, and joins

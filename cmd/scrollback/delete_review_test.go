@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -207,5 +208,36 @@ func TestDeleteRoom_V2VisibleByRoomAtOnce(t *testing.T) {
 	st, body = m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
 	if res, _ := body["results"].([]any); st != 200 || len(res) != 1 {
 		t.Fatalf("by-room status right after DELETE v2: %d %v", st, body)
+	}
+}
+
+// TestDeleteRoom_JoinDuringRoomCreation: Synapse lists the members to
+// kick after it has created the new room (SYNAPSE.md 7.3 steps 5-6), so a
+// local user who joins while the new room is being made is kicked too,
+// and the unforced purge succeeds.
+func TestDeleteRoom_JoinDuringRoomCreation(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "latejoin", 2)
+	hs.SetDelay(500 * time.Millisecond)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"new_room_user_id": "@admin:test"}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	testenv.WaitFor(t, 10*time.Second, "the create_room request", func() bool { return len(hs.Calls("create_room")) > 0 })
+	seq := m.publisher().Publish(t, room.Join("@late:test"))
+	testenv.WaitApplied(t, m.Projector, seq[0])
+	if len(hs.Calls("leave")) != 0 {
+		t.Fatal("the join came too late for this test")
+	}
+	var task map[string]any
+	testenv.WaitFor(t, 30*time.Second, "the deletion to finish", func() bool {
+		_, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		return task["status"] == "complete" || task["status"] == "failed"
+	})
+	kicked := strList(task["shutdown_room"].(map[string]any)["kicked_users"])
+	if task["status"] != "complete" || !slices.Contains(kicked, "@late:test") {
+		t.Fatalf("task %v", task)
 	}
 }
