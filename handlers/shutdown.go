@@ -236,10 +236,15 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 	}
 	slices.Sort(users)
 	conc := max(r.Concurrency, 1)
-	var mu sync.Mutex // guards res
+	var mu sync.Mutex // guards res and changes
+	changes := 0      // users done since the last snapshot
 	snapshot := func() map[string]any {
 		mu.Lock()
 		defer mu.Unlock()
+		if changes == 0 {
+			return nil
+		}
+		changes = 0
 		return res.toMap()
 	}
 	// Progress goes to the log from its own goroutine every 500 ms, so
@@ -256,8 +261,14 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 				flushDone <- err
 				return
 			case <-t.C:
+				// Nothing new, nothing to publish: each update carries the
+				// whole result and stays in the log.
+				snap := snapshot()
+				if snap == nil {
+					continue
+				}
 				*n++
-				if uerr := r.update(ctx, task, *n, commands.TaskActive, snapshot(), ""); uerr != nil && err == nil {
+				if uerr := r.update(ctx, task, *n, commands.TaskActive, snap, ""); uerr != nil && err == nil {
 					err = uerr
 				}
 			}
@@ -280,6 +291,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 			mu.Lock()
 			defer mu.Unlock()
 			res.Failed = slices.DeleteFunc(res.Failed, func(s string) bool { return s == u })
+			changes++
 			if ok {
 				res.Kicked = append(res.Kicked, u)
 			} else {
@@ -296,7 +308,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 		return ctx.Err()
 	}
 	*n++
-	return r.update(ctx, task, *n, commands.TaskActive, snapshot(), "")
+	return r.update(ctx, task, *n, commands.TaskActive, res.toMap(), "")
 }
 
 // kick is one user's part of a shutdown: leave, forget, and join the new

@@ -241,3 +241,29 @@ func TestDeleteRoom_JoinDuringRoomCreation(t *testing.T) {
 		t.Fatalf("task %v", task)
 	}
 }
+
+// TestDeleteRoom_NoIdleProgressUpdates: while the shutdown waits on a
+// homeserver that does not answer, nothing changes, and no TaskUpdate
+// (each carries the whole result, users_to_kick included, and stays in
+// the log) is published every 500 ms for nothing.
+func TestDeleteRoom_NoIdleProgressUpdates(t *testing.T) {
+	m := startMain(t, func(c *Config) { c.Homeserver.Timeout.Duration = 4 * time.Second })
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "idle", 3)
+	hs.StallLeave("@user0:test")
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	testenv.WaitFor(t, 30*time.Second, "the deletion to finish", func() bool {
+		task, _ := m.Store.Task(id)
+		return task != nil && task.Finished()
+	})
+	task, _ := m.Store.Task(id)
+	// active, users_to_kick, progress after the quick kicks, the failed
+	// user, complete: a few, not one every 500 ms of the 4 s wait.
+	if task.Status != "complete" || task.Updates > 6 {
+		t.Fatalf("%s after %d updates", task.Status, task.Updates)
+	}
+}
