@@ -449,7 +449,11 @@ func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error)
 func deleteTask(t *commands.Task) map[string]any {
 	out := map[string]any{"delete_id": t.ID, "room_id": t.RoomID, "status": t.Status, "shutdown_room": nil, "audit": auditOf(t)}
 	if t.Action == commands.ActionShutdownAndPurgeRoom && t.Result != nil {
-		out["shutdown_room"] = resultOf(t.Result).public()
+		// Synapse's result stays null until shutdown_room records one:
+		// the new room, a user kicked or not, or its return value.
+		if r := resultOf(t.Result); t.Status == commands.TaskComplete || r.NewRoomID != "" || len(r.Kicked) > 0 || len(r.Failed) > 0 || len(r.Aliases) > 0 {
+			out["shutdown_room"] = r.public()
+		}
 	}
 	if t.Error != "" {
 		out["error"] = t.Error

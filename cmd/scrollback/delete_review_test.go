@@ -267,3 +267,31 @@ func TestDeleteRoom_NoIdleProgressUpdates(t *testing.T) {
 		t.Fatalf("%s after %d updates", task.Status, task.Updates)
 	}
 }
+
+// TestDeleteRoom_ShutdownRoomNullUntilFirstResult: Synapse's task result
+// stays null until shutdown_room records one (the new room, or a user
+// kicked or not), so delete_status shows "shutdown_room": null for a
+// deletion that has started but done nothing yet (SYNAPSE.md 7.4).
+func TestDeleteRoom_ShutdownRoomNullUntilFirstResult(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "nullresult", 0)
+	hs.SetDelay(time.Second)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	testenv.WaitFor(t, 10*time.Second, "the first leave request", func() bool { return len(hs.Calls("leave")) > 0 })
+	_, task := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+	if task["status"] != "active" || task["shutdown_room"] != nil {
+		t.Fatalf("before any result: %v", task)
+	}
+	testenv.WaitFor(t, 20*time.Second, "completion", func() bool {
+		_, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		return task["status"] == "complete"
+	})
+	if r, _ := task["shutdown_room"].(map[string]any); len(strList(r["kicked_users"])) != 3 {
+		t.Fatalf("complete: %v", task)
+	}
+}
