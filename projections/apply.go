@@ -280,6 +280,26 @@ func (a *applier) apply(bs []*partBatch) error {
 	return a.putReceived()
 }
 
+// dropPendingReceived forgets the received entry of the room's event at
+// stream if this transaction applied the event, and so has not written
+// its entry yet (putReceived writes them at its end), and reports whether
+// it did. An outlier that leaves the outliers in the transaction that
+// applied it (it joins the timeline, or a copy replaces it) has no entry
+// in the bucket for dropReceived to delete yet; kept, it would outlive
+// the event. Rare, so a walk back from the latest entry.
+func (a *applier) dropPendingReceived(room uint64, stream int64) bool {
+	if stream <= 0 {
+		return false
+	}
+	for i := len(a.received) - 1; i >= 0; i-- {
+		if r := a.received[i]; r.seq == uint64(stream) && r.room == room {
+			a.received = slices.Delete(a.received, i, i+1)
+			return true
+		}
+	}
+	return false
+}
+
 // received is an entry of the received bucket.
 type received struct {
 	ts, seq, room uint64
@@ -549,6 +569,9 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 // dropOutlierReceived deletes the received entry of the room's outlier
 // at was, stored under id, which is leaving the outliers.
 func (a *applier) dropOutlierReceived(room uint64, id []byte, was evLoc) error {
+	if a.dropPendingReceived(room, was.stream) {
+		return nil
+	}
 	val := a.tx.Bucket(bOutliers).Get(id)
 	if val == nil {
 		return nil
@@ -587,6 +610,7 @@ func (a *applier) outlastsPurge(room uint64, id []byte, was evLoc) (bool, error)
 	if err != nil {
 		return true, err
 	}
+	a.dropPendingReceived(room, was.stream)
 	j := newPurgeTx(a.tx, room, meta.Floor)
 	erase, err := j.deleteOutlier(meta, bytes.Clone(id), was, &h, nil)
 	if err != nil {

@@ -1621,3 +1621,52 @@ func TestCutoffByTS_PublishedOutlierCounts(t *testing.T) {
 		t.Fatalf("CutoffByTS at the outlier's received time: stream %d %v %v; want %d (the room's last event before the outlier)", stream, ok, err, beforeSeq)
 	}
 }
+
+// TestReceived_OutlierJoinsInTheSameBatch: an outlier that joins the
+// timeline in the same transaction it was published in (one batch of a
+// partition) leaves no received entry behind, as when the two messages
+// are applied in two transactions: its entry was still pending (written
+// at the commit), so the join found nothing to delete, and the stale
+// entry then outlived the event's purge.
+func TestReceived_OutlierJoinsInTheSameBatch(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("recvbatch", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	next := apply(t, s, 1, setup...)
+	out := outlierMsg(r, "@remote:other.org", "joins in the same batch")
+	joined := copyOf(out, false)
+	delete(joined, "outlier")
+	outSeq := next
+	batch := []commands.LogEntry{entry(t, outSeq, r.ID, commands.KindEvent, out), entry(t, outSeq+1, r.ID, commands.KindEvent, joined)}
+	if _, err := s.ApplyBatch(0, batch); err != nil {
+		t.Fatal(err)
+	}
+	room := roomNumber(t, s, r.ID)
+	if got := receivedOf(t, s, room); got[outSeq] != 0 || got[outSeq+1] == 0 {
+		t.Errorf("received entries %v: want the row's (%d) and not the outlier's (%d)", got, outSeq+1, outSeq)
+	}
+}
+
+// TestReceived_SweptOutlierReplacedInTheSameBatch: an outlier that a
+// purge applied in the same transaction sweeps, replaced there by a copy
+// logged after the purge, leaves no received entry behind.
+func TestReceived_SweptOutlierReplacedInTheSameBatch(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("recvswept", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	out := outlierMsg(r, "@remote:other.org", "swept, then fetched again")
+	msgs := remoteMsgs(r, 2)
+	cut := r.Msg("@remote:other.org", "the cut")
+	next := apply(t, s, 1, append(append(setup, msgs...), cut)...)
+	outSeq := next
+	purge := entry(t, outSeq+1, r.ID, commands.KindCmd, map[string]any{"id": "p", "action": commands.ActionPurgeHistory, "room_id": r.ID, "params": purgeAt(cut)})
+	batch := []commands.LogEntry{entry(t, outSeq, r.ID, commands.KindEvent, out), purge, entry(t, outSeq+2, r.ID, commands.KindEvent, copyOf(out, true))}
+	if _, err := s.ApplyBatch(0, batch); err != nil {
+		t.Fatal(err)
+	}
+	drainJanitor(t, s)
+	room := roomNumber(t, s, r.ID)
+	if got := receivedOf(t, s, room); got[outSeq] != 0 || got[outSeq+2] == 0 {
+		t.Errorf("received entries %v: want the copy's (%d) and not the swept outlier's (%d)", got, outSeq+2, outSeq)
+	}
+}
