@@ -961,8 +961,9 @@ func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error
 				return j.dropRowReceived(v, stream)
 			}
 		case bytes.Equal(name, bOutliers):
-			// Rows a purge_history kept as outliers kept their
-			// entries; events that came as outliers never had one.
+			// Every outlier has an entry: rows a purge_history
+			// kept as outliers kept theirs, and events published
+			// as outliers have one of their own.
 			each = func(k, v []byte) error {
 				if loc, ok := parseLoc(room, j.b(bEvents).Get(k)); ok && loc.outlier {
 					return j.dropRowReceived(v, loc.stream)

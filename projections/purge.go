@@ -423,7 +423,9 @@ func (s *Store) CutoffByTS(roomID string, ts int64) (depth, stream int64, ok boo
 // ForgottenRooms lists the rooms whose local members have all left and
 // forgotten them, the last forget at least period before now (Synapse's
 // forgotten_room_retention_period). Rooms with any deletion task, and
-// rooms that never had a local member, are left out.
+// rooms that never had a local member, are left out; a finished task
+// stops counting once it expires (7 days), so a room a deletion with
+// purge: false left forgotten is purged then.
 func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, error) {
 	var out []string
 	err := s.ForEachRoom(func(roomID string, v *RoomView) bool {
