@@ -84,16 +84,9 @@ func TestDeleteRoom_InvalidLocalNewRoomUser(t *testing.T) {
 // TestDeleteRoom_V1WhileV2Runs: v1 has no "in progress" check; a second
 // call waits for the first (SYNAPSE.md 7.5) and answers 200, never a 500.
 func TestDeleteRoom_V1WhileV2Runs(t *testing.T) {
-	m := startMain(t)
-	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
-	room := shutdownRoom(t, m, hs, "twice", 10)
-	hs.SetDelay(100 * time.Millisecond)
-	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
-	if st != 200 {
-		t.Fatalf("%d %v", st, body)
-	}
+	m, hs, room, body := startV2Deletion(t, "twice", 10, 100*time.Millisecond)
 	first := body["delete_id"].(string)
-	st, body = m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", `{"purge": false}`)
+	st, body := m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", `{"purge": false}`)
 	if st != 200 {
 		t.Fatalf("v1 while a v2 runs: %d %v", st, body)
 	}
@@ -120,14 +113,7 @@ func TestDeleteRoom_V1WhileV2Runs(t *testing.T) {
 // by their timestamp, which for a task that has started is its last
 // change (SYNAPSE.md 7.4 and 10), not by when they were asked for.
 func TestDeleteRoom_StatusByRoomOrder(t *testing.T) {
-	m := startMain(t)
-	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
-	room := shutdownRoom(t, m, hs, "ordered", 10)
-	hs.SetDelay(50 * time.Millisecond)
-	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
-	if st != 200 {
-		t.Fatalf("%d %v", st, body)
-	}
+	m, _, room, body := startV2Deletion(t, "ordered", 10, 50*time.Millisecond)
 	first := body["delete_id"].(string)
 	testenv.WaitFor(t, 10*time.Second, "the first deletion to start", func() bool {
 		task, _ := m.Store.Task(first)
@@ -142,7 +128,7 @@ func TestDeleteRoom_StatusByRoomOrder(t *testing.T) {
 		task, _ := m.Store.Task(first)
 		return task != nil && task.Status == "complete"
 	})
-	st, body = m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
+	st, body := m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
 	res, _ := body["results"].([]any)
 	if st != 200 || len(res) != 2 {
 		t.Fatalf("%d %v", st, body)
@@ -197,15 +183,8 @@ func TestBlockRoom_FirstBlockerKept(t *testing.T) {
 // schedules it, so a by-room delete_status right after DELETE v2 lists the
 // deletion (active), instead of 404 "No delete task" for up to a poll.
 func TestDeleteRoom_V2VisibleByRoomAtOnce(t *testing.T) {
-	m := startMain(t)
-	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
-	room := shutdownRoom(t, m, hs, "visible", 3)
-	hs.SetDelay(20 * time.Millisecond)
-	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
-	if st != 200 {
-		t.Fatalf("%d %v", st, body)
-	}
-	st, body = m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
+	m, _, room, _ := startV2Deletion(t, "visible", 3, 20*time.Millisecond)
+	st, body := m.do(t, "GET", deletePath("v2", room.ID)+"/delete_status", "tok-admin", "")
 	if res, _ := body["results"].([]any); st != 200 || len(res) != 1 {
 		t.Fatalf("by-room status right after DELETE v2: %d %v", st, body)
 	}
@@ -273,14 +252,7 @@ func TestDeleteRoom_NoIdleProgressUpdates(t *testing.T) {
 // kicked or not), so delete_status shows "shutdown_room": null for a
 // deletion that has started but done nothing yet (SYNAPSE.md 7.4).
 func TestDeleteRoom_ShutdownRoomNullUntilFirstResult(t *testing.T) {
-	m := startMain(t)
-	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
-	room := shutdownRoom(t, m, hs, "nullresult", 0)
-	hs.SetDelay(time.Second)
-	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
-	if st != 200 {
-		t.Fatalf("%d %v", st, body)
-	}
+	m, hs, _, body := startV2Deletion(t, "nullresult", 0, time.Second)
 	id := body["delete_id"].(string)
 	testenv.WaitFor(t, 10*time.Second, "the first leave request", func() bool { return len(hs.Calls("leave")) > 0 })
 	_, task := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
@@ -294,4 +266,20 @@ func TestDeleteRoom_ShutdownRoomNullUntilFirstResult(t *testing.T) {
 	if r, _ := task["shutdown_room"].(map[string]any); len(strList(r["kicked_users"])) != 3 {
 		t.Fatalf("complete: %v", task)
 	}
+}
+
+// startV2Deletion starts a service and a homeserver worker answering
+// after delay, makes a room of members local members, and deletes it
+// with DELETE v2 and {"purge": false}; it returns the reply's body.
+func startV2Deletion(t *testing.T, name string, members int, delay time.Duration) (*Main, *testenv.Homeserver, *testenv.Room, map[string]any) {
+	t.Helper()
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, name, members)
+	hs.SetDelay(delay)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	return m, hs, room, body
 }

@@ -20,22 +20,7 @@ func TestRetention_ZeroMaxLifetimeFallsBackToDefaultWhenPurging(t *testing.T) {
 		c.Retention.Enabled = true
 		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
 	})
-	now := time.UnixMilli(1_900_000_000_000)
-	m.Retention.Now = testenv.NewClock(now).Now
-	day := int64(24 * time.Hour / time.Millisecond)
-	room := testenv.NewRoom("zero", "test")
-	evs := append(room.Setup(alice), room.Next("m.room.retention", alice, testenv.S(""), map[string]any{"max_lifetime": int64(0)}))
-	for _, e := range evs {
-		e["received_ts"] = now.UnixMilli() - 10*day
-	}
-	old := room.Msg(alice, "old")
-	old["received_ts"] = now.UnixMilli() - 5*day
-	fresh := room.Msg(alice, "fresh")
-	fresh["received_ts"] = now.UnixMilli() - day
-	seqs := m.publisher().Publish(t, append(evs, old, fresh)...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	agedRoom(t, m, time.UnixMilli(1_900_000_000_000), "zero", []testenv.Event{retentionPolicy(0)}, false)
 	n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
 	if err != nil || n != 1 {
 		t.Fatalf("RunJob = %d, %v; want the room purged with the default lifetime", n, err)
@@ -52,22 +37,7 @@ func TestRetention_NegativeMaxLifetimeClampedToAllowedMin(t *testing.T) {
 		c.Retention.Enabled = true
 		c.Retention.AllowedLifetimeMin = commands.DurationOf(3 * 24 * time.Hour)
 	})
-	now := time.UnixMilli(1_900_000_000_000)
-	m.Retention.Now = testenv.NewClock(now).Now
-	day := int64(24 * time.Hour / time.Millisecond)
-	room := testenv.NewRoom("negative", "test")
-	evs := append(room.Setup(alice), room.Next("m.room.retention", alice, testenv.S(""), map[string]any{"max_lifetime": int64(-5)}))
-	for _, e := range evs {
-		e["received_ts"] = now.UnixMilli() - 10*day
-	}
-	old := room.Msg(alice, "old")
-	old["received_ts"] = now.UnixMilli() - 5*day
-	fresh := room.Msg(alice, "fresh")
-	fresh["received_ts"] = now.UnixMilli() - day
-	seqs := m.publisher().Publish(t, append(evs, old, fresh)...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	room, fresh := agedRoom(t, m, time.UnixMilli(1_900_000_000_000), "negative", []testenv.Event{retentionPolicy(-5)}, false)
 	n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
 	if err != nil || n != 1 {
 		t.Fatalf("RunJob = %d, %v; want the room purged with allowed_lifetime_min", n, err)
@@ -89,20 +59,7 @@ func TestRetention_ExplicitZeroLongestMaxLifetime(t *testing.T) {
 		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
 		c.Retention.PurgeJobs = []PurgeJobConfig{{Interval: commands.DurationOf(time.Hour), LongestMaxLifetime: commands.DurationOf(0)}}
 	})
-	now := time.UnixMilli(1_900_000_000_000)
-	m.Retention.Now = testenv.NewClock(now).Now
-	day := int64(24 * time.Hour / time.Millisecond)
-	room := testenv.NewRoom("zerobound", "test")
-	evs := room.Setup(alice)
-	for _, e := range evs {
-		e["received_ts"] = now.UnixMilli() - 10*day
-	}
-	fresh := room.Msg(alice, "fresh")
-	fresh["received_ts"] = now.UnixMilli() - day
-	seqs := m.publisher().Publish(t, append(evs, fresh)...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	agedRoom(t, m, time.UnixMilli(1_900_000_000_000), "zerobound", nil, true)
 	if n, err := m.Retention.RunJob(context.Background(), m.Retention.Config.Jobs[0]); err != nil || n != 0 {
 		t.Fatalf("RunJob = %d, %v; want no room (the default 3d is above longest_max_lifetime 0)", n, err)
 	}
@@ -152,4 +109,40 @@ func TestRetention_SkipsRoomWithActiveDeletion(t *testing.T) {
 	if tasks, _ := m.Store.RoomTasks(other.ID); len(tasks) != 1 || tasks[0].Action != commands.ActionPurgeHistory {
 		t.Fatalf("the other room's tasks: %+v", tasks)
 	}
+}
+
+// agedRoom publishes a room whose set-up (and the given extra state, if
+// any) was received ten days before now, a message five days before
+// (unless noOld) and one a day before (fresh), with the retention job's
+// clock at now, and waits until they are applied.
+func agedRoom(t *testing.T, m *Main, now time.Time, name string, state []testenv.Event, noOld bool) (room *testenv.Room, fresh testenv.Event) {
+	t.Helper()
+	m.Retention.Now = testenv.NewClock(now).Now
+	day := int64(24 * time.Hour / time.Millisecond)
+	room = testenv.NewRoom(name, "test")
+	evs := room.Setup(alice)
+	for _, st := range state {
+		evs = append(evs, room.Next(st["type"].(string), alice, testenv.S(""), st["content"].(map[string]any)))
+	}
+	for _, e := range evs {
+		e["received_ts"] = now.UnixMilli() - 10*day
+	}
+	if !noOld {
+		old := room.Msg(alice, "old")
+		old["received_ts"] = now.UnixMilli() - 5*day
+		evs = append(evs, old)
+	}
+	fresh = room.Msg(alice, "fresh")
+	fresh["received_ts"] = now.UnixMilli() - day
+	seqs := m.publisher().Publish(t, append(evs, fresh)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	return room, fresh
+}
+
+// retentionPolicy is an m.room.retention state event's type and content,
+// for agedRoom.
+func retentionPolicy(maxLifetime int64) testenv.Event {
+	return testenv.Event{"type": "m.room.retention", "content": map[string]any{"max_lifetime": maxLifetime}}
 }
