@@ -167,15 +167,7 @@ func TestPurge_ForwardExtremityGuardFailsTask(t *testing.T) {
 // (and kept): the room's log order serialises them.
 func TestPurge_RacesNewEvents(t *testing.T) {
 	m := startMain(t)
-	room := testenv.NewRoom("race", "test")
-	evs := room.Setup(alice)
-	for i := range 50 {
-		evs = append(evs, room.Msg("@remote:other.org", fmt.Sprint(i)))
-	}
-	seqs := m.publisher().Publish(t, evs...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	room, evs := m.remoteRoom(t, "race", 50)
 	cut := evs[30]
 	var more []testenv.Event
 	for i := range 100 {
@@ -293,15 +285,7 @@ func TestPurgeHistory_SeesWhatTheLogHolds(t *testing.T) {
 // beyond int64 is such an int, not "purge_up_to_ts must be an int".
 func TestPurgeHistory_HugeIntegerTS(t *testing.T) {
 	m := startMain(t)
-	room := testenv.NewRoom("hugets", "test")
-	evs := room.Setup(alice)
-	for i := range 5 {
-		evs = append(evs, room.Msg("@remote:other.org", fmt.Sprint(i)))
-	}
-	seqs := m.publisher().Publish(t, evs...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	room, evs := m.remoteRoom(t, "hugets", 5)
 	st, body := m.do(t, "POST", "/_synapse/admin/v1/purge_history/"+url.PathEscape(room.ID), "tok-admin", `{"purge_up_to_ts": 100000000000000000000}`)
 	if st != 200 {
 		t.Fatalf("purge_up_to_ts 1e20 as an integer: %d %v", st, body)
@@ -322,4 +306,20 @@ func TestPurgeHistory_HugeIntegerTS(t *testing.T) {
 	if _, err := r.Request(context.Background(), subj, map[string]any{"purge_up_to_ts": uint64(1) << 63}); err != nil {
 		t.Fatalf("purge_up_to_ts 2^63 as a MessagePack uint64: %v", err)
 	}
+}
+
+// remoteRoom publishes a room's set-up (alice's) and n messages of a
+// remote user, and waits until they are applied.
+func (m *Main) remoteRoom(t *testing.T, name string, n int) (*testenv.Room, []testenv.Event) {
+	t.Helper()
+	room := testenv.NewRoom(name, "test")
+	evs := room.Setup(alice)
+	for i := range n {
+		evs = append(evs, room.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	return room, evs
 }
