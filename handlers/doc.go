@@ -12,7 +12,14 @@
 // erases from the log the event messages whose rows a purge deleted. On
 // the embedded server the Eraser compacts a room's event subject with one
 // subject purge (bus.Log.Compact); on a shared NATS, where other instances
-// read the log, it deletes message by message.
+// read the log, it deletes message by message. The TaskRunner also
+// deletes the finished tasks that have expired (7 days), every minute.
+//
+// Look-ups that pick a purge's cut-off from what the room holds (a purge
+// by event ID that finds nothing, a purge by time, a retention job) first
+// wait until this instance has applied the log as it is now
+// (Admin.CatchUp): the projection applies the log a little after the log
+// acknowledges it, and Synapse's look-ups see every persisted event.
 //
 // Reads that reach a backward extremity call the Backfiller (Synapse's
 // maybe_backfill): in the foreground when the page is short or gappy,
