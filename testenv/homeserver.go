@@ -37,6 +37,7 @@ type Homeserver struct {
 	calls    []Call
 	fail     map[string]bool      // user -> leave answers an error
 	stall    map[string]bool      // user -> leave never answers
+	release  chan struct{}        // closed by ReleaseStalled: the stalled leaves answer
 	delay    time.Duration        // before every leave answer
 	answered map[string]*nats.Msg // subject|txn_id -> first answer
 	rooms    map[string]*Room     // rooms it authors events for
@@ -53,7 +54,7 @@ type Homeserver struct {
 func NewHomeserver(tb testing.TB, nc *nats.Conn, pub *Publisher, serverName string) *Homeserver {
 	tb.Helper()
 	hs := &Homeserver{pub: pub, nc: nc, server: serverName, fail: map[string]bool{}, stall: map[string]bool{},
-		answered: map[string]*nats.Msg{}, inflight: map[string]chan struct{}{}, rooms: map[string]*Room{}, acted: map[string]int{}, tokens: map[string]map[string]any{}}
+		release: make(chan struct{}), answered: map[string]*nats.Msg{}, inflight: map[string]chan struct{}{}, rooms: map[string]*Room{}, acted: map[string]int{}, tokens: map[string]map[string]any{}}
 	for _, name := range []string{"whoami", "ignored_users", "create_room", "leave", "forget", "join", "send", "move_aliases"} {
 		subj := pub.Subjects.HS(name)
 		sub, err := nc.Subscribe(subj, func(m *nats.Msg) { go hs.handle(tb, name, m) })
@@ -92,8 +93,20 @@ func (hs *Homeserver) Track(r *Room) {
 // FailLeave makes the leave of user answer an error.
 func (hs *Homeserver) FailLeave(user string) { hs.mu.Lock(); hs.fail[user] = true; hs.mu.Unlock() }
 
-// StallLeave makes the leave of user never answer.
+// StallLeave makes the leave of user never answer (until ReleaseStalled).
 func (hs *Homeserver) StallLeave(user string) { hs.mu.Lock(); hs.stall[user] = true; hs.mu.Unlock() }
+
+// ReleaseStalled ends every stall: the leave requests stalled so far act
+// and answer now, as if the homeserver had been slow, and later leaves
+// answer at once (until StallLeave again). Repeats of a stalled request
+// that wait for its first answer get it.
+func (hs *Homeserver) ReleaseStalled() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.stall = map[string]bool{}
+	close(hs.release)
+	hs.release = make(chan struct{})
+}
 
 // SetDelay delays every answer but whoami and ignored_users.
 func (hs *Homeserver) SetDelay(d time.Duration) { hs.mu.Lock(); hs.delay = d; hs.mu.Unlock() }
@@ -172,7 +185,7 @@ func (hs *Homeserver) handle(tb testing.TB, name string, m *nats.Msg) {
 		hs.inflight[key] = make(chan struct{})
 	}
 	user := str(req["user_id"])
-	fail, stall, delay := hs.fail[user], hs.stall[user], hs.delay
+	fail, stall, delay, release := hs.fail[user], hs.stall[user], hs.delay, hs.release
 	room := hs.rooms[str(req["room_id"])]
 	hs.mu.Unlock()
 
@@ -203,7 +216,7 @@ func (hs *Homeserver) handle(tb testing.TB, name string, m *nats.Msg) {
 		out = map[string]any{"room_id": r.ID}
 	case "leave":
 		if stall {
-			return
+			<-release // for ever, unless ReleaseStalled
 		}
 		if fail {
 			status, code, text = 500, "M_UNKNOWN", "cannot make "+user+" leave"

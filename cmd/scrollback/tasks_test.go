@@ -73,7 +73,12 @@ func TestTasks_ActiveTaskResumesFirstAfterRestart(t *testing.T) {
 		return taskStatusOf(m, "zzzzzzzzzzzzzzzz") == commands.TaskActive && hs.Acted("leave", "") >= 1 && leavesIn(hs, first.ID) >= 2
 	})
 	shutdownCmd(t, m, "aaaaaaaaaaaaaaaa", second.ID)
-	time.Sleep(2500 * time.Millisecond) // two polls of the task runner
+	// Scheduling it wakes the runner (Store.NewTasks); whether the runner
+	// ever starts it too soon is read from the log at the end, not from
+	// its status after a sleep.
+	testenv.WaitFor(t, 10*time.Second, "the second task to be applied", func() bool {
+		return taskStatusOf(m, "aaaaaaaaaaaaaaaa") != ""
+	})
 	if st := taskStatusOf(m, "aaaaaaaaaaaaaaaa"); st != commands.TaskScheduled {
 		t.Fatalf("before the restart, the second task is %q; want scheduled (max_concurrent 1)", st)
 	}
@@ -97,10 +102,47 @@ func TestTasks_ActiveTaskResumesFirstAfterRestart(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(2500 * time.Millisecond)
 	if st := taskStatusOf(m2, "aaaaaaaaaaaaaaaa"); st != commands.TaskScheduled {
 		t.Fatalf("after the restart, the second task is %q while the first is %q; want it scheduled (max_concurrent 1)",
 			st, taskStatusOf(m2, "zzzzzzzzzzzzzzzz"))
+	}
+
+	// Let user0's leave answer: the first task completes, then the second
+	// runs. The log says in which order the two went: the second's first
+	// update (going active) must come after the first's completion, so
+	// that it neither ran beside the first before the restart nor took
+	// its slot after it.
+	hs.ReleaseStalled()
+	for _, id := range []string{"zzzzzzzzzzzzzzzz", "aaaaaaaaaaaaaaaa"} {
+		testenv.WaitFor(t, 30*time.Second, "task "+id+" to complete", func() bool {
+			return taskStatusOf(m2, id) == commands.TaskComplete
+		})
+	}
+	updates := func(roomID, id string) []logMsg {
+		var out []logMsg
+		for _, u := range logMessages(t, m2.JS, faultSubjects.Room(roomID, commands.KindTask)) {
+			if u.m["task_id"] == id {
+				out = append(out, u)
+			}
+		}
+		return out
+	}
+	var firstDone uint64
+	for _, u := range updates(first.ID, "zzzzzzzzzzzzzzzz") {
+		if u.m["status"] == commands.TaskComplete {
+			if firstDone != 0 {
+				t.Fatalf("the first task completed twice (seq %d and %d)", firstDone, u.seq)
+			}
+			firstDone = u.seq
+		}
+	}
+	secondUpdates := updates(second.ID, "aaaaaaaaaaaaaaaa")
+	if firstDone == 0 || len(secondUpdates) == 0 {
+		t.Fatalf("first task complete at seq %d; second task updates %v", firstDone, secondUpdates)
+	}
+	if u := secondUpdates[0]; u.m["status"] != commands.TaskActive || u.seq < firstDone {
+		t.Fatalf("the second task's first update is %v at seq %d, before the first task completed (seq %d): two tasks active with max_concurrent 1",
+			u.m["status"], u.seq, firstDone)
 	}
 }
 
