@@ -48,6 +48,20 @@ type Admin struct {
 	// cut-off up, so that it sees every event the log holds, as
 	// Synapse's purge sees every persisted event.
 	CatchUp func(ctx context.Context) error
+	// Stopping, if set, is closed when the service starts to stop: a v1
+	// deletion that waits for a deletion then answers 503 at once. The
+	// service's stop waits for the requests under way, and the
+	// deletion may take as long as the homeserver does (DeleteV1Timeout).
+	Stopping <-chan struct{}
+}
+
+// errStopping is a v1 deletion's answer when the service stops while it
+// waits: the deletion id (if any) goes on, after a restart too.
+func errStopping(id string) error {
+	if id == "" {
+		return commands.Errorf(503, commands.CodeUnknown, "The service is stopping; the room deletion was not started, try again")
+	}
+	return commands.Errorf(503, commands.CodeUnknown, "The service is stopping; the room deletion %s goes on: follow it with the v2 delete_status API", id)
 }
 
 // RandomID returns 16 random ASCII letters.
@@ -437,6 +451,8 @@ func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
 		select {
 		case <-ctx.Done():
 			return commands.Errorf(504, commands.CodeUnknown, "The room deletion %s is still running; follow it with the v2 delete_status API", open)
+		case <-a.Stopping:
+			return errStopping("")
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -455,6 +471,8 @@ func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error)
 		select {
 		case <-ctx.Done():
 			return nil, commands.Errorf(504, commands.CodeUnknown, "The room deletion %s is still running; follow it with the v2 delete_status API", id)
+		case <-a.Stopping:
+			return nil, errStopping(id)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

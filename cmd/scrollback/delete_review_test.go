@@ -1,12 +1,19 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -282,4 +289,81 @@ func startV2Deletion(t *testing.T, name string, members int, delay time.Duration
 		t.Fatalf("%d %v", st, body)
 	}
 	return m, hs, room, body
+}
+
+// apiInFlight is how many requests the scrollback micro service's
+// endpoint has received (micro's $SRV.STATS), so that a test knows its
+// requests are being handled without sleeping.
+func apiInFlight(t *testing.T, nc *nats.Conn, endpoint string) int {
+	t.Helper()
+	subj, err := micro.ControlSubject(micro.StatsVerb, "scrollback", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := nc.Request(subj, nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st micro.Stats
+	if err := json.Unmarshal(msg.Data, &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range st.Endpoints {
+		if e.Name == endpoint {
+			return e.NumRequests
+		}
+	}
+	return 0
+}
+
+// stuckDeletion starts a v2 deletion that hangs on user0's leave.
+func stuckDeletion(t *testing.T, m *Main, hs *testenv.Homeserver, name string) (*testenv.Room, string) {
+	t.Helper()
+	hs.StallLeave("@user0:test")
+	room := shutdownRoom(t, m, hs, name, 1)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	testenv.WaitFor(t, 10*time.Second, "the deletion to hang on user0's leave", func() bool {
+		return taskStatusOf(m, id) == commands.TaskActive && hs.Acted("leave", "") >= 1 && len(hs.Calls("leave")) >= 2
+	})
+	return room, id
+}
+
+// TestDeleteRoom_CloseWhileV1Waits: a v1 deletion waiting for the room's
+// open deletion (or for its own) must not hold the service's stop until
+// that deletion ends, nor start a deletion while the service stops: it
+// answers that the deletion goes on, and Close returns.
+func TestDeleteRoom_CloseWhileV1Waits(t *testing.T) {
+	m := startMain(t, func(c *Config) { c.Homeserver.Timeout = commands.DurationOf(20 * time.Second) })
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room, stuck := stuckDeletion(t, m, hs, "closing")
+	subjects := m.publisher().Subjects
+	nc := m.NC
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		_, err := api(ctx, nc, subjects.APIRoom(room.ID, "delete"), map[string]any{"wait": true, "purge": false, "requested_by": "@admin:test"})
+		done <- err
+	}()
+	testenv.WaitFor(t, 10*time.Second, "the v1 request to be handled", func() bool { return apiInFlight(t, nc, "delete") >= 2 })
+	start := time.Now()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Close took %v while a v1 deletion waited", d)
+	}
+	var ce *commands.Error
+	if err := <-done; !errors.As(err, &ce) || ce.Status != 503 {
+		t.Fatalf("the waiting v1 got %v; want a 503", err)
+	}
+	for _, c := range hs.Calls("") {
+		if txn, _ := c.Req["txn_id"].(string); txn != "" && !strings.HasPrefix(txn, stuck+"-") {
+			t.Fatalf("a deletion ran while the service stopped: %s %v", c.Subject, c.Req)
+		}
+	}
 }

@@ -81,6 +81,7 @@ type Main struct {
 	projDone chan error
 	bg       sync.WaitGroup
 	httpDone chan error
+	stopping chan struct{} // closed when Close starts
 }
 
 // Open starts the service: NATS (embedded or external), the stream, the
@@ -174,8 +175,9 @@ func (m *Main) Open(ctx context.Context) error {
 		Backfill: &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
 			Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
 			Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill")}}
+	m.stopping = make(chan struct{})
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: now, ServerName: c.ServerName,
-		Audit: m.Logger.With("component", "audit")}
+		Audit: m.Logger.With("component", "audit"), Stopping: m.stopping}
 	// With one instance too: the projection applies the log a little
 	// after the log acknowledges it.
 	admin.CatchUp = func(ctx context.Context) error {
@@ -494,6 +496,12 @@ func logErased(log *bus.Log) func(context.Context, string, uint64) (bool, error)
 // given), the file, the NATS connection and the embedded server.
 func (m *Main) Close() error {
 	var errs []error
+	// v1 deletions waiting for a task answer now instead of holding the
+	// stop for as long as the deletion lasts.
+	if m.stopping != nil {
+		close(m.stopping)
+		m.stopping = nil
+	}
 	if m.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		errs = append(errs, m.httpSrv.Shutdown(ctx))
