@@ -53,6 +53,10 @@ type Admin struct {
 	// service's stop waits for the requests under way, and the
 	// deletion may take as long as the homeserver does (DeleteV1Timeout).
 	Stopping <-chan struct{}
+	// CanStart, if set, tells whether a task of the room scheduled now
+	// may start soon (TaskRunner.CanStart): DELETE v2 waits for its task
+	// to start only then.
+	CanStart func(roomID string) bool
 }
 
 // errStopping is a v1 deletion's answer when the service stops while it
@@ -364,7 +368,9 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			if t, err := a.Store.Task(id); err == nil && t != nil && t.Status == commands.TaskFailed && t.Error == inProgress {
 				return nil, commands.Errorf(400, commands.CodeUnknown, "%s", inProgress)
 			}
-			a.waitStarted(ctx, id)
+			if a.CanStart == nil || a.CanStart(roomID) {
+				a.waitStarted(ctx, id)
+			}
 			return bus.Encode(map[string]any{"delete_id": id})
 		}
 		if t, err = a.waitTask(ctx, id); err != nil {
@@ -413,7 +419,8 @@ const StartWait = time.Second
 // scheduled. Synapse launches a task as it schedules it, so the by-room
 // delete status, which leaves scheduled tasks out, shows a v2 deletion
 // as soon as its delete_id is returned; with every task slot taken the
-// task stays scheduled, there as here.
+// task stays scheduled, there as here, and Delete does not wait
+// (CanStart).
 func (a *Admin) waitStarted(ctx context.Context, id string) {
 	ctx, cancel := context.WithTimeout(ctx, StartWait)
 	defer cancel()

@@ -61,6 +61,23 @@ type TaskRunner struct {
 
 func (r *TaskRunner) owns(roomID string) bool { return r.Owns == nil || r.Owns(roomID) }
 
+// CanStart reports whether a task of the room that is scheduled now may
+// start soon: the room is another instance's (its runner may have a free
+// slot), or this runner has one. With every slot taken a new task waits
+// for one to end, as in Synapse.
+func (r *TaskRunner) CanStart(roomID string) bool {
+	if !r.owns(roomID) {
+		return true
+	}
+	limit := r.MaxConcurrent
+	if limit <= 0 {
+		limit = 5
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.running) < limit
+}
+
 // handles reports whether the runner runs tasks of this action.
 func (r *TaskRunner) handles(action string) bool {
 	switch action {
@@ -83,7 +100,9 @@ func (r *TaskRunner) Run(ctx context.Context) {
 	if r.ExpireInterval <= 0 {
 		r.ExpireInterval = time.Minute
 	}
+	r.mu.Lock() // CanStart reads it from the API's goroutines
 	r.running = map[string]context.CancelFunc{}
+	r.mu.Unlock()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	t := time.NewTicker(r.PollInterval)

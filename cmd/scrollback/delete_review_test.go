@@ -367,3 +367,31 @@ func TestDeleteRoom_CloseWhileV1Waits(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteRoom_V2NoStartWaitWhenSlotsFull: DELETE v2 waits (up to 1 s)
+// for its task to start only when it can start: with every task slot
+// taken it stays scheduled anyway, as in Synapse, and the wait only held
+// one of the API's shared workers and made a script deleting many rooms
+// take a second a room.
+func TestDeleteRoom_V2NoStartWaitWhenSlotsFull(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Tasks.MaxConcurrent = 1
+		c.Homeserver.Timeout = commands.DurationOf(20 * time.Second)
+	})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	stuckDeletion(t, m, hs, "slotholder")
+	for i := range 3 {
+		start := time.Now()
+		st, body := m.do(t, "DELETE", deletePath("v2", "!queued"+string(rune('a'+i))+":test"), "tok-admin", `{"purge": false}`)
+		if st != 200 {
+			t.Fatalf("%d %v", st, body)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Fatalf("DELETE v2 with every task slot taken answered after %v", d)
+		}
+		if s := taskStatusOf(m, body["delete_id"].(string)); s != commands.TaskScheduled {
+			t.Fatalf("queued deletion is %q", s)
+		}
+	}
+	hs.ReleaseStalled()
+}
