@@ -57,6 +57,28 @@ type Admin struct {
 	// may start soon (TaskRunner.CanStart): DELETE v2 waits for its task
 	// to start only then.
 	CanStart func(roomID string) bool
+	// Waiting, if set, bounds the v1 deletions waiting at once (its
+	// capacity; DefaultMaxWaiting in the service): past it a v1 deletion
+	// is answered 429. Each holds one of the API's workers, which reads
+	// share, for as long as the deletion it waits for lasts.
+	Waiting chan struct{}
+}
+
+// DefaultMaxWaiting is the service's bound of waiting v1 deletions: a
+// quarter of the API's workers (bus.ServiceOptions.Workers, 64).
+const DefaultMaxWaiting = 16
+
+// enterWait takes a slot for a waiting v1 deletion; release gives it back.
+func (a *Admin) enterWait() (release func(), err error) {
+	if a.Waiting == nil {
+		return func() {}, nil
+	}
+	select {
+	case a.Waiting <- struct{}{}:
+		return func() { <-a.Waiting }, nil
+	default:
+		return nil, commands.Errorf(429, commands.CodeRateLimited, "Too many room deletions waiting; retry shortly or use the v2 API")
+	}
 }
 
 // errStopping is a v1 deletion's answer when the service stops while it
@@ -346,6 +368,13 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		}
 	}
 	by, _ := m["requested_by"].(string)
+	if wait {
+		release, err := a.enterWait()
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	inProgress := projections.ErrTextDeletionInProgress + roomID
 	var t *commands.Task
 	for {
