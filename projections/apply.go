@@ -140,7 +140,8 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 			if o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom {
 				wakeJanitor = true
 			}
-			if o.Task.Status == commands.TaskScheduled {
+			if o.Task.Status == commands.TaskScheduled || o.Task.Finished() {
+				// A new task may start, or one may take a freed slot.
 				wakeTasks = true
 			}
 		}

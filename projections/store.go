@@ -49,7 +49,7 @@ type Store struct {
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
-	newTasks   chan struct{} // wakes a task runner when a task is scheduled
+	newTasks   chan struct{} // wakes a task runner when a task is scheduled or finishes
 	jmu        sync.Mutex    // one janitor step at a time
 	ahead      unindexAhead  // the janitor's window (unindex.go), under jmu
 
@@ -58,9 +58,10 @@ type Store struct {
 	ObserveJanitor func(JanitorStats)
 }
 
-// NewTasks is signalled after a commit that scheduled a task, so that a
-// task runner can start it at once instead of at its next poll (Synapse
-// launches a task when it is scheduled).
+// NewTasks is signalled after a commit that scheduled a task or finished
+// one, so that a task runner can start a task at once instead of at its
+// next poll (Synapse launches a task when it is scheduled, and the next
+// one 100 ms after a task ends).
 func (s *Store) NewTasks() <-chan struct{} { return s.newTasks }
 
 // Open opens or creates the projection file at path.
