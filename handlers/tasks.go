@@ -30,7 +30,8 @@ type TaskRunner struct {
 	Subjects bus.Subjects
 	Now      func() time.Time
 	Logger   *slog.Logger
-	// MaxConcurrent bounds the tasks running at once across rooms.
+	// MaxConcurrent bounds the tasks running at once across rooms
+	// (default DefaultMaxConcurrent).
 	MaxConcurrent int
 	// PollInterval is how often open tasks are looked for (default 1 s).
 	PollInterval time.Duration
@@ -69,13 +70,22 @@ func (r *TaskRunner) CanStart(roomID string) bool {
 	if !r.owns(roomID) {
 		return true
 	}
-	limit := r.MaxConcurrent
-	if limit <= 0 {
-		limit = 5
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.running) < limit
+	return len(r.running) < r.maxConcurrent()
+}
+
+// DefaultMaxConcurrent is MaxConcurrent when unset: Synapse's
+// MAX_CONCURRENT_RUNNING_TASKS.
+const DefaultMaxConcurrent = 5
+
+// maxConcurrent is MaxConcurrent, or its default. The field is never
+// written, since CanStart reads it from the API's goroutines.
+func (r *TaskRunner) maxConcurrent() int {
+	if r.MaxConcurrent <= 0 {
+		return DefaultMaxConcurrent
+	}
+	return r.MaxConcurrent
 }
 
 // handles reports whether the runner runs tasks of this action.
@@ -93,9 +103,6 @@ func (r *TaskRunner) handles(action string) bool {
 func (r *TaskRunner) Run(ctx context.Context) {
 	if r.PollInterval <= 0 {
 		r.PollInterval = time.Second
-	}
-	if r.MaxConcurrent <= 0 {
-		r.MaxConcurrent = 5
 	}
 	if r.ExpireInterval <= 0 {
 		r.ExpireInterval = time.Minute
@@ -120,7 +127,7 @@ func (r *TaskRunner) Run(ctx context.Context) {
 			owned := r.owns(task.RoomID)
 			r.mu.Lock()
 			stop, running := r.running[task.ID]
-			start := owned && !running && len(r.running) < r.MaxConcurrent
+			start := owned && !running && len(r.running) < r.maxConcurrent()
 			var tctx context.Context
 			if start {
 				tctx, stop = context.WithCancel(ctx)
