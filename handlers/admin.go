@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -453,65 +454,74 @@ const StartWait = time.Second
 func (a *Admin) waitStarted(ctx context.Context, id string) {
 	ctx, cancel := context.WithTimeout(ctx, StartWait)
 	defer cancel()
-	for {
+	_ = a.pollUntil(ctx, 5*time.Millisecond, func() (bool, error) {
 		t, err := a.Store.Task(id)
-		if err != nil || t == nil || t.Status != commands.TaskScheduled {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+		return err != nil || t == nil || t.Status != commands.TaskScheduled, nil
+	})
 }
 
 // waitNoDeletion waits until the room has no scheduled or active
 // deletion (shutdown_and_purge_room or purge_room), or ctx ends.
 func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
-	for {
+	open := ""
+	err := a.pollUntil(ctx, 20*time.Millisecond, func() (bool, error) {
 		tasks, err := a.Store.RoomTasks(roomID)
-		if err != nil {
-			return err
-		}
-		open := ""
+		open = ""
 		for _, t := range tasks {
 			if !t.Finished() && isDeleteAction(t.Action) {
 				open = t.ID
 				break
 			}
 		}
-		if open == "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return commands.Errorf(504, commands.CodeUnknown, "The room deletion %s is still running; follow it with the v2 delete_status API", open)
-		case <-a.Stopping:
-			return errStopping("")
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+		return open == "", err
+	})
+	return a.waitErr(err, open, "")
 }
 
 // waitTask waits until a task has finished, or ctx ends.
 func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error) {
+	var t *commands.Task
+	err := a.pollUntil(ctx, 20*time.Millisecond, func() (bool, error) {
+		var err error
+		t, err = a.Store.Task(id)
+		return t != nil && t.Finished(), err
+	})
+	return t, a.waitErr(err, id, id)
+}
+
+// errAdminStopping ends pollUntil when the service stops.
+var errAdminStopping = errors.New("stopping")
+
+// pollUntil calls done every interval until it reports true or an error,
+// ctx ends (ctx.Err()) or the service stops (errAdminStopping). The
+// deletions' waits poll the store: a task changes only when the projector
+// applies its updates, a few times a second at most.
+func (a *Admin) pollUntil(ctx context.Context, every time.Duration, done func() (bool, error)) error {
 	for {
-		t, err := a.Store.Task(id)
-		if err != nil {
-			return nil, err
-		}
-		if t != nil && t.Finished() {
-			return t, nil
+		if ok, err := done(); ok || err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, commands.Errorf(504, commands.CodeUnknown, "The room deletion %s is still running; follow it with the v2 delete_status API", id)
+			return ctx.Err()
 		case <-a.Stopping:
-			return nil, errStopping(id)
-		case <-time.After(20 * time.Millisecond):
+			return errAdminStopping
+		case <-time.After(every):
 		}
 	}
+}
+
+// waitErr is a v1 deletion's answer to a wait that pollUntil ended:
+// waiting names the deletion still running, started the one this request
+// started ("" if none).
+func (a *Admin) waitErr(err error, waiting, started string) error {
+	switch {
+	case errors.Is(err, errAdminStopping):
+		return errStopping(started)
+	case err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+		return commands.Errorf(504, commands.CodeUnknown, "The room deletion %s is still running; follow it with the v2 delete_status API", waiting)
+	}
+	return err
 }
 
 // deleteTask is Synapse's delete status record, plus the failure reason.
