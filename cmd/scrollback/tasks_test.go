@@ -94,14 +94,9 @@ func TestTasks_ActiveTaskResumesFirstAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m2.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for leavesIn(hs, first.ID) == before {
-		if time.Now().After(deadline) {
-			t.Fatalf("the active task did not resume within 10 s of the restart; the scheduled one is %q",
-				taskStatusOf(m2, "aaaaaaaaaaaaaaaa"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the active task to resume after the restart (CONTRACT.md section 4: within 10 s)", func() bool {
+		return leavesIn(hs, first.ID) > before
+	})
 	if st := taskStatusOf(m2, "aaaaaaaaaaaaaaaa"); st != commands.TaskScheduled {
 		t.Fatalf("after the restart, the second task is %q while the first is %q; want it scheduled (max_concurrent 1)",
 			st, taskStatusOf(m2, "zzzzzzzzzzzzzzzz"))
