@@ -24,11 +24,15 @@ type RetentionJob struct {
 
 // inRange reports whether a room's max_lifetime is one the job handles.
 func (j RetentionJob) inRange(maxMS int64) bool {
-	if (j.Shortest != 0 || j.HasShortest) && maxMS <= j.Shortest {
+	if given(j.Shortest, j.HasShortest) && maxMS <= j.Shortest {
 		return false
 	}
-	return !(j.Longest != 0 || j.HasLongest) || maxMS <= j.Longest
+	return !given(j.Longest, j.HasLongest) || maxMS <= j.Longest
 }
+
+// given reports whether a duration of the config is set: a value of 0 is
+// unset unless has says it was given (Synapse tells 0 from none).
+func given(ms int64, has bool) bool { return ms != 0 || has }
 
 // Retention is the server's retention config (SYNAPSE.md 9). Reads use
 // Enabled and Default to hide expired events; the RetentionRunner purges
@@ -69,10 +73,10 @@ func (c *Retention) purgeLifetime(job RetentionJob, roomMax *int64) (maxMS int64
 	default:
 		return 0, false
 	}
-	if c.AllowedMin != 0 || c.HasAllowedMin {
+	if given(c.AllowedMin, c.HasAllowedMin) {
 		maxMS = max(maxMS, c.AllowedMin)
 	}
-	if c.AllowedMax != 0 || c.HasAllowedMax {
+	if given(c.AllowedMax, c.HasAllowedMax) {
 		maxMS = min(maxMS, c.AllowedMax)
 	}
 	return maxMS, true
