@@ -155,6 +155,8 @@
 // janitor deletes the entries of the next unindexWindow rows of a purge
 // ahead of the rows, in key order (unindex.go), so that a transaction
 // dirties a narrow slice of the room's entries rather than a leaf per row.
+// It fills that window in steps of unindexFill rows, each a sorted run,
+// and merges the runs as it deletes, so that no step holds a core for long.
 //
 // A purge_history is applied at once and physically later. Applying it
 // raises RoomMeta.Floor (and DeleteLocalBelow, the highest cut-off of a

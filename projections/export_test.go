@@ -20,6 +20,13 @@ func SetUnindexWindow(tb interface{ Cleanup(func()) }, n int) {
 	tb.Cleanup(func() { unindexWindow = was })
 }
 
+// SetUnindexFill sets unindexFill for a test, and back at its end.
+func SetUnindexFill(tb interface{ Cleanup(func()) }, n int) {
+	was := unindexFill
+	unindexFill = n
+	tb.Cleanup(func() { unindexFill = was })
+}
+
 // SetMigrateBatch sets migrateBatch for a test, and back at its end.
 func SetMigrateBatch(tb interface{ Cleanup(func()) }, n int) {
 	was := migrateBatch

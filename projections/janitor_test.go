@@ -147,14 +147,17 @@ func dumpBuckets(tb testing.TB, s *projections.Store) string {
 // applying the commands one after the other and draining the janitor in
 // batches of several sizes (1 exercises a resumption after every row),
 // first without deleting index entries ahead of the rows (unindex.go),
-// then with windows of several sizes: every bucket ends byte for byte
-// the same, and the file is consistent.
+// then with windows of several sizes, filled in one step or in steps of
+// a few rows: every bucket ends byte for byte the same, and the file is
+// consistent.
 func TestJanitor_BatchSizesAgree(t *testing.T) {
 	log := richPurgeLog(t)
 	var want string
-	windows := []int{0, 1 << 20, 1 << 20, 10, 100, 1}
-	for i, batch := range []int{projections.JanitorBatch, projections.JanitorBatch, 1, 7, 64, 64} {
+	windows := []int{0, 1 << 20, 1 << 20, 10, 100, 1, 1 << 20, 10}
+	fills := []int{1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 3, 4}
+	for i, batch := range []int{projections.JanitorBatch, projections.JanitorBatch, 1, 7, 64, 64, 64, 7} {
 		projections.SetUnindexWindow(t, windows[i])
+		projections.SetUnindexFill(t, fills[i])
 		s := openWithServer(t)
 		s.DB().NoSync = true // a test of contents, not of durability
 		for _, e := range log {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,10 +47,20 @@ import (
 // byte as without the window (TestJanitor_BatchSizesAgree).
 
 // unindexWindow is the number of rows whose index entries the janitor
-// deletes ahead at a time: about 90 bytes of memory each (the event ID
+// deletes ahead at a time: about 70 bytes of memory each (the event ID
 // and the row's position). The larger it is, the narrower the slice of
 // the index each transaction covers.
 var unindexWindow = 200_000 // a variable for the tests
+
+// unindexFill is the most rows one step of the janitor reads to fill its
+// window. Filling and sorting a window of 200,000 rows in one step took
+// 234 ms of one core, at the very moment a purge was applied: with reads
+// at 62% of the service's capacity, their queue overflowed, NATS dropped
+// requests and the reads did not recover until the purge ended
+// (BENCHMARKS.md, session 15). A step of 10,000 rows costs a few
+// milliseconds, like a row transaction, and the janitor rests after it as
+// after any step.
+var unindexFill = 10_000 // a variable for the tests
 
 // unindexBatch is how many index entries a transaction of the window
 // deletes, in rows of the janitor's batch (at most JanitorSlice): entries
@@ -65,27 +74,101 @@ var unindexWindow = 200_000 // a variable for the tests
 const unindexBatch = 4
 
 // unindexAhead is the janitor's window: the job it belongs to, the
-// entries still to delete in key order, and how many rows of the job the
-// window covers that the row transactions have not removed yet.
+// entries still to delete, and how many rows of the job the window covers
+// that the row transactions have not removed yet.
+//
+// It is filled in steps of unindexFill rows (from, while filling), each
+// adding a run of entries sorted by ID; the transactions that delete them
+// take them from all runs at once in key order (runHeap), so that they
+// go as one sorted window would, without a sort of the whole window in
+// one step. The IDs are kept end to end in ids, so that the collector
+// has no pointers to follow.
 type unindexAhead struct {
 	room    uint64
-	entries []unindexEntry
+	filling bool
+	from    []byte // the timeline key the next fill step starts at
 	rows    int
+	ids     []byte
+	runs    [][]unindexEntry
+	heads   runHeap
+	batch   []unindexEntry // the entries of the transaction under way
 }
 
+// unindexEntry is an entry of the window: its ID (ids[off:off+n]) and its
+// row's position.
 type unindexEntry struct {
-	id            string
+	off, n        uint32
 	depth, stream int64
 }
 
+func (w *unindexAhead) id(e unindexEntry) []byte { return w.ids[e.off : e.off+e.n] }
+
+// empty reports whether the window has no entry left to delete.
+func (w *unindexAhead) empty() bool { return len(w.heads) == 0 }
+
+// runHeap orders the window's non-empty runs by their first entry's ID.
+type runHeap []int
+
+// startMerge sets heads up once the window is filled.
+func (w *unindexAhead) startMerge() {
+	w.heads = w.heads[:0]
+	for i, r := range w.runs {
+		if len(r) > 0 {
+			w.heads = append(w.heads, i)
+		}
+	}
+	for i := len(w.heads)/2 - 1; i >= 0; i-- {
+		w.down(i)
+	}
+}
+
+// less compares the heads of the runs at positions i and j of the heap.
+func (w *unindexAhead) less(i, j int) bool {
+	return bytes.Compare(w.id(w.runs[w.heads[i]][0]), w.id(w.runs[w.heads[j]][0])) < 0
+}
+
+func (w *unindexAhead) down(i int) {
+	h := w.heads
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		if r := l + 1; r < len(h) && w.less(r, l) {
+			l = r
+		}
+		if !w.less(l, i) {
+			return
+		}
+		h[i], h[l] = h[l], h[i]
+		i = l
+	}
+}
+
+// next takes up to n entries, the lowest IDs of the window, into w.batch.
+func (w *unindexAhead) next(n int) []unindexEntry {
+	w.batch = w.batch[:0]
+	for len(w.batch) < n && len(w.heads) > 0 {
+		run := &w.runs[w.heads[0]]
+		w.batch = append(w.batch, (*run)[0])
+		if *run = (*run)[1:]; len(*run) == 0 {
+			last := len(w.heads) - 1
+			w.heads[0] = w.heads[last]
+			w.heads = w.heads[:last]
+		}
+		w.down(0)
+	}
+	return w.batch
+}
+
 // unindexStep deletes up to batch index entries of the window of the
-// janitor's first job, filling the window first when the row
-// transactions have gone through the previous one. It reports whether it
-// did anything; when it did not, the job's row transactions come next.
+// janitor's first job, or takes a step of filling it: a new job's, or
+// the next once the row transactions have gone through the previous
+// one. It reports whether it did anything; when it did not, the job's row
+// transactions come next.
 func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error) {
 	w := &s.ahead
-	var job unindexAhead
-	var found, fill bool
+	var found bool
 	err = s.db.View(func(tx *bolt.Tx) error {
 		k, v := tx.Bucket(bJanitor).Cursor().First()
 		if k == nil {
@@ -95,10 +178,14 @@ func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error)
 			return nil // no window: dropRoomBatch deletes the entries by prefix
 		}
 		found = true
-		job.room = binary.BigEndian.Uint64(k)
+		room := binary.BigEndian.Uint64(k)
 		// A new job, or the row transactions are through the window.
-		if fill = job.room != w.room || (len(w.entries) == 0 && w.rows <= 0); fill {
-			return fillUnindex(tx, &job, &yielder{start: time.Now()})
+		if room != w.room || (!w.filling && w.empty() && w.rows <= 0) {
+			w.reset(room)
+		}
+		if w.filling {
+			did, err = fillUnindex(tx, w, &yielder{start: time.Now()})
+			return err
 		}
 		return nil
 	})
@@ -106,23 +193,19 @@ func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error)
 		*w = unindexAhead{}
 		return false, janitorTimes{}, err
 	}
-	if fill {
-		slices.SortFunc(job.entries, func(a, b unindexEntry) int { return strings.Compare(a.id, b.id) })
-		*w = job
+	if did || w.empty() {
+		return did, janitorTimes{}, nil
 	}
-	if len(w.entries) == 0 {
-		return false, janitorTimes{}, nil
-	}
-	n := min(batch, len(w.entries))
+	batchOf := w.next(batch)
 	_, times, err = s.janitorUpdate(func(tx *bolt.Tx, y *yielder) error {
 		c := tx.Bucket(bEvents).Cursor()
 		relAt := tx.Bucket(bRelAt)
 		var key []byte
-		for _, e := range w.entries[:n] {
+		for _, e := range batchOf {
 			if relAt.Get(tlKey(w.room, e.depth, e.stream)) != nil {
 				continue // a target of relations since the window was filled
 			}
-			key = append(binary.BigEndian.AppendUint64(key[:0], w.room), e.id...)
+			key = append(binary.BigEndian.AppendUint64(key[:0], w.room), w.id(e)...)
 			k, v := c.Seek(key)
 			if k == nil || !bytes.Equal(k, key) {
 				continue
@@ -138,32 +221,45 @@ func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error)
 		return nil
 	})
 	if err != nil {
+		*w = unindexAhead{} // walked again: the rows delete what is left
 		return false, janitorTimes{}, err
 	}
-	w.entries = w.entries[n:]
 	return true, times, nil
 }
 
-// fillUnindex walks the lowest unindexWindow rows of the job's room below
-// its floor and collects the index entries of those the row transactions
-// will delete. It yields to other goroutines as a janitor transaction
-// does.
-func fillUnindex(tx *bolt.Tx, job *unindexAhead, y *yielder) error {
-	prefix := u64(job.room)
-	meta, err := getRoomMeta(tx, job.room)
+// reset starts a new window for room, keeping the buffers.
+func (w *unindexAhead) reset(room uint64) {
+	*w = unindexAhead{room: room, filling: true, from: u64(room),
+		ids: w.ids[:0], runs: w.runs[:0], heads: w.heads[:0], batch: w.batch[:0]}
+}
+
+// fillUnindex takes a step of filling the window: it walks up to
+// unindexFill rows of the job's room below its floor, from where the last
+// step stopped, and adds a run of the index entries of those the row
+// transactions will delete, sorted by ID. The window is full when it
+// covers unindexWindow rows or reaches the floor. It yields to other
+// goroutines as a janitor transaction does, and reports whether it read
+// any row.
+func fillUnindex(tx *bolt.Tx, w *unindexAhead, y *yielder) (bool, error) {
+	prefix := u64(w.room)
+	meta, err := getRoomMeta(tx, w.room)
 	if err != nil {
-		return err
+		return false, err
 	}
 	floor := meta.Floor
 	server := serverName(tx)
 	relAt := tx.Bucket(bRelAt)
 	c := tx.Bucket(bTimeline).Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && job.rows < unindexWindow; k, v = c.Next() {
+	run := make([]unindexEntry, 0, min(unindexFill, unindexWindow-w.rows))
+	read := 0
+	k, v := c.Seek(w.from)
+	for ; k != nil && bytes.HasPrefix(k, prefix) && w.rows < unindexWindow && read < unindexFill; k, v = c.Next() {
 		_, depth, stream := parseTLKey(k)
 		if depth >= floor {
 			break
 		}
-		job.rows++
+		w.rows++
+		read++
 		y.step()
 		h, err := readPurgeHead(v)
 		if err != nil {
@@ -177,7 +273,21 @@ func fillUnindex(tx *bolt.Tx, job *unindexAhead, y *yielder) error {
 			// entry up (markAt), so it goes with its row.
 			continue
 		}
-		job.entries = append(job.entries, unindexEntry{id: string(h.eventID), depth: depth, stream: stream})
+		run = append(run, unindexEntry{off: uint32(len(w.ids)), n: uint32(len(h.eventID)), depth: depth, stream: stream})
+		w.ids = append(w.ids, h.eventID...)
 	}
-	return nil
+	slices.SortFunc(run, func(a, b unindexEntry) int { return bytes.Compare(w.id(a), w.id(b)) })
+	w.runs = append(w.runs, run)
+	full := k == nil || !bytes.HasPrefix(k, prefix) || w.rows >= unindexWindow
+	if !full {
+		_, depth, _ := parseTLKey(k)
+		full = depth >= floor
+	}
+	if full {
+		w.filling, w.from = false, nil
+		w.startMerge()
+	} else {
+		w.from = append(w.from[:0], k...)
+	}
+	return read > 0, nil
 }

@@ -47,6 +47,7 @@ func janitorStep(t *testing.T, s *projections.Store, batch int) {
 // leaves the outlier's entry alone, and nothing is left without one.
 func TestUnindex_EventSentAgainBetweenEntryAndRow(t *testing.T) {
 	withAndWithoutWindow(t, "again", func(t *testing.T, window int, s *projections.Store, r *testenv.Room, msgs []testenv.Event, seq uint64) {
+		janitorStep(t, s, 1000) // with a window: filled
 		janitorStep(t, s, 1000) // with a window: the entries only
 		again := testenv.Event{}
 		for k, v := range msgs[5] {
@@ -78,7 +79,8 @@ func TestUnindex_EventSentAgainBetweenEntryAndRow(t *testing.T) {
 // redaction). Every mark ends where a relation needs it.
 func TestUnindex_RelationToAPurgedEventAfterTheWindowFilled(t *testing.T) {
 	withAndWithoutWindow(t, "rel", func(t *testing.T, _ int, s *projections.Store, r *testenv.Room, msgs []testenv.Event, seq uint64) {
-		janitorStep(t, s, 1) // with a window: filled, one entry gone
+		janitorStep(t, s, 1) // with a window: filled
+		janitorStep(t, s, 1) // with a window: a few entries gone
 		rel := r.Next("m.room.message", "@remote:other.org", nil, map[string]any{"body": "t",
 			"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": msgs[9].ID()}})
 		seq = apply(t, s, seq, rel)
