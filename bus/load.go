@@ -14,8 +14,13 @@ import (
 //
 // Requests held is the rate times the time each takes (Little's law), so
 // it rises both when more reads come and when each waits longer for a
-// CPU: a few more than the CPUs means reads are queueing.
-type Load struct{ n atomic.Int64 }
+// CPU: a few more than the CPUs means reads are queueing. More than the
+// service's workers means they queue for a worker, in the endpoints'
+// subscriptions, where past a bound NATS drops them (Backoff).
+type Load struct {
+	n       atomic.Int64
+	workers atomic.Int64 // the service's, once it serves
+}
 
 // Requests is how many requests the service holds now (0 for a nil Load).
 func (l *Load) Requests() int {
@@ -23,6 +28,13 @@ func (l *Load) Requests() int {
 		return 0
 	}
 	return int(l.n.Load())
+}
+
+// serve records the number of workers of the service that counts.
+func (l *Load) serve(workers int) {
+	if l != nil {
+		l.workers.Store(int64(workers))
+	}
 }
 
 func (l *Load) add(d int64) {
@@ -54,4 +66,24 @@ func (l *Load) MakeWay(ctx context.Context, limit int, longest time.Duration) {
 		case <-tick.C:
 		}
 	}
+}
+
+// Backoff is the wait of background work (the purges' janitor, the log
+// eraser) before each of its steps. While every request the service holds
+// has a worker it returns at once; once requests wait for a worker, reads
+// are queueing in the endpoints' subscriptions, and work that takes CPU
+// from them makes the queue grow until NATS drops requests (a purge at
+// 65% of the service's read capacity: thousands of reads timed out, and
+// the queue stayed full until the purge ended; BENCHMARKS.md, session
+// 15). It then waits until the requests held are down to half the
+// workers, for at most longest, or until ctx ends.
+func (l *Load) Backoff(ctx context.Context, longest time.Duration) {
+	if l == nil {
+		return
+	}
+	workers := int(l.workers.Load())
+	if workers == 0 || l.Requests() <= workers {
+		return
+	}
+	l.MakeWay(ctx, workers/2, longest)
 }

@@ -13,11 +13,16 @@ import (
 // holdRequests serves an endpoint whose handler waits until release is
 // closed, sends n requests to it, and waits until the service holds them.
 func holdRequests(t *testing.T, n int) (load *bus.Load, release func()) {
+	return holdRequestsWith(t, n, 0)
+}
+
+// holdRequestsWith is holdRequests with workers workers (0: the default).
+func holdRequestsWith(t *testing.T, n, workers int) (load *bus.Load, release func()) {
 	t.Helper()
 	env := testenv.NewNATS(t)
 	load = &bus.Load{}
 	gate := make(chan struct{})
-	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load}, []bus.Endpoint{{
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load, Workers: workers}, []bus.Endpoint{{
 		Name: "hold", Subject: "held.hold",
 		Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
 			<-gate
@@ -84,6 +89,51 @@ func TestLoad_MakeWayWaitsForTheRequests(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	busy.MakeWay(ctx, 1, time.Minute) // returns: the context has ended
+}
+
+// TestLoad_BackoffWhileRequestsWaitForWorkers: Backoff returns at once
+// while every request has a worker; once one waits for a worker, it
+// waits until the requests are down to half the workers, or for its
+// longest wait, or until its context ends.
+func TestLoad_BackoffWhileRequestsWaitForWorkers(t *testing.T) {
+	enough, _ := holdRequestsWith(t, 2, 2)
+	start := time.Now()
+	if enough.Backoff(context.Background(), time.Minute); time.Since(start) > 10*time.Second {
+		t.Fatal("Backoff waited while every request had a worker")
+	}
+
+	load, release := holdRequestsWith(t, 3, 2) // the third waits for a worker
+	done := make(chan struct{})
+	go func() {
+		load.Backoff(context.Background(), time.Minute)
+		close(done)
+	}()
+	select {
+	case <-done:
+		t.Fatal("Backoff returned while a request waited for a worker")
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	testenv.WaitFor(t, 5*time.Second, "Backoff to return once the requests are answered", func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+
+	busy, _ := holdRequestsWith(t, 3, 2)
+	start = time.Now()
+	busy.Backoff(context.Background(), 20*time.Millisecond)
+	if time.Since(start) < 20*time.Millisecond {
+		t.Fatalf("Backoff returned after %v with a request waiting: want its whole wait", time.Since(start))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	busy.Backoff(ctx, time.Minute) // returns: the context has ended
+	var none *bus.Load
+	none.Backoff(context.Background(), time.Minute) // returns: no service
 }
 
 // TestDeleteMsgs_WaitsBeforeEachDelete: DeleteMsgs asks BeforeDelete

@@ -81,6 +81,7 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 		opts.Version = "0.1.0"
 	}
 	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), opts: opts}
+	opts.Load.serve(opts.Workers)
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	svc, err := micro.AddService(nc, micro.Config{Name: opts.Name, Version: opts.Version, Description: "Matrix room history"})
 	if err != nil {

@@ -290,12 +290,30 @@ type TaskLog interface {
 // an fsync, and the kernel about as much CPU again: erasing 2.6k
 // messages a second took half of a 2-core machine, which overloaded
 // reads that used 62% of it alone (scrollback bench --scenario purge;
-// docs/BENCHMARKS.md).
+// docs/BENCHMARKS.md). While reads queue for the API's workers, it first
+// backs off as the janitor does (BackoffForReads).
 func MakeWayForReads(load *bus.Load) func(context.Context) {
 	limit := 2 * runtime.GOMAXPROCS(0)
-	return func(ctx context.Context) { load.MakeWay(ctx, limit, LongestWaitForReads) }
+	return func(ctx context.Context) {
+		load.Backoff(ctx, LongestBackoff)
+		load.MakeWay(ctx, limit, LongestWaitForReads)
+	}
 }
 
 // LongestWaitForReads bounds one wait of MakeWayForReads: under a read
 // load that never lets up the eraser still erases 50 messages a second.
 const LongestWaitForReads = 20 * time.Millisecond
+
+// BackoffForReads is the janitor's wait before each of its steps
+// (projections.Store.BeforeJanitor): while reads queue for the API's
+// workers it waits until they have drained, for at most LongestBackoff
+// (bus.Load.Backoff).
+func BackoffForReads(load *bus.Load) func(context.Context) {
+	return func(ctx context.Context) { load.Backoff(ctx, LongestBackoff) }
+}
+
+// LongestBackoff bounds one wait of the purges' background work while
+// reads queue for the API's workers: reads that keep the workers busy
+// for good slow a purge's janitor to a transaction a second (1,000-2,000
+// rows), and do not stop it.
+const LongestBackoff = time.Second

@@ -59,13 +59,17 @@ func (s *Store) WakeJanitor() {
 // less the time it waited for bbolt's writer, the time it yielded, and
 // its commit's writes and fsyncs), so that it takes at most half of a
 // core; the waits and the commit's disk time are not rested for, since
-// reads do not wait for them.
+// reads do not wait for them. Before each transaction it asks
+// BeforeJanitor, which holds it back while reads queue.
 func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	slice := JanitorSlice
 	for {
 		for {
+			if s.BeforeJanitor != nil {
+				s.BeforeJanitor(ctx)
+			}
 			start := time.Now()
 			did, times, err := s.janitorStep(slice)
 			if err != nil {

@@ -2,11 +2,14 @@ package projections_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -209,4 +212,59 @@ func TestJanitor_BatchSizesAgree(t *testing.T) {
 	if !bytes.Contains([]byte(want), []byte("backext ")) {
 		t.Log("no backward extremity left (the cut-offs' parents are purged)")
 	}
+}
+
+// TestRunJanitor_WaitsInBeforeJanitor: RunJanitor asks BeforeJanitor
+// before each step and takes none while it waits there (the service
+// holds it back while reads queue), then goes on.
+func TestRunJanitor_WaitsInBeforeJanitor(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("held", "test")
+	evs := r.Setup("@alice:test")
+	var cut testenv.Event
+	for i := range 50 {
+		m := r.Msg("@remote:other.org", fmt.Sprint(i))
+		evs = append(evs, m)
+		if i == 40 {
+			cut = m
+		}
+	}
+	seq := apply(t, s, 1, evs...)
+	asked := make(chan struct{}, 1)
+	gate := make(chan struct{})
+	s.BeforeJanitor = func(ctx context.Context) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		s.RunJanitor(ctx, time.Hour, slog.New(slog.DiscardHandler))
+	}()
+	t.Cleanup(func() { cancel(); <-stopped })
+	applyCmd(t, s, seq, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(cut))
+	s.WakeJanitor()
+	select {
+	case <-asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the janitor never asked BeforeJanitor")
+	}
+	// A janitor that did not wait there would be through the 40 rows
+	// well within this.
+	time.Sleep(50 * time.Millisecond)
+	if done, err := s.PurgeDone(r.ID); err != nil || done {
+		t.Fatalf("the janitor removed the rows while BeforeJanitor held it back (done %v, %v)", done, err)
+	}
+	close(gate)
+	testenv.WaitFor(t, 10*time.Second, "the janitor to remove the rows", func() bool {
+		done, err := s.PurgeDone(r.ID)
+		return err == nil && done
+	})
 }

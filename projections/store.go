@@ -2,6 +2,7 @@ package projections
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -56,6 +57,10 @@ type Store struct {
 	// ObserveJanitor, if set before RunJanitor starts, hears about every
 	// transaction of RunJanitor that did something.
 	ObserveJanitor func(JanitorStats)
+	// BeforeJanitor, if set before RunJanitor starts, is called before
+	// each of its steps, holding nothing: the service waits there while
+	// reads queue for the API's workers (bus.Load.Backoff).
+	BeforeJanitor func(context.Context)
 }
 
 // NewTasks is signalled after a commit that scheduled a task or finished

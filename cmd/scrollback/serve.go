@@ -134,12 +134,14 @@ func (m *Main) Open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The janitor and the eraser make way for the API's requests
+	// (handlers.BackoffForReads, handlers.MakeWayForReads).
+	apiLoad := &bus.Load{}
 	m.Store.ObserveJanitor = m.Metrics.ObserveJanitor
+	m.Store.BeforeJanitor = handlers.BackoffForReads(apiLoad)
 	m.background(runCtx, "janitor", func(ctx context.Context) {
 		m.Store.RunJanitor(ctx, 10*time.Second, m.Logger.With("component", "janitor"))
 	})
-	// The eraser makes way for the API's requests (handlers.MakeWayForReads).
-	apiLoad := &bus.Load{}
 	eraseLog := *logLog
 	eraseLog.BeforeDelete = handlers.MakeWayForReads(apiLoad)
 	// With the embedded server this instance is the log's only reader,
