@@ -80,9 +80,14 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 				break
 			}
 			took := time.Since(start)
-			slice = nextSlice(slice, times.waited, took-times.waited)
-			if s.ObserveJanitor != nil {
-				s.ObserveJanitor(JanitorStats{Rows: times.rows, Waited: times.waited, Held: took - times.waited})
+			// A step of filling the unindex window (times.read) holds
+			// no writer: it says nothing of the writer's contention,
+			// and is no transaction of the metrics.
+			if !times.read {
+				slice = nextSlice(slice, times.waited, took-times.waited)
+				if s.ObserveJanitor != nil {
+					s.ObserveJanitor(JanitorStats{Rows: times.rows, Waited: times.waited, Held: took - times.waited})
+				}
 			}
 			// Rest as long as the transaction used the CPU.
 			select {
@@ -166,7 +171,8 @@ func (s *Store) janitorStep(batch int) (did bool, times janitorTimes, err error)
 // rest.
 type janitorTimes struct {
 	waited, offCPU time.Duration
-	rows           int // timeline rows removed (deleted, or kept as outliers)
+	rows           int  // timeline rows removed (deleted, or kept as outliers)
+	read           bool // a step of filling the unindex window: a read-only transaction
 }
 
 // JanitorStats describes one transaction of RunJanitor, for metrics:

@@ -268,3 +268,56 @@ func TestRunJanitor_WaitsInBeforeJanitor(t *testing.T) {
 		return err == nil && done
 	})
 }
+
+// TestRunJanitor_FillStepsAreNoTransactions: the steps that fill the
+// unindex window read the room in a read-only transaction; RunJanitor
+// reports no transaction of bbolt's writer for them (ObserveJanitor: the
+// janitor_transactions_total and janitor_held_seconds_total metrics), as
+// it holds none. Only the window's deletions, the outlier sweep and the
+// row transactions are the writer's.
+func TestRunJanitor_FillStepsAreNoTransactions(t *testing.T) {
+	projections.SetUnindexWindow(t, 1<<20)
+	projections.SetUnindexFill(t, 1) // a fill step per row
+	s := openWithServer(t)
+	r := testenv.NewRoom("filled", "test")
+	evs := r.Setup("@alice:test")
+	var cut testenv.Event
+	for i := range 60 {
+		m := r.Msg("@remote:other.org", fmt.Sprint(i))
+		evs = append(evs, m)
+		if i == 50 {
+			cut = m
+		}
+	}
+	seq := apply(t, s, 1, evs...)
+	stats := make(chan projections.JanitorStats, 1000)
+	s.ObserveJanitor = func(j projections.JanitorStats) { stats <- j }
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		s.RunJanitor(ctx, time.Hour, slog.New(slog.DiscardHandler))
+	}()
+	t.Cleanup(func() { cancel(); <-stopped })
+	applyCmd(t, s, seq, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(cut))
+	s.WakeJanitor()
+	testenv.WaitFor(t, 10*time.Second, "the janitor to remove the rows", func() bool {
+		done, err := s.PurgeDone(r.ID)
+		return err == nil && done
+	})
+	cancel()
+	<-stopped
+	close(stats)
+	other, rows := 0, 0
+	for j := range stats {
+		if j.Rows == 0 {
+			other++
+		}
+		rows += j.Rows
+	}
+	// About 50 rows below the cut-off: one transaction of their entries,
+	// the outlier sweep's, the rows'; not one per fill step.
+	if rows < 50 || other > 10 {
+		t.Fatalf("RunJanitor reported %d transactions without rows (%d rows): the window's fill steps count as the writer's", other, rows)
+	}
+}

@@ -169,6 +169,7 @@ func (w *unindexAhead) next(n int) []unindexEntry {
 func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error) {
 	w := &s.ahead
 	var found bool
+	y := &yielder{}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		k, v := tx.Bucket(bJanitor).Cursor().First()
 		if k == nil {
@@ -184,7 +185,8 @@ func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error)
 			w.reset(room)
 		}
 		if w.filling {
-			did, err = fillUnindex(tx, w, &yielder{start: time.Now()})
+			y.start = time.Now()
+			did, err = fillUnindex(tx, w, y)
 			return err
 		}
 		return nil
@@ -194,7 +196,9 @@ func (s *Store) unindexStep(batch int) (did bool, times janitorTimes, err error)
 		return false, janitorTimes{}, err
 	}
 	if did || w.empty() {
-		return did, janitorTimes{}, nil
+		// A fill step: RunJanitor rests for its work, not for the time
+		// it yielded, and reports it as no transaction of the writer.
+		return did, janitorTimes{offCPU: y.yielded, read: did}, nil
 	}
 	batchOf := w.next(batch)
 	_, times, err = s.janitorUpdate(func(tx *bolt.Tx, y *yielder) error {
