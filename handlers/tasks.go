@@ -301,7 +301,9 @@ func MakeWayForReads(load *bus.Load) func(context.Context) {
 }
 
 // LongestWaitForReads bounds one wait of MakeWayForReads: under a read
-// load that never lets up the eraser still erases 50 messages a second.
+// load that never lets up the eraser still erases 50 messages a second,
+// as long as no request waits for a worker; while one does, Backoff
+// waits up to LongestBackoff more before each message.
 const LongestWaitForReads = 20 * time.Millisecond
 
 // BackoffForReads is the janitor's wait before each of its steps
@@ -314,6 +316,8 @@ func BackoffForReads(load *bus.Load) func(context.Context) {
 
 // LongestBackoff bounds one wait of the purges' background work while
 // reads queue for the API's workers: reads that keep the workers busy
-// for good slow a purge's janitor to a transaction a second (1,000-2,000
-// rows), and do not stop it.
+// for good slow a purge's janitor to a step a second (a row transaction
+// of 1,000-2,000 rows, or a step of its unindex window: 170-270 steps
+// per 200,000 rows, so at most 740-1,180 rows a second) and the eraser's
+// DeleteMsgs to one message a second, and do not stop them.
 const LongestBackoff = time.Second
