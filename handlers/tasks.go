@@ -283,27 +283,29 @@ type TaskLog interface {
 }
 
 // MakeWayForReads is the log eraser's wait before each DeleteMsg
-// (bus.Log.BeforeDelete): while the API holds more requests than twice
-// the CPUs, that is while reads queue for a CPU, it waits, at most
-// LongestWaitForReads a message, so that a read load slows the erasure
-// down but never stops it. Each DeleteMsg costs the server a write and
-// an fsync, and the kernel about as much CPU again: erasing 2.6k
-// messages a second took half of a 2-core machine, which overloaded
-// reads that used 62% of it alone (scrollback bench --scenario purge;
-// docs/BENCHMARKS.md). While reads queue for the API's workers, it first
-// backs off as the janitor does (BackoffForReads).
+// (bus.Log.BeforeDelete) and before each step of a compaction: while the
+// API holds more requests than twice the CPUs, that is while reads queue
+// for a CPU, it waits, at most LongestWaitForReads, so that a read load
+// slows the erasure down but never stops it. Each DeleteMsg costs the
+// server a write and an fsync, and the kernel about as much CPU again:
+// erasing 2.6k messages a second took half of a 2-core machine, which
+// overloaded reads that used 62% of it alone (scrollback bench --scenario
+// purge; docs/BENCHMARKS.md). While requests wait for one of the API's
+// workers it first backs off as the janitor does (bus.Load.Backoff), but
+// for at most LongestWaitForReads too: the hook runs before every single
+// DeleteMsg, and a second there would slow an erasure message by message
+// (an external NATS) to a message a second.
 func MakeWayForReads(load *bus.Load) func(context.Context) {
 	limit := 2 * runtime.GOMAXPROCS(0)
 	return func(ctx context.Context) {
-		load.Backoff(ctx, LongestBackoff)
+		load.Backoff(ctx, LongestWaitForReads)
 		load.MakeWay(ctx, limit, LongestWaitForReads)
 	}
 }
 
-// LongestWaitForReads bounds one wait of MakeWayForReads: under a read
-// load that never lets up the eraser still erases 50 messages a second,
-// as long as no request waits for a worker; while one does, Backoff
-// waits up to LongestBackoff more before each message.
+// LongestWaitForReads bounds each of MakeWayForReads's two waits: under a
+// read load that never lets up the eraser still erases 25 messages a
+// second.
 const LongestWaitForReads = 20 * time.Millisecond
 
 // BackoffForReads is the janitor's wait before each of its steps
@@ -318,6 +320,6 @@ func BackoffForReads(load *bus.Load) func(context.Context) {
 // reads queue for the API's workers: reads that keep the workers busy
 // for good slow a purge's janitor to a step a second (a row transaction
 // of 1,000-2,000 rows, or a step of its unindex window: 170-270 steps
-// per 200,000 rows, so at most 740-1,180 rows a second) and the eraser's
-// DeleteMsgs to one message a second, and do not stop them.
+// per 200,000 rows, so at most 740-1,180 rows a second), and do not stop
+// it. The eraser backs off for less (MakeWayForReads).
 const LongestBackoff = time.Second

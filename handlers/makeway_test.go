@@ -1,0 +1,50 @@
+package handlers_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// TestMakeWayForReads_BoundedWhileRequestsWaitForWorkers: while a request
+// waits for a worker, the eraser's wait (run before every DeleteMsg)
+// still ends within its two short bounds, not the janitor's second: an
+// erasure message by message must not drop to a message a second. The
+// janitor's wait, meanwhile, holds on until the queue drains.
+func TestMakeWayForReads_BoundedWhileRequestsWaitForWorkers(t *testing.T) {
+	n := testenv.NewNATS(t)
+	load := &bus.Load{}
+	gate := make(chan struct{})
+	svc, err := bus.Serve(n.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load, Workers: 2}, []bus.Endpoint{{
+		Name: "hold", Subject: "held.hold",
+		Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
+			<-gate
+			return []byte{0x80}, nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(gate); wg.Wait(); _ = svc.Stop() })
+	for range 3 { // the third waits for a worker
+		wg.Go(func() { _, _ = n.NC.Request("held.hold", nil, 10*time.Second) })
+	}
+	testenv.WaitFor(t, 5*time.Second, "the service to hold 3 requests", func() bool { return load.Requests() == 3 })
+
+	start := time.Now()
+	handlers.MakeWayForReads(load)(context.Background())
+	if took := time.Since(start); took < handlers.LongestWaitForReads || took > handlers.LongestBackoff/2 {
+		t.Fatalf("the eraser's wait took %v with a request waiting for a worker: want its short bounds, %v each", took, handlers.LongestWaitForReads)
+	}
+	start = time.Now()
+	handlers.BackoffForReads(load)(context.Background())
+	if took := time.Since(start); took < handlers.LongestBackoff {
+		t.Fatalf("the janitor's wait took %v with a request waiting for a worker: want %v", took, handlers.LongestBackoff)
+	}
+}
