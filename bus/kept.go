@@ -77,7 +77,7 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 			return err
 		}
 	}
-	keep, err := keptSeqs(ctx, l.JS, st, eventSubj, seqs, copied, l.BeforeDelete)
+	keep, err := keptSeqs(ctx, l.JS, st, eventSubj, seqs, copied, l.beforeStep)
 	if err != nil {
 		return err
 	}
@@ -97,9 +97,7 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 	// crash starts again from the first step; the steps already done find
 	// nothing.
 	for i := compactStep; ; i += compactStep {
-		if l.BeforeDelete != nil {
-			l.BeforeDelete(ctx)
-		}
+		l.beforeStep(ctx)
 		if i >= len(seqs) {
 			return l.PurgeSubjectBelow(ctx, eventSubj, below)
 		}
@@ -254,8 +252,8 @@ func (l *Log) eraseCopies(ctx context.Context, keptSubj string, last uint64, seq
 	var erase []uint64
 	n := 0
 	err := readRange(ctx, l.JS, l.Stream, keptSubj, 1, last, true, func(m jetstream.Msg, at uint64) error {
-		if l.BeforeDelete != nil && n%scanBatch == 0 {
-			l.BeforeDelete(ctx)
+		if n%scanBatch == 0 {
+			l.beforeStep(ctx)
 		}
 		n++
 		if orig, ok := keptSeq(m.Headers()); ok {

@@ -176,23 +176,39 @@ func TestCompact_KeptMessagesAreReadInTheirPlaces(t *testing.T) {
 }
 
 // TestCompact_InSteps: with steps of two erased messages, the subject
-// purge goes in three steps, making way for reads before each, and the
-// log reads as after one purge.
+// purge goes in three steps, making way for reads before each (BeforeStep,
+// or BeforeDelete when it is unset; never BeforeDelete, which is for
+// single messages, when both are set), and the log reads as after one
+// purge.
 func TestCompact_InSteps(t *testing.T) {
 	defer bus.SetCompactStep(2)()
+	for _, withStep := range []bool{true, false} {
+		t.Run(fmt.Sprint("BeforeStep set ", withStep), func(t *testing.T) {
+			compactInSteps(t, withStep)
+		})
+	}
+}
+
+func compactInSteps(t *testing.T, withStep bool) {
 	k := newKeptLog(t, 8)
 	before := k.read(t, 1)
 	var erase []uint64
 	for _, i := range []int{1, 3, 4, 6, 7} {
 		erase = append(erase, k.seqs[fmt.Sprintf("a%d", i)])
 	}
-	ways := 0
-	k.log.BeforeDelete = func(context.Context) { ways++ }
+	steps, deletes := 0, 0
+	k.log.BeforeDelete = func(context.Context) { deletes++ }
+	if withStep {
+		k.log.BeforeStep = func(context.Context) { steps++ }
+	}
 	if err := k.log.Compact(context.Background(), "!a:x", erase); err != nil {
 		t.Fatal(err)
 	}
-	if ways < 3 {
-		t.Errorf("BeforeDelete called %d times, want one before each of 3 steps at least", ways)
+	if !withStep {
+		steps, deletes = deletes, 0
+	}
+	if steps < 3 || deletes != 0 {
+		t.Errorf("the wait before a step was asked %d times, want one before each of 3 steps at least; BeforeDelete %d times besides, want none", steps, deletes)
 	}
 	if n := k.count(t, k.log.Subjects.Room("!a:x", commands.KindEvent)); n != 1 { // a8
 		t.Errorf("room a's event subject holds %d messages, want 1", n)

@@ -84,10 +84,24 @@ type Log struct {
 	Stream   string
 	Subjects Subjects
 	// BeforeDelete, if set, is called before each DeleteMsg request that
-	// DeleteMsgs sends, and by Compact before each batch of its scan and
-	// before its purge: the eraser waits there while reads queue (see
+	// DeleteMsgs sends: the eraser waits there while reads queue (see
 	// Load.MakeWay).
 	BeforeDelete func(ctx context.Context)
+	// BeforeStep, if set, is called by Compact before each batch of its
+	// scans and before each of its subject purges, steps of thousands of
+	// messages each, where the eraser may wait longer than before a
+	// single message (Load.Backoff); unset, Compact calls BeforeDelete.
+	BeforeStep func(ctx context.Context)
+}
+
+// beforeStep is Compact's wait before each of its steps.
+func (l *Log) beforeStep(ctx context.Context) {
+	switch {
+	case l.BeforeStep != nil:
+		l.BeforeStep(ctx)
+	case l.BeforeDelete != nil:
+		l.BeforeDelete(ctx)
+	}
 }
 
 // Consume delivers every room log message from sequence from on, in order,

@@ -144,6 +144,7 @@ func (m *Main) Open(ctx context.Context) error {
 	})
 	eraseLog := *logLog
 	eraseLog.BeforeDelete = handlers.MakeWayForReads(apiLoad)
+	eraseLog.BeforeStep = handlers.MakeWayForCompaction(apiLoad)
 	// With the embedded server this instance is the log's only reader,
 	// so it may compact rooms' event subjects (bus.Log.Compact).
 	eraser := &handlers.Eraser{Store: m.Store, Log: &eraseLog, Subjects: subjects, Compact: m.Owners == nil,
