@@ -238,7 +238,15 @@ func (b *Bridge) purgeHistory(ctx context.Context, r *http.Request, id Identity)
 		}
 		req["purge_up_to_ts"] = ts
 	}
-	return b.call(ctx, b.Subjects.APIRoom(r.PathValue("roomId"), "purge_history"), req)
+	// A room ID longer than Matrix allows (and, past about 750 bytes, too
+	// long for a subject) never reaches the service, and no event can be
+	// in it: answer as the deletion and block routes do. Shorter ones, of
+	// any shape, go on to the event or time look-up, as in Synapse.
+	roomID := r.PathValue("roomId")
+	if len(roomID) > commands.MaxIDLength {
+		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+	}
+	return b.call(ctx, b.Subjects.APIRoom(roomID, "purge_history"), req)
 }
 
 func (b *Bridge) purgeStatus(ctx context.Context, r *http.Request, id Identity) (any, error) {
