@@ -214,22 +214,42 @@ func TestJanitor_BatchSizesAgree(t *testing.T) {
 	}
 }
 
+// remoteMessages applies a room's set-up and n messages of a remote user,
+// and returns the room, its cut-th message and the next sequence.
+func remoteMessages(t *testing.T, s *projections.Store, name string, n, cut int) (*testenv.Room, testenv.Event, uint64) {
+	t.Helper()
+	r := testenv.NewRoom(name, "test")
+	evs := r.Setup("@alice:test")
+	var at testenv.Event
+	for i := range n {
+		m := r.Msg("@remote:other.org", fmt.Sprint(i))
+		evs = append(evs, m)
+		if i == cut {
+			at = m
+		}
+	}
+	return r, at, apply(t, s, 1, evs...)
+}
+
+// runJanitor runs s.RunJanitor until the test ends or stop is called.
+func runJanitor(t *testing.T, s *projections.Store) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		s.RunJanitor(ctx, time.Hour, slog.New(slog.DiscardHandler))
+	}()
+	stop = func() { cancel(); <-stopped }
+	t.Cleanup(stop)
+	return stop
+}
+
 // TestRunJanitor_WaitsInBeforeJanitor: RunJanitor asks BeforeJanitor
 // before each step and takes none while it waits there (the service
 // holds it back while reads queue), then goes on.
 func TestRunJanitor_WaitsInBeforeJanitor(t *testing.T) {
 	s := openWithServer(t)
-	r := testenv.NewRoom("held", "test")
-	evs := r.Setup("@alice:test")
-	var cut testenv.Event
-	for i := range 50 {
-		m := r.Msg("@remote:other.org", fmt.Sprint(i))
-		evs = append(evs, m)
-		if i == 40 {
-			cut = m
-		}
-	}
-	seq := apply(t, s, 1, evs...)
+	r, cut, seq := remoteMessages(t, s, "held", 50, 40)
 	asked := make(chan struct{}, 1)
 	gate := make(chan struct{})
 	s.BeforeJanitor = func(ctx context.Context) {
@@ -242,13 +262,7 @@ func TestRunJanitor_WaitsInBeforeJanitor(t *testing.T) {
 		case <-ctx.Done():
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		s.RunJanitor(ctx, time.Hour, slog.New(slog.DiscardHandler))
-	}()
-	t.Cleanup(func() { cancel(); <-stopped })
+	runJanitor(t, s)
 	applyCmd(t, s, seq, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(cut))
 	s.WakeJanitor()
 	select {
@@ -279,34 +293,17 @@ func TestRunJanitor_FillStepsAreNoTransactions(t *testing.T) {
 	projections.SetUnindexWindow(t, 1<<20)
 	projections.SetUnindexFill(t, 1) // a fill step per row
 	s := openWithServer(t)
-	r := testenv.NewRoom("filled", "test")
-	evs := r.Setup("@alice:test")
-	var cut testenv.Event
-	for i := range 60 {
-		m := r.Msg("@remote:other.org", fmt.Sprint(i))
-		evs = append(evs, m)
-		if i == 50 {
-			cut = m
-		}
-	}
-	seq := apply(t, s, 1, evs...)
+	r, cut, seq := remoteMessages(t, s, "filled", 60, 50)
 	stats := make(chan projections.JanitorStats, 1000)
 	s.ObserveJanitor = func(j projections.JanitorStats) { stats <- j }
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		s.RunJanitor(ctx, time.Hour, slog.New(slog.DiscardHandler))
-	}()
-	t.Cleanup(func() { cancel(); <-stopped })
+	stop := runJanitor(t, s)
 	applyCmd(t, s, seq, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(cut))
 	s.WakeJanitor()
 	testenv.WaitFor(t, 10*time.Second, "the janitor to remove the rows", func() bool {
 		done, err := s.PurgeDone(r.ID)
 		return err == nil && done
 	})
-	cancel()
-	<-stopped
+	stop()
 	close(stats)
 	other, rows := 0, 0
 	for j := range stats {
