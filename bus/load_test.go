@@ -11,7 +11,7 @@ import (
 )
 
 // holdRequests serves an endpoint whose handler waits until release is
-// closed, sends n requests to it, and waits until the service holds them.
+// called, sends n requests to it, and waits until the service holds them.
 func holdRequests(t *testing.T, n int) (load *bus.Load, release func()) {
 	return holdRequestsWith(t, n, 0)
 }
@@ -19,29 +19,8 @@ func holdRequests(t *testing.T, n int) (load *bus.Load, release func()) {
 // holdRequestsWith is holdRequests with workers workers (0: the default).
 func holdRequestsWith(t *testing.T, n, workers int) (load *bus.Load, release func()) {
 	t.Helper()
-	env := testenv.NewNATS(t)
 	load = &bus.Load{}
-	gate := make(chan struct{})
-	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load, Workers: workers}, []bus.Endpoint{{
-		Name: "hold", Subject: "held.hold",
-		Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
-			<-gate
-			return []byte{0x80}, nil
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = svc.Stop() })
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() { _, _ = env.NC.Request("held.hold", nil, 10*time.Second) })
-	}
-	testenv.WaitFor(t, 5*time.Second, "the service to hold the requests", func() bool { return load.Requests() == n })
-	var once sync.Once
-	release = func() { once.Do(func() { close(gate); wg.Wait() }) }
-	t.Cleanup(release)
-	return load, release
+	return load, testenv.NewNATS(t).HoldRequests(t, load, n, workers)
 }
 
 // TestLoad_CountsHeldRequests: a service counts the requests it holds,

@@ -2,7 +2,6 @@ package handlers_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,25 +17,8 @@ import (
 // janitor's wait, and the eraser's before a step of a compaction (thousands
 // of messages), hold on until the queue drains, for up to a second.
 func TestMakeWayForReads_BoundedWhileRequestsWaitForWorkers(t *testing.T) {
-	n := testenv.NewNATS(t)
 	load := &bus.Load{}
-	gate := make(chan struct{})
-	svc, err := bus.Serve(n.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load, Workers: 2}, []bus.Endpoint{{
-		Name: "hold", Subject: "held.hold",
-		Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
-			<-gate
-			return []byte{0x80}, nil
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { close(gate); wg.Wait(); _ = svc.Stop() })
-	for range 3 { // the third waits for a worker
-		wg.Go(func() { _, _ = n.NC.Request("held.hold", nil, 10*time.Second) })
-	}
-	testenv.WaitFor(t, 5*time.Second, "the service to hold 3 requests", func() bool { return load.Requests() == 3 })
+	testenv.NewNATS(t).HoldRequests(t, load, 3, 2) // the third waits for a worker
 
 	start := time.Now()
 	handlers.MakeWayForReads(load)(context.Background())

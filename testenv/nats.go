@@ -2,6 +2,8 @@ package testenv
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,4 +70,33 @@ func (n *NATS) Stream(tb testing.TB, subjects bus.Subjects, name string) *bus.Lo
 		tb.Fatal(err)
 	}
 	return &bus.Log{JS: n.JS, Stream: name, Subjects: subjects}
+}
+
+// HoldRequests serves an endpoint whose handler waits until release is
+// called (or the test ends), with workers workers (0: bus's default) and
+// load counting its requests, sends it n requests, and waits until the
+// service holds them all: past workers, the rest wait for a worker.
+func (n *NATS) HoldRequests(t testing.TB, load *bus.Load, requests, workers int) (release func()) {
+	t.Helper()
+	gate := make(chan struct{})
+	subject := "held." + fmt.Sprint(time.Now().UnixNano())
+	svc, err := bus.Serve(n.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load, Workers: workers}, []bus.Endpoint{{
+		Name: "hold", Subject: subject,
+		Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
+			<-gate
+			return []byte{0x80}, nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range requests {
+		wg.Go(func() { _, _ = n.NC.Request(subject, nil, 10*time.Second) })
+	}
+	WaitFor(t, 5*time.Second, "the service to hold the requests", func() bool { return load.Requests() == requests })
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate); wg.Wait(); _ = svc.Stop() }) }
+	t.Cleanup(release)
+	return release
 }
