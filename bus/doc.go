@@ -51,6 +51,14 @@
 // {errcode, error} body); errors that are not *commands.Error are logged
 // and answered as a generic 500.
 //
+// A Load counts the requests a service holds, so that background work can
+// make way for reads: MakeWay while the requests outnumber the CPUs (reads
+// queue for a CPU; the eraser's pacing), Backoff while they outnumber the
+// workers (reads queue in the subscriptions, where NATS drops them past
+// EndpointPendingMsgs; the purges' janitor and the eraser's compaction
+// steps wait until half the workers are free). Log.BeforeDelete and
+// Log.BeforeStep are where the eraser waits.
+//
 // # Partition owners
 //
 // With several instances on one log, Owners elects an owner per partition
