@@ -233,15 +233,23 @@ func (b *Bridge) purgeHistory(ctx context.Context, r *http.Request, id Identity)
 	} else if ev, ok := body["purge_up_to_event_id"]; ok && ev != nil {
 		req["event_id"] = ev
 	} else if ts, ok := body["purge_up_to_ts"]; ok {
-		if _, isBool := ts.(bool); isBool {
+		// Exactly an int (a bool, a float, a string, null are not), as
+		// the service checks (Admin.PurgeHistory): here too, so that a
+		// room ID the service never sees gets the same answer.
+		_, isInt := commands.AsInt(ts)
+		if _, big := ts.(uint64); !isInt && !big {
 			return nil, commands.Errorf(400, commands.CodeBadJSON, "purge_up_to_ts must be an int")
 		}
 		req["purge_up_to_ts"] = ts
+	} else {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "must specify purge_up_to_event_id or purge_up_to_ts")
 	}
 	// A room ID longer than Matrix allows (and, past about 750 bytes, too
 	// long for a subject) never reaches the service, and no event can be
-	// in it: answer as the deletion and block routes do. Shorter ones, of
-	// any shape, go on to the event or time look-up, as in Synapse.
+	// in it: answer as the deletion and block routes do, once the body has
+	// passed every check Synapse makes before its look-ups (SYNAPSE.md
+	// 6.1). Shorter ones, of any shape, go on to the event or time
+	// look-up, as in Synapse.
 	roomID := r.PathValue("roomId")
 	if len(roomID) > commands.MaxIDLength {
 		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)

@@ -327,20 +327,29 @@ func (m *Main) remoteRoom(t *testing.T, name string, n int) (*testenv.Room, []te
 
 // TestPurgeHistory_LongRoomID: a room ID too long for a NATS subject (no
 // event can be in it: Matrix room IDs are at most 255 bytes) is "not a
-// legal room ID" once the body is read, as the room deletion and block
-// routes answer, not a 500; and the bridge keeps answering.
+// legal room ID" once the body has passed Synapse's checks (a cut-off, an
+// int purge_up_to_ts), as the room deletion and block routes answer, not
+// a 500; and the bridge keeps answering.
 func TestPurgeHistory_LongRoomID(t *testing.T) {
 	m := startMain(t)
 	long := "!" + strings.Repeat("a", 5000) + ":test"
 	base := "/_synapse/admin/v1/purge_history/" + url.PathEscape(long)
 	st, body := m.do(t, "POST", base, "tok-admin", `not json`)
 	wantErr(t, st, body, 400, "M_NOT_JSON", "Content not JSON.")
-	st, body = m.do(t, "POST", base, "tok-admin", `{"purge_up_to_ts": true}`)
-	wantErr(t, st, body, 400, "M_BAD_JSON", "purge_up_to_ts must be an int")
+	// The body's own checks come first (SYNAPSE.md 6.1): no cut-off, or
+	// a purge_up_to_ts that is not an int, whatever the room.
+	for _, ts := range []string{`true`, `1.5`, `"1"`, `null`} {
+		st, body = m.do(t, "POST", base, "tok-admin", `{"purge_up_to_ts": `+ts+`}`)
+		wantErr(t, st, body, 400, "M_BAD_JSON", "purge_up_to_ts must be an int")
+	}
+	for _, b := range []string{``, `{}`, `{"purge_up_to_event_id": null}`} {
+		st, body = m.do(t, "POST", base, "tok-admin", b)
+		wantErr(t, st, body, 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts")
+	}
 	for _, c := range []struct{ path, body string }{
 		{base + "/" + url.PathEscape("$ev:test"), ""},
 		{base, `{"purge_up_to_ts": 0}`},
-		{base, `{}`},
+		{base, `{"purge_up_to_event_id": "$ev:test"}`},
 	} {
 		st, body = m.do(t, "POST", c.path, "tok-admin", c.body)
 		wantErr(t, st, body, 400, "M_UNKNOWN", long+" is not a legal room ID")
