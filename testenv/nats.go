@@ -91,12 +91,14 @@ func (n *NATS) HoldRequests(t testing.TB, load *bus.Load, requests, workers int)
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate); wg.Wait(); _ = svc.Stop() }) }
+	// Before the wait, which may fail the test: the held requests must
+	// go at its end all the same.
+	t.Cleanup(release)
 	for range requests {
 		wg.Go(func() { _, _ = n.NC.Request(subject, nil, 10*time.Second) })
 	}
 	WaitFor(t, 5*time.Second, "the service to hold the requests", func() bool { return load.Requests() == requests })
-	var once sync.Once
-	release = func() { once.Do(func() { close(gate); wg.Wait(); _ = svc.Stop() }) }
-	t.Cleanup(release)
 	return release
 }
