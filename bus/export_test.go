@@ -7,3 +7,11 @@ func SetCompactStep(n int) (restore func()) {
 	compactStep = n
 	return func() { compactStep = old }
 }
+
+// SetKeptBatch sets how many kept copies Compact publishes in one atomic
+// batch, for a test, and returns the restore.
+func SetKeptBatch(n int) (restore func()) {
+	old := keptBatch
+	keptBatch = n
+	return func() { keptBatch = old }
+}

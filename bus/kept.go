@@ -81,7 +81,11 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 	if err != nil {
 		return err
 	}
+	// Each batch of copies is a step too: a purge that keeps most of a
+	// room (local events, without delete_local_events) copies nearly all
+	// of it, a thousand full messages read and written a batch.
 	for len(keep) > 0 {
+		l.beforeStep(ctx)
 		n := min(len(keep), keptBatch)
 		if err := l.copyKept(ctx, st, keptSubj, keep[:n]); err != nil {
 			return err
@@ -121,8 +125,8 @@ var compactStep = 100_000
 
 // keptBatch is how many kept copies go in one atomic batch: nats-server's
 // default limit. A batch costs one fsync, where single publishes cost one
-// each (about 4k messages a second here).
-const keptBatch = 1000
+// each (about 4k messages a second here). A variable for tests.
+var keptBatch = 1000
 
 // keptReads is how many original messages copyKept reads at once.
 const keptReads = 8

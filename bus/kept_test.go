@@ -416,3 +416,28 @@ func TestRoomHistoryBelow(t *testing.T) {
 	check("everything erased", "a", k.seqs["b4"]+100, false)
 	check("room b untouched", "b", k.seqs["b1"]+1, true)
 }
+
+// TestCompact_CopiesInSteps: each atomic batch of kept copies is a step
+// of its own, with a wait before it (BeforeStep), as the scans and the
+// subject purges are: a purge that keeps most of a room copies nearly all
+// of its messages.
+func TestCompact_CopiesInSteps(t *testing.T) {
+	defer bus.SetKeptBatch(1)()
+	k := newKeptLog(t, 8)
+	var erase []uint64
+	for _, i := range []int{1, 3, 4, 6, 7} {
+		erase = append(erase, k.seqs[fmt.Sprintf("a%d", i)])
+	}
+	kept := k.log.Subjects.Room("!a:x", commands.KindKept)
+	var seen []uint64 // the copies made at each wait
+	k.log.BeforeStep = func(context.Context) { seen = append(seen, k.count(t, kept)) }
+	if err := k.log.Compact(context.Background(), "!a:x", erase); err != nil {
+		t.Fatal(err)
+	}
+	if n := k.count(t, kept); n != 2 { // a2, a5
+		t.Fatalf("%d kept copies, want 2", n)
+	}
+	if !slices.Contains(seen, 1) {
+		t.Errorf("the waits before Compact's steps saw %v copies made: want one between the two batches of copies", seen)
+	}
+}

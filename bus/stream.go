@@ -88,7 +88,8 @@ type Log struct {
 	// Load.MakeWay).
 	BeforeDelete func(ctx context.Context)
 	// BeforeStep, if set, is called by Compact before each batch of its
-	// scans and before each of its subject purges, steps of thousands of
+	// scans, each atomic batch of its kept copies and each of its subject
+	// purges, steps of thousands of
 	// messages each, where the eraser may wait longer than before a
 	// single message (Load.Backoff); unset, Compact calls BeforeDelete.
 	BeforeStep func(ctx context.Context)
