@@ -367,7 +367,7 @@ func keptSeqs(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, 
 }
 
 // scanBatch is how many messages readRange asks the server for at once,
-// and how many subjectSeqs reads between two calls of its pace: a pause
+// and how many keptSeqs and eraseCopies read between two calls of their pace: a pause
 // stops the server's work too, since it sends only what was asked for.
 const scanBatch = 1024
 

@@ -283,7 +283,8 @@ type TaskLog interface {
 }
 
 // MakeWayForReads is the log eraser's wait before each DeleteMsg
-// (bus.Log.BeforeDelete) and before each step of a compaction: while the
+// (bus.Log.BeforeDelete; a compaction's steps wait in
+// MakeWayForCompaction, through bus.Log.BeforeStep): while the
 // API holds more requests than twice the CPUs, that is while reads queue
 // for a CPU, it waits, at most LongestWaitForReads, so that a read load
 // slows the erasure down but never stops it. Each DeleteMsg costs the
