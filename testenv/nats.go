@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -79,7 +78,7 @@ func (n *NATS) Stream(tb testing.TB, subjects bus.Subjects, name string) *bus.Lo
 func (n *NATS) HoldRequests(t testing.TB, load *bus.Load, requests, workers int) (release func()) {
 	t.Helper()
 	gate := make(chan struct{})
-	subject := "held." + fmt.Sprint(time.Now().UnixNano())
+	subject := "held." + nats.NewInbox()[len(nats.InboxPrefix):] // unique on a shared connection
 	svc, err := bus.Serve(n.NC, bus.ServiceOptions{Name: "held", Version: "0.0.1", Load: load, Workers: workers}, []bus.Endpoint{{
 		Name: "hold", Subject: subject,
 		Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
