@@ -18,8 +18,18 @@ import (
 // service's workers means they queue for a worker, in the endpoints'
 // subscriptions, where past a bound NATS drops them (Backoff).
 type Load struct {
-	n       atomic.Int64
-	workers atomic.Int64 // the service's, once it serves
+	n         atomic.Int64
+	workers   atomic.Int64 // the service's, once it serves
+	backedOff atomic.Int64 // ns spent in Backoff's waits
+}
+
+// BackedOff is the time background work has waited in Backoff so far
+// (0 for a nil Load): the scrollback_backoff_seconds_total metric.
+func (l *Load) BackedOff() time.Duration {
+	if l == nil {
+		return 0
+	}
+	return time.Duration(l.backedOff.Load())
 }
 
 // Requests is how many requests the service holds now (0 for a nil Load).
@@ -85,5 +95,7 @@ func (l *Load) Backoff(ctx context.Context, longest time.Duration) {
 	if workers == 0 || l.Requests() <= workers {
 		return
 	}
+	start := time.Now()
 	l.MakeWay(ctx, workers/2, longest)
+	l.backedOff.Add(int64(time.Since(start)))
 }

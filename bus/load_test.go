@@ -108,11 +108,20 @@ func TestLoad_BackoffWhileRequestsWaitForWorkers(t *testing.T) {
 	if time.Since(start) < 20*time.Millisecond {
 		t.Fatalf("Backoff returned after %v with a request waiting: want its whole wait", time.Since(start))
 	}
+	if got := busy.BackedOff(); got < 20*time.Millisecond || got > 10*time.Second {
+		t.Fatalf("BackedOff is %v after a whole wait of 20ms", got)
+	}
+	if got := enough.BackedOff(); got != 0 {
+		t.Fatalf("BackedOff is %v without a wait", got)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	busy.Backoff(ctx, time.Minute) // returns: the context has ended
 	var none *bus.Load
 	none.Backoff(context.Background(), time.Minute) // returns: no service
+	if none.BackedOff() != 0 {
+		t.Fatal("a nil Load backed off")
+	}
 }
 
 // TestDeleteMsgs_WaitsBeforeEachDelete: DeleteMsgs asks BeforeDelete

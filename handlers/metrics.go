@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/projections"
 )
 
@@ -83,6 +84,17 @@ func NewMetrics(lag func() float64) *Metrics {
 		}, lag))
 	}
 	return m
+}
+
+// CountBackoff exports the time the purges' background work (the janitor,
+// the eraser's compaction steps) waited for reads queued for the API's
+// workers (bus.Load.Backoff): a purge whose rows or log erasure go slowly
+// because reads keep the workers busy shows here.
+func (m *Metrics) CountBackoff(load *bus.Load) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "scrollback_backoff_seconds_total",
+		Help: "Time the purges' janitor and log eraser waited because requests were queueing for the API's workers.",
+	}, func() float64 { return load.BackedOff().Seconds() }))
 }
 
 // Handler serves /metrics.
