@@ -295,6 +295,9 @@ func (b *Bridge) clientMessages(ctx context.Context, r *http.Request, id Identit
 		return nil, err
 	}
 	req["user_id"] = id.UserID
+	if err := checkMessagesRoom(r.PathValue("roomId")); err != nil {
+		return nil, err // before asking the homeserver anything
+	}
 	ignored, err := b.ignoredUsers(ctx, id.UserID)
 	if err != nil {
 		return nil, err
@@ -340,9 +343,17 @@ func (b *Bridge) adminMessages(ctx context.Context, r *http.Request, id Identity
 	return b.messages(ctx, r.PathValue("roomId"), req)
 }
 
-func (b *Bridge) messages(ctx context.Context, roomID string, req map[string]any) (any, error) {
+// checkMessagesRoom refuses a /messages room ID that no room can have.
+func checkMessagesRoom(roomID string) error {
 	if roomID == "" || len(roomID) > commands.MaxIDLength {
-		return nil, commands.Errorf(400, commands.CodeInvalidParam, "Invalid room ID")
+		return commands.Errorf(400, commands.CodeInvalidParam, "Invalid room ID")
+	}
+	return nil
+}
+
+func (b *Bridge) messages(ctx context.Context, roomID string, req map[string]any) (any, error) {
+	if err := checkMessagesRoom(roomID); err != nil {
+		return nil, err
 	}
 	subject := b.Subjects.APIRoom(roomID, "messages")
 	data, err := b.request(ctx, b.Req, subject, req)

@@ -234,3 +234,18 @@ func TestMain_GeneratedAdminToken(t *testing.T) {
 		t.Fatalf("admin read with the generated token: %d %v", st, body)
 	}
 }
+
+// TestHTTP_MessagesLongRoomID: the client /messages route refuses a room
+// ID longer than Matrix allows before it asks the homeserver for the
+// user's ignore list: bad input is a 400 at once, not a round trip (nor a
+// 503 when the homeserver is down).
+func TestHTTP_MessagesLongRoomID(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	long := "!" + strings.Repeat("a", 300) + ":test"
+	st, body := m.do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(long)+"/messages?dir=b", "tok-bob", "")
+	wantErr(t, st, body, 400, "M_INVALID_PARAM", "Invalid room ID")
+	if c := hs.Calls("ignored_users"); len(c) != 0 {
+		t.Fatalf("the homeserver was asked for the ignore list %d times for an invalid room ID", len(c))
+	}
+}
