@@ -76,7 +76,7 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 				log.Error("janitor batch failed", "err", err)
 				break
 			}
-			if !did || ctx.Err() != nil {
+			if !did {
 				break
 			}
 			took := time.Since(start)
@@ -86,8 +86,13 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, log *slo
 			if !times.read {
 				slice = nextSlice(slice, times.waited, took-times.waited)
 				if s.ObserveJanitor != nil {
+					// Reported even when ctx has ended meanwhile: the
+					// transaction is committed.
 					s.ObserveJanitor(JanitorStats{Rows: times.rows, Waited: times.waited, Held: took - times.waited})
 				}
+			}
+			if ctx.Err() != nil {
+				break
 			}
 			// Rest as long as the transaction used the CPU.
 			select {
