@@ -92,21 +92,32 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 		}
 		keep = keep[n:]
 	}
-	// The subject purge goes in steps of compactStep messages, each
-	// followed by a rest as long as it took: one purge of a million
-	// messages kept a core of the embedded server busy for a second, and
-	// reads at 63% of the service's capacity, left with one core, queued
-	// past their endpoint's bound and were shed (3-10k of them; scrollback
-	// bench --scenario purge --purge-events 1000000). A repeat after a
-	// crash starts again from the first step; the steps already done find
-	// nothing.
-	for i := compactStep; ; i += compactStep {
+	// The subject purge goes in steps of compactStep erased messages.
+	return l.purgeInSteps(ctx, eventSubj, below, func(i int) uint64 {
+		if j := (i + 1) * compactStep; j < len(seqs) {
+			return seqs[j]
+		}
+		return below
+	})
+}
+
+// purgeInSteps purges subject below below in steps: the i-th (from 0)
+// purges below bound(i), until a bound reaches below. Each step waits
+// first (beforeStep) and rests after as long as it took: one purge of a
+// million messages kept a core of the embedded server busy for a second,
+// and reads at 63% of the service's capacity, left with one core, queued
+// past their endpoint's bound and were shed (3-10k of them; scrollback
+// bench --scenario purge --purge-events 1000000). A repeat after a crash
+// starts again from the first step; the steps already done find nothing.
+func (l *Log) purgeInSteps(ctx context.Context, subject string, below uint64, bound func(i int) uint64) error {
+	for i := 0; ; i++ {
 		l.beforeStep(ctx)
-		if i >= len(seqs) {
-			return l.PurgeSubjectBelow(ctx, eventSubj, below)
+		at := bound(i)
+		if at >= below {
+			return l.PurgeSubjectBelow(ctx, subject, below)
 		}
 		start := time.Now()
-		if err := l.PurgeSubjectBelow(ctx, eventSubj, seqs[i]); err != nil {
+		if err := l.PurgeSubjectBelow(ctx, subject, at); err != nil {
 			return err
 		}
 		rest := time.NewTimer(time.Since(start))
@@ -117,6 +128,40 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// PurgeSubjectInSteps erases the messages of one subject with a sequence
+// below below, as PurgeSubjectBelow does, in steps of about compactStep
+// messages (purgeInSteps): purge_room's erasure of a room's history. The
+// steps split the sequences from the subject's first message to below
+// evenly, by the number of messages the subject holds, so they hold
+// about as many messages each as the room is spread evenly over the log.
+func (l *Log) PurgeSubjectInSteps(ctx context.Context, subject string, below uint64) error {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return fmt.Errorf("bus: stream info of %s: %w", subject, err)
+	}
+	n := info.State.Subjects[subject] // those from below on too: an upper bound
+	if n == 0 {
+		return nil
+	}
+	first, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bus: first message of %s: %w", subject, err)
+	}
+	if first.Sequence >= below {
+		return nil
+	}
+	steps := (n + uint64(compactStep) - 1) / uint64(compactStep)
+	span := max((below-first.Sequence+steps-1)/steps, 1)
+	return l.purgeInSteps(ctx, subject, below, func(i int) uint64 { return first.Sequence + uint64(i+1)*span })
 }
 
 // compactStep is how many of a compaction's erased messages one subject

@@ -441,3 +441,42 @@ func TestCompact_CopiesInSteps(t *testing.T) {
 		t.Errorf("the waits before Compact's steps saw %v copies made: want one between the two batches of copies", seen)
 	}
 }
+
+// TestPurgeSubjectInSteps: a room's subject purge (purge_room's erasure)
+// goes in steps of about compactStep messages, waiting before each
+// (BeforeStep), and ends as one purge would: the room's messages below the
+// bound are gone, the ones from it on and the other room's stay. A
+// subject of at most compactStep messages is one purge.
+func TestPurgeSubjectInSteps(t *testing.T) {
+	defer bus.SetCompactStep(3)()
+	k := newKeptLog(t, 12) // a1 b1 a2 b2 ... a12 b12
+	subject := k.log.Subjects.Room("!a:x", commands.KindEvent)
+	steps := 0
+	k.log.BeforeStep = func(context.Context) { steps++ }
+	if err := k.log.PurgeSubjectInSteps(context.Background(), subject, k.seqs["a10"]); err != nil {
+		t.Fatal(err)
+	}
+	if steps < 3 {
+		t.Errorf("%d waits before the steps, want one before each of 3 steps at least (9 messages, 3 a step)", steps)
+	}
+	after := k.read(t, 1)
+	for data, seq := range k.seqs {
+		_, there := after[seq]
+		gone := data[0] == 'a' && seq < k.seqs["a10"]
+		if there == gone {
+			t.Errorf("%s: read %v, want %v", data, there, !gone)
+		}
+	}
+	// What is left, 3 messages, goes in one step; an empty subject is
+	// nothing to do.
+	steps = 0
+	if err := k.log.PurgeSubjectInSteps(context.Background(), subject, k.seqs["b12"]+1); err != nil {
+		t.Fatal(err)
+	}
+	if n := k.count(t, subject); n != 0 || steps != 1 {
+		t.Errorf("after purging the rest: %d messages left, %d steps; want 0 and 1", n, steps)
+	}
+	if err := k.log.PurgeSubjectInSteps(context.Background(), subject, k.seqs["b12"]+1); err != nil {
+		t.Fatal(err)
+	}
+}

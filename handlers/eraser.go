@@ -14,6 +14,7 @@ import (
 type LogEraser interface {
 	DeleteMsgs(ctx context.Context, seqs []uint64) error
 	PurgeSubjectBelow(ctx context.Context, subject string, seq uint64) error
+	PurgeSubjectInSteps(ctx context.Context, subject string, seq uint64) error
 	Compact(ctx context.Context, roomID string, seqs []uint64) error
 }
 
@@ -30,6 +31,7 @@ type Eraser struct {
 	// the purge keeps; without it each message is deleted by itself,
 	// with a write and an fsync each. Only a log that no other instance
 	// reads may be compacted (the embedded server; see bus.Log.Compact).
+	// It also lets a purge_room's erasure go in steps (step).
 	Compact bool
 	Logger  *slog.Logger
 }
@@ -82,8 +84,21 @@ func (r *Eraser) step(ctx context.Context) (bool, error) {
 		// (projections.Projector.Erased). Between the two purges it
 		// finds the event messages still there, and it has lost none
 		// of them yet.
+		//
+		// With the embedded server (Compact: no other reader) each
+		// subject goes in steps, which make way for reads: one purge of
+		// a million messages holds a core of the server for a second.
+		// With other instances on the log the event subject must go at
+		// once: steps from the oldest would let a reader behind them lose
+		// the middle of the room's history (its members' leaves) and still
+		// find some of it below the purge_room, so that it checks the
+		// members on a history with holes and refuses the purge.
+		purge := r.Log.PurgeSubjectBelow
+		if r.Compact {
+			purge = r.Log.PurgeSubjectInSteps
+		}
 		for _, kind := range []string{commands.KindKept, commands.KindEvent} {
-			if err := r.Log.PurgeSubjectBelow(ctx, r.Subjects.Room(room, kind), seq); err != nil {
+			if err := purge(ctx, r.Subjects.Room(room, kind), seq); err != nil {
 				return false, err
 			}
 		}
