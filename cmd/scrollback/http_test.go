@@ -72,6 +72,12 @@ func fakeWhoami(tb testing.TB, m *Main, token, userID string, admin bool) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { sub.Unsubscribe() })
+	// The bridge asks on its own connection: the server must know of
+	// this subscription before the test's first request, or the bridge
+	// sees no responder and answers 503.
+	if err := m.NC.Flush(); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 func TestHTTP_AuthAndErrors(t *testing.T) {
