@@ -38,8 +38,12 @@ boundary:
 	@bad=$$($(GO) list -deps ./commands | grep -E '^(github.com/nats-io/|go.etcd.io/bbolt|net/http$$)' || true); \
 	if [ -n "$$bad" ]; then echo "commands depends on: $$bad"; exit 1; fi
 
+## unit: every test with the race detector, then the cluster tests without
+## it (testenv.NewCluster skips under -race: nats-server v2.15.2's clustered
+## streams race with themselves, see testenv/cluster.go)
 unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(GO) test -count=1 -timeout 5m -run 'Cluster' ./testenv ./cmd/scrollback
 
 ## fuzz: every fuzz target for FUZZTIME (20000 inputs each in CI, a few seconds; e.g. make fuzz FUZZTIME=5m for a long run). A count, not a duration: time-limited runs sometimes end with a spurious "context deadline exceeded" on a loaded machine.
 fuzz:
