@@ -76,7 +76,12 @@ func NewMetrics(lag func() float64) *Metrics {
 	m.janHeld = counter("scrollback_janitor_held_seconds_total", "Time the janitor's transactions held bbolt's one writer (their work, writes and fsyncs).")
 	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, m.commit, m.commitMsgs, m.commitPgs,
 		m.janTx, m.janRows, m.janWait, m.janHeld,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		// go_sched_latencies_seconds among them: how long goroutines
+		// waited, runnable, for a CPU. When reads slow down beside a
+		// purge or an ingest, this tells a CPU that is too busy from a
+		// wait of another kind.
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if lag != nil { // nil in a process without a projection (scrollback bridge)
 		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "scrollback_projection_lag_messages",

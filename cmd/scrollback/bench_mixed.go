@@ -95,6 +95,11 @@ type mixedResults struct {
 	Bolt, JS           int64
 	HSCounts           map[string]int
 	HSFailures         int
+
+	// The scheduling waits (goroutines runnable, waiting for a CPU)
+	// during withIngest and during the workload, when sampled.
+	withIngestSched, duringSched loadgen.SchedWaits
+	schedKnown                   bool
 }
 
 func (b *bench) mixedScenario(ctx context.Context) error {
@@ -332,9 +337,11 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 	// The reference: the reads with the ingest alone.
 	rd.rec.set(b.newSeries("reads of the read room, open loop", "reads with the ingest alone"))
 	var err error
+	refFrom := b.sinceOrigin()
 	if res.withIngest, err = runOpenLoop(ctx, res.Rate, c.Duration, rd); err != nil {
 		return fmt.Errorf("bench: reads with the ingest: %w", err)
 	}
+	res.withIngestSched, res.schedKnown = b.schedBetween(refFrom, b.sinceOrigin())
 	b.printOpenLoop("mixed: reads with ingest", res.Rate, res.withIngest)
 
 	series := b.newSeries("reads of the read room, open loop", "reads during the workload")
@@ -470,6 +477,13 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 	for i := range res.phases {
 		ph := &res.phases[i]
 		ph.CPU, ph.MachineCPU, ph.CPUKnown = b.cpuBetween(at+ph.From, at+ph.To)
+		ph.Sched, ph.SchedKnown = b.schedBetween(at+ph.From, at+ph.To)
+	}
+	var ok bool
+	res.duringSched, ok = b.schedBetween(at, at+max(res.PurgeDone, res.ShutdownDone))
+	res.schedKnown = res.schedKnown && ok
+	if res.schedKnown {
+		b.printf("goroutines waiting for a CPU (runnable): %s with the ingest alone, %s during the workload\n", fmtSched(res.withIngestSched), fmtSched(res.duringSched))
 	}
 	res.MaxLag = b.lagMaxSince(ingestStart)
 	rows := "-"
@@ -501,6 +515,15 @@ type mixedPhase struct {
 	// used on average, when sampled (CPUKnown).
 	CPU, MachineCPU float64
 	CPUKnown        bool
+	// The goroutines' waits for a CPU, when sampled (SchedKnown).
+	Sched      loadgen.SchedWaits
+	SchedKnown bool
+}
+
+// fmtSched gives the p99 of scheduling waits and the share of 1 ms or
+// more.
+func fmtSched(w loadgen.SchedWaits) string {
+	return fmt.Sprintf("p99 %s, %.1f%% of 1 ms or more", fmtLat(w.Quantile(0.99)), 100*w.Over(time.Millisecond))
 }
 
 func (p mixedPhase) String() string {
@@ -514,6 +537,9 @@ func (p mixedPhase) String() string {
 	cpu := ""
 	if p.CPUKnown {
 		cpu = fmt.Sprintf("; CPU %.2f cores (machine %.2f)", p.CPU, p.MachineCPU)
+	}
+	if p.SchedKnown {
+		cpu += "; waits for a CPU " + fmtSched(p.Sched)
 	}
 	return fmt.Sprintf("%5.1f-%5.1fs, %s: %d reads, p50 %s p99 %s max %s%s", p.From.Seconds(), p.To.Seconds(), running,
 		p.Stats.N, fmtLat(p.Stats.P50), fmtLat(p.Stats.P99), fmtLat(p.Stats.Max), cpu)
@@ -576,6 +602,11 @@ func (b *bench) mixedSummary(t summaryTable) {
 	t.latRow("reads p99 during the workload vs with the ingest alone", r.during.Pct(99), r.withIngest.Pct(99), goalDuringP99Ratio)
 	for _, ph := range r.phases {
 		t.latRow(fmt.Sprintf("... %.0f-%.0fs from the reply (%s)", ph.From.Seconds(), ph.To.Seconds(), strings.Join(ph.Running, " + ")), ph.Stats.P99, r.withIngest.Pct(99), 0)
+	}
+	if r.schedKnown {
+		t.latRow("goroutines' waits for a CPU, p99, during the workload vs with the ingest alone", r.duringSched.Quantile(0.99), r.withIngestSched.Quantile(0.99), 0)
+		t.row("goroutines' waits for a CPU of 1 ms or more, share, during the workload vs with the ingest alone",
+			fmt.Sprintf("%.2f%%", 100*r.duringSched.Over(time.Millisecond)), fmt.Sprintf("%.2f%%", 100*r.withIngestSched.Over(time.Millisecond)), "-", "report", "-")
 	}
 	t.latRow("reads p99 during the workload vs alone", r.during.Pct(99), r.alone.Pct(99), 0)
 	t.latRow("reads p99 with the ingest vs alone", r.withIngest.Pct(99), r.alone.Pct(99), 0)

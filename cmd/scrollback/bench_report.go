@@ -114,7 +114,7 @@ func (b *bench) endScenario() error {
 	}
 	run.sampler.stop()
 	rep := run.rep
-	rep.Lag, rep.Memory, rep.Disk, rep.IO, rep.CPU = run.sampler.series()
+	rep.Lag, rep.Memory, rep.Disk, rep.IO, rep.CPU, rep.Sched = run.sampler.series()
 	var errs []error
 	if run.cpu != nil {
 		pprof.StopCPUProfile()
@@ -281,11 +281,17 @@ type sampler struct {
 	lag, anon, file, bolt, js, written loadgen.TimeSeries
 	freelist                           loadgen.TimeSeries
 	cpu, machineCPU                    loadgen.TimeSeries // cores busy since the sample before
-	lastCPU                            time.Duration      // the service's CPU time at the last sample
-	lastMachine                        loadgen.MachineCPU
-	lastAt                             time.Duration
-	peakAnon, peakFile                 float64
-	written0                           int64 // write_bytes at the start
+	// sched is the p99 of the scheduling waits (goroutines runnable,
+	// waiting for a CPU) between samples, in seconds; scheds are the
+	// cumulative histograms at each sample. An in-process service only:
+	// the bench's goroutines count too.
+	sched              loadgen.TimeSeries
+	scheds             []schedAt
+	lastCPU            time.Duration // the service's CPU time at the last sample
+	lastMachine        loadgen.MachineCPU
+	lastAt             time.Duration
+	peakAnon, peakFile float64
+	written0           int64 // write_bytes at the start
 
 	// heapPath, if set, receives a heap profile each time the memory of
 	// an in-process service reaches a new peak (5% above the last
@@ -308,6 +314,7 @@ func startSampler(ctx context.Context, origin time.Time, every time.Duration, sr
 	s.freelist.Name, s.freelist.Unit = "bbolt freelist (written with every commit)", "bytes"
 	s.cpu.Name, s.cpu.Unit = "the service's process (with the bench's clients when embedded)", "cores"
 	s.machineCPU.Name, s.machineCPU.Unit = "the whole machine (other jobs too)", "cores"
+	s.sched.Name, s.sched.Unit = "p99 of the waits between samples (the service's and the bench's goroutines)", "seconds"
 	s.written0, s.lastCPU = -1, -1
 	go func() {
 		defer close(s.done)
@@ -336,9 +343,19 @@ func (s *sampler) sample(ctx context.Context, src *sut) {
 	fl, flOK := src.freelist()
 	cpu, cpuOK := src.cpu()
 	machine, machineErr := loadgen.ReadMachineCPU()
+	var sched loadgen.SchedWaits
+	if src.m != nil {
+		sched = loadgen.ReadSchedWaits()
+	}
 	at := time.Since(s.origin)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if src.m != nil {
+		if n := len(s.scheds); n > 0 {
+			s.sched.Add(at, sched.Since(s.scheds[n-1].waits).Quantile(0.99).Seconds())
+		}
+		s.scheds = append(s.scheds, schedAt{at, sched})
+	}
 	if elapsed := (at - s.lastAt).Seconds(); s.lastAt > 0 && elapsed > 0 {
 		if cpuOK && s.lastCPU >= 0 {
 			s.cpu.Add(at, (cpu-s.lastCPU).Seconds()/elapsed)
@@ -387,8 +404,58 @@ func (s *sampler) stop() {
 	<-s.done
 }
 
+// schedAt is the cumulative histogram of scheduling waits at a sample.
+type schedAt struct {
+	at    time.Duration
+	waits loadgen.SchedWaits
+}
+
+// schedBetween is the histogram of the scheduling waits between the first
+// sample at or after from and the last at or before to (since the
+// origin); ok is false without two such samples.
+func (s *sampler) schedBetween(from, to time.Duration) (loadgen.SchedWaits, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first, last := -1, -1
+	for i, p := range s.scheds {
+		if p.at >= from && first < 0 {
+			first = i
+		}
+		if p.at <= to {
+			last = i
+		}
+	}
+	if first < 0 || last <= first {
+		return loadgen.SchedWaits{}, false
+	}
+	return s.scheds[last].waits.Since(s.scheds[first].waits), true
+}
+
+// sinceOrigin is the time since the current scenario's origin (the
+// sampler's and the series' clock).
+func (b *bench) sinceOrigin() time.Duration {
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run == nil {
+		return 0
+	}
+	return time.Since(run.origin)
+}
+
+// schedBetween is the current scenario's sampler.schedBetween.
+func (b *bench) schedBetween(from, to time.Duration) (loadgen.SchedWaits, bool) {
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run == nil || run.sampler == nil {
+		return loadgen.SchedWaits{}, false
+	}
+	return run.sampler.schedBetween(from, to)
+}
+
 // series are the sampled series that have points.
-func (s *sampler) series() (lag, mem, disk, io, cpu []loadgen.TimeSeries) {
+func (s *sampler) series() (lag, mem, disk, io, cpu, sched []loadgen.TimeSeries) {
 	keep := func(ts ...loadgen.TimeSeries) []loadgen.TimeSeries {
 		var out []loadgen.TimeSeries
 		for _, t := range ts {
@@ -398,7 +465,7 @@ func (s *sampler) series() (lag, mem, disk, io, cpu []loadgen.TimeSeries) {
 		}
 		return out
 	}
-	return keep(s.lag), keep(s.anon, s.file), keep(s.bolt, s.js, s.freelist), keep(s.written), keep(s.cpu, s.machineCPU)
+	return keep(s.lag), keep(s.anon, s.file), keep(s.bolt, s.js, s.freelist), keep(s.written), keep(s.cpu, s.machineCPU), keep(s.sched)
 }
 
 // cpuBetween is the current scenario's sampler.cpuBetween, with times

@@ -38,6 +38,7 @@ type Scenario struct {
 	Disk    []TimeSeries // bytes
 	IO      []TimeSeries // bytes written, cumulative
 	CPU     []TimeSeries // cores busy
+	Sched   []TimeSeries // seconds goroutines waited for a CPU
 	Marks   []Mark       // moments drawn on every plot over time
 	Log     string       // the lines the scenario printed
 	// Profiles of the scenario, with their top entries.
@@ -215,6 +216,7 @@ func (s *Scenario) writeHTML(b *strings.Builder) {
 		{"disk use (apparent size)", "MiB", s.Disk, 1 << 20},
 		{"bytes written to storage by the process, cumulative (/proc/PID/io write_bytes)", "MiB", s.IO, 1 << 20},
 		{"CPU in use (cores, between samples; /proc/PID/stat and /proc/stat)", "cores", s.CPU, 1},
+		{"goroutines waiting for a CPU (runnable, not running; Go's /sched/latencies, in-process only)", "ms", s.Sched, 1e-3},
 	} {
 		if len(g.ts) == 0 {
 			continue

@@ -1,0 +1,93 @@
+package loadgen
+
+import (
+	"math"
+	"runtime/metrics"
+	"time"
+)
+
+// schedMetric is the Go runtime's histogram of how long goroutines waited,
+// runnable, before they ran: the time a read's goroutines queue for a
+// CPU. It counts a sample of the goroutines' transitions, not all.
+const schedMetric = "/sched/latencies:seconds"
+
+// SchedWaits is a histogram of scheduling waits (schedMetric): cumulative
+// since this process started as ReadSchedWaits returns it, or of an
+// interval (Since).
+type SchedWaits struct {
+	counts  []uint64
+	buckets []float64 // len(counts)+1 boundaries, in seconds
+}
+
+// ReadSchedWaits reads this process's histogram of scheduling waits (an
+// empty one if the runtime does not provide it).
+func ReadSchedWaits() SchedWaits {
+	s := []metrics.Sample{{Name: schedMetric}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return SchedWaits{}
+	}
+	h := s[0].Value.Float64Histogram()
+	return SchedWaits{counts: append([]uint64(nil), h.Counts...), buckets: h.Buckets}
+}
+
+// Since is the histogram of the waits counted after prev, an earlier
+// reading of the same process; prev may be the zero SchedWaits.
+func (w SchedWaits) Since(prev SchedWaits) SchedWaits {
+	if len(prev.counts) != len(w.counts) {
+		return w
+	}
+	d := SchedWaits{counts: make([]uint64, len(w.counts)), buckets: w.buckets}
+	for i, c := range w.counts {
+		d.counts[i] = c - min(c, prev.counts[i])
+	}
+	return d
+}
+
+// N is the number of waits counted.
+func (w SchedWaits) N() uint64 {
+	var n uint64
+	for _, c := range w.counts {
+		n += c
+	}
+	return n
+}
+
+// Quantile is the upper bound of the bucket that holds the q-quantile of
+// the waits (0 if none were counted); the last bucket, unbounded, gives
+// its lower bound.
+func (w SchedWaits) Quantile(q float64) time.Duration {
+	n := w.N()
+	if n == 0 {
+		return 0
+	}
+	rank := uint64(math.Ceil(q * float64(n)))
+	var seen uint64
+	for i, c := range w.counts {
+		seen += c
+		if seen >= max(rank, 1) {
+			bound := w.buckets[i+1]
+			if math.IsInf(bound, 1) {
+				bound = w.buckets[i]
+			}
+			return time.Duration(bound * float64(time.Second))
+		}
+	}
+	return 0
+}
+
+// Over is the share of the waits (0 to 1) in buckets that start at d or
+// above: waits of at least d.
+func (w SchedWaits) Over(d time.Duration) float64 {
+	n := w.N()
+	if n == 0 {
+		return 0
+	}
+	var over uint64
+	for i, c := range w.counts {
+		if w.buckets[i] >= d.Seconds() {
+			over += c
+		}
+	}
+	return float64(over) / float64(n)
+}
