@@ -282,10 +282,15 @@ type sampler struct {
 	freelist                           loadgen.TimeSeries
 	cpu, machineCPU                    loadgen.TimeSeries // cores busy since the sample before
 	// sched is the p99 of the scheduling waits (goroutines runnable,
-	// waiting for a CPU) between samples, in seconds; scheds are the
-	// cumulative histograms at each sample. An in-process service only:
-	// the bench's goroutines count too.
+	// waiting for a CPU) between samples, in seconds, from the
+	// cumulative histogram lastSched. An in-process service only: the
+	// bench's goroutines count too. With schedWindows set (the scenarios
+	// that ask schedBetween), scheds keeps the histogram of every sample
+	// (1.3 KB each).
 	sched              loadgen.TimeSeries
+	lastSched          loadgen.SchedWaits
+	haveSched          bool
+	schedWindows       bool
 	scheds             []schedAt
 	lastCPU            time.Duration // the service's CPU time at the last sample
 	lastMachine        loadgen.MachineCPU
@@ -351,10 +356,13 @@ func (s *sampler) sample(ctx context.Context, src *sut) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if src.m != nil {
-		if n := len(s.scheds); n > 0 {
-			s.sched.Add(at, sched.Since(s.scheds[n-1].waits).Quantile(0.99).Seconds())
+		if s.haveSched {
+			s.sched.Add(at, sched.Since(s.lastSched).Quantile(0.99).Seconds())
 		}
-		s.scheds = append(s.scheds, schedAt{at, sched})
+		s.lastSched, s.haveSched = sched, true
+		if s.schedWindows {
+			s.scheds = append(s.scheds, schedAt{at, sched})
+		}
 	}
 	if elapsed := (at - s.lastAt).Seconds(); s.lastAt > 0 && elapsed > 0 {
 		if cpuOK && s.lastCPU >= 0 {
@@ -441,6 +449,20 @@ func (b *bench) sinceOrigin() time.Duration {
 		return 0
 	}
 	return time.Since(run.origin)
+}
+
+// keepSchedWindows makes the current scenario's sampler keep the
+// histograms that schedBetween needs, from its next sample on.
+func (b *bench) keepSchedWindows() {
+	b.mu.Lock()
+	run := b.cur
+	b.mu.Unlock()
+	if run == nil || run.sampler == nil {
+		return
+	}
+	run.sampler.mu.Lock()
+	run.sampler.schedWindows = true
+	run.sampler.mu.Unlock()
 }
 
 // schedBetween is the current scenario's sampler.schedBetween.

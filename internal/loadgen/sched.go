@@ -76,18 +76,27 @@ func (w SchedWaits) Quantile(q float64) time.Duration {
 	return 0
 }
 
-// Over is the share of the waits (0 to 1) in buckets that start at d or
-// above: waits of at least d.
-func (w SchedWaits) Over(d time.Duration) float64 {
+// Over is the share of the waits (0 to 1) of at least from: from is the
+// first bucket boundary at or above d, since the histogram cannot split
+// a bucket (Go's buckets near 1 ms are [0.918, 1.049) ms and up, so
+// Over(time.Millisecond) counts waits of 1.049 ms or more). from is 0
+// if no boundary is at or above d.
+func (w SchedWaits) Over(d time.Duration) (share float64, from time.Duration) {
+	i := 0
+	for i < len(w.counts) && w.buckets[i] < d.Seconds() {
+		i++
+	}
+	if i == len(w.counts) {
+		return 0, 0
+	}
+	from = time.Duration(w.buckets[i] * float64(time.Second))
 	n := w.N()
 	if n == 0 {
-		return 0
+		return 0, from
 	}
 	var over uint64
-	for i, c := range w.counts {
-		if w.buckets[i] >= d.Seconds() {
-			over += c
-		}
+	for _, c := range w.counts[i:] {
+		over += c
 	}
-	return float64(over) / float64(n)
+	return float64(over) / float64(n), from
 }

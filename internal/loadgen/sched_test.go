@@ -27,13 +27,13 @@ func TestSchedWaits_Quantiles(t *testing.T) {
 			t.Errorf("Quantile(%v) = %v, want %v", tt.q, got, tt.want)
 		}
 	}
-	if got := w.Over(time.Millisecond); got != 0.02 {
-		t.Errorf("Over(1ms) = %v, want 0.02", got)
+	if got, from := w.Over(time.Millisecond); got != 0.02 || from != time.Millisecond {
+		t.Errorf("Over(1ms) = %v from %v, want 0.02 from 1ms", got, from)
 	}
 	if got := (SchedWaits{}).Quantile(0.99); got != 0 {
 		t.Errorf("empty: Quantile = %v, want 0", got)
 	}
-	if got := (SchedWaits{}).Over(time.Millisecond); got != 0 {
+	if got, _ := (SchedWaits{}).Over(time.Millisecond); got != 0 {
 		t.Errorf("empty: Over = %v, want 0", got)
 	}
 }
@@ -41,8 +41,8 @@ func TestSchedWaits_Quantiles(t *testing.T) {
 func TestSchedWaits_Since(t *testing.T) {
 	before, after := schedOf(10, 5, 0, 0), schedOf(20, 5, 3, 1)
 	d := after.Since(before)
-	if d.N() != 14 || d.Over(time.Millisecond) != 4.0/14 {
-		t.Fatalf("interval: %d waits, %v over 1ms; want 14 and 4/14", d.N(), d.Over(time.Millisecond))
+	if over, _ := d.Over(time.Millisecond); d.N() != 14 || over != 4.0/14 {
+		t.Fatalf("interval: %d waits, %v over 1ms; want 14 and 4/14", d.N(), over)
 	}
 	if got := after.Since(SchedWaits{}); got.N() != after.N() {
 		t.Fatalf("since nothing: %d waits, want %d", got.N(), after.N())
@@ -62,5 +62,23 @@ func TestReadSchedWaits(t *testing.T) {
 	}
 	if ReadSchedWaits().Since(before).N() == 0 {
 		t.Fatal("no scheduling waits counted after 100 goroutines ran")
+	}
+}
+
+// TestSchedWaits_OverSplitsNoBucket: with Go's buckets no boundary falls
+// on 1 ms; Over counts from the next one and says which, so that it
+// agrees with Quantile, which gives upper bounds.
+func TestSchedWaits_OverSplitsNoBucket(t *testing.T) {
+	// [-Inf,0) [0,64ns) [64ns,0.9175ms) [0.9175ms,1.0486ms) [1.0486ms,+Inf)
+	w := SchedWaits{counts: []uint64{0, 90, 0, 10, 0}, buckets: []float64{math.Inf(-1), 0, 64e-9, 0.9175e-3, 1.048576e-3, math.Inf(1)}}
+	share, from := w.Over(time.Millisecond)
+	if share != 0 || from != 1048576*time.Nanosecond {
+		t.Fatalf("Over(1ms) = %v from %v, want 0 from 1.048576ms", share, from)
+	}
+	if q := w.Quantile(0.99); q != 1048576*time.Nanosecond {
+		t.Fatalf("Quantile(0.99) = %v, want 1.048576ms (the bucket's upper bound)", q)
+	}
+	if share, from := w.Over(time.Hour); share != 0 || from != 0 {
+		t.Fatalf("Over(1h) = %v from %v, want 0 from 0 (no boundary above)", share, from)
 	}
 }
