@@ -205,7 +205,7 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(output)
 	var quick bool
-	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "what to measure: reads (publish, ingest, /messages against the floor), rich (a room with many members, threads and edits), purge (purge_history on a big room), or all")
+	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "what to measure: reads (publish, ingest, /messages against the floor), rich (a room with many members, threads and edits), purge (purge_history on a big room), ingest (many Zipf-sized rooms), catchup (a projection far behind the log), mixed (ingest, reads, a purge and a shutdown at once), or all")
 	fs.IntVar(&c.Events, "events", c.Events, "`n`umber of events in the benchmark room (reads) and the rich room")
 	fs.IntVar(&c.Members, "members", c.Members, "`n`umber of joined members of the rich room")
 	fs.IntVar(&c.PurgeEvents, "purge-events", c.PurgeEvents, "`n`umber of messages below the purge's cut-off (the issue's goal size is 1000000)")

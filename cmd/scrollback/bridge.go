@@ -19,7 +19,7 @@ import (
 // http.*, auth.* and homeserver.timeout. Reads and admin requests go to
 // whichever instance the NATS queue group picks.
 func runBridge(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, err := ParseServeFlags(args)
+	cfg, err := parseFlags("bridge", args, os.Stderr)
 	if err != nil {
 		return err
 	}

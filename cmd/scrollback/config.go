@@ -844,11 +844,14 @@ func withHeading(heading string, err error) error {
 // it prints the usage on stderr and returns flag.ErrHelp. Every problem of
 // the resulting configuration is reported at once.
 func ParseServeFlags(args []string) (Config, error) {
-	return parseServeFlags(args, os.Stderr)
+	return parseFlags("serve", args, os.Stderr)
 }
 
-func parseServeFlags(args []string, output io.Writer) (Config, error) {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+// parseFlags is ParseServeFlags for command cmd (serve, bridge, rebuild,
+// compact, verify: they take the same config and flags), whose name the
+// usage and the errors show, writing the usage to output.
+func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(output)
 	var (
 		path                                                       string
@@ -866,14 +869,14 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&memLimit, "memory-limit", "", "soft memory `limit` of the process, like 512MiB, overrides memory_limit (default 0: none)")
 	fs.StringVar(&logLvl, "log-level", "", "`level` debug, info, warn or error, overrides log.level (default info)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: scrollback serve [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n")
+		fmt.Fprintf(fs.Output(), "Usage: scrollback %s [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n", cmd)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("serve: unexpected argument %q (flags go before it; see -h)", fs.Arg(0))
+		return Config{}, fmt.Errorf("%s: unexpected argument %q (flags go before it; see -h)", cmd, fs.Arg(0))
 	}
 
 	cfg, err := LoadConfig(path)
@@ -904,12 +907,22 @@ func parseServeFlags(args []string, output io.Writer) (Config, error) {
 		}
 	})
 	cfg.ApplyDefaults()
-	if err := errors.Join(append(flagProblems, cfg.Validate())...); err != nil {
+	problems := flagProblems
+	if err := cfg.Validate(); err != nil {
+		// Validate joins its problems: list them with the flags', one a
+		// line, not as one entry.
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			problems = append(problems, j.Unwrap()...)
+		} else {
+			problems = append(problems, err)
+		}
+	}
+	if len(problems) > 0 {
 		heading := "invalid configuration"
 		if path != "" {
 			heading += " (" + path + " and flags)"
 		}
-		return Config{}, withHeading(heading, err)
+		return Config{}, withHeading(heading, errors.Join(problems...))
 	}
 	return cfg, nil
 }

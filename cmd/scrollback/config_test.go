@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -658,16 +660,27 @@ func TestParseServeFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseServeFlags(tt.args, io.Discard)
+			got, err := parseFlags("serve", tt.args, io.Discard)
 			if err != nil {
-				t.Fatalf("parseServeFlags(%q) error = %v", tt.args, err)
+				t.Fatalf("parseFlags(serve, %q) error = %v", tt.args, err)
 			}
 			want := DefaultConfig()
 			tt.want(&want)
 			if !reflect.DeepEqual(got, want) {
-				t.Errorf("parseServeFlags(%q) = %+v\nwant %+v", tt.args, got, want)
+				t.Errorf("parseFlags(serve, %q) = %+v\nwant %+v", tt.args, got, want)
 			}
 		})
+	}
+}
+
+// TestParseServeFlags_ListsFileProblemsOneALine: the file's problems
+// alone print as docs/CONFIG.md shows them, under the heading, one a line.
+func TestParseServeFlags_ListsFileProblemsOneALine(t *testing.T) {
+	bad := writeConfig(t, "server_name: \"\"\ntasks: {max_concurrent: 0}\n")
+	_, err := parseFlags("serve", []string{"-c", bad}, io.Discard)
+	want := "invalid configuration (" + bad + " and flags):\n  server_name: must not be empty\n  tasks.max_concurrent: must be at least 1, got 0"
+	if err == nil || err.Error() != want {
+		t.Fatalf("got %v\nwant %s", err, want)
 	}
 }
 
@@ -698,9 +711,9 @@ func TestParseServeFlags_Errors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := parseServeFlags(tt.args, io.Discard)
+			_, err := parseFlags("serve", tt.args, io.Discard)
 			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
-				t.Errorf("parseServeFlags(%q) error = %v, want %v", tt.args, err, tt.wantErr)
+				t.Errorf("parseFlags(serve, %q) error = %v, want %v", tt.args, err, tt.wantErr)
 			}
 			if tt.want != nil {
 				wantAll(t, err, tt.want...)
@@ -710,14 +723,14 @@ func TestParseServeFlags_Errors(t *testing.T) {
 
 	t.Run("a flag fixes a bad file value", func(t *testing.T) {
 		path := writeConfig(t, "server_name: \"\"\n")
-		got, err := parseServeFlags([]string{"-c", path, "--server-name", "fixed.org"}, io.Discard)
+		got, err := parseFlags("serve", []string{"-c", path, "--server-name", "fixed.org"}, io.Discard)
 		if err != nil || got.ServerName != "fixed.org" {
-			t.Errorf("parseServeFlags() = %q, %v; want fixed.org, nil", got.ServerName, err)
+			t.Errorf("parseFlags(serve) = %q, %v; want fixed.org, nil", got.ServerName, err)
 		}
 	})
 	t.Run("usage names the flags", func(t *testing.T) {
 		var out strings.Builder
-		_, _ = parseServeFlags([]string{"-h"}, &out)
+		_, _ = parseFlags("serve", []string{"-h"}, &out)
 		for _, name := range []string{"-c", "-config", "-data", "-server-name", "-nats-url", "-nats-listen", "-http", "-log-level"} {
 			if !strings.Contains(out.String(), name+" ") {
 				t.Errorf("usage does not mention %s:\n%s", name, out.String())
@@ -796,5 +809,24 @@ func TestByteSize(t *testing.T) {
 	}
 	if _, err := LoadConfig(writeConfig(t, "memory_limit: 1.5G\n")); err == nil || !strings.Contains(err.Error(), "memory_limit") {
 		t.Fatalf("a bad memory_limit in the file: %v", err)
+	}
+}
+
+// TestHelp_ExitsZeroWithTheCommandsName: -h on any command that takes
+// the service's flags prints that command's usage, and the process exits
+// 0, as for `scrollback help`.
+func TestHelp_ExitsZeroWithTheCommandsName(t *testing.T) {
+	for _, cmd := range []string{"serve", "bridge", "rebuild", "compact", "verify"} {
+		var usage bytes.Buffer
+		if _, err := parseFlags(cmd, []string{"-h"}, &usage); !errors.Is(err, flag.ErrHelp) {
+			t.Fatalf("%s -h: %v, want flag.ErrHelp", cmd, err)
+		}
+		if want := "Usage: scrollback " + cmd + " "; !strings.HasPrefix(usage.String(), want) {
+			t.Errorf("%s -h printed %q, want it to start with %q", cmd, usage.String(), want)
+		}
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), []string{cmd, "-h"}, &out, &errOut); code != 0 {
+			t.Errorf("scrollback %s -h exited %d (%s), want 0", cmd, code, errOut.String())
+		}
 	}
 }

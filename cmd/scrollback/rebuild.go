@@ -20,7 +20,7 @@ import (
 // the projection by one rebuilt from the room log. The old file is kept
 // as scrollback.db.prev.
 func runRebuild(ctx context.Context, args []string, out io.Writer) error {
-	cfg, err := ParseServeFlags(args)
+	cfg, err := parseFlags("rebuild", args, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -56,7 +56,7 @@ func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 // live one (timelines, state, extremities, forgotten users, relations,
 // tasks). It reports the differences and fails if there are any.
 func runVerify(ctx context.Context, args []string, out io.Writer) error {
-	cfg, err := ParseServeFlags(args)
+	cfg, err := parseFlags("verify", args, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -189,7 +189,7 @@ func waitAll(ctx context.Context, p *projections.Projector, seq uint64) error {
 // the disk space that purges freed (bbolt reuses freed pages but never
 // shrinks its file).
 func runCompact(ctx context.Context, args []string, out io.Writer) error {
-	cfg, err := ParseServeFlags(args)
+	cfg, err := parseFlags("compact", args, os.Stderr)
 	if err != nil {
 		return err
 	}
