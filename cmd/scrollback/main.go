@@ -1,6 +1,3 @@
-// Command scrollback is the Matrix room-history service: `scrollback
-// serve` runs it, `scrollback seed` fills a running one with synthetic
-// rooms, `scrollback bench` measures it.
 package main
 
 import (
