@@ -141,6 +141,11 @@ type purgeResults struct {
 	Hides             []time.Duration // step 6: each small purge's request, sent to reply
 	duringHides       openResult      // the reads during step 6
 
+	// The goroutines' waits for a CPU without the purge (before), until
+	// the rows were removed, and after, when sampled (schedKnown).
+	schedBefore, schedRows, schedErase loadgen.SchedWaits
+	schedKnown                         bool
+
 	boltBefore, boltAfter int64  // bytes of <data_dir>/scrollback.db
 	jsBefore, jsAfter     int64  // bytes of the files under <data_dir>/jetstream
 	msgsBefore, msgsAfter uint64 // messages in the stream
@@ -192,6 +197,7 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 	room := newPurgeRoom("!purge:"+benchServerName, c.PurgeEvents)
 	res := &purgeResults{N: room.remote}
 	b.res.purge = res
+	b.keepSchedWindows() // the waits for a CPU without the purge and in its two parts
 	b.printf("\n== purge: purge_history of a room with %d messages below the cut-off (--purge-events; the issue's goal size is 1000000), while a room of %d events is read ==\n",
 		c.PurgeEvents, otherRoomEvents)
 
@@ -243,9 +249,11 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	beforeFrom := b.sinceOrigin()
 	if res.before, err = runOpenLoop(ctx, res.Rate, c.Duration, read); err != nil {
 		return fmt.Errorf("bench: other room, open loop: %w", err)
 	}
+	res.schedBefore, res.schedKnown = b.schedBetween(beforeFrom, b.sinceOrigin())
 	b.printOpenLoop("other: no purge", res.Rate, res.before)
 
 	if err := b.purge(ctx, p, read); err != nil {
@@ -539,6 +547,11 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 		return fmt.Errorf("bench: other room during the purge: %w", err)
 	}
 	res.duringRows, res.duringErase = during.Parts()
+	at := replied.Sub(series.Origin()) // the reply, on the sampler's clock
+	var ok1, ok2 bool
+	res.schedRows, ok1 = b.schedBetween(at, at+res.RowsDone)
+	res.schedErase, ok2 = b.schedBetween(at+res.RowsDone, at+res.Complete)
+	res.schedKnown = res.schedKnown && ok1 && ok2
 	b.printf("purge, bbolt: %d rows removed %v after the reply = %.0f rows/s\n",
 		res.N, round(res.RowsDone), perSec(res.N, res.RowsDone))
 	b.printf("purge, log: %d messages erased %v after the reply = %.0f msgs/s (with the embedded server, one subject purge once the janitor is done; else one DeleteMsg each)\n",
@@ -548,6 +561,10 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 	b.printOpenLoop("other: during the purge", res.Rate, res.during)
 	b.printOpenLoop("other: until rows removed", res.Rate, res.duringRows)
 	b.printOpenLoop("other: after rows removed", res.Rate, res.duringErase)
+	if res.schedKnown {
+		b.printf("goroutines waiting for a CPU (runnable): %s without the purge, %s until the rows were removed, %s after\n",
+			fmtSched(res.schedBefore), fmtSched(res.schedRows), fmtSched(res.schedErase))
+	}
 	read.rec.set(b.newSeries("other room, open loop", "after the purge"))
 	if wins := series.Windows(); len(wins) > 0 {
 		b.printf("other: slowest %v windows during the purge, by p99 (from the reply): %s\n",
@@ -1008,6 +1025,13 @@ func (b *bench) purgeSummary(t summaryTable) {
 	}
 	t.latRow("other room /messages p99 until rows removed vs without", r.duringRows.Pct(99), r.before.Pct(99), goalDuringP99Ratio)
 	t.latRow("other room /messages p99 after rows removed vs without", r.duringErase.Pct(99), r.before.Pct(99), goalDuringP99Ratio)
+	if r.schedKnown {
+		t.latRow("goroutines' waits for a CPU, p99, until rows removed vs without purge", r.schedRows.Quantile(0.99), r.schedBefore.Quantile(0.99), 0)
+		rows, from := r.schedRows.Over(time.Millisecond)
+		before, _ := r.schedBefore.Over(time.Millisecond)
+		t.row(fmt.Sprintf("goroutines' waits for a CPU of %s or more, share, until rows removed vs without purge", fmtLat(from)),
+			fmt.Sprintf("%.2f%%", 100*rows), fmt.Sprintf("%.2f%%", 100*before), "-", "report", "-")
+	}
 	t.latRow("other room /messages p50 without purge, after vs before", r.after.Pct(50), r.before.Pct(50), 0)
 	t.latRow("other room /messages p99 without purge, after vs before", r.after.Pct(99), r.before.Pct(99), 0)
 	t.row("bbolt file after vs before", fmtMiB(r.boltAfter), fmtMiB(r.boltBefore), fmt.Sprintf("%.2fx", float64(r.boltAfter)/float64(r.boltBefore)), "report", "-")
