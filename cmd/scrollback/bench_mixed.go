@@ -521,14 +521,6 @@ type mixedPhase struct {
 	SchedKnown bool
 }
 
-// fmtSched gives the p99 of scheduling waits (a bucket's upper bound)
-// and the share of about 1 ms or more (from the bucket boundary Over
-// used).
-func fmtSched(w loadgen.SchedWaits) string {
-	share, from := w.Over(time.Millisecond)
-	return fmt.Sprintf("p99 %s, %.1f%% of %s or more", fmtLat(w.Quantile(0.99)), 100*share, fmtLat(from))
-}
-
 func (p mixedPhase) String() string {
 	running := "nothing more"
 	if len(p.Running) > 0 {
@@ -607,11 +599,7 @@ func (b *bench) mixedSummary(t summaryTable) {
 		t.latRow(fmt.Sprintf("... %.0f-%.0fs from the reply (%s)", ph.From.Seconds(), ph.To.Seconds(), strings.Join(ph.Running, " + ")), ph.Stats.P99, r.withIngest.Pct(99), 0)
 	}
 	if r.schedKnown {
-		t.latRow("goroutines' waits for a CPU, p99, during the workload vs with the ingest alone", r.duringSched.Quantile(0.99), r.withIngestSched.Quantile(0.99), 0)
-		during, from := r.duringSched.Over(time.Millisecond)
-		ref, _ := r.withIngestSched.Over(time.Millisecond)
-		t.row(fmt.Sprintf("goroutines' waits for a CPU of %s or more, share, during the workload vs with the ingest alone", fmtLat(from)),
-			fmt.Sprintf("%.2f%%", 100*during), fmt.Sprintf("%.2f%%", 100*ref), "-", "report", "-")
+		t.schedRows("during the workload vs with the ingest alone", r.duringSched, r.withIngestSched)
 	}
 	t.latRow("reads p99 during the workload vs alone", r.during.Pct(99), r.alone.Pct(99), 0)
 	t.latRow("reads p99 with the ingest vs alone", r.withIngest.Pct(99), r.alone.Pct(99), 0)

@@ -1026,11 +1026,7 @@ func (b *bench) purgeSummary(t summaryTable) {
 	t.latRow("other room /messages p99 until rows removed vs without", r.duringRows.Pct(99), r.before.Pct(99), goalDuringP99Ratio)
 	t.latRow("other room /messages p99 after rows removed vs without", r.duringErase.Pct(99), r.before.Pct(99), goalDuringP99Ratio)
 	if r.schedKnown {
-		t.latRow("goroutines' waits for a CPU, p99, until rows removed vs without purge", r.schedRows.Quantile(0.99), r.schedBefore.Quantile(0.99), 0)
-		rows, from := r.schedRows.Over(time.Millisecond)
-		before, _ := r.schedBefore.Over(time.Millisecond)
-		t.row(fmt.Sprintf("goroutines' waits for a CPU of %s or more, share, until rows removed vs without purge", fmtLat(from)),
-			fmt.Sprintf("%.2f%%", 100*rows), fmt.Sprintf("%.2f%%", 100*before), "-", "report", "-")
+		t.schedRows("until rows removed vs without purge", r.schedRows, r.schedBefore)
 	}
 	t.latRow("other room /messages p50 without purge, after vs before", r.after.Pct(50), r.before.Pct(50), 0)
 	t.latRow("other room /messages p99 without purge, after vs before", r.after.Pct(99), r.before.Pct(99), 0)

@@ -476,6 +476,25 @@ func (b *bench) schedBetween(from, to time.Duration) (loadgen.SchedWaits, bool) 
 	return run.sampler.schedBetween(from, to)
 }
 
+// schedRows are two summary rows comparing the goroutines' waits for a
+// CPU in a phase (w) with a reference (ref): their p99, and their share
+// of about 1 ms or more; what says which.
+func (t summaryTable) schedRows(what string, w, ref loadgen.SchedWaits) {
+	t.latRow("goroutines' waits for a CPU, p99, "+what, w.Quantile(0.99), ref.Quantile(0.99), 0)
+	share, from := w.Over(time.Millisecond)
+	refShare, _ := ref.Over(time.Millisecond)
+	t.row(fmt.Sprintf("goroutines' waits for a CPU of %s or more, share, %s", fmtLat(from), what),
+		fmt.Sprintf("%.2f%%", 100*share), fmt.Sprintf("%.2f%%", 100*refShare), "-", "report", "-")
+}
+
+// fmtSched gives the p99 of scheduling waits (a bucket's upper bound)
+// and the share of about 1 ms or more (from the bucket boundary Over
+// used).
+func fmtSched(w loadgen.SchedWaits) string {
+	share, from := w.Over(time.Millisecond)
+	return fmt.Sprintf("p99 %s, %.1f%% of %s or more", fmtLat(w.Quantile(0.99)), 100*share, fmtLat(from))
+}
+
 // series are the sampled series that have points.
 func (s *sampler) series() (lag, mem, disk, io, cpu, sched []loadgen.TimeSeries) {
 	keep := func(ts ...loadgen.TimeSeries) []loadgen.TimeSeries {
