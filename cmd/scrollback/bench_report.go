@@ -281,22 +281,23 @@ type sampler struct {
 	lag, anon, file, bolt, js, written loadgen.TimeSeries
 	freelist                           loadgen.TimeSeries
 	cpu, machineCPU                    loadgen.TimeSeries // cores busy since the sample before
+	lastCPU                            time.Duration      // the service's CPU time at the last sample
+	lastMachine                        loadgen.MachineCPU
+	lastAt                             time.Duration
+	peakAnon, peakFile                 float64
+	written0                           int64 // write_bytes at the start
+
 	// sched is the p99 of the scheduling waits (goroutines runnable,
 	// waiting for a CPU) between samples, in seconds, from the
 	// cumulative histogram lastSched. An in-process service only: the
 	// bench's goroutines count too. With schedWindows set (the scenarios
 	// that ask schedBetween), scheds keeps the histogram of every sample
 	// (1.3 KB each).
-	sched              loadgen.TimeSeries
-	lastSched          loadgen.SchedWaits
-	haveSched          bool
-	schedWindows       bool
-	scheds             []schedAt
-	lastCPU            time.Duration // the service's CPU time at the last sample
-	lastMachine        loadgen.MachineCPU
-	lastAt             time.Duration
-	peakAnon, peakFile float64
-	written0           int64 // write_bytes at the start
+	sched        loadgen.TimeSeries
+	lastSched    loadgen.SchedWaits
+	haveSched    bool
+	schedWindows bool
+	scheds       []schedAt
 
 	// heapPath, if set, receives a heap profile each time the memory of
 	// an in-process service reaches a new peak (5% above the last
