@@ -68,11 +68,11 @@ func (b *Bridge) Handler() http.Handler {
 	mux.Handle("GET /_synapse/admin/v1/rooms/{roomId}/messages", b.serve("admin_messages", true, b.adminMessages))
 	mux.Handle("GET /_synapse/admin/v1/rooms/{roomId}/block", b.serve("get_block", true, b.getBlock))
 	mux.Handle("PUT /_synapse/admin/v1/rooms/{roomId}/block", b.serve("put_block", true, b.putBlock))
-	// Purge and room deletion are routed (so that authentication answers as
-	// Synapse does) but not served yet: they come with the purge and
-	// shutdown tasks.
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{eventId}", b.serve("purge_history", true, b.purgeHistory))
+	// Synapse's pattern, purge_history/(?P<room_id>[^/]*)(/(?P<event_id>[^/]*))?$,
+	// takes a trailing slash as an empty event ID, which it ignores.
+	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{$}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("GET /_synapse/admin/v1/purge_history_status/{purgeId}", b.serve("purge_status", true, b.purgeStatus))
 	mux.Handle("DELETE /_synapse/admin/v1/rooms/{roomId}", b.serve("delete_room_v1", true, b.deleteRoom(true)))
 	mux.Handle("DELETE /_synapse/admin/v2/rooms/{roomId}", b.serve("delete_room_v2", true, b.deleteRoom(false)))

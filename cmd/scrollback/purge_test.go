@@ -43,6 +43,10 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 		code, text       string
 	}{
 		{"no cut-off", base, "", 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts"},
+		// Synapse's pattern, purge_history/(?P<room_id>[^/]*)(/(?P<event_id>[^/]*))?$,
+		// takes a trailing slash as an empty event ID, which it ignores.
+		{"trailing slash, no cut-off", base + "/", "", 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts"},
+		{"trailing slash, ts not an int", base + "/", `{"purge_up_to_ts": "5"}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
 		{"ts not an int", base, `{"purge_up_to_ts": "5"}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
 		{"ts is a bool", base, `{"purge_up_to_ts": true}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
 		{"unknown event", base + "/" + url.PathEscape("$nope"), "", 404, "M_NOT_FOUND", "Could not find event $nope"},
