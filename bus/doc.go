@@ -49,7 +49,10 @@
 // which is the backpressure. Errors become the contract's error replies in
 // one place (Nats-Service-Error-Code, Nats-Service-Error and a
 // {errcode, error} body); errors that are not *commands.Error are logged
-// and answered as a generic 500.
+// and answered as a generic 500. A handler that waits long for something
+// other than the CPU (a v1 room deletion waits minutes for the deletion)
+// calls Detach: its request gives the worker back and leaves the Load
+// count until it returns (at most ServiceOptions.MaxDetached at once).
 //
 // A Load counts the requests a service holds, so that background work can
 // make way for reads: MakeWay while the requests outnumber the CPUs (reads

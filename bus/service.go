@@ -46,17 +46,28 @@ type ServiceOptions struct {
 	Observe func(endpoint string, d time.Duration, status int)
 	// Load, if set, counts the requests the service holds.
 	Load *Load
+	// MaxDetached bounds the requests that wait detached from a worker
+	// at once (Detach; default DefaultMaxDetached).
+	MaxDetached int
 }
+
+// DefaultMaxDetached is ServiceOptions.MaxDetached's default. A detached
+// request costs a goroutine and what its handler holds while it waits,
+// not a worker; the bound keeps a flood of them (a client retrying a
+// request that waits for minutes) from growing without end.
+const DefaultMaxDetached = 1024
 
 // Service is a running micro service.
 type Service struct {
-	nc   *nats.Conn
-	svc  micro.Service
-	sem  chan struct{}
-	wg   sync.WaitGroup
-	opts ServiceOptions
-	ctx  context.Context
-	stop context.CancelFunc
+	nc  *nats.Conn
+	svc micro.Service
+	sem chan struct{}
+	// detached holds a slot per request waiting detached (Detach).
+	detached chan struct{}
+	wg       sync.WaitGroup
+	opts     ServiceOptions
+	ctx      context.Context
+	stop     context.CancelFunc
 }
 
 // An endpoint's requests wait in its subscription while every worker is
@@ -74,13 +85,16 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 	if opts.Workers <= 0 {
 		opts.Workers = 64
 	}
+	if opts.MaxDetached <= 0 {
+		opts.MaxDetached = DefaultMaxDetached
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Version == "" {
 		opts.Version = "0.1.0"
 	}
-	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), opts: opts}
+	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), detached: make(chan struct{}, opts.MaxDetached), opts: opts}
 	opts.Load.serve(opts.Workers)
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	svc, err := micro.AddService(nc, micro.Config{Name: opts.Name, Version: opts.Version, Description: "Matrix room history"})
@@ -120,9 +134,16 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 		}
 		s.wg.Add(1)
 		go func() {
-			defer func() { <-s.sem; s.opts.Load.add(-1); s.wg.Done() }()
+			w := &worker{s: s}
+			defer func() {
+				w.leave()
+				if w.detached {
+					<-s.detached
+				}
+				s.wg.Done()
+			}()
 			start := time.Now()
-			ctx, cancel := context.WithTimeout(s.ctx, timeout)
+			ctx, cancel := context.WithTimeout(context.WithValue(s.ctx, workerKey{}, w), timeout)
 			defer cancel()
 			status := 200
 			reply, err := s.call(ctx, ep, req)
@@ -141,6 +162,48 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 			}
 		}()
 	})
+}
+
+// worker is a request's hold on one of the service's workers.
+type worker struct {
+	s        *Service
+	left     bool // the worker is given back
+	detached bool // and the request holds a detached slot instead
+}
+
+type workerKey struct{}
+
+// leave gives the worker back and stops counting the request in Load.
+func (w *worker) leave() {
+	if !w.left {
+		w.left = true
+		<-w.s.sem
+		w.s.opts.Load.add(-1)
+	}
+}
+
+// Detach, called by a handler with its request's ctx, gives the
+// request's worker back to the service for the rest of the request, and
+// stops counting it in the service's Load: for a handler about to wait
+// a long time for something other than the CPU (a room deletion that
+// takes minutes), so that the wait does not take a worker from the
+// reads. The handler's reply is sent when it returns, as always, and
+// Stop waits for it. Past ServiceOptions.MaxDetached requests waiting
+// detached, Detach refuses with a 429 error and the request keeps its
+// worker; outside a Service's handler, or called again, it does nothing.
+func Detach(ctx context.Context) error {
+	w, _ := ctx.Value(workerKey{}).(*worker)
+	if w == nil || w.left {
+		return nil
+	}
+	select {
+	case w.s.detached <- struct{}{}:
+		w.detached = true
+		w.leave()
+		return nil
+	default:
+		return commands.Errorf(429, commands.CodeRateLimited, "Too many requests waiting; retry shortly")
+	}
 }
 
 func (s *Service) call(ctx context.Context, ep Endpoint, req micro.Request) (reply []byte, err error) {

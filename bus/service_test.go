@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,3 +90,84 @@ func TestServe_ReleaseAfterTheReplyIsSent(t *testing.T) {
 
 // unsafeFirst identifies a buffer by its backing array.
 func unsafeFirst(b []byte) *byte { return &b[:1][0] }
+
+// TestServe_DetachedRequestsLeaveTheirWorker: a handler that detaches
+// before a long wait gives its worker back (and leaves the Load count),
+// so that a service with one worker still answers other requests while
+// it waits; its reply still comes when it returns, and Stop waits for
+// it. Past MaxDetached, Detach refuses with 429.
+func TestServe_DetachedRequestsLeaveTheirWorker(t *testing.T) {
+	env := testenv.NewNATS(t)
+	load := &bus.Load{}
+	gate, detached := make(chan struct{}), make(chan error, 4)
+	var finished atomic.Int32
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "detach", Version: "0.0.1", Workers: 1, MaxDetached: 2, Load: load}, []bus.Endpoint{
+		{Name: "wait", Subject: "detach.wait", Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
+			err := bus.Detach(ctx)
+			detached <- err
+			if err != nil {
+				return nil, err
+			}
+			<-gate
+			defer finished.Add(1)
+			return []byte("waited"), nil
+		}},
+		{Name: "now", Subject: "detach.now", Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
+			return []byte("now"), nil
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies := make(chan string, 2)
+	for range 2 {
+		go func() {
+			msg, err := env.NC.Request("detach.wait", nil, 5*time.Second)
+			if err != nil {
+				replies <- err.Error()
+				return
+			}
+			replies <- string(msg.Data)
+		}()
+		select {
+		case err := <-detached:
+			if err != nil {
+				t.Fatalf("Detach under MaxDetached: %v", err)
+			}
+		case r := <-replies:
+			t.Fatalf("a second request on the one worker, with the first detached: %s", r)
+		}
+	}
+	if n := load.Requests(); n != 0 {
+		t.Fatalf("Load counts %d requests with two detached, want 0", n)
+	}
+	msg, err := env.NC.Request("detach.now", nil, 2*time.Second)
+	if err != nil || string(msg.Data) != "now" {
+		t.Fatalf("a request while two wait detached on one worker: %v %v", err, msg)
+	}
+	msg, err = env.NC.Request("detach.wait", nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if <-detached == nil || msg.Header.Get("Nats-Service-Error-Code") != "429" {
+		t.Fatalf("a third detached request past MaxDetached 2: %v %q", msg.Header, msg.Data)
+	}
+	// Stop, with the detached handlers still waiting: it returns only
+	// once they have.
+	stopped := make(chan int32)
+	go func() {
+		if err := svc.Stop(); err != nil {
+			t.Error(err)
+		}
+		stopped <- finished.Load()
+	}()
+	close(gate)
+	if n := <-stopped; n != 2 {
+		t.Fatalf("Stop returned with %d of 2 detached handlers done", n)
+	}
+	for range 2 {
+		if r := <-replies; r != "waited" {
+			t.Fatalf("detached request's reply: %q", r)
+		}
+	}
+}
