@@ -131,12 +131,13 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 		}
 		return written, fmt.Errorf("projections: %w", err)
 	}
-	wakeJanitor, wakeTasks := false, false
+	wakeJanitor, wakeTasks, changed := false, false, false
 	for _, b := range bs {
 		for _, o := range b.out {
 			if o.Task == nil {
 				continue
 			}
+			changed = true
 			if o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom {
 				wakeJanitor = true
 			}
@@ -145,6 +146,9 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 				wakeTasks = true
 			}
 		}
+	}
+	if changed {
+		s.tasksChanged()
 	}
 	if wakeJanitor {
 		s.WakeJanitor()

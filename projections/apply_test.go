@@ -536,3 +536,44 @@ func TestApplyBatch_LongPurgeStepID(t *testing.T) {
 		t.Fatalf("the orphan purge became a task: %+v", task)
 	}
 }
+
+// TestStore_TaskChangeClosesOnTaskCommits: the channel of TaskChange is
+// closed by the next commit that writes a task (a command, an update),
+// and not by one that writes none, so that a waiter that takes it, reads
+// the task, then waits on it, never misses a change.
+func TestStore_TaskChangeClosesOnTaskCommits(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("tc", "test")
+	room := r.ID
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	applyOne := func(seq uint64, kind string, v map[string]any) {
+		t.Helper()
+		if _, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, room, kind, v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ch := s.TaskChange()
+	next := apply(t, s, 1, r.Setup("@a:test")...)
+	if closed(ch) {
+		t.Fatal("an event closed the task channel")
+	}
+	applyOne(next, commands.KindCmd, map[string]any{"id": "p1", "action": "purge_room", "room_id": room, "params": map[string]any{}})
+	if !closed(ch) {
+		t.Fatal("a command's task did not close the task channel")
+	}
+	ch = s.TaskChange()
+	if closed(ch) {
+		t.Fatal("a new task channel is closed before any change")
+	}
+	applyOne(next+1, commands.KindTask, map[string]any{"task_id": "p1", "status": "active"})
+	if !closed(ch) {
+		t.Fatal("a task update did not close the task channel")
+	}
+}

@@ -51,6 +51,8 @@ type Store struct {
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
 	newTasks   chan struct{} // wakes a task runner when a task is scheduled or finishes
+	taskMu     sync.Mutex
+	taskCh     chan struct{} // closed, and replaced, by a commit that writes a task
 	jmu        sync.Mutex    // one janitor step at a time
 	ahead      unindexAhead  // the janitor's window (unindex.go), under jmu
 
@@ -68,6 +70,30 @@ type Store struct {
 // next poll (Synapse launches a task when it is scheduled, and the next
 // one 100 ms after a task ends).
 func (s *Store) NewTasks() <-chan struct{} { return s.newTasks }
+
+// TaskChange returns a channel that the next commit writing a task (a
+// command's, an update's) closes. Reads of the tasks made after taking
+// it see every change before that commit, so a waiter takes it, reads
+// the task, and waits on it only if the task is not yet as it wants:
+// no change is missed and nothing polls.
+func (s *Store) TaskChange() <-chan struct{} {
+	s.taskMu.Lock()
+	defer s.taskMu.Unlock()
+	if s.taskCh == nil {
+		s.taskCh = make(chan struct{})
+	}
+	return s.taskCh
+}
+
+// tasksChanged closes the channel of TaskChange.
+func (s *Store) tasksChanged() {
+	s.taskMu.Lock()
+	defer s.taskMu.Unlock()
+	if s.taskCh != nil {
+		close(s.taskCh)
+		s.taskCh = nil
+	}
+}
 
 // Open opens or creates the projection file at path.
 func Open(path string, opts Options) (*Store, error) {
