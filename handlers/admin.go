@@ -58,28 +58,6 @@ type Admin struct {
 	// may start soon (TaskRunner.CanStart): DELETE v2 waits for its task
 	// to start only then.
 	CanStart func(roomID string) bool
-	// Waiting, if set, bounds the v1 deletions waiting at once (its
-	// capacity; DefaultMaxWaiting in the service): past it a v1 deletion
-	// is answered 429. Each holds one of the API's workers, which reads
-	// share, for as long as the deletion it waits for lasts.
-	Waiting chan struct{}
-}
-
-// DefaultMaxWaiting is the service's bound of waiting v1 deletions: a
-// quarter of the API's workers (bus.ServiceOptions.Workers, 64).
-const DefaultMaxWaiting = 16
-
-// enterWait takes a slot for a waiting v1 deletion; release gives it back.
-func (a *Admin) enterWait() (release func(), err error) {
-	if a.Waiting == nil {
-		return func() {}, nil
-	}
-	select {
-	case a.Waiting <- struct{}{}:
-		return func() { <-a.Waiting }, nil
-	default:
-		return nil, commands.Errorf(429, commands.CodeRateLimited, "Too many room deletions waiting; retry shortly or use the v2 API")
-	}
 }
 
 // errStopping is a v1 deletion's answer when the service stops while it
@@ -370,11 +348,13 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	}
 	by, _ := m["requested_by"].(string)
 	if wait {
-		release, err := a.enterWait()
-		if err != nil {
+		// v1 answers when the deletion is over, minutes later perhaps:
+		// the wait must not hold one of the API's workers, which the
+		// reads share (a client retrying v1 on a room whose deletion
+		// hangs would take them all).
+		if err := bus.Detach(ctx); err != nil {
 			return nil, err
 		}
-		defer release()
 	}
 	inProgress := projections.ErrTextDeletionInProgress + roomID
 	var t *commands.Task
@@ -454,7 +434,7 @@ const StartWait = time.Second
 func (a *Admin) waitStarted(ctx context.Context, id string) {
 	ctx, cancel := context.WithTimeout(ctx, StartWait)
 	defer cancel()
-	_ = a.pollUntil(ctx, 5*time.Millisecond, func() (bool, error) {
+	_ = a.waitUntil(ctx, func() (bool, error) {
 		t, err := a.Store.Task(id)
 		return err != nil || t == nil || t.Status != commands.TaskScheduled, nil
 	})
@@ -464,7 +444,7 @@ func (a *Admin) waitStarted(ctx context.Context, id string) {
 // deletion (shutdown_and_purge_room or purge_room), or ctx ends.
 func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
 	open := ""
-	err := a.pollUntil(ctx, 20*time.Millisecond, func() (bool, error) {
+	err := a.waitUntil(ctx, func() (bool, error) {
 		tasks, err := a.Store.RoomTasks(roomID)
 		open = ""
 		for _, t := range tasks {
@@ -481,7 +461,7 @@ func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
 // waitTask waits until a task has finished, or ctx ends.
 func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error) {
 	var t *commands.Task
-	err := a.pollUntil(ctx, 20*time.Millisecond, func() (bool, error) {
+	err := a.waitUntil(ctx, func() (bool, error) {
 		var err error
 		t, err = a.Store.Task(id)
 		return t != nil && t.Finished(), err
@@ -489,15 +469,17 @@ func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error)
 	return t, a.waitErr(err, id, id)
 }
 
-// errAdminStopping ends pollUntil when the service stops.
+// errAdminStopping ends waitUntil when the service stops.
 var errAdminStopping = errors.New("stopping")
 
-// pollUntil calls done every interval until it reports true or an error,
-// ctx ends (ctx.Err()) or the service stops (errAdminStopping). The
-// deletions' waits poll the store: a task changes only when the projector
-// applies its updates, a few times a second at most.
-func (a *Admin) pollUntil(ctx context.Context, every time.Duration, done func() (bool, error)) error {
+// waitUntil calls done until it reports true or an error, ctx ends
+// (ctx.Err()) or the service stops (errAdminStopping). done reads tasks,
+// which change only when the projector commits a task's command or
+// update: it is called again after each such commit
+// (projections.Store.TaskChange), not on a timer.
+func (a *Admin) waitUntil(ctx context.Context, done func() (bool, error)) error {
 	for {
+		changed := a.Store.TaskChange()
 		if ok, err := done(); ok || err != nil {
 			return err
 		}
@@ -506,12 +488,12 @@ func (a *Admin) pollUntil(ctx context.Context, every time.Duration, done func() 
 			return ctx.Err()
 		case <-a.Stopping:
 			return errAdminStopping
-		case <-time.After(every):
+		case <-changed:
 		}
 	}
 }
 
-// waitErr is a v1 deletion's answer to a wait that pollUntil ended:
+// waitErr is a v1 deletion's answer to a wait that waitUntil ended:
 // waiting names the deletion still running, started the one this request
 // started ("" if none).
 func (a *Admin) waitErr(err error, waiting, started string) error {

@@ -21,6 +21,12 @@
 // (Admin.CatchUp): the projection applies the log a little after the log
 // acknowledges it, and Synapse's look-ups see every persisted event.
 //
+// Admin requests that wait for a task (a v1 room deletion for the room's
+// open deletion and then its own, a v2 deletion for its task to start)
+// wake on each commit that changes a task (projections.Store.TaskChange)
+// instead of polling; a v1 deletion waits detached from the API's
+// workers (bus.Detach), as long as its deletion takes.
+//
 // Reads that reach a backward extremity call the Backfiller (Synapse's
 // maybe_backfill): in the foreground when the page is short or gappy,
 // else in the background. Every read near a gap may call it, so its

@@ -397,29 +397,42 @@ func TestDeleteRoom_V2NoStartWaitWhenSlotsFull(t *testing.T) {
 	hs.ReleaseStalled()
 }
 
-// TestDeleteRoom_V1WaitersLeaveWorkersForReads: v1 deletions that wait
-// (for the room's open deletion, or for their own) hold a worker of the
-// API's pool, which reads share, for up to DeleteV1Timeout, and the
-// bridge keeps them going after the client has gone. Retried v1 calls on
-// a room whose deletion hangs must not take every worker: reads go on.
+// TestDeleteRoom_V1WaitersLeaveWorkersForReads: v1 deletions wait (for
+// the room's open deletion, or for their own) for up to DeleteV1Timeout,
+// and the bridge keeps them going after the client has gone. Retried v1
+// calls on a room whose deletion hangs must not take the API's workers,
+// which reads share: they wait detached from them (bus.Detach), every
+// one of them, as Synapse's v1 waits, without a 429, and reads go on.
 func TestDeleteRoom_V1WaitersLeaveWorkersForReads(t *testing.T) {
 	m := startMain(t, func(c *Config) { c.Homeserver.Timeout = commands.DurationOf(20 * time.Second) })
 	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
 	room, _ := stuckDeletion(t, m, hs, "retried")
 	subjects := m.publisher().Subjects
-	const calls = 80
+	inbox := nats.NewInbox()
+	answers, err := m.NC.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const calls = 80 // more than the API's 64 workers
 	for range calls {
 		msg := nats.NewMsg(subjects.APIRoom(room.ID, "delete"))
 		msg.Data, _ = bus.Encode(map[string]any{"wait": true, "purge": false, "requested_by": "@admin:test"})
-		msg.Reply = nats.NewInbox() // nobody listens: a client that gave up
+		msg.Reply = inbox
 		if err := m.NC.PublishMsg(msg); err != nil {
 			t.Fatal(err)
 		}
 	}
-	testenv.WaitFor(t, 10*time.Second, "the v1 calls to be handled", func() bool { return apiInFlight(t, m.NC, "delete") >= 60 })
+	testenv.WaitFor(t, 10*time.Second, "the v1 calls to be handled", func() bool { return apiInFlight(t, m.NC, "delete") >= calls })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := api(ctx, m.NC, subjects.APIRoom(room.ID, "messages"), map[string]any{"admin": true, "limit": 1}); err != nil {
 		t.Fatalf("a read while v1 deletions wait: %v", err)
+	}
+	if err := m.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := answers.Pending(); n != 0 {
+		msg, _ := answers.NextMsg(time.Second)
+		t.Fatalf("%d of %d waiting v1 deletions answered before the deletion they wait for ended, first: %s %s", n, calls, msg.Header.Get("Nats-Service-Error"), msg.Data)
 	}
 }

@@ -181,8 +181,7 @@ func (m *Main) Open(ctx context.Context) error {
 			Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill")}}
 	m.stopping = make(chan struct{})
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: now, ServerName: c.ServerName,
-		Audit: m.Logger.With("component", "audit"), Stopping: m.stopping, CanStart: runner.CanStart,
-		Waiting: make(chan struct{}, handlers.DefaultMaxWaiting)}
+		Audit: m.Logger.With("component", "audit"), Stopping: m.stopping, CanStart: runner.CanStart}
 	// With one instance too: the projection applies the log a little
 	// after the log acknowledges it.
 	admin.CatchUp = func(ctx context.Context) error {
