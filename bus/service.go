@@ -136,10 +136,7 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 		go func() {
 			w := &worker{s: s}
 			defer func() {
-				w.leave()
-				if w.detached {
-					<-s.detached
-				}
+				w.finish()
 				s.wg.Done()
 			}()
 			start := time.Now()
@@ -167,18 +164,32 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 // worker is a request's hold on one of the service's workers.
 type worker struct {
 	s        *Service
+	mu       sync.Mutex
 	left     bool // the worker is given back
 	detached bool // and the request holds a detached slot instead
+	done     bool // the handler has returned
 }
 
 type workerKey struct{}
 
 // leave gives the worker back and stops counting the request in Load.
+// Call it holding mu.
 func (w *worker) leave() {
 	if !w.left {
 		w.left = true
 		<-w.s.sem
 		w.s.opts.Load.add(-1)
+	}
+}
+
+// finish ends the request's holds, when its handler has returned.
+func (w *worker) finish() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
+	w.leave()
+	if w.detached {
+		<-w.s.detached
 	}
 }
 
@@ -190,10 +201,17 @@ func (w *worker) leave() {
 // reads. The handler's reply is sent when it returns, as always, and
 // Stop waits for it. Past ServiceOptions.MaxDetached requests waiting
 // detached, Detach refuses with a 429 error and the request keeps its
-// worker; outside a Service's handler, or called again, it does nothing.
+// worker. Outside a Service's handler, called again, or after the
+// handler has returned (from a goroutine it left behind), it does
+// nothing.
 func Detach(ctx context.Context) error {
 	w, _ := ctx.Value(workerKey{}).(*worker)
-	if w == nil || w.left {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.left || w.done {
 		return nil
 	}
 	select {

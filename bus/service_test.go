@@ -171,3 +171,41 @@ func TestServe_DetachedRequestsLeaveTheirWorker(t *testing.T) {
 		}
 	}
 }
+
+// TestServe_DetachAfterTheHandlerReturned: a goroutine a handler left
+// behind that calls Detach with the request's ctx after the handler has
+// returned changes nothing: the worker was given back once, the Load
+// count stays right, and the service goes on serving.
+func TestServe_DetachAfterTheHandlerReturned(t *testing.T) {
+	env := testenv.NewNATS(t)
+	load := &bus.Load{}
+	late := make(chan error, 1)
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "late", Version: "0.0.1", Workers: 1, Load: load}, []bus.Endpoint{{
+		Name: "leave", Subject: "late.leave", Handler: func(ctx context.Context, _ string, _ []byte) ([]byte, error) {
+			go func() {
+				<-ctx.Done() // cancelled once the handler has returned
+				late <- bus.Detach(ctx)
+			}()
+			return []byte("ok"), nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	if _, err := env.NC.Request("late.leave", nil, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-late; err != nil {
+		t.Fatalf("Detach after the handler returned: %v", err)
+	}
+	if n := load.Requests(); n != 0 {
+		t.Fatalf("Load counts %d requests, want 0", n)
+	}
+	for range 3 {
+		if _, err := env.NC.Request("late.leave", nil, 5*time.Second); err != nil {
+			t.Fatalf("the one worker after a late Detach: %v", err)
+		}
+		<-late
+	}
+}
