@@ -45,11 +45,22 @@ type Bridge struct {
 	Metrics http.Handler
 	Observe func(endpoint string, d time.Duration, status int)
 	// MaxInFlight bounds the API requests handled at once (default
-	// DefaultMaxInFlight); /health and /metrics do not count.
+	// DefaultMaxInFlight); /health and /metrics do not count, nor do v1
+	// room deletions, which MaxDeleteV1 bounds.
 	MaxInFlight int
+	// MaxDeleteV1 bounds the v1 room deletions handled at once (default
+	// DefaultMaxDeleteV1). Each waits until its deletion is over, up to
+	// DeleteV1Timeout, and goes on after its client has gone: in the
+	// slots of MaxInFlight, retried v1 calls on a room whose deletion
+	// hangs would leave none to the reads.
+	MaxDeleteV1 int
 
-	slots chan struct{}
+	slots, v1Slots chan struct{}
 }
+
+// DefaultMaxDeleteV1 is Bridge.MaxDeleteV1's default: as many as the
+// service lets wait detached from its workers (bus.DefaultMaxDetached).
+const DefaultMaxDeleteV1 = bus.DefaultMaxDetached
 
 // apiHandler is an HTTP handler that returns its error; serveAPI is the one
 // place where errors become Matrix error responses.
@@ -61,6 +72,10 @@ func (b *Bridge) Handler() http.Handler {
 		b.MaxInFlight = DefaultMaxInFlight
 	}
 	b.slots = make(chan struct{}, b.MaxInFlight)
+	if b.MaxDeleteV1 <= 0 {
+		b.MaxDeleteV1 = DefaultMaxDeleteV1
+	}
+	b.v1Slots = make(chan struct{}, b.MaxDeleteV1)
 	mux := http.NewServeMux()
 	for _, v := range []string{"v3", "r0", "api/v1"} {
 		mux.Handle("GET /_matrix/client/"+v+"/rooms/{roomId}/messages", b.serve("client_messages", false, b.clientMessages))
@@ -101,19 +116,21 @@ func (b *Bridge) health(w http.ResponseWriter, r *http.Request) {
 func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		slots, full := b.slots, "Too many requests in flight; retry shortly"
 		if name == "delete_room_v1" {
 			// v1 answers when the shutdown is over: past the server's
 			// write timeout.
 			_ = http.NewResponseController(w).SetWriteDeadline(start.Add(DeleteV1Timeout + time.Minute))
+			slots, full = b.v1Slots, "Too many room deletions waiting; retry shortly or use the v2 API"
 		}
 		var status int
 		select {
-		case b.slots <- struct{}{}:
+		case slots <- struct{}{}:
 			status = b.handle(w, r, admin, h)
-			<-b.slots
+			<-slots
 		default:
 			w.Header().Set("Retry-After", "1")
-			status = writeError(w, commands.Errorf(429, commands.CodeRateLimited, "Too many requests in flight; retry shortly"))
+			status = writeError(w, commands.Errorf(429, commands.CodeRateLimited, "%s", full))
 		}
 		if b.Observe != nil {
 			b.Observe(name, time.Since(start), status)

@@ -3,6 +3,9 @@ package handlers_test
 import (
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,5 +77,88 @@ func TestBridge_BoundsRequestsInFlight(t *testing.T) {
 	}
 	if resp := get(); resp.StatusCode != 200 {
 		t.Fatalf("after the flood: %d", resp.StatusCode)
+	}
+}
+
+// TestBridge_V1DeletionsHaveSlotsOfTheirOwn: a v1 room deletion waits as
+// long as the deletion (up to DeleteV1Timeout, and on after its client
+// has gone), so v1 deletions must not take the slots every other request
+// needs: with MaxInFlight v1 deletions waiting, a read is still served,
+// and past MaxDeleteV1 of them a v1 deletion is answered 429 at once.
+func TestBridge_V1DeletionsHaveSlotsOfTheirOwn(t *testing.T) {
+	n := testenv.NewNATS(t)
+	subjects := bus.Subjects{Prefix: "sb"}
+	release := make(chan struct{})
+	held := make(chan struct{}, 10)
+	answer := func(reply map[string]any) nats.MsgHandler {
+		return func(m *nats.Msg) {
+			go func() {
+				out := reply
+				if out == nil { // the v1 deletion: answers when it is over
+					held <- struct{}{}
+					<-release
+					out = map[string]any{"kicked_users": []any{}}
+				}
+				data, _ := bus.Encode(out)
+				m.Respond(data)
+			}()
+		}
+	}
+	for subj, reply := range map[string]map[string]any{
+		subjects.APIRoomWildcard("delete"):   nil,
+		subjects.APIRoomWildcard("messages"): {"chunk": []any{}, "start": "s1"},
+	} {
+		sub, err := n.NC.Subscribe(subj, answer(reply))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+	}
+	admin := handlers.Identity{UserID: "@admin:test", Admin: true}
+	b := &handlers.Bridge{
+		Req:         &bus.Requester{NC: n.NC, Timeout: 10 * time.Second},
+		Subjects:    subjects,
+		Auth:        &handlers.Auth{Static: map[string]handlers.Identity{"tok": admin}, Subjects: subjects, Req: &bus.Requester{NC: n.NC, Timeout: time.Second}},
+		MaxInFlight: 2,
+		MaxDeleteV1: 3,
+	}
+	srv := httptest.NewServer(b.Handler())
+	defer srv.Close()
+	var once sync.Once
+	releaseAll := func() { once.Do(func() { close(release) }) }
+	defer releaseAll() // before srv.Close, which waits for the requests
+	do := func(method, path string) int {
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(`{}`))
+		req.Header.Set("Authorization", "Bearer tok")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	statuses := make(chan int, 3)
+	for i := range 3 {
+		go func() { statuses <- do("DELETE", "/_synapse/admin/v1/rooms/!r"+strconv.Itoa(i)+":test") }()
+	}
+	for range 3 {
+		select {
+		case <-held:
+		case st := <-statuses:
+			t.Fatalf("a v1 deletion answered %d before its deletion was over, with MaxInFlight 2 and MaxDeleteV1 3", st)
+		}
+	}
+	if st := do("GET", "/_matrix/client/v3/rooms/!r:test/messages?dir=b"); st != 200 {
+		t.Fatalf("a read with three v1 deletions waiting and MaxInFlight 2: %d, want 200", st)
+	}
+	if st := do("DELETE", "/_synapse/admin/v1/rooms/!r9:test"); st != 429 {
+		t.Fatalf("a fourth v1 deletion with MaxDeleteV1 3: %d, want 429", st)
+	}
+	releaseAll()
+	for range 3 {
+		if st := <-statuses; st != 200 {
+			t.Fatalf("a waiting v1 deletion ended %d", st)
+		}
 	}
 }
