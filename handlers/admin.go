@@ -379,11 +379,11 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 				return nil, commands.Errorf(400, commands.CodeUnknown, "%s", inProgress)
 			}
 			if a.CanStart == nil || a.CanStart(roomID) {
-				a.waitStarted(ctx, id)
+				a.waitStarted(ctx, roomID, id)
 			}
 			return bus.Encode(map[string]any{"delete_id": id})
 		}
-		if t, err = a.waitTask(ctx, id); err != nil {
+		if t, err = a.waitTask(ctx, roomID, id); err != nil {
 			return nil, err
 		}
 		if t.Status != commands.TaskFailed || t.Error != inProgress {
@@ -425,16 +425,16 @@ func DeleteBools(m map[string]any) (map[string]any, error) {
 // before it replies.
 const StartWait = time.Second
 
-// waitStarted waits, at most StartWait, until a task is no longer
-// scheduled. Synapse launches a task as it schedules it, so the by-room
+// waitStarted waits, at most StartWait, until a task of the room is no
+// longer scheduled. Synapse launches a task as it schedules it, so the by-room
 // delete status, which leaves scheduled tasks out, shows a v2 deletion
 // as soon as its delete_id is returned; with every task slot taken the
 // task stays scheduled, there as here, and Delete does not wait
 // (CanStart).
-func (a *Admin) waitStarted(ctx context.Context, id string) {
+func (a *Admin) waitStarted(ctx context.Context, roomID, id string) {
 	ctx, cancel := context.WithTimeout(ctx, StartWait)
 	defer cancel()
-	_ = a.waitUntil(ctx, func() (bool, error) {
+	_ = a.waitUntil(ctx, roomID, func() (bool, error) {
 		t, err := a.Store.Task(id)
 		return err != nil || t == nil || t.Status != commands.TaskScheduled, nil
 	})
@@ -444,7 +444,7 @@ func (a *Admin) waitStarted(ctx context.Context, id string) {
 // deletion (shutdown_and_purge_room or purge_room), or ctx ends.
 func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
 	open := ""
-	err := a.waitUntil(ctx, func() (bool, error) {
+	err := a.waitUntil(ctx, roomID, func() (bool, error) {
 		tasks, err := a.Store.RoomTasks(roomID)
 		open = ""
 		for _, t := range tasks {
@@ -458,10 +458,10 @@ func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
 	return a.waitErr(err, open, "")
 }
 
-// waitTask waits until a task has finished, or ctx ends.
-func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error) {
+// waitTask waits until a task of the room has finished, or ctx ends.
+func (a *Admin) waitTask(ctx context.Context, roomID, id string) (*commands.Task, error) {
 	var t *commands.Task
-	err := a.waitUntil(ctx, func() (bool, error) {
+	err := a.waitUntil(ctx, roomID, func() (bool, error) {
 		var err error
 		t, err = a.Store.Task(id)
 		return t != nil && t.Finished(), err
@@ -473,13 +473,13 @@ func (a *Admin) waitTask(ctx context.Context, id string) (*commands.Task, error)
 var errAdminStopping = errors.New("stopping")
 
 // waitUntil calls done until it reports true or an error, ctx ends
-// (ctx.Err()) or the service stops (errAdminStopping). done reads tasks,
-// which change only when the projector commits a task's command or
-// update: it is called again after each such commit
-// (projections.Store.TaskChange), not on a timer.
-func (a *Admin) waitUntil(ctx context.Context, done func() (bool, error)) error {
+// (ctx.Err()) or the service stops (errAdminStopping). done reads the
+// room's tasks, which change only when the projector commits a task's
+// command or update: it is called again after each such commit of the
+// room (projections.Store.TaskChange), not on a timer.
+func (a *Admin) waitUntil(ctx context.Context, roomID string, done func() (bool, error)) error {
 	for {
-		changed := a.Store.TaskChange()
+		changed := a.Store.TaskChange(roomID)
 		if ok, err := done(); ok || err != nil {
 			return err
 		}

@@ -23,9 +23,10 @@
 //
 // Admin requests that wait for a task (a v1 room deletion for the room's
 // open deletion and then its own, a v2 deletion for its task to start)
-// wake on each commit that changes a task (projections.Store.TaskChange)
-// instead of polling; a v1 deletion waits detached from the API's
-// workers (bus.Detach), as long as its deletion takes.
+// wake on each commit that writes a task of the room
+// (projections.Store.TaskChange) instead of polling; a v1 deletion waits
+// detached from the API's workers (bus.Detach), as long as its deletion
+// takes.
 //
 // Reads that reach a backward extremity call the Backfiller (Synapse's
 // maybe_backfill): in the foreground when the page is short or gappy,

@@ -131,13 +131,17 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 		}
 		return written, fmt.Errorf("projections: %w", err)
 	}
-	wakeJanitor, wakeTasks, changed := false, false, false
+	wakeJanitor, wakeTasks := false, false
+	var changed map[string]bool // rooms whose tasks were written
 	for _, b := range bs {
 		for _, o := range b.out {
 			if o.Task == nil {
 				continue
 			}
-			changed = true
+			if changed == nil {
+				changed = map[string]bool{}
+			}
+			changed[o.Task.RoomID] = true
 			if o.Task.Action == commands.ActionPurgeHistory || o.Task.Action == commands.ActionPurgeRoom {
 				wakeJanitor = true
 			}
@@ -147,8 +151,8 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 			}
 		}
 	}
-	if changed {
-		s.tasksChanged()
+	if changed != nil {
+		s.tasksChanged(changed)
 	}
 	if wakeJanitor {
 		s.WakeJanitor()

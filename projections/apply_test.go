@@ -537,13 +537,14 @@ func TestApplyBatch_LongPurgeStepID(t *testing.T) {
 	}
 }
 
-// TestStore_TaskChangeClosesOnTaskCommits: the channel of TaskChange is
-// closed by the next commit that writes a task (a command, an update),
-// and not by one that writes none, so that a waiter that takes it, reads
-// the task, then waits on it, never misses a change.
+// TestStore_TaskChangeClosesOnTaskCommits: the channel of TaskChange for
+// a room is closed by the next commit that writes a task of that room (a
+// command, an update), and not by one that writes none or only another
+// room's, so that a waiter that takes it, reads the task, then waits on
+// it, never misses a change and is not woken for other rooms.
 func TestStore_TaskChangeClosesOnTaskCommits(t *testing.T) {
 	s := testenv.NewStore(t)
-	r := testenv.NewRoom("tc", "test")
+	r, other := testenv.NewRoom("tc", "test"), testenv.NewRoom("tc2", "test")
 	room := r.ID
 	closed := func(ch <-chan struct{}) bool {
 		select {
@@ -553,26 +554,30 @@ func TestStore_TaskChangeClosesOnTaskCommits(t *testing.T) {
 			return false
 		}
 	}
-	applyOne := func(seq uint64, kind string, v map[string]any) {
+	applyOne := func(seq uint64, roomID, kind string, v map[string]any) {
 		t.Helper()
-		if _, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, room, kind, v)}); err != nil {
+		if _, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, roomID, kind, v)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ch := s.TaskChange()
+	ch := s.TaskChange(room)
 	next := apply(t, s, 1, r.Setup("@a:test")...)
 	if closed(ch) {
 		t.Fatal("an event closed the task channel")
 	}
-	applyOne(next, commands.KindCmd, map[string]any{"id": "p1", "action": "purge_room", "room_id": room, "params": map[string]any{}})
+	applyOne(next, other.ID, commands.KindCmd, map[string]any{"id": "o1", "action": "purge_room", "room_id": other.ID, "params": map[string]any{}})
+	if closed(ch) {
+		t.Fatal("another room's task closed the room's task channel")
+	}
+	applyOne(next+1, room, commands.KindCmd, map[string]any{"id": "p1", "action": "purge_room", "room_id": room, "params": map[string]any{}})
 	if !closed(ch) {
 		t.Fatal("a command's task did not close the task channel")
 	}
-	ch = s.TaskChange()
+	ch = s.TaskChange(room)
 	if closed(ch) {
 		t.Fatal("a new task channel is closed before any change")
 	}
-	applyOne(next+1, commands.KindTask, map[string]any{"task_id": "p1", "status": "active"})
+	applyOne(next+2, room, commands.KindTask, map[string]any{"task_id": "p1", "status": "active"})
 	if !closed(ch) {
 		t.Fatal("a task update did not close the task channel")
 	}

@@ -52,9 +52,9 @@ type Store struct {
 	janitor    chan struct{} // wakes the janitor when a purge is applied
 	newTasks   chan struct{} // wakes a task runner when a task is scheduled or finishes
 	taskMu     sync.Mutex
-	taskCh     chan struct{} // closed, and replaced, by a commit that writes a task
-	jmu        sync.Mutex    // one janitor step at a time
-	ahead      unindexAhead  // the janitor's window (unindex.go), under jmu
+	taskCh     map[string]chan struct{} // by room: closed by a commit that writes a task of the room
+	jmu        sync.Mutex               // one janitor step at a time
+	ahead      unindexAhead             // the janitor's window (unindex.go), under jmu
 
 	// ObserveJanitor, if set before RunJanitor starts, hears about every
 	// transaction of RunJanitor that did something.
@@ -71,27 +71,36 @@ type Store struct {
 // one 100 ms after a task ends).
 func (s *Store) NewTasks() <-chan struct{} { return s.newTasks }
 
-// TaskChange returns a channel that the next commit writing a task (a
-// command's, an update's) closes. Reads of the tasks made after taking
-// it see every change before that commit, so a waiter takes it, reads
-// the task, and waits on it only if the task is not yet as it wants:
-// no change is missed and nothing polls.
-func (s *Store) TaskChange() <-chan struct{} {
+// TaskChange returns a channel that the next commit writing a task of
+// the room (a command's, an update's) closes. Reads of the tasks made
+// after taking it see every change before that commit, so a waiter takes
+// it, reads the task, and waits on it only if the task is not yet as it
+// wants: no change is missed, nothing polls, and other rooms' tasks do
+// not wake it.
+func (s *Store) TaskChange(roomID string) <-chan struct{} {
 	s.taskMu.Lock()
 	defer s.taskMu.Unlock()
 	if s.taskCh == nil {
-		s.taskCh = make(chan struct{})
+		s.taskCh = map[string]chan struct{}{}
 	}
-	return s.taskCh
+	ch := s.taskCh[roomID]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.taskCh[roomID] = ch
+	}
+	return ch
 }
 
-// tasksChanged closes the channel of TaskChange.
-func (s *Store) tasksChanged() {
+// tasksChanged closes the channels of TaskChange of rooms. (A channel
+// whose waiters have gone stays until its room's next task change.)
+func (s *Store) tasksChanged(rooms map[string]bool) {
 	s.taskMu.Lock()
 	defer s.taskMu.Unlock()
-	if s.taskCh != nil {
-		close(s.taskCh)
-		s.taskCh = nil
+	for room := range rooms {
+		if ch := s.taskCh[room]; ch != nil {
+			close(ch)
+			delete(s.taskCh, room)
+		}
 	}
 }
 
