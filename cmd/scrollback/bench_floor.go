@@ -250,9 +250,8 @@ func (f *floor) serveScan(w http.ResponseWriter, r *http.Request) {
 func (f *floor) Close() error {
 	var errs []error
 	if f.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		errs = append(errs, f.httpSrv.Shutdown(ctx))
-		cancel()
+		_, err := stopHTTP(f.httpSrv)
+		errs = append(errs, err)
 		if err := <-f.httpDone; !errors.Is(err, http.ErrServerClosed) {
 			errs = append(errs, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -160,5 +161,27 @@ func TestMain_NonMemberForbidden(t *testing.T) {
 	var e *commands.Error
 	if !asErr(err, &e) || e.Status != 403 || e.Message != "User @bob:test not in room !r2:test, and room previews are disabled" {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestMain_CloseWithAConnectionThatSentNothing: an HTTP client's
+// transport dials connections it may never send a request on (a dial
+// raced by a connection that became free). net/http's Shutdown waits
+// for such a connection until it is 5 s old; the stop gave it 5 s in
+// all and failed with "context deadline exceeded" (TestRunBench_External
+// did, under load). Close must return without an error.
+func TestMain_CloseWithAConnectionThatSentNothing(t *testing.T) {
+	m := startMain(t)
+	conn, err := net.Dial("tcp", m.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	testenv.WaitFor(t, 5*time.Second, "the bridge to accept the connection", func() bool {
+		_, err := http.Get("http://" + m.HTTPAddr + "/health")
+		return err == nil
+	})
+	if err := m.Close(); err != nil {
+		t.Fatalf("Close with a connection that sent nothing: %v", err)
 	}
 }

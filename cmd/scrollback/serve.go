@@ -495,6 +495,23 @@ func logErased(log *bus.Log) func(context.Context, string, uint64) (bool, error)
 	}
 }
 
+// httpStopWait bounds how long stopHTTP waits for the requests.
+const httpStopWait = 10 * time.Second
+
+// stopHTTP shuts srv down: it waits for the requests under way, and for
+// connections that have not sent a request yet until they are 5 s old
+// (as net/http has it: an HTTP client may dial a connection and never
+// use it), at most httpStopWait; then it closes what is left, and
+// reports it cut.
+func stopHTTP(srv *http.Server) (cut bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), httpStopWait)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		return false, err
+	}
+	return true, srv.Close()
+}
+
 // Close stops everything in reverse order and waits for it: the HTTP
 // bridge, the micro service, the projector (which commits what it was
 // given), the file, the NATS connection and the embedded server.
@@ -507,9 +524,11 @@ func (m *Main) Close() error {
 		m.stopping = nil
 	}
 	if m.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		errs = append(errs, m.httpSrv.Shutdown(ctx))
-		cancel()
+		cut, err := stopHTTP(m.httpSrv)
+		if cut {
+			m.Logger.Warn("HTTP requests still running at the stop were cut", "waited", httpStopWait)
+		}
+		errs = append(errs, err)
 		if err := <-m.httpDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs = append(errs, err)
 		}
