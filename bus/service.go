@@ -144,6 +144,7 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 			defer cancel()
 			status := 200
 			reply, err := s.call(ctx, ep, req)
+			w.returned()
 			if err != nil {
 				status = s.respondError(req, ep, err)
 			} else {
@@ -182,7 +183,15 @@ func (w *worker) leave() {
 	}
 }
 
-// finish ends the request's holds, when its handler has returned.
+// returned records that the handler has returned: Detach does nothing
+// from then on.
+func (w *worker) returned() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
+}
+
+// finish ends the request's holds, once its reply is sent.
 func (w *worker) finish() {
 	w.mu.Lock()
 	defer w.mu.Unlock()

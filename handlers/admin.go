@@ -479,16 +479,20 @@ var errAdminStopping = errors.New("stopping")
 // room (projections.Store.TaskChange), not on a timer.
 func (a *Admin) waitUntil(ctx context.Context, roomID string, done func() (bool, error)) error {
 	for {
-		changed := a.Store.TaskChange(roomID)
-		if ok, err := done(); ok || err != nil {
-			return err
+		changed, release := a.Store.TaskChange(roomID)
+		ok, err := done()
+		if !ok && err == nil {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-a.Stopping:
+				err = errAdminStopping
+			case <-changed:
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-a.Stopping:
-			return errAdminStopping
-		case <-changed:
+		release()
+		if ok || err != nil {
+			return err
 		}
 	}
 }

@@ -116,12 +116,13 @@ func (b *Bridge) health(w http.ResponseWriter, r *http.Request) {
 func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		slots, full := b.slots, "Too many requests in flight; retry shortly"
+		slots, full, retry := b.slots, "Too many requests in flight; retry shortly", "1"
 		if name == "delete_room_v1" {
 			// v1 answers when the shutdown is over: past the server's
 			// write timeout.
 			_ = http.NewResponseController(w).SetWriteDeadline(start.Add(DeleteV1Timeout + time.Minute))
-			slots, full = b.v1Slots, "Too many room deletions waiting; retry shortly or use the v2 API"
+			// Its places free up as deletions end, minutes apart.
+			slots, full, retry = b.v1Slots, "Too many room deletions waiting; retry later or use the v2 API", "60"
 		}
 		var status int
 		select {
@@ -129,7 +130,7 @@ func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
 			status = b.handle(w, r, admin, h)
 			<-slots
 		default:
-			w.Header().Set("Retry-After", "1")
+			w.Header().Set("Retry-After", retry)
 			status = writeError(w, commands.Errorf(429, commands.CodeRateLimited, "%s", full))
 		}
 		if b.Observe != nil {

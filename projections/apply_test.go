@@ -541,7 +541,8 @@ func TestApplyBatch_LongPurgeStepID(t *testing.T) {
 // a room is closed by the next commit that writes a task of that room (a
 // command, an update), and not by one that writes none or only another
 // room's, so that a waiter that takes it, reads the task, then waits on
-// it, never misses a change and is not woken for other rooms.
+// it, never misses a change and is not woken for other rooms. Once every
+// waiter has released it, nothing of the room stays.
 func TestStore_TaskChangeClosesOnTaskCommits(t *testing.T) {
 	s := testenv.NewStore(t)
 	r, other := testenv.NewRoom("tc", "test"), testenv.NewRoom("tc2", "test")
@@ -560,7 +561,8 @@ func TestStore_TaskChangeClosesOnTaskCommits(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ch := s.TaskChange(room)
+	ch, release := s.TaskChange(room)
+	ch2, release2 := s.TaskChange(room) // a second waiter on the room
 	next := apply(t, s, 1, r.Setup("@a:test")...)
 	if closed(ch) {
 		t.Fatal("an event closed the task channel")
@@ -569,16 +571,26 @@ func TestStore_TaskChangeClosesOnTaskCommits(t *testing.T) {
 	if closed(ch) {
 		t.Fatal("another room's task closed the room's task channel")
 	}
+	release() // the first waiter leaves: the second still waits
 	applyOne(next+1, room, commands.KindCmd, map[string]any{"id": "p1", "action": "purge_room", "room_id": room, "params": map[string]any{}})
-	if !closed(ch) {
+	if !closed(ch2) {
 		t.Fatal("a command's task did not close the task channel")
 	}
-	ch = s.TaskChange(room)
+	release2()
+	ch, release = s.TaskChange(room)
 	if closed(ch) {
 		t.Fatal("a new task channel is closed before any change")
 	}
 	applyOne(next+2, room, commands.KindTask, map[string]any{"task_id": "p1", "status": "active"})
 	if !closed(ch) {
 		t.Fatal("a task update did not close the task channel")
+	}
+	release()
+	// A waiter that takes the channel, finds its task done and leaves
+	// without a change keeps nothing either.
+	_, release = s.TaskChange(room)
+	release()
+	if n := projections.TaskWaiting(s); n != 0 {
+		t.Fatalf("%d rooms keep a task channel with no waiter", n)
 	}
 }

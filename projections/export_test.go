@@ -73,3 +73,10 @@ func SetTaskDoneBatch(tb interface{ Cleanup(func()) }, n int) {
 	taskDoneBatch = n
 	tb.Cleanup(func() { taskDoneBatch = was })
 }
+
+// TaskWaiting is how many rooms have a channel of TaskChange.
+func TaskWaiting(s *Store) int {
+	s.taskMu.Lock()
+	defer s.taskMu.Unlock()
+	return len(s.taskCh)
+}

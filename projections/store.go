@@ -52,9 +52,9 @@ type Store struct {
 	janitor    chan struct{} // wakes the janitor when a purge is applied
 	newTasks   chan struct{} // wakes a task runner when a task is scheduled or finishes
 	taskMu     sync.Mutex
-	taskCh     map[string]chan struct{} // by room: closed by a commit that writes a task of the room
-	jmu        sync.Mutex               // one janitor step at a time
-	ahead      unindexAhead             // the janitor's window (unindex.go), under jmu
+	taskCh     map[string]*taskWaiters // by room: closed by a commit that writes a task of the room
+	jmu        sync.Mutex              // one janitor step at a time
+	ahead      unindexAhead            // the janitor's window (unindex.go), under jmu
 
 	// ObserveJanitor, if set before RunJanitor starts, hears about every
 	// transaction of RunJanitor that did something.
@@ -72,33 +72,48 @@ type Store struct {
 func (s *Store) NewTasks() <-chan struct{} { return s.newTasks }
 
 // TaskChange returns a channel that the next commit writing a task of
-// the room (a command's, an update's) closes. Reads of the tasks made
+// the room (a command's, an update's) closes, and release, which the
+// caller calls once it no longer waits on it. Reads of the tasks made
 // after taking it see every change before that commit, so a waiter takes
 // it, reads the task, and waits on it only if the task is not yet as it
 // wants: no change is missed, nothing polls, and other rooms' tasks do
 // not wake it.
-func (s *Store) TaskChange(roomID string) <-chan struct{} {
+func (s *Store) TaskChange(roomID string) (changed <-chan struct{}, release func()) {
 	s.taskMu.Lock()
 	defer s.taskMu.Unlock()
 	if s.taskCh == nil {
-		s.taskCh = map[string]chan struct{}{}
+		s.taskCh = map[string]*taskWaiters{}
 	}
-	ch := s.taskCh[roomID]
-	if ch == nil {
-		ch = make(chan struct{})
-		s.taskCh[roomID] = ch
+	w := s.taskCh[roomID]
+	if w == nil {
+		w = &taskWaiters{ch: make(chan struct{})}
+		s.taskCh[roomID] = w
 	}
-	return ch
+	w.n++
+	return w.ch, func() {
+		s.taskMu.Lock()
+		defer s.taskMu.Unlock()
+		// The last waiter on a channel no commit closed takes it away:
+		// a room deleted and never written again keeps nothing here.
+		if w.n--; w.n == 0 && s.taskCh[roomID] == w {
+			delete(s.taskCh, roomID)
+		}
+	}
 }
 
-// tasksChanged closes the channels of TaskChange of rooms. (A channel
-// whose waiters have gone stays until its room's next task change.)
+// taskWaiters is a room's channel of TaskChange and how many hold it.
+type taskWaiters struct {
+	ch chan struct{}
+	n  int
+}
+
+// tasksChanged closes the channels of TaskChange of rooms.
 func (s *Store) tasksChanged(rooms map[string]bool) {
 	s.taskMu.Lock()
 	defer s.taskMu.Unlock()
 	for room := range rooms {
-		if ch := s.taskCh[room]; ch != nil {
-			close(ch)
+		if w := s.taskCh[room]; w != nil {
+			close(w.ch)
 			delete(s.taskCh, room)
 		}
 	}
