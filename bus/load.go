@@ -19,6 +19,7 @@ import (
 // subscriptions, where past a bound NATS drops them (Backoff).
 type Load struct {
 	n         atomic.Int64
+	detached  atomic.Int64 // requests waiting detached from the workers (Detach)
 	workers   atomic.Int64 // the service's, once it serves
 	backedOff atomic.Int64 // ns spent in Backoff's waits
 }
@@ -40,6 +41,16 @@ func (l *Load) Requests() int {
 	return int(l.n.Load())
 }
 
+// Detached is how many requests wait detached from the service's
+// workers now (Detach; 0 for a nil Load): the scrollback_requests_detached
+// metric. They are not among Requests.
+func (l *Load) Detached() int {
+	if l == nil {
+		return 0
+	}
+	return int(l.detached.Load())
+}
+
 // serve records the number of workers of the service that counts.
 func (l *Load) serve(workers int) {
 	if l != nil {
@@ -50,6 +61,12 @@ func (l *Load) serve(workers int) {
 func (l *Load) add(d int64) {
 	if l != nil {
 		l.n.Add(d)
+	}
+}
+
+func (l *Load) detach(d int64) {
+	if l != nil {
+		l.detached.Add(d)
 	}
 }
 

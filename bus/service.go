@@ -199,6 +199,7 @@ func (w *worker) finish() {
 	w.leave()
 	if w.detached {
 		<-w.s.detached
+		w.s.opts.Load.detach(-1)
 	}
 }
 
@@ -227,6 +228,7 @@ func Detach(ctx context.Context) error {
 	case w.s.detached <- struct{}{}:
 		w.detached = true
 		w.leave()
+		w.s.opts.Load.detach(1)
 		return nil
 	default:
 		return commands.Errorf(429, commands.CodeRateLimited, "Too many requests waiting; retry shortly")

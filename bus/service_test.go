@@ -138,8 +138,8 @@ func TestServe_DetachedRequestsLeaveTheirWorker(t *testing.T) {
 			t.Fatalf("a second request on the one worker, with the first detached: %s", r)
 		}
 	}
-	if n := load.Requests(); n != 0 {
-		t.Fatalf("Load counts %d requests with two detached, want 0", n)
+	if n, d := load.Requests(), load.Detached(); n != 0 || d != 2 {
+		t.Fatalf("Load counts %d requests and %d detached with two detached, want 0 and 2", n, d)
 	}
 	msg, err := env.NC.Request("detach.now", nil, 2*time.Second)
 	if err != nil || string(msg.Data) != "now" {
@@ -169,6 +169,9 @@ func TestServe_DetachedRequestsLeaveTheirWorker(t *testing.T) {
 		if r := <-replies; r != "waited" {
 			t.Fatalf("detached request's reply: %q", r)
 		}
+	}
+	if d := load.Detached(); d != 0 {
+		t.Fatalf("Load counts %d detached after they returned", d)
 	}
 }
 

@@ -91,15 +91,21 @@ func NewMetrics(lag func() float64) *Metrics {
 	return m
 }
 
-// CountBackoff exports the time the purges' background work (the janitor,
-// the eraser's compaction steps) waited for reads queued for the API's
-// workers (bus.Load.Backoff): a purge whose rows or log erasure go slowly
-// because reads keep the workers busy shows here.
-func (m *Metrics) CountBackoff(load *bus.Load) {
+// CountLoad exports what the API's load counts: the time the purges'
+// background work (the janitor, the eraser's compaction steps) waited for
+// reads queued for the API's workers (bus.Load.Backoff), so that a purge
+// whose rows or log erasure go slowly because reads keep the workers busy
+// shows; and the requests waiting detached from the workers (v1 room
+// deletions waiting for their deletion, bus.Detach).
+func (m *Metrics) CountLoad(load *bus.Load) {
 	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "scrollback_backoff_seconds_total",
 		Help: "Time the purges' janitor and log eraser waited because requests were queueing for the API's workers.",
-	}, func() float64 { return load.BackedOff().Seconds() }))
+	}, func() float64 { return load.BackedOff().Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "scrollback_requests_detached",
+			Help: "API requests waiting detached from the workers (v1 room deletions waiting for their deletion).",
+		}, func() float64 { return float64(load.Detached()) }))
 }
 
 // Handler serves /metrics.

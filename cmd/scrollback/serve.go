@@ -137,7 +137,7 @@ func (m *Main) Open(ctx context.Context) error {
 	// The janitor and the eraser make way for the API's requests
 	// (handlers.BackoffForReads, handlers.MakeWayForReads).
 	apiLoad := &bus.Load{}
-	m.Metrics.CountBackoff(apiLoad)
+	m.Metrics.CountLoad(apiLoad)
 	m.Store.ObserveJanitor = m.Metrics.ObserveJanitor
 	m.Store.BeforeJanitor = handlers.BackoffForReads(apiLoad)
 	m.background(runCtx, "janitor", func(ctx context.Context) {
