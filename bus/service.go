@@ -191,11 +191,11 @@ func (w *worker) returned() {
 	w.done = true
 }
 
-// finish ends the request's holds, once its reply is sent.
+// finish ends the request's holds, once its reply is sent (after
+// returned: a late Detach finds done and does nothing).
 func (w *worker) finish() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.done = true
 	w.leave()
 	if w.detached {
 		<-w.s.detached
