@@ -30,6 +30,15 @@
 // other instance reads while it is compacted may be compacted: Consume
 // reads copies once, when it starts.
 //
+// To find the messages to keep, Compact counts before it reads
+// (findKept): the server counts a subject's messages from a sequence on
+// without reading them, so a range holding as many messages as erasures
+// listed in it holds nothing to keep; only the ranges that hold more are
+// halved and, once small, read. This trusts that nothing but subject
+// purges, which take every message below a point, deletes an event
+// subject's messages: a message deleted by hand (nats stream rmm) among
+// the erasures could hide a message to keep in the same range.
+//
 // # Input limits
 //
 // msgpack v5.4.1 allocates what a length prefix claims before reading it

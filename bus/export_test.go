@@ -1,5 +1,7 @@
 package bus
 
+import "context"
+
 // SetCompactStep sets how many erased messages one step of Compact's
 // subject purge takes, for a test, and returns the restore.
 func SetCompactStep(n int) (restore func()) {
@@ -14,4 +16,22 @@ func SetKeptBatch(n int) (restore func()) {
 	old := keptBatch
 	keptBatch = n
 	return func() { keptBatch = old }
+}
+
+// SetSearchLeaf sets how many listed erasures a range of findKept's
+// search may hold for it to read the range's headers, for a test, and
+// returns the restore.
+func SetSearchLeaf(n int) (restore func()) {
+	old := searchLeaf
+	searchLeaf = n
+	return func() { searchLeaf = old }
+}
+
+// FindKept runs Compact's search for the messages to keep (findKept).
+func (l *Log) FindKept(ctx context.Context, subject string, erase []uint64, after uint64) (keep []uint64, headers int, err error) {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return nil, 0, err
+	}
+	return l.findKept(ctx, st, subject, erase, after)
 }

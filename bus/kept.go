@@ -77,7 +77,7 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 			return err
 		}
 	}
-	keep, err := keptSeqs(ctx, l.JS, st, eventSubj, seqs, copied, l.beforeStep)
+	keep, _, err := l.findKept(ctx, st, eventSubj, seqs, copied)
 	if err != nil {
 		return err
 	}
@@ -294,7 +294,7 @@ func lastKept(ctx context.Context, st jetstream.Stream, keptSubj string) (seq, a
 // local message, once a purge has delete_local_events; an outlier the
 // sweep deletes). Without this the copy stayed in the log for good,
 // though the projection had deleted the event. It reads the copies'
-// headers, paced as keptSeqs is (the subject holds what the room's purges
+// headers, paced as findKept is (the subject holds what the room's purges
 // kept, its state events mostly), and deletes the matches one by one:
 // few, as a rule.
 func (l *Log) eraseCopies(ctx context.Context, keptSubj string, last uint64, seqs []uint64) error {
@@ -378,41 +378,8 @@ func (s Subjects) parseKept(subject string, h nats.Header) (keptCopy, error) {
 	return keptCopy{seq: seq, subject: s.Room(roomID, commands.KindEvent), ts: time.Unix(0, ns).UnixMilli()}, nil
 }
 
-// keptSeqs lists the messages of subject below the last of erase
-// (ascending) that are not in erase, after sequence after: the ones a
-// compaction must copy. It reads headers only, walking erase alongside.
-// pace, if set, is called before each scanBatch messages: reading 300k
-// headers at full speed took 1.2 s of both cores here, and reads served
-// meanwhile timed out.
-func keptSeqs(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, subject string, erase []uint64, after uint64, pace func(context.Context)) ([]uint64, error) {
-	last, err := st.GetLastMsgForSubject(ctx, subject)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("bus: last message on %s: %w", subject, err)
-	}
-	end := min(last.Sequence, erase[len(erase)-1])
-	var keep []uint64
-	n := 0
-	err = readRange(ctx, js, st.CachedInfo().Config.Name, subject, 1, end, true, func(m jetstream.Msg, seq uint64) error {
-		if pace != nil && n%scanBatch == 0 {
-			pace(ctx)
-		}
-		n++
-		for len(erase) > 0 && erase[0] < seq {
-			erase = erase[1:]
-		}
-		if (len(erase) == 0 || erase[0] != seq) && seq > after {
-			keep = append(keep, seq)
-		}
-		return nil
-	})
-	return keep, err
-}
-
 // scanBatch is how many messages readRange asks the server for at once,
-// and how many keptSeqs and eraseCopies read between two calls of their pace: a pause
+// and how many findKept and eraseCopies read between two calls of their pace: a pause
 // stops the server's work too, since it sends only what was asked for.
 const scanBatch = 1024
 

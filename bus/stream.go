@@ -87,11 +87,12 @@ type Log struct {
 	// DeleteMsgs sends: the eraser waits there while reads queue (see
 	// Load.MakeWay).
 	BeforeDelete func(ctx context.Context)
-	// BeforeStep, if set, is called by Compact before each batch of its
-	// scans, each atomic batch of its kept copies and each of its subject
-	// purges, steps of thousands of
-	// messages each, where the eraser may wait longer than before a
-	// single message (Load.Backoff); unset, Compact calls BeforeDelete.
+	// BeforeStep, if set, is called by Compact before each count of its
+	// search for the messages to keep, each batch of the headers it
+	// reads, each atomic batch of its kept copies and each of its subject
+	// purges, steps of thousands of messages each, where the eraser may
+	// wait longer than before a single message (Load.Backoff); unset,
+	// Compact calls BeforeDelete.
 	BeforeStep func(ctx context.Context)
 }
 

@@ -1,0 +1,192 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// findKept lists the messages of subject below the last of erase
+// (ascending) that are not in erase, after sequence after: the ones a
+// compaction must copy. It also returns how many headers it read.
+//
+// Reading the header of every message of the subject to find them took a
+// purge of 1M messages 5-13 s of both cores, the server's and the
+// client's, while reads were served beside it, and the reads' endpoint
+// dropped requests (docs/BENCHMARKS.md, session 18). The server can count
+// instead: a consumer's NumPending is the number of the subject's
+// messages from its start sequence on, which the server takes from its
+// per-block subject index without reading the messages. A range that
+// holds as many messages as erasures listed in it holds nothing to keep.
+// findKept counts the whole range, halves the ranges that hold more, and
+// reads the headers of a range once it lists at most searchLeaf erasures.
+// A purge that keeps a few messages (a room of remote messages keeps its
+// state events) reads a few thousand headers instead of a million; one
+// that keeps many (a room's local events, a busy room's membership) reads
+// them all, as before, without the counts when the first one shows more
+// messages to keep than there are ranges to read.
+//
+// Two things make a count trustworthy:
+//   - It never falls short. The count of [from, to) is the subject's
+//     messages from from on less those from to on, counted in that order
+//     after each other: messages published in between land after to and
+//     only add to the first. So a range whose count equals its listed
+//     erasures holds nothing else, as long as the listed messages are
+//     there.
+//   - The listed messages are there. Erasures below the subject's first
+//     message are left out (an earlier compaction purged them, as a kept
+//     copy or as an erasure of the same purge before a crash); above it
+//     the service deletes nothing of an event subject but by these subject
+//     purges, which take every message below a point. A count below the
+//     listed erasures means that something else deleted messages (stream
+//     limits, an operator): that range is read.
+func (l *Log) findKept(ctx context.Context, st jetstream.Stream, subject string, erase []uint64, after uint64) (keep []uint64, headers int, err error) {
+	s := &keptSearch{l: l, stream: l.Stream, subject: subject, after: after}
+	err = s.run(ctx, st, erase)
+	return s.keep, s.headers, err
+}
+
+// run is findKept's search.
+func (s *keptSearch) run(ctx context.Context, st jetstream.Stream, erase []uint64) error {
+	subject := s.subject
+	below := erase[len(erase)-1] + 1
+	first, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bus: first message of %s: %w", subject, err)
+	}
+	from := first.Sequence
+	if from >= below {
+		return nil
+	}
+	i, _ := slices.BinarySearch(erase, from)
+	s.l.beforeStep(ctx)
+	n, err := s.count(ctx, from, below)
+	if err != nil {
+		return err
+	}
+	switch listed := len(erase) - i; {
+	case n == listed:
+		return nil
+	case n < listed || n-listed > listed/searchLeaf:
+		return s.read(ctx, from, below, erase[i:])
+	}
+	return s.halve(ctx, from, below, erase[i:])
+}
+
+// searchLeaf is the most erasures a range may list for findKept to read
+// its headers rather than count its halves: reading 4,096 headers costs
+// about what two dozen counts do. A variable for tests.
+var searchLeaf = 4096
+
+// keptSearch is one findKept.
+type keptSearch struct {
+	l       *Log
+	stream  string
+	subject string
+	after   uint64
+	keep    []uint64
+	headers int // read
+}
+
+// halve searches the two halves of [from, to), split at the median of
+// erase (the erasures listed in it, more than searchLeaf).
+func (s *keptSearch) halve(ctx context.Context, from, to uint64, erase []uint64) error {
+	mid := len(erase) / 2
+	if err := s.walk(ctx, from, erase[mid], erase[:mid]); err != nil {
+		return err
+	}
+	return s.walk(ctx, erase[mid], to, erase[mid:])
+}
+
+// walk finds the messages to keep in [from, to), whose listed erasures
+// are erase: none if the range holds just those, else by reading its
+// headers or searching its halves.
+func (s *keptSearch) walk(ctx context.Context, from, to uint64, erase []uint64) error {
+	if len(erase) <= searchLeaf {
+		return s.read(ctx, from, to, erase)
+	}
+	s.l.beforeStep(ctx)
+	n, err := s.count(ctx, from, to)
+	switch {
+	case err != nil:
+		return err
+	case n == len(erase):
+		return nil
+	case n < len(erase):
+		return s.read(ctx, from, to, erase)
+	}
+	return s.halve(ctx, from, to, erase)
+}
+
+// read reads the headers of the subject's messages in [from, to) and
+// keeps those after s.after that erase (the erasures listed there) does
+// not list.
+func (s *keptSearch) read(ctx context.Context, from, to uint64, erase []uint64) error {
+	n := 0
+	return readRange(ctx, s.l.JS, s.stream, s.subject, from, to-1, true, func(_ jetstream.Msg, seq uint64) error {
+		if n%scanBatch == 0 {
+			s.l.beforeStep(ctx)
+		}
+		n++
+		s.headers++
+		for len(erase) > 0 && erase[0] < seq {
+			erase = erase[1:]
+		}
+		if (len(erase) == 0 || erase[0] != seq) && seq > s.after {
+			s.keep = append(s.keep, seq)
+		}
+		return nil
+	})
+}
+
+// count is the number of the subject's messages in [from, to), or more
+// if messages are published meanwhile (see findKept): those from to on
+// are counted first.
+func (s *keptSearch) count(ctx context.Context, from, to uint64) (int, error) {
+	rest, err := s.pendingFrom(ctx, to)
+	if err != nil {
+		return 0, err
+	}
+	all, err := s.pendingFrom(ctx, from)
+	if err != nil {
+		return 0, err
+	}
+	if rest > all {
+		return 0, fmt.Errorf("bus: %s holds %d messages from %d on but %d from %d on", s.subject, all, from, rest, to)
+	}
+	return int(all - rest), nil
+}
+
+// pendingFrom is the number of the subject's messages from seq on: the
+// pending count of a consumer made for it, and deleted at once. Its state
+// is kept in memory, so that making it costs no write.
+func (s *keptSearch) pendingFrom(ctx context.Context, seq uint64) (uint64, error) {
+	c, err := s.l.JS.CreateConsumer(ctx, s.stream, jetstream.ConsumerConfig{
+		FilterSubject:     s.subject,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       seq,
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		InactiveThreshold: countConsumerIdle,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("bus: count %s from %d: %w", s.subject, seq, err)
+	}
+	info := c.CachedInfo()
+	// The server deletes it after countConsumerIdle if this fails.
+	if err := s.l.JS.DeleteConsumer(ctx, s.stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, fmt.Errorf("bus: delete the count consumer of %s: %w", s.subject, err)
+	}
+	return info.NumPending, nil
+}
+
+// countConsumerIdle is how long the server keeps a counting consumer that
+// findKept failed to delete.
+const countConsumerIdle = 30 * time.Second
