@@ -13,9 +13,9 @@
 // # Kept copies
 //
 // Log.Compact erases most of a room's event messages with subject purges
-// (one for every 100k erased messages, each followed by a rest as long as
-// it took, so that the embedded server's work comes in short bursts): the
-// messages it must keep (a purge's outliers, and anything
+// (one for every 10k erased messages, each followed by a rest three times
+// as long as it took, so that the embedded server's work comes in short
+// bursts): the messages it must keep (a purge's outliers, and anything
 // else not being erased below that point) are first copied to
 // sb.room.<rk>.kept in atomic batches, each copy carrying its original
 // sequence and log time in headers. Consume reads the copies' headers

@@ -103,12 +103,13 @@ func (l *Log) Compact(ctx context.Context, roomID string, seqs []uint64) error {
 
 // purgeInSteps purges subject below below in steps: the i-th (from 0)
 // purges below bound(i), until a bound reaches below. Each step waits
-// first (beforeStep) and rests after as long as it took: one purge of a
-// million messages kept a core of the embedded server busy for a second,
-// and reads at 63% of the service's capacity, left with one core, queued
-// past their endpoint's bound and were shed (3-10k of them; scrollback
-// bench --scenario purge --purge-events 1000000). A repeat after a crash
-// starts again from the first step; the steps already done find nothing.
+// first (beforeStep) and rests after stepRest times as long as it took:
+// one purge of a million messages kept a core of the embedded server busy
+// for a second, and reads at 63% of the service's capacity, left with one
+// core, queued past their endpoint's bound and were shed (3-10k of them;
+// scrollback bench --scenario purge --purge-events 1000000). A repeat
+// after a crash starts again from the first step; the steps already done
+// find nothing.
 func (l *Log) purgeInSteps(ctx context.Context, subject string, below uint64, bound func(i int) uint64) error {
 	for i := 0; ; i++ {
 		l.beforeStep(ctx)
@@ -120,7 +121,7 @@ func (l *Log) purgeInSteps(ctx context.Context, subject string, below uint64, bo
 		if err := l.PurgeSubjectBelow(ctx, subject, at); err != nil {
 			return err
 		}
-		rest := time.NewTimer(time.Since(start))
+		rest := time.NewTimer(stepRest * time.Since(start))
 		select {
 		case <-rest.C:
 		case <-ctx.Done():
@@ -165,8 +166,17 @@ func (l *Log) PurgeSubjectInSteps(ctx context.Context, subject string, below uin
 }
 
 // compactStep is how many of a compaction's erased messages one subject
-// purge takes at most (see Compact).
-var compactStep = 100_000
+// purge takes at most (see Compact), and stepRest how many times as long
+// as a step took the next one waits. Once findKept no longer read every
+// header, the steps were most of a 1M-message erasure, and with steps of
+// 100,000 (80-160 ms of a core each) and a rest as long, the reads' p99
+// in it was 3.4-5.0x their p99 without a purge; with steps of 10,000
+// (10-40 ms) and three times their time as rest, 1.5x and 1.8x, the
+// erasure still at 46k messages a second from the purge's reply
+// (docs/BENCHMARKS.md, session 18).
+var compactStep = 10_000
+
+const stepRest = 3
 
 // keptBatch is how many kept copies go in one atomic batch: nats-server's
 // default limit. A batch costs one fsync, where single publishes cost one

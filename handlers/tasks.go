@@ -301,8 +301,8 @@ func MakeWayForReads(load *bus.Load) func(context.Context) {
 }
 
 // MakeWayForCompaction is MakeWayForReads before each step of a
-// compaction (bus.Log.BeforeStep: a batch of its scan, a subject purge of
-// up to 100k messages), where the eraser backs off for up to
+// compaction (bus.Log.BeforeStep: a count of a range, a batch of its
+// reads, a subject purge of up to 10k messages), where the eraser backs off for up to
 // LongestBackoff, as the janitor does: with the eraser's 20 ms there, the
 // reads' p99 during the erasure of 1M messages was 2.81-2.93x their p99
 // without a purge, against 1.52-2.48x (BENCHMARKS.md, session 15).
