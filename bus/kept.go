@@ -394,16 +394,24 @@ func (s Subjects) parseKept(subject string, h nats.Header) (keptCopy, error) {
 const scanBatch = 1024
 
 // readRange delivers the messages on filter with a sequence from from to
-// to (both included) in order, through an ordered consumer.
+// to (both included) in order, through an ordered consumer. The caller
+// makes sure that a message on filter is at from or after it: with none,
+// the read waits for one until ctx ends.
+//
+// The consumer is deleted when the read ends: the server would keep it
+// for readIdle, and a stream holds at most 1,000 consumers by default,
+// which a compaction's search (findKept), reading range after range, could
+// fill.
 func readRange(ctx context.Context, js jetstream.JetStream, stream, filter string, from, to uint64, headersOnly bool, fn func(m jetstream.Msg, seq uint64) error) error {
 	if to < from {
 		return nil
 	}
 	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    from,
-		HeadersOnly:    headersOnly,
+		FilterSubjects:    []string{filter},
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       from,
+		HeadersOnly:       headersOnly,
+		InactiveThreshold: readIdle,
 	})
 	if err != nil {
 		return fmt.Errorf("bus: ordered consumer on %s: %w", filter, err)
@@ -412,6 +420,7 @@ func readRange(ctx context.Context, js jetstream.JetStream, stream, filter strin
 	if err != nil {
 		return fmt.Errorf("bus: read %s: %w", filter, err)
 	}
+	defer deleteConsumer(js, stream, cons)
 	defer it.Stop()
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
@@ -439,6 +448,26 @@ func readRange(ctx context.Context, js jetstream.JetStream, stream, filter strin
 		}
 	}
 }
+
+// readIdle is how long the server keeps a consumer of readRange that
+// could not be deleted: longer than the longest wait of the eraser
+// between two batches (handlers.LongestBackoff).
+const readIdle = 30 * time.Second
+
+// deleteConsumer deletes the server's consumer behind cons, if any. A
+// failure leaves it to the server, which deletes it once idle.
+func deleteConsumer(js jetstream.JetStream, stream string, cons jetstream.Consumer) {
+	info := cons.CachedInfo()
+	if info == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deleteConsumerWait)
+	defer cancel()
+	_ = js.DeleteConsumer(ctx, stream, info.Name)
+}
+
+// deleteConsumerWait bounds a consumer's deletion.
+const deleteConsumerWait = 2 * time.Second
 
 // readKept reads the headers of the kept copies made at or after
 // sequence from whose original sequence is from or later, ordered by

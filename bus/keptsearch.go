@@ -20,15 +20,17 @@ import (
 // dropped requests (docs/BENCHMARKS.md, session 18). The server can count
 // instead: a consumer's NumPending is the number of the subject's
 // messages from its start sequence on, which the server takes from its
-// per-block subject index without reading the messages. A range that
-// holds as many messages as erasures listed in it holds nothing to keep.
+// per-block subject index without sending a message. A range that holds
+// as many messages as erasures listed in it holds nothing to keep.
 // findKept counts the whole range, halves the ranges that hold more, and
-// reads the headers of a range once it lists at most searchLeaf erasures.
-// A purge that keeps a few messages (a room of remote messages keeps its
-// state events) reads a few thousand headers instead of a million; one
-// that keeps many (a room's local events, a busy room's membership) reads
-// them all, as before, without the counts when the first one shows more
-// messages to keep than there are ranges to read.
+// reads the headers of a range once it lists at most searchLeaf
+// erasures. Finding one kept message that way costs two counts for each
+// halving and a read of up to searchLeaf headers: tens of thousands of
+// headers' worth. So findKept searches only when the first count shows
+// few messages to keep (searchMost); a purge that keeps a few (a room of
+// remote messages keeps its state events) then reads a few thousand
+// headers instead of a million, and one that keeps many (a room's local
+// events, a busy room's membership) reads them all, as before.
 //
 // Two things make a count trustworthy:
 //   - It never falls short. The count of [from, to) is the subject's
@@ -39,11 +41,13 @@ import (
 //     there.
 //   - The listed messages are there. Erasures below the subject's first
 //     message are left out (an earlier compaction purged them, as a kept
-//     copy or as an erasure of the same purge before a crash); above it
-//     the service deletes nothing of an event subject but by these subject
-//     purges, which take every message below a point. A count below the
-//     listed erasures means that something else deleted messages (stream
-//     limits, an operator): that range is read.
+//     copy or as an erasure of the same purge before a crash); from it on,
+//     the service deletes an event subject's messages only with these
+//     subject purges, which take every message below a point, and only in
+//     a compaction. A message deleted otherwise from that range (an
+//     operator's nats stream rmm, stream limits an operator set) may hide
+//     a message to keep in the same range: the count cannot tell one from
+//     the other. A range with fewer messages than listed erasures is read.
 func (l *Log) findKept(ctx context.Context, st jetstream.Stream, subject string, erase []uint64, after uint64) (keep []uint64, headers int, err error) {
 	s := &keptSearch{l: l, stream: l.Stream, subject: subject, after: after}
 	err = s.run(ctx, st, erase)
@@ -65,6 +69,13 @@ func (s *keptSearch) run(ctx context.Context, st jetstream.Stream, erase []uint6
 	if from >= below {
 		return nil
 	}
+	// Reads stop at the subject's last message: one that found none
+	// from its start on would wait for one.
+	last, err := st.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		return fmt.Errorf("bus: last message of %s: %w", subject, err)
+	}
+	s.last = last.Sequence
 	i, _ := slices.BinarySearch(erase, from)
 	s.l.beforeStep(ctx)
 	n, err := s.count(ctx, from, below)
@@ -74,16 +85,22 @@ func (s *keptSearch) run(ctx context.Context, st jetstream.Stream, erase []uint6
 	switch listed := len(erase) - i; {
 	case n == listed:
 		return nil
-	case n < listed || n-listed > listed/searchLeaf:
+	case n < listed || n-listed > listed/(searchLeaf*searchMost):
 		return s.read(ctx, from, below, erase[i:])
 	}
 	return s.halve(ctx, from, below, erase[i:])
 }
 
 // searchLeaf is the most erasures a range may list for findKept to read
-// its headers rather than count its halves: reading 4,096 headers costs
-// about what two dozen counts do. A variable for tests.
+// its headers rather than count its halves: a count takes about 5 ms of
+// the server, as long as reading 2,000 headers. A variable for tests.
 var searchLeaf = 4096
+
+// searchMost bounds the messages to keep that findKept searches for: at
+// most one for every searchMost ranges of searchLeaf erasures (30 in a
+// purge of a million messages). Each costs about 2 x 8 counts and a read
+// of a range, as much as reading searchMost ranges of headers.
+const searchMost = 8
 
 // keptSearch is one findKept.
 type keptSearch struct {
@@ -91,6 +108,7 @@ type keptSearch struct {
 	stream  string
 	subject string
 	after   uint64
+	last    uint64 // the subject's last message when the search started
 	keep    []uint64
 	headers int // read
 }
@@ -130,7 +148,7 @@ func (s *keptSearch) walk(ctx context.Context, from, to uint64, erase []uint64) 
 // not list.
 func (s *keptSearch) read(ctx context.Context, from, to uint64, erase []uint64) error {
 	n := 0
-	return readRange(ctx, s.l.JS, s.stream, s.subject, from, to-1, true, func(_ jetstream.Msg, seq uint64) error {
+	return readRange(ctx, s.l.JS, s.stream, s.subject, from, min(to-1, s.last), true, func(_ jetstream.Msg, seq uint64) error {
 		if n%scanBatch == 0 {
 			s.l.beforeStep(ctx)
 		}
@@ -179,14 +197,10 @@ func (s *keptSearch) pendingFrom(ctx context.Context, seq uint64) (uint64, error
 	if err != nil {
 		return 0, fmt.Errorf("bus: count %s from %d: %w", s.subject, seq, err)
 	}
-	info := c.CachedInfo()
-	// The server deletes it after countConsumerIdle if this fails.
-	if err := s.l.JS.DeleteConsumer(ctx, s.stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return 0, fmt.Errorf("bus: delete the count consumer of %s: %w", s.subject, err)
-	}
-	return info.NumPending, nil
+	deleteConsumer(s.l.JS, s.stream, c)
+	return c.CachedInfo().NumPending, nil
 }
 
 // countConsumerIdle is how long the server keeps a counting consumer that
-// findKept failed to delete.
-const countConsumerIdle = 30 * time.Second
+// could not be deleted.
+const countConsumerIdle = 5 * time.Second

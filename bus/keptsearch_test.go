@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
@@ -139,5 +140,48 @@ func TestFindKept_ErasuresAlreadyGone(t *testing.T) {
 	}
 	if headers != n-40-2 {
 		t.Errorf("after a60's and a120's deletion: read %d headers, want all %d left", headers, n-40-2)
+	}
+}
+
+// A search that reads range after range leaves no consumer behind: a
+// stream holds at most 1,000 by default, and the projector needs one.
+func TestFindKept_LeavesNoConsumers(t *testing.T) {
+	defer bus.SetSearchLeaf(2)()
+	const n = 300
+	k := newKeptLog(t, n)
+	ctx := context.Background()
+	c := keptCaseOf(k, n, func(i int) bool { return i == 3 || i == 150 || i == 250 })
+	keep, headers, err := k.log.FindKept(ctx, k.log.Subjects.Room("!a:x", commands.KindEvent), c.erase, 0)
+	if err != nil || !slices.Equal(keep, c.keep) {
+		t.Fatalf("kept %v, %v; want %v", keep, err, c.keep)
+	}
+	info, err := k.st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Consumers != 0 {
+		t.Errorf("%d consumers left on the stream after a search that read %d headers, want none", info.State.Consumers, headers)
+	}
+}
+
+// The subject's last erasures deleted by something else: the ranges read
+// stop at the subject's last message instead of waiting for one.
+func TestFindKept_TailGone(t *testing.T) {
+	defer bus.SetSearchLeaf(2)()
+	const n = 128
+	k := newKeptLog(t, n)
+	subject := k.log.Subjects.Room("!a:x", commands.KindEvent)
+	// More kept than gone just before the tail: the ranges there hold
+	// more messages than listed erasures, so they are halved, not read,
+	// down to the tail's own, which holds none.
+	c := keptCaseOf(k, n, func(i int) bool { return i >= 123 && i <= 126 })
+	if err := k.log.DeleteMsgs(context.Background(), c.erase[len(c.erase)-2:]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	keep, _, err := k.log.FindKept(ctx, subject, c.erase, 0)
+	if err != nil || !slices.Equal(keep, c.keep) {
+		t.Errorf("kept %v, %v; want %v", keep, err, c.keep)
 	}
 }
