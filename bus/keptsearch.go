@@ -75,7 +75,7 @@ func (s *keptSearch) run(ctx context.Context, st jetstream.Stream, erase []uint6
 	if err != nil {
 		return fmt.Errorf("bus: last message of %s: %w", subject, err)
 	}
-	s.last = last.Sequence
+	s.first, s.last = from, last.Sequence
 	i, _ := slices.BinarySearch(erase, from)
 	s.l.beforeStep(ctx)
 	n, err := s.count(ctx, from, below)
@@ -108,7 +108,8 @@ type keptSearch struct {
 	stream  string
 	subject string
 	after   uint64
-	last    uint64 // the subject's last message when the search started
+	first   uint64 // the subject's first message when the search started
+	last    uint64 // and its last
 	keep    []uint64
 	headers int // read
 }
@@ -166,11 +167,19 @@ func (s *keptSearch) read(ctx context.Context, from, to uint64, erase []uint64) 
 
 // count is the number of the subject's messages in [from, to), or more
 // if messages are published meanwhile (see findKept): those from to on
-// are counted first.
+// are counted first. A range that starts at the subject's first message
+// is counted from the stream's first sequence, which holds none of the
+// subject's messages before it: from there the server answers with the
+// subject's total, where from another sequence it walks the subject
+// index of every block on one side of it, and loads the blocks whose
+// index it no longer holds.
 func (s *keptSearch) count(ctx context.Context, from, to uint64) (int, error) {
 	rest, err := s.pendingFrom(ctx, to)
 	if err != nil {
 		return 0, err
+	}
+	if from <= s.first {
+		from = 1
 	}
 	all, err := s.pendingFrom(ctx, from)
 	if err != nil {
