@@ -121,12 +121,8 @@ func (l *Log) purgeInSteps(ctx context.Context, subject string, below uint64, bo
 		if err := l.PurgeSubjectBelow(ctx, subject, at); err != nil {
 			return err
 		}
-		rest := time.NewTimer(stepRest * time.Since(start))
-		select {
-		case <-rest.C:
-		case <-ctx.Done():
-			rest.Stop()
-			return ctx.Err()
+		if err := rest(ctx, stepRest*time.Since(start)); err != nil {
+			return err
 		}
 	}
 }

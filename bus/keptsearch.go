@@ -88,7 +88,102 @@ func (s *keptSearch) run(ctx context.Context, st jetstream.Stream, erase []uint6
 	case n < listed || n-listed > listed/(searchLeaf*searchMost):
 		return s.read(ctx, from, below, erase[i:])
 	}
-	return s.halve(ctx, from, below, erase[i:])
+	return s.sweep(ctx, from, below, erase[i:])
+}
+
+// sweep splits [from, below) into up to sweepRanges ranges of as many
+// listed erasures each, counts them, and searches those that hold more
+// messages than their erasures (walk).
+//
+// A count from a sequence in the middle of the log walks the subject
+// index of every block on one side of it, and loads the blocks whose
+// index the server no longer holds (it drops it 2 minutes after its last
+// use): after a purge's janitor, most of the room's. The first count of a
+// plain halving loaded half of them at once: 60-80 ms windows of the
+// reads' p99 at the start of the erasure (scrollback bench --scenario
+// purge). The sweep counts at its ranges' bounds from the outer ones in
+// (the right half from the end, the left half from the start), so that
+// each count loads the blocks between it and the one before, and rests
+// stepRest times as long as a count took after each one, as the subject
+// purges do.
+//
+// Its counts are not taken in pairs, so a range's count is the
+// difference of its bounds' counts plus the messages published meanwhile
+// (the count from below, taken before and after the others), which keeps
+// it from falling short.
+func (s *keptSearch) sweep(ctx context.Context, from, below uint64, erase []uint64) error {
+	k := max(min(sweepRanges, len(erase)/searchLeaf), 2)
+	at := make([]int, k+1) // erase[at[j]] starts range j
+	bound := make([]uint64, k+1)
+	for j := range k {
+		at[j] = j * len(erase) / k
+		bound[j] = erase[at[j]]
+	}
+	at[k], bound[0], bound[k] = len(erase), from, below
+	pending := make([]uint64, k+1)
+	before, err := s.pendingFrom(ctx, below)
+	if err != nil {
+		return err
+	}
+	order := make([]int, 0, k-1)
+	for j := k - 1; j > k/2; j-- {
+		order = append(order, j)
+	}
+	for j := 1; j <= k/2; j++ {
+		order = append(order, j)
+	}
+	for _, j := range order {
+		s.l.beforeStep(ctx)
+		start := time.Now()
+		if pending[j], err = s.pendingFrom(ctx, bound[j]); err != nil {
+			return err
+		}
+		if err := rest(ctx, stepRest*time.Since(start)); err != nil {
+			return err
+		}
+	}
+	if pending[0], err = s.pendingFrom(ctx, 1); err != nil { // from the subject's first message (count)
+		return err
+	}
+	after, err := s.pendingFrom(ctx, below)
+	if err != nil {
+		return err
+	}
+	pending[k] = before
+	published := int64(after) - int64(before)
+	for j := range k {
+		listed := at[j+1] - at[j]
+		n := int(int64(pending[j]) - int64(pending[j+1]) + published)
+		var err error
+		switch {
+		case n == listed:
+			continue
+		case n < listed || listed <= searchLeaf:
+			err = s.read(ctx, bound[j], bound[j+1], erase[at[j]:at[j+1]])
+		default:
+			err = s.halve(ctx, bound[j], bound[j+1], erase[at[j]:at[j+1]])
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepRanges is how many ranges sweep counts at most: 32 counts of the
+// blocks of 1/32 of the room each.
+const sweepRanges = 32
+
+// rest waits d, or until ctx ends.
+func rest(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // searchLeaf is the most erasures a range may list for findKept to read
