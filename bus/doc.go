@@ -32,12 +32,17 @@
 //
 // To find the messages to keep, Compact counts before it reads
 // (findKept): the server counts a subject's messages from a sequence on
-// without reading them, so a range holding as many messages as erasures
-// listed in it holds nothing to keep; only the ranges that hold more are
-// halved and, once small, read. This trusts that nothing but subject
-// purges, which take every message below a point, deletes an event
-// subject's messages: a message deleted by hand (nats stream rmm) among
-// the erasures could hide a message to keep in the same range.
+// without sending them (a consumer's NumPending), so a range holding as
+// many messages as erasures listed in it holds nothing to keep. The
+// search counts up to 32 ranges first, from the ends in and resting after
+// each count (a count loads the blocks whose subject index the server has
+// dropped), then halves the ranges that hold more and reads the small
+// ones. It searches only when the first count shows few messages to keep
+// (about 30 in a million); with more it reads every header, as it did
+// before. This trusts that nothing but subject purges, which take every
+// message below a point, deletes an event subject's messages: a message
+// deleted by hand (nats stream rmm) among the erasures could hide a
+// message to keep in the same range.
 //
 // # Input limits
 //
