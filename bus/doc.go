@@ -34,15 +34,17 @@
 // (findKept): the server counts a subject's messages from a sequence on
 // without sending them (a consumer's NumPending), so a range holding as
 // many messages as erasures listed in it holds nothing to keep. The
-// search counts up to 32 ranges first, from the ends in and resting after
-// each count (a count loads the blocks whose subject index the server has
-// dropped), then halves the ranges that hold more and reads the small
-// ones. It searches only when the first count shows few messages to keep
-// (about 30 in a million); with more it reads every header, as it did
-// before. This trusts that nothing but subject purges, which take every
-// message below a point, deletes an event subject's messages: a message
-// deleted by hand (nats stream rmm) among the erasures could hide a
-// message to keep in the same range.
+// search counts up to 32 ranges first, in an order that makes each count
+// load only the blocks since the one before (a count loads the blocks
+// whose subject index the server has dropped), resting after each; then
+// it halves the ranges that hold more messages than erasures, and reads
+// those that hold fewer and the small ones. It searches only when the
+// first count shows few messages to keep (about 30 in a million); with
+// more, or in a purge of fewer than 32,768 messages that keeps any, it
+// reads every header, as it did before. This trusts that nothing but
+// subject purges, which take every message below a point, deletes an
+// event subject's messages: a message deleted by hand (nats stream rmm)
+// among the erasures could hide a message to keep in the same range.
 //
 // # Input limits
 //

@@ -77,42 +77,54 @@ func (s *keptSearch) run(ctx context.Context, st jetstream.Stream, erase []uint6
 	}
 	s.first, s.last = from, last.Sequence
 	i, _ := slices.BinarySearch(erase, from)
+	erase = erase[i:]
+	if len(erase) >= searchLeaf*searchMost {
+		return s.sweep(ctx, st, from, below, erase)
+	}
+	// Too few erasures to search for even one message to keep: a count
+	// tells whether there is one, and if so every header is read.
 	s.l.beforeStep(ctx)
 	n, err := s.count(ctx, from, below)
-	if err != nil {
+	if err != nil || n == len(erase) {
 		return err
 	}
-	switch listed := len(erase) - i; {
-	case n == listed:
-		return nil
-	case n < listed || n-listed > listed/(searchLeaf*searchMost):
-		return s.read(ctx, from, below, erase[i:])
-	}
-	return s.sweep(ctx, from, below, erase[i:])
+	return s.read(ctx, from, below, erase)
 }
 
 // sweep splits [from, below) into up to sweepRanges ranges of as many
-// listed erasures each, counts them, and searches those that hold more
-// messages than their erasures (walk).
+// listed erasures each (at least searchLeaf), counts the messages from
+// each range's start on, and then: if the whole holds just its erasures,
+// nothing is kept; if it holds fewer, or more than one message to keep
+// for every searchMost ranges of searchLeaf erasures, every header is
+// read; else each range that holds more messages than its erasures is
+// searched (halve), one that holds fewer is read.
 //
-// A count from a sequence in the middle of the log walks the subject
-// index of every block on one side of it, and loads the blocks whose
-// index the server no longer holds (it drops it 2 minutes after its last
-// use): after a purge's janitor, most of the room's. The first count of a
-// plain halving loaded half of them at once: 60-80 ms windows of the
-// reads' p99 at the start of the erasure (scrollback bench --scenario
-// purge). The sweep counts at its ranges' bounds from the outer ones in
-// (the right half from the end, the left half from the start), so that
-// each count loads the blocks between it and the one before, and rests
-// stepRest times as long as a count took after each one, as the subject
-// purges do.
+// A count from a sequence walks the subject index of every block on one
+// side of it, up to the subject's last block when the sequence's block is
+// in the newer half of the stream's blocks, from the subject's first
+// block when it is in the older half (nats-server's filestore), and loads
+// the blocks whose index the server no longer holds (it drops it 2
+// minutes after its last use): after a purge's janitor, most of the
+// room's. A count from the middle of the room loaded half of its blocks
+// at once: 60-80 ms windows of the reads' p99 at the start of the
+// erasure (scrollback bench --scenario purge). So the sweep counts the
+// bounds in the newer half of the stream from the newest down, then those
+// in the older half from the oldest up: each count loads the blocks
+// between it and the one before. It rests stepRest times as long as each
+// count took, as the subject purges do.
 //
-// Its counts are not taken in pairs, so a range's count is the
-// difference of its bounds' counts plus the messages published meanwhile
-// (the count from below, taken before and after the others), which keeps
-// it from falling short.
-func (s *keptSearch) sweep(ctx context.Context, from, below uint64, erase []uint64) error {
-	k := max(min(sweepRanges, len(erase)/searchLeaf), 2)
+// A range's count is its start's count less its end's. Without messages
+// published to the subject meanwhile that is exact, whatever the order
+// of the counts. With them (the subject's last message moved) every
+// range is counted again, as a pair whose end is counted first (see
+// findKept), its blocks loaded by then.
+func (s *keptSearch) sweep(ctx context.Context, st jetstream.Stream, from, below uint64, erase []uint64) error {
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", s.stream, err)
+	}
+	mid := info.State.FirstSeq + (info.State.LastSeq-info.State.FirstSeq)/2
+	k := min(sweepRanges, len(erase)/searchLeaf)
 	at := make([]int, k+1) // erase[at[j]] starts range j
 	bound := make([]uint64, k+1)
 	for j := range k {
@@ -120,19 +132,17 @@ func (s *keptSearch) sweep(ctx context.Context, from, below uint64, erase []uint
 		bound[j] = erase[at[j]]
 	}
 	at[k], bound[0], bound[k] = len(erase), from, below
+	var newer, older []int // bounds 1..k, in the order they are counted
+	for j := k; j >= 1; j-- {
+		if bound[j] >= mid {
+			newer = append(newer, j)
+		} else {
+			older = append(older, j)
+		}
+	}
+	slices.Reverse(older)
 	pending := make([]uint64, k+1)
-	before, err := s.pendingFrom(ctx, below)
-	if err != nil {
-		return err
-	}
-	order := make([]int, 0, k-1)
-	for j := k - 1; j > k/2; j-- {
-		order = append(order, j)
-	}
-	for j := 1; j <= k/2; j++ {
-		order = append(order, j)
-	}
-	for _, j := range order {
+	for _, j := range append(newer, older...) {
 		s.l.beforeStep(ctx)
 		start := time.Now()
 		if pending[j], err = s.pendingFrom(ctx, bound[j]); err != nil {
@@ -142,19 +152,40 @@ func (s *keptSearch) sweep(ctx context.Context, from, below uint64, erase []uint
 			return err
 		}
 	}
-	if pending[0], err = s.pendingFrom(ctx, 1); err != nil { // from the subject's first message (count)
+	// From the subject's first message (see count), counted last.
+	if pending[0], err = s.pendingFrom(ctx, 1); err != nil {
 		return err
 	}
-	after, err := s.pendingFrom(ctx, below)
+	last, err := st.GetLastMsgForSubject(ctx, s.subject)
 	if err != nil {
-		return err
+		return fmt.Errorf("bus: last message of %s: %w", s.subject, err)
 	}
-	pending[k] = before
-	published := int64(after) - int64(before)
+	// Messages published to the subject during the sweep (its last
+	// message moved) were counted from some bounds and not from others:
+	// each range is then counted again, as a pair.
+	published := last.Sequence != s.last
+	rangeCount := func(j, l int) (int, error) {
+		if !published {
+			return int(pending[j]) - int(pending[l]), nil
+		}
+		s.l.beforeStep(ctx)
+		return s.count(ctx, bound[j], bound[l])
+	}
+	n, err := rangeCount(0, k)
+	switch {
+	case err != nil:
+		return err
+	case n == len(erase):
+		return nil
+	case n < len(erase) || n-len(erase) > len(erase)/(searchLeaf*searchMost):
+		return s.read(ctx, from, below, erase)
+	}
 	for j := range k {
 		listed := at[j+1] - at[j]
-		n := int(int64(pending[j]) - int64(pending[j+1]) + published)
-		var err error
+		n, err := rangeCount(j, j+1)
+		if err != nil {
+			return err
+		}
 		switch {
 		case n == listed:
 			continue
@@ -193,8 +224,11 @@ var searchLeaf = 4096
 
 // searchMost bounds the messages to keep that findKept searches for: at
 // most one for every searchMost ranges of searchLeaf erasures (30 in a
-// purge of a million messages). Each costs about 2 x 8 counts and a read
-// of a range, as much as reading searchMost ranges of headers.
+// purge of a million messages). Each costs a pair of counts a halving
+// below the sweep's range (3 in a purge of a million) and a read of up to
+// searchLeaf headers, and so does each range found short. A purge of
+// fewer than searchLeaf x searchMost erasures (32,768) that keeps any
+// message reads every header.
 const searchMost = 8
 
 // keptSearch is one findKept.

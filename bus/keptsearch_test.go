@@ -34,13 +34,20 @@ func keptCaseOf(k *keptLog, n int, kept func(i int) bool) keptCase {
 	return c
 }
 
+// searchLog is a keptLog of n messages a room for a test of findKept
+// with ranges of at most leaf erasures read, and room a's event subject.
+func searchLog(t *testing.T, leaf, n int) (*keptLog, string) {
+	t.Helper()
+	t.Cleanup(bus.SetSearchLeaf(leaf))
+	k := newKeptLog(t, n)
+	return k, k.log.Subjects.Room("!a:x", commands.KindEvent)
+}
+
 // findKept finds the same messages to keep as reading every header would,
 // and reads few headers when few are kept: it counts ranges instead.
 func TestFindKept_CountsInsteadOfReading(t *testing.T) {
-	defer bus.SetSearchLeaf(8)()
 	const n = 300
-	k := newKeptLog(t, n)
-	subject := k.log.Subjects.Room("!a:x", commands.KindEvent)
+	k, subject := searchLog(t, 8, n)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name        string
@@ -81,24 +88,27 @@ func TestFindKept_CountsInsteadOfReading(t *testing.T) {
 }
 
 // Messages published to the subject during the search land after the
-// erasures and only add to the counts: the search reads more, and keeps
-// the same.
+// erasures: counted from some bounds of the sweep and not from others,
+// they make it count its ranges again, in pairs, and it keeps the same.
 func TestFindKept_PublishedDuringTheSearch(t *testing.T) {
-	defer bus.SetSearchLeaf(8)()
 	const n = 200
-	k := newKeptLog(t, n)
+	k, subject := searchLog(t, 8, n)
 	c := keptCaseOf(k, n-10, func(i int) bool { return i == 77 })
 	published := 0
 	k.log.BeforeStep = func(context.Context) {
 		published++
 		k.append(t, "a", fmt.Sprintf("late%d", published))
 	}
-	keep, _, err := k.log.FindKept(context.Background(), k.log.Subjects.Room("!a:x", commands.KindEvent), c.erase, 0)
+	keep, headers, err := k.log.FindKept(context.Background(), subject, c.erase, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(keep, c.keep) {
 		t.Errorf("kept %v, want %v", keep, c.keep)
+	}
+	// The ranges are counted again, in pairs: still a search.
+	if headers > 40 {
+		t.Errorf("read %d headers, want the counts to find a77", headers)
 	}
 	if published < 3 {
 		t.Errorf("%d messages published during the search, want one before each of its steps", published)
@@ -110,10 +120,8 @@ func TestFindKept_PublishedDuringTheSearch(t *testing.T) {
 // this one's subject purge), and those something else deleted, which
 // leave a range with fewer messages than listed erasures: it is read.
 func TestFindKept_ErasuresAlreadyGone(t *testing.T) {
-	defer bus.SetSearchLeaf(8)()
 	const n = 200
-	k := newKeptLog(t, n)
-	subject := k.log.Subjects.Room("!a:x", commands.KindEvent)
+	k, subject := searchLog(t, 8, n)
 	ctx := context.Background()
 	c := keptCaseOf(k, n, func(i int) bool { return i == 20 || i == 120 })
 
@@ -146,12 +154,11 @@ func TestFindKept_ErasuresAlreadyGone(t *testing.T) {
 // A search that reads range after range leaves no consumer behind: a
 // stream holds at most 1,000 by default, and the projector needs one.
 func TestFindKept_LeavesNoConsumers(t *testing.T) {
-	defer bus.SetSearchLeaf(2)()
 	const n = 300
-	k := newKeptLog(t, n)
+	k, subject := searchLog(t, 2, n)
 	ctx := context.Background()
 	c := keptCaseOf(k, n, func(i int) bool { return i == 3 || i == 150 || i == 250 })
-	keep, headers, err := k.log.FindKept(ctx, k.log.Subjects.Room("!a:x", commands.KindEvent), c.erase, 0)
+	keep, headers, err := k.log.FindKept(ctx, subject, c.erase, 0)
 	if err != nil || !slices.Equal(keep, c.keep) {
 		t.Fatalf("kept %v, %v; want %v", keep, err, c.keep)
 	}
@@ -167,10 +174,8 @@ func TestFindKept_LeavesNoConsumers(t *testing.T) {
 // The subject's last erasures deleted by something else: the ranges read
 // stop at the subject's last message instead of waiting for one.
 func TestFindKept_TailGone(t *testing.T) {
-	defer bus.SetSearchLeaf(2)()
 	const n = 128
-	k := newKeptLog(t, n)
-	subject := k.log.Subjects.Room("!a:x", commands.KindEvent)
+	k, subject := searchLog(t, 2, n)
 	// More kept than gone just before the tail: the ranges there hold
 	// more messages than listed erasures, so they are halved, not read,
 	// down to the tail's own, which holds none.
