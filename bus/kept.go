@@ -127,6 +127,19 @@ func (l *Log) purgeInSteps(ctx context.Context, subject string, below uint64, bo
 	}
 }
 
+// rest waits d, or until ctx ends: the pause after a step of
+// purgeInSteps, and after a count of findKept's sweep.
+func rest(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // PurgeSubjectInSteps erases the messages of one subject with a sequence
 // below below, as PurgeSubjectBelow does, in steps of about compactStep
 // messages (purgeInSteps): purge_room's erasure of a room's history. The

@@ -181,18 +181,9 @@ func (s *keptSearch) sweep(ctx context.Context, st jetstream.Stream, from, below
 		return s.read(ctx, from, below, erase)
 	}
 	for j := range k {
-		listed := at[j+1] - at[j]
 		n, err := rangeCount(j, j+1)
-		if err != nil {
-			return err
-		}
-		switch {
-		case n == listed:
-			continue
-		case n < listed || listed <= searchLeaf:
-			err = s.read(ctx, bound[j], bound[j+1], erase[at[j]:at[j+1]])
-		default:
-			err = s.halve(ctx, bound[j], bound[j+1], erase[at[j]:at[j+1]])
+		if err == nil {
+			err = s.counted(ctx, bound[j], bound[j+1], erase[at[j]:at[j+1]], n)
 		}
 		if err != nil {
 			return err
@@ -204,18 +195,6 @@ func (s *keptSearch) sweep(ctx context.Context, st jetstream.Stream, from, below
 // sweepRanges is how many ranges sweep counts at most: 32 counts of the
 // blocks of 1/32 of the room each.
 const sweepRanges = 32
-
-// rest waits d, or until ctx ends.
-func rest(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 // searchLeaf is the most erasures a range may list for findKept to read
 // its headers rather than count its halves: a count takes about 5 ms of
@@ -262,12 +241,21 @@ func (s *keptSearch) walk(ctx context.Context, from, to uint64, erase []uint64) 
 	}
 	s.l.beforeStep(ctx)
 	n, err := s.count(ctx, from, to)
-	switch {
-	case err != nil:
+	if err != nil {
 		return err
+	}
+	return s.counted(ctx, from, to, erase, n)
+}
+
+// counted finds the messages to keep in [from, to), which holds n
+// messages and lists erase: none if n is just those; else it reads the
+// range if it holds fewer (something else deleted some) or is small,
+// and searches its halves if not.
+func (s *keptSearch) counted(ctx context.Context, from, to uint64, erase []uint64, n int) error {
+	switch {
 	case n == len(erase):
 		return nil
-	case n < len(erase):
+	case n < len(erase) || len(erase) <= searchLeaf:
 		return s.read(ctx, from, to, erase)
 	}
 	return s.halve(ctx, from, to, erase)
