@@ -2,6 +2,7 @@ package projections
 
 import (
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -11,6 +12,14 @@ func SetRelMarksBatch(tb interface{ Cleanup(func()) }, n int) {
 	was := relMarksBatch
 	relMarksBatch = n
 	tb.Cleanup(func() { relMarksBatch = was })
+}
+
+// SetLingerIdle sets lingerIdle for a test, and back at its end.
+// Projectors take it in Init.
+func SetLingerIdle(tb interface{ Cleanup(func()) }, d time.Duration) {
+	was := lingerIdle
+	lingerIdle = d
+	tb.Cleanup(func() { lingerIdle = was })
 }
 
 // SetUnindexWindow sets unindexWindow for a test, and back at its end.

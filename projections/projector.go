@@ -113,8 +113,23 @@ type Projector struct {
 	// MiB memory limit (7680 pages, and a smaller queue) ran 2.2x slower
 	// than without a limit, at a third of the memory.
 	MaxDirty int
+	// Linger is how long the committer waits for more messages when it
+	// is busy with live traffic (default 2 ms; negative: never): when a
+	// group would hold fewer than lingerBelow messages, all of them
+	// events, and the committer's last commit ended less than lingerIdle
+	// ago. Live traffic arrives a few messages at a time, and each
+	// commit of a few events into as many rooms writes about 8 pages a
+	// message and two fsyncs, so that a commit every few milliseconds
+	// competed with the log's own fsyncs and with the reads for the CPU
+	// (docs/BENCHMARKS.md, "The committer lingers under live traffic").
+	// An event after a quiet spell is committed at once; a command or a
+	// task update ends the wait at once, so that a purge is hidden, and
+	// a task's progress seen, as soon as it is applied; a backlog never
+	// waits, as its groups are full.
+	Linger time.Duration
 
-	groupLimit atomic.Int64 // messages the next group and batches may hold
+	lingerIdle time.Duration // lingerIdle, when Init ran
+	groupLimit atomic.Int64  // messages the next group and batches may hold
 	parts      []*partition
 	dispatched atomic.Uint64 // highest sequence handed to a partition
 	logLast    atomic.Uint64 // highest sequence the log is known to hold
@@ -233,6 +248,10 @@ func (p *Projector) init() error {
 	if p.MaxDecoded <= 0 {
 		p.MaxDecoded = 2 * p.MaxGroup
 	}
+	if p.Linger == 0 {
+		p.Linger = defaultLinger
+	}
+	p.lingerIdle = lingerIdle
 	p.decoded = newBudget(p.MaxDecoded)
 	if p.Logger == nil {
 		p.Logger = slog.New(slog.DiscardHandler)
@@ -465,7 +484,8 @@ func (p *Projector) commit(pt *partition, b *partBatch) (group int, err error) {
 func (p *Projector) runCommitter() {
 	var group []*commitJob
 	var batches []*partBatch
-	var carry *commitJob // a batch that would have overfilled the last group
+	var carry *commitJob  // a batch that would have overfilled the last group
+	var lastEnd time.Time // when the last group was committed
 	for {
 		first, ok := carry, true
 		if carry == nil {
@@ -477,27 +497,46 @@ func (p *Projector) runCommitter() {
 		}
 		group = append(group[:0], first)
 		n, limit := len(first.batch.entries), int(p.groupLimit.Load())
-	fill:
-		for n < limit {
+		// take adds a job to the group, unless it would overfill it and
+		// so starts the next group; it reports whether the group may
+		// take more.
+		take := func(j *commitJob) bool {
+			if n+len(j.batch.entries) > limit {
+				carry = j
+				return false
+			}
+			group, n = append(group, j), n+len(j.batch.entries)
+			return n < limit
+		}
+		more := n < limit
+		for more {
 			select {
 			case j, ok := <-p.commits:
-				if !ok {
-					break fill
-				}
-				if n+len(j.batch.entries) > limit {
-					carry = j // it starts the next group
-					break fill
-				}
-				group, n = append(group, j), n+len(j.batch.entries)
+				more = ok && take(j)
 			default:
-				break fill
+				more = false
 			}
+		}
+		if p.Linger > 0 && n < lingerBelow && carry == nil && time.Since(lastEnd) < p.lingerIdle && eventsOnly(group) {
+			// See Linger. The channel's close (the projector
+			// stopping) ends the wait too.
+			t := time.NewTimer(p.Linger)
+			for more = true; more; {
+				select {
+				case j, ok := <-p.commits:
+					more = ok && take(j) && n < lingerBelow && eventsOnly(group[len(group)-1:])
+				case <-t.C:
+					more = false
+				}
+			}
+			t.Stop()
 		}
 		batches = batches[:0]
 		for _, j := range group {
 			batches = append(batches, j.batch)
 		}
 		written, err := p.applyGroup(batches)
+		lastEnd = time.Now()
 		if err == nil && p.MaxDirty > 0 && n >= minGroup {
 			// The next group holds the messages that would write about
 			// MaxDirty pages at this group's rate, and at most twice
@@ -528,6 +567,33 @@ func (p *Projector) applyGroup(batches []*partBatch) (written int, err error) {
 		p.ObserveCommit(c)
 	}
 	return written, err
+}
+
+// defaultLinger is Linger's default, and lingerBelow the group size,
+// in messages, from which the committer never lingers. In the mixed
+// workload (docs/BENCHMARKS.md) groups held 10-14 messages without the
+// wait and 23-31 with 2 ms of it.
+const (
+	defaultLinger = 2 * time.Millisecond
+	lingerBelow   = 256
+)
+
+// lingerIdle is how recent the committer's last commit must be for it to
+// linger (see Linger): under the mixed workload's live traffic a group
+// commit ended every 7-10 ms. A variable for the tests.
+var lingerIdle = 10 * time.Millisecond
+
+// eventsOnly reports whether every message of the jobs is an event
+// (see Linger).
+func eventsOnly(jobs []*commitJob) bool {
+	for _, j := range jobs {
+		for i := range j.batch.entries {
+			if j.batch.entries[i].Kind != commands.KindEvent {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // clampGroup bounds a group limit to [minGroup, maxGroup].

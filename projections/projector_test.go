@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
@@ -149,6 +151,105 @@ func TestProjector_WaitForOtherRoomsSequence(t *testing.T) {
 	defer cancel2()
 	if err := p.WaitFor(short, b.ID, 1000); err == nil {
 		t.Fatal("WaitFor a sequence never published returned nil")
+	}
+}
+
+// TestProjector_LingerGathersLiveEvents: while the committer is busy
+// (its last commit ended less than lingerIdle ago), events that arrive one
+// at a time in rooms of different partitions wait for each other and go
+// in one group commit (Linger); a command ends the wait at once, and a
+// group that holds a command does not wait at all. After a quiet spell an
+// event is committed at once. The linger is a minute, so a wait that
+// should not have happened fails the test's WaitApplied.
+func TestProjector_LingerGathersLiveEvents(t *testing.T) {
+	for _, busy := range []bool{true, false} {
+		t.Run(fmt.Sprintf("busy=%v", busy), func(t *testing.T) { testLinger(t, busy) })
+	}
+}
+
+func testLinger(t *testing.T, busy bool) {
+	// Busy: every commit is recent enough. Idle: none is.
+	projections.SetLingerIdle(t, map[bool]time.Duration{true: time.Hour, false: time.Nanosecond}[busy])
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, subjects, "SCROLLBACK")
+	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
+	s := testenv.NewStore(t)
+
+	// Four rooms of four partitions: a partition has one batch in
+	// flight, so a room's next event could not join the group anyway.
+	var rooms []*testenv.Room
+	used := map[int]bool{}
+	for i := 0; len(rooms) < 4; i++ {
+		r := testenv.NewRoom(fmt.Sprintf("linger%d", i), "test")
+		part := projections.PartitionOf(roomKeyOfSubject(subjects.Room(r.ID, "event")), s.Partitions())
+		if !used[part] {
+			used[part] = true
+			rooms = append(rooms, r)
+		}
+	}
+
+	var mu sync.Mutex
+	var commits []projections.CommitStats
+	p := &projections.Projector{
+		Store: s, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOfSubject,
+		Linger: time.Minute,
+		ObserveCommit: func(c projections.CommitStats) {
+			mu.Lock()
+			commits = append(commits, c)
+			mu.Unlock()
+		},
+	}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	testenv.WaitFor(t, 10*time.Second, "projector start", p.Started)
+	messages := func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []int
+		for _, c := range commits {
+			out = append(out, c.Messages)
+		}
+		commits = nil
+		return out
+	}
+	purge := func(r *testenv.Room, id string) uint64 {
+		return pub.Command(t, map[string]any{"id": id, "action": commands.ActionPurgeHistory, "room_id": r.ID,
+			"params": map[string]any{"token": "t1-0"}})
+	}
+
+	// A command first, so that the committer has committed once.
+	testenv.WaitApplied(t, p, purge(rooms[0], "first"))
+	if got := messages(); !slices.Equal(got, []int{1}) {
+		t.Errorf("messages of each group commit = %v, want the command alone: [1]", got)
+	}
+
+	var last uint64
+	for _, r := range rooms[:3] {
+		last = pub.Publish(t, r.Msg("@a:test", "live"))[0]
+		if !busy {
+			testenv.WaitApplied(t, p, last) // committed at once: no linger
+		}
+		time.Sleep(10 * time.Millisecond) // one at a time, as live traffic comes
+	}
+	if !busy {
+		if got := messages(); !slices.Equal(got, []int{1, 1, 1}) {
+			t.Errorf("messages of each group commit = %v, want each event alone: [1 1 1]", got)
+		}
+		return
+	}
+	testenv.WaitApplied(t, p, purge(rooms[3], "ends-the-wait"))
+	if got := messages(); !slices.Equal(got, []int{4}) {
+		t.Errorf("messages of each group commit = %v, want the three events and the command in one: [4]", got)
 	}
 }
 
