@@ -14,12 +14,12 @@ func SetRelMarksBatch(tb interface{ Cleanup(func()) }, n int) {
 	tb.Cleanup(func() { relMarksBatch = was })
 }
 
-// SetLingerIdle sets lingerIdle for a test, and back at its end.
-// Projectors take it in Init.
-func SetLingerIdle(tb interface{ Cleanup(func()) }, d time.Duration) {
-	was := lingerIdle
-	lingerIdle = d
-	tb.Cleanup(func() { lingerIdle = was })
+// SetLingerBusy sets lingerIdle and lingerParts for a test, and back at
+// its end. Projectors take them in Init.
+func SetLingerBusy(tb interface{ Cleanup(func()) }, idle time.Duration, parts int) {
+	was, wasParts := lingerIdle, lingerParts
+	lingerIdle, lingerParts = idle, parts
+	tb.Cleanup(func() { lingerIdle, lingerParts = was, wasParts })
 }
 
 // SetUnindexWindow sets unindexWindow for a test, and back at its end.

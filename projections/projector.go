@@ -8,6 +8,7 @@ import (
 	"math"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,26 +117,31 @@ type Projector struct {
 	// Linger is how long the committer waits for more messages when it
 	// is busy with live traffic (default 2 ms; negative: never): when a
 	// group would hold fewer than lingerBelow messages, all of them
-	// events, and the committer's last commit ended less than lingerIdle
-	// ago. Live traffic arrives a few messages at a time, and each
-	// commit of a few events into as many rooms writes about 8 pages a
-	// message and two fsyncs, so that a commit every few milliseconds
-	// competed with the log's own fsyncs and with the reads for the CPU
-	// (docs/BENCHMARKS.md, "The committer lingers under live traffic").
-	// An event after a quiet spell is committed at once; a command or a
-	// task update ends the wait at once, so that a purge is hidden, and
-	// a task's progress seen, as soon as it is applied; a backlog never
-	// waits, as its groups are full.
+	// events, and the last group commit ended less than lingerIdle ago
+	// and held batches of at least lingerParts partitions. Live traffic
+	// arrives a few messages at a time, and each commit of a few events
+	// into as many rooms writes about 8 pages a message and two fsyncs,
+	// so that a commit every few milliseconds competed with the log's
+	// own fsyncs and with the reads for the CPU (docs/BENCHMARKS.md,
+	// "The committer lingers under live traffic"). An event after a
+	// quiet spell, and a lone room's stream of events (a backfill, a
+	// test that publishes and waits), are committed at once. A command
+	// or a task update ends the wait as soon as it is consumed, even
+	// when its partition's previous batch is the one waiting; it still
+	// waits for that batch's commit, as it always did. Stopping the
+	// projector waits for the linger too.
 	Linger time.Duration
 
-	lingerIdle time.Duration // lingerIdle, when Init ran
-	groupLimit atomic.Int64  // messages the next group and batches may hold
-	parts      []*partition
-	dispatched atomic.Uint64 // highest sequence handed to a partition
-	logLast    atomic.Uint64 // highest sequence the log is known to hold
-	started    atomic.Bool
-	notify     broadcaster
-	commits    chan *commitJob // to the committer
+	lingerIdle  time.Duration // lingerIdle, when Init ran
+	lingerParts int           // lingerParts, when Init ran
+	groupLimit  atomic.Int64  // messages the next group and batches may hold
+	parts       []*partition
+	dispatched  atomic.Uint64 // highest sequence handed to a partition
+	logLast     atomic.Uint64 // highest sequence the log is known to hold
+	started     atomic.Bool
+	notify      broadcaster
+	commits     chan *commitJob // to the committer
+	urgent      chan struct{}   // a message other than an event was consumed (see Linger)
 	// preparing holds a slot per partition decoding a batch: GOMAXPROCS-1
 	// of them, so that the committer, which every message waits for,
 	// finds a CPU. With all 16 partitions free to decode at once, the
@@ -251,7 +257,7 @@ func (p *Projector) init() error {
 	if p.Linger == 0 {
 		p.Linger = defaultLinger
 	}
-	p.lingerIdle = lingerIdle
+	p.lingerIdle, p.lingerParts = lingerIdle, lingerParts
 	p.decoded = newBudget(p.MaxDecoded)
 	if p.Logger == nil {
 		p.Logger = slog.New(slog.DiscardHandler)
@@ -286,6 +292,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
 	p.commits = make(chan *commitJob, len(p.parts))
+	p.urgent = make(chan struct{}, 1)
 	p.preparing = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))
 	committed := make(chan struct{})
 	go func() {
@@ -345,6 +352,12 @@ func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, i
 			return
 		}
 		p.dispatched.Store(seq)
+		if !eventSubject(subject) {
+			select {
+			case p.urgent <- struct{}{}:
+			default: // already signalled
+			}
+		}
 		if last := seq + pending; last > p.logLast.Load() {
 			p.logLast.Store(last)
 		}
@@ -484,8 +497,11 @@ func (p *Projector) commit(pt *partition, b *partBatch) (group int, err error) {
 func (p *Projector) runCommitter() {
 	var group []*commitJob
 	var batches []*partBatch
-	var carry *commitJob  // a batch that would have overfilled the last group
-	var lastEnd time.Time // when the last group was committed
+	var carry *commitJob // a batch that would have overfilled the last group
+	var last struct {    // the last group commit
+		end     time.Time
+		batches int
+	}
 	for {
 		first, ok := carry, true
 		if carry == nil {
@@ -517,14 +533,16 @@ func (p *Projector) runCommitter() {
 				more = false
 			}
 		}
-		if p.Linger > 0 && n < lingerBelow && carry == nil && time.Since(lastEnd) < p.lingerIdle && eventsOnly(group) {
-			// See Linger. The channel's close (the projector
-			// stopping) ends the wait too.
+		busy := time.Since(last.end) < p.lingerIdle && last.batches >= p.lingerParts
+		if p.Linger > 0 && busy && n < min(limit, lingerBelow) && carry == nil && eventsOnly(group) {
+			// See Linger.
 			t := time.NewTimer(p.Linger)
 			for more = true; more; {
 				select {
 				case j, ok := <-p.commits:
 					more = ok && take(j) && n < lingerBelow && eventsOnly(group[len(group)-1:])
+				case <-p.urgent:
+					more = false
 				case <-t.C:
 					more = false
 				}
@@ -536,7 +554,16 @@ func (p *Projector) runCommitter() {
 			batches = append(batches, j.batch)
 		}
 		written, err := p.applyGroup(batches)
-		lastEnd = time.Now()
+		last.end, last.batches = time.Now(), len(group)
+		if !eventsOnly(group) {
+			// The signal of a message just committed is stale. (One
+			// dispatched meanwhile and held behind an event batch of its
+			// partition loses its signal: its wait ends with Linger.)
+			select {
+			case <-p.urgent:
+			default:
+			}
+		}
 		if err == nil && p.MaxDirty > 0 && n >= minGroup {
 			// The next group holds the messages that would write about
 			// MaxDirty pages at this group's rate, and at most twice
@@ -579,9 +606,19 @@ const (
 )
 
 // lingerIdle is how recent the committer's last commit must be for it to
-// linger (see Linger): under the mixed workload's live traffic a group
-// commit ended every 7-10 ms. A variable for the tests.
-var lingerIdle = 10 * time.Millisecond
+// linger, and lingerParts how many partitions' batches that commit must
+// have held (see Linger): under the mixed workload's live traffic a group
+// commit ended every 7-10 ms. Variables for the tests.
+var (
+	lingerIdle  = 10 * time.Millisecond
+	lingerParts = 2
+)
+
+// eventSubject reports whether a room log subject carries an event
+// (sb.room.<rk>.event, CONTRACT.md section 3).
+func eventSubject(subject string) bool {
+	return strings.HasSuffix(subject, "."+commands.KindEvent)
+}
 
 // eventsOnly reports whether every message of the jobs is an event
 // (see Linger).

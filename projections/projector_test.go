@@ -154,102 +154,121 @@ func TestProjector_WaitForOtherRoomsSequence(t *testing.T) {
 	}
 }
 
-// TestProjector_LingerGathersLiveEvents: while the committer is busy
-// (its last commit ended less than lingerIdle ago), events that arrive one
-// at a time in rooms of different partitions wait for each other and go
-// in one group commit (Linger); a command ends the wait at once, and a
-// group that holds a command does not wait at all. After a quiet spell an
-// event is committed at once. The linger is a minute, so a wait that
-// should not have happened fails the test's WaitApplied.
+// TestProjector_LingerGathersLiveEvents: while the committer is busy with
+// live traffic, events that arrive one at a time in rooms of different
+// partitions wait for each other and go in one group commit (Linger); a
+// command ends the wait at once, also when its partition's event is the
+// one waiting; a group that holds a command does not wait at all. After
+// a quiet spell, or for a lone room's stream, each event is committed at
+// once. The linger is a minute, so a wait that should not have happened
+// fails the test's WaitApplied.
 func TestProjector_LingerGathersLiveEvents(t *testing.T) {
-	for _, busy := range []bool{true, false} {
-		t.Run(fmt.Sprintf("busy=%v", busy), func(t *testing.T) { testLinger(t, busy) })
-	}
+	t.Run("busy", func(t *testing.T) {
+		// Every commit is recent enough, and enough partitions.
+		projections.SetLingerBusy(t, time.Hour, 1)
+		lp := startLingering(t)
+		lp.applied(t, lp.purge(t, 0, "first"), []int{1})
+		for _, room := range []int{1, 2, 3} {
+			lp.publish(t, room)
+			time.Sleep(10 * time.Millisecond) // one at a time, as live traffic comes
+		}
+		// The command's job joins the group, or its signal comes first.
+		lp.applied(t, lp.purge(t, 0, "ends-the-wait"), []int{4}, []int{3, 1})
+		lp.applied(t, lp.purge(t, 1, "does-not-wait"), []int{1})
+		// The command's partition holds it behind the waiting event: it
+		// ends the wait all the same, and goes in the next commit.
+		lp.publish(t, 2)
+		time.Sleep(10 * time.Millisecond)
+		lp.applied(t, lp.purge(t, 2, "same-partition"), []int{1, 1})
+	})
+	t.Run("idle", func(t *testing.T) {
+		projections.SetLingerBusy(t, 0, 1) // no commit is recent enough
+		lp := startLingering(t)
+		lp.applied(t, lp.purge(t, 0, "first"), []int{1})
+		for _, room := range []int{1, 2, 3} {
+			lp.applied(t, lp.publish(t, room), []int{1})
+		}
+	})
+	t.Run("lone stream", func(t *testing.T) {
+		projections.SetLingerBusy(t, time.Hour, 2) // the default: two partitions
+		lp := startLingering(t)
+		for range 3 {
+			lp.applied(t, lp.publish(t, 1), []int{1})
+		}
+	})
 }
 
-func testLinger(t *testing.T, busy bool) {
-	// Busy: every commit is recent enough. Idle: none is.
-	projections.SetLingerIdle(t, map[bool]time.Duration{true: time.Hour, false: time.Nanosecond}[busy])
+// lingering is a projector with a linger of a minute, four rooms of as
+// many partitions (a partition has one batch in flight, so a room's next
+// event could not join a group that holds its last one), and the
+// messages of each group commit.
+type lingering struct {
+	*projections.Projector
+	pub   *testenv.Publisher
+	rooms []*testenv.Room
+	mu    sync.Mutex
+	msgs  []int
+}
+
+func startLingering(t *testing.T) *lingering {
 	n := testenv.NewNATS(t)
 	log := n.Stream(t, subjects, "SCROLLBACK")
-	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
 	s := testenv.NewStore(t)
-
-	// Four rooms of four partitions: a partition has one batch in
-	// flight, so a room's next event could not join the group anyway.
-	var rooms []*testenv.Room
+	lp := &lingering{pub: &testenv.Publisher{JS: n.JS, Subjects: subjects}}
 	used := map[int]bool{}
-	for i := 0; len(rooms) < 4; i++ {
+	for i := 0; len(lp.rooms) < 4; i++ {
 		r := testenv.NewRoom(fmt.Sprintf("linger%d", i), "test")
 		part := projections.PartitionOf(roomKeyOfSubject(subjects.Room(r.ID, "event")), s.Partitions())
 		if !used[part] {
 			used[part] = true
-			rooms = append(rooms, r)
+			lp.rooms = append(lp.rooms, r)
 		}
 	}
-
-	var mu sync.Mutex
-	var commits []projections.CommitStats
-	p := &projections.Projector{
+	lp.Projector = &projections.Projector{
 		Store: s, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOfSubject,
 		Linger: time.Minute,
 		ObserveCommit: func(c projections.CommitStats) {
-			mu.Lock()
-			commits = append(commits, c)
-			mu.Unlock()
+			lp.mu.Lock()
+			lp.msgs = append(lp.msgs, c.Messages)
+			lp.mu.Unlock()
 		},
 	}
-	if err := p.Init(); err != nil {
+	if err := lp.Init(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() {
+	go func() { done <- lp.Run(ctx) }()
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
-	}()
-	testenv.WaitFor(t, 10*time.Second, "projector start", p.Started)
-	messages := func() []int {
-		mu.Lock()
-		defer mu.Unlock()
-		var out []int
-		for _, c := range commits {
-			out = append(out, c.Messages)
-		}
-		commits = nil
-		return out
-	}
-	purge := func(r *testenv.Room, id string) uint64 {
-		return pub.Command(t, map[string]any{"id": id, "action": commands.ActionPurgeHistory, "room_id": r.ID,
-			"params": map[string]any{"token": "t1-0"}})
-	}
+	})
+	testenv.WaitFor(t, 10*time.Second, "projector start", lp.Started)
+	return lp
+}
 
-	// A command first, so that the committer has committed once.
-	testenv.WaitApplied(t, p, purge(rooms[0], "first"))
-	if got := messages(); !slices.Equal(got, []int{1}) {
-		t.Errorf("messages of each group commit = %v, want the command alone: [1]", got)
-	}
+func (lp *lingering) publish(t *testing.T, room int) uint64 {
+	return lp.pub.Publish(t, lp.rooms[room].Msg("@a:test", "live"))[0]
+}
 
-	var last uint64
-	for _, r := range rooms[:3] {
-		last = pub.Publish(t, r.Msg("@a:test", "live"))[0]
-		if !busy {
-			testenv.WaitApplied(t, p, last) // committed at once: no linger
-		}
-		time.Sleep(10 * time.Millisecond) // one at a time, as live traffic comes
-	}
-	if !busy {
-		if got := messages(); !slices.Equal(got, []int{1, 1, 1}) {
-			t.Errorf("messages of each group commit = %v, want each event alone: [1 1 1]", got)
-		}
-		return
-	}
-	testenv.WaitApplied(t, p, purge(rooms[3], "ends-the-wait"))
-	if got := messages(); !slices.Equal(got, []int{4}) {
-		t.Errorf("messages of each group commit = %v, want the three events and the command in one: [4]", got)
+func (lp *lingering) purge(t *testing.T, room int, id string) uint64 {
+	return lp.pub.Command(t, map[string]any{"id": id, "action": commands.ActionPurgeHistory,
+		"room_id": lp.rooms[room].ID, "params": map[string]any{"token": "t1-0"}})
+}
+
+// applied waits for seq to be applied, then checks the messages of each
+// group commit since the last check against the ones allowed.
+func (lp *lingering) applied(t *testing.T, seq uint64, want ...[]int) {
+	t.Helper()
+	testenv.WaitApplied(t, lp, seq)
+	lp.mu.Lock()
+	got := lp.msgs
+	lp.msgs = nil
+	lp.mu.Unlock()
+	if !slices.ContainsFunc(want, func(w []int) bool { return slices.Equal(got, w) }) {
+		t.Errorf("messages of each group commit up to seq %d = %v, want one of %v", seq, got, want)
 	}
 }
 
