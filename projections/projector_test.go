@@ -30,11 +30,16 @@ func roomKeyOfSubject(subject string) string {
 
 func startProjector(tb testing.TB, s *projections.Store, log *bus.Log) *runningProjector {
 	tb.Helper()
-	p := &projections.Projector{
+	return runProjector(tb, &projections.Projector{
 		Store: s, Source: log, Decode: subjects.Decode,
 		RoomKeyOf: roomKeyOfSubject,
 		MaxBatch:  64,
-	}
+	})
+}
+
+// runProjector runs p until the test ends.
+func runProjector(tb testing.TB, p *projections.Projector) *runningProjector {
+	tb.Helper()
 	if err := p.Init(); err != nil {
 		tb.Fatal(err)
 	}
@@ -203,7 +208,7 @@ func TestProjector_LingerGathersLiveEvents(t *testing.T) {
 // event could not join a group that holds its last one), and the
 // messages of each group commit.
 type lingering struct {
-	*projections.Projector
+	*runningProjector
 	pub   *testenv.Publisher
 	rooms []*testenv.Room
 	mu    sync.Mutex
@@ -224,7 +229,7 @@ func startLingering(t *testing.T) *lingering {
 			lp.rooms = append(lp.rooms, r)
 		}
 	}
-	lp.Projector = &projections.Projector{
+	lp.runningProjector = runProjector(t, &projections.Projector{
 		Store: s, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOfSubject,
 		Linger: time.Minute,
 		ObserveCommit: func(c projections.CommitStats) {
@@ -232,20 +237,7 @@ func startLingering(t *testing.T) *lingering {
 			lp.msgs = append(lp.msgs, c.Messages)
 			lp.mu.Unlock()
 		},
-	}
-	if err := lp.Init(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- lp.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
 	})
-	testenv.WaitFor(t, 10*time.Second, "projector start", lp.Started)
 	return lp
 }
 
