@@ -344,6 +344,14 @@ func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, i
 			return // a redelivery after a consumer reset
 		}
 		pt := p.parts[PartitionOf(p.RoomKeyOf(subject), len(p.parts))]
+		if !eventSubject(subject) {
+			// Before the message can reach the committer, so that the
+			// commit that takes it finds the signal and drops it.
+			select {
+			case p.urgent <- struct{}{}:
+			default: // already signalled
+			}
+		}
 		pt.pending.Add(1)
 		select {
 		case pt.queue <- rawMsg{seq: seq, subject: subject, data: data, ts: ts}:
@@ -352,12 +360,6 @@ func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, i
 			return
 		}
 		p.dispatched.Store(seq)
-		if !eventSubject(subject) {
-			select {
-			case p.urgent <- struct{}{}:
-			default: // already signalled
-			}
-		}
 		if last := seq + pending; last > p.logLast.Load() {
 			p.logLast.Store(last)
 		}
