@@ -22,6 +22,10 @@ func SetLingerBusy(tb interface{ Cleanup(func()) }, idle time.Duration, parts in
 	tb.Cleanup(func() { lingerIdle, lingerParts = was, wasParts })
 }
 
+// Lingering reports whether the committer is waiting for more messages
+// (Linger).
+func (p *Projector) Lingering() bool { return p.lingering.Load() }
+
 // SetUnindexWindow sets unindexWindow for a test, and back at its end.
 func SetUnindexWindow(tb interface{ Cleanup(func()) }, n int) {
 	was := unindexWindow

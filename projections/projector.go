@@ -142,6 +142,7 @@ type Projector struct {
 	notify      broadcaster
 	commits     chan *commitJob // to the committer
 	urgent      chan struct{}   // a message other than an event was consumed (see Linger)
+	lingering   atomic.Bool     // the committer waits (Linger), for the tests
 	// preparing holds a slot per partition decoding a batch: GOMAXPROCS-1
 	// of them, so that the committer, which every message waits for,
 	// finds a CPU. With all 16 partitions free to decode at once, the
@@ -539,6 +540,7 @@ func (p *Projector) runCommitter() {
 		if p.Linger > 0 && busy && n < min(limit, lingerBelow) && carry == nil && eventsOnly(group) {
 			// See Linger.
 			t := time.NewTimer(p.Linger)
+			p.lingering.Store(true)
 			for more = true; more; {
 				select {
 				case j, ok := <-p.commits:
@@ -549,6 +551,7 @@ func (p *Projector) runCommitter() {
 					more = false
 				}
 			}
+			p.lingering.Store(false)
 			t.Stop()
 		}
 		batches = batches[:0]

@@ -180,12 +180,10 @@ func TestProjector_LingerGathersLiveEvents(t *testing.T) {
 		lp.applied(t, lp.purge(t, 0, "ends-the-wait"), []int{4}, []int{3, 1})
 		lp.applied(t, lp.purge(t, 1, "does-not-wait"), []int{1})
 		// The command's partition holds it behind the waiting event: it
-		// ends the wait all the same, and goes in the next commit. The
-		// pause gives the event the time to reach the committer; should
-		// the partition take both in one batch instead, nothing waits.
+		// ends the wait all the same, and goes in the next commit.
 		lp.publish(t, 2)
-		time.Sleep(10 * time.Millisecond)
-		lp.applied(t, lp.purge(t, 2, "same-partition"), []int{1, 1}, []int{2})
+		testenv.WaitFor(t, 10*time.Second, "the committer to wait with the event", lp.Lingering)
+		lp.applied(t, lp.purge(t, 2, "same-partition"), []int{1, 1})
 	})
 	t.Run("idle", func(t *testing.T) {
 		projections.SetLingerBusy(t, 0, 1) // no commit is recent enough
