@@ -22,9 +22,13 @@ func SetLingerBusy(tb interface{ Cleanup(func()) }, idle time.Duration, parts in
 	tb.Cleanup(func() { lingerIdle, lingerParts = was, wasParts })
 }
 
-// Lingering reports whether the committer is waiting for more messages
-// (Linger).
-func (p *Projector) Lingering() bool { return p.lingering.Load() }
+// Lingering is the number of messages of the group the committer waits
+// with for more (Linger), 0 when it does not wait.
+func (p *Projector) Lingering() int { return int(p.lingering.Load()) }
+
+// Waiting is the number of callers waiting for the projection to move
+// (WaitFor, WaitAll).
+func (p *Projector) Waiting() int { return int(p.notify.waiters.Load()) }
 
 // SetUnindexWindow sets unindexWindow for a test, and back at its end.
 func SetUnindexWindow(tb interface{ Cleanup(func()) }, n int) {

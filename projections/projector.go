@@ -8,7 +8,6 @@ import (
 	"math"
 	"runtime"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,20 +115,25 @@ type Projector struct {
 	MaxDirty int
 	// Linger is how long the committer waits for more messages when it
 	// is busy with live traffic (default 2 ms; negative: never): when a
-	// group would hold fewer than lingerBelow messages, all of them
-	// events, and the last group commit ended less than lingerIdle ago
-	// and held batches of at least lingerParts partitions. Live traffic
-	// arrives a few messages at a time, and each commit of a few events
-	// into as many rooms writes about 8 pages a message and two fsyncs,
-	// so that a commit every few milliseconds competed with the log's
-	// own fsyncs and with the reads for the CPU (docs/BENCHMARKS.md,
-	// "The committer lingers under live traffic"). An event after a
-	// quiet spell, and a lone room's stream of events (a backfill, a
-	// test that publishes and waits), are committed at once. A command
-	// or a task update ends the wait as soon as it is consumed, even
-	// when its partition's previous batch is the one waiting; it still
-	// waits for that batch's commit, as it always did. Stopping the
-	// projector waits for the linger too.
+	// group would hold fewer than lingerBelow messages, nobody waits
+	// for the projection (WaitFor, WaitAll), and the last group commit
+	// ended less than lingerIdle ago and held batches of at least
+	// lingerParts partitions. Live traffic arrives a few messages at a
+	// time, and each commit of a few messages into as many rooms writes
+	// about 8 pages a message and two fsyncs, so that a commit every few
+	// milliseconds competed with the log's own fsyncs and with the reads
+	// for the CPU (docs/BENCHMARKS.md, "The committer lingers under live
+	// traffic", and "A shutdown's kicks make way for reads" for the
+	// homeserver's forget commands, which came every 3 ms).
+	//
+	// Whoever waits does not wait for the linger: an admin request for
+	// its command, a read for its wait_for sequence, a backfill for its
+	// events, a task for its update. Beginning to wait ends a linger
+	// under way, and no linger starts while anyone waits. An event after
+	// a quiet spell, and a lone room's stream of messages (a backfill, a
+	// homeserver that publishes and reads without wait_for), are
+	// committed at once too. Stopping the projector waits for the
+	// linger.
 	Linger time.Duration
 
 	lingerIdle  time.Duration // lingerIdle, when Init ran
@@ -141,8 +145,8 @@ type Projector struct {
 	started     atomic.Bool
 	notify      broadcaster
 	commits     chan *commitJob // to the committer
-	urgent      chan struct{}   // a message other than an event was consumed (see Linger)
-	lingering   atomic.Bool     // the committer waits (Linger), for the tests
+	urgent      chan struct{}   // someone began to wait for the projection (see Linger)
+	lingering   atomic.Int64    // messages of the group the committer waits with (Linger), for the tests
 	// preparing holds a slot per partition decoding a batch: GOMAXPROCS-1
 	// of them, so that the committer, which every message waits for,
 	// finds a CPU. With all 16 partitions free to decode at once, the
@@ -345,14 +349,6 @@ func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, i
 			return // a redelivery after a consumer reset
 		}
 		pt := p.parts[PartitionOf(p.RoomKeyOf(subject), len(p.parts))]
-		if !eventSubject(subject) {
-			// Before the message can reach the committer, so that the
-			// commit that takes it finds the signal and drops it.
-			select {
-			case p.urgent <- struct{}{}:
-			default: // already signalled
-			}
-		}
 		pt.pending.Add(1)
 		select {
 		case pt.queue <- rawMsg{seq: seq, subject: subject, data: data, ts: ts}:
@@ -537,21 +533,27 @@ func (p *Projector) runCommitter() {
 			}
 		}
 		busy := time.Since(last.end) < p.lingerIdle && last.batches >= p.lingerParts
-		if p.Linger > 0 && busy && n < min(limit, lingerBelow) && carry == nil && eventsOnly(group) {
+		// A signal from before this check is stale: the count says
+		// whether anyone waits. One from after it ends the linger.
+		select {
+		case <-p.urgent:
+		default:
+		}
+		if p.Linger > 0 && busy && n < min(limit, lingerBelow) && carry == nil && p.notify.waiters.Load() == 0 {
 			// See Linger.
 			t := time.NewTimer(p.Linger)
-			p.lingering.Store(true)
 			for more = true; more; {
+				p.lingering.Store(int64(n))
 				select {
 				case j, ok := <-p.commits:
-					more = ok && take(j) && n < lingerBelow && eventsOnly(group[len(group)-1:])
+					more = ok && take(j) && n < lingerBelow
 				case <-p.urgent:
 					more = false
 				case <-t.C:
 					more = false
 				}
 			}
-			p.lingering.Store(false)
+			p.lingering.Store(0)
 			t.Stop()
 		}
 		batches = batches[:0]
@@ -560,15 +562,6 @@ func (p *Projector) runCommitter() {
 		}
 		written, err := p.applyGroup(batches)
 		last.end, last.batches = time.Now(), len(group)
-		if !eventsOnly(group) {
-			// The signal of a message just committed is stale. (One
-			// dispatched meanwhile and held behind an event batch of its
-			// partition loses its signal: its wait ends with Linger.)
-			select {
-			case <-p.urgent:
-			default:
-			}
-		}
 		if err == nil && p.MaxDirty > 0 && n >= minGroup {
 			// The next group holds the messages that would write about
 			// MaxDirty pages at this group's rate, and at most twice
@@ -618,25 +611,6 @@ var (
 	lingerIdle  = 10 * time.Millisecond
 	lingerParts = 2
 )
-
-// eventSubject reports whether a room log subject carries an event
-// (sb.room.<rk>.event, CONTRACT.md section 3).
-func eventSubject(subject string) bool {
-	return strings.HasSuffix(subject, "."+commands.KindEvent)
-}
-
-// eventsOnly reports whether every message of the jobs is an event
-// (see Linger).
-func eventsOnly(jobs []*commitJob) bool {
-	for _, j := range jobs {
-		for i := range j.batch.entries {
-			if j.batch.entries[i].Kind != commands.KindEvent {
-				return false
-			}
-		}
-	}
-	return true
-}
 
 // clampGroup bounds a group limit to [minGroup, maxGroup].
 func clampGroup(n, maxGroup int) int { return max(minGroup, min(maxGroup, n)) }
@@ -753,6 +727,12 @@ func (p *Projector) waitUntil(ctx context.Context, done func() bool) error {
 		if done() {
 			p.notify.done()
 			return nil
+		}
+		// Counted as a waiter first, so that the committer either sees
+		// the count or finds the signal (see Linger).
+		select {
+		case p.urgent <- struct{}{}:
+		default: // already signalled
 		}
 		select {
 		case <-ch:

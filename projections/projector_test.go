@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -159,31 +160,58 @@ func TestProjector_WaitForOtherRoomsSequence(t *testing.T) {
 	}
 }
 
-// TestProjector_LingerGathersLiveEvents: while the committer is busy with
-// live traffic, events that arrive one at a time in rooms of different
-// partitions wait for each other and go in one group commit (Linger); a
-// command ends the wait at once, also when its partition's event is the
-// one waiting; a group that holds a command does not wait at all. After
-// a quiet spell, or for a lone room's stream, each event is committed at
-// once. The linger is a minute, so a wait that should not have happened
-// fails the test's WaitApplied.
-func TestProjector_LingerGathersLiveEvents(t *testing.T) {
+// TestProjector_LingerGathersLiveMessages: while the committer is busy
+// with live traffic, messages that arrive one at a time in rooms of
+// different partitions wait for each other and go in one group commit
+// (Linger), commands too. Whoever begins to wait for the projection ends
+// the wait at once, also when the message waited for is held behind its
+// partition's waiting event, and while anyone waits nothing lingers.
+// After a quiet spell, or for a lone room's stream, each event is
+// committed at once. The linger is a minute, so a wait that should not
+// have happened fails the test's WaitApplied.
+func TestProjector_LingerGathersLiveMessages(t *testing.T) {
 	t.Run("busy", func(t *testing.T) {
 		// Every commit is recent enough, and enough partitions.
 		projections.SetLingerBusy(t, time.Hour, 1)
 		lp := startLingering(t)
 		lp.applied(t, lp.purge(t, 0, "first"), []int{1})
-		for _, room := range []int{1, 2, 3} {
-			lp.publish(t, room) // one at a time, each acknowledged, as live traffic comes
-		}
-		// The command's job joins the group, or its signal comes first.
-		lp.applied(t, lp.purge(t, 0, "ends-the-wait"), []int{4}, []int{3, 1})
-		lp.applied(t, lp.purge(t, 1, "does-not-wait"), []int{1})
-		// The command's partition holds it behind the waiting event: it
-		// ends the wait all the same, and goes in the next commit.
+		// One at a time, each acknowledged, as live traffic comes; a
+		// command nobody waits for (a homeserver's forget) as well.
+		lp.publish(t, 1)
+		lp.waitLingering(t, 1)
 		lp.publish(t, 2)
-		testenv.WaitFor(t, 10*time.Second, "the committer to wait with the event", lp.Lingering)
-		lp.applied(t, lp.purge(t, 2, "same-partition"), []int{1, 1})
+		lp.waitLingering(t, 2)
+		seq := lp.purge(t, 3, "nobody-waits")
+		lp.waitLingering(t, 3)
+		lp.waitFor(t, 3, seq, []int{3})
+	})
+	t.Run("held behind its partition", func(t *testing.T) {
+		projections.SetLingerBusy(t, time.Hour, 1)
+		lp := startLingering(t)
+		lp.applied(t, lp.publish(t, 0), []int{1})
+		// A partition has one batch in flight: the command waits behind
+		// the event, and the committer does not have it yet.
+		lp.publish(t, 2)
+		lp.waitLingering(t, 1)
+		seq := lp.purge(t, 2, "same-partition")
+		lp.waitFor(t, 2, seq, []int{1, 1})
+	})
+	t.Run("someone waits", func(t *testing.T) {
+		projections.SetLingerBusy(t, time.Hour, 1)
+		lp := startLingering(t)
+		lp.applied(t, lp.publish(t, 0), []int{1})
+		// A read waiting for a sequence not yet in the log.
+		ctx, cancel := context.WithCancel(context.Background())
+		waited := make(chan error, 1)
+		go func() { waited <- lp.WaitFor(ctx, lp.rooms[0].ID, 1<<40) }()
+		testenv.WaitFor(t, 10*time.Second, "the read to wait", func() bool { return lp.Waiting() == 1 })
+		for _, room := range []int{1, 2, 3} {
+			lp.applied(t, lp.publish(t, room), []int{1})
+		}
+		cancel()
+		if err := <-waited; !errors.Is(err, context.Canceled) {
+			t.Fatalf("WaitFor = %v, want context.Canceled", err)
+		}
 	})
 	t.Run("idle", func(t *testing.T) {
 		projections.SetLingerBusy(t, 0, 1) // no commit is recent enough
@@ -249,11 +277,37 @@ func (lp *lingering) purge(t *testing.T, room int, id string) uint64 {
 		"room_id": lp.rooms[room].ID, "params": map[string]any{"token": "t1-0"}})
 }
 
-// applied waits for seq to be applied, then checks the messages of each
-// group commit since the last check against the ones allowed.
+// waitLingering waits until the committer lingers with a group of n
+// messages.
+func (lp *lingering) waitLingering(t *testing.T, n int) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("the committer to wait with %d messages", n),
+		func() bool { return lp.Lingering() == n })
+}
+
+// waitFor waits for seq as the service's requests do (Projector.WaitFor),
+// then checks the group commits as applied does.
+func (lp *lingering) waitFor(t *testing.T, room int, seq uint64, want ...[]int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := lp.WaitFor(ctx, lp.rooms[room].ID, seq); err != nil {
+		t.Fatalf("WaitFor(%d): %v", seq, err)
+	}
+	lp.commits(t, seq, want)
+}
+
+// applied waits for seq to be applied without waiting as the service's
+// requests do (it polls), then checks the messages of each group commit
+// since the last check against the ones allowed.
 func (lp *lingering) applied(t *testing.T, seq uint64, want ...[]int) {
 	t.Helper()
 	testenv.WaitApplied(t, lp, seq)
+	lp.commits(t, seq, want)
+}
+
+func (lp *lingering) commits(t *testing.T, seq uint64, want [][]int) {
+	t.Helper()
 	lp.mu.Lock()
 	got := lp.msgs
 	lp.msgs = nil
