@@ -50,6 +50,7 @@ import (
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/internal/loadgen"
+	"github.com/scrollback/scrollback/internal/schedwait"
 )
 
 // Shape of the mixed workload.
@@ -98,7 +99,7 @@ type mixedResults struct {
 
 	// The scheduling waits (goroutines runnable, waiting for a CPU)
 	// during withIngest and during the workload, when sampled.
-	withIngestSched, duringSched loadgen.SchedWaits
+	withIngestSched, duringSched schedwait.Waits
 	schedKnown                   bool
 }
 
@@ -517,7 +518,7 @@ type mixedPhase struct {
 	CPU, MachineCPU float64
 	CPUKnown        bool
 	// The goroutines' waits for a CPU, when sampled (SchedKnown).
-	Sched      loadgen.SchedWaits
+	Sched      schedwait.Waits
 	SchedKnown bool
 }
 

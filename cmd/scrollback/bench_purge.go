@@ -78,6 +78,7 @@ import (
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/internal/loadgen"
+	"github.com/scrollback/scrollback/internal/schedwait"
 )
 
 // Goals of issue 4: a purge is visible to readers within 10 ms whatever the
@@ -143,7 +144,7 @@ type purgeResults struct {
 
 	// The goroutines' waits for a CPU without the purge (before), until
 	// the rows were removed, and after, when sampled (schedKnown).
-	schedBefore, schedRows, schedErase loadgen.SchedWaits
+	schedBefore, schedRows, schedErase schedwait.Waits
 	schedKnown                         bool
 
 	boltBefore, boltAfter int64  // bytes of <data_dir>/scrollback.db

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/scrollback/scrollback/internal/loadgen"
+	"github.com/scrollback/scrollback/internal/schedwait"
 )
 
 // scenarioRun is what one scenario recorded for the report.
@@ -294,7 +295,7 @@ type sampler struct {
 	// that ask schedBetween), scheds keeps the histogram of every sample
 	// (1.3 KB each).
 	sched        loadgen.TimeSeries
-	lastSched    loadgen.SchedWaits
+	lastSched    schedwait.Waits
 	haveSched    bool
 	schedWindows bool
 	scheds       []schedAt
@@ -349,9 +350,9 @@ func (s *sampler) sample(ctx context.Context, src *sut) {
 	fl, flOK := src.freelist()
 	cpu, cpuOK := src.cpu()
 	machine, machineErr := loadgen.ReadMachineCPU()
-	var sched loadgen.SchedWaits
+	var sched schedwait.Waits
 	if src.m != nil {
-		sched = loadgen.ReadSchedWaits()
+		sched = schedwait.Read()
 	}
 	at := time.Since(s.origin)
 	s.mu.Lock()
@@ -416,13 +417,13 @@ func (s *sampler) stop() {
 // schedAt is the cumulative histogram of scheduling waits at a sample.
 type schedAt struct {
 	at    time.Duration
-	waits loadgen.SchedWaits
+	waits schedwait.Waits
 }
 
 // schedBetween is the histogram of the scheduling waits between the first
 // sample at or after from and the last at or before to (since the
 // origin); ok is false without two such samples.
-func (s *sampler) schedBetween(from, to time.Duration) (loadgen.SchedWaits, bool) {
+func (s *sampler) schedBetween(from, to time.Duration) (schedwait.Waits, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	first, last := -1, -1
@@ -435,7 +436,7 @@ func (s *sampler) schedBetween(from, to time.Duration) (loadgen.SchedWaits, bool
 		}
 	}
 	if first < 0 || last <= first {
-		return loadgen.SchedWaits{}, false
+		return schedwait.Waits{}, false
 	}
 	return s.scheds[last].waits.Since(s.scheds[first].waits), true
 }
@@ -467,12 +468,12 @@ func (b *bench) keepSchedWindows() {
 }
 
 // schedBetween is the current scenario's sampler.schedBetween.
-func (b *bench) schedBetween(from, to time.Duration) (loadgen.SchedWaits, bool) {
+func (b *bench) schedBetween(from, to time.Duration) (schedwait.Waits, bool) {
 	b.mu.Lock()
 	run := b.cur
 	b.mu.Unlock()
 	if run == nil || run.sampler == nil {
-		return loadgen.SchedWaits{}, false
+		return schedwait.Waits{}, false
 	}
 	return run.sampler.schedBetween(from, to)
 }
@@ -480,7 +481,7 @@ func (b *bench) schedBetween(from, to time.Duration) (loadgen.SchedWaits, bool) 
 // schedRows are two summary rows comparing the goroutines' waits for a
 // CPU in a phase (w) with a reference (ref): their p99, and their share
 // of about 1 ms or more; what says which.
-func (t summaryTable) schedRows(what string, w, ref loadgen.SchedWaits) {
+func (t summaryTable) schedRows(what string, w, ref schedwait.Waits) {
 	t.latRow("goroutines' waits for a CPU, p99, "+what, w.Quantile(0.99), ref.Quantile(0.99), 0)
 	share, from := w.Over(time.Millisecond)
 	refShare, _ := ref.Over(time.Millisecond)
@@ -491,7 +492,7 @@ func (t summaryTable) schedRows(what string, w, ref loadgen.SchedWaits) {
 // fmtSched gives the p99 of scheduling waits (a bucket's upper bound)
 // and the share of about 1 ms or more (from the bucket boundary Over
 // used).
-func fmtSched(w loadgen.SchedWaits) string {
+func fmtSched(w schedwait.Waits) string {
 	share, from := w.Over(time.Millisecond)
 	return fmt.Sprintf("p99 %s, %.1f%% of %s or more", fmtLat(w.Quantile(0.99)), 100*share, fmtLat(from))
 }

@@ -1,4 +1,4 @@
-package loadgen
+package schedwait
 
 import (
 	"math"
@@ -11,33 +11,33 @@ import (
 // CPU. It counts a sample of the goroutines' transitions, not all.
 const schedMetric = "/sched/latencies:seconds"
 
-// SchedWaits is a histogram of scheduling waits (schedMetric): cumulative
-// since this process started as ReadSchedWaits returns it, or of an
+// Waits is a histogram of scheduling waits (schedMetric): cumulative
+// since this process started as Read returns it, or of an
 // interval (Since).
-type SchedWaits struct {
+type Waits struct {
 	counts  []uint64
 	buckets []float64 // len(counts)+1 boundaries, in seconds
 }
 
-// ReadSchedWaits reads this process's histogram of scheduling waits (an
+// Read reads this process's histogram of scheduling waits (an
 // empty one if the runtime does not provide it).
-func ReadSchedWaits() SchedWaits {
+func Read() Waits {
 	s := []metrics.Sample{{Name: schedMetric}}
 	metrics.Read(s)
 	if s[0].Value.Kind() != metrics.KindFloat64Histogram {
-		return SchedWaits{}
+		return Waits{}
 	}
 	h := s[0].Value.Float64Histogram()
-	return SchedWaits{counts: append([]uint64(nil), h.Counts...), buckets: h.Buckets}
+	return Waits{counts: append([]uint64(nil), h.Counts...), buckets: h.Buckets}
 }
 
 // Since is the histogram of the waits counted after prev, an earlier
-// reading of the same process; prev may be the zero SchedWaits.
-func (w SchedWaits) Since(prev SchedWaits) SchedWaits {
+// reading of the same process; prev may be the zero Waits.
+func (w Waits) Since(prev Waits) Waits {
 	if len(prev.counts) != len(w.counts) {
 		return w
 	}
-	d := SchedWaits{counts: make([]uint64, len(w.counts)), buckets: w.buckets}
+	d := Waits{counts: make([]uint64, len(w.counts)), buckets: w.buckets}
 	for i, c := range w.counts {
 		d.counts[i] = c - min(c, prev.counts[i])
 	}
@@ -45,7 +45,7 @@ func (w SchedWaits) Since(prev SchedWaits) SchedWaits {
 }
 
 // N is the number of waits counted.
-func (w SchedWaits) N() uint64 {
+func (w Waits) N() uint64 {
 	var n uint64
 	for _, c := range w.counts {
 		n += c
@@ -56,7 +56,7 @@ func (w SchedWaits) N() uint64 {
 // Quantile is the upper bound of the bucket that holds the q-quantile of
 // the waits (0 if none were counted); the last bucket, unbounded, gives
 // its lower bound.
-func (w SchedWaits) Quantile(q float64) time.Duration {
+func (w Waits) Quantile(q float64) time.Duration {
 	n := w.N()
 	if n == 0 {
 		return 0
@@ -81,7 +81,7 @@ func (w SchedWaits) Quantile(q float64) time.Duration {
 // a bucket (Go's buckets near 1 ms are [0.918, 1.049) ms and up, so
 // Over(time.Millisecond) counts waits of 1.049 ms or more). from is 0
 // if no boundary is at or above d.
-func (w SchedWaits) Over(d time.Duration) (share float64, from time.Duration) {
+func (w Waits) Over(d time.Duration) (share float64, from time.Duration) {
 	i := 0
 	for i < len(w.counts) && w.buckets[i] < d.Seconds() {
 		i++
