@@ -22,14 +22,15 @@
 // catch-up) it is busy nearly all the time (97% catching up 1M events in
 // 10k rooms). ObserveCommit reports each group commit, with the pages it
 // wrote and the writer's time, so that the service's metrics show it.
-// Live traffic is the opposite case: a few events at a time, into as many
-// rooms, each commit writing about 8 pages a message and two fsyncs. When
-// a group holds fewer than 256 messages, all of them events, and the last
-// commit ended less than 10 ms ago with batches of two partitions or
-// more, the committer waits up to Linger (2 ms) for more. A command or a
-// task update ends the wait as soon as the consumer hands it over, so
-// that a purge's hiding waits for no linger; an event after a quiet spell,
-// or in a lone room's stream, is committed at once.
+// Live traffic is the opposite case: a few messages at a time, into as
+// many rooms, each commit writing about 8 pages a message and two fsyncs.
+// When a group holds fewer than 256 messages, nobody waits for the
+// projection (WaitFor, WaitAll), and the last commit ended less than 10 ms
+// ago with batches of two partitions or more, the committer waits up to
+// Linger (2 ms) for more. Beginning to wait ends a linger under way, so
+// that a purge's hiding, a read's wait_for or a backfill waits for no
+// linger; an event after a quiet spell, or in a lone room's stream, is
+// committed at once.
 //
 // Reads use bbolt read transactions (snapshots): they never wait for the
 // writer and see whole batches only. Store.View gives a RoomView for one
