@@ -263,6 +263,8 @@ func (p *Projector) init() error {
 		p.Linger = defaultLinger
 	}
 	p.lingerIdle, p.lingerParts = lingerIdle, lingerParts
+	// Here, not in Run: a request may wait (WaitFor) before Run starts.
+	p.urgent = make(chan struct{}, 1)
 	p.decoded = newBudget(p.MaxDecoded)
 	if p.Logger == nil {
 		p.Logger = slog.New(slog.DiscardHandler)
@@ -297,7 +299,6 @@ func (p *Projector) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
 	p.commits = make(chan *commitJob, len(p.parts))
-	p.urgent = make(chan struct{}, 1)
 	p.preparing = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))
 	committed := make(chan struct{})
 	go func() {
