@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/scrollback/scrollback/internal/schedwait"
 )
 
 // Load counts the requests a Service holds: handed to it and not yet
@@ -17,11 +19,17 @@ import (
 // CPU: a few more than the CPUs means reads are queueing. More than the
 // service's workers means they queue for a worker, in the endpoints'
 // subscriptions, where past a bound NATS drops them (Backoff).
+//
+// It also watches whether the process's goroutines queue for a CPU
+// (WatchCPU, Calm): a few requests held can still each wait behind work
+// that takes both cores in bursts, which the count does not show.
 type Load struct {
 	n         atomic.Int64
 	detached  atomic.Int64 // requests waiting detached from the workers (Detach)
 	workers   atomic.Int64 // the service's, once it serves
 	backedOff atomic.Int64 // ns spent in Backoff's waits
+	cpuQueued atomic.Bool  // the last CPUWindow's goroutines queued for a CPU (WatchCPU)
+	calmed    atomic.Int64 // ns spent in Calm's waits
 }
 
 // BackedOff is the time background work has waited in Backoff so far
@@ -115,4 +123,88 @@ func (l *Load) Backoff(ctx context.Context, longest time.Duration) {
 	start := time.Now()
 	l.MakeWay(ctx, workers/2, longest)
 	l.backedOff.Add(int64(time.Since(start)))
+}
+
+// CPUWindow is how often WatchCPU looks at the process's scheduling
+// waits, and CPUQueueWait, CPUQueueShare and cpuQueueMin say when a
+// window counts as queued: more than CPUQueueShare of its waits (at least
+// cpuQueueMin of them) lasted CPUQueueWait or more. Go's histogram has
+// no bucket boundary at 1 ms: CPUQueueWait counts waits of 1.049 ms or
+// more. During a 5,000-member shutdown in the mixed workload of `scrollback
+// bench`, 1.5-3% of the waits lasted that long, against 0.3-0.4% with
+// the reads and the ingest alone (docs/BENCHMARKS.md, "A shutdown's kicks
+// make way for reads").
+const (
+	CPUWindow     = 20 * time.Millisecond
+	CPUQueueWait  = time.Millisecond
+	CPUQueueShare = 0.01
+	cpuQueueMin   = 20
+)
+
+// WatchCPU samples the process's scheduling waits (Go's
+// /sched/latencies) every CPUWindow until ctx ends, and records whether
+// goroutines queued for a CPU in the last window (CPUQueued). Reading the
+// histogram costs a few microseconds.
+func (l *Load) WatchCPU(ctx context.Context) {
+	t := time.NewTicker(CPUWindow)
+	defer t.Stop()
+	prev := schedwait.Read()
+	for {
+		select {
+		case <-ctx.Done():
+			l.cpuQueued.Store(false)
+			return
+		case <-t.C:
+		}
+		cur := schedwait.Read()
+		l.cpuQueued.Store(cpuQueuing(cur.Since(prev)))
+		prev = cur
+	}
+}
+
+// cpuQueuing reports whether a window's waits count as queued (see
+// CPUWindow).
+func cpuQueuing(w schedwait.Waits) bool {
+	share, _ := w.Over(CPUQueueWait)
+	return w.N() >= cpuQueueMin && share > CPUQueueShare
+}
+
+// CPUQueued reports whether goroutines queued for a CPU in the last
+// window WatchCPU looked at (false for a nil Load, or before WatchCPU).
+func (l *Load) CPUQueued() bool {
+	return l != nil && l.cpuQueued.Load()
+}
+
+// Calm waits while goroutines queue for a CPU (CPUQueued), for at most
+// longest, or until ctx ends: background work that runs in bursts of many
+// goroutines at once (a shutdown's kicks) waits for the queue to drain
+// before it adds to it, so that the reads' goroutines queue behind fewer.
+func (l *Load) Calm(ctx context.Context, longest time.Duration) {
+	if !l.CPUQueued() {
+		return
+	}
+	start := time.Now()
+	defer func() { l.calmed.Add(int64(time.Since(start))) }()
+	t := time.NewTimer(longest)
+	defer t.Stop()
+	tick := time.NewTicker(makeWayPoll)
+	defer tick.Stop()
+	for l.CPUQueued() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Calmed is the time background work has waited in Calm so far (0 for a
+// nil Load): the scrollback_cpu_queue_waits_seconds_total metric.
+func (l *Load) Calmed() time.Duration {
+	if l == nil {
+		return 0
+	}
+	return time.Duration(l.calmed.Load())
 }

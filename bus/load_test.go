@@ -158,3 +158,37 @@ func TestDeleteMsgs_WaitsBeforeEachDelete(t *testing.T) {
 		t.Fatalf("after: %d messages left (err %v), BeforeDelete asked %d times", info.State.Msgs, err, asked)
 	}
 }
+
+// TestLoad_CalmWhileGoroutinesQueueForACPU: while more goroutines want
+// to run than there are CPUs, WatchCPU sees them wait in Go's scheduling
+// waits, and Calm waits while it does, for at most its longest. Once
+// they stop, the queue is gone.
+func TestLoad_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
+	load := &bus.Load{}
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { load.WatchCPU(ctx); close(watched) }()
+	defer func() { cancel(); <-watched }()
+
+	stop := testenv.QueueForCPU(t)
+	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
+	// A window may look calm now and then: Calm returns at the first.
+	const longest = 200 * time.Millisecond
+	for range 5 {
+		start := time.Now()
+		load.Calm(context.Background(), longest)
+		if took := time.Since(start); took > longest+100*time.Millisecond {
+			t.Errorf("Calm took %v, want at most its longest, %v", took, longest)
+		}
+	}
+	stop()
+	if load.Calmed() == 0 {
+		t.Fatal("Calm never waited while goroutines queued for a CPU")
+	}
+	testenv.WaitFor(t, 10*time.Second, "the queue to drain", func() bool { return !load.CPUQueued() })
+	var none *bus.Load
+	none.Calm(context.Background(), time.Hour)
+	if none.CPUQueued() || none.Calmed() != 0 {
+		t.Fatal("a nil Load reports a CPU queue")
+	}
+}

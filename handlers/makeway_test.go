@@ -34,3 +34,24 @@ func TestMakeWayForReads_BoundedWhileRequestsWaitForWorkers(t *testing.T) {
 		}
 	}
 }
+
+// TestMakeWayForKicks_Bounded: a shutdown's wait before each user makes
+// way as the eraser's does, within its short bounds: one for the requests
+// waiting for a worker, one for goroutines queued for a CPU. A shutdown
+// of thousands of users must not drop to a user a second under reads.
+func TestMakeWayForKicks_Bounded(t *testing.T) {
+	load := &bus.Load{}
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { load.WatchCPU(ctx); close(watched) }()
+	defer func() { cancel(); <-watched }()
+	testenv.NewNATS(t).HoldRequests(t, load, 3, 2) // the third waits for a worker
+	testenv.QueueForCPU(t)
+	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
+
+	start := time.Now()
+	handlers.MakeWayForKicks(load)(context.Background())
+	if took := time.Since(start); took < handlers.LongestWaitForReads || took > handlers.LongestBackoff/2 {
+		t.Fatalf("a kick's wait took %v with a request waiting for a worker and a CPU queue: want its short bounds, %v each", took, handlers.LongestWaitForReads)
+	}
+}

@@ -95,13 +95,18 @@ func NewMetrics(lag func() float64) *Metrics {
 // background work (the janitor, the eraser's compaction steps) waited for
 // reads queued for the API's workers (bus.Load.Backoff), so that a purge
 // whose rows or log erasure go slowly because reads keep the workers busy
-// shows; and the requests waiting detached from the workers (v1 room
-// deletions waiting for their deletion, bus.Detach).
+// shows; the time a shutdown's kicks waited for goroutines queued for a
+// CPU (bus.Load.Calm); and the requests waiting detached from the
+// workers (v1 room deletions waiting for their deletion, bus.Detach).
 func (m *Metrics) CountLoad(load *bus.Load) {
 	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "scrollback_backoff_seconds_total",
 		Help: "Time the purges' janitor and log eraser waited because requests were queueing for the API's workers.",
 	}, func() float64 { return load.BackedOff().Seconds() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "scrollback_cpu_queue_waits_seconds_total",
+			Help: "Time a shutdown's kicks waited because the process's goroutines were queueing for a CPU.",
+		}, func() float64 { return load.Calmed().Seconds() }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "scrollback_requests_detached",
 			Help: "API requests waiting detached from the workers (v1 room deletions waiting for their deletion).",

@@ -222,7 +222,8 @@ func (r *TaskRunner) localMembers(roomID string) (map[string]string, error) {
 
 // kickAll makes every local member leave and forget the room, and joins
 // the previously joined ones to the new room, at most Concurrency users at
-// once. Progress is published every 500 ms and at the end.
+// once, each after BeforeKick. Progress is published every 500 ms and at
+// the end.
 func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members map[string]string, res *shutdownResult, n *int) error {
 	kicked := make(map[string]bool, len(res.Kicked))
 	for _, u := range res.Kicked {
@@ -277,6 +278,9 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
 	for _, u := range users {
+		if r.BeforeKick != nil {
+			r.BeforeKick(ctx)
+		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():

@@ -44,6 +44,9 @@ type TaskRunner struct {
 	HS          Requester
 	HSTimeout   time.Duration
 	Concurrency int
+	// BeforeKick, if set, runs before each user of a shutdown is handed
+	// to a worker (MakeWayForKicks).
+	BeforeKick func(context.Context)
 	// ServerName decides which members are local.
 	ServerName string
 	// Owns tells whether this instance runs the tasks of a room (nil:
@@ -315,6 +318,25 @@ func makeWay(load *bus.Load, backoff time.Duration) func(context.Context) {
 	return func(ctx context.Context) {
 		load.Backoff(ctx, backoff)
 		load.MakeWay(ctx, limit, LongestWaitForReads)
+	}
+}
+
+// MakeWayForKicks is a shutdown's wait before each user it kicks
+// (TaskRunner.BeforeKick): as the eraser's, at most LongestWaitForReads
+// while reads queue for the API's workers, and then at most
+// LongestWaitForReads while the process's goroutines queue for a CPU
+// (bus.Load.Calm, which needs bus.Load.WatchCPU running). A 5,000-member
+// shutdown hands each user's leave, forget and join to the homeserver, 16
+// users at a time, and the homeserver publishes each of them to the log,
+// where the projector applies it: reads of other rooms, at a tenth of the
+// service's capacity, had a p99 4.4-8.9x that without the shutdown, and
+// never queued for the workers, so the requests' count never slowed the
+// kicks. With the wait for a CPU queue it was 2.2x, and the shutdown took
+// as long (docs/BENCHMARKS.md, "A shutdown's kicks make way for reads").
+func MakeWayForKicks(load *bus.Load) func(context.Context) {
+	return func(ctx context.Context) {
+		load.Backoff(ctx, LongestWaitForReads)
+		load.Calm(ctx, LongestWaitForReads)
 	}
 }
 

@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -34,4 +36,33 @@ type Applied interface{ Applied() uint64 }
 func WaitApplied(tb testing.TB, p Applied, seq uint64) {
 	tb.Helper()
 	WaitFor(tb, 20*time.Second, "the projection to apply the log", func() bool { return p.Applied() >= seq })
+}
+
+// QueueForCPU keeps the process's goroutines queued for a CPU until the
+// returned stop is called (or the test ends): a hundred goroutines that
+// each work for 100 µs and yield, so that each waits milliseconds for
+// the others ahead of it, and often enough that Go's sampled scheduling
+// waits (/sched/latencies, one in eight) fill every 20 ms with dozens of
+// them.
+func QueueForCPU(tb testing.TB) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				for start := time.Now(); time.Since(start) < 100*time.Microsecond; {
+				}
+				runtime.Gosched()
+			}
+		})
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
+	tb.Cleanup(stop)
+	return stop
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -248,4 +251,52 @@ func TestDeleteRoom_ResumesAfterRestart(t *testing.T) {
 	if n := hs2.Acted("create_room", ""); n != 1 {
 		t.Fatalf("%d new rooms created", n)
 	}
+}
+
+// TestDeleteRoom_KicksMakeWayForACPUQueue: while the process's goroutines
+// queue for a CPU, a shutdown waits for the queue before each user it
+// kicks (handlers.MakeWayForKicks, bus.Load.Calm), at most briefly each
+// time, so that it still completes; the operator sees the waits in
+// scrollback_cpu_queue_waits_seconds_total.
+func TestDeleteRoom_KicksMakeWayForACPUQueue(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "crowded", 10)
+	before := cpuQueueWaits(t, m)
+	stop := testenv.QueueForCPU(t)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"block": true, "purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	var task map[string]any
+	testenv.WaitFor(t, 30*time.Second, "the shutdown to finish", func() bool {
+		_, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		return task["status"] == "complete" || task["status"] == "failed"
+	})
+	stop()
+	if task["status"] != "complete" {
+		t.Fatalf("task = %v", task)
+	}
+	if kicked := strList(task["shutdown_room"].(map[string]any)["kicked_users"]); len(kicked) != 13 { // alice, 10 users, the invitee and the knocker
+		t.Fatalf("kicked_users = %d %v", len(kicked), kicked)
+	}
+	if after := cpuQueueWaits(t, m); after <= before {
+		t.Fatalf("scrollback_cpu_queue_waits_seconds_total = %v after the shutdown, %v before: the kicks never waited for the CPU queue", after, before)
+	}
+}
+
+func cpuQueueWaits(t *testing.T, m *Main) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + m.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	v, ok := loadgen.PromValue(data, "scrollback_cpu_queue_waits_seconds_total")
+	if !ok {
+		t.Fatal("no scrollback_cpu_queue_waits_seconds_total in /metrics")
+	}
+	return v
 }

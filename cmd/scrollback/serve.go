@@ -134,10 +134,13 @@ func (m *Main) Open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The janitor and the eraser make way for the API's requests
-	// (handlers.BackoffForReads, handlers.MakeWayForReads).
+	// The janitor, the eraser and a shutdown's kicks make way for the
+	// API's requests (handlers.BackoffForReads, handlers.MakeWayForReads,
+	// handlers.MakeWayForKicks); the kicks also for goroutines queued for
+	// a CPU.
 	apiLoad := &bus.Load{}
 	m.Metrics.CountLoad(apiLoad)
+	m.background(runCtx, "cpu-watch", apiLoad.WatchCPU)
 	m.Store.ObserveJanitor = m.Metrics.ObserveJanitor
 	m.Store.BeforeJanitor = handlers.BackoffForReads(apiLoad)
 	m.background(runCtx, "janitor", func(ctx context.Context) {
@@ -172,7 +175,7 @@ func (m *Main) Open(ctx context.Context) error {
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
-		Concurrency: c.Shutdown.Concurrency, ServerName: c.ServerName, Owns: owns, Wake: taskWake}
+		Concurrency: c.Shutdown.Concurrency, BeforeKick: handlers.MakeWayForKicks(apiLoad), ServerName: c.ServerName, Owns: owns, Wake: taskWake}
 	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Retention: retentionConfig(c.Retention),
