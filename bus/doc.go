@@ -78,8 +78,8 @@
 // steps wait until half the workers are free). Log.BeforeDelete and
 // Log.BeforeStep are where the eraser waits. WatchCPU samples Go's
 // scheduling waits every 20 ms, and Calm waits while goroutines queue for
-// a CPU (a shutdown's kicks): a read's tail comes from short CPU queues
-// that the count of requests does not show.
+// a CPU (the purges' janitor, a shutdown's kicks): a read's tail comes from
+// short CPU queues that the count of requests does not show.
 //
 // # Partition owners
 //

@@ -48,10 +48,41 @@ func TestMakeWayForKicks_Bounded(t *testing.T) {
 	testenv.NewNATS(t).HoldRequests(t, load, 3, 2) // the third waits for a worker
 	testenv.QueueForCPU(t)
 	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
-
 	start := time.Now()
 	handlers.MakeWayForKicks(load)(context.Background())
 	if took := time.Since(start); took < handlers.LongestWaitForReads || took > handlers.LongestBackoff/2 {
 		t.Fatalf("a kick's wait took %v with a request waiting for a worker and a CPU queue: want its short bounds, %v each", took, handlers.LongestWaitForReads)
+	}
+}
+
+// TestMakeWay_CalmWhileGoroutinesQueueForACPU: with no request waiting
+// for a worker but goroutines queued for a CPU, the janitor's and a
+// kick's waits still wait, within their short bound for it.
+func TestMakeWay_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
+	load := &bus.Load{}
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { load.WatchCPU(ctx); close(watched) }()
+	defer func() { cancel(); <-watched }()
+	testenv.QueueForCPU(t)
+	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
+	for name, wait := range map[string]func(*bus.Load) func(context.Context){
+		"the janitor's": handlers.BackoffForReads, "a kick's": handlers.MakeWayForKicks} {
+		waited := false
+		for range 5 { // a window may look calm now and then
+			start := time.Now()
+			wait(load)(context.Background())
+			took := time.Since(start)
+			if took > handlers.LongestBackoff/2 {
+				t.Fatalf("%s wait took %v with goroutines queued for a CPU: want at most about %v", name, took, handlers.LongestWaitForReads)
+			}
+			if took >= handlers.LongestWaitForReads {
+				waited = true
+				break
+			}
+		}
+		if !waited {
+			t.Fatalf("%s wait never waited its %v while goroutines queued for a CPU", name, handlers.LongestWaitForReads)
+		}
 	}
 }

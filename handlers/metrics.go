@@ -95,8 +95,9 @@ func NewMetrics(lag func() float64) *Metrics {
 // background work (the janitor, the eraser's compaction steps) waited for
 // reads queued for the API's workers (bus.Load.Backoff), so that a purge
 // whose rows or log erasure go slowly because reads keep the workers busy
-// shows; the time a shutdown's kicks waited for goroutines queued for a
-// CPU (bus.Load.Calm); and the requests waiting detached from the
+// shows; the time the janitor and a shutdown's kicks waited for
+// goroutines queued for a CPU (bus.Load.Calm); and the requests waiting
+// detached from the
 // workers (v1 room deletions waiting for their deletion, bus.Detach).
 func (m *Metrics) CountLoad(load *bus.Load) {
 	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -105,7 +106,7 @@ func (m *Metrics) CountLoad(load *bus.Load) {
 	}, func() float64 { return load.BackedOff().Seconds() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "scrollback_cpu_queue_waits_seconds_total",
-			Help: "Time a shutdown's kicks waited because the process's goroutines were queueing for a CPU.",
+			Help: "Time the purges' janitor and a shutdown's kicks waited because the process's goroutines were queueing for a CPU.",
 		}, func() float64 { return load.Calmed().Seconds() }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "scrollback_requests_detached",

@@ -136,8 +136,8 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	// The janitor, the eraser and a shutdown's kicks make way for the
 	// API's requests (handlers.BackoffForReads, handlers.MakeWayForReads,
-	// handlers.MakeWayForKicks); the kicks also for goroutines queued for
-	// a CPU.
+	// handlers.MakeWayForKicks); the janitor and the kicks also for
+	// goroutines queued for a CPU.
 	apiLoad := &bus.Load{}
 	m.Metrics.CountLoad(apiLoad)
 	m.background(runCtx, "cpu-watch", apiLoad.WatchCPU)
