@@ -88,11 +88,17 @@ func (l *Load) MakeWay(ctx context.Context, limit int, longest time.Duration) {
 	if l.Requests() <= limit {
 		return
 	}
+	waitWhile(ctx, longest, func() bool { return l.Requests() > limit })
+}
+
+// waitWhile waits while cond holds, looking every makeWayPoll, for at
+// most longest, or until ctx ends.
+func waitWhile(ctx context.Context, longest time.Duration, cond func() bool) {
 	t := time.NewTimer(longest)
 	defer t.Stop()
 	tick := time.NewTicker(makeWayPoll)
 	defer tick.Stop()
-	for l.Requests() > limit {
+	for cond() {
 		select {
 		case <-ctx.Done():
 			return
@@ -184,20 +190,8 @@ func (l *Load) Calm(ctx context.Context, longest time.Duration) {
 		return
 	}
 	start := time.Now()
-	defer func() { l.calmed.Add(int64(time.Since(start))) }()
-	t := time.NewTimer(longest)
-	defer t.Stop()
-	tick := time.NewTicker(makeWayPoll)
-	defer tick.Stop()
-	for l.CPUQueued() {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			return
-		case <-tick.C:
-		}
-	}
+	waitWhile(ctx, longest, l.CPUQueued)
+	l.calmed.Add(int64(time.Since(start)))
 }
 
 // Calmed is the time background work has waited in Calm so far (0 for a

@@ -165,10 +165,7 @@ func TestDeleteMsgs_WaitsBeforeEachDelete(t *testing.T) {
 // they stop, the queue is gone.
 func TestLoad_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 	load := &bus.Load{}
-	ctx, cancel := context.WithCancel(context.Background())
-	watched := make(chan struct{})
-	go func() { load.WatchCPU(ctx); close(watched) }()
-	defer func() { cancel(); <-watched }()
+	testenv.WatchCPU(t, load)
 
 	stop := testenv.QueueForCPU(t)
 	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)

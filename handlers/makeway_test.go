@@ -41,10 +41,7 @@ func TestMakeWayForReads_BoundedWhileRequestsWaitForWorkers(t *testing.T) {
 // of thousands of users must not drop to a user a second under reads.
 func TestMakeWayForKicks_Bounded(t *testing.T) {
 	load := &bus.Load{}
-	ctx, cancel := context.WithCancel(context.Background())
-	watched := make(chan struct{})
-	go func() { load.WatchCPU(ctx); close(watched) }()
-	defer func() { cancel(); <-watched }()
+	testenv.WatchCPU(t, load)
 	testenv.NewNATS(t).HoldRequests(t, load, 3, 2) // the third waits for a worker
 	testenv.QueueForCPU(t)
 	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
@@ -60,10 +57,7 @@ func TestMakeWayForKicks_Bounded(t *testing.T) {
 // kick's waits still wait, within their short bound for it.
 func TestMakeWay_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 	load := &bus.Load{}
-	ctx, cancel := context.WithCancel(context.Background())
-	watched := make(chan struct{})
-	go func() { load.WatchCPU(ctx); close(watched) }()
-	defer func() { cancel(); <-watched }()
+	testenv.WatchCPU(t, load)
 	testenv.QueueForCPU(t)
 	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
 	for name, wait := range map[string]func(*bus.Load) func(context.Context){

@@ -1,10 +1,13 @@
 package testenv
 
 import (
+	"context"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/scrollback/scrollback/bus"
 )
 
 // WaitFor polls cond until it returns true or timeout passes, then fails
@@ -65,4 +68,12 @@ func QueueForCPU(tb testing.TB) (stop func()) {
 	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
 	tb.Cleanup(stop)
 	return stop
+}
+
+// WatchCPU runs load.WatchCPU until the test ends, as the service does.
+func WatchCPU(tb testing.TB, load *bus.Load) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { load.WatchCPU(ctx); close(done) }()
+	tb.Cleanup(func() { cancel(); <-done })
 }
