@@ -171,16 +171,19 @@ func TestLoad_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
 	// A window may look calm now and then: Calm returns at the first.
 	const longest = 200 * time.Millisecond
+	var longestTaken time.Duration
 	for range 5 {
 		start := time.Now()
 		load.Calm(context.Background(), longest)
-		if took := time.Since(start); took > longest+100*time.Millisecond {
+		took := time.Since(start)
+		if took > longest+100*time.Millisecond {
 			t.Errorf("Calm took %v, want at most its longest, %v", took, longest)
 		}
+		longestTaken = max(longestTaken, took)
 	}
 	stop()
-	if load.Calmed() == 0 {
-		t.Fatal("Calm never waited while goroutines queued for a CPU")
+	if longestTaken < longest/2 || load.Calmed() < longestTaken {
+		t.Fatalf("Calm waited at most %v of its %v while goroutines queued for a CPU (Calmed %v)", longestTaken, longest, load.Calmed())
 	}
 	testenv.WaitFor(t, 10*time.Second, "the queue to drain", func() bool { return !load.CPUQueued() })
 	var none *bus.Load

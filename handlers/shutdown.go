@@ -278,12 +278,15 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
 	for _, u := range users {
-		if r.BeforeKick != nil {
-			r.BeforeKick(ctx)
-		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
+		}
+		// With its slot taken: a wait while all slots are busy would
+		// be no wait at all, and the kick would start whenever a slot
+		// frees, queue or no queue.
+		if r.BeforeKick != nil && ctx.Err() == nil {
+			r.BeforeKick(ctx)
 		}
 		if ctx.Err() != nil {
 			break

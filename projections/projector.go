@@ -129,7 +129,12 @@ type Projector struct {
 	// Whoever waits does not wait for the linger: an admin request for
 	// its command, a read for its wait_for sequence, a backfill for its
 	// events, a task for its update. Beginning to wait ends a linger
-	// under way, and no linger starts while anyone waits. An event after
+	// under way, and no linger starts while anyone waits. Waits are this
+	// projector's own: with several instances, the others apply a
+	// command that nobody waits for on them up to a linger later (a
+	// purge hidden there up to 2 ms after the instance that answered
+	// the request), and while any read waits for a wait_for sequence,
+	// nothing lingers at all. An event after
 	// a quiet spell, and a lone room's stream of messages (a backfill, a
 	// homeserver that publishes and reads without wait_for), are
 	// committed at once too. Stopping the projector waits for the
