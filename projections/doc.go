@@ -22,6 +22,13 @@
 // catch-up) it is busy nearly all the time (97% catching up 1M events in
 // 10k rooms). ObserveCommit reports each group commit, with the pages it
 // wrote and the writer's time, so that the service's metrics show it.
+// bbolt writes a commit's pages one pwrite at a time and then waits in
+// fdatasync for all of them; during a commit of 1,024 messages or more a
+// goroutine asks the kernel every 2 ms to start writing the file's dirty
+// pages out (sync_file_range, Linux only; writeback.go), so that the disk
+// works while bbolt still writes and the sync waits for less (the
+// catch-up 1.10-1.31x in three pairs). bbolt's order of syncs, pages
+// before the meta page, is unchanged.
 // Live traffic is the opposite case: a few messages at a time, into as
 // many rooms, each commit writing about 8 pages a message and two fsyncs.
 // When a group holds fewer than 256 messages, nobody waits for the

@@ -97,3 +97,21 @@ func TaskWaiting(s *Store) int {
 	defer s.taskMu.Unlock()
 	return len(s.taskCh)
 }
+
+// WritebackMin is writebackMin: the smallest commit that writes back early.
+const WritebackMin = writebackMin
+
+// WritebackRequests counts the store's requests to the kernel to start
+// writing its dirty pages (writeback.go).
+func (s *Store) WritebackRequests() int64 { return s.writeback.requests.Load() }
+
+// WritebackActive counts the store's goroutines asking for writeback.
+func (s *Store) WritebackActive() int { return int(s.writeback.active.Load()) }
+
+// SetEarlyWriteback turns early writeback on or off for a benchmark, and
+// back at its end.
+func SetEarlyWriteback(tb interface{ Cleanup(func()) }, on bool) {
+	was := earlyWriteback
+	earlyWriteback = on
+	tb.Cleanup(func() { earlyWriteback = was })
+}

@@ -591,11 +591,7 @@ func (p *Projector) applyGroup(batches []*partBatch) (written int, err error) {
 	start := time.Now()
 	written, err = p.Store.applyBatches(batches)
 	if err == nil && p.ObserveCommit != nil {
-		c := CommitStats{Batches: len(batches), Pages: written, Duration: time.Since(start)}
-		for _, b := range batches {
-			c.Messages += len(b.entries)
-		}
-		p.ObserveCommit(c)
+		p.ObserveCommit(CommitStats{Batches: len(batches), Messages: messages(batches), Pages: written, Duration: time.Since(start)})
 	}
 	return written, err
 }

@@ -197,30 +197,35 @@ func BenchmarkApplyGroup(b *testing.B) {
 	for i, m := range msgs {
 		entries[i] = subjects.Decode(uint64(i+1), m.subject, m.data, 1_700_000_000_000+int64(i))
 	}
-	var s *projections.Store
-	pos := len(entries)
-	b.Cleanup(func() {
-		if s != nil {
-			s.Close()
-		}
-	})
-	for b.Loop() {
-		if pos+group > len(entries) {
-			b.StopTimer()
-			if s != nil {
-				s.Close()
+	for _, wb := range []bool{true, false} {
+		b.Run(fmt.Sprintf("writeback=%v", wb), func(b *testing.B) {
+			projections.SetEarlyWriteback(b, wb)
+			var s *projections.Store
+			pos := len(entries)
+			b.Cleanup(func() {
+				if s != nil {
+					s.Close()
+				}
+			})
+			for b.Loop() {
+				if pos+group > len(entries) {
+					b.StopTimer()
+					if s != nil {
+						s.Close()
+					}
+					var err error
+					if s, err = projections.Open(filepath.Join(b.TempDir(), "g.db"), projections.Options{}); err != nil {
+						b.Fatal(err)
+					}
+					pos = 0
+					b.StartTimer()
+				}
+				if _, err := s.ApplyBatch(0, entries[pos:pos+group]); err != nil {
+					b.Fatal(err)
+				}
+				pos += group
 			}
-			var err error
-			if s, err = projections.Open(filepath.Join(b.TempDir(), "g.db"), projections.Options{}); err != nil {
-				b.Fatal(err)
-			}
-			pos = 0
-			b.StartTimer()
-		}
-		if _, err := s.ApplyBatch(0, entries[pos:pos+group]); err != nil {
-			b.Fatal(err)
-		}
-		pos += group
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*group), "ns/event")
+		})
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*group), "ns/event")
 }

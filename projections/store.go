@@ -47,6 +47,7 @@ type Options struct {
 // Store is the bbolt projection of the room log.
 type Store struct {
 	db         *bolt.DB
+	writeback  *writeback // of big group commits (writeback.go)
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
@@ -130,7 +131,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", path, err)
 	}
-	s := &Store{db: db, serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
+	s := &Store{db: db, writeback: openWriteback(path), serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
 	var migrate bool // a version 1 file
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
@@ -265,7 +266,7 @@ func (s *Store) Close() error {
 		s.db.NoFreelistSync = false
 		return nil
 	})
-	return errors.Join(err, s.db.Close())
+	return errors.Join(err, s.db.Close(), s.writeback.close())
 }
 
 // freelistSyncMax is the most free pages for which a commit writes
