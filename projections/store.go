@@ -39,8 +39,11 @@ type Options struct {
 	// Partitions is used only when the file is created; an existing file
 	// keeps its own count. 0 means DefaultPartitions.
 	Partitions int
-	// NoSync skips fsync on commit (tests and benchmarks of the apply path
-	// only; never in production).
+	// NoSync skips fsync on commit: for tests and benchmarks, and for a
+	// new file that is put in place only once it is complete and synced
+	// (scrollback rebuild; see Sync). A crash of the machine can leave
+	// such a file's last commits pointing at pages that never reached
+	// the disk, so a file that serves must never be opened with it.
 	NoSync bool
 }
 
@@ -258,6 +261,14 @@ func firstAfter(c *bolt.Cursor, after []byte) (k, v []byte) {
 // relMarksBatch bounds the targets addRelatedMarks marks per transaction
 // (a variable for the tests).
 var relMarksBatch = 20000
+
+// Sync makes every commit so far durable, and every later one synced as
+// usual. A file opened with NoSync calls it, with no commit under way,
+// before it is put in place.
+func (s *Store) Sync() error {
+	s.db.NoSync = false
+	return s.db.Sync()
+}
 
 // Close writes bbolt's freelist, so that the next Open reads it instead
 // of rebuilding it (see update), and closes the file.

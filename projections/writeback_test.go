@@ -57,3 +57,37 @@ func TestStore_BigCommitsWriteBackEarly(t *testing.T) {
 		t.Fatalf("timeline holds %d events, want %d", got, 20+len(big))
 	}
 }
+
+// TestStore_SyncEndsABulkLoad: a file opened with NoSync (a rebuild's new
+// file) commits without fsync until Sync, and with it afterwards, and
+// keeps what it holds.
+func TestStore_SyncEndsABulkLoad(t *testing.T) {
+	path := t.TempDir() + "/x.db"
+	s, err := projections.Open(path, projections.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.NewRoom("a", "test")
+	seq := apply(t, s, 1, r.Setup("@a:test")...)
+	if !s.DB().NoSync {
+		t.Fatal("NoSync is off before Sync")
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if s.DB().NoSync {
+		t.Fatal("commits after Sync skip fsync")
+	}
+	apply(t, s, seq, r.Msg("@a:test", "after"))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = projections.Open(path, projections.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, want := len(timelineIDs(t, s, r.ID)), len(r.Setup("@a:test"))+1; got != want {
+		t.Fatalf("timeline holds %d events after reopening, want %d", got, want)
+	}
+}
