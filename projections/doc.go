@@ -28,7 +28,11 @@
 // pages out (sync_file_range, Linux only; writeback.go), so that the disk
 // works while bbolt still writes and the sync waits for less (the
 // catch-up 1.10-1.31x in three pairs). bbolt's order of syncs, pages
-// before the meta page, is unchanged.
+// before the meta page, is unchanged. A new file (Options.Build) commits
+// without fsync at all until it is within 1,024 messages of the log's end,
+// guarded by a marker holding the machine's boot ID: a restart of the
+// machine meanwhile makes the next Open delete the file and build it
+// again (build.go).
 // Live traffic is the opposite case: a few messages at a time, into as
 // many rooms, each commit writing about 8 pages a message and two fsyncs.
 // When a group holds fewer than 256 messages, nobody waits for the

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"os"
 	"testing"
 	"time"
 
@@ -115,3 +116,22 @@ func SetEarlyWriteback(tb interface{ Cleanup(func()) }, on bool) {
 	earlyWriteback = on
 	tb.Cleanup(func() { earlyWriteback = was })
 }
+
+// SetBootID makes the store's idea of this boot's ID the contents of a
+// file the test writes, and back at its end.
+func SetBootID(tb interface {
+	Cleanup(func())
+	TempDir() string
+	Fatal(...any)
+}, id string) {
+	path := tb.TempDir() + "/boot_id"
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	was := bootIDPath
+	bootIDPath = path
+	tb.Cleanup(func() { bootIDPath = was })
+}
+
+// BuiltLag is builtLag.
+const BuiltLag = builtLag

@@ -152,6 +152,7 @@ type Projector struct {
 	commits     chan *commitJob // to the committer
 	urgent      chan struct{}   // someone began to wait for the projection (see Linger)
 	lingering   atomic.Int64    // messages of the group the committer waits with (Linger), for the tests
+	ending      atomic.Bool     // Store.Built was called (build.go)
 	// preparing holds a slot per partition decoding a batch: GOMAXPROCS-1
 	// of them, so that the committer, which every message waits for,
 	// finds a CPU. With all 16 partitions free to decode at once, the
@@ -447,6 +448,16 @@ func (p *Projector) applyBatch(ctx, stop context.Context, pt *partition, batch [
 	pt.applied.Store(last)
 	pt.pending.Add(-int64(len(batch)))
 	p.notify.broadcast()
+	if p.Store.Building() && p.Applied()+builtLag > p.LogLast() && p.ending.CompareAndSwap(false, true) {
+		// A new file has caught up: it is synced from now on. Its sync
+		// (of everything the kernel has not written yet) does not hold
+		// up this partition.
+		go func() {
+			if err := p.Store.Built(); err != nil {
+				p.Logger.Warn("projection: the build without fsync did not end; Close ends it", "err", err)
+			}
+		}()
+	}
 	if p.Observe != nil {
 		p.Observe(pt.id, outcomes, time.Since(start))
 	}

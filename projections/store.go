@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -45,12 +46,20 @@ type Options struct {
 	// such a file's last commits pointing at pages that never reached
 	// the disk, so a file that serves must never be opened with it.
 	NoSync bool
+	// Build builds a new file without fsync until it has caught up with
+	// the log (build.go): Open creates it so when it does not exist, and
+	// goes on with a build that a crash of the process interrupted.
+	// scrollback serve sets it.
+	Build bool
 }
 
 // Store is the bbolt projection of the room log.
 type Store struct {
 	db         *bolt.DB
-	writeback  *writeback // of big group commits (writeback.go)
+	writeback  *writeback  // of big group commits (writeback.go)
+	building   atomic.Bool // committing without fsync until Built (build.go)
+	buildMu    sync.Mutex  // one Built at a time
+	restarted  bool        // Open deleted a build a machine restart cut short
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
@@ -125,16 +134,21 @@ func (s *Store) tasksChanged(rooms map[string]bool) {
 
 // Open opens or creates the projection file at path.
 func Open(path string, opts Options) (*Store, error) {
+	unsynced, restarted, err := prepareBuild(path, opts.Build)
+	if err != nil {
+		return nil, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         5 * time.Second,
 		InitialMmapSize: 1 << 30, // readers never block the writer on mmap growth below 1 GiB
 		FreelistType:    bolt.FreelistMapType,
-		NoSync:          opts.NoSync,
+		NoSync:          opts.NoSync || unsynced,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", path, err)
 	}
-	s := &Store{db: db, writeback: openWriteback(path), serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
+	s := &Store{db: db, writeback: openWriteback(path), restarted: restarted, serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
+	s.building.Store(unsynced && !opts.NoSync)
 	var migrate bool // a version 1 file
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
@@ -270,9 +284,13 @@ func (s *Store) Sync() error {
 	return s.db.Sync()
 }
 
-// Close writes bbolt's freelist, so that the next Open reads it instead
-// of rebuilding it (see update), and closes the file.
+// Close ends a build without fsync (Built), writes bbolt's freelist, so
+// that the next Open reads it instead of rebuilding it (see update), and
+// closes the file.
 func (s *Store) Close() error {
+	if err := s.Built(); err != nil {
+		return errors.Join(err, s.db.Close(), s.writeback.close())
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		s.db.NoFreelistSync = false
 		return nil

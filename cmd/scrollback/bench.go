@@ -782,9 +782,12 @@ func (b *bench) ingestPhases(ctx context.Context, room *benchRoom) (*Main, error
 	if err := waitApplied(ctx, m, room.ID, last); err != nil {
 		return m, err
 	}
+	if err := waitBuilt(ctx, m); err != nil {
+		return m, err
+	}
 	r := b.res.reads
 	r.catchUp = rate{int(last), time.Since(start)}
-	b.printf("ingest, catch-up: %d log messages applied from a backlog in %v = %.0f events/s (clock from Open, which took %v; projection file deleted, log kept)\n",
+	b.printf("ingest, catch-up: %d log messages applied from a backlog in %v = %.0f events/s (clock from Open, which took %v, to the new file synced; projection file deleted, log kept)\n",
 		r.catchUp.N, round(r.catchUp.Elapsed), r.catchUp.PerSec(), round(opened))
 	return m, nil
 }

@@ -8,7 +8,9 @@ package main
 //     on a new data dir; --backlog events of --rooms generated rooms
 //     (bench_gen.go, Zipf sizes with --zipf-s) published in atomic batches.
 //  2. The catch-up: a service opened on that data dir, with an empty
-//     projection; the clock runs from Open until everything is applied.
+//     projection; the clock runs from Open until everything is applied
+//     and the new file, built without fsync (projections/build.go), is
+//     synced.
 //     Meanwhile one reader asks the largest room for its newest page 50
 //     times a second (what a client sees during a catch-up; it hardly
 //     loads the service).
@@ -173,11 +175,26 @@ func (b *bench) loadBacklog(ctx context.Context, dataDir string, subjects bus.Su
 }
 
 // waitAllApplied waits until the projector has applied every partition up
-// to seq.
+// to seq, and a projection built without fsync is synced (Store.Building).
 func (b *bench) waitAllApplied(ctx context.Context, m *Main, seq uint64) error {
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	for m.Projector.Applied() < seq {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return waitBuilt(ctx, m)
+}
+
+// waitBuilt waits until a projection built without fsync is synced
+// (Store.Building): a catch-up into a new file is done only then.
+func waitBuilt(ctx context.Context, m *Main) error {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for m.Store.Building() {
 		select {
 		case <-tick.C:
 		case <-ctx.Done():

@@ -1,9 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/testenv"
@@ -46,4 +51,39 @@ func TestCrash_Kill9DuringIngest(t *testing.T) {
 		counts.events += wantRoom(t, nc, room.ID, last, ids(evs), "after kill -9")
 		svc.verify(soakBudget(t) > 0)
 	})
+}
+
+// TestServe_NewProjectionIsBuiltWithoutSync: on a new data dir the
+// service builds its projection without fsync (projections/build.go),
+// marked as such on disk, until it has caught up with the log; then the
+// file is synced and stays synced across restarts.
+func TestServe_NewProjectionIsBuiltWithoutSync(t *testing.T) {
+	m := startMain(t)
+	marker := filepath.Join(m.Config.DataDir, "scrollback.db.building")
+	if !m.Store.Building() {
+		t.Fatal("a new data dir's projection is built with fsync")
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("no marker while building: %v", err)
+	}
+	r := testenv.NewRoom("built", "test")
+	seqs := m.publisher().Publish(t, r.Setup(alice)...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the build to end", func() bool { return !m.Store.Building() })
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("marker after the build: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := &Main{Config: m.Config}
+	if err := m2.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if m2.Store.Building() {
+		t.Fatal("a built projection is written without fsync again after a restart")
+	}
 }

@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/internal/durable"
 	"github.com/scrollback/scrollback/projections"
 )
 
@@ -47,7 +48,7 @@ func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := os.Rename(tmp, dbPath); err != nil {
 		return err
 	}
-	if err := syncDir(cfg.DataDir); err != nil {
+	if err := durable.SyncDir(cfg.DataDir); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (previous file kept as %s.prev)\n", dbPath, last, time.Since(start).Round(time.Millisecond), filepath.Base(dbPath))
@@ -236,20 +237,10 @@ func runCompact(ctx context.Context, args []string, out io.Writer) error {
 	if err := os.Rename(tmp, dbPath); err != nil {
 		return err
 	}
-	if err := syncDir(cfg.DataDir); err != nil {
+	if err := durable.SyncDir(cfg.DataDir); err != nil {
 		return err
 	}
 	after, _ := os.Stat(dbPath)
 	fmt.Fprintf(out, "compacted %s: %d -> %d bytes\n", dbPath, before.Size(), after.Size())
 	return nil
-}
-
-// syncDir makes the renames in dir durable: a crash of the machine after
-// a rename that is not synced can bring back the old name.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }

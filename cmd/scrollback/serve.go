@@ -101,8 +101,13 @@ func (m *Main) Open(ctx context.Context) error {
 		return err
 	}
 	var err error
-	if m.Store, err = projections.Open(filepath.Join(c.DataDir, "scrollback.db"), projections.Options{ServerName: c.ServerName}); err != nil {
+	// A new projection file is built without fsync until it catches up
+	// with the log (projections/build.go).
+	if m.Store, err = projections.Open(filepath.Join(c.DataDir, "scrollback.db"), projections.Options{ServerName: c.ServerName, Build: true}); err != nil {
 		return err
+	}
+	if m.Store.Restarted() {
+		m.Logger.Warn("the projection was being built without fsync when the machine restarted: building it again from the log")
 	}
 	logLog := &bus.Log{JS: m.JS, Stream: c.NATS.Stream, Subjects: subjects}
 	m.Projector = &projections.Projector{
