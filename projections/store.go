@@ -134,9 +134,12 @@ func (s *Store) tasksChanged(rooms map[string]bool) {
 
 // Open opens or creates the projection file at path.
 func Open(path string, opts Options) (*Store, error) {
-	unsynced, restarted, err := prepareBuild(path, opts.Build)
-	if err != nil {
-		return nil, err
+	var unsynced, restarted bool
+	if !opts.NoSync { // a file never synced needs no marker
+		var err error
+		if unsynced, restarted, err = prepareBuild(path, opts.Build); err != nil {
+			return nil, err
+		}
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         5 * time.Second,
@@ -148,7 +151,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("projections: open %s: %w", path, err)
 	}
 	s := &Store{db: db, writeback: openWriteback(path), restarted: restarted, serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
-	s.building.Store(unsynced && !opts.NoSync)
+	s.building.Store(unsynced)
 	var migrate bool // a version 1 file
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
