@@ -21,16 +21,23 @@ func crash(t *testing.T, s *projections.Store) {
 	}
 }
 
+// openBuild opens the store at path as serve does (Build).
+func openBuild(t *testing.T, path string) *projections.Store {
+	t.Helper()
+	s, err := projections.Open(path, projections.Options{Build: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // TestStore_BuildWithoutSync: a new file opened with Build commits
 // without fsync and is marked with the boot's ID; Built syncs it, removes
 // the mark and turns fsync on. A file that exists is never built so.
 func TestStore_BuildWithoutSync(t *testing.T) {
 	projections.SetBootID(t, "boot-1")
 	path := filepath.Join(t.TempDir(), "p.db")
-	s, err := projections.Open(path, projections.Options{Build: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openBuild(t, path)
 	if !s.Building() || !s.DB().NoSync || s.Restarted() {
 		t.Fatalf("new file: Building=%v NoSync=%v Restarted=%v, want true true false", s.Building(), s.DB().NoSync, s.Restarted())
 	}
@@ -52,10 +59,7 @@ func TestStore_BuildWithoutSync(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = projections.Open(path, projections.Options{Build: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openBuild(t, path)
 	defer s.Close()
 	if s.Building() || s.DB().NoSync {
 		t.Fatalf("an existing file: Building=%v NoSync=%v, want false false", s.Building(), s.DB().NoSync)
@@ -72,20 +76,14 @@ func TestStore_BuildWithoutSync(t *testing.T) {
 func TestStore_BuildAfterACrash(t *testing.T) {
 	projections.SetBootID(t, "boot-1")
 	path := filepath.Join(t.TempDir(), "p.db")
-	s, err := projections.Open(path, projections.Options{Build: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openBuild(t, path)
 	r := testenv.NewRoom("a", "test")
 	evs := r.Setup("@a:test")
 	apply(t, s, 1, evs...)
 	crash(t, s)
 
 	// The same boot: the file is whole, and still being built.
-	s, err = projections.Open(path, projections.Options{Build: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openBuild(t, path)
 	if !s.Building() || s.Restarted() {
 		t.Fatalf("same boot: Building=%v Restarted=%v, want true false", s.Building(), s.Restarted())
 	}
@@ -98,10 +96,7 @@ func TestStore_BuildAfterACrash(t *testing.T) {
 	if _, err := projections.Open(path, projections.Options{}); !errors.Is(err, projections.ErrUnsynced) {
 		t.Fatalf("another boot, without Build: %v, want ErrUnsynced", err)
 	}
-	s, err = projections.Open(path, projections.Options{Build: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openBuild(t, path)
 	defer s.Close()
 	if !s.Building() || !s.Restarted() {
 		t.Fatalf("another boot: Building=%v Restarted=%v, want true true", s.Building(), s.Restarted())
@@ -129,10 +124,7 @@ func TestProjector_EndsTheBuildOnceCaughtUp(t *testing.T) {
 	}
 	seqs := pub.Publish(t, evs...)
 	path := filepath.Join(t.TempDir(), "p.db")
-	s, err := projections.Open(path, projections.Options{Build: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openBuild(t, path)
 	t.Cleanup(func() { s.Close() })
 	// One message at a time: the build must still be on while the
 	// projector is more than BuiltLag behind.

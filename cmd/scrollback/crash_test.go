@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -78,11 +77,7 @@ func TestServe_NewProjectionIsBuiltWithoutSync(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	m2 := &Main{Config: m.Config}
-	if err := m2.Open(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer m2.Close()
+	m2 := openAgain(t, m.Config)
 	if m2.Store.Building() {
 		t.Fatal("a built projection is written without fsync again after a restart")
 	}

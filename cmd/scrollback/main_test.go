@@ -30,6 +30,18 @@ func startMain(tb testing.TB, edit ...func(*Config)) *Main {
 	return startMainAt(tb, nil, edit...)
 }
 
+// openAgain opens a service on cfg, the data dir of one the test has
+// closed (a restart), and closes it when the test ends.
+func openAgain(tb testing.TB, cfg Config) *Main {
+	tb.Helper()
+	m := &Main{Config: cfg}
+	if err := m.Open(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { m.Close() })
+	return m
+}
+
 // startMainAt is startMain with the service's clock (nil: time.Now).
 func startMainAt(tb testing.TB, now func() time.Time, edit ...func(*Config)) *Main {
 	tb.Helper()

@@ -216,11 +216,7 @@ func TestPurge_TaskResumesAfterRestart(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	m2 := &Main{Config: m.Config}
-	if err := m2.Open(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer m2.Close()
+	m2 := openAgain(t, m.Config)
 	testenv.WaitFor(t, 15*time.Second, "the purge task to complete after the restart", func() bool {
 		task, _ := m2.Store.Task("resumeme")
 		return task != nil && task.Status == "complete"

@@ -95,11 +95,7 @@ func TestRebuild_AfterPurgesGivesIdenticalReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log(out.String())
-	m2 := &Main{Config: m.Config}
-	if err := m2.Open(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer m2.Close()
+	m2 := openAgain(t, m.Config)
 	after := [][]any{m2.allPages(t, a.ID), m2.allPages(t, b.ID)}
 	if !reflect.DeepEqual(before, after) {
 		t.Fatalf("reads differ after rebuild:\nbefore %v\nafter  %v", before, after)
@@ -160,11 +156,7 @@ func TestCompact_KeepsReadsAndShrinks(t *testing.T) {
 	if _, err := os.Stat(dbPath + ".compact"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the temporary copy is left behind: %v", err)
 	}
-	m2 := &Main{Config: m.Config}
-	if err := m2.Open(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer m2.Close()
+	m2 := openAgain(t, m.Config)
 	if after := m2.allPages(t, r.ID); !reflect.DeepEqual(before, after) {
 		t.Fatalf("reads differ after compact:\nbefore %v\nafter  %v", before, after)
 	}
