@@ -13,11 +13,12 @@ import (
 
 // A new projection file is built from the log without fsync, until it has
 // caught up (Options.Build). Until then its commits stay in the page cache
-// and reach the disk when the kernel writes them back. That is safe as
-// long as the machine keeps running: a crash of the process loses nothing
-// the kernel holds, and bbolt's file stays whole. Only a crash of the
-// machine can leave a file whose last meta page points at pages that never
-// reached the disk.
+// and reach the disk when the kernel writes them back (bbolt still syncs
+// the file when it grows it, every buildAllocSize). That is safe as long
+// as the page cache survives: a crash of the process loses nothing the
+// kernel holds, and bbolt's file stays whole. A crash of the machine can
+// leave a file whose last meta page points at pages that never reached
+// the disk.
 //
 // So before its first commit the file gets a marker next to it,
 // <path>.building, synced, holding the machine's boot ID
@@ -29,14 +30,28 @@ import (
 //     deleted and built again from the log, from the start. With Build
 //     unset (scrollback verify), Open refuses it instead (ErrUnsynced).
 //
-// Once the projection is within builtLag messages of the log (the
-// projector calls Built), or when the store closes, the file is synced and
-// the marker removed; from then on every commit is synced as usual.
+// The boot ID does not see the page cache lost any other way while the
+// machine runs on: a disk detached and attached again, a forced unmount,
+// a snapshot of the disk taken during a build and restored. A snapshot of
+// a data dir holding a marker is not to be trusted.
+//
+// The build ends (Built) once the projection is within builtLag messages
+// of the log's end or has applied what the log held when the projector
+// first checked (so that an ingest keeping the lag above builtLag does not
+// keep a serving file unsynced), or when the store closes: the file is
+// synced and the marker removed; from then on every commit is synced as
+// usual. If that sync fails, the kernel may already have dropped pages it
+// could not write, and a later sync would succeed over them: the marker
+// then takes a value no boot has (untrusted), so that the next Open
+// builds the file again, and Built does not try again. scrollback rebuild
+// removes a marker it finds, since its new file is synced; scrollback
+// compact refuses a file with one.
 //
 // The build gives up little if it is lost: it was starting from nothing.
-// A file that has once been built is never written without fsync again,
+// A file whose build has ended is not written without fsync again,
 // however far behind the log it falls. Without a boot ID (not Linux), new
-// files are synced from the start.
+// files are synced from the start. On a new data dir the build lasts until
+// the first message is applied, or the service stops.
 //
 // Catching up 1M events in 10k rooms, fsync was about a quarter of bbolt's
 // writer's time (docs/BENCHMARKS.md).
@@ -44,6 +59,11 @@ import (
 // ErrUnsynced is returned by Open without Build for a file whose build
 // without fsync was cut short by a restart of the machine.
 var ErrUnsynced = errors.New("projections: the file was being built without fsync when the machine restarted; start scrollback serve to build it again from the log")
+
+// buildAllocSize is how much the file grows at a time while it is built
+// (bbolt's AllocSize): bbolt syncs the file at each step, even with
+// NoSync.
+const buildAllocSize = 256 << 20
 
 // builtLag is how close to the log, in messages, a build must come for the
 // file to be synced and written with fsync from then on: under live
@@ -63,6 +83,10 @@ func bootID() ([]byte, error) {
 }
 
 func markerPath(path string) string { return path + ".building" }
+
+// BuildMarker is the path of the marker of a build without fsync of the
+// file at path: a file with one is not whole until its build ends.
+func BuildMarker(path string) string { return markerPath(path) }
 
 // wrap prefixes the package's name to a file system error.
 func wrap(err error) error {
@@ -124,22 +148,43 @@ func (s *Store) Restarted() bool { return s.restarted }
 func (s *Store) Built() error {
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
-	if !s.building.Load() {
+	if !s.building.Load() || s.failed {
 		return nil
 	}
-	// NoSync is read by every commit, under bbolt's writer lock: it is
-	// changed under it too. This commit's fdatasync writes every page of
-	// the file that is not yet on disk, and its meta page after them.
+	// Most of the flush outside bbolt's writer lock, so that commits do
+	// not wait for it; an error here shows again in the commit below.
+	_ = s.db.Sync()
+	// NoSync and AllocSize are read by every commit, under bbolt's
+	// writer lock: they are changed under it too. This commit's
+	// fdatasync writes every page of the file that is not yet on disk,
+	// and its meta page after them.
 	err := s.db.Update(func(*bolt.Tx) error {
-		s.db.NoSync = false
+		s.db.NoSync, s.db.AllocSize = false, s.allocSize
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("projections: end the build: %w", err)
+		// The kernel reports a failed writeback once: a later sync
+		// could succeed over pages that were lost. The file can no
+		// longer be trusted, whatever happens next: the marker takes a
+		// value no boot has, so that the next Open builds it again, and
+		// the store stays marked as building (a commit error then
+		// means what it means).
+		return errors.Join(fmt.Errorf("projections: end the build: %w", err), s.distrust())
 	}
 	if err := durable.Remove(markerPath(s.db.Path())); err != nil {
 		return fmt.Errorf("projections: end the build: %w", err)
 	}
 	s.building.Store(false)
 	return nil
+}
+
+// untrusted is the marker of a build whose sync failed: it matches no
+// boot's ID.
+const untrusted = "sync failed"
+
+// distrust marks the file as one the next Open must build again, and
+// stops Built from trying again.
+func (s *Store) distrust() error {
+	s.failed = true
+	return wrap(durable.WriteFile(markerPath(s.db.Path()), []byte(untrusted)))
 }

@@ -150,3 +150,24 @@ func TestProjector_EndsTheBuildOnceCaughtUp(t *testing.T) {
 		t.Fatalf("the build ended after %d of %d messages, more than %d from the log's end", endedAt, len(evs), projections.BuiltLag)
 	}
 }
+
+// TestStore_CloseEndsTheBuild: a clean stop syncs a file still being
+// built and removes its marker; the next Open writes with fsync.
+func TestStore_CloseEndsTheBuild(t *testing.T) {
+	projections.SetBootID(t, "boot-1")
+	path := filepath.Join(t.TempDir(), "p.db")
+	s := openBuild(t, path)
+	r := testenv.NewRoom("a", "test")
+	apply(t, s, 1, r.Setup("@a:test")...)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + ".building"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("marker after Close: %v", err)
+	}
+	s = openBuild(t, path)
+	defer s.Close()
+	if s.Building() || s.DB().NoSync {
+		t.Fatalf("after a clean stop: Building=%v NoSync=%v, want false false", s.Building(), s.DB().NoSync)
+	}
+}

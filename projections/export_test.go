@@ -106,6 +106,9 @@ const WritebackMin = writebackMin
 // writing its dirty pages (writeback.go).
 func (s *Store) WritebackRequests() int64 { return s.writeback.requests.Load() }
 
+// WritebackFailures counts the requests for writeback the kernel refused.
+func (s *Store) WritebackFailures() int64 { return s.writeback.failures.Load() }
+
 // WritebackActive counts the store's goroutines asking for writeback.
 func (s *Store) WritebackActive() int { return int(s.writeback.active.Load()) }
 

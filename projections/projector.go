@@ -153,6 +153,7 @@ type Projector struct {
 	urgent      chan struct{}   // someone began to wait for the projection (see Linger)
 	lingering   atomic.Int64    // messages of the group the committer waits with (Linger), for the tests
 	ending      atomic.Bool     // Store.Built was called (build.go)
+	buildTarget atomic.Uint64   // the log's end when the build was first checked (caughtUp)
 	// preparing holds a slot per partition decoding a batch: GOMAXPROCS-1
 	// of them, so that the committer, which every message waits for,
 	// finds a CPU. With all 16 partitions free to decode at once, the
@@ -448,7 +449,7 @@ func (p *Projector) applyBatch(ctx, stop context.Context, pt *partition, batch [
 	pt.applied.Store(last)
 	pt.pending.Add(-int64(len(batch)))
 	p.notify.broadcast()
-	if p.Store.Building() && p.Applied()+builtLag > p.LogLast() && p.ending.CompareAndSwap(false, true) {
+	if p.Store.Building() && p.caughtUp() && p.ending.CompareAndSwap(false, true) {
 		// A new file has caught up: it is synced from now on. Its sync
 		// (of everything the kernel has not written yet) does not hold
 		// up this partition.
@@ -462,6 +463,17 @@ func (p *Projector) applyBatch(ctx, stop context.Context, pt *partition, batch [
 		p.Observe(pt.id, outcomes, time.Since(start))
 	}
 	return true
+}
+
+// caughtUp reports whether a build without fsync should end (build.go):
+// the projection is within builtLag messages of the log's end, or has
+// applied what the log held when the build was first checked, so that
+// an ingest that keeps the lag above builtLag does not keep a serving
+// file unsynced.
+func (p *Projector) caughtUp() bool {
+	applied, last := p.Applied(), p.LogLast()
+	p.buildTarget.CompareAndSwap(0, last)
+	return applied+builtLag > last || applied >= p.buildTarget.Load()
 }
 
 // markErased asks the log, for each unforced purge_room of the batch,

@@ -29,6 +29,7 @@ import (
 type writeback struct {
 	f        *os.File     // nil: off (not Linux, or the file could not be opened)
 	requests atomic.Int64 // for the tests
+	failures atomic.Int64 // requests the kernel refused, for the tests
 	active   atomic.Int32 // goroutines asking, for the tests
 }
 
@@ -64,6 +65,9 @@ func (w *writeback) start(n int) (stop func()) {
 	if w.f == nil || n < writebackMin || !earlyWriteback {
 		return func() {}
 	}
+	// The descriptor is taken now: Close may close the file only after
+	// stop, but the goroutine need not read the *os.File meanwhile.
+	fd := w.f.Fd()
 	quit, done := make(chan struct{}), make(chan struct{})
 	w.active.Add(1)
 	go func() {
@@ -74,7 +78,9 @@ func (w *writeback) start(n int) (stop func()) {
 		for {
 			// An error (a file system without it) costs the commit
 			// nothing: its fdatasync writes every page anyway.
-			_ = startWriteout(w.f)
+			if startWriteout(fd) != nil {
+				w.failures.Add(1)
+			}
 			w.requests.Add(1)
 			select {
 			case <-quit:

@@ -43,6 +43,9 @@ func TestStore_BigCommitsWriteBackEarly(t *testing.T) {
 	if after == 0 {
 		t.Fatalf("a commit of %d messages never asked for writeback", len(big))
 	}
+	if n := s.WritebackFailures(); n != 0 {
+		t.Fatalf("the kernel refused %d of %d requests for writeback", n, after)
+	}
 	// The asking stopped with the commit.
 	if n := s.WritebackActive(); n != 0 {
 		t.Fatalf("%d goroutines still ask for writeback after the commit", n)

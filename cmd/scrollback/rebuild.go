@@ -48,7 +48,8 @@ func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := os.Rename(tmp, dbPath); err != nil {
 		return err
 	}
-	if err := durable.SyncDir(cfg.DataDir); err != nil {
+	// The old file's build marker does not hold for the new, synced file.
+	if err := durable.Remove(projections.BuildMarker(dbPath)); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (previous file kept as %s.prev)\n", dbPath, last, time.Since(start).Round(time.Millisecond), filepath.Base(dbPath))
@@ -208,6 +209,9 @@ func runCompact(ctx context.Context, args []string, out io.Writer) error {
 	before, err := os.Stat(dbPath)
 	if err != nil {
 		return err
+	}
+	if _, err := os.Stat(projections.BuildMarker(dbPath)); err == nil {
+		return fmt.Errorf("compact: %s is still being built without fsync (%s): start scrollback serve until it has caught up with the log, or run scrollback rebuild", dbPath, filepath.Base(projections.BuildMarker(dbPath)))
 	}
 	src, err := bolt.Open(dbPath, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
 	if err != nil {

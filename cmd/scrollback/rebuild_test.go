@@ -90,11 +90,20 @@ func TestRebuild_AfterPurgesGivesIdenticalReads(t *testing.T) {
 	if n, err := verifyProjection(context.Background(), m.Config, &vout); err != nil || n != 0 {
 		t.Fatalf("verify: %d differences, %v\n%s", n, err, vout.String())
 	}
+	// A marker left from a build that a restart of the machine cut short
+	// does not outlive the rebuild.
+	marker := projections.BuildMarker(filepath.Join(m.Config.DataDir, "scrollback.db"))
+	if err := os.WriteFile(marker, []byte("another boot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if err := rebuildProjection(context.Background(), m.Config, &out); err != nil {
 		t.Fatal(err)
 	}
 	t.Log(out.String())
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the build marker outlived the rebuild: %v", err)
+	}
 	m2 := openAgain(t, m.Config)
 	after := [][]any{m2.allPages(t, a.ID), m2.allPages(t, b.ID)}
 	if !reflect.DeepEqual(before, after) {
@@ -141,7 +150,18 @@ func TestCompact_KeepsReadsAndShrinks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A file still being built is not compacted.
+	marker := projections.BuildMarker(dbPath)
+	if err := os.WriteFile(marker, []byte("another boot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
+	if err := runCompact(context.Background(), []string{"--data", m.Config.DataDir}, &out); err == nil || !strings.Contains(err.Error(), "still being built") {
+		t.Fatalf("compact of a file being built: %v", err)
+	}
+	if err := os.Remove(marker); err != nil {
+		t.Fatal(err)
+	}
 	if err := runCompact(context.Background(), []string{"--data", m.Config.DataDir}, &out); err != nil {
 		t.Fatal(err)
 	}
