@@ -14,7 +14,9 @@ import (
 // A new projection file is built from the log without fsync, until it has
 // caught up (Options.Build). Until then its commits stay in the page cache
 // and reach the disk when the kernel writes them back (bbolt still syncs
-// the file when it grows it, every buildAllocSize). That is safe as long
+// the file when it grows it, every 16 MiB: larger steps of 256 MiB were
+// slower in three runs of the catch-up, 32.2-35.1k against 36.6-37.2k
+// events/s, and were not kept). That is safe as long
 // as the page cache survives: a crash of the process loses nothing the
 // kernel holds, and bbolt's file stays whole. A crash of the machine can
 // leave a file whose last meta page points at pages that never reached
@@ -59,11 +61,6 @@ import (
 // ErrUnsynced is returned by Open without Build for a file whose build
 // without fsync was cut short by a restart of the machine.
 var ErrUnsynced = errors.New("projections: the file was being built without fsync when the machine restarted; start scrollback serve to build it again from the log")
-
-// buildAllocSize is how much the file grows at a time while it is built
-// (bbolt's AllocSize): bbolt syncs the file at each step, even with
-// NoSync.
-const buildAllocSize = 256 << 20
 
 // builtLag is how close to the log, in messages, a build must come for the
 // file to be synced and written with fsync from then on: under live
@@ -154,12 +151,12 @@ func (s *Store) Built() error {
 	// Most of the flush outside bbolt's writer lock, so that commits do
 	// not wait for it; an error here shows again in the commit below.
 	_ = s.db.Sync()
-	// NoSync and AllocSize are read by every commit, under bbolt's
-	// writer lock: they are changed under it too. This commit's
+	// NoSync is read by every commit, under bbolt's writer lock: it is
+	// changed under it too. This commit's
 	// fdatasync writes every page of the file that is not yet on disk,
 	// and its meta page after them.
 	err := s.db.Update(func(*bolt.Tx) error {
-		s.db.NoSync, s.db.AllocSize = false, s.allocSize
+		s.db.NoSync = false
 		return nil
 	})
 	if err != nil {

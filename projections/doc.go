@@ -29,7 +29,7 @@
 // works while bbolt still writes and the sync waits for less (the
 // catch-up 1.10-1.31x in three pairs). bbolt's order of syncs, pages
 // before the meta page, is unchanged. A new file (Options.Build) commits
-// without fsync (bbolt still syncs as the file grows, every 256 MiB) until
+// without fsync (bbolt still syncs as the file grows, every 16 MiB) until
 // it is within 1,024 messages of the log's end,
 // guarded by a marker holding the machine's boot ID: a restart of the
 // machine meanwhile makes the next Open delete the file and build it

@@ -61,7 +61,6 @@ type Store struct {
 	buildMu    sync.Mutex  // one Built at a time
 	restarted  bool        // Open deleted a build a machine restart cut short
 	failed     bool        // Built could not sync the file (build.go), under buildMu
-	allocSize  int         // bbolt's AllocSize after the build
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
@@ -154,13 +153,6 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	s := &Store{db: db, writeback: openWriteback(path), restarted: restarted, serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
 	s.building.Store(unsynced)
-	s.allocSize = db.AllocSize
-	if unsynced {
-		// While building, the file grows in big steps: bbolt syncs the
-		// file at each step, even with NoSync (16 MiB by default; a
-		// group commit of a catch-up writes about 40 MB).
-		db.AllocSize = buildAllocSize
-	}
 	var migrate bool // a version 1 file
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
