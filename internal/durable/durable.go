@@ -1,6 +1,3 @@
-// Package durable makes changes to files and directories survive a crash
-// of the machine: a write or a rename is on disk only once the file, and
-// for a new name its directory, is synced.
 package durable
 
 import (
