@@ -204,6 +204,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if err != nil {
 		db.Close()
+		s.writeback.close()
 		return nil, fmt.Errorf("projections: init %s: %w", path, err)
 	}
 	return s, nil
@@ -281,11 +282,14 @@ func firstAfter(c *bolt.Cursor, after []byte) (k, v []byte) {
 var relMarksBatch = 20000
 
 // Sync makes every commit so far durable, and every later one synced as
-// usual. A file opened with NoSync calls it, with no commit under way,
-// before it is put in place.
+// usual. A file opened with NoSync calls it before it is put in place.
+// As in Built, NoSync changes under bbolt's writer lock, and the synced
+// commit that follows flushes every page not yet on disk.
 func (s *Store) Sync() error {
-	s.db.NoSync = false
-	return s.db.Sync()
+	return s.db.Update(func(*bolt.Tx) error {
+		s.db.NoSync = false
+		return nil
+	})
 }
 
 // Close ends a build without fsync (Built), writes bbolt's freelist, so
