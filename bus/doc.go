@@ -79,7 +79,10 @@
 // Log.BeforeStep are where the eraser waits. WatchCPU samples Go's
 // scheduling waits every 20 ms, and Calm waits while goroutines queue for
 // a CPU (the purges' janitor, a shutdown's kicks): a read's tail comes from
-// short CPU queues that the count of requests does not show.
+// short CPU queues that the count of requests does not show. That gate
+// holds work back for at most half of any second (CPUHoldShare), so that
+// a host that keeps the queue up all the time slows a shutdown or a purge
+// down by half at most, rather than to a step every 20 ms.
 //
 // # Partition owners
 //

@@ -168,15 +168,16 @@ func TestLoad_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 	testenv.WatchCPU(t, load)
 
 	stop := testenv.QueueForCPU(t)
-	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
+	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.Calming)
 	// A window may look calm now and then (the test's own process gets
-	// less CPU beside other tests, and samples fewer waits): Calm returns
-	// at the first. Each call starts while the queue is seen, so it waits
+	// less CPU beside other tests, and samples fewer waits), and the gate
+	// opens once it has held work back for half of its span: Calm returns
+	// at the first. Each call starts while the gate is closed, so it waits
 	// for the window's end at least, half a window on average.
 	const longest = 200 * time.Millisecond
 	var total time.Duration
 	for range 10 {
-		testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
+		testenv.WaitFor(t, 10*time.Second, "the CPU gate to close", load.Calming)
 		start := time.Now()
 		load.Calm(context.Background(), longest)
 		took := time.Since(start)
@@ -189,10 +190,37 @@ func TestLoad_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 	if total < bus.CPUWindow || load.Calmed() < total-time.Millisecond {
 		t.Fatalf("ten calls waited %v in all while goroutines queued for a CPU, want at least a window, %v (Calmed %v)", total, bus.CPUWindow, load.Calmed())
 	}
-	testenv.WaitFor(t, 10*time.Second, "the queue to drain", func() bool { return !load.CPUQueued() })
+	testenv.WaitFor(t, 10*time.Second, "the queue to drain", func() bool { return !load.CPUQueued() && !load.Calming() })
 	var none *bus.Load
 	none.Calm(context.Background(), time.Hour)
-	if none.CPUQueued() || none.Calmed() != 0 {
+	if none.CPUQueued() || none.Calming() || none.Calmed() != 0 {
 		t.Fatal("a nil Load reports a CPU queue")
 	}
+}
+
+// TestLoad_CalmHoldsBackHalfTheTimeAtMost: under a CPU queue that never
+// drains (a busy host, or reads that take both cores), work that calls
+// Calm before each step is held back for about CPUHoldShare of its time,
+// not all of it: a shutdown or a purge still runs at least about half as
+// fast as without the gate.
+func TestLoad_CalmHoldsBackHalfTheTimeAtMost(t *testing.T) {
+	load := &bus.Load{}
+	testenv.WatchCPU(t, load)
+	testenv.QueueForCPU(t)
+	testenv.WaitFor(t, 10*time.Second, "the CPU gate to close", load.Calming)
+	start := time.Now()
+	var waited time.Duration
+	for time.Since(start) < 3*bus.CPUHoldSpan {
+		s := time.Now()
+		load.Calm(context.Background(), bus.CPUWindow)
+		waited += time.Since(s)
+		time.Sleep(time.Millisecond) // a step of the work
+	}
+	elapsed := time.Since(start)
+	// A wait ends a poll after the gate opens, and that poll waits for a
+	// CPU too: the margin.
+	if share := float64(waited) / float64(elapsed); share > bus.CPUHoldShare+0.2 || share < 0.1 {
+		t.Fatalf("Calm held the work back %v of %v (%.2f) under a queue that never drained, want about %.2f", waited, elapsed, share, bus.CPUHoldShare)
+	}
+	t.Logf("Calm held the work back %v of %v", waited, elapsed)
 }

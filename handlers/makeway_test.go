@@ -44,7 +44,7 @@ func TestMakeWayForKicks_Bounded(t *testing.T) {
 	testenv.WatchCPU(t, load)
 	testenv.NewNATS(t).HoldRequests(t, load, 3, 2) // the third waits for a worker
 	testenv.QueueForCPU(t)
-	testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
+	testenv.WaitFor(t, 10*time.Second, "the CPU gate to close", load.Calming)
 	start := time.Now()
 	handlers.MakeWayForKicks(load)(context.Background())
 	if took := time.Since(start); took < handlers.LongestWaitForReads || took > handlers.LongestBackoff/2 {
@@ -55,9 +55,10 @@ func TestMakeWayForKicks_Bounded(t *testing.T) {
 // TestMakeWay_CalmWhileGoroutinesQueueForACPU: with no request waiting
 // for a worker but goroutines queued for a CPU, the janitor's and a
 // kick's waits still wait, each within its short bound for it. A window
-// may look calm now and then, and a wait ends at the first: the test
-// starts ten waits while the queue is seen, and asks that they add up to
-// a window at least.
+// may look calm now and then, and the gate opens once it has held work
+// back for half its span (bus.CPUHoldShare); a wait ends at the first: the
+// test starts ten waits while the gate is closed, and asks that they add
+// up to a window at least.
 func TestMakeWay_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 	load := &bus.Load{}
 	testenv.WatchCPU(t, load)
@@ -66,7 +67,7 @@ func TestMakeWay_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 		"the janitor's": handlers.BackoffForReads, "a kick's": handlers.MakeWayForKicks} {
 		var total time.Duration
 		for range 10 {
-			testenv.WaitFor(t, 10*time.Second, "WatchCPU to see goroutines queue", load.CPUQueued)
+			testenv.WaitFor(t, 10*time.Second, "the CPU gate to close", load.Calming)
 			start := time.Now()
 			wait(load)(context.Background())
 			took := time.Since(start)

@@ -326,11 +326,13 @@ func makeWay(load *bus.Load, backoff time.Duration) func(context.Context) {
 // LongestWaitForReads while reads queue for the API's workers
 // (bus.Load.Backoff, as the eraser's first wait), and then at most
 // LongestWaitForReads while the process's goroutines queue for a CPU
-// (bus.Load.Calm, which needs bus.Load.WatchCPU running). Under reads
-// that keep both true all the time, a shutdown hands out at most 25
+// (bus.Load.Calm, which needs bus.Load.WatchCPU running; it holds back
+// for at most half of any second, bus.CPUHoldShare). Under reads that
+// keep the workers busy all the time, a shutdown hands out at most 25
 // users a second: 5,000 in 200 s, and a room of 15,000 members or more
 // would take longer than a v1 deletion's request waits for its deletion
-// (DeleteV1Timeout; the deletion goes on, and its status tells). A 5,000-member
+// (DeleteV1Timeout; the deletion goes on, and its status tells); a CPU
+// queue that never drains alone slows it down by half at most. A 5,000-member
 // shutdown hands each user's leave, forget and join to the homeserver, 16
 // users at a time, and the homeserver publishes each of them to the log,
 // where the projector applies it: reads of other rooms, at a tenth of the
