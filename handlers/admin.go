@@ -117,6 +117,13 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 		// so that the requester can follow it instead of asking again.
 		return "", commands.Errorf(504, commands.CodeUnknown, "The %s command was published as task %s (sequence %d) but not processed in time; follow the task by its ID", action, id, seq)
 	}
+	// Processed is not applied: the projector may have rejected it (a
+	// dead letter), and then there is no task to report or wait for.
+	if d, rejected, err := a.Store.DeadLetterAt(seq); err != nil {
+		return "", err
+	} else if rejected {
+		return "", commands.Errorf(500, commands.CodeUnknown, "The %s command of task %s (sequence %d) was rejected by the projection: %s", action, id, seq, d.Reason)
+	}
 	return id, nil
 }
 

@@ -727,6 +727,21 @@ func (s *Store) Blocked(roomID string) (blocked bool, by string, err error) {
 	return blocked, by, err
 }
 
+// DeadLetterAt is the dead-letter record of the log message at seq, if
+// the projector rejected it (ok false if it applied it, or has not got to
+// it, or the record was among the oldest dropped past MaxDeadLetters).
+func (s *Store) DeadLetterAt(seq uint64) (d DeadLetter, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bDead).Get(u64(seq))
+		if v == nil {
+			return nil
+		}
+		ok = true
+		return decodeMsgpack(v, &d)
+	})
+	return d, ok, err
+}
+
 // DeadLetters lists the most recent dead-letter records, newest first.
 func (s *Store) DeadLetters(max int) ([]DeadLetter, error) {
 	var out []DeadLetter
