@@ -257,11 +257,16 @@ func TestDeleteRoom_ResumesAfterRestart(t *testing.T) {
 // queue for a CPU, a shutdown waits for the queue before each user it
 // kicks (handlers.MakeWayForKicks, bus.Load.Calm), at most briefly each
 // time, so that it still completes; the operator sees the waits in
-// scrollback_cpu_queue_waits_seconds_total.
+// scrollback_cpu_queue_waits_seconds_total. The gate closes for at most
+// half of each second (bus.CPUHoldShare), and may have spent that half on
+// the test's own start: one user at a time, each request a little slow,
+// the shutdown lasts more than a second (bus.CPUHoldSpan), so that some of
+// its users start while the gate is closed.
 func TestDeleteRoom_KicksMakeWayForACPUQueue(t *testing.T) {
-	m := startMain(t)
+	m := startMain(t, func(c *Config) { c.Shutdown.Concurrency = 1 })
 	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
 	room := shutdownRoom(t, m, hs, "crowded", 10)
+	hs.SetDelay(40 * time.Millisecond) // 13 users, three requests each: 1.5 s at least
 	before := cpuQueueWaits(t, m)
 	stop := testenv.QueueForCPU(t)
 	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"block": true, "purge": false}`)
