@@ -28,6 +28,7 @@ type Metrics struct {
 	janRows    prometheus.Counter
 	janWait    prometheus.Counter
 	janHeld    prometheus.Counter
+	hsReqs     *prometheus.HistogramVec
 }
 
 // NewMetrics registers the metrics. lag (nil: no projection here) reports the projection lag in log
@@ -74,8 +75,15 @@ func NewMetrics(lag func() float64) *Metrics {
 	m.janRows = counter("scrollback_janitor_rows_total", "Timeline rows below a purge cut-off the janitor removed (deleted, or kept as outliers).")
 	m.janWait = counter("scrollback_janitor_wait_seconds_total", "Time the janitor's transactions waited for bbolt's one writer.")
 	m.janHeld = counter("scrollback_janitor_held_seconds_total", "Time the janitor's transactions held bbolt's one writer (their work, writes and fsyncs).")
+	// A shutdown hands each user to the homeserver, a few requests in
+	// flight at a time: their round trips bound how long it takes.
+	m.hsReqs = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "scrollback_homeserver_request_duration_seconds",
+		Help:    "Time the homeserver took to answer a request of a shutdown (sb.hs.leave, forget, join, create_room, send, move_aliases), retries included, by request and outcome (ok or error).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"request", "outcome"})
 	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, m.commit, m.commitMsgs, m.commitPgs,
-		m.janTx, m.janRows, m.janWait, m.janHeld,
+		m.janTx, m.janRows, m.janWait, m.janHeld, m.hsReqs,
 		// go_sched_latencies_seconds among them: how long goroutines
 		// waited, runnable, for a CPU. When reads slow down beside a
 		// purge or an ingest, this tells a CPU that is too busy from a
@@ -124,6 +132,16 @@ func (m *Metrics) ObserveRequest(transport string) func(endpoint string, d time.
 	return func(endpoint string, d time.Duration, status int) {
 		m.requests.WithLabelValues(endpoint, transport, strconv.Itoa(status)).Observe(d.Seconds())
 	}
+}
+
+// ObserveHomeserver records one request to the homeserver
+// (handlers.TaskRunner.ObserveHS).
+func (m *Metrics) ObserveHomeserver(request string, d time.Duration, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.hsReqs.WithLabelValues(request, outcome).Observe(d.Seconds())
 }
 
 // ObserveCommit records one group commit (projections.Projector.ObserveCommit).

@@ -343,7 +343,11 @@ func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user, member
 // hs asks the homeserver, bounded by HSTimeout. "No responders" is
 // retried within that bound: a homeserver worker that restarts or
 // reconnects must not fail every user of a shutdown at once.
-func (r *TaskRunner) hs(ctx context.Context, name string, req map[string]any) (map[string]any, error) {
+func (r *TaskRunner) hs(ctx context.Context, name string, req map[string]any) (out map[string]any, err error) {
+	if r.ObserveHS != nil {
+		start := time.Now()
+		defer func() { r.ObserveHS(name, time.Since(start), err) }()
+	}
 	t := r.HSTimeout
 	if t <= 0 {
 		t = 5 * time.Second

@@ -47,6 +47,10 @@ type TaskRunner struct {
 	// BeforeKick, if set, runs before each user of a shutdown is handed
 	// to a worker (MakeWayForKicks).
 	BeforeKick func(context.Context)
+	// ObserveHS, if set, is told of each request to the homeserver: its
+	// name (leave, forget, ...), how long it took, retries included, and
+	// its error (Metrics.ObserveHomeserver).
+	ObserveHS func(request string, d time.Duration, err error)
 	// ServerName decides which members are local.
 	ServerName string
 	// Owns tells whether this instance runs the tasks of a room (nil:

@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/internal/loadgen"
 )
 
 // benchHS is a running fake homeserver; Close stops it and waits for the
@@ -39,10 +40,11 @@ type benchHS struct {
 
 	mu       sync.Mutex
 	rooms    map[string]*hsRoom
-	answered map[string]*nats.Msg // subject|txn_id -> first answer
-	tokens   map[string]string    // access token -> user ID
-	counts   map[string]int       // requests by name
-	failures int                  // answers that were errors
+	answered map[string]*nats.Msg     // subject|txn_id -> first answer
+	tokens   map[string]string        // access token -> user ID
+	counts   map[string]int           // requests by name
+	failures int                      // answers that were errors
+	took     map[string]*loadgen.Hist // time to answer, by request name (first answers only)
 }
 
 // hsRoom is a room the homeserver authors events in: the depth of its
@@ -67,7 +69,7 @@ func startBenchHS(s *sut, delay time.Duration) (*benchHS, error) {
 		return nil, err
 	}
 	h := &benchHS{nc: nc, js: js, subjects: s.subjects, delay: delay, rooms: map[string]*hsRoom{},
-		answered: map[string]*nats.Msg{}, tokens: map[string]string{}, counts: map[string]int{}}
+		answered: map[string]*nats.Msg{}, tokens: map[string]string{}, counts: map[string]int{}, took: map[string]*loadgen.Hist{}}
 	for _, name := range hsNames {
 		sub, err := nc.Subscribe(s.subjects.HS(name), func(m *nats.Msg) {
 			h.wg.Add(1)
@@ -133,6 +135,7 @@ type hsError struct {
 }
 
 func (h *benchHS) handle(name string, m *nats.Msg) {
+	start := time.Now()
 	req, err := bus.DecodeMap(m.Data, bus.DefaultLimits)
 	if err != nil {
 		h.respond(m, nil, &hsError{400, "M_BAD_JSON", err.Error()})
@@ -153,11 +156,29 @@ func (h *benchHS) handle(name string, m *nats.Msg) {
 	}
 	out, herr := h.act(name, req)
 	resp := h.respond(m, out, herr)
+	took := time.Since(start)
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if txn != "" {
-		h.mu.Lock()
 		h.answered[key] = resp
-		h.mu.Unlock()
 	}
+	if h.took[name] == nil {
+		h.took[name] = &loadgen.Hist{}
+	}
+	h.took[name].Add(took)
+}
+
+// Took is how long the homeserver took to answer each request, by name:
+// from its arrival to the answer, --hs-delay and the ack of what it
+// published to the log included.
+func (h *benchHS) Took() map[string]loadgen.Hist {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]loadgen.Hist, len(h.took))
+	for k, v := range h.took {
+		out[k] = v.Clone()
+	}
+	return out
 }
 
 func str(v any) string { s, _ := v.(string); return s }

@@ -167,6 +167,16 @@ func (b *bench) mixedScenario(ctx context.Context) error {
 	res.HSCounts, res.HSFailures = hs.Counts()
 	b.printf("homeserver: %v requests answered, %d with an error; memory peak RssAnon+RssShmem %s, RssFile %s\n",
 		res.HSCounts, res.HSFailures, fmtMiB(int64(res.PeakAnon)), fmtMiB(int64(res.PeakFile)))
+	// A shutdown's users go to the homeserver a few at a time, each
+	// request waiting for the last: these round trips bound how long it
+	// takes.
+	took := hs.Took()
+	for _, name := range []string{"leave", "forget", "join"} {
+		if h, ok := took[name]; ok {
+			b.printf("homeserver: %s answered in p50 %s p90 %s p99 %s max %s (--hs-delay %s and the ack of its publish to the log included)\n",
+				name, fmtLat(h.Percentile(50)), fmtLat(h.Percentile(90)), fmtLat(h.Percentile(99)), fmtLat(h.Max()), c.HSDelay)
+		}
+	}
 	return nil
 }
 

@@ -86,6 +86,8 @@ func TestRunBench_Quick(t *testing.T) {
 		"requests: purge_history replied",
 		"purge: 500 messages; rows removed",
 		"shutdown: 51 members kicked",
+		"homeserver: leave answered in p50 ",
+		"homeserver: forget answered in p50 ",
 		"ingest during the workload:",
 		// the summary
 		"== summary",

@@ -180,7 +180,7 @@ func (m *Main) Open(ctx context.Context) error {
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
-		Concurrency: c.Shutdown.Concurrency, BeforeKick: handlers.MakeWayForKicks(apiLoad), ServerName: c.ServerName, Owns: owns, Wake: taskWake}
+		Concurrency: c.Shutdown.Concurrency, BeforeKick: handlers.MakeWayForKicks(apiLoad), ObserveHS: m.Metrics.ObserveHomeserver, ServerName: c.ServerName, Owns: owns, Wake: taskWake}
 	m.background(runCtx, "tasks", runner.Run)
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Retention: retentionConfig(c.Retention),
