@@ -99,7 +99,8 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 	if err != nil {
 		return "", err
 	}
-	seq, err := a.Log.Append(ctx, a.Subjects.Room(roomID, commands.KindCmd), id, data)
+	subject := a.Subjects.Room(roomID, commands.KindCmd)
+	seq, err := a.Log.Append(ctx, subject, id, data)
 	if err != nil {
 		return "", fmt.Errorf("publish %s command: %w", action, err)
 	}
@@ -119,9 +120,14 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 	}
 	// Processed is not applied: the projector may have rejected it (a
 	// dead letter), and then there is no task to report or wait for.
-	if d, rejected, err := a.Store.DeadLetterAt(seq); err != nil {
-		return "", err
-	} else if rejected {
+	d, rejected, err := a.Store.DeadLetterAt(seq)
+	if err != nil {
+		return "", fmt.Errorf("the %s command of task %s (sequence %d) was processed, but its dead letters cannot be read: %w", action, id, seq, err)
+	}
+	if rejected && d.Subject == subject {
+		if a.Audit != nil {
+			a.Audit.Warn("admin action rejected", "action", action, "room_id", roomID, "task_id", id, "seq", seq, "reason", d.Reason)
+		}
 		return "", commands.Errorf(500, commands.CodeUnknown, "The %s command of task %s (sequence %d) was rejected by the projection: %s", action, id, seq, d.Reason)
 	}
 	return id, nil

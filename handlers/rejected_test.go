@@ -3,6 +3,8 @@ package handlers_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -32,27 +34,9 @@ func (a noMsgID) Append(ctx context.Context, subject, _ string, data []byte) (ui
 // then 404, and a v1 room deletion waited ten minutes for a task that
 // would never finish.
 func TestAdmin_RejectedCommandIsAnError(t *testing.T) {
-	n := testenv.NewNATS(t)
-	log := n.Stream(t, subjects, "SCROLLBACK")
-	store := testenv.NewStore(t)
-	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOf}
-	if err := p.Init(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	testenv.WaitFor(t, 10*time.Second, "projector start", p.Started)
-
 	r := testenv.NewRoom("rejected", "test")
 	cut := r.Msg("@alice:test", "one")
-	seqs := (&testenv.Publisher{JS: n.JS, Subjects: subjects}).Publish(t, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
-	if err := p.WaitFor(context.Background(), r.ID, seqs[len(seqs)-1]); err != nil {
-		t.Fatal(err)
-	}
-	a := &handlers.Admin{Store: store, Waiter: p, Log: noMsgID{log}, Subjects: subjects, Now: time.Now,
-		NewID: func() string { return "sameid" }}
+	a, store := rejectingAdmin(t, func() string { return "sameid" }, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
 	block := func() error {
 		req, err := bus.Encode(map[string]any{"block": true})
 		if err != nil {
@@ -111,4 +95,84 @@ func roomKeyOf(subject string) string {
 		return ""
 	}
 	return bus.RoomKey(roomID)
+}
+
+// rejectingAdmin runs a projector over a real log holding evs, and an
+// Admin whose commands get their IDs from newID and go to the log without
+// a Nats-Msg-Id (noMsgID).
+func rejectingAdmin(t *testing.T, newID func() string, evs ...testenv.Event) (*handlers.Admin, *projections.Store) {
+	t.Helper()
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, subjects, "SCROLLBACK")
+	store := testenv.NewStore(t)
+	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOf}
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.WaitFor(t, 10*time.Second, "projector start", p.Started)
+	seqs := (&testenv.Publisher{JS: n.JS, Subjects: subjects}).Publish(t, evs...)
+	if err := p.WaitFor(context.Background(), roomOf(evs[len(evs)-1]), seqs[len(seqs)-1]); err != nil {
+		t.Fatal(err)
+	}
+	return &handlers.Admin{Store: store, Waiter: p, Log: noMsgID{log}, Subjects: subjects, Now: time.Now, NewID: newID}, store
+}
+
+func roomOf(ev testenv.Event) string { return ev["room_id"].(string) }
+
+// TestForgottenRooms_ARejectedRoomDoesNotStopTheOthers: the forgotten-room
+// purge goes on past a room whose purge_room the projection rejects, and
+// reports it, as the retention jobs do; else that room, forgotten still
+// at every run, would keep every room after it from being purged.
+func TestForgottenRooms_ARejectedRoomDoesNotStopTheOthers(t *testing.T) {
+	var evs []testenv.Event
+	var rooms []*testenv.Room
+	for _, name := range []string{"forgot1", "forgot2"} {
+		r := testenv.NewRoom(name, "test")
+		rooms = append(rooms, r)
+		evs = append(append(evs, r.Setup("@alice:test")...), r.Member("@alice:test", "@alice:test", "leave"))
+	}
+	ids := []string{"taken", "taken"} // the first purge_room reuses the block's task ID
+	a, store := rejectingAdmin(t, func() string {
+		id := "fresh"
+		if len(ids) > 0 {
+			id, ids = ids[0], ids[1:]
+		}
+		return id
+	}, evs...)
+	other := testenv.NewRoom("other", "test")
+	req, err := bus.Encode(map[string]any{"block": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Block(context.Background(), subjects.APIRoom(other.ID, "block"), req); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rooms { // alice forgets each room, as the homeserver tells
+		data, err := bus.Encode(map[string]any{"id": fmt.Sprintf("forget%d", i), "action": commands.ActionForget, "room_id": r.ID,
+			"params": map[string]any{"user_id": "@alice:test"}, "ts": time.Now().UnixMilli()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq, err := a.Log.Append(context.Background(), subjects.Room(r.ID, commands.KindCmd), "", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Waiter.WaitFor(context.Background(), r.ID, seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &handlers.ForgottenRooms{Period: time.Millisecond, ServerName: "test", Store: store, Admin: a,
+		Now: func() time.Time { return time.Now().Add(time.Hour) }, Logger: slog.New(slog.DiscardHandler)}
+	purged, err := f.RunOnce(context.Background())
+	if purged != 1 || err == nil || !strings.Contains(err.Error(), "taken") {
+		t.Fatalf("RunOnce = %d, %v: want one room purged and the other's rejection reported", purged, err)
+	}
+	left, err := store.ForgottenRooms("test", time.Now().Add(time.Hour).UnixMilli(), 1)
+	if err != nil || len(left) != 1 {
+		t.Fatalf("forgotten rooms left: %v (err %v), want the rejected one", left, err)
+	}
 }

@@ -293,14 +293,22 @@ func (f *ForgottenRooms) RunOnce(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	purged := 0
+	var errs []error
 	for _, room := range rooms {
+		if ctx.Err() != nil {
+			return purged, ctx.Err()
+		}
 		if f.Owns != nil && !f.Owns(room) {
 			continue
 		}
+		// One room's failure (its command rejected, say) does not stop
+		// the others, as in RetentionRunner.RunOnce: the room is still
+		// forgotten, and tried again at the next run.
 		if _, err := f.Admin.publish(ctx, room, commands.ActionPurgeRoom, map[string]any{"force": false}, ""); err != nil {
-			return purged, err
+			errs = append(errs, fmt.Errorf("room %s: %w", room, err))
+			continue
 		}
 		purged++
 	}
-	return purged, nil
+	return purged, errors.Join(errs...)
 }
