@@ -172,8 +172,10 @@ func (l *Load) WatchCPU(ctx context.Context) {
 			l.cpuQueued.Store(false)
 			l.cpuClosed.Store(false)
 			return
-		case now := <-t.C:
-			cur := schedwait.Read()
+		case <-t.C:
+			// Timed here, not by the tick's due time: a tick that comes
+			// late counts for as long as it was late.
+			cur, now := schedwait.Read(), time.Now()
 			queued := cpuQueuing(cur.Since(prev))
 			l.cpuQueued.Store(queued)
 			l.cpuClosed.Store(gate.next(now.Sub(last), queued))
@@ -189,10 +191,11 @@ func (l *Load) WatchCPU(ctx context.Context) {
 // janitor half the time, so at least about half as fast as without the
 // gate, where before it held them to a step every 20 ms for as long as
 // the queue lasted. On a slow day of the bench's machine, where the reads
-// and the ingest alone kept 1.3-1.9% of the waits over CPUQueueWait, the
-// janitor of a 1M purge removed more rows a second with the share than
-// without it, and the reads' p99 did not rise (docs/BENCHMARKS.md, "The
-// CPU gate holds background work back half the time at most").
+// alone kept 1.35-1.92% of the waits at CPUQueueWait or more before a
+// purge, the janitor of a 1M purge removed more rows a second with the
+// share than without it, in two pairs of runs that showed no harm to the
+// reads (docs/BENCHMARKS.md, "The CPU gate holds background work back
+// half the time at most").
 const (
 	CPUHoldShare = 0.5
 	CPUHoldSpan  = 50 * CPUWindow
@@ -200,9 +203,12 @@ const (
 
 // cpuGate decides, window by window, whether Calm holds background work
 // back: while goroutines queued for a CPU in the window that just ended,
-// if it held it back for less than CPUHoldShare of the time of the last
-// CPUHoldSpan's windows. Windows are timed as they happened, so that a
-// late tick of WatchCPU counts for as long as it was late.
+// if it held it back for less than CPUHoldShare of the time of its
+// record, the last CPUHoldSpan/CPUWindow windows (a second while they
+// come every CPUWindow). Windows are timed as they happened, so that a
+// late tick of WatchCPU counts for as long as it was late, but for at
+// most cpuLongestWindow: one long stall of the watcher (a paused VM)
+// would otherwise weigh on the record for a whole span, closed or open.
 type cpuGate struct {
 	dur          [CPUHoldSpan / CPUWindow]time.Duration // ring: each window's length
 	held         [CPUHoldSpan / CPUWindow]bool          // and whether the gate was closed in it
@@ -210,6 +216,10 @@ type cpuGate struct {
 	total, hheld time.Duration                          // sums of dur, and of dur where held
 	closed       bool                                   // the gate in the window under way
 }
+
+// cpuLongestWindow bounds the length a window counts for in the gate's
+// record (cpuGate).
+const cpuLongestWindow = 2 * CPUWindow
 
 // newCPUGate is a gate with a calm past: open for CPUHoldSpan.
 func newCPUGate() *cpuGate {
@@ -224,6 +234,7 @@ func newCPUGate() *cpuGate {
 // queued for a CPU if queued, and reports whether the gate is closed in
 // the next one.
 func (g *cpuGate) next(d time.Duration, queued bool) bool {
+	d = min(d, cpuLongestWindow)
 	g.total -= g.dur[g.i]
 	if g.held[g.i] {
 		g.hheld -= g.dur[g.i]

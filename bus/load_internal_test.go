@@ -29,7 +29,7 @@ func TestCPUGate_HoldsBackHalfTheTimeAtMost(t *testing.T) {
 	// CPUWindow (WatchCPU's ticks come late): once the calm past is out
 	// of the gate's record, every span of it held back at most the share
 	// (plus a window, at the span's edge), and about that much.
-	for _, d := range []time.Duration{CPUWindow, 3 * CPUWindow / 2, CPUWindow / 2, 7 * CPUWindow} {
+	for _, d := range []time.Duration{CPUWindow, 3 * CPUWindow / 2, CPUWindow / 2, cpuLongestWindow} {
 		g := newCPUGate()
 		var dur []time.Duration
 		var held []bool
@@ -65,5 +65,25 @@ func TestCPUGate_HoldsBackHalfTheTimeAtMost(t *testing.T) {
 		if g.next(d, false) {
 			t.Fatalf("windows of %v: the gate is closed after a window without a queue", d)
 		}
+	}
+}
+
+// TestCPUGate_OneStallDoesNotHoldTheNextSecond: a window the watcher
+// took seconds to end (a paused VM) counts for at most cpuLongestWindow,
+// so that it does not fill the record alone: after a long open window,
+// a queue that lasts is still held back about half of the next span, not
+// nearly all of it.
+func TestCPUGate_OneStallDoesNotHoldTheNextSecond(t *testing.T) {
+	g := newCPUGate()
+	span := int(CPUHoldSpan / CPUWindow)
+	g.next(10*time.Second, false)
+	held := 0
+	for range span {
+		if g.next(CPUWindow, true) {
+			held++
+		}
+	}
+	if limit := span/2 + 2; held > limit {
+		t.Fatalf("held back %d of the %d windows after a 10 s stall, want at most %d", held, span, limit)
 	}
 }

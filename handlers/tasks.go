@@ -332,11 +332,13 @@ func makeWay(load *bus.Load, backoff time.Duration) func(context.Context) {
 // LongestWaitForReads while the process's goroutines queue for a CPU
 // (bus.Load.Calm, which needs bus.Load.WatchCPU running; it holds back
 // for at most half of any second, bus.CPUHoldShare). Under reads that
-// keep the workers busy all the time, a shutdown hands out at most 25
-// users a second: 5,000 in 200 s, and a room of 15,000 members or more
-// would take longer than a v1 deletion's request waits for its deletion
-// (DeleteV1Timeout; the deletion goes on, and its status tells); a CPU
-// queue that never drains alone slows it down by half at most. A 5,000-member
+// keep the workers busy all the time, a shutdown hands out at most 50
+// users a second; with goroutines queued for a CPU all the time too,
+// about 33 (the second wait in half of the users): 5,000 in 150 s, and a
+// room of about 20,000 members or more would take longer than a v1
+// deletion's request waits for its deletion (DeleteV1Timeout; the
+// deletion goes on, and its status tells). A CPU queue that never drains
+// alone slows it down by half at most. A 5,000-member
 // shutdown hands each user's leave, forget and join to the homeserver, 16
 // users at a time, and the homeserver publishes each of them to the log,
 // where the projector applies it: reads of other rooms, at a tenth of the
