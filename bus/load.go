@@ -193,7 +193,7 @@ func (l *Load) WatchCPU(ctx context.Context) {
 // the queue lasted. On a slow day of the bench's machine, where the reads
 // alone kept 1.35-1.92% of the waits at CPUQueueWait or more before a
 // purge, the janitor of a 1M purge removed more rows a second with the
-// share than without it, in two pairs of runs that showed no harm to the
+// share than without it, in three pairs of runs that showed no harm to the
 // reads (docs/BENCHMARKS.md, "The CPU gate holds background work back
 // half the time at most").
 const (
