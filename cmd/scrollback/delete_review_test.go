@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
-	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -439,13 +436,7 @@ func TestDeleteRoom_V1WaitersLeaveWorkersForReads(t *testing.T) {
 		t.Fatalf("%d of %d waiting v1 deletions answered before the deletion they wait for ended, first: %s %s", n, calls, msg.Header.Get("Nats-Service-Error"), msg.Data)
 	}
 	// The operator sees them wait.
-	resp, err := http.Get("http://" + m.HTTPAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if v, ok := loadgen.PromValue(data, "scrollback_requests_detached"); !ok || v != calls {
-		t.Fatalf("scrollback_requests_detached = %v (found: %v), want %d", v, ok, calls)
+	if v := metric(t, m, "scrollback_requests_detached"); v != calls {
+		t.Fatalf("scrollback_requests_detached = %v, want %d", v, calls)
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -15,7 +13,6 @@ import (
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
-	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -111,19 +108,11 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 	// removed (deleted or kept as outliers), in at least one transaction
 	// (it reports a transaction just after its commit, which the task's
 	// completion may overtake).
-	var metrics []byte
 	testenv.WaitFor(t, 5*time.Second, "the janitor's rows in /metrics", func() bool {
-		resp, err := http.Get("http://" + m.HTTPAddr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		metrics, _ = io.ReadAll(resp.Body)
-		v, _ := loadgen.PromValue(metrics, "scrollback_janitor_rows_total")
-		return v == 12
+		return metric(t, m, "scrollback_janitor_rows_total") == 12
 	})
 	for _, name := range []string{`scrollback_janitor_transactions_total{kind="rows"}`, "scrollback_janitor_held_seconds_total"} {
-		if v, _ := loadgen.PromValue(metrics, name); v <= 0 {
+		if v := metric(t, m, name); v <= 0 {
 			t.Errorf("%s = %v, want > 0", name, v)
 		}
 	}
