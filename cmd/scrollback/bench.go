@@ -181,6 +181,7 @@ type benchConfig struct {
 	// Output.
 	Report     string        // the HTML report
 	ProfileDir string        // CPU and allocation profiles per scenario
+	TraceSlow  time.Duration // an execution trace around requests slower than this, into ProfileDir
 	Sample     time.Duration // how often lag, memory and disk are sampled
 
 	// An external service.
@@ -234,6 +235,7 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 	fs.DurationVar(&c.HSDelay, "hs-delay", c.HSDelay, "the fake homeserver's delay before each answer (mixed)")
 	fs.StringVar(&c.Report, "report", "", "write a self-contained HTML report with plots to `file`")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write a CPU and an allocation profile of each scenario to `dir`, a heap profile at its memory peak, and their top entries to the report")
+	fs.DurationVar(&c.TraceSlow, "trace-slow", 0, "when a request takes longer than `duration`, write the last 2s of a runtime execution trace to --profile-dir (at most 5 files, 2s apart; 0: off)")
 	fs.DurationVar(&c.Sample, "sample", c.Sample, "how often the projection lag, memory and disk are sampled")
 	fs.StringVar(&c.Target, "target", "", "measure the external service at this NATS `url` (nats://host:4222) through the contract only, instead of an embedded one (scenarios ingest, reads, mixed)")
 	fs.StringVar(&c.TargetHTTP, "target-http", "", "the external service's HTTP bridge, http://host:port: GET /metrics for the projection lag and memory, and the HTTP reads")
@@ -397,6 +399,12 @@ func (c benchConfig) validateGenerated(p *problems) {
 	if c.Sample <= 0 {
 		p.add("sample", "must be greater than 0, got %v", c.Sample)
 	}
+	if c.TraceSlow < 0 {
+		p.add("trace-slow", "must not be negative, got %v", c.TraceSlow)
+	}
+	if c.TraceSlow > 0 && c.ProfileDir == "" {
+		p.add("trace-slow", "writes its traces to --profile-dir: give one")
+	}
 	if c.ProfileDir != "" && c.CPUProfile != "" {
 		p.add("profile-dir", "cannot be combined with --cpuprofile (one CPU profile at a time)")
 	}
@@ -460,7 +468,8 @@ type bench struct {
 	out    io.Writer
 	prof   *os.File
 	logger *slog.Logger
-	args   []string // the command line, for the report
+	args   []string   // the command line, for the report
+	slow   *slowTrace // --trace-slow, or nil
 
 	res benchResults
 
@@ -538,6 +547,14 @@ func (b *bench) run(ctx context.Context) error {
 		b.printf("target: the external service at %s (stream %s, prefix %s), through the contract only; HTTP bridge %q\n", c.Target, c.TargetStream, c.TargetPrefix, c.TargetHTTP)
 	} else {
 		b.printf("temp dir %s (removed at the end); NATS in-process (nats.InProcessServer, no TCP); HTTP over loopback TCP\n", b.dir)
+	}
+	if c.TraceSlow > 0 {
+		t, err := startSlowTrace(c.ProfileDir, c.TraceSlow, b.printf)
+		if err != nil {
+			return err
+		}
+		b.slow = t
+		defer t.stop()
 	}
 	scenarios := []struct {
 		name, title string

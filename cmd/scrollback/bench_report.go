@@ -208,14 +208,24 @@ func (b *bench) newSeries(group, name string) *loadgen.Series {
 	run := b.cur
 	b.mu.Unlock()
 	if run == nil {
-		return loadgen.NewSeries(name, time.Now())
+		s := loadgen.NewSeries(name, time.Now())
+		b.traceSlow(s, "bench")
+		return s
 	}
 	s := loadgen.NewSeries(name, run.origin)
 	s.Group = group
+	b.traceSlow(s, run.rep.Name)
 	run.mu.Lock()
 	run.series = append(run.series, s)
 	run.mu.Unlock()
 	return s
+}
+
+// traceSlow makes s report its requests to --trace-slow, if on.
+func (b *bench) traceSlow(s *loadgen.Series, scenario string) {
+	if t := b.slow; t != nil {
+		s.Observe = func(lat time.Duration) { t.observe(scenario, s.Name, lat) }
+	}
 }
 
 // afterSeries points h at a series for the target's requests after its

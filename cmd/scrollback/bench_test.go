@@ -259,6 +259,8 @@ func TestParseBenchFlags(t *testing.T) {
 			want: with(defaults, func(c *benchConfig) {
 				c.Scenario, c.Rooms, c.IngestEvents, c.Largest, c.Report, c.ProfileDir = "ingest", 100_000, 10_000_000, 2_000_000, "r.html", "prof"
 			})},
+		{name: "slow requests traced", args: []string{"--scenario", "mixed", "--profile-dir", "prof", "--trace-slow", "30ms"},
+			want: with(defaults, func(c *benchConfig) { c.Scenario, c.ProfileDir, c.TraceSlow = "mixed", "prof", 30*time.Millisecond })},
 		{name: "external", args: []string{"--scenario", "mixed", "--target", "nats://127.0.0.1:4222", "--target-http", "http://127.0.0.1:8090"},
 			want: with(defaults, func(c *benchConfig) {
 				c.Scenario, c.Target, c.TargetHTTP = "mixed", "nats://127.0.0.1:4222", "http://127.0.0.1:8090"
@@ -276,6 +278,8 @@ func TestParseBenchFlags(t *testing.T) {
 		{name: "publish mode", args: []string{"--publish-mode", "sync"}, wantErr: `publish-mode: must be batch or async, got "sync"`},
 		{name: "mixed rate", args: []string{"--mixed-rate", "2"}, wantErr: "mixed-rate: must be greater than 0 and at most 1, got 2"},
 		{name: "both profiles", args: []string{"--scenario", "ingest", "--cpuprofile", "c.out", "--profile-dir", "p"}, wantErr: "profile-dir: cannot be combined with --cpuprofile"},
+		{name: "trace without a dir", args: []string{"--trace-slow", "30ms"}, wantErr: "trace-slow: writes its traces to --profile-dir: give one"},
+		{name: "negative trace", args: []string{"--trace-slow", "-1s", "--profile-dir", "p"}, wantErr: "trace-slow: must not be negative, got -1s"},
 		{name: "external purge", args: []string{"--scenario", "purge", "--target", "nats://127.0.0.1:4222"}, wantErr: `target: runs the scenarios reads, ingest, mixed, not "purge"`},
 		{name: "external profile", args: []string{"--scenario", "ingest", "--target", "nats://h:4222", "--profile-dir", "p"}, wantErr: "target: profiles are of this process"},
 		{name: "bad target", args: []string{"--scenario", "ingest", "--target", "localhost"}, wantErr: `target: must be a NATS URL such as nats://127.0.0.1:4222, got "localhost"`},

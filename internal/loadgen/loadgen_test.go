@@ -197,6 +197,26 @@ func TestSeries_Windows(t *testing.T) {
 	}
 }
 
+// TestSeries_Observe: Observe hears every latency recorded, once each,
+// after the series has counted it.
+func TestSeries_Observe(t *testing.T) {
+	origin := time.Now()
+	s := NewSeries("reads", origin)
+	var heard []time.Duration
+	s.Observe = func(lat time.Duration) {
+		heard = append(heard, lat)
+		if got := s.Count(); got != uint64(len(heard)) {
+			t.Errorf("Observe of %v ran with %d requests counted, want %d", lat, got, len(heard))
+		}
+	}
+	for _, lat := range []time.Duration{time.Millisecond, 30 * time.Millisecond, 2 * time.Millisecond} {
+		s.Record(origin, lat)
+	}
+	if want := []time.Duration{time.Millisecond, 30 * time.Millisecond, 2 * time.Millisecond}; !slices.Equal(heard, want) {
+		t.Fatalf("heard %v, want %v", heard, want)
+	}
+}
+
 func TestSeries_Merge(t *testing.T) {
 	origin := time.Now()
 	a, b := NewSeries("a", origin), NewSeries("b", origin)

@@ -31,9 +31,12 @@ type Sample struct {
 // requests themselves (Samples). Memory is bounded whatever the count and
 // the length of the run. It is safe for concurrent use.
 type Series struct {
-	Name   string
-	Group  string // series of one group share their plots (Report)
-	origin time.Time
+	Name  string
+	Group string // series of one group share their plots (Report)
+	// Observe, if set before the first Record, hears each latency
+	// recorded, after it is counted (the bench's --trace-slow).
+	Observe func(lat time.Duration)
+	origin  time.Time
 
 	mu     sync.Mutex
 	width  time.Duration
@@ -56,8 +59,11 @@ func (s *Series) Origin() time.Time { return s.origin }
 func (s *Series) Record(sent time.Time, lat time.Duration) {
 	at := max(sent.Sub(s.origin), 0)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.add(at, lat)
+	s.mu.Unlock()
+	if s.Observe != nil {
+		s.Observe(lat)
+	}
 }
 
 func (s *Series) add(at, lat time.Duration) {

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/trace"
+	"sync"
+	"time"
+)
+
+// slowTrace is --trace-slow: it keeps the last seconds of a runtime
+// execution trace of the process in memory (runtime/trace's flight
+// recorder) and writes them to a file when a recorded request takes
+// longer than a threshold. The trace shows what every goroutine, the
+// service's and the bench's, did while that request waited: which ran,
+// which queued for a CPU, which waited for a lock, and when the collector
+// marked. A p99 says how slow the tail is; this says why.
+type slowTrace struct {
+	fr     *trace.FlightRecorder
+	dir    string
+	over   time.Duration
+	printf func(format string, args ...any)
+
+	mu      sync.Mutex
+	written int       // files written or being written
+	last    time.Time // when the last one was taken
+	busy    bool      // a file is being written (one at a time)
+	wg      sync.WaitGroup
+}
+
+const (
+	// slowTraceKeep is how much trace the recorder keeps at least, and
+	// the least time between two files: each covers its own stretch.
+	slowTraceKeep = 2 * time.Second
+	// slowTraceMax is the most files a run writes.
+	slowTraceMax = 5
+)
+
+// startSlowTrace starts the flight recorder; stop ends it.
+func startSlowTrace(dir string, over time.Duration, printf func(string, ...any)) (*slowTrace, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("bench: trace dir: %w", err)
+	}
+	fr := trace.NewFlightRecorder(trace.FlightRecorderConfig{MinAge: slowTraceKeep})
+	if err := fr.Start(); err != nil {
+		return nil, fmt.Errorf("bench: --trace-slow: %w", err)
+	}
+	return &slowTrace{fr: fr, dir: dir, over: over, printf: printf}, nil
+}
+
+// observe takes a snapshot of the trace if lat is over the threshold,
+// unless slowTraceMax files are written or one was taken less than
+// slowTraceKeep ago. It marks the request in the trace with a log event
+// (category "scrollback-bench") and writes the file in the background.
+func (t *slowTrace) observe(scenario, series string, lat time.Duration) {
+	if lat < t.over {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	if t.busy || t.written >= slowTraceMax || (!t.last.IsZero() && now.Sub(t.last) < slowTraceKeep) {
+		t.mu.Unlock()
+		return
+	}
+	t.busy, t.last = true, now
+	t.written++
+	n := t.written
+	t.wg.Add(1)
+	t.mu.Unlock()
+	what := fmt.Sprintf("a request of %q took %v", series, lat.Round(time.Microsecond))
+	trace.Log(context.Background(), "scrollback-bench", what)
+	go func() {
+		defer t.wg.Done()
+		path := filepath.Join(t.dir, fmt.Sprintf("%s.slow-%d.trace", scenario, n))
+		err := t.write(path)
+		t.mu.Lock()
+		t.busy = false
+		t.mu.Unlock()
+		if err != nil {
+			t.printf("trace: %s at %s; could not write its trace: %v\n", what, now.Format("15:04:05.000"), err)
+			return
+		}
+		t.printf("trace: %s at %s, ended at the log event \"scrollback-bench\": %s (go tool trace %s)\n", what, now.Format("15:04:05.000"), path, path)
+	}()
+}
+
+func (t *slowTrace) write(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := t.fr.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// stop waits for a file being written and stops the recorder.
+func (t *slowTrace) stop() {
+	t.wg.Wait()
+	t.fr.Stop()
+}
