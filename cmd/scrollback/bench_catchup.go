@@ -214,7 +214,7 @@ func (b *bench) catchupReads(ctx context.Context, m *Main, room *synthRoom) (ok,
 		return 0, 0, 1
 	}
 	defer nc.Close()
-	series := b.newSeries("reads during the catch-up", "newest page of the largest room during the catch-up, 50 req/s")
+	series := b.readSeries("reads during the catch-up", "newest page of the largest room during the catch-up, 50 req/s")
 	subject := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}.APIRoom(room.ID, "messages")
 	data, err := bus.Encode(map[string]any{"user_id": room.Reader(), "dir": "b", "limit": b.cfg.Limit})
 	if err != nil {

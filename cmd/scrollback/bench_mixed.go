@@ -144,7 +144,7 @@ func (b *bench) mixedScenario(ctx context.Context) error {
 	defer fl.Close()
 
 	hook := rd.rec
-	hook.set(b.newSeries("reads of the read room, open loop", "reads alone"))
+	hook.set(b.readSeries("reads of the read room, open loop", "reads alone"))
 	b.mark("alone")
 	if res.alone, err = runOpenLoop(ctx, res.Rate, c.Duration, rd); err != nil {
 		return fmt.Errorf("bench: reads alone: %w", err)
@@ -155,7 +155,7 @@ func (b *bench) mixedScenario(ctx context.Context) error {
 		return err
 	}
 
-	hook.set(b.newSeries("reads of the read room, open loop", "reads alone, after"))
+	hook.set(b.readSeries("reads of the read room, open loop", "reads alone, after"))
 	b.mark("after")
 	if res.after, err = runOpenLoop(ctx, res.Rate, c.Duration, rd); err != nil {
 		return fmt.Errorf("bench: reads after: %w", err)
@@ -347,7 +347,7 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 	}
 
 	// The reference: the reads with the ingest alone.
-	rd.rec.set(b.newSeries("reads of the read room, open loop", "reads with the ingest alone"))
+	rd.rec.set(b.readSeries("reads of the read room, open loop", "reads with the ingest alone"))
 	var err error
 	refFrom := b.sinceOrigin()
 	if res.withIngest, err = runOpenLoop(ctx, res.Rate, c.Duration, rd); err != nil {
@@ -356,7 +356,7 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 	res.withIngestSched, res.schedKnown = b.schedBetween(refFrom, b.sinceOrigin())
 	b.printOpenLoop("mixed: reads with ingest", res.Rate, res.withIngest)
 
-	series := b.newSeries("reads of the read room, open loop", "reads during the workload")
+	series := b.readSeries("reads of the read room, open loop", "reads during the workload")
 	rd.rec.set(series)
 	b.mark("workload")
 	// With --cpuprofile, the profile covers the workload from the

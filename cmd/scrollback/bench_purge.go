@@ -481,7 +481,7 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 		}
 		profiling, res.Profiled = true, true
 	}
-	series := b.newSeries("other room, open loop", "during the purge")
+	series := b.readSeries("other room, open loop", "during the purge")
 	read.rec.set(series)
 	during := startOpenLoop(ctx, res.Rate, read)
 	defer during.Stop() // on failure; Stop again returns the same
@@ -566,7 +566,7 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 		b.printf("goroutines waiting for a CPU (runnable): %s without the purge, %s until the rows were removed, %s after\n",
 			fmtSched(res.schedBefore), fmtSched(res.schedRows), fmtSched(res.schedErase))
 	}
-	read.rec.set(b.newSeries("other room, open loop", "after the purge"))
+	read.rec.set(b.readSeries("other room, open loop", "after the purge"))
 	if wins := series.Windows(); len(wins) > 0 {
 		b.printf("other: slowest %v windows during the purge, by p99 (from the reply): %s\n",
 			wins[0].End-wins[0].Start, strings.Join(slowestWindows(wins, replied.Sub(series.Origin()), res.RowsDone, 3), "; "))
@@ -583,7 +583,7 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 // its cut-off.
 func (b *bench) hideSeries(ctx context.Context, p *purger, read target) error {
 	res := b.res.purge
-	read.rec.set(b.newSeries("other room, open loop", "small purges"))
+	read.rec.set(b.readSeries("other room, open loop", "small purges"))
 	reads := startOpenLoop(ctx, res.Rate, read)
 	defer reads.Stop() // on failure; Stop again returns the same
 	pause := func(d time.Duration) error {

@@ -208,24 +208,30 @@ func (b *bench) newSeries(group, name string) *loadgen.Series {
 	run := b.cur
 	b.mu.Unlock()
 	if run == nil {
-		s := loadgen.NewSeries(name, time.Now())
-		b.traceSlow(s, "bench")
-		return s
+		return loadgen.NewSeries(name, time.Now())
 	}
 	s := loadgen.NewSeries(name, run.origin)
 	s.Group = group
-	b.traceSlow(s, run.rep.Name)
 	run.mu.Lock()
 	run.series = append(run.series, s)
 	run.mu.Unlock()
 	return s
 }
 
-// traceSlow makes s report its requests to --trace-slow, if on.
-func (b *bench) traceSlow(s *loadgen.Series, scenario string) {
+// readSeries is newSeries for reads: with --trace-slow, a read slower
+// than its threshold writes the execution trace around it.
+func (b *bench) readSeries(group, name string) *loadgen.Series {
+	s := b.newSeries(group, name)
 	if t := b.slow; t != nil {
+		scenario := "bench"
+		b.mu.Lock()
+		if b.cur != nil {
+			scenario = b.cur.rep.Name
+		}
+		b.mu.Unlock()
 		s.Observe = func(lat time.Duration) { t.observe(scenario, s.Name, lat) }
 	}
+	return s
 }
 
 // afterSeries points h at a series for the target's requests after its
@@ -234,7 +240,7 @@ func (b *bench) afterSeries(h *recHook, group, name string) {
 	if h == nil {
 		return
 	}
-	h.set(b.newSeries(group, name))
+	h.set(b.readSeries(group, name))
 	b.mu.Lock()
 	run := b.cur
 	b.mu.Unlock()

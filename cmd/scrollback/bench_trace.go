@@ -12,9 +12,9 @@ import (
 
 // slowTrace is --trace-slow: it keeps the last seconds of a runtime
 // execution trace of the process in memory (runtime/trace's flight
-// recorder) and writes them to a file when a recorded request takes
-// longer than a threshold. The trace shows what every goroutine, the
-// service's and the bench's, did while that request waited: which ran,
+// recorder) and writes them to a file when a read takes
+// longer than a threshold (the reads: readSeries). The trace shows what every goroutine, the
+// service's and the bench's, did while that read waited: which ran,
 // which queued for a CPU, which waited for a lock, and when the collector
 // marked. A p99 says how slow the tail is; this says why.
 type slowTrace struct {
@@ -52,7 +52,7 @@ func startSlowTrace(dir string, over time.Duration, printf func(string, ...any))
 
 // observe takes a snapshot of the trace if lat is over the threshold,
 // unless slowTraceMax files are written or one was taken less than
-// slowTraceKeep ago. It marks the request in the trace with a log event
+// slowTraceKeep ago. It marks the read in the trace with a log event
 // (category "scrollback-bench") and writes the file in the background.
 func (t *slowTrace) observe(scenario, series string, lat time.Duration) {
 	if lat < t.over {
@@ -69,7 +69,7 @@ func (t *slowTrace) observe(scenario, series string, lat time.Duration) {
 	n := t.written
 	t.wg.Add(1)
 	t.mu.Unlock()
-	what := fmt.Sprintf("a request of %q took %v", series, lat.Round(time.Microsecond))
+	what := fmt.Sprintf("a read of %q took %v", series, lat.Round(time.Microsecond))
 	trace.Log(context.Background(), "scrollback-bench", what)
 	go func() {
 		defer t.wg.Done()

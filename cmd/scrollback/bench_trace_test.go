@@ -2,20 +2,22 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// TestSlowTrace_WritesTheTraceOfASlowRequest: a request under the
+// TestSlowTrace_WritesTheTraceOfASlowRead: a read under the
 // threshold writes nothing; one over it writes the recorder's trace, with
-// the request marked in it; one more right after the file is written is
+// the read marked in it; one more right after the file is written is
 // skipped, since its stretch is in the file already.
-func TestSlowTrace_WritesTheTraceOfASlowRequest(t *testing.T) {
+func TestSlowTrace_WritesTheTraceOfASlowRead(t *testing.T) {
 	dir := t.TempDir()
 	var mu sync.Mutex
 	var out strings.Builder
@@ -49,7 +51,7 @@ func TestSlowTrace_WritesTheTraceOfASlowRequest(t *testing.T) {
 	if !bytes.HasPrefix(data, []byte("go 1.")) {
 		t.Fatalf("%s does not start like a Go execution trace: %q", want, data[:min(len(data), 16)])
 	}
-	for _, mark := range []string{"scrollback-bench", `a request of "reads during the workload" took 31ms`} {
+	for _, mark := range []string{"scrollback-bench", `a read of "reads during the workload" took 31ms`} {
 		if !bytes.Contains(data, []byte(mark)) {
 			t.Errorf("the trace does not hold the mark %q", mark)
 		}
@@ -57,6 +59,30 @@ func TestSlowTrace_WritesTheTraceOfASlowRequest(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	if got := out.String(); strings.Count(got, "trace: ") != 1 || !strings.Contains(got, "took 31ms") || !strings.Contains(got, "go tool trace "+want) {
-		t.Fatalf("printed %q, want one line naming the 31ms request and %s", got, want)
+		t.Fatalf("printed %q, want one line naming the 31ms read and %s", got, want)
+	}
+}
+
+// TestRunBench_TraceSlow runs the tiny catch-up scenario with every read
+// counted as slow: the first one writes a trace next to the profiles.
+func TestRunBench_TraceSlow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a whole service")
+	}
+	dir := t.TempDir()
+	var buf bytes.Buffer
+	args := append(slices.Clone(tinyBench), "--scenario", "catchup", "--profile-dir", dir, "--trace-slow", "1ns")
+	if err := runBench(context.Background(), args, &buf); err != nil {
+		t.Fatalf("runBench: %v\noutput:\n%s", err, buf.String())
+	}
+	want := filepath.Join(dir, "catchup.slow-1.trace")
+	if out := buf.String(); !strings.Contains(out, `trace: a read of "newest page of the largest room during the catch-up, 50 req/s" took `) ||
+		!strings.Contains(out, "go tool trace "+want) {
+		t.Fatalf("output does not name the trace %s:\n%s", want, out)
+	}
+	if fi, err := os.Stat(want); err != nil {
+		t.Fatal(err)
+	} else if fi.Size() == 0 {
+		t.Fatalf("trace %s is empty", want)
 	}
 }
