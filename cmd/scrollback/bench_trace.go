@@ -12,8 +12,8 @@ import (
 
 // slowTrace is --trace-slow: it keeps the last seconds of a runtime
 // execution trace of the process in memory (runtime/trace's flight
-// recorder) and writes them to a file when a read takes
-// longer than a threshold (the reads: readSeries). The trace shows what every goroutine, the
+// recorder) and writes them to a file when a read (a readSeries) takes
+// longer than a threshold. The trace shows what every goroutine, the
 // service's and the bench's, did while that read waited: which ran,
 // which queued for a CPU, which waited for a lock, and when the collector
 // marked. A p99 says how slow the tail is; this says why.
