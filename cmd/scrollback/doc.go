@@ -22,7 +22,9 @@
 //     holds the projection file (bbolt's file lock, after a few seconds).
 //   - bench*.go: the load generator (docs/BENCHMARKS.md). It speaks only
 //     the contract to the service, in process or (--target) external,
-//     and measures the floor in the same run.
+//     and measures the floor in the same run. bench_trace.go is
+//     --trace-slow: a flight recorder of the process's execution trace,
+//     written out around reads slower than a threshold.
 //
 // # Tests
 //

@@ -18,6 +18,7 @@
 // # Concurrency
 //
 // Series is safe for concurrent use: closed-loop clients and open-loop
-// senders record into one. Hist, TimeSeries and Interleaver are not: each
+// senders record into one. Its Observe hook runs in the recording
+// goroutine, outside the series' lock. Hist, TimeSeries and Interleaver are not: each
 // has one owner (a client, the sampler, the publisher).
 package loadgen
