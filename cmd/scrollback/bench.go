@@ -235,7 +235,7 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 	fs.DurationVar(&c.HSDelay, "hs-delay", c.HSDelay, "the fake homeserver's delay before each answer (mixed)")
 	fs.StringVar(&c.Report, "report", "", "write a self-contained HTML report with plots to `file`")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write a CPU and an allocation profile of each scenario to `dir`, a heap profile at its memory peak, and their top entries to the report")
-	fs.DurationVar(&c.TraceSlow, "trace-slow", 0, "when a read takes longer than `duration`, write the last 2s of a runtime execution trace to --profile-dir (at most 5 files, 2s apart; 0: off)")
+	fs.DurationVar(&c.TraceSlow, "trace-slow", 0, "when a read measured against background work (mixed, purge, catchup) takes `duration` or longer, write up to the last 2s of a runtime execution trace to --profile-dir (at most 5 files a scenario, 2s apart; 0: off)")
 	fs.DurationVar(&c.Sample, "sample", c.Sample, "how often the projection lag, memory and disk are sampled")
 	fs.StringVar(&c.Target, "target", "", "measure the external service at this NATS `url` (nats://host:4222) through the contract only, instead of an embedded one (scenarios ingest, reads, mixed)")
 	fs.StringVar(&c.TargetHTTP, "target-http", "", "the external service's HTTP bridge, http://host:port: GET /metrics for the projection lag and memory, and the HTTP reads")
@@ -470,6 +470,7 @@ type bench struct {
 	logger *slog.Logger
 	args   []string   // the command line, for the report
 	slow   *slowTrace // --trace-slow, or nil
+	outMu  sync.Mutex // one printf at a time on out
 
 	res benchResults
 
@@ -527,7 +528,9 @@ type loadPair struct{ Lat, Thr loadResult }
 // printf prints a line of the run and keeps it for the report.
 func (b *bench) printf(format string, args ...any) {
 	s := fmt.Sprintf(format, args...)
+	b.outMu.Lock() // --trace-slow prints from its own goroutine
 	io.WriteString(b.out, s)
+	b.outMu.Unlock()
 	b.mu.Lock()
 	run := b.cur
 	b.mu.Unlock()
@@ -1251,7 +1254,7 @@ func (b *bench) compareFor(ctx context.Context, d time.Duration, ts ...namedTarg
 			if _, err := runLoad(ctx, clients, warmup, t.t); err != nil {
 				return nil, fmt.Errorf("bench: %s, warm-up: %w", t.name, err)
 			}
-			t.t.rec.set(b.readSeries(group, fmt.Sprintf("%s, %d client(s)", strings.TrimSpace(t.name), clients)))
+			t.t.rec.set(b.newSeries(group, fmt.Sprintf("%s, %d client(s)", strings.TrimSpace(t.name), clients)))
 		}
 		for range c.Rounds {
 			for i, t := range ts {

@@ -22,19 +22,25 @@ type slowTrace struct {
 	dir    string
 	over   time.Duration
 	printf func(format string, args ...any)
+	now    func() time.Time
 
 	mu      sync.Mutex
-	written int       // files written or being written
-	last    time.Time // when the last one was taken
-	busy    bool      // a file is being written (one at a time)
+	counts  map[string]int // files written or being written, by scenario
+	last    time.Time      // when the last one was taken
+	busy    bool           // a file is being written (one at a time)
+	stopped bool
 	wg      sync.WaitGroup
 }
 
 const (
-	// slowTraceKeep is how much trace the recorder keeps at least, and
-	// the least time between two files: each covers its own stretch.
+	// slowTraceKeep is how much trace the recorder keeps (unless
+	// slowTraceBytes fills first), and the least time between two files:
+	// each covers a stretch of its own.
 	slowTraceKeep = 2 * time.Second
-	// slowTraceMax is the most files a run writes.
+	// slowTraceBytes bounds the recorder's memory. The mixed workload's
+	// traces held about 1 MB a second, so 2 s fit.
+	slowTraceBytes = 16 << 20
+	// slowTraceMax is the most files a scenario writes.
 	slowTraceMax = 5
 )
 
@@ -43,30 +49,31 @@ func startSlowTrace(dir string, over time.Duration, printf func(string, ...any))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("bench: trace dir: %w", err)
 	}
-	fr := trace.NewFlightRecorder(trace.FlightRecorderConfig{MinAge: slowTraceKeep})
+	fr := trace.NewFlightRecorder(trace.FlightRecorderConfig{MinAge: slowTraceKeep, MaxBytes: slowTraceBytes})
 	if err := fr.Start(); err != nil {
 		return nil, fmt.Errorf("bench: --trace-slow: %w", err)
 	}
-	return &slowTrace{fr: fr, dir: dir, over: over, printf: printf}, nil
+	return &slowTrace{fr: fr, dir: dir, over: over, printf: printf, now: time.Now, counts: map[string]int{}}, nil
 }
 
-// observe takes a snapshot of the trace if lat is over the threshold,
-// unless slowTraceMax files are written or one was taken less than
-// slowTraceKeep ago. It marks the read in the trace with a log event
-// (category "scrollback-bench") and writes the file in the background.
+// observe takes a snapshot of the trace if lat is the threshold or more,
+// unless the scenario has written slowTraceMax files, a file is being
+// written, or one was taken less than slowTraceKeep ago. It marks the
+// read in the trace with a log event (category "scrollback-bench") and
+// writes the file in the background (wait waits for it).
 func (t *slowTrace) observe(scenario, series string, lat time.Duration) {
 	if lat < t.over {
 		return
 	}
-	now := time.Now()
+	now := t.now()
 	t.mu.Lock()
-	if t.busy || t.written >= slowTraceMax || (!t.last.IsZero() && now.Sub(t.last) < slowTraceKeep) {
+	if t.stopped || t.busy || t.counts[scenario] >= slowTraceMax || (!t.last.IsZero() && now.Sub(t.last) < slowTraceKeep) {
 		t.mu.Unlock()
 		return
 	}
 	t.busy, t.last = true, now
-	t.written++
-	n := t.written
+	t.counts[scenario]++
+	n := t.counts[scenario]
 	t.wg.Add(1)
 	t.mu.Unlock()
 	what := fmt.Sprintf("a read of %q took %v", series, lat.Round(time.Microsecond))
@@ -86,20 +93,32 @@ func (t *slowTrace) observe(scenario, series string, lat time.Duration) {
 	}()
 }
 
+// write writes the recorder's trace to path, and removes what it wrote
+// if that fails.
 func (t *slowTrace) write(path string) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	if _, err := t.fr.WriteTo(f); err != nil {
-		f.Close()
-		return err
+	_, err = t.fr.WriteTo(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
 }
 
-// stop waits for a file being written and stops the recorder.
+// wait waits for the file being written, if any.
+func (t *slowTrace) wait() { t.wg.Wait() }
+
+// stop takes no more snapshots, waits for the one being written and
+// stops the recorder.
 func (t *slowTrace) stop() {
+	t.mu.Lock()
+	t.stopped = true
+	t.mu.Unlock()
 	t.wg.Wait()
 	t.fr.Stop()
 }
