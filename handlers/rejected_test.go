@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/handlers"
@@ -88,6 +91,54 @@ func TestAdmin_RejectedCommandIsAnError(t *testing.T) {
 	}
 }
 
+// TestAdmin_CommandThatFailsToApplyIsAnError: the projector's other way to
+// dead-letter a command, after applying it failed three times over (a
+// poison message: in service, a bug or a corrupt file), is also answered
+// with a 500 that names the task and the error, and the room's later
+// commands are applied as before. The test's decoder makes the command's
+// room ID, a key of the rooms bucket, longer than bbolt takes
+// (bolt.MaxKeySize) behind the log's validation, as such a bug would.
+func TestAdmin_CommandThatFailsToApplyIsAnError(t *testing.T) {
+	r := testenv.NewRoom("poisoned", "test")
+	ids := []string{"poison"}
+	newID := func() string {
+		id := "fine"
+		if len(ids) > 0 {
+			id, ids = ids[0], ids[1:]
+		}
+		return id
+	}
+	decode := func(seq uint64, subject string, data []byte, ts int64) commands.LogEntry {
+		e := subjects.Decode(seq, subject, data, ts)
+		if e.Command != nil && e.Command.ID == "poison" {
+			e.RoomID = "!" + strings.Repeat("p", bolt.MaxKeySize) + ":test"
+			e.Command.RoomID = e.RoomID
+		}
+		return e
+	}
+	a, store := decodingAdmin(t, newID, decode, r.Setup("@alice:test")...)
+	req, err := bus.Encode(map[string]any{"block": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounded: a projector that retried forever would never answer
+	defer cancel()
+	_, err = a.Block(ctx, subjects.APIRoom(r.ID, "block"), req)
+	var e *commands.Error
+	if !errors.As(err, &e) || e.Status != 500 || !strings.Contains(e.Message, "task poison") || !strings.Contains(e.Message, "internal error applying message") || !strings.Contains(e.Message, berrors.ErrKeyTooLarge.Error()) {
+		t.Fatalf("block whose command fails to apply: err = %v, want a 500 naming the task and the error", err)
+	}
+	if dl, err := store.DeadLetters(10); err != nil || len(dl) != 1 || !strings.Contains(dl[0].Reason, berrors.ErrKeyTooLarge.Error()) {
+		t.Fatalf("dead letters: %+v (err %v), want the poisoned block", dl, err)
+	}
+	if _, err := a.Block(context.Background(), subjects.APIRoom(r.ID, "block"), req); err != nil {
+		t.Fatalf("the next block of the room: %v", err)
+	}
+	if task, err := store.Task("fine"); err != nil || task == nil || task.Status != commands.TaskComplete {
+		t.Fatalf("the next block's task: %+v (err %v), want complete", task, err)
+	}
+}
+
 // roomKeyOf is the <rk> of a room log subject, sb.room.<rk>.<kind>.
 func roomKeyOf(subject string) string {
 	roomID, _, err := subjects.ParseRoomSubject(subject)
@@ -102,10 +153,17 @@ func roomKeyOf(subject string) string {
 // a Nats-Msg-Id (noMsgID).
 func rejectingAdmin(t *testing.T, newID func() string, evs ...testenv.Event) (*handlers.Admin, *projections.Store) {
 	t.Helper()
+	return decodingAdmin(t, newID, subjects.Decode, evs...)
+}
+
+// decodingAdmin is rejectingAdmin with a projector that decodes the log
+// with decode.
+func decodingAdmin(t *testing.T, newID func() string, decode projections.Decoder, evs ...testenv.Event) (*handlers.Admin, *projections.Store) {
+	t.Helper()
 	n := testenv.NewNATS(t)
 	log := n.Stream(t, subjects, "SCROLLBACK")
 	store := testenv.NewStore(t)
-	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOf}
+	p := &projections.Projector{Store: store, Source: log, Decode: decode, RoomKeyOf: roomKeyOf}
 	if err := p.Init(); err != nil {
 		t.Fatal(err)
 	}
