@@ -90,7 +90,7 @@ func TestCommitter_BoundsGroupsByPagesWritten(t *testing.T) {
 		slices.SortFunc(msgs, func(x, y rawMsg) int { return cmp.Compare(x.seq, y.seq) })
 		wg.Go(func() {
 			pt := p.parts[b]
-			p.applyBatch(context.Background(), context.Background(), pt, msgs)
+			p.applyBatch(context.Background(), pt, msgs)
 			groups[b] = pt.job.group
 		})
 	}
@@ -143,7 +143,7 @@ func TestPartition_CutsBatchesAtGroupLimit(t *testing.T) {
 		pt.queue <- m
 	}
 	close(pt.queue)
-	p.runPartition(context.Background(), context.Background(), pt)
+	p.runPartition(context.Background(), pt)
 	close(p.commits)
 	<-committed
 	total := 0

@@ -228,9 +228,15 @@
 // does not pass the purge_room.
 //
 // A group that fails is retried batch by batch, and a message that fails
-// to apply in a batch is retried alone; one that
-// still fails is recorded as a dead letter so that it never stops its
-// partition. The file never shrinks by itself (bbolt reuses freed pages).
+// to apply in a batch is retried alone; one that fails three times alone
+// is recorded as a dead letter so that it never stops its partition. A
+// fault of the file or the disk (fileFault: a full disk, an I/O error) is
+// not the messages': the batch, or the message, is retried until the
+// fault clears, and never becomes a dead letter, which would leave sound
+// messages out of the projection for good. Once Run's context ends, such
+// a batch is left for the next run, so that stopping the service does not
+// wait for the disk. The file never shrinks by itself (bbolt reuses freed
+// pages).
 //
 // Every write transaction goes through Store.update, which leaves bbolt's
 // freelist out of the commit while more than freelistSyncMax pages are

@@ -212,7 +212,7 @@ func TestProjector_PoisonInGroupCommit(t *testing.T) {
 	p.preparing = make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	for part, msgs := range logs {
-		wg.Go(func() { p.applyBatch(context.Background(), context.Background(), p.parts[part], msgs) })
+		wg.Go(func() { p.applyBatch(context.Background(), p.parts[part], msgs) })
 	}
 	commitWhenHandedOver(t, p, len(logs), &wg)
 

@@ -294,8 +294,9 @@ func (p *Projector) init() error {
 
 // Run consumes the log until ctx ends, consuming again after source
 // failures, and returns once every dispatched message is committed, or,
-// in a partition whose batch needed an answer from the log that did not
-// come before ctx ended (Erased), left for the next run: the watermarks
+// in a partition whose batch could not be applied at once after ctx
+// ended (an answer from the log it needed did not come: Erased; the file
+// could not take it: a full disk), left for the next run: the watermarks
 // never count such messages as applied. Run is called once.
 func (p *Projector) Run(ctx context.Context) error {
 	if err := p.init(); err != nil {
@@ -303,8 +304,6 @@ func (p *Projector) Run(ctx context.Context) error {
 	}
 	from := p.dispatched.Load() + 1
 	var wg sync.WaitGroup
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopWork()
 	p.commits = make(chan *commitJob, len(p.parts))
 	p.preparing = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))
 	committed := make(chan struct{})
@@ -316,7 +315,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.runPartition(workCtx, ctx, pt)
+			p.runPartition(ctx, pt)
 		}()
 	}
 	p.started.Store(true)
@@ -372,10 +371,10 @@ func (p *Projector) dispatch(ctx context.Context) func(uint64, string, []byte, i
 	}
 }
 
-// runPartition applies the partition's queue until it is closed. ctx is
-// the partition's own, which lasts until the queue is drained; stop is
-// Run's, which ends when consuming does.
-func (p *Projector) runPartition(ctx, stop context.Context, pt *partition) {
+// runPartition applies the partition's queue until it is closed. stop is
+// Run's, which ends when consuming does: from then on, a batch that
+// cannot be applied at once is left for the next run (applyBatch).
+func (p *Projector) runPartition(stop context.Context, pt *partition) {
 	batch := make([]rawMsg, 0, p.MaxBatch)
 	for first := range pt.queue {
 		batch = append(batch[:0], first)
@@ -392,7 +391,7 @@ func (p *Projector) runPartition(ctx, stop context.Context, pt *partition) {
 				break fill
 			}
 		}
-		if !p.applyBatch(ctx, stop, pt, batch) {
+		if !p.applyBatch(stop, pt, batch) {
 			// Run is stopping, and a batch could not be applied as it
 			// must be: so is nothing after it. Its messages and the
 			// rest of the queue stay pending, so that the watermark
@@ -409,15 +408,18 @@ func (p *Projector) runPartition(ctx, stop context.Context, pt *partition) {
 	}
 }
 
-// applyBatch decodes and commits one batch, retrying transient failures
-// of the file until ctx ends; a batch that fails for a reason of its own
-// is applied message by message, and a message that still fails becomes a
-// dead letter, so that no message stops its partition forever. The batch
-// is decoded and its rows are built here, in the partition's goroutine,
-// so that bbolt's single writer only reads and writes the file. It
-// reports false, having applied nothing, when stop ends before the log
-// answers the batch's questions (markErased).
-func (p *Projector) applyBatch(ctx, stop context.Context, pt *partition, batch []rawMsg) bool {
+// applyBatch decodes and commits one batch. A batch the file cannot take
+// (a full disk: fileFault) is retried whole until it can; a batch that
+// fails for a reason of its own is applied message by message, and a
+// message that still fails becomes a dead letter (applyOne), so that no
+// message stops its partition forever. The batch is decoded and its rows
+// are built here, in the partition's goroutine, so that bbolt's single
+// writer only reads and writes the file. It reports false when stop ends
+// before the batch is applied: before the log answers the batch's
+// questions (markErased), or while the file cannot take it. Then its
+// messages are left for the next run (those applied one by one so far
+// are in their checkpoint).
+func (p *Projector) applyBatch(stop context.Context, pt *partition, batch []rawMsg) bool {
 	start := time.Now()
 	drawn := p.decoded.take(len(batch))
 	defer func() { p.decoded.give(drawn) }()
@@ -437,12 +439,35 @@ func (p *Projector) applyBatch(ctx, stop context.Context, pt *partition, batch [
 		p.Logger.Warn("group commit failed; applying the partition's batch alone", "partition", pt.id, "messages", len(entries), "group", group, "err", err)
 		_, err = p.applyGroup([]*partBatch{b})
 	}
+	for backoff := 10 * time.Millisecond; err != nil && fileFault(err); backoff = min(backoff*2, 5*time.Second) {
+		// The file cannot take the batch (a full disk): none of its
+		// messages is at fault. It is retried whole until the fault
+		// clears; one by one, it would take a transaction (and its
+		// fsync) a message once the disk has room again.
+		p.Logger.Error("cannot apply a batch: the file cannot take it; retrying", "partition", pt.id, "messages", len(entries), "err", err)
+		select {
+		case <-stop.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		_, err = p.applyGroup([]*partBatch{b})
+	}
 	outcomes := b.out
 	if err != nil {
 		p.Logger.Warn("batch failed; applying one by one", "partition", pt.id, "messages", len(entries), "err", err)
 		outcomes = nil
 		for _, e := range entries {
-			outcomes = append(outcomes, p.applyOne(ctx, pt, e)...)
+			out, ok := p.applyOne(stop, pt, e)
+			if !ok {
+				// Run is stopping: the rest is left for the next run,
+				// and the watermark stays where it was (the messages
+				// applied one by one so far are in their checkpoints).
+				if p.Observe != nil {
+					p.Observe(pt.id, outcomes, time.Since(start))
+				}
+				return false
+			}
+			outcomes = append(outcomes, out...)
 		}
 	}
 	last := batch[len(batch)-1].seq
@@ -670,25 +695,35 @@ func sizeFor(lim int64) (queueLen, maxDirty int) {
 	return queueLen, maxDirty
 }
 
-func (p *Projector) applyOne(ctx context.Context, pt *partition, e commands.LogEntry) []Outcome {
+// applyOne applies e alone, in a transaction of its own, and retries
+// with a growing pause while it fails. A message that fails three times
+// for a reason of its own is a poison message: it becomes a dead letter,
+// so that it does not stop its partition. A fault of the file or the disk
+// (fileFault: a full disk, an I/O error) is not the message's: it is
+// retried until it clears, for a dead letter would leave a sound message
+// out of the projection for good. ok is false when stop ended first: e
+// stays in the log, above the partition's checkpoint, for the next run.
+func (p *Projector) applyOne(stop context.Context, pt *partition, e commands.LogEntry) (out []Outcome, ok bool) {
 	backoff := 10 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		out, err := p.Store.ApplyBatch(pt.id, []commands.LogEntry{e})
 		if err == nil {
-			return out
+			return out, true
 		}
-		if attempt >= 2 {
-			// It fails alone, repeatedly: a poison message, not the file.
+		switch {
+		case fileFault(err):
+			p.Logger.Error("cannot apply a message: the file cannot take it; retrying", "partition", pt.id, "seq", e.Seq, "err", err)
+		case attempt >= 2:
 			reason := fmt.Sprintf("internal error applying message: %v", err)
-			if derr := p.Store.DeadLetterOne(pt.id, e, reason); derr == nil {
-				return []Outcome{{Seq: e.Seq, RoomID: e.RoomID, Kind: e.Kind, Result: OutcomeDead, Reason: reason}}
-			} else {
-				p.Logger.Error("cannot write to the projection; retrying", "partition", pt.id, "seq", e.Seq, "err", derr)
+			derr := p.Store.DeadLetterOne(pt.id, e, reason)
+			if derr == nil {
+				return []Outcome{{Seq: e.Seq, RoomID: e.RoomID, Kind: e.Kind, Result: OutcomeDead, Reason: reason}}, true
 			}
+			p.Logger.Error("cannot write a dead letter to the projection; retrying", "partition", pt.id, "seq", e.Seq, "err", derr)
 		}
 		select {
-		case <-ctx.Done():
-			return nil
+		case <-stop.Done():
+			return nil, false
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)

@@ -29,7 +29,7 @@ func TestPartition_LetsGoOfItsLastBatch(t *testing.T) {
 		pt.queue <- msgs[i]
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); p.runPartition(context.Background(), context.Background(), pt) }()
+	go func() { defer close(done); p.runPartition(context.Background(), pt) }()
 	ctx := t.Context()
 	if err := p.waitUntil(ctx, func() bool { return pt.applied.Load() >= 1000 }); err != nil {
 		t.Fatal(err)

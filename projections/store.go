@@ -6,11 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/scrollback/scrollback/commands"
 )
@@ -326,6 +329,26 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 		s.db.NoFreelistSync = s.db.Stats().FreePageN > freelistSyncMax
 		return fn(tx)
 	})
+}
+
+// fileFault reports whether err, from a write transaction, is a fault of
+// the file or the disk rather than of what the transaction wrote: the
+// file cannot grow (bbolt's MaxSize; a full disk fails a system call), a
+// system call failed (ENOSPC, EIO; bbolt returns some of them wrapped in
+// a text, hence the look at its messages), or the file is closed. Such a
+// fault says nothing about the messages being applied.
+func fileFault(err error) bool {
+	var errno syscall.Errno
+	if errors.As(err, &errno) || errors.Is(err, berrors.ErrMaxSizeReached) || errors.Is(err, berrors.ErrDatabaseNotOpen) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range []string{"mmap allocate error", "file resize error", "file sync error", "mlock/munlock error"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Partitions is the partition count of this file.
