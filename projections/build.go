@@ -45,7 +45,10 @@ import (
 // usual. If that sync fails, the kernel may already have dropped pages it
 // could not write, and a later sync would succeed over them: the marker
 // then takes a value no boot has (untrusted), so that the next Open
-// builds the file again, and Built does not try again. scrollback rebuild
+// builds the file again, and Built does not try again. The same holds
+// for any write that fails during the build (Store.update, writeFault):
+// the projector retries the batch, the retry may succeed, and the file
+// is distrusted all the same. scrollback rebuild
 // removes a marker it finds, since its new file is synced; scrollback
 // compact refuses a file with one.
 //
@@ -148,9 +151,18 @@ func (s *Store) Built() error {
 	if !s.building.Load() || s.failed {
 		return nil
 	}
+	// A write that failed during the build (update) may have cost pages
+	// of earlier commits, which no sync reports now. So may a failed
+	// flush here: the kernel reports it once, and the commit below
+	// would then succeed over the lost pages.
+	if err := s.lostWrites(); err != nil {
+		return errors.Join(fmt.Errorf("projections: end the build: %w", err), s.distrust())
+	}
 	// Most of the flush outside bbolt's writer lock, so that commits do
-	// not wait for it; an error here shows again in the commit below.
-	_ = s.db.Sync()
+	// not wait for it.
+	if err := s.db.Sync(); err != nil {
+		return errors.Join(fmt.Errorf("projections: end the build: %w", err), s.distrust())
+	}
 	// NoSync is read by every commit, under bbolt's writer lock: it is
 	// changed under it too. This commit's
 	// fdatasync writes every page of the file that is not yet on disk,
@@ -159,6 +171,11 @@ func (s *Store) Built() error {
 		s.db.NoSync = false
 		return nil
 	})
+	if err != nil && !writeFault(err) {
+		// Nothing was written (the file could not grow): the build
+		// goes on, and Close tries to end it again.
+		return fmt.Errorf("projections: end the build: %w", err)
+	}
 	if err != nil {
 		// The kernel reports a failed writeback once: a later sync
 		// could succeed over pages that were lost. The file can no

@@ -59,11 +59,13 @@ type Options struct {
 // Store is the bbolt projection of the room log.
 type Store struct {
 	db         *bolt.DB
-	writeback  *writeback  // of big group commits (writeback.go)
-	building   atomic.Bool // committing without fsync until Built (build.go)
-	buildMu    sync.Mutex  // one Built at a time
-	restarted  bool        // Open deleted a build a machine restart cut short
-	failed     bool        // Built could not sync the file (build.go), under buildMu
+	writeback  *writeback   // of big group commits (writeback.go)
+	building   atomic.Bool  // committing without fsync until Built (build.go)
+	buildMu    sync.Mutex   // one Built at a time
+	restarted  bool         // Open deleted a build a machine restart cut short
+	noSync     bool         // opened with Options.NoSync: never synced until Sync
+	lost       atomic.Value // error: a write that failed while the file was unsynced (see update)
+	failed     bool         // Built could not sync the file (build.go), under buildMu
 	parts      int
 	serverName string
 	janitor    chan struct{} // wakes the janitor when a purge is applied
@@ -154,7 +156,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("projections: open %s: %w", path, err)
 	}
-	s := &Store{db: db, writeback: openWriteback(path), restarted: restarted, serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
+	s := &Store{db: db, writeback: openWriteback(path), restarted: restarted, noSync: opts.NoSync, serverName: opts.ServerName, janitor: make(chan struct{}, 1), newTasks: make(chan struct{}, 1)}
 	s.building.Store(unsynced)
 	var migrate bool // a version 1 file
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -288,11 +290,30 @@ var relMarksBatch = 20000
 // usual. A file opened with NoSync calls it before it is put in place.
 // As in Built, NoSync changes under bbolt's writer lock, and the synced
 // commit that follows flushes every page not yet on disk.
+//
+// It fails if a write failed while the file was unsynced (update): the
+// kernel may have dropped pages of earlier commits that a sync now would
+// not report, so the file is not to be put in place.
 func (s *Store) Sync() error {
-	return s.db.Update(func(*bolt.Tx) error {
+	if err := s.lostWrites(); err != nil {
+		return err
+	}
+	if err := s.db.Update(func(*bolt.Tx) error {
 		s.db.NoSync = false
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	return s.lostWrites()
+}
+
+// lostWrites is the first write fault update saw while the file was
+// unsynced, as an error, or nil.
+func (s *Store) lostWrites() error {
+	if err, _ := s.lost.Load().(error); err != nil {
+		return fmt.Errorf("projections: a write failed while the file was not synced, so earlier commits may not be on disk: %w", err)
+	}
+	return nil
 }
 
 // Close ends a build without fsync (Built), writes bbolt's freelist, so
@@ -324,11 +345,28 @@ const freelistSyncMax = 16384
 // update is the store's write transaction: db.Update with the freelist
 // policy of freelistSyncMax. The policy is set under bbolt's writer lock,
 // which is where bbolt reads it.
+//
+// A write fault (writeFault: a failed write or sync) while the file is
+// unsynced (a build, or NoSync) is remembered: the kernel reports a
+// failed writeback once, so pages of earlier commits may be lost without
+// any later sync saying so. A build's file is then distrusted (the next
+// Open builds it again), and Sync refuses a NoSync file.
 func (s *Store) update(fn func(*bolt.Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		s.db.NoFreelistSync = s.db.Stats().FreePageN > freelistSyncMax
 		return fn(tx)
 	})
+	if err != nil && (s.noSync || s.building.Load()) && writeFault(err) {
+		s.lost.CompareAndSwap(nil, err)
+		if s.building.Load() {
+			s.buildMu.Lock()
+			defer s.buildMu.Unlock()
+			if !s.failed {
+				return errors.Join(err, s.distrust())
+			}
+		}
+	}
+	return err
 }
 
 // fileFault reports whether err, from a write transaction, is a fault of
@@ -338,17 +376,30 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 // a text, hence the look at its messages), or the file is closed. Such a
 // fault says nothing about the messages being applied.
 func fileFault(err error) bool {
-	var errno syscall.Errno
-	if errors.As(err, &errno) || errors.Is(err, berrors.ErrMaxSizeReached) || errors.Is(err, berrors.ErrDatabaseNotOpen) {
+	if writeFault(err) || errors.Is(err, berrors.ErrMaxSizeReached) || errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return true
 	}
 	msg := err.Error()
-	for _, s := range []string{"mmap allocate error", "file resize error", "file sync error", "mlock/munlock error"} {
+	for _, s := range []string{"mmap allocate error", "mlock/munlock error"} {
 		if strings.Contains(msg, s) {
 			return true
 		}
 	}
 	return false
+}
+
+// writeFault reports whether err says that writing to the file, or
+// syncing it, failed: a system call's error (ENOSPC, EIO), or the file's
+// growth or its sync, which bbolt reports as text. bbolt's own bound on
+// the file's size (ErrMaxSizeReached) is not one: it refuses before
+// writing anything.
+func writeFault(err error) bool {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "file resize error") || strings.Contains(msg, "file sync error")
 }
 
 // Partitions is the partition count of this file.

@@ -137,8 +137,12 @@ func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
 		store.Close()
 		return 0, err
 	}
+	// The projector's warnings reach the operator: on a full disk it
+	// retries until there is room ("the file cannot take it"), which
+	// would otherwise look like a hang.
+	warn := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken(cfg.NATS.SubjectPrefix),
-		Erased: logErased(log), Logger: m.Logger}
+		Erased: logErased(log), Logger: warn}
 	if err := p.Init(); err != nil {
 		store.Close()
 		return 0, err

@@ -1,0 +1,156 @@
+package projections_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// failWrites makes every write to the store's file fail with a real
+// error of the system call (EBADF), as a failing disk would, until the
+// returned function is called: it puts a read-only descriptor of the
+// file in the place of bbolt's own (found in /proc/self/fd: the file's
+// read-write descriptor; the early writeback holds a read-only one).
+// bbolt reads through its mapping, which stays.
+func failWrites(t *testing.T, s *projections.Store) (restore func()) {
+	t.Helper()
+	path, err := filepath.EvalSymlinks(s.DB().Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := -1
+	for _, e := range fds {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err != nil || target != path {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", n))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if flags, ok := strings.CutPrefix(line, "flags:"); ok {
+				if f, err := strconv.ParseUint(strings.TrimSpace(flags), 8, 64); err == nil && f&syscall.O_ACCMODE == syscall.O_RDWR {
+					fd = n
+				}
+			}
+		}
+	}
+	if fd < 0 {
+		t.Fatalf("no read-write descriptor of %s", path)
+	}
+	keep, err := syscall.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := syscall.Dup3(int(ro.Fd()), fd, syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := syscall.Dup3(keep, fd, syscall.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		syscall.Close(keep)
+	}
+}
+
+// applyOne applies one event as seq, and returns the store's error.
+func applyOne(t *testing.T, s *projections.Store, seq uint64, ev testenv.Event) error {
+	t.Helper()
+	_, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, ev["room_id"].(string), commands.KindEvent, ev)})
+	return err
+}
+
+// TestStore_WriteFaultDuringABuild: a write that fails while a new file
+// is built without fsync may have cost pages of earlier commits that no
+// later sync reports (the kernel reports a failed writeback once). The
+// file is then distrusted at once: the build does not end, and the next
+// Open builds the file again from the log, even though later writes
+// succeeded. Before, the commit was retried, the later sync succeeded,
+// and the file was trusted.
+func TestStore_WriteFaultDuringABuild(t *testing.T) {
+	projections.SetBootID(t, "boot-1")
+	path := filepath.Join(t.TempDir(), "p.db")
+	s := openBuild(t, path)
+	r := testenv.NewRoom("a", "test")
+	evs := append(r.Setup("@a:test"), r.Msg("@a:test", "one"), r.Msg("@a:test", "two"))
+	seq := apply(t, s, 1, evs[:len(evs)-1]...)
+
+	restore := failWrites(t, s)
+	err := applyOne(t, s, seq, evs[len(evs)-1])
+	restore()
+	if !errors.Is(err, syscall.EBADF) {
+		t.Fatalf("apply with the file unwritable: %v, want EBADF", err)
+	}
+	if mark, err := os.ReadFile(path + ".building"); err != nil || string(mark) == "boot-1" {
+		t.Fatalf("marker after the write fault: %q (%v), want one no boot has", mark, err)
+	}
+	if err := applyOne(t, s, seq, evs[len(evs)-1]); err != nil {
+		t.Fatalf("apply once the file is writable again: %v", err)
+	}
+	if err := s.Built(); err != nil { // a distrusted file is not built again
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if mark, err := os.ReadFile(path + ".building"); err != nil || string(mark) == "boot-1" {
+		t.Fatalf("marker after Built and Close: %q (%v), want one no boot has", mark, err)
+	}
+	s = openBuild(t, path)
+	defer s.Close()
+	if !s.Restarted() || !s.Building() {
+		t.Fatalf("reopened: Restarted=%v Building=%v, want a new build", s.Restarted(), s.Building())
+	}
+	if got := timelineIDs(t, s, r.ID); len(got) != 0 {
+		t.Fatalf("reopened: the distrusted file's %d events are still there", len(got))
+	}
+}
+
+// TestStore_WriteFaultWithoutSync: a file opened with NoSync (scrollback
+// rebuild's new file) refuses to be called durable by Sync after a write
+// to it failed, even once later writes succeed, so that rebuild does not
+// put it in place.
+func TestStore_WriteFaultWithoutSync(t *testing.T) {
+	s, err := projections.Open(filepath.Join(t.TempDir(), "p.db"), projections.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := testenv.NewRoom("a", "test")
+	evs := append(r.Setup("@a:test"), r.Msg("@a:test", "one"))
+	seq := apply(t, s, 1, evs[:len(evs)-1]...)
+	restore := failWrites(t, s)
+	err = applyOne(t, s, seq, evs[len(evs)-1])
+	restore()
+	if !errors.Is(err, syscall.EBADF) {
+		t.Fatalf("apply with the file unwritable: %v, want EBADF", err)
+	}
+	if err := applyOne(t, s, seq, evs[len(evs)-1]); err != nil {
+		t.Fatalf("apply once the file is writable again: %v", err)
+	}
+	if err := s.Sync(); !errors.Is(err, syscall.EBADF) {
+		t.Fatalf("Sync after a write fault: %v, want the fault", err)
+	}
+}
