@@ -121,8 +121,7 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 	res := resultOf(task.Result)
 	n := task.Updates
 	next := func(status string, errText string) error {
-		n++
-		return r.update(ctx, task, n, status, res.toMap(), errText)
+		return r.update(ctx, task, &n, status, res.toMap(), errText)
 	}
 	if task.Status == commands.TaskScheduled {
 		if err := next(commands.TaskActive, ""); err != nil {
@@ -268,8 +267,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 				if snap == nil {
 					continue
 				}
-				*n++
-				if uerr := r.update(ctx, task, *n, commands.TaskActive, snap, ""); uerr != nil && err == nil {
+				if uerr := r.update(ctx, task, n, commands.TaskActive, snap, ""); uerr != nil && err == nil {
 					err = uerr
 				}
 			}
@@ -314,8 +312,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	*n++
-	return r.update(ctx, task, *n, commands.TaskActive, res.toMap(), "")
+	return r.update(ctx, task, n, commands.TaskActive, res.toMap(), "")
 }
 
 // kick is one user's part of a shutdown: leave, forget, and join the new

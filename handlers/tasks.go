@@ -231,8 +231,7 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 	}
 	n := task.Updates
 	if task.Status == commands.TaskScheduled {
-		n++
-		if err := r.update(ctx, task, n, commands.TaskActive, task.Result, ""); err != nil {
+		if err := r.update(ctx, task, &n, commands.TaskActive, task.Result, ""); err != nil {
 			return err
 		}
 	}
@@ -254,14 +253,18 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	n++
-	return r.update(ctx, task, n, commands.TaskComplete, task.Result, "")
+	return r.update(ctx, task, &n, commands.TaskComplete, task.Result, "")
 }
 
-// update publishes the n-th TaskUpdate of a task (message ID
-// "<task id>-<n>", so a repeated publish after a crash is a duplicate the
-// log drops) and waits until it is applied.
-func (r *TaskRunner) update(ctx context.Context, task *commands.Task, n int, status string, result map[string]any, errText string) error {
+// update publishes the task's next TaskUpdate, the (*n+1)-th, and waits
+// until it is applied. Its message ID is "<task id>-<*n+1>", so that a
+// repeated publish after a crash is a duplicate the log drops; *n counts
+// the updates the log took, and a run starts it at the task's applied
+// Updates. So it moves only once the log has taken the update: a number
+// skipped after a failed publish would make the applied count fall
+// behind the IDs used, and the next run's updates would reuse IDs that
+// the log then drops as duplicates (a task's completion among them).
+func (r *TaskRunner) update(ctx context.Context, task *commands.Task, n *int, status string, result map[string]any, errText string) error {
 	u := map[string]any{"task_id": task.ID, "status": status, "ts": r.Now().UnixMilli()}
 	if result != nil {
 		u["result"] = result
@@ -273,10 +276,11 @@ func (r *TaskRunner) update(ctx context.Context, task *commands.Task, n int, sta
 	if err != nil {
 		return err
 	}
-	seq, err := r.Log.Append(ctx, r.Subjects.Room(task.RoomID, commands.KindTask), fmt.Sprintf("%s-%d", task.ID, n), data)
+	seq, err := r.Log.Append(ctx, r.Subjects.Room(task.RoomID, commands.KindTask), fmt.Sprintf("%s-%d", task.ID, *n+1), data)
 	if err != nil {
 		return err
 	}
+	*n++
 	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
 	defer cancel()
 	return r.Waiter.WaitFor(wctx, task.RoomID, seq)
