@@ -183,7 +183,9 @@ func (r *TaskRunner) expire() {
 	} else if n > 0 {
 		r.Logger.Debug("deleted expired tasks", "tasks", n)
 	}
-	if n < projections.ExpireBatch {
+	if err != nil || n < projections.ExpireBatch {
+		// After an error (a full disk) too: the next try waits for the
+		// interval rather than failing, and logging, on every pass.
 		r.nextExpire = now.Add(r.ExpireInterval)
 	}
 }

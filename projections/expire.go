@@ -44,7 +44,10 @@ func (s *Store) ExpireTasks(now time.Time, max int) (int, error) {
 		}
 		return nil
 	})
-	return n, err
+	if err != nil {
+		return 0, err // rolled back: nothing was deleted
+	}
+	return n, nil
 }
 
 // tasksDue reports whether taskdone's first entry is before cut.

@@ -154,3 +154,22 @@ func TestStore_WriteFaultWithoutSync(t *testing.T) {
 		t.Fatalf("Sync after a write fault: %v, want the fault", err)
 	}
 }
+
+// TestExpireTasks_AFailedSweepDeletedNothing: a sweep whose transaction
+// fails reports that it deleted nothing, so that the task runner does not
+// take a full batch for a backlog and try again on every pass; the next
+// sweep deletes them.
+func TestExpireTasks_AFailedSweepDeletedNothing(t *testing.T) {
+	s := testenv.NewStore(t)
+	applyTaskLog(t, s, 1)
+	restore := failWrites(t, s)
+	n, err := s.ExpireTasks(expiryNow, 3)
+	restore()
+	if n != 0 || !errors.Is(err, syscall.EBADF) {
+		t.Fatalf("a sweep that cannot write: %d deleted, %v; want 0 and the fault", n, err)
+	}
+	if n, err := s.ExpireTasks(expiryNow, 10); n != 4 || err != nil {
+		t.Fatalf("the next sweep: %d deleted, %v; want the 4 expired", n, err)
+	}
+	checkExpired(t, s)
+}
