@@ -38,20 +38,41 @@ type Eraser struct {
 
 // Run works in batches until ctx ends.
 func (r *Eraser) Run(ctx context.Context) {
+	failures := 0
 	for {
 		did, err := r.step(ctx)
 		if err == nil && did {
+			failures = 0
 			continue
 		}
-		if err != nil && ctx.Err() == nil {
-			r.Logger.Warn("erasing purged events from the log failed; retrying", "err", err)
+		if err != nil {
+			failures++
+			if ctx.Err() == nil {
+				r.Logger.Warn("erasing purged events from the log failed; retrying", "err", err, "retry_in", eraserPause(failures))
+			}
+		} else {
+			failures = 0
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(eraserPause(failures)):
 		}
 	}
+}
+
+// eraserPause is the eraser's pause before its next step after as many
+// failed steps in a row: 200 ms when there was nothing to do, doubling
+// with each failure up to 5 s. A step that fails after its log work (the
+// projection's file full) does that work again, up to 1,000 deletes or a
+// whole compaction, so a persistent failure must not repeat it five
+// times a second.
+func eraserPause(failures int) time.Duration {
+	d := 200 * time.Millisecond
+	for range min(failures, 5) {
+		d *= 2
+	}
+	return min(d, 5*time.Second)
 }
 
 // step carries out one room's compaction, or one batch of single

@@ -11,3 +11,6 @@ import (
 func (r *TaskRunner) Update(ctx context.Context, task *commands.Task, n *int, status string) error {
 	return r.update(ctx, task, n, status, task.Result, "")
 }
+
+// EraserPause is eraserPause.
+var EraserPause = eraserPause
