@@ -235,7 +235,12 @@
 // fault clears, and never becomes a dead letter, which would leave sound
 // messages out of the projection for good. Once Run's context ends, such
 // a batch is left for the next run, so that stopping the service does not
-// wait for the disk. The file never shrinks by itself (bbolt reuses freed
+// wait for the disk. A file whose every commit is synced is safe to
+// retry: a commit returns only once its pages are on disk, and one whose
+// meta page fails to sync (bbolt then takes it for committed) carries its
+// partitions' checkpoints, so that a start after the kernel lost it
+// applies its messages from the log again. A file built without fsync is
+// not: a failed write there distrusts it (Store.update, build.go). The file never shrinks by itself (bbolt reuses freed
 // pages).
 //
 // Every write transaction goes through Store.update, which leaves bbolt's

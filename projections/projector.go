@@ -705,15 +705,20 @@ func sizeFor(lim int64) (queueLen, maxDirty int) {
 // stays in the log, above the partition's checkpoint, for the next run.
 func (p *Projector) applyOne(stop context.Context, pt *partition, e commands.LogEntry) (out []Outcome, ok bool) {
 	backoff := 10 * time.Millisecond
-	for attempt := 0; ; attempt++ {
+	failed := 0 // failures of the message's own
+	for {
 		out, err := p.Store.ApplyBatch(pt.id, []commands.LogEntry{e})
 		if err == nil {
 			return out, true
 		}
+		fault := fileFault(err)
+		if !fault {
+			failed++
+		}
 		switch {
-		case fileFault(err):
+		case fault:
 			p.Logger.Error("cannot apply a message: the file cannot take it; retrying", "partition", pt.id, "seq", e.Seq, "err", err)
-		case attempt >= 2:
+		case failed >= 3:
 			reason := fmt.Sprintf("internal error applying message: %v", err)
 			derr := p.Store.DeadLetterOne(pt.id, e, reason)
 			if derr == nil {

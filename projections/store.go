@@ -351,14 +351,27 @@ const freelistSyncMax = 16384
 // failed writeback once, so pages of earlier commits may be lost without
 // any later sync saying so. A build's file is then distrusted (the next
 // Open builds it again), and Sync refuses a NoSync file.
+//
+// Whether the file was being built is taken before the transaction: a
+// Built that ends the build between this commit's failure and the
+// bookkeeping below (its own sync need not see the error this commit got)
+// must not leave the file trusted. The fault then writes the distrusting
+// marker again, after Built removed it.
+//
+// A synced file needs none of this: each commit returns only once its
+// pages are synced, and a commit whose meta page fails to sync, which
+// bbolt then takes for committed, carries its partitions' checkpoints, so
+// that if the kernel lost it, the next start applies its messages from
+// the log again.
 func (s *Store) update(fn func(*bolt.Tx) error) error {
+	building := s.building.Load()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		s.db.NoFreelistSync = s.db.Stats().FreePageN > freelistSyncMax
 		return fn(tx)
 	})
-	if err != nil && (s.noSync || s.building.Load()) && writeFault(err) {
+	if err != nil && (s.noSync || building) && writeFault(err) {
 		s.lost.CompareAndSwap(nil, err)
-		if s.building.Load() {
+		if building {
 			s.buildMu.Lock()
 			defer s.buildMu.Unlock()
 			if !s.failed {
