@@ -1,12 +1,10 @@
 package projections_test
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,24 +13,6 @@ import (
 	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
-
-// logBuffer collects a logger's lines for a test.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), s)
-}
 
 // fillDisk bounds the pages bbolt may use to those it uses now, as a full
 // disk would (full: false lifts the bound). It sets the bound inside a
@@ -65,7 +45,7 @@ func TestProjector_FullDiskLosesNothing(t *testing.T) {
 	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
 	path := filepath.Join(t.TempDir(), "p.db")
 	s := testenv.OpenStore(t, path)
-	var logs logBuffer
+	var logs testenv.Buffer
 	newProjector := func() *projections.Projector {
 		return &projections.Projector{
 			Store: s, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOfSubject, MaxBatch: 64,
@@ -91,12 +71,12 @@ func TestProjector_FullDiskLosesNothing(t *testing.T) {
 	seqs = pub.Publish(t, more...)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Log(logs.buf.String()[:min(3000, logs.buf.Len())])
+			t.Log(logs.String())
 		}
 	})
 	testenv.WaitFor(t, 20*time.Second, "the projector to retry a message the file has no room for", func() bool {
 		dead, _ := s.DeadLetters(1)
-		return logs.count("the file cannot take it") >= 3 || len(dead) > 0
+		return strings.Count(logs.String(), "the file cannot take it") >= 3 || len(dead) > 0
 	})
 	if dead, err := s.DeadLetters(10); err != nil || len(dead) != 0 {
 		t.Fatalf("dead letters while the disk is full: %+v (err %v), want none", dead, err)

@@ -2,8 +2,9 @@
 // test's lifetime: an embedded nats-server with JetStream in its own
 // temporary directory, a bbolt projection file that is checked for
 // consistency at cleanup, a fake clock, a room builder that makes event
-// DAGs like a homeserver would, a publisher, and waits on conditions with
-// deadlines (never sleeps).
+// DAGs like a homeserver would, a publisher, waits on conditions with
+// deadlines (never sleeps), and a Buffer that goroutines write logs or a
+// child process's output to while the test reads it.
 //
 // Nothing here mocks NATS or bbolt: tests run against the real server and
 // the real file.

@@ -186,25 +186,6 @@ func rounds(t *testing.T, c *faultCounts, round func(n int, rng *rand.Rand)) {
 	c.log(t, start)
 }
 
-// lockedBuffer collects a process's output; the copying goroutines of
-// exec and the test read it concurrently.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // serveProcess runs `scrollback serve -c cfg` and waits for /health; the
 // caller owns the process. startService does the same with the config,
 // restarts and cleanup taken care of.
@@ -236,7 +217,7 @@ type service struct {
 	natsAddr string // embedded listener ("" with an external NATS)
 	natsURL  string // where clients connect
 	httpAddr string
-	out      *lockedBuffer
+	out      *testenv.Buffer
 	proc     *exec.Cmd
 	starts   int
 
@@ -254,7 +235,7 @@ type serviceConfig struct {
 // service on it.
 func startService(t testing.TB, sc serviceConfig) *service {
 	t.Helper()
-	s := &service{t: t, bin: buildBinary(t), out: &lockedBuffer{}, httpAddr: freePort(t)}
+	s := &service{t: t, bin: buildBinary(t), out: &testenv.Buffer{}, httpAddr: freePort(t)}
 	dir := t.TempDir()
 	s.cfg = filepath.Join(dir, "scrollback.yaml")
 	natsYAML := ""
