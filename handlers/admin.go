@@ -264,6 +264,11 @@ func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([
 	if t.Error != "" {
 		out["error"] = t.Error
 	}
+	// How far the janitor has come (TaskRunner.run, withProgress): an
+	// addition to Synapse's reply, as audit is.
+	if below, ok := t.Result["purged_below"]; ok {
+		out["progress"] = map[string]any{"purged_below": below, "floor": t.Result["floor"]}
+	}
 	return bus.Encode(out)
 }
 

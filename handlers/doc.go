@@ -14,6 +14,10 @@
 // subject purge (bus.Log.Compact); on a shared NATS, where other instances
 // read the log, it deletes message by message. The TaskRunner also
 // deletes the finished tasks that have expired (7 days), every minute.
+// While a purge's rows go, it puts the janitor's progress in the task
+// record (purged_below, at most once PurgeProgressEvery), and numbers a
+// task's updates by those the log took, so that a run after a refused
+// publish never reuses a message ID (update).
 //
 // Look-ups that pick a purge's cut-off from what the room holds (a purge
 // by event ID that finds nothing, a purge by time, a retention job) first

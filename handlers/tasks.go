@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -237,8 +238,12 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 			return err
 		}
 	}
+	// The janitor's progress goes into the task record, at most once a
+	// PurgeProgressEvery while it moves: a long purge shows how far it
+	// has come, a short one adds no update.
+	published, below := r.Now(), int64(-1)
 	for {
-		done, err := r.Store.PurgeDone(task.RoomID)
+		prog, err := r.Store.PurgeProgress(task.RoomID)
 		if err != nil {
 			return err
 		}
@@ -246,8 +251,14 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 		if err != nil {
 			return err
 		}
-		if done && !pending {
-			break
+		if prog.Done && !pending {
+			return r.update(ctx, task, &n, commands.TaskComplete, withProgress(task.Result, prog), "")
+		}
+		if prog.PurgedBelow != below && r.Now().Sub(published) >= PurgeProgressEvery {
+			if err := r.update(ctx, task, &n, commands.TaskActive, withProgress(task.Result, prog), ""); err != nil {
+				return err
+			}
+			published, below = r.Now(), prog.PurgedBelow
 		}
 		select {
 		case <-ctx.Done():
@@ -255,7 +266,23 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return r.update(ctx, task, &n, commands.TaskComplete, task.Result, "")
+}
+
+// PurgeProgressEvery is how often at most a purge task's record takes
+// the janitor's progress (a TaskUpdate with purged_below in its result).
+const PurgeProgressEvery = time.Second
+
+// withProgress is a purge task's result with the janitor's progress:
+// purged_below, the depth below which the room's timeline rows are gone
+// (projections.PurgeProgress; the room's cut-off, floor, once they all
+// are).
+func withProgress(result map[string]any, p projections.PurgeProgress) map[string]any {
+	out := maps.Clone(result)
+	if out == nil {
+		out = map[string]any{}
+	}
+	out["purged_below"] = p.PurgedBelow
+	return out
 }
 
 // update publishes the task's next TaskUpdate, the (*n+1)-th, and waits

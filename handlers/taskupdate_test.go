@@ -3,6 +3,8 @@ package handlers_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -79,4 +81,102 @@ func TestTaskRunner_RefusedUpdateUsesNoNumber(t *testing.T) {
 	if task, err = store.Task("purge1"); err != nil || task.Status != commands.TaskComplete {
 		t.Fatalf("after the next run's completion: %+v (%v), want complete", task, err)
 	}
+}
+
+// TestTaskRunner_PurgeProgressInTheTaskRecord: while the janitor deletes
+// a purge's rows, the task record takes its progress (purged_below in
+// the result), at most once a PurgeProgressEvery by the runner's clock,
+// and the purge status shows it.
+func TestTaskRunner_PurgeProgressInTheTaskRecord(t *testing.T) {
+	r := testenv.NewRoom("progress", "test")
+	evs := r.Setup("@alice:test")
+	for i := range 40 {
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	cut := evs[len(evs)-3]
+	a, store := rejectingAdmin(t, func() string { return "purge1" }, evs...)
+	req, err := bus.Encode(map[string]any{"event_id": cut.ID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(r.ID, "purge_history"), req); err != nil {
+		t.Fatal(err)
+	}
+	clock := testenv.NewClock(time.Now())
+	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now,
+		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); runner.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	task := func() *commands.Task {
+		task, err := store.Task("purge1")
+		if err != nil || task == nil {
+			t.Fatalf("task: %+v (%v)", task, err)
+		}
+		return task
+	}
+	testenv.WaitFor(t, 10*time.Second, "the purge task to go active", func() bool { return task().Status == commands.TaskActive })
+
+	// The janitor is not running: the test steps it, 5 rows a step (its
+	// first steps sweep the outliers and unindex ahead), until rows go.
+	for {
+		if did, err := store.JanitorStep(5); err != nil || !did {
+			t.Fatalf("janitor step: %v %v", did, err)
+		}
+		if p, err := store.PurgeProgress(r.ID); err != nil || p.PurgedBelow > 1 {
+			break
+		}
+	}
+	clock.Advance(handlers.PurgeProgressEvery)
+	floor := cut["depth"].(int64)
+	testenv.WaitFor(t, 10*time.Second, "the janitor's progress in the task record", func() bool {
+		below := toInt(task().Result["purged_below"])
+		return below > 1 && below < floor
+	})
+	below := toInt(task().Result["purged_below"])
+	data, err := a.PurgeStatus(context.Background(), subjects.API("purge_status"), mustEncode(t, map[string]any{"purge_id": "purge1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, _ := status["progress"].(map[string]any)
+	if status["status"] != "active" || prog == nil || toInt(prog["purged_below"]) != below || toInt(prog["floor"]) != floor {
+		t.Fatalf("purge status: %v, want active with purged_below %d and floor %d", status, below, floor)
+	}
+}
+
+func mustEncode(t *testing.T, v map[string]any) []byte {
+	t.Helper()
+	b, err := bus.Encode(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// toInt is a MessagePack-decoded integer as an int64.
+func toInt(v any) int64 {
+	switch n := v.(type) {
+	case int64:
+		return n
+	case int8:
+		return int64(n)
+	case int16:
+		return int64(n)
+	case int32:
+		return int64(n)
+	case uint8:
+		return int64(n)
+	case uint16:
+		return int64(n)
+	case uint32:
+		return int64(n)
+	case uint64:
+		return int64(n)
+	}
+	return -1
 }

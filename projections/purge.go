@@ -220,6 +220,44 @@ func (s *Store) PurgeDone(roomID string) (bool, error) {
 	return done, err
 }
 
+// PurgeProgress is how far the janitor has come with a room's purges.
+type PurgeProgress struct {
+	// Floor is the room's cut-off depth (RoomMeta.Floor): no event below
+	// it is ever returned. 0 when the room was never purged.
+	Floor int64
+	// PurgedBelow is the depth below which the room's timeline rows are
+	// gone: the janitor deletes them from the lowest up, so it rises
+	// from the room's lowest depth to Floor as the rows go. It is Floor,
+	// or above, once they are all gone.
+	PurgedBelow int64
+	// Done is PurgeDone: nothing is left for the janitor.
+	Done bool
+}
+
+// PurgeProgress reads how far the purges of roomID have come: one
+// look-up of the room's lowest timeline row.
+func (s *Store) PurgeProgress(roomID string) (PurgeProgress, error) {
+	p := PurgeProgress{Done: true}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n := roomNum(tx, roomID)
+		if n == 0 {
+			return nil
+		}
+		meta, err := getRoomMeta(tx, n)
+		if err != nil {
+			return err
+		}
+		p.Floor, p.Done, p.PurgedBelow = meta.Floor, !meta.needsJanitor(), meta.Floor
+		if k, _ := tx.Bucket(bTimeline).Cursor().Seek(u64(n)); len(k) == 24 {
+			if room, depth, _ := parseTLKey(k); room == n && depth < p.PurgedBelow {
+				p.PurgedBelow = depth
+			}
+		}
+		return nil
+	})
+	return p, err
+}
+
 // EventInfo is where an event is stored.
 type EventInfo struct {
 	RoomID   string

@@ -1670,3 +1670,51 @@ func TestReceived_SweptOutlierReplacedInTheSameBatch(t *testing.T) {
 		t.Errorf("received entries %v: want the copy's (%d) and not the swept outlier's (%d)", got, outSeq+2, outSeq)
 	}
 }
+
+// TestPurgeProgress: while the janitor deletes a purge's rows, in batches
+// from the room's lowest, PurgeProgress says how far it has come: the
+// depth below which the room's timeline rows are gone rises with each
+// batch, up to the cut-off, and Done turns true with the last.
+func TestPurgeProgress(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("progress", "test")
+	evs := r.Setup("@alice:test")
+	for i := range 50 {
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	next := apply(t, s, 1, evs...)
+	if p, err := s.PurgeProgress(r.ID); err != nil || !p.Done || p.Floor != 0 {
+		t.Fatalf("before any purge: %+v (%v), want done and no floor", p, err)
+	}
+	cut := evs[len(evs)-5]
+	applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, purgeAt(cut))
+	p, err := s.PurgeProgress(r.ID)
+	if err != nil || p.Done || p.Floor != int64(len(evs)-4) || p.PurgedBelow != 1 {
+		t.Fatalf("after the purge is applied: %+v (%v), want floor %d, nothing removed yet", p, err, len(evs)-4)
+	}
+	last, between := p.PurgedBelow, false
+	for {
+		did, err := s.JanitorStep(5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.PurgeProgress(r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.PurgedBelow < last || p.PurgedBelow > p.Floor {
+			t.Fatalf("progress went from %d to %+v", last, p)
+		}
+		last = p.PurgedBelow
+		between = between || (p.PurgedBelow > 1 && p.PurgedBelow < p.Floor)
+		if !did {
+			if !p.Done || p.PurgedBelow != p.Floor {
+				t.Fatalf("janitor done: %+v, want done at the floor", p)
+			}
+			break
+		}
+	}
+	if !between {
+		t.Fatal("the progress jumped from nothing to the floor: batches of 5 rows never showed it")
+	}
+}

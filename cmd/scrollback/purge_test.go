@@ -98,9 +98,17 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 	}
 	status := "/_synapse/admin/v1/purge_history_status/" + purgeID
 	testenv.WaitFor(t, 20*time.Second, "purge to complete", func() bool {
-		st, body := m.do(t, "GET", status, "tok-admin", "")
+		st, body = m.do(t, "GET", status, "tok-admin", "")
 		return st == 200 && body["status"] == "complete"
 	})
+	// The janitor's progress, an addition to Synapse's reply: once
+	// complete, the rows below the cut-off's depth are all gone.
+	prog, _ := body["progress"].(map[string]any)
+	if prog == nil || prog["floor"] != float64(cut["depth"].(int64)) || prog["purged_below"] != prog["floor"] {
+		t.Errorf("progress of the complete purge: %v, want purged_below = floor = %v", body["progress"], cut["depth"])
+	}
+	st, body = m.do(t, "GET", status, "tok-alice", "")
+	wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
 	st, body = m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/nopenope", "tok-admin", "")
 	wantErr(t, st, body, 404, "M_NOT_FOUND", "purge id 'nopenope' not found")
 
