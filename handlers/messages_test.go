@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -513,4 +514,70 @@ func TestMessages_GapsWhileThePurgeRuns(t *testing.T) {
 	if len(before) != 1 || before[0].(map[string]any)["event_id"] != msgs[8].ID() {
 		t.Errorf("gaps before the janitor: %v, want one at %s as after it", before, msgs[8].ID())
 	}
+}
+
+// TestMessages_TokensFromBeforeAPurge: a pagination token handed out
+// before a purge, pointing into what the purge removes, returns none of
+// the purged events afterwards, in either direction, from the moment the
+// purge is applied and once the janitor has deleted the rows: dir=b from
+// inside the purged range finds nothing, and dir=f from there starts at
+// the cut-off.
+func TestMessages_TokensFromBeforeAPurge(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("oldtokens", "test")
+	evs := r.Setup(alice)
+	var msgs []testenv.Event
+	for i := range 30 {
+		msgs = append(msgs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	f.add(append(evs, msgs...)...)
+	// Tokens deep in the room's history, taken before the purge: one
+	// paging backwards from the newest, one paging forwards from the
+	// oldest.
+	back := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 25})
+	fwd := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "f", "limit": 5})
+	if !back.hasEnd || !fwd.hasEnd {
+		t.Fatalf("pages before the purge end nowhere: %+v %+v", back, fwd)
+	}
+	cut := msgs[20]
+	f.applyCmd(map[string]any{"id": "p", "action": commands.ActionPurgeHistory, "room_id": r.ID,
+		"params": map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"])}})
+	kept := map[string]bool{}
+	for _, ev := range msgs[20:] {
+		kept[ev.ID()] = true
+	}
+	check := func(when string) {
+		t.Helper()
+		older := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 50, "from": back.end})
+		for _, id := range older.ids {
+			if !kept[id] {
+				t.Errorf("%s: dir=b from a token of before the purge returned %s, which it purged", when, id)
+			}
+		}
+		newer := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "f", "limit": 50, "from": fwd.end})
+		var want []string
+		for _, ev := range msgs[20:] {
+			want = append(want, ev.ID())
+		}
+		var got []string
+		for _, id := range newer.ids {
+			if id == cut.ID() || kept[id] {
+				got = append(got, id)
+			} else if slices.ContainsFunc(msgs, func(ev testenv.Event) bool { return ev.ID() == id }) {
+				t.Errorf("%s: dir=f from a token of before the purge returned %s, which it purged", when, id)
+			}
+		}
+		same(t, when+": dir=f from a token of before the purge", got, want)
+	}
+	check("purge applied")
+	for {
+		did, err := f.store.JanitorStep(7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !did {
+			break
+		}
+	}
+	check("rows deleted")
 }
