@@ -230,6 +230,9 @@ func TestApplyBatch_Commands(t *testing.T) {
 		{"shutdown scheduled", "c5", commands.ActionShutdownAndPurgeRoom, map[string]any{"purge": true}, commands.TaskScheduled, ""},
 		{"shutdown bad bool", "c6", commands.ActionShutdownAndPurgeRoom, map[string]any{"purge": "yes"}, commands.TaskFailed, "params.purge must be a boolean"},
 		{"unknown action", "c7", "explode", nil, commands.TaskFailed, `unknown action "explode"`},
+		{"purge history without a token", "c8", commands.ActionPurgeHistory, map[string]any{}, commands.TaskFailed, "purge_history: params.token is required (t<depth>-<stream>)"},
+		{"purge history bad delete_local_events", "c9", commands.ActionPurgeHistory, map[string]any{"token": "t5-10", "delete_local_events": 1}, commands.TaskFailed, "params.delete_local_events must be a boolean"},
+		{"purge room bad force", "c10", commands.ActionPurgeRoom, map[string]any{"force": "yes"}, commands.TaskFailed, "params.force must be a boolean"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
