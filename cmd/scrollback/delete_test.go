@@ -107,6 +107,10 @@ func TestDeleteRoom_V2UnknownRoomBlocks(t *testing.T) {
 	if body["block"] != true || body["user_id"] != "@admin:test" {
 		t.Fatalf("block after deleting an unknown room: %d %v", st, body)
 	}
+	// A deletion's ID is no purge's: Synapse's purge status looks up
+	// purge_history tasks only.
+	st, body = m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/"+id, "tok-admin", "")
+	wantErr(t, st, body, 404, "M_NOT_FOUND", "purge id '"+id+"' not found")
 }
 
 func TestDeleteRoom_V2ShutdownWithNewRoom(t *testing.T) {
