@@ -27,6 +27,34 @@ func TestRetention_ZeroMaxLifetimeFallsBackToDefaultWhenPurging(t *testing.T) {
 	}
 }
 
+// TestRetention_UnusablePolicyFallsBackToDefault: Synapse stores a room's
+// m.room.retention only when at least one key is present and every
+// present key is an integer (SYNAPSE.md 9); otherwise the room has the
+// default policy, and a job purges it with the default lifetime.
+func TestRetention_UnusablePolicyFallsBackToDefault(t *testing.T) {
+	for name, content := range map[string]map[string]any{
+		"notint": {"max_lifetime": "1d"},
+		"empty":  {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m := startMain(t, func(c *Config) {
+				c.Retention.Enabled = true
+				c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+			})
+			policy := testenv.Event{"type": "m.room.retention", "content": content}
+			room, fresh := agedRoom(t, m, time.UnixMilli(1_900_000_000_000), name, []testenv.Event{policy}, false)
+			n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
+			if err != nil || n != 1 {
+				t.Fatalf("RunJob = %d, %v; want the room purged with the default lifetime", n, err)
+			}
+			p, _ := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 100})
+			if got := chunkIDs(p); fmt.Sprint(got) != fmt.Sprint([]string{fresh.ID()}) {
+				t.Fatalf("after retention: %v, want only %s (the default policy's 3 days)", got, fresh.ID())
+			}
+		})
+	}
+}
+
 // TestRetention_NegativeMaxLifetimeClampedToAllowedMin: Synapse raises a
 // room's max_lifetime to allowed_lifetime_min when purging ("then
 // max(allowed_min, ·)", SYNAPSE.md 9), whatever the room asked for; a
