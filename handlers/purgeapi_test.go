@@ -1,0 +1,72 @@
+package handlers_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// TestAdmin_PurgeErrorsOverNATS: the purge API's errors that only a NATS
+// request (or a body the HTTP bridge passes through) can reach, with
+// Synapse's codes and texts (SYNAPSE.md 6.1), and a purge task that is
+// still scheduled reported as active, as Synapse maps every status but
+// complete and failed.
+func TestAdmin_PurgeErrorsOverNATS(t *testing.T) {
+	r := testenv.NewRoom("purgeapi", "test")
+	rejected := r.Msg("@alice:test", "rejected")
+	rejected["rejected"] = true
+	cut := r.Msg("@alice:test", "one")
+	a, _ := rejectingAdmin(t, func() string { return "purge1" }, append(r.Setup("@alice:test"), rejected, cut, r.Msg("@alice:test", "two"))...)
+	ctx := context.Background()
+	purge := func(req map[string]any) error {
+		_, err := a.PurgeHistory(ctx, subjects.APIRoom(r.ID, "purge_history"), mustEncode(t, req))
+		return err
+	}
+	status := func(data []byte) error {
+		_, err := a.PurgeStatus(ctx, subjects.API("purge_status"), data)
+		return err
+	}
+	notMap, err := bus.Encode([]any{"purge1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name       string
+		err        error
+		status     int
+		code, text string
+	}{
+		{"event_id not a string", purge(map[string]any{"event_id": 5}), 400, commands.CodeBadJSON, "event_id must be a string"},
+		{"purge_up_to_ts not an int", purge(map[string]any{"purge_up_to_ts": "yesterday"}), 400, commands.CodeBadJSON, "purge_up_to_ts must be an int"},
+		{"no cut-off", purge(map[string]any{"delete_local_events": true}), 400, commands.CodeBadJSON, "must specify purge_up_to_event_id or purge_up_to_ts"},
+		{"a rejected event as the cut-off", purge(map[string]any{"event_id": rejected.ID()}), 404, commands.CodeNotFound, "Could not find event " + rejected.ID()},
+		{"status without purge_id", status(mustEncode(t, map[string]any{})), 400, commands.CodeMissingParam, "Missing params: ['purge_id']"},
+		{"status of a payload that is not a map", status(notMap), 400, commands.CodeBadJSON, "Request must be a MessagePack map"},
+	} {
+		var e *commands.Error
+		if !errors.As(tt.err, &e) || e.Status != tt.status || e.Code != tt.code || !strings.HasPrefix(e.Message, tt.text) {
+			t.Errorf("%s: %v, want %d %s %q", tt.name, tt.err, tt.status, tt.code, tt.text)
+		}
+	}
+
+	// No task runner runs here: the purge's task stays scheduled.
+	if err := purge(map[string]any{"event_id": cut.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	data, err := a.PurgeStatus(ctx, subjects.API("purge_status"), mustEncode(t, map[string]any{"purge_id": "purge1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task, _ := a.Store.Task("purge1"); task == nil || task.Status != commands.TaskScheduled || m["status"] != commands.TaskActive {
+		t.Fatalf("status of a scheduled purge: %v (task %+v), want active", m, task)
+	}
+}
