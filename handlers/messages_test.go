@@ -581,3 +581,24 @@ func TestMessages_TokensFromBeforeAPurge(t *testing.T) {
 	}
 	check("rows deleted")
 }
+
+// TestMessages_WaitForTimeout: a read whose wait_for the projection does
+// not reach in time is a 504 that names the sequence (CONTRACT.md
+// section 4). The wait ends at WaitForTimeout (10 s) or at the caller's
+// deadline, whichever comes first: here the caller's, 50 ms.
+func TestMessages_WaitForTimeout(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("waitfor", "test")
+	f.add(r.Setup(alice)...)
+	data, err := bus.Encode(map[string]any{"admin": true, "wait_for": int64(1 << 40)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = f.h.Handle(ctx, subjects.APIRoom(r.ID, "messages"), data)
+	var e *commands.Error
+	if !errors.As(err, &e) || e.Status != 504 || e.Code != commands.CodeUnknown || e.Message != fmt.Sprintf("Timed out waiting for the room log to reach sequence %d", int64(1<<40)) {
+		t.Fatalf("wait_for past the log: %v, want 504 naming the sequence", err)
+	}
+}
