@@ -55,6 +55,38 @@ func TestRetention_UnusablePolicyFallsBackToDefault(t *testing.T) {
 	}
 }
 
+// TestRetention_JobsRunOnTheirInterval: the service runs each purge job
+// on its own interval, by itself (Synapse's looping_call; the other tests
+// call RunJob). handlers.TestRetentionRunner_DisabledRunsNothing covers
+// retention disabled.
+func TestRetention_JobsRunOnTheirInterval(t *testing.T) {
+	now := time.UnixMilli(1_900_000_000_000)
+	m := startMainAt(t, testenv.NewClock(now).Now, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+		c.Retention.PurgeJobs = []PurgeJobConfig{{Interval: commands.DurationOf(100 * time.Millisecond)}}
+	})
+	day := int64(24 * time.Hour / time.Millisecond)
+	room := testenv.NewRoom("scheduled", "test")
+	evs := room.Setup(alice)
+	for _, e := range evs {
+		e["received_ts"] = now.UnixMilli() - 10*day
+	}
+	old, fresh := room.Msg(alice, "old"), room.Msg(alice, "fresh")
+	old["received_ts"], fresh["received_ts"] = now.UnixMilli()-5*day, now.UnixMilli()-day
+	seqs := m.publisher().Publish(t, append(evs, old, fresh)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the job to purge the room by itself", func() bool {
+		p, err := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(chunkIDs(p)) == fmt.Sprint([]string{fresh.ID()})
+	})
+}
+
 // TestRetention_NegativeMaxLifetimeClampedToAllowedMin: Synapse raises a
 // room's max_lifetime to allowed_lifetime_min when purging ("then
 // max(allowed_min, ·)", SYNAPSE.md 9), whatever the room asked for; a
