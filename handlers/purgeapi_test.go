@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -68,5 +69,28 @@ func TestAdmin_PurgeErrorsOverNATS(t *testing.T) {
 	}
 	if task, _ := a.Store.Task("purge1"); task == nil || task.Status != commands.TaskScheduled || m["status"] != commands.TaskActive {
 		t.Fatalf("status of a scheduled purge: %v (task %+v), want active", m, task)
+	}
+}
+
+// TestAdmin_PurgeDeleteLocalEventsIsTruthy: Synapse reads
+// delete_local_events by truth (any true value, such as 1 or "yes"), and
+// the command carries a boolean.
+func TestAdmin_PurgeDeleteLocalEventsIsTruthy(t *testing.T) {
+	for i, v := range []any{1, "yes", true, 0, "", false} {
+		r := testenv.NewRoom(fmt.Sprint("truthy", i), "test")
+		cut := r.Msg("@alice:test", "one")
+		a, store := rejectingAdmin(t, func() string { return "purge1" }, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
+		req := mustEncode(t, map[string]any{"event_id": cut.ID(), "delete_local_events": v})
+		if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(r.ID, "purge_history"), req); err != nil {
+			t.Fatal(err)
+		}
+		task, err := store.Task("purge1")
+		if err != nil || task == nil {
+			t.Fatalf("task: %+v (%v)", task, err)
+		}
+		want := i < 3
+		if got := task.Params["delete_local_events"]; got != want {
+			t.Errorf("delete_local_events %#v: the command carries %#v, want %v", v, got, want)
+		}
 	}
 }
