@@ -1718,3 +1718,24 @@ func TestPurgeProgress(t *testing.T) {
 		t.Fatal("the progress jumped from nothing to the floor: batches of 5 rows never showed it")
 	}
 }
+
+// TestCutoffByTS_SkipsRejectedEvents: purge_up_to_ts cuts at the room's
+// latest event at the time that is neither an outlier nor rejected
+// (SYNAPSE.md 9, "latest room event (non-outlier, non-rejected)"): a
+// rejected newest event is passed over for the one before it.
+func TestCutoffByTS_SkipsRejectedEvents(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("cutrejected", "test")
+	evs := r.Setup("@alice:test", "@remote:other.org")
+	evs = append(evs, remoteMsgs(r, 5)...)
+	const base = int64(1_800_000_000_000)
+	for i, ev := range evs {
+		ev["received_ts"] = base + 10*int64(i+1)
+	}
+	evs[len(evs)-1]["rejected"] = true
+	apply(t, s, 1, evs...)
+	depth, _, ok, err := s.CutoffByTS(r.ID, base+10*int64(len(evs)+1))
+	if want := evs[len(evs)-2]["depth"].(int64); err != nil || !ok || depth != want {
+		t.Fatalf("CutoffByTS after every event = depth %d, %v, %v; want %d, the newest event that is not rejected", depth, ok, err, want)
+	}
+}
