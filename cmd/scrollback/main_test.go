@@ -45,6 +45,13 @@ func openAgain(tb testing.TB, cfg Config) *Main {
 // startMainAt is startMain with the service's clock (nil: time.Now).
 func startMainAt(tb testing.TB, now func() time.Time, edit ...func(*Config)) *Main {
 	tb.Helper()
+	return startMainWith(tb, &Main{Now: now}, edit...)
+}
+
+// startMainWith is startMain for a Main whose clock and test hooks the
+// test has set.
+func startMainWith(tb testing.TB, m *Main, edit ...func(*Config)) *Main {
+	tb.Helper()
 	cfg := DefaultConfig()
 	cfg.ServerName = "test"
 	cfg.DataDir = filepath.Join(tb.TempDir(), "data")
@@ -58,7 +65,7 @@ func startMainAt(tb testing.TB, now func() time.Time, edit ...func(*Config)) *Ma
 	for _, e := range edit {
 		e(&cfg)
 	}
-	m := &Main{Config: cfg, Now: now, Logger: slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	m.Config, m.Logger = cfg, slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if err := m.Open(context.Background()); err != nil {
 		m.Close()
 		tb.Fatalf("open: %v", err)

@@ -222,9 +222,11 @@ func TestPurge_RacesNewEvents(t *testing.T) {
 }
 
 // TestPurge_TaskResumesAfterRestart: a purge whose task has not finished
-// when the service stops is finished after the restart, once.
+// when the service stops is finished after the restart, once. The janitor
+// is held before its first step, so that the service stops with the
+// purge's rows still there.
 func TestPurge_TaskResumesAfterRestart(t *testing.T) {
-	m := startMain(t)
+	m := startMainWith(t, &Main{holdJanitor: func(ctx context.Context) { <-ctx.Done() }})
 	room := testenv.NewRoom("resume", "test")
 	evs := room.Setup(alice)
 	for i := range 30 {
@@ -238,6 +240,12 @@ func TestPurge_TaskResumesAfterRestart(t *testing.T) {
 		"params": map[string]any{"token": fmt.Sprintf("t%d-0", evs[20]["depth"])}})
 	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": cmdSeq}); err != nil {
 		t.Fatal(err)
+	}
+	if done, err := m.Store.PurgeDone(room.ID); err != nil || done {
+		t.Fatalf("the purge's rows before the stop: done=%v (%v), want them still there", done, err)
+	}
+	if task, _ := m.Store.Task("resumeme"); task == nil || task.Finished() {
+		t.Fatalf("the task before the stop: %+v, want it unfinished", task)
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

@@ -82,6 +82,11 @@ type Main struct {
 	bg       sync.WaitGroup
 	httpDone chan error
 	stopping chan struct{} // closed when Close starts
+
+	// holdJanitor, if set before Open, runs before each of the janitor's
+	// steps (after its own waits): the tests hold a purge's rows there to
+	// stop the service in the middle of it.
+	holdJanitor func(context.Context)
 }
 
 // Open starts the service: NATS (embedded or external), the stream, the
@@ -148,6 +153,9 @@ func (m *Main) Open(ctx context.Context) error {
 	m.background(runCtx, "cpu-watch", apiLoad.WatchCPU)
 	m.Store.ObserveJanitor = m.Metrics.ObserveJanitor
 	m.Store.BeforeJanitor = handlers.BackoffForReads(apiLoad)
+	if hold, before := m.holdJanitor, m.Store.BeforeJanitor; hold != nil {
+		m.Store.BeforeJanitor = func(ctx context.Context) { before(ctx); hold(ctx) }
+	}
 	m.background(runCtx, "janitor", func(ctx context.Context) {
 		m.Store.RunJanitor(ctx, 10*time.Second, m.Logger.With("component", "janitor"))
 	})
