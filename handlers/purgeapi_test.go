@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/handlers"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -92,5 +94,43 @@ func TestAdmin_PurgeDeleteLocalEventsIsTruthy(t *testing.T) {
 		if got := task.Params["delete_local_events"]; got != want {
 			t.Errorf("delete_local_events %#v: the command carries %#v, want %v", v, got, want)
 		}
+	}
+}
+
+// TestAdmin_ExpiredPurgeIsNotFound: a finished purge's status is 404 from
+// 7 days after its last update, as Synapse's scheduler forgets it, even
+// before the sweep deletes its record.
+func TestAdmin_ExpiredPurgeIsNotFound(t *testing.T) {
+	r := testenv.NewRoom("expired", "test")
+	cut := r.Msg("@alice:test", "one")
+	a, store := rejectingAdmin(t, func() string { return "purge1" }, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
+	ctx := context.Background()
+	if _, err := a.PurgeHistory(ctx, subjects.APIRoom(r.ID, "purge_history"), mustEncode(t, map[string]any{"event_id": cut.ID()})); err != nil {
+		t.Fatal(err)
+	}
+	task, err := store.Task("purge1")
+	if err != nil || task == nil {
+		t.Fatalf("task: %+v (%v)", task, err)
+	}
+	clock := testenv.NewClock(time.Now())
+	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now}
+	n := task.Updates
+	if err := runner.Update(ctx, task, &n, commands.TaskComplete); err != nil {
+		t.Fatal(err)
+	}
+	a.Now = clock.Now
+	req := mustEncode(t, map[string]any{"purge_id": "purge1"})
+	clock.Advance(7*24*time.Hour - time.Second)
+	if _, err := a.PurgeStatus(ctx, subjects.API("purge_status"), req); err != nil {
+		t.Fatalf("status a second before expiry: %v", err)
+	}
+	clock.Advance(2 * time.Second)
+	_, err = a.PurgeStatus(ctx, subjects.API("purge_status"), req)
+	var e *commands.Error
+	if !errors.As(err, &e) || e.Status != 404 || e.Message != "purge id 'purge1' not found" {
+		t.Fatalf("status a second after expiry: %v, want 404", err)
+	}
+	if task, _ := store.Task("purge1"); task == nil {
+		t.Fatal("the record is gone already: the test no longer covers the expiry before the sweep")
 	}
 }
