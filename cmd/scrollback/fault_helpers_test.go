@@ -97,13 +97,31 @@ func buildBinary(t testing.TB) string {
 // next could lose it to another one, which then fails loudly.
 func freePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		// The port is free until someone binds it: the service does a
+		// moment later, and meanwhile the kernel may hand it out again,
+		// to another of this package's parallel tests (CI saw a
+		// service's HTTP port taken by another service's NATS). So a
+		// port goes to one caller per test process.
+		if !portsGiven[addr] {
+			portsGiven[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[string]bool{}
+)
 
 // soakBudget is SCROLLBACK_SOAK as a duration, 0 when unset (one short
 // pass).
