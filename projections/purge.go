@@ -204,20 +204,8 @@ func (v *RoomView) CurrentMembers(fn func(user, membership string) bool) {
 
 // PurgeDone reports whether a room's purged rows are physically gone.
 func (s *Store) PurgeDone(roomID string) (bool, error) {
-	done := true
-	err := s.db.View(func(tx *bolt.Tx) error {
-		n := roomNum(tx, roomID)
-		if n == 0 {
-			return nil
-		}
-		meta, err := getRoomMeta(tx, n)
-		if err != nil {
-			return err
-		}
-		done = !meta.needsJanitor()
-		return nil
-	})
-	return done, err
+	p, err := s.PurgeProgress(roomID)
+	return p.Done, err
 }
 
 // PurgeProgress is how far the janitor has come with a room's purges.
