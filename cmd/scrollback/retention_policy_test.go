@@ -66,18 +66,7 @@ func TestRetention_JobsRunOnTheirInterval(t *testing.T) {
 		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
 		c.Retention.PurgeJobs = []PurgeJobConfig{{Interval: commands.DurationOf(100 * time.Millisecond)}}
 	})
-	day := int64(24 * time.Hour / time.Millisecond)
-	room := testenv.NewRoom("scheduled", "test")
-	evs := room.Setup(alice)
-	for _, e := range evs {
-		e["received_ts"] = now.UnixMilli() - 10*day
-	}
-	old, fresh := room.Msg(alice, "old"), room.Msg(alice, "fresh")
-	old["received_ts"], fresh["received_ts"] = now.UnixMilli()-5*day, now.UnixMilli()-day
-	seqs := m.publisher().Publish(t, append(evs, old, fresh)...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	room, fresh := publishAgedRoom(t, m, now, "scheduled", nil, false)
 	testenv.WaitFor(t, 10*time.Second, "the job to purge the room by itself", func() bool {
 		p, err := m.messages(t, room.ID, map[string]any{"admin": true, "limit": 100})
 		if err != nil {
@@ -178,6 +167,13 @@ func TestRetention_SkipsRoomWithActiveDeletion(t *testing.T) {
 func agedRoom(t *testing.T, m *Main, now time.Time, name string, state []testenv.Event, noOld bool) (room *testenv.Room, fresh testenv.Event) {
 	t.Helper()
 	m.Retention.Now = testenv.NewClock(now).Now
+	return publishAgedRoom(t, m, now, name, state, noOld)
+}
+
+// publishAgedRoom is agedRoom for a service whose retention clock is
+// already at now (its jobs may be running).
+func publishAgedRoom(t *testing.T, m *Main, now time.Time, name string, state []testenv.Event, noOld bool) (room *testenv.Room, fresh testenv.Event) {
+	t.Helper()
 	day := int64(24 * time.Hour / time.Millisecond)
 	room = testenv.NewRoom(name, "test")
 	evs := room.Setup(alice)
