@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -563,6 +564,16 @@ func (m *Main) Close() error {
 	if m.Store != nil {
 		errs = append(errs, m.Store.Close())
 		m.Store = nil
+	}
+	// Replies sent during the stop (a waiting v1 deletion's 503) reach
+	// the server before the connections close, and an in-process
+	// requester's before its own does: a flush of the API's connections,
+	// then of the service's, orders them (each PONG comes after what the
+	// server had queued for that connection). CI once saw the 503 lost.
+	for _, nc := range append(slices.Clone(m.extraNC), m.NC) {
+		if nc != nil && !nc.IsClosed() {
+			_ = nc.FlushTimeout(time.Second)
+		}
 	}
 	for _, nc := range m.extraNC {
 		nc.Close()
