@@ -66,6 +66,7 @@ type TaskRunner struct {
 	mu         sync.Mutex
 	running    map[string]context.CancelFunc
 	nextExpire time.Time // when expire deletes again; Run's goroutine only
+	nextStale  time.Time // when warnStale looks again; Run's goroutine only
 }
 
 func (r *TaskRunner) owns(roomID string) bool { return r.Owns == nil || r.Owns(roomID) }
@@ -159,6 +160,7 @@ func (r *TaskRunner) Run(ctx context.Context) {
 			}()
 		}
 		r.expire()
+		r.warnStale(tasks)
 		select {
 		case <-ctx.Done():
 			return
@@ -188,6 +190,28 @@ func (r *TaskRunner) expire() {
 		// After an error (a full disk) too: the next try waits for the
 		// interval rather than failing, and logging, on every pass.
 		r.nextExpire = now.Add(r.ExpireInterval)
+	}
+}
+
+// StaleTaskAge is how long an open task may go without an update before
+// the runner warns about it, as Synapse's scheduler does (SYNAPSE.md 10):
+// a task stuck on a homeserver that never answers, a purge whose janitor
+// makes no progress.
+const StaleTaskAge = 24 * time.Hour
+
+// warnStale logs a warning for each open task of this instance's rooms
+// not updated for StaleTaskAge, once an ExpireInterval (as Synapse, once
+// a minute).
+func (r *TaskRunner) warnStale(tasks []*commands.Task) {
+	now := r.Now()
+	if now.Before(r.nextStale) {
+		return
+	}
+	r.nextStale = now.Add(r.ExpireInterval)
+	for _, t := range tasks {
+		if age := now.Sub(time.UnixMilli(t.UpdatedTS)); r.handles(t.Action) && r.owns(t.RoomID) && age >= StaleTaskAge {
+			r.Logger.Warn("task not updated for 24 hours", "task", t.ID, "action", t.Action, "room_id", t.RoomID, "status", t.Status, "updated", time.UnixMilli(t.UpdatedTS).UTC(), "age", age.Round(time.Minute))
+		}
 	}
 }
 

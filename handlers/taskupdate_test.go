@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,9 +129,9 @@ func TestTaskRunner_PurgeProgressInTheTaskRecord(t *testing.T) {
 			break
 		}
 	}
-	clock.Advance(handlers.PurgeProgressEvery)
 	floor := cut["depth"].(int64)
 	testenv.WaitFor(t, 10*time.Second, "the janitor's progress in the task record", func() bool {
+		clock.Advance(handlers.PurgeProgressEvery) // whenever the runner began to wait
 		below := toInt(task().Result["purged_below"])
 		return below > 1 && below < floor
 	})
@@ -179,4 +180,40 @@ func toInt(v any) int64 {
 		return int64(n)
 	}
 	return -1
+}
+
+// TestTaskRunner_WarnsAboutStaleTasks: an open task not updated for 24
+// hours is logged as a warning, as Synapse's scheduler logs it: here a
+// purge whose janitor never runs.
+func TestTaskRunner_WarnsAboutStaleTasks(t *testing.T) {
+	r := testenv.NewRoom("stale", "test")
+	cut := r.Msg("@alice:test", "one")
+	a, store := rejectingAdmin(t, func() string { return "purge1" }, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
+	if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(r.ID, "purge_history"), mustEncode(t, map[string]any{"event_id": cut.ID()})); err != nil {
+		t.Fatal(err)
+	}
+	clock := testenv.NewClock(time.Now())
+	var logs testenv.Buffer
+	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), PollInterval: 10 * time.Millisecond, ExpireInterval: 10 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); runner.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.WaitFor(t, 10*time.Second, "the purge task to go active", func() bool {
+		task, _ := store.Task("purge1")
+		return task != nil && task.Status == commands.TaskActive
+	})
+	// Its first progress update (nothing purged yet) comes once the
+	// clock has moved a second past the runner's start of the wait;
+	// after it the task is not updated again.
+	testenv.WaitFor(t, 10*time.Second, "the purge's first progress update", func() bool {
+		clock.Advance(handlers.PurgeProgressEvery)
+		task, _ := store.Task("purge1")
+		return task != nil && task.Result["purged_below"] != nil
+	})
+	clock.Advance(handlers.StaleTaskAge)
+	testenv.WaitFor(t, 10*time.Second, "the warning about the stale task", func() bool {
+		return strings.Contains(logs.String(), "task not updated for 24 hours") && strings.Contains(logs.String(), "task=purge1")
+	})
 }
