@@ -132,10 +132,10 @@ func TestTaskRunner_PurgeProgressInTheTaskRecord(t *testing.T) {
 	floor := cut["depth"].(int64)
 	testenv.WaitFor(t, 10*time.Second, "the janitor's progress in the task record", func() bool {
 		clock.Advance(handlers.PurgeProgressEvery) // whenever the runner began to wait
-		below := toInt(task().Result["purged_below"])
+		below := intOf(task().Result["purged_below"])
 		return below > 1 && below < floor
 	})
-	below := toInt(task().Result["purged_below"])
+	below := intOf(task().Result["purged_below"])
 	data, err := a.PurgeStatus(context.Background(), subjects.API("purge_status"), mustEncode(t, map[string]any{"purge_id": "purge1"}))
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func TestTaskRunner_PurgeProgressInTheTaskRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	prog, _ := status["progress"].(map[string]any)
-	if status["status"] != "active" || prog == nil || toInt(prog["purged_below"]) != below || toInt(prog["floor"]) != floor {
+	if status["status"] != "active" || prog == nil || intOf(prog["purged_below"]) != below || intOf(prog["floor"]) != floor {
 		t.Fatalf("purge status: %v, want active with purged_below %d and floor %d", status, below, floor)
 	}
 }
@@ -157,29 +157,6 @@ func mustEncode(t *testing.T, v map[string]any) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// toInt is a MessagePack-decoded integer as an int64.
-func toInt(v any) int64 {
-	switch n := v.(type) {
-	case int64:
-		return n
-	case int8:
-		return int64(n)
-	case int16:
-		return int64(n)
-	case int32:
-		return int64(n)
-	case uint8:
-		return int64(n)
-	case uint16:
-		return int64(n)
-	case uint32:
-		return int64(n)
-	case uint64:
-		return int64(n)
-	}
-	return -1
 }
 
 // TestTaskRunner_WarnsAboutStaleTasks: an open task not updated for 24
@@ -216,4 +193,13 @@ func TestTaskRunner_WarnsAboutStaleTasks(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, "the warning about the stale task", func() bool {
 		return strings.Contains(logs.String(), "task not updated for 24 hours") && strings.Contains(logs.String(), "task=purge1")
 	})
+}
+
+// intOf is a MessagePack-decoded integer (commands.AsInt), -1 if it is
+// none.
+func intOf(v any) int64 {
+	if n, ok := commands.AsInt(v); ok {
+		return n
+	}
+	return -1
 }
