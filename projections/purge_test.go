@@ -1739,3 +1739,36 @@ func TestCutoffByTS_SkipsRejectedEvents(t *testing.T) {
 		t.Fatalf("CutoffByTS after every event = depth %d, %v, %v; want %d, the newest event that is not rejected", depth, ok, err, want)
 	}
 }
+
+// TestCutoffByTS_BackfilledEventsDoNotCount: purge_up_to_ts's X is the
+// first live sequence received at or after ts; backfilled events do not
+// count (CONTRACT.md 3; Synapse's binary search starts at stream ordering
+// 0, and backfilled events have negative ones). A backfilled event
+// received after ts and logged before the first live event after it
+// leaves X at that live event, which is then the cut-off (r is the
+// latest event with a stream ordering at most X). Were the backfilled
+// event counted, X would be its sequence and the cut-off the live event
+// before it.
+func TestCutoffByTS_BackfilledEventsDoNotCount(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("cutbackfill", "test")
+	evs := append(r.Setup("@alice:test", "@remote:other.org"), remoteMsgs(r, 3)...)
+	const base = int64(1_800_000_000_000)
+	for i, ev := range evs {
+		ev["received_ts"] = base + int64(i)
+	}
+	old := testenv.NewRoom("cutbackfill", "test")
+	old.StartAt(1)
+	bf := old.Msg("@remote:other.org", "old history, fetched late")
+	bf["event_id"] = "$old.backfilled"
+	bf["backfilled"] = true
+	bf["received_ts"] = base + 200
+	after := r.Msg("@alice:test", "after")
+	after["received_ts"] = base + 300
+	apply(t, s, 1, append(evs, bf, after)...)
+	afterSeq := int64(len(evs) + 2)
+	depth, stream, ok, err := s.CutoffByTS(r.ID, base+100)
+	if want := after["depth"].(int64); err != nil || !ok || stream != afterSeq || depth != want {
+		t.Fatalf("CutoffByTS before the backfill = depth %d stream %d, %v, %v; want the first live event after the time (depth %d, stream %d)", depth, stream, ok, err, want, afterSeq)
+	}
+}
