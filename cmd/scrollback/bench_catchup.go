@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -55,7 +56,11 @@ type catchupResults struct {
 	readsN, readsE int // reads during the catch-up: done, failed
 	readsRefused   int // refused: the reader's join not yet applied
 	cost           applyCost
-	floorWritten   int64
+	// CPU is the process's CPU time from Open to all applied (the
+	// embedded NATS server's and the catch-up's reads' included); -1:
+	// not known.
+	CPU          time.Duration
+	floorWritten int64
 }
 
 func (b *bench) catchupScenario(ctx context.Context) error {
@@ -79,6 +84,7 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 
 	b.mark("open")
 	wOpen := b.written()
+	cpu0, cpuErr := loadgen.ReadCPU(0)
 	start := time.Now()
 	m, err := b.openBenchService(ctx, dataDir)
 	if err != nil {
@@ -94,6 +100,10 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	}()
 	err = b.waitAllApplied(ctx, m, last)
 	res.Caught = time.Since(start)
+	res.CPU = -1
+	if cpu1, err := loadgen.ReadCPU(0); cpuErr == nil && err == nil {
+		res.CPU = cpu1 - cpu0
+	}
 	stopReads()
 	<-readsDone
 	if err != nil {
@@ -114,6 +124,11 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	}
 
 	b.printf("projector: %s\n", res.cost.per(c.Backlog))
+	if res.CPU >= 0 {
+		b.printf("process CPU from Open to all applied: %v = %.1f µs per event, %.2f cores (%.1f µs per event at most for %s events/s on %d cores)\n",
+			round(res.CPU), cpuPerEvent(res.CPU, c.Backlog), res.CPU.Seconds()/res.Caught.Seconds(),
+			cpuBudget(runtime.NumCPU()), fmtRate(goalApplyPerSec), runtime.NumCPU())
+	}
 	b.mark("floor")
 	w0 := b.written()
 	if res.Floor, err = b.catchupFloor(ctx, m, last); err != nil {
@@ -324,6 +339,19 @@ func fileSize(path string) (int64, error) {
 	return fi.Size(), nil
 }
 
+// cpuPerEvent is d spread over n events, in microseconds.
+func cpuPerEvent(d time.Duration, n int) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / float64(n)
+}
+
+// cpuBudget is the most CPU an event may cost, in microseconds, for the
+// catch-up goal (goalApplyPerSec) on cores fully used: with less, the
+// goal cannot be met however well the work is spread over them.
+func cpuBudget(cores int) float64 { return float64(cores) * 1e6 / goalApplyPerSec }
+
 func dirSize(path string) (int64, error) { return loadgen.DirSize(path) }
 
 func (b *bench) catchupSummary(t summaryTable) {
@@ -337,6 +365,10 @@ func (b *bench) catchupSummary(t summaryTable) {
 	costRows(t, r.cost, r.Events)
 	if r.floorWritten > 0 {
 		t.row("floor: written to storage per event (bytes)", fmt.Sprintf("%.0f", float64(r.floorWritten)/float64(r.Events)), "-", "-", "report", "-")
+	}
+	if r.CPU >= 0 {
+		t.row("process CPU per event, Open to all applied (µs)", fmt.Sprintf("%.1f", cpuPerEvent(r.CPU, r.Events)), "-", "-",
+			fmt.Sprintf("<= %.1f", cpuBudget(runtime.NumCPU())), verdict(cpuPerEvent(r.CPU, r.Events) <= cpuBudget(runtime.NumCPU())))
 	}
 	t.row("Open of the service (ms)", fmt.Sprintf("%.1f", float64(r.Open)/float64(time.Millisecond)), "-", "-", "report", "-")
 	t.row("backlog published, atomic batches, service stopped (events/s)", fmtRate(perSec(r.Events, r.Load)), "-", "-", "report", "-")

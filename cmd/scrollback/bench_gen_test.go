@@ -226,3 +226,20 @@ func TestBenchEventID_ShapedLikeMatrix(t *testing.T) {
 		}
 	}
 }
+
+// TestCPUBudget: the catch-up goal of 50k events/s leaves each event 40
+// µs of CPU on 2 cores, 20 µs on one; the measured cost is spread over
+// the events.
+func TestCPUBudget(t *testing.T) {
+	for cores, want := range map[int]float64{1: 20, 2: 40, 4: 80} {
+		if got := cpuBudget(cores); got != want {
+			t.Errorf("cpuBudget(%d) = %v µs, want %v", cores, got, want)
+		}
+	}
+	if got := cpuPerEvent(30*time.Second, 1_000_000); got != 30 {
+		t.Errorf("30 s over 1M events = %v µs, want 30", got)
+	}
+	if got := cpuPerEvent(time.Second, 0); got != 0 {
+		t.Errorf("over no events = %v, want 0", got)
+	}
+}

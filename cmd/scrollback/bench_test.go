@@ -80,6 +80,7 @@ func TestRunBench_Quick(t *testing.T) {
 		"== catchup: a projection starting 5000 events behind the log",
 		"backlog: 5000 events published",
 		"catch-up: 5000 events applied",
+		"process CPU from Open to all applied: ",
 		"floor: an ordered consumer copying",
 		// mixed
 		"== mixed: reads of a 10000-event room",
