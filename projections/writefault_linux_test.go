@@ -1,14 +1,22 @@
 package projections_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/projections"
@@ -229,5 +237,100 @@ func TestStore_FailedFlushEndsNoBuild(t *testing.T) {
 	defer s.Close()
 	if !s.Restarted() {
 		t.Fatal("reopened: the distrusted file was kept")
+	}
+}
+
+// onLog is a slog handler that calls on with each record's message, in
+// the logging goroutine, before the record is written: a test acts at a
+// precise point of the code that logs.
+type onLog struct {
+	slog.Handler
+	on func(msg string)
+}
+
+func (h onLog) Handle(ctx context.Context, r slog.Record) error {
+	h.on(r.Message)
+	return h.Handler.Handle(ctx, r)
+}
+
+// TestProjector_FileFaultsDoNotMakeADeadLetter: when a batch fails for a
+// message of its own (a poison command: a room ID too long for a key),
+// the projector applies its messages one by one. A sound message among
+// them that then meets faults of the file (a failing disk) is retried
+// until the file takes it; the faults do not count toward the three
+// failures that make a message a dead letter. The file here fails three
+// writes in a row, and takes writes again right after the third: a
+// count shared by both kinds of failure would write the sound message's
+// dead letter then, and leave it out of the projection for good.
+func TestProjector_FileFaultsDoNotMakeADeadLetter(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, subjects, "SCROLLBACK")
+	pub := &testenv.Publisher{JS: n.JS, Subjects: subjects}
+	s := testenv.OpenStore(t, filepath.Join(t.TempDir(), "p.db"))
+	r := testenv.NewRoom("faults", "test")
+	setup := r.Setup("@a:test")
+	seqs := pub.Publish(t, setup...)
+
+	var logs testenv.Buffer
+	var mu sync.Mutex
+	var restore func()
+	faults := 0
+	hook := func(msg string) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case msg == "batch failed; applying one by one" && restore == nil && faults == 0:
+			restore = failWrites(t, s) // the sound message's applies fail from now on
+		case strings.HasPrefix(msg, "cannot apply a message: the file cannot take it") && restore != nil:
+			if faults++; faults == 3 {
+				restore()
+				restore = nil
+			}
+		}
+	}
+	decode := func(seq uint64, subject string, data []byte, ts int64) commands.LogEntry {
+		e := subjects.Decode(seq, subject, data, ts)
+		if e.Command != nil && e.Command.ID == "poison" {
+			e.RoomID = "!" + strings.Repeat("p", bolt.MaxKeySize) + ":test"
+			e.Command.RoomID = e.RoomID
+		}
+		return e
+	}
+	newProjector := func() *projections.Projector {
+		return &projections.Projector{
+			Store: s, Source: log, Decode: decode, RoomKeyOf: roomKeyOfSubject, MaxBatch: 64,
+			Logger: slog.New(onLog{slog.NewTextHandler(&logs, nil), hook}),
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	rp := runProjector(t, newProjector())
+	testenv.WaitApplied(t, rp, seqs[len(seqs)-1])
+	testenv.WaitFor(t, 10*time.Second, "the build without fsync to end", func() bool { return !s.Building() })
+
+	// Stop the projector, so that the sound message and the poison
+	// command arrive in one batch when it starts again.
+	rp.stop()
+	sound := r.Msg("@a:test", "sound")
+	pub.Publish(t, sound)
+	last := pub.Command(t, map[string]any{"id": "poison", "action": commands.ActionBlockRoom, "room_id": r.ID, "params": map[string]any{"block": true}})
+	rp = runProjector(t, newProjector())
+	testenv.WaitApplied(t, rp, last)
+
+	mu.Lock()
+	got := faults
+	mu.Unlock()
+	if got < 3 {
+		t.Fatalf("%d faults of the file met, want 3: the test did not fail the sound message's applies", got)
+	}
+	if !slices.Contains(timelineIDs(t, s, r.ID), sound.ID()) {
+		t.Fatalf("the sound message is not in the timeline")
+	}
+	dead, err := s.DeadLetters(10)
+	if err != nil || len(dead) != 1 || !strings.Contains(dead[0].Reason, berrors.ErrKeyTooLarge.Error()) {
+		t.Fatalf("dead letters: %+v (err %v), want the poison command's alone", dead, err)
 	}
 }
