@@ -18,8 +18,11 @@
 //     stops them in reverse, so that nothing still running loses what it
 //     depends on; the projector commits what it was given before the
 //     file closes.
-//   - rebuild.go: the offline commands; they give up when the service
-//     holds the projection file (bbolt's file lock, after a few seconds).
+//   - rebuild.go: the offline commands. Like serve, they hold the data
+//     dir's lock (datadir.go: flock of scrollback.lock) while they run,
+//     and refuse to start while another process holds it, so that a
+//     rebuild never starts a second embedded NATS server on the store of
+//     a running service, nor swaps the projection file under it.
 //   - bench*.go: the load generator (docs/BENCHMARKS.md). It speaks only
 //     the contract to the service, in process or (--target) external,
 //     and measures the floor in the same run. bench_trace.go is

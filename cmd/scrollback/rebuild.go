@@ -33,6 +33,11 @@ func runRebuild(ctx context.Context, args []string, out io.Writer) error {
 // janitor to the end (so purged rows are gone as they are in the live
 // file) and the task sweep, and swaps the files.
 func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	defer unlock()
 	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
 	tmp := dbPath + ".rebuild"
 	start := time.Now()
@@ -77,6 +82,11 @@ func runVerify(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, error) {
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return 0, fmt.Errorf("verify: %w", err)
+	}
+	defer unlock()
 	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
 	tmp := dbPath + ".verify"
 	defer os.Remove(tmp)
@@ -209,6 +219,11 @@ func runCompact(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
+	defer unlock()
 	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
 	before, err := os.Stat(dbPath)
 	if err != nil {

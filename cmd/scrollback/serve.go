@@ -75,6 +75,7 @@ type Main struct {
 	AdminToken string                   // the generated admin token, if any
 
 	svc      *bus.Service
+	unlock   func()       // releases the data dir's lock (lockDataDir)
 	extraNC  []*nats.Conn // the API's and the in-process bridge's connections
 	natsPass string       // the service user's password on an embedded server with users
 	httpSrv  *http.Server
@@ -103,10 +104,14 @@ func (m *Main) Open(ctx context.Context) error {
 	if now == nil {
 		now = time.Now
 	}
+	unlock, err := lockDataDir(c.DataDir)
+	if err != nil {
+		return err
+	}
+	m.unlock = unlock
 	if err := m.openLog(ctx); err != nil {
 		return err
 	}
-	var err error
 	// A new projection file is built without fsync until it catches up
 	// with the log (projections/build.go).
 	if m.Store, err = projections.Open(filepath.Join(c.DataDir, "scrollback.db"), projections.Options{ServerName: c.ServerName, Build: true}); err != nil {
@@ -587,6 +592,10 @@ func (m *Main) Close() error {
 		m.NATSServer.Shutdown()
 		m.NATSServer.WaitForShutdown()
 		m.NATSServer = nil
+	}
+	if m.unlock != nil {
+		m.unlock()
+		m.unlock = nil
 	}
 	return errors.Join(errs...)
 }
