@@ -229,6 +229,9 @@ func (m *Main) Open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A page ends before it outgrows what the server takes: 8 MiB on the
+	// embedded server, often NATS's default of 1 MiB on an external one.
+	msgs.MaxReply = int(min(apiNC.MaxPayload(), bus.MaxPayload))
 	m.svc, err = bus.Serve(apiNC, bus.ServiceOptions{
 		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad,
