@@ -393,6 +393,15 @@ func (m *Main) openOwners(ctx, runCtx context.Context) (func(roomID string) bool
 	return owns, owners.Changed(), nil
 }
 
+// deadLetterNote is what sb.deadletter.<kind> carries (README,
+// "Publishing"): the dead letter's record without the fields an
+// announcement does not know.
+type deadLetterNote struct {
+	Seq    uint64 `msgpack:"seq"`
+	RoomID string `msgpack:"room_id,omitempty"`
+	Reason string `msgpack:"reason"`
+}
+
 func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 	log := m.Logger.With("component", "projector")
 	return func(part int, outcomes []projections.Outcome, d time.Duration) {
@@ -402,7 +411,7 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 				continue
 			}
 			log.Warn("dead letter: log message not applied", "seq", o.Seq, "room_id", o.RoomID, "kind", o.Kind, "reason", o.Reason)
-			data, err := bus.Encode(projections.DeadLetter{Seq: o.Seq, RoomID: o.RoomID, Reason: o.Reason})
+			data, err := bus.Encode(deadLetterNote{Seq: o.Seq, RoomID: o.RoomID, Reason: o.Reason})
 			if err == nil {
 				kind := o.Kind
 				if kind == "" {
