@@ -71,8 +71,9 @@
 // count until it returns (at most ServiceOptions.MaxDetached at once).
 //
 // A Load counts the requests a service holds, so that background work can
-// make way for reads: MakeWay while the requests outnumber the CPUs (reads
-// queue for a CPU; the eraser's pacing), Backoff while they outnumber the
+// make way for reads: MakeWay while the requests outnumber a limit its
+// caller gives (twice the CPUs for the eraser's pacing: reads queue for a
+// CPU), Backoff while they outnumber the
 // workers (reads queue in the subscriptions, where NATS drops them past
 // EndpointPendingMsgs; the purges' janitor and the eraser's compaction
 // steps wait until half the workers are free). Log.BeforeDelete and
