@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +80,16 @@ const (
 	EndpointPendingBytes = 32 << 20
 )
 
+// InboxPrefix starts the only reply subjects the service answers on
+// (nats.go's default inbox prefix). The service publishes its replies
+// with its own connection's rights (on the embedded server, all of them),
+// so a reply subject of the requester's choosing would let any user
+// publish there through it: a client-role user could have the service
+// answer on $JS.API.STREAM.PURGE.<stream>, and JetStream took the
+// MessagePack reply for a request to purge the whole log. A request with
+// another reply subject is logged and dropped, unhandled.
+const InboxPrefix = "_INBOX."
+
 // Serve registers the endpoints as a nats.go/micro service (queue group
 // "q", so several instances share the load).
 func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, error) {
@@ -125,6 +136,10 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 		timeout = 30 * time.Second
 	}
 	return micro.HandlerFunc(func(req micro.Request) {
+		if r := req.Reply(); r != "" && !strings.HasPrefix(r, InboxPrefix) {
+			s.opts.Logger.Warn("request ignored: its reply subject is not an inbox", "endpoint", ep.Name, "reply", r)
+			return
+		}
 		s.opts.Load.add(1)
 		select {
 		case s.sem <- struct{}{}:

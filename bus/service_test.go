@@ -212,3 +212,47 @@ func TestServe_DetachAfterTheHandlerReturned(t *testing.T) {
 		<-late
 	}
 }
+
+// TestServe_RepliesOnlyToInboxes: the service answers with its own
+// connection's rights, which on the embedded server are all of them, so a
+// request whose reply subject is not an inbox would make it publish
+// there for the requester: a client-role user asking for a page with the
+// reply subject $JS.API.STREAM.PURGE.<stream> had the service purge the
+// whole log (a MessagePack body is no purge filter, so everything went).
+// Such a request gets no reply, and its handler does not run; a request
+// from a _INBOX. subject, as nats.go's Request makes, is answered.
+func TestServe_RepliesOnlyToInboxes(t *testing.T) {
+	env := testenv.NewNATS(t)
+	var calls atomic.Int32
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "inbox", Version: "0.0.1"}, []bus.Endpoint{{
+		Name: "echo", Subject: "inbox.echo",
+		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
+			calls.Add(1)
+			return data, nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	for _, target := range []string{"$JS.API.STREAM.PURGE.SCROLLBACK", "sb.room.x.event", "elsewhere"} {
+		sub, err := env.NC.SubscribeSync(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := env.NC.PublishRequest("inbox.echo", target, []byte("payload")); err != nil {
+			t.Fatal(err)
+		}
+		if msg, err := sub.NextMsg(300 * time.Millisecond); err == nil {
+			t.Errorf("the service replied on %s: %q", target, msg.Data)
+		}
+		sub.Unsubscribe()
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("the handler ran %d times for requests it could not answer", n)
+	}
+	msg, err := env.NC.Request("inbox.echo", []byte("hello"), 5*time.Second)
+	if err != nil || string(msg.Data) != "hello" {
+		t.Fatalf("a request from an inbox: %v %v", msg, err)
+	}
+}

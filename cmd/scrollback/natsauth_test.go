@@ -120,6 +120,34 @@ func TestNATSAuth_RolesStayInTheirLane(t *testing.T) {
 		tool.nc.Publish(subjects.Room(room.ID, "cmd"), []byte{0x80})
 		tool.violation(t, "a command published by a client")
 	})
+	t.Run("client cannot publish through the service's replies", func(t *testing.T) {
+		// The service replies with all rights: a reply subject of the
+		// requester's choosing made it purge the whole log for a client
+		// (JetStream takes a MessagePack body for a purge of everything).
+		stream, err := m.JS.Stream(context.Background(), m.Config.NATS.Stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, err := stream.Info(context.Background())
+		if err != nil || before.State.Msgs == 0 {
+			t.Fatalf("the log before: %+v, %v", before, err)
+		}
+		tool := connectAs(t, m, "tool", pw)
+		data, _ := bus.Encode(map[string]any{"admin": true})
+		if err := tool.nc.PublishRequest(subjects.APIRoom(room.ID, "messages"), "$JS.API.STREAM.PURGE."+m.Config.NATS.Stream, data); err != nil {
+			t.Fatal(err)
+		}
+		// A request sent after it on the same connection is answered
+		// after it: by then the first one was handled, or dropped.
+		r := &bus.Requester{NC: tool.nc, Timeout: 5 * time.Second}
+		if _, err := r.Request(context.Background(), subjects.APIRoom(room.ID, "messages"), map[string]any{"admin": true}); err != nil {
+			t.Fatal(err)
+		}
+		after, err := stream.Info(context.Background())
+		if err != nil || after.State.Msgs != before.State.Msgs {
+			t.Fatalf("the log held %d messages, %d after a client's request with the purge API as its reply subject (%v)", before.State.Msgs, after.State.Msgs, err)
+		}
+	})
 	t.Run("config refuses weak or unknown roles", func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.NATS.Auth.Users = []NATSUserConfig{{User: "x", Password: "short", Role: "god"}, {User: "scrollback", Password: pw, Role: "client"}}
