@@ -31,12 +31,20 @@ type User struct {
 	Name, Password, Role string
 }
 
-// Permissions returns what a role may publish and subscribe to. Every
-// role may subscribe to _INBOX.> (replies to its requests and JetStream
-// acks); answering requests is allowed by the response permission, only
-// for requests it received.
-func (s Subjects) Permissions(role string) *server.Permissions {
-	inbox := "_INBOX.>"
+// UserInbox is the inbox prefix of a user of the embedded server: its
+// clients connect with nats.CustomInboxPrefix(UserInbox(user)) (Connect
+// does, for a URL with a user), and it may subscribe to that prefix's
+// subjects alone. Were every user allowed _INBOX.>, any of them could
+// read every reply on the bus: other users' pages, and the log itself on
+// its way to the service's consumer, whose deliveries go to an inbox.
+func UserInbox(user string) string { return InboxPrefix + user }
+
+// Permissions returns what a role's user may publish and subscribe to.
+// Each may subscribe to its own inbox (UserInbox: replies to its
+// requests and JetStream acks); answering requests is allowed by the
+// response permission, only for requests it received.
+func (s Subjects) Permissions(role, user string) *server.Permissions {
+	inbox := UserInbox(user) + ".>"
 	var pub, sub []string
 	respond := false
 	switch role {
@@ -48,7 +56,9 @@ func (s Subjects) Permissions(role string) *server.Permissions {
 		sub = []string{s.Backfill(), inbox}
 		respond = true
 	case RoleClient:
-		pub = []string{s.Prefix + ".api.>"}
+		// The HTTP bridge in a process of its own asks the homeserver
+		// who a token is and whom a reader ignores.
+		pub = []string{s.Prefix + ".api.>", s.HS("whoami"), s.HS("ignored_users")}
 		sub = []string{inbox}
 	default:
 		sub = []string{inbox} // nothing else
@@ -71,7 +81,7 @@ func (s Subjects) Permissions(role string) *server.Permissions {
 func serverUsers(s Subjects, users []User, servicePassword string) []*server.User {
 	out := []*server.User{{Username: ServiceUser, Password: servicePassword}}
 	for _, u := range users {
-		out = append(out, &server.User{Username: u.Name, Password: u.Password, Permissions: s.Permissions(u.Role)})
+		out = append(out, &server.User{Username: u.Name, Password: u.Password, Permissions: s.Permissions(u.Role, u.Name)})
 	}
 	return out
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	neturl "net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -121,11 +123,27 @@ func Connect(url, credentials, name string) (*nats.Conn, error) {
 	if credentials != "" {
 		opts = append(opts, nats.UserCredentials(credentials))
 	}
+	if user := urlUser(url); user != "" {
+		// A user of an embedded server may only subscribe to its own
+		// inbox (UserInbox).
+		opts = append(opts, nats.CustomInboxPrefix(UserInbox(user)))
+	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("bus: connect %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// urlUser is the user named in the first URL of a comma-separated server
+// list ("" if none).
+func urlUser(servers string) string {
+	first, _, _ := strings.Cut(servers, ",")
+	u, err := neturl.Parse(strings.TrimSpace(first))
+	if err != nil || u.User == nil {
+		return ""
+	}
+	return u.User.Username()
 }
 
 // quietErrors reports asynchronous connection errors through slog, at

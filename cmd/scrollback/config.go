@@ -549,8 +549,8 @@ func (c *Config) Validate() error {
 	for i, u := range c.NATS.Auth.Users {
 		key := fmt.Sprintf("nats.auth.users[%d]", i)
 		switch {
-		case u.User == "" || strings.ContainsAny(u.User, " \t\r\n"):
-			authProblems = append(authProblems, fmt.Errorf("%s.user: must be a non-empty name without spaces", key))
+		case !bus.ValidInstance(u.User): // the same rule: the name is a subject token of the user's inbox
+			authProblems = append(authProblems, fmt.Errorf("%s.user: %q: use 1 to 64 letters, digits, - or _", key, u.User))
 		case seenUsers[u.User]:
 			authProblems = append(authProblems, fmt.Errorf("%s.user: %q is listed twice", key, u.User))
 		case u.User == bus.ServiceUser:

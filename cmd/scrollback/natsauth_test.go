@@ -25,7 +25,7 @@ type roleConn struct {
 func connectAs(t *testing.T, m *Main, user, password string) *roleConn {
 	t.Helper()
 	rc := &roleConn{}
-	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.UserInfo(user, password),
+	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.UserInfo(user, password), nats.CustomInboxPrefix(bus.UserInbox(user)),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			rc.mu.Lock()
 			rc.errs = append(rc.errs, err.Error())
@@ -148,11 +148,57 @@ func TestNATSAuth_RolesStayInTheirLane(t *testing.T) {
 			t.Fatalf("the log held %d messages, %d after a client's request with the purge API as its reply subject (%v)", before.State.Msgs, after.State.Msgs, err)
 		}
 	})
+	t.Run("no user reads another's inbox", func(t *testing.T) {
+		// Replies and the service's own deliveries of the log go to
+		// inboxes: a user that could subscribe to _INBOX.> would read
+		// every room's history and every other user's pages.
+		fed := connectAs(t, m, "fed", pw)
+		if sub, err := fed.nc.SubscribeSync("_INBOX.>"); err == nil {
+			fed.nc.Flush()
+			sub.Unsubscribe()
+		}
+		fed.violation(t, "a subscription to every inbox")
+		tool := connectAs(t, m, "tool", pw)
+		if sub, err := tool.nc.SubscribeSync(bus.UserInbox("hs") + ".>"); err == nil {
+			tool.nc.Flush()
+			sub.Unsubscribe()
+		}
+		tool.violation(t, "a subscription to another user's inbox")
+	})
+	t.Run("the bridge in its own process, as a client, asks the homeserver", func(t *testing.T) {
+		hs := connectAs(t, m, "hs", pw)
+		if _, err := hs.nc.Subscribe(subjects.HS("whoami"), func(msg *nats.Msg) {
+			data, _ := bus.Encode(map[string]any{"user_id": alice})
+			msg.Respond(data)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		hs.nc.Flush()
+		// bus.Connect takes the user's inbox from the URL's user.
+		url := strings.Replace(m.NATSServer.ClientURL(), "nats://", "nats://tool:"+strings.ReplaceAll(pw, " ", "%20")+"@", 1)
+		nc, err := bus.Connect(url, "", "bridge")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		r := &bus.Requester{NC: nc, Timeout: 5 * time.Second}
+		data, err := r.Request(context.Background(), subjects.HS("whoami"), map[string]any{"access_token": "t"})
+		if err != nil {
+			t.Fatalf("whoami from a client: %v", err)
+		}
+		if d, _ := bus.DecodeMap(data, bus.DefaultLimits); d["user_id"] != alice {
+			t.Fatalf("whoami reply %v", d)
+		}
+		if _, err := r.Request(context.Background(), subjects.APIRoom(room.ID, "messages"), map[string]any{"admin": true}); err != nil {
+			t.Fatalf("a page from a client connected by URL: %v", err)
+		}
+	})
 	t.Run("config refuses weak or unknown roles", func(t *testing.T) {
 		cfg := DefaultConfig()
-		cfg.NATS.Auth.Users = []NATSUserConfig{{User: "x", Password: "short", Role: "god"}, {User: "scrollback", Password: pw, Role: "client"}}
+		cfg.NATS.Auth.Users = []NATSUserConfig{{User: "x", Password: "short", Role: "god"}, {User: "scrollback", Password: pw, Role: "client"},
+			{User: "hs.1", Password: pw, Role: "homeserver"}} // a name with a dot would be two tokens of its inbox
 		err := cfg.Validate()
-		for _, want := range []string{"password: must be at least 12", "is not one of homeserver", "reserved for scrollback"} {
+		for _, want := range []string{"password: must be at least 12", "is not one of homeserver", "reserved for scrollback", `users[2].user: "hs.1": use 1 to 64 letters`} {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("Validate() = %v, want it to mention %q", err, want)
 			}
