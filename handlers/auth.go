@@ -30,29 +30,41 @@ type Auth struct {
 	Subjects bus.Subjects
 }
 
-// tokenOf returns the request's access token: the Authorization bearer
-// header, else the access_token query parameter.
-func tokenOf(r *http.Request) (string, bool) {
-	if h := r.Header.Get("Authorization"); h != "" {
-		tok, ok := strings.CutPrefix(h, "Bearer ")
-		if !ok || tok == "" {
-			return "", false
+// tokenOf returns the request's access token, from one Authorization
+// bearer header or else the access_token query parameter, as Synapse's
+// get_access_token_from_request does; otherwise the 401 M_MISSING_TOKEN
+// message: both at once, two headers, or a header that is not exactly
+// "Bearer <token>" are refused with Synapse's texts.
+func tokenOf(r *http.Request) (tok, missing string) {
+	headers := r.Header.Values("Authorization")
+	query, inQuery := r.URL.Query()["access_token"]
+	if len(headers) > 0 {
+		switch parts := strings.Split(headers[0], " "); {
+		case inQuery:
+			return "", "Mixing Authorization headers and access_token query parameters."
+		case len(headers) > 1:
+			return "", "Too many Authorization headers."
+		case len(parts) != 2 || parts[0] != "Bearer":
+			return "", "Invalid Authorization header."
+		default:
+			tok = parts[1]
 		}
-		return tok, true
+	} else if inQuery {
+		tok = query[0]
 	}
-	if tok := r.URL.Query().Get("access_token"); tok != "" {
-		return tok, true
+	if tok == "" {
+		return "", "Missing access token."
 	}
-	return "", false
+	return tok, ""
 }
 
 // Authenticate returns the requester's identity or a Matrix error: 401
 // M_MISSING_TOKEN, 401 M_UNKNOWN_TOKEN, or 503 when no homeserver answers
 // whoami for a token the config does not know.
 func (a *Auth) Authenticate(ctx context.Context, r *http.Request) (Identity, error) {
-	tok, ok := tokenOf(r)
-	if !ok {
-		return Identity{}, commands.Errorf(401, commands.CodeMissingToken, "Missing access token.")
+	tok, missing := tokenOf(r)
+	if missing != "" {
+		return Identity{}, commands.Errorf(401, commands.CodeMissingToken, "%s", missing)
 	}
 	if id, ok := a.Static[tok]; ok {
 		return id, nil

@@ -21,6 +21,16 @@ import (
 // do sends an HTTP request to the bridge and decodes the JSON object.
 func (m *Main) do(tb testing.TB, method, path, token, body string) (int, map[string]any) {
 	tb.Helper()
+	h := http.Header{}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	return m.doWith(tb, method, path, h, body)
+}
+
+// doWith is do with the request's headers as given.
+func (m *Main) doWith(tb testing.TB, method, path string, h http.Header, body string) (int, map[string]any) {
+	tb.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
@@ -29,9 +39,7 @@ func (m *Main) do(tb testing.TB, method, path, token, body string) (int, map[str
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+	req.Header = h
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
@@ -93,6 +101,29 @@ func TestHTTP_AuthAndErrors(t *testing.T) {
 	t.Run("missing token", func(t *testing.T) {
 		st, body := m.do(t, "GET", msgs, "", "")
 		wantErr(t, st, body, 401, "M_MISSING_TOKEN", "")
+	})
+	t.Run("tokens in the wrong shape", func(t *testing.T) {
+		// Synapse's get_access_token_from_request.
+		for _, tt := range []struct {
+			name, query string
+			headers     []string
+			text        string
+		}{
+			{"header and query", "?access_token=tok-alice", []string{"Bearer tok-alice"}, "Mixing Authorization headers and access_token query parameters."},
+			{"two headers", "", []string{"Bearer tok-alice", "Bearer tok-admin"}, "Too many Authorization headers."},
+			{"two spaces", "", []string{"Bearer  tok-alice"}, "Invalid Authorization header."},
+			{"not bearer", "", []string{"Basic dG9rLWFsaWNl"}, "Invalid Authorization header."},
+			{"empty query token", "?access_token=", nil, "Missing access token."},
+		} {
+			h := http.Header{}
+			for _, v := range tt.headers {
+				h.Add("Authorization", v)
+			}
+			st, body := m.doWith(t, "GET", msgs+tt.query, h, "")
+			if st != 401 || body["errcode"] != "M_MISSING_TOKEN" || body["error"] != tt.text {
+				t.Errorf("%s: %d %v, want 401 M_MISSING_TOKEN %q", tt.name, st, body, tt.text)
+			}
+		}
 	})
 	t.Run("query token", func(t *testing.T) {
 		st, body := m.do(t, "GET", msgs+"?access_token=tok-alice", "", "")
