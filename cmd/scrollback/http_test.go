@@ -272,6 +272,79 @@ func TestMain_GeneratedAdminToken(t *testing.T) {
 	}
 }
 
+// TestAdminToken_FileStates: the generated admin token's file grants a
+// server admin's rights, so a token is taken from it only when it is a
+// regular file no other user may read or write, and long enough; an
+// empty file, whatever its mode, gets a new 0600 file in its place; a
+// symbolic link is refused, never followed; a token that was made is read
+// back as it was.
+func TestAdminToken_FileStates(t *testing.T) {
+	write := func(t *testing.T, content string, mode os.FileMode) string {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "admin.token")
+		if err := os.WriteFile(path, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	fresh := func(t *testing.T, dir string) string {
+		t.Helper()
+		tok, path, err := adminToken(dir, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := os.Lstat(path)
+		if err != nil || !info.Mode().IsRegular() || info.Mode().Perm() != 0o600 || !strings.HasPrefix(tok, "sb_") {
+			t.Fatalf("token %q in %v (%v), want a new token in a regular 0600 file", tok, info.Mode(), err)
+		}
+		if again, _, err := adminToken(dir, "test"); err != nil || again != tok {
+			t.Fatalf("read back: %q, %v; want %q", again, err, tok)
+		}
+		return tok
+	}
+	t.Run("none", func(t *testing.T) { fresh(t, t.TempDir()) })
+	t.Run("empty, readable by others", func(t *testing.T) { fresh(t, write(t, "", 0o644)) })
+	t.Run("an operator's own token", func(t *testing.T) {
+		dir := write(t, "an-operator-chose-this-one\n", 0o600)
+		if tok, _, err := adminToken(dir, "test"); err != nil || tok != "an-operator-chose-this-one" {
+			t.Fatalf("%q, %v", tok, err)
+		}
+	})
+	for name, tt := range map[string]struct {
+		content string
+		mode    os.FileMode
+		want    string
+	}{
+		"readable by others": {"sb_long-enough-token-here", 0o644, "chmod 600"},
+		"too short":          {"x", 0o600, "shorter than 16"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if tok, _, err := adminToken(write(t, tt.content, tt.mode), "test"); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("token %q, err %v; want an error saying %q", tok, err, tt.want)
+			}
+		})
+	}
+	t.Run("a symbolic link", func(t *testing.T) {
+		dir := t.TempDir()
+		target := filepath.Join(t.TempDir(), "elsewhere")
+		if err := os.WriteFile(target, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(dir, "admin.token")); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := adminToken(dir, "test"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("err %v, want the link refused", err)
+		}
+		if b, _ := os.ReadFile(target); len(b) != 0 {
+			t.Fatalf("the link's target was written: %q", b)
+		}
+	})
+}
+
 // TestHTTP_MessagesLongRoomID: the client /messages route refuses a room
 // ID longer than Matrix allows before it asks the homeserver for the
 // user's ignore list: bad input is a 400 at once, not a round trip (nor a

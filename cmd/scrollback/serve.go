@@ -24,6 +24,7 @@ import (
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/internal/durable"
 	"github.com/scrollback/scrollback/projections"
 )
 
@@ -492,21 +493,62 @@ func (m *Main) background(ctx context.Context, name string, fn func(ctx context.
 	}()
 }
 
-// adminToken reads <data_dir>/admin.token, creating it (mode 0600) with a
-// random token on first start.
+// adminToken returns the generated admin token of <data_dir>/admin.token,
+// made (16 random bytes, base32) and written to a new file of mode 0600
+// when the file is not there or empty. The file grants a server admin's
+// rights: a symbolic link in its place is refused, and a token is taken
+// from a file that no other user may read or write, and only if it is at
+// least minAdminToken characters long.
 func adminToken(dataDir, serverName string) (token, path string, err error) {
 	path = filepath.Join(dataDir, "admin.token")
-	if b, err := os.ReadFile(path); err == nil {
+	info, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return "", "", fmt.Errorf("admin token: %w", err)
+	case !info.Mode().IsRegular():
+		return "", "", fmt.Errorf("admin token: %s is not a regular file (%s): remove it", path, info.Mode().Type())
+	default:
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", "", fmt.Errorf("admin token: %w", err)
+		}
 		if tok := strings.TrimSpace(string(b)); tok != "" {
+			if info.Mode().Perm()&0o077 != 0 {
+				return "", "", fmt.Errorf("admin token: %s may be read or written by other users (mode %04o): chmod 600 it, or remove it for a new token", path, info.Mode().Perm())
+			}
+			if len(tok) < minAdminToken {
+				return "", "", fmt.Errorf("admin token: the token in %s is shorter than %d characters: remove the file for a new one", path, minAdminToken)
+			}
 			return tok, path, nil
 		}
 	}
 	token = "sb_" + rand.Text()
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+	// A file of its own, renamed into place: its mode is 0600 whatever
+	// was there, and a symbolic link there is replaced, not followed.
+	f, err := os.CreateTemp(dataDir, ".admin.token-*")
+	if err == nil {
+		_, err = f.WriteString(token + "\n")
+		err = errors.Join(err, f.Sync(), f.Close())
+		if err == nil {
+			err = os.Rename(f.Name(), path)
+		}
+		if err != nil {
+			os.Remove(f.Name())
+		}
+	}
+	if err == nil {
+		err = durable.SyncDir(dataDir)
+	}
+	if err != nil {
 		return "", "", fmt.Errorf("write admin token: %w", err)
 	}
 	return token, path, nil
 }
+
+// minAdminToken is the shortest admin token adminToken takes from its
+// file.
+const minAdminToken = 16
 
 // roomKeyToken returns the <rk> token of a room subject <prefix>.room.<rk>.<kind>.
 func roomKeyToken(prefix string) func(string) string {
