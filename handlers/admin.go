@@ -591,9 +591,10 @@ func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) (
 }
 
 // decodeRequest decodes a request payload: a MessagePack map, or 400
-// M_BAD_JSON (the empty payload included: it is never taken for {}).
+// M_BAD_JSON (the empty payload included: it is never taken for {}), and
+// within bus.RequestLimits.
 func decodeRequest(data []byte) (map[string]any, error) {
-	m, err := bus.DecodeMap(data, bus.DefaultLimits)
+	m, err := bus.DecodeMap(data, bus.RequestLimits)
 	if err != nil {
 		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
 	}
