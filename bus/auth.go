@@ -17,6 +17,13 @@ const (
 	RoleClient = "client"
 )
 
+// ServiceName is the micro service's name (CONTRACT.md 4), and
+// PingSubject its ping, which the HTTP bridge's /health asks.
+const (
+	ServiceName = "scrollback"
+	PingSubject = "$SRV.PING." + ServiceName
+)
+
 // ServiceUser is the user scrollback itself connects as when the embedded
 // server has users; it may do everything.
 const ServiceUser = "scrollback"
@@ -57,8 +64,9 @@ func (s Subjects) Permissions(role, user string) *server.Permissions {
 		respond = true
 	case RoleClient:
 		// The HTTP bridge in a process of its own asks the homeserver
-		// who a token is and whom a reader ignores.
-		pub = []string{s.Prefix + ".api.>", s.HS("whoami"), s.HS("ignored_users")}
+		// who a token is and whom a reader ignores, and pings the
+		// service for /health.
+		pub = []string{s.Prefix + ".api.>", s.HS("whoami"), s.HS("ignored_users"), PingSubject}
 		sub = []string{inbox}
 	default:
 		sub = []string{inbox} // nothing else

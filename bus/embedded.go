@@ -130,17 +130,39 @@ func Connect(url, credentials, name string) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("bus: connect %s: %w", url, err)
+		return nil, fmt.Errorf("bus: connect %s: %w", RedactURL(url), err)
 	}
 	return nc, nil
 }
 
-// urlUser is the user named in the first URL of a comma-separated server
-// list ("" if none).
+// RedactURL is a comma-separated list of server URLs fit for a log line:
+// a password is replaced by xxxxx, and so is a user without a password,
+// which NATS takes for a token.
+func RedactURL(servers string) string {
+	parts := strings.Split(servers, ",")
+	for i, p := range parts {
+		if u, err := neturl.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			if _, has := u.User.Password(); has {
+				parts[i] = u.Redacted()
+			} else {
+				u.User = neturl.User("xxxxx")
+				parts[i] = u.String()
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// urlUser is the user named, with a password, in the first URL of a
+// comma-separated server list ("" if none: a user without a password is
+// a token, which must not become a subject).
 func urlUser(servers string) string {
 	first, _, _ := strings.Cut(servers, ",")
 	u, err := neturl.Parse(strings.TrimSpace(first))
 	if err != nil || u.User == nil {
+		return ""
+	}
+	if _, has := u.User.Password(); !has {
 		return ""
 	}
 	return u.User.Username()

@@ -160,3 +160,17 @@ func BenchmarkDeleteMsgs(b *testing.B) {
 		})
 	}
 }
+
+// TestRedactURL: a NATS URL in a log line or an error shows no password.
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":                            "nats://127.0.0.1:4222",
+		"nats://admin:s3cret-pass@h:4222":                  "nats://admin:xxxxx@h:4222",
+		"nats://a:p1@h1:4222,nats://h2:4222,tls://b:p2@h3": "nats://a:xxxxx@h1:4222,nats://h2:4222,tls://b:xxxxx@h3",
+		"nats://s3cret-token@h:4222":                       "nats://xxxxx@h:4222",
+	} {
+		if got := bus.RedactURL(in); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -57,12 +57,12 @@ func (m *Main) OpenBridge() error {
 	}
 	m.Metrics = handlers.NewMetrics(nil)
 	healthy := func() bool {
-		_, err := m.NC.Request("$SRV.PING.scrollback", nil, time.Second)
+		_, err := m.NC.Request(bus.PingSubject, nil, time.Second)
 		return err == nil
 	}
 	if err := m.openHTTP(m.NC, bus.Subjects{Prefix: c.NATS.SubjectPrefix}, healthy); err != nil {
 		return err
 	}
-	m.Logger.Info("scrollback bridge started", "http", m.HTTPAddr, "nats", c.NATS.URL)
+	m.Logger.Info("scrollback bridge started", "http", m.HTTPAddr, "nats", bus.RedactURL(c.NATS.URL))
 	return nil
 }

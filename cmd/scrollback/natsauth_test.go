@@ -192,6 +192,9 @@ func TestNATSAuth_RolesStayInTheirLane(t *testing.T) {
 		if _, err := r.Request(context.Background(), subjects.APIRoom(room.ID, "messages"), map[string]any{"admin": true}); err != nil {
 			t.Fatalf("a page from a client connected by URL: %v", err)
 		}
+		if _, err := nc.Request(bus.PingSubject, nil, 5*time.Second); err != nil {
+			t.Fatalf("the bridge's /health ping from a client: %v", err)
+		}
 	})
 	t.Run("config refuses weak or unknown roles", func(t *testing.T) {
 		cfg := DefaultConfig()

@@ -234,7 +234,7 @@ func (m *Main) Open(ctx context.Context) error {
 	// embedded server, often NATS's default of 1 MiB on an external one.
 	msgs.MaxReply = int(min(apiNC.MaxPayload(), bus.MaxPayload))
 	m.svc, err = bus.Serve(apiNC, bus.ServiceOptions{
-		Name: "scrollback", Version: version, Logger: m.Logger.With("component", "api"),
+		Name: bus.ServiceName, Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad,
 	}, []bus.Endpoint{
 		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second,
