@@ -20,6 +20,8 @@ const (
 	backfillLimit      = 100 // events asked for, and how far above the requested depth a point may be
 	backfillMaxPoints  = 5
 	backfillMaxBackoff = 8 // the back-off doubles up to 2^8 times
+	// maxBackoffWait bounds a failed backfill point's back-off.
+	maxBackoffWait     = 100 * 365 * 24 * time.Hour
 	backgroundBackfill = 4 // background backfills at once
 )
 
@@ -287,7 +289,9 @@ func (b *Backfiller) failed(roomID string, points []point) {
 		st := b.failures[k]
 		st.attempts++
 		mult := math.Pow(2, float64(min(st.attempts-1, backfillMaxBackoff)))
-		st.until = now.Add(time.Duration(float64(base) * mult))
+		// At most maxBackoffWait: a base of years times 2^8 would
+		// overflow a Duration into the past.
+		st.until = now.Add(time.Duration(min(float64(base)*mult, float64(maxBackoffWait))))
 		b.failures[k] = st
 	}
 }
