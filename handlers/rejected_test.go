@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/scrollback/scrollback/bus"
@@ -108,14 +107,7 @@ func TestAdmin_CommandThatFailsToApplyIsAnError(t *testing.T) {
 		}
 		return id
 	}
-	decode := func(seq uint64, subject string, data []byte, ts int64) commands.LogEntry {
-		e := subjects.Decode(seq, subject, data, ts)
-		if e.Command != nil && e.Command.ID == "poison" {
-			e.RoomID = "!" + strings.Repeat("p", bolt.MaxKeySize) + ":test"
-			e.Command.RoomID = e.RoomID
-		}
-		return e
-	}
+	decode := testenv.PoisonDecoder(subjects, "poison")
 	a, store := decodingAdmin(t, newID, decode, r.Setup("@alice:test")...)
 	req, err := bus.Encode(map[string]any{"block": true})
 	if err != nil {

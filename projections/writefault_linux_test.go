@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/scrollback/scrollback/commands"
@@ -288,14 +287,7 @@ func TestProjector_FileFaultsDoNotMakeADeadLetter(t *testing.T) {
 			}
 		}
 	}
-	decode := func(seq uint64, subject string, data []byte, ts int64) commands.LogEntry {
-		e := subjects.Decode(seq, subject, data, ts)
-		if e.Command != nil && e.Command.ID == "poison" {
-			e.RoomID = "!" + strings.Repeat("p", bolt.MaxKeySize) + ":test"
-			e.Command.RoomID = e.RoomID
-		}
-		return e
-	}
+	decode := testenv.PoisonDecoder(subjects, "poison")
 	newProjector := func() *projections.Projector {
 		return &projections.Projector{
 			Store: s, Source: log, Decode: decode, RoomKeyOf: roomKeyOfSubject, MaxBatch: 64,
