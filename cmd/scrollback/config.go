@@ -414,6 +414,15 @@ func (c *checker) leaf(n *yaml.Node, t reflect.Type, key, want string) {
 		c.errorf(n, key, "want %s, got %s", want, nodeKind(n))
 		return
 	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		// The YAML decoder cuts a fraction to its whole part (0.9 to 0).
+		if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!float" {
+			c.errorf(n, key, "want a whole number, got %s", n.Value)
+			return
+		}
+	}
 	if err := n.Decode(reflect.New(t).Interface()); err != nil {
 		var te *yaml.TypeError
 		if errors.As(err, &te) {

@@ -323,6 +323,11 @@ func TestLoadConfig_Errors(t *testing.T) {
 			want: []string{"retention.purge_jobs[0].longest: unknown key"},
 		},
 		{
+			name: "a fraction where a whole number belongs",
+			yaml: "shutdown:\n  concurrency: 0.9\ntasks:\n  max_concurrent: 1.5\n",
+			want: []string{"line 2: shutdown.concurrency: want a whole number, got 0.9", "line 4: tasks.max_concurrent: want a whole number, got 1.5"},
+		},
+		{
 			name: "bad duration",
 			yaml: "backfill:\n  timeout: 10x\n",
 			want: []string{"line 2: backfill.timeout: invalid duration \"10x\""},
