@@ -84,6 +84,17 @@ func OpenOwners(ctx context.Context, js jetstream.JetStream, stream string, repl
 	if lease < 300*time.Millisecond {
 		return nil, fmt.Errorf("bus: lease %v is too short (at least 300ms)", lease)
 	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if old, err := js.KeyValue(ctx, OwnersBucket(stream)); err == nil {
+		// Each instance sets the bucket's TTL to its own lease: with
+		// different leases they hand partitions back and forth.
+		if st, err := old.Status(ctx); err == nil && st.TTL() != lease {
+			logger.Warn("the leases bucket was set up with another cluster.lease; every instance must use the same",
+				"bucket", OwnersBucket(stream), "was", st.TTL(), "now", lease)
+		}
+	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:   OwnersBucket(stream),
 		History:  1,
@@ -100,9 +111,6 @@ func OpenOwners(ctx context.Context, js jetstream.JetStream, stream string, repl
 	o := &Owners{KV: kv, Instance: instance, Partitions: partitions, Lease: lease, Logger: logger,
 		nonce: rand.Text()[:8], owned: make([]atomic.Int64, partitions), revs: make([]uint64, partitions),
 		free: make([]int, partitions), changed: make(chan struct{}, 1), members: map[string]bool{}}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
 	if err := o.startWatch(ctx); err != nil {
 		return nil, err
 	}

@@ -3,7 +3,9 @@ package bus_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,5 +166,31 @@ func TestOwners_RejectsBadNames(t *testing.T) {
 		if _, err := bus.OpenOwners(context.Background(), n.JS, "SB", 1, name, 16, time.Second, nil); err == nil {
 			t.Errorf("instance name %q accepted", name)
 		}
+	}
+}
+
+// TestOwners_WarnsAboutAnotherLease: every instance sets the leases
+// bucket's TTL to its own cluster.lease at its start, so an instance
+// whose lease differs from the bucket's says so: instances with uneven
+// leases hand partitions back and forth.
+func TestOwners_WarnsAboutAnotherLease(t *testing.T) {
+	n := testenv.NewNATS(t)
+	var logs testenv.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	open := func(name string, lease time.Duration) {
+		o, err := bus.OpenOwners(context.Background(), n.JS, "SB", 1, name, 16, lease, logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(o.Close)
+	}
+	open("a", 2*time.Second)
+	open("b", 2*time.Second)
+	if strings.Contains(logs.String(), "another cluster.lease") {
+		t.Fatalf("warned with equal leases:\n%s", logs.String())
+	}
+	open("c", 10*time.Second)
+	if out := logs.String(); !strings.Contains(out, "another cluster.lease") || !strings.Contains(out, "was=2s now=10s") {
+		t.Fatalf("no warning about a 10s lease over a 2s bucket:\n%s", out)
 	}
 }
