@@ -17,12 +17,8 @@ const (
 	RoleClient = "client"
 )
 
-// ServiceName is the micro service's name (CONTRACT.md 4), and
-// PingSubject its ping, which the HTTP bridge's /health asks.
-const (
-	ServiceName = "scrollback"
-	PingSubject = "$SRV.PING." + ServiceName
-)
+// ServiceName is the micro service's name (CONTRACT.md 4).
+const ServiceName = "scrollback"
 
 // ServiceUser is the user scrollback itself connects as when the embedded
 // server has users; it may do everything.
@@ -63,10 +59,12 @@ func (s Subjects) Permissions(role, user string) *server.Permissions {
 		sub = []string{s.Backfill(), inbox}
 		respond = true
 	case RoleClient:
-		// The HTTP bridge in a process of its own asks the homeserver
-		// who a token is and whom a reader ignores, and pings the
-		// service for /health.
-		pub = []string{s.Prefix + ".api.>", s.HS("whoami"), s.HS("ignored_users"), PingSubject}
+		// Nothing but the service's API, whose replies the service
+		// checks (Service.reply). Not sb.hs.*: a worker answers a request
+		// on whatever reply subject it names, with the response
+		// permission, so a client could publish anywhere through it;
+		// nor micro's own $SRV.* endpoints, which answer the same way.
+		pub = []string{s.Prefix + ".api.>"}
 		sub = []string{inbox}
 	default:
 		sub = []string{inbox} // nothing else

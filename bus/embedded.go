@@ -141,7 +141,7 @@ func Connect(url, credentials, name string) (*nats.Conn, error) {
 func RedactURL(servers string) string {
 	parts := strings.Split(servers, ",")
 	for i, p := range parts {
-		if u, err := neturl.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+		if u, err := parseServer(p); err == nil && u.User != nil {
 			if _, has := u.User.Password(); has {
 				parts[i] = u.Redacted()
 			} else {
@@ -154,18 +154,27 @@ func RedactURL(servers string) string {
 }
 
 // urlUser is the user named, with a password, in the first URL of a
-// comma-separated server list ("" if none: a user without a password is
-// a token, which must not become a subject).
+// comma-separated server list that names one ("" if none: a user without
+// a password is a token, which must not become a subject).
 func urlUser(servers string) string {
-	first, _, _ := strings.Cut(servers, ",")
-	u, err := neturl.Parse(strings.TrimSpace(first))
-	if err != nil || u.User == nil {
-		return ""
+	for p := range strings.SplitSeq(servers, ",") {
+		if u, err := parseServer(p); err == nil && u.User != nil {
+			if _, has := u.User.Password(); has {
+				return u.User.Username()
+			}
+		}
 	}
-	if _, has := u.User.Password(); !has {
-		return ""
+	return ""
+}
+
+// parseServer parses one server URL, with nats:// in front when it has no
+// scheme, as nats.go takes it ("user:pass@host:4222").
+func parseServer(s string) (*neturl.URL, error) {
+	s = strings.TrimSpace(s)
+	if !strings.Contains(s, "://") {
+		s = "nats://" + s
 	}
-	return u.User.Username()
+	return neturl.Parse(s)
 }
 
 // quietErrors reports asynchronous connection errors through slog, at

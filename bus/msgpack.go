@@ -26,12 +26,13 @@ type Limits struct {
 // million values.
 var DefaultLimits = Limits{MaxBytes: 8 << 20, MaxDepth: 100, MaxElements: 1 << 20}
 
-// RequestLimits apply to the requests the service answers (sb.api.*):
-// a page request, a purge, a deletion or a status is a small map, and
-// the decoder builds up to about 64 bytes of Go values for each byte of
+// RequestLimits apply to the requests the service answers (sb.api.*).
+// The decoder builds up to about 64 bytes of Go values for each value of
 // input (1 MiB of empty maps made 63 MB), so a request may hold at most
-// 64k values in 1 MiB, the HTTP bridge's body limit.
-var RequestLimits = Limits{MaxBytes: 1 << 20, MaxDepth: 100, MaxElements: 64 << 10}
+// 256k values (about 16 MB of Go values), against a million on the rest
+// of the bus. Its size is the bus's: a page request carries the reader's
+// whole ignore list (30k user IDs is about 1 MB).
+var RequestLimits = Limits{MaxBytes: DefaultLimits.MaxBytes, MaxDepth: 100, MaxElements: 256 << 10}
 
 // Errors of the MessagePack checker.
 var (

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,6 +51,11 @@ type ServiceOptions struct {
 	// MaxDetached bounds the requests that wait detached from a worker
 	// at once (Detach; default DefaultMaxDetached).
 	MaxDetached int
+	// ReplyDeny lists the prefixes of reply subjects the service does
+	// not answer on (refused); "$" (JetStream, key-value, system APIs)
+	// is always among them. A request with such a reply subject is
+	// dropped unhandled.
+	ReplyDeny []string
 }
 
 // DefaultMaxDetached is ServiceOptions.MaxDetached's default. A detached
@@ -69,6 +75,8 @@ type Service struct {
 	opts     ServiceOptions
 	ctx      context.Context
 	stop     context.CancelFunc
+	// lastRefused is when a refused request was last logged (UnixNano).
+	lastRefused atomic.Int64
 }
 
 // An endpoint's requests wait in its subscription while every worker is
@@ -80,15 +88,26 @@ const (
 	EndpointPendingBytes = 32 << 20
 )
 
-// InboxPrefix starts the only reply subjects the service answers on
-// (nats.go's default inbox prefix). The service publishes its replies
-// with its own connection's rights (on the embedded server, all of them),
-// so a reply subject of the requester's choosing would let any user
-// publish there through it: a client-role user could have the service
-// answer on $JS.API.STREAM.PURGE.<stream>, and JetStream took the
-// MessagePack reply for a request to purge the whole log. A request with
-// another reply subject is logged and dropped, unhandled.
+// InboxPrefix is nats.go's default inbox prefix.
 const InboxPrefix = "_INBOX."
+
+// refused reports whether the service must not reply on subject r. It
+// publishes its replies with its own connection's rights (on the embedded
+// server, all of them), so a reply subject of the requester's choosing
+// would let any user publish there through it: a client-role user had
+// the service answer on $JS.API.STREAM.PURGE.<stream>, and JetStream
+// took the MessagePack reply for a request to purge the whole log. Reply
+// subjects under ServiceOptions.ReplyDeny (system APIs, the service's own
+// subjects) are refused; inboxes of any prefix, and the reply subjects
+// NATS rewrites across accounts (_R_.) and gateways (_GR_.), are not.
+func (s *Service) refused(r string) bool {
+	for _, p := range s.opts.ReplyDeny {
+		if strings.HasPrefix(r, p) {
+			return true
+		}
+	}
+	return false
+}
 
 // Serve registers the endpoints as a nats.go/micro service (queue group
 // "q", so several instances share the load).
@@ -102,6 +121,7 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	opts.ReplyDeny = append([]string{"$"}, opts.ReplyDeny...)
 	if opts.Version == "" {
 		opts.Version = "0.1.0"
 	}
@@ -136,8 +156,11 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 		timeout = 30 * time.Second
 	}
 	return micro.HandlerFunc(func(req micro.Request) {
-		if r := req.Reply(); r != "" && !strings.HasPrefix(r, InboxPrefix) {
-			s.opts.Logger.Warn("request ignored: its reply subject is not an inbox", "endpoint", ep.Name, "reply", r)
+		if r := req.Reply(); s.refused(r) {
+			if now := time.Now().UnixNano(); now-s.lastRefused.Load() >= int64(10*time.Second) {
+				s.lastRefused.Store(now) // one line every 10 s at most: any client can send these
+				s.opts.Logger.Warn("request ignored: its reply subject is the service's own or a system API's", "endpoint", ep.Name, "reply", r)
+			}
 			return
 		}
 		s.opts.Load.add(1)

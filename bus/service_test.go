@@ -213,18 +213,20 @@ func TestServe_DetachAfterTheHandlerReturned(t *testing.T) {
 	}
 }
 
-// TestServe_RepliesOnlyToInboxes: the service answers with its own
-// connection's rights, which on the embedded server are all of them, so a
-// request whose reply subject is not an inbox would make it publish
-// there for the requester: a client-role user asking for a page with the
-// reply subject $JS.API.STREAM.PURGE.<stream> had the service purge the
-// whole log (a MessagePack body is no purge filter, so everything went).
-// Such a request gets no reply, and its handler does not run; a request
-// from a _INBOX. subject, as nats.go's Request makes, is answered.
-func TestServe_RepliesOnlyToInboxes(t *testing.T) {
+// TestServe_RefusesRepliesOnItsOwnOrSystemSubjects: the service answers
+// with its own connection's rights, which on the embedded server are all
+// of them, so a request whose reply subject is a system API or one of the
+// service's own subjects would make it publish there for the requester:
+// a client-role user asking for a page with the reply subject
+// $JS.API.STREAM.PURGE.<stream> had the service purge the whole log (a
+// MessagePack body is no purge filter, so everything went). Such a
+// request gets no reply, and its handler does not run. Inboxes of any
+// prefix, and other subjects, are answered (accounts and gateways rewrite
+// reply subjects to _R_. and _GR_.).
+func TestServe_RefusesRepliesOnItsOwnOrSystemSubjects(t *testing.T) {
 	env := testenv.NewNATS(t)
 	var calls atomic.Int32
-	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "inbox", Version: "0.0.1"}, []bus.Endpoint{{
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "inbox", Version: "0.0.1", ReplyDeny: []string{"sb."}}, []bus.Endpoint{{
 		Name: "echo", Subject: "inbox.echo",
 		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
 			calls.Add(1)
@@ -235,24 +237,25 @@ func TestServe_RepliesOnlyToInboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Stop()
-	for _, target := range []string{"$JS.API.STREAM.PURGE.SCROLLBACK", "sb.room.x.event", "elsewhere"} {
+	for target, answered := range map[string]bool{"$JS.API.STREAM.PURGE.SCROLLBACK": false, "$KV.x.p.1": false, "sb.room.x.event": false,
+		"_INBOX_custom.x": true, "_INBOX.x.y": true, "replies.elsewhere": true} {
 		sub, err := env.NC.SubscribeSync(target)
 		if err != nil {
 			t.Fatal(err)
 		}
+		before := calls.Load()
 		if err := env.NC.PublishRequest("inbox.echo", target, []byte("payload")); err != nil {
 			t.Fatal(err)
 		}
-		if msg, err := sub.NextMsg(300 * time.Millisecond); err == nil {
+		msg, err := sub.NextMsg(300 * time.Millisecond)
+		switch {
+		case answered && err != nil:
+			t.Errorf("no reply on %s: %v", target, err)
+		case !answered && err == nil:
 			t.Errorf("the service replied on %s: %q", target, msg.Data)
+		case !answered && calls.Load() != before:
+			t.Errorf("the handler ran for a request with the reply subject %s", target)
 		}
 		sub.Unsubscribe()
-	}
-	if n := calls.Load(); n != 0 {
-		t.Errorf("the handler ran %d times for requests it could not answer", n)
-	}
-	msg, err := env.NC.Request("inbox.echo", []byte("hello"), 5*time.Second)
-	if err != nil || string(msg.Data) != "hello" {
-		t.Fatalf("a request from an inbox: %v %v", msg, err)
 	}
 }

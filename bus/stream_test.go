@@ -167,6 +167,7 @@ func TestRedactURL(t *testing.T) {
 		"nats://127.0.0.1:4222":                            "nats://127.0.0.1:4222",
 		"nats://admin:s3cret-pass@h:4222":                  "nats://admin:xxxxx@h:4222",
 		"nats://a:p1@h1:4222,nats://h2:4222,tls://b:p2@h3": "nats://a:xxxxx@h1:4222,nats://h2:4222,tls://b:xxxxx@h3",
+		"admin:s3cret-pass@h:4222":                         "nats://admin:xxxxx@h:4222",
 		"nats://s3cret-token@h:4222":                       "nats://xxxxx@h:4222",
 	} {
 		if got := bus.RedactURL(in); got != want || strings.Contains(got, "s3cret") {

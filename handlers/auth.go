@@ -33,8 +33,10 @@ type Auth struct {
 // tokenOf returns the request's access token, from one Authorization
 // bearer header or else the access_token query parameter, as Synapse's
 // get_access_token_from_request does; otherwise the 401 M_MISSING_TOKEN
-// message: both at once, two headers, or a header that is not exactly
-// "Bearer <token>" are refused with Synapse's texts.
+// message: none, both at once, two headers, or a header that is not
+// exactly "Bearer <token>" are refused with Synapse's texts. A token
+// given empty ("Bearer ", "?access_token=") is returned as "", which no
+// token matches (Synapse: M_UNKNOWN_TOKEN).
 func tokenOf(r *http.Request) (tok, missing string) {
 	headers := r.Header.Values("Authorization")
 	query, inQuery := r.URL.Query()["access_token"]
@@ -49,13 +51,12 @@ func tokenOf(r *http.Request) (tok, missing string) {
 		default:
 			tok = parts[1]
 		}
-	} else if inQuery {
-		tok = query[0]
+		return tok, ""
 	}
-	if tok == "" {
-		return "", "Missing access token."
+	if inQuery {
+		return query[0], ""
 	}
-	return tok, ""
+	return "", "Missing access token."
 }
 
 // Authenticate returns the requester's identity or a Matrix error: 401
@@ -65,6 +66,9 @@ func (a *Auth) Authenticate(ctx context.Context, r *http.Request) (Identity, err
 	tok, missing := tokenOf(r)
 	if missing != "" {
 		return Identity{}, commands.Errorf(401, commands.CodeMissingToken, "%s", missing)
+	}
+	if tok == "" {
+		return Identity{}, commands.Errorf(401, commands.CodeUnknownToken, "Unrecognised access token.")
 	}
 	if id, ok := a.Static[tok]; ok {
 		return id, nil

@@ -51,9 +51,9 @@ func TestAdmin_PurgeErrorsOverNATS(t *testing.T) {
 		{"a rejected event as the cut-off", purge(map[string]any{"event_id": rejected.ID()}), 404, commands.CodeNotFound, "Could not find event " + rejected.ID()},
 		{"status without purge_id", status(mustEncode(t, map[string]any{})), 400, commands.CodeMissingParam, "Missing params: ['purge_id']"},
 		{"status of a payload that is not a map", status(notMap), 400, commands.CodeBadJSON, "Request must be a MessagePack map"},
-		// A request is small: {purge_id: [70k empty maps]} (70 KB) would
-		// have made the decoder build 70k Go maps (bus.RequestLimits).
-		{"a request of too many values", status(append(append([]byte{0x81, 0xa8}, "purge_id"...), append([]byte{0xdd, 0, 1, 0x11, 0x70}, bytes.Repeat([]byte{0x80}, 70_000)...)...)), 400, commands.CodeBadJSON, "Request must be a MessagePack map: payload exceeds size limits: more than 65536 values"},
+		// {purge_id: [270k empty maps]} (270 KB) would have made the
+		// decoder build 270k Go maps (bus.RequestLimits).
+		{"a request of too many values", status(append(append([]byte{0x81, 0xa8}, "purge_id"...), append([]byte{0xdd, 0, 4, 0x1e, 0xb0}, bytes.Repeat([]byte{0x80}, 270_000)...)...)), 400, commands.CodeBadJSON, "Request must be a MessagePack map: payload exceeds size limits: more than 262144 values"},
 	} {
 		var e *commands.Error
 		if !errors.As(tt.err, &e) || e.Status != tt.status || e.Code != tt.code || !strings.HasPrefix(e.Message, tt.text) {

@@ -410,7 +410,7 @@ func (c benchConfig) validateGenerated(p *problems) {
 	}
 	if c.Target != "" {
 		if u, err := url.Parse(c.Target); err != nil || u.Host == "" {
-			p.add("target", "must be a NATS URL such as nats://127.0.0.1:4222, got %q", c.Target)
+			p.add("target", "must be a NATS URL such as nats://127.0.0.1:4222, got %q", bus.RedactURL(c.Target))
 		}
 		if !slices.Contains(externalScenarios, c.Scenario) {
 			p.add("target", "runs the scenarios %s, not %q", strings.Join(externalScenarios, ", "), c.Scenario)
@@ -547,7 +547,7 @@ func (b *bench) run(ctx context.Context) error {
 	b.printf("scrollback bench %s: scenario %s, limit %d, %d clients, %v read phases in %d rounds (+%v warm-up), %s %s/%s, %d CPUs, GOMAXPROCS %d\n",
 		version, c.Scenario, c.Limit, c.Clients, c.Duration, c.Rounds, c.Warmup(), runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
 	if c.Target != "" {
-		b.printf("target: the external service at %s (stream %s, prefix %s), through the contract only; HTTP bridge %q\n", c.Target, c.TargetStream, c.TargetPrefix, c.TargetHTTP)
+		b.printf("target: the external service at %s (stream %s, prefix %s), through the contract only; HTTP bridge %q\n", bus.RedactURL(c.Target), c.TargetStream, c.TargetPrefix, c.TargetHTTP)
 	} else {
 		b.printf("temp dir %s (removed at the end); NATS in-process (nats.InProcessServer, no TCP); HTTP over loopback TCP\n", b.dir)
 	}

@@ -57,7 +57,7 @@ func (m *Main) OpenBridge() error {
 	}
 	m.Metrics = handlers.NewMetrics(nil)
 	healthy := func() bool {
-		_, err := m.NC.Request(bus.PingSubject, nil, time.Second)
+		_, err := m.NC.Request(bus.Subjects{Prefix: c.NATS.SubjectPrefix}.API("ping"), nil, time.Second)
 		return err == nil
 	}
 	if err := m.openHTTP(m.NC, bus.Subjects{Prefix: c.NATS.SubjectPrefix}, healthy); err != nil {

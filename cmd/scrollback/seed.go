@@ -95,7 +95,7 @@ func runSeed(ctx context.Context, args []string, stdout io.Writer) error {
 	nc, err := nats.Connect(natsURL, nats.Name("scrollback seed"), nats.Timeout(5*time.Second))
 	if err != nil {
 		return fmt.Errorf("seed: cannot connect to NATS at %s (is `scrollback serve` running? its embedded server listens on nats.listen, %s by default): %w",
-			natsURL, strings.TrimPrefix(seedDefaultNATSURL, "nats://"), err)
+			bus.RedactURL(natsURL), strings.TrimPrefix(seedDefaultNATSURL, "nats://"), err)
 	}
 	defer nc.Close()
 	fmt.Fprintf(stdout, "Connected to %s.\n", nc.ConnectedUrlRedacted())

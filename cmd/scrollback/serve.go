@@ -235,13 +235,17 @@ func (m *Main) Open(ctx context.Context) error {
 	msgs.MaxReply = int(min(apiNC.MaxPayload(), bus.MaxPayload))
 	m.svc, err = bus.Serve(apiNC, bus.ServiceOptions{
 		Name: bus.ServiceName, Version: version, Logger: m.Logger.With("component", "api"),
-		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad,
+		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad, ReplyDeny: []string{subjects.Prefix + "."},
 	}, []bus.Endpoint{
 		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second,
 			Release: handlers.ReleaseReply},
 		{Name: "block", Subject: subjects.APIRoomWildcard("block"), Handler: admin.Block, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "purge_history", Subject: subjects.APIRoomWildcard("purge_history"), Handler: admin.PurgeHistory, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		{Name: "purge_status", Subject: subjects.API("purge_status"), Handler: admin.PurgeStatus},
+		// An addition to the contract: the HTTP bridge in a process of
+		// its own asks it for /health (micro's own $SRV.PING answers on
+		// any reply subject, so no role may send it).
+		{Name: "ping", Subject: subjects.API("ping"), Handler: func(context.Context, string, []byte) ([]byte, error) { return bus.Encode(map[string]any{}) }},
 		{Name: "delete", Subject: subjects.APIRoomWildcard("delete"), Handler: admin.Delete, Timeout: handlers.DeleteV1Timeout},
 		{Name: "delete_status_room", Subject: subjects.APIRoomWildcard("delete_status"), Handler: admin.DeleteStatusByRoom},
 		{Name: "delete_status", Subject: subjects.API("delete_status"), Handler: admin.DeleteStatus},
