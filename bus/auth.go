@@ -59,8 +59,8 @@ func (s Subjects) Permissions(role, user string) *server.Permissions {
 		sub = []string{s.Backfill(), inbox}
 		respond = true
 	case RoleClient:
-		// Nothing but the service's API, whose replies the service
-		// checks (Service.reply). Not sb.hs.*: a worker answers a request
+		// Nothing but the service's API, which refuses to reply on
+		// system and its own subjects (Service.refused). Not sb.hs.*: a worker answers a request
 		// on whatever reply subject it names, with the response
 		// permission, so a client could publish anywhere through it;
 		// nor micro's own $SRV.* endpoints, which answer the same way.
