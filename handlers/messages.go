@@ -39,8 +39,10 @@ type Messages struct {
 	Waiter   Waiter
 	Subjects bus.Subjects
 	Now      func() time.Time
-	// MaxReply bounds a reply's size (default: max_payload).
-	MaxReply int
+	// MaxReply bounds a reply's size; it is asked on every page, so that
+	// a reconnect to a server with a smaller max_payload is followed
+	// (default: bus.MaxPayload).
+	MaxReply func() int
 	// Retention is the server's retention config: when enabled, non-state
 	// events older than the room's max_lifetime are hidden from users.
 	Retention Retention
@@ -355,9 +357,9 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	enc := clientEncoder{rc: rc}
 	enc.buf = *bytes.NewBuffer(replyBuf(len(visible)*512 + 256))
 	chunkAt := startReply(&enc)
-	maxReply := h.MaxReply
-	if maxReply <= 0 {
-		maxReply = bus.MaxPayload
+	maxReply := bus.MaxPayload
+	if h.MaxReply != nil {
+		maxReply = h.MaxReply()
 	}
 	for i, r := range visible {
 		mark := enc.buf.Len()

@@ -464,7 +464,7 @@ func TestMessages_ReplyEndsBeforeMaxPayload(t *testing.T) {
 		evs = append(evs, r.Msg(alice, fmt.Sprintf("%d %s", i, strings.Repeat("x", 4000))))
 	}
 	f.add(evs...)
-	f.h.MaxReply = 64<<10 + 20000 // room for about 5 events past the margin
+	f.h.MaxReply = func() int { return 64<<10 + 20000 } // room for about 5 events past the margin
 	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 30})
 	if len(p.ids) == 0 || len(p.ids) >= 30 {
 		t.Fatalf("got %d events, want a cut page", len(p.ids))

@@ -231,8 +231,9 @@ func (m *Main) Open(ctx context.Context) error {
 		return err
 	}
 	// A page ends before it outgrows what the server takes: 8 MiB on the
-	// embedded server, often NATS's default of 1 MiB on an external one.
-	msgs.MaxReply = int(min(apiNC.MaxPayload(), bus.MaxPayload))
+	// embedded server, often NATS's default of 1 MiB on an external one,
+	// and whatever the node the connection is on now says.
+	msgs.MaxReply = func() int { return int(min(apiNC.MaxPayload(), bus.MaxPayload)) }
 	m.svc, err = bus.Serve(apiNC, bus.ServiceOptions{
 		Name: bus.ServiceName, Version: version, Logger: m.Logger.With("component", "api"),
 		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad, ReplyDeny: []string{subjects.Prefix + "."},
