@@ -199,6 +199,15 @@ func TestNATSAuth_RolesStayInTheirLane(t *testing.T) {
 		tool.nc.PublishRequest("$SRV.PING."+bus.ServiceName, subjects.Room(room.ID, "task"), nil)
 		tool.violation(t, "a ping of micro's own endpoint")
 	})
+	t.Run("scrollback seed publishes as a homeserver user", func(t *testing.T) {
+		// JetStream's acks come to the publisher's inbox, which a user
+		// may only have under its own prefix.
+		url := strings.Replace(m.NATSServer.ClientURL(), "nats://", "nats://hs:"+strings.ReplaceAll(pw, " ", "%20")+"@", 1)
+		var out strings.Builder
+		if err := runSeed(context.Background(), []string{"--nats-url", url, "--rooms", "1", "--messages", "3", "--timeout", "10s"}, &out); err != nil {
+			t.Fatalf("seed as a homeserver user: %v\n%s", err, out.String())
+		}
+	})
 	t.Run("config refuses weak or unknown roles", func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.NATS.Auth.Users = []NATSUserConfig{{User: "x", Password: "short", Role: "god"}, {User: "scrollback", Password: pw, Role: "client"},

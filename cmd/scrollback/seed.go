@@ -92,7 +92,9 @@ func runSeed(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return err
 	}
-	nc, err := nats.Connect(natsURL, nats.Name("scrollback seed"), nats.Timeout(5*time.Second))
+	// bus.Connect, as the service's own clients: a user in the URL gets
+	// its own inbox prefix, which a nats.auth server requires.
+	nc, err := bus.Connect(natsURL, "", "scrollback seed")
 	if err != nil {
 		return fmt.Errorf("seed: cannot connect to NATS at %s (is `scrollback serve` running? its embedded server listens on nats.listen, %s by default): %w",
 			bus.RedactURL(natsURL), strings.TrimPrefix(seedDefaultNATSURL, "nats://"), err)
@@ -205,14 +207,16 @@ func seedRooms(ctx context.Context, nc *nats.Conn, opts seedOptions, out io.Writ
 		return nil, fmt.Errorf("seed: jetstream: %w", err)
 	}
 	run := strings.ToLower(crand.Text()[:6])
-	probe := subjects.Room(seedRoomID(1, run, opts.ServerName), "event")
-	stream, err := js.StreamNameBySubject(ctx, probe)
-	if err != nil {
-		return nil, fmt.Errorf("seed: no JetStream stream stores %s (is `scrollback serve` running on this NATS server, with subject prefix %q?): %w",
+	// No look-up of the stream first: a homeserver user of a nats.auth
+	// server may not ask JetStream's API, only publish. A publish no
+	// stream takes fails at once (no responders), and its ack names the
+	// stream.
+	fmt.Fprintf(out, "Seeding %d room(s) of %d member(s) and %d conversation events each (seed %d)...\n",
+		opts.Rooms, opts.Members, opts.Messages, opts.Seed)
+	noStream := func(err error) error {
+		return fmt.Errorf("seed: no JetStream stream stores %s (is `scrollback serve` running on this NATS server, with subject prefix %q?): %w",
 			subjects.RoomWildcard(), opts.Prefix, err)
 	}
-	fmt.Fprintf(out, "Seeding %d room(s) of %d member(s) and %d conversation events each (seed %d) into stream %s...\n",
-		opts.Rooms, opts.Members, opts.Messages, opts.Seed, stream)
 
 	p := &seedPublisher{js: js, window: opts.Window}
 	rooms := make([]seededRoom, opts.Rooms)
@@ -234,6 +238,9 @@ func seedRooms(ctx context.Context, nc *nats.Conn, opts seedOptions, out io.Writ
 			msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 			msg.Header.Set(jetstream.MsgIDHeader, id)
 			if err := p.publish(ctx, msg, func(seq uint64) { r.LastSeq = max(r.LastSeq, seq) }); err != nil {
+				if errors.Is(err, jetstream.ErrNoStreamResponse) {
+					return nil, noStream(err)
+				}
 				if errors.Is(err, context.DeadlineExceeded) {
 					return nil, fmt.Errorf("seed: room %s: %w (a slow disk? raise --timeout)", g.roomID, err)
 				}
@@ -242,11 +249,15 @@ func seedRooms(ctx context.Context, nc *nats.Conn, opts seedOptions, out io.Writ
 		}
 	}
 	if err := p.wait(ctx, 0); err != nil {
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			return nil, noStream(err)
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, fmt.Errorf("seed: %w (a slow disk? raise --timeout)", err)
 		}
 		return nil, fmt.Errorf("seed: %w", err)
 	}
+	fmt.Fprintf(out, "Stored in stream %s.\n", p.stream)
 	for _, r := range rooms {
 		printSeededRoom(out, r, opts)
 	}
@@ -259,6 +270,7 @@ type seedPublisher struct {
 	js      jetstream.JetStream
 	window  int
 	pending []seedPending
+	stream  string // from the acks
 }
 
 // seedPending is one publish awaiting its ack.
@@ -289,6 +301,7 @@ func (p *seedPublisher) wait(ctx context.Context, keep int) error {
 		pa := p.pending[0]
 		select {
 		case ack := <-pa.fut.Ok():
+			p.stream = ack.Stream
 			pa.onAck(ack.Sequence)
 		case err := <-pa.fut.Err():
 			return fmt.Errorf("publish %s: %w", pa.msgID, err)
