@@ -240,7 +240,30 @@ func (b *Backfiller) fetch(ctx context.Context, roomID string, points []point) b
 	if err := b.Waiter.WaitFor(ctx, roomID, last); err != nil {
 		return false
 	}
+	b.unfilled(roomID, points)
 	return true
+}
+
+// unfilled backs off the points that are still backward extremities
+// after their reply was applied: the events that came were others, or
+// the points themselves were dropped as duplicates, or came from below a
+// purge cut-off (a kept event may name a purged parent from far above
+// the floor, and its depth is not known until it comes back). Without
+// this, every read near such a point asked for it again.
+func (b *Backfiller) unfilled(roomID string, points []point) {
+	left, err := b.extremities(roomID)
+	if err != nil {
+		return
+	}
+	var still []point
+	for _, p := range points {
+		if slices.ContainsFunc(left, func(l point) bool { return l.id == p.id }) {
+			still = append(still, p)
+		}
+	}
+	if len(still) > 0 {
+		b.failed(roomID, still)
+	}
 }
 
 // append publishes the reply's events to the room's log as backfilled

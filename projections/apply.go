@@ -521,7 +521,15 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		if ev.Depth < floor {
 			// An outlier a purge kept stays one.
 			o.Result, o.Reason = OutcomeDropped, fmt.Sprintf("depth %d is below the room's purge cut-off %d", ev.Depth, floor)
-			return nil
+			// A kept event may name a purged parent from above the
+			// floor (a merge names parents at any depth), which makes
+			// the parent a backward extremity at the child's depth: a
+			// read near the floor asks federation for it once, and what
+			// comes back lands here. It is below the floor for good, so
+			// it is no backward extremity any more, and no read asks
+			// for it again. The dropped message stays in the log, so a
+			// rebuild does the same.
+			return tx.Bucket(bBack).Delete(id)
 		}
 	}
 	if p.err != nil {

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"fmt"
+	"maps"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -179,6 +183,83 @@ func TestBackfill_BackgroundAndNotBelowPurge(t *testing.T) {
 			t.Fatalf("%d backfill requests below the purge cut-off", n)
 		}
 	})
+	t.Run("a purged parent named from above the cut-off is asked for once", func(t *testing.T) {
+		// A merge names its parents at any depth: a kept event above the
+		// cut-off names a purged one far below it, which becomes a
+		// backward extremity at the merge's depth (as in a rebuild from
+		// the erased log, where nothing tells its depth). Found by a
+		// helper's review: every read near the cut-off asked for it, and
+		// what came back was dropped below the cut-off.
+		m := backfillMain(t, 2*time.Second)
+		fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+		r := testenv.NewRoom("merge", "test")
+		evs := r.Setup(alice)
+		for len(evs) < 30 { // depths 5..30
+			evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(len(evs))))
+		}
+		old := evs[9] // depth 10, remote: the purge deletes it
+		r.StartAt(31, evs[29].ID(), old.ID())
+		evs = append(evs, r.Msg("@remote:other.org", "merge"))
+		for range 5 {
+			evs = append(evs, r.Msg("@remote:other.org", "after"))
+		}
+		fed.Serve(r.ID, evs...)
+		seqs := m.publisher().Publish(t, evs...)
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+			t.Fatal(err)
+		}
+		seq := m.publisher().Command(t, map[string]any{"id": "cut20", "action": "purge_history", "room_id": r.ID,
+			"params": map[string]any{"token": "t20-0"}})
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 20*time.Second, "the purge to complete", func() bool {
+			task, err := m.Store.Task("cut20")
+			return err == nil && task != nil && task.Status == "complete"
+		})
+		// Its depth is known only once it comes back: one request, and
+		// then it is backed off (here JetStream drops the copy as a
+		// duplicate of the purged message, within its window).
+		for range 3 {
+			if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 50}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if reqs := fed.Requests(); len(reqs) != 1 {
+			t.Fatalf("%d backfill requests for the purged %s, want 1: %v", len(reqs), old.ID(), reqs)
+		}
+		// After the window the copy is applied: dropped below the
+		// cut-off, it is no backward extremity any more.
+		if extremity(t, m, r.ID, old.ID()) == 0 {
+			t.Fatal("the purged parent is no backward extremity before it came back")
+		}
+		copied := maps.Clone(old)
+		copied["backfilled"] = true
+		data, err := bus.Encode(copied)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq = m.publisher().PublishRaw(t, m.publisher().Subjects.Room(r.ID, "event"), data)
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+			t.Fatal(err)
+		}
+		if d := extremity(t, m, r.ID, old.ID()); d != 0 {
+			t.Fatalf("the purged parent, back from below the cut-off, is still a backward extremity at depth %d", d)
+		}
+	})
+}
+
+// extremity is the depth of the room's backward extremity id (0: none).
+func extremity(t *testing.T, m *Main, roomID, id string) int64 {
+	t.Helper()
+	var d int64
+	if err := m.Store.View(roomID, func(v *projections.RoomView) error {
+		d = v.Extremities(true)[id]
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // localPage is what the gappy room holds locally, newest first.
