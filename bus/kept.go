@@ -337,6 +337,37 @@ func (l *Log) eraseCopies(ctx context.Context, keptSubj string, last uint64, seq
 	return l.DeleteMsgs(ctx, erase)
 }
 
+// EraseLateCopies deletes the kept copies of a room's messages below seq
+// that were appended at or after seq: purge_room's erasure purges the
+// kept subject below seq by the copies' own sequences, and a compaction
+// of an earlier purge_history that was under way when the purge_room was
+// applied appends its copies after it (found by a helper's review: the
+// purged room's state stayed in the log for good). It costs one request
+// when no copy lies at or after seq, as a rule; otherwise it reads those
+// copies' headers (the few made since) and deletes the late ones.
+func (l *Log) EraseLateCopies(ctx context.Context, roomID string, seq uint64) error {
+	keptSubj := l.Subjects.Room(roomID, commands.KindKept)
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	_, last, err := lastKept(ctx, st, keptSubj)
+	if err != nil || last < seq {
+		return err
+	}
+	var erase []uint64
+	err = readRange(ctx, l.JS, l.Stream, keptSubj, seq, last, true, func(m jetstream.Msg, at uint64) error {
+		if orig, ok := keptSeq(m.Headers()); ok && orig < seq {
+			erase = append(erase, at)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return l.DeleteMsgs(ctx, erase)
+}
+
 // RoomHistoryBelow reports whether the log still holds any of a room's
 // event messages below seq: on its event subject, or as a kept copy
 // (Compact) of one, whose original sequence is what counts (a copy is

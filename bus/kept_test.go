@@ -480,3 +480,47 @@ func TestPurgeSubjectInSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestEraseLateCopies: after a purge_room at seq, the kept copies at or
+// after seq of messages below it go; a copy of a later message (a purge
+// of the room's new timeline kept it) and copies below seq (the subject
+// purge's) are left alone.
+func TestEraseLateCopies(t *testing.T) {
+	k := newKeptLog(t, 4)
+	ctx := context.Background()
+	room := "!a:x"
+	kept := k.log.Subjects.Room(room, commands.KindKept)
+	copyOf := func(orig uint64) uint64 {
+		t.Helper()
+		m := nats.NewMsg(kept)
+		m.Header.Set(bus.HeaderKeptSeq, strconv.FormatUint(orig, 10))
+		m.Header.Set(bus.HeaderKeptTime, "1")
+		m.Data = []byte("copy")
+		ack, err := k.n.JS.PublishMsg(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack.Sequence
+	}
+	early := copyOf(k.seqs["a1"]) // below the purge_room: its subject purge's
+	purgeAt := early + 1
+	k.append(t, "a", "a5") // at the purge_room's place, an event after it
+	late := copyOf(k.seqs["a2"])
+	newer := copyOf(k.seqs["a5"])
+	if err := k.log.EraseLateCopies(ctx, room, purgeAt); err != nil {
+		t.Fatal(err)
+	}
+	for seq, want := range map[uint64]bool{early: true, late: false, newer: true} {
+		_, err := k.st.GetMsg(ctx, seq)
+		if got := err == nil; got != want {
+			t.Errorf("copy at %d there: %v, want %v (err %v)", seq, got, want, err)
+		}
+	}
+	// Nothing at or after seq: one look-up, nothing deleted.
+	if err := k.log.EraseLateCopies(ctx, room, newer+1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.st.GetMsg(ctx, newer); err != nil {
+		t.Errorf("the newer copy went: %v", err)
+	}
+}

@@ -15,6 +15,7 @@ type LogEraser interface {
 	DeleteMsgs(ctx context.Context, seqs []uint64) error
 	PurgeSubjectBelow(ctx context.Context, subject string, seq uint64) error
 	PurgeSubjectInSteps(ctx context.Context, subject string, seq uint64) error
+	EraseLateCopies(ctx context.Context, roomID string, seq uint64) error
 	Compact(ctx context.Context, roomID string, seqs []uint64) error
 }
 
@@ -118,10 +119,16 @@ func (r *Eraser) step(ctx context.Context) (bool, error) {
 		if r.Compact {
 			purge = r.Log.PurgeSubjectInSteps
 		}
-		for _, kind := range []string{commands.KindKept, commands.KindEvent} {
-			if err := purge(ctx, r.Subjects.Room(room, kind), seq); err != nil {
-				return false, err
-			}
+		if err := purge(ctx, r.Subjects.Room(room, commands.KindKept), seq); err != nil {
+			return false, err
+		}
+		// Copies of the room's history that a compaction made after
+		// the purge_room (it was applied while one ran) lie above seq.
+		if err := r.Log.EraseLateCopies(ctx, room, seq); err != nil {
+			return false, err
+		}
+		if err := purge(ctx, r.Subjects.Room(room, commands.KindEvent), seq); err != nil {
+			return false, err
 		}
 	}
 	return true, r.Store.ErasuresDone(e)

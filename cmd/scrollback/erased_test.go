@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/handlers"
 	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
@@ -201,4 +204,73 @@ func TestProjector_StopWhileTheLogCannotAnswer(t *testing.T) {
 
 	l.read(t, store, after)
 	checkTask(t, store, "drop", commands.TaskScheduled)
+}
+
+// TestEraser_PurgeRoomDuringACompactionLeavesNoCopy: a purge_room applied
+// while the eraser compacts an earlier purge_history of the room (it has
+// taken the room's erasures, and goes on copying what that purge keeps)
+// leaves none of those copies in the log, though they are appended after
+// the purge_room and its erasure purges the kept subject below it by the
+// copies' own sequences (CONTRACT.md section 7; found by a helper's
+// review: the room's state stayed in the log for good).
+func TestEraser_PurgeRoomDuringACompactionLeavesNoCopy(t *testing.T) {
+	l := newErasedLog(t)
+	r := testenv.NewRoom("copies", "test.example")
+	const eve = "@eve:remote.example"
+	evs := r.Setup(erasedAlice, eve)
+	for range 10 {
+		evs = append(evs, r.Msg(eve, "remote"), r.Msg(erasedAlice, "local, kept as an outlier"))
+	}
+	seqs := l.pub.Publish(t, evs...)
+	store := l.store(t)
+	l.read(t, store, seqs[len(seqs)-1])
+	cut := evs[len(evs)-2]
+	hist := l.pub.Command(t, map[string]any{"id": "hist", "action": "purge_history", "room_id": r.ID,
+		"params": map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"].(int64))}})
+	l.read(t, store, hist)
+	for {
+		did, err := store.JanitorStep(projections.JanitorBatch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !did {
+			break
+		}
+	}
+	// The eraser takes the room's erasures...
+	re, ok, err := store.RoomErasures()
+	if err != nil || !ok {
+		t.Fatalf("room erasures: %v %v", ok, err)
+	}
+	// ...the room is purged meanwhile...
+	drop := l.pub.Command(t, map[string]any{"id": "drop", "action": "purge_room", "room_id": r.ID,
+		"params": map[string]any{"force": true}})
+	l.read(t, store, drop)
+	checkTask(t, store, "drop", commands.TaskScheduled)
+	// ...and the compaction goes on, then the eraser carries on.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.log.Compact(ctx, re.RoomID, re.Seqs); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.RoomErasureDone(re); err != nil {
+		t.Fatal(err)
+	}
+	eraser := &handlers.Eraser{Store: store, Log: l.log, Subjects: l.subjects, Compact: true, Logger: slog.New(slog.DiscardHandler)}
+	ectx, ecancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { eraser.Run(ectx); close(done) }()
+	testenv.WaitFor(t, 20*time.Second, "the erasures", func() bool {
+		pending, _ := store.ErasuresPending()
+		return !pending
+	})
+	ecancel()
+	<-done
+	left, err := l.log.RoomHistoryBelow(ctx, r.ID, drop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left {
+		t.Fatalf("the log still holds the purged room's history below its purge_room (seq %d): kept copies made after it survive its erasure", drop)
+	}
 }
