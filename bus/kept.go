@@ -368,6 +368,39 @@ func (l *Log) EraseLateCopies(ctx context.Context, roomID string, seq uint64) er
 	return l.DeleteMsgs(ctx, erase)
 }
 
+// FirstUpdates finds, for each of ids, the first TaskUpdate of that task
+// on the room's task subject after sequence after (none: absent from the
+// map). It reads the subject's messages one at a time from there, by the
+// server's subject index, and stops once every task has one: a room's
+// task subject holds a few messages per task. A message that is not a
+// sound TaskUpdate is passed over, as the projector drops it.
+func (l *Log) FirstUpdates(ctx context.Context, roomID string, ids []string, after uint64) (map[string]*commands.TaskUpdate, error) {
+	subj := l.Subjects.Room(roomID, commands.KindTask)
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	out := map[string]*commands.TaskUpdate{}
+	for seq := after + 1; len(out) < len(ids); {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("bus: next message of %s from %d: %w", subj, seq, err)
+		}
+		seq = m.Sequence + 1
+		e := l.Subjects.Decode(m.Sequence, m.Subject, m.Data, m.Time.UnixMilli())
+		if e.Err != nil || e.Update == nil || !slices.Contains(ids, e.Update.TaskID) {
+			continue
+		}
+		if _, seen := out[e.Update.TaskID]; !seen {
+			out[e.Update.TaskID] = e.Update
+		}
+	}
+	return out, nil
+}
+
 // RoomHistoryBelow reports whether the log still holds any of a room's
 // event messages below seq: on its event subject, or as a kept copy
 // (Compact) of one, whose original sequence is what counts (a copy is

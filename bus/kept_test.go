@@ -524,3 +524,41 @@ func TestEraseLateCopies(t *testing.T) {
 		t.Errorf("the newer copy went: %v", err)
 	}
 }
+
+// TestFirstUpdates: the first TaskUpdate of each task after a sequence,
+// on the room's task subject only; other messages are passed over.
+func TestFirstUpdates(t *testing.T) {
+	k := newKeptLog(t, 1)
+	ctx := context.Background()
+	room := "!a:x"
+	subj := k.log.Subjects.Room(room, commands.KindTask)
+	update := func(subject, id, status string) uint64 {
+		t.Helper()
+		data, err := bus.Encode(map[string]any{"task_id": id, "status": status})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq, err := k.log.Append(ctx, subject, "", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seq
+	}
+	first := update(subj, "a", "active")
+	update(k.log.Subjects.Room("!b:x", commands.KindTask), "b", "failed") // another room's
+	if _, err := k.log.Append(ctx, subj, "", []byte{0xc1}); err != nil {  // not MessagePack
+		t.Fatal(err)
+	}
+	update(subj, "a", "complete")
+	update(subj, "b", "active")
+	got, err := k.log.FirstUpdates(ctx, room, []string{"a", "b", "c"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["a"].Status != "active" || got["b"].Status != "active" {
+		t.Fatalf("from the start: %+v", got)
+	}
+	if got, err = k.log.FirstUpdates(ctx, room, []string{"a"}, first); err != nil || len(got) != 1 || got["a"].Status != "complete" {
+		t.Fatalf("after a's first: %+v %v", got, err)
+	}
+}

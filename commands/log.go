@@ -29,4 +29,11 @@ type LogEntry struct {
 	// instance applied the purge and erased them, perhaps while this
 	// reader was reading them (projections.Projector.Erased).
 	HistoryErased bool
+	// Decided is set by the projector on a purge command whose outcome
+	// depends on history that a later purge may have erased from the log
+	// (projections.Projector.FirstUpdates): by task ID, the first
+	// TaskUpdate after the command of its task, and of its shutdown task
+	// for a shutdown's purge step. It tells how the command was decided
+	// where it was first applied.
+	Decided map[string]*TaskUpdate
 }

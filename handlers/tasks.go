@@ -159,6 +159,7 @@ func (r *TaskRunner) Run(ctx context.Context) {
 				}
 			}()
 		}
+		r.confirm(ctx)
 		r.expire()
 		r.warnStale(tasks)
 		select {
@@ -166,6 +167,44 @@ func (r *TaskRunner) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-r.Wake:
+		}
+	}
+}
+
+// confirm publishes a TaskUpdate that repeats the status and error of
+// each task refused by a purge_room's members check (its own, or a
+// shutdown's purge step) that the log does not confirm yet
+// (Store.Unconfirmed). A later purge_room erases the refused one's
+// history from the log too, and a reader that then finds the history
+// erased takes the purge for one that succeeded, unless the log says
+// otherwise (projections applyPurgeRoom): a rebuild brought a refused
+// purge back as scheduled, and it ran. The projector applies the
+// confirmation without changing the record. Its message ID is
+// "<task id>-confirm", so that a publish repeated before it is applied
+// (the next pass) is a duplicate the log drops.
+func (r *TaskRunner) confirm(ctx context.Context) {
+	tasks, err := r.Store.Unconfirmed()
+	if err != nil {
+		r.Logger.Error("list unconfirmed refusals", "err", err)
+		return
+	}
+	for _, t := range tasks {
+		if !r.owns(t.RoomID) {
+			continue
+		}
+		data, err := bus.Encode(map[string]any{"task_id": t.ID, "status": t.Status, "error": t.Error, "ts": r.Now().UnixMilli()})
+		if err != nil {
+			r.Logger.Error("encode a refusal's confirmation", "task", t.ID, "err", err)
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+		_, err = r.Log.Append(actx, r.Subjects.Room(t.RoomID, commands.KindTask), t.ID+"-confirm", data)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.Logger.Warn("cannot confirm a refused purge in the log; trying again on the next pass", "task", t.ID, "err", err)
+			}
+			return
 		}
 	}
 }

@@ -808,11 +808,15 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 			}
 			t.Status = commands.TaskComplete
 		case commands.ActionPurgeHistory:
-			if err := applyPurgeHistory(tx, room, c, t); err != nil {
+			if err := applyPurgeHistory(tx, room, c, t, e.Decided); err != nil {
 				return err
 			}
 		case commands.ActionPurgeRoom:
-			if room, err = applyPurgeRoom(tx, room, c, t, e.Seq, serverName(tx), e.HistoryErased); err != nil {
+			var refused bool
+			if room, refused, err = applyPurgeRoom(tx, room, c, t, e.Seq, serverName(tx), e.HistoryErased, e.Decided[t.ID]); err != nil {
+				return err
+			}
+			if err := markUnconfirmed(tx, t.ID, refused); err != nil {
 				return err
 			}
 		case commands.ActionShutdownAndPurgeRoom:
@@ -849,6 +853,19 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	return nil
 }
 
+// markUnconfirmed records a purge_room's refusal for the task runner to
+// confirm in the log (applyPurgeRoom; Store.Unconfirmed).
+func markUnconfirmed(tx *bolt.Tx, taskID string, refused bool) error {
+	if !refused {
+		return nil
+	}
+	return tx.Bucket(bUnconfirm).Put([]byte(taskID), nil)
+}
+
+// applyUpdate folds a TaskUpdate into its task. An update that repeats a
+// finished task's status and error changes nothing: it is the task
+// runner confirming a refusal (TaskRunner.confirm), or a final update
+// published again, and it is applied, not a dead letter.
 func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	u := e.Update
 	t, err := getTask(tx, u.TaskID)
@@ -863,6 +880,10 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	}
 	if u.TS == 0 {
 		u.TS = e.LogTS
+	}
+	if t.Finished() && u.Status == t.Status && u.Error == t.Error {
+		o.Task = t
+		return tx.Bucket(bUnconfirm).Delete([]byte(t.ID))
 	}
 	if err := t.Apply(u); err != nil {
 		return fmt.Errorf("%w: %v", commands.ErrMalformed, err)
@@ -898,7 +919,11 @@ func applyShutdownPurge(tx *bolt.Tx, room uint64, c *commands.Command, parent *c
 		return fmt.Errorf("%w: %s: its shutdown task is already %s", commands.ErrDuplicateCommand, c.ID, parent.Status)
 	}
 	probe := &commands.Task{Status: commands.TaskComplete}
-	if _, err := applyPurgeRoom(tx, room, c, probe, e.Seq, serverName(tx), e.HistoryErased); err != nil {
+	_, refused, err := applyPurgeRoom(tx, room, c, probe, e.Seq, serverName(tx), e.HistoryErased, e.Decided[parent.ID])
+	if err != nil {
+		return err
+	}
+	if err := markUnconfirmed(tx, parent.ID, refused); err != nil {
 		return err
 	}
 	parent.Status, parent.Error, parent.UpdatedTS = probe.Status, probe.Error, ts

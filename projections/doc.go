@@ -73,6 +73,8 @@
 //	opentasks  task ID                     -> {}      (scheduled or active)
 //	taskdone   last update|task ID         -> {}      (finished, by the ts
 //	                                          of their last update, as order)
+//	unconfirmed task ID                    -> {}      (purge_room refusals
+//	                                          the runner is to confirm)
 //	deadletter log sequence                -> DeadLetter (last MaxDeadLetters)
 //	received   received ts|log sequence    -> room (live events, outliers too)
 //	checkpoint partition                   -> log sequence
@@ -226,6 +228,22 @@
 // (commands.LogEntry.HistoryErased). A partition whose question the log
 // cannot answer before Run stops applies nothing more, and its watermark
 // does not pass the purge_room.
+//
+// A later purge_room erases the history of a refused one too, and a later
+// purge_history may erase the events that were a room's forward
+// extremities when an earlier purge_history passed the guard: a rebuild,
+// or a reader behind, would decide those commands on a history that is no
+// longer there. So the outcome of such a command is read from the log:
+// the task runner confirms each refusal of a purge_room's members check
+// with a TaskUpdate that repeats the task's status and error (marked in
+// the unconfirmed bucket until it is applied; it changes nothing in the
+// record), and a purge_history that ran has its task's updates after it.
+// Before applying an unforced purge_room whose history is erased, or a
+// purge_history that fails the guard on the file as it is, the projector
+// asks the log for the first TaskUpdate of the task (and of its shutdown
+// task, for a shutdown's purge step) after the command
+// (Projector.FirstUpdates, commands.LogEntry.Decided): a confirmation
+// refuses the purge_room again; any update passes the purge_history.
 //
 // A group that fails is retried batch by batch, and a message that fails
 // to apply in a batch is retried alone; one that fails three times alone

@@ -95,6 +95,7 @@ func deleteTask(tx *bolt.Tx, t *commands.Task) error {
 		{bTasks, []byte(t.ID)},
 		{bRoomTask, roomTaskKey(roomNum(tx, t.RoomID), t.CreatedTS, t.ID)},
 		{bTaskDone, taskDoneKey(t)},
+		{bUnconfirm, []byte(t.ID)},
 	}
 	for _, d := range keys {
 		if err := tx.Bucket(d.bucket).Delete(d.key); err != nil {

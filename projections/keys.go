@@ -42,8 +42,9 @@ var (
 	bOpenTasks = []byte("opentasks")   // task ID -> {} (scheduled or active)
 	bExtraSeqs = []byte("extraseqs")   // room|event ID|0|log sequence -> {} (a stored event's other log messages; see extraSeqKey)
 	bTaskDone  = []byte("taskdone")    // last update ts (as order)|task ID -> {} (finished tasks, to expire; see ExpireTasks)
+	bUnconfirm = []byte("unconfirmed") // task ID -> {} (purge_room refusals the task runner is to confirm in the log; see applyPurgeRoom)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs, bTaskDone}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs, bTaskDone, bUnconfirm}
 )
 
 // order maps a signed stream ordering to an unsigned key component that

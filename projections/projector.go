@@ -8,6 +8,7 @@ import (
 	"math"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,7 +66,16 @@ type Projector struct {
 	// erase the room's history while this one is reading it (CLUSTER.md).
 	// Without it, such a reader can refuse a purge the others completed.
 	Erased func(ctx context.Context, roomID string, seq uint64) (bool, error)
-	Logger *slog.Logger
+	// FirstUpdates, if set, finds the first TaskUpdate of each of a
+	// room's tasks after a sequence (bus.Log.FirstUpdates). The projector
+	// asks it about a purge whose outcome depends on history that a later
+	// purge may have erased from the log (commands.LogEntry.Decided): an
+	// unforced purge_room whose history is erased, and a purge_history
+	// that fails the forward-extremity guard on the file as it is
+	// (Store.AboveExtremities). Without it, a rebuild after such purges
+	// can differ from the live file in those tasks' records.
+	FirstUpdates func(ctx context.Context, roomID string, ids []string, after uint64) (map[string]*commands.TaskUpdate, error)
+	Logger       *slog.Logger
 	// MaxBatch bounds the messages of one partition's batch (default
 	// 8000). A partition takes what is queued, so batches are this big
 	// only when it is behind (a backlog, a catch-up); there, bigger
@@ -501,34 +511,68 @@ func (p *Projector) caughtUp() bool {
 	return applied+builtLag > last || applied >= p.buildTarget.Load()
 }
 
-// markErased asks the log, for each unforced purge_room of the batch,
-// whether the room's history below it is erased (Erased). It asks again
-// until the log answers, or reports false when ctx ends first: applying
-// without the answer could refuse a purge that other instances completed.
+// markErased asks the log the batch's questions: for each unforced
+// purge_room, whether the room's history below it is erased (Erased), and
+// for such a purge_room and for a purge_history that fails the
+// forward-extremity guard now, how the command was decided where it was
+// first applied (FirstUpdates). It asks again until the log answers, or
+// reports false when ctx ends first: applying without the answer could
+// refuse a purge that other instances completed.
 func (p *Projector) markErased(ctx context.Context, entries []commands.LogEntry) bool {
-	if p.Erased == nil {
-		return true
-	}
 	for i := range entries {
 		e := &entries[i]
-		if e.Command == nil || e.Err != nil || e.Command.Action != commands.ActionPurgeRoom || e.Command.Bool("force", false) {
+		c := e.Command
+		if c == nil || e.Err != nil {
 			continue
 		}
-		for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-			erased, err := p.Erased(ctx, e.RoomID, e.Seq)
-			if err == nil {
-				e.HistoryErased = erased
-				break
-			}
-			p.Logger.Warn("cannot tell whether a purged room's history is erased; asking again", "room_id", e.RoomID, "seq", e.Seq, "err", err)
-			select {
-			case <-ctx.Done():
+		var decide []string
+		switch {
+		case c.Action == commands.ActionPurgeRoom && !c.Bool("force", false) && p.Erased != nil:
+			if !p.ask(ctx, e, "whether a purged room's history is erased", func() (err error) {
+				e.HistoryErased, err = p.Erased(ctx, e.RoomID, e.Seq)
+				return err
+			}) {
 				return false
-			case <-time.After(backoff):
 			}
+			if e.HistoryErased {
+				decide = []string{c.ID}
+				if owner, ok := strings.CutSuffix(c.ID, commands.ShutdownPurgeSuffix); ok {
+					decide = append(decide, owner) // a shutdown's purge step
+				}
+			}
+		case c.Action == commands.ActionPurgeHistory:
+			above, err := p.Store.AboveExtremities(e.RoomID, c.String("token"))
+			if above || err != nil {
+				decide = []string{c.ID}
+			}
+		}
+		if len(decide) == 0 || p.FirstUpdates == nil {
+			continue
+		}
+		if !p.ask(ctx, e, "how a purge was decided", func() (err error) {
+			e.Decided, err = p.FirstUpdates(ctx, e.RoomID, decide, e.Seq)
+			return err
+		}) {
+			return false
 		}
 	}
 	return true
+}
+
+// ask calls question until it succeeds, or until ctx ends (false).
+func (p *Projector) ask(ctx context.Context, e *commands.LogEntry, what string, question func() error) bool {
+	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		err := question()
+		if err == nil {
+			return true
+		}
+		p.Logger.Warn("cannot tell "+what+"; asking again", "room_id", e.RoomID, "seq", e.Seq, "err", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+	}
 }
 
 // commit hands the batch to the committer and waits for its group's

@@ -30,20 +30,20 @@ func serverName(tx *bolt.Tx) string {
 // applyPurgeHistory checks the forward-extremity guard and raises the
 // floor. The task stays scheduled; the task runner completes it once the
 // janitor and the log erasure are done.
-func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task) error {
+//
+// The guard reads the room's forward extremities, which a later purge
+// may erase from the log: a rebuild, or a reader behind that purge's
+// erasure, would find the room's newest events gone and fail a purge
+// that passed where it was first applied. A TaskUpdate of the task later
+// in the log (decided, Projector.FirstUpdates) says that it passed: the
+// task ran.
+func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, decided map[string]*commands.TaskUpdate) error {
 	tok, err := commands.ParseRoomToken(c.String("token"))
 	if err != nil {
 		t.Status, t.Error = commands.TaskFailed, err.Error()
 		return nil
 	}
-	maxFwd, found := int64(0), false
-	prefix := u64(room)
-	cur := tx.Bucket(bFwd).Cursor()
-	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		found = true
-		maxFwd = max(maxFwd, int64(binary.BigEndian.Uint64(v)))
-	}
-	if found && maxFwd < tok.Topological {
+	if aboveExtremities(tx, room, tok.Topological) && decided[t.ID] == nil {
 		t.Status, t.Error = commands.TaskFailed, ErrTextAboveExtremities
 		return nil
 	}
@@ -71,6 +71,41 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 	return nil
 }
 
+// aboveExtremities is the forward-extremity guard of a purge_history:
+// whether depth lies above every forward extremity of the room (none:
+// no).
+func aboveExtremities(tx *bolt.Tx, room uint64, depth int64) bool {
+	maxFwd, found := int64(0), false
+	prefix := u64(room)
+	cur := tx.Bucket(bFwd).Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		found = true
+		maxFwd = max(maxFwd, int64(binary.BigEndian.Uint64(v)))
+	}
+	return found && maxFwd < depth
+}
+
+// AboveExtremities reports whether a purge_history of roomID with token
+// would fail the forward-extremity guard on the file as it is now (an
+// unknown room or a bad token: no). A room's newest forward extremity
+// only moves up as its events are applied (until a purge_room starts the
+// room again), so a purge that passes now passes once applied; the
+// projector asks the log about the others (Projector.FirstUpdates).
+func (s *Store) AboveExtremities(roomID, token string) (bool, error) {
+	tok, err := commands.ParseRoomToken(token)
+	if err != nil {
+		return false, nil
+	}
+	above := false
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if room := roomNum(tx, roomID); room != 0 {
+			above = aboveExtremities(tx, room, tok.Topological)
+		}
+		return nil
+	})
+	return above, err
+}
+
 // applyPurgeRoom refuses while local users are joined (unless forced),
 // else ends the room's history at this log position: the room ID gets a
 // new room number, so every read and every later event sees an empty room
@@ -80,35 +115,46 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 // room's number from now on.
 //
 // A purge whose history the log no longer holds (erased: see
-// commands.LogEntry.HistoryErased) is not refused: only a purge_room that
+// commands.LogEntry.HistoryErased) is not refused: a purge_room that
 // succeeded is erased, and what this reader saw of the room may lack the
-// members' leaves, erased before it read them.
-func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, seq uint64, server string, erased bool) (uint64, error) {
-	if !c.Bool("force", false) && server != "" && !erased {
-		joined, err := localJoined(tx, room, server)
-		if err != nil {
-			return room, err
-		}
-		if joined {
-			t.Status, t.Error = commands.TaskFailed, ErrTextUsersJoined
-			return room, nil
+// members' leaves, erased before it read them. But a later purge_room
+// erases the history of one that was refused too, so a refusal is
+// confirmed in the log (refused: the caller marks the task, and the task
+// runner publishes the confirmation, TaskRunner.confirm), and a
+// confirmation after the command (confirmed, from
+// commands.LogEntry.Decided) refuses it again with the same error.
+func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, seq uint64, server string, erased bool, confirmed *commands.TaskUpdate) (n uint64, refused bool, err error) {
+	if !c.Bool("force", false) && server != "" {
+		switch {
+		case erased && confirmed != nil && confirmed.Status == commands.TaskFailed:
+			t.Status, t.Error = commands.TaskFailed, confirmed.Error
+			return room, false, nil
+		case !erased:
+			joined, err := localJoined(tx, room, server)
+			if err != nil {
+				return room, false, err
+			}
+			if joined {
+				t.Status, t.Error = commands.TaskFailed, ErrTextUsersJoined
+				return room, true, nil
+			}
 		}
 	}
 	old, err := getRoomMeta(tx, room)
 	if err != nil {
-		return room, err
+		return room, false, err
 	}
 	rooms := tx.Bucket(bRooms)
-	n, err := rooms.NextSequence()
+	n, err = rooms.NextSequence()
 	if err != nil {
-		return room, err
+		return room, false, err
 	}
 	if err := rooms.Put([]byte(old.RoomID), u64(n)); err != nil {
-		return room, err
+		return room, false, err
 	}
 	fresh := &RoomMeta{RoomID: old.RoomID, Blocked: old.Blocked, BlockedBy: old.BlockedBy, ResetSeq: seq, ResetDone: seq}
 	if err := putRoomMeta(tx, n, fresh); err != nil {
-		return room, err
+		return room, false, err
 	}
 	// The task list stays with the room.
 	rt := tx.Bucket(bRoomTask)
@@ -120,23 +166,23 @@ func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.T
 	}
 	for _, k := range keys {
 		if err := rt.Put(append(u64(n), k[8:]...), nil); err != nil {
-			return room, err
+			return room, false, err
 		}
 		if err := rt.Delete(k); err != nil {
-			return room, err
+			return room, false, err
 		}
 	}
 	if err := tx.Bucket(bJanitor).Put(u64(room), []byte(janitorDrop)); err != nil {
-		return room, err
+		return room, false, err
 	}
 	if err := tx.Bucket(bEraseRoom).Put([]byte(old.RoomID), u64(seq)); err != nil {
-		return room, err
+		return room, false, err
 	}
 	if err := dropRoomErasures(tx, room); err != nil {
-		return room, err
+		return room, false, err
 	}
 	t.Result = map[string]any{"reset_seq": seq}
-	return n, nil
+	return n, false, nil
 }
 
 // dropRoomErasures deletes the erasures that earlier purges queued under a

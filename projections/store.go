@@ -611,6 +611,25 @@ func putTask(tx *bolt.Tx, t *commands.Task) error {
 	return tx.Bucket(bOpenTasks).Put([]byte(t.ID), nil)
 }
 
+// Unconfirmed lists the finished tasks whose refusal by a purge_room's
+// members check the task runner is to confirm in the log, so that a
+// reader that finds the room's history erased by a later purge refuses it
+// too (applyPurgeRoom, TaskRunner.confirm).
+func (s *Store) Unconfirmed() ([]*commands.Task, error) {
+	var out []*commands.Task
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bUnconfirm).ForEach(func(k, _ []byte) error {
+			t, err := getTask(tx, string(k))
+			if err != nil || t == nil {
+				return err
+			}
+			out = append(out, t)
+			return nil
+		})
+	})
+	return out, err
+}
+
 // OpenTasks lists the tasks that are scheduled or active.
 func (s *Store) OpenTasks() ([]*commands.Task, error) {
 	var out []*commands.Task

@@ -45,7 +45,7 @@ func (l *erasedLog) store(t *testing.T) *projections.Store {
 // stops.
 func (l *erasedLog) read(t *testing.T, store *projections.Store, seq uint64) {
 	t.Helper()
-	p := &projections.Projector{Store: store, Source: l.log, Decode: l.subjects.Decode, RoomKeyOf: roomKeyToken("sb"), Erased: logErased(l.log)}
+	p := &projections.Projector{Store: store, Source: l.log, Decode: l.subjects.Decode, RoomKeyOf: roomKeyToken("sb"), Erased: logErased(l.log), FirstUpdates: l.log.FirstUpdates}
 	if err := p.Init(); err != nil {
 		t.Fatal(err)
 	}

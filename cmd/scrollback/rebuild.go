@@ -152,7 +152,7 @@ func buildFromLog(ctx context.Context, cfg Config, tmp string) (uint64, error) {
 	// would otherwise look like a hang.
 	warn := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyToken(cfg.NATS.SubjectPrefix),
-		Erased: logErased(log), Logger: warn}
+		Erased: logErased(log), FirstUpdates: log.FirstUpdates, Logger: warn}
 	if err := p.Init(); err != nil {
 		store.Close()
 		return 0, err

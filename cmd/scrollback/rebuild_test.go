@@ -366,3 +366,153 @@ func TestPurgeRoom_ErasesTheKeptCopies(t *testing.T) {
 		t.Fatalf("verify: %d differences, %v\n%s", n, err, vout.String())
 	}
 }
+
+// TestRebuild_KeepsARefusedPurgeRoomRefused: an unforced purge_room
+// refused while a local user is joined, then a forced one that erases the
+// room's history: a rebuild, which finds no history below the first,
+// refuses it too, because the task runner confirmed the refusal in the
+// log (found by a helper's review: it came back scheduled, and ran).
+func TestRebuild_KeepsARefusedPurgeRoomRefused(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("refused", "test")
+	evs := r.Setup(alice)
+	for i := range 5 {
+		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
+	}
+	m.publisher().Publish(t, evs...)
+	seq := m.publisher().Command(t, map[string]any{"id": "refused", "action": "purge_room", "room_id": r.ID,
+		"params": map[string]any{"force": false}})
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+		t.Fatal(err)
+	}
+	if task, _ := m.Store.Task("refused"); task == nil || task.Status != "failed" {
+		t.Fatalf("unforced purge_room with alice joined: %+v, want failed", task)
+	}
+	m.publisher().Command(t, map[string]any{"id": "forced", "action": "purge_room", "room_id": r.ID,
+		"params": map[string]any{"force": true}})
+	testenv.WaitFor(t, 20*time.Second, "the forced purge and its erasure", func() bool {
+		task, _ := m.Store.Task("forced")
+		pending, _ := m.Store.ErasuresPending()
+		return task != nil && task.Status == "complete" && !pending
+	})
+	testenv.WaitFor(t, 10*time.Second, "the refusal confirmed in the log", func() bool {
+		tasks, err := m.Store.Unconfirmed()
+		return err == nil && len(tasks) == 0
+	})
+	live, _ := m.Store.Task("refused")
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if n, err := verifyProjection(context.Background(), m.Config, &out); n != 0 || err != nil {
+		t.Fatalf("verify: %d differences, %v\n%s", n, err, out.String())
+	}
+	if err := rebuildProjection(context.Background(), m.Config, &out); err != nil {
+		t.Fatal(err)
+	}
+	s := testenv.OpenStore(t, filepath.Join(m.Config.DataDir, "scrollback.db"))
+	task, err := s.Task("refused")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task == nil || task.Status != live.Status || task.Error != live.Error {
+		t.Fatalf("rebuilt task record of the refused purge_room: %+v\nwant status %q error %q as live", task, live.Status, live.Error)
+	}
+}
+
+// The forward-extremity guard of a purge_history (SYNAPSE.md 6.4 step 1)
+// is checked against what the room holds at the command's position in the
+// log. A later purge erases events that were the room's forward
+// extremities when the earlier purge was applied: a rebuild from the
+// erased log then finds only the kept state events below the first
+// purge, whose depth is below its cut-off, and fails the purge that
+// completed live.
+// TestRebuild_KeepsAnEarlierPurgeComplete: a purge_history that passed the
+// forward-extremity guard, then a later one that erases the events that
+// were the room's forward extremities then: a rebuild passes the first
+// too, because its task's updates follow it in the log (found by a
+// helper's review: the rebuild failed it).
+func TestRebuild_KeepsAnEarlierPurgeComplete(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("twice", "test")
+	evs := r.Setup(alice)
+	for len(evs) < 50 { // depths 5..50, remote
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(len(evs))))
+	}
+	m.publisher().Publish(t, evs...)
+	m.purgeHistory(t, r.ID, evs[39].ID(), "") // cut-off depth 40; tip at 50
+	first, _ := m.Store.RoomTasks(r.ID)
+	if len(first) != 1 || first[0].Status != "complete" {
+		t.Fatalf("first purge: %+v", first)
+	}
+	more := []testenv.Event{}
+	for range 50 { // depths 51..100, remote
+		more = append(more, r.Msg("@remote:other.org", "more"))
+	}
+	m.publisher().Publish(t, more...)
+	m.purgeHistory(t, r.ID, more[39].ID(), "") // cut-off depth 90
+	live, _ := m.Store.RoomTasks(r.ID)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if n, err := verifyProjection(context.Background(), m.Config, &out); n != 0 || err != nil {
+		t.Fatalf("verify: %d differences, %v\n%s", n, err, out.String())
+	}
+	if err := rebuildProjection(context.Background(), m.Config, &out); err != nil {
+		t.Fatal(err)
+	}
+	s := testenv.OpenStore(t, filepath.Join(m.Config.DataDir, "scrollback.db"))
+	for _, lt := range live {
+		rt, err := s.Task(lt.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rt == nil || rt.Status != lt.Status || rt.Error != lt.Error {
+			t.Errorf("task %s: live %s %q, rebuilt %+v", lt.ID, lt.Status, lt.Error, rt)
+		}
+	}
+}
+
+// TestRebuild_KeepsARefusedShutdownRefused: a shutdown whose purge step
+// is refused (a member's leave failed, so a local user is still joined),
+// then a forced purge_room that erases the room's history: a rebuild
+// fails the shutdown as the live file did, by the runner's confirmation
+// of the step's refusal.
+func TestRebuild_KeepsARefusedShutdownRefused(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "refusedstep", 3)
+	hs.FailLeave("@user1:test")
+	st, body := m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", `{}`)
+	wantErr(t, st, body, 400, "M_UNKNOWN", "Users are still joined to this room")
+	m.publisher().Command(t, map[string]any{"id": "forced", "action": "purge_room", "room_id": room.ID,
+		"params": map[string]any{"force": true}})
+	testenv.WaitFor(t, 20*time.Second, "the forced purge, its erasure and the refusal's confirmation", func() bool {
+		task, _ := m.Store.Task("forced")
+		pending, _ := m.Store.ErasuresPending()
+		unconfirmed, _ := m.Store.Unconfirmed()
+		return task != nil && task.Status == commands.TaskComplete && !pending && len(unconfirmed) == 0
+	})
+	live, err := m.Store.RoomTasks(room.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := rebuildProjection(context.Background(), m.Config, &out); err != nil {
+		t.Fatal(err)
+	}
+	s := testenv.OpenStore(t, filepath.Join(m.Config.DataDir, "scrollback.db"))
+	for _, lt := range live {
+		rt, err := s.Task(lt.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rt == nil || rt.Status != lt.Status || rt.Error != lt.Error {
+			t.Errorf("task %s (%s): live %s %q, rebuilt %+v", lt.ID, lt.Action, lt.Status, lt.Error, rt)
+		}
+	}
+}

@@ -128,7 +128,10 @@ func (m *Main) Open(ctx context.Context) error {
 		Decode:    subjects.Decode,
 		RoomKeyOf: roomKeyToken(c.NATS.SubjectPrefix),
 		Erased:    logErased(logLog),
-		Logger:    m.Logger.With("component", "projector"),
+		// How a purge was decided, where a later purge erased the
+		// history that decided it.
+		FirstUpdates: logLog.FirstUpdates,
+		Logger:       m.Logger.With("component", "projector"),
 	}
 	m.Metrics = handlers.NewMetrics(projectionLag(m.Projector, logLog))
 	m.Projector.Observe = m.observeBatch(subjects)
