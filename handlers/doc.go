@@ -17,7 +17,12 @@
 // While a purge's rows go, it puts the janitor's progress in the task
 // record (purged_below, at most once PurgeProgressEvery), and numbers a
 // task's updates by those the log took, so that a run after a refused
-// publish never reuses a message ID (update).
+// publish never reuses a message ID (update). A purge task completes once
+// its own room's rows are gone (those of a number a purge_room retired
+// too) and its own room's messages are erased; other rooms' erasures do
+// not hold it. It confirms in the log each purge_room that the projection
+// refused while local users were joined (confirm), so that a rebuild
+// after a later purge erased the room refuses it too.
 //
 // Look-ups that pick a purge's cut-off from what the room holds (a purge
 // by event ID that finds nothing, a purge by time, a retention job) first

@@ -310,7 +310,7 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 		if err != nil {
 			return err
 		}
-		pending, err := r.Store.ErasuresPending()
+		pending, err := r.Store.ErasuresPendingFor(task.RoomID)
 		if err != nil {
 			return err
 		}

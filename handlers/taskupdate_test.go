@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -202,4 +203,122 @@ func intOf(v any) int64 {
 		return n
 	}
 	return -1
+}
+
+// TestTaskRunner_APurgeWaitsForItsOwnRoomsErasures: a purge task completes
+// once its own room's rows and log messages are gone, whatever other
+// rooms still have to erase. Before, it waited for every room's erasures:
+// one room whose erasure failed kept every other purge active, each
+// holding one of the tasks.max_concurrent slots (found by a helper's
+// review).
+func TestTaskRunner_APurgeWaitsForItsOwnRoomsErasures(t *testing.T) {
+	slow, quick := testenv.NewRoom("slow", "test"), testenv.NewRoom("quick", "test")
+	evs := slow.Setup("@alice:test")
+	for i := range 20 {
+		evs = append(evs, slow.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	slowCut := evs[len(evs)-3]
+	quickEvs := quick.Setup("@alice:test")
+	evs = append(append(evs, quickEvs...), quick.Msg("@alice:test", "hi"))
+	ids := []string{"purgeslow", "purgequick"}
+	a, store := rejectingAdmin(t, func() string { id := ids[0]; ids = ids[1:]; return id }, evs...)
+	purge := func(roomID string, cut testenv.Event) {
+		t.Helper()
+		req, err := bus.Encode(map[string]any{"event_id": cut.ID()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(roomID, "purge_history"), req); err != nil {
+			t.Fatal(err)
+		}
+		for { // no janitor runs here: the test steps it
+			did, err := store.JanitorStep(1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !did {
+				break
+			}
+		}
+	}
+	// The slow room's messages are queued for erasure, and no eraser
+	// runs; the quick room's purge deletes nothing.
+	purge(slow.ID, slowCut)
+	purge(quick.ID, quickEvs[0])
+	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: time.Now,
+		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); runner.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	status := func(id string) string {
+		task, err := store.Task(id)
+		if err != nil || task == nil {
+			t.Fatalf("task %s: %+v (%v)", id, task, err)
+		}
+		return task.Status
+	}
+	testenv.WaitFor(t, 10*time.Second, "the quick room's purge to complete", func() bool { return status("purgequick") == commands.TaskComplete })
+	if s := status("purgeslow"); s != commands.TaskActive {
+		t.Fatalf("the slow room's purge, whose messages are still to erase, is %s", s)
+	}
+}
+
+// TestTaskRunner_APurgeRoomWaitsForItsRows: a purge_room task completes
+// once the janitor has dropped the rows of the room number it retired, as
+// well as the log's erasure; before, it completed with the rows still in
+// the file (the room's new number had nothing to delete). Found by a
+// helper's review.
+func TestTaskRunner_APurgeRoomWaitsForItsRows(t *testing.T) {
+	r := testenv.NewRoom("dropped", "test")
+	evs := r.Setup("@alice:test")
+	for i := range 20 {
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(i)))
+	}
+	a, store := rejectingAdmin(t, func() string { return "unused" }, evs...)
+	log := a.Log.(noMsgID).log
+	data, err := bus.Encode(map[string]any{"id": "drop", "action": commands.ActionPurgeRoom, "room_id": r.ID, "params": map[string]any{"force": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	seq, err := log.Append(ctx, subjects.Room(r.ID, commands.KindCmd), "", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Waiter.WaitFor(ctx, r.ID, seq); err != nil {
+		t.Fatal(err)
+	}
+	runner := &handlers.TaskRunner{Store: store, Log: log, Waiter: a.Waiter, Subjects: subjects, Now: time.Now,
+		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
+	eraser := &handlers.Eraser{Store: store, Log: log, Subjects: subjects, Compact: true, Logger: slog.New(slog.DiscardHandler)}
+	var wg sync.WaitGroup
+	wg.Go(func() { runner.Run(ctx) })
+	wg.Go(func() { eraser.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	status := func() string {
+		task, err := store.Task("drop")
+		if err != nil || task == nil {
+			t.Fatalf("task: %+v (%v)", task, err)
+		}
+		return task.Status
+	}
+	testenv.WaitFor(t, 10*time.Second, "the room's erasure", func() bool {
+		pending, err := store.ErasuresPendingFor(r.ID)
+		return err == nil && !pending && status() == commands.TaskActive
+	})
+	time.Sleep(50 * time.Millisecond) // a runner's pass or more: it must not complete
+	if s := status(); s != commands.TaskActive {
+		t.Fatalf("the purge_room is %s with the retired number's rows still in the file", s)
+	}
+	for { // no janitor runs here: the test steps it
+		did, err := store.JanitorStep(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !did {
+			break
+		}
+	}
+	testenv.WaitFor(t, 10*time.Second, "the purge_room to complete", func() bool { return status() == commands.TaskComplete })
 }

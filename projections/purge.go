@@ -264,7 +264,8 @@ type PurgeProgress struct {
 	// from the room's lowest depth to Floor as the rows go. It is Floor,
 	// or above, once they are all gone.
 	PurgedBelow int64
-	// Done is PurgeDone: nothing is left for the janitor.
+	// Done is PurgeDone: nothing is left for the janitor, under the
+	// room's number or under one that a purge_room retired.
 	Done bool
 }
 
@@ -287,9 +288,32 @@ func (s *Store) PurgeProgress(roomID string) (PurgeProgress, error) {
 				p.PurgedBelow = depth
 			}
 		}
-		return nil
+		if p.Done {
+			p.Done, err = noRetiredRows(tx, roomID, n)
+		}
+		return err
 	})
 	return p, err
+}
+
+// noRetiredRows reports whether the janitor has dropped the rows of every
+// number that a purge_room retired from roomID (current is the room's
+// number now). Its queue holds the rooms it has work in: few.
+func noRetiredRows(tx *bolt.Tx, roomID string, current uint64) (bool, error) {
+	c := tx.Bucket(bJanitor).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(k) != 8 || string(v) != janitorDrop || binary.BigEndian.Uint64(k) == current {
+			continue
+		}
+		meta, err := getRoomMeta(tx, binary.BigEndian.Uint64(k))
+		if err != nil {
+			return false, err
+		}
+		if meta.RoomID == roomID {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // EventInfo is where an event is stored.

@@ -792,6 +792,24 @@ func (s *Store) ErasuresPending() (bool, error) {
 	return pending, err
 }
 
+// ErasuresPendingFor reports whether erasures of roomID's messages are
+// queued: under its room number (erasein), for its purge_room
+// (eraseroom), or in the queue that files written before erasein kept,
+// which names no room (erase). A purge task waits for its own room's
+// only: one room whose erasure fails must not keep every other room's
+// purge open.
+func (s *Store) ErasuresPendingFor(roomID string) (bool, error) {
+	pending := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bErase).Cursor().First()
+		n := roomNum(tx, roomID)
+		pending = k != nil || tx.Bucket(bEraseRoom).Get([]byte(roomID)) != nil ||
+			(n != 0 && tx.Bucket(bEraseIn).Bucket(u64(n)) != nil)
+		return nil
+	})
+	return pending, err
+}
+
 // RoomTasks lists a room's tasks, oldest first.
 func (s *Store) RoomTasks(roomID string) ([]*commands.Task, error) {
 	var out []*commands.Task
