@@ -1308,14 +1308,8 @@ func (r *loadResult) add(r2 loadResult) {
 
 func (r *loadResult) finish() { slices.Sort(r.lat) }
 
-// Pct is the p-th percentile latency (nearest rank).
-func (r loadResult) Pct(p float64) time.Duration {
-	if len(r.lat) == 0 {
-		return 0
-	}
-	i := int(float64(len(r.lat))*p/100+0.999999) - 1
-	return r.lat[min(max(i, 0), len(r.lat)-1)]
-}
+// Pct is the p-th percentile latency (nearest rank, exact).
+func (r loadResult) Pct(p float64) time.Duration { return loadgen.Percentile(r.lat, p) }
 
 // Max is the slowest request.
 func (r loadResult) Max() time.Duration {

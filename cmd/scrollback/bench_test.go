@@ -474,3 +474,23 @@ func TestHideStats(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadResultPct: the closed loop's percentiles are loadgen's nearest
+// rank. The rank is the smallest with at least p% of the values at or
+// below it: of two values, p50.00001 is the second (the first is only
+// 50%), which an epsilon of 1e-6 on the rank got wrong.
+func TestLoadResultPct(t *testing.T) {
+	ms := time.Millisecond
+	r := loadResult{lat: []time.Duration{1 * ms, 2 * ms}}
+	for _, tt := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 1 * ms}, {50.00001, 2 * ms}, {99, 2 * ms}, {100, 2 * ms}, {0.001, 1 * ms}} {
+		if got := r.Pct(tt.p); got != tt.want {
+			t.Errorf("p%g of %v = %v, want %v", tt.p, r.lat, got, tt.want)
+		}
+	}
+	if got := (loadResult{}).Pct(99); got != 0 {
+		t.Errorf("p99 of nothing = %v, want 0", got)
+	}
+}
