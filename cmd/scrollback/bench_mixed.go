@@ -532,6 +532,10 @@ type mixedPhase struct {
 	SchedKnown bool
 }
 
+// Span is the phase's times since the reply, to a tenth of a second: a
+// quick run's phases are shorter than a second.
+func (p mixedPhase) Span() string { return fmt.Sprintf("%.1f-%.1fs", p.From.Seconds(), p.To.Seconds()) }
+
 func (p mixedPhase) String() string {
 	running := "nothing more"
 	if len(p.Running) > 0 {
@@ -607,7 +611,7 @@ func (b *bench) mixedSummary(t summaryTable) {
 	t.latRow("reads p50 during the workload vs with the ingest alone", r.during.Pct(50), r.withIngest.Pct(50), 0)
 	t.latRow("reads p99 during the workload vs with the ingest alone", r.during.Pct(99), r.withIngest.Pct(99), goalDuringP99Ratio)
 	for _, ph := range r.phases {
-		t.latRow(fmt.Sprintf("... %.0f-%.0fs from the reply (%s)", ph.From.Seconds(), ph.To.Seconds(), strings.Join(ph.Running, " + ")), ph.Stats.P99, r.withIngest.Pct(99), 0)
+		t.latRow(fmt.Sprintf("... %s from the reply (%s)", ph.Span(), strings.Join(ph.Running, " + ")), ph.Stats.P99, r.withIngest.Pct(99), 0)
 	}
 	if r.schedKnown {
 		t.schedRows("during the workload vs with the ingest alone", r.duringSched, r.withIngestSched)

@@ -494,3 +494,16 @@ func TestLoadResultPct(t *testing.T) {
 		t.Errorf("p99 of nothing = %v, want 0", got)
 	}
 }
+
+// TestMixedPhaseSpan: sub-second phases keep their times apart.
+func TestMixedPhaseSpan(t *testing.T) {
+	ms := time.Millisecond
+	for _, tt := range []struct {
+		from, to time.Duration
+		want     string
+	}{{0, 300 * ms, "0.0-0.3s"}, {300 * ms, 450 * ms, "0.3-0.5s"}, {2 * time.Second, 12500 * ms, "2.0-12.5s"}} {
+		if got := (mixedPhase{From: tt.from, To: tt.to}).Span(); got != tt.want {
+			t.Errorf("span %v-%v = %q, want %q", tt.from, tt.to, got, tt.want)
+		}
+	}
+}
