@@ -844,6 +844,9 @@ func (o *openLoop) send(ctx context.Context, released time.Time) {
 	n, err := o.t.do(ctx, mrand.IntN(o.t.n))
 	d := time.Since(released)
 	o.inFlight.Add(-1)
+	if err == nil {
+		o.t.rec.record(released, d)
+	}
 	part := 0
 	if m := o.mark.Load(); m > 0 && released.Sub(o.start) >= time.Duration(m) {
 		part = 1

@@ -507,3 +507,37 @@ func TestMixedPhaseSpan(t *testing.T) {
 		}
 	}
 }
+
+// TestLoops_RecordWhatTheyMeasure: the closed and the open loop record
+// each answered request into the target's series themselves, with the
+// latency they count, so that a series (the plots, --trace-slow) and the
+// loop's own figures agree.
+func TestLoops_RecordWhatTheyMeasure(t *testing.T) {
+	var calls atomic.Int64
+	do := func(ctx context.Context, i int) (int, error) {
+		if calls.Add(1)%5 == 0 {
+			time.Sleep(3 * time.Millisecond)
+		}
+		return 10, nil
+	}
+	ctx := context.Background()
+	closed := loadgen.NewSeries("closed", time.Now())
+	tg := target{n: 1, do: do, rec: &recHook{}}
+	tg.rec.set(closed)
+	r, err := runLoad(ctx, 2, 50*time.Millisecond, tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := closed.Hist(); h.Count() != uint64(r.Requests) || h.Max() != r.Max() {
+		t.Errorf("closed loop: %d requests, max %v; its series: %d, max %v", r.Requests, r.Max(), h.Count(), h.Max())
+	}
+	open := loadgen.NewSeries("open", time.Now())
+	tg.rec.set(open)
+	or, err := runOpenLoop(ctx, 1000, 100*time.Millisecond, tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := open.Hist(); h.Count() != uint64(or.Requests) || h.Max() != or.Max() {
+		t.Errorf("open loop: %d requests, max %v; its series: %d, max %v", or.Requests, or.Max(), h.Count(), h.Max())
+	}
+}
