@@ -49,7 +49,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/scrollback/scrollback/bus"
-	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/internal/schedwait"
 )
 
@@ -408,9 +407,12 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 		return fmt.Errorf("bench: shutdown request: %w", sr.err)
 	}
 	res.PurgeReply, res.ShutdownReply = pr.took, sr.took
+	// The reads due from the replies on are the phases' (mixedPhases): a
+	// part of the open loop starts here, and one more wherever a step is
+	// seen to end.
+	replied := during.Mark()
 	b.mark("purge and shutdown requested")
 	b.printf("requests: purge_history replied in %s (purge_id %s), delete in %s (delete_id %s)\n", fmtLat(pr.took), pr.id, fmtLat(sr.took), sr.id)
-	replied := time.Now()
 
 	deadline := time.NewTimer(10*time.Minute + time.Duration(purged.Len()+c.ShutdownMembers*10)*time.Millisecond)
 	defer deadline.Stop()
@@ -429,10 +431,10 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 			}
 			ingestDone = nil
 		}
-		now := time.Since(replied)
+		var ended []*time.Duration // the steps seen to end in this look
 		if res.PurgeRows == 0 && sv.m != nil {
 			if done, err := sv.m.Store.PurgeDone(purged.ID); err == nil && done {
-				res.PurgeRows = now
+				ended = append(ended, &res.PurgeRows)
 				b.mark("purge: rows removed")
 			}
 		}
@@ -443,7 +445,7 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 			}
 			switch status {
 			case "complete":
-				res.PurgeDone = now
+				ended = append(ended, &res.PurgeDone)
 				b.mark("purge complete")
 			case "failed":
 				return fmt.Errorf("bench: the purge failed")
@@ -460,13 +462,19 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 			}
 			switch task["status"] {
 			case "complete":
-				res.ShutdownDone = now
+				ended = append(ended, &res.ShutdownDone)
 				shutdown, _ := task["shutdown_room"].(map[string]any)
 				kicked, _ := shutdown["kicked_users"].([]any)
 				res.Kicked = len(kicked)
 				b.mark("shutdown complete")
 			case "failed":
 				return fmt.Errorf("bench: the shutdown failed: %v", task["error"])
+			}
+		}
+		if len(ended) > 0 {
+			at := during.Mark().Sub(replied)
+			for _, d := range ended {
+				*d = at
 			}
 		}
 	}
@@ -484,8 +492,8 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 		return fmt.Errorf("bench: reads during the workload: %w", err)
 	}
 	b.mark("workload done")
-	at := replied.Sub(series.Origin()) // the reply, on the series' and the sampler's clock
-	res.phases = mixedPhases(series, at, res.PurgeRows, res.ShutdownDone, res.PurgeDone)
+	at := replied.Sub(series.Origin()) // the reply, on the sampler's clock
+	res.phases = mixedPhases(during.Parts()[1:], res.PurgeRows, res.ShutdownDone, res.PurgeDone)
 	for i := range res.phases {
 		ph := &res.phases[i]
 		ph.CPU, ph.MachineCPU, ph.CPUKnown = b.cpuBetween(at+ph.From, at+ph.To)
@@ -522,7 +530,7 @@ func (b *bench) mixedWorkload(ctx context.Context, sv *sut, hs *benchHS, g *genL
 type mixedPhase struct {
 	From, To time.Duration // since the requests' reply
 	Running  []string      // what ran meanwhile, besides the reads and the ingest
-	Stats    loadgen.Stats
+	Reads    openResult    // the reads due in the phase
 	// The cores the service's process (with the bench) and the machine
 	// used on average, when sampled (CPUKnown).
 	CPU, MachineCPU float64
@@ -541,7 +549,7 @@ func (p mixedPhase) String() string {
 	if len(p.Running) > 0 {
 		running = strings.Join(p.Running, " + ")
 	}
-	if p.Stats.N == 0 {
+	if p.Reads.N() == 0 {
 		return fmt.Sprintf("%5.1f-%5.1fs, %s: no reads", p.From.Seconds(), p.To.Seconds(), running)
 	}
 	cpu := ""
@@ -551,15 +559,20 @@ func (p mixedPhase) String() string {
 	if p.SchedKnown {
 		cpu += "; waits for a CPU " + fmtSched(p.Sched)
 	}
+	if p.Reads.Failed > 0 {
+		cpu = fmt.Sprintf("; %d failed", p.Reads.Failed) + cpu
+	}
 	return fmt.Sprintf("%5.1f-%5.1fs, %s: %d reads, p50 %s p99 %s max %s%s", p.From.Seconds(), p.To.Seconds(), running,
-		p.Stats.N, fmtLat(p.Stats.P50), fmtLat(p.Stats.P99), fmtLat(p.Stats.Max), cpu)
+		p.Reads.N(), fmtLat(p.Reads.Pct(50)), fmtLat(p.Reads.Pct(99)), fmtLat(p.Reads.Max()), cpu)
 }
 
-// mixedPhases splits the reads during the workload at the steps' ends,
-// each since the reply (at replied since the series' origin): the rows
-// removed (0: not known), the shutdown complete and the purge complete.
-// A phase is named by what still ran in it.
-func mixedPhases(s *loadgen.Series, replied, rowsDone, shutdownDone, purgeDone time.Duration) []mixedPhase {
+// mixedPhases splits the workload at the steps' ends, each since the
+// reply: the rows removed (0: not known), the shutdown complete and the
+// purge complete. A phase is named by what still ran in it. Its reads are
+// reads[i] for the i-th phase: the open loop's parts from the reply on,
+// split where the workload's loop saw a step end, so at the same moments
+// (two steps seen at once are one boundary, and make one phase).
+func mixedPhases(reads []openResult, rowsDone, shutdownDone, purgeDone time.Duration) []mixedPhase {
 	type step struct {
 		at   time.Duration
 		name string
@@ -584,7 +597,11 @@ func mixedPhases(s *loadgen.Series, replied, rowsDone, shutdownDone, purgeDone t
 			}
 			running = append(running, later.name)
 		}
-		out = append(out, mixedPhase{From: from, To: st.at, Running: running, Stats: s.Between(replied+from, replied+st.at)})
+		ph := mixedPhase{From: from, To: st.at, Running: running}
+		if len(out) < len(reads) {
+			ph.Reads = reads[len(out)]
+		}
+		out = append(out, ph)
 		from = st.at
 	}
 	return out
@@ -611,7 +628,7 @@ func (b *bench) mixedSummary(t summaryTable) {
 	t.latRow("reads p50 during the workload vs with the ingest alone", r.during.Pct(50), r.withIngest.Pct(50), 0)
 	t.latRow("reads p99 during the workload vs with the ingest alone", r.during.Pct(99), r.withIngest.Pct(99), goalDuringP99Ratio)
 	for _, ph := range r.phases {
-		t.latRow(fmt.Sprintf("... %s from the reply (%s)", ph.Span(), strings.Join(ph.Running, " + ")), ph.Stats.P99, r.withIngest.Pct(99), 0)
+		t.latRow(fmt.Sprintf("... %s from the reply (%s)", ph.Span(), strings.Join(ph.Running, " + ")), ph.Reads.Pct(99), r.withIngest.Pct(99), 0)
 	}
 	if r.schedKnown {
 		t.schedRows("during the workload vs with the ingest alone", r.duringSched, r.withIngestSched)

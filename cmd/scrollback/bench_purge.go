@@ -59,7 +59,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/bits"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
@@ -111,7 +110,7 @@ const (
 	// phases' times (seconds long) are still within 1%.
 	purgePoll = 20 * time.Millisecond
 	// maxInFlight bounds the open-loop requests under way at once; a
-	// request due beyond it is released late, and its latency understated
+	// request due beyond it leaves late, its wait counted in its latency
 	// (printOpenLoop says so).
 	maxInFlight = 16384
 	// maxOpenLoad caps the open-loop rate at this fraction of the
@@ -547,7 +546,8 @@ func (b *bench) purge(ctx context.Context, p *purger, read target) error {
 	if res.during, err = during.Stop(); err != nil {
 		return fmt.Errorf("bench: other room during the purge: %w", err)
 	}
-	res.duringRows, res.duringErase = during.Parts()
+	parts := during.Parts() // split when the rows were removed
+	res.duringRows, res.duringErase = parts[0], parts[1]
 	at := replied.Sub(series.Origin()) // the reply, on the sampler's clock
 	var ok1, ok2 bool
 	res.schedRows, ok1 = b.schedBetween(at, at+res.RowsDone)
@@ -747,18 +747,22 @@ func storeSizes(dbPath, jsDir string) (bolt, js int64, err error) {
 // openLoop sends requests to a target at a fixed rate, whatever the
 // replies do: "p99 during X" is measured open-loop (DESIGN.md, "Benchmark
 // protocol"), so that a slow service meets as many requests as a fast one.
-// A pacer releases every request that is due each time it wakes (Go's
-// timers wake it about once a millisecond here, so requests leave in small
-// bursts), and each request runs in a goroutine of its own. A request's
-// latency runs from its release to its reply: waiting for the service is
-// counted however long the queue gets (no coordinated omission); the
-// pacer's own oversleep is not.
+// Request k (from 0) is due at start + k/rate. A pacer sleeps until the
+// next request is due and releases every request due by then, each in a
+// goroutine of its own. A request's latency runs from when it was due to
+// its reply: however late it left (the pacer descheduled on a busy
+// machine, its timer's oversleep, the cap on requests under way) and
+// however long the service's queue gets, the wait counts (no coordinated
+// omission). How late the requests left is reported apart (Late).
 //
-// The latencies go into histograms, not lists: the bench shares its
-// process, and so its heap and garbage collector, with the service, and a
-// list growing by a million entries during a long purge would make the
-// collector run less often then than in the phase it is compared with.
-// Mark splits the phase in two parts, by release time.
+// The loop records each answered request into the target's series
+// (recHook) at its due time, and counts every request in the part of the
+// phase it was due in: Mark starts a new part, so the parts of a phase
+// split it exactly at the moments the caller marks. The latencies go into
+// histograms (within 1/128), not lists: the bench shares its process, and
+// so its heap and garbage collector, with the service, and a list growing
+// by a million entries during a long purge would make the collector run
+// less often then than in the phase it is compared with.
 type openLoop struct {
 	rate float64
 	t    target
@@ -767,13 +771,14 @@ type openLoop struct {
 
 	start    time.Time
 	elapsed  time.Duration
-	mark     atomic.Int64 // when the second part starts, since start; 0: not yet
 	inFlight atomic.Int64
 	maxIn    int64 // the pacer's: the most requests under way at once
 	wg       sync.WaitGroup
 
 	mu    sync.Mutex
-	parts [2]openResult
+	marks []time.Duration // where each part after the first starts, since start
+	parts []openResult    // one more than marks
+	late  loadgen.Hist    // how late each request left, after it was due
 }
 
 // openResult is an open-loop phase or a part of one.
@@ -786,22 +791,58 @@ type openResult struct {
 	FirstErr error
 	Bytes    int // of all replies
 	Elapsed  time.Duration
-	InFlight int // the most requests under way at once (in the whole phase)
-	hist     latHist
+	InFlight int          // the most requests under way at once (in the whole phase)
+	Late     loadgen.Hist // how late the requests left (in the whole phase)
+	hist     loadgen.Hist
 }
 
 // PerSec is completed requests per second.
 func (r openResult) PerSec() float64 { return float64(r.Requests) / r.Elapsed.Seconds() }
 
-// Pct is the p-th percentile latency, within 1%.
-func (r openResult) Pct(p float64) time.Duration { return r.hist.pct(p) }
+// Pct is the p-th percentile latency, within 1/128 above.
+func (r openResult) Pct(p float64) time.Duration { return r.hist.Percentile(p) }
 
 // Max is the slowest request.
-func (r openResult) Max() time.Duration { return r.hist.max }
+func (r openResult) Max() time.Duration { return r.hist.Max() }
 
-// startOpenLoop starts sending; Stop ends it.
+// N is the requests answered or failed.
+func (r openResult) N() int { return int(r.hist.Count()) }
+
+// add counts a request of latency lat (size -1: it failed with err).
+func (r *openResult) add(lat time.Duration, size int, err error) {
+	r.hist.Add(lat)
+	if err != nil {
+		r.Failed++
+		if r.FirstErr == nil {
+			r.FirstErr = err
+		}
+		return
+	}
+	r.Requests++
+	r.Bytes += size
+}
+
+// merge adds o's requests.
+func (r *openResult) merge(o *openResult) {
+	r.Requests += o.Requests
+	r.Failed += o.Failed
+	if r.FirstErr == nil {
+		r.FirstErr = o.FirstErr
+	}
+	r.Bytes += o.Bytes
+	r.hist.Merge(&o.hist)
+}
+
+// startOpenLoop starts sending, the first request due now; Stop ends it.
 func startOpenLoop(ctx context.Context, rate float64, t target) *openLoop {
-	o := &openLoop{rate: rate, t: t, stop: make(chan struct{}), done: make(chan struct{}), start: time.Now()}
+	return startOpenLoopAt(ctx, rate, t, time.Now())
+}
+
+// startOpenLoopAt starts sending with the first request due at start. A
+// start in the past is a pacer that woke that late: every request due
+// since leaves at once, and each counts its wait.
+func startOpenLoopAt(ctx context.Context, rate float64, t target, start time.Time) *openLoop {
+	o := &openLoop{rate: rate, t: t, stop: make(chan struct{}), done: make(chan struct{}), start: start, parts: make([]openResult, 1)}
 	go o.pace(ctx)
 	return o
 }
@@ -816,9 +857,15 @@ func runOpenLoop(ctx context.Context, rate float64, d time.Duration, t target) (
 	return o.Stop()
 }
 
+// due is when request k is due.
+func (o *openLoop) due(k int) time.Time {
+	return o.start.Add(time.Duration(float64(k) / o.rate * float64(time.Second)))
+}
+
 func (o *openLoop) pace(ctx context.Context) {
 	defer close(o.done)
-	nap := max(time.Duration(float64(time.Second)/o.rate), 100*time.Microsecond)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	released := 0
 	for {
 		select {
@@ -826,49 +873,51 @@ func (o *openLoop) pace(ctx context.Context) {
 			return
 		case <-ctx.Done():
 			return
-		default:
+		case <-timer.C:
 		}
 		now := time.Now()
-		due := int(now.Sub(o.start).Seconds()*o.rate) + 1
-		for ; released < due && o.inFlight.Load() < maxInFlight; released++ {
+		for ; !o.due(released).After(now) && o.inFlight.Load() < maxInFlight; released++ {
 			o.maxIn = max(o.maxIn, o.inFlight.Add(1))
 			o.wg.Add(1)
-			go o.send(ctx, now)
+			go o.send(ctx, o.due(released))
 		}
-		time.Sleep(nap)
+		// Until the next is due; at the cap, a little while.
+		timer.Reset(max(time.Until(o.due(released)), 100*time.Microsecond))
 	}
 }
 
-func (o *openLoop) send(ctx context.Context, released time.Time) {
+func (o *openLoop) send(ctx context.Context, due time.Time) {
 	defer o.wg.Done()
-	n, err := o.t.do(ctx, mrand.IntN(o.t.n))
-	d := time.Since(released)
+	late := time.Since(due)
+	size, err := o.t.do(ctx, mrand.IntN(o.t.n))
+	lat := time.Since(due)
 	o.inFlight.Add(-1)
 	if err == nil {
-		o.t.rec.record(released, d)
+		o.t.rec.record(due, lat)
 	}
-	part := 0
-	if m := o.mark.Load(); m > 0 && released.Sub(o.start) >= time.Duration(m) {
-		part = 1
-	}
+	at := due.Sub(o.start)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	p := &o.parts[part]
-	p.hist.add(d)
-	if err != nil {
-		p.Failed++
-		if p.FirstErr == nil {
-			p.FirstErr = err
-		}
-		return
+	// The part it was due in. A request due after a mark was released
+	// after it and so replies after it: Mark has added the part by now.
+	i := len(o.marks)
+	for i > 0 && at < o.marks[i-1] {
+		i--
 	}
-	p.Requests++
-	p.Bytes += n
+	o.parts[i].add(lat, size, err)
+	o.late.Add(late)
 }
 
-// Mark ends the first part of the phase: requests released from now on
-// count in the second.
-func (o *openLoop) Mark() { o.mark.Store(int64(max(time.Since(o.start), 1))) }
+// Mark starts a new part of the phase: requests due from now on count in
+// it (Parts). It returns the moment it marked.
+func (o *openLoop) Mark() time.Time {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	o.marks = append(o.marks, now.Sub(o.start))
+	o.parts = append(o.parts, openResult{})
+	return now
+}
 
 // Stop stops releasing requests, waits for those under way and returns
 // the whole phase; Elapsed runs until Stop. Stopping again returns the
@@ -882,122 +931,53 @@ func (o *openLoop) Stop() (openResult, error) {
 		o.elapsed = time.Since(o.start)
 		o.wg.Wait()
 	}
-	first, second := o.Parts()
-	r := first
-	r.Requests += second.Requests
-	r.Failed += second.Failed
-	if r.FirstErr == nil {
-		r.FirstErr = second.FirstErr
+	var r openResult
+	for _, p := range o.Parts() {
+		r.merge(&p)
+		r.InFlight, r.Late = p.InFlight, p.Late
 	}
-	r.Bytes += second.Bytes
 	r.Elapsed = o.elapsed
-	r.hist.merge(&second.hist)
 	if r.Requests == 0 {
 		return r, fmt.Errorf("no request completed (%d failed, the first: %v)", r.Failed, r.FirstErr)
 	}
 	return r, nil
 }
 
-// Parts are the two parts of a stopped phase, before and after Mark.
-func (o *openLoop) Parts() (first, second openResult) {
+// Parts are the parts of a stopped phase, split at each Mark: the first
+// before the first mark, each other from its mark to the next (or to
+// Stop).
+func (o *openLoop) Parts() []openResult {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	first, second = o.parts[0], o.parts[1]
-	first.hist, second.hist = o.parts[0].hist.clone(), o.parts[1].hist.clone()
-	first.InFlight, second.InFlight = int(o.maxIn), int(o.maxIn)
-	mark := time.Duration(o.mark.Load())
-	if mark == 0 {
-		mark = o.elapsed
+	out := make([]openResult, len(o.parts))
+	for i, p := range o.parts {
+		from, to := time.Duration(0), o.elapsed
+		if i > 0 {
+			from = o.marks[i-1]
+		}
+		if i < len(o.marks) {
+			to = o.marks[i]
+		}
+		p.hist = p.hist.Clone()
+		p.Elapsed, p.InFlight, p.Late = to-from, int(o.maxIn), o.late.Clone()
+		out[i] = p
 	}
-	first.Elapsed, second.Elapsed = mark, o.elapsed-mark
-	return first, second
+	return out
 }
 
 // printOpenLoop prints an open-loop phase like compare prints the others.
 func (b *bench) printOpenLoop(name string, rate float64, r openResult) {
 	capped := ""
 	if r.InFlight >= maxInFlight {
-		capped = " (the cap: later requests were released late, their latency understated)"
+		capped = " (the cap: requests left late, their wait counted)"
 	}
-	b.printf("%-26s open loop at %.0f req/s: %7d req in %v = %6.0f req/s; p50 %s p90 %s p99 %s max %s; at most %d under way%s; reply %s\n",
+	b.printf("%-26s open loop at %.0f req/s: %7d req in %v = %6.0f req/s; p50 %s p90 %s p99 %s max %s (from when each was due; left p50 %s p99 %s after); at most %d under way%s; reply %s\n",
 		name, rate, r.Requests, round(r.Elapsed), r.PerSec(),
-		fmtLat(r.Pct(50)), fmtLat(r.Pct(90)), fmtLat(r.Pct(99)), fmtLat(r.Max()), r.InFlight, capped, fmtBytes(r.Bytes/max(r.Requests, 1)))
+		fmtLat(r.Pct(50)), fmtLat(r.Pct(90)), fmtLat(r.Pct(99)), fmtLat(r.Max()), fmtLat(r.Late.Percentile(50)), fmtLat(r.Late.Percentile(99)),
+		r.InFlight, capped, fmtBytes(r.Bytes/max(r.Requests, 1)))
 	if r.Failed > 0 {
 		b.printf("%-26s %d requests FAILED (in the percentiles with the time until they failed; the first: %v)\n", "", r.Failed, r.FirstErr)
 	}
-}
-
-// latHist is a log-linear histogram of latencies: fixed memory whatever
-// the count, each value kept within 1/128 (as HdrHistogram does with two
-// significant digits). Below 256 ns every nanosecond has its bucket; above,
-// each power of two has 128.
-type latHist struct {
-	counts []uint64
-	n      uint64
-	max    time.Duration
-}
-
-const histSub = 128
-
-func histBucket(d time.Duration) int {
-	v := uint64(max(d, 0))
-	if v < 2*histSub {
-		return int(v)
-	}
-	e := bits.Len64(v) - 8 // v>>e is in [128, 256)
-	return 2*histSub + (e-1)*histSub + int(v>>e) - histSub
-}
-
-// histValue is the highest value of bucket i.
-func histValue(i int) time.Duration {
-	if i < 2*histSub {
-		return time.Duration(i)
-	}
-	e := (i-2*histSub)/histSub + 1
-	m := uint64((i-2*histSub)%histSub + histSub)
-	return time.Duration((m+1)<<e - 1)
-}
-
-func (h *latHist) add(d time.Duration) {
-	i := histBucket(d)
-	if i >= len(h.counts) {
-		h.counts = slices.Grow(h.counts, i+1-len(h.counts))[:i+1]
-	}
-	h.counts[i]++
-	h.n++
-	h.max = max(h.max, d)
-}
-
-func (h *latHist) merge(o *latHist) {
-	if len(o.counts) > len(h.counts) {
-		h.counts = slices.Grow(h.counts, len(o.counts)-len(h.counts))[:len(o.counts)]
-	}
-	for i, c := range o.counts {
-		h.counts[i] += c
-	}
-	h.n += o.n
-	h.max = max(h.max, o.max)
-}
-
-func (h latHist) clone() latHist {
-	h.counts = slices.Clone(h.counts)
-	return h
-}
-
-// pct is the p-th percentile (nearest rank): the highest value of its
-// bucket, at most the largest value seen.
-func (h latHist) pct(p float64) time.Duration {
-	if h.n == 0 {
-		return 0
-	}
-	rank := max(uint64(float64(h.n)*p/100+0.999999), 1)
-	var seen uint64
-	for i, c := range h.counts {
-		if seen += c; seen >= rank {
-			return min(histValue(i), h.max)
-		}
-	}
-	return h.max
 }
 
 func perSec(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }

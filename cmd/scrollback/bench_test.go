@@ -6,10 +6,10 @@ import (
 	"errors"
 	"flag"
 	"io"
-	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -308,43 +308,6 @@ func TestParseBenchFlags(t *testing.T) {
 	}
 }
 
-// TestLatHist checks the open loop's histogram against exact percentiles
-// of the same values.
-func TestLatHist(t *testing.T) {
-	rng := mrand.New(mrand.NewPCG(1, 2))
-	var h, h2 latHist
-	var all []time.Duration
-	for i := range 100_000 {
-		d := time.Duration(rng.ExpFloat64() * float64(300*time.Microsecond))
-		if i%1000 == 0 {
-			d *= 1000 // a tail of seconds
-		}
-		all = append(all, d)
-		if i%2 == 0 {
-			h.add(d)
-		} else {
-			h2.add(d)
-		}
-	}
-	h.merge(&h2)
-	slices.Sort(all)
-	for _, p := range []float64{0.1, 50, 90, 99, 99.9, 100} {
-		want := all[max(int(float64(len(all))*p/100+0.999999)-1, 0)]
-		got := h.pct(p)
-		if got < want || float64(got-want) > float64(want)/histSub+1 {
-			t.Errorf("p%g = %v, want %v (within 1/%d above)", p, got, want, histSub)
-		}
-	}
-	if h.max != all[len(all)-1] || h.n != uint64(len(all)) {
-		t.Errorf("max %v n %d, want %v %d", h.max, h.n, all[len(all)-1], len(all))
-	}
-	for _, d := range []time.Duration{0, 1, 255, 256, 257, 511, 512, time.Second, time.Hour} {
-		if v := histValue(histBucket(d)); v < d || float64(v-d) > float64(d)/histSub+1 {
-			t.Errorf("bucket of %v holds up to %v", d, v)
-		}
-	}
-}
-
 // TestOpenLoop_CountsFailures: an open loop against a target that fails
 // every third request keeps going, counts the failures with their
 // latencies, and reports an error only when nothing was answered.
@@ -405,47 +368,111 @@ func TestSlowestWindows(t *testing.T) {
 	}
 }
 
+// TestMixedPhases: the phases are named by what still ran in them and
+// take the open loop's parts in order, one per distinct step end.
 func TestMixedPhases(t *testing.T) {
-	origin := time.Unix(1000, 0)
-	s := loadgen.NewSeries("reads", origin)
-	// The reply 1 s after the origin; reads of 1 ms, then 20 ms from 2 s
-	// to 3 s after it, then 2 ms.
-	replied := time.Second
-	for at := time.Duration(0); at < 6*time.Second; at += 10 * time.Millisecond {
-		lat := time.Millisecond
-		switch {
-		case at >= replied+2*time.Second && at < replied+3*time.Second:
-			lat = 20 * time.Millisecond
-		case at >= replied+3*time.Second:
-			lat = 2 * time.Millisecond
+	reads := func(maxes ...time.Duration) []openResult {
+		var out []openResult
+		for _, m := range maxes {
+			var r openResult
+			r.add(m/2, 10, nil)
+			r.add(m, 10, nil)
+			out = append(out, r)
 		}
-		s.Record(origin.Add(at), lat)
+		return out
 	}
-	// Rows removed at 2 s, the shutdown complete at 3 s, the purge at 4 s.
-	got := mixedPhases(s, replied, 2*time.Second, 3*time.Second, 4*time.Second)
+	ms := time.Millisecond
+	// Rows removed at 2 s, the shutdown complete at 3 s, the purge at 4 s;
+	// the loop's parts from the reply: to 2 s, to 3 s, to 4 s, and the
+	// rest until it stopped.
+	got := mixedPhases(reads(1*ms, 20*ms, 2*ms, 50*ms), 2*time.Second, 3*time.Second, 4*time.Second)
 	want := []struct {
 		from, to time.Duration
 		running  string
 		max      time.Duration
 	}{
-		{0, 2 * time.Second, "purge rows + shutdown", time.Millisecond},
-		{2 * time.Second, 3 * time.Second, "shutdown + purge erasure", 20 * time.Millisecond},
-		{3 * time.Second, 4 * time.Second, "purge erasure", 2 * time.Millisecond},
+		{0, 2 * time.Second, "purge rows + shutdown", 1 * ms},
+		{2 * time.Second, 3 * time.Second, "shutdown + purge erasure", 20 * ms},
+		{3 * time.Second, 4 * time.Second, "purge erasure", 2 * ms},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("phases = %v, want %d", got, len(want))
 	}
 	for i, w := range want {
 		g := got[i]
-		if g.From != w.from || g.To != w.to || strings.Join(g.Running, " + ") != w.running || g.Stats.Max != w.max || g.Stats.N != 100*uint64((w.to-w.from)/time.Second) {
-			t.Errorf("phase %d = %+v, want %+v (and 100 reads a second)", i, g, w)
+		if g.From != w.from || g.To != w.to || strings.Join(g.Running, " + ") != w.running || g.Reads.Max() != w.max || g.Reads.N() != 2 {
+			t.Errorf("phase %d = %v, want %+v", i, g, w)
 		}
 	}
 	// Without the rows' end (an external service) the purge is one step;
-	// steps at the same time make one phase.
-	got = mixedPhases(s, replied, 0, 4*time.Second, 4*time.Second)
-	if len(got) != 1 || strings.Join(got[0].Running, " + ") != "shutdown + purge" || got[0].Stats.Max != 20*time.Millisecond {
+	// steps seen at once are one boundary, one part, one phase.
+	got = mixedPhases(reads(20*ms, 50*ms), 0, 4*time.Second, 4*time.Second)
+	if len(got) != 1 || strings.Join(got[0].Running, " + ") != "shutdown + purge" || got[0].Reads.Max() != 20*ms {
 		t.Errorf("phases without the rows' end = %v", got)
+	}
+}
+
+// TestOpenLoop_TimedFromDue: a pacer that wakes late (here 300 ms, as
+// if descheduled on a busy machine) releases every request due meanwhile
+// at once; each counts the wait since it was due in its latency, in the
+// table and in the series alike, though the target answers at once.
+func TestOpenLoop_TimedFromDue(t *testing.T) {
+	const rate = 1000
+	stall := 300 * time.Millisecond
+	s := loadgen.NewSeries("reads", time.Now().Add(-stall))
+	tg := target{n: 1, rec: &recHook{}, do: func(context.Context, int) (int, error) { return 10, nil }}
+	tg.rec.set(s)
+	o := startOpenLoopAt(context.Background(), rate, tg, time.Now().Add(-stall))
+	time.Sleep(20 * time.Millisecond)
+	r, err := o.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests < int(stall.Seconds()*rate) {
+		t.Fatalf("%d requests: the ones due during the stall were not all sent", r.Requests)
+	}
+	// The first was due 300 ms before it could leave; of those due
+	// during the stall, half waited 150 ms or more.
+	if r.Max() < stall-10*time.Millisecond || r.Pct(40) < 100*time.Millisecond {
+		t.Errorf("max %v, p40 %v: the requests' wait since they were due is not counted", r.Max(), r.Pct(40))
+	}
+	if r.Late.Max() < stall-10*time.Millisecond {
+		t.Errorf("left at most %v after due, want about %v", r.Late.Max(), stall)
+	}
+	if h := s.Hist(); h.Count() != uint64(r.Requests) || h.Max() != r.Max() {
+		t.Errorf("series: %d requests, max %v; the loop: %d, max %v", h.Count(), h.Max(), r.Requests, r.Max())
+	}
+}
+
+// TestOpenLoop_PartsByDueTime: Mark splits a phase by when each request
+// was due, not when it left or replied: with 300 ms of requests due at
+// once and the mark before the pacer wakes, every one due before the mark
+// counts in the first part.
+func TestOpenLoop_PartsByDueTime(t *testing.T) {
+	const rate = 1000
+	tg := target{n: 1, do: func(context.Context, int) (int, error) {
+		time.Sleep(time.Millisecond)
+		return 10, nil
+	}}
+	// With one P the pacer's goroutine runs only once this one waits:
+	// after the mark.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	o := startOpenLoopAt(context.Background(), rate, tg, time.Now().Add(-300*time.Millisecond))
+	mark := o.Mark()
+	time.Sleep(30 * time.Millisecond)
+	if _, err := o.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for o.due(want).Before(mark) {
+		want++
+	}
+	parts := o.Parts()
+	if len(parts) != 2 || parts[0].N() != want || parts[1].N() == 0 {
+		t.Fatalf("parts of %v: %d and %d requests, want %d due before the mark and some after", mark.Sub(o.start), parts[0].N(), parts[1].N(), want)
+	}
+	if parts[0].Elapsed != mark.Sub(o.start) || parts[1].Elapsed != o.elapsed-mark.Sub(o.start) {
+		t.Errorf("parts last %v and %v, want %v and %v", parts[0].Elapsed, parts[1].Elapsed, mark.Sub(o.start), o.elapsed-mark.Sub(o.start))
 	}
 }
 
