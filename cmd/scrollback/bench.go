@@ -1156,8 +1156,15 @@ type target struct {
 	rec *recHook
 }
 
+// serviceError is a service's error reply (CONTRACT.md section 4).
+type serviceError struct{ subject, code, text string }
+
+func (e *serviceError) Error() string {
+	return fmt.Sprintf("request %s: error %s: %s", e.subject, e.code, e.text)
+}
+
 // natsTarget sends reqs[i] to subject over nc and fails on a service error
-// reply (CONTRACT.md section 4).
+// reply (serviceError).
 func natsTarget(nc *nats.Conn, subject string, reqs [][]byte) target {
 	return target{n: len(reqs), rec: &recHook{}, do: func(ctx context.Context, i int) (int, error) {
 		msg, err := nc.RequestMsg(&nats.Msg{Subject: subject, Data: reqs[i]}, benchRequestTimeout)
@@ -1165,7 +1172,7 @@ func natsTarget(nc *nats.Conn, subject string, reqs [][]byte) target {
 			return 0, fmt.Errorf("request %s: %w", subject, err)
 		}
 		if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
-			return 0, fmt.Errorf("request %s: error %s: %s", subject, code, msg.Header.Get("Nats-Service-Error"))
+			return 0, &serviceError{subject, code, msg.Header.Get("Nats-Service-Error")}
 		}
 		return len(msg.Data), nil
 	}}

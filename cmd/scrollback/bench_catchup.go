@@ -11,9 +11,9 @@ package main
 //     projection; the clock runs from Open until everything is applied
 //     and the new file, built without fsync (projections/build.go), is
 //     synced.
-//     Meanwhile one reader asks the largest room for its newest page 50
-//     times a second (what a client sees during a catch-up; it hardly
-//     loads the service).
+//     Meanwhile a reader asks the largest room for its newest page 50
+//     times a second, open-loop (what a client sees during a catch-up; it
+//     hardly loads the service).
 //  3. The floor: the cheapest catch-up of the same log on this machine: an
 //     ordered consumer reading the whole stream and writing each message's
 //     bytes to a new bbolt file, keyed by sequence, one transaction (with
@@ -24,10 +24,12 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -92,20 +94,17 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	}
 	defer m.Close()
 	res.Open = time.Since(start)
-	rctx, stopReads := context.WithCancel(ctx)
-	readsDone := make(chan struct{})
-	go func() {
-		defer close(readsDone)
-		res.readsN, res.readsRefused, res.readsE = b.catchupReads(rctx, m, g.Rooms[0])
-	}()
+	stopReads, err := b.catchupReads(ctx, m, g.Rooms[0])
+	if err != nil {
+		return err
+	}
 	err = b.waitAllApplied(ctx, m, last)
 	res.Caught = time.Since(start)
 	res.CPU = -1
 	if cpu1, err := loadgen.ReadCPU(0); cpuErr == nil && err == nil {
 		res.CPU = cpu1 - cpu0
 	}
-	stopReads()
-	<-readsDone
+	res.readsN, res.readsRefused, res.readsE = stopReads()
 	if err != nil {
 		return err
 	}
@@ -219,43 +218,44 @@ func waitBuilt(ctx context.Context, m *Main) error {
 	return nil
 }
 
-// catchupReads reads the room's newest page catchupReadRate times a second
-// until ctx ends, recording each read. Before the reader's join is
-// applied a read is refused (403, not a member): counted apart from
-// failures (timeouts, other errors).
-func (b *bench) catchupReads(ctx context.Context, m *Main, room *synthRoom) (ok, refused, failed int) {
+// catchupReads starts reading the room's newest page catchupReadRate
+// times a second, open-loop: a read slow to answer holds none of the next
+// back, and each is timed from when it was due. Before the reader's join
+// is applied a read is refused (403, not a member): counted apart from
+// failures (timeouts, other errors), and, like them, not in the series.
+// stop ends the reads and counts them.
+func (b *bench) catchupReads(ctx context.Context, m *Main, room *synthRoom) (stop func() (ok, refused, failed int), err error) {
 	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-reader")
 	if err != nil {
-		return 0, 0, 1
+		return nil, err
 	}
-	defer nc.Close()
-	series := b.readSeries("reads during the catch-up", "newest page of the largest room during the catch-up, 50 req/s")
 	subject := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}.APIRoom(room.ID, "messages")
 	data, err := bus.Encode(map[string]any{"user_id": room.Reader(), "dir": "b", "limit": b.cfg.Limit})
 	if err != nil {
-		return 0, 0, 1
+		nc.Close()
+		return nil, fmt.Errorf("bench: encode request: %w", err)
 	}
-	tick := time.NewTicker(time.Second / catchupReadRate)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ok, refused, failed
-		case <-tick.C:
+	read := natsTarget(nc, subject, [][]byte{data})
+	var refusals atomic.Int64
+	do := read.do
+	read.do = func(ctx context.Context, i int) (int, error) {
+		n, err := do(ctx, i)
+		var se *serviceError
+		if errors.As(err, &se) && se.code == "403" {
+			refusals.Add(1)
 		}
-		t0 := time.Now()
-		msg, err := nc.RequestMsg(&nats.Msg{Subject: subject, Data: data}, benchRequestTimeout)
-		switch {
-		case err == nil && msg.Header.Get("Nats-Service-Error-Code") == "403":
-			refused++
-			continue
-		case err != nil || msg.Header.Get("Nats-Service-Error-Code") != "":
-			failed++
-			continue
-		}
-		series.Record(t0, time.Since(t0))
-		ok++
+		return n, err
 	}
+	read.rec.set(b.readSeries("reads during the catch-up", fmt.Sprintf("newest page of the largest room during the catch-up, %d req/s", catchupReadRate)))
+	o := startOpenLoop(ctx, catchupReadRate, read)
+	return func() (ok, refused, failed int) {
+		// A catch-up may end before the reader's join is applied: a
+		// phase with no read answered is no error here.
+		r, _ := o.Stop()
+		nc.Close()
+		refused = int(refusals.Load())
+		return r.Requests, refused, r.Failed - refused
+	}, nil
 }
 
 // catchupFloor copies the log to a new bbolt file with an ordered consumer,
