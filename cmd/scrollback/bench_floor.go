@@ -11,7 +11,9 @@ package main
 //     worker pool goroutine), on its own connection to the service's NATS
 //     server (in-process when embedded). The handler does one bbolt read
 //     transaction with a reverse cursor scan of `limit` values (a forward
-//     one for dir=f) and replies with the raw bytes concatenated.
+//     one for dir=f) and replies with the raw bytes concatenated, in a
+//     buffer it takes back once the reply is sent (Endpoint.Release), as
+//     the service does with its pages.
 //   - scan over HTTP: the same scan behind a bare net/http handler on
 //     loopback.
 //   - echo: a plain core NATS subscription that replies with the request.
@@ -33,6 +35,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -91,7 +94,7 @@ func openFloorFrom(ctx context.Context, path string, connect func(name string) (
 		return f, err
 	}
 	f.svc, err = bus.Serve(f.nc, bus.ServiceOptions{Name: "scrollback-floor", Version: version}, []bus.Endpoint{
-		{Name: "scan", Subject: floorScanSubject, Handler: f.handleScan},
+		{Name: "scan", Subject: floorScanSubject, Handler: f.handleScan, Release: releaseFloorBuf},
 	})
 	if err != nil {
 		return f, err
@@ -214,7 +217,36 @@ func (f *floor) scanForward(dst []byte, from uint64, limit int) ([]byte, error) 
 	return dst, err
 }
 
-// handleScan is the NATS endpoint's handler.
+// floorBufs keeps the buffers the floor's replies were built in, as the
+// service keeps its pages' (handlers.ReleaseReply): the floor is the
+// cheapest way to answer, so it must not allocate a page per read where
+// the service reuses one. The bounds are the service's.
+var floorBufs sync.Pool
+
+const (
+	minFloorBuf = 4 << 10
+	maxFloorBuf = 1 << 20
+)
+
+// floorBuf is an empty buffer, reused if one is free.
+func floorBuf() []byte {
+	if b, ok := floorBufs.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, minFloorBuf)
+}
+
+// releaseFloorBuf gives back a reply once it has been sent.
+func releaseFloorBuf(b []byte) {
+	if cap(b) < minFloorBuf || cap(b) > maxFloorBuf {
+		return
+	}
+	b = b[:0]
+	floorBufs.Put(&b)
+}
+
+// handleScan is the NATS endpoint's handler; its reply goes back to
+// floorBufs once sent (releaseFloorBuf).
 func (f *floor) handleScan(ctx context.Context, subject string, data []byte) ([]byte, error) {
 	forward := len(data) == 13 && data[12] == 'f'
 	if len(data) != 12 && !forward {
@@ -222,9 +254,9 @@ func (f *floor) handleScan(ctx context.Context, subject string, data []byte) ([]
 	}
 	from, limit := binary.BigEndian.Uint64(data), int(binary.BigEndian.Uint32(data[8:12]))
 	if forward {
-		return f.scanForward(nil, from, limit)
+		return f.scanForward(floorBuf(), from, limit)
 	}
-	return f.scan(nil, from, limit)
+	return f.scan(floorBuf(), from, limit)
 }
 
 // serveScan is the HTTP handler: GET /scan?from=N&limit=N.
@@ -236,7 +268,8 @@ func (f *floor) serveScan(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	body, err := f.scan(nil, from, limit)
+	body, err := f.scan(floorBuf(), from, limit)
+	defer releaseFloorBuf(body) // Write has copied it or sent it
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
