@@ -52,8 +52,7 @@ type catchupResults struct {
 	Open           time.Duration // Open of the service
 	Caught         time.Duration // Open until all applied
 	Floor          time.Duration // the floor's copy of the log
-	PeakAnon       float64
-	PeakFile       float64
+	Mem            memPeak
 	Bolt, JS       int64
 	readsN, readsE int // reads during the catch-up: done, failed
 	readsRefused   int // refused: the reader's join not yet applied
@@ -113,7 +112,7 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	if wOpen >= 0 && res.cost.Written >= 0 {
 		res.cost.Written -= wOpen // the catch-up's writes, not the backlog's
 	}
-	_, res.PeakAnon, res.PeakFile = b.samplerPeaks()
+	_, res.Mem = b.samplerPeaks()
 	res.Bolt, _ = fileSize(filepath.Join(dataDir, "scrollback.db"))
 	res.JS, _ = dirSize(filepath.Join(dataDir, "jetstream"))
 	b.printf("catch-up: %d events applied in %v from Open (Open took %v) = %.0f events/s; %d reads of the largest room's newest page meanwhile (%d refused before the reader's join was applied, %d failed)\n",
@@ -138,8 +137,7 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	}
 	b.printf("floor: an ordered consumer copying the %d messages to a bbolt file, 1000 per fsynced transaction, in %v = %.0f msgs/s; %s written = %.0f bytes per message\n",
 		last, round(res.Floor), perSec(int(last), res.Floor), fmtMiB(res.floorWritten), float64(res.floorWritten)/float64(last))
-	b.printf("memory peak RssAnon+RssShmem %s, RssFile %s; disk: bbolt %s, JetStream %s\n",
-		fmtMiB(int64(res.PeakAnon)), fmtMiB(int64(res.PeakFile)), fmtMiB(res.Bolt), fmtMiB(res.JS))
+	b.printf("memory peak %s; disk: bbolt %s, JetStream %s\n", res.Mem, fmtMiB(res.Bolt), fmtMiB(res.JS))
 	if err := m.Close(); err != nil {
 		return fmt.Errorf("bench: close service: %w", err)
 	}
@@ -376,8 +374,7 @@ func (b *bench) catchupSummary(t summaryTable) {
 		t.row("reads during the catch-up p50 (50 req/s)", fmtLat(s.P50), "-", "-", "report", "-")
 		t.row("reads during the catch-up p99 (50 req/s)", fmtLat(s.P99), "-", "-", "report", "-")
 	}
-	t.row("memory RssAnon+RssShmem, peak", fmtMiB(int64(r.PeakAnon)), "-", "-", "report", "-")
-	t.row("memory RssFile, peak", fmtMiB(int64(r.PeakFile)), "-", "-", "report", "-")
+	memRows(t, r.Mem, "process: service + bench", "report", "-")
 	t.row("disk: bbolt file after", fmtMiB(r.Bolt), "-", "-", "report", "-")
 	t.row("disk: JetStream store", fmtMiB(r.JS), "-", "-", "report", "-")
 }

@@ -17,8 +17,10 @@ package main
 //   - freshness: for each acknowledged group (a batch), the time from its
 //     publish until the projection has applied it, and the ack's own
 //     latency, as latency series (p50/p90/p99/max, over time);
-//   - the projection lag, memory (RssAnon + RssShmem; RssFile apart) and
-//     disk (bbolt file, JetStream store), sampled every --sample;
+//   - the projection lag, memory (RssAnon + RssShmem; RssFile apart; an
+//     external service without --target-pid: VmRSS alone, with no
+//     verdict) and disk (bbolt file, JetStream store), sampled every
+//     --sample;
 //   - then reads at every room size: for rooms of about the largest size,
 //     1M, 100k, 10k, 1k and 100 events (those the run has), /messages dir=b
 //     limit=--limit over NATS, plain and with lazy_load_members (bundled
@@ -65,8 +67,7 @@ type ingestResults struct {
 	Kinds             string
 	Acked, Applied    time.Duration // from the first publish
 	MaxLag            float64
-	PeakAnon          float64
-	PeakFile          float64
+	Mem               memPeak
 	Bolt, JS          int64
 	ack, fresh        *loadgen.Series
 	sizes             []sizeRead
@@ -157,7 +158,7 @@ func (b *bench) ingestScenario(ctx context.Context) error {
 	b.mark("all applied")
 	res.cost = b.applyCost(ctx, res.Applied).since(cost0)
 	fw.stop()
-	res.MaxLag, res.PeakAnon, res.PeakFile = b.samplerPeaks()
+	res.MaxLag, res.Mem = b.samplerPeaks()
 	bolt, js, ok := sv.disk()
 	res.Bolt, res.JS = bolt, js
 	fr := res.fresh.Stats()
@@ -167,7 +168,7 @@ func (b *bench) ingestScenario(ctx context.Context) error {
 		b.printf("freshness, publish to applied per group of %d: p50 %s p90 %s p99 %s max %s; ack p50 %s p99 %s\n", c.Batch,
 			fmtLat(fr.P50), fmtLat(fr.P90), fmtLat(fr.P99), fmtLat(fr.Max), fmtLat(res.ack.Stats().P50), fmtLat(res.ack.Stats().P99))
 	}
-	b.printf("projection lag max %.0f msgs; memory peak RssAnon+RssShmem %s, RssFile %s", res.MaxLag, fmtMiB(int64(res.PeakAnon)), fmtMiB(int64(res.PeakFile)))
+	b.printf("projection lag max %.0f msgs; memory peak %s", res.MaxLag, res.Mem)
 	if ok {
 		b.printf("; disk: bbolt %s, JetStream %s (%.0f + %.0f bytes per event)", fmtMiB(bolt), fmtMiB(js), float64(bolt)/float64(n), float64(js)/float64(n))
 	}
@@ -268,17 +269,17 @@ func absInt(x int) int {
 
 // samplerPeaks are the largest projection lag and memory sampled in the
 // current scenario so far.
-func (b *bench) samplerPeaks() (lag, anon, file float64) {
-	anon, file = b.peakMemory()
+func (b *bench) samplerPeaks() (lag float64, mem memPeak) {
+	mem = b.peakMemory()
 	b.mu.Lock()
 	run := b.cur
 	b.mu.Unlock()
 	if run == nil || run.sampler == nil {
-		return 0, anon, file
+		return 0, mem
 	}
 	run.sampler.mu.Lock()
 	defer run.sampler.mu.Unlock()
-	return run.sampler.lag.Max(), anon, file
+	return run.sampler.lag.Max(), mem
 }
 
 // lagMaxSince is the largest projection lag sampled in the current
@@ -417,7 +418,7 @@ func (b *bench) ingestSummary(t summaryTable) {
 	t.row("publish to ack p99, per group", fmtLat(ack.P99), "-", "-", "report", "-")
 	t.row("projection lag, max (msgs)", fmt.Sprintf("%.0f", r.MaxLag), "-", "-", "report", "-")
 	t.thrRow("ingest vs Dendrite 0.13.8's client API (events/s)", applied, dendriteIngest, 0)
-	if r.PeakAnon > 0 {
+	if r.Mem != (memPeak{}) {
 		who := "process: service + bench"
 		if r.external {
 			who = "the external service"
@@ -426,10 +427,9 @@ func (b *bench) ingestSummary(t summaryTable) {
 		// without a verdict.
 		result := "-"
 		if r.Events >= goalRSSEvents {
-			result = verdict(r.PeakAnon < goalRSS)
+			result = verdict(r.Mem.Resident < goalRSS)
 		}
-		t.row(fmt.Sprintf("memory RssAnon+RssShmem, peak (%s)", who), fmtMiB(int64(r.PeakAnon)), "-", "-", fmt.Sprintf("< %s at 10M events", fmtMiB(goalRSS)), result)
-		t.row("memory RssFile (bbolt pages), peak", fmtMiB(int64(r.PeakFile)), "-", "-", "report", "-")
+		memRows(t, r.Mem, who, fmt.Sprintf("< %s at 10M events", fmtMiB(goalRSS)), result)
 	}
 	if r.Bolt > 0 {
 		t.row("disk: bbolt file", fmtMiB(r.Bolt), "-", "-", "report", "-")

@@ -77,30 +77,30 @@ const (
 
 // mixedResults are the measurements of the mixed scenario.
 type mixedResults struct {
-	Rooms, Events      int
-	Purge, Members     int
-	Load               time.Duration
-	Rate               float64
-	Capped             bool
-	floor, read        loadPair
-	alone, during      openResult
-	withIngest         openResult // the reads with the ingest alone (no purge, no shutdown)
-	phases             []mixedPhase
-	Profiled           bool // the workload ran under the CPU profiler
-	after              openResult
-	PurgeReply         time.Duration // the purge request's reply
-	PurgeRows          time.Duration // from the reply until the rows were removed (embedded)
-	PurgeDone          time.Duration // from the reply until complete
-	ShutdownReply      time.Duration
-	ShutdownDone       time.Duration // from the reply until complete
-	Kicked             int
-	Ingested           int
-	IngestFor          time.Duration
-	MaxLag             float64
-	PeakAnon, PeakFile float64
-	Bolt, JS           int64
-	HSCounts           map[string]int
-	HSFailures         int
+	Rooms, Events  int
+	Purge, Members int
+	Load           time.Duration
+	Rate           float64
+	Capped         bool
+	floor, read    loadPair
+	alone, during  openResult
+	withIngest     openResult // the reads with the ingest alone (no purge, no shutdown)
+	phases         []mixedPhase
+	Profiled       bool // the workload ran under the CPU profiler
+	after          openResult
+	PurgeReply     time.Duration // the purge request's reply
+	PurgeRows      time.Duration // from the reply until the rows were removed (embedded)
+	PurgeDone      time.Duration // from the reply until complete
+	ShutdownReply  time.Duration
+	ShutdownDone   time.Duration // from the reply until complete
+	Kicked         int
+	Ingested       int
+	IngestFor      time.Duration
+	MaxLag         float64
+	Mem            memPeak
+	Bolt, JS       int64
+	HSCounts       map[string]int
+	HSFailures     int
 
 	// The scheduling waits (goroutines runnable, waiting for a CPU)
 	// during withIngest and during the workload, when sampled.
@@ -167,11 +167,10 @@ func (b *bench) mixedScenario(ctx context.Context) error {
 	}
 	hook.set(nil)
 	b.printOpenLoop("mixed: reads alone, after", res.Rate, res.after)
-	_, res.PeakAnon, res.PeakFile = b.samplerPeaks()
+	_, res.Mem = b.samplerPeaks()
 	res.Bolt, res.JS, _ = sv.disk()
 	res.HSCounts, res.HSFailures = hs.Counts()
-	b.printf("homeserver: %v requests answered, %d with an error; memory peak RssAnon+RssShmem %s, RssFile %s\n",
-		res.HSCounts, res.HSFailures, fmtMiB(int64(res.PeakAnon)), fmtMiB(int64(res.PeakFile)))
+	b.printf("homeserver: %v requests answered, %d with an error; memory peak %s\n", res.HSCounts, res.HSFailures, res.Mem)
 	// A shutdown's users go to the homeserver a few at a time, each
 	// request waiting for the last: these round trips bound how long it
 	// takes.
@@ -673,8 +672,11 @@ func (b *bench) mixedSummary(t summaryTable) {
 	t.row("shutdown: members kicked", fmt.Sprint(r.Kicked), fmt.Sprint(r.Members+1), "-", "report", "-")
 	t.thrRow("ingest during the workload (events/s) vs --ingest-rate", perSec(r.Ingested, r.IngestFor), c.IngestRate, 0)
 	t.row("projection lag during the workload, max (msgs)", fmt.Sprintf("%.0f", r.MaxLag), "-", "-", "report", "-")
-	t.row("memory RssAnon+RssShmem, peak", fmtMiB(int64(r.PeakAnon)), "-", "-", "report", "-")
-	t.row("memory RssFile, peak", fmtMiB(int64(r.PeakFile)), "-", "-", "report", "-")
+	who := "process: service + bench"
+	if c.Target != "" {
+		who = "the external service"
+	}
+	memRows(t, r.Mem, who, "report", "-")
 	rate := fmt.Sprintf("%g x the floor's throughput (--mixed-rate)", c.MixedRate)
 	if r.Capped {
 		rate = fmt.Sprintf("capped at %g x scrollback's closed-loop throughput", mixedMaxLoad)

@@ -8,7 +8,8 @@ package main
 //     (loadgen.Series, one per target and phase, through the target's
 //     recHook), for the plots of latency over time and the histograms;
 //   - a sample every --sample of the projection lag, the memory (RssAnon +
-//     RssShmem, and RssFile apart) and the disk (the bbolt file and the
+//     RssShmem, and RssFile apart; VmRSS alone for an external service
+//     without --target-pid) and the disk (the bbolt file and the
 //     JetStream store) of the service under test;
 //   - the lines it printed, and its summary tables (summaryTable records
 //     what it prints);
@@ -303,12 +304,13 @@ type sampler struct {
 
 	mu                                 sync.Mutex // the sampler's goroutine and peakMemory sample
 	lag, anon, file, bolt, js, written loadgen.TimeSeries
+	vmRSS                              loadgen.TimeSeries // instead of anon and file when not split (sut.memorySplit)
 	freelist                           loadgen.TimeSeries
 	cpu, machineCPU                    loadgen.TimeSeries // cores busy since the sample before
 	lastCPU                            time.Duration      // the service's CPU time at the last sample
 	lastMachine                        loadgen.MachineCPU
 	lastAt                             time.Duration
-	peakAnon, peakFile                 float64
+	peak                               memPeak
 	written0                           int64 // write_bytes at the start
 
 	// sched is the p99 of the scheduling waits (goroutines runnable,
@@ -338,6 +340,7 @@ func startSampler(ctx context.Context, origin time.Time, every time.Duration, sr
 	s.lag.Name, s.lag.Unit = "projection lag", "msgs"
 	s.anon.Name, s.anon.Unit = "RssAnon + RssShmem", "bytes"
 	s.file.Name, s.file.Unit = "RssFile", "bytes"
+	s.vmRSS.Name, s.vmRSS.Unit = "VmRSS, mapped files included (the external service's /metrics; --target-pid for the split)", "bytes"
 	s.bolt.Name, s.bolt.Unit = "bbolt file", "bytes"
 	s.js.Name, s.js.Unit = "JetStream store", "bytes"
 	s.written.Name, s.written.Unit = "written by the process since the scenario started", "bytes"
@@ -405,17 +408,19 @@ func (s *sampler) sample(ctx context.Context, src *sut) {
 	if lagErr == nil {
 		s.lag.Add(at, lag)
 	}
-	if memOK {
+	switch {
+	case memOK && src.memorySplit():
 		s.anon.Add(at, float64(m.Resident()))
-		s.peakAnon = max(s.peakAnon, float64(m.Resident()))
+		s.peak.Resident = max(s.peak.Resident, float64(m.Resident()))
 		if s.heapPath != "" && src.m != nil && s.heapErr == nil && float64(m.Resident()) > s.heapPeak*1.05 && time.Since(s.heapAt) >= 2*time.Second {
 			s.heapPeak, s.heapAt = float64(m.Resident()), time.Now()
 			s.heapErr = writeProfile(s.heapPath, "heap")
 		}
-		if src.m != nil || src.pid > 0 {
-			s.file.Add(at, float64(m.RssFile))
-			s.peakFile = max(s.peakFile, float64(m.RssFile))
-		}
+		s.file.Add(at, float64(m.RssFile))
+		s.peak.File = max(s.peak.File, float64(m.RssFile))
+	case memOK:
+		s.vmRSS.Add(at, float64(m.VmRSS))
+		s.peak.VmRSS = max(s.peak.VmRSS, float64(m.VmRSS))
 	}
 	if flOK {
 		s.freelist.Add(at, float64(fl))
@@ -531,7 +536,7 @@ func (s *sampler) series() (lag, mem, disk, io, cpu, sched []loadgen.TimeSeries)
 		}
 		return out
 	}
-	return keep(s.lag), keep(s.anon, s.file), keep(s.bolt, s.js, s.freelist), keep(s.written), keep(s.cpu, s.machineCPU), keep(s.sched)
+	return keep(s.lag), keep(s.anon, s.file, s.vmRSS), keep(s.bolt, s.js, s.freelist), keep(s.written), keep(s.cpu, s.machineCPU), keep(s.sched)
 }
 
 // cpuBetween is the current scenario's sampler.cpuBetween, with times
@@ -575,11 +580,8 @@ func (s *sampler) resources() string {
 	if len(s.lag.Points) > 0 {
 		parts = append(parts, fmt.Sprintf("projection lag max %.0f msgs", s.lag.Max()))
 	}
-	if len(s.anon.Points) > 0 {
-		parts = append(parts, fmt.Sprintf("memory peak RssAnon+RssShmem %s", fmtMiB(int64(s.anon.Max()))))
-	}
-	if len(s.file.Points) > 0 {
-		parts = append(parts, fmt.Sprintf("RssFile %s", fmtMiB(int64(s.file.Max()))))
+	if len(s.anon.Points)+len(s.vmRSS.Points) > 0 {
+		parts = append(parts, "memory peak "+s.peak.String())
 	}
 	if len(s.bolt.Points) > 0 {
 		parts = append(parts, fmt.Sprintf("disk at the end: bbolt %s, JetStream %s", fmtMiB(int64(s.bolt.Last())), fmtMiB(int64(s.js.Last()))))
@@ -698,20 +700,46 @@ func (b *bench) written() int64 {
 	return int64(s.written.Last())
 }
 
-// peakMemory is the highest RssAnon + RssShmem and RssFile sampled in the
-// current scenario so far.
-func (b *bench) peakMemory() (anon, file float64) {
+// peakMemory is the highest memory sampled in the current scenario so
+// far.
+func (b *bench) peakMemory() memPeak {
 	b.mu.Lock()
 	run := b.cur
 	b.mu.Unlock()
 	if run == nil || run.sampler == nil {
-		return 0, 0
+		return memPeak{}
 	}
 	s := run.sampler
 	s.sample(context.Background(), b.source.Load())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.peakAnon, s.peakFile
+	return s.peak
+}
+
+// memPeak is the highest memory sampled: RssAnon + RssShmem (Resident)
+// and RssFile apart when the service's /proc status is readable (embedded,
+// or --target-pid), else VmRSS, mapped files included (an external
+// service's /metrics).
+type memPeak struct{ Resident, File, VmRSS float64 }
+
+func (p memPeak) String() string {
+	if p.VmRSS > 0 {
+		return "VmRSS " + fmtMiB(int64(p.VmRSS)) + " (mapped files included; --target-pid for the split)"
+	}
+	return fmt.Sprintf("RssAnon+RssShmem %s, RssFile %s", fmtMiB(int64(p.Resident)), fmtMiB(int64(p.File)))
+}
+
+// memRows are the summary's rows of a memory peak, of whom. goal and
+// result are the RssAnon+RssShmem row's ("report" and "-" for none).
+// VmRSS gets no verdict: the memory goals leave the page cache out, and
+// VmRSS counts bbolt's mapped pages.
+func memRows(t summaryTable, p memPeak, who, goal, result string) {
+	if p.VmRSS > 0 {
+		t.row(fmt.Sprintf("memory VmRSS, mapped files included, peak (%s; --target-pid for the split)", who), fmtMiB(int64(p.VmRSS)), "-", "-", "report", "-")
+		return
+	}
+	t.row(fmt.Sprintf("memory RssAnon+RssShmem, peak (%s)", who), fmtMiB(int64(p.Resident)), "-", "-", goal, result)
+	t.row("memory RssFile (bbolt pages), peak", fmtMiB(int64(p.File)), "-", "-", "report", "-")
 }
 
 // ---- the report ----

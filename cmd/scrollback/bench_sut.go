@@ -274,10 +274,10 @@ func (s *sut) waitRooms(ctx context.Context, rooms func(yield func(roomID string
 
 // memory is the service's memory: this process's /proc status when
 // embedded (the bench's own clients included), the --target-pid's when
-// given, else what /metrics says (process_resident_memory_bytes: every
-// resident page, mapped files included, as RssAnon).
+// given (memorySplit), else what /metrics says: process_resident_memory_bytes,
+// every resident page with the mapped files, as VmRSS alone.
 func (s *sut) memory(ctx context.Context) (loadgen.Memory, bool) {
-	if s.m != nil || s.pid > 0 {
+	if s.memorySplit() {
 		m, err := loadgen.ReadMemory(s.pid)
 		return m, err == nil
 	}
@@ -286,8 +286,12 @@ func (s *sut) memory(ctx context.Context) (loadgen.Memory, bool) {
 		return loadgen.Memory{}, false
 	}
 	v, ok := loadgen.PromValue(text, "process_resident_memory_bytes")
-	return loadgen.Memory{RssAnon: int64(v)}, ok
+	return loadgen.Memory{VmRSS: int64(v)}, ok
 }
+
+// memorySplit reports whether memory tells the process's own memory
+// (RssAnon + RssShmem) from the mapped files' (RssFile): only /proc does.
+func (s *sut) memorySplit() bool { return s.m != nil || s.pid > 0 }
 
 // cpu is the service's CPU time so far: this process's when embedded, the
 // --target-pid's when given.

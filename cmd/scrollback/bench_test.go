@@ -6,6 +6,8 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +16,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"text/tabwriter"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -224,7 +227,7 @@ func TestRunBench_External(t *testing.T) {
 			t.Logf("output:\n%s", out)
 			for _, want := range map[string][]string{
 				scenarioReads:  {"target: the external service at nats://", "== reads (external)", "== read matrix", "== Dendrite comparison", "\nread matrix:", "\nDendrite 0.13.8 comparison:"},
-				scenarioIngest: {"applied: 5000 events", "freshness, publish to applied", "\nreads by room size:", "memory RssAnon+RssShmem, peak (the external service)"},
+				scenarioIngest: {"applied: 5000 events", "freshness, publish to applied", "\nreads by room size:", "memory VmRSS, mapped files included, peak (the external service; --target-pid for the split)"},
 				scenarioMixed:  {"shutdown: 51 members kicked", "\nmixed: reads of a 10000-event room"},
 			}[scenario] {
 				if !strings.Contains(out, want) {
@@ -609,5 +612,32 @@ func TestFloorReusesReplyBuffers(t *testing.T) {
 	// The race detector drops a quarter of what goes back to a pool.
 	if reused > fresh/2 {
 		t.Errorf("a read of a %d-byte reply allocates %d bytes when its buffer is given back, %d when not", size, reused, fresh)
+	}
+}
+
+// TestExternalMemoryIsVmRSS: an external service's /metrics gives only
+// process_resident_memory_bytes, every resident page with bbolt's mapped
+// file: it is sampled and shown as VmRSS, and never judged against the
+// memory goal, which leaves the page cache out.
+func TestExternalMemoryIsVmRSS(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "scrollback_projection_lag_messages 0\nprocess_resident_memory_bytes 6.7108864e+08\n")
+	}))
+	defer srv.Close()
+	var none atomic.Pointer[sut]
+	s := startSampler(context.Background(), time.Now(), time.Hour, &none)
+	s.stop()
+	s.sample(context.Background(), &sut{httpBase: srv.URL, hc: srv.Client()})
+	if len(s.vmRSS.Points) != 1 || len(s.anon.Points)+len(s.file.Points) != 0 || s.peak != (memPeak{VmRSS: 640 << 20}) {
+		t.Fatalf("sampled VmRSS %v, RssAnon+RssShmem %v, RssFile %v; peak %+v", s.vmRSS.Points, s.anon.Points, s.file.Points, s.peak)
+	}
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	memRows(summaryTable{tw: tw}, s.peak, "the external service", "< 512.0 MiB at 10M events", "MISS")
+	tw.Flush()
+	out := buf.String()
+	if !strings.HasPrefix(out, "memory VmRSS, mapped files included, peak (the external service; --target-pid for the split)  640.0 MiB") ||
+		strings.Contains(out, "MISS") || strings.Contains(out, "RssAnon") || !strings.HasSuffix(strings.TrimSpace(out), "report  -") {
+		t.Errorf("summary rows:\n%s", out)
 	}
 }

@@ -358,7 +358,7 @@ func TestParseStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Memory{RssAnon: 61440 << 10, RssFile: 40000 << 10, RssShmem: 960 << 10, VmHWM: 204800 << 10}
+	want := Memory{RssAnon: 61440 << 10, RssFile: 40000 << 10, RssShmem: 960 << 10, VmRSS: 102400 << 10, VmHWM: 204800 << 10}
 	if m != want {
 		t.Errorf("memory = %+v, want %+v", m, want)
 	}

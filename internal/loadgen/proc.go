@@ -17,7 +17,10 @@ import (
 // Memory is a process's resident memory from /proc/<pid>/status, in bytes.
 type Memory struct {
 	RssAnon, RssFile, RssShmem int64
-	VmHWM                      int64 // peak resident set size
+	// VmRSS is every resident page, the sum of the three: mapped files
+	// (bbolt's pages, which the page cache may drop) included.
+	VmRSS int64
+	VmHWM int64 // peak resident set size
 }
 
 // Resident is the memory the process holds itself: RssAnon + RssShmem
@@ -39,7 +42,8 @@ func ReadMemory(pid int) (Memory, error) {
 	return ParseStatus(f)
 }
 
-// ParseStatus reads the Rss* and VmHWM lines of a /proc/<pid>/status file.
+// ParseStatus reads the Rss*, VmRSS and VmHWM lines of a /proc/<pid>/status
+// file.
 func ParseStatus(r io.Reader) (Memory, error) {
 	var m Memory
 	found := 0
@@ -57,6 +61,8 @@ func ParseStatus(r io.Reader) (Memory, error) {
 			dst = &m.RssFile
 		case "RssShmem":
 			dst = &m.RssShmem
+		case "VmRSS":
+			dst = &m.VmRSS
 		case "VmHWM":
 			dst = &m.VmHWM
 		default:
