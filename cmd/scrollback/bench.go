@@ -618,17 +618,32 @@ func (b *bench) readsScenario(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := b.readPhases(ctx, m, room); err != nil {
-		return err
-	}
 	s, err := b.embeddedSUT(m)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if err := b.matrixPhases(ctx, s, room, m.Config.Auth.Tokens[0].Token); err != nil {
+	// The HTTP reads carry a token the homeserver knows, not a static
+	// one: the bridge asks sb.hs.whoami and sb.hs.ignored_users for every
+	// read, as it does in production (and as Dendrite checks its tokens
+	// in the figures it is compared with).
+	hs, err := startBenchHS(s, b.cfg.HSDelay)
+	if err != nil {
 		return err
 	}
+	defer hs.Close()
+	token := "bench-" + rand.Text()
+	hs.SetToken(token, room.Reader())
+	if err := b.readPhases(ctx, m, room, token); err != nil {
+		return err
+	}
+	if err := b.matrixPhases(ctx, s, room, token); err != nil {
+		return err
+	}
+	hs.Close()
+	counts, failed := hs.Counts()
+	b.printf("homeserver, for the HTTP reads: %v requests answered, %d with an error\n", counts, failed)
+	s.Close()
 	if err := closeM(); err != nil {
 		return fmt.Errorf("bench: close service: %w", err)
 	}
@@ -637,14 +652,15 @@ func (b *bench) readsScenario(ctx context.Context) error {
 
 // openBenchService opens a scrollback on dataDir with the defaults of
 // `scrollback serve` except: in-process NATS only, HTTP on a random
-// loopback port, and the given static tokens.
-func (b *bench) openBenchService(ctx context.Context, dataDir string, tokens ...TokenConfig) (*Main, error) {
+// loopback port, and a static admin token (the purges'); other tokens are
+// the bench's homeserver's (benchHS).
+func (b *bench) openBenchService(ctx context.Context, dataDir string) (*Main, error) {
 	cfg := DefaultConfig()
 	cfg.ServerName = benchServerName
 	cfg.DataDir = dataDir
 	cfg.NATS.Listen = ""
 	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.Auth.Tokens = append(tokens, TokenConfig{Token: "bench-admin-" + rand.Text(), UserID: "@admin:" + benchServerName, Admin: true})
+	cfg.Auth.Tokens = []TokenConfig{{Token: "bench-admin-" + rand.Text(), UserID: "@admin:" + benchServerName, Admin: true}}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, withHeading("bench: service configuration", err)
@@ -776,8 +792,7 @@ func publishSync(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) err
 func (b *bench) ingestPhases(ctx context.Context, room *benchRoom) (*Main, error) {
 	b.printf("\n== ingest: the benchmark room, %d events, into the projection ==\n", room.Len())
 	dataDir := filepath.Join(b.dir, "service")
-	token := TokenConfig{Token: "bench-" + rand.Text(), UserID: room.Reader()}
-	m, err := b.openBenchService(ctx, dataDir, token)
+	m, err := b.openBenchService(ctx, dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -794,7 +809,7 @@ func (b *bench) ingestPhases(ctx context.Context, room *benchRoom) (*Main, error
 		return nil, fmt.Errorf("bench: remove projection: %w", err)
 	}
 	start := time.Now()
-	m, err = b.openBenchService(ctx, dataDir, token)
+	m, err = b.openBenchService(ctx, dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -987,8 +1002,9 @@ type readTarget struct {
 }
 
 // readPhases measures /messages and its floors over NATS, then over HTTP
-// (see compare), and takes the optional CPU profile.
-func (b *bench) readPhases(ctx context.Context, m *Main, room *benchRoom) error {
+// with the reader's token (see compare), and takes the optional CPU
+// profile.
+func (b *bench) readPhases(ctx context.Context, m *Main, room *benchRoom, token string) error {
 	c := b.cfg
 	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
 	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-client")
@@ -1030,7 +1046,7 @@ func (b *bench) readPhases(ctx context.Context, m *Main, room *benchRoom) error 
 	}
 	hc := newBenchHTTPClient(c.Clients)
 	defer hc.CloseIdleConnections()
-	bearer := "Bearer " + m.Config.Auth.Tokens[0].Token // the reader's (ingestPhases)
+	bearer := "Bearer " + token
 
 	// NATS: the bare echo (of the service's request payloads), the floor's
 	// scan and the service, in turns; then HTTP: the floor's scan and the

@@ -2,9 +2,10 @@ package main
 
 // benchHS is the bench's homeserver worker: it answers the sb.hs.*
 // requests of CONTRACT.md section 5 as a homeserver would, so that a
-// shutdown can run (mixed) and HTTP tokens can be checked against an
-// external service (reads with --target). testenv.Homeserver does the same
-// for tests, but it needs a testing.TB; this one is the bench's own.
+// shutdown can run (mixed) and the HTTP reads' tokens are checked, and
+// their readers' ignored users asked, as in production (reads).
+// testenv.Homeserver does the same for tests, but it needs a testing.TB;
+// this one is the bench's own.
 //
 // Like a homeserver, it authors the events its actions create and
 // publishes them to the room log before it answers: a leave as the user's

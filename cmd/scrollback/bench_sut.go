@@ -53,11 +53,11 @@ func (s *sut) External() bool { return s.m == nil }
 
 // openSUT opens the service under test: a new embedded service on a data
 // dir of its own under the bench's temp dir, or the external target.
-func (b *bench) openSUT(ctx context.Context, name string, tokens ...TokenConfig) (*sut, error) {
+func (b *bench) openSUT(ctx context.Context, name string) (*sut, error) {
 	c := b.cfg
 	s := &sut{hc: newBenchHTTPClient(4)}
 	if c.Target == "" {
-		m, err := b.openBenchService(ctx, filepath.Join(b.dir, name), tokens...)
+		m, err := b.openBenchService(ctx, filepath.Join(b.dir, name))
 		if err != nil {
 			return nil, err
 		}

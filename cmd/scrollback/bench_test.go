@@ -59,6 +59,7 @@ func TestRunBench_Quick(t *testing.T) {
 		"== reads",
 		"== read matrix",
 		"== Dendrite comparison",
+		"homeserver, for the HTTP reads: map[ignored_users:",
 		// rich
 		"== rich: a room of 2000 events, 100 members",
 		"rich room loaded:",
