@@ -176,7 +176,8 @@ func TestRunBench_Quick(t *testing.T) {
 	} {
 		var found string
 		for _, l := range lines {
-			if strings.HasPrefix(l, row.metric+"  ") {
+			// The mixed reads' rows end in their rate: "[reads at ...]".
+			if strings.HasPrefix(l, row.metric+"  ") || strings.HasPrefix(l, row.metric+" [reads at ") {
 				found = l
 				break
 			}
@@ -640,5 +641,19 @@ func TestExternalMemoryIsVmRSS(t *testing.T) {
 	if !strings.HasPrefix(out, "memory VmRSS, mapped files included, peak (the external service; --target-pid for the split)  640.0 MiB") ||
 		strings.Contains(out, "MISS") || strings.Contains(out, "RssAnon") || !strings.HasSuffix(strings.TrimSpace(out), "report  -") {
 		t.Errorf("summary rows:\n%s", out)
+	}
+}
+
+// TestMixedRateNote: the mixed reads' ratios name their rate, in req/s
+// and as the share of the floor's throughput it is.
+func TestMixedRateNote(t *testing.T) {
+	r := &mixedResults{Rate: 1250}
+	r.floor.Thr = loadResult{Requests: 10_000, Elapsed: 2 * time.Second}
+	if got, want := r.rateNote(), "[reads at 1250 req/s = 0.25x the floor's]"; got != want {
+		t.Errorf("rate note = %q, want %q", got, want)
+	}
+	r.Rate, r.Capped = 900, true
+	if got, want := r.rateNote(), "[reads at 900 req/s = 0.18x the floor's, capped at 0.5x scrollback's]"; got != want {
+		t.Errorf("rate note = %q, want %q", got, want)
 	}
 }
