@@ -61,7 +61,7 @@ type catchupResults struct {
 	// embedded NATS server's and the catch-up's reads' included); -1:
 	// not known.
 	CPU          time.Duration
-	floorWritten int64
+	floorWritten int64 // by the floor's copy; -1: not known
 }
 
 func (b *bench) catchupScenario(ctx context.Context) error {
@@ -84,7 +84,9 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 		c.Backlog, c.Batch, round(res.Load), perSec(c.Backlog, res.Load))
 
 	b.mark("open")
-	wOpen := b.written()
+	// The process's counters, read directly: the sampler has no service
+	// to look at until Open returns, and would miss what Open writes.
+	io0, ioErr := loadgen.ReadIO(0)
 	cpu0, cpuErr := loadgen.ReadCPU(0)
 	start := time.Now()
 	m, err := b.openBenchService(ctx, dataDir)
@@ -109,9 +111,7 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 	}
 	b.mark("caught up")
 	res.cost = b.applyCost(ctx, res.Caught)
-	if wOpen >= 0 && res.cost.Written >= 0 {
-		res.cost.Written -= wOpen // the catch-up's writes, not the backlog's
-	}
+	res.cost.Written = writtenSince(io0, ioErr) // the catch-up's, Open's included, not the backlog's
 	_, res.Mem = b.samplerPeaks()
 	res.Bolt, _ = fileSize(filepath.Join(dataDir, "scrollback.db"))
 	res.JS, _ = dirSize(filepath.Join(dataDir, "jetstream"))
@@ -128,13 +128,11 @@ func (b *bench) catchupScenario(ctx context.Context) error {
 			cpuBudget(runtime.NumCPU()), fmtRate(goalApplyPerSec), runtime.NumCPU())
 	}
 	b.mark("floor")
-	w0 := b.written()
+	io0, ioErr = loadgen.ReadIO(0)
 	if res.Floor, err = b.catchupFloor(ctx, m, last); err != nil {
 		return err
 	}
-	if w0 >= 0 {
-		res.floorWritten = b.written() - w0
-	}
+	res.floorWritten = writtenSince(io0, ioErr)
 	b.printf("floor: an ordered consumer copying the %d messages to a bbolt file, 1000 per fsynced transaction, in %v = %.0f msgs/s; %s written = %.0f bytes per message\n",
 		last, round(res.Floor), perSec(int(last), res.Floor), fmtMiB(res.floorWritten), float64(res.floorWritten)/float64(last))
 	b.printf("memory peak %s; disk: bbolt %s, JetStream %s\n", res.Mem, fmtMiB(res.Bolt), fmtMiB(res.JS))
@@ -327,6 +325,16 @@ func (b *bench) catchupFloor(ctx context.Context, m *Main, last uint64) (time.Du
 			return time.Since(start), nil
 		}
 	}
+}
+
+// writtenSince is what this process wrote to storage since its I/O
+// counters read io0 (err: they could not be read); -1: not known.
+func writtenSince(io0 loadgen.IO, err error) int64 {
+	io1, err1 := loadgen.ReadIO(0)
+	if err != nil || err1 != nil {
+		return -1
+	}
+	return io1.WriteBytes - io0.WriteBytes
 }
 
 func fileSize(path string) (int64, error) {
