@@ -1568,8 +1568,9 @@ func (b *bench) readsSummary(t summaryTable) {
 		t.row("durable publishing, best of the above (acked msgs/s)", fmtRate(best), "-", "-", fmt.Sprintf(">= %s", fmtRate(goalDurablePublish)), verdict(best >= goalDurablePublish))
 	}
 	t.row("ingest live, async publish to applied (events/s)", fmtRate(r.live.PerSec()), "-", "-", "report", "-")
-	t.row("ingest catch-up, backlog to applied (events/s)", fmtRate(r.catchUp.PerSec()), "-", "-",
-		fmt.Sprintf(">= %s", fmtRate(goalApplyPerSec)), verdict(r.catchUp.PerSec() >= goalApplyPerSec))
+	// One room is issue 1's workload: issue 7's goal of 50k events/s is
+	// judged once, by the catchup scenario's 1M events in 10k rooms.
+	t.row("ingest catch-up of one room (issue 1), backlog to applied (events/s)", fmtRate(r.catchUp.PerSec()), "-", "-", "report", "-")
 	latRows := func(label string, svc, fl loadPair, p99Goal bool, thrGoal bool) {
 		for _, p := range []float64{50, 99} {
 			goal := 0.0

@@ -137,7 +137,7 @@ func TestRunBench_Quick(t *testing.T) {
 	}
 	// Every summary row, with a result where the row has a goal.
 	for _, row := range []struct{ metric, result string }{
-		{"ingest catch-up, backlog to applied (events/s)", "PASS|MISS"},
+		{"ingest catch-up of one room (issue 1), backlog to applied (events/s)", "-"},
 		{"publish atomic batches of 100, 4 in flight (acked msgs/s)", "-"},
 		{"durable publishing, best of the above (acked msgs/s)", "PASS|MISS"},
 		{"NATS /messages p99, 1 client", "PASS|MISS"},
