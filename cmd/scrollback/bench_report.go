@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -75,11 +76,22 @@ func (h *recHook) record(sent time.Time, lat time.Duration) {
 // startScenario begins recording a scenario: the sampler and, with
 // --profile-dir, its profiles.
 func (b *bench) startScenario(ctx context.Context, name, title string) error {
+	// What an earlier scenario (--scenario all) left on the heap would
+	// count in this one's memory peak: collect it and give the pages
+	// back. Two collections, as sync.Pool (the reply buffers) lets go
+	// of its items only at the second (FreeOSMemory runs one).
+	runtime.GC()
+	debug.FreeOSMemory()
 	run := &scenarioRun{rep: &loadgen.Scenario{Name: name, Title: title}, origin: time.Now()}
 	b.mu.Lock()
 	b.cur = run
 	b.runs = append(b.runs, run)
 	b.mu.Unlock()
+	if b.cfg.Target == "" {
+		if m, err := loadgen.ReadMemory(0); err == nil {
+			b.printf("\nmemory at the start of %s (this process), after a collection: %s\n", name, memPeak{Resident: float64(m.Resident()), File: float64(m.RssFile)})
+		}
+	}
 	if dir := b.cfg.ProfileDir; dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("bench: profile dir: %w", err)

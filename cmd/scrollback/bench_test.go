@@ -47,6 +47,8 @@ func TestRunBench_Quick(t *testing.T) {
 	t.Logf("output:\n%s", out)
 	for _, want := range []string{
 		"scenario all",
+		"memory at the start of reads (this process), after a collection: RssAnon+RssShmem ",
+		"memory at the start of mixed (this process), after a collection: RssAnon+RssShmem ",
 		// reads
 		"== publish",
 		"publish, 1 publisher:",
