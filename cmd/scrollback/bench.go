@@ -1518,7 +1518,7 @@ func (r *benchRoom) Msgs(subjects bus.Subjects) []*nats.Msg {
 // metric with the value, what it is compared with, the ratio, the goal and
 // PASS or MISS. Each section has its own header row.
 func (b *bench) summary() {
-	fmt.Fprintf(b.out, "\n== summary (as measured) ==\n")
+	fmt.Fprintf(b.out, "\n== summary (as measured%s) ==\n", b.profiledNote())
 	t := summaryTable{tw: tabwriter.NewWriter(b.out, 0, 0, 2, ' ', 0), rec: &summaryRec{}}
 	for _, s := range []struct {
 		name    string
@@ -1592,6 +1592,16 @@ func (b *bench) readsSummary(t summaryTable) {
 	t.row(fmt.Sprintf("NATS echo throughput, %d clients (req/s)", r.echo.Thr.Clients), "-", fmtRate(r.echo.Thr.PerSec()), "-", "-", "-")
 	t.line("floors: NATS = bbolt reverse scan of %d raw events behind a micro endpoint with the service's worker pool (bus.Serve), in-process connection; HTTP = the same scan behind net/http over loopback", b.cfg.Limit)
 	b.matrixSummary(t)
+}
+
+// profiledNote says, with --profile-dir, that every figure was measured
+// under the CPU profiler, which slows the service and the floor alike
+// but not by the same share.
+func (b *bench) profiledNote() string {
+	if b.cfg.ProfileDir == "" {
+		return ""
+	}
+	return "; every figure under the CPU profiler (--profile-dir)"
 }
 
 // summaryTable is the summary's tab-aligned table. It also records its

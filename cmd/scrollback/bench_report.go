@@ -768,6 +768,9 @@ func (b *bench) writeReport(started time.Time) error {
 			"Open-loop latencies run from when each request was due, not from when the pacer let it leave: a pacer that wakes late (Go's timers oversleep by about half a millisecond on a busy machine) adds its delay, as a client that cannot send on time would see it. Each open-loop line says how late the requests left.",
 		},
 	}
+	if b.cfg.ProfileDir != "" {
+		rep.Notes = append(rep.Notes, "Every figure of this run was measured under the CPU profiler (--profile-dir "+b.cfg.ProfileDir+"): it takes CPU from the service and the floor alike, not by the same share, so compare these figures only with other profiled runs.")
+	}
 	if b.cfg.Target != "" {
 		rep.Notes = append(rep.Notes, "Target: the external service at "+b.cfg.Target+", reached through the contract only (CONTRACT.md).")
 	} else {

@@ -659,3 +659,29 @@ func TestMixedRateNote(t *testing.T) {
 		t.Errorf("rate note = %q, want %q", got, want)
 	}
 }
+
+// TestProfiledRunSaysSo: with --profile-dir every figure is measured
+// under the CPU profiler, and the summary and the report say so.
+func TestProfiledRunSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	for _, profiled := range []bool{false, true} {
+		var out bytes.Buffer
+		b := &bench{out: &out, cfg: benchConfig{Report: filepath.Join(dir, "report.html")}}
+		if profiled {
+			b.cfg.ProfileDir = filepath.Join(dir, "prof")
+		}
+		b.summary()
+		if err := b.writeReport(time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		html, err := os.ReadFile(b.cfg.Report)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inSummary := strings.Contains(out.String(), "== summary (as measured; every figure under the CPU profiler (--profile-dir)) ==")
+		inReport := strings.Contains(string(html), "measured under the CPU profiler")
+		if inSummary != profiled || inReport != profiled {
+			t.Errorf("--profile-dir %v: the summary says so %v, the report %v", profiled, inSummary, inReport)
+		}
+	}
+}
