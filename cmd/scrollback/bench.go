@@ -216,7 +216,7 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 	fs.IntVar(&c.Limit, "limit", c.Limit, "/messages `limit` (and events per floor scan)")
 	fs.IntVar(&c.Rounds, "rounds", c.Rounds, "`n`umber of turns each read phase is cut into, the service and its floors taking turns")
 	fs.IntVar(&c.Publish, "publish", c.Publish, "`n`umber of messages of each publish phase")
-	fs.BoolVar(&quick, "quick", false, "a small CI-sized run: 5000 events, 250 members, 3000 messages to purge, reads during the purge at 0.1 of the floor's throughput, 1s phases, 500 publishes (explicit flags still win)")
+	fs.BoolVar(&quick, "quick", false, "a small CI-sized run: --events 5000 --members 250 --publish 500 --purge-events 3000 --purge-rate 0.1 --duration 1s --rooms 200 --ingest-events 20000 --backlog 20000 --matrix-duration 200ms --mixed-events 5000 --mixed-purge 2000 --shutdown-members 200 --mixed-rate 0.1 --ingest-rate 500 --sample 100ms (explicit flags still win)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile to `file`: reads and rich profile an extra --duration run of /messages over NATS with --clients clients after the measurements; purge profiles the purge from its request until the rows are removed; mixed profiles the workload from the purge and shutdown requests until both are complete (one scenario only)")
 	fs.IntVar(&c.Rooms, "rooms", c.Rooms, "`n`umber of rooms of the ingest and catchup scenarios (the issue's scale: 100000)")
 	fs.IntVar(&c.IngestEvents, "ingest-events", c.IngestEvents, "`n`umber of events of the ingest scenario in all (the issue's scale: 10000000)")
