@@ -114,8 +114,14 @@ const (
 	// (printOpenLoop says so).
 	maxInFlight = 16384
 	// maxOpenLoad caps the open-loop rate at this fraction of the
-	// service's own closed-loop throughput (see otherRoomReads).
-	maxOpenLoad = 0.9
+	// service's own closed-loop throughput (see otherRoomReads). At 0.9,
+	// with the reads timed from when they were due (session 26), a
+	// floor made cheaper the same session pushed the rate to the cap,
+	// and the service, a little slower in the open loop than closed,
+	// fell behind: its queue grew to seconds before the purge began, so
+	// the run measured the queue, not the purge. 0.7 is about where
+	// the runs of sessions 18-25 were (57-74%).
+	maxOpenLoad = 0.7
 )
 
 // purgeResults are the measurements of the purge scenario.
