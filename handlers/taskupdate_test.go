@@ -13,6 +13,7 @@ import (
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -231,15 +232,7 @@ func TestTaskRunner_APurgeWaitsForItsOwnRoomsErasures(t *testing.T) {
 		if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(roomID, "purge_history"), req); err != nil {
 			t.Fatal(err)
 		}
-		for { // no janitor runs here: the test steps it
-			did, err := store.JanitorStep(1000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !did {
-				break
-			}
-		}
+		drainJanitor(t, store) // no janitor runs here
 	}
 	// The slow room's messages are queued for erasure, and no eraser
 	// runs; the quick room's purge deletes nothing.
@@ -311,14 +304,20 @@ func TestTaskRunner_APurgeRoomWaitsForItsRows(t *testing.T) {
 	if s := status(); s != commands.TaskActive {
 		t.Fatalf("the purge_room is %s with the retired number's rows still in the file", s)
 	}
-	for { // no janitor runs here: the test steps it
+	drainJanitor(t, store) // no janitor runs here
+	testenv.WaitFor(t, 10*time.Second, "the purge_room to complete", func() bool { return status() == commands.TaskComplete })
+}
+
+// drainJanitor steps the janitor until it has nothing left to do.
+func drainJanitor(t *testing.T, store *projections.Store) {
+	t.Helper()
+	for {
 		did, err := store.JanitorStep(1000)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !did {
-			break
+			return
 		}
 	}
-	testenv.WaitFor(t, 10*time.Second, "the purge_room to complete", func() bool { return status() == commands.TaskComplete })
 }

@@ -615,10 +615,13 @@ func putTask(tx *bolt.Tx, t *commands.Task) error {
 // members check the task runner is to confirm in the log, so that a
 // reader that finds the room's history erased by a later purge refuses it
 // too (applyPurgeRoom, TaskRunner.confirm).
-func (s *Store) Unconfirmed() ([]*commands.Task, error) {
+func (s *Store) Unconfirmed() ([]*commands.Task, error) { return s.tasksIn(bUnconfirm) }
+
+// tasksIn lists the tasks named by the keys of an index bucket.
+func (s *Store) tasksIn(index []byte) ([]*commands.Task, error) {
 	var out []*commands.Task
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bUnconfirm).ForEach(func(k, _ []byte) error {
+		return tx.Bucket(index).ForEach(func(k, _ []byte) error {
 			t, err := getTask(tx, string(k))
 			if err != nil || t == nil {
 				return err
@@ -631,20 +634,7 @@ func (s *Store) Unconfirmed() ([]*commands.Task, error) {
 }
 
 // OpenTasks lists the tasks that are scheduled or active.
-func (s *Store) OpenTasks() ([]*commands.Task, error) {
-	var out []*commands.Task
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bOpenTasks).ForEach(func(k, _ []byte) error {
-			t, err := getTask(tx, string(k))
-			if err != nil || t == nil {
-				return err
-			}
-			out = append(out, t)
-			return nil
-		})
-	})
-	return out, err
-}
+func (s *Store) OpenTasks() ([]*commands.Task, error) { return s.tasksIn(bOpenTasks) }
 
 // Erasures are the log messages purges have queued for deletion.
 type Erasures struct {
