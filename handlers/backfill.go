@@ -240,24 +240,33 @@ func (b *Backfiller) fetch(ctx context.Context, roomID string, points []point) b
 	if err := b.Waiter.WaitFor(ctx, roomID, last); err != nil {
 		return false
 	}
-	b.unfilled(roomID, points)
+	b.unfilled(roomID, points, events)
 	return true
 }
 
-// unfilled backs off the points that are still backward extremities
-// after their reply was applied: the events that came were others, or
-// the points themselves were dropped as duplicates, or came from below a
-// purge cut-off (a kept event may name a purged parent from far above
-// the floor, and its depth is not known until it comes back). Without
-// this, every read near such a point asked for it again.
-func (b *Backfiller) unfilled(roomID string, points []point) {
+// unfilled backs off the points whose own event came back in the reply
+// and that are still backward extremities once it was applied: dropped as
+// a duplicate, or from below a purge cut-off (a kept event may name a
+// purged parent from far above the floor, and its depth is not known
+// until it comes back). Without this, every read near such a point asked
+// for it again. A point the reply did not reach (its limit ran out on
+// the way down) is not backed off: the next read near it asks again.
+func (b *Backfiller) unfilled(roomID string, points []point, events []any) {
+	came := map[string]bool{}
+	for _, raw := range events {
+		if ev, ok := raw.(map[string]any); ok {
+			if id, ok := ev["event_id"].(string); ok {
+				came[id] = true
+			}
+		}
+	}
 	left, err := b.extremities(roomID)
 	if err != nil {
 		return
 	}
 	var still []point
 	for _, p := range points {
-		if slices.ContainsFunc(left, func(l point) bool { return l.id == p.id }) {
+		if came[p.id] && slices.ContainsFunc(left, func(l point) bool { return l.id == p.id }) {
 			still = append(still, p)
 		}
 	}

@@ -238,8 +238,8 @@
 // with a TaskUpdate that repeats the task's status and error (marked in
 // the unconfirmed bucket until it is applied; it changes nothing in the
 // record), and a purge_history that ran has its task's updates after it.
-// Before applying an unforced purge_room whose history is erased, or a
-// purge_history that fails the guard on the file as it is, the projector
+// Before applying an unforced purge_room whose history is erased, or any
+// purge_history, the projector
 // asks the log for the first TaskUpdate of the task (and of its shutdown
 // task, for a shutdown's purge step) after the command
 // (Projector.FirstUpdates, commands.LogEntry.Decided): a confirmation

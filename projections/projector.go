@@ -70,9 +70,8 @@ type Projector struct {
 	// room's tasks after a sequence (bus.Log.FirstUpdates). The projector
 	// asks it about a purge whose outcome depends on history that a later
 	// purge may have erased from the log (commands.LogEntry.Decided): an
-	// unforced purge_room whose history is erased, and a purge_history
-	// that fails the forward-extremity guard on the file as it is
-	// (Store.AboveExtremities). Without it, a rebuild after such purges
+	// unforced purge_room whose history is erased, and every
+	// purge_history. Without it, a rebuild after such purges
 	// can differ from the live file in those tasks' records.
 	FirstUpdates func(ctx context.Context, roomID string, ids []string, after uint64) (map[string]*commands.TaskUpdate, error)
 	Logger       *slog.Logger
@@ -541,10 +540,12 @@ func (p *Projector) markErased(ctx context.Context, entries []commands.LogEntry)
 				}
 			}
 		case c.Action == commands.ActionPurgeHistory:
-			above, err := p.Store.AboveExtremities(e.RoomID, c.String("token"))
-			if above || err != nil {
-				decide = []string{c.ID}
-			}
+			// Always: the committed file cannot vouch for the guard
+			// when the room's events or a purge_room of it are earlier
+			// in this batch (a helper's review proved a rebuild failing
+			// a purge that way). Live, the question costs one request
+			// that finds nothing.
+			decide = []string{c.ID}
 		}
 		if len(decide) == 0 || p.FirstUpdates == nil {
 			continue

@@ -85,27 +85,6 @@ func aboveExtremities(tx *bolt.Tx, room uint64, depth int64) bool {
 	return found && maxFwd < depth
 }
 
-// AboveExtremities reports whether a purge_history of roomID with token
-// would fail the forward-extremity guard on the file as it is now (an
-// unknown room or a bad token: no). A room's newest forward extremity
-// only moves up as its events are applied (until a purge_room starts the
-// room again), so a purge that passes now passes once applied; the
-// projector asks the log about the others (Projector.FirstUpdates).
-func (s *Store) AboveExtremities(roomID, token string) (bool, error) {
-	tok, err := commands.ParseRoomToken(token)
-	if err != nil {
-		return false, nil
-	}
-	above := false
-	err = s.db.View(func(tx *bolt.Tx) error {
-		if room := roomNum(tx, roomID); room != 0 {
-			above = aboveExtremities(tx, room, tok.Topological)
-		}
-		return nil
-	})
-	return above, err
-}
-
 // applyPurgeRoom refuses while local users are joined (unless forced),
 // else ends the room's history at this log position: the room ID gets a
 // new room number, so every read and every later event sees an empty room

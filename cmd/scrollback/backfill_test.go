@@ -286,3 +286,47 @@ func same(a, b []string) bool {
 	}
 	return true
 }
+
+// TestBackfill_APointTheReplyDidNotReachIsAskedAgain: a reply that walks
+// down from one gap and runs out of its limit before the other gap's
+// point leaves that point free to be asked by the next read near it; only
+// a point whose own event came back and still left it a gap is backed off
+// (found by a helper's review of the back-off).
+func TestBackfill_APointTheReplyDidNotReachIsAskedAgain(t *testing.T) {
+	m := backfillMain(t, 2*time.Second)
+	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+	r := testenv.NewRoom("reach", "test")
+	full := r.Setup(alice)
+	for len(full) < 420 { // full[i] has depth i+1
+		full = append(full, r.Msg("@remote:other.org", "x"))
+	}
+	fed.Serve(r.ID, full...)
+	local := append(append([]testenv.Event{}, full[5:10]...), full[400:]...)
+	seqs := m.publisher().Publish(t, local...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30}); err != nil {
+		t.Fatal(err)
+	}
+	reqs := fed.Requests()
+	if len(reqs) != 1 || len(reqs[0]["event_ids"].([]any)) != 2 {
+		t.Fatalf("first read's requests: %v", reqs)
+	}
+	if extremity(t, m, r.ID, full[4].ID()) == 0 {
+		t.Fatal("the start gap's point should still be a backward extremity")
+	}
+	from := fmt.Sprintf("t11-%d", seqs[4]+1)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30, "from": from}); err != nil {
+		t.Fatal(err)
+	}
+	asked := false
+	for _, req := range fed.Requests()[1:] {
+		for _, id := range req["event_ids"].([]any) {
+			asked = asked || id == full[4].ID()
+		}
+	}
+	if !asked {
+		t.Fatalf("a read at the start gap did not ask for its point %s (requests: %d)", full[4].ID(), len(fed.Requests()))
+	}
+}

@@ -491,3 +491,40 @@ func rebuildKeepsTasks(t *testing.T, m *Main, live []*commands.Task) {
 		}
 	}
 }
+
+// TestRebuild_KeepsAnEarlierPurgeCompleteAfterOtherTraffic: as
+// TestRebuild_KeepsAnEarlierPurgeComplete, with another room's events
+// first in the same partition, so that in the rebuild the room's events
+// and its first purge share a batch that the committed file knows
+// nothing of (found by a helper's review: the rebuild failed the purge).
+func TestRebuild_KeepsAnEarlierPurgeCompleteAfterOtherTraffic(t *testing.T) {
+	m := startMain(t)
+	var other *testenv.Room
+	for i := 0; ; i++ {
+		other = testenv.NewRoom(fmt.Sprintf("other%d", i), "test")
+		if projections.PartitionOf(bus.RoomKey(other.ID), projections.DefaultPartitions) ==
+			projections.PartitionOf(bus.RoomKey("!twice:test"), projections.DefaultPartitions) {
+			break
+		}
+	}
+	oevs := other.Setup(alice)
+	for len(oevs) < 300 {
+		oevs = append(oevs, other.Msg(alice, "traffic"))
+	}
+	m.publisher().Publish(t, oevs...)
+	r := testenv.NewRoom("twice", "test")
+	evs := r.Setup(alice)
+	for len(evs) < 50 {
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(len(evs))))
+	}
+	m.publisher().Publish(t, evs...)
+	m.purgeHistory(t, r.ID, evs[39].ID(), "") // cut-off depth 40; tip at 50
+	more := []testenv.Event{}
+	for range 50 {
+		more = append(more, r.Msg("@remote:other.org", "more"))
+	}
+	m.publisher().Publish(t, more...)
+	m.purgeHistory(t, r.ID, more[39].ID(), "") // cut-off depth 90
+	live, _ := m.Store.RoomTasks(r.ID)
+	rebuildKeepsTasks(t, m, live)
+}
