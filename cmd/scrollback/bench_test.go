@@ -22,6 +22,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/scrollback/scrollback/internal/loadgen"
+	"github.com/scrollback/scrollback/testenv"
 )
 
 // tinyBench are the flags of the smoke runs: every scenario at a size that
@@ -432,7 +433,10 @@ func TestOpenLoop_TimedFromDue(t *testing.T) {
 	tg := target{n: 1, rec: &recHook{}, do: func(context.Context, int) (int, error) { return 10, nil }}
 	tg.rec.set(s)
 	o := startOpenLoopAt(context.Background(), rate, tg, time.Now().Add(-stall))
-	time.Sleep(20 * time.Millisecond)
+	// Until the requests due during the stall have been answered.
+	testenv.WaitFor(t, 10*time.Second, "the stalled requests' replies", func() bool {
+		return s.Count() >= uint64(stall.Seconds()*rate)
+	})
 	r, err := o.Stop()
 	if err != nil {
 		t.Fatal(err)
@@ -459,7 +463,9 @@ func TestOpenLoop_TimedFromDue(t *testing.T) {
 // counts in the first part.
 func TestOpenLoop_PartsByDueTime(t *testing.T) {
 	const rate = 1000
+	var calls atomic.Int64
 	tg := target{n: 1, do: func(context.Context, int) (int, error) {
+		calls.Add(1)
 		time.Sleep(time.Millisecond)
 		return 10, nil
 	}}
@@ -468,7 +474,10 @@ func TestOpenLoop_PartsByDueTime(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	o := startOpenLoopAt(context.Background(), rate, tg, time.Now().Add(-300*time.Millisecond))
 	mark := o.Mark()
-	time.Sleep(30 * time.Millisecond)
+	// Until requests due after the mark have been answered too.
+	testenv.WaitFor(t, 10*time.Second, "requests due after the mark", func() bool {
+		return calls.Load() > int64(mark.Sub(o.start).Seconds()*rate)+1 // more than were due before it
+	})
 	if _, err := o.Stop(); err != nil {
 		t.Fatal(err)
 	}
