@@ -22,7 +22,9 @@
 // too) and its own room's messages are erased; other rooms' erasures do
 // not hold it. It confirms in the log each purge_room that the projection
 // refused while local users were joined (confirm), so that a rebuild
-// after a later purge erased the room refuses it too.
+// after a later purge erased the room refuses it too; the Eraser leaves
+// such a room's history in the log until then (projections
+// Store.PendingErasures).
 //
 // Look-ups that pick a purge's cut-off from what the room holds (a purge
 // by event ID that finds nothing, a purge by time, a retention job) first

@@ -238,6 +238,11 @@
 // with a TaskUpdate that repeats the task's status and error (marked in
 // the unconfirmed bucket until it is applied; it changes nothing in the
 // record), and a purge_history that ran has its task's updates after it.
+// A room's purge_room erasure waits while the room has an unconfirmed
+// refusal (PendingErasures), so that the confirmation is in the log
+// before the history that decided the refusal leaves it; a file from
+// before the bucket gets a mark for each of its refusals when it is
+// opened (markOldRefusals).
 // Before applying an unforced purge_room whose history is erased, or any
 // purge_history, the projector
 // asks the log for the first TaskUpdate of the task (and of its shutdown

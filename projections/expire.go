@@ -127,6 +127,28 @@ func (s *Store) indexFinishedTasks() error {
 	})
 }
 
-// taskDoneBatch bounds the tasks indexFinishedTasks reads per transaction
-// (a variable for the tests).
+// metaUnconfirmed is the meta key of a file whose unconfirmed bucket
+// names every refusal of its tasks that may need confirming: new files
+// have it from the start, older ones once markOldRefusals is done.
+var metaUnconfirmed = []byte("unconfirmed")
+
+// markOldRefusals gives a file written before refusals were confirmed in
+// the log (TaskRunner.confirm) an unconfirmed mark for each purge_room,
+// or shutdown, refused by the members check, once (fillOnce). Which of
+// them were confirmed it cannot tell, so the runner confirms them all
+// again: a confirmation applied twice changes nothing (applyUpdate).
+func (s *Store) markOldRefusals() error {
+	return s.fillOnce(metaUnconfirmed, bTasks, taskDoneBatch, func(tx *bolt.Tx, k, v []byte) error {
+		t := &commands.Task{}
+		if err := decodeMsgpack(v, t); err != nil {
+			return fmt.Errorf("projections: task %s: %w", k, err)
+		}
+		refusal := t.Status == commands.TaskFailed && t.Error == ErrTextUsersJoined &&
+			(t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom)
+		return markUnconfirmed(tx, t.ID, refusal)
+	})
+}
+
+// taskDoneBatch bounds the tasks indexFinishedTasks and markOldRefusals read per
+// transaction (a variable for the tests).
 var taskDoneBatch = 20000

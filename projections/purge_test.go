@@ -191,6 +191,15 @@ func TestPurgeRoom(t *testing.T) {
 	again := fresh.Create("@bob:test")
 	apply(t, s, next, again)
 	sameStrings(t, "new timeline", timelineIDs(t, s, r.ID), ids(again))
+	// The erasure waits for pr1's refusal to be confirmed in the log.
+	if er, _ := s.PendingErasures(10, true); len(er.Rooms) != 0 {
+		t.Fatalf("room erasure before the refusal's confirmation: %v", er.Rooms)
+	}
+	out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next+1, r.ID, commands.KindTask,
+		map[string]any{"task_id": "pr1", "status": "failed", "error": task.Error})})
+	if err != nil || out[0].Result != projections.OutcomeApplied {
+		t.Fatalf("confirmation: %+v, %v", out, err)
+	}
 	er, _ := s.PendingErasures(10, true)
 	if er.Rooms[r.ID] != next-1 {
 		t.Fatalf("room erasure = %v, want below %d", er.Rooms, next-1)
@@ -1770,5 +1779,76 @@ func TestCutoffByTS_BackfilledEventsDoNotCount(t *testing.T) {
 	depth, stream, ok, err := s.CutoffByTS(r.ID, base+100)
 	if want := after["depth"].(int64); err != nil || !ok || stream != afterSeq || depth != want {
 		t.Fatalf("CutoffByTS before the backfill = depth %d stream %d, %v, %v; want the first live event after the time (depth %d, stream %d)", depth, stream, ok, err, want, afterSeq)
+	}
+}
+
+// TestPurgeRoom_ErasureWaitsForTheRefusalsConfirmation: an unforced
+// purge_room refused while a local user is joined, then a forced one. The
+// forced one's erasure of the room's history waits until the refusal's
+// confirmation is applied: erased before it, the log no longer says the
+// first was refused, and a rebuild (or another instance behind) brought
+// it back scheduled (found by a helper's review).
+func TestPurgeRoom_ErasureWaitsForTheRefusalsConfirmation(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("refused", "test")
+	next := apply(t, s, 1, r.Setup("@alice:test")...)
+	if task := applyCmd(t, s, next, r.ID, "refused", commands.ActionPurgeRoom, map[string]any{}); task.Status != commands.TaskFailed {
+		t.Fatalf("unforced purge_room with alice joined: %+v", task)
+	}
+	applyCmd(t, s, next+1, r.ID, "forced", commands.ActionPurgeRoom, map[string]any{"force": true})
+	drainJanitor(t, s)
+	if e, err := s.PendingErasures(100, true); err != nil || len(e.Rooms) != 0 {
+		t.Fatalf("room erasures before the confirmation: %v (%v), want none", e.Rooms, err)
+	}
+	if pending, _ := s.ErasuresPendingFor(r.ID); !pending {
+		t.Error("the held erasure is not pending for the room")
+	}
+	out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next+2, r.ID, commands.KindTask,
+		map[string]any{"task_id": "refused", "status": "failed", "error": projections.ErrTextUsersJoined})})
+	if err != nil || out[0].Result != projections.OutcomeApplied {
+		t.Fatalf("confirmation: %+v, %v", out, err)
+	}
+	if e, err := s.PendingErasures(100, true); err != nil || e.Rooms[r.ID] != next+1 {
+		t.Errorf("room erasures after the confirmation: %v (%v), want %s below %d", e.Rooms, err, r.ID, next+1)
+	}
+}
+
+// TestOpen_MarksTheRefusalsOfAnOlderFile: a file written before refusals
+// were confirmed in the log gets an unconfirmed mark for each purge_room
+// refused by the members check when it is opened, and for nothing else,
+// so that the task runner confirms them before a later purge's erasure.
+func TestOpen_MarksTheRefusalsOfAnOlderFile(t *testing.T) {
+	path := t.TempDir() + "/p.db"
+	s, err := projections.Open(path, projections.Options{ServerName: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := testenv.NewRoom("old", "test")
+	evs := r.Setup("@alice:test")
+	msgs := remoteMsgs(r, 3)
+	next := apply(t, s, 1, append(evs, msgs...)...)
+	applyCmd(t, s, next, r.ID, "refused", commands.ActionPurgeRoom, map[string]any{})
+	applyCmd(t, s, next+1, r.ID, "bad", commands.ActionPurgeRoom, map[string]any{"force": "yes"})
+	applyCmd(t, s, next+2, r.ID, "history", commands.ActionPurgeHistory, purgeAt(msgs[1]))
+	err = s.DB().Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket([]byte("meta")).Delete([]byte("unconfirmed")); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte("unconfirmed")).Delete([]byte("refused"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if un, _ := s.Unconfirmed(); len(un) != 0 {
+		t.Fatalf("unconfirmed before the reopen: %v", un)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	projections.SetTaskDoneBatch(t, 1)
+	s = testenv.OpenStore(t, path)
+	un, err := s.Unconfirmed()
+	if err != nil || len(un) != 1 || un[0].ID != "refused" {
+		t.Fatalf("unconfirmed after the reopen: %v, %v; want the refused purge_room alone", un, err)
 	}
 }

@@ -176,7 +176,7 @@ func Open(path string, opts Options) (*Store, error) {
 			if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
 				return err
 			}
-			for _, mark := range [][]byte{metaRelMarks, metaTaskDone} {
+			for _, mark := range [][]byte{metaRelMarks, metaTaskDone, metaUnconfirmed} {
 				if err := meta.Put(mark, nil); err != nil {
 					return err
 				}
@@ -206,6 +206,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if err == nil {
 		err = s.indexFinishedTasks()
+	}
+	if err == nil {
+		err = s.markOldRefusals()
 	}
 	if err != nil {
 		db.Close()
@@ -646,6 +649,13 @@ type Erasures struct {
 // PendingErasures returns up to max queued single erasures, and the
 // queued room purges. With inRooms false it leaves out the erasures
 // queued by room (RoomErasures takes those).
+//
+// A room purge waits while the room has a refusal the log does not
+// confirm yet (Unconfirmed): the refusal was decided on the history the
+// purge erases, and a reader that finds that history gone learns how it
+// was decided from the confirmation alone (applyPurgeRoom). Erased
+// first, a rebuild, or an instance behind, brought the refused purge
+// back scheduled, and ran it.
 func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 	e := Erasures{Rooms: map[string]uint64{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -665,12 +675,36 @@ func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 				}
 			}
 		}
+		held, err := unconfirmedRooms(tx)
+		if err != nil {
+			return err
+		}
 		return tx.Bucket(bEraseRoom).ForEach(func(k, v []byte) error {
-			e.Rooms[string(k)] = binary.BigEndian.Uint64(v)
+			if !held[string(k)] {
+				e.Rooms[string(k)] = binary.BigEndian.Uint64(v)
+			}
 			return nil
 		})
 	})
 	return e, err
+}
+
+// unconfirmedRooms is the set of rooms with a refusal the log does not
+// confirm yet: a handful at most, each for a runner's pass.
+func unconfirmedRooms(tx *bolt.Tx) (map[string]bool, error) {
+	var rooms map[string]bool
+	err := tx.Bucket(bUnconfirm).ForEach(func(k, _ []byte) error {
+		t, err := getTask(tx, string(k))
+		if err != nil || t == nil {
+			return err
+		}
+		if rooms == nil {
+			rooms = map[string]bool{}
+		}
+		rooms[t.RoomID] = true
+		return nil
+	})
+	return rooms, err
 }
 
 // ErasuresDone removes erasures that the log has carried out.

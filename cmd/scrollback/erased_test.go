@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,5 +273,94 @@ func TestEraser_PurgeRoomDuringACompactionLeavesNoCopy(t *testing.T) {
 	}
 	if left {
 		t.Fatalf("the log still holds the purged room's history below its purge_room (seq %d): kept copies made after it survive its erasure", drop)
+	}
+}
+
+// confirmFirst is the log as the eraser uses it, which notes a room's
+// history erased before a refusal's confirmation is in the log.
+type confirmFirst struct {
+	*bus.Log
+	roomID, taskID string
+	refused        uint64 // the refused command's sequence
+	early          atomic.Bool
+}
+
+func (c *confirmFirst) PurgeSubjectInSteps(ctx context.Context, subject string, below uint64) error {
+	if subject == c.Subjects.Room(c.roomID, commands.KindEvent) {
+		if first, err := c.FirstUpdates(ctx, c.roomID, []string{c.taskID}, c.refused); err != nil || first[c.taskID] == nil {
+			c.early.Store(true)
+		}
+	}
+	return c.Log.PurgeSubjectInSteps(ctx, subject, below)
+}
+
+// TestEraser_WaitsForTheRefusalsConfirmation: an unforced purge_room
+// refused while a local user is joined, then a forced one. The eraser
+// leaves the room's history in the log until the refusal's confirmation
+// is there too, so that a rebuild at any point, before the confirmation
+// or after the erasure, keeps the first refused (found by a helper's
+// review: erased first, a rebuild before the task runner's next pass
+// brought the refused purge back scheduled).
+func TestEraser_WaitsForTheRefusalsConfirmation(t *testing.T) {
+	l := newErasedLog(t)
+	r := testenv.NewRoom("refused", "test.example")
+	seqs := l.pub.Publish(t, r.Setup(erasedAlice, erasedBob)...)
+	live := l.store(t)
+	l.read(t, live, seqs[len(seqs)-1])
+	refused := l.pub.Command(t, map[string]any{"id": "refused", "action": "purge_room", "room_id": r.ID, "params": map[string]any{}})
+	forced := l.pub.Command(t, map[string]any{"id": "forced", "action": "purge_room", "room_id": r.ID, "params": map[string]any{"force": true}})
+	l.read(t, live, forced)
+	checkTask(t, live, "refused", commands.TaskFailed)
+	for {
+		did, err := live.JanitorStep(projections.JanitorBatch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !did {
+			break
+		}
+	}
+	log := &confirmFirst{Log: l.log, roomID: r.ID, taskID: "refused", refused: refused}
+	eraser := &handlers.Eraser{Store: live, Log: log, Subjects: l.subjects, Compact: true, Logger: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { eraser.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	// The service stops before the runner's pass; `scrollback rebuild`.
+	before := l.store(t)
+	l.read(t, before, forced)
+	checkTask(t, before, "refused", commands.TaskFailed)
+	if un, _ := before.Unconfirmed(); len(un) != 1 {
+		t.Errorf("rebuilt before the confirmation: unconfirmed %v, want the refusal, for the runner to confirm", un)
+	}
+
+	// The runner's pass (TaskRunner.confirm).
+	data, err := bus.Encode(map[string]any{"task_id": "refused", "status": commands.TaskFailed, "error": projections.ErrTextUsersJoined})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	confirmed, err := l.log.Append(actx, l.subjects.Room(r.ID, commands.KindTask), "refused-confirm", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.read(t, live, confirmed)
+	testenv.WaitFor(t, 20*time.Second, "the erasure after the confirmation", func() bool {
+		pending, _ := live.ErasuresPending()
+		return !pending
+	})
+	if log.early.Load() {
+		t.Error("the room's history was erased before the refusal's confirmation was in the log")
+	}
+	if left, err := l.log.RoomHistoryBelow(actx, r.ID, forced); err != nil || left {
+		t.Fatalf("history left below the forced purge_room: %v %v", left, err)
+	}
+	after := l.store(t)
+	l.read(t, after, confirmed)
+	checkTask(t, after, "refused", commands.TaskFailed)
+	if un, _ := after.Unconfirmed(); len(un) != 0 {
+		t.Errorf("rebuilt after the confirmation: unconfirmed %v, want none", un)
 	}
 }
