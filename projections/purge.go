@@ -499,8 +499,9 @@ func (s *Store) CutoffByTS(roomID string, ts int64) (depth, stream int64, ok boo
 // forgotten them, the last forget at least period before now (Synapse's
 // forgotten_room_retention_period). Rooms with any deletion task, and
 // rooms that never had a local member, are left out; a finished task
-// stops counting once it expires (7 days), so a room a deletion with
-// purge: false left forgotten is purged then.
+// stops counting once it expires (7 days), whether or not the task
+// runner has swept it yet, so a room a deletion with purge: false left
+// forgotten is purged then.
 func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, error) {
 	var out []string
 	err := s.ForEachRoom(func(roomID string, v *RoomView) bool {
@@ -527,7 +528,7 @@ func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, erro
 		c := v.bucket(bRoomTask).Cursor()
 		prefix := u64(v.room)
 		for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if t, err := getTask(v.tx, string(k[16:])); err == nil && t != nil && (t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom) {
+			if t, err := getTask(v.tx, string(k[16:])); err == nil && t != nil && !t.ExpiredAt(now) && (t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom) {
 				return true
 			}
 		}

@@ -1852,3 +1852,28 @@ func TestOpen_MarksTheRefusalsOfAnOlderFile(t *testing.T) {
 		t.Fatalf("unconfirmed after the reopen: %v, %v; want the refused purge_room alone", un, err)
 	}
 }
+
+// TestForgottenRooms_ExpiredDeletionStopsCounting: a room every local
+// member left and forgot is left out while it has a deletion task, and
+// listed again once that task expires, before the task runner sweeps its
+// record (found by a helper's bug hunt: the record counted until swept).
+func TestForgottenRooms_ExpiredDeletionStopsCounting(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("forgot", "test")
+	next := apply(t, s, 1, append(r.Setup("@alice:test", "@remote:other.org"), r.Member("@alice:test", "@alice:test", "leave"))...)
+	applyCmd(t, s, next, r.ID, "forget", commands.ActionForget, map[string]any{"user_id": "@alice:test"})
+	applyCmd(t, s, next+1, r.ID, "del", commands.ActionShutdownAndPurgeRoom, map[string]any{"purge": false})
+	done := int64(1_700_000_000_000)
+	out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next+2, r.ID, commands.KindTask,
+		map[string]any{"task_id": "del", "status": "complete", "ts": done})})
+	if err != nil || out[0].Result != projections.OutcomeApplied {
+		t.Fatalf("complete: %+v, %v", out, err)
+	}
+	if got, err := s.ForgottenRooms("test", done+1000, 1); err != nil || len(got) != 0 {
+		t.Errorf("with the deletion task: %v, %v; want none", got, err)
+	}
+	later := done + commands.TaskExpiryMS + 1000
+	if got, err := s.ForgottenRooms("test", later, 1); err != nil || len(got) != 1 || got[0] != r.ID {
+		t.Errorf("after the task expired: %v, %v; want %s", got, err, r.ID)
+	}
+}
