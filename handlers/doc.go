@@ -21,10 +21,11 @@
 // its own room's rows are gone (those of a number a purge_room retired
 // too) and its own room's messages are erased; other rooms' erasures do
 // not hold it. It confirms in the log each purge_room that the projection
-// refused while local users were joined (confirm), so that a rebuild
-// after a later purge erased the room refuses it too; the Eraser leaves
-// such a room's history in the log until then (projections
-// Store.PendingErasures).
+// refused while local users were joined, and each purge_history that
+// passed and waits for a slot (confirm), so that a rebuild after a later
+// purge erased the history they were decided on decides them the same;
+// the Eraser leaves such a room's history in the log until then
+// (projections Store.PendingErasures).
 //
 // Look-ups that pick a purge's cut-off from what the room holds (a purge
 // by event ID that finds nothing, a purge by time, a retention job) first

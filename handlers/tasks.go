@@ -171,17 +171,20 @@ func (r *TaskRunner) Run(ctx context.Context) {
 	}
 }
 
-// confirm publishes a TaskUpdate that repeats the status and error of
-// each task refused by a purge_room's members check (its own, or a
-// shutdown's purge step) that the log does not confirm yet
-// (Store.Unconfirmed). A later purge_room erases the refused one's
-// history from the log too, and a reader that then finds the history
-// erased takes the purge for one that succeeded, unless the log says
-// otherwise (projections applyPurgeRoom): a rebuild brought a refused
-// purge back as scheduled, and it ran. The projector applies the
-// confirmation without changing the record. Its message ID is
-// "<task id>-confirm", so that a publish repeated before it is applied
-// (the next pass) is a duplicate the log drops.
+// confirm publishes a TaskUpdate for each decision the log does not
+// confirm yet (Store.Unconfirmed) of a task this runner is not running:
+// one that repeats the status and error of a task refused by a
+// purge_room's members check (its own, or a shutdown's purge step), and
+// a "scheduled" one for a purge_history that passed its check and waits
+// for a slot. A later purge erases the history those decisions were made
+// on, and a reader that then finds it erased learns how they were decided
+// from the log alone (projections applyPurgeRoom, applyPurgeHistory): a
+// rebuild brought a refused purge back as scheduled, and it ran, or
+// failed a purge_history that passed. The room's erasures wait for these
+// updates (projections heldRooms), and the projector applies them without
+// changing the record. A task the runner starts has its own updates. The
+// message ID is "<task id>-confirm", so that a publish repeated before it
+// is applied (the next pass) is a duplicate the log drops.
 func (r *TaskRunner) confirm(ctx context.Context) {
 	tasks, err := r.Store.Unconfirmed()
 	if err != nil {
@@ -189,7 +192,10 @@ func (r *TaskRunner) confirm(ctx context.Context) {
 		return
 	}
 	for _, t := range tasks {
-		if !r.owns(t.RoomID) {
+		r.mu.Lock()
+		_, running := r.running[t.ID]
+		r.mu.Unlock()
+		if running || !r.owns(t.RoomID) {
 			continue
 		}
 		data, err := bus.Encode(map[string]any{"task_id": t.ID, "status": t.Status, "error": t.Error, "ts": r.Now().UnixMilli()})

@@ -811,6 +811,10 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 			if err := applyPurgeHistory(tx, room, c, t, e.Decided); err != nil {
 				return err
 			}
+			// Passed, and no update yet (heldRooms).
+			if err := markUnconfirmed(tx, t.ID, t.Status == commands.TaskScheduled); err != nil {
+				return err
+			}
 		case commands.ActionPurgeRoom:
 			var refused bool
 			if room, refused, err = applyPurgeRoom(tx, room, c, t, e.Seq, serverName(tx), e.HistoryErased, e.Decided[t.ID]); err != nil {
@@ -853,19 +857,23 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	return nil
 }
 
-// markUnconfirmed records a purge_room's refusal for the task runner to
-// confirm in the log (applyPurgeRoom; Store.Unconfirmed).
-func markUnconfirmed(tx *bolt.Tx, taskID string, refused bool) error {
-	if !refused {
+// markUnconfirmed records a decision for the task runner to confirm in
+// the log (Store.Unconfirmed, heldRooms): a purge_room's refusal, or a
+// purge_history that passed its check. Any update of the task clears it.
+func markUnconfirmed(tx *bolt.Tx, taskID string, mark bool) error {
+	if !mark {
 		return nil
 	}
 	return tx.Bucket(bUnconfirm).Put([]byte(taskID), nil)
 }
 
-// applyUpdate folds a TaskUpdate into its task. An update that repeats a
-// finished task's status and error changes nothing: it is the task
-// runner confirming a refusal (TaskRunner.confirm), or a final update
-// published again, and it is applied, not a dead letter.
+// applyUpdate folds a TaskUpdate into its task. Two kinds change nothing,
+// and are applied, not dead letters: an update that repeats a finished
+// task's status and error (the task runner confirming a refusal, or a
+// final update published again), and a "scheduled" one (the runner
+// confirming a purge_history it has not started, perhaps after it
+// started it: nothing else moves a task to scheduled). Either is a
+// TaskRunner.confirm.
 func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	u := e.Update
 	t, err := getTask(tx, u.TaskID)
@@ -881,15 +889,17 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	if u.TS == 0 {
 		u.TS = e.LogTS
 	}
-	if t.Finished() && u.Status == t.Status && u.Error == t.Error {
-		o.Task = t
-		return tx.Bucket(bUnconfirm).Delete([]byte(t.ID))
-	}
-	if err := t.Apply(u); err != nil {
-		return fmt.Errorf("%w: %v", commands.ErrMalformed, err)
+	noop := (t.Finished() && u.Status == t.Status && u.Error == t.Error) || u.Status == commands.TaskScheduled
+	if !noop {
+		if err := t.Apply(u); err != nil {
+			return fmt.Errorf("%w: %v", commands.ErrMalformed, err)
+		}
+		if err := putTask(tx, t); err != nil {
+			return err
+		}
 	}
 	o.Task = t
-	return putTask(tx, t)
+	return tx.Bucket(bUnconfirm).Delete([]byte(t.ID))
 }
 
 // setBlock blocks or unblocks a room. Blocking a blocked room keeps who

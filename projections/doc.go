@@ -73,8 +73,11 @@
 //	opentasks  task ID                     -> {}      (scheduled or active)
 //	taskdone   last update|task ID         -> {}      (finished, by the ts
 //	                                          of their last update, as order)
-//	unconfirmed task ID                    -> {}      (purge_room refusals
-//	                                          the runner is to confirm)
+//	unconfirmed task ID                    -> {}      (decisions the runner
+//	                                          is to confirm: purge_room
+//	                                          refusals, passed
+//	                                          purge_histories with no
+//	                                          update yet)
 //	deadletter log sequence                -> DeadLetter (last MaxDeadLetters)
 //	received   received ts|log sequence    -> room (live events, outliers too)
 //	checkpoint partition                   -> log sequence
@@ -235,17 +238,18 @@
 // or a reader behind, would decide those commands on a history that is no
 // longer there. So the outcome of such a command is read from the log:
 // the task runner confirms each refusal of a purge_room's members check
-// with a TaskUpdate that repeats the task's status and error (marked in
-// the unconfirmed bucket until it is applied; it changes nothing in the
-// record), and a purge_history that ran has its task's updates after it.
-// A room's purge_room erasure waits while the room has an unconfirmed
-// refusal (PendingErasures), so that the confirmation is in the log
-// before the history that decided the refusal leaves it; a file from
-// before the bucket gets a mark for each of its refusals when it is
-// opened (markOldRefusals).
-// Before applying an unforced purge_room whose history is erased, or any
-// purge_history, the projector
-// asks the log for the first TaskUpdate of the task (and of its shutdown
+// with a TaskUpdate that repeats the task's status and error, and a
+// purge_history that passed has its task's updates after it: its own once
+// it runs, or the runner's "scheduled" confirmation while it waits for a
+// slot. Both are marked in the unconfirmed bucket until the task's first
+// update after them is applied; a confirmation changes nothing in the
+// record. A room's erasures wait while it has a mark that they could hide
+// (heldRooms: a refusal, or a passed purge_history followed by a later
+// purge), so that the confirmation is in the log before the history that
+// decided it leaves; a file from before the bucket gets its marks when it
+// is opened (markOldRefusals). Before applying an unforced purge_room
+// whose history is erased, or any purge_history, the projector asks the
+// log for the first TaskUpdate of the task (and of its shutdown
 // task, for a shutdown's purge step) after the command
 // (Projector.FirstUpdates, commands.LogEntry.Decided): a confirmation
 // refuses the purge_room again; any update passes the purge_history.

@@ -132,9 +132,10 @@ func (s *Store) indexFinishedTasks() error {
 // have it from the start, older ones once markOldRefusals is done.
 var metaUnconfirmed = []byte("unconfirmed")
 
-// markOldRefusals gives a file written before refusals were confirmed in
-// the log (TaskRunner.confirm) an unconfirmed mark for each purge_room,
-// or shutdown, refused by the members check, once (fillOnce). Which of
+// markOldRefusals gives a file written before decisions were confirmed
+// in the log (TaskRunner.confirm) an unconfirmed mark for each purge_room,
+// or shutdown, refused by the members check, and each purge_history that
+// passed its check and has no update yet, once (fillOnce). Which of
 // them were confirmed it cannot tell, so the runner confirms them all
 // again: a confirmation applied twice changes nothing (applyUpdate).
 func (s *Store) markOldRefusals() error {
@@ -145,7 +146,8 @@ func (s *Store) markOldRefusals() error {
 		}
 		refusal := t.Status == commands.TaskFailed && t.Error == ErrTextUsersJoined &&
 			(t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom)
-		return markUnconfirmed(tx, t.ID, refusal)
+		passed := t.Action == commands.ActionPurgeHistory && t.Status == commands.TaskScheduled && t.Updates == 0
+		return markUnconfirmed(tx, t.ID, refusal || passed)
 	})
 }
 

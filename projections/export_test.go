@@ -138,3 +138,20 @@ func SetBootID(tb interface {
 
 // BuiltLag is builtLag.
 const BuiltLag = builtLag
+
+// ConfirmAll empties the unconfirmed bucket, as the task runner's
+// confirmations of every decision, once applied, would: for tests of
+// erasures whose subject is not the wait for them (heldRooms).
+func ConfirmAll(t *testing.T, s *Store) {
+	t.Helper()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bUnconfirm); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket(bUnconfirm)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -430,6 +430,7 @@ func TestRoomErasures_OnceTheJanitorIsDone(t *testing.T) {
 	// done: its erasures stay.
 	purge("p2", msgs[6])
 	drainJanitor(t, s)
+	projections.ConfirmAll(t, s) // p1 has an update (heldRooms)
 	if err := s.RoomErasureDone(re); err != nil {
 		t.Fatal(err)
 	}
@@ -596,6 +597,7 @@ func TestPurgeHistory_DeleteLocalStaysWithItsCutoff(t *testing.T) {
 			applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[8]["depth"]), "delete_local_events": true})
 			applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, purgeAt(msgs[second]))
 			drainJanitor(t, s)
+			projections.ConfirmAll(t, s) // p1 has an update (heldRooms)
 			_ = s.View(r.ID, func(v *projections.RoomView) error {
 				if row, _ := v.Event(msgs[5].ID()); row != nil {
 					t.Errorf("local message below p1's cut-off (delete_local_events) kept as an outlier")
@@ -667,6 +669,7 @@ func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
 	drainJanitor(t, s)
 	applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[3]["depth"]), "delete_local_events": true})
 	drainJanitor(t, s)
+	projections.ConfirmAll(t, s) // p1 has an update (heldRooms)
 	if _, ok, _ := s.FindEvent(r.ID, out.ID()); ok {
 		t.Errorf("remote outlier %s below the floor survives the purge", out.ID())
 	}
@@ -788,6 +791,7 @@ func TestPurgeRoom_DropsQueuedErasures(t *testing.T) {
 	drainJanitor(t, s)
 	applyCmd(t, s, next+1, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
 	drainJanitor(t, s)
+	projections.ConfirmAll(t, s) // p has an update (heldRooms)
 	re, ok, err := s.RoomErasures()
 	if err != nil {
 		t.Fatal(err)
@@ -1815,8 +1819,9 @@ func TestPurgeRoom_ErasureWaitsForTheRefusalsConfirmation(t *testing.T) {
 
 // TestOpen_MarksTheRefusalsOfAnOlderFile: a file written before refusals
 // were confirmed in the log gets an unconfirmed mark for each purge_room
-// refused by the members check when it is opened, and for nothing else,
-// so that the task runner confirms them before a later purge's erasure.
+// refused by the members check and each purge_history that passed with no
+// update yet when it is opened, and for nothing else, so that the task
+// runner confirms them before a later purge's erasure.
 func TestOpen_MarksTheRefusalsOfAnOlderFile(t *testing.T) {
 	path := t.TempDir() + "/p.db"
 	s, err := projections.Open(path, projections.Options{ServerName: "test"})
@@ -1834,7 +1839,11 @@ func TestOpen_MarksTheRefusalsOfAnOlderFile(t *testing.T) {
 		if err := tx.Bucket([]byte("meta")).Delete([]byte("unconfirmed")); err != nil {
 			return err
 		}
-		return tx.Bucket([]byte("unconfirmed")).Delete([]byte("refused"))
+		if err := tx.DeleteBucket([]byte("unconfirmed")); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket([]byte("unconfirmed"))
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -1848,8 +1857,13 @@ func TestOpen_MarksTheRefusalsOfAnOlderFile(t *testing.T) {
 	projections.SetTaskDoneBatch(t, 1)
 	s = testenv.OpenStore(t, path)
 	un, err := s.Unconfirmed()
-	if err != nil || len(un) != 1 || un[0].ID != "refused" {
-		t.Fatalf("unconfirmed after the reopen: %v, %v; want the refused purge_room alone", un, err)
+	var got []string
+	for _, task := range un {
+		got = append(got, task.ID)
+	}
+	slices.Sort(got)
+	if err != nil || !slices.Equal(got, []string{"history", "refused"}) {
+		t.Fatalf("unconfirmed after the reopen: %v, %v; want the refused purge_room and the purge_history with no update", got, err)
 	}
 }
 
@@ -1875,5 +1889,81 @@ func TestForgottenRooms_ExpiredDeletionStopsCounting(t *testing.T) {
 	later := done + commands.TaskExpiryMS + 1000
 	if got, err := s.ForgottenRooms("test", later, 1); err != nil || len(got) != 1 || got[0] != r.ID {
 		t.Errorf("after the task expired: %v, %v; want %s", got, err, r.ID)
+	}
+}
+
+// TestPurgeHistory_ErasureWaitsForEarlierPurgesFirstUpdate: a
+// purge_history that passed the forward-extremity check, and a later one
+// of the same room whose cut-off is above the events that were the
+// room's forward extremities then. The later one's erasure waits until
+// the earlier one has an update in the log: erased before it, a rebuild
+// (or an instance behind) could tell neither from the history nor from
+// the log that the earlier one passed, and failed it. A "scheduled"
+// update, the task runner's confirmation of a task it has not started,
+// clears the wait and changes nothing in the record.
+func TestPurgeHistory_ErasureWaitsForEarlierPurgesFirstUpdate(t *testing.T) {
+	for _, compact := range []bool{true, false} {
+		t.Run(fmt.Sprintf("compact=%v", compact), func(t *testing.T) {
+			s := openWithServer(t)
+			r := testenv.NewRoom("twice", "test")
+			first := remoteMsgs(r, 10)
+			next := apply(t, s, 1, append(r.Setup("@alice:test", "@remote:other.org"), first...)...)
+			a := applyCmd(t, s, next, r.ID, "a", commands.ActionPurgeHistory, purgeAt(first[8]))
+			if a.Status != commands.TaskScheduled {
+				t.Fatalf("first purge: %+v", a)
+			}
+			more := remoteMsgs(r, 10)
+			next = apply(t, s, next+1, more...)
+			if b := applyCmd(t, s, next, r.ID, "b", commands.ActionPurgeHistory, purgeAt(more[8])); b.Status != commands.TaskScheduled {
+				t.Fatalf("second purge: %+v", b)
+			}
+			drainJanitor(t, s)
+			held := func() bool {
+				t.Helper()
+				if compact {
+					_, ok, err := s.RoomErasures()
+					if err != nil {
+						t.Fatal(err)
+					}
+					return !ok
+				}
+				e, err := s.PendingErasures(1000, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(e.Seqs) == 0
+			}
+			if !held() {
+				t.Fatal("the room's erasures go before the first purge has an update in the log")
+			}
+			if un, _ := s.Unconfirmed(); len(un) != 2 {
+				t.Errorf("unconfirmed: %v, want both purges", un)
+			}
+			for i, id := range []string{"a", "b"} {
+				out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next+1+uint64(i), r.ID, commands.KindTask,
+					map[string]any{"task_id": id, "status": "scheduled", "ts": int64(5)})})
+				if err != nil || out[0].Result != projections.OutcomeApplied {
+					t.Fatalf("confirmation of %s: %+v, %v", id, out, err)
+				}
+			}
+			if held() {
+				t.Error("the room's erasures are still held after the confirmations")
+			}
+			if got, _ := s.Task("a"); got.Status != commands.TaskScheduled || got.Updates != 0 || got.UpdatedTS != a.UpdatedTS {
+				t.Errorf("the confirmation changed the record: %+v, was %+v", got, a)
+			}
+			// A late confirmation, after the task went on, changes
+			// nothing either.
+			for i, st := range []string{"active", "scheduled"} {
+				out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, next+3+uint64(i), r.ID, commands.KindTask,
+					map[string]any{"task_id": "a", "status": st})})
+				if err != nil || out[0].Result != projections.OutcomeApplied {
+					t.Fatalf("%s: %+v, %v", st, out, err)
+				}
+			}
+			if got, _ := s.Task("a"); got.Status != commands.TaskActive {
+				t.Errorf("after a late confirmation: %s, want active", got.Status)
+			}
+		})
 	}
 }

@@ -650,12 +650,8 @@ type Erasures struct {
 // queued room purges. With inRooms false it leaves out the erasures
 // queued by room (RoomErasures takes those).
 //
-// A room purge waits while the room has a refusal the log does not
-// confirm yet (Unconfirmed): the refusal was decided on the history the
-// purge erases, and a reader that finds that history gone learns how it
-// was decided from the confirmation alone (applyPurgeRoom). Erased
-// first, a rebuild, or an instance behind, brought the refused purge
-// back scheduled, and ran it.
+// A room's erasures wait while it has a decision the log does not
+// confirm yet (Unconfirmed; heldRooms).
 func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 	e := Erasures{Rooms: map[string]uint64{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -663,10 +659,17 @@ func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 		for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
 			e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k))
 		}
+		held, err := heldRooms(tx)
+		if err != nil {
+			return err
+		}
 		if inRooms {
 			rc := tx.Bucket(bEraseIn).Cursor()
 			for rk, _ := rc.First(); rk != nil && len(e.Seqs) < max; rk, _ = rc.Next() {
 				room := binary.BigEndian.Uint64(rk)
+				if held.number(tx, room) {
+					continue
+				}
 				c := tx.Bucket(bEraseIn).Bucket(rk).Cursor()
 				for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
 					seq := binary.BigEndian.Uint64(k)
@@ -674,10 +677,6 @@ func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 					e.inKey = append(e.inKey, [2]uint64{room, seq})
 				}
 			}
-		}
-		held, err := unconfirmedRooms(tx)
-		if err != nil {
-			return err
 		}
 		return tx.Bucket(bEraseRoom).ForEach(func(k, v []byte) error {
 			if !held[string(k)] {
@@ -689,22 +688,84 @@ func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 	return e, err
 }
 
-// unconfirmedRooms is the set of rooms with a refusal the log does not
-// confirm yet: a handful at most, each for a runner's pass.
-func unconfirmedRooms(tx *bolt.Tx) (map[string]bool, error) {
-	var rooms map[string]bool
+// held is the set of room IDs whose erasures wait (heldRooms).
+type held map[string]bool
+
+// number reports whether the room of this number is held.
+func (h held) number(tx *bolt.Tx, room uint64) bool {
+	if len(h) == 0 {
+		return false
+	}
+	m, err := getRoomMeta(tx, room)
+	return err == nil && h[m.RoomID]
+}
+
+// heldRooms is the set of rooms whose erasures wait for the log to
+// confirm a decision (the unconfirmed bucket: a handful of tasks, each
+// for a task runner's pass) that they would hide. The decision was made
+// on history those erasures take from the log, and a reader that finds
+// that history gone learns how the command was decided from the log's
+// TaskUpdates alone (applyPurgeRoom, applyPurgeHistory):
+//   - a purge_room refused by the members check, before a forced one's
+//     erasure: erased first, a rebuild, or an instance behind, brought
+//     the refused purge back scheduled, and ran it;
+//   - a purge_history that passed the forward-extremity check and has no
+//     update yet, before a later purge's erasure of the events that were
+//     the room's forward extremities then: erased first, a rebuild
+//     failed it. A purge's own erasure does not hide its own decision
+//     (it keeps what is above the cut-off), so a room with one such
+//     purge and no later one is not held.
+func heldRooms(tx *bolt.Tx) (held, error) {
+	var rooms held
 	err := tx.Bucket(bUnconfirm).ForEach(func(k, _ []byte) error {
 		t, err := getTask(tx, string(k))
-		if err != nil || t == nil {
+		if err != nil || t == nil || rooms[t.RoomID] {
 			return err
 		}
+		if !t.Finished() {
+			if later, err := laterPurge(tx, t); err != nil || !later {
+				return err
+			}
+		}
 		if rooms == nil {
-			rooms = map[string]bool{}
+			rooms = held{}
 		}
 		rooms[t.RoomID] = true
 		return nil
 	})
 	return rooms, err
+}
+
+// laterPurge reports whether the room of task t has a purge applied
+// after t's command, or a deletion still open, whose purge step may come
+// after it.
+func laterPurge(tx *bolt.Tx, t *commands.Task) (bool, error) {
+	n := roomNum(tx, t.RoomID)
+	if n == 0 {
+		return false, nil
+	}
+	prefix := u64(n)
+	c := tx.Bucket(bRoomTask).Cursor()
+	for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		o, err := getTask(tx, string(k[16:]))
+		if err != nil {
+			return false, err
+		}
+		if o == nil || o.ID == t.ID {
+			continue
+		}
+		switch o.Action {
+		case commands.ActionPurgeHistory, commands.ActionPurgeRoom:
+			if o.Seq > t.Seq {
+				return true, nil
+			}
+		case commands.ActionShutdownAndPurgeRoom:
+			if o.Seq > t.Seq || !o.Finished() {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // ErasuresDone removes erasures that the log has carried out.
@@ -753,11 +814,16 @@ type RoomErasure struct {
 // RoomErasures returns the erasures queued for the first room whose
 // purge the janitor has finished, so that all of them are known: a
 // compaction of the room's event subject (bus.Log.Compact) keeps every
-// message below the last of them that is not listed.
+// message below the last of them that is not listed. Held rooms
+// (heldRooms) wait.
 func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		jb := tx.Bucket(bJanitor)
 		ib := tx.Bucket(bEraseIn)
+		held, err := heldRooms(tx)
+		if err != nil {
+			return err
+		}
 		rc := ib.Cursor()
 		for rk, _ := rc.First(); rk != nil; rk, _ = rc.Next() {
 			if jb.Get(rk) != nil {
@@ -767,6 +833,9 @@ func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
 			meta, err := getRoomMeta(tx, room)
 			if err != nil {
 				return err
+			}
+			if held[meta.RoomID] {
+				continue
 			}
 			r = RoomErasure{RoomID: meta.RoomID, room: room}
 			c := ib.Bucket(rk).Cursor()

@@ -70,6 +70,24 @@ func runProjector(t *testing.T, p *projections.Projector, seq uint64) (stop func
 	return stop
 }
 
+// confirm appends the task runner's confirmation of a task's decision
+// (TaskRunner.confirm) and applies the log into store up to it.
+func (l *erasedLog) confirm(t *testing.T, store *projections.Store, roomID, taskID, status, errText string) uint64 {
+	t.Helper()
+	data, err := bus.Encode(map[string]any{"task_id": taskID, "status": status, "error": errText})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	seq, err := l.log.Append(ctx, l.subjects.Room(roomID, commands.KindTask), taskID+"-confirm", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.read(t, store, seq)
+	return seq
+}
+
 // checkTask fails the test unless the task has the status.
 func checkTask(t *testing.T, store *projections.Store, id, want string) {
 	t.Helper()
@@ -248,6 +266,9 @@ func TestEraser_PurgeRoomDuringACompactionLeavesNoCopy(t *testing.T) {
 		"params": map[string]any{"force": true}})
 	l.read(t, store, drop)
 	checkTask(t, store, "drop", commands.TaskScheduled)
+	// The task runner confirms hist, which it has not started: until
+	// then the room's erasures wait (projections heldRooms).
+	l.confirm(t, store, r.ID, "hist", commands.TaskScheduled, "")
 	// ...and the compaction goes on, then the eraser carries on.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -335,18 +356,10 @@ func TestEraser_WaitsForTheRefusalsConfirmation(t *testing.T) {
 		t.Errorf("rebuilt before the confirmation: unconfirmed %v, want the refusal, for the runner to confirm", un)
 	}
 
-	// The runner's pass (TaskRunner.confirm).
-	data, err := bus.Encode(map[string]any{"task_id": "refused", "status": commands.TaskFailed, "error": projections.ErrTextUsersJoined})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The runner's pass.
+	confirmed := l.confirm(t, live, r.ID, "refused", commands.TaskFailed, projections.ErrTextUsersJoined)
 	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
 	defer acancel()
-	confirmed, err := l.log.Append(actx, l.subjects.Room(r.ID, commands.KindTask), "refused-confirm", data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.read(t, live, confirmed)
 	testenv.WaitFor(t, 20*time.Second, "the erasure after the confirmation", func() bool {
 		pending, _ := live.ErasuresPending()
 		return !pending

@@ -528,3 +528,58 @@ func TestRebuild_KeepsAnEarlierPurgeCompleteAfterOtherTraffic(t *testing.T) {
 	live, _ := m.Store.RoomTasks(r.ID)
 	rebuildKeepsTasks(t, m, live)
 }
+
+// TestRebuild_KeepsAnEarlierPurgeThatWaitsForASlot: as
+// TestRebuild_KeepsAnEarlierPurgeComplete, with both purges waiting for
+// the one task slot (a deletion stalled on a member's leave holds it), so
+// that the first has no update of its own when the second's erasure
+// would hide how it was decided: the task runner confirms it ("scheduled")
+// and the erasure waits for that, so a rebuild passes it too.
+func TestRebuild_KeepsAnEarlierPurgeThatWaitsForASlot(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Tasks.MaxConcurrent = 1
+		c.Homeserver.Timeout = commands.DurationOf(time.Hour) // the stalled leave holds the slot to the end
+	})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	busy := shutdownRoom(t, m, hs, "busy", 1)
+	hs.StallLeave("@user0:test")
+	defer hs.ReleaseStalled()
+	if st, body := m.do(t, "DELETE", deletePath("v2", busy.ID), "tok-admin", `{}`); st != 200 {
+		t.Fatalf("delete: %d %s", st, body)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the deletion holding the slot", func() bool {
+		tasks, _ := m.Store.RoomTasks(busy.ID)
+		return len(tasks) == 1 && tasks[0].Status == commands.TaskActive
+	})
+	r := testenv.NewRoom("waiting", "test")
+	evs := r.Setup(alice)
+	for len(evs) < 50 { // depths 5..50, remote
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(len(evs))))
+	}
+	pub := m.publisher()
+	pub.Publish(t, evs...)
+	pub.Command(t, map[string]any{"id": "first", "action": "purge_history", "room_id": r.ID,
+		"params": map[string]any{"token": fmt.Sprintf("t%d-0", evs[39]["depth"])}}) // cut-off 40; tip at 50
+	var more []testenv.Event
+	for range 50 { // depths 51..100, remote
+		more = append(more, r.Msg("@remote:other.org", "more"))
+	}
+	pub.Publish(t, more...)
+	second := pub.Command(t, map[string]any{"id": "second", "action": "purge_history", "room_id": r.ID,
+		"params": map[string]any{"token": fmt.Sprintf("t%d-0", more[39]["depth"])}}) // cut-off 90
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": second}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 20*time.Second, "the confirmations and the erasures", func() bool {
+		unconfirmed, _ := m.Store.Unconfirmed()
+		pending, _ := m.Store.ErasuresPendingFor(r.ID)
+		return len(unconfirmed) == 0 && !pending
+	})
+	live, _ := m.Store.RoomTasks(r.ID)
+	for _, task := range live {
+		if task.Status != commands.TaskScheduled {
+			t.Fatalf("%s: %s, want scheduled (waiting for the slot)", task.ID, task.Status)
+		}
+	}
+	rebuildKeepsTasks(t, m, live)
+}
