@@ -43,13 +43,18 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 		t.Status, t.Error = commands.TaskFailed, err.Error()
 		return nil
 	}
-	if aboveExtremities(tx, room, tok.Topological) && decided[t.ID] == nil {
-		t.Status, t.Error = commands.TaskFailed, ErrTextAboveExtremities
-		return nil
-	}
 	meta, err := getRoomMeta(tx, room)
 	if err != nil {
 		return err
+	}
+	if staleToken(tok, meta) {
+		t.Status = commands.TaskComplete
+		t.Result = map[string]any{"floor": meta.Floor, "delete_local_events": c.Bool("delete_local_events", false)}
+		return nil
+	}
+	if aboveExtremities(tx, room, tok.Topological) && decided[t.ID] == nil {
+		t.Status, t.Error = commands.TaskFailed, ErrTextAboveExtremities
+		return nil
 	}
 	if c.Bool("delete_local_events", false) && tok.Topological > meta.DeleteLocalBelow {
 		meta.DeleteLocalBelow = tok.Topological
@@ -69,6 +74,23 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 	}
 	t.Result = map[string]any{"floor": meta.Floor, "delete_local_events": c.Bool("delete_local_events", false)}
 	return nil
+}
+
+// staleToken reports whether a purge_history's token names a position
+// logged before the room's last purge_room (RoomMeta.ResetSeq): its
+// cut-off belongs to a history that is gone, and there is nothing left to
+// purge, as the events of the new timeline all come after it. Its depth
+// is the old history's, which says nothing of the new timeline's: taken
+// as the floor, it dropped new events below it for good. A retention job
+// computes its cut-off before it publishes, so a purge_room can land in
+// between. A token's stream position is the event's log sequence
+// (negative for a backfilled event); one of 0 names no position.
+func staleToken(tok commands.RoomToken, meta *RoomMeta) bool {
+	pos := tok.Stream
+	if pos < 0 {
+		pos = -pos
+	}
+	return meta.ResetSeq > 0 && pos != 0 && uint64(pos) < meta.ResetSeq
 }
 
 // aboveExtremities is the forward-extremity guard of a purge_history:

@@ -1967,3 +1967,35 @@ func TestPurgeHistory_ErasureWaitsForEarlierPurgesFirstUpdate(t *testing.T) {
 		})
 	}
 }
+
+// TestPurgeHistory_TokenFromBeforeAPurgeRoom: a purge_history whose token
+// names a position logged before the room's last purge_room (a retention
+// job that computed its cut-off just before the purge_room landed) has
+// nothing left to purge: it completes without setting the old history's
+// depth as the new timeline's floor, which would drop the new timeline's
+// events below it (found by a helper's bug hunt). A token of the new
+// timeline, or one without a stream position, still sets it.
+func TestPurgeHistory_TokenFromBeforeAPurgeRoom(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("retained", "test")
+	old := append(r.Setup("@alice:test"), remoteMsgs(r, 20)...)
+	next := apply(t, s, 1, old...)
+	stale := fmt.Sprintf("t%d-%d", old[6]["depth"], 7) // old[6], logged at seq 7
+	applyCmd(t, s, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	fresh := testenv.NewRoom("retained", "test") // the room again, from depth 1
+	again := append(fresh.Setup("@bob:test"), remoteMsgs(fresh, 5)...)
+	next = apply(t, s, next+1, again...)
+	task := applyCmd(t, s, next, r.ID, "late", commands.ActionPurgeHistory, map[string]any{"token": stale})
+	if task.Status != commands.TaskComplete || task.Error != "" {
+		t.Errorf("stale purge: %s %q, want complete", task.Status, task.Error)
+	}
+	sameStrings(t, "the new timeline after the stale purge", timelineIDs(t, s, r.ID), ids(again...))
+	// The same depth by a token of the new timeline purges.
+	newer := fmt.Sprintf("t%d-%d", again[4]["depth"], next-1)
+	if task := applyCmd(t, s, next+1, r.ID, "fresh", commands.ActionPurgeHistory, map[string]any{"token": newer}); task.Status != commands.TaskScheduled {
+		t.Fatalf("purge of the new timeline: %+v", task)
+	}
+	if got := timelineIDs(t, s, r.ID); len(got) >= len(again) {
+		t.Errorf("the new timeline's purge removed nothing: %v", got)
+	}
+}
