@@ -88,6 +88,20 @@ func (l *erasedLog) confirm(t *testing.T, store *projections.Store, roomID, task
 	return seq
 }
 
+// drainJanitor runs the janitor until it has nothing left to do.
+func drainJanitor(t *testing.T, store *projections.Store) {
+	t.Helper()
+	for {
+		did, err := store.JanitorStep(projections.JanitorBatch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !did {
+			return
+		}
+	}
+}
+
 // checkTask fails the test unless the task has the status.
 func checkTask(t *testing.T, store *projections.Store, id, want string) {
 	t.Helper()
@@ -247,15 +261,7 @@ func TestEraser_PurgeRoomDuringACompactionLeavesNoCopy(t *testing.T) {
 	hist := l.pub.Command(t, map[string]any{"id": "hist", "action": "purge_history", "room_id": r.ID,
 		"params": map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"].(int64))}})
 	l.read(t, store, hist)
-	for {
-		did, err := store.JanitorStep(projections.JanitorBatch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !did {
-			break
-		}
-	}
+	drainJanitor(t, store)
 	// The eraser takes the room's erasures...
 	re, ok, err := store.RoomErasures()
 	if err != nil || !ok {
@@ -332,15 +338,7 @@ func TestEraser_WaitsForTheRefusalsConfirmation(t *testing.T) {
 	forced := l.pub.Command(t, map[string]any{"id": "forced", "action": "purge_room", "room_id": r.ID, "params": map[string]any{"force": true}})
 	l.read(t, live, forced)
 	checkTask(t, live, "refused", commands.TaskFailed)
-	for {
-		did, err := live.JanitorStep(projections.JanitorBatch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !did {
-			break
-		}
-	}
+	drainJanitor(t, live)
 	log := &confirmFirst{Log: l.log, roomID: r.ID, taskID: "refused", refused: refused}
 	eraser := &handlers.Eraser{Store: live, Log: log, Subjects: l.subjects, Compact: true, Logger: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(context.Background())
