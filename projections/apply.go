@@ -811,8 +811,9 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 			if err := applyPurgeHistory(tx, room, c, t, e.Decided); err != nil {
 				return err
 			}
-			// Passed, and no update yet (heldRooms).
-			if err := markUnconfirmed(tx, t.ID, t.Status == commands.TaskScheduled); err != nil {
+			// Passed, and no update yet, or refused by the guard
+			// (heldRooms).
+			if err := markUnconfirmed(tx, t.ID, t.Status == commands.TaskScheduled || t.Error == ErrTextAboveExtremities); err != nil {
 				return err
 			}
 		case commands.ActionPurgeRoom:

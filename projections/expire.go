@@ -147,7 +147,8 @@ func (s *Store) markOldRefusals() error {
 		refusal := t.Status == commands.TaskFailed && t.Error == ErrTextUsersJoined &&
 			(t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom)
 		passed := t.Action == commands.ActionPurgeHistory && t.Status == commands.TaskScheduled && t.Updates == 0
-		return markUnconfirmed(tx, t.ID, refusal || passed)
+		guarded := t.Action == commands.ActionPurgeHistory && t.Status == commands.TaskFailed && t.Error == ErrTextAboveExtremities
+		return markUnconfirmed(tx, t.ID, refusal || passed || guarded)
 	})
 }
 

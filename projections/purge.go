@@ -34,9 +34,12 @@ func serverName(tx *bolt.Tx) string {
 // The guard reads the room's forward extremities, which a later purge
 // may erase from the log: a rebuild, or a reader behind that purge's
 // erasure, would find the room's newest events gone and fail a purge
-// that passed where it was first applied. A TaskUpdate of the task later
-// in the log (decided, Projector.FirstUpdates) says that it passed: the
-// task ran.
+// that passed where it was first applied, and a later purge_room erases
+// every event, so that no forward extremity is left to fail one. A
+// TaskUpdate of the task later in the log (decided,
+// Projector.FirstUpdates) says how it was decided: the task runner's
+// confirmation of a guard failure fails it again; any other update says
+// that it passed.
 func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, decided map[string]*commands.TaskUpdate) error {
 	tok, err := commands.ParseRoomToken(c.String("token"))
 	if err != nil {
@@ -52,7 +55,12 @@ func applyPurgeHistory(tx *bolt.Tx, room uint64, c *commands.Command, t *command
 		t.Result = map[string]any{"floor": meta.Floor, "delete_local_events": c.Bool("delete_local_events", false)}
 		return nil
 	}
-	if aboveExtremities(tx, room, tok.Topological) && decided[t.ID] == nil {
+	d := decided[t.ID]
+	// The guard's failure confirmed in the log (TaskRunner.confirm): a
+	// later purge_room may have erased every event of the time, and with
+	// no forward extremity left the guard would pass it.
+	refused := d != nil && d.Status == commands.TaskFailed && d.Error == ErrTextAboveExtremities
+	if refused || (d == nil && aboveExtremities(tx, room, tok.Topological)) {
 		t.Status, t.Error = commands.TaskFailed, ErrTextAboveExtremities
 		return nil
 	}

@@ -708,7 +708,9 @@ func (h held) number(tx *bolt.Tx, room uint64) bool {
 // TaskUpdates alone (applyPurgeRoom, applyPurgeHistory):
 //   - a purge_room refused by the members check, before a forced one's
 //     erasure: erased first, a rebuild, or an instance behind, brought
-//     the refused purge back scheduled, and ran it;
+//     the refused purge back scheduled, and ran it; likewise a
+//     purge_history failed by the forward-extremity guard, which a
+//     rebuild with no event left passed;
 //   - a purge_history that passed the forward-extremity check and has no
 //     update yet, before a later purge's erasure of the events that were
 //     the room's forward extremities then: erased first, a rebuild

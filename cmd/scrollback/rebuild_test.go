@@ -583,3 +583,38 @@ func TestRebuild_KeepsAnEarlierPurgeThatWaitsForASlot(t *testing.T) {
 	}
 	rebuildKeepsTasks(t, m, live)
 }
+
+// TestRebuild_KeepsAGuardedPurgeHistoryFailed: a purge_history whose
+// cut-off is above every forward extremity fails live; a later forced
+// purge_room erases the room's history. A rebuild finds no event at the
+// first purge's position, so no forward extremity, and its guard would
+// pass: the task runner confirms the failure in the log, the erasure
+// waits for that, and the rebuild fails it too (found by a helper's
+// review: it came back scheduled, for the rebuilt instance to run).
+func TestRebuild_KeepsAGuardedPurgeHistoryFailed(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("abovetip", "test")
+	evs := r.Setup(alice)
+	for len(evs) < 20 {
+		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(len(evs))))
+	}
+	pub := m.publisher()
+	pub.Publish(t, evs...)
+	seq := pub.Command(t, map[string]any{"id": "above", "action": "purge_history", "room_id": r.ID,
+		"params": map[string]any{"token": "t1000-0"}})
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+		t.Fatal(err)
+	}
+	if task, _ := m.Store.Task("above"); task == nil || task.Status != commands.TaskFailed || task.Error != projections.ErrTextAboveExtremities {
+		t.Fatalf("purge_history above the tip: %+v, want failed", task)
+	}
+	pub.Command(t, map[string]any{"id": "forced", "action": "purge_room", "room_id": r.ID,
+		"params": map[string]any{"force": true}})
+	testenv.WaitFor(t, 20*time.Second, "the forced purge and its erasure", func() bool {
+		task, _ := m.Store.Task("forced")
+		pending, _ := m.Store.ErasuresPending()
+		return task != nil && task.Status == commands.TaskComplete && !pending
+	})
+	live, _ := m.Store.RoomTasks(r.ID)
+	rebuildKeepsTasks(t, m, live)
+}
