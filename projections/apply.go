@@ -812,7 +812,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 				return err
 			}
 			// Passed, and no update yet, or refused by the guard
-			// (heldRooms).
+			// (holding).
 			if err := markUnconfirmed(tx, t.ID, t.Status == commands.TaskScheduled || t.Error == ErrTextAboveExtremities); err != nil {
 				return err
 			}
@@ -859,7 +859,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 }
 
 // markUnconfirmed records a decision for the task runner to confirm in
-// the log (Store.Unconfirmed, heldRooms): a purge_room's refusal, or a
+// the log (Store.Unconfirmed, holding): a purge_room's refusal, or a
 // purge_history that passed its check. Any update of the task clears it.
 func markUnconfirmed(tx *bolt.Tx, taskID string, mark bool) error {
 	if !mark {

@@ -244,7 +244,7 @@
 // slot. Both are marked in the unconfirmed bucket until the task's first
 // update after them is applied; a confirmation changes nothing in the
 // record. A room's erasures wait while it has a mark that they could hide
-// (heldRooms: a refusal, or a passed purge_history followed by a later
+// (holding: a refusal, or a passed purge_history followed by a later
 // purge), so that the confirmation is in the log before the history that
 // decided it leaves; a file from before the bucket gets its marks when it
 // is opened (markOldRefusals). Before applying an unforced purge_room

@@ -141,7 +141,7 @@ const BuiltLag = builtLag
 
 // ConfirmAll empties the unconfirmed bucket, as the task runner's
 // confirmations of every decision, once applied, would: for tests of
-// erasures whose subject is not the wait for them (heldRooms).
+// erasures whose subject is not the wait for them (holding).
 func ConfirmAll(t *testing.T, s *Store) {
 	t.Helper()
 	err := s.db.Update(func(tx *bolt.Tx) error {

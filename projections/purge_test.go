@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -140,7 +141,7 @@ func TestPurgeHistory_Semantics(t *testing.T) {
 		}
 		return nil
 	})
-	projections.ConfirmAll(t, s) // the guard's failure is confirmed (heldRooms)
+	projections.ConfirmAll(t, s) // the guard's failure is confirmed (holding)
 	er, _ := s.PendingErasures(100, true)
 	if len(er.Seqs) != 3 { // remote messages 1, 3, 5
 		t.Fatalf("erasures = %v", er.Seqs)
@@ -431,7 +432,7 @@ func TestRoomErasures_OnceTheJanitorIsDone(t *testing.T) {
 	// done: its erasures stay.
 	purge("p2", msgs[6])
 	drainJanitor(t, s)
-	projections.ConfirmAll(t, s) // p1 has an update (heldRooms)
+	projections.ConfirmAll(t, s) // p1 has an update (holding)
 	if err := s.RoomErasureDone(re); err != nil {
 		t.Fatal(err)
 	}
@@ -598,7 +599,7 @@ func TestPurgeHistory_DeleteLocalStaysWithItsCutoff(t *testing.T) {
 			applyCmd(t, s, next, r.ID, "p1", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", msgs[8]["depth"]), "delete_local_events": true})
 			applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, purgeAt(msgs[second]))
 			drainJanitor(t, s)
-			projections.ConfirmAll(t, s) // p1 has an update (heldRooms)
+			projections.ConfirmAll(t, s) // p1 has an update (holding)
 			_ = s.View(r.ID, func(v *projections.RoomView) error {
 				if row, _ := v.Event(msgs[5].ID()); row != nil {
 					t.Errorf("local message below p1's cut-off (delete_local_events) kept as an outlier")
@@ -670,7 +671,7 @@ func TestPurgeHistory_OutliersBelowTheFloor(t *testing.T) {
 	drainJanitor(t, s)
 	applyCmd(t, s, next+1, r.ID, "p2", commands.ActionPurgeHistory, map[string]any{"token": fmt.Sprintf("t%d-0", more[3]["depth"]), "delete_local_events": true})
 	drainJanitor(t, s)
-	projections.ConfirmAll(t, s) // p1 has an update (heldRooms)
+	projections.ConfirmAll(t, s) // p1 has an update (holding)
 	if _, ok, _ := s.FindEvent(r.ID, out.ID()); ok {
 		t.Errorf("remote outlier %s below the floor survives the purge", out.ID())
 	}
@@ -792,7 +793,7 @@ func TestPurgeRoom_DropsQueuedErasures(t *testing.T) {
 	drainJanitor(t, s)
 	applyCmd(t, s, next+1, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
 	drainJanitor(t, s)
-	projections.ConfirmAll(t, s) // p has an update (heldRooms)
+	projections.ConfirmAll(t, s) // p has an update (holding)
 	re, ok, err := s.RoomErasures()
 	if err != nil {
 		t.Fatal(err)
@@ -1998,5 +1999,89 @@ func TestPurgeHistory_TokenFromBeforeAPurgeRoom(t *testing.T) {
 	}
 	if got := timelineIDs(t, s, r.ID); len(got) >= len(again) {
 		t.Errorf("the new timeline's purge removed nothing: %v", got)
+	}
+}
+
+// taskIDs is the IDs of tasks, sorted.
+func taskIDs(tasks []*commands.Task) []string {
+	var ids []string
+	for _, t := range tasks {
+		ids = append(ids, t.ID)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// TestToConfirm_WhatAnErasureWaitsFor: the task runner confirms in the
+// log only the decisions that hold a room's queued erasures (found by a
+// review: it confirmed every purge_history waiting for a slot, one
+// publish each, so a retention run of thousands of rooms held the
+// runner's pass for seconds), and not a refusal that has expired, whose
+// record the runner's sweep deletes before the confirmation is applied
+// (which then was a dead letter, "unknown task").
+func TestToConfirm_WhatAnErasureWaitsFor(t *testing.T) {
+	s := openWithServer(t)
+	now := time.UnixMilli(1_700_000_000_000)
+	toConfirm := func(now time.Time) []string {
+		t.Helper()
+		tasks, err := s.ToConfirm(now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return taskIDs(tasks)
+	}
+
+	// A refusal holds nothing until a later purge queues an erasure.
+	r := testenv.NewRoom("refused", "test")
+	next := apply(t, s, 1, r.Setup("@alice:test")...)
+	refused := applyCmd(t, s, next, r.ID, "refused", commands.ActionPurgeRoom, map[string]any{})
+	if got := toConfirm(now); len(got) != 0 {
+		t.Errorf("with no erasure queued: %v, want none", got)
+	}
+	applyCmd(t, s, next+1, r.ID, "forced", commands.ActionPurgeRoom, map[string]any{"force": true})
+	drainJanitor(t, s)
+	if got := toConfirm(now); !slices.Equal(got, []string{"refused"}) {
+		t.Errorf("with the forced purge's erasure queued: %v, want the refusal", got)
+	}
+	expired := time.UnixMilli(refused.UpdatedTS + commands.TaskExpiryMS + 1)
+	if got := toConfirm(expired); len(got) != 0 {
+		t.Errorf("once the refusal has expired: %v, want none", got)
+	}
+
+	// Of two purge_histories waiting for a slot, only the first holds
+	// the second's erasure; the second holds nothing.
+	p := testenv.NewRoom("twice", "test")
+	first := remoteMsgs(p, 10)
+	next = apply(t, s, next+2, append(p.Setup("@alice:test", "@remote:other.org"), first...)...)
+	applyCmd(t, s, next, p.ID, "a", commands.ActionPurgeHistory, purgeAt(first[8]))
+	more := remoteMsgs(p, 10)
+	next = apply(t, s, next+1, more...)
+	applyCmd(t, s, next, p.ID, "b", commands.ActionPurgeHistory, purgeAt(more[8]))
+	drainJanitor(t, s)
+	if got := toConfirm(now); !slices.Equal(got, []string{"a", "refused"}) {
+		t.Errorf("with two purges of a room: %v, want the first and the refusal", got)
+	}
+	if all, _ := s.Unconfirmed(); !slices.Equal(taskIDs(all), []string{"a", "b", "refused"}) {
+		t.Errorf("marks: %v, want a, b and the refusal", taskIDs(all))
+	}
+
+	// The queue of files from before erasein names no room: while it
+	// has entries, every mark waits for its confirmation and the queue
+	// for the marks.
+	err := s.DB().Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("erase")).Put(binary.BigEndian.AppendUint64(nil, 1), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := toConfirm(now); !slices.Equal(got, []string{"a", "b", "refused"}) {
+		t.Errorf("with the old queue: %v, want every mark", got)
+	}
+	if e, err := s.PendingErasures(1000, false); err != nil || slices.Contains(e.Seqs, 1) {
+		t.Errorf("the old queue's entry went with marks left: %v, %v", e.Seqs, err)
+	}
+	projections.ConfirmAll(t, s)
+	if e, err := s.PendingErasures(1000, false); err != nil || !slices.Contains(e.Seqs, 1) {
+		t.Errorf("the old queue's entry does not go once confirmed: %v, %v", e.Seqs, err)
 	}
 }

@@ -614,11 +614,88 @@ func putTask(tx *bolt.Tx, t *commands.Task) error {
 	return tx.Bucket(bOpenTasks).Put([]byte(t.ID), nil)
 }
 
-// Unconfirmed lists the finished tasks whose refusal by a purge_room's
-// members check the task runner is to confirm in the log, so that a
-// reader that finds the room's history erased by a later purge refuses it
-// too (applyPurgeRoom, TaskRunner.confirm).
+// Unconfirmed lists the tasks whose decision is marked for the task
+// runner to confirm in the log (markUnconfirmed): a purge_room refused by
+// the members check, a purge_history failed by the forward-extremity
+// guard, a purge_history that passed and has no update yet. The runner
+// confirms those of them that hold an erasure (ToConfirm).
 func (s *Store) Unconfirmed() ([]*commands.Task, error) { return s.tasksIn(bUnconfirm) }
+
+// ToConfirm lists the marked tasks (Unconfirmed) that the task runner is
+// to confirm in the log now: those that hold a queued erasure of their
+// room (holding), and every mark while the queue of files from before
+// erasein, which names no room, has entries (it waits for them all). A
+// task that has expired by now is left out: the runner's sweep deletes
+// it, and with it its mark, before a confirmation would be applied.
+func (s *Store) ToConfirm(now time.Time) ([]*commands.Task, error) {
+	ms := now.UnixMilli()
+	var out []*commands.Task
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if k, _ := tx.Bucket(bUnconfirm).Cursor().First(); k == nil {
+			return nil
+		}
+		var tasks []*commands.Task
+		if k, _ := tx.Bucket(bErase).Cursor().First(); k != nil {
+			err := tx.Bucket(bUnconfirm).ForEach(func(k, _ []byte) error {
+				t, err := getTask(tx, string(k))
+				if t != nil {
+					tasks = append(tasks, t)
+				}
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		} else {
+			rooms, err := erasingRooms(tx)
+			if err != nil {
+				return err
+			}
+			for _, room := range rooms {
+				ts, err := holding(tx, room)
+				if err != nil {
+					return err
+				}
+				tasks = append(tasks, ts...)
+			}
+		}
+		for _, t := range tasks {
+			if !t.ExpiredAt(ms) {
+				out = append(out, t)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// erasingRooms lists the rooms with erasures queued by room: under a
+// room number (erasein) or for a purge_room (eraseroom), each once.
+func erasingRooms(tx *bolt.Tx) ([]string, error) {
+	var rooms []string
+	seen := map[string]bool{}
+	add := func(id string) {
+		if !seen[id] {
+			seen[id] = true
+			rooms = append(rooms, id)
+		}
+	}
+	err := tx.Bucket(bEraseIn).ForEach(func(k, _ []byte) error {
+		m, err := getRoomMeta(tx, binary.BigEndian.Uint64(k))
+		if err == nil {
+			add(m.RoomID)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = tx.Bucket(bEraseRoom).ForEach(func(k, _ []byte) error {
+		add(string(k))
+		return nil
+	})
+	return rooms, err
+}
 
 // tasksIn lists the tasks named by the keys of an index bucket.
 func (s *Store) tasksIn(index []byte) ([]*commands.Task, error) {
@@ -651,23 +728,26 @@ type Erasures struct {
 // queued by room (RoomErasures takes those).
 //
 // A room's erasures wait while it has a decision the log does not
-// confirm yet (Unconfirmed; heldRooms).
+// confirm yet (holding), and the queue of files from before erasein
+// while any decision is marked (holds.legacy).
 func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 	e := Erasures{Rooms: map[string]uint64{}}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bErase).Cursor()
-		for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
-			e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k))
-		}
-		held, err := heldRooms(tx)
-		if err != nil {
-			return err
+		held := newHolds(tx)
+		if !held.legacy() {
+			c := tx.Bucket(bErase).Cursor()
+			for k, _ := c.First(); k != nil && len(e.Seqs) < max; k, _ = c.Next() {
+				e.Seqs = append(e.Seqs, binary.BigEndian.Uint64(k))
+			}
 		}
 		if inRooms {
 			rc := tx.Bucket(bEraseIn).Cursor()
 			for rk, _ := rc.First(); rk != nil && len(e.Seqs) < max; rk, _ = rc.Next() {
 				room := binary.BigEndian.Uint64(rk)
-				if held.number(tx, room) {
+				if h, err := held.number(room); err != nil || h {
+					if err != nil {
+						return err
+					}
 					continue
 				}
 				c := tx.Bucket(bEraseIn).Bucket(rk).Cursor()
@@ -679,33 +759,66 @@ func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 			}
 		}
 		return tx.Bucket(bEraseRoom).ForEach(func(k, v []byte) error {
-			if !held[string(k)] {
+			h, err := held.room(string(k))
+			if err == nil && !h {
 				e.Rooms[string(k)] = binary.BigEndian.Uint64(v)
 			}
-			return nil
+			return err
 		})
 	})
 	return e, err
 }
 
-// held is the set of room IDs whose erasures wait (heldRooms).
-type held map[string]bool
-
-// number reports whether the room of this number is held.
-func (h held) number(tx *bolt.Tx, room uint64) bool {
-	if len(h) == 0 {
-		return false
-	}
-	m, err := getRoomMeta(tx, room)
-	return err == nil && h[m.RoomID]
+// holds answers, within one transaction, whether a room's erasures wait
+// for the log to confirm a decision they would hide (holding). It costs
+// nothing while no decision is marked, the common case.
+type holds struct {
+	tx    *bolt.Tx
+	none  bool            // no mark at all: no room is held
+	rooms map[string]bool // room ID -> held, as asked
 }
 
-// heldRooms is the set of rooms whose erasures wait for the log to
-// confirm a decision (the unconfirmed bucket: a handful of tasks, each
-// for a task runner's pass) that they would hide. The decision was made
-// on history those erasures take from the log, and a reader that finds
-// that history gone learns how the command was decided from the log's
-// TaskUpdates alone (applyPurgeRoom, applyPurgeHistory):
+func newHolds(tx *bolt.Tx) holds {
+	k, _ := tx.Bucket(bUnconfirm).Cursor().First()
+	return holds{tx: tx, none: k == nil, rooms: map[string]bool{}}
+}
+
+// room reports whether roomID's erasures wait.
+func (h holds) room(roomID string) (bool, error) {
+	if h.none {
+		return false, nil
+	}
+	if held, ok := h.rooms[roomID]; ok {
+		return held, nil
+	}
+	tasks, err := holding(h.tx, roomID)
+	h.rooms[roomID] = len(tasks) > 0
+	return len(tasks) > 0, err
+}
+
+// number reports whether the erasures queued under a room number (the
+// room's, or one a purge_room retired) wait.
+func (h holds) number(room uint64) (bool, error) {
+	if h.none {
+		return false, nil
+	}
+	m, err := getRoomMeta(h.tx, room)
+	if err != nil {
+		return false, err
+	}
+	return h.room(m.RoomID)
+}
+
+// legacy reports whether the queue of files from before erasein, which
+// names no room, waits: while any decision is marked (ToConfirm then
+// confirms them all).
+func (h holds) legacy() bool { return !h.none }
+
+// holding lists the decisions of a room that its erasures wait for, the
+// marked tasks (Unconfirmed) whose decision was made on history those
+// erasures take from the log, so that a reader that finds that history
+// gone learns how the command was decided from the log's TaskUpdates
+// alone (applyPurgeRoom, applyPurgeHistory):
 //   - a purge_room refused by the members check, before a forced one's
 //     erasure: erased first, a rebuild, or an instance behind, brought
 //     the refused purge back scheduled, and ran it; likewise a
@@ -717,57 +830,65 @@ func (h held) number(tx *bolt.Tx, room uint64) bool {
 //     failed it. A purge's own erasure does not hide its own decision
 //     (it keeps what is above the cut-off), so a room with one such
 //     purge and no later one is not held.
-func heldRooms(tx *bolt.Tx) (held, error) {
-	var rooms held
-	err := tx.Bucket(bUnconfirm).ForEach(func(k, _ []byte) error {
-		t, err := getTask(tx, string(k))
-		if err != nil || t == nil || rooms[t.RoomID] {
-			return err
-		}
-		if !t.Finished() {
-			if later, err := laterPurge(tx, t); err != nil || !later {
-				return err
-			}
-		}
-		if rooms == nil {
-			rooms = held{}
-		}
-		rooms[t.RoomID] = true
-		return nil
-	})
-	return rooms, err
-}
-
-// laterPurge reports whether the room of task t has a purge applied
-// after t's command, or a deletion still open, whose purge step may come
-// after it.
-func laterPurge(tx *bolt.Tx, t *commands.Task) (bool, error) {
-	n := roomNum(tx, t.RoomID)
+//
+// It reads the room's task list (a handful of tasks: they expire after
+// a week) and decodes it only if one of them is marked.
+func holding(tx *bolt.Tx, roomID string) ([]*commands.Task, error) {
+	n := roomNum(tx, roomID)
 	if n == 0 {
-		return false, nil
+		return nil, nil
 	}
+	marks := tx.Bucket(bUnconfirm)
+	var ids []string
+	marked := false
 	prefix := u64(n)
 	c := tx.Bucket(bRoomTask).Cursor()
 	for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		o, err := getTask(tx, string(k[16:]))
+		ids = append(ids, string(k[16:]))
+		marked = marked || marks.Get(k[16:]) != nil
+	}
+	if !marked {
+		return nil, nil
+	}
+	tasks := make([]*commands.Task, 0, len(ids))
+	for _, id := range ids {
+		t, err := getTask(tx, id)
 		if err != nil {
-			return false, err
+			return nil, err
 		}
-		if o == nil || o.ID == t.ID {
+		if t != nil {
+			tasks = append(tasks, t)
+		}
+	}
+	var out []*commands.Task
+	for _, t := range tasks {
+		if marks.Get([]byte(t.ID)) != nil && (t.Finished() || laterPurge(tasks, t)) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// laterPurge reports whether the room's tasks have a purge applied after
+// t's command, or a deletion still open, whose purge step may come after
+// it.
+func laterPurge(tasks []*commands.Task, t *commands.Task) bool {
+	for _, o := range tasks {
+		if o.ID == t.ID {
 			continue
 		}
 		switch o.Action {
 		case commands.ActionPurgeHistory, commands.ActionPurgeRoom:
 			if o.Seq > t.Seq {
-				return true, nil
+				return true
 			}
 		case commands.ActionShutdownAndPurgeRoom:
 			if o.Seq > t.Seq || !o.Finished() {
-				return true, nil
+				return true
 			}
 		}
 	}
-	return false, nil
+	return false
 }
 
 // ErasuresDone removes erasures that the log has carried out.
@@ -817,15 +938,12 @@ type RoomErasure struct {
 // purge the janitor has finished, so that all of them are known: a
 // compaction of the room's event subject (bus.Log.Compact) keeps every
 // message below the last of them that is not listed. Held rooms
-// (heldRooms) wait.
+// (holding) wait.
 func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		jb := tx.Bucket(bJanitor)
 		ib := tx.Bucket(bEraseIn)
-		held, err := heldRooms(tx)
-		if err != nil {
-			return err
-		}
+		held := newHolds(tx)
 		rc := ib.Cursor()
 		for rk, _ := rc.First(); rk != nil; rk, _ = rc.Next() {
 			if jb.Get(rk) != nil {
@@ -836,7 +954,10 @@ func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
 			if err != nil {
 				return err
 			}
-			if held[meta.RoomID] {
+			if h, err := held.room(meta.RoomID); err != nil || h {
+				if err != nil {
+					return err
+				}
 				continue
 			}
 			r = RoomErasure{RoomID: meta.RoomID, room: room}

@@ -273,7 +273,7 @@ func TestEraser_PurgeRoomDuringACompactionLeavesNoCopy(t *testing.T) {
 	l.read(t, store, drop)
 	checkTask(t, store, "drop", commands.TaskScheduled)
 	// The task runner confirms hist, which it has not started: until
-	// then the room's erasures wait (projections heldRooms).
+	// then the room's erasures wait (projections holding).
 	l.confirm(t, store, r.ID, "hist", commands.TaskScheduled, "")
 	// ...and the compaction goes on, then the eraser carries on.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

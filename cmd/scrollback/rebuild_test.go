@@ -570,11 +570,15 @@ func TestRebuild_KeepsAnEarlierPurgeThatWaitsForASlot(t *testing.T) {
 	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": second}); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 20*time.Second, "the confirmations and the erasures", func() bool {
-		unconfirmed, _ := m.Store.Unconfirmed()
+	testenv.WaitFor(t, 20*time.Second, "the first's confirmation and the erasures", func() bool {
 		pending, _ := m.Store.ErasuresPendingFor(r.ID)
-		return len(unconfirmed) == 0 && !pending
+		return !pending
 	})
+	// The second holds no erasure (its own keeps what decided it), so it
+	// is not confirmed: it stays marked until it starts.
+	if unconfirmed, _ := m.Store.Unconfirmed(); len(unconfirmed) != 1 || unconfirmed[0].ID != "second" {
+		t.Errorf("marked after the erasures: %v, want the second alone", unconfirmed)
+	}
 	live, _ := m.Store.RoomTasks(r.ID)
 	for _, task := range live {
 		if task.Status != commands.TaskScheduled {
