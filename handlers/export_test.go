@@ -14,3 +14,7 @@ func (r *TaskRunner) Update(ctx context.Context, task *commands.Task, n *int, st
 
 // EraserPause is eraserPause.
 var EraserPause = eraserPause
+
+// PurgeChecks is how many times the runner's purge tasks have looked at
+// their progress and found them not done.
+func (r *TaskRunner) PurgeChecks() int64 { return r.purgeChecks.Load() }

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
@@ -67,6 +68,11 @@ type TaskRunner struct {
 	running    map[string]context.CancelFunc
 	nextExpire time.Time // when expire deletes again; Run's goroutine only
 	nextStale  time.Time // when warnStale looks again; Run's goroutine only
+	// purgeChecks counts the purge tasks' looks at their janitor's
+	// progress and erasures that found them not done, so that a test can
+	// wait for a look rather than for a time (PurgeChecks in
+	// export_test.go).
+	purgeChecks atomic.Int64
 }
 
 func (r *TaskRunner) owns(roomID string) bool { return r.Owns == nil || r.Owns(roomID) }
@@ -328,6 +334,7 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 		if prog.Done && !pending {
 			return r.update(ctx, task, &n, commands.TaskComplete, withProgress(task.Result, prog), "")
 		}
+		r.purgeChecks.Add(1)
 		if prog.PurgedBelow != below && r.Now().Sub(published) >= PurgeProgressEvery {
 			if err := r.update(ctx, task, &n, commands.TaskActive, withProgress(task.Result, prog), ""); err != nil {
 				return err

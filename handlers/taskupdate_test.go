@@ -300,7 +300,12 @@ func TestTaskRunner_APurgeRoomWaitsForItsRows(t *testing.T) {
 		pending, err := store.ErasuresPendingFor(r.ID)
 		return err == nil && !pending && status() == commands.TaskActive
 	})
-	time.Sleep(50 * time.Millisecond) // a runner's pass or more: it must not complete
+	// Two more looks of the task at its progress: the second began after
+	// the erasure was seen done, and found the rows.
+	looked := runner.PurgeChecks()
+	testenv.WaitFor(t, 10*time.Second, "the task to look at its progress again", func() bool {
+		return runner.PurgeChecks() >= looked+2 || status() != commands.TaskActive
+	})
 	if s := status(); s != commands.TaskActive {
 		t.Fatalf("the purge_room is %s with the retired number's rows still in the file", s)
 	}
