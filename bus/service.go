@@ -83,9 +83,17 @@ type Service struct {
 // busy, up to these limits; past them the client library drops requests
 // (their senders time out) instead of buffering a flood without bound.
 // nats.go's own defaults are 512k messages and 64 MiB per subscription.
+//
+// The bytes bound what a flood can make the service hold: 8 MiB an
+// endpoint, 1,024 requests of the flood test's 8 KiB. The count lets a
+// stall of the workers queue the small requests of ordinary reads (about
+// 200 bytes) rather than drop them: a dropped request costs its sender
+// its whole timeout. With 1,024, the purge benchmark lost 339 reads of
+// another room at 9.6k/s in one run, during a 150 ms stall in the
+// erasure; 8,192 holds most of a second of them.
 const (
-	EndpointPendingMsgs  = 1024
-	EndpointPendingBytes = 32 << 20
+	EndpointPendingMsgs  = 8192
+	EndpointPendingBytes = 8 << 20
 )
 
 // InboxPrefix is nats.go's default inbox prefix.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/testenv"
 )
@@ -257,5 +259,71 @@ func TestServe_RefusesRepliesOnItsOwnOrSystemSubjects(t *testing.T) {
 			t.Errorf("the handler ran for a request with the reply subject %s", target)
 		}
 		sub.Unsubscribe()
+	}
+}
+
+// TestServe_AStallQueuesSmallRequestsInsteadOfDroppingThem: while every
+// worker is busy, an endpoint's requests wait in its subscription; a
+// stall of the workers as long as the ones a purge's erasure caused
+// (150 ms of reads at 9.6k/s, about 1,500 requests) must queue small
+// requests, not drop them: a dropped request costs its sender its whole
+// timeout (the purge benchmark lost 339 reads so, each after 10 s). Big
+// requests stay bounded by bytes (EndpointPendingBytes).
+func TestServe_AStallQueuesSmallRequestsInsteadOfDroppingThem(t *testing.T) {
+	env := testenv.NewNATS(t)
+	release := make(chan struct{})
+	var first sync.Once
+	started := make(chan struct{})
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "stalled", Version: "0.0.1", Workers: 1}, []bus.Endpoint{{
+		Name: "echo", Subject: "stalled.echo",
+		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
+			first.Do(func() { close(started); <-release })
+			return data, nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	client, err := nats.Connect(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Close)
+	replies := make(chan struct{}, 4096)
+	inbox := client.NewRespInbox()
+	sub, err := client.Subscribe(inbox+".*", func(*nats.Msg) { replies <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.SetPendingLimits(-1, -1)
+	if err := client.PublishRequest("stalled.echo", inbox+".first", []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	<-started // the one worker is held from here
+	const n = 3000
+	for i := range n {
+		if err := client.PublishRequest("stalled.echo", fmt.Sprintf("%s.%d", inbox, i), fmt.Appendf(nil, "request %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// The service's connection has them all once a round trip on it
+	// comes back after them.
+	if err := env.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	got := 0
+	timeout := time.After(20 * time.Second)
+	for got < n+1 {
+		select {
+		case <-replies:
+			got++
+		case <-timeout:
+			t.Fatalf("%d of %d requests answered after the stall: the rest were dropped", got, n+1)
+		}
 	}
 }
