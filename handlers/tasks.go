@@ -177,13 +177,13 @@ func (r *TaskRunner) Run(ctx context.Context) {
 	}
 }
 
-// confirm publishes a TaskUpdate for each decision that a queued erasure
-// waits for (Store.ToConfirm) of a task this runner is not running: one
-// that repeats the status and error of a task refused by a purge_room's
+// confirm publishes a TaskUpdate for each decision to confirm
+// (Store.ToConfirm) of a task this runner is not running: one that
+// repeats the status and error of a task refused by a purge_room's
 // members check (its own, or a shutdown's purge step) or failed by a
-// purge_history's forward-extremity guard, and a "scheduled" one for a
-// purge_history that passed its check and waits for a slot while a later
-// purge of its room erases. That erasure takes the history those
+// purge_history's forward-extremity guard, at once, and a "scheduled" one
+// for a purge_history that passed its check and waits for a slot, once a
+// later purge of its room has an erasure queued. That erasure takes the history those
 // decisions were made on, and a reader that then finds it erased learns
 // how they were decided from the log alone (projections applyPurgeRoom,
 // applyPurgeHistory): a rebuild brought a refused purge back as
@@ -192,10 +192,11 @@ func (r *TaskRunner) Run(ctx context.Context) {
 // projector applies them without changing the record. A task the runner
 // starts has its own updates. The message ID is "<task id>-confirm", so
 // that a publish repeated before it is applied (the next pass) is a
-// duplicate the log drops. Only what an erasure waits for is confirmed,
-// so a retention run's thousands of purges waiting for a slot cost no
-// publish; an expired task is not, as the sweep deletes it before its
-// confirmation would be applied (a dead letter then).
+// duplicate the log drops. A waiting purge is confirmed only once an
+// erasure waits for it, so a retention run's thousands of purges waiting
+// for a slot cost no publish; an expired task is not confirmed, as the
+// sweep deletes it before its confirmation would be applied (a dead
+// letter then).
 func (r *TaskRunner) confirm(ctx context.Context) {
 	tasks, err := r.Store.ToConfirm(r.Now())
 	if err != nil {

@@ -246,10 +246,11 @@
 // record. A room's erasures wait while it has a mark that they could hide
 // (holding: a refusal, or a passed purge_history followed by a later
 // purge), so that the confirmation is in the log before the history that
-// decided it leaves. The runner confirms only those marks (Store.ToConfirm:
-// the rooms with erasures queued, each from its task list), and none of a
-// task that has expired; a waiting purge_history that holds nothing stays
-// marked until it starts. A file from before the bucket gets its marks
+// decided it leaves. The runner confirms a refusal at once, a waiting
+// purge_history only once it holds an erasure (Store.ToConfirm: the rooms
+// with erasures queued, each from its task list), and no task that has
+// expired; a waiting purge_history that holds nothing stays marked until
+// it starts. A file from before the bucket gets its marks
 // when it is opened (markOldRefusals). Before applying an unforced purge_room
 // whose history is erased, or any purge_history, the projector asks the
 // log for the first TaskUpdate of the task (and of its shutdown

@@ -2013,10 +2013,11 @@ func taskIDs(tasks []*commands.Task) []string {
 }
 
 // TestToConfirm_WhatAnErasureWaitsFor: the task runner confirms in the
-// log only the decisions that hold a room's queued erasures (found by a
-// review: it confirmed every purge_history waiting for a slot, one
-// publish each, so a retention run of thousands of rooms held the
-// runner's pass for seconds), and not a refusal that has expired, whose
+// log every refusal at once, and a purge_history waiting for a slot only
+// once it holds a room's queued erasures (found by a review: it confirmed
+// every purge_history waiting for a slot, one publish each, so a
+// retention run of thousands of rooms held the runner's pass for
+// seconds), and not a refusal that has expired, whose
 // record the runner's sweep deletes before the confirmation is applied
 // (which then was a dead letter, "unknown task").
 func TestToConfirm_WhatAnErasureWaitsFor(t *testing.T) {
@@ -2031,12 +2032,13 @@ func TestToConfirm_WhatAnErasureWaitsFor(t *testing.T) {
 		return taskIDs(tasks)
 	}
 
-	// A refusal holds nothing until a later purge queues an erasure.
+	// A refusal is confirmed at once, before any later purge: one may
+	// come after the refusal has expired, when its record is gone.
 	r := testenv.NewRoom("refused", "test")
 	next := apply(t, s, 1, r.Setup("@alice:test")...)
 	refused := applyCmd(t, s, next, r.ID, "refused", commands.ActionPurgeRoom, map[string]any{})
-	if got := toConfirm(now); len(got) != 0 {
-		t.Errorf("with no erasure queued: %v, want none", got)
+	if got := toConfirm(now); !slices.Equal(got, []string{"refused"}) {
+		t.Errorf("with no erasure queued: %v, want the refusal", got)
 	}
 	applyCmd(t, s, next+1, r.ID, "forced", commands.ActionPurgeRoom, map[string]any{"force": true})
 	drainJanitor(t, s)
@@ -2083,5 +2085,80 @@ func TestToConfirm_WhatAnErasureWaitsFor(t *testing.T) {
 	projections.ConfirmAll(t, s)
 	if e, err := s.PendingErasures(1000, false); err != nil || !slices.Contains(e.Seqs, 1) {
 		t.Errorf("the old queue's entry does not go once confirmed: %v, %v", e.Seqs, err)
+	}
+}
+
+// TestToConfirm_ARefusalOlderThanAWeekBeforeTheForcedPurge: a purge_room
+// refused by the members check, and a forced purge_room of the room more
+// than a week later. The runner (simulated here: ToConfirm, applying what
+// it returns, then the sweep, every pass) confirms the refusal at once,
+// so the forced purge's erasure, after the refusal expired and was swept,
+// still leaves the refusal in the log, and a rebuild that finds the
+// history erased refuses it as live (found by session 28's review: the
+// runner confirmed a refusal only once an erasure waited for it, by then
+// expired, and a rebuild scheduled the refused purge).
+func TestToConfirm_ARefusalOlderThanAWeekBeforeTheForcedPurge(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("refused", "test")
+	next := apply(t, s, 1, r.Setup("@alice:test")...)
+	refused := applyCmd(t, s, next, r.ID, "refused", commands.ActionPurgeRoom, map[string]any{})
+	if refused.Status != commands.TaskFailed {
+		t.Fatalf("refused: %+v", refused)
+	}
+	seq := next + 1
+	confirmed := map[string]bool{} // the log's TaskUpdates
+	pass := func(now time.Time) {
+		t.Helper()
+		tasks, err := s.ToConfirm(now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, r.ID, commands.KindTask,
+				map[string]any{"task_id": task.ID, "status": task.Status, "error": task.Error, "ts": now.UnixMilli()})})
+			seq++
+			if err != nil || out[0].Result != projections.OutcomeApplied {
+				t.Fatalf("confirmation: %+v, %v", out, err)
+			}
+			confirmed[task.ID] = true
+		}
+		if _, err := s.ExpireTasks(now, projections.ExpireBatch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.UnixMilli(refused.UpdatedTS)
+	for d := time.Duration(0); d <= 8*24*time.Hour; d += 6 * time.Hour {
+		pass(start.Add(d + time.Second))
+	}
+	later := start.Add(8*24*time.Hour + time.Minute)
+	applyCmd(t, s, seq, r.ID, "forced", commands.ActionPurgeRoom, map[string]any{"force": true})
+	seq++
+	drainJanitor(t, s)
+	for d := time.Duration(0); d < 10*time.Minute; d += time.Minute {
+		pass(later.Add(d))
+	}
+	e, err := s.PendingErasures(100, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, erasing := e.Rooms[r.ID]; erasing && !confirmed["refused"] {
+		t.Errorf("the forced purge's erasure of %s is released, but the refusal was never confirmed in the log", r.ID)
+	}
+
+	// What a rebuild from that log makes of the refused command: its
+	// history is erased (Projector.Erased) and the log holds no update of
+	// it (Decided empty).
+	rebuilt := openWithServer(t)
+	ent := entry(t, next, r.ID, commands.KindCmd, map[string]any{"id": "refused", "action": commands.ActionPurgeRoom, "room_id": r.ID, "params": map[string]any{}})
+	ent.HistoryErased = true
+	if confirmed["refused"] { // Projector.FirstUpdates finds the confirmation
+		ent.Decided = map[string]*commands.TaskUpdate{"refused": {TaskID: "refused", Status: refused.Status, Error: refused.Error}}
+	}
+	out, err := rebuilt.ApplyBatch(0, []commands.LogEntry{ent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out[0].Task; got == nil || got.Status != refused.Status {
+		t.Errorf("rebuild: the refused purge_room is %+v, live it was %s (%s)", got, refused.Status, refused.Error)
 	}
 }

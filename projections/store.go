@@ -622,46 +622,58 @@ func putTask(tx *bolt.Tx, t *commands.Task) error {
 func (s *Store) Unconfirmed() ([]*commands.Task, error) { return s.tasksIn(bUnconfirm) }
 
 // ToConfirm lists the marked tasks (Unconfirmed) that the task runner is
-// to confirm in the log now: those that hold a queued erasure of their
-// room (holding), and every mark while the queue of files from before
-// erasein, which names no room, has entries (it waits for them all). A
-// task that has expired by now is left out: the runner's sweep deletes
-// it, and with it its mark, before a confirmation would be applied.
+// to confirm in the log now: every finished one (a refusal, a guard's
+// failure: a handful), at once, since a later purge may come any time
+// after, even once the task has expired and its record and mark are gone
+// (found by session 28's review); a waiting purge_history only once it
+// holds a queued erasure of its room (holding), so that a retention
+// run's thousands of purges waiting for a slot cost no publish; and
+// every mark while the queue of files from before erasein, which names
+// no room, has entries (it waits for them all). A task that has expired
+// by now is left out: the runner's sweep deletes it, and with it its
+// mark, before a confirmation would be applied.
 func (s *Store) ToConfirm(now time.Time) ([]*commands.Task, error) {
 	ms := now.UnixMilli()
 	var out []*commands.Task
 	err := s.db.View(func(tx *bolt.Tx) error {
-		if k, _ := tx.Bucket(bUnconfirm).Cursor().First(); k == nil {
+		marks := tx.Bucket(bUnconfirm)
+		if k, _ := marks.Cursor().First(); k == nil {
 			return nil
 		}
-		var tasks []*commands.Task
-		if k, _ := tx.Bucket(bErase).Cursor().First(); k != nil {
-			err := tx.Bucket(bUnconfirm).ForEach(func(k, _ []byte) error {
-				t, err := getTask(tx, string(k))
-				if t != nil {
-					tasks = append(tasks, t)
-				}
-				return err
-			})
-			if err != nil {
-				return err
-			}
-		} else {
-			rooms, err := erasingRooms(tx)
-			if err != nil {
-				return err
-			}
-			for _, room := range rooms {
-				ts, err := holding(tx, room)
-				if err != nil {
-					return err
-				}
-				tasks = append(tasks, ts...)
+		k, _ := tx.Bucket(bErase).Cursor().First()
+		legacy := k != nil
+		listed := map[string]bool{}
+		add := func(t *commands.Task) {
+			if !listed[t.ID] && !t.ExpiredAt(ms) {
+				listed[t.ID] = true
+				out = append(out, t)
 			}
 		}
-		for _, t := range tasks {
-			if !t.ExpiredAt(ms) {
-				out = append(out, t)
+		open := tx.Bucket(bOpenTasks)
+		err := marks.ForEach(func(k, _ []byte) error {
+			if !legacy && open.Get(k) != nil {
+				return nil // waiting: below, if it holds an erasure
+			}
+			t, err := getTask(tx, string(k))
+			if t != nil {
+				add(t)
+			}
+			return err
+		})
+		if err != nil || legacy {
+			return err
+		}
+		rooms, err := erasingRooms(tx)
+		if err != nil {
+			return err
+		}
+		for _, room := range rooms {
+			tasks, err := holding(tx, room)
+			if err != nil {
+				return err
+			}
+			for _, t := range tasks {
+				add(t)
 			}
 		}
 		return nil
