@@ -2162,3 +2162,53 @@ func TestToConfirm_ARefusalOlderThanAWeekBeforeTheForcedPurge(t *testing.T) {
 		t.Errorf("rebuild: the refused purge_room is %+v, live it was %s (%s)", got, refused.Status, refused.Error)
 	}
 }
+
+// TestToConfirm_TheOwnerConfirmsWhatAnotherInstanceHolds: two instances
+// read the same log. A purge_history's erasure is done on the room's owner
+// (B) before an unforced purge_room of the room is refused; on A, whose
+// janitor is slower, the same erasure is queued after the refusal, and
+// waits for the refusal's confirmation. A does not own the room
+// (TaskRunner.confirm skips it), so B must list the refusal, though it
+// has no erasure of the room queued (found by session 28's review: B
+// listed refusals only for its own queued erasures, and A waited a week).
+func TestToConfirm_TheOwnerConfirmsWhatAnotherInstanceHolds(t *testing.T) {
+	a, b := openWithServer(t), openWithServer(t)
+	now := time.UnixMilli(1_700_000_000_000 + 1_000_000)
+	r := testenv.NewRoom("two", "test")
+	evs := append(r.Setup("@alice:test", "@remote:other.org"), remoteMsgs(r, 10)...)
+	var next uint64
+	for _, s := range []*projections.Store{a, b} {
+		next = apply(t, s, 1, evs...)
+		applyCmd(t, s, next, r.ID, "hist", commands.ActionPurgeHistory, purgeAt(evs[len(evs)-2]))
+	}
+	// B, the owner: janitor and erasure done, then the refusal.
+	drainJanitor(t, b)
+	e, err := b.PendingErasures(1000, true)
+	if err != nil || len(e.Seqs) == 0 {
+		t.Fatalf("B's erasures: %+v, %v", e, err)
+	}
+	if err := b.ErasuresDone(e); err != nil {
+		t.Fatal(err)
+	}
+	if task := applyCmd(t, b, next+1, r.ID, "refused", commands.ActionPurgeRoom, map[string]any{}); task.Status != commands.TaskFailed {
+		t.Fatalf("B: %+v", task)
+	}
+	// A: the refusal applied before its janitor queues the erasure.
+	applyCmd(t, a, next+1, r.ID, "refused", commands.ActionPurgeRoom, map[string]any{})
+	drainJanitor(t, a)
+	ea, err := a.PendingErasures(1000, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := len(ea.Seqs) == 0
+	if pending, _ := a.ErasuresPendingFor(r.ID); !pending {
+		t.Fatal("A has no erasure queued for the room")
+	}
+	tb, err := b.ToConfirm(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held && !slices.Contains(taskIDs(tb), "refused") {
+		t.Errorf("A's erasure of the room waits for the refusal's confirmation, which the owner B never publishes: B.ToConfirm = %v", taskIDs(tb))
+	}
+}
