@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -27,20 +26,7 @@ func TestRebuild_KeepsARefusalThatExpiredBeforeTheForcedPurge(t *testing.T) {
 	var off atomic.Int64
 	now := func() time.Time { return time.Now().Add(time.Duration(off.Load())) }
 	m := startMainAt(t, now)
-	r := testenv.NewRoom("refusedlong", "test")
-	evs := r.Setup(alice)
-	for i := range 5 {
-		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
-	}
-	m.publisher().Publish(t, evs...)
-	seq := m.publisher().Command(t, map[string]any{"id": "refused", "action": "purge_room", "room_id": r.ID,
-		"params": map[string]any{"force": false}})
-	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
-		t.Fatal(err)
-	}
-	if task, _ := m.Store.Task("refused"); task == nil || task.Status != "failed" {
-		t.Fatalf("unforced purge_room with alice joined: %+v, want failed", task)
-	}
+	r := refusedPurgeRoom(t, m, "refusedlong")
 	testenv.WaitFor(t, 10*time.Second, "the refusal's confirmation", func() bool {
 		marked, err := m.Store.Unconfirmed()
 		return err == nil && len(marked) == 0

@@ -374,20 +374,7 @@ func TestPurgeRoom_ErasesTheKeptCopies(t *testing.T) {
 // log (found by a helper's review: it came back scheduled, and ran).
 func TestRebuild_KeepsARefusedPurgeRoomRefused(t *testing.T) {
 	m := startMain(t)
-	r := testenv.NewRoom("refused", "test")
-	evs := r.Setup(alice)
-	for i := range 5 {
-		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
-	}
-	m.publisher().Publish(t, evs...)
-	seq := m.publisher().Command(t, map[string]any{"id": "refused", "action": "purge_room", "room_id": r.ID,
-		"params": map[string]any{"force": false}})
-	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
-		t.Fatal(err)
-	}
-	if task, _ := m.Store.Task("refused"); task == nil || task.Status != "failed" {
-		t.Fatalf("unforced purge_room with alice joined: %+v, want failed", task)
-	}
+	r := refusedPurgeRoom(t, m, "refused")
 	m.publisher().Command(t, map[string]any{"id": "forced", "action": "purge_room", "room_id": r.ID,
 		"params": map[string]any{"force": true}})
 	testenv.WaitFor(t, 20*time.Second, "the forced purge and its erasure", func() bool {
@@ -401,6 +388,27 @@ func TestRebuild_KeepsARefusedPurgeRoomRefused(t *testing.T) {
 	})
 	live, _ := m.Store.RoomTasks(r.ID)
 	rebuildKeepsTasks(t, m, live)
+}
+
+// refusedPurgeRoom publishes a room where alice (local) is joined, and an
+// unforced purge_room of it, "refused", which the members check refuses.
+func refusedPurgeRoom(t *testing.T, m *Main, name string) *testenv.Room {
+	t.Helper()
+	r := testenv.NewRoom(name, "test")
+	evs := r.Setup(alice)
+	for i := range 5 {
+		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
+	}
+	m.publisher().Publish(t, evs...)
+	seq := m.publisher().Command(t, map[string]any{"id": "refused", "action": "purge_room", "room_id": r.ID,
+		"params": map[string]any{"force": false}})
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+		t.Fatal(err)
+	}
+	if task, _ := m.Store.Task("refused"); task == nil || task.Status != "failed" {
+		t.Fatalf("unforced purge_room with alice joined: %+v, want failed", task)
+	}
+	return r
 }
 
 // The forward-extremity guard of a purge_history (SYNAPSE.md 6.4 step 1)
