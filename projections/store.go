@@ -756,10 +756,11 @@ func (s *Store) PendingErasures(max int, inRooms bool) (Erasures, error) {
 			rc := tx.Bucket(bEraseIn).Cursor()
 			for rk, _ := rc.First(); rk != nil && len(e.Seqs) < max; rk, _ = rc.Next() {
 				room := binary.BigEndian.Uint64(rk)
-				if h, err := held.number(room); err != nil || h {
-					if err != nil {
-						return err
-					}
+				h, err := held.number(room)
+				if err != nil {
+					return err
+				}
+				if h {
 					continue
 				}
 				c := tx.Bucket(bEraseIn).Bucket(rk).Cursor()
@@ -791,8 +792,10 @@ type holds struct {
 }
 
 func newHolds(tx *bolt.Tx) holds {
-	k, _ := tx.Bucket(bUnconfirm).Cursor().First()
-	return holds{tx: tx, none: k == nil, rooms: map[string]bool{}}
+	if k, _ := tx.Bucket(bUnconfirm).Cursor().First(); k == nil {
+		return holds{tx: tx, none: true} // room and number answer before the map
+	}
+	return holds{tx: tx, rooms: map[string]bool{}}
 }
 
 // room reports whether roomID's erasures wait.
@@ -966,10 +969,11 @@ func (s *Store) RoomErasures() (r RoomErasure, ok bool, err error) {
 			if err != nil {
 				return err
 			}
-			if h, err := held.room(meta.RoomID); err != nil || h {
-				if err != nil {
-					return err
-				}
+			h, err := held.room(meta.RoomID)
+			if err != nil {
+				return err
+			}
+			if h {
 				continue
 			}
 			r = RoomErasure{RoomID: meta.RoomID, room: room}
