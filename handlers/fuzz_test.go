@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -67,7 +68,8 @@ func FuzzMessagesQuery(f *testing.F) {
 	})
 }
 
-// FuzzDecodeJSONBody: any body is an object or Synapse's 400s.
+// FuzzDecodeJSONBody: any body is an object, which can be written as JSON
+// again (no infinities), or Synapse's 400s.
 func FuzzDecodeJSONBody(f *testing.F) {
 	f.Add([]byte(`{"block": true}`))
 	f.Add([]byte(`[1]`))
@@ -85,6 +87,9 @@ func FuzzDecodeJSONBody(f *testing.F) {
 		}
 		if m == nil {
 			t.Fatal("nil object without error")
+		}
+		if _, err := json.Marshal(m); err != nil {
+			t.Fatalf("decoded body does not encode as JSON: %v", err)
 		}
 	})
 }

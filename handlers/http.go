@@ -85,10 +85,15 @@ func (b *Bridge) Handler() http.Handler {
 	mux.Handle("PUT /_synapse/admin/v1/rooms/{roomId}/block", b.serve("put_block", true, b.putBlock))
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{eventId}", b.serve("purge_history", true, b.purgeHistory))
-	// Synapse's pattern, purge_history/(?P<room_id>[^/]*)(/(?P<event_id>[^/]*))?$,
-	// takes a trailing slash as an empty event ID, which it ignores.
+	// Synapse's patterns, purge_history/(?P<room_id>[^/]*)(/(?P<event_id>[^/]*))?$
+	// and purge_history_status/(?P<purge_id>[^/]*)$, take empty segments
+	// too (a ServeMux wildcard never matches one): an empty room ID, an
+	// empty event ID (a trailing slash) and an empty purge ID are answered
+	// after the admin check, as there.
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{$}", b.serve("purge_history", true, b.purgeHistory))
+	mux.Handle("POST /_synapse/admin/v1/purge_history/{$}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("GET /_synapse/admin/v1/purge_history_status/{purgeId}", b.serve("purge_status", true, b.purgeStatus))
+	mux.Handle("GET /_synapse/admin/v1/purge_history_status/{$}", b.serve("purge_status", true, b.purgeStatus))
 	mux.Handle("DELETE /_synapse/admin/v1/rooms/{roomId}", b.serve("delete_room_v1", true, b.deleteRoom(true)))
 	mux.Handle("DELETE /_synapse/admin/v2/rooms/{roomId}", b.serve("delete_room_v2", true, b.deleteRoom(false)))
 	// .../rooms/{roomId}/delete_status and .../rooms/delete_status/{deleteId}
@@ -246,7 +251,9 @@ func (b *Bridge) purgeHistory(ctx context.Context, r *http.Request, id Identity)
 		return nil, err
 	}
 	req := map[string]any{"delete_local_events": commands.Truthy(body["delete_local_events"]), "requested_by": id.UserID}
-	if ev := r.PathValue("eventId"); ev != "" {
+	// The URL's event ID, even an empty one (a trailing slash: Synapse
+	// then looks up "" and finds nothing), wins over the body.
+	if ev := r.PathValue("eventId"); ev != "" || r.PathValue("roomId") != "" && strings.HasSuffix(r.URL.EscapedPath(), "/") {
 		req["event_id"] = ev
 	} else if ev, ok := body["purge_up_to_event_id"]; ok && ev != nil {
 		req["event_id"] = ev
@@ -262,21 +269,31 @@ func (b *Bridge) purgeHistory(ctx context.Context, r *http.Request, id Identity)
 	} else {
 		return nil, commands.Errorf(400, commands.CodeBadJSON, "must specify purge_up_to_event_id or purge_up_to_ts")
 	}
-	// A room ID longer than Matrix allows (and, past about 750 bytes, too
-	// long for a subject) never reaches the service, and no event can be
-	// in it: answer as the deletion and block routes do, once the body has
-	// passed every check Synapse makes before its look-ups (SYNAPSE.md
-	// 6.1). Shorter ones, of any shape, go on to the event or time
-	// look-up, as in Synapse.
+	// An empty room ID, or one longer than Matrix allows (and, past about
+	// 750 bytes, too long for a subject), never reaches the service, and
+	// no event can be in it. Once the body has passed every check Synapse
+	// makes before its look-ups (SYNAPSE.md 6.1), a time cut-off finds
+	// nothing, as there; an event cut-off is answered as the deletion and
+	// block routes answer such a room, since only the service knows
+	// whether the event is elsewhere ("Event is for wrong room.") or
+	// nowhere (404). Other room IDs, of any shape, go on to the service.
 	roomID := r.PathValue("roomId")
-	if len(roomID) > commands.MaxIDLength {
-		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+	if roomID == "" || len(roomID) > commands.MaxIDLength {
+		if _, byEvent := req["event_id"]; byEvent {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
+		}
+		return nil, commands.Errorf(404, commands.CodeNotFound, "there is no event to be purged")
 	}
 	return b.call(ctx, b.Subjects.APIRoom(roomID, "purge_history"), req)
 }
 
 func (b *Bridge) purgeStatus(ctx context.Context, r *http.Request, id Identity) (any, error) {
-	return b.call(ctx, b.Subjects.API("purge_status"), map[string]any{"purge_id": r.PathValue("purgeId")})
+	purgeID := r.PathValue("purgeId")
+	if purgeID == "" {
+		// The service takes a request without an ID for a malformed one.
+		return nil, commands.Errorf(404, commands.CodeNotFound, "purge id '' not found")
+	}
+	return b.call(ctx, b.Subjects.API("purge_status"), map[string]any{"purge_id": purgeID})
 }
 
 func (b *Bridge) getBlock(ctx context.Context, r *http.Request, id Identity) (any, error) {
@@ -486,7 +503,10 @@ func parseLimit(s string) (int64, error) {
 // values: integers become int64, others float64. An integer beyond int64
 // is clamped to it: it stays an integer, as Python's json keeps it an
 // int (purge_up_to_ts is checked to be one, and then only compared with
-// received times, which are all within int64).
+// received times, which are all within int64); a float beyond float64 is
+// clamped to it likewise. Values nested deeper than maxJSONDepth are an
+// error (Python's limit is its recursion limit, about 1,000): the service
+// refuses requests nested deeper than that (bus.RequestLimits).
 func parseJSONParam(s string) (any, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.UseNumber()
@@ -554,6 +574,12 @@ func normalizeJSON(v any, depth int) (any, error) {
 			return int64(math.MaxInt64), nil
 		}
 		f, err := x.Float64()
+		if math.IsInf(f, 0) {
+			// Beyond float64 (1e400), where Python's json gives inf: it
+			// stays a float, clamped so that it can be written as JSON
+			// again; a float's only uses are its type and its truth.
+			return math.Copysign(math.MaxFloat64, f), nil
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -42,9 +42,13 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 	}{
 		{"no cut-off", base, "", 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts"},
 		// Synapse's pattern, purge_history/(?P<room_id>[^/]*)(/(?P<event_id>[^/]*))?$,
-		// takes a trailing slash as an empty event ID, which it ignores.
-		{"trailing slash, no cut-off", base + "/", "", 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts"},
-		{"trailing slash, ts not an int", base + "/", `{"purge_up_to_ts": "5"}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
+		// takes a trailing slash as an empty event ID: not None, so the
+		// body is not read, and get_event("") finds nothing.
+		{"trailing slash, no cut-off", base + "/", "", 404, "M_NOT_FOUND", "Could not find event "},
+		{"trailing slash, ts not an int", base + "/", `{"purge_up_to_ts": "5"}`, 404, "M_NOT_FOUND", "Could not find event "},
+		{"trailing slash, an event in the body", base + "/", fmt.Sprintf(`{"purge_up_to_event_id": %q}`, evs[5].ID()), 404, "M_NOT_FOUND", "Could not find event "},
+		// Valid JSON beyond float64: Python's json reads inf, a float.
+		{"ts beyond float64", base, `{"purge_up_to_ts": 1e400}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
 		{"ts not an int", base, `{"purge_up_to_ts": "5"}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
 		{"ts is a bool", base, `{"purge_up_to_ts": true}`, 400, "M_BAD_JSON", "purge_up_to_ts must be an int"},
 		{"unknown event", base + "/" + url.PathEscape("$nope"), "", 404, "M_NOT_FOUND", "Could not find event $nope"},
@@ -78,6 +82,13 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 	})
 	st, body = m.do(t, "POST", base, "tok-alice", "{}")
 	wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
+	// A value beyond float64 elsewhere in the body is no reason to refuse
+	// it, and one as delete_local_events is true, as inf is in Python.
+	for _, b := range []string{`{"purge_up_to_ts": 0, "note": -1e400}`, `{"purge_up_to_ts": 0, "delete_local_events": 1e400}`} {
+		if st, body := m.do(t, "POST", base, "tok-admin", b); st != 200 {
+			t.Fatalf("%s: %d %v", b, st, body)
+		}
+	}
 
 	cut := evs[12]
 	st, body = m.do(t, "POST", base+"/"+url.PathEscape(cut.ID()), "tok-admin", "")
@@ -360,10 +371,11 @@ func (m *Main) remoteRoom(t *testing.T, name string, n int) (*testenv.Room, []te
 }
 
 // TestPurgeHistory_LongRoomID: a room ID too long for a NATS subject (no
-// event can be in it: Matrix room IDs are at most 255 bytes) is "not a
-// legal room ID" once the body has passed Synapse's checks (a cut-off, an
-// int purge_up_to_ts), as the room deletion and block routes answer, not
-// a 500; and the bridge keeps answering.
+// event can be in it: Matrix room IDs are at most 255 bytes), once the
+// body has passed Synapse's checks (a cut-off, an int purge_up_to_ts),
+// finds no event before a time, as in Synapse, and with an event cut-off
+// is "not a legal room ID", as the room deletion and block routes answer,
+// not a 500; and the bridge keeps answering.
 func TestPurgeHistory_LongRoomID(t *testing.T) {
 	m := startMain(t)
 	long := "!" + strings.Repeat("a", 5000) + ":test"
@@ -380,9 +392,13 @@ func TestPurgeHistory_LongRoomID(t *testing.T) {
 		st, body = m.do(t, "POST", base, "tok-admin", b)
 		wantErr(t, st, body, 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts")
 	}
+	// No room has that ID: a time cut-off finds no event, as in Synapse.
+	// Whether an event cut-off is in another room only the service knows,
+	// and the ID cannot reach it.
+	st, body = m.do(t, "POST", base, "tok-admin", `{"purge_up_to_ts": 0}`)
+	wantErr(t, st, body, 404, "M_NOT_FOUND", "there is no event to be purged")
 	for _, c := range []struct{ path, body string }{
 		{base + "/" + url.PathEscape("$ev:test"), ""},
-		{base, `{"purge_up_to_ts": 0}`},
 		{base, `{"purge_up_to_event_id": "$ev:test"}`},
 	} {
 		st, body = m.do(t, "POST", c.path, "tok-admin", c.body)
@@ -390,4 +406,27 @@ func TestPurgeHistory_LongRoomID(t *testing.T) {
 	}
 	st, body = m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/nope", "tok-admin", "")
 	wantErr(t, st, body, 404, "M_NOT_FOUND", "purge id 'nope' not found")
+}
+
+// TestPurgeHistory_EmptySegments: Synapse's patterns take an empty room ID
+// and an empty purge ID, and answer them after the admin check; a
+// ServeMux wildcard matches neither.
+func TestPurgeHistory_EmptySegments(t *testing.T) {
+	m := startMain(t)
+	m.remoteRoom(t, "someroom", 2)
+	const base = "/_synapse/admin/v1/purge_history/"
+	st, body := m.do(t, "POST", base, "tok-alice", `{"purge_up_to_ts": 0}`)
+	wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
+	st, body = m.do(t, "POST", base, "tok-admin", `{"purge_up_to_ts": 0}`)
+	wantErr(t, st, body, 404, "M_NOT_FOUND", "there is no event to be purged")
+	st, body = m.do(t, "POST", base, "tok-admin", `{"purge_up_to_ts": 1.5}`)
+	wantErr(t, st, body, 400, "M_BAD_JSON", "purge_up_to_ts must be an int")
+	st, body = m.do(t, "POST", base, "tok-admin", `{}`)
+	wantErr(t, st, body, 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts")
+
+	const status = "/_synapse/admin/v1/purge_history_status/"
+	st, body = m.do(t, "GET", status, "tok-alice", "")
+	wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
+	st, body = m.do(t, "GET", status, "tok-admin", "")
+	wantErr(t, st, body, 404, "M_NOT_FOUND", "purge id '' not found")
 }
