@@ -12,18 +12,21 @@ import (
 )
 
 // Duration parsing errors. Every error returned by ParseDuration and by the
-// Duration decoders wraps ErrInvalidDuration; negative and too long values
-// also wrap ErrNegativeDuration or ErrDurationOverflow.
+// Duration decoders wraps ErrInvalidDuration; negative values also wrap
+// ErrNegativeDuration.
 var (
 	// ErrInvalidDuration is wrapped by every duration parsing error.
 	ErrInvalidDuration = errors.New("invalid duration")
 	// ErrNegativeDuration is wrapped when a duration has a sign: durations
 	// in the configuration are never negative.
 	ErrNegativeDuration = errors.New("durations cannot be negative")
-	// ErrDurationOverflow is wrapped when a duration does not fit in a
-	// time.Duration (about 292 years).
-	ErrDurationOverflow = errors.New("longer than the maximum of 106751d (about 292 years)")
 )
+
+// MaxDuration is the longest duration in Synapse's syntax that a
+// time.Duration holds: 9223372036854 milliseconds, about 292 years. Longer
+// ones, which Synapse takes as they are ("1000y" for "keep for ever"), are
+// read as MaxDuration, which is for ever in practice.
+const MaxDuration = time.Duration(math.MaxInt64/int64(time.Millisecond)) * time.Millisecond
 
 // Units of Synapse's duration syntax, largest first (FormatDuration relies
 // on the order). A year is 365 days, as in Synapse.
@@ -50,9 +53,9 @@ var synapseUnits = [...]struct {
 // ("10s", "5m", "2h"). Surrounding spaces are ignored.
 //
 // Unlike Synapse, ParseDuration rejects signs (ErrNegativeDuration for "-",
-// plain ErrInvalidDuration for "+"), underscores and inner spaces, and values
-// longer than a time.Duration can hold (ErrDurationOverflow). Every error
-// wraps ErrInvalidDuration and quotes the input.
+// plain ErrInvalidDuration for "+"), underscores and inner spaces, and it
+// reads values in Synapse's syntax longer than MaxDuration as MaxDuration.
+// Every error wraps ErrInvalidDuration and quotes the input.
 func ParseDuration(s string) (time.Duration, error) {
 	t := strings.TrimSpace(s)
 	switch {
@@ -61,10 +64,7 @@ func ParseDuration(s string) (time.Duration, error) {
 	case t[0] == '-':
 		return 0, fmt.Errorf("%w %q: %w", ErrInvalidDuration, s, ErrNegativeDuration)
 	}
-	if d, ok, err := parseSynapseDuration(t); ok {
-		if err != nil {
-			return 0, fmt.Errorf("%w %q: %w", ErrInvalidDuration, s, err)
-		}
+	if d, ok := parseSynapseDuration(t); ok {
 		return d, nil
 	}
 	if t[0] != '+' {
@@ -77,10 +77,9 @@ func ParseDuration(s string) (time.Duration, error) {
 		"or a Go duration (\"1h30m\", \"1.5s\")", ErrInvalidDuration, s)
 }
 
-// parseSynapseDuration parses digits with an optional unit suffix. ok is
-// false when s is not of that form; err is set when it is but the value
-// does not fit.
-func parseSynapseDuration(s string) (d time.Duration, ok bool, err error) {
+// parseSynapseDuration parses digits with an optional unit suffix, up to
+// MaxDuration. ok is false when s is not of that form.
+func parseSynapseDuration(s string) (d time.Duration, ok bool) {
 	size := time.Millisecond
 	digits := s
 	for _, u := range synapseUnits {
@@ -90,19 +89,19 @@ func parseSynapseDuration(s string) (d time.Duration, ok bool, err error) {
 		}
 	}
 	if digits == "" {
-		return 0, false, nil
+		return 0, false
 	}
 	for i := 0; i < len(digits); i++ {
 		if digits[i] < '0' || digits[i] > '9' {
-			return 0, false, nil
+			return 0, false
 		}
 	}
 	n, err := strconv.ParseUint(digits, 10, 64)
-	if err != nil || n > uint64(math.MaxInt64/size) {
+	if err != nil || n > uint64(MaxDuration/size) {
 		// Only digits, so the only possible failure is the range.
-		return 0, true, ErrDurationOverflow
+		return MaxDuration, true
 	}
-	return time.Duration(n) * size, true, nil
+	return time.Duration(n) * size, true
 }
 
 // FormatDuration writes d in the syntax ParseDuration reads, choosing the
@@ -135,8 +134,9 @@ func FormatDuration(d time.Duration) string {
 // Set false, and a default stays in place. (A YAML null on a *Duration
 // makes the pointer nil; that is how "null = off" options are spelled.)
 //
-// Duration implements encoding.TextUnmarshaler, which go.yaml.in/yaml/v3
-// uses for every scalar, json.Unmarshaler, and the matching marshalers.
+// Duration implements go.yaml.in/yaml/v3's unmarshaling (UnmarshalYAML),
+// which reads a YAML integer in any spelling, encoding.TextUnmarshaler,
+// json.Unmarshaler, and the matching marshalers.
 type Duration struct {
 	time.Duration
 	// Set is true once a value was decoded or given to DurationOf.
@@ -196,6 +196,46 @@ func (d *Duration) UnmarshalJSON(data []byte) error {
 		}
 	}
 	return d.UnmarshalText(data)
+}
+
+// UnmarshalYAML reads a YAML integer, in any of YAML's spellings
+// (86400000, 86_400_000, 0x5265C00, +86400000: PyYAML hands each to
+// Synapse as an int), as milliseconds, up to MaxDuration, and any other
+// scalar's text with UnmarshalText. It is the unmarshal-function form,
+// which go.yaml.in/yaml/v3 still calls, so that this package needs no
+// YAML import. (The decoder never calls it for a null, which leaves the
+// Duration as it is.)
+func (d *Duration) UnmarshalYAML(unmarshal func(any) error) error {
+	var v any
+	if unmarshal(&v) == nil {
+		if n, ok := yamlInt(v); ok {
+			if n < 0 {
+				return fmt.Errorf("%w %q: %w", ErrInvalidDuration, strconv.FormatInt(n, 10), ErrNegativeDuration)
+			}
+			*d = DurationOf(min(time.Duration(n), MaxDuration/time.Millisecond) * time.Millisecond)
+			return nil
+		}
+	}
+	var text string
+	if err := unmarshal(&text); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidDuration, err)
+	}
+	return d.UnmarshalText([]byte(text))
+}
+
+// yamlInt is the value of a YAML integer as go.yaml.in/yaml/v3 decodes it
+// into an any: an int, an int64 beyond int on 32-bit platforms, a uint64
+// beyond int64 (math.MaxInt64 here). ok is false for anything else.
+func yamlInt(v any) (n int64, ok bool) {
+	switch x := v.(type) {
+	case int:
+		return int64(x), true
+	case int64:
+		return x, true
+	case uint64:
+		return math.MaxInt64, true
+	}
+	return 0, false
 }
 
 // MarshalYAML makes go.yaml.in/yaml/v3 write null for an unset zero

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const (
@@ -34,6 +36,14 @@ func TestParseDuration(t *testing.T) {
 		{"zero with unit", "0d", 0},
 		{"surrounding spaces", "  3d\t", 3 * day},
 		{"largest day count", "106751d", 106751 * day},
+		{"largest milliseconds", "9223372036854", MaxDuration},
+		// Synapse takes any length ("1000y" for "keep for ever"): longer
+		// than MaxDuration is MaxDuration.
+		{"years beyond the maximum", "293y", MaxDuration},
+		{"keep for ever", "1000y", MaxDuration},
+		{"days beyond the maximum", "106752d", MaxDuration},
+		{"milliseconds beyond int64 nanoseconds", "9223372036855", MaxDuration},
+		{"digits beyond uint64", "99999999999999999999999", MaxDuration},
 		{"go compound", "1h30m", 90 * time.Minute},
 		{"go milliseconds", "250ms", 250 * time.Millisecond},
 		{"go fraction", "1.5s", 1500 * time.Millisecond},
@@ -76,10 +86,6 @@ func TestParseDuration_Errors(t *testing.T) {
 		{"hex", "0x10", nil},
 		{"garbage", "soon", nil},
 		{"float without unit", "1.5", nil},
-		{"years overflow", "293y", ErrDurationOverflow},
-		{"days overflow", "106752d", ErrDurationOverflow},
-		{"milliseconds overflow int64 nanoseconds", "9223372036855", ErrDurationOverflow},
-		{"digits overflow uint64", "99999999999999999999999", ErrDurationOverflow},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -160,7 +166,8 @@ func TestDuration_UnmarshalJSON(t *testing.T) {
 		{"exponent", `{"d": 1e3}`, doc{}, doc{}, ErrInvalidDuration},
 		{"bool", `{"d": true}`, doc{}, doc{}, ErrInvalidDuration},
 		{"object", `{"d": {}}`, doc{}, doc{}, ErrInvalidDuration},
-		{"overflow", `{"d": "300y"}`, doc{}, doc{}, ErrDurationOverflow},
+		{"beyond the maximum", `{"d": "300y"}`, doc{}, doc{D: DurationOf(MaxDuration)}, nil},
+		{"integer beyond the maximum", `{"d": 99999999999999999999}`, doc{}, doc{D: DurationOf(MaxDuration)}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -254,7 +261,8 @@ func TestDuration_UnmarshalText(t *testing.T) {
 
 // FuzzParseDuration checks that ParseDuration never panics, never returns a
 // negative duration, agrees with an independent big-integer reading of
-// Synapse's syntax and with time.ParseDuration for the rest, and that
+// Synapse's syntax (MaxDuration beyond it) and with time.ParseDuration for
+// the rest, and that
 // FormatDuration's output parses back to the same value.
 func FuzzParseDuration(f *testing.F) {
 	for _, s := range []string{
@@ -276,8 +284,8 @@ func FuzzParseDuration(f *testing.F) {
 
 		if want, ok, overflow := referenceSynapse(strings.TrimSpace(s)); ok {
 			switch {
-			case overflow && !errors.Is(err, ErrDurationOverflow):
-				t.Fatalf("ParseDuration(%q) = %v, %v; want ErrDurationOverflow", s, got, err)
+			case overflow && (err != nil || got != MaxDuration):
+				t.Fatalf("ParseDuration(%q) = %v, %v; want MaxDuration", s, got, err)
 			case !overflow && (err != nil || got != want):
 				t.Fatalf("ParseDuration(%q) = %v, %v; want %v, nil", s, got, err, want)
 			}
@@ -317,4 +325,57 @@ func referenceSynapse(s string) (d time.Duration, ok, overflow bool) {
 		return 0, true, true
 	}
 	return time.Duration(n.Int64()), true, false
+}
+
+// TestDuration_UnmarshalYAML: a YAML integer is milliseconds in every
+// spelling YAML has for one (PyYAML hands Synapse each as an int), and
+// other scalars are read as text.
+func TestDuration_UnmarshalYAML(t *testing.T) {
+	type doc struct {
+		D Duration  `yaml:"d"`
+		P *Duration `yaml:"p"`
+	}
+	tests := []struct {
+		in      string
+		start   doc
+		want    doc
+		wantErr error
+	}{
+		{"d: 86400000", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 86_400_000", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 0x5265C00", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: +86400000", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: '86400000'", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 1d", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 0", doc{}, doc{D: DurationOf(0)}, nil},
+		{"d: 1000y", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
+		{"d: 9223372036855", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
+		{"d: 99999999999999999999", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
+		{"d: null", doc{D: DurationOf(time.Hour)}, doc{D: DurationOf(time.Hour)}, nil},
+		{"p: null", doc{P: &Duration{}}, doc{}, nil},
+		{"p: 10s", doc{}, doc{P: &Duration{Duration: 10 * time.Second, Set: true}}, nil},
+		{"d: -5", doc{}, doc{}, ErrNegativeDuration},
+		{"d: -0x10", doc{}, doc{}, ErrNegativeDuration},
+		{"d: 1.5", doc{}, doc{}, ErrInvalidDuration},
+		{"d: true", doc{}, doc{}, ErrInvalidDuration},
+		{"d: soon", doc{}, doc{}, ErrInvalidDuration},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got := tt.start
+			err := yaml.Unmarshal([]byte(tt.in), &got)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("error = %v, want it to wrap %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.D != tt.want.D || (got.P == nil) != (tt.want.P == nil) || got.P != nil && *got.P != *tt.want.P {
+				t.Errorf("got %+v (p %v), want %+v (p %v)", got.D, got.P, tt.want.D, tt.want.P)
+			}
+		})
+	}
 }
