@@ -272,19 +272,30 @@ func (r *TaskRunner) warnStale(tasks []*commands.Task) {
 	}
 }
 
-// launchOrder sorts open tasks in the order Synapse's scheduler launches
-// them (SYNAPSE.md 10): the active ones first, so that a task that was
-// running when the service stopped resumes before any other takes its
-// slot, then the scheduled ones oldest first (by the log position of
-// their command; task IDs are random letters and say nothing of age).
+// launchOrder sorts open tasks in the order they take free slots: the
+// active ones first, so that a task that was running when the service
+// stopped resumes before any other takes its slot, then the scheduled
+// ones oldest first (by the log position of their command; task IDs are
+// random letters and say nothing of age), as Synapse's scheduler
+// launches them (SYNAPSE.md 10). Among the scheduled ones, those someone
+// asked for (requested_by: the admin API's) go before the service's own
+// background purges (retention, forgotten rooms), which name nobody:
+// Synapse runs retention purges outside its scheduler, so a room
+// deletion never waits behind them there, and here a retention run can
+// leave thousands of purges waiting for a slot.
 func launchOrder(tasks []*commands.Task) {
-	slices.SortStableFunc(tasks, func(a, b *commands.Task) int {
-		aActive, bActive := a.Status == commands.TaskActive, b.Status == commands.TaskActive
-		if aActive != bActive {
-			if aActive {
-				return -1
-			}
+	rank := func(t *commands.Task) int {
+		switch {
+		case t.Status == commands.TaskActive:
+			return 0
+		case t.RequestedBy != "":
 			return 1
+		}
+		return 2
+	}
+	slices.SortStableFunc(tasks, func(a, b *commands.Task) int {
+		if c := cmp.Compare(rank(a), rank(b)); c != 0 {
+			return c
 		}
 		return cmp.Compare(a.Seq, b.Seq)
 	})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/url"
@@ -252,5 +253,78 @@ func TestTasks_ExpiredPurgeTaskIsDeleted(t *testing.T) {
 	}
 	if st, body := m.do(t, "GET", recentStatus, "tok-admin", ""); st != 200 || body["status"] != "complete" {
 		t.Fatalf("status of the task completed 6 days ago: %d %v", st, body)
+	}
+}
+
+// TestTasks_AnAdminsTaskGoesBeforeRetentionPurges: with every slot taken,
+// a task someone asked for (requested_by) takes the next free slot before
+// the service's own purges that were waiting before it (a retention run
+// publishes a purge for every room due at once, naming nobody). In
+// Synapse retention purges are not scheduler tasks (SYNAPSE.md 9), so a
+// room deletion never waits behind them.
+func TestTasks_AnAdminsTaskGoesBeforeRetentionPurges(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Tasks.MaxConcurrent = 1
+		c.Homeserver.Timeout = commands.DurationOf(time.Minute)
+	})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	hs.StallLeave("@user0:test")
+	busy := shutdownRoom(t, m, hs, "busy", 1)
+	shutdownCmd(t, m, "busybusybusybusy", busy.ID)
+	testenv.WaitFor(t, 10*time.Second, "the shutdown to hold the one slot", func() bool {
+		return taskStatusOf(m, "busybusybusybusy") == commands.TaskActive && leavesIn(hs, busy.ID) >= 1
+	})
+
+	purge := func(id string, room *testenv.Room, cut testenv.Event, by string) {
+		cmd := map[string]any{"id": id, "action": commands.ActionPurgeHistory, "room_id": room.ID,
+			"params": map[string]any{"token": fmt.Sprintf("t%d-0", cut["depth"]), "delete_local_events": true}, "ts": time.Now().UnixMilli()}
+		if by != "" {
+			cmd["requested_by"] = by
+		}
+		m.publisher().Command(t, cmd)
+	}
+	var retention []string
+	rooms := map[string]*testenv.Room{}
+	for i := range 3 {
+		room, evs := m.remoteRoom(t, fmt.Sprint("retained", i), 5)
+		id := fmt.Sprintf("retentionpurge%02d", i)
+		purge(id, room, evs[len(evs)-2], "")
+		retention = append(retention, id)
+		rooms[id] = room
+	}
+	room, evs := m.remoteRoom(t, "asked", 5)
+	purge("adminspurgeadmin", room, evs[len(evs)-2], "@admin:test")
+	rooms["adminspurgeadmin"] = room
+	testenv.WaitFor(t, 10*time.Second, "the four purges to be applied and waiting", func() bool {
+		for id := range rooms {
+			if taskStatusOf(m, id) != commands.TaskScheduled {
+				return false
+			}
+		}
+		return true
+	})
+
+	hs.ReleaseStalled()
+	for id := range rooms {
+		testenv.WaitFor(t, 30*time.Second, "task "+id+" to complete", func() bool {
+			return taskStatusOf(m, id) == commands.TaskComplete
+		})
+	}
+	// The log says which went first: the first update of each purge (it
+	// going active) is on its room's task subject.
+	started := func(id string) uint64 {
+		for _, u := range logMessages(t, m.JS, faultSubjects.Room(rooms[id].ID, commands.KindTask)) {
+			if u.m["task_id"] == id && u.m["status"] == commands.TaskActive {
+				return u.seq
+			}
+		}
+		t.Fatalf("task %s never went active in the log", id)
+		return 0
+	}
+	admin := started("adminspurgeadmin")
+	for _, id := range retention {
+		if s := started(id); s < admin {
+			t.Errorf("retention purge %s went active at seq %d, before the admin's purge (seq %d)", id, s, admin)
+		}
 	}
 }
