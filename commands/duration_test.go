@@ -139,18 +139,49 @@ func TestFormatDuration(t *testing.T) {
 	}
 }
 
-func TestDuration_UnmarshalJSON(t *testing.T) {
-	type doc struct {
-		D Duration  `json:"d"`
-		P *Duration `json:"p"`
+// durationDoc holds a Duration and a *Duration, as the config does.
+type durationDoc struct {
+	D Duration  `json:"d" yaml:"d"`
+	P *Duration `json:"p" yaml:"p"`
+}
+
+type durationCase struct {
+	name    string
+	in      string
+	start   durationDoc
+	want    durationDoc
+	wantErr error
+}
+
+// checkDecode decodes each case's input over its start with unmarshal.
+func checkDecode(t *testing.T, unmarshal func([]byte, any) error, tests []durationCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tt.start
+			err := unmarshal([]byte(tt.in), &got)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("decode %s: error = %v, want %v", tt.in, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("decode %s: error = %v", tt.in, err)
+			}
+			if got.D != tt.want.D {
+				t.Errorf("D = %+v, want %+v", got.D, tt.want.D)
+			}
+			if (got.P == nil) != (tt.want.P == nil) || got.P != nil && *got.P != *tt.want.P {
+				t.Errorf("P = %+v, want %+v", got.P, tt.want.P)
+			}
+		})
 	}
-	tests := []struct {
-		name    string
-		in      string
-		start   doc
-		want    doc
-		wantErr error
-	}{
+}
+
+func TestDuration_UnmarshalJSON(t *testing.T) {
+	type doc = durationDoc
+	checkDecode(t, json.Unmarshal, []durationCase{
 		{"integer is milliseconds", `{"d": 500}`, doc{}, doc{D: DurationOf(500 * time.Millisecond)}, nil},
 		{"synapse string", `{"d": "1d"}`, doc{}, doc{D: DurationOf(day)}, nil},
 		{"digits string is milliseconds", `{"d": "500"}`, doc{}, doc{D: DurationOf(500 * time.Millisecond)}, nil},
@@ -168,28 +199,7 @@ func TestDuration_UnmarshalJSON(t *testing.T) {
 		{"object", `{"d": {}}`, doc{}, doc{}, ErrInvalidDuration},
 		{"beyond the maximum", `{"d": "300y"}`, doc{}, doc{D: DurationOf(MaxDuration)}, nil},
 		{"integer beyond the maximum", `{"d": 99999999999999999999}`, doc{}, doc{D: DurationOf(MaxDuration)}, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := tt.start
-			err := json.Unmarshal([]byte(tt.in), &got)
-			if tt.wantErr != nil {
-				if !errors.Is(err, tt.wantErr) {
-					t.Fatalf("Unmarshal(%s) error = %v, want %v", tt.in, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("Unmarshal(%s) error = %v", tt.in, err)
-			}
-			if got.D != tt.want.D {
-				t.Errorf("D = %+v, want %+v", got.D, tt.want.D)
-			}
-			if (got.P == nil) != (tt.want.P == nil) || got.P != nil && *got.P != *tt.want.P {
-				t.Errorf("P = %+v, want %+v", got.P, tt.want.P)
-			}
-		})
-	}
+	})
 }
 
 func TestDuration_MarshalJSON(t *testing.T) {
@@ -331,51 +341,25 @@ func referenceSynapse(s string) (d time.Duration, ok, overflow bool) {
 // spelling YAML has for one (PyYAML hands Synapse each as an int), and
 // other scalars are read as text.
 func TestDuration_UnmarshalYAML(t *testing.T) {
-	type doc struct {
-		D Duration  `yaml:"d"`
-		P *Duration `yaml:"p"`
-	}
-	tests := []struct {
-		in      string
-		start   doc
-		want    doc
-		wantErr error
-	}{
-		{"d: 86400000", doc{}, doc{D: DurationOf(day)}, nil},
-		{"d: 86_400_000", doc{}, doc{D: DurationOf(day)}, nil},
-		{"d: 0x5265C00", doc{}, doc{D: DurationOf(day)}, nil},
-		{"d: +86400000", doc{}, doc{D: DurationOf(day)}, nil},
-		{"d: '86400000'", doc{}, doc{D: DurationOf(day)}, nil},
-		{"d: 1d", doc{}, doc{D: DurationOf(day)}, nil},
-		{"d: 0", doc{}, doc{D: DurationOf(0)}, nil},
-		{"d: 1000y", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
-		{"d: 9223372036855", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
-		{"d: 99999999999999999999", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
-		{"d: null", doc{D: DurationOf(time.Hour)}, doc{D: DurationOf(time.Hour)}, nil},
-		{"p: null", doc{P: &Duration{}}, doc{}, nil},
-		{"p: 10s", doc{}, doc{P: &Duration{Duration: 10 * time.Second, Set: true}}, nil},
-		{"d: -5", doc{}, doc{}, ErrNegativeDuration},
-		{"d: -0x10", doc{}, doc{}, ErrNegativeDuration},
-		{"d: 1.5", doc{}, doc{}, ErrInvalidDuration},
-		{"d: true", doc{}, doc{}, ErrInvalidDuration},
-		{"d: soon", doc{}, doc{}, ErrInvalidDuration},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got := tt.start
-			err := yaml.Unmarshal([]byte(tt.in), &got)
-			if tt.wantErr != nil {
-				if !errors.Is(err, tt.wantErr) {
-					t.Fatalf("error = %v, want it to wrap %v", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.D != tt.want.D || (got.P == nil) != (tt.want.P == nil) || got.P != nil && *got.P != *tt.want.P {
-				t.Errorf("got %+v (p %v), want %+v (p %v)", got.D, got.P, tt.want.D, tt.want.P)
-			}
-		})
-	}
+	type doc = durationDoc
+	checkDecode(t, yaml.Unmarshal, []durationCase{
+		{"d: 86400000", "d: 86400000", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 86_400_000", "d: 86_400_000", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 0x5265C00", "d: 0x5265C00", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: +86400000", "d: +86400000", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: '86400000'", "d: '86400000'", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 1d", "d: 1d", doc{}, doc{D: DurationOf(day)}, nil},
+		{"d: 0", "d: 0", doc{}, doc{D: DurationOf(0)}, nil},
+		{"d: 1000y", "d: 1000y", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
+		{"d: 9223372036855", "d: 9223372036855", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
+		{"d: 99999999999999999999", "d: 99999999999999999999", doc{}, doc{D: DurationOf(MaxDuration)}, nil},
+		{"d: null", "d: null", doc{D: DurationOf(time.Hour)}, doc{D: DurationOf(time.Hour)}, nil},
+		{"p: null", "p: null", doc{P: &Duration{}}, doc{}, nil},
+		{"p: 10s", "p: 10s", doc{}, doc{P: &Duration{Duration: 10 * time.Second, Set: true}}, nil},
+		{"d: -5", "d: -5", doc{}, doc{}, ErrNegativeDuration},
+		{"d: -0x10", "d: -0x10", doc{}, doc{}, ErrNegativeDuration},
+		{"d: 1.5", "d: 1.5", doc{}, doc{}, ErrInvalidDuration},
+		{"d: true", "d: true", doc{}, doc{}, ErrInvalidDuration},
+		{"d: soon", "d: soon", doc{}, doc{}, ErrInvalidDuration},
+	})
 }
