@@ -522,7 +522,7 @@ func parseJSONParam(s string) (any, error) {
 
 // DecodeJSONBody decodes a request body into an object with Synapse's
 // errors: unparseable "Content not JSON.", non-object "Content must be a
-// JSON object.". emptyOK makes an empty body {}.
+// JSON object.". emptyOK makes an empty body, or null, {}.
 func DecodeJSONBody(r *http.Request, emptyOK bool) (map[string]any, error) {
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(r.Body); err != nil {
@@ -546,6 +546,11 @@ func DecodeJSONBody(r *http.Request, emptyOK bool) (map[string]any, error) {
 	v, err := parseJSONParam(buf.String())
 	if err != nil {
 		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
+	}
+	if v == nil && emptyOK {
+		// Synapse's parse_json_object_from_request takes null as it takes
+		// an empty body where one is allowed: as {}.
+		return map[string]any{}, nil
 	}
 	m, ok := v.(map[string]any)
 	if !ok {

@@ -56,6 +56,9 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 		{"no event in the room before ts", "/_synapse/admin/v1/purge_history/" + url.PathEscape("!empty:test"), `{"purge_up_to_ts": 0}`, 404, "M_NOT_FOUND", "there is no event to be purged"},
 		{"not json", base, `{`, 400, "M_NOT_JSON", "Content not JSON."},
 		{"not an object", base, `[]`, 400, "M_BAD_JSON", "Content must be a JSON object."},
+		// Synapse's parse_json_object_from_request(allow_empty_body=True)
+		// takes null as an empty body: {}.
+		{"null body", base, `null`, 400, "M_BAD_JSON", "must specify purge_up_to_event_id or purge_up_to_ts"},
 		// Synapse takes any purge_up_to_event_id but null as the event
 		// ID: get_event("") is a 404, and the ts is not looked at.
 		{"empty event id in the body", base, `{"purge_up_to_event_id": "", "purge_up_to_ts": 0}`, 404, "M_NOT_FOUND", "Could not find event "},
