@@ -125,7 +125,7 @@ func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
 		if name == "delete_room_v1" {
 			// v1 answers when the shutdown is over: past the server's
 			// write timeout.
-			_ = http.NewResponseController(w).SetWriteDeadline(start.Add(DeleteV1Timeout + time.Minute))
+			_ = http.NewResponseController(w).SetWriteDeadline(start.Add(DeleteV1Timeout + DeleteV1Grace + time.Minute))
 			// Its places free up as deletions end, minutes apart.
 			slots, full, retry = b.v1Slots, "Too many room deletions waiting; retry later or use the v2 API", "60"
 		}
@@ -217,7 +217,7 @@ func (b *Bridge) deleteRoom(v1 bool) apiHandler {
 			}
 		}
 		if v1 {
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DeleteV1Timeout)
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DeleteV1Timeout+DeleteV1Grace)
 			defer cancel()
 			return b.callWith(ctx, b.DeleteReq, b.Subjects.APIRoom(r.PathValue("roomId"), "delete"), req)
 		}
@@ -226,8 +226,15 @@ func (b *Bridge) deleteRoom(v1 bool) apiHandler {
 }
 
 // DeleteV1Timeout bounds a v1 room deletion, which answers only when the
-// shutdown is over.
+// shutdown is over: the service then answers 504 with the deletion's ID,
+// to be followed with the v2 status API.
 const DeleteV1Timeout = 10 * time.Minute
+
+// DeleteV1Grace is how much longer than DeleteV1Timeout the bridge waits
+// for a v1 deletion's answer: the service's bound starts when a worker
+// takes the request, after the bridge's, and a bridge that gave up first
+// answered 503 "scrollback did not answer", losing the deletion's ID.
+const DeleteV1Grace = 30 * time.Second
 
 func (b *Bridge) deleteStatus(ctx context.Context, r *http.Request, id Identity) (any, error) {
 	first, second := r.PathValue("first"), r.PathValue("second")

@@ -1,6 +1,7 @@
 package handlers_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -161,5 +162,63 @@ func TestBridge_V1DeletionsHaveSlotsOfTheirOwn(t *testing.T) {
 		if st := <-statuses; st != 200 {
 			t.Fatalf("a waiting v1 deletion ended %d", st)
 		}
+	}
+}
+
+// deadlineRecorder sends requests with its Requester and records the
+// deadline of each request's context.
+type deadlineRecorder struct {
+	handlers.Requester
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+func (d *deadlineRecorder) Request(ctx context.Context, subject string, req any) ([]byte, error) {
+	d.mu.Lock()
+	d.deadline, _ = ctx.Deadline()
+	d.mu.Unlock()
+	return d.Requester.Request(ctx, subject, req)
+}
+
+// TestBridge_V1DeletionOutwaitsTheService: the service gives a v1
+// deletion DeleteV1Timeout from when a worker takes it and then answers
+// 504 with the deletion's ID; the bridge must wait longer than that, or
+// the admin gets its own 503 "scrollback did not answer" instead.
+func TestBridge_V1DeletionOutwaitsTheService(t *testing.T) {
+	n := testenv.NewNATS(t)
+	subjects := bus.Subjects{Prefix: "sb"}
+	sub, err := n.NC.Subscribe(subjects.APIRoomWildcard("delete"), func(m *nats.Msg) {
+		data, _ := bus.Encode(map[string]any{"kicked_users": []any{}})
+		m.Respond(data)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	admin := handlers.Identity{UserID: "@admin:test", Admin: true}
+	rec := &deadlineRecorder{Requester: &bus.Requester{NC: n.NC, Timeout: 10 * time.Second}}
+	b := &handlers.Bridge{
+		Req:       &bus.Requester{NC: n.NC, Timeout: 10 * time.Second},
+		DeleteReq: rec,
+		Subjects:  subjects,
+		Auth:      &handlers.Auth{Static: map[string]handlers.Identity{"tok": admin}, Subjects: subjects, Req: &bus.Requester{NC: n.NC, Timeout: time.Second}},
+	}
+	srv := httptest.NewServer(b.Handler())
+	defer srv.Close()
+	req, _ := http.NewRequest("DELETE", srv.URL+"/_synapse/admin/v1/rooms/!r:test", strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer tok")
+	sent := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("v1 deletion: %d", resp.StatusCode)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if wait := rec.deadline.Sub(sent); wait < handlers.DeleteV1Timeout+10*time.Second {
+		t.Fatalf("the bridge waits %v for a v1 deletion; the service may answer up to DeleteV1Timeout (%v) after it takes the request", wait, handlers.DeleteV1Timeout)
 	}
 }
