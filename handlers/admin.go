@@ -355,6 +355,11 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			params[key] = s
 		}
 	}
+	if u, ok := m["new_room_user_id"].(string); ok && u == "" {
+		// Synapse checks any new_room_user_id but null, and "" is not
+		// one of its users.
+		return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: ")
+	}
 	if u, _ := params["new_room_user_id"].(string); u != "" {
 		if !commands.IsLocalUser(u, a.ServerName) {
 			return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: %s", u)

@@ -97,16 +97,52 @@ func (b *Bridge) Handler() http.Handler {
 	mux.Handle("DELETE /_synapse/admin/v1/rooms/{roomId}", b.serve("delete_room_v1", true, b.deleteRoom(true)))
 	mux.Handle("DELETE /_synapse/admin/v2/rooms/{roomId}", b.serve("delete_room_v2", true, b.deleteRoom(false)))
 	// .../rooms/{roomId}/delete_status and .../rooms/delete_status/{deleteId}
-	// overlap as ServeMux patterns; one pattern serves both.
-	mux.Handle("GET /_synapse/admin/v2/rooms/{first}/{second}", b.serve("delete_status", true, b.deleteStatus))
+	// overlap as ServeMux patterns; one pattern serves both, and any other
+	// path of that shape is no route at all (before the admin check, as
+	// in Synapse, where no pattern matches it).
+	deleteStatus := b.serve("delete_status", true, b.deleteStatus)
+	mux.HandleFunc("GET /_synapse/admin/v2/rooms/{first}/{second}", func(w http.ResponseWriter, r *http.Request) {
+		if !isDeleteStatusPath(r.PathValue("first"), r.PathValue("second")) {
+			unrecognized(mux, w, r)
+			return
+		}
+		deleteStatus.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("GET /health", b.health)
 	if b.Metrics != nil {
 		mux.Handle("GET /metrics", b.Metrics)
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, commands.Errorf(404, commands.CodeUnrecognized, "Unrecognized request"))
-	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { unrecognized(mux, w, r) })
 	return mux
+}
+
+func isDeleteStatusPath(first, second string) bool {
+	return first == "delete_status" || second == "delete_status"
+}
+
+// unrecognized answers a request no route serves as Synapse's
+// JsonResource does: 405 when a route serves its path with another
+// method, else 404; M_UNRECOGNIZED "Unrecognized request" either way.
+func unrecognized(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	status := 404
+	for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		if method == r.Method {
+			continue
+		}
+		other := r.Clone(r.Context())
+		other.Method = method
+		if _, pattern := mux.Handler(other); pattern != "" && pattern != "/" {
+			if pattern == "GET /_synapse/admin/v2/rooms/{first}/{second}" {
+				first, second, _ := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), "/_synapse/admin/v2/rooms/"), "/")
+				if !isDeleteStatusPath(first, second) {
+					continue
+				}
+			}
+			status = 405
+			break
+		}
+	}
+	writeError(w, commands.Errorf(status, commands.CodeUnrecognized, "Unrecognized request"))
 }
 
 func (b *Bridge) health(w http.ResponseWriter, r *http.Request) {
@@ -241,13 +277,12 @@ func (b *Bridge) deleteStatus(ctx context.Context, r *http.Request, id Identity)
 	switch {
 	case first == "delete_status":
 		return b.call(ctx, b.Subjects.API("delete_status"), map[string]any{"delete_id": second})
-	case second == "delete_status":
+	default: // second == "delete_status": the route lets no other shape in
 		if !commands.ValidRoomID(first) {
 			return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", first)
 		}
 		return b.call(ctx, b.Subjects.APIRoom(first, "delete_status"), map[string]any{})
 	}
-	return nil, commands.Errorf(404, commands.CodeUnrecognized, "Unrecognized request")
 }
 
 // purgeHistory: body (empty is {}), then the cut-off from the URL's event

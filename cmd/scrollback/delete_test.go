@@ -68,6 +68,8 @@ func TestDeleteRoom_Validation(t *testing.T) {
 		{"bools before room id", "DELETE", deletePath("v2", "bad"), `{"block": 1}`, 400, "M_BAD_JSON", "Param 'block' must be a boolean, if given"},
 		{"invalid room id", "DELETE", deletePath("v2", "bad"), "{}", 400, "M_UNKNOWN", "bad is not a legal room ID"},
 		{"remote new_room_user_id", "DELETE", deletePath("v2", room), `{"new_room_user_id": "@x:other.org"}`, 400, "M_UNKNOWN", "User must be our own: @x:other.org"},
+		// Synapse checks any new_room_user_id but null: "" is not its own.
+		{"empty new_room_user_id", "DELETE", deletePath("v2", room), `{"new_room_user_id": ""}`, 400, "M_UNKNOWN", "User must be our own: "},
 		{"status of unknown id", "GET", "/_synapse/admin/v2/rooms/delete_status/nope", "", 404, "M_NOT_FOUND", "delete id 'nope' not found"},
 		{"status of room without deletes", "GET", deletePath("v2", room) + "/delete_status", "", 404, "M_NOT_FOUND", "No delete task for room_id '!some:test' found"},
 		{"status of invalid room", "GET", deletePath("v2", "bad") + "/delete_status", "", 400, "M_UNKNOWN", "bad is not a legal room ID"},

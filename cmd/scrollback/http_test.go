@@ -362,3 +362,31 @@ func TestHTTP_MessagesLongRoomID(t *testing.T) {
 		t.Fatalf("the homeserver was asked for the ignore list %d times for an invalid room ID", len(c))
 	}
 }
+
+// TestHTTP_Unrecognized: a request no route serves is M_UNRECOGNIZED
+// "Unrecognized request", answered before any admin check, as Synapse's
+// JsonResource answers when no pattern matches: 405 when a route serves
+// the path with another method, else 404.
+func TestHTTP_Unrecognized(t *testing.T) {
+	m := startMain(t)
+	room := url.PathEscape("!a:test")
+	for _, c := range []struct {
+		method, path, token string
+		status              int
+	}{
+		{"GET", "/_synapse/admin/v2/rooms/" + room, "tok-admin", 405},
+		{"POST", "/_synapse/admin/v1/rooms/" + room + "/block", "tok-admin", 405},
+		{"DELETE", "/_synapse/admin/v2/rooms/" + room + "/delete_status", "tok-admin", 405},
+		{"POST", "/_synapse/admin/v2/rooms/delete_status/abc", "tok-admin", 405},
+		{"GET", "/_synapse/admin/v1/purge_history/" + room, "tok-admin", 405},
+		// The status route's shape, without delete_status in it: no route.
+		{"GET", "/_synapse/admin/v2/rooms/" + room + "/nothing", "", 404},
+		{"DELETE", "/_synapse/admin/v2/rooms/" + room + "/nothing", "", 404},
+		{"GET", "/_synapse/admin/v3/nothing", "", 404},
+	} {
+		t.Run(c.method+" "+c.path, func(t *testing.T) {
+			st, body := m.do(t, c.method, c.path, c.token, "")
+			wantErr(t, st, body, c.status, "M_UNRECOGNIZED", "Unrecognized request")
+		})
+	}
+}
