@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -85,15 +86,7 @@ func (b *Bridge) Handler() http.Handler {
 	mux.Handle("PUT /_synapse/admin/v1/rooms/{roomId}/block", b.serve("put_block", true, b.putBlock))
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{eventId}", b.serve("purge_history", true, b.purgeHistory))
-	// Synapse's patterns, purge_history/(?P<room_id>[^/]*)(/(?P<event_id>[^/]*))?$
-	// and purge_history_status/(?P<purge_id>[^/]*)$, take empty segments
-	// too (a ServeMux wildcard never matches one): an empty room ID, an
-	// empty event ID (a trailing slash) and an empty purge ID are answered
-	// after the admin check, as there.
-	mux.Handle("POST /_synapse/admin/v1/purge_history/{roomId}/{$}", b.serve("purge_history", true, b.purgeHistory))
-	mux.Handle("POST /_synapse/admin/v1/purge_history/{$}", b.serve("purge_history", true, b.purgeHistory))
 	mux.Handle("GET /_synapse/admin/v1/purge_history_status/{purgeId}", b.serve("purge_status", true, b.purgeStatus))
-	mux.Handle("GET /_synapse/admin/v1/purge_history_status/{$}", b.serve("purge_status", true, b.purgeStatus))
 	mux.Handle("DELETE /_synapse/admin/v1/rooms/{roomId}", b.serve("delete_room_v1", true, b.deleteRoom(true)))
 	mux.Handle("DELETE /_synapse/admin/v2/rooms/{roomId}", b.serve("delete_room_v2", true, b.deleteRoom(false)))
 	// .../rooms/{roomId}/delete_status and .../rooms/delete_status/{deleteId}
@@ -102,6 +95,7 @@ func (b *Bridge) Handler() http.Handler {
 	// in Synapse, where no pattern matches it).
 	deleteStatus := b.serve("delete_status", true, b.deleteStatus)
 	mux.HandleFunc("GET /_synapse/admin/v2/rooms/{first}/{second}", func(w http.ResponseWriter, r *http.Request) {
+		restoreEmptySegments(r)
 		if !isDeleteStatusPath(r.PathValue("first"), r.PathValue("second")) {
 			unrecognized(mux, w, r)
 			return
@@ -113,7 +107,54 @@ func (b *Bridge) Handler() http.Handler {
 		mux.Handle("GET /metrics", b.Metrics)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { unrecognized(mux, w, r) })
-	return mux
+	return withEmptySegments(mux)
+}
+
+// emptySegment stands for an empty path segment while a request is routed:
+// Synapse's patterns take one ([^/]*: an empty room ID, an empty purge ID,
+// a trailing slash as an empty event ID), a ServeMux wildcard matches
+// none, and ServeMux answers a path with "//" with a redirect to the path
+// without it. Its unescaped form is what a handler's PathValue would see;
+// restoreEmptySegments makes it "" again.
+const (
+	emptySegment          = "%00"
+	emptySegmentUnescaped = "\x00"
+)
+
+// withEmptySegments routes a path with empty segments ("//", or a
+// trailing "/") with each of them replaced by emptySegment.
+func withEmptySegments(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.EscapedPath(); len(p) > 1 && (strings.Contains(p, "//") || strings.HasSuffix(p, "/")) {
+			segs := strings.Split(p[1:], "/")
+			for i, s := range segs {
+				if s == "" {
+					segs[i] = emptySegment
+				}
+			}
+			u := *r.URL
+			u.RawPath = "/" + strings.Join(segs, "/")
+			if path, err := url.PathUnescape(u.RawPath); err == nil {
+				u.Path = path
+				r = r.Clone(r.Context())
+				r.URL = &u
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// routeWildcards are the wildcards of the bridge's routes.
+var routeWildcards = []string{"roomId", "eventId", "purgeId", "first", "second"}
+
+// restoreEmptySegments gives each wildcard that matched an empty segment
+// its value, "".
+func restoreEmptySegments(r *http.Request) {
+	for _, name := range routeWildcards {
+		if r.PathValue(name) == emptySegmentUnescaped {
+			r.SetPathValue(name, "")
+		}
+	}
 }
 
 func isDeleteStatusPath(first, second string) bool {
@@ -157,6 +198,7 @@ func (b *Bridge) health(w http.ResponseWriter, r *http.Request) {
 func (b *Bridge) serve(name string, admin bool, h apiHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		restoreEmptySegments(r)
 		slots, full, retry := b.slots, "Too many requests in flight; retry shortly", "1"
 		if name == "delete_room_v1" {
 			// v1 answers when the shutdown is over: past the server's
@@ -276,6 +318,10 @@ func (b *Bridge) deleteStatus(ctx context.Context, r *http.Request, id Identity)
 	first, second := r.PathValue("first"), r.PathValue("second")
 	switch {
 	case first == "delete_status":
+		if second == "" {
+			// The service takes a request without an ID for a malformed one.
+			return nil, commands.Errorf(404, commands.CodeNotFound, "delete id '' not found")
+		}
 		return b.call(ctx, b.Subjects.API("delete_status"), map[string]any{"delete_id": second})
 	default: // second == "delete_status": the route lets no other shape in
 		if !commands.ValidRoomID(first) {
@@ -295,8 +341,8 @@ func (b *Bridge) purgeHistory(ctx context.Context, r *http.Request, id Identity)
 	req := map[string]any{"delete_local_events": commands.Truthy(body["delete_local_events"]), "requested_by": id.UserID}
 	// The URL's event ID, even an empty one (a trailing slash: Synapse
 	// then looks up "" and finds nothing), wins over the body.
-	if ev := r.PathValue("eventId"); ev != "" || r.PathValue("roomId") != "" && strings.HasSuffix(r.URL.EscapedPath(), "/") {
-		req["event_id"] = ev
+	if strings.Contains(r.Pattern, "{eventId}") {
+		req["event_id"] = r.PathValue("eventId")
 	} else if ev, ok := body["purge_up_to_event_id"]; ok && ev != nil {
 		req["event_id"] = ev
 	} else if ts, ok := body["purge_up_to_ts"]; ok {

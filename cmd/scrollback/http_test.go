@@ -390,3 +390,37 @@ func TestHTTP_Unrecognized(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP_EmptySegments: Synapse's patterns take an empty room ID or
+// delete ID ([^/]*) and answer after the admin check; ServeMux wildcards
+// match no empty segment, and ServeMux redirected a path with "//".
+func TestHTTP_EmptySegments(t *testing.T) {
+	m := startMain(t)
+	for _, c := range []struct {
+		method, path, body string
+		status             int
+		code, text         string
+	}{
+		{"DELETE", "/_synapse/admin/v2/rooms/", "{}", 400, "M_UNKNOWN", " is not a legal room ID"},
+		{"DELETE", "/_synapse/admin/v1/rooms/", "{}", 400, "M_UNKNOWN", " is not a legal room ID"},
+		{"GET", "/_synapse/admin/v1/rooms//block", "", 400, "M_UNKNOWN", " is not a legal room ID"},
+		{"PUT", "/_synapse/admin/v1/rooms//block", `{"block": true}`, 400, "M_UNKNOWN", " is not a legal room ID"},
+		{"GET", "/_synapse/admin/v2/rooms//delete_status", "", 400, "M_UNKNOWN", " is not a legal room ID"},
+		{"GET", "/_synapse/admin/v2/rooms/delete_status/", "", 404, "M_NOT_FOUND", "delete id '' not found"},
+		{"GET", "/_synapse/admin/v1/rooms//messages", "", 400, "M_INVALID_PARAM", "Invalid room ID"},
+		{"GET", "/_matrix/client/v3/rooms//messages", "", 400, "M_INVALID_PARAM", "Invalid room ID"},
+		// Empty segments where no route has a wildcard: no route.
+		{"GET", "/_synapse//admin/v1/rooms/!a:test/block", "", 404, "M_UNRECOGNIZED", "Unrecognized request"},
+	} {
+		t.Run(c.method+" "+c.path, func(t *testing.T) {
+			st, body := m.do(t, c.method, c.path, "tok-admin", c.body)
+			wantErr(t, st, body, c.status, c.code, c.text)
+			if c.status != 404 || c.code == "M_NOT_FOUND" {
+				st, body = m.do(t, c.method, c.path, "tok-alice", c.body)
+				if !strings.Contains(c.path, "/_matrix/client/") {
+					wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
+				}
+			}
+		})
+	}
+}
