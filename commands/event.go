@@ -2,6 +2,7 @@ package commands
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -279,6 +280,50 @@ func ValidRoomID(s string) bool {
 	// Room version 12 IDs carry no server part; older ones are !opaque:server.
 	local, server, hasServer := strings.Cut(s[1:], ":")
 	return local != "" && (!hasServer || server != "")
+}
+
+// LegalRoomID reports whether s is a room ID that Synapse's admin room
+// APIs take (RoomID.is_valid: "<id> is not a legal room ID" otherwise),
+// within ValidRoomID: !opaque:server with a server name of Synapse's
+// grammar (parse_and_validate_server_name: a DNS name of letters, digits
+// and hyphens in dot-separated labels, or an IPv6 literal in brackets,
+// then an optional :port), or, for room version 12, ! and a 43-character
+// unpadded URL-safe base64 hash.
+func LegalRoomID(s string) bool {
+	if !ValidRoomID(s) {
+		return false
+	}
+	local, server, hasServer := strings.Cut(s[1:], ":")
+	if !hasServer {
+		return len(local) == 43 && strings.Trim(local, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == ""
+	}
+	return ValidServerName(server)
+}
+
+// ValidServerName reports whether s is a server name as Synapse's
+// parse_and_validate_server_name takes it: host[:port], the host an IPv6
+// literal in brackets or dot-separated labels of letters, digits and
+// hyphens, the port digits.
+func ValidServerName(s string) bool {
+	host := s
+	if !strings.HasSuffix(s, "]") {
+		if i := strings.LastIndexByte(s, ':'); i >= 0 {
+			host = s[:i]
+			if port := s[i+1:]; port == "" || strings.Trim(port, "0123456789") != "" {
+				return false
+			}
+		}
+	}
+	if strings.HasPrefix(host, "[") {
+		addr, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+		return strings.HasSuffix(host, "]") && err == nil && addr.Is6()
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || strings.Trim(label, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidUserID reports whether s looks like a Matrix user ID (@local:server).

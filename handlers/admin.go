@@ -150,7 +150,7 @@ func (a *Admin) roomOf(subject string, data []byte) (string, map[string]any, err
 	if err != nil {
 		return "", nil, err
 	}
-	if !commands.ValidRoomID(roomID) {
+	if !commands.LegalRoomID(roomID) {
 		return "", nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
 	}
 	return roomID, m, nil
@@ -322,7 +322,7 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	if !commands.ValidRoomID(roomID) {
+	if !commands.LegalRoomID(roomID) {
 		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
 	}
 	wait, _ := m["wait"].(bool)

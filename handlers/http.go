@@ -280,9 +280,10 @@ func (b *Bridge) deleteRoom(v1 bool) apiHandler {
 		if err != nil {
 			return nil, err
 		}
-		// A room ID too long for a subject never reaches the service:
-		// answer here, in Synapse's order (the booleans first).
-		if roomID := r.PathValue("roomId"); !commands.ValidRoomID(roomID) {
+		// A room ID Synapse would refuse (one too long for a subject
+		// among them) never reaches the service: answer here, in
+		// Synapse's order (the booleans first).
+		if roomID := r.PathValue("roomId"); !commands.LegalRoomID(roomID) {
 			if _, err := DeleteBools(body); err != nil {
 				return nil, err
 			}
@@ -324,7 +325,7 @@ func (b *Bridge) deleteStatus(ctx context.Context, r *http.Request, id Identity)
 		}
 		return b.call(ctx, b.Subjects.API("delete_status"), map[string]any{"delete_id": second})
 	default: // second == "delete_status": the route lets no other shape in
-		if !commands.ValidRoomID(first) {
+		if !commands.LegalRoomID(first) {
 			return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", first)
 		}
 		return b.call(ctx, b.Subjects.APIRoom(first, "delete_status"), map[string]any{})
@@ -386,7 +387,7 @@ func (b *Bridge) purgeStatus(ctx context.Context, r *http.Request, id Identity) 
 
 func (b *Bridge) getBlock(ctx context.Context, r *http.Request, id Identity) (any, error) {
 	roomID := r.PathValue("roomId")
-	if !commands.ValidRoomID(roomID) {
+	if !commands.LegalRoomID(roomID) {
 		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
 	}
 	return b.call(ctx, b.Subjects.APIRoom(roomID, "block"), map[string]any{})
@@ -399,7 +400,7 @@ func (b *Bridge) putBlock(ctx context.Context, r *http.Request, id Identity) (an
 		return nil, err
 	}
 	roomID := r.PathValue("roomId")
-	if !commands.ValidRoomID(roomID) {
+	if !commands.LegalRoomID(roomID) {
 		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
 	}
 	v, ok := body["block"]

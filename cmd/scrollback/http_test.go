@@ -424,3 +424,23 @@ func TestHTTP_EmptySegments(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP_IllegalRoomIDs: the admin room routes refuse what Synapse's
+// RoomID.is_valid refuses (a server name of another grammar, a
+// room version 12 ID of the wrong length) as "not a legal room ID".
+func TestHTTP_IllegalRoomIDs(t *testing.T) {
+	m := startMain(t)
+	for _, id := range []string{"!something:invalid$_chars.com", "!wronglength"} {
+		p := url.PathEscape(id)
+		for _, c := range []struct{ method, path, body string }{
+			{"DELETE", "/_synapse/admin/v2/rooms/" + p, "{}"},
+			{"DELETE", "/_synapse/admin/v1/rooms/" + p, "{}"},
+			{"GET", "/_synapse/admin/v1/rooms/" + p + "/block", ""},
+			{"PUT", "/_synapse/admin/v1/rooms/" + p + "/block", `{"block": true}`},
+			{"GET", "/_synapse/admin/v2/rooms/" + p + "/delete_status", ""},
+		} {
+			st, body := m.do(t, c.method, c.path, "tok-admin", c.body)
+			wantErr(t, st, body, 400, "M_UNKNOWN", id+" is not a legal room ID")
+		}
+	}
+}
