@@ -406,3 +406,34 @@ func TestVisibility_RetentionZeroMaxLifetimeHides(t *testing.T) {
 	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "limit": 100})
 	same(t, "max_lifetime 0", p.ids, idsOf(evs))
 }
+
+// Synapse's did_forget (roommember.py): "Returns whether user_id has
+// elected to discard history for room_id. Returns False if they have
+// since re-joined." -- it counts room_memberships rows with forgotten = 0,
+// and a membership after the forget is such a row. So a user who forgot
+// the room, joined again and left again is a departed user again
+// (SYNAPSE.md 1.3: "leave (incl. kicked) and not forgotten -> OK").
+func TestVisibility_AMembershipAfterTheForgetEndsIt(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("reforget", "test")
+	evs := visRoom(r, "shared")
+	evs = append(evs, r.Join(bob), r.Msg(alice, "one"), r.Member(bob, bob, "leave"))
+	f.add(evs...)
+	f.applyCmd(map[string]any{"id": "forget2", "action": "forget", "room_id": r.ID, "params": map[string]any{"user_id": bob}})
+	if _, e := f.read(r.ID, map[string]any{"user_id": bob}); e == nil || e.Status != 403 {
+		t.Fatalf("after forget: %v, want 403", e)
+	}
+	join2 := r.Join(bob)
+	msg2 := r.Msg(alice, "two")
+	leave2 := r.Member(bob, bob, "leave")
+	f.add(join2, msg2, leave2, r.Msg(alice, "after"))
+	p, e := f.read(r.ID, map[string]any{"user_id": bob, "dir": "b", "limit": 2})
+	if e != nil {
+		t.Fatalf("after rejoining and leaving again: %d %s %q, want 200 (did_forget is false once re-joined)", e.Status, e.Code, e.Message)
+	}
+	pg := toPage(p)
+	same(t, "page", pg.ids, idsOf([]testenv.Event{leave2, msg2}))
+	if want := fmt.Sprintf("t%d-%d", leave2["depth"], f.seqOf[leave2.ID()]) + zeros; pg.start != want {
+		t.Fatalf("start=%q, want the clamped %q", pg.start, want)
+	}
+}

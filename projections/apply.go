@@ -593,6 +593,16 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		if err := tx.Bucket(bState).Put(k, v); err != nil {
 			return err
 		}
+		if ev.Type == "m.room.member" {
+			// A membership of a user who forgot the room, applied after the
+			// forget (a rejoin, a leave, an invite), ends it: Synapse's
+			// did_forget is false once the user has a membership row the
+			// forget did not mark ("Returns False if they have since
+			// re-joined").
+			if err := tx.Bucket(bForgot).Delete(roomStrKey(room, *ev.StateKey)); err != nil {
+				return err
+			}
+		}
 	}
 	return a.updateExtremities(room, ev)
 }

@@ -35,8 +35,12 @@ func TestForgottenRooms(t *testing.T) {
 	old := mk("old", true, 2*day)
 	recent := mk("recent", true, time.Hour)
 	joined := mk("joined", false, 0)
+	// Forgotten long ago, then joined and left again without forgetting
+	// it: not forgotten any more (Synapse's did_forget).
+	back := mk("back", true, 2*day)
+	pub.Publish(t, back.Member(alice, alice, "join"), back.Msg(alice, "back again"), back.Member(alice, alice, "leave"))
 	seq := pub.Command(t, map[string]any{"id": "sync", "action": "forget", "room_id": joined.ID, "params": map[string]any{"user_id": "@nobody:test"}})
-	for _, r := range []*testenv.Room{old, recent, joined} {
+	for _, r := range []*testenv.Room{old, recent, joined, back} {
 		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +49,7 @@ func TestForgottenRooms(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("RunOnce = %d, %v; want the old room only", n, err)
 	}
-	for _, r := range []*testenv.Room{old, recent, joined} {
+	for _, r := range []*testenv.Room{old, recent, joined, back} {
 		p, err := m.messages(t, r.ID, map[string]any{"admin": true})
 		if err != nil {
 			t.Fatal(err)
