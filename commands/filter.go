@@ -319,6 +319,15 @@ func (f *Filter) PreLimit(m EventMeta) bool {
 	return true
 }
 
+// ExcludesRoom is PreLimit's rooms and not_rooms for a page of one room,
+// asked once instead of for every row: the filter takes no row of the
+// room when its rooms are non-empty and leave the room out, or its
+// not_rooms name it (Synapse's SQL clauses). An empty rooms list takes
+// rows and Check then keeps none of them.
+func (f *Filter) ExcludesRoom(roomID string) bool {
+	return f != nil && (len(f.Rooms) > 0 && !contains(f.Rooms, roomID) || contains(f.NotRooms, roomID))
+}
+
 // PreLimitAll reports whether PreLimit accepts every event that names no
 // room (as a page of one room asks it): the filter has no types,
 // not_types, senders, not_senders, labels, and no contains_url true. A

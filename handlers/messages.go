@@ -336,8 +336,12 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	visible := rows[:0:0]
 	var memberships []string
 	for _, r := range rows {
-		if req.Filter != nil && !req.Filter.Check(r.Meta()) {
-			continue
+		if req.Filter != nil {
+			meta := r.Meta()
+			meta.RoomID = roomID // for rooms: [], which takes rows but keeps none
+			if !req.Filter.Check(meta) {
+				continue
+			}
 		}
 		if req.Admin {
 			visible = append(visible, r)

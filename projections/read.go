@@ -301,7 +301,10 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 		res.Limited = true
 		return res, nil
 	}
-	if v.room == 0 {
+	if v.room == 0 || q.Filter.ExcludesRoom(q.RoomID) {
+		// A filter whose rooms leave this one out, or whose not_rooms
+		// name it, takes no row: Synapse's SQL (room_id = ? / != ?)
+		// returns none.
 		return res, nil
 	}
 	c := v.bucket(bTimeline).Cursor()

@@ -444,3 +444,37 @@ func TestHTTP_IllegalRoomIDs(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP_MessagesRoomsFilter: a filter's rooms and not_rooms apply to
+// /messages as in Synapse: its SQL (room_id = ? when rooms is non-empty,
+// != ? for not_rooms) finds no row of a room they leave out, the end of
+// the timeline; an empty rooms list adds no clause, and the check after
+// the limit drops every row.
+func TestHTTP_MessagesRoomsFilter(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("rooms", "test")
+	seqs := m.publisher().Publish(t, append(room.Setup(alice, bob), room.Msg(alice, "one"), room.Msg(bob, "two"))...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := "/_matrix/client/v3/rooms/" + url.PathEscape(room.ID) + "/messages"
+	for _, tt := range []struct {
+		filter string
+		events int
+		hasEnd bool
+	}{
+		{`{"rooms":["!elsewhere:test"]}`, 0, false},
+		{`{"not_rooms":["` + room.ID + `"]}`, 0, false},
+		{`{"rooms":[]}`, 0, true},
+		{`{"rooms":["` + room.ID + `"], "not_rooms":["!elsewhere:test"]}`, len(seqs), true},
+	} {
+		st, body := m.do(t, "GET", msgs+"?dir=b&filter="+url.QueryEscape(tt.filter), "tok-alice", "")
+		if st != 200 {
+			t.Fatalf("%s: %d %v", tt.filter, st, body)
+		}
+		_, hasEnd := body["end"]
+		if n := len(chunkIDs(body)); n != tt.events || hasEnd != tt.hasEnd {
+			t.Errorf("filter %s: %d events, end present %v; want %d events, end present %v", tt.filter, n, hasEnd, tt.events, tt.hasEnd)
+		}
+	}
+}
