@@ -78,7 +78,7 @@ func (b *Bridge) Handler() http.Handler {
 	}
 	b.v1Slots = make(chan struct{}, b.MaxDeleteV1)
 	mux := http.NewServeMux()
-	for _, v := range []string{"v3", "r0", "api/v1"} {
+	for _, v := range []string{"v3", "r0", "api/v1", "unstable"} { // Synapse's client_patterns(..., v1=True)
 		mux.Handle("GET /_matrix/client/"+v+"/rooms/{roomId}/messages", b.serve("client_messages", false, b.clientMessages))
 	}
 	mux.Handle("GET /_synapse/admin/v1/rooms/{roomId}/messages", b.serve("admin_messages", true, b.adminMessages))

@@ -178,10 +178,14 @@ func TestHTTP_AuthAndErrors(t *testing.T) {
 		st, body := m.do(t, "GET", msgs, "carol", "")
 		wantErr(t, st, body, 403, "M_FORBIDDEN", "User @carol:test not in room !web:test, and room previews are disabled")
 	})
-	t.Run("filter and r0 path", func(t *testing.T) {
-		st, body := m.do(t, "GET", "/_matrix/client/r0/rooms/"+url.PathEscape(room.ID)+"/messages?dir=b&filter="+url.QueryEscape(`{"types":["m.room.message"]}`), "tok-bob", "")
-		if st != 200 || len(body["chunk"].([]any)) != 1 {
-			t.Fatalf("%d %v", st, body)
+	t.Run("filter and every prefix", func(t *testing.T) {
+		// Synapse's client_patterns(..., v1=True): r0, v3, api/v1 and
+		// unstable.
+		for _, prefix := range []string{"r0", "v3", "api/v1", "unstable"} {
+			st, body := m.do(t, "GET", "/_matrix/client/"+prefix+"/rooms/"+url.PathEscape(room.ID)+"/messages?dir=b&filter="+url.QueryEscape(`{"types":["m.room.message"]}`), "tok-bob", "")
+			if st != 200 || len(body["chunk"].([]any)) != 1 {
+				t.Fatalf("%s: %d %v", prefix, st, body)
+			}
 		}
 	})
 	t.Run("health and metrics", func(t *testing.T) {
