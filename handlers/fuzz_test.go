@@ -122,3 +122,23 @@ func TestParseLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestPyUnquote follows Python's urllib.parse.unquote.
+func TestPyUnquote(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":         "plain",
+		"%7B%22a%22%7D": `{"a"}`,
+		"%7b":           "{",
+		"100%":          "100%",
+		"%zz%4":         "%zz%4",
+		"%C3%A9":        "é",
+		"%FF":           "\uFFFD",
+		"a%20b%2":       "a b%2",
+		"é%20":          "é ",
+		"%25%32%30":     "%20", // once only
+	} {
+		if got := pyUnquote(in); got != want {
+			t.Errorf("strings.Clone(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

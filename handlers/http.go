@@ -541,9 +541,19 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 		req["dir"] = v
 	}
 	for _, k := range []string{"from", "to"} {
-		if q.Has(k) {
-			req[k] = q.Get(k)
+		if !q.Has(k) {
+			continue
 		}
+		v := q.Get(k)
+		// parse_string's ascii, then the token, both before limit and
+		// filter, as Synapse's PaginationConfig.from_request reads them.
+		if !isASCII(v) {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter '%s' must be ascii", k)
+		}
+		if _, err := parseTokenParam(k, v); err != nil {
+			return nil, err
+		}
+		req[k] = v
 	}
 	if q.Has("limit") {
 		n, err := parseLimit(q.Get("limit"))
@@ -553,7 +563,13 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 		req["limit"] = n
 	}
 	if q.Has("filter") {
-		f, err := parseJSONParam(q.Get("filter"))
+		// Synapse's parse_json: the value as UTF-8, URL-unquoted once more
+		// (urllib.parse.unquote), then JSON.
+		raw := q.Get("filter")
+		if !utf8.ValidString(raw) {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter 'filter' must be utf-8")
+		}
+		f, err := parseJSONParam(pyUnquote(raw))
 		if err != nil {
 			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
 		}
@@ -564,6 +580,55 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 		}
 	}
 	return req, nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// pyUnquote is Python's urllib.parse.unquote: each %XX becomes its byte,
+// a '%' not followed by two hex digits stays as it is, and the decoded
+// bytes are read as UTF-8 with invalid ones replaced by U+FFFD.
+func pyUnquote(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var out strings.Builder
+	var run []byte // decoded bytes not yet written
+	flush := func() {
+		out.WriteString(strings.ToValidUTF8(string(run), "\uFFFD"))
+		run = run[:0]
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			run = append(run, unhex(s[i+1])<<4|unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		flush()
+		out.WriteByte(s[i])
+	}
+	flush()
+	return out.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
 }
 
 // parseLimit follows Synapse's parse_integer: an integer (Python int()

@@ -86,22 +86,11 @@ func ParseMessagesRequest(m map[string]any) (*MessagesRequest, error) {
 		key string
 		dst **commands.StreamToken
 	}{{"from", &r.From}, {"to", &r.To}} {
-		v, ok := m[f.key]
-		if !ok || v == nil {
-			continue
-		}
-		s, ok := v.(string)
-		if !ok {
-			return nil, commands.Errorf(400, commands.CodeUnknown, "'%s' parameter is invalid", f.key)
-		}
-		if s == "" || (f.key == "from" && s == "END") {
-			continue // "END" is Synapse's old spelling of "no from"
-		}
-		t, err := commands.ParseStreamToken(s)
+		t, err := parseTokenParam(f.key, m[f.key])
 		if err != nil {
-			return nil, commands.Errorf(400, commands.CodeUnknown, "'%s' parameter is invalid", f.key)
+			return nil, err
 		}
-		*f.dst = &t
+		*f.dst = t
 	}
 	if v, ok := m["limit"]; ok && v != nil {
 		n, ok := commands.AsInt(v)
@@ -516,4 +505,25 @@ func ReleaseReply(b []byte) {
 	}
 	b = b[:0]
 	replyBufs.Put(&b)
+}
+
+// parseTokenParam reads a from or to parameter: nil when absent, null,
+// empty, or (from) "END", Synapse's old spelling of "no from"; 400
+// M_UNKNOWN "'<key>' parameter is invalid" when it is no stream token.
+func parseTokenParam(key string, v any) (*commands.StreamToken, error) {
+	if v == nil {
+		return nil, nil
+	}
+	s, ok := v.(string)
+	if !ok {
+		return nil, commands.Errorf(400, commands.CodeUnknown, "'%s' parameter is invalid", key)
+	}
+	if s == "" || (key == "from" && s == "END") {
+		return nil, nil
+	}
+	t, err := commands.ParseStreamToken(s)
+	if err != nil {
+		return nil, commands.Errorf(400, commands.CodeUnknown, "'%s' parameter is invalid", key)
+	}
+	return &t, nil
 }

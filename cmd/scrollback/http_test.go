@@ -482,3 +482,39 @@ func TestHTTP_MessagesRoomsFilter(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP_MessagesQueryParsing: /messages reads its parameters as
+// Synapse does (SYNAPSE.md 1.1): from and to (ASCII, then a token) before
+// limit and filter, so their errors win; the filter as UTF-8, unquoted
+// once more, then JSON.
+func TestHTTP_MessagesQueryParsing(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("parsing", "test")
+	seqs := m.publisher().Publish(t, append(room.Setup(alice, bob), room.Msg(alice, "one"), room.Msg(bob, "two"))...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := "/_matrix/client/v3/rooms/" + url.PathEscape(room.ID) + "/messages"
+	admin := "/_synapse/admin/v1/rooms/" + url.PathEscape(room.ID) + "/messages"
+	for _, c := range []struct {
+		query, code, text string
+	}{
+		{"from=zzz&limit=x", "M_UNKNOWN", "'from' parameter is invalid"},
+		{"to=zzz&limit=-1", "M_UNKNOWN", "'to' parameter is invalid"},
+		{"from=zzz&filter=%7Bnope", "M_UNKNOWN", "'from' parameter is invalid"},
+		{"from=s%C3%A9", "M_UNKNOWN", "Query parameter 'from' must be ascii"},
+		{"to=s%C3%A9&limit=x", "M_UNKNOWN", "Query parameter 'to' must be ascii"},
+		{"dir=x&from=zzz", "M_INVALID_PARAM", "Query parameter 'dir' must be one of ['b', 'f']"},
+		{"filter=%7B%22not_types%22%3A%5B%22%FF%22%5D%7D", "M_UNKNOWN", "Query parameter 'filter' must be utf-8"},
+	} {
+		for _, p := range []struct{ path, token string }{{msgs, "tok-alice"}, {admin, "tok-admin"}} {
+			st, body := m.do(t, "GET", p.path+"?"+c.query, p.token, "")
+			wantErr(t, st, body, 400, c.code, c.text)
+		}
+	}
+	once := url.QueryEscape(`{"types":["m.room.message"]}`)
+	st, body := m.do(t, "GET", msgs+"?dir=b&filter="+url.QueryEscape(once), "tok-alice", "")
+	if st != 200 || len(chunkIDs(body)) != 2 {
+		t.Fatalf("a filter encoded twice (Synapse unquotes it once more): %d %v, want the 2 messages", st, body)
+	}
+}
