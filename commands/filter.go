@@ -90,7 +90,9 @@ func errFilterNotObject() *Error {
 // JSON object" (Synapse crashes with a 500 there).
 //
 // Wrongly typed fields are tolerated and never panic: a list field whose
-// value is not an array is treated as absent; entries of a list that are
+// value is a string lists its characters, as Python iterates it ("types":
+// "m.room.message" matches no type, "types": "a*" every type); one that is
+// neither a string nor an array is treated as absent; entries of a list that are
 // not strings are dropped (they could never match an event; the list
 // stays non-nil, so "types": [5] rejects everything like "types": []);
 // contains_url is only read when it is a boolean; lazy_load_members uses
@@ -178,6 +180,20 @@ func stringList(name string, v any, total *int) ([]string, error) {
 			out = append(out, s)
 		}
 		return out, nil
+	case string:
+		// Its characters, each once: repeats change no match.
+		chars := []string{}
+		seen := map[rune]bool{}
+		for _, c := range l {
+			if !seen[c] {
+				if len(chars) == MaxFilterListLen {
+					return nil, errListTooLong(name)
+				}
+				seen[c] = true
+				chars = append(chars, string(c))
+			}
+		}
+		return stringList(name, chars, total)
 	case []string:
 		if len(l) > MaxFilterListLen {
 			return nil, errListTooLong(name)

@@ -153,9 +153,23 @@ func TestParseFilter_Leniency(t *testing.T) {
 				t.Errorf("Senders = %#v", f.Senders)
 			}
 		}},
-		{"string instead of list is absent", `{"types": "m.room.message", "senders": {"@a:hs": 1}, "org.matrix.labels": 7}`, func(t *testing.T, f *Filter) {
-			if f.Types != nil || f.Senders != nil || f.Labels != nil {
+		{"neither string nor list is absent", `{"senders": {"@a:hs": 1}, "org.matrix.labels": 7}`, func(t *testing.T, f *Filter) {
+			if f.Senders != nil || f.Labels != nil {
 				t.Errorf("got %+v", f)
+			}
+		}},
+		// Python iterates a string: its characters are the entries.
+		{"string instead of list is its characters", `{"types": "m.r", "not_senders": ""}`, func(t *testing.T, f *Filter) {
+			if strings.Join(f.Types, ",") != "m,.,r" || f.NotSenders == nil || len(f.NotSenders) != 0 {
+				t.Errorf("got %+v", f)
+			}
+			if f.PreLimit(EventMeta{Type: "m.room.message"}) || f.Check(EventMeta{Type: "m.room.message"}) {
+				t.Error("m.room.message passes types \"m.r\"")
+			}
+		}},
+		{"a string with a star matches every type", `{"types": "a*"}`, func(t *testing.T, f *Filter) {
+			if !f.PreLimit(EventMeta{Type: "m.room.message"}) {
+				t.Error("types \"a*\" (entries a and *) leaves m.room.message out before the limit")
 			}
 		}},
 		{"contains_url false", `{"contains_url": false}`, func(t *testing.T, f *Filter) {
@@ -249,7 +263,8 @@ func TestParseFilter_Limits(t *testing.T) {
 		{"string too long", `{"org.matrix.labels": ` + list(1, MaxFilterStringLen+1) + `}`, true, "filter field 'org.matrix.labels' has an entry longer than 1000 bytes"},
 		{"total too large", `{"types": ` + list(9, 1000) + `}`, true, "filter is too large: its lists hold more than 8192 bytes"},
 		{"total spread over lists", `{"types": ` + list(5, 1000) + `, "not_types": ` + list(5, 1000) + `}`, true, "filter is too large: its lists hold more than 8192 bytes"},
-		{"ignored field not limited", `{"types": "` + strings.Repeat("a", 5000) + `"}`, false, ""},
+		{"a string's characters count once each", `{"types": "` + strings.Repeat("a", 5000) + `"}`, false, ""},
+		{"ignored field not limited", `{"limit": ` + list(MaxFilterListLen+1, 1) + `}`, false, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
