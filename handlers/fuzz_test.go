@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/scrollback/scrollback/bus"
@@ -107,6 +108,13 @@ func TestParseLimit(t *testing.T) {
 		{"1.5", 0, "Query parameter limit must be an integer"},
 		{"", 0, "Query parameter limit must be an integer"},
 		{"--1", 0, "Query parameter limit must be an integer"},
+		// Python's int() of bytes: underscores between digits, ASCII
+		// whitespace only.
+		{"1_0", 10, ""}, {"\t5\n", 5, ""},
+		{"1__0", 0, "Query parameter limit must be an integer"},
+		{"_1", 0, "Query parameter limit must be an integer"},
+		{"1_", 0, "Query parameter limit must be an integer"},
+		{"\u00a05", 0, "Query parameter limit must be an integer"},
 	}
 	for _, tt := range tests {
 		n, err := parseLimit(tt.in)
@@ -140,5 +148,21 @@ func TestPyUnquote(t *testing.T) {
 		if got := pyUnquote(in); got != want {
 			t.Errorf("strings.Clone(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestTwistedQuery follows Twisted's parse_qs(qs, 1), which gives Synapse
+// its request.args.
+func TestTwistedQuery(t *testing.T) {
+	q := twistedQuery("dir=b;limit=1&raw&from=%zz&filter=%7B%7D&to=&a+b=c+d&dir=f")
+	for k, want := range map[string][]string{
+		"dir": {"b", "f"}, "limit": {"1"}, "from": {"%zz"}, "filter": {"{}"}, "to": {""}, "a b": {"c d"},
+	} {
+		if got := q[k]; strings.Join(got, "|") != strings.Join(want, "|") || len(got) != len(want) {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	if q.Has("raw") {
+		t.Error("a pair without '=' is kept")
 	}
 }

@@ -532,7 +532,7 @@ func (b *Bridge) request(ctx context.Context, rq Requester, subject string, req 
 // messagesQuery translates /messages query parameters into the request
 // map of the messages endpoint, with Synapse's parsing errors.
 func messagesQuery(r *http.Request) (map[string]any, error) {
-	q := r.URL.Query()
+	q := twistedQuery(r.URL.RawQuery)
 	req := map[string]any{}
 	if v := q.Get("dir"); q.Has("dir") {
 		if v != "b" && v != "f" {
@@ -617,6 +617,15 @@ func pyUnquote(s string) string {
 	return out.String()
 }
 
+// pythonDigits reports whether s is decimal digits as Python's int()
+// takes them: at least one, with single underscores between digits.
+func pythonDigits(s string) bool {
+	if s == "" || s[0] == '_' || s[len(s)-1] == '_' || strings.Contains(s, "__") {
+		return false
+	}
+	return strings.Trim(s, "0123456789_") == ""
+}
+
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
@@ -631,15 +640,56 @@ func unhex(c byte) byte {
 	return c - 'a' + 10
 }
 
-// parseLimit follows Synapse's parse_integer: an integer (Python int()
-// syntax: surrounding spaces, a sign, digits), never negative; huge
-// values are clamped later.
+// twistedQuery parses a query string as Twisted's parse_qs does for
+// Synapse's request.args: pairs are separated by '&' or ';', a pair
+// without '=' is dropped, '+' is a space, and %XX escapes are decoded
+// with a malformed one kept as it is (unquote_to_bytes). Go's
+// url.ParseQuery drops a pair with a malformed escape and keeps one
+// without '=' as empty.
+func twistedQuery(raw string) url.Values {
+	q := url.Values{}
+	for _, amp := range strings.Split(raw, "&") {
+		for _, item := range strings.Split(amp, ";") {
+			k, v, ok := strings.Cut(item, "=")
+			if !ok {
+				continue
+			}
+			k = unquoteBytes(strings.ReplaceAll(k, "+", " "))
+			q[k] = append(q[k], unquoteBytes(strings.ReplaceAll(v, "+", " ")))
+		}
+	}
+	return q
+}
+
+// unquoteBytes is Python's urllib.parse.unquote_to_bytes: each %XX
+// becomes its byte, and a '%' not followed by two hex digits stays.
+func unquoteBytes(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			out = append(out, unhex(s[i+1])<<4|unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
+
+// parseLimit follows Synapse's parse_integer, Python's int() of the
+// value's bytes: surrounding ASCII whitespace, a sign, digits with single
+// underscores between them; never negative; huge values are clamped
+// later.
 func parseLimit(s string) (int64, error) {
-	t := strings.TrimSpace(s)
+	t := strings.Trim(s, " \t\n\r\v\f")
 	digits := strings.TrimLeft(t, "+-")
-	if digits == "" || len(t)-len(digits) > 1 || strings.Trim(digits, "0123456789") != "" {
+	if !pythonDigits(digits) || len(t)-len(digits) > 1 {
 		return 0, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter limit must be an integer")
 	}
+	digits = strings.ReplaceAll(digits, "_", "")
 	if strings.HasPrefix(t, "-") {
 		if strings.Trim(digits, "0") == "" {
 			return 0, nil
