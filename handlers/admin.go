@@ -361,7 +361,11 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: ")
 	}
 	if u, _ := params["new_room_user_id"].(string); u != "" {
-		if !commands.IsLocalUser(u, a.ServerName) {
+		// v2 checks it before it schedules anything (Synapse's
+		// start_shutdown_and_purge_room); v1 leaves it to the shutdown,
+		// which checks it after the block and after an unknown room has
+		// ended it, as Synapse's shutdown_room does.
+		if !wait && !commands.IsLocalUser(u, a.ServerName) {
 			return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: %s", u)
 		}
 		// The command would fail its validation, without the block.

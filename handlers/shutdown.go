@@ -140,6 +140,11 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 	if !known {
 		return next(commands.TaskComplete, "")
 	}
+	if newUser != "" && !commands.IsLocalUser(newUser, r.ServerName) {
+		// Synapse's shutdown_room checks it here, after the block and an
+		// unknown room: the room stays blocked, and nobody is kicked.
+		return next(commands.TaskFailed, "400: User must be our own: "+newUser)
+	}
 	if newUser != "" && res.NewRoomID == "" {
 		reply, err := r.hs(ctx, "create_room", map[string]any{"txn_id": task.ID + "-create", "creator": newUser, "preset": "public_chat",
 			"name": roomName, "power_level_content_override": map[string]any{"users_default": int64(-10)}})

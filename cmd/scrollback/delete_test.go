@@ -324,3 +324,27 @@ func metric(t *testing.T, m *Main, series string) float64 {
 	v, _ := loadgen.PromValue(data, series)
 	return v
 }
+
+// TestDeleteRoom_V1ChecksTheNewRoomUserInTheShutdown: v1 has no check of
+// its own; Synapse's shutdown_room blocks the room, ends there for an
+// unknown room, and only then refuses someone else's new_room_user_id
+// (v2 refuses it before scheduling anything).
+func TestDeleteRoom_V1ChecksTheNewRoomUserInTheShutdown(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	body := `{"new_room_user_id": "@x:other.org", "block": true}`
+	st, reply := m.do(t, "DELETE", deletePath("v1", "!nowhere:test"), "tok-admin", body)
+	if st != 200 || reply["new_room_id"] != nil || len(strList(reply["kicked_users"])) != 0 {
+		t.Fatalf("v1 on an unknown room: %d %v; want 200 and the empty result", st, reply)
+	}
+	room := shutdownRoom(t, m, hs, "remoteuser", 1)
+	st, reply = m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", body)
+	wantErr(t, st, reply, 400, "M_UNKNOWN", "User must be our own: @x:other.org")
+	st, reply = m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape(room.ID)+"/block", "tok-admin", "")
+	if st != 200 || reply["block"] != true {
+		t.Fatalf("block after the refused v1 deletion: %d %v; want blocked", st, reply)
+	}
+	if n := leavesIn(hs, room.ID); n != 0 {
+		t.Fatalf("%d members were asked to leave", n)
+	}
+}
