@@ -456,11 +456,7 @@ func TestHTTP_IllegalRoomIDs(t *testing.T) {
 // the limit drops every row.
 func TestHTTP_MessagesRoomsFilter(t *testing.T) {
 	m := startMain(t)
-	room := testenv.NewRoom("rooms", "test")
-	seqs := m.publisher().Publish(t, append(room.Setup(alice, bob), room.Msg(alice, "one"), room.Msg(bob, "two"))...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	room, n := m.twoMessageRoom(t, "rooms")
 	msgs := "/_matrix/client/v3/rooms/" + url.PathEscape(room.ID) + "/messages"
 	for _, tt := range []struct {
 		filter string
@@ -470,7 +466,7 @@ func TestHTTP_MessagesRoomsFilter(t *testing.T) {
 		{`{"rooms":["!elsewhere:test"]}`, 0, false},
 		{`{"not_rooms":["` + room.ID + `"]}`, 0, false},
 		{`{"rooms":[]}`, 0, true},
-		{`{"rooms":["` + room.ID + `"], "not_rooms":["!elsewhere:test"]}`, len(seqs), true},
+		{`{"rooms":["` + room.ID + `"], "not_rooms":["!elsewhere:test"]}`, n, true},
 	} {
 		st, body := m.do(t, "GET", msgs+"?dir=b&filter="+url.QueryEscape(tt.filter), "tok-alice", "")
 		if st != 200 {
@@ -489,11 +485,7 @@ func TestHTTP_MessagesRoomsFilter(t *testing.T) {
 // once more, then JSON.
 func TestHTTP_MessagesQueryParsing(t *testing.T) {
 	m := startMain(t)
-	room := testenv.NewRoom("parsing", "test")
-	seqs := m.publisher().Publish(t, append(room.Setup(alice, bob), room.Msg(alice, "one"), room.Msg(bob, "two"))...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	room, _ := m.twoMessageRoom(t, "parsing")
 	msgs := "/_matrix/client/v3/rooms/" + url.PathEscape(room.ID) + "/messages"
 	admin := "/_synapse/admin/v1/rooms/" + url.PathEscape(room.ID) + "/messages"
 	for _, c := range []struct {
@@ -529,4 +521,16 @@ func TestHTTP_MessagesQueryParsing(t *testing.T) {
 	if st != 200 || len(chunkIDs(body)) != 2 {
 		t.Fatalf("a filter encoded twice (Synapse unquotes it once more): %d %v, want the 2 messages", st, body)
 	}
+}
+
+// twoMessageRoom publishes a room of alice and bob with two messages,
+// waits until it is applied, and returns it with its number of events.
+func (m *Main) twoMessageRoom(t *testing.T, name string) (*testenv.Room, int) {
+	t.Helper()
+	room := testenv.NewRoom(name, "test")
+	seqs := m.publisher().Publish(t, append(room.Setup(alice, bob), room.Msg(alice, "one"), room.Msg(bob, "two"))...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	return room, len(seqs)
 }
