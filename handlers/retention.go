@@ -157,7 +157,8 @@ type retentionTarget struct {
 
 // RunJob runs one job now and returns how many rooms it purged, and the
 // errors of the rooms it could not purge (the others are purged all the
-// same). A room is skipped when it has an active room deletion, when no
+// same). A room is skipped when it has an active room deletion or a purge
+// of the service's own still waiting for a slot (leaveAlone), when no
 // event is older than its lifetime, or when its purge cut-off is already
 // there: a run with nothing to purge costs one pass over the rooms'
 // current state.
@@ -210,7 +211,7 @@ var errNothingToPurge = errors.New("nothing to purge")
 // purgeRoom publishes the purge of one room's history older than its
 // lifetime, or returns errNothingToPurge.
 func (r *RetentionRunner) purgeRoom(ctx context.Context, t retentionTarget) error {
-	busy, err := r.deleting(t.roomID)
+	busy, err := r.leaveAlone(t.roomID)
 	if err != nil {
 		return err
 	}
@@ -243,14 +244,22 @@ func (r *RetentionRunner) purgeRoom(ctx context.Context, t retentionTarget) erro
 	return err
 }
 
-// deleting reports whether the room has an active deletion task.
-func (r *RetentionRunner) deleting(roomID string) (bool, error) {
+// leaveAlone reports whether a job leaves the room alone: it has an
+// active deletion task (Synapse skips those), or a purge of the service's
+// own (no requested_by) still waiting for a tasks.max_concurrent slot.
+// That purge's cut-off already holds for reads; publishing another at
+// every run would pile up tasks faster than slots free them, and the run
+// after it starts moves the cut-off on.
+func (r *RetentionRunner) leaveAlone(roomID string) (bool, error) {
 	tasks, err := r.Store.RoomTasks(roomID)
 	if err != nil {
 		return false, err
 	}
 	for _, t := range tasks {
-		if t.Status == commands.TaskActive && (t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom) {
+		switch {
+		case t.Status == commands.TaskActive && (t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom):
+			return true, nil
+		case t.Status == commands.TaskScheduled && t.Action == commands.ActionPurgeHistory && t.RequestedBy == "":
 			return true, nil
 		}
 	}

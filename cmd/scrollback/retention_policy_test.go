@@ -202,3 +202,65 @@ func publishAgedRoom(t *testing.T, m *Main, now time.Time, name string, state []
 func retentionPolicy(maxLifetime int64) testenv.Event {
 	return testenv.Event{"type": "m.room.retention", "content": map[string]any{"max_lifetime": maxLifetime}}
 }
+
+// TestRetention_OneWaitingPurgeARoom: while a room's retention purge waits
+// for a slot, later runs leave the room alone instead of adding a purge
+// each; once it has run, the next run purges what has aged since.
+func TestRetention_OneWaitingPurgeARoom(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+		c.Tasks.MaxConcurrent = 1
+		c.Homeserver.Timeout = commands.DurationOf(time.Minute)
+	})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	hs.StallLeave("@user0:test")
+	busy := shutdownRoom(t, m, hs, "slotholder", 1)
+	shutdownCmd(t, m, "slotholdertaskxx", busy.ID)
+	testenv.WaitFor(t, 10*time.Second, "the deletion to hold the one slot", func() bool {
+		return taskStatusOf(m, "slotholdertaskxx") == commands.TaskActive
+	})
+	room := testenv.NewRoom("aging", "test")
+	m.publisher().Publish(t, append(room.Setup(alice), room.Msg(alice, "one"))...)
+	later := 10 * 24 * time.Hour
+	m.Retention.Now = func() time.Time { return time.Now().Add(later) }
+	purges := func() int {
+		tasks, err := m.Store.RoomTasks(room.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, task := range tasks {
+			if task.Action == commands.ActionPurgeHistory {
+				n++
+			}
+		}
+		return n
+	}
+	run := func() int {
+		// The run sees what the log holds (it catches up first).
+		n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := run(); n != 1 || purges() != 1 {
+		t.Fatalf("first run purged %d rooms; the room has %d purges", n, purges())
+	}
+	// More history ages past the lifetime while the purge waits.
+	m.publisher().Publish(t, room.Msg(alice, "two"))
+	later = 20 * 24 * time.Hour
+	if n := run(); n != 0 || purges() != 1 {
+		t.Fatalf("a run while the purge waits purged %d rooms; the room has %d purges, want 1", n, purges())
+	}
+	hs.ReleaseStalled()
+	testenv.WaitFor(t, 30*time.Second, "the waiting purge to complete", func() bool {
+		tasks, _ := m.Store.RoomTasks(room.ID)
+		return len(tasks) == 1 && tasks[0].Status == commands.TaskComplete
+	})
+	// (The run purges the slot holder's room too, its deletion over.)
+	if run(); purges() != 2 {
+		t.Fatalf("after the run that follows the purge, the room has %d purges, want 2", purges())
+	}
+}
