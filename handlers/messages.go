@@ -290,12 +290,11 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	// without gaps).
 	var need *backfillNeed
 	if req.Backwards && req.Limit > 0 && v.HasGaps() {
+		// Synapse's curr_topo: the token's depth, or, for a stream token
+		// (or depth 0), the least depth at or after its position.
 		depth := from.Room.Topological
 		if !from.Room.IsTopological || depth == 0 {
-			depth, _, _ = v.MaxPosition()
-			if len(res.Rows) > 0 {
-				depth = res.Rows[0].Depth
-			}
+			depth = v.TopologicalAt(from.Room.Stream)
 		}
 		need = backfillDecision(res.Rows, req.Limit, depth)
 	}

@@ -597,3 +597,37 @@ func TestStore_TaskChangeClosesOnTaskCommits(t *testing.T) {
 		t.Fatalf("%d rooms keep a task channel with no waiter", n)
 	}
 }
+
+// TestTopologicalAt: Synapse's get_current_topological_token, the least
+// depth at or after a stream position, or the room's last event's past
+// its end, and 0 in a room without events.
+func TestTopologicalAt(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("topo", "test")
+	evs := r.Setup("@alice:test")
+	evs = append(evs, r.Msg("@alice:test", "a"), r.Msg("@alice:test", "b"))
+	apply(t, s, 10, evs...) // log sequences 10 on: stream orderings
+	last := evs[len(evs)-1]["depth"].(int64)
+	for stream, want := range map[int64]int64{
+		0:   evs[0]["depth"].(int64),
+		10:  evs[0]["depth"].(int64),
+		12:  evs[2]["depth"].(int64),
+		999: last,
+	} {
+		var got int64
+		if err := s.View(r.ID, func(v *projections.RoomView) error { got = v.TopologicalAt(stream); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("TopologicalAt(%d) = %d, want %d", stream, got, want)
+		}
+	}
+	if err := s.View("!empty:test", func(v *projections.RoomView) error {
+		if got := v.TopologicalAt(5); got != 0 {
+			t.Errorf("empty room: %d", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

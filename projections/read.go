@@ -141,6 +141,46 @@ func (v *RoomView) MaxPosition() (depth, stream int64, ok bool) {
 	return 0, 0, false
 }
 
+// topologicalScan bounds the events TopologicalAt looks at: past it, the
+// least depth seen stands for the rest (depths grow with the log but for
+// forks and late events, so the events next to the position decide).
+const topologicalScan = 10_000
+
+// TopologicalAt is Synapse's get_current_topological_token, the depth a
+// read from a stream token stands at: the least depth of the room's
+// timeline events at or after stream ordering stream, or of its last one
+// when stream is past the room's end; 0 in an empty room (COALESCE(MIN(
+// topological_ordering), 0) over stream_ordering >= LEAST(stream, the
+// room's greatest)). It looks at most topologicalScan events on.
+func (v *RoomView) TopologicalAt(stream int64) int64 {
+	if v.room == 0 {
+		return 0
+	}
+	prefix := u64(v.room)
+	c := v.bucket(bRStream).Cursor()
+	k, val := c.Seek(binary.BigEndian.AppendUint64(u64(v.room), order(stream)))
+	if k == nil || !bytes.HasPrefix(k, prefix) {
+		c.Seek(roomEnd(v.room))
+		k, val = c.Prev() // the room's greatest stream ordering
+	}
+	least, found := int64(math.MaxInt64), false
+	for n := 0; k != nil && bytes.HasPrefix(k, prefix) && n < topologicalScan; k, val = c.Next() {
+		n++
+		if len(val) < 8 {
+			continue
+		}
+		depth := int64(binary.BigEndian.Uint64(val))
+		if v.meta.purgedAway(depth, unorder(binary.BigEndian.Uint64(k[8:]))) {
+			continue
+		}
+		least, found = min(least, depth), true
+	}
+	if !found {
+		return 0
+	}
+	return least
+}
+
 // MaxDepth is the largest depth in the room's timeline (0 if empty).
 func (v *RoomView) MaxDepth() int64 {
 	if v.room == 0 {

@@ -330,3 +330,39 @@ func TestBackfill_APointTheReplyDidNotReachIsAskedAgain(t *testing.T) {
 		t.Fatalf("a read at the start gap did not ask for its point %s (requests: %d)", full[4].ID(), len(fed.Requests()))
 	}
 }
+
+// TestBackfill_FromAStreamTokenBeforeTheLocalHistory: a room joined over
+// federation (the local log starts at full[100], whose parents are
+// missing) that has moved on by 100 events since. A client paginates
+// backwards from a live token just before the first local event (sync's
+// prev_batch of the timeline that held the join). Synapse's curr_topo for
+// an s token is MIN(topological_ordering) of the events at or after it
+// (SYNAPSE.md 1.4 step 3), i.e. the join's depth, which is right at the
+// backward extremity: it backfills and returns the older history.
+func TestBackfill_FromAStreamTokenBeforeTheLocalHistory(t *testing.T) {
+	m := backfillMain(t, 2*time.Second)
+	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+	r := testenv.NewRoom("joinedlate", "test")
+	full := r.Setup(alice)
+	for len(full) < 200 {
+		full = append(full, r.Msg("@remote:other.org", fmt.Sprint(len(full))))
+	}
+	fed.Serve(r.ID, full...)
+	other := testenv.NewRoom("other", "test")
+	m.publisher().Publish(t, other.Setup(alice)...)
+	seqs := m.publisher().Publish(t, full[100:]...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	from := fmt.Sprintf("s%d_0_0_0_0_0_0_0_0_0_0_0_0", seqs[0]-1)
+	p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 10, "from": from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, hasEnd := p["end"]
+	asked := len(fed.Requests())
+	if got, want := chunkIDs(p), rev(ids(full[90:100])); !same(got, want) {
+		t.Fatalf("page from %s: %d events (end present: %v), %d backfill requests; want the 10 events before the join\n got  %v\n want %v",
+			from, len(got), hasEnd, asked, got, want)
+	}
+}
