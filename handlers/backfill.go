@@ -301,7 +301,11 @@ func (b *Backfiller) append(ctx context.Context, roomID string, events []any) (i
 			return n, last, fmt.Errorf("append backfilled event: %w", err)
 		}
 		n++
-		last = seq
+		// The greatest: an event the log already holds (one the reply
+		// repeats, within JetStream's duplicate window) acks with its
+		// first sequence, far below the new ones; waiting for the last
+		// ack read the page again before the new events were applied.
+		last = max(last, seq)
 	}
 	return n, last, nil
 }

@@ -1,8 +1,12 @@
 package handlers
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/testenv"
 )
 
 // TestBackfill_BackoffSaturates: the back-off doubles with each failure,
@@ -27,5 +31,53 @@ func TestBackfill_BackoffSaturates(t *testing.T) {
 		if base == time.Hour && last.Sub(now) != 256*time.Hour {
 			t.Errorf("an hour's back-off after 12 failures: %v, want 256h", last.Sub(now))
 		}
+	}
+}
+
+// TestBackfill_AppendWaitsForItsNewestEvent: a backfill reply may repeat
+// events the log holds; JetStream acks such a repeat (within its
+// duplicate window) with its first sequence, far below the new events'.
+// append must report the greatest sequence, or the read that waits for it
+// reads its page again before the new events are applied (its gap then
+// shows, or partly).
+func TestBackfill_AppendWaitsForItsNewestEvent(t *testing.T) {
+	n := testenv.NewNATS(t)
+	s := bus.Subjects{Prefix: "sb"}
+	ctx := context.Background()
+	if _, err := bus.EnsureStream(ctx, n.JS, s, "SCROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	log := &bus.Log{JS: n.JS, Stream: "SCROLLBACK", Subjects: s}
+	r := testenv.NewRoom("dups", "test")
+	evs := r.Setup("@alice:test")
+	old, nw := evs[0], evs[1]
+	data, err := bus.Encode(map[string]any(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := log.Append(ctx, s.Room(r.ID, "event"), old.ID(), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Backfiller{Log: log, Subjects: s}
+	// The new event, then the repeat, as a reply lists them newest first
+	// down to what the room holds, decoded as they come off the wire.
+	wire := func(e testenv.Event) any {
+		data, err := bus.Encode(map[string]any(e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := bus.DecodeMap(data, bus.DefaultLimits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	appended, last, err := b.append(ctx, r.ID, []any{wire(nw), wire(old)})
+	if err != nil || appended != 2 {
+		t.Fatalf("append = %d, %v", appended, err)
+	}
+	if last < first+1 {
+		t.Fatalf("append reports sequence %d; the new event is at %d or after (the repeat acks with %d)", last, first+1, first)
 	}
 }
