@@ -105,37 +105,51 @@ func (b *Backfiller) timeout() time.Duration {
 // log and waits until it is applied. It reports whether any event came.
 func (b *Backfiller) Maybe(ctx context.Context, roomID string, depth int64, limit int) bool {
 	b.init()
-	if c := b.call(roomID); c != nil {
-		return c.wait(ctx)
-	}
-	// The room's extremities are read without the lock: a backfill
-	// holding it through a bbolt read made every read near a gap queue
-	// behind it (a runtime trace of the mixed benchmark). A call that
-	// ends between this read and the lock may be asked again with points
-	// it already filled: harmless, its events come back as duplicates.
-	all, err := b.extremities(roomID)
-	if err != nil {
-		return false
-	}
-	b.mu.Lock()
-	if c, ok := b.inflight[roomID]; ok {
+	// One backfill of a room at a time, each for its own depth, as
+	// Synapse's _room_backfill linearizer runs them: a read that finds
+	// one under way waits for it, then decides for its own depth (what
+	// the other filled is no longer a gap; points it tried are backed
+	// off). It reports whether any backfill it waited for or ran brought
+	// events, so that its caller reads its page again.
+	came := false
+	for {
+		if c := b.call(roomID); c != nil {
+			came = c.wait(ctx) || came
+			if ctx.Err() != nil {
+				return came
+			}
+			continue
+		}
+		// The room's extremities are read without the lock: a backfill
+		// holding it through a bbolt read made every read near a gap
+		// queue behind it (a runtime trace of the mixed benchmark). A
+		// call that ends between this read and the lock may be asked
+		// again with points it already filled: harmless, its events
+		// come back as duplicates.
+		all, err := b.extremities(roomID)
+		if err != nil {
+			return came
+		}
+		b.mu.Lock()
+		if _, ok := b.inflight[roomID]; ok {
+			b.mu.Unlock()
+			continue
+		}
+		points := b.points(all, roomID, depth, limit)
+		if len(points) == 0 {
+			b.mu.Unlock()
+			return came
+		}
+		c := &backfillCall{done: make(chan struct{})}
+		b.inflight[roomID] = c
 		b.mu.Unlock()
-		return c.wait(ctx)
-	}
-	points := b.points(all, roomID, depth, limit)
-	if len(points) == 0 {
+		c.did = b.fetch(ctx, roomID, points)
+		b.mu.Lock()
+		delete(b.inflight, roomID)
 		b.mu.Unlock()
-		return false
+		close(c.done)
+		return c.did || came
 	}
-	c := &backfillCall{done: make(chan struct{})}
-	b.inflight[roomID] = c
-	b.mu.Unlock()
-	c.did = b.fetch(ctx, roomID, points)
-	b.mu.Lock()
-	delete(b.inflight, roomID)
-	b.mu.Unlock()
-	close(c.done)
-	return c.did
 }
 
 // call is the room's backfill under way, if any.

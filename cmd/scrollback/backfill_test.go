@@ -366,3 +366,44 @@ func TestBackfill_FromAStreamTokenBeforeTheLocalHistory(t *testing.T) {
 			from, len(got), hasEnd, asked, got, want)
 	}
 }
+
+// TestBackfill_AReadWaitsThenAsksForItsOwnGap: backfills of a room run one
+// at a time, each for its own depth, as Synapse's _room_backfill
+// linearizer runs them: a read that finds another's backfill under way
+// waits for it, then fills its own gap, where it took the other's result
+// and its page skipped its gap.
+func TestBackfill_AReadWaitsThenAsksForItsOwnGap(t *testing.T) {
+	m := backfillMain(t, 5*time.Second)
+	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+	fed.SetDelay(800 * time.Millisecond)
+	r := testenv.NewRoom("twodepths", "test")
+	full := r.Setup(alice)
+	for len(full) < 300 { // full[i] has depth i+1
+		full = append(full, r.Msg("@remote:other.org", fmt.Sprint(len(full))))
+	}
+	fed.Serve(r.ID, full...)
+	local := append(append(append([]testenv.Event{}, full[5:10]...), full[100:280]...), full[285:]...)
+	seqs := m.publisher().Publish(t, local...)
+	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Near the start: a short page, a backfill at depth 10.
+		from := fmt.Sprintf("t%d-%d", full[9]["depth"], seqs[4])
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30, "from": from}); err != nil {
+			t.Error(err)
+		}
+	}()
+	testenv.WaitFor(t, 10*time.Second, "the first read's backfill to be under way", func() bool { return len(fed.Requests()) >= 1 })
+	// Near the top: 30 events with a gap (full[280:285] missing).
+	p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if got, want := chunkIDs(p), rev(ids(full[270:])); !same(got, want) {
+		t.Fatalf("the top page still has the gap full[280:285] (backfill requests: %v)\n got  %v\n want %v", fed.Requests(), got, want)
+	}
+}
