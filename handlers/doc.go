@@ -42,9 +42,14 @@
 //
 // Reads that reach a backward extremity call the Backfiller (Synapse's
 // maybe_backfill): in the foreground when the page is short or gappy,
-// else in the background. Every read near a gap may call it, so its
-// lock guards only the in-flight calls and the back-off, never a bbolt
-// read: a convoy behind such a lock held up the reads under load. A page
+// else in the background. A room has one backfill under way at a time:
+// a read that finds one waits for it, then decides for its own depth
+// (Synapse's _room_backfill linearizer). Every read near a gap may call
+// it, so its lock guards only the in-flight calls and the back-off,
+// never a bbolt read: a convoy behind such a lock held up the reads under
+// load. A backfill waits for the greatest sequence it appended: a reply
+// repeats events the log holds, and JetStream acks a repeat with its
+// first sequence. A page
 // of a room without backward extremities (RoomView.HasGaps, asked in the
 // page's own transaction) does not call it at all.
 //
