@@ -158,6 +158,21 @@ func RedactionTarget(topLevelRedacts string, content map[string]any) string {
 	return s
 }
 
+// RedactionTargetIn is the event a redaction event redacts in a room of
+// roomVersion, read where the version keeps it, as Synapse's
+// EventBase.redacts reads it: the top-level "redacts" before v11, and
+// content.redacts from v11 on (MSC2176). "" when that place holds no
+// string: the event then redacts nothing, wherever else a target is
+// written (before v11 content.redacts is ordinary content that anybody
+// may send, and the auth rules never checked it).
+func RedactionTargetIn(roomVersion, topLevelRedacts string, content map[string]any) string {
+	if !redactionRulesFor(roomVersion).updated {
+		return topLevelRedacts
+	}
+	s, _ := content["redacts"].(string)
+	return s
+}
+
 // KeepsTopLevelRedacts reports whether the redaction algorithm of
 // roomVersion keeps a redacted event's top-level "redacts" key. It never
 // does: "redacts" is absent from the list of top-level keys that survive

@@ -196,15 +196,43 @@ func TestRedactions(t *testing.T) {
 		t.Fatalf("top-level redacted_because = %v", got["redacted_because"])
 	}
 	t.Run("content.redacts only (room v11) redacts and shows redacts", func(t *testing.T) {
-		m := r.Msg(bob, "v11 style target")
-		rd := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID()})
-		f.add(m, rd)
-		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
+		r11 := v11Room("v11redacts")
+		setup := v11Setup(r11)
+		m := r11.Msg(bob, "v11 style target")
+		rd := r11.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID()})
+		delete(rd, "redacts") // content.redacts alone
+		f.add(append(setup, m, rd)...)
+		p := f.mustRead(r11.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
 		if p.events[0]["redacts"] != m.ID() {
 			t.Fatalf("redaction event without top-level redacts: %v", p.events[0])
 		}
 		if c := p.events[1]["content"].(map[string]any); len(c) != 0 {
 			t.Fatalf("target not redacted: %v", c)
+		}
+	})
+	// Synapse's EventBase.redacts reads where the room version keeps the
+	// target; elsewhere it is ordinary content that the auth rules never
+	// checked, so anybody could erase anybody's message with it.
+	t.Run("content.redacts only before v11 redacts nothing", func(t *testing.T) {
+		m := r.Msg(alice, "alice's message")
+		rd := r.Next("m.room.redaction", bob, nil, map[string]any{"redacts": m.ID()})
+		delete(rd, "redacts") // content.redacts alone
+		f.add(m, rd)
+		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
+		if c := p.events[1]["content"].(map[string]any); c["body"] != "alice's message" {
+			t.Fatalf("a v10 message redacted by a content-only redacts: %v", c)
+		}
+	})
+	t.Run("top-level redacts only in v11 redacts nothing", func(t *testing.T) {
+		r11 := v11Room("v11toplevel")
+		setup := v11Setup(r11)
+		m := r11.Msg(alice, "alice's message")
+		rd := r11.Next("m.room.redaction", bob, nil, map[string]any{})
+		rd["redacts"] = m.ID()
+		f.add(append(setup, m, rd)...)
+		p := f.mustRead(r11.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
+		if c := p.events[1]["content"].(map[string]any); c["body"] != "alice's message" {
+			t.Fatalf("a v11 message redacted by a top-level-only redacts: %v", c)
 		}
 	})
 	t.Run("member events keep membership", func(t *testing.T) {
@@ -435,5 +463,19 @@ func TestVisibility_AMembershipAfterTheForgetEndsIt(t *testing.T) {
 	same(t, "page", pg.ids, idsOf([]testenv.Event{leave2, msg2}))
 	if want := fmt.Sprintf("t%d-%d", leave2["depth"], f.seqOf[leave2.ID()]) + zeros; pg.start != want {
 		t.Fatalf("start=%q, want the clamped %q", pg.start, want)
+	}
+}
+
+// v11Room is a room for v11Setup, which gives its first events: alice
+// creates it as version 11 (testenv's Setup makes version 10), bob joins.
+func v11Room(name string) *testenv.Room { return testenv.NewRoom(name, "test") }
+
+func v11Setup(r *testenv.Room) []testenv.Event {
+	return []testenv.Event{
+		r.Next("m.room.create", alice, testenv.S(""), map[string]any{"room_version": "11"}),
+		r.Join(alice),
+		r.Next("m.room.power_levels", alice, testenv.S(""), map[string]any{"users": map[string]any{alice: int64(100)}}),
+		r.Next("m.room.join_rules", alice, testenv.S(""), map[string]any{"join_rule": "public"}),
+		r.Join(bob),
 	}
 }

@@ -248,7 +248,11 @@ func addCount(b *bolt.Bucket, k []byte, delta int64) error {
 // redacted.
 func indexEventRelations(tx *bolt.Tx, room uint64, ev *commands.Event, r *Row, stream int64) error {
 	if ev.Type == "m.room.redaction" {
-		if target := commands.RedactionTarget(ev.Redacts, ev.Content); target != "" {
+		target := commands.RedactionTarget(ev.Redacts, ev.Content)
+		if version, ok := roomVersion(tx, room); ok {
+			target = commands.RedactionTargetIn(version, ev.Redacts, ev.Content)
+		}
+		if target != "" {
 			if err := applyRedaction(tx, room, target, ev.EventID, stream); err != nil {
 				return err
 			}
@@ -258,6 +262,25 @@ func indexEventRelations(tx *bolt.Tx, room uint64, ev *commands.Event, r *Row, s
 		return nil
 	}
 	return indexRelation(tx, room, r, ev.Depth, stream)
+}
+
+// roomVersion is the room version of the room's m.room.create state
+// event ("" for one without content.room_version, version 1), and false
+// while the room has none on its timeline (history joined over
+// federation may not reach it): a redaction's target is then read from
+// either place (commands.RedactionTarget).
+func roomVersion(tx *bolt.Tx, room uint64) (string, bool) {
+	prefix := statePrefix(room, "m.room.create", "")
+	c := tx.Bucket(bState).Cursor()
+	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
+		if len(k) != len(prefix)+16 {
+			continue // a longer state key with this one as prefix
+		}
+		if _, summary, ok := parseStateVal(val); ok {
+			return summary, true
+		}
+	}
+	return "", false
 }
 
 // markRoom updates the room's meta when change reports a change.

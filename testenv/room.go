@@ -69,6 +69,12 @@ func (r *Room) Next(typ, sender string, stateKey *string, content map[string]any
 	if stateKey != nil {
 		ev["state_key"] = *stateKey
 	}
+	if target, ok := content["redacts"].(string); ok && typ == "m.room.redaction" {
+		// Both places, as a homeserver's client format has it: room
+		// versions before 11 (the rooms Setup makes are version 10) read
+		// the top level, v11 reads content.redacts.
+		ev["redacts"] = target
+	}
 	r.prev = []string{ev.ID()}
 	return ev
 }
