@@ -393,7 +393,7 @@ func TestMessages_RejectedSoftFailedAndClientFormat(t *testing.T) {
 	soft := r.Msg(bob, "soft")
 	soft["soft_failed"] = true
 	withAge := r.Msg(alice, "aged")
-	withAge["unsigned"] = map[string]any{"age": int64(5000), "transaction_id": "txn1"}
+	withAge["unsigned"] = map[string]any{"age": int64(5000), "org.example.kept": "txn1"}
 	evs = append(evs, topic1, topic2, rej1, rej2, soft, withAge)
 	f.add(evs...)
 
@@ -431,7 +431,7 @@ func TestMessages_RejectedSoftFailedAndClientFormat(t *testing.T) {
 		if age, _ := commands.AsInt(ev["age"]); age != wantAge {
 			t.Errorf("age=%v, want %d", ev["age"], wantAge)
 		}
-		if un["transaction_id"] != "txn1" {
+		if un["org.example.kept"] != "txn1" {
 			t.Errorf("published unsigned lost: %v", un)
 		}
 	})

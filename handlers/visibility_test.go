@@ -479,3 +479,30 @@ func v11Setup(r *testenv.Room) []testenv.Event {
 		r.Join(bob),
 	}
 }
+
+// TestClientEvent_NoStrippedStateNorTransactionID: SYNAPSE.md 1.5,
+// "Invite/knock stripped state removed from unsigned", and
+// unsigned.transaction_id only for the sender's own device, which the
+// service cannot tell: published values never reach a page.
+func TestClientEvent_NoStrippedStateNorTransactionID(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("stripped", "test")
+	evs := r.Setup(alice)
+	invite := r.Member(alice, bob, "invite")
+	invite["unsigned"] = map[string]any{"invite_room_state": []any{map[string]any{"type": "m.room.name", "state_key": "", "sender": alice, "content": map[string]any{"name": "secret"}}}}
+	knock := r.Member(carol, carol, "knock")
+	knock["unsigned"] = map[string]any{"knock_room_state": []any{map[string]any{"type": "m.room.name", "state_key": "", "sender": alice, "content": map[string]any{"name": "secret"}}}}
+	msg := r.Msg(alice, "hi")
+	msg["unsigned"] = map[string]any{"transaction_id": "m1234"}
+	f.add(append(evs, invite, knock, msg)...)
+	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 3})
+	same(t, "page", p.ids, []string{msg.ID(), knock.ID(), invite.ID()})
+	for _, ev := range p.events {
+		un := ev["unsigned"].(map[string]any)
+		for _, k := range []string{"invite_room_state", "knock_room_state", "transaction_id"} {
+			if _, ok := un[k]; ok {
+				t.Errorf("%s: unsigned.%s present: %v", ev["event_id"], k, un[k])
+			}
+		}
+	}
+}

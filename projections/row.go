@@ -101,10 +101,14 @@ func encodeMsgpack(v any) ([]byte, error) {
 }
 
 // computedUnsigned are the unsigned keys the service computes at read
-// time; published values of them are dropped.
+// time, and those Synapse never serves in /messages (the stripped room
+// state of invites and knocks, which serialize_event pops, and the
+// sender's transaction_id, only ever for the sender's own device, which
+// the service cannot tell); published values of them are dropped.
 var computedUnsigned = map[string]bool{
 	"age": true, "prev_content": true, "prev_sender": true, "replaces_state": true,
 	"redacted_because": true, "redacted_by": true, "membership": true, "m.relations": true,
+	"invite_room_state": true, "knock_room_state": true, "transaction_id": true,
 }
 
 // newRow builds the stored form of an event.

@@ -13,7 +13,7 @@ func TestRow_RoundTrip(t *testing.T) {
 	sk := "@a:x"
 	ev := &commands.Event{EventID: "$e", Type: "m.room.member", Sender: "@a:x", StateKey: &sk, OriginServerTS: 42, Depth: 3,
 		Content:  map[string]any{"membership": "join", "url": "mxc://x/y", "org.matrix.labels": []any{"#a", 5}},
-		Unsigned: map[string]any{"age": int64(10), "transaction_id": "t", "prev_content": "dropped"}, SoftFailed: true}
+		Unsigned: map[string]any{"age": int64(10), "org.example.kept": "t", "prev_content": "dropped"}, SoftFailed: true}
 	r, err := newRow(ev, 1000)
 	if err != nil {
 		t.Fatal(err)
