@@ -213,13 +213,7 @@ func TestRetention_OneWaitingPurgeARoom(t *testing.T) {
 		c.Tasks.MaxConcurrent = 1
 		c.Homeserver.Timeout = commands.DurationOf(time.Minute)
 	})
-	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
-	hs.StallLeave("@user0:test")
-	busy := shutdownRoom(t, m, hs, "slotholder", 1)
-	shutdownCmd(t, m, "slotholdertaskxx", busy.ID)
-	testenv.WaitFor(t, 10*time.Second, "the deletion to hold the one slot", func() bool {
-		return taskStatusOf(m, "slotholdertaskxx") == commands.TaskActive
-	})
+	hs := holdTheOneSlot(t, m, "slotholder", "slotholdertaskxx")
 	room := testenv.NewRoom("aging", "test")
 	m.publisher().Publish(t, append(room.Setup(alice), room.Msg(alice, "one"))...)
 	later := 10 * 24 * time.Hour

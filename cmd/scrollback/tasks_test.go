@@ -267,13 +267,7 @@ func TestTasks_AnAdminsTaskGoesBeforeRetentionPurges(t *testing.T) {
 		c.Tasks.MaxConcurrent = 1
 		c.Homeserver.Timeout = commands.DurationOf(time.Minute)
 	})
-	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
-	hs.StallLeave("@user0:test")
-	busy := shutdownRoom(t, m, hs, "busy", 1)
-	shutdownCmd(t, m, "busybusybusybusy", busy.ID)
-	testenv.WaitFor(t, 10*time.Second, "the shutdown to hold the one slot", func() bool {
-		return taskStatusOf(m, "busybusybusybusy") == commands.TaskActive && leavesIn(hs, busy.ID) >= 1
-	})
+	hs := holdTheOneSlot(t, m, "busy", "busybusybusybusy")
 
 	purge := func(id string, room *testenv.Room, cut testenv.Event, by string) {
 		cmd := map[string]any{"id": id, "action": commands.ActionPurgeHistory, "room_id": room.ID,
@@ -327,4 +321,19 @@ func TestTasks_AnAdminsTaskGoesBeforeRetentionPurges(t *testing.T) {
 			t.Errorf("retention purge %s went active at seq %d, before the admin's purge (seq %d)", id, s, admin)
 		}
 	}
+}
+
+// holdTheOneSlot starts a shutdown of a new room that hangs on user0's
+// leave, so that it holds a tasks.max_concurrent of 1 until the returned
+// homeserver's ReleaseStalled.
+func holdTheOneSlot(t *testing.T, m *Main, room, id string) *testenv.Homeserver {
+	t.Helper()
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	hs.StallLeave("@user0:test")
+	busy := shutdownRoom(t, m, hs, room, 1)
+	shutdownCmd(t, m, id, busy.ID)
+	testenv.WaitFor(t, 10*time.Second, "the shutdown to hold the one slot", func() bool {
+		return taskStatusOf(m, id) == commands.TaskActive && leavesIn(hs, busy.ID) >= 1
+	})
+	return hs
 }
