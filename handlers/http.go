@@ -591,30 +591,12 @@ func isASCII(s string) bool {
 	return true
 }
 
-// pyUnquote is Python's urllib.parse.unquote: each %XX becomes its byte,
-// a '%' not followed by two hex digits stays as it is, and the decoded
-// bytes are read as UTF-8 with invalid ones replaced by U+FFFD.
+// pyUnquote is Python's urllib.parse.unquote for a valid UTF-8 s:
+// unquoteBytes, then the decoded bytes read as UTF-8 with invalid ones
+// replaced by U+FFFD (s's own characters are whole, so only decoded bytes
+// can be invalid).
 func pyUnquote(s string) string {
-	if !strings.Contains(s, "%") {
-		return s
-	}
-	var out strings.Builder
-	var run []byte // decoded bytes not yet written
-	flush := func() {
-		out.WriteString(strings.ToValidUTF8(string(run), "\uFFFD"))
-		run = run[:0]
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
-			run = append(run, unhex(s[i+1])<<4|unhex(s[i+2]))
-			i += 2
-			continue
-		}
-		flush()
-		out.WriteByte(s[i])
-	}
-	flush()
-	return out.String()
+	return strings.ToValidUTF8(unquoteBytes(s), "\uFFFD")
 }
 
 // pythonDigits reports whether s is decimal digits as Python's int()

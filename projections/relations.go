@@ -249,7 +249,11 @@ func addCount(b *bolt.Bucket, k []byte, delta int64) error {
 func indexEventRelations(tx *bolt.Tx, room uint64, ev *commands.Event, r *Row, stream int64) error {
 	if ev.Type == "m.room.redaction" {
 		target := commands.RedactionTarget(ev.Redacts, ev.Content)
-		if version, ok := roomVersion(tx, room); ok {
+		version, known, err := roomVersion(tx, room)
+		if err != nil {
+			return err
+		}
+		if known {
 			target = commands.RedactionTargetIn(version, ev.Redacts, ev.Content)
 		}
 		if target != "" {
@@ -264,23 +268,18 @@ func indexEventRelations(tx *bolt.Tx, room uint64, ev *commands.Event, r *Row, s
 	return indexRelation(tx, room, r, ev.Depth, stream)
 }
 
-// roomVersion is the room version of the room's m.room.create state
-// event ("" for one without content.room_version, version 1), and false
-// while the room has none on its timeline (history joined over
+// roomVersion is the room version of the room's current m.room.create
+// state event ("" for one without content.room_version, version 1), and
+// false while the room has none on its timeline (history joined over
 // federation may not reach it): a redaction's target is then read from
 // either place (commands.RedactionTarget).
-func roomVersion(tx *bolt.Tx, room uint64) (string, bool) {
-	prefix := statePrefix(room, "m.room.create", "")
-	c := tx.Bucket(bState).Cursor()
-	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
-		if len(k) != len(prefix)+16 {
-			continue // a longer state key with this one as prefix
-		}
-		if _, summary, ok := parseStateVal(val); ok {
-			return summary, true
-		}
+func roomVersion(tx *bolt.Tx, room uint64) (string, bool, error) {
+	meta, err := getRoomMeta(tx, room)
+	if err != nil {
+		return "", false, err
 	}
-	return "", false
+	e, ok := (&RoomView{tx: tx, room: room, meta: meta}).CurrentState("m.room.create", "")
+	return e.Summary, ok, nil
 }
 
 // markRoom updates the room's meta when change reports a change.
