@@ -423,6 +423,9 @@ func TestDeleteRoom_V1WaitersLeaveWorkersForReads(t *testing.T) {
 		}
 	}
 	testenv.WaitFor(t, 10*time.Second, "the v1 calls to be handled", func() bool { return apiInFlight(t, m.NC, "delete") >= calls+1 }) // and stuckDeletion's v2 call
+	// A call counts as in flight when a worker takes it, and as detached
+	// a moment later; the operator sees every one of them wait.
+	testenv.WaitFor(t, 10*time.Second, "every v1 call to wait detached", func() bool { return metric(t, m, "scrollback_requests_detached") == calls })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := api(ctx, m.NC, subjects.APIRoom(room.ID, "messages"), map[string]any{"admin": true, "limit": 1}); err != nil {
@@ -435,7 +438,7 @@ func TestDeleteRoom_V1WaitersLeaveWorkersForReads(t *testing.T) {
 		msg, _ := answers.NextMsg(time.Second)
 		t.Fatalf("%d of %d waiting v1 deletions answered before the deletion they wait for ended, first: %s %s", n, calls, msg.Header.Get("Nats-Service-Error"), msg.Data)
 	}
-	// The operator sees them wait.
+	// Still waiting, and still counted, after the read.
 	if v := metric(t, m, "scrollback_requests_detached"); v != calls {
 		t.Fatalf("scrollback_requests_detached = %v, want %d", v, calls)
 	}
