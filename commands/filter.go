@@ -65,8 +65,12 @@ type Filter struct {
 	// FederationFormat is event_format == "federation": the caller then
 	// answers with raw PDUs, as with ?raw (SYNAPSE.md 1.1 step 4).
 	FederationFormat bool
-	// RelatedBySenders and RelatedByRelTypes (MSC3440) are parsed and kept
-	// for the caller; PreLimit and Check do not look at them.
+	// RelatedBySenders and RelatedByRelTypes (MSC3440) keep the events
+	// that some other event relates to, from one of those senders and
+	// with one of those relation types (one relation meeting both; an
+	// empty list constrains nothing, as Synapse finds it falsy). Only the
+	// store knows an event's relations: PreLimit and Check do not look at
+	// them, and a reader asks FiltersRelations.
 	RelatedBySenders, RelatedByRelTypes []string
 
 	// sqlTypes and sqlNotTypes are Types and NotTypes compiled for
@@ -351,6 +355,14 @@ func (f *Filter) ExcludesRoom(roomID string) bool {
 func (f *Filter) PreLimitAll() bool {
 	return f == nil || len(f.Types) == 0 && len(f.sqlTypes) == 0 && len(f.NotTypes) == 0 && len(f.sqlNotTypes) == 0 &&
 		len(f.Senders) == 0 && len(f.NotSenders) == 0 && len(f.Labels) == 0 && (f.ContainsURL == nil || !*f.ContainsURL)
+}
+
+// FiltersRelations reports whether related_by_senders or
+// related_by_rel_types constrain events: a reader must then keep only the
+// events with a relation that meets them, before the limit (Synapse's SQL
+// joins event_relations, and Filter.filter checks the same again).
+func (f *Filter) FiltersRelations() bool {
+	return f != nil && (len(f.RelatedBySenders) > 0 || len(f.RelatedByRelTypes) > 0)
 }
 
 // Check is Synapse's Filter.filter check (filtering.py _check), applied

@@ -415,11 +415,29 @@ func TestFilter_Labels(t *testing.T) {
 	})
 }
 
-func TestFilter_RelatedByIgnoredByChecks(t *testing.T) {
+func TestFilter_RelatedByLeftToTheStore(t *testing.T) {
 	runFilterCases(t, []filterCase{
 		{"related_by_* do not filter here", `{"related_by_senders": ["@z:hs"], "related_by_rel_types": ["m.thread"]}`, ev("m.room.message"), true, true},
 		{"lazy_load_members does not filter", `{"lazy_load_members": true}`, ev("m.room.message"), true, true},
 	})
+	for _, tt := range []struct {
+		filter string
+		want   bool
+	}{
+		{`{"related_by_senders": ["@z:hs"]}`, true},
+		{`{"related_by_rel_types": ["m.thread"]}`, true},
+		{`{"related_by_senders": "@z"}`, true},
+		{`{"related_by_senders": [], "related_by_rel_types": []}`, false},
+		{`{"related_by_senders": [5]}`, false},
+		{`{"related_by_senders": null, "types": ["m.room.message"]}`, false},
+	} {
+		if got := mustFilter(t, tt.filter).FiltersRelations(); got != tt.want {
+			t.Errorf("%s: FiltersRelations() = %v, want %v", tt.filter, got, tt.want)
+		}
+	}
+	if (*Filter)(nil).FiltersRelations() {
+		t.Error("a nil filter filters relations")
+	}
 }
 
 func TestFilter_HandBuilt(t *testing.T) {

@@ -380,6 +380,83 @@ func TestMessages_Filters(t *testing.T) {
 	})
 }
 
+// TestMessages_RelatedByFilters: related_by_senders and
+// related_by_rel_types keep the events that have a relation from one of
+// those senders and of one of those types (one relation meeting both),
+// before the limit (SYNAPSE.md 1.2; Synapse's PaginationTestCase in
+// tests/storage/test_stream.py). An empty list constrains nothing, as in
+// Synapse, where it is falsy. A redacted relation no longer counts
+// (Synapse deletes its event_relations row).
+func TestMessages_RelatedByFilters(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("relatedby", "test")
+	evs := r.Setup(alice, bob, carol)
+	first := r.Msg(alice, "test1")
+	e1 := r.Msg(alice, "message 1")
+	e2 := r.Msg(alice, "message 2")
+	react := func(sender, target, key string) testenv.Event {
+		return r.Next("m.reaction", sender, nil, map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": target, "key": key}})
+	}
+	bobOn1 := react(bob, e1.ID(), "👍")
+	bobOn1Again := react(bob, e1.ID(), "b")
+	carolOn2 := r.Next("m.room.message", carol, nil, map[string]any{"body": "ref", "m.relates_to": map[string]any{"rel_type": "m.reference", "event_id": e2.ID()}})
+	e3 := r.Msg(alice, "message 3")
+	aliceOn3 := r.Next("m.room.message", alice, nil, map[string]any{"body": "edit", "m.relates_to": map[string]any{"rel_type": "m.replace", "event_id": e3.ID()}})
+	unrelate := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": aliceOn3.ID()})
+	f.add(append(evs, first, e1, e2, bobOn1, bobOn1Again, carolOn2, e3, aliceOn3, unrelate)...)
+
+	read := func(filter map[string]any, limit int, from string) page {
+		req := map[string]any{"user_id": alice, "dir": "b", "limit": limit, "filter": filter}
+		if from != "" {
+			req["from"] = from
+		}
+		return f.mustRead(r.ID, req)
+	}
+	tests := []struct {
+		name   string
+		filter map[string]any
+		want   []testenv.Event
+	}{
+		{"senders: bob", map[string]any{"related_by_senders": []any{bob}}, []testenv.Event{e1}},
+		{"senders: carol", map[string]any{"related_by_senders": []any{carol}}, []testenv.Event{e2}},
+		{"senders: either", map[string]any{"related_by_senders": []any{bob, carol}}, []testenv.Event{e2, e1}},
+		{"rel types: annotation", map[string]any{"related_by_rel_types": []any{"m.annotation"}}, []testenv.Event{e1}},
+		{"rel types: reference", map[string]any{"related_by_rel_types": []any{"m.reference"}}, []testenv.Event{e2}},
+		{"rel types: either", map[string]any{"related_by_rel_types": []any{"m.annotation", "m.reference"}}, []testenv.Event{e2, e1}},
+		{"both, one relation meets them", map[string]any{"related_by_senders": []any{bob}, "related_by_rel_types": []any{"m.annotation"}}, []testenv.Event{e1}},
+		{"both, no one relation meets them", map[string]any{"related_by_senders": []any{bob}, "related_by_rel_types": []any{"m.reference"}}, nil},
+		{"a redacted relation does not count", map[string]any{"related_by_senders": []any{alice}}, nil},
+		{"with types", map[string]any{"related_by_rel_types": []any{"m.annotation", "m.reference"}, "types": []any{"m.room.message"}, "not_senders": []any{carol}}, []testenv.Event{e2, e1}},
+		{"the relating events have none", map[string]any{"related_by_rel_types": []any{"m.annotation", "m.reference"}, "types": []any{"m.reaction"}}, nil},
+		{"a string lists its characters", map[string]any{"related_by_senders": "@bob:test"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := read(tt.filter, 100, "")
+			same(t, "chunk", p.ids, idsOf(tt.want))
+		})
+	}
+	t.Run("empty lists constrain nothing", func(t *testing.T) {
+		types := []any{"m.room.message", "m.reaction"}
+		all := read(map[string]any{"types": types}, 100, "")
+		p := read(map[string]any{"related_by_senders": []any{}, "related_by_rel_types": []any{}, "types": types}, 100, "")
+		if len(all.ids) != 8 {
+			t.Fatalf("%d messages and reactions, want 8", len(all.ids))
+		}
+		same(t, "chunk", p.ids, all.ids)
+	})
+	t.Run("before the limit", func(t *testing.T) {
+		filter := map[string]any{"related_by_senders": []any{bob, carol}}
+		p := read(filter, 1, "")
+		same(t, "first page", p.ids, []string{e2.ID()})
+		if !p.hasEnd {
+			t.Fatalf("page=%+v", p)
+		}
+		p = read(filter, 1, p.end)
+		same(t, "second page", p.ids, []string{e1.ID()})
+	})
+}
+
 func TestMessages_RejectedSoftFailedAndClientFormat(t *testing.T) {
 	f := newFixture(t)
 	r := testenv.NewRoom("fmt", "test")

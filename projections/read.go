@@ -377,7 +377,11 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 		step = c.Prev
 	}
 	rows := rowBlock{n: q.Limit}
-	head := !q.Filter.PreLimitAll()
+	var related *relatedByQuery // related_by_*: asked of the store, row by row
+	if q.Filter.FiltersRelations() {
+		related = newRelatedByQuery(q.Filter)
+	}
+	readHead := related != nil || !q.Filter.PreLimitAll()
 	scanned := 0
 	cut := false // MaxScan ended the page
 	var lastDepth, lastStream int64
@@ -407,14 +411,17 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 		}
 		scanned++
 		lastDepth, lastStream = depth, stream
-		if head {
+		if readHead {
 			// Only a filter looks at the head: reading it for every row
 			// took a quarter of an unfiltered page's time in Paginate.
-			flags, typ, sender, labels, err := rowHead(val)
+			h, err := rowHead(val)
 			if err != nil {
 				return nil, fmt.Errorf("projections: timeline row %x: %w", k, err)
 			}
-			if !q.Filter.PreLimit(commands.EventMeta{Type: string(typ), Sender: string(sender), HasURL: flags&flagHasURL != 0, Labels: labels}) {
+			if !q.Filter.PreLimit(commands.EventMeta{Type: string(h.typ), Sender: string(h.sender), HasURL: h.flags&flagHasURL != 0, Labels: h.labels}) {
+				continue
+			}
+			if related != nil && !v.relatedBy(string(h.id), related) {
 				continue
 			}
 		}

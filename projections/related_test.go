@@ -375,3 +375,67 @@ func BenchmarkAddRelatedMarks(b *testing.B) {
 	}
 	b.ReportMetric(float64(relations)*float64(b.N)/took.Seconds(), "relations/s")
 }
+
+// TestRelatedBy_PurgedRelations: a filter's related_by_senders and
+// related_by_rel_types no longer count a relation from a purged event,
+// from the moment the purge is applied: before the janitor has deleted
+// the relating row, whose counts still include it, and after.
+func TestRelatedBy_PurgedRelations(t *testing.T) {
+	const remote, other = "@remote:other.org", "@other:other.org"
+	r := testenv.NewRoom("relby", "test")
+	setup := r.Setup("@alice:test", remote, other)
+	msgs := remoteMsgs(r, 5)
+	target := r.Msg(remote, "target")
+	// A relation from an event deeper in the past than its target (one
+	// that came in through a fork), below the purge's cut-off.
+	r.StartAt(msgs[1]["depth"].(int64), msgs[0].ID())
+	purged := r.Next("m.reaction", remote, nil, map[string]any{"m.relates_to": map[string]any{"rel_type": commands.RelAnnotation, "event_id": target.ID(), "key": "x"}})
+	r.StartAt(target["depth"].(int64)+1, target.ID())
+	kept := r.Next("m.reaction", other, nil, map[string]any{"m.relates_to": map[string]any{"rel_type": commands.RelAnnotation, "event_id": target.ID(), "key": "y"}})
+
+	s := openWithServer(t)
+	next := apply(t, s, 1, append(append(append([]testenv.Event{}, setup...), msgs...), target, purged, kept)...)
+	page := func(filter map[string]any) []string {
+		t.Helper()
+		f, err := commands.ParseFilter(filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		err = s.View(r.ID, func(v *projections.RoomView) error {
+			res, err := v.Paginate(projections.PageQuery{RoomID: r.ID, Backwards: true, Limit: 100, Filter: f})
+			for _, row := range res.Rows {
+				ids = append(ids, strings.Clone(row.EventID))
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, tt := range []struct {
+			filter map[string]any
+			want   []string
+		}{
+			{map[string]any{"related_by_senders": []any{remote}}, nil},
+			{map[string]any{"related_by_senders": []any{other}}, []string{target.ID()}},
+			{map[string]any{"related_by_senders": []any{remote, other, "@a:x", "@b:x"}}, []string{target.ID()}},
+			{map[string]any{"related_by_rel_types": []any{commands.RelAnnotation}}, []string{target.ID()}},
+			{map[string]any{"related_by_rel_types": []any{commands.RelAnnotation}, "related_by_senders": []any{remote}}, nil},
+		} {
+			if got := page(tt.filter); !slices.Equal(got, tt.want) {
+				t.Errorf("%s: %v: %v, want %v", when, tt.filter, got, tt.want)
+			}
+		}
+	}
+	if got := page(map[string]any{"related_by_senders": []any{remote}}); !slices.Equal(got, []string{target.ID()}) {
+		t.Fatalf("before the purge: %v, want the target", got)
+	}
+	applyCmd(t, s, next, r.ID, "p", commands.ActionPurgeHistory, purgeAt(msgs[3]))
+	check("before the janitor")
+	drainJanitor(t, s)
+	check("after the janitor")
+}

@@ -466,3 +466,130 @@ func (v *RoomView) Holds(eventID string) bool {
 	}
 	return !v.meta.purged(v.tx, loc, rowAt(v.bucket, evKey(v.room, eventID), loc))
 }
+
+// relatedByQuery is a filter's related_by_senders and related_by_rel_types
+// for one page, prepared once: the senders as a set, for walks over the
+// senders of a relation type.
+type relatedByQuery struct {
+	senders  []string
+	senderIn map[string]bool
+	relTypes []string
+}
+
+func newRelatedByQuery(f *commands.Filter) *relatedByQuery {
+	q := &relatedByQuery{senders: f.RelatedBySenders, relTypes: f.RelatedByRelTypes}
+	if len(q.senders) > 0 {
+		q.senderIn = make(map[string]bool, len(q.senders))
+		for _, s := range q.senders {
+			q.senderIn[s] = true
+		}
+	}
+	return q
+}
+
+// relatedBy reports whether an event of the room relates to target with a
+// relation from one of q's senders and of one of its relation types (an
+// empty list: any), as Synapse's events_have_relations asks
+// event_relations. A redacted relation is no longer indexed
+// (applyRedaction), as Synapse deletes its row.
+//
+// The counts answer it without walking the relations: a look-up a listed
+// type, or else a walk over the target's types; for senders, a look-up a
+// listed sender, or a walk over the type's senders when they are fewer.
+// While the room's janitor has purged rows to delete, the counts still
+// include relations from purged events: a relation they find is then
+// confirmed in the index, by an event the room still holds.
+func (v *RoomView) relatedBy(target string, q *relatedByQuery) bool {
+	if v.room == 0 || !v.meta.HasRelations {
+		return false
+	}
+	counts := v.bucket(bRelCount)
+	for _, t := range q.relTypes {
+		if v.relatedByType(counts, relPrefix(v.room, target, t), q) {
+			return true
+		}
+	}
+	if len(q.relTypes) > 0 {
+		return false
+	}
+	p := relPrefix(v.room, target, "")
+	targetPrefix := p[:len(p)-2] // room|target, the start of each of its types' keys
+	c := counts.Cursor()
+	k, _ := c.Seek(targetPrefix)
+	for k != nil && bytes.HasPrefix(k, targetPrefix) && len(k) >= len(targetPrefix)+2 {
+		end := len(targetPrefix) + 2 + int(binary.BigEndian.Uint16(k[len(targetPrefix):]))
+		if len(k) < end {
+			return false
+		}
+		typePrefix := bytes.Clone(k[:end])
+		if v.relatedByType(counts, typePrefix, q) {
+			return true
+		}
+		next := prefixEnd(typePrefix)
+		if next == nil {
+			return false
+		}
+		k, _ = c.Seek(next)
+	}
+	return false
+}
+
+// relatedByType is relatedBy for one relation type, prefix being its
+// relPrefix.
+func (v *RoomView) relatedByType(counts *bolt.Bucket, prefix []byte, q *relatedByQuery) bool {
+	total := counts.Get(prefix)
+	if total == nil {
+		return false
+	}
+	if len(q.senders) == 0 {
+		return v.heldRelation(prefix, nil)
+	}
+	found := false
+	if uint64(len(q.senders)) <= binary.BigEndian.Uint64(total) {
+		for _, s := range q.senders {
+			if found = counts.Get(relSenderKey(prefix, s)) != nil; found {
+				break
+			}
+		}
+	} else {
+		// Fewer relations of the type than senders listed: walk its senders.
+		sp := relSenderKey(prefix, "")
+		c := counts.Cursor()
+		for k, _ := c.Seek(sp); k != nil && bytes.HasPrefix(k, sp) && !found; k, _ = c.Next() {
+			found = q.senderIn[string(k[len(sp):])]
+		}
+	}
+	return found && v.heldRelation(prefix, q.senderIn)
+}
+
+// heldRelation confirms that the counts' relations at prefix (from one
+// of senders, when not nil) include one from an event the room still
+// holds: always so unless the janitor has purged rows to delete.
+func (v *RoomView) heldRelation(prefix []byte, senders map[string]bool) bool {
+	if !v.Purging() {
+		return true
+	}
+	c := v.bucket(bRel).Cursor()
+	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16; k, val = c.Next() {
+		n, w := binary.Uvarint(val)
+		if w <= 0 || uint64(len(val)-w) < n {
+			continue
+		}
+		if (senders == nil || senders[string(val[w:w+int(n)])]) && v.Holds(string(val[w+int(n):])) {
+			return true
+		}
+	}
+	return false
+}
+
+// prefixEnd is the first key after every key that starts with p.
+func prefixEnd(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil // p is all 0xff: no key comes after it
+}

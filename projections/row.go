@@ -418,13 +418,21 @@ func (rb *rowBlock) next() *Row {
 	return &rb.rows[len(rb.rows)-1]
 }
 
+// head is what a scan reads of a row to decide whether it counts.
+type head struct {
+	flags           uint8
+	id, typ, sender []byte
+	labels          []string
+}
+
 // rowHead decodes only what a scan needs to decide whether a row counts
-// (flags, type, sender, labels) without copying content.
-func rowHead(b []byte) (flags uint8, typ, sender []byte, labels []string, err error) {
+// (flags, event ID, type, sender, labels) without copying content.
+func rowHead(b []byte) (head, error) {
+	var h head
 	if len(b) < 2 || b[0] != rowVersion {
-		return 0, nil, nil, nil, errBadRow
+		return h, errBadRow
 	}
-	flags = b[1]
+	h.flags = b[1]
 	rr := &rowReader{b: b[2:]}
 	rr.varint()
 	rr.varint()
@@ -438,9 +446,9 @@ func rowHead(b []byte) (flags uint8, typ, sender []byte, labels []string, err er
 		rr.b = rr.b[n:]
 		return s
 	}
-	skip() // event_id
-	typ = skip()
-	sender = skip()
+	h.id = skip()
+	h.typ = skip()
+	h.sender = skip()
 	skip() // state_key
 	skip() // redacts
 	skip() // summary
@@ -448,9 +456,9 @@ func rowHead(b []byte) (flags uint8, typ, sender []byte, labels []string, err er
 	skip() // rel target
 	nl := rr.uvarint()
 	for i := uint64(0); i < nl && rr.err == nil; i++ {
-		labels = append(labels, string(skip()))
+		h.labels = append(h.labels, string(skip()))
 	}
-	return flags, typ, sender, labels, rr.err
+	return h, rr.err
 }
 
 func decodeMsgpack(b []byte, v any) error {
