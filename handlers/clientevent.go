@@ -64,7 +64,7 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	age := rc.now - r.AgeTS
 	content := r.Content
 	var redaction *projections.Row
-	if by := rc.v.RedactedBy(r.EventID); by != "" {
+	if by := rc.redactedBy(r); by != "" {
 		var err error
 		if content, err = c.redacted(r.Type, r.Content); err != nil {
 			return err
@@ -206,7 +206,7 @@ func (c *clientEncoder) prev(r *projections.Row) (*prevState, error) {
 		return nil, err
 	}
 	content := row.Content
-	if c.rc.v.RedactedBy(row.EventID) != "" {
+	if c.rc.redactedBy(row) != "" {
 		if content, err = c.redacted(row.Type, row.Content); err != nil {
 			return nil, err
 		}
@@ -233,10 +233,15 @@ func (c *clientEncoder) redacted(typ string, raw []byte) ([]byte, error) {
 
 // contentRedacts reads content.redacts from stored content.
 func contentRedacts(raw []byte) string {
+	return commands.RedactionTarget("", contentOf(raw))
+}
+
+// contentOf decodes stored content (nil if it is not a map).
+func contentOf(raw []byte) map[string]any {
 	var content map[string]any
 	dec := msgpack.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&content); err != nil {
-		return ""
+		return nil
 	}
-	return commands.RedactionTarget("", content)
+	return content
 }

@@ -307,12 +307,23 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		next = *to
 	}
 	end := from.WithRoom(next)
-	// Rejected events never leave the store (get_events_as_list).
+	// Rejected events never leave the store, nor do the redactions
+	// Synapse withholds (get_events_as_list).
 	rows := res.Rows[:0:0]
 	for _, r := range res.Rows {
-		if !r.Rejected() {
-			rows = append(rows, r)
+		if r.Rejected() {
+			continue
 		}
+		if r.Type == typeRedaction {
+			withheld, err := rc.withholds(r)
+			if err != nil {
+				return nil, nil, err
+			}
+			if withheld {
+				continue
+			}
+		}
+		rows = append(rows, r)
 	}
 	// Step 8: the end of the timeline.
 	if !res.Limited && len(rows) == 0 {

@@ -22,8 +22,9 @@ type readContext struct {
 	leave    projections.StateEntry
 	reader   commands.Reader
 
-	roomVersion string
-	versionRead bool
+	roomVersion  string
+	versionRead  bool
+	versionKnown bool // the room's m.room.create is on its timeline
 
 	// In-memory histories of the two state keys every visibility check
 	// reads, when they are short (nil: seek per event).
@@ -74,6 +75,7 @@ const (
 	typeVisibility = "m.room.history_visibility"
 	typeJoinRules  = "m.room.join_rules"
 	typeCreate     = "m.room.create"
+	typeRedaction  = "m.room.redaction"
 	typeRetention  = "m.room.retention"
 )
 
@@ -172,11 +174,46 @@ func (rc *readContext) version() string {
 	if !rc.versionRead {
 		rc.versionRead = true
 		rc.roomVersion = "1"
-		if c, ok := rc.v.CurrentState(typeCreate, ""); ok && c.Summary != "" {
+		c, ok := rc.v.CurrentState(typeCreate, "")
+		if ok && c.Summary != "" {
 			rc.roomVersion = c.Summary
 		}
+		rc.versionKnown = ok
 	}
 	return rc.roomVersion
+}
+
+// redactedBy is the redaction that redacts r ("" if none). Synapse never
+// redacts an m.room.create event for reads (_maybe_redact_event_row).
+func (rc *readContext) redactedBy(r *projections.Row) string {
+	if r.Type == typeCreate {
+		return ""
+	}
+	return rc.v.RedactedBy(r.EventID)
+}
+
+// withholds reports whether Synapse's get_events_as_list withholds the
+// redaction event r from readers: when it names no target where the room's
+// version keeps it, when the room does not hold its target (unknown,
+// purged, rejected, or in another room; shown once the target arrives),
+// and when it redacts m.room.create. The target is read as the projection
+// read it (indexEventRelations): where the room's version keeps it, or in
+// either place while the room's m.room.create is not on its timeline.
+func (rc *readContext) withholds(r *projections.Row) (bool, error) {
+	version := rc.version()
+	content := contentOf(r.Content)
+	target := commands.RedactionTarget(r.Redacts, content)
+	if rc.versionKnown {
+		target = commands.RedactionTargetIn(version, r.Redacts, content)
+	}
+	if target == "" {
+		return true, nil
+	}
+	t, err := rc.v.Event(target)
+	if err != nil {
+		return false, err
+	}
+	return t == nil || t.Rejected() || t.Type == typeCreate, nil
 }
 
 // lazyMembers is lazy_load_members (SYNAPSE.md 5): the member events of

@@ -219,7 +219,8 @@ func TestRedactions(t *testing.T) {
 		delete(rd, "redacts") // content.redacts alone
 		f.add(m, rd)
 		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
-		if c := p.events[1]["content"].(map[string]any); c["body"] != "alice's message" {
+		same(t, "page (the redaction withheld)", p.ids, []string{m.ID()})
+		if c := p.events[0]["content"].(map[string]any); c["body"] != "alice's message" {
 			t.Fatalf("a v10 message redacted by a content-only redacts: %v", c)
 		}
 	})
@@ -231,7 +232,8 @@ func TestRedactions(t *testing.T) {
 		rd["redacts"] = m.ID()
 		f.add(append(setup, m, rd)...)
 		p := f.mustRead(r11.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
-		if c := p.events[1]["content"].(map[string]any); c["body"] != "alice's message" {
+		same(t, "page (the redaction withheld)", p.ids, []string{m.ID()})
+		if c := p.events[0]["content"].(map[string]any); c["body"] != "alice's message" {
 			t.Fatalf("a v11 message redacted by a top-level-only redacts: %v", c)
 		}
 	})
@@ -243,6 +245,65 @@ func TestRedactions(t *testing.T) {
 		c := p.events[1]["content"].(map[string]any)
 		if c["membership"] != "join" || c["displayname"] != nil {
 			t.Fatalf("content = %v", c)
+		}
+	})
+}
+
+// TestRedactions_Withheld: Synapse's get_events_as_list withholds, after
+// the limit, a redaction event that names no target where its room
+// version keeps it, one whose target the server does not hold (unknown,
+// rejected, or in another room) until the target arrives, and one of
+// m.room.create, whose redaction it also ignores (_maybe_redact_event_row).
+func TestRedactions_Withheld(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("withheld", "test")
+	evs := r.Setup(alice, bob)
+	other := testenv.NewRoom("elsewhere", "test")
+	otherEvs := other.Setup(alice)
+	elsewhere := other.Msg(alice, "in another room")
+	rejected := r.Msg(bob, "rejected")
+	rejected["rejected"] = true
+	redact := func(target string) testenv.Event {
+		return r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": target})
+	}
+	ofCreate := redact(evs[0].ID())
+	ofElsewhere := redact(elsewhere.ID())
+	ofRejected := redact(rejected.ID())
+	ofNothing := r.Next("m.room.redaction", alice, nil, map[string]any{})
+	early := r.Msg(bob, "arrives late")
+	ofEarly := redact(early.ID())
+	shown := r.Msg(alice, "after")
+	f.add(append(otherEvs, elsewhere)...)
+	f.add(append(evs, rejected, ofCreate, ofElsewhere, ofRejected, ofNothing, ofEarly, shown)...)
+
+	p := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 6})
+	same(t, "page", p.ids, []string{shown.ID()})
+	if !p.hasEnd {
+		t.Fatalf("withheld after the limit, so the page goes on: %+v", p)
+	}
+	t.Run("a page of withheld redactions keeps end", func(t *testing.T) {
+		from := fmt.Sprintf("t%d-%d", ofEarly["depth"], f.seqOf[ofEarly.ID()])
+		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 1, "from": from})
+		if len(p.ids) != 0 || !p.hasEnd {
+			t.Fatalf("page=%+v", p)
+		}
+	})
+	t.Run("the create event is never shown redacted", func(t *testing.T) {
+		p := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "f", "limit": 1})
+		same(t, "first event", p.ids, []string{evs[0].ID()})
+		if c := p.events[0]["content"].(map[string]any); c["room_version"] != "10" {
+			t.Fatalf("create content = %v", c)
+		}
+		if un, _ := p.events[0]["unsigned"].(map[string]any); un["redacted_by"] != nil {
+			t.Fatalf("create unsigned = %v", un)
+		}
+	})
+	t.Run("shown once its target arrives", func(t *testing.T) {
+		f.add(early)
+		p := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 6})
+		same(t, "page", p.ids, []string{shown.ID(), ofEarly.ID(), early.ID()})
+		if c := p.events[2]["content"].(map[string]any); len(c) != 0 {
+			t.Fatalf("late target not redacted: %v", c)
 		}
 	})
 }
