@@ -63,13 +63,12 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	rc := c.rc
 	age := rc.now - r.AgeTS
 	content := r.Content
-	var redaction *projections.Row
-	if by := rc.redactedBy(r); by != "" {
-		var err error
+	redaction, err := rc.redaction(r)
+	if err != nil {
+		return err
+	}
+	if redaction != nil {
 		if content, err = c.redacted(r.Type, r.Content); err != nil {
-			return err
-		}
-		if redaction, err = rc.v.Event(by); err != nil {
 			return err
 		}
 	}
@@ -206,7 +205,11 @@ func (c *clientEncoder) prev(r *projections.Row) (*prevState, error) {
 		return nil, err
 	}
 	content := row.Content
-	if c.rc.redactedBy(row) != "" {
+	redaction, err := c.rc.redaction(row)
+	if err != nil {
+		return nil, err
+	}
+	if redaction != nil {
 		if content, err = c.redacted(row.Type, row.Content); err != nil {
 			return nil, err
 		}

@@ -71,12 +71,13 @@ func nonNil(h []projections.StateEntry) []projections.StateEntry {
 }
 
 const (
-	typeMember     = "m.room.member"
-	typeVisibility = "m.room.history_visibility"
-	typeJoinRules  = "m.room.join_rules"
-	typeCreate     = "m.room.create"
-	typeRedaction  = "m.room.redaction"
-	typeRetention  = "m.room.retention"
+	typeMember      = "m.room.member"
+	typeVisibility  = "m.room.history_visibility"
+	typeJoinRules   = "m.room.join_rules"
+	typeCreate      = "m.room.create"
+	typeRedaction   = "m.room.redaction"
+	typePowerLevels = "m.room.power_levels"
+	typeRetention   = "m.room.retention"
 )
 
 // checkAccess is Synapse's check_user_in_room_or_world_readable with
@@ -183,13 +184,63 @@ func (rc *readContext) version() string {
 	return rc.roomVersion
 }
 
-// redactedBy is the redaction that redacts r ("" if none). Synapse never
-// redacts an m.room.create event for reads (_maybe_redact_event_row).
-func (rc *readContext) redactedBy(r *projections.Row) string {
+// redaction is the redaction Synapse applies to r (nil if none): the
+// first of r's redactions that applies (redactionApplies), as
+// _maybe_redact_event_row takes them; an m.room.create is never redacted
+// for reads.
+func (rc *readContext) redaction(r *projections.Row) (*projections.Row, error) {
 	if r.Type == typeCreate {
-		return ""
+		return nil, nil
 	}
-	return rc.v.RedactedBy(r.EventID)
+	var found *projections.Row
+	var err error
+	rc.v.Redactions(r.EventID, func(id string) bool {
+		var red *projections.Row
+		if red, err = rc.v.Event(id); err != nil || red == nil {
+			return err == nil
+		}
+		var ok bool
+		if ok, err = rc.redactionApplies(red, r); ok {
+			found = red
+		}
+		return err == nil && !ok
+	})
+	return found, err
+}
+
+// redactionApplies reports whether the redaction red applies to target
+// (commands.RedactionApplies): across servers, from room version 3 on,
+// only if red's sender had the power to redact in the room's state
+// before red.
+func (rc *readContext) redactionApplies(red, target *projections.Row) (bool, error) {
+	version := rc.version()
+	if !commands.RedactionNeedsPower(version, red.Sender, target.Sender) {
+		return true, nil
+	}
+	var levels map[string]any // nil: the room has no power levels
+	if st, ok := rc.v.StateBefore(typePowerLevels, "", red.Depth, red.Stream); ok {
+		row, err := rc.v.StateEvent(st)
+		if err != nil {
+			return false, err
+		}
+		if row != nil {
+			if levels = contentOf(row.Content); levels == nil {
+				levels = map[string]any{}
+			}
+		}
+	}
+	var creators []string
+	if st, ok := rc.v.CurrentState(typeCreate, ""); ok {
+		row, err := rc.v.StateEvent(st)
+		if err != nil {
+			return false, err
+		}
+		if row != nil {
+			creators = commands.Creators(version, row.Sender, contentOf(row.Content))
+		}
+	}
+	level := commands.UserLevel(version, red.Sender, levels, creators)
+	return commands.RedactionApplies(version, level, commands.NamedLevel(levels, "redact", 50), red.Sender, target.Sender), nil
 }
 
 // withholds reports whether Synapse's get_events_as_list withholds the
@@ -210,10 +261,11 @@ func (rc *readContext) withholds(r *projections.Row) (bool, error) {
 		return true, nil
 	}
 	t, err := rc.v.Event(target)
-	if err != nil {
-		return false, err
+	if err != nil || t == nil || t.Rejected() || t.Type == typeCreate {
+		return err == nil, err
 	}
-	return t == nil || t.Rejected() || t.Type == typeCreate, nil
+	applies, err := rc.redactionApplies(r, t)
+	return !applies, err
 }
 
 // lazyMembers is lazy_load_members (SYNAPSE.md 5): the member events of

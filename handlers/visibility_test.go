@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -304,6 +305,57 @@ func TestRedactions_Withheld(t *testing.T) {
 		same(t, "page", p.ids, []string{shown.ID(), ofEarly.ID(), early.ID()})
 		if c := p.events[2]["content"].(map[string]any); len(c) != 0 {
 			t.Fatalf("late target not redacted: %v", c)
+		}
+	})
+}
+
+// TestRedactions_AcrossServers: from room version 3 on, Synapse's auth
+// rules accept a redaction from a user below the redact level on the
+// condition that it redacts an event of its sender's own server; across
+// servers it then neither redacts its target nor is shown
+// (recheck_redaction, checked when events are read). A later redaction
+// that applies still redacts the target. The level is the one in the
+// state before the redaction.
+func TestRedactions_AcrossServers(t *testing.T) {
+	const eve = "@eve:evil.org"
+	f := newFixture(t)
+	r := testenv.NewRoom("servers", "test")
+	evs := r.Setup(alice, bob, eve)
+	redact := func(by, target string) testenv.Event {
+		return r.Next("m.room.redaction", by, nil, map[string]any{"redacts": target})
+	}
+	m1 := r.Msg(bob, "bob's first")
+	eveOn1 := redact(eve, m1.ID())
+	aliceOn1 := redact(alice, m1.ID())
+	m2 := r.Msg(eve, "eve's own")
+	eveOn2 := redact(eve, m2.ID())
+	m3 := r.Msg(bob, "bob's second")
+	promoted := r.Next("m.room.power_levels", alice, testenv.S(""), map[string]any{"users": map[string]any{alice: int64(100), eve: int64(50)}})
+	eveOn3 := redact(eve, m3.ID())
+	f.add(append(evs, m1, eveOn1, aliceOn1, m2, eveOn2, m3, promoted, eveOn3)...)
+
+	p := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 8})
+	same(t, "page", p.ids, []string{eveOn3.ID(), promoted.ID(), m3.ID(), eveOn2.ID(), m2.ID(), aliceOn1.ID(), m1.ID()})
+	for _, tt := range []struct {
+		ev testenv.Event
+		by string
+	}{{m1, aliceOn1.ID()}, {m2, eveOn2.ID()}, {m3, eveOn3.ID()}} {
+		i := slices.Index(p.ids, tt.ev.ID())
+		un, _ := p.events[i]["unsigned"].(map[string]any)
+		if c := p.events[i]["content"].(map[string]any); len(c) != 0 || un["redacted_by"] != tt.by {
+			t.Errorf("%s: content %v, redacted_by %v, want {} and %s", tt.ev.ID(), c, un["redacted_by"], tt.by)
+		}
+	}
+	t.Run("not redacted by the redaction that does not apply", func(t *testing.T) {
+		r2 := testenv.NewRoom("servers2", "test")
+		evs := r2.Setup(alice, bob, eve)
+		m := r2.Msg(bob, "kept")
+		on := r2.Next("m.room.redaction", eve, nil, map[string]any{"redacts": m.ID()})
+		f.add(append(evs, m, on)...)
+		p := f.mustRead(r2.ID, map[string]any{"user_id": bob, "dir": "b", "limit": 2})
+		same(t, "page", p.ids, []string{m.ID()})
+		if c := p.events[0]["content"].(map[string]any); c["body"] != "kept" {
+			t.Fatalf("content = %v", c)
 		}
 	})
 }

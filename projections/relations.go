@@ -295,33 +295,42 @@ func markRoom(tx *bolt.Tx, room uint64, change func(*RoomMeta) bool) error {
 }
 
 // RedactedBy returns the ID of the redaction that redacts eventID ("" if
-// none). While the room's janitor has purged rows to delete, a mark's
-// redaction may be one the purges delete, whose place the janitor gives
-// to the first later redaction the room keeps (promoteRedaction), or
-// which it deletes without one: the read gives that one, or none,
-// already, as a rebuild from the erased log does.
+// none): the first of Redactions. While the room's janitor has purged
+// rows to delete, a mark's redaction may be one the purges delete, whose
+// place the janitor gives to the first later redaction the room keeps
+// (promoteRedaction), or which it deletes without one: the read gives
+// that one, or none, already, as a rebuild from the erased log does.
 func (v *RoomView) RedactedBy(eventID string) string {
-	if !v.meta.HasRedactions {
-		return ""
-	}
-	by := v.bucket(bRedacts).Get(evKey(v.room, eventID))
-	if by != nil && v.Purging() && !v.Holds(string(by)) {
-		return v.keptReRedaction(eventID)
-	}
-	return string(by)
+	by := ""
+	v.Redactions(eventID, func(id string) bool { by = id; return false })
+	return by
 }
 
-// keptReRedaction is the first later redaction of target that the room
-// holds ("" if none): promoteRedaction's choice.
-func (v *RoomView) keptReRedaction(target string) string {
-	p := reRedactPrefix(nil, v.room, []byte(target))
+// Redactions calls fn with the IDs of the redactions of eventID, in the
+// order they were applied (the mark's, then reredacted's), until it
+// returns false. While the room's janitor has purged rows to delete, the
+// redactions the purges delete are skipped (see RedactedBy). A reader
+// that finds the first one does not apply (commands.RedactionApplies)
+// asks the next, as Synapse's _maybe_redact_event_row does.
+func (v *RoomView) Redactions(eventID string, fn func(redactionID string) bool) {
+	if !v.meta.HasRedactions {
+		return
+	}
+	by := v.bucket(bRedacts).Get(evKey(v.room, eventID))
+	if by == nil {
+		return
+	}
+	purging := v.Purging()
+	if (!purging || v.Holds(string(by))) && !fn(string(by)) {
+		return
+	}
+	p := reRedactPrefix(nil, v.room, []byte(eventID))
 	c := v.bucket(bReRedacts).Cursor()
 	for k, id := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, id = c.Next() {
-		if v.Holds(string(id)) {
-			return string(id)
+		if (!purging || v.Holds(string(id))) && !fn(string(id)) {
+			return
 		}
 	}
-	return ""
 }
 
 // RelationCount is how many events relate to target with relType; with a
