@@ -173,6 +173,13 @@ func RedactionTargetIn(roomVersion, topLevelRedacts string, content map[string]a
 	return s
 }
 
+// RedactsInContent reports whether roomVersion keeps a redaction's
+// target in content.redacts (v11 on, MSC2176) rather than at the top
+// level.
+func RedactsInContent(roomVersion string) bool {
+	return redactionRulesFor(roomVersion).updated
+}
+
 // KeepsTopLevelRedacts reports whether the redaction algorithm of
 // roomVersion keeps a redacted event's top-level "redacts" key. It never
 // does: "redacts" is absent from the list of top-level keys that survive

@@ -86,15 +86,25 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 			return err
 		}
 	}
-	// Synapse's client format shows a redaction's target at the top level
-	// whichever place the room version keeps it in; a redacted redaction
-	// keeps it only where the redaction rules keep content.redacts (v11).
+	// A redacted event loses its top-level redacts; a redaction's target,
+	// read where the room version keeps it (EventBase.redacts), is copied
+	// to the other place, as Synapse's serialize_event does: into content
+	// before v11, to the top level from v11 on. A redacted redaction
+	// keeps a target only in v11, in content.redacts.
 	redacts := r.Redacts
 	if redaction != nil && !commands.KeepsTopLevelRedacts(rc.version()) {
 		redacts = ""
 	}
-	if redacts == "" && r.Type == "m.room.redaction" {
-		redacts = contentRedacts(content)
+	if r.Type == typeRedaction {
+		if commands.RedactsInContent(rc.version()) {
+			if target := contentRedacts(content); target != "" {
+				redacts = target
+			}
+		} else if redacts != "" {
+			if content, err = withContentRedacts(content, redacts); err != nil {
+				return err
+			}
+		}
 	}
 
 	fields := 9 // content event_id origin_server_ts room_id sender type unsigned user_id age
@@ -219,16 +229,38 @@ func (c *clientEncoder) prev(r *projections.Row) (*prevState, error) {
 
 // redacted prunes stored content with the room version's redaction rules.
 func (c *clientEncoder) redacted(typ string, raw []byte) ([]byte, error) {
+	content, err := decodeContent(raw)
+	if err != nil {
+		return nil, err
+	}
+	return encodeContent(commands.RedactContent(c.rc.version(), typ, content))
+}
+
+// withContentRedacts is stored content with content.redacts set to
+// target.
+func withContentRedacts(raw []byte, target string) ([]byte, error) {
+	content := contentOf(raw)
+	if content == nil {
+		content = map[string]any{}
+	}
+	content["redacts"] = target
+	return encodeContent(content)
+}
+
+// decodeContent decodes stored content.
+func decodeContent(raw []byte) (map[string]any, error) {
 	var content map[string]any
 	dec := msgpack.NewDecoder(bytes.NewReader(raw))
 	dec.UseLooseInterfaceDecoding(true)
-	if err := dec.Decode(&content); err != nil {
-		return nil, err
-	}
+	return content, dec.Decode(&content)
+}
+
+// encodeContent encodes content as it is stored, its keys sorted.
+func encodeContent(content map[string]any) ([]byte, error) {
 	var out bytes.Buffer
 	enc := msgpack.NewEncoder(&out)
 	enc.SetSortMapKeys(true)
-	if err := enc.Encode(commands.RedactContent(c.rc.version(), typ, content)); err != nil {
+	if err := enc.Encode(content); err != nil {
 		return nil, err
 	}
 	return out.Bytes(), nil
@@ -241,9 +273,8 @@ func contentRedacts(raw []byte) string {
 
 // contentOf decodes stored content (nil if it is not a map).
 func contentOf(raw []byte) map[string]any {
-	var content map[string]any
-	dec := msgpack.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&content); err != nil {
+	content, err := decodeContent(raw)
+	if err != nil {
 		return nil
 	}
 	return content

@@ -238,6 +238,31 @@ func TestRedactions(t *testing.T) {
 			t.Fatalf("a v11 message redacted by a top-level-only redacts: %v", c)
 		}
 	})
+	// Synapse's serialize_event copies a shown redaction's target
+	// (EventBase.redacts, where the room version keeps it) to the other
+	// place: into content before v11, to the top level from v11 on.
+	t.Run("the target in both places", func(t *testing.T) {
+		m := r.Msg(bob, "v10 target")
+		rd := r.Next("m.room.redaction", alice, nil, map[string]any{"reason": "r", "redacts": "$not.the.target"})
+		rd["redacts"] = m.ID()
+		r11 := v11Room("v11both")
+		setup := v11Setup(r11)
+		m11 := r11.Msg(bob, "v11 target")
+		rd11 := r11.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m11.ID()})
+		rd11["redacts"] = "$not.the.target"
+		f.add(m, rd)
+		f.add(append(setup, m11, rd11)...)
+		p := f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 1})
+		c := p.events[0]["content"].(map[string]any)
+		if p.events[0]["redacts"] != m.ID() || c["redacts"] != m.ID() || c["reason"] != "r" {
+			t.Fatalf("v10 redaction: redacts %v, content %v", p.events[0]["redacts"], c)
+		}
+		p = f.mustRead(r11.ID, map[string]any{"admin": true, "dir": "b", "limit": 1})
+		c = p.events[0]["content"].(map[string]any)
+		if p.events[0]["redacts"] != m11.ID() || c["redacts"] != m11.ID() {
+			t.Fatalf("v11 redaction: redacts %v, content %v", p.events[0]["redacts"], c)
+		}
+	})
 	t.Run("member events keep membership", func(t *testing.T) {
 		m := r.Next("m.room.member", carol, testenv.S(carol), map[string]any{"membership": "join", "displayname": "Carol"})
 		rm := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID()})
