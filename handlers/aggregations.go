@@ -111,8 +111,12 @@ func (rc *readContext) bundle(r *projections.Row, withThread bool) ([]byte, erro
 }
 
 // latestEdit is the m.replace to show: among edits with the original's
-// sender and type, the latest by origin_server_ts, then event ID.
+// sender and type, the latest by origin_server_ts, then event ID. Only
+// m.room.message events have one (Synapse's get_applicable_edits).
 func (rc *readContext) latestEdit(r *projections.Row) (*projections.Row, error) {
+	if r.Type != typeMessage {
+		return nil, nil
+	}
 	var best *projections.Row
 	var err error
 	rc.v.Relations(r.EventID, commands.RelReplace, false, func(id, sender string) bool {

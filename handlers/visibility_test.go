@@ -495,11 +495,15 @@ func TestBundledAggregations_OneKindEach(t *testing.T) {
 	relate := func(typ, relType, target string) testenv.Event {
 		return r.Next(typ, alice, nil, map[string]any{"body": relType, "m.relates_to": map[string]any{"rel_type": relType, "event_id": target, "key": "x"}})
 	}
-	f.add(append(evs, withRef, withEdit, withThread, withReaction,
+	// Synapse bundles only edits of m.room.message events
+	// (get_applicable_edits: edit.type = 'm.room.message').
+	poll := r.Next("org.example.poll", alice, nil, map[string]any{"question": "?"})
+	f.add(append(evs, withRef, withEdit, withThread, withReaction, poll,
 		relate("m.room.message", "m.reference", withRef.ID()), relate("m.room.message", "m.replace", withEdit.ID()),
-		relate("m.room.message", "m.thread", withThread.ID()), relate("m.reaction", "m.annotation", withReaction.ID()))...)
+		relate("m.room.message", "m.thread", withThread.ID()), relate("m.reaction", "m.annotation", withReaction.ID()),
+		relate("org.example.poll", "m.replace", poll.ID()))...)
 	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 20})
-	want := map[string]string{withRef.ID(): "m.reference", withEdit.ID(): "m.replace", withThread.ID(): "m.thread", withReaction.ID(): ""}
+	want := map[string]string{withRef.ID(): "m.reference", withEdit.ID(): "m.replace", withThread.ID(): "m.thread", withReaction.ID(): "", poll.ID(): ""}
 	for i, id := range p.ids {
 		kind, ok := want[id]
 		if !ok {
@@ -509,7 +513,7 @@ func TestBundledAggregations_OneKindEach(t *testing.T) {
 		rel := relations(p.events[i])
 		if kind == "" {
 			if len(rel) != 0 {
-				t.Errorf("the reacted-to message has bundles %v", rel)
+				t.Errorf("%s has bundles %v", id, rel)
 			}
 			continue
 		}
