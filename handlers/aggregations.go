@@ -12,8 +12,17 @@ import (
 // Cost: the m.reference and m.replace entries of the event (each listed
 // whole in the answer), and for a thread a count, one count per ignored
 // user and the latest reply: never a scan of the room.
-func (rc *readContext) bundle(r *projections.Row, withThread bool) ([]byte, error) {
-	if r.IsState() || r.RelType == commands.RelAnnotation || r.RelType == commands.RelReplace {
+//
+// A redacted event keeps its thread summary and references, but no edit
+// (Synapse's get_bundled_aggregations: edits "but not for redacted
+// events"); its own relation is gone with its content, so whatever it
+// related to, it is bundled as an event without one.
+func (rc *readContext) bundle(r *projections.Row, withThread, redacted bool) ([]byte, error) {
+	relType := r.RelType
+	if redacted {
+		relType = ""
+	}
+	if r.IsState() || relType == commands.RelAnnotation || relType == commands.RelReplace {
 		return nil, nil
 	}
 	kinds := rc.v.Related(r) // the kinds to look up
@@ -31,7 +40,7 @@ func (rc *readContext) bundle(r *projections.Row, withThread bool) ([]byte, erro
 		})
 	}
 	var edit *projections.Row
-	if kinds&projections.RelatedReplace != 0 {
+	if kinds&projections.RelatedReplace != 0 && !redacted {
 		var err error
 		if edit, err = rc.latestEdit(r); err != nil {
 			return nil, err
@@ -41,7 +50,7 @@ func (rc *readContext) bundle(r *projections.Row, withThread bool) ([]byte, erro
 	var count int64
 	participated := false
 	var err error
-	if withThread && r.RelType == "" && kinds&projections.RelatedThread != 0 {
+	if withThread && relType == "" && kinds&projections.RelatedThread != 0 {
 		count = rc.v.RelationCount(r.EventID, commands.RelThread, "")
 		for u := range ignored {
 			count -= rc.v.RelationCount(r.EventID, commands.RelThread, u)

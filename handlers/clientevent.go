@@ -80,9 +80,9 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 		}
 	}
 	var relations []byte
-	if opts.bundle && redaction == nil {
+	if opts.bundle {
 		var err error
-		if relations, err = c.rc.bundle(r, !opts.noThread); err != nil {
+		if relations, err = c.rc.bundle(r, !opts.noThread, redaction != nil); err != nil {
 			return err
 		}
 	}

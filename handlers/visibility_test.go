@@ -482,6 +482,20 @@ func TestBundledAggregations(t *testing.T) {
 			t.Fatalf("after redacting reply 2: %v", th)
 		}
 	})
+	// Synapse's get_bundled_aggregations: a redacted event keeps its
+	// thread summary and references; only its edits go.
+	t.Run("a redacted root keeps its thread and references, not its edit", func(t *testing.T) {
+		f.add(r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": root.ID()}))
+		rel := rootOf(t, alice)
+		if _, ok := rel["m.replace"]; ok {
+			t.Fatalf("a redacted event with an edit: %v", rel["m.replace"])
+		}
+		th, _ := rel["m.thread"].(map[string]any)
+		refs, _ := rel["m.reference"].(map[string]any)
+		if n, _ := commands.AsInt(th["count"]); n != 1 || refs == nil {
+			t.Fatalf("relations of the redacted root: %v", rel)
+		}
+	})
 }
 
 // TestBundledAggregations_OneKindEach: events with one kind of relation
