@@ -481,19 +481,25 @@ func (v *RoomView) Holds(eventID string) bool {
 // senders of a relation type.
 type relatedByQuery struct {
 	senders  []string
-	senderIn map[string]bool
-	relTypes []string
+	senderIn map[string]bool // nil: any sender
+	typeIn   map[string]bool // nil: any relation type
 }
 
 func newRelatedByQuery(f *commands.Filter) *relatedByQuery {
-	q := &relatedByQuery{senders: f.RelatedBySenders, relTypes: f.RelatedByRelTypes}
-	if len(q.senders) > 0 {
-		q.senderIn = make(map[string]bool, len(q.senders))
-		for _, s := range q.senders {
-			q.senderIn[s] = true
-		}
-	}
+	q := &relatedByQuery{senders: f.RelatedBySenders, senderIn: setOf(f.RelatedBySenders), typeIn: setOf(f.RelatedByRelTypes)}
 	return q
+}
+
+// setOf is list as a set, nil when it is empty.
+func setOf(list []string) map[string]bool {
+	if len(list) == 0 {
+		return nil
+	}
+	set := make(map[string]bool, len(list))
+	for _, s := range list {
+		set[s] = true
+	}
+	return set
 }
 
 // relatedBy reports whether an event of the room relates to target with a
@@ -502,25 +508,19 @@ func newRelatedByQuery(f *commands.Filter) *relatedByQuery {
 // event_relations. A redacted relation is no longer indexed
 // (applyRedaction), as Synapse deletes its row.
 //
-// The counts answer it without walking the relations: a look-up a listed
-// type, or else a walk over the target's types; for senders, a look-up a
-// listed sender, or a walk over the type's senders when they are fewer.
-// While the room's janitor has purged rows to delete, the counts still
-// include relations from purged events: a relation they find is then
-// confirmed in the index, by an event the room still holds.
+// The counts answer it without walking the relations: one seek finds the
+// target's relation types (most events have none), each a listed one is
+// looked up; for senders, a look-up a listed sender, or a walk over the
+// type's senders when they are fewer. So a filter's long lists cost a
+// page little more than short ones. While the room's janitor has purged
+// rows to delete, the counts still include relations from purged events:
+// a relation they find is then confirmed in the index, by an event the
+// room still holds.
 func (v *RoomView) relatedBy(target string, q *relatedByQuery) bool {
 	if v.room == 0 || !v.meta.HasRelations {
 		return false
 	}
 	counts := v.bucket(bRelCount)
-	for _, t := range q.relTypes {
-		if v.relatedByType(counts, relPrefix(v.room, target, t), q) {
-			return true
-		}
-	}
-	if len(q.relTypes) > 0 {
-		return false
-	}
 	p := relPrefix(v.room, target, "")
 	targetPrefix := p[:len(p)-2] // room|target, the start of each of its types' keys
 	c := counts.Cursor()
@@ -531,7 +531,7 @@ func (v *RoomView) relatedBy(target string, q *relatedByQuery) bool {
 			return false
 		}
 		typePrefix := bytes.Clone(k[:end])
-		if v.relatedByType(counts, typePrefix, q) {
+		if (q.typeIn == nil || q.typeIn[string(typePrefix[len(targetPrefix)+2:])]) && v.relatedByType(counts, typePrefix, q) {
 			return true
 		}
 		next := prefixEnd(typePrefix)
