@@ -14,6 +14,11 @@ type eventOpts struct {
 	membership string // unsigned.membership (MSC4115); "" leaves it out
 	bundle     bool   // bundled aggregations in unsigned["m.relations"]
 	noThread   bool   // bundle without m.thread (a thread's latest event)
+	// because: the event is the redaction shown in another's
+	// redacted_because, shown as stored, never as redacted itself: Synapse
+	// embeds it without recursing into its own redactions, so a chain of
+	// redactions of redactions costs one level, not one per link.
+	because bool
 }
 
 // clientEncoder appends events in Synapse's client format (SYNAPSE.md
@@ -63,11 +68,15 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	rc := c.rc
 	age := rc.now - r.AgeTS
 	content := r.Content
-	redaction, err := rc.redaction(r)
-	if err != nil {
-		return err
+	var redaction *projections.Row
+	if !opts.because {
+		var err error
+		if redaction, err = rc.redaction(r); err != nil {
+			return err
+		}
 	}
 	if redaction != nil {
+		var err error
 		if content, err = c.redacted(r.Type, r.Content); err != nil {
 			return err
 		}
@@ -101,6 +110,7 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 				redacts = target
 			}
 		} else if redacts != "" {
+			var err error
 			if content, err = withContentRedacts(content, redacts); err != nil {
 				return err
 			}
@@ -151,7 +161,7 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	}
 	if redaction != nil {
 		c.str("redacted_because")
-		if err := c.event(redaction, eventOpts{}); err != nil {
+		if err := c.event(redaction, eventOpts{because: true}); err != nil {
 			return err
 		}
 	}
@@ -193,7 +203,7 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	if redaction != nil {
 		str("redacted_by", redaction.EventID)
 		c.str("redacted_because")
-		if err := c.event(redaction, eventOpts{}); err != nil {
+		if err := c.event(redaction, eventOpts{because: true}); err != nil {
 			return err
 		}
 	}

@@ -275,6 +275,40 @@ func TestRedactions(t *testing.T) {
 	})
 }
 
+// TestRedactions_AChainCostsOneLevel: the redaction in redacted_because
+// is shown as stored, without its own redacted_because (Synapse embeds it
+// without recursing): a chain of redactions of redactions, which any
+// member can send, made each level double the reply (two copies of
+// redacted_because a level).
+func TestRedactions_AChainCostsOneLevel(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("chain", "test")
+	evs := r.Setup(alice, bob)
+	m := r.Msg(bob, "first")
+	chain := []testenv.Event{m}
+	for range 20 {
+		prev := chain[len(chain)-1]
+		chain = append(chain, r.Next("m.room.redaction", bob, nil, map[string]any{"redacts": prev.ID()}))
+	}
+	f.add(append(evs, chain...)...)
+	from := fmt.Sprintf("t%d-%d", evs[len(evs)-1]["depth"], f.seqOf[evs[len(evs)-1].ID()])
+	p := f.mustRead(r.ID, map[string]any{"user_id": bob, "dir": "f", "limit": 1, "from": from})
+	same(t, "page", p.ids, []string{m.ID()})
+	because, _ := p.events[0]["unsigned"].(map[string]any)["redacted_because"].(map[string]any)
+	if because["event_id"] != chain[1].ID() {
+		t.Fatalf("redacted_because = %v", because)
+	}
+	if _, nested := because["redacted_because"]; nested {
+		t.Fatalf("the redaction in redacted_because is shown redacted: %v", because)
+	}
+	if un, _ := because["unsigned"].(map[string]any); un["redacted_by"] != nil || un["redacted_because"] != nil {
+		t.Fatalf("the redaction in redacted_because has its own: %v", un)
+	}
+	if c, _ := because["content"].(map[string]any); c["redacts"] != m.ID() {
+		t.Fatalf("the redaction in redacted_because lost its content: %v", because)
+	}
+}
+
 // TestRedactions_Withheld: Synapse's get_events_as_list withholds, after
 // the limit, a redaction event that names no target where its room
 // version keeps it, one whose target the server does not hold (unknown,
