@@ -120,12 +120,10 @@ func (rc *readContext) bundle(r *projections.Row, withThread, redacted bool) ([]
 }
 
 // latestEdit is the m.replace to show: among edits with the original's
-// sender and type, the latest by origin_server_ts, then event ID. Only
-// m.room.message events have one (Synapse's get_applicable_edits).
+// sender and type, the latest by origin_server_ts, then event ID. Any
+// type of event has one (Synapse's get_applicable_edits has not required
+// m.room.message since 1.100, #15295).
 func (rc *readContext) latestEdit(r *projections.Row) (*projections.Row, error) {
-	if r.Type != typeMessage {
-		return nil, nil
-	}
 	var best *projections.Row
 	var err error
 	rc.v.Relations(r.EventID, commands.RelReplace, false, func(id, sender string) bool {

@@ -76,7 +76,6 @@ const (
 	typeJoinRules   = "m.room.join_rules"
 	typeCreate      = "m.room.create"
 	typeRedaction   = "m.room.redaction"
-	typeMessage     = "m.room.message"
 	typePowerLevels = "m.room.power_levels"
 	typeRetention   = "m.room.retention"
 )

@@ -543,15 +543,15 @@ func TestBundledAggregations_OneKindEach(t *testing.T) {
 	relate := func(typ, relType, target string) testenv.Event {
 		return r.Next(typ, alice, nil, map[string]any{"body": relType, "m.relates_to": map[string]any{"rel_type": relType, "event_id": target, "key": "x"}})
 	}
-	// Synapse bundles only edits of m.room.message events
-	// (get_applicable_edits: edit.type = 'm.room.message').
+	// An edit of another type of event is bundled too, when its type is
+	// the original's (Synapse's get_applicable_edits since 1.100, #15295).
 	poll := r.Next("org.example.poll", alice, nil, map[string]any{"question": "?"})
 	f.add(append(evs, withRef, withEdit, withThread, withReaction, poll,
 		relate("m.room.message", "m.reference", withRef.ID()), relate("m.room.message", "m.replace", withEdit.ID()),
 		relate("m.room.message", "m.thread", withThread.ID()), relate("m.reaction", "m.annotation", withReaction.ID()),
 		relate("org.example.poll", "m.replace", poll.ID()))...)
 	p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 20})
-	want := map[string]string{withRef.ID(): "m.reference", withEdit.ID(): "m.replace", withThread.ID(): "m.thread", withReaction.ID(): "", poll.ID(): ""}
+	want := map[string]string{withRef.ID(): "m.reference", withEdit.ID(): "m.replace", withThread.ID(): "m.thread", withReaction.ID(): "", poll.ID(): "m.replace"}
 	for i, id := range p.ids {
 		kind, ok := want[id]
 		if !ok {
