@@ -7,23 +7,23 @@ import (
 )
 
 // Power levels as the auth rules read them, for the one question the
-// service asks of them: whether a redaction applies to its target
-// (RedactionApplies).
+// service asks of them: whether a redaction's sender had the power to
+// redact (RedactionsRechecked).
 
 // Creators are the users a room's m.room.create event makes its creators:
 // content.creator before room version 11, the event's sender from v11 on
-// (implicit_room_creator), and from v12 on also the users of
-// content.additional_creators (MSC4289).
+// (implicit_room_creator), and with MSC4289 (v12) also the users of
+// content.additional_creators.
 func Creators(roomVersion, createSender string, createContent map[string]any) []string {
-	switch roomVersion {
-	case "", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10":
+	implicit, _ := creatorRules(roomVersion)
+	if !implicit {
 		if c, ok := createContent["creator"].(string); ok {
 			return []string{c}
 		}
 		return nil
 	}
 	creators := []string{createSender}
-	if privilegedCreators(roomVersion) {
+	if _, privileged := creatorRules(roomVersion); privileged {
 		extra, _ := createContent["additional_creators"].([]any)
 		for _, e := range extra {
 			if s, ok := e.(string); ok {
@@ -34,9 +34,38 @@ func Creators(roomVersion, createSender string, createContent map[string]any) []
 	return creators
 }
 
+// creatorRules are a room version's implicit_room_creator (v11 on) and
+// msc4289_creator_power_enabled (v12 on, and org.matrix.hydra.11). An
+// unstable version is read by the stable version it is based on, the
+// number its identifier ends with (org.matrix.msc3757.10 is a v10); an
+// identifier without one gets the rules of the newest stable version.
+func creatorRules(roomVersion string) (implicit, privileged bool) {
+	if roomVersion == "org.matrix.hydra.11" {
+		return true, true
+	}
+	n, ok := versionNumber(roomVersion)
+	if !ok {
+		return true, true
+	}
+	return n >= 11, n >= 12
+}
+
+// versionNumber is the stable room version roomVersion is or is based on
+// ("" is version 1), read from the number its identifier ends with.
+func versionNumber(roomVersion string) (int, bool) {
+	if roomVersion == "" {
+		return 1, true
+	}
+	n, err := strconv.Atoi(roomVersion[strings.LastIndexByte(roomVersion, '.')+1:])
+	return n, err == nil
+}
+
 // privilegedCreators reports whether roomVersion gives its creators a
-// power above every level (MSC4289, room version 12).
-func privilegedCreators(roomVersion string) bool { return roomVersion == "12" }
+// power above every level (MSC4289).
+func privilegedCreators(roomVersion string) bool {
+	_, privileged := creatorRules(roomVersion)
+	return privileged
+}
 
 // UserLevel is Synapse's get_user_power_level: from room version 12 a
 // creator's power is above every level (math.MaxInt64); otherwise, with
@@ -108,29 +137,23 @@ func pythonInt(v any, def int64) int64 {
 	return def
 }
 
-// RedactionApplies reports whether Synapse applies a redaction to its
-// target. Its auth rules (event_auth.check_redaction) accept a redaction
-// whose sender's level is below the redact level, from room version 3 on,
-// on a condition checked when the events are read (recheck_redaction):
-// it then applies only to events sent from its sender's own server, the
-// same domain in their user IDs (events_worker._maybe_redact_event_row),
-// and the redaction itself is withheld from readers. In versions 1 and 2
-// the auth rules decided it already.
-func RedactionApplies(roomVersion string, senderLevel, redactLevel int64, redactionSender, targetSender string) bool {
-	return senderLevel >= redactLevel || !RedactionNeedsPower(roomVersion, redactionSender, targetSender)
+// RedactionsRechecked reports whether roomVersion's auth rules accept a
+// redaction whose sender's level is below the redact level on a condition
+// checked when the events are read (event_auth.check_redaction's
+// recheck_redaction, from room version 3 on): it then applies only to
+// events sent from its sender's own server (SameServer), and the
+// redaction itself is withheld from readers
+// (events_worker._maybe_redact_event_row and get_events_as_list). A
+// redaction whose sender had the power applies to any event. In versions
+// 1 and 2 the auth rules decided it already.
+func RedactionsRechecked(roomVersion string) bool {
+	n, ok := versionNumber(roomVersion)
+	return !ok || n >= 3
 }
 
-// RedactionNeedsPower reports whether a redaction by redactionSender of
-// an event of targetSender applies only if its sender had the power to
-// redact: from room version 3 on, across servers (see RedactionApplies).
-// A reader asks it first, and looks up levels only when it is true.
-func RedactionNeedsPower(roomVersion, redactionSender, targetSender string) bool {
-	switch roomVersion {
-	case "", "1", "2":
-		return false
-	}
-	return domainOf(redactionSender) != domainOf(targetSender)
-}
+// SameServer reports whether two user IDs are of the same server: the
+// same domain, what follows the first ':' (Synapse's get_domain_from_id).
+func SameServer(a, b string) bool { return domainOf(a) == domainOf(b) }
 
 // domainOf is Synapse's get_domain_from_id: what follows the first ':'.
 func domainOf(id string) string {

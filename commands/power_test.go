@@ -17,6 +17,9 @@ func TestCreators(t *testing.T) {
 		{"11", "@a:x", map[string]any{"creator": "@c:x"}, []string{"@a:x"}},
 		{"11", "@a:x", map[string]any{"additional_creators": []any{"@b:y"}}, []string{"@a:x"}},
 		{"12", "@a:x", map[string]any{"additional_creators": []any{"@b:y", 5}}, []string{"@a:x", "@b:y"}},
+		{"org.matrix.msc3757.10", "@a:x", map[string]any{"creator": "@c:x"}, []string{"@c:x"}},
+		{"org.matrix.msc3757.11", "@a:x", map[string]any{"creator": "@c:x", "additional_creators": []any{"@b:y"}}, []string{"@a:x"}},
+		{"org.matrix.hydra.11", "@a:x", map[string]any{"additional_creators": []any{"@b:y"}}, []string{"@a:x", "@b:y"}},
 	} {
 		if got := Creators(tt.version, tt.sender, tt.content); !slices.Equal(got, tt.want) {
 			t.Errorf("v%s %v: %v, want %v", tt.version, tt.content, got, tt.want)
@@ -43,6 +46,7 @@ func TestUserLevel(t *testing.T) {
 		{"no power levels, others", "10", "@z:x", nil, []string{"@c:x"}, 0},
 		{"v11 creator listed lower", "11", "@c:x", map[string]any{"users": map[string]any{"@c:x": int64(5)}}, []string{"@c:x"}, 5},
 		{"v12 creator above all", "12", "@c:x", map[string]any{"users": map[string]any{"@c:x": int64(5)}}, []string{"@c:x"}, math.MaxInt64},
+		{"hydra creator above all", "org.matrix.hydra.11", "@c:x", map[string]any{}, []string{"@c:x"}, math.MaxInt64},
 	} {
 		if got := UserLevel(tt.version, tt.user, tt.pl, tt.creators); got != tt.want {
 			t.Errorf("%s: %d, want %d", tt.name, got, tt.want)
@@ -54,24 +58,26 @@ func TestUserLevel(t *testing.T) {
 	}
 }
 
-// TestRedactionApplies: Synapse's check_redaction and
-// _maybe_redact_event_row together.
-func TestRedactionApplies(t *testing.T) {
+// TestRedactionsRechecked: which room versions recheck a redaction by a
+// sender below the redact level, and what counts as the same server.
+func TestRedactionsRechecked(t *testing.T) {
+	for v, want := range map[string]bool{"": false, "1": false, "2": false, "3": true, "10": true, "11": true, "12": true,
+		"org.matrix.msc3757.10": true, "org.matrix.hydra.11": true, "org.example.unknown": true} {
+		if got := RedactionsRechecked(v); got != want {
+			t.Errorf("version %q: %v, want %v", v, got, want)
+		}
+	}
 	for _, tt := range []struct {
-		name, version, by, of string
-		level                 int64
-		want                  bool
+		a, b string
+		want bool
 	}{
-		{"a moderator, any server", "10", "@mod:a.org", "@u:b.org", 50, true},
-		{"below the level, same server", "10", "@u:b.org", "@v:b.org", 0, true},
-		{"below the level, another server", "10", "@eve:evil.org", "@u:b.org", 0, false},
-		{"domain after the first colon", "10", "@eve:b.org:8448", "@u:b.org", 0, false},
-		{"v11 the same", "11", "@eve:evil.org", "@u:b.org", 49, false},
-		{"v1 and v2: the auth rules decided", "1", "@eve:evil.org", "@u:b.org", 0, true},
-		{"v2", "2", "@eve:evil.org", "@u:b.org", 0, true},
+		{"@u:b.org", "@v:b.org", true},
+		{"@eve:evil.org", "@u:b.org", false},
+		{"@eve:b.org:8448", "@u:b.org", false},
+		{"@x:b.org:8448", "@y:b.org:8448", true},
 	} {
-		if got := RedactionApplies(tt.version, tt.level, 50, tt.by, tt.of); got != tt.want {
-			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		if got := SameServer(tt.a, tt.b); got != tt.want {
+			t.Errorf("SameServer(%s, %s) = %v", tt.a, tt.b, got)
 		}
 	}
 }

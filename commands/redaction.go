@@ -27,22 +27,25 @@ type redactionRules struct {
 
 // redactionRulesFor maps a room version to its redaction rules. A missing
 // room version ("") is version 1, as Synapse assumes for an m.room.create
-// event without content.room_version. Versions 1 to 10 are matched exactly;
-// every other string ("11", "12", unstable identifiers such as
-// "org.matrix.msc1767.10", or malformed ones such as "v11") gets the v11
-// rules, the newest stable algorithm (room version 12 did not change it).
+// event without content.room_version. An unstable identifier is read as
+// the stable version it is based on, the number it ends with
+// ("org.matrix.msc1767.10" is a v10, as in Synapse's room_versions);
+// every string that does not end with a number (malformed ones such as
+// "v11" too) gets the v11 rules, the newest stable algorithm (room
+// version 12 did not change it).
 func redactionRulesFor(roomVersion string) redactionRules {
-	switch roomVersion {
-	case "", "1", "2", "3", "4", "5":
-		return redactionRules{aliases: true}
-	case "6", "7":
-		return redactionRules{}
-	case "8":
-		return redactionRules{joinRuleAllow: true}
-	case "9", "10":
-		return redactionRules{joinRuleAllow: true, authorisingUser: true}
-	default:
+	n, ok := versionNumber(roomVersion)
+	switch {
+	case !ok || n >= 11:
 		return redactionRules{joinRuleAllow: true, authorisingUser: true, updated: true}
+	case n <= 5:
+		return redactionRules{aliases: true}
+	case n <= 7:
+		return redactionRules{}
+	case n == 8:
+		return redactionRules{joinRuleAllow: true}
+	default:
+		return redactionRules{joinRuleAllow: true, authorisingUser: true}
 	}
 }
 

@@ -113,8 +113,9 @@ func deepCopyJSON(t testing.TB, v map[string]any) map[string]any {
 	return out
 }
 
-// redactionVersions are the room versions every type is checked at. The
-// unknown ones get the v11 rules, the missing one the v1 rules.
+// redactionVersions are the room versions every type is checked at. An
+// unstable one gets the rules of the stable version its identifier ends
+// with, the unknown ones the v11 rules, the missing one the v1 rules.
 var redactionVersions = []struct{ name, version string }{
 	{"missing", ""},
 	{"v1", "1"},
@@ -126,7 +127,8 @@ var redactionVersions = []struct{ name, version string }{
 	{"v11", "11"},
 	{"v12", "12"},
 	{"unknown v11", "v11"},
-	{"unknown unstable", "org.matrix.msc1767.10"},
+	{"unstable on v10", "org.matrix.msc1767.10"},
+	{"unknown unstable", "org.example.no-number"},
 }
 
 func TestRedactContent_TypesAcrossVersions(t *testing.T) {
@@ -142,7 +144,8 @@ func TestRedactContent_TypesAcrossVersions(t *testing.T) {
 	empty := map[string]any{}
 
 	// want[type][version name]; the v11 column is used for "v12",
-	// "unknown v11" and "unknown unstable", and the v1 column for "missing".
+	// "unknown v11" and "unknown unstable", the v10 one for "unstable on
+	// v10", and the v1 column for "missing".
 	want := map[string]map[string]map[string]any{
 		"m.room.member": {
 			"v1": pick(member, "membership"), "v5": pick(member, "membership"),
@@ -208,6 +211,8 @@ func TestRedactContent_TypesAcrossVersions(t *testing.T) {
 					col = "v1"
 				case "v12", "unknown v11", "unknown unstable":
 					col = "v11"
+				case "unstable on v10":
+					col = "v10"
 				}
 				w, ok := want[typ][col]
 				if !ok {

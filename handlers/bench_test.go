@@ -110,6 +110,37 @@ func BenchmarkMessages_LazyAndBundles(b *testing.B) {
 	benchRead(b, h, r.ID, toks, map[string]any{"filter": map[string]any{"lazy_load_members": true}})
 }
 
+// BenchmarkMessages_Redacted: pages where every message is redacted by a
+// user below the redact level, in a room whose power levels list 3,000
+// users: from the messages' own server (sub-benchmark same-server) or
+// from another (across-servers), where every redaction and every
+// redacted message needs the sender's level in the state before the
+// redaction (Synapse's recheck_redaction). The power levels are decoded
+// once a read, so the two cost about the same.
+func BenchmarkMessages_Redacted(b *testing.B) {
+	users := map[string]any{alice: int64(100)}
+	for i := range 3000 {
+		users[fmt.Sprintf("@user%d:test", i)] = int64(10)
+	}
+	for _, redacter := range []struct{ name, user string }{{"same-server", "@eve:test"}, {"across-servers", "@eve:evil.org"}} {
+		b.Run(redacter.name, func(b *testing.B) {
+			var last string
+			h, r, toks := benchRoom(b, 20_000, func(r *testenv.Room, i int) testenv.Event {
+				switch {
+				case i == 0:
+					return r.Next("m.room.power_levels", alice, testenv.S(""), map[string]any{"users": users})
+				case i%2 == 1:
+					m := r.Msg(bob, fmt.Sprintf("message %d", i))
+					last = m.ID()
+					return m
+				}
+				return r.Next("m.room.redaction", redacter.user, nil, map[string]any{"redacts": last})
+			})
+			benchRead(b, h, r.ID, toks, map[string]any{"admin": true})
+		})
+	}
+}
+
 // BenchmarkMessages_NearAGap: members page back (dir=b, limit 50, from
 // depths 150-210) towards a gap at depth 100 whose missing parent no
 // federation worker answers for, in parallel: each read near the gap

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"bytes"
+	"encoding/binary"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -104,16 +105,14 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	if redaction != nil && !commands.KeepsTopLevelRedacts(rc.version()) {
 		redacts = ""
 	}
+	inContent := "" // a redacts to set in content as it is written
 	if r.Type == typeRedaction {
 		if commands.RedactsInContent(rc.version()) {
 			if target := contentRedacts(content); target != "" {
 				redacts = target
 			}
-		} else if redacts != "" {
-			var err error
-			if content, err = withContentRedacts(content, redacts); err != nil {
-				return err
-			}
+		} else {
+			inContent = redacts
 		}
 	}
 
@@ -138,7 +137,11 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 		c.str(v)
 	}
 	c.str("content")
-	c.buf.Write(content)
+	if inContent == "" {
+		c.buf.Write(content)
+	} else if err := c.contentWithRedacts(content, inContent); err != nil {
+		return err
+	}
 	str("event_id", r.EventID)
 	c.str("origin_server_ts")
 	_ = e.EncodeInt(r.OriginServerTS)
@@ -246,15 +249,79 @@ func (c *clientEncoder) redacted(typ string, raw []byte) ([]byte, error) {
 	return encodeContent(commands.RedactContent(c.rc.version(), typ, content))
 }
 
-// withContentRedacts is stored content with content.redacts set to
-// target.
-func withContentRedacts(raw []byte, target string) ([]byte, error) {
+// contentWithRedacts writes stored content with content.redacts set to
+// target. Content that has it already is written as it is, content
+// without it gets the key appended after its own, with no decoding (a
+// page of redactions showed them twice each, in redacted_because, and
+// decoded every one); only content whose content.redacts names another
+// event, or is not a string, is decoded and encoded again.
+func (c *clientEncoder) contentWithRedacts(raw []byte, target string) error {
+	n, head, ok := mapHeader(raw)
+	if ok {
+		switch v, found := stringField(raw, "redacts"); {
+		case found && v == target:
+			c.buf.Write(raw)
+			return nil
+		case !found:
+			if err := c.init().EncodeMapLen(n + 1); err != nil {
+				return err
+			}
+			c.buf.Write(raw[head:])
+			c.str("redacts")
+			c.str(target)
+			return nil
+		}
+	}
 	content := contentOf(raw)
 	if content == nil {
 		content = map[string]any{}
 	}
 	content["redacts"] = target
-	return encodeContent(content)
+	b, err := encodeContent(content)
+	c.buf.Write(b)
+	return err
+}
+
+// stringField reads one key of a MessagePack map, skipping the values of
+// the others: its value if it is a string, and whether the key is there
+// (a value that is not a string reads as ""). A map that does not decode
+// reports the key there, so that the caller takes its slow path.
+func stringField(raw []byte, key string) (string, bool) {
+	dec := msgpack.NewDecoder(bytes.NewReader(raw))
+	n, err := dec.DecodeMapLen()
+	if err != nil {
+		return "", true
+	}
+	for range n {
+		k, err := dec.DecodeString()
+		if err != nil {
+			return "", true
+		}
+		if k != key {
+			if dec.Skip() != nil {
+				return "", true
+			}
+			continue
+		}
+		v, _ := dec.DecodeInterface()
+		s, _ := v.(string)
+		return s, true
+	}
+	return "", false
+}
+
+// mapHeader reads the header of a MessagePack map: its length and the
+// header's size.
+func mapHeader(b []byte) (n, size int, ok bool) {
+	switch {
+	case len(b) >= 1 && b[0]&0xf0 == 0x80:
+		return int(b[0] & 0x0f), 1, true
+	case len(b) >= 3 && b[0] == 0xde:
+		return int(binary.BigEndian.Uint16(b[1:])), 3, true
+	case len(b) >= 5 && b[0] == 0xdf:
+		return int(binary.BigEndian.Uint32(b[1:])), 5, true
+	}
+	return 0, 0, false
 }
 
 // decodeContent decodes stored content.
@@ -278,7 +345,8 @@ func encodeContent(content map[string]any) ([]byte, error) {
 
 // contentRedacts reads content.redacts from stored content.
 func contentRedacts(raw []byte) string {
-	return commands.RedactionTarget("", contentOf(raw))
+	s, _ := stringField(raw, "redacts")
+	return s
 }
 
 // contentOf decodes stored content (nil if it is not a map).

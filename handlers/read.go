@@ -26,6 +26,12 @@ type readContext struct {
 	versionRead  bool
 	versionKnown bool // the room's m.room.create is on its timeline
 
+	// Power levels decoded for redactions across servers, by event ID,
+	// and the room's creators (hadPower).
+	levels       map[string]map[string]any
+	creatorList  []string
+	creatorsRead bool
+
 	// In-memory histories of the two state keys every visibility check
 	// reads, when they are short (nil: seek per event).
 	visHist, memberHist []projections.StateEntry
@@ -184,63 +190,107 @@ func (rc *readContext) version() string {
 	return rc.roomVersion
 }
 
-// redaction is the redaction Synapse applies to r (nil if none): the
-// first of r's redactions that applies (redactionApplies), as
-// _maybe_redact_event_row takes them; an m.room.create is never redacted
-// for reads.
+// redaction is the redaction Synapse applies to r (nil if none), an
+// m.room.create never being redacted for reads. As
+// _maybe_redact_event_row takes them: the first of r's redactions whose
+// sender had the power to redact, else the first of the others that is
+// of r's sender's server (commands.RedactionsRechecked). A lone
+// redaction of r's sender's server applies either way: the power levels
+// are read only for one of another server, or to choose among several.
 func (rc *readContext) redaction(r *projections.Row) (*projections.Row, error) {
 	if r.Type == typeCreate {
 		return nil, nil
 	}
-	var found *projections.Row
+	var reds []*projections.Row
 	var err error
 	rc.v.Redactions(r.EventID, func(id string) bool {
 		var red *projections.Row
-		if red, err = rc.v.Event(id); err != nil || red == nil {
-			return err == nil
+		if red, err = rc.v.Event(id); red != nil {
+			reds = append(reds, red)
 		}
-		var ok bool
-		if ok, err = rc.redactionApplies(red, r); ok {
-			found = red
-		}
-		return err == nil && !ok
+		return err == nil
 	})
-	return found, err
+	if err != nil || len(reds) == 0 {
+		return nil, err
+	}
+	if len(reds) == 1 && commands.SameServer(reds[0].Sender, r.Sender) {
+		return reds[0], nil
+	}
+	var unconfirmed *projections.Row
+	for _, red := range reds {
+		power, err := rc.hadPower(red)
+		if err != nil || power {
+			return red, err
+		}
+		if unconfirmed == nil && commands.SameServer(red.Sender, r.Sender) {
+			unconfirmed = red
+		}
+	}
+	return unconfirmed, nil
 }
 
-// redactionApplies reports whether the redaction red applies to target
-// (commands.RedactionApplies): across servers, from room version 3 on,
-// only if red's sender had the power to redact in the room's state
-// before red.
-func (rc *readContext) redactionApplies(red, target *projections.Row) (bool, error) {
+// hadPower reports whether red's sender had the power to redact, in the
+// room's state before red: its level at least the redact level. In room
+// versions that recheck nothing (1 and 2) every redaction counts as such.
+func (rc *readContext) hadPower(red *projections.Row) (bool, error) {
 	version := rc.version()
-	if !commands.RedactionNeedsPower(version, red.Sender, target.Sender) {
+	if !commands.RedactionsRechecked(version) {
 		return true, nil
 	}
-	var levels map[string]any // nil: the room has no power levels
-	if st, ok := rc.v.StateBefore(typePowerLevels, "", red.Depth, red.Stream); ok {
-		row, err := rc.v.StateEvent(st)
-		if err != nil {
-			return false, err
-		}
-		if row != nil {
-			if levels = contentOf(row.Content); levels == nil {
-				levels = map[string]any{}
-			}
+	levels, err := rc.levelsBefore(red)
+	if err != nil {
+		return false, err
+	}
+	creators, err := rc.creators()
+	if err != nil {
+		return false, err
+	}
+	return commands.UserLevel(version, red.Sender, levels, creators) >= commands.NamedLevel(levels, "redact", 50), nil
+}
+
+// levelsBefore is the content of the room's m.room.power_levels in the
+// state before r (nil when there is none), each decoded once a read.
+func (rc *readContext) levelsBefore(r *projections.Row) (map[string]any, error) {
+	st, ok := rc.v.StateBefore(typePowerLevels, "", r.Depth, r.Stream)
+	if !ok {
+		return nil, nil
+	}
+	if levels, ok := rc.levels[st.EventID]; ok {
+		return levels, nil
+	}
+	row, err := rc.v.StateEvent(st)
+	if err != nil {
+		return nil, err
+	}
+	var levels map[string]any
+	if row != nil {
+		if levels = contentOf(row.Content); levels == nil {
+			levels = map[string]any{}
 		}
 	}
-	var creators []string
+	if rc.levels == nil {
+		rc.levels = map[string]map[string]any{}
+	}
+	rc.levels[st.EventID] = levels
+	return levels, nil
+}
+
+// creators are the room's creators (commands.Creators), read once a read.
+func (rc *readContext) creators() ([]string, error) {
+	if rc.creatorsRead {
+		return rc.creatorList, nil
+	}
 	if st, ok := rc.v.CurrentState(typeCreate, ""); ok {
 		row, err := rc.v.StateEvent(st)
 		if err != nil {
-			return false, err
+			return nil, err
 		}
 		if row != nil {
-			creators = commands.Creators(version, row.Sender, contentOf(row.Content))
+			rc.creatorList = commands.Creators(rc.version(), row.Sender, contentOf(row.Content))
 		}
 	}
-	level := commands.UserLevel(version, red.Sender, levels, creators)
-	return commands.RedactionApplies(version, level, commands.NamedLevel(levels, "redact", 50), red.Sender, target.Sender), nil
+	rc.creatorsRead = true
+	return rc.creatorList, nil
 }
 
 // withholds reports whether Synapse's get_events_as_list withholds the
@@ -252,10 +302,12 @@ func (rc *readContext) redactionApplies(red, target *projections.Row) (bool, err
 // either place while the room's m.room.create is not on its timeline.
 func (rc *readContext) withholds(r *projections.Row) (bool, error) {
 	version := rc.version()
-	content := contentOf(r.Content)
-	target := commands.RedactionTarget(r.Redacts, content)
-	if rc.versionKnown {
-		target = commands.RedactionTargetIn(version, r.Redacts, content)
+	target := r.Redacts
+	switch {
+	case rc.versionKnown && commands.RedactsInContent(version):
+		target = contentRedacts(r.Content)
+	case !rc.versionKnown && target == "":
+		target = contentRedacts(r.Content)
 	}
 	if target == "" {
 		return true, nil
@@ -264,8 +316,11 @@ func (rc *readContext) withholds(r *projections.Row) (bool, error) {
 	if err != nil || t == nil || t.Rejected() || t.Type == typeCreate {
 		return err == nil, err
 	}
-	applies, err := rc.redactionApplies(r, t)
-	return !applies, err
+	if commands.SameServer(r.Sender, t.Sender) {
+		return false, nil
+	}
+	power, err := rc.hadPower(r)
+	return !power, err
 }
 
 // lazyMembers is lazy_load_members (SYNAPSE.md 5): the member events of

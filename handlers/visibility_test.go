@@ -405,6 +405,22 @@ func TestRedactions_AcrossServers(t *testing.T) {
 			t.Errorf("%s: content %v, redacted_by %v, want {} and %s", tt.ev.ID(), c, un["redacted_by"], tt.by)
 		}
 	}
+	// _maybe_redact_event_row takes the redactions whose sender had the
+	// power first, whatever their order.
+	t.Run("a redaction with the power goes first", func(t *testing.T) {
+		r3 := testenv.NewRoom("servers3", "test")
+		evs := r3.Setup(alice, bob, carol)
+		m := r3.Msg(bob, "bob's")
+		byCarol := r3.Next("m.room.redaction", carol, nil, map[string]any{"redacts": m.ID()})
+		byAlice := r3.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID()})
+		f.add(append(evs, m, byCarol, byAlice)...)
+		from := fmt.Sprintf("t%d-%d", m["depth"], f.seqOf[m.ID()])
+		p := f.mustRead(r3.ID, map[string]any{"admin": true, "dir": "b", "limit": 1, "from": from})
+		same(t, "page", p.ids, []string{m.ID()})
+		if un, _ := p.events[0]["unsigned"].(map[string]any); un["redacted_by"] != byAlice.ID() {
+			t.Fatalf("redacted_by %v, want alice's %s (carol's is %s)", un["redacted_by"], byAlice.ID(), byCarol.ID())
+		}
+	})
 	t.Run("not redacted by the redaction that does not apply", func(t *testing.T) {
 		r2 := testenv.NewRoom("servers2", "test")
 		evs := r2.Setup(alice, bob, eve)

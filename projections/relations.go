@@ -310,8 +310,8 @@ func (v *RoomView) RedactedBy(eventID string) string {
 // order they were applied (the mark's, then reredacted's), until it
 // returns false. While the room's janitor has purged rows to delete, the
 // redactions the purges delete are skipped (see RedactedBy). A reader
-// that finds the first one does not apply (commands.RedactionApplies)
-// asks the next, as Synapse's _maybe_redact_event_row does.
+// chooses among them as Synapse's _maybe_redact_event_row does (see
+// commands.RedactionsRechecked).
 func (v *RoomView) Redactions(eventID string, fn func(redactionID string) bool) {
 	if !v.meta.HasRedactions {
 		return
