@@ -72,6 +72,9 @@ type Filter struct {
 	// store knows an event's relations: PreLimit and Check do not look at
 	// them, and a reader asks FiltersRelations.
 	RelatedBySenders, RelatedByRelTypes []string
+	// relatedByNothing: a related_by_* list of only non-strings, which no
+	// relation meets (RelatedByNothing).
+	relatedByNothing bool
 
 	// sqlTypes and sqlNotTypes are Types and NotTypes compiled for
 	// PreLimit by ParseFilter; compiled is false for a hand-built Filter,
@@ -142,11 +145,17 @@ func parseFilterFields(get func(string) any) (*Filter, error) {
 		{"related_by_rel_types", &f.RelatedByRelTypes},
 	}
 	for _, l := range lists {
-		list, err := stringList(l.name, get(l.name), &total)
+		v := get(l.name)
+		list, err := stringList(l.name, v, &total)
 		if err != nil {
 			return nil, err
 		}
 		*l.dst = list
+		if len(list) == 0 && Truthy(v) && (l.name == "related_by_senders" || l.name == "related_by_rel_types") {
+			// [5]: a constraint no relation meets (Synapse's SQL compares
+			// with 5), not an empty list, which constrains nothing.
+			f.relatedByNothing = true
+		}
 	}
 	if total > MaxFilterBytes {
 		return nil, Errorf(400, CodeInvalidParam, "filter is too large: its lists hold more than %d bytes", MaxFilterBytes)
@@ -362,8 +371,13 @@ func (f *Filter) PreLimitAll() bool {
 // events with a relation that meets them, before the limit (Synapse's SQL
 // joins event_relations, and Filter.filter checks the same again).
 func (f *Filter) FiltersRelations() bool {
-	return f != nil && (len(f.RelatedBySenders) > 0 || len(f.RelatedByRelTypes) > 0)
+	return f != nil && (len(f.RelatedBySenders) > 0 || len(f.RelatedByRelTypes) > 0 || f.relatedByNothing)
 }
+
+// RelatedByNothing reports whether related_by_senders or
+// related_by_rel_types is a non-empty list without a string in it
+// ([5]): no relation meets it, so the filter keeps no event.
+func (f *Filter) RelatedByNothing() bool { return f != nil && f.relatedByNothing }
 
 // Check is Synapse's Filter.filter check (filtering.py _check), applied
 // after the limit: an event matching any not_ entry is rejected; a

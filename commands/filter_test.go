@@ -428,7 +428,7 @@ func TestFilter_RelatedByLeftToTheStore(t *testing.T) {
 		{`{"related_by_rel_types": ["m.thread"]}`, true},
 		{`{"related_by_senders": "@z"}`, true},
 		{`{"related_by_senders": [], "related_by_rel_types": []}`, false},
-		{`{"related_by_senders": [5]}`, false},
+		{`{"related_by_senders": [5]}`, true},
 		{`{"related_by_senders": null, "types": ["m.room.message"]}`, false},
 	} {
 		if got := mustFilter(t, tt.filter).FiltersRelations(); got != tt.want {
@@ -437,6 +437,12 @@ func TestFilter_RelatedByLeftToTheStore(t *testing.T) {
 	}
 	if (*Filter)(nil).FiltersRelations() {
 		t.Error("a nil filter filters relations")
+	}
+	for filter, want := range map[string]bool{`{"related_by_senders": [5]}`: true, `{"related_by_rel_types": [null, 1]}`: true,
+		`{"related_by_senders": []}`: false, `{"related_by_senders": ["@a:hs"]}`: false} {
+		if got := mustFilter(t, filter).RelatedByNothing(); got != want {
+			t.Errorf("%s: RelatedByNothing() = %v, want %v", filter, got, want)
+		}
 	}
 }
 

@@ -429,6 +429,7 @@ func TestMessages_RelatedByFilters(t *testing.T) {
 		{"with types", map[string]any{"related_by_rel_types": []any{"m.annotation", "m.reference"}, "types": []any{"m.room.message"}, "not_senders": []any{carol}}, []testenv.Event{e2, e1}},
 		{"the relating events have none", map[string]any{"related_by_rel_types": []any{"m.annotation", "m.reference"}, "types": []any{"m.reaction"}}, nil},
 		{"a string lists its characters", map[string]any{"related_by_senders": "@bob:test"}, nil},
+		{"a list of no strings: no relation meets it", map[string]any{"related_by_senders": []any{5}}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

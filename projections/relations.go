@@ -480,13 +480,14 @@ func (v *RoomView) Holds(eventID string) bool {
 // for one page, prepared once: the senders as a set, for walks over the
 // senders of a relation type.
 type relatedByQuery struct {
+	nothing  bool // no relation meets the filter (commands.Filter.RelatedByNothing)
 	senders  []string
 	senderIn map[string]bool // nil: any sender
 	typeIn   map[string]bool // nil: any relation type
 }
 
 func newRelatedByQuery(f *commands.Filter) *relatedByQuery {
-	q := &relatedByQuery{senders: f.RelatedBySenders, senderIn: setOf(f.RelatedBySenders), typeIn: setOf(f.RelatedByRelTypes)}
+	q := &relatedByQuery{nothing: f.RelatedByNothing(), senders: f.RelatedBySenders, senderIn: setOf(f.RelatedBySenders), typeIn: setOf(f.RelatedByRelTypes)}
 	return q
 }
 
@@ -517,7 +518,7 @@ func setOf(list []string) map[string]bool {
 // a relation they find is then confirmed in the index, by an event the
 // room still holds.
 func (v *RoomView) relatedBy(target string, q *relatedByQuery) bool {
-	if v.room == 0 || !v.meta.HasRelations {
+	if v.room == 0 || !v.meta.HasRelations || q.nothing {
 		return false
 	}
 	counts := v.bucket(bRelCount)
