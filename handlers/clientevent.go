@@ -184,6 +184,12 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	if redaction != nil {
 		un += 2
 	}
+	// Synapse's admin metadata (include_admin_metadata, for an admin's
+	// read): a soft-failed event says so.
+	softFailed := rc.req.Admin && r.SoftFailed()
+	if softFailed {
+		un++
+	}
 	if relations != nil {
 		un++
 	}
@@ -209,6 +215,10 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 		if err := c.event(redaction, eventOpts{because: true}); err != nil {
 			return err
 		}
+	}
+	if softFailed {
+		c.str("io.element.synapse.soft_failed")
+		_ = e.EncodeBool(true)
 	}
 	if relations != nil {
 		c.str("m.relations")

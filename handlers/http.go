@@ -419,17 +419,25 @@ func (b *Bridge) clientMessages(ctx context.Context, r *http.Request, id Identit
 		return nil, err
 	}
 	req["user_id"] = id.UserID
-	if err := checkMessagesRoom(r.PathValue("roomId")); err != nil {
+	return b.memberMessages(ctx, r.PathValue("roomId"), id.UserID, req)
+}
+
+// memberMessages reads for user, with the ignore list the homeserver
+// keeps for them (none for an identity without a user ID).
+func (b *Bridge) memberMessages(ctx context.Context, roomID, user string, req map[string]any) (any, error) {
+	if err := checkMessagesRoom(roomID); err != nil {
 		return nil, err // before asking the homeserver anything
 	}
-	ignored, err := b.ignoredUsers(ctx, id.UserID)
-	if err != nil {
-		return nil, err
+	if user != "" {
+		ignored, err := b.ignoredUsers(ctx, user)
+		if err != nil {
+			return nil, err
+		}
+		if len(ignored) > 0 {
+			req["ignored_users"] = ignored
+		}
 	}
-	if len(ignored) > 0 {
-		req["ignored_users"] = ignored
-	}
-	return b.messages(ctx, r.PathValue("roomId"), req)
+	return b.messages(ctx, roomID, req)
 }
 
 // ignoredUsers asks the homeserver for the user's ignore list
@@ -458,13 +466,19 @@ func (b *Bridge) ignoredUsers(ctx context.Context, userID string) ([]any, error)
 	return out, nil
 }
 
+// adminMessages is Synapse's RoomMessagesRestServlet: no membership check
+// nor visibility, but the admin's user ID and ignore list for the bundled
+// aggregations, as in a client read.
 func (b *Bridge) adminMessages(ctx context.Context, r *http.Request, id Identity) (any, error) {
 	req, err := messagesQuery(r)
 	if err != nil {
 		return nil, err
 	}
 	req["admin"] = true
-	return b.messages(ctx, r.PathValue("roomId"), req)
+	if id.UserID != "" {
+		req["user_id"] = id.UserID
+	}
+	return b.memberMessages(ctx, r.PathValue("roomId"), id.UserID, req)
 }
 
 // checkMessagesRoom refuses a /messages room ID that no room can have.
@@ -535,6 +549,9 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 	q := twistedQuery(r.URL.RawQuery)
 	req := map[string]any{}
 	if v := q.Get("dir"); q.Has("dir") {
+		if !isASCII(v) {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter 'dir' must be ascii")
+		}
 		if v != "b" && v != "f" {
 			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter 'dir' must be one of ['b', 'f']")
 		}
@@ -573,10 +590,13 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 		if err != nil {
 			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
 		}
-		if m, ok := f.(map[string]any); !ok {
-			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
-		} else if len(m) > 0 {
+		// A falsy value (null, [], 0, false, "", {}) is no filter, as
+		// Synapse's "if filter_json" has it; another non-object is 400
+		// (Synapse's Filter crashes on it with a 500).
+		if m, ok := f.(map[string]any); ok && len(m) > 0 {
 			req["filter"] = m
+		} else if !ok && commands.Truthy(f) {
+			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
 		}
 	}
 	return req, nil

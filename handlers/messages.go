@@ -252,7 +252,13 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	}
 	// Step 2: access (SYNAPSE.md 1.3).
 	rc := &readContext{v: v, roomID: roomID, req: req, now: now, h: h}
-	if !req.Admin {
+	if req.Admin {
+		// No access check nor visibility; the admin's own user ID and
+		// ignore list still shape the bundles (current_user_participated,
+		// ignored references and replies), as Synapse's admin API passes
+		// its requester to get_bundled_aggregations.
+		rc.reader = commands.Reader{UserID: req.UserID, Ignored: rc.ignored(), Now: now}
+	} else {
 		if err := rc.checkAccess(); err != nil {
 			return nil, nil, err
 		}

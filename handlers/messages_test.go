@@ -487,6 +487,13 @@ func TestMessages_RejectedSoftFailedAndClientFormat(t *testing.T) {
 		same(t, "user", p.ids, []string{withAge.ID()})
 		p = f.mustRead(r.ID, map[string]any{"admin": true, "dir": "b", "limit": 2})
 		same(t, "admin", p.ids, []string{withAge.ID(), soft.ID()})
+		// Synapse's admin metadata (include_admin_metadata) marks it.
+		if un, _ := p.events[1]["unsigned"].(map[string]any); un["io.element.synapse.soft_failed"] != true {
+			t.Fatalf("soft-failed event for an admin: unsigned %v", un)
+		}
+		if un, _ := p.events[0]["unsigned"].(map[string]any); un["io.element.synapse.soft_failed"] != nil {
+			t.Fatalf("an event that is not soft-failed: unsigned %v", un)
+		}
 	})
 	t.Run("client format", func(t *testing.T) {
 		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 1})

@@ -104,11 +104,7 @@ func (rc *readContext) checkAccess() error {
 		}
 		rc.peeking = true
 	}
-	ignored := make(map[string]bool, len(rc.req.IgnoredUsers))
-	for _, u := range rc.req.IgnoredUsers {
-		ignored[u] = true
-	}
-	rc.reader = commands.Reader{UserID: user, Peeking: rc.peeking, Ignored: ignored, Now: rc.now}
+	rc.reader = commands.Reader{UserID: user, Peeking: rc.peeking, Ignored: rc.ignored(), Now: rc.now}
 	if rc.h.Retention.Enabled {
 		ret, _ := rc.v.CurrentState(typeRetention, "")
 		roomMin, roomMax := commands.ParseRetentionSummary(ret.Summary)
@@ -174,6 +170,15 @@ func (rc *readContext) visible(r *projections.Row) (bool, string) {
 		in.JoinRuleAfter = jr.Summary
 	}
 	return commands.Visible(in, rc.reader)
+}
+
+// ignored is the request's ignored_users as a set.
+func (rc *readContext) ignored() map[string]bool {
+	ignored := make(map[string]bool, len(rc.req.IgnoredUsers))
+	for _, u := range rc.req.IgnoredUsers {
+		ignored[u] = true
+	}
+	return ignored
 }
 
 // version is the room version from m.room.create ("1" without one).

@@ -534,3 +534,106 @@ func (m *Main) twoMessageRoom(t *testing.T, name string) (*testenv.Room, int) {
 	}
 	return room, len(seqs)
 }
+
+// TestHTTP_AdminMessagesBundlesForTheAdmin: Synapse's RoomMessagesRestServlet calls get_messages with the admin's
+// requester, and get_bundled_aggregations(filtered_events, user_id) sets
+// current_user_participated from that user (relations.py
+// _get_threads_for_events: events_by_id[event_id].sender == user_id).
+func TestHTTP_AdminMessagesBundlesForTheAdmin(t *testing.T) {
+	m := startMain(t)
+	const admin = "@admin:test"
+	room := testenv.NewRoom("thr", "test")
+	evs := room.Setup(alice, admin, bob)
+	root := room.Msg(admin, "root by the admin")
+	reply := room.Next("m.room.message", bob, nil, map[string]any{"msgtype": "m.text", "body": "in thread",
+		"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root.ID()}})
+	evs = append(evs, root, reply)
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	thread := func(path, token string) map[string]any {
+		st, body := m.do(t, "GET", path+"?dir=b&limit=10", token, "")
+		if st != 200 {
+			t.Fatalf("%d %v", st, body)
+		}
+		for _, c := range body["chunk"].([]any) {
+			ev := c.(map[string]any)
+			if ev["event_id"] == root.ID() {
+				un, _ := ev["unsigned"].(map[string]any)
+				rel, _ := un["m.relations"].(map[string]any)
+				th, _ := rel["m.thread"].(map[string]any)
+				return th
+			}
+		}
+		t.Fatalf("root not in chunk: %v", body)
+		return nil
+	}
+	client := thread("/_matrix/client/v3/rooms/"+url.PathEscape(room.ID)+"/messages", "tok-admin")
+	adminAPI := thread("/_synapse/admin/v1/rooms/"+url.PathEscape(room.ID)+"/messages", "tok-admin")
+	if client["current_user_participated"] != true {
+		t.Fatalf("client API: %v", client)
+	}
+	if adminAPI["current_user_participated"] != true {
+		t.Fatalf("admin API: current_user_participated=%v for the admin's own thread root, want true (client API says %v)", adminAPI["current_user_participated"], client["current_user_participated"])
+	}
+}
+
+// TestHTTP_AdminMessagesMarkSoftFailed: Synapse's admin servlet builds its serializer config with
+// requester=admin, so include_admin_metadata is true and serialize.rs
+// adds unsigned["io.element.synapse.soft_failed"] = true to the
+// soft-failed events the admin API returns.
+func TestHTTP_AdminMessagesMarkSoftFailed(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("sf", "test")
+	evs := room.Setup(alice, bob)
+	soft := room.Msg(bob, "soft")
+	soft["soft_failed"] = true
+	evs = append(evs, soft)
+	seqs := m.publisher().Publish(t, evs...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	st, body := m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape(room.ID)+"/messages?dir=b&limit=1", "tok-admin", "")
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	ev := body["chunk"].([]any)[0].(map[string]any)
+	if ev["event_id"] != soft.ID() {
+		t.Fatalf("chunk=%v", body["chunk"])
+	}
+	if un, _ := ev["unsigned"].(map[string]any); un["io.element.synapse.soft_failed"] != true {
+		t.Fatalf("soft-failed event without io.element.synapse.soft_failed: unsigned=%v", un)
+	}
+}
+
+// Synapse: filter_json = parse_json(...); event_filter = Filter(...) if
+// filter_json else None. A falsy JSON value (null, [], 0, false, "") is
+// no filter: 200, on the client route as on the admin one; a truthy
+// non-object stays 400.
+func TestHTTP_MessagesFalsyFilterIsNoFilter(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("ff", "test")
+	seqs := m.publisher().Publish(t, append(room.Setup(alice, "@admin:test"), room.Msg(alice, "hi"))...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"null", "%5B%5D", "0", "false", "%22%22"} {
+		for _, path := range []string{"/_synapse/admin/v1/rooms/", "/_matrix/client/v3/rooms/"} {
+			st, body := m.do(t, "GET", path+url.PathEscape(room.ID)+"/messages?filter="+f, "tok-admin", "")
+			if st != 200 || len(body["chunk"].([]any)) == 0 {
+				t.Errorf("%s filter=%s: %d %v, want 200 (no filter)", path, f, st, body)
+			}
+		}
+	}
+	st, body := m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape(room.ID)+"/messages?filter=%5B1%5D", "tok-admin", "")
+	wantErr(t, st, body, 400, "M_NOT_JSON", "Query parameter filter must be a valid JSON object")
+}
+
+// Synapse's parse_enum -> parse_string decodes as ascii first:
+// "Query parameter 'dir' must be ascii", M_UNKNOWN.
+func TestHTTP_MessagesNonASCIIDir(t *testing.T) {
+	m := startMain(t)
+	st, body := m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape("!x:test")+"/messages?dir=%C3%A9", "tok-admin", "")
+	wantErr(t, st, body, 400, "M_UNKNOWN", "Query parameter 'dir' must be ascii")
+}
