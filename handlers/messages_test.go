@@ -109,6 +109,22 @@ func (f *fixture) read(roomID string, req map[string]any) (map[string]any, *comm
 	return m, nil
 }
 
+// tokenAt is the topological token of an added event.
+func (f *fixture) tokenAt(ev testenv.Event) string {
+	return fmt.Sprintf("t%d-%d", ev["depth"], f.seqOf[ev.ID()])
+}
+
+// wantEmptyWithEnd reads alice's dir=b page of limit from ev and fails
+// unless it is empty and has an end: the page's rows were all dropped
+// after the limit (rejected, withheld), so pagination goes on.
+func (f *fixture) wantEmptyWithEnd(t *testing.T, roomID string, ev testenv.Event, limit int) {
+	t.Helper()
+	p := f.mustRead(roomID, map[string]any{"user_id": alice, "dir": "b", "limit": limit, "from": f.tokenAt(ev)})
+	if len(p.ids) != 0 || !p.hasEnd {
+		t.Fatalf("page=%+v", p)
+	}
+}
+
 func (f *fixture) mustRead(roomID string, req map[string]any) page {
 	f.t.Helper()
 	m, e := f.read(roomID, req)
@@ -476,11 +492,7 @@ func TestMessages_RejectedSoftFailedAndClientFormat(t *testing.T) {
 	f.add(evs...)
 
 	t.Run("a page of only rejected events keeps end", func(t *testing.T) {
-		from := fmt.Sprintf("t%d-%d", rej2["depth"], f.seqOf[rej2.ID()])
-		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2, "from": from})
-		if len(p.ids) != 0 || !p.hasEnd {
-			t.Fatalf("page=%+v", p)
-		}
+		f.wantEmptyWithEnd(t, r.ID, rej2, 2)
 	})
 	t.Run("soft-failed hidden from users, shown to admins", func(t *testing.T) {
 		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 2})
