@@ -557,16 +557,19 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 		}
 		req["dir"] = v
 	}
+	// parse_string's ascii for from, then for to, then their tokens, all
+	// before limit and filter, as Synapse's PaginationConfig.from_request
+	// reads them.
+	for _, k := range []string{"from", "to"} {
+		if q.Has(k) && !isASCII(q.Get(k)) {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter '%s' must be ascii", k)
+		}
+	}
 	for _, k := range []string{"from", "to"} {
 		if !q.Has(k) {
 			continue
 		}
 		v := q.Get(k)
-		// parse_string's ascii, then the token, both before limit and
-		// filter, as Synapse's PaginationConfig.from_request reads them.
-		if !isASCII(v) {
-			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter '%s' must be ascii", k)
-		}
 		if _, err := parseTokenParam(k, v); err != nil {
 			return nil, err
 		}

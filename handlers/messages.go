@@ -250,6 +250,21 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	default:
 		from = commands.StartToken
 	}
+	// Step 3: Synapse's curr_topo for a backwards page, the token's depth,
+	// or, for a stream token (or depth 0), the least depth at or after
+	// its position; taken before the clamp of step 4, and given to the
+	// backfill of step 6. Computed when one of them needs it.
+	currTopo, topoRead, token := int64(0), false, from.Room
+	topo := func() int64 {
+		if !topoRead {
+			topoRead = true
+			currTopo = token.Topological
+			if !token.IsTopological || currTopo == 0 {
+				currTopo = v.TopologicalAt(token.Stream)
+			}
+		}
+		return currTopo
+	}
 	// Step 2: access (SYNAPSE.md 1.3).
 	rc := &readContext{v: v, roomID: roomID, req: req, now: now, h: h}
 	if req.Admin {
@@ -265,7 +280,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		// Step 4: a departed user paging backwards is clamped to their
 		// leave event; start shows the clamped token.
 		if req.Backwards && rc.departed {
-			if clamped, ok := rc.leaveClamp(from.Room); ok {
+			if clamped, ok := rc.leaveClamp(topo()); ok {
 				from = from.WithRoom(clamped)
 				fromGiven = true
 			}
@@ -288,31 +303,6 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 			return nil, nil, err
 		}
 	}
-	// Step 6: decide about backfill (the caller runs it outside this
-	// read transaction).
-	// Synapse's maybe_backfill returns at once in a room without
-	// backward extremities: asking here, in this transaction, spares the
-	// backfill's own read (a twentieth of the CPU of reads of a room
-	// without gaps).
-	var need *backfillNeed
-	if req.Backwards && req.Limit > 0 && v.HasGaps() {
-		// Synapse's curr_topo: the token's depth, or, for a stream token
-		// (or depth 0), the least depth at or after its position.
-		depth := from.Room.Topological
-		if !from.Room.IsTopological || depth == 0 {
-			depth = v.TopologicalAt(from.Room.Stream)
-		}
-		need = backfillDecision(res.Rows, req.Limit, depth)
-	}
-	// Step 7: next_key.
-	next := from.Room
-	switch {
-	case res.Next != nil:
-		next = *res.Next
-	case to != nil:
-		next = *to
-	}
-	end := from.WithRoom(next)
 	// Rejected events never leave the store, nor do the redactions
 	// Synapse withholds (get_events_as_list).
 	rows := res.Rows[:0:0]
@@ -331,6 +321,27 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		}
 		rows = append(rows, r)
 	}
+	// Step 6: decide about backfill (the caller runs it outside this
+	// read transaction), on the events get_events_as_list gives, the
+	// rejected and withheld ones left out, and with the curr_topo of
+	// before the clamp, as Synapse's get_messages passes to maybe_backfill.
+	// Synapse's maybe_backfill returns at once in a room without
+	// backward extremities: asking here, in this transaction, spares the
+	// backfill's own read (a twentieth of the CPU of reads of a room
+	// without gaps).
+	var need *backfillNeed
+	if req.Backwards && req.Limit > 0 && v.HasGaps() {
+		need = backfillDecision(rows, req.Limit, topo())
+	}
+	// Step 7: next_key.
+	next := from.Room
+	switch {
+	case res.Next != nil:
+		next = *res.Next
+	case to != nil:
+		next = *to
+	}
+	end := from.WithRoom(next)
 	// Step 8: the end of the timeline.
 	if !res.Limited && len(rows) == 0 {
 		var enc clientEncoder

@@ -699,3 +699,25 @@ func TestMessages_WaitForTimeout(t *testing.T) {
 		t.Fatalf("wait_for past the log: %v, want 504 naming the sequence", err)
 	}
 }
+
+// TestMessages_LeaveClampFromALiveToken: for a stream token, Synapse
+// clamps a departed user's page to their leave only when the leave is
+// deeper than curr_topo, the least depth at or after the token (here an
+// event after the leave in the stream is the leave's sibling, at the
+// same depth: no clamp).
+func TestMessages_LeaveClampFromALiveToken(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("clampfork", "test")
+	evs := r.Setup(alice, bob)
+	m1 := r.Msg(alice, "m1")
+	leave := r.Member(bob, bob, "leave")
+	r.StartAt(leave["depth"].(int64), m1.ID()) // x: the leave's sibling, same depth
+	x := r.Msg(alice, "x")
+	f.add(append(evs, m1, leave, x)...)
+	from := fmt.Sprintf("s%d", f.seqOf[x.ID()])
+	p := f.mustRead(r.ID, map[string]any{"user_id": bob, "dir": "b", "limit": 3, "from": from})
+	if p.start != from+zeros {
+		t.Errorf("start=%q, want the unclamped %q", p.start, from+zeros)
+	}
+	same(t, "chunk", p.ids, idsOf([]testenv.Event{x, leave, m1}))
+}

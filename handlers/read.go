@@ -114,29 +114,14 @@ func (rc *readContext) checkAccess() error {
 }
 
 // leaveClamp is step 4 of get_messages: when the reader's leave event is
-// older than where the page starts, the page starts at the leave event
-// (inclusive backwards, so it is the first event returned).
-//
-// For a live (s) token Synapse compares with the smallest depth of the
-// events at or after the token's stream position; along a timeline whose
-// depths grow with the stream that is "the leave comes before the token",
-// which is what is compared here without scanning the room.
-func (rc *readContext) leaveClamp(from commands.RoomToken) (commands.RoomToken, bool) {
-	leave := commands.RoomToken{Topological: rc.leave.Depth, Stream: rc.leave.Stream, IsTopological: true}
-	if from.IsTopological && from.Topological != 0 {
-		if rc.leave.Depth < from.Topological {
-			return leave, true
-		}
-		return from, false
+// deeper in the past than the page's curr_topo (step 3), the page starts
+// at the leave event (inclusive backwards, so it is the first event
+// returned).
+func (rc *readContext) leaveClamp(currTopo int64) (commands.RoomToken, bool) {
+	if rc.leave.Depth < currTopo {
+		return commands.RoomToken{Topological: rc.leave.Depth, Stream: rc.leave.Stream, IsTopological: true}, true
 	}
-	_, maxStream, ok := rc.v.MaxPosition()
-	if !ok {
-		return from, false
-	}
-	if rc.leave.Stream < min(from.Stream, maxStream) {
-		return leave, true
-	}
-	return from, false
+	return commands.RoomToken{}, false
 }
 
 // visible runs the visibility rules for one row (SYNAPSE.md 3) with the
@@ -161,7 +146,10 @@ func (rc *readContext) visible(r *projections.Row) (bool, string) {
 			}
 		case typeVisibility:
 			in.HistoryVisibility = r.Summary
-			if prev, ok := rc.v.StateBefore(typeVisibility, "", r.Depth, r.Stream); ok {
+			// prev_content: the event this one replaced, at its own
+			// state key (whatever the key, Synapse reads the event's
+			// content and its prev_content).
+			if prev, ok := rc.v.StateBefore(typeVisibility, r.StateKey, r.Depth, r.Stream); ok {
 				in.PrevHistoryVisibility = prev.Summary
 			}
 		}

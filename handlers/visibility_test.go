@@ -707,3 +707,18 @@ func TestClientEvent_NoStrippedStateNorTransactionID(t *testing.T) {
 		}
 	}
 }
+
+// TestVisibility_HistoryVisibilityAtAnotherStateKey: Synapse checks a
+// history_visibility event against its own prev_content, the previous
+// event at the same state key (none here: shared), so a member who joins
+// after it sees it; the room's "" key is not its predecessor.
+func TestVisibility_HistoryVisibilityAtAnotherStateKey(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("hvkey", "test")
+	evs := visRoom(r, "joined")
+	odd := r.Next("m.room.history_visibility", alice, testenv.S("x"), map[string]any{"history_visibility": "joined"})
+	join := r.Join(bob)
+	f.add(append(evs, odd, join)...)
+	p := f.mustRead(r.ID, map[string]any{"user_id": bob, "dir": "b", "limit": 10})
+	same(t, "bob", p.ids, rev(idsOf(append(evs, odd, join))))
+}
