@@ -16,9 +16,10 @@ type eventOpts struct {
 	bundle     bool   // bundled aggregations in unsigned["m.relations"]
 	noThread   bool   // bundle without m.thread (a thread's latest event)
 	// because: the event is the redaction shown in another's
-	// redacted_because, shown as stored, never as redacted itself: Synapse
-	// embeds it without recursing into its own redactions, so a chain of
-	// redactions of redactions costs one level, not one per link.
+	// redacted_because: pruned if it is redacted itself, as Synapse's
+	// get_events gives it, but without a redacted_because of its own
+	// (Synapse embeds it without recursing), so a chain of redactions of
+	// redactions costs one level, not one per link.
 	because bool
 }
 
@@ -69,18 +70,20 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	rc := c.rc
 	age := rc.now - r.AgeTS
 	content := r.Content
-	var redaction *projections.Row
-	if !opts.because {
-		var err error
-		if redaction, err = rc.redaction(r); err != nil {
-			return err
-		}
+	redaction, err := rc.redaction(r)
+	if err != nil {
+		return err
 	}
-	if redaction != nil {
-		var err error
+	redacted := redaction != nil
+	if redacted {
 		if content, err = c.redacted(r.Type, r.Content); err != nil {
 			return err
 		}
+	}
+	if opts.because {
+		// Shown pruned if it is redacted itself, but without its own
+		// redacted_because: one level, not one a link of a chain.
+		redaction = nil
 	}
 	var prev *prevState
 	if r.IsState() {
@@ -92,7 +95,7 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	var relations []byte
 	if opts.bundle {
 		var err error
-		if relations, err = c.rc.bundle(r, !opts.noThread, redaction != nil); err != nil {
+		if relations, err = c.rc.bundle(r, !opts.noThread, redacted); err != nil {
 			return err
 		}
 	}
@@ -102,7 +105,7 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	// before v11, to the top level from v11 on. A redacted redaction
 	// keeps a target only in v11, in content.redacts.
 	redacts := r.Redacts
-	if redaction != nil && !commands.KeepsTopLevelRedacts(rc.version()) {
+	if redacted && !commands.KeepsTopLevelRedacts(rc.version()) {
 		redacts = ""
 	}
 	inContent := "" // a redacts to set in content as it is written
@@ -169,12 +172,11 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 		}
 	}
 
-	// unsigned: age, the published fields (not for redacted events),
-	// prev_* for state events, membership, redaction, relations.
+	// unsigned: age, prev_* for state events, membership, redaction,
+	// relations. What else the homeserver published in unsigned is not
+	// shown: Synapse keeps none of it (its PersistedUnsignedFields has
+	// no other field).
 	un := 1
-	if redaction == nil {
-		un += r.UnsignedN
-	}
 	if prev != nil {
 		un += 3
 	}
@@ -197,9 +199,6 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 	_ = e.EncodeMapLen(un)
 	c.str("age")
 	_ = e.EncodeInt(age)
-	if redaction == nil {
-		c.buf.Write(r.Unsigned)
-	}
 	if prev != nil {
 		c.str("prev_content")
 		c.buf.Write(prev.content)

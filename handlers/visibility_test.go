@@ -304,8 +304,43 @@ func TestRedactions_AChainCostsOneLevel(t *testing.T) {
 	if un, _ := because["unsigned"].(map[string]any); un["redacted_by"] != nil || un["redacted_because"] != nil {
 		t.Fatalf("the redaction in redacted_because has its own: %v", un)
 	}
-	if c, _ := because["content"].(map[string]any); c["redacts"] != m.ID() {
-		t.Fatalf("the redaction in redacted_because lost its content: %v", because)
+	// Redacted itself (by the next link), it is shown pruned: in a v10
+	// room no target is left anywhere.
+	if c, _ := because["content"].(map[string]any); len(c) != 0 || because["redacts"] != nil {
+		t.Fatalf("the redacted redaction in redacted_because: %v", because)
+	}
+}
+
+// TestRedactions_RedactedBecauseIsPrunedWhenRedacted: Synapse fetches the
+// redaction for redacted_because with get_events, which prunes a
+// redaction that is itself redacted: its reason goes, and its target
+// stays only where the room version's redaction rules keep it (v11:
+// content.redacts, copied to the top level).
+func TestRedactions_RedactedBecauseIsPrunedWhenRedacted(t *testing.T) {
+	f := newFixture(t)
+	for _, v11 := range []bool{false, true} {
+		r := testenv.NewRoom(fmt.Sprintf("pruned%v", v11), "test")
+		evs := r.Setup(alice, bob)
+		if v11 {
+			r = v11Room("pruned11")
+			evs = v11Setup(r)
+		}
+		m := r.Msg(bob, "hi")
+		red1 := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": m.ID(), "reason": "secret reason"})
+		red2 := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": red1.ID()})
+		f.add(append(evs, m, red1, red2)...)
+		p := f.mustRead(r.ID, map[string]any{"user_id": alice, "dir": "f", "limit": 1, "from": f.tokenAt(evs[len(evs)-1])})
+		same(t, "page", p.ids, []string{m.ID()})
+		b := p.events[0]["unsigned"].(map[string]any)["redacted_because"].(map[string]any)
+		c := b["content"].(map[string]any)
+		switch {
+		case c["reason"] != nil:
+			t.Errorf("v11=%v: the redacted reason is shown: %v", v11, b)
+		case !v11 && (c["redacts"] != nil || b["redacts"] != nil):
+			t.Errorf("v10: a redacted redaction keeps a target: %v", b)
+		case v11 && (c["redacts"] != m.ID() || b["redacts"] != m.ID()):
+			t.Errorf("v11: a redacted redaction keeps content.redacts, copied to the top level: %v", b)
+		}
 	}
 }
 
