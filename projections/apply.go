@@ -813,7 +813,13 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	} else {
 		switch c.Action {
 		case commands.ActionForget:
-			if err := tx.Bucket(bForgot).Put(roomStrKey(room, c.String("user_id")), u64(uint64(max(ts, 0)))); err != nil {
+			v := u64(uint64(max(ts, 0)))
+			if openShutdown(tx, room) {
+				// A deletion's own forget (its kicks ask the homeserver
+				// for it): Synapse's do_not_schedule_purge.
+				v = append(v, forgotByShutdown)
+			}
+			if err := tx.Bucket(bForgot).Put(roomStrKey(room, c.String("user_id")), v); err != nil {
 				return err
 			}
 			t.Status = commands.TaskComplete

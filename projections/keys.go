@@ -22,7 +22,7 @@ var (
 	bState     = []byte("state")       // room|type|state_key|depth|order -> membership|event ID
 	bFwd       = []byte("fwdext")      // room|event ID -> depth
 	bBack      = []byte("backext")     // room|event ID -> depth of the successor that named it
-	bForgot    = []byte("forgotten")   // room|user ID -> empty
+	bForgot    = []byte("forgotten")   // room|user ID -> forget time (ms), then forgotByShutdown for a deletion's own forget
 	bTasks     = []byte("tasks")       // task ID -> Task (msgpack)
 	bRoomTask  = []byte("roomtasks")   // room|created ts|task ID -> empty
 	bDead      = []byte("deadletter")  // log sequence -> DeadLetter (msgpack)

@@ -525,17 +525,37 @@ func (s *Store) CutoffByTS(roomID string, ts int64) (depth, stream int64, ok boo
 	return depth, stream, ok, err
 }
 
+// forgotByShutdown follows the forget time in a forgotten entry applied
+// while a deletion of the room was open: the deletion's own forget, which
+// Synapse makes with do_not_schedule_purge.
+const forgotByShutdown = 1
+
+// openShutdown reports whether the room has a deletion task that is
+// scheduled or active.
+func openShutdown(tx *bolt.Tx, room uint64) bool {
+	c := tx.Bucket(bRoomTask).Cursor()
+	prefix := u64(room)
+	for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		t, err := getTask(tx, string(k[16:]))
+		if err == nil && t != nil && t.Action == commands.ActionShutdownAndPurgeRoom && (t.Status == commands.TaskScheduled || t.Status == commands.TaskActive) {
+			return true
+		}
+	}
+	return false
+}
+
 // ForgottenRooms lists the rooms whose local members have all left and
 // forgotten them, the last forget at least period before now (Synapse's
-// forgotten_room_retention_period). Rooms with any deletion task, and
-// rooms that never had a local member, are left out; a finished task
-// stops counting once it expires (7 days), whether or not the task
-// runner has swept it yet, so a room a deletion with purge: false left
-// forgotten is purged then.
+// forgotten_room_retention_period). Synapse schedules that purge at the
+// forget that leaves the room forgotten, unless a room deletion made it
+// (do_not_schedule_purge): a room whose last forget was a deletion's is
+// never listed, so a deletion with purge: false keeps its history. Rooms
+// with a deletion task that has not expired, and rooms that never had a
+// local member, are left out too.
 func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, error) {
 	var out []string
 	err := s.ForEachRoom(func(roomID string, v *RoomView) bool {
-		local, eligible := 0, true
+		local, eligible, byShutdown := 0, true, false
 		var last int64
 		v.CurrentMembers(func(user, membership string) bool {
 			if !commands.IsLocalUser(user, server) {
@@ -547,12 +567,14 @@ func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, erro
 				eligible = false
 				return false
 			}
-			if len(ts) == 8 {
-				last = max(last, int64(binary.BigEndian.Uint64(ts)))
+			if len(ts) >= 8 {
+				if at := int64(binary.BigEndian.Uint64(ts)); at >= last {
+					last, byShutdown = at, len(ts) > 8 && ts[8] == forgotByShutdown
+				}
 			}
 			return true
 		})
-		if local == 0 || !eligible || last+period > now {
+		if local == 0 || !eligible || byShutdown || last+period > now {
 			return true
 		}
 		c := v.bucket(bRoomTask).Cursor()

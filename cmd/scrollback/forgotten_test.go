@@ -63,3 +63,28 @@ func TestForgottenRooms(t *testing.T) {
 		t.Fatalf("second run purged %d rooms", n)
 	}
 }
+
+// TestForgottenRooms_NotAfterADeletionThatKeptTheHistory: a deletion with
+// purge false makes every local member leave and forget the room, and
+// Synapse's shutdown forgets with do_not_schedule_purge: the
+// forgotten-rooms job never purges the history the admin chose to keep,
+// not even once the deletion's task has expired.
+func TestForgottenRooms_NotAfterADeletionThatKeptTheHistory(t *testing.T) {
+	day := 24 * time.Hour
+	m := startMain(t, func(c *Config) { p := commands.DurationOf(day); c.ForgottenRoomRetentionPeriod = &p })
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "evidence", 2)
+	st, body := m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", `{"block": true, "purge": false}`)
+	if st != 200 || len(strList(body["kicked_users"])) != 5 {
+		t.Fatalf("v1 with purge false: %d %v", st, body)
+	}
+	m.Forgotten.Now = func() time.Time { return time.Now().Add(9 * day) }
+	n, err := m.Forgotten.RunOnce(context.Background())
+	if err != nil || n != 0 {
+		t.Fatalf("forgotten-rooms job purged %d rooms (%v); Synapse never purges a room its shutdown forgot", n, err)
+	}
+	p, err := m.messages(t, room.ID, map[string]any{"admin": true})
+	if err != nil || len(chunkIDs(p)) == 0 {
+		t.Fatalf("history of the room deleted with purge false: %v %v", chunkIDs(p), err)
+	}
+}
