@@ -357,8 +357,13 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	}
 	if u, ok := m["new_room_user_id"].(string); ok && u == "" {
 		// Synapse checks any new_room_user_id but null, and "" is not
-		// one of its users.
-		return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: ")
+		// one of its users: v2 before it schedules anything, v1 in the
+		// shutdown, after the block and after an unknown room has ended
+		// it (see below).
+		if !wait {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "User must be our own: ")
+		}
+		params["new_room_user_id"] = ""
 	}
 	if u, _ := params["new_room_user_id"].(string); u != "" {
 		// v2 checks it before it schedules anything (Synapse's

@@ -115,6 +115,7 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 		return def
 	}
 	newUser := str("new_room_user_id", "")
+	_, newUserGiven := p["new_room_user_id"].(string) // "" included: v1's, refused below
 	roomName := str("new_room_name", DefaultNewRoomName)
 	message := str("message", DefaultMessage)
 	purge, force := boolOf("purge", true), boolOf("force_purge", false)
@@ -140,7 +141,7 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 	if !known {
 		return next(commands.TaskComplete, "")
 	}
-	if newUser != "" && !commands.IsLocalUser(newUser, r.ServerName) {
+	if newUserGiven && !commands.IsLocalUser(newUser, r.ServerName) {
 		// Synapse's shutdown_room checks it here, after the block and an
 		// unknown room: the room stays blocked, and nobody is kicked.
 		return next(commands.TaskFailed, "400: User must be our own: "+newUser)

@@ -348,3 +348,24 @@ func TestDeleteRoom_V1ChecksTheNewRoomUserInTheShutdown(t *testing.T) {
 		t.Fatalf("%d members were asked to leave", n)
 	}
 }
+
+// TestDeleteRoom_V1EmptyNewRoomUserIsCheckedInTheShutdown: v1 has no
+// check of its own, so "" reaches Synapse's shutdown_room, which blocks
+// the room, ends there for an unknown room (200), and only then refuses
+// a new_room_user_id that is not one of its users.
+func TestDeleteRoom_V1EmptyNewRoomUserIsCheckedInTheShutdown(t *testing.T) {
+	m := startMain(t)
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	body := `{"new_room_user_id": "", "block": true}`
+	room := shutdownRoom(t, m, hs, "emptyuser", 1)
+	st, reply := m.do(t, "DELETE", deletePath("v1", room.ID), "tok-admin", body)
+	wantErr(t, st, reply, 400, "M_UNKNOWN", "User must be our own: ")
+	st, reply = m.do(t, "GET", "/_synapse/admin/v1/rooms/"+url.PathEscape(room.ID)+"/block", "tok-admin", "")
+	if st != 200 || reply["block"] != true {
+		t.Fatalf("block after the refused v1 deletion: %d %v; Synapse blocked it first", st, reply)
+	}
+	st, reply = m.do(t, "DELETE", deletePath("v1", "!nowhere:test"), "tok-admin", body)
+	if st != 200 || len(strList(reply["kicked_users"])) != 0 {
+		t.Fatalf("v1 on an unknown room: %d %v; want 200 and the empty result", st, reply)
+	}
+}
