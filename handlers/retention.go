@@ -157,7 +157,8 @@ type retentionTarget struct {
 
 // RunJob runs one job now and returns how many rooms it purged, and the
 // errors of the rooms it could not purge (the others are purged all the
-// same). A room is skipped when it has an active room deletion or a purge
+// same). Only rooms a local user is joined to are purged. A room is
+// skipped when it has an active room deletion or a purge
 // of the service's own still waiting for a slot (leaveAlone), when no
 // event is older than its lifetime, or when its purge cut-off is already
 // there: a run with nothing to purge costs one pass over the rooms'
@@ -178,7 +179,10 @@ func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, er
 		}
 		ret, _ := v.CurrentState(typeRetention, "")
 		_, roomMax := commands.ParseRetentionSummary(ret.Summary)
-		if maxMS, ok := r.Config.purgeLifetime(job, roomMax); ok {
+		// A room the server has left is not purged: Synapse's jobs find
+		// rooms through their current state, which it deletes when the
+		// last local member leaves.
+		if maxMS, ok := r.Config.purgeLifetime(job, roomMax); ok && v.LocalJoined(r.Admin.ServerName) {
 			targets = append(targets, retentionTarget{roomID: roomID, maxMS: maxMS})
 		}
 		return true

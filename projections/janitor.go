@@ -818,11 +818,14 @@ func (j *purgeTx) markExtremity(eventID []byte, depth int64) error {
 // settleBackward ends a purge with the room's backward extremities below
 // the floor. Each entry holds the depth of the first child that named it
 // (updateExtremities, markExtremity); when the purge deleted that child,
-// a kept one may name it too, and then it stays a backward extremity
-// (Synapse keeps the parents of kept events that it does not hold,
-// SYNAPSE.md 6.4 step 4), with its first kept child's depth, as a rebuild
-// from the log after the erasure gives it. Those that no kept event names
-// lead only into purged history: nobody backfills there. The entries are
+// a kept one may name it too, and then it stays a backward extremity,
+// with its first kept child's depth, as a rebuild from the log after the
+// erasure gives it. Those that no kept event names lead only into purged
+// history: nobody backfills there. Entries of gaps above the floor stay:
+// Synapse replaces the room's backward extremities with the purge's
+// boundary (SYNAPSE.md 6.4 step 4), but a rebuild from the erased log
+// cannot tell a purged parent from one never held (README, "Where
+// scrollback differs from Synapse on purpose"). The entries are
 // few (one per gap in the room's history), and each costs a seek in edges
 // and the look-ups of its kept children, bounded by childLookups.
 func (j *purgeTx) settleBackward() error {

@@ -215,7 +215,13 @@ func localJoined(tx *bolt.Tx, room uint64, server string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	v := &RoomView{tx: tx, room: room, meta: meta}
+	return (&RoomView{tx: tx, room: room, meta: meta}).LocalJoined(server), nil
+}
+
+// LocalJoined reports whether a user of server is joined to the room now:
+// whether the server is still in it (Synapse deletes a room's current
+// state when its last local member leaves).
+func (v *RoomView) LocalJoined(server string) bool {
 	joined := false
 	v.CurrentMembers(func(user, membership string) bool {
 		if membership == "join" && commands.IsLocalUser(user, server) {
@@ -224,7 +230,7 @@ func localJoined(tx *bolt.Tx, room uint64, server string) (bool, error) {
 		}
 		return true
 	})
-	return joined, nil
+	return joined
 }
 
 // CurrentMembers calls fn with every user's current membership in the

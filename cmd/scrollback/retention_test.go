@@ -242,3 +242,39 @@ func TestRetention_OneFailingRoomDoesNotStopTheJob(t *testing.T) {
 		t.Fatalf("RunJob purged %d rooms (err %v); want the second room purged despite the first", n, err)
 	}
 }
+
+// TestRetention_LeavesRoomsTheServerLeft: Synapse's purge jobs find rooms
+// through their current state, which Synapse deletes when the last local
+// member leaves, so a room the server left is never purged by retention,
+// with the default policy or its own.
+func TestRetention_LeavesRoomsTheServerLeft(t *testing.T) {
+	for _, policy := range []bool{false, true} {
+		m := startMain(t, func(c *Config) {
+			c.Retention.Enabled = true
+			c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
+		})
+		now := time.UnixMilli(1_900_000_000_000)
+		m.Retention.Now = testenv.NewClock(now).Now
+		day := int64(24 * time.Hour / time.Millisecond)
+		room := testenv.NewRoom("left", "test")
+		evs := room.Setup(alice, "@remote:other.org")
+		if policy {
+			evs = append(evs, room.Next("m.room.retention", alice, testenv.S(""), map[string]any{"max_lifetime": 3 * day}))
+		}
+		for _, e := range evs {
+			e["received_ts"] = now.UnixMilli() - 10*day
+		}
+		old := room.Msg("@remote:other.org", "old")
+		old["received_ts"] = now.UnixMilli() - 5*day
+		leave := room.Member(alice, alice, "leave") // the last local member
+		leave["received_ts"] = now.UnixMilli() - day
+		seqs := m.publisher().Publish(t, append(evs, old, leave)...)
+		if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+			t.Fatal(err)
+		}
+		n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
+		if tasks, _ := m.Store.RoomTasks(room.ID); err != nil || n != 0 || len(tasks) != 0 {
+			t.Errorf("policy=%v: RunJob = %d, %v, %d tasks; Synapse's job never sees a room the server left", policy, n, err, len(tasks))
+		}
+	}
+}
