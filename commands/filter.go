@@ -366,6 +366,13 @@ func (f *Filter) PreLimitAll() bool {
 		len(f.Senders) == 0 && len(f.NotSenders) == 0 && len(f.Labels) == 0 && (f.ContainsURL == nil || !*f.ContainsURL)
 }
 
+// ChecksContent reports whether Check looks at the event's content
+// (contains_url, org.matrix.labels, org.matrix.not_labels): a reader
+// then gives it the content as shown, a redacted event's pruned.
+func (f *Filter) ChecksContent() bool {
+	return f != nil && (f.ContainsURL != nil || f.Labels != nil || len(f.NotLabels) > 0)
+}
+
 // FiltersRelations reports whether related_by_senders or
 // related_by_rel_types constrain events: a reader must then keep only the
 // events with a relation that meets them, before the limit (Synapse's SQL

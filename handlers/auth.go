@@ -61,7 +61,7 @@ func (a *Auth) static(tok string) (Identity, bool) {
 // token matches (Synapse: M_UNKNOWN_TOKEN).
 func tokenOf(r *http.Request) (tok, missing string) {
 	headers := r.Header.Values("Authorization")
-	query, inQuery := r.URL.Query()["access_token"]
+	query, inQuery := twistedQuery(r.URL.RawQuery)["access_token"] // request.args: ';' separates, "access_token" alone is no pair
 	if len(headers) > 0 {
 		switch parts := strings.Split(headers[0], " "); {
 		case inQuery:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -115,6 +116,11 @@ func TestParseLimit(t *testing.T) {
 		{"_1", 0, "Query parameter limit must be an integer"},
 		{"1_", 0, "Query parameter limit must be an integer"},
 		{"\u00a05", 0, "Query parameter limit must be an integer"},
+		// Python's int() refuses more than 4300 digits (its default
+		// int_max_str_digits), leading zeros and negatives included.
+		{strings.Repeat("1", 4300), MaxLimit, ""},
+		{strings.Repeat("1", 4301), 0, "Query parameter limit must be an integer"},
+		{"-" + strings.Repeat("0", 4301), 0, "Query parameter limit must be an integer"},
 	}
 	for _, tt := range tests {
 		n, err := parseLimit(tt.in)
@@ -164,5 +170,19 @@ func TestTwistedQuery(t *testing.T) {
 	}
 	if q.Has("raw") {
 		t.Error("a pair without '=' is kept")
+	}
+}
+
+// TestParseJSONParam_PythonDigitLimit: Python's json, like int(), refuses
+// an integer of more than 4300 digits (a 400 M_NOT_JSON in Synapse's
+// parse_json); shorter ones past int64 are clamped.
+func TestParseJSONParam_PythonDigitLimit(t *testing.T) {
+	if v, err := parseJSONParam(`{"a": ` + strings.Repeat("9", 4300) + `}`); err != nil || v.(map[string]any)["a"] != int64(math.MaxInt64) {
+		t.Errorf("4300 digits: %v, %v; want MaxInt64", v, err)
+	}
+	for _, n := range []string{strings.Repeat("9", 4301), "-" + strings.Repeat("9", 4301)} {
+		if _, err := parseJSONParam(`{"a": ` + n + `}`); err == nil {
+			t.Errorf("%d characters: no error", len(n))
+		}
 	}
 }

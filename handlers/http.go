@@ -548,21 +548,27 @@ func (b *Bridge) request(ctx context.Context, rq Requester, subject string, req 
 func messagesQuery(r *http.Request) (map[string]any, error) {
 	q := twistedQuery(r.URL.RawQuery)
 	req := map[string]any{}
-	if v := q.Get("dir"); q.Has("dir") {
+	// Synapse's parse_string decodes and checks every value of a repeated
+	// parameter (parse_strings_from_args), then takes the first.
+	for _, v := range q["dir"] {
 		if !isASCII(v) {
 			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter 'dir' must be ascii")
 		}
 		if v != "b" && v != "f" {
 			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter 'dir' must be one of ['b', 'f']")
 		}
-		req["dir"] = v
+	}
+	if q.Has("dir") {
+		req["dir"] = q.Get("dir")
 	}
 	// parse_string's ascii for from, then for to, then their tokens, all
 	// before limit and filter, as Synapse's PaginationConfig.from_request
 	// reads them.
 	for _, k := range []string{"from", "to"} {
-		if q.Has(k) && !isASCII(q.Get(k)) {
-			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter '%s' must be ascii", k)
+		for _, v := range q[k] {
+			if !isASCII(v) {
+				return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter '%s' must be ascii", k)
+			}
 		}
 	}
 	for _, k := range []string{"from", "to"} {
@@ -585,10 +591,12 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 	if q.Has("filter") {
 		// Synapse's parse_json: the value as UTF-8, URL-unquoted once more
 		// (urllib.parse.unquote), then JSON.
-		raw := q.Get("filter")
-		if !utf8.ValidString(raw) {
-			return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter 'filter' must be utf-8")
+		for _, v := range q["filter"] {
+			if !utf8.ValidString(v) {
+				return nil, commands.Errorf(400, commands.CodeUnknown, "Query parameter 'filter' must be utf-8")
+			}
 		}
+		raw := q.Get("filter")
 		f, err := parseJSONParam(pyUnquote(raw))
 		if err != nil {
 			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
@@ -688,6 +696,11 @@ func unquoteBytes(s string) string {
 // value's bytes: surrounding ASCII whitespace, a sign, digits with single
 // underscores between them; never negative; huge values are clamped
 // later.
+// pyMaxStrDigits is Python's default int_max_str_digits: int() of a
+// decimal string of more digits raises ValueError, and Synapse never
+// raises the limit.
+const pyMaxStrDigits = 4300
+
 func parseLimit(s string) (int64, error) {
 	t := strings.Trim(s, " \t\n\r\v\f")
 	digits := strings.TrimLeft(t, "+-")
@@ -695,6 +708,9 @@ func parseLimit(s string) (int64, error) {
 		return 0, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter limit must be an integer")
 	}
 	digits = strings.ReplaceAll(digits, "_", "")
+	if len(digits) > pyMaxStrDigits {
+		return 0, commands.Errorf(400, commands.CodeInvalidParam, "Query parameter limit must be an integer")
+	}
 	if strings.HasPrefix(t, "-") {
 		if strings.Trim(digits, "0") == "" {
 			return 0, nil
@@ -781,7 +797,11 @@ func normalizeJSON(v any, depth int) (any, error) {
 		}
 		if s := x.String(); !strings.ContainsAny(s, ".eE") {
 			// A JSON integer (the decoder checked the syntax) that
-			// overflows int64.
+			// overflows int64; Python's int() refuses one of more than
+			// pyMaxStrDigits digits, and so does its json.
+			if len(strings.TrimPrefix(s, "-")) > pyMaxStrDigits {
+				return nil, errors.New("integer of more than 4300 digits")
+			}
 			if strings.HasPrefix(s, "-") {
 				return int64(math.MinInt64), nil
 			}

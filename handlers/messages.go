@@ -355,6 +355,18 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		if req.Filter != nil {
 			meta := r.Meta()
 			meta.RoomID = roomID // for rooms: [], which takes rows but keeps none
+			if req.Filter.ChecksContent() {
+				// Synapse's Filter.filter sees the event as
+				// get_events_as_list gives it: a redacted one pruned, with
+				// no url and no labels left (the SQL part saw them).
+				red, err := rc.redaction(r)
+				if err != nil {
+					return nil, nil, err
+				}
+				if red != nil {
+					meta.HasURL, meta.Labels = false, nil
+				}
+			}
 			if !req.Filter.Check(meta) {
 				continue
 			}

@@ -723,3 +723,32 @@ func TestMessages_LeaveClampFromALiveToken(t *testing.T) {
 	}
 	same(t, "chunk", p.ids, idsOf([]testenv.Event{x, leave, m1}))
 }
+
+// TestMessages_FilterCheckSeesTheRedactedContent: the SQL part of a
+// filter sees what was stored (events.contains_url, event_labels), the
+// Python part after the limit sees the event as get_events_as_list gives
+// it, a redacted one pruned: a redacted file leaves a contains_url view.
+func TestMessages_FilterCheckSeesTheRedactedContent(t *testing.T) {
+	f := newFixture(t)
+	r := testenv.NewRoom("redfilter", "test")
+	evs := r.Setup(alice, bob)
+	img := r.Next("m.room.message", bob, nil, map[string]any{"msgtype": "m.image", "body": "cat", "url": "mxc://test/cat", "org.matrix.labels": []any{"#work"}})
+	red := r.Next("m.room.redaction", alice, nil, map[string]any{"redacts": img.ID()})
+	red["redacts"] = img.ID()
+	f.add(append(evs, img, red)...)
+	for _, tt := range []struct {
+		name   string
+		filter map[string]any
+		want   []string
+	}{
+		{"contains_url true: SQL takes it, the check drops it", map[string]any{"contains_url": true}, nil},
+		{"contains_url false: no SQL clause, the check keeps it", map[string]any{"contains_url": false, "types": []any{"m.room.message"}}, []string{img.ID()}},
+		{"labels: event_labels takes it, the check drops it", map[string]any{"org.matrix.labels": []any{"#work"}}, nil},
+		{"not_labels: the pruned event has no label", map[string]any{"org.matrix.not_labels": []any{"#work"}, "types": []any{"m.room.message"}}, []string{img.ID()}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := f.mustRead(r.ID, map[string]any{"user_id": alice, "limit": 100, "filter": tt.filter})
+			same(t, "chunk", p.ids, tt.want)
+		})
+	}
+}

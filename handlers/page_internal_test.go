@@ -84,3 +84,21 @@ func TestMessagesQuery_BothASCIIChecksBeforeTheTokens(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestMessagesQuery_RepeatedParamsAreEachChecked: Synapse's parse_string
+// decodes and checks every value of a repeated parameter, then takes the
+// first.
+func TestMessagesQuery_RepeatedParamsAreEachChecked(t *testing.T) {
+	for _, tc := range []struct{ query, code, msg string }{
+		{"dir=b&dir=x", "M_INVALID_PARAM", "Query parameter 'dir' must be one of ['b', 'f']"},
+		{"dir=b&dir=%C3%A9", "M_UNKNOWN", "Query parameter 'dir' must be ascii"},
+		{"from=END&from=%C3%A9", "M_UNKNOWN", "Query parameter 'from' must be ascii"},
+		{"to=s1&to=%C3%A9", "M_UNKNOWN", "Query parameter 'to' must be ascii"},
+		{"filter=%7B%7D&filter=%FF", "M_UNKNOWN", "Query parameter 'filter' must be utf-8"},
+	} {
+		_, err := messagesQuery(httptest.NewRequest("GET", "/x?"+tc.query, nil))
+		if e := (*commands.Error)(nil); !errors.As(err, &e) || e.Status != 400 || e.Code != tc.code || e.Message != tc.msg {
+			t.Errorf("%s: got %v, want 400 %s %q", tc.query, err, tc.code, tc.msg)
+		}
+	}
+}
