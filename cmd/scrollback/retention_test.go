@@ -127,13 +127,7 @@ func TestRetention_SeesWhatTheLogHolds(t *testing.T) {
 
 // events below its cut-off whether or not they are outliers (6.4 step 2).
 func TestRetention_DeletesLocalEventsBelowAnEarlierFloor(t *testing.T) {
-	m := startMain(t, func(c *Config) {
-		c.Retention.Enabled = true
-		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(4 * 24 * time.Hour)
-	})
-	now := time.UnixMilli(1_900_000_000_000)
-	m.Retention.Now = testenv.NewClock(now).Now
-	day := int64(24 * time.Hour / time.Millisecond)
+	m, now, day := retentionAt(t, 4)
 
 	room := testenv.NewRoom("floored", "test")
 	evs := room.Setup(alice, "@remote:other.org")
@@ -205,13 +199,7 @@ func (a failingAppender) Append(ctx context.Context, subject, msgID string, data
 // later room unpurged until the next interval (a day by default), and
 // for ever while the failure lasted.
 func TestRetention_OneFailingRoomDoesNotStopTheJob(t *testing.T) {
-	m := startMain(t, func(c *Config) {
-		c.Retention.Enabled = true
-		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
-	})
-	now := time.UnixMilli(1_900_000_000_000)
-	m.Retention.Now = testenv.NewClock(now).Now
-	day := int64(24 * time.Hour / time.Millisecond)
+	m, now, day := retentionAt(t, 3)
 	var all, fresh []testenv.Event // received time grows along the log
 	rooms := []*testenv.Room{testenv.NewRoom("aaa", "test"), testenv.NewRoom("bbb", "test")}
 	for _, room := range rooms {
@@ -249,13 +237,7 @@ func TestRetention_OneFailingRoomDoesNotStopTheJob(t *testing.T) {
 // with the default policy or its own.
 func TestRetention_LeavesRoomsTheServerLeft(t *testing.T) {
 	for _, policy := range []bool{false, true} {
-		m := startMain(t, func(c *Config) {
-			c.Retention.Enabled = true
-			c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(3 * 24 * time.Hour)
-		})
-		now := time.UnixMilli(1_900_000_000_000)
-		m.Retention.Now = testenv.NewClock(now).Now
-		day := int64(24 * time.Hour / time.Millisecond)
+		m, now, day := retentionAt(t, 3)
 		room := testenv.NewRoom("left", "test")
 		evs := room.Setup(alice, "@remote:other.org")
 		if policy {
@@ -277,4 +259,18 @@ func TestRetention_LeavesRoomsTheServerLeft(t *testing.T) {
 			t.Errorf("policy=%v: RunJob = %d, %v, %d tasks; Synapse's job never sees a room the server left", policy, n, err, len(tasks))
 		}
 	}
+}
+
+// retentionAt starts a service with retention on, a default policy of
+// maxDays days, and the jobs' clock stopped at a fixed now; it returns the
+// service, that now, and a day in milliseconds.
+func retentionAt(t *testing.T, maxDays int) (*Main, time.Time, int64) {
+	t.Helper()
+	m := startMain(t, func(c *Config) {
+		c.Retention.Enabled = true
+		c.Retention.DefaultPolicy.MaxLifetime = commands.DurationOf(time.Duration(maxDays) * 24 * time.Hour)
+	})
+	now := time.UnixMilli(1_900_000_000_000)
+	m.Retention.Now = testenv.NewClock(now).Now
+	return m, now, int64(24 * time.Hour / time.Millisecond)
 }
