@@ -151,7 +151,7 @@ func parseFilterFields(get func(string) any) (*Filter, error) {
 			return nil, err
 		}
 		*l.dst = list
-		if len(list) == 0 && Truthy(v) && (l.name == "related_by_senders" || l.name == "related_by_rel_types") {
+		if raw, isList := v.([]any); isList && len(raw) > 0 && len(list) == 0 && (l.name == "related_by_senders" || l.name == "related_by_rel_types") {
 			// [5]: a constraint no relation meets (Synapse's SQL compares
 			// with 5), not an empty list, which constrains nothing.
 			f.relatedByNothing = true

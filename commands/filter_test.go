@@ -439,6 +439,7 @@ func TestFilter_RelatedByLeftToTheStore(t *testing.T) {
 		t.Error("a nil filter filters relations")
 	}
 	for filter, want := range map[string]bool{`{"related_by_senders": [5]}`: true, `{"related_by_rel_types": [null, 1]}`: true,
+		`{"related_by_senders": true}`: false, `{"related_by_senders": {"a": 1}}`: false,
 		`{"related_by_senders": []}`: false, `{"related_by_senders": ["@a:hs"]}`: false} {
 		if got := mustFilter(t, filter).RelatedByNothing(); got != want {
 			t.Errorf("%s: RelatedByNothing() = %v, want %v", filter, got, want)

@@ -1,6 +1,7 @@
 package commands
 
 import (
+	"errors"
 	"math"
 	"strconv"
 	"strings"
@@ -23,7 +24,7 @@ func Creators(roomVersion, createSender string, createContent map[string]any) []
 		return nil
 	}
 	creators := []string{createSender}
-	if _, privileged := creatorRules(roomVersion); privileged {
+	if CreatorsAboveLevels(roomVersion) {
 		extra, _ := createContent["additional_creators"].([]any)
 		for _, e := range extra {
 			if s, ok := e.(string); ok {
@@ -60,9 +61,10 @@ func versionNumber(roomVersion string) (int, bool) {
 	return n, err == nil
 }
 
-// privilegedCreators reports whether roomVersion gives its creators a
-// power above every level (MSC4289).
-func privilegedCreators(roomVersion string) bool {
+// CreatorsAboveLevels reports whether roomVersion gives its creators a
+// power above every level (MSC4289): UserLevel then needs the creators
+// even when the room has power levels.
+func CreatorsAboveLevels(roomVersion string) bool {
 	_, privileged := creatorRules(roomVersion)
 	return privileged
 }
@@ -79,7 +81,7 @@ func UserLevel(roomVersion, user string, powerLevels map[string]any, creators []
 			isCreator = true
 		}
 	}
-	if isCreator && privilegedCreators(roomVersion) {
+	if isCreator && CreatorsAboveLevels(roomVersion) {
 		return math.MaxInt64
 	}
 	if powerLevels == nil {
@@ -115,24 +117,31 @@ func pythonInt(v any, def int64) int64 {
 		return n
 	}
 	switch x := v.(type) {
+	case uint64: // beyond int64 (AsInt took the others)
+		return math.MaxInt64
 	case bool:
 		if x {
 			return 1
 		}
 		return 0
 	case float64:
-		if math.IsNaN(x) || math.IsInf(x, 0) {
+		switch {
+		case math.IsNaN(x):
 			return def
+		case x >= 0x1p63: // Python's int() has no bound: past int64 is above every level
+			return math.MaxInt64
+		case x < -0x1p63:
+			return math.MinInt64
 		}
-		return int64(max(min(x, math.MaxInt64), math.MinInt64))
+		return int64(x)
 	case float32:
 		return pythonInt(float64(x), def)
 	case string:
 		n, err := strconv.ParseInt(strings.ReplaceAll(strings.TrimSpace(x), "_", ""), 10, 64)
-		if err != nil {
+		if err != nil && !errors.Is(err, strconv.ErrRange) {
 			return def
 		}
-		return n
+		return n // saturated when out of range
 	}
 	return def
 }

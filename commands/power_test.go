@@ -52,6 +52,16 @@ func TestUserLevel(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tt.name, got, tt.want)
 		}
 	}
+	// Levels past int64 (legal floats before v10, and Python's int() has
+	// no bound) saturate: never wrap to a low level.
+	for _, v := range []any{1e19, uint64(1) << 63, "99999999999999999999", math.Inf(1)} {
+		if got := NamedLevel(map[string]any{"redact": v}, "redact", 50); got != math.MaxInt64 {
+			t.Errorf("redact %v: %d, want MaxInt64", v, got)
+		}
+	}
+	if got := NamedLevel(map[string]any{"redact": -1e19}, "redact", 50); got != math.MinInt64 {
+		t.Errorf("redact -1e19: %d", got)
+	}
 	if NamedLevel(nil, "redact", 50) != 50 || NamedLevel(map[string]any{"redact": int64(0)}, "redact", 50) != 0 ||
 		NamedLevel(map[string]any{"redact": nil}, "redact", 50) != 50 || NamedLevel(map[string]any{"redact": "100"}, "redact", 50) != 100 {
 		t.Error("NamedLevel")

@@ -112,11 +112,11 @@ func BenchmarkMessages_LazyAndBundles(b *testing.B) {
 
 // BenchmarkMessages_Redacted: pages where every message is redacted by a
 // user below the redact level, in a room whose power levels list 3,000
-// users: from the messages' own server (sub-benchmark same-server) or
-// from another (across-servers), where every redaction and every
-// redacted message needs the sender's level in the state before the
-// redaction (Synapse's recheck_redaction). The power levels are decoded
-// once a read, so the two cost about the same.
+// users: from the messages' own server (sub-benchmark same-server: the
+// messages are shown redacted, and no level is read) or from another
+// (across-servers: Synapse's recheck_redaction; every redaction needs its
+// sender's level in the state before it, nothing is redacted and the
+// redactions are withheld). The power levels are decoded once a read.
 func BenchmarkMessages_Redacted(b *testing.B) {
 	users := map[string]any{alice: int64(100)}
 	for i := range 3000 {

@@ -692,15 +692,15 @@ func unquoteBytes(s string) string {
 	return string(out)
 }
 
-// parseLimit follows Synapse's parse_integer, Python's int() of the
-// value's bytes: surrounding ASCII whitespace, a sign, digits with single
-// underscores between them; never negative; huge values are clamped
-// later.
 // pyMaxStrDigits is Python's default int_max_str_digits: int() of a
 // decimal string of more digits raises ValueError, and Synapse never
 // raises the limit.
 const pyMaxStrDigits = 4300
 
+// parseLimit follows Synapse's parse_integer, Python's int() of the
+// value's bytes: surrounding ASCII whitespace, a sign, digits with single
+// underscores between them; never negative; huge values are clamped
+// later.
 func parseLimit(s string) (int64, error) {
 	t := strings.Trim(s, " \t\n\r\v\f")
 	digits := strings.TrimLeft(t, "+-")

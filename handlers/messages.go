@@ -355,7 +355,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		if req.Filter != nil {
 			meta := r.Meta()
 			meta.RoomID = roomID // for rooms: [], which takes rows but keeps none
-			if req.Filter.ChecksContent() {
+			if req.Filter.ChecksContent() && (meta.HasURL || len(meta.Labels) > 0) {
 				// Synapse's Filter.filter sees the event as
 				// get_events_as_list gives it: a redacted one pruned, with
 				// no url and no labels left (the SQL part saw them).

@@ -206,7 +206,7 @@ func (rc *readContext) redaction(r *projections.Row) (*projections.Row, error) {
 	if err != nil || len(reds) == 0 {
 		return nil, err
 	}
-	if len(reds) == 1 && commands.SameServer(reds[0].Sender, r.Sender) {
+	if !commands.RedactionsRechecked(rc.version()) || len(reds) == 1 && commands.SameServer(reds[0].Sender, r.Sender) {
 		return reds[0], nil
 	}
 	var unconfirmed *projections.Row
@@ -234,9 +234,12 @@ func (rc *readContext) hadPower(red *projections.Row) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	creators, err := rc.creators()
-	if err != nil {
-		return false, err
+	var creators []string
+	if levels == nil || commands.CreatorsAboveLevels(version) {
+		// The creators matter only without power levels, or above them.
+		if creators, err = rc.creators(); err != nil {
+			return false, err
+		}
 	}
 	return commands.UserLevel(version, red.Sender, levels, creators) >= commands.NamedLevel(levels, "redact", 50), nil
 }

@@ -157,8 +157,8 @@ type retentionTarget struct {
 
 // RunJob runs one job now and returns how many rooms it purged, and the
 // errors of the rooms it could not purge (the others are purged all the
-// same). Only rooms a local user is joined to are purged. A room is
-// skipped when it has an active room deletion or a purge
+// same). A room is skipped when no local user is joined to it, when it
+// has an active room deletion or a purge
 // of the service's own still waiting for a slot (leaveAlone), when no
 // event is older than its lifetime, or when its purge cut-off is already
 // there: a run with nothing to purge costs one pass over the rooms'
@@ -179,10 +179,7 @@ func (r *RetentionRunner) RunJob(ctx context.Context, job RetentionJob) (int, er
 		}
 		ret, _ := v.CurrentState(typeRetention, "")
 		_, roomMax := commands.ParseRetentionSummary(ret.Summary)
-		// A room the server has left is not purged: Synapse's jobs find
-		// rooms through their current state, which it deletes when the
-		// last local member leaves.
-		if maxMS, ok := r.Config.purgeLifetime(job, roomMax); ok && v.LocalJoined(r.Admin.ServerName) {
+		if maxMS, ok := r.Config.purgeLifetime(job, roomMax); ok {
 			targets = append(targets, retentionTarget{roomID: roomID, maxMS: maxMS})
 		}
 		return true
@@ -230,11 +227,19 @@ func (r *RetentionRunner) purgeRoom(ctx context.Context, t retentionTarget) erro
 		return errNothingToPurge
 	}
 	var floor, localBelow int64
+	joined := false
 	if err := r.Store.View(t.roomID, func(v *projections.RoomView) error {
 		floor, localBelow = v.Floor(), v.DeleteLocalBelow()
+		// A room the server has left is not purged: Synapse's jobs find
+		// rooms through their current state, which it deletes when the
+		// last local member leaves. Asked last, as it walks the members.
+		joined = v.LocalJoined(r.Admin.ServerName)
 		return nil
 	}); err != nil {
 		return err
+	}
+	if !joined {
+		return errNothingToPurge
 	}
 	if depth <= floor && depth <= localBelow {
 		// Nothing older than the lifetime is left: an earlier purge

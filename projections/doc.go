@@ -67,7 +67,7 @@
 //	backext    room|event ID               -> depth   (named, not held)
 //	edges      room|parent ID|0|child ID   -> child's depth (parents not
 //	                                          one level up, or unknown)
-//	forgotten  room|user ID                -> {}
+//	forgotten  room|user ID                -> forget time (ms), then 1 for a room deletion's own forget
 //	tasks      task ID                     -> Task
 //	roomtasks  room|created|task ID        -> {}
 //	opentasks  task ID                     -> {}      (scheduled or active)
@@ -111,7 +111,7 @@
 // (promoteRedaction), as in a rebuild from the erased log, where that one
 // is the first applied; without one the mark goes, and the target, if
 // kept, shows unredacted, as in Synapse and in the rebuild. The janitor moves the mark with the row it
-// deletes (dropMarks), RedactedBy gives the new one (or none) from the
+// deletes (dropMarks), Redactions gives the new one (or none) from the
 // moment the purge is applied, and a redaction applied after the mark's was purged
 // marks the target at once. A file written before reredacted has no
 // later redactions (a rebuild records them).
