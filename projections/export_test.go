@@ -155,3 +155,15 @@ func ConfirmAll(t *testing.T, s *Store) {
 		t.Fatal(err)
 	}
 }
+
+// RedactedBy, for tests, returns the ID of the redaction that redacts eventID ("" if
+// none): the first of Redactions. While the room's janitor has purged
+// rows to delete, a mark's redaction may be one the purges delete, whose
+// place the janitor gives to the first later redaction the room keeps
+// (promoteRedaction), or which it deletes without one: the read gives
+// that one, or none, already, as a rebuild from the erased log does.
+func (v *RoomView) RedactedBy(eventID string) string {
+	by := ""
+	v.Redactions(eventID, func(id string) bool { by = id; return false })
+	return by
+}

@@ -294,22 +294,13 @@ func markRoom(tx *bolt.Tx, room uint64, change func(*RoomMeta) bool) error {
 	return putRoomMeta(tx, room, m)
 }
 
-// RedactedBy returns the ID of the redaction that redacts eventID ("" if
-// none): the first of Redactions. While the room's janitor has purged
-// rows to delete, a mark's redaction may be one the purges delete, whose
-// place the janitor gives to the first later redaction the room keeps
-// (promoteRedaction), or which it deletes without one: the read gives
-// that one, or none, already, as a rebuild from the erased log does.
-func (v *RoomView) RedactedBy(eventID string) string {
-	by := ""
-	v.Redactions(eventID, func(id string) bool { by = id; return false })
-	return by
-}
-
 // Redactions calls fn with the IDs of the redactions of eventID, in the
 // order they were applied (the mark's, then reredacted's), until it
 // returns false. While the room's janitor has purged rows to delete, the
-// redactions the purges delete are skipped (see RedactedBy). A reader
+// redactions the purges delete are skipped: a mark's redaction the purges
+// delete gives its place to the first later redaction the room keeps
+// (promoteRedaction), or goes without one, as a rebuild from the erased
+// log has it. A reader
 // chooses among them as Synapse's _maybe_redact_event_row does (see
 // commands.RedactionsRechecked).
 func (v *RoomView) Redactions(eventID string, fn func(redactionID string) bool) {
