@@ -300,9 +300,8 @@ func markRoom(tx *bolt.Tx, room uint64, change func(*RoomMeta) bool) error {
 // redactions the purges delete are skipped: a mark's redaction the purges
 // delete gives its place to the first later redaction the room keeps
 // (promoteRedaction), or goes without one, as a rebuild from the erased
-// log has it. A reader
-// chooses among them as Synapse's _maybe_redact_event_row does (see
-// commands.RedactionsRechecked).
+// log has it. A reader chooses among them as Synapse's
+// _maybe_redact_event_row does (see commands.RedactionsRechecked).
 func (v *RoomView) Redactions(eventID string, fn func(redactionID string) bool) {
 	if !v.meta.HasRedactions {
 		return
