@@ -251,7 +251,12 @@ func TestTaskRunner_APurgeWaitsForItsOwnRoomsErasures(t *testing.T) {
 		}
 		return task.Status
 	}
-	testenv.WaitFor(t, 10*time.Second, "the quick room's purge to complete", func() bool { return status("purgequick") == commands.TaskComplete })
+	// Both tasks start on their own goroutines, so the quick one can
+	// complete before the slow one has published that it is active: wait
+	// for both states (CI once saw the slow one still scheduled).
+	testenv.WaitFor(t, 10*time.Second, "the quick room's purge to complete while the slow one is active", func() bool {
+		return status("purgequick") == commands.TaskComplete && status("purgeslow") == commands.TaskActive
+	})
 	if s := status("purgeslow"); s != commands.TaskActive {
 		t.Fatalf("the slow room's purge, whose messages are still to erase, is %s", s)
 	}
