@@ -49,6 +49,8 @@ type Messages struct {
 	// Backfill, if set, fills gaps from federation workers on backwards
 	// reads (SYNAPSE.md 1.4 step 6).
 	Backfill *Backfiller
+
+	levels levelsCache // decoded power levels, between reads
 }
 
 // backfillNeed is what a backwards page found about gaps.

@@ -26,9 +26,7 @@ type readContext struct {
 	versionRead  bool
 	versionKnown bool // the room's m.room.create is on its timeline
 
-	// Power levels decoded for redactions across servers, by event ID,
-	// and the room's creators (hadPower).
-	levels       map[string]map[string]any
+	// The room's creators (hadPower).
 	creatorList  []string
 	creatorsRead bool
 
@@ -245,29 +243,25 @@ func (rc *readContext) hadPower(red *projections.Row) (bool, error) {
 }
 
 // levelsBefore is the content of the room's m.room.power_levels in the
-// state before r (nil when there is none), each decoded once a read.
+// state before r (nil when there is none), decoded once and kept between
+// reads (levelsCache).
 func (rc *readContext) levelsBefore(r *projections.Row) (map[string]any, error) {
 	st, ok := rc.v.StateBefore(typePowerLevels, "", r.Depth, r.Stream)
 	if !ok {
 		return nil, nil
 	}
-	if levels, ok := rc.levels[st.EventID]; ok {
+	if levels, ok := rc.h.levels.get(rc.roomID, st.EventID, st.Stream); ok {
 		return levels, nil
 	}
 	row, err := rc.v.StateEvent(st)
-	if err != nil {
+	if err != nil || row == nil {
 		return nil, err
 	}
-	var levels map[string]any
-	if row != nil {
-		if levels = contentOf(row.Content); levels == nil {
-			levels = map[string]any{}
-		}
+	levels := contentOf(row.Content)
+	if levels == nil {
+		levels = map[string]any{}
 	}
-	if rc.levels == nil {
-		rc.levels = map[string]map[string]any{}
-	}
-	rc.levels[st.EventID] = levels
+	rc.h.levels.put(rc.roomID, st.EventID, st.Stream, levels)
 	return levels, nil
 }
 

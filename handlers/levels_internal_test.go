@@ -1,0 +1,62 @@
+package handlers
+
+import (
+	"fmt"
+	"testing"
+)
+
+// usersLevels is a power-levels content listing n users.
+func usersLevels(n int) map[string]any {
+	users := map[string]any{}
+	for i := range n {
+		users[fmt.Sprintf("@u%d:test", i)] = int64(10)
+	}
+	return map[string]any{"users": users, "redact": int64(50)}
+}
+
+// TestLevelsCache_KeyedByRoomEventAndStream: an entry is found by its
+// room, event ID and stream position only, so a purge_room's new
+// timeline (new stream positions) never sees the old one's levels.
+func TestLevelsCache_KeyedByRoomEventAndStream(t *testing.T) {
+	var c levelsCache
+	pl := usersLevels(3)
+	c.put("!a:test", "$pl", 7, pl)
+	if got, ok := c.get("!a:test", "$pl", 7); !ok || len(got["users"].(map[string]any)) != 3 {
+		t.Fatalf("get after put: %v %v", got, ok)
+	}
+	for _, k := range []struct {
+		room, id string
+		stream   int64
+	}{{"!b:test", "$pl", 7}, {"!a:test", "$other", 7}, {"!a:test", "$pl", 8}} {
+		if _, ok := c.get(k.room, k.id, k.stream); ok {
+			t.Errorf("found under %+v", k)
+		}
+	}
+}
+
+// TestLevelsCache_Bounded: the cache never holds more than maxLevelsCost,
+// whatever is put, and keeps no content too big for a quarter of it.
+func TestLevelsCache_Bounded(t *testing.T) {
+	var c levelsCache
+	c.put("!r:test", "$huge", 1, usersLevels(maxLevelsCost/4))
+	if _, ok := c.get("!r:test", "$huge", 1); ok || c.cost != 0 {
+		t.Fatalf("a content above a quarter of the bound is kept (cost %d)", c.cost)
+	}
+	pl := usersLevels(maxLevelsCost / 10)
+	for i := range 50 {
+		c.put("!r:test", fmt.Sprint("$pl", i), int64(i), pl)
+		if c.cost > maxLevelsCost {
+			t.Fatalf("after %d puts the cache holds %d, above %d", i+1, c.cost, maxLevelsCost)
+		}
+		if _, ok := c.get("!r:test", fmt.Sprint("$pl", i), int64(i)); !ok {
+			t.Fatalf("the entry just put (%d) is not there", i)
+		}
+	}
+	sum := 0
+	for _, e := range c.entries {
+		sum += e.cost
+	}
+	if sum != c.cost || len(c.entries) < 5 {
+		t.Fatalf("%d entries, costs summing to %d, counted %d", len(c.entries), sum, c.cost)
+	}
+}
