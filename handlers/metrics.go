@@ -1,13 +1,16 @@
 package handlers
 
 import (
+	"math"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/projections"
@@ -120,6 +123,29 @@ func (m *Metrics) CountLoad(load *bus.Load) {
 			Name: "scrollback_requests_detached",
 			Help: "API requests waiting detached from the workers (v1 room deletions waiting for their deletion).",
 		}, func() float64 { return float64(load.Detached()) }))
+}
+
+// CountDisk exports the projection file's size and the bytes of its free
+// pages, asked at each scrape. A purge's rows free pages that bbolt
+// reuses before the file grows, so the file never shrinks by itself: the
+// free bytes are what the purges freed and new history has not taken
+// back yet, about what `scrollback compact` would give back to the disk
+// (USERS.md: operators ask for the bytes a purge freed).
+func (m *Metrics) CountDisk(db *bolt.DB) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "scrollback_projection_file_bytes",
+		Help: "Size of the projection's bbolt file on disk.",
+	}, func() float64 {
+		fi, err := os.Stat(db.Path())
+		if err != nil {
+			return math.NaN()
+		}
+		return float64(fi.Size())
+	}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "scrollback_projection_free_bytes",
+			Help: "Bytes of the projection file's free pages (freed by purges, reused before the file grows; scrollback compact gives them back to the disk).",
+		}, func() float64 { return float64(db.Stats().FreeAlloc) }))
 }
 
 // Handler serves /metrics.

@@ -202,7 +202,8 @@ func TestHTTP_AuthAndErrors(t *testing.T) {
 			if p == "/metrics" {
 				for _, name := range []string{"scrollback_request_duration_seconds", "scrollback_projection_lag_messages", "scrollback_log_messages_total",
 					"scrollback_commit_seconds_count", "scrollback_commit_messages_total", "scrollback_commit_pages_total",
-					"scrollback_backoff_seconds_total", "scrollback_requests_detached", "go_sched_latencies_seconds_bucket"} {
+					"scrollback_backoff_seconds_total", "scrollback_requests_detached", "go_sched_latencies_seconds_bucket",
+					"scrollback_projection_file_bytes", "scrollback_projection_free_bytes"} {
 					if !bytes.Contains(data, []byte(name)) {
 						t.Errorf("/metrics lacks %s", name)
 					}

@@ -136,6 +136,7 @@ func (m *Main) Open(ctx context.Context) error {
 	m.Metrics = handlers.NewMetrics(projectionLag(m.Projector, logLog))
 	m.Projector.Observe = m.observeBatch(subjects)
 	m.Projector.ObserveCommit = m.Metrics.ObserveCommit
+	m.Metrics.CountDisk(m.Store.DB())
 	if err := m.Projector.Init(); err != nil {
 		return err
 	}
