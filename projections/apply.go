@@ -720,8 +720,14 @@ func (a *applier) updateExtremities(room uint64, ev *commands.Event) error {
 			// A parent known only under a room number that purge_room
 			// retired is gone from this room's history (and from the
 			// log), as in a rebuild: it is a backward extremity, whether
-			// or not the janitor has dropped its rows yet.
+			// or not the janitor has dropped its rows yet. So is a parent
+			// held only as an outlier, as Synapse's
+			// _update_backward_extremeties keeps every parent not held
+			// with outlier = FALSE: the parents of a join over federation
+			// arrive as outliers, and the history before the join is
+			// reached by a backfill from them.
 			loc, known = parseLoc(room, events.Get(pk)) // pk is p's evKey too
+			known = known && !loc.outlier
 		}
 		if !known && back.Get(pk) == nil {
 			if err := back.Put(pk, u64(uint64(ev.Depth))); err != nil {

@@ -205,6 +205,42 @@ func TestApplyBatch_Extremities(t *testing.T) {
 	check("gap filled", []string{late.ID()}, nil)
 }
 
+// TestApplyBatch_OutlierParentIsABackwardExtremity: a parent held only as
+// an outlier is a backward extremity, as Synapse's
+// _update_backward_extremeties keeps every parent not held with outlier =
+// FALSE: a room joined over federation holds the join's parents as
+// outliers, and its history before the join is reached only by a
+// backfill from there. The outlier joining the timeline (backfilled)
+// closes the gap. Found by a helper's integration walkthrough.
+func TestApplyBatch_OutlierParentIsABackwardExtremity(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("outparent", "test")
+	create := r.Create("@a:test")
+	parent := testenv.Event{"event_id": "$parent9", "room_id": r.ID, "type": "m.room.message", "sender": "@a:other.org",
+		"origin_server_ts": int64(5), "depth": int64(9), "prev_events": []string{"$older8"}, "content": map[string]any{}, "outlier": true}
+	r.StartAt(10, "$parent9")
+	child := r.Msg("@a:test", "after the outlier")
+	next := apply(t, s, 1, create, parent, child)
+	back := func() map[string]int64 {
+		var out map[string]int64
+		_ = s.View(r.ID, func(v *projections.RoomView) error { out = v.Extremities(true); return nil })
+		return out
+	}
+	if got := back(); len(got) != 1 || got["$parent9"] != 10 {
+		t.Fatalf("backward extremities %v, want $parent9 (an outlier) at its child's depth 10", got)
+	}
+	joined := testenv.Event{}
+	for k, v := range parent {
+		joined[k] = v
+	}
+	delete(joined, "outlier")
+	joined["backfilled"] = true
+	apply(t, s, next, joined)
+	if got := back(); len(got) != 1 || got["$older8"] != 9 {
+		t.Fatalf("after the outlier joined the timeline: backward extremities %v, want only its own parent $older8", got)
+	}
+}
+
 func TestApplyBatch_Commands(t *testing.T) {
 	s := testenv.NewStore(t)
 	room := "!cmd:test"
