@@ -309,8 +309,14 @@ func (b *Backfiller) append(ctx context.Context, roomID string, events []any) (i
 		if err != nil {
 			continue
 		}
+		// Its own message ID: a homeserver publishes an event with its
+		// event ID as Nats-Msg-Id (CONTRACT.md section 3), and within
+		// JetStream's duplicate window the log would take the backfilled
+		// copy of an event held as an outlier (a join's parents) for that
+		// publish and drop it. Copies of events the timeline holds are
+		// the projection's to drop.
 		id, _ := ev["event_id"].(string)
-		seq, err := b.Log.Append(ctx, b.Subjects.Room(roomID, commands.KindEvent), id, data)
+		seq, err := b.Log.Append(ctx, b.Subjects.Room(roomID, commands.KindEvent), BackfillMsgID(id), data)
 		if err != nil {
 			return n, last, fmt.Errorf("append backfilled event: %w", err)
 		}
@@ -323,6 +329,12 @@ func (b *Backfiller) append(ctx context.Context, roomID string, events []any) (i
 	}
 	return n, last, nil
 }
+
+// BackfillMsgID is the Nats-Msg-Id of a backfilled event the service
+// appends to the log: two backfills that bring the same event within
+// JetStream's duplicate window append it once, and no homeserver publish
+// of it is taken for it.
+func BackfillMsgID(eventID string) string { return "backfill:" + eventID }
 
 // failed puts the points in exponential back-off: Backoff, doubling up
 // to 2^8 times.
