@@ -592,13 +592,17 @@ func (a *Admin) DeleteStatusByRoom(ctx context.Context, subject string, data []b
 }
 
 // DeleteStatus answers sb.api.delete_status {delete_id}: the task in any
-// status.
+// status, of any command but purge_history (whose status is
+// PurgeStatus's). So a block_room, a forget or a command with an unknown
+// action that failed validation has a status too, with its reason
+// (CONTRACT.md section 4: a command that fails validation is a failed
+// task, visible through the status requests).
 func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
 	id, t, err := a.taskByID(data, "delete_id")
 	if err != nil {
 		return nil, err
 	}
-	if t == nil || !isDeleteAction(t.Action) || t.ExpiredAt(a.Now().UnixMilli()) {
+	if t == nil || t.Action == commands.ActionPurgeHistory || t.ExpiredAt(a.Now().UnixMilli()) {
 		return nil, commands.Errorf(404, commands.CodeNotFound, "delete id '%s' not found", id)
 	}
 	return bus.Encode(deleteTask(t))

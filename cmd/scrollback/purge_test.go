@@ -179,6 +179,49 @@ func TestPurge_ForwardExtremityGuardFailsTask(t *testing.T) {
 	})
 }
 
+// TestCommands_EveryFailedCommandHasAStatus: a command from a homeserver
+// worker that fails validation is a failed task under its id, visible
+// through the status requests (CONTRACT.md sections 3 and 4), whatever
+// its action: purge_history's by purge_status, every other by
+// delete_status. A block_room, a forget or an unknown action was stored
+// as a failed task that neither request answered (found by a helper's
+// integration walkthrough).
+func TestCommands_EveryFailedCommandHasAStatus(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("badcmds", "test")
+	seqs := m.publisher().Publish(t, room.Setup(alice)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		id, action string
+		params     map[string]any
+	}{
+		{"badblock", "block_room", map[string]any{"block": "true"}},
+		{"badforget", "forget", map[string]any{}},
+		{"badaction", "explode", map[string]any{}},
+	} {
+		seq := m.publisher().Command(t, map[string]any{"id": c.id, "action": c.action, "room_id": room.ID, "params": c.params})
+		if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+			t.Fatal(err)
+		}
+		st, body := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+c.id, "tok-admin", "")
+		if errText, _ := body["error"].(string); st != 200 || body["status"] != "failed" || errText == "" || body["delete_id"] != c.id {
+			t.Errorf("%s (%s): %d %v, want its failed task with the reason", c.id, c.action, st, body)
+		}
+	}
+	// A purge_history's is purge_status's alone.
+	seq := m.publisher().Command(t, map[string]any{"id": "badpurge", "action": "purge_history", "room_id": room.ID, "params": map[string]any{"token": 5}})
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := m.do(t, "GET", "/_synapse/admin/v1/purge_history_status/badpurge", "tok-admin", ""); st != 200 || body["status"] != "failed" {
+		t.Errorf("purge_history_status/badpurge: %d %v", st, body)
+	}
+	st, body := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/badpurge", "tok-admin", "")
+	wantErr(t, st, body, 404, "M_NOT_FOUND", "delete id 'badpurge' not found")
+}
+
 // TestPurge_RacesNewEvents: events published while a purge is requested
 // are each either before it (and purged if below the cut-off) or after it
 // (kept if above the cut-off, dropped if below: the cut-off is permanent):
