@@ -463,6 +463,15 @@ func (m *Main) openHTTP(nc *nats.Conn, subjects bus.Subjects, healthy func() boo
 		Metrics:   m.Metrics.Handler(),
 		Observe:   m.Metrics.ObserveRequest("http"),
 	}
+	// The certificate first: Close waits for the server once it is set.
+	var tlsConfig *tls.Config
+	if c.HTTP.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(c.HTTP.TLS.Cert, c.HTTP.TLS.Key)
+		if err != nil {
+			return fmt.Errorf("http TLS: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	ln, err := net.Listen("tcp", c.HTTP.Listen)
 	if err != nil {
 		return fmt.Errorf("http listen %s: %w", c.HTTP.Listen, err)
@@ -476,15 +485,10 @@ func (m *Main) openHTTP(nc *nats.Conn, subjects bus.Subjects, healthy func() boo
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConfig,
 	}
 	m.httpDone = make(chan error, 1)
-	if c.HTTP.TLS.Enabled() {
-		cert, err := tls.LoadX509KeyPair(c.HTTP.TLS.Cert, c.HTTP.TLS.Key)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("http TLS: %w", err)
-		}
-		m.httpSrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if tlsConfig != nil {
 		go func() { m.httpDone <- m.httpSrv.ServeTLS(ln, "", "") }()
 		return nil
 	}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +70,31 @@ func TestTLS_HTTPAndNATS(t *testing.T) {
 	if nc, err := nats.Connect(m.NATSServer.ClientURL()); err == nil {
 		nc.Close()
 		t.Fatal("a NATS client without TLS was accepted")
+	}
+}
+
+// TestTLS_AMissingCertFailsTheStart: an HTTP certificate that cannot be
+// loaded (a typo, an unreadable file after a rotation) fails the start
+// with its error, and the service stops. It hung for ever in Close,
+// waiting for an HTTP server it never started, with the error unprinted
+// and SIGTERM ignored (found by a helper's operator walkthrough).
+func TestTLS_AMissingCertFailsTheStart(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ServerName = "test"
+	cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	cfg.NATS.Listen = ""
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.HTTP.TLS = TLSConfig{Cert: "/nonexistent.pem", Key: "/nonexistent.key"}
+	m := &Main{Config: cfg}
+	err := m.Open(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "http TLS") || !strings.Contains(err.Error(), "/nonexistent.pem") {
+		t.Fatalf("Open = %v, want the certificate's error", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close hangs after a failed start")
 	}
 }
