@@ -33,6 +33,9 @@ func runRebuild(ctx context.Context, args []string, out io.Writer) error {
 // janitor to the end (so purged rows are gone as they are in the live
 // file) and the task sweep, and swaps the files.
 func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
+	if err := needDataDir(cfg, "rebuild", false); err != nil {
+		return err
+	}
 	unlock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("rebuild: %w", err)
@@ -82,6 +85,9 @@ func runVerify(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, error) {
+	if err := needDataDir(cfg, "verify", true); err != nil {
+		return 0, err
+	}
 	unlock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return 0, fmt.Errorf("verify: %w", err)
@@ -217,6 +223,9 @@ func waitAll(ctx context.Context, p *projections.Projector, seq uint64) error {
 func runCompact(ctx context.Context, args []string, out io.Writer) error {
 	cfg, err := parseFlags("compact", args, os.Stderr)
 	if err != nil {
+		return err
+	}
+	if err := needDataDir(cfg, "compact", true); err != nil {
 		return err
 	}
 	unlock, err := lockDataDir(cfg.DataDir)
