@@ -321,6 +321,10 @@ func (r *TaskRunner) run(ctx context.Context, task *commands.Task) error {
 	if task, err = r.Store.Task(task.ID); err != nil || task == nil || task.Finished() {
 		return err
 	}
+	if task.Status == commands.TaskActive {
+		// Started before a restart, a crash or a failover.
+		r.Logger.Info("resuming task", "task", task.ID, "action", task.Action, "room_id", task.RoomID, "updates", task.Updates)
+	}
 	if task.Action == commands.ActionShutdownAndPurgeRoom {
 		return r.runShutdown(ctx, task)
 	}

@@ -36,6 +36,9 @@ type Outcome struct {
 	Result string
 	Reason string // for dead letters
 	Task   *commands.Task
+	// Finished: this message finished Task (it failed, completed or was
+	// cancelled here), which a repeated final update does not.
+	Finished bool
 }
 
 // ApplyBatch applies entries of one partition in order, in one bbolt
@@ -876,7 +879,7 @@ func applyCommand(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 	if err := tx.Bucket(bRoomTask).Put(roomTaskKey(room, ts, c.ID), nil); err != nil {
 		return err
 	}
-	o.Task = t
+	o.Task, o.Finished = t, t.Finished()
 	return nil
 }
 
@@ -921,7 +924,7 @@ func applyUpdate(tx *bolt.Tx, e *commands.LogEntry, o *Outcome) error {
 			return err
 		}
 	}
-	o.Task = t
+	o.Task, o.Finished = t, !noop && t.Finished()
 	return tx.Bucket(bUnconfirm).Delete([]byte(t.ID))
 }
 
@@ -961,7 +964,7 @@ func applyShutdownPurge(tx *bolt.Tx, room uint64, c *commands.Command, parent *c
 	}
 	parent.Status, parent.Error, parent.UpdatedTS = probe.Status, probe.Error, ts
 	parent.Updates++
-	o.Task = parent
+	o.Task, o.Finished = parent, parent.Finished()
 	return putTask(tx, parent)
 }
 

@@ -48,8 +48,8 @@ func startMainAt(tb testing.TB, now func() time.Time, edit ...func(*Config)) *Ma
 	return startMainWith(tb, &Main{Now: now}, edit...)
 }
 
-// startMainWith is startMain for a Main whose clock and test hooks the
-// test has set.
+// startMainWith is startMain for a Main whose clock, test hooks or logger
+// the test has set.
 func startMainWith(tb testing.TB, m *Main, edit ...func(*Config)) *Main {
 	tb.Helper()
 	cfg := DefaultConfig()
@@ -65,7 +65,10 @@ func startMainWith(tb testing.TB, m *Main, edit ...func(*Config)) *Main {
 	for _, e := range edit {
 		e(&cfg)
 	}
-	m.Config, m.Logger = cfg, slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m.Config = cfg
+	if m.Logger == nil {
+		m.Logger = slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	if err := m.Open(context.Background()); err != nil {
 		m.Close()
 		tb.Fatalf("open: %v", err)

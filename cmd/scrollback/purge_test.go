@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -187,7 +188,8 @@ func TestPurge_ForwardExtremityGuardFailsTask(t *testing.T) {
 // as a failed task that neither request answered (found by a helper's
 // integration walkthrough).
 func TestCommands_EveryFailedCommandHasAStatus(t *testing.T) {
-	m := startMain(t)
+	var logs testenv.Buffer
+	m := startMainWith(t, &Main{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	room := testenv.NewRoom("badcmds", "test")
 	seqs := m.publisher().Publish(t, room.Setup(alice)...)
 	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
@@ -206,8 +208,23 @@ func TestCommands_EveryFailedCommandHasAStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		st, body := m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+c.id, "tok-admin", "")
-		if errText, _ := body["error"].(string); st != 200 || body["status"] != "failed" || errText == "" || body["delete_id"] != c.id {
+		errText, _ := body["error"].(string)
+		if st != 200 || body["status"] != "failed" || errText == "" || body["delete_id"] != c.id {
 			t.Errorf("%s (%s): %d %v, want its failed task with the reason", c.id, c.action, st, body)
+		}
+		// And the operator's log says so, once, with the reason.
+		// (The projector logs after the commit that the read waited for.)
+		failedLines := func() (lines []string) {
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, `msg="task failed"`) && strings.Contains(line, " task="+c.id+" ") {
+					lines = append(lines, line)
+				}
+			}
+			return lines
+		}
+		testenv.WaitFor(t, 5*time.Second, c.id+"'s failure in the log", func() bool { return len(failedLines()) > 0 })
+		if lines := failedLines(); len(lines) != 1 || !strings.Contains(lines[0], fmt.Sprintf("err=%q", errText)) {
+			t.Errorf("%s: log lines %q, want one with the reason %q", c.id, lines, errText)
 		}
 	}
 	// A purge_history's is purge_status's alone.
@@ -307,7 +324,12 @@ func TestPurge_TaskResumesAfterRestart(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	m2 := openAgain(t, m.Config)
+	var logs testenv.Buffer
+	m2 := &Main{Config: m.Config, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if err := m2.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m2.Close() })
 	testenv.WaitFor(t, 15*time.Second, "the purge task to complete after the restart", func() bool {
 		task, _ := m2.Store.Task("resumeme")
 		return task != nil && task.Status == "complete"
@@ -315,6 +337,18 @@ func TestPurge_TaskResumesAfterRestart(t *testing.T) {
 	task, _ := m2.Store.Task("resumeme")
 	if task.Updates > 2 {
 		t.Fatalf("task applied %d updates, want active then complete at most once each", task.Updates)
+	}
+	// The operator's log tells the resumption and the end (at debug
+	// level: the command names no requester, as a background job's).
+	for _, msg := range []string{`msg="resuming task"`, `msg="task complete"`} {
+		testenv.WaitFor(t, 5*time.Second, msg+" in the log", func() bool {
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, msg) && strings.Contains(line, " task=resumeme ") {
+					return true
+				}
+			}
+			return false
+		})
 	}
 }
 

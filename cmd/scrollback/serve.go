@@ -417,6 +417,9 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 	return func(part int, outcomes []projections.Outcome, d time.Duration) {
 		m.Metrics.ObserveBatch(outcomes, d)
 		for _, o := range outcomes {
+			if o.Finished {
+				logFinished(log, o.Task)
+			}
 			if o.Result != projections.OutcomeDead {
 				continue
 			}
@@ -430,6 +433,23 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 				_ = m.NC.Publish(subjects.DeadLetter(kind), data)
 			}
 		}
+	}
+}
+
+// logFinished logs a task as it finishes, with its error if it failed:
+// a status poll is otherwise the only way to learn that a deletion failed
+// and why (USERS.md B1.4). The background jobs' many purges (no
+// requested_by) log their completion at debug level only: their jobs
+// log each run.
+func logFinished(log *slog.Logger, t *commands.Task) {
+	args := []any{"task", t.ID, "action", t.Action, "room_id", t.RoomID, "requested_by", t.RequestedBy}
+	switch {
+	case t.Status == commands.TaskFailed:
+		log.Warn("task failed", append(args, "err", t.Error)...)
+	case t.RequestedBy == "":
+		log.Debug("task "+t.Status, args...)
+	default:
+		log.Info("task "+t.Status, args...)
 	}
 }
 
