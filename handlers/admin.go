@@ -133,6 +133,21 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 	return id, nil
 }
 
+// requester is a request's requested_by ("" when absent or null), which
+// must be a string: taken for none, a mistyped one named no one in the
+// task and the audit.
+func requester(m map[string]any) (string, error) {
+	v, ok := m["requested_by"]
+	if !ok || v == nil {
+		return "", nil
+	}
+	by, isStr := v.(string)
+	if !isStr {
+		return "", commands.Errorf(400, commands.CodeBadJSON, "Param 'requested_by' must be a string, if given")
+	}
+	return by, nil
+}
+
 // auditOf is the audit record a status reply carries (an addition to
 // Synapse's fields): who asked, when, and the last change.
 func auditOf(t *commands.Task) map[string]any {
@@ -163,6 +178,10 @@ func (a *Admin) Block(ctx context.Context, subject string, data []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
+	by, err := requester(m)
+	if err != nil {
+		return nil, err
+	}
 	v, set := m["block"]
 	if !set {
 		blocked, by, err := a.Store.Blocked(roomID)
@@ -178,7 +197,6 @@ func (a *Admin) Block(ctx context.Context, subject string, data []byte) ([]byte,
 	if !ok {
 		return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'block' must be a boolean.")
 	}
-	by, _ := m["requested_by"].(string)
 	if _, err := a.publish(ctx, roomID, commands.ActionBlockRoom, map[string]any{"block": block}, by); err != nil {
 		return nil, err
 	}
@@ -191,6 +209,10 @@ func (a *Admin) Block(ctx context.Context, subject string, data []byte) ([]byte,
 // and replies {purge_id} once the command is applied.
 func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) ([]byte, error) {
 	roomID, m, err := roomRequest(a.Subjects, subject, data)
+	if err != nil {
+		return nil, err
+	}
+	by, err := requester(m)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +259,6 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 	default:
 		return nil, commands.Errorf(400, commands.CodeBadJSON, "must specify purge_up_to_event_id or purge_up_to_ts")
 	}
-	by, _ := m["requested_by"].(string)
 	id, err := a.publish(ctx, roomID, commands.ActionPurgeHistory, map[string]any{"token": token, "delete_local_events": deleteLocal}, by)
 	if err != nil {
 		return nil, err
@@ -318,6 +339,16 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	if err != nil {
 		return nil, err
 	}
+	// The NATS request's own fields first: a deletion must not start
+	// from a malformed request.
+	by, err := requester(m)
+	if err != nil {
+		return nil, err
+	}
+	wait, isBool := m["wait"].(bool)
+	if v, ok := m["wait"]; ok && v != nil && !isBool {
+		return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'wait' must be a boolean, if given")
+	}
 	params, err := DeleteBools(m)
 	if err != nil {
 		return nil, err
@@ -325,7 +356,6 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	if !commands.LegalRoomID(roomID) {
 		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
 	}
-	wait, _ := m["wait"].(bool)
 	if !wait {
 		tasks, err := a.Store.RoomTasks(roomID)
 		if err != nil {
@@ -378,7 +408,6 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			return nil, commands.Errorf(400, commands.CodeInvalidParam, "Param 'new_room_user_id' is not a valid user ID: %s", u)
 		}
 	}
-	by, _ := m["requested_by"].(string)
 	if wait {
 		// v1 answers when the deletion is over, minutes later perhaps:
 		// the wait must not hold one of the API's workers, which the

@@ -43,3 +43,35 @@ func TestPurgeHistory_TimeoutNamesTheTask(t *testing.T) {
 		t.Fatalf("the 504 %q does not name the task (theslowpurge) the command created", e.Message)
 	}
 }
+
+// TestAdmin_MistypedFieldsAreRefused: the NATS admin requests' own fields
+// are type-checked like Synapse's, before anything is published: a
+// delete's wait that is not a boolean ran an asynchronous deletion, and a
+// requested_by that is not a string was taken for none (the audit named
+// scrollback). Found by a helper's integration walkthrough.
+func TestAdmin_MistypedFieldsAreRefused(t *testing.T) {
+	r := testenv.NewRoom("typed", "test")
+	cut := r.Msg("@alice:test", "one")
+	a, store := rejectingAdmin(t, func() string { return "neverused" }, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
+	for _, c := range []struct {
+		name     string
+		call     func(context.Context, string, []byte) ([]byte, error)
+		endpoint string
+		req      map[string]any
+		want     string
+	}{
+		{"delete with wait \"yes\"", a.Delete, "delete", map[string]any{"wait": "yes"}, "Param 'wait' must be a boolean, if given"},
+		{"delete with a number for requested_by", a.Delete, "delete", map[string]any{"requested_by": int64(5)}, "Param 'requested_by' must be a string, if given"},
+		{"block with a number for requested_by", a.Block, "block", map[string]any{"block": true, "requested_by": int64(5)}, "Param 'requested_by' must be a string, if given"},
+		{"purge with a number for requested_by", a.PurgeHistory, "purge_history", map[string]any{"event_id": cut.ID(), "requested_by": int64(5)}, "Param 'requested_by' must be a string, if given"},
+	} {
+		_, err := c.call(context.Background(), subjects.APIRoom(r.ID, c.endpoint), mustEncode(t, c.req))
+		var e *commands.Error
+		if !errors.As(err, &e) || e.Status != 400 || e.Code != commands.CodeBadJSON || e.Message != c.want {
+			t.Errorf("%s: %v, want 400 M_BAD_JSON %q", c.name, err, c.want)
+		}
+	}
+	if task, err := store.Task("neverused"); err != nil || task != nil {
+		t.Fatalf("a refused request published a command: %+v (%v)", task, err)
+	}
+}
