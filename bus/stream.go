@@ -193,6 +193,17 @@ func (l *Log) LastSeq(ctx context.Context) (uint64, error) {
 	return st.CachedInfo().State.LastSeq, nil
 }
 
+// EmptyFrom reports whether the log holds no message with a sequence of
+// from or more (projections.EmptyFrom).
+func (l *Log) EmptyFrom(ctx context.Context, from uint64) (bool, error) {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return false, err
+	}
+	state := st.CachedInfo().State
+	return state.Msgs == 0 || state.LastSeq < from, nil
+}
+
 // appendAttempt bounds one publish of Append: an acknowledgement lost
 // while a cluster node dies (or the client reconnects) would otherwise
 // hold the caller until its own deadline.

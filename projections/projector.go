@@ -328,6 +328,9 @@ func (p *Projector) Run(ctx context.Context) error {
 		}()
 	}
 	p.started.Store(true)
+	if src, ok := p.Source.(EmptyFrom); ok && p.Store.Building() {
+		go p.endEmptyBuild(ctx, src, from)
+	}
 	// The source may fail (a lost connection, a consumer the server
 	// dropped): consume again from the next undispatched message, with a
 	// growing pause, until ctx ends. The checkpoints make any overlap
@@ -483,20 +486,46 @@ func (p *Projector) applyBatch(stop context.Context, pt *partition, batch []rawM
 	pt.applied.Store(last)
 	pt.pending.Add(-int64(len(batch)))
 	p.notify.broadcast()
-	if p.Store.Building() && p.caughtUp() && p.ending.CompareAndSwap(false, true) {
+	if p.Store.Building() && p.caughtUp() {
 		// A new file has caught up: it is synced from now on. Its sync
 		// (of everything the kernel has not written yet) does not hold
 		// up this partition.
-		go func() {
-			if err := p.Store.Built(); err != nil {
-				p.Logger.Warn("projection: the build without fsync did not end; Close ends it", "err", err)
-			}
-		}()
+		go p.endBuild()
 	}
 	if p.Observe != nil {
 		p.Observe(pt.id, outcomes, time.Since(start))
 	}
 	return true
+}
+
+// endBuild ends a build without fsync, once.
+func (p *Projector) endBuild() {
+	if !p.ending.CompareAndSwap(false, true) {
+		return
+	}
+	if err := p.Store.Built(); err != nil {
+		p.Logger.Warn("projection: the build without fsync did not end; Close ends it", "err", err)
+	}
+}
+
+// EmptyFrom is what a Source may also tell: whether the log holds no
+// message at or after from (bus.Log.EmptyFrom). A new file built from an
+// empty log has caught up at once, and no applied batch would say so.
+type EmptyFrom interface {
+	EmptyFrom(ctx context.Context, from uint64) (bool, error)
+}
+
+// endEmptyBuild ends a build without fsync when the log holds nothing
+// past what the file has.
+func (p *Projector) endEmptyBuild(ctx context.Context, src EmptyFrom, from uint64) {
+	empty, err := src.EmptyFrom(ctx, from)
+	if err != nil {
+		p.Logger.Debug("projection: whether the log is empty", "err", err)
+		return
+	}
+	if empty {
+		p.endBuild()
+	}
 }
 
 // caughtUp reports whether a build without fsync should end (build.go):

@@ -8,6 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
 )
 
 // TestDataDir_OneProcessAtATime: while a service runs on a data dir,
@@ -95,4 +99,18 @@ func TestDataDir_MaintenanceRefusesAnEmptyDir(t *testing.T) {
 	if err := rebuildProjection(ctx, cfg, &out); err != nil {
 		t.Fatalf("rebuild of a lost projection file: %v", err)
 	}
+}
+
+// TestDataDir_AFreshServiceOnAnEmptyLogEndsItsBuild: a new projection is
+// built without fsync until it has caught up with the log; on an empty
+// log it has at once. The marker stayed until the first message arrived,
+// so a crash of an idle fresh instance left a file compact refused
+// (found by a helper's operator walkthrough).
+func TestDataDir_AFreshServiceOnAnEmptyLogEndsItsBuild(t *testing.T) {
+	m := startMain(t)
+	marker := projections.BuildMarker(filepath.Join(m.Config.DataDir, "scrollback.db"))
+	testenv.WaitFor(t, 10*time.Second, "the build marker to go", func() bool {
+		_, err := os.Stat(marker)
+		return errors.Is(err, os.ErrNotExist) && !m.Store.Building()
+	})
 }
