@@ -25,13 +25,15 @@ import (
 const (
 	seedDefaultNATSURL = "nats://127.0.0.1:4222"
 	seedDefaultHTTP    = "127.0.0.1:8090"
-	seedDefaultWindow  = 512             // publishes awaiting their ack at once
-	seedDefaultTimeout = 5 * time.Minute // the whole run, acks included
-	seedHistorySpan    = 30 * 24 * time.Hour
-	seedMaxRooms       = 10_000
-	seedMaxMessages    = 100_000
-	seedMaxMembers     = 1_000
-	seedMaxEvents      = 2_000_000 // rooms × messages: the run keeps every event ID
+	// The generated admin token of `make run`'s data dir.
+	seedDefaultTokenFile = "data/admin.token"
+	seedDefaultWindow    = 512             // publishes awaiting their ack at once
+	seedDefaultTimeout   = 5 * time.Minute // the whole run, acks included
+	seedHistorySpan      = 30 * 24 * time.Hour
+	seedMaxRooms         = 10_000
+	seedMaxMessages      = 100_000
+	seedMaxMembers       = 1_000
+	seedMaxEvents        = 2_000_000 // rooms × messages: the run keeps every event ID
 )
 
 const seedUsage = `Usage: scrollback seed [flags]
@@ -64,6 +66,9 @@ type seedOptions struct {
 	// HTTPAddr is the HTTP bridge's address, only used in the printed
 	// examples (--http).
 	HTTPAddr string
+	// TokenFile is the admin token's file, only used in the printed curl
+	// examples (--token-file).
+	TokenFile string
 	// Timeout bounds the whole run (--timeout).
 	Timeout time.Duration
 	// Window is the number of publishes awaiting their ack at once
@@ -120,6 +125,7 @@ func parseSeedFlags(args []string, stdout io.Writer) (seedOptions, string, error
 	fs.Int64Var(&opts.Seed, "seed", 1, "random `seed`: the same seed gives the same rooms (room and event IDs excepted)")
 	fs.StringVar(&opts.Prefix, "prefix", "sb", "subject `prefix` (nats.subject_prefix)")
 	fs.StringVar(&opts.HTTPAddr, "http", seedDefaultHTTP, "HTTP bridge `address` used in the printed curl examples")
+	fs.StringVar(&opts.TokenFile, "token-file", seedDefaultTokenFile, "the service's admin token `file` (<data dir>/admin.token), used in the printed curl examples")
 	fs.DurationVar(&opts.Timeout, "timeout", seedDefaultTimeout, "give up if publishing and acks take longer than this")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -184,6 +190,9 @@ func (o seedOptions) validate() error {
 func seedRooms(ctx context.Context, nc *nats.Conn, opts seedOptions, out io.Writer) ([]seededRoom, error) {
 	if opts.Window == 0 {
 		opts.Window = seedDefaultWindow
+	}
+	if opts.TokenFile == "" {
+		opts.TokenFile = seedDefaultTokenFile
 	}
 	if opts.HTTPAddr == "" {
 		opts.HTTPAddr = seedDefaultHTTP
@@ -319,7 +328,7 @@ func printSeededRoom(out io.Writer, r seededRoom, opts seedOptions) {
 	subjects := bus.Subjects{Prefix: opts.Prefix}
 	fmt.Fprintf(out, "\n%s  %q\n", r.ID, r.Name)
 	fmt.Fprintf(out, "  events: %d, last log sequence: %d\n", len(r.EventIDs), r.LastSeq)
-	fmt.Fprintf(out, "  HTTP:  curl -s -H \"Authorization: Bearer $(cat data/admin.token)\" '%s'\n", seedAdminURL(opts.HTTPAddr, r.ID))
+	fmt.Fprintf(out, "  HTTP:  curl -s -H \"Authorization: Bearer $(cat %s)\" '%s'\n", shellQuote(opts.TokenFile), seedAdminURL(opts.HTTPAddr, r.ID))
 	fmt.Fprintf(out, "  NATS:  request %s with the MessagePack map {\"admin\": true, \"dir\": \"b\", \"limit\": 5, \"wait_for\": %d}\n",
 		subjects.APIRoom(r.ID, "messages"), r.LastSeq)
 }
@@ -1030,4 +1039,12 @@ var seedImages = []struct{ name, mimetype string }{
 	{"whiteboard.jpg", "image/jpeg"},
 	{"architecture-diagram.png", "image/png"},
 	{"IMG_2041.jpg", "image/jpeg"},
+}
+
+// shellQuote quotes s for a POSIX shell, unless it needs none.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
 }

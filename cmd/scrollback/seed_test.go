@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -183,6 +184,9 @@ func TestSeed_IntoService(t *testing.T) {
 	ctx := context.Background()
 	opts := seedTestOptions(3)
 	opts.HTTPAddr = m.HTTPAddr
+	// The printed curl reads the service's own token file, wherever its
+	// data dir is (it named data/admin.token whatever --data was).
+	opts.TokenFile = filepath.Join(m.Config.DataDir, "my data", "admin.token")
 	var out bytes.Buffer
 	rooms, err := seedRooms(ctx, m.NC, opts, &out)
 	if err != nil {
@@ -230,6 +234,9 @@ func TestSeed_IntoService(t *testing.T) {
 		u := seedAdminURL(m.HTTPAddr, r.ID)
 		if !strings.Contains(out.String(), "'"+u+"'") {
 			t.Errorf("output lacks %s", u)
+		}
+		if tok := "$(cat '" + opts.TokenFile + "')"; !strings.Contains(out.String(), tok) {
+			t.Errorf("output lacks %s", tok)
 		}
 		req, _ := http.NewRequest("GET", u, nil)
 		req.Header.Set("Authorization", "Bearer tok-admin")
@@ -284,14 +291,14 @@ func TestSeed_Flags(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := seedOptions{ServerName: "localhost", Rooms: 3, Messages: 200, Members: 5, Seed: 1, Prefix: "sb",
-		HTTPAddr: "127.0.0.1:8090", Timeout: seedDefaultTimeout, Window: seedDefaultWindow}
+		HTTPAddr: "127.0.0.1:8090", TokenFile: "data/admin.token", Timeout: seedDefaultTimeout, Window: seedDefaultWindow}
 	if u != "nats://127.0.0.1:4222" || !reflect.DeepEqual(opts, want) {
 		t.Fatalf("defaults %q %+v", u, opts)
 	}
 	opts, u, err = parseSeedFlags([]string{"--nats-url", "nats://h:1", "--server-name=example.org", "--rooms", "1",
-		"--messages", "0", "--members", "2", "--seed", "-9", "--prefix", "x", "--http", ":1", "--timeout", "3s"}, &out)
+		"--messages", "0", "--members", "2", "--seed", "-9", "--prefix", "x", "--http", ":1", "--token-file", "/srv/sb/admin.token", "--timeout", "3s"}, &out)
 	want = seedOptions{ServerName: "example.org", Rooms: 1, Messages: 0, Members: 2, Seed: -9, Prefix: "x",
-		HTTPAddr: ":1", Timeout: 3 * time.Second, Window: seedDefaultWindow}
+		HTTPAddr: ":1", TokenFile: "/srv/sb/admin.token", Timeout: 3 * time.Second, Window: seedDefaultWindow}
 	if err != nil || u != "nats://h:1" || !reflect.DeepEqual(opts, want) {
 		t.Fatalf("%v %q %+v", err, u, opts)
 	}
