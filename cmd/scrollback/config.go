@@ -578,6 +578,11 @@ func (c *Config) Validate() error {
 			authProblems = append(authProblems, fmt.Errorf("%s: cert and key go together", key))
 		}
 	}
+	if c.NATS.Credentials != "" && c.NATS.URL == "" {
+		// Ignored there, and silently: a typo in nats.url, or a config
+		// meant for another deployment.
+		authProblems = append(authProblems, errors.New("nats.credentials: only for an external cluster (nats.url); the embedded server's users are nats.auth"))
+	}
 	if len(c.NATS.Auth.Users) > 0 && c.NATS.URL != "" {
 		authProblems = append(authProblems, errors.New("nats.auth: only for the embedded server; an external cluster has its own accounts (use nats.credentials)"))
 	}

@@ -530,6 +530,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"replicas zero", func(c *Config) { c.Cluster.Replicas = 0 }, "cluster.replicas:"},
 		{"replicas on the embedded server", func(c *Config) { c.Cluster.Replicas = 3 }, "cluster.replicas: the embedded server"},
 		{"replicas on a cluster", func(c *Config) { c.Cluster.Replicas = 3; c.NATS.URL = "nats://a:4222" }, ""},
+		{"credentials on the embedded server", func(c *Config) { c.NATS.Credentials = "/etc/sb.creds" }, "nats.credentials: only for an external cluster"},
+		{"credentials on a cluster", func(c *Config) { c.NATS.Credentials = "/etc/sb.creds"; c.NATS.URL = "nats://a:4222" }, ""},
 		{"listen port zero", func(c *Config) { c.HTTP.Listen = "127.0.0.1:0" }, ""},
 		{"listen all interfaces", func(c *Config) { c.HTTP.Listen = ":8090" }, ""},
 		{"listen ipv6", func(c *Config) { c.NATS.Listen = "[::1]:4222" }, ""},
