@@ -89,21 +89,27 @@ func digestRoom(tx *bolt.Tx, d Digest, roomID string, room uint64) error {
 	return nil
 }
 
-// Diff lists what differs between two digests, one line per key.
-func (a Digest) Diff(b Digest) []string {
+// Diff lists what differs between two digests, one line per key; an
+// aspect only one of them has names that one: "first" (a) or "second"
+// (b), or their names, if given (names[0] and names[1]).
+func (a Digest) Diff(b Digest, names ...string) []string {
+	first, second := "the first", "the second"
+	if len(names) == 2 {
+		first, second = names[0], names[1]
+	}
 	var out []string
 	for k, va := range a {
 		vb, ok := b[k]
 		switch {
 		case !ok:
-			out = append(out, k+": only in the first")
+			out = append(out, k+": only in "+first)
 		case va != vb:
 			out = append(out, k+": differs")
 		}
 	}
 	for k := range b {
 		if _, ok := a[k]; !ok {
-			out = append(out, k+": only in the second")
+			out = append(out, k+": only in "+second)
 		}
 	}
 	slices.Sort(out)

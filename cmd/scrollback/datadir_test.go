@@ -96,8 +96,16 @@ func TestDataDir_MaintenanceRefusesAnEmptyDir(t *testing.T) {
 	if _, err := verifyProjection(ctx, cfg, &out); err == nil || !strings.Contains(err.Error(), dbPath) {
 		t.Errorf("verify without a projection file: %v, want a refusal naming it", err)
 	}
-	if err := rebuildProjection(ctx, cfg, &out); err != nil {
-		t.Fatalf("rebuild of a lost projection file: %v", err)
+	out.Reset()
+	if err := rebuildProjection(ctx, cfg, &out); err != nil || !strings.Contains(out.String(), "there was no previous file") {
+		t.Fatalf("rebuild of a lost projection file: %v\n%s", err, out.String())
+	}
+	// Rebuilds keep one previous file, and say when it replaces one.
+	for _, want := range []string{"previous file kept as scrollback.db.prev)", "in place of the one an earlier rebuild kept"} {
+		out.Reset()
+		if err := rebuildProjection(ctx, cfg, &out); err != nil || !strings.Contains(out.String(), want) {
+			t.Fatalf("rebuild: %v\n%s\nwant %q", err, out.String(), want)
+		}
 	}
 }
 

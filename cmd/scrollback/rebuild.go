@@ -48,10 +48,16 @@ func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	kept := fmt.Sprintf("previous file kept as %s.prev", filepath.Base(dbPath))
 	if _, err := os.Stat(dbPath); err == nil {
+		if _, err := os.Stat(dbPath + ".prev"); err == nil {
+			kept += ", in place of the one an earlier rebuild kept"
+		}
 		if err := os.Rename(dbPath, dbPath+".prev"); err != nil {
 			return err
 		}
+	} else {
+		kept = "there was no previous file"
 	}
 	if err := os.Rename(tmp, dbPath); err != nil {
 		return err
@@ -60,7 +66,7 @@ func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := durable.Remove(projections.BuildMarker(dbPath)); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (previous file kept as %s.prev)\n", dbPath, last, time.Since(start).Round(time.Millisecond), filepath.Base(dbPath))
+	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (%s)\n", dbPath, last, time.Since(start).Round(time.Millisecond), kept)
 	return nil
 }
 
@@ -116,11 +122,13 @@ func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	diff := live.Diff(rebuilt)
+	diff := live.Diff(rebuilt, "the live projection", "the rebuild from the log")
 	for _, d := range diff {
 		fmt.Fprintln(out, d)
 	}
-	fmt.Fprintf(out, "verify: %d aspects compared, %d differences\n", len(live), len(diff))
+	// An aspect is a room's timeline, its state, a task...: one line of
+	// the diff each, those of either side.
+	fmt.Fprintf(out, "verify: %d aspects in the live projection, %d in the rebuild from the log, %d differ\n", len(live), len(rebuilt), len(diff))
 	return len(diff), nil
 }
 

@@ -213,7 +213,7 @@ func TestVerify_FindsADifference(t *testing.T) {
 	if err != nil || n == 0 {
 		t.Fatalf("verify found %d differences (%v):\n%s", n, err, out.String())
 	}
-	if !strings.Contains(out.String(), "task sneaky: only in the first") {
+	if !strings.Contains(out.String(), "task sneaky: only in the live projection") {
 		t.Fatalf("report:\n%s", out.String())
 	}
 }
