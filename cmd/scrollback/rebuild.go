@@ -128,7 +128,7 @@ func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, erro
 	}
 	// An aspect is a room's timeline, its state, a task...: one line of
 	// the diff each, those of either side.
-	fmt.Fprintf(out, "verify: %d aspects in the live projection, %d in the rebuild from the log, %d differ\n", len(live), len(rebuilt), len(diff))
+	fmt.Fprintf(out, "verify: %d aspects in the live projection, %d in the rebuild from the log, %d differences\n", len(live), len(rebuilt), len(diff))
 	return len(diff), nil
 }
 
