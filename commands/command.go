@@ -33,6 +33,8 @@ type Command struct {
 	Params      map[string]any
 	RequestedBy string
 	TS          int64
+
+	envelopeErr error // a mistyped ts or requested_by, for Validate
 }
 
 // ValidCommandID reports whether id is 1-64 of [A-Za-z0-9_-].
@@ -76,8 +78,15 @@ func CommandFromMap(m map[string]any, roomID string) (*Command, error) {
 			c.Params = map[string]any{paramsNotMap: true}
 		}
 	}
-	c.RequestedBy, _ = m["requested_by"].(string)
-	c.TS, _ = AsInt(m["ts"])
+	var ok1, ok2 bool
+	c.RequestedBy, ok1 = m["requested_by"].(string)
+	if v := m["requested_by"]; v != nil && !ok1 {
+		c.envelopeErr = errors.New("requested_by must be a string (a user ID)")
+	}
+	c.TS, ok2 = AsInt(m["ts"])
+	if v := m["ts"]; v != nil && !ok2 {
+		c.envelopeErr = errors.New("ts must be an integer (ms)")
+	}
 	return c, nil
 }
 
@@ -101,12 +110,18 @@ func IsShutdownPurgeID(id, action string) bool {
 // Validate checks the action and its parameters. The returned error's text
 // becomes the failed task's error.
 func (c *Command) Validate() error {
+	if c.envelopeErr != nil {
+		return c.envelopeErr
+	}
 	if _, bad := c.Params[paramsNotMap]; bad {
 		return errors.New("params must be a map")
 	}
 	switch c.Action {
 	case ActionPurgeHistory:
 		tok, ok := c.Params["token"].(string)
+		if v := c.Params["token"]; v != nil && !ok {
+			return errors.New("purge_history: params.token must be a string (t<depth>-<stream>)")
+		}
 		if !ok {
 			return errors.New("purge_history: params.token is required (t<depth>-<stream>)")
 		}
