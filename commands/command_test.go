@@ -7,12 +7,11 @@ import (
 	"github.com/scrollback/scrollback/commands"
 )
 
-// TestCommand_Validate_Envelope: a command's envelope fields of the wrong
-// type (CONTRACT.md section 3: ts an int of ms, requested_by a user ID
-// string) fail its validation with the field named, as its params do.
-// They were taken for absent: ts "now" became the log's time and a number
-// for requested_by became no requester (found by a helper's integration
-// walkthrough). A token of the wrong type is told from a missing one.
+// TestCommand_Validate_Envelope: a command's ts and requested_by of the
+// wrong type count as absent, as earlier releases applied them: failing
+// them would change what a rebuild makes of a log those releases applied
+// (a Python worker's float ts; found by a helper's review). A token of the
+// wrong type is told from a missing one.
 func TestCommand_Validate_Envelope(t *testing.T) {
 	base := func() map[string]any {
 		return map[string]any{"id": "c1", "room_id": "!r:test", "action": commands.ActionPurgeRoom, "params": map[string]any{}}
@@ -24,10 +23,9 @@ func TestCommand_Validate_Envelope(t *testing.T) {
 	}{
 		{"well-formed", func(m map[string]any) { m["ts"], m["requested_by"] = int64(1000), "@admin:test" }, ""},
 		{"absent ts and requester", func(m map[string]any) {}, ""},
-		{"null ts and requester", func(m map[string]any) { m["ts"], m["requested_by"] = nil, nil }, ""},
-		{"ts a string", func(m map[string]any) { m["ts"] = "now" }, "ts must be an integer (ms)"},
-		{"ts a float", func(m map[string]any) { m["ts"] = 1.5 }, "ts must be an integer (ms)"},
-		{"requested_by a number", func(m map[string]any) { m["requested_by"] = int64(5) }, "requested_by must be a string"},
+		{"ts a string", func(m map[string]any) { m["ts"] = "now" }, ""},
+		{"ts a float", func(m map[string]any) { m["ts"] = 1.5e12 + 0.25 }, ""},
+		{"requested_by a number", func(m map[string]any) { m["requested_by"] = int64(5) }, ""},
 		{"token a number", func(m map[string]any) {
 			m["action"], m["params"] = commands.ActionPurgeHistory, map[string]any{"token": int64(5)}
 		}, "purge_history: params.token must be a string (t<depth>-<stream>)"},
@@ -37,7 +35,7 @@ func TestCommand_Validate_Envelope(t *testing.T) {
 		tt.edit(m)
 		c, err := commands.CommandFromMap(m, "!r:test")
 		if err != nil {
-			t.Fatalf("%s: commands.CommandFromMap: %v", tt.name, err)
+			t.Fatalf("%s: CommandFromMap: %v", tt.name, err)
 		}
 		err = c.Validate()
 		switch {

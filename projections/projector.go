@@ -505,7 +505,9 @@ func (p *Projector) endBuild() {
 	}
 	if err := p.Store.Built(); err != nil {
 		p.Logger.Warn("projection: the build without fsync did not end; Close ends it", "err", err)
+		return
 	}
+	p.Logger.Info("projection: the new file has caught up with the log; every commit is synced from now on", "applied", p.Applied())
 }
 
 // EmptyFrom is what a Source may also tell: whether the log holds no

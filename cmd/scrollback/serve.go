@@ -121,6 +121,9 @@ func (m *Main) Open(ctx context.Context) error {
 	if m.Store.Restarted() {
 		m.Logger.Warn("the projection was being built without fsync when the machine restarted: building it again from the log")
 	}
+	if m.Store.Building() {
+		m.Logger.Info("a new projection: building it from the log without fsync until it has caught up", "path", m.Store.DB().Path())
+	}
 	logLog := &bus.Log{JS: m.JS, Stream: c.NATS.Stream, Subjects: subjects}
 	m.Projector = &projections.Projector{
 		Store:     m.Store,
