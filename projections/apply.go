@@ -39,6 +39,11 @@ type Outcome struct {
 	// Finished: this message finished Task (it failed, completed or was
 	// cancelled here), which a repeated final update does not.
 	Finished bool
+	// Replayed: applied to a new file that the projector builds from the
+	// log (a new instance, a deleted or torn file), from the part of the
+	// log that was there when it started: the message took effect when it
+	// was first applied, perhaps long ago.
+	Replayed bool
 }
 
 // ApplyBatch applies entries of one partition in order, in one bbolt

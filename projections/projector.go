@@ -163,6 +163,7 @@ type Projector struct {
 	lingering   atomic.Int64    // messages of the group the committer waits with (Linger), for the tests
 	ending      atomic.Bool     // Store.Built was called (build.go)
 	buildTarget atomic.Uint64   // the log's end when the build was first checked (caughtUp)
+	replayUntil atomic.Uint64   // a new file's: the log's end when Run started (Outcome.Replayed)
 	// preparing holds a slot per partition decoding a batch: GOMAXPROCS-1
 	// of them, so that the committer, which every message waits for,
 	// finds a CPU. With all 16 partitions free to decode at once, the
@@ -326,6 +327,14 @@ func (p *Projector) Run(ctx context.Context) error {
 			defer wg.Done()
 			p.runPartition(ctx, pt)
 		}()
+	}
+	if src, ok := p.Source.(LastSeq); ok && p.Store.Building() {
+		// A new file: what the log holds now is a replay.
+		if last, err := src.LastSeq(ctx); err == nil {
+			p.replayUntil.Store(last)
+		} else {
+			p.Logger.Debug("projection: the log's end, for a new file's replay", "err", err)
+		}
 	}
 	p.started.Store(true)
 	if src, ok := p.Source.(EmptyFrom); ok && p.Store.Building() {
@@ -493,6 +502,12 @@ func (p *Projector) applyBatch(stop context.Context, pt *partition, batch []rawM
 		go p.endBuild()
 	}
 	if p.Observe != nil {
+		// A new file replays the log up to where it ended when the file
+		// was made: those messages' outcomes are history.
+		until := p.replayUntil.Load()
+		for i := range outcomes {
+			outcomes[i].Replayed = outcomes[i].Seq <= until
+		}
 		p.Observe(pt.id, outcomes, time.Since(start))
 	}
 	return true
@@ -508,6 +523,13 @@ func (p *Projector) endBuild() {
 		return
 	}
 	p.Logger.Info("projection: the new file has caught up with the log; every commit is synced from now on", "applied", p.Applied())
+}
+
+// LastSeq is what a Source may also tell: the log's last sequence
+// (bus.Log.LastSeq). A new file's outcomes up to it are a replay of the
+// log (Outcome.Replayed).
+type LastSeq interface {
+	LastSeq(ctx context.Context) (uint64, error)
 }
 
 // EmptyFrom is what a Source may also tell: whether the log holds no

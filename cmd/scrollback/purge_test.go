@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -512,4 +514,53 @@ func TestPurgeHistory_EmptySegments(t *testing.T) {
 	wantErr(t, st, body, 403, "M_FORBIDDEN", "You are not a server admin")
 	st, body = m.do(t, "GET", status, "tok-admin", "")
 	wantErr(t, st, body, 404, "M_NOT_FOUND", "purge id '' not found")
+}
+
+// TestCommands_AReplayDoesNotLogOldFailuresAgain: a projection built again
+// from the log (a new instance, a deleted or torn file) replays every
+// task; a failure from before is not logged as failing now, while one
+// after the replay is. From a helper's review.
+func TestCommands_AReplayDoesNotLogOldFailuresAgain(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("oldfail", "test")
+	seqs := m.publisher().Publish(t, room.Setup(alice)...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	seq := m.publisher().Command(t, map[string]any{"id": "oldbad", "action": "block_room", "room_id": room.ID, "params": map[string]any{"block": "yes"}})
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(m.Config.DataDir, "scrollback.db")); err != nil {
+		t.Fatal(err)
+	}
+	var logs testenv.Buffer
+	m2 := &Main{Config: m.Config, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	if err := m2.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m2.Close() })
+	testenv.WaitFor(t, 10*time.Second, "the new file's build to end", func() bool { return !m2.Store.Building() })
+	// A failure after the replay, in the same room (so the same
+	// partition, observed in log order): once it is logged, so would
+	// the old one have been.
+	seq = m2.publisher().Command(t, map[string]any{"id": "newbad", "action": "block_room", "room_id": room.ID, "params": map[string]any{"block": "yes"}})
+	if _, err := m2.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
+		t.Fatal(err)
+	}
+	failed := func(id string) bool {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, `msg="task failed"`) && strings.Contains(line, " task="+id+" ") {
+				return true
+			}
+		}
+		return false
+	}
+	testenv.WaitFor(t, 5*time.Second, "the new failure in the log", func() bool { return failed("newbad") })
+	if failed("oldbad") {
+		t.Errorf("a task that failed before the new file was built is logged as failing again:\n%s", logs.String())
+	}
 }

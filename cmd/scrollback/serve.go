@@ -420,7 +420,7 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 	return func(part int, outcomes []projections.Outcome, d time.Duration) {
 		m.Metrics.ObserveBatch(outcomes, d)
 		for _, o := range outcomes {
-			if o.Finished {
+			if o.Finished && !o.Replayed {
 				logFinished(log, o.Task)
 			}
 			if o.Result != projections.OutcomeDead {
@@ -441,7 +441,8 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 
 // logFinished logs a task as it finishes, with its error if it failed:
 // a status poll is otherwise the only way to learn that a deletion failed
-// and why (USERS.md B1.4). The background jobs' many purges (no
+// and why (USERS.md B1.4). A new file's replay of the log does not log
+// the tasks it finishes again (Outcome.Replayed). The background jobs' many purges (no
 // requested_by) log their completion at debug level only: their jobs
 // log each run.
 func logFinished(log *slog.Logger, t *commands.Task) {
