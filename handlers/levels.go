@@ -15,14 +15,17 @@ import (
 // so an entry never goes stale; the key carries the event's stream
 // position too, which a purge_room's new timeline never reuses.
 //
-// The cache holds at most maxLevelsCost users and keys in all. A content
-// too big for a quarter of that is not kept (each read decodes it once, as
-// before). When an entry does not fit, entries go in the map's order,
-// which Go randomises: a random eviction, with no bookkeeping on reads.
+// The cache holds at most maxLevelsBytes of contents, counted by their
+// stored (encoded) size: a content's size may lie in any of its keys (an
+// "events" map, say), not only in its users. A decoded content takes a few
+// times its encoded size. A content too big for a quarter of the bound is
+// not kept (each read decodes it once, as before). When an entry does not
+// fit, entries go in the map's order, which Go randomises: a random
+// eviction, with no bookkeeping on reads.
 type levelsCache struct {
 	mu      sync.Mutex
 	entries map[levelsKey]levelsEntry
-	cost    int
+	size    int
 }
 
 type levelsKey struct {
@@ -32,12 +35,12 @@ type levelsKey struct {
 
 type levelsEntry struct {
 	content map[string]any // read-only once stored
-	cost    int
+	size    int            // its encoded size
 }
 
-// maxLevelsCost bounds the cache: about 80 bytes an entry of a decoded
-// content, so some 16 MiB at most.
-const maxLevelsCost = 200_000
+// maxLevelsBytes bounds the cache's contents, encoded: a few times that
+// decoded (power levels listing 3,000 users take about 70 KB encoded).
+const maxLevelsBytes = 4 << 20
 
 // get returns the cached content of the power-levels event, if any.
 func (c *levelsCache) get(roomID, eventID string, stream int64) (map[string]any, bool) {
@@ -47,12 +50,11 @@ func (c *levelsCache) get(roomID, eventID string, stream int64) (map[string]any,
 	return e.content, ok
 }
 
-// put stores a decoded content, which no one may change afterwards. The
-// key's strings are copied: a read's strings alias its transaction's
-// memory.
-func (c *levelsCache) put(roomID, eventID string, stream int64, content map[string]any) {
-	cost := levelsCost(content)
-	if cost > maxLevelsCost/4 {
+// put stores a decoded content of size encoded bytes, which no one may
+// change afterwards. The key's strings are copied: a read's strings alias
+// its transaction's memory.
+func (c *levelsCache) put(roomID, eventID string, stream int64, content map[string]any, size int) {
+	if size > maxLevelsBytes/4 {
 		return
 	}
 	c.mu.Lock()
@@ -62,21 +64,15 @@ func (c *levelsCache) put(roomID, eventID string, stream int64, content map[stri
 		return
 	}
 	for k, e := range c.entries {
-		if c.cost+cost <= maxLevelsCost {
+		if c.size+size <= maxLevelsBytes {
 			break
 		}
 		delete(c.entries, k)
-		c.cost -= e.cost
+		c.size -= e.size
 	}
 	if c.entries == nil {
 		c.entries = map[levelsKey]levelsEntry{}
 	}
-	c.entries[key] = levelsEntry{content: content, cost: cost}
-	c.cost += cost
-}
-
-// levelsCost is the content's top-level keys plus its users.
-func levelsCost(content map[string]any) int {
-	users, _ := content["users"].(map[string]any)
-	return 1 + len(content) + len(users)
+	c.entries[key] = levelsEntry{content: content, size: size}
+	c.size += size
 }

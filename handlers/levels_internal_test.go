@@ -20,7 +20,7 @@ func usersLevels(n int) map[string]any {
 func TestLevelsCache_KeyedByRoomEventAndStream(t *testing.T) {
 	var c levelsCache
 	pl := usersLevels(3)
-	c.put("!a:test", "$pl", 7, pl)
+	c.put("!a:test", "$pl", 7, pl, 100)
 	if got, ok := c.get("!a:test", "$pl", 7); !ok || len(got["users"].(map[string]any)) != 3 {
 		t.Fatalf("get after put: %v %v", got, ok)
 	}
@@ -34,19 +34,21 @@ func TestLevelsCache_KeyedByRoomEventAndStream(t *testing.T) {
 	}
 }
 
-// TestLevelsCache_Bounded: the cache never holds more than maxLevelsCost,
-// whatever is put, and keeps no content too big for a quarter of it.
+// TestLevelsCache_Bounded: the cache never holds more than maxLevelsBytes
+// of contents, counted by their encoded size wherever it lies (a helper's
+// review filled a bound on users alone with 36 MiB of "events" keys), and
+// keeps no content too big for a quarter of it.
 func TestLevelsCache_Bounded(t *testing.T) {
 	var c levelsCache
-	c.put("!r:test", "$huge", 1, usersLevels(maxLevelsCost/4))
-	if _, ok := c.get("!r:test", "$huge", 1); ok || c.cost != 0 {
-		t.Fatalf("a content above a quarter of the bound is kept (cost %d)", c.cost)
+	c.put("!r:test", "$huge", 1, usersLevels(1), maxLevelsBytes/4+1)
+	if _, ok := c.get("!r:test", "$huge", 1); ok || c.size != 0 {
+		t.Fatalf("a content above a quarter of the bound is kept (size %d)", c.size)
 	}
-	pl := usersLevels(maxLevelsCost / 10)
-	for i := range 50 {
-		c.put("!r:test", fmt.Sprint("$pl", i), int64(i), pl)
-		if c.cost > maxLevelsCost {
-			t.Fatalf("after %d puts the cache holds %d, above %d", i+1, c.cost, maxLevelsCost)
+	pl := usersLevels(3)
+	for i := range 500 {
+		c.put("!r:test", fmt.Sprint("$pl", i), int64(i), pl, 60<<10) // a content of 60 KiB
+		if c.size > maxLevelsBytes {
+			t.Fatalf("after %d puts the cache holds %d bytes, above %d", i+1, c.size, maxLevelsBytes)
 		}
 		if _, ok := c.get("!r:test", fmt.Sprint("$pl", i), int64(i)); !ok {
 			t.Fatalf("the entry just put (%d) is not there", i)
@@ -54,9 +56,9 @@ func TestLevelsCache_Bounded(t *testing.T) {
 	}
 	sum := 0
 	for _, e := range c.entries {
-		sum += e.cost
+		sum += e.size
 	}
-	if sum != c.cost || len(c.entries) < 5 {
-		t.Fatalf("%d entries, costs summing to %d, counted %d", len(c.entries), sum, c.cost)
+	if sum != c.size || len(c.entries) < 50 {
+		t.Fatalf("%d entries, sizes summing to %d, counted %d", len(c.entries), sum, c.size)
 	}
 }

@@ -261,7 +261,7 @@ func (rc *readContext) levelsBefore(r *projections.Row) (map[string]any, error) 
 	if levels == nil {
 		levels = map[string]any{}
 	}
-	rc.h.levels.put(rc.roomID, st.EventID, st.Stream, levels)
+	rc.h.levels.put(rc.roomID, st.EventID, st.Stream, levels, len(row.Content))
 	return levels, nil
 }
 
