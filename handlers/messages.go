@@ -449,7 +449,7 @@ func gaps(v *projections.RoomView, rows []*projections.Row, from commands.Stream
 		}
 		missing := false
 		for _, p := range r.Prevs() {
-			if !v.Holds(p) {
+			if !v.HoldsInTimeline(p) {
 				missing = true
 				break
 			}

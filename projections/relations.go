@@ -466,6 +466,15 @@ func (v *RoomView) Holds(eventID string) bool {
 	return !v.meta.purged(v.tx, loc, rowAt(v.bucket, evKey(v.room, eventID), loc))
 }
 
+// HoldsInTimeline reports whether the room holds an event on its
+// timeline (Holds, outliers left out): what a child's parent must be for
+// the child not to follow a gap, as a parent held only as an outlier is a
+// backward extremity (Synapse's _update_backward_extremeties).
+func (v *RoomView) HoldsInTimeline(eventID string) bool {
+	loc, ok := lookupEvent(v.bucket(bEvents), v.room, eventID)
+	return ok && !loc.outlier && v.Holds(eventID)
+}
+
 // relatedByQuery is a filter's related_by_senders and related_by_rel_types
 // for one page, prepared once: the senders as a set, for walks over the
 // senders of a relation type.
