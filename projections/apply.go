@@ -519,6 +519,21 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		// erases it as well. Copies of an outlier are recorded too: the
 		// outlier may join the timeline and be purged.
 		o.Result = OutcomeDuplicate
+		if !ev.Outlier {
+			// A copy from below the floor of a row the janitor has not
+			// made an outlier yet (or never will: a rebuild runs it at
+			// the end) ends the row's gap as a dropped copy of the
+			// outlier would (below).
+			floor, err := a.floor(room)
+			if err != nil {
+				return err
+			}
+			if ev.Depth < floor {
+				if err := endBelowFloor(tx, id); err != nil {
+					return err
+				}
+			}
+		}
 		return addExtraSeq(tx, room, ev.EventID, e.Seq)
 	}
 	if !ev.Outlier {
@@ -537,7 +552,7 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 			// it is no backward extremity any more, and no read asks
 			// for it again. The dropped message stays in the log, so a
 			// rebuild does the same.
-			return tx.Bucket(bBack).Delete(id)
+			return endBelowFloor(tx, id)
 		}
 	}
 	if p.err != nil {
@@ -613,6 +628,27 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		}
 	}
 	return a.updateExtremities(room, ev)
+}
+
+// endBelowFloor ends the backward extremity of an event whose copy came
+// back from below the room's floor (key is its evKey): its entry, and the
+// edges from its children, so that no later pass of the janitor
+// (markExtremity, when it deletes or keeps the event's row or outlier)
+// makes it one again. Whether the event was an outlier, a row the janitor
+// had not reached, or unknown when its copy came, live and a rebuild
+// from the log then agree: no entry. Found by a helper's review.
+func endBelowFloor(tx *bolt.Tx, key []byte) error {
+	if err := tx.Bucket(bBack).Delete(key); err != nil {
+		return err
+	}
+	prefix := append(bytes.Clone(key), 0)
+	c := tx.Bucket(bEdges).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dropOutlierReceived deletes the received entry of the room's outlier

@@ -1,0 +1,132 @@
+package projections_test
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
+	"github.com/scrollback/scrollback/testenv"
+)
+
+// TestPurge_AKeptOutlierParentBackfilledAsInARebuild: a state event S
+// that a purge keeps as an outlier is named by an event D logged after the
+// purge (a remote server's stale forward extremity, a merge): S is a
+// backward extremity at D's depth (an outlier parent); a read asks
+// federation for S; its backfilled copy is below the floor and is
+// dropped, which ends the entry. A rebuild from the log (janitor only at
+// the end, buildFromLog) holds S as a timeline row when D and the copy are
+// applied (the copy is a duplicate), and the final janitor's markExtremity
+// made S a backward extremity at D's depth again: the two differed, until
+// the copy ended S's edges too (endBelowFloor). From a helper's review.
+func TestPurge_AKeptOutlierParentBackfilledAsInARebuild(t *testing.T) {
+	for _, withCopy := range []bool{false, true} {
+		t.Run(map[bool]string{false: "D only", true: "D then the backfilled copy"}[withCopy], func(t *testing.T) { keptOutlierParent(t, withCopy) })
+	}
+}
+
+func keptOutlierParent(t *testing.T, withCopy bool) {
+	r := testenv.NewRoom("keptparent", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 10)
+	var state testenv.Event
+	for _, ev := range setup {
+		if _, ok := ev["state_key"]; ok && ev["type"] != "m.room.create" {
+			state = ev
+		}
+	}
+	params := purgeAt(msgs[6])
+	d := r.Msg("@remote:other.org", "names the kept state event")
+	d["prev_events"] = []any{msgs[9].ID(), state.ID()}
+	backfilled := copyOf(state, false)
+	backfilled["backfilled"] = true
+	all := append(append([]testenv.Event{}, setup...), msgs...)
+
+	live := openWithServer(t)
+	next := apply(t, live, 1, all...)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	apply(t, live, next+1, d)
+	_ = live.View(r.ID, func(v *projections.RoomView) error {
+		t.Logf("live, after D: backward extremities %v", v.Extremities(true))
+		return nil
+	})
+	if withCopy {
+		apply(t, live, next+2, backfilled)
+	}
+	_ = live.View(r.ID, func(v *projections.RoomView) error {
+		t.Logf("live, after the backfilled copy: backward extremities %v", v.Extremities(true))
+		return nil
+	})
+
+	// The log after the erasure: the remote messages below the cut-off
+	// are gone; the state events stay. Janitor at the end, as buildFromLog.
+	rebuilt := openWithServer(t)
+	for i, ev := range all {
+		if _, ok := ev["state_key"]; ok || slices.ContainsFunc(msgs[6:], func(k testenv.Event) bool { return k.ID() == ev.ID() }) {
+			apply(t, rebuilt, uint64(i+1), ev)
+		}
+	}
+	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	apply(t, rebuilt, next+1, d)
+	if withCopy {
+		apply(t, rebuilt, next+2, backfilled)
+	}
+	drainJanitor(t, rebuilt)
+	_ = rebuilt.View(r.ID, func(v *projections.RoomView) error {
+		t.Logf("rebuilt: backward extremities %v", v.Extremities(true))
+		return nil
+	})
+	sameProjection(t, "live and rebuilt projections", live, rebuilt)
+}
+
+// TestPurge_ASweptOutlierParentBackfilledBeforeTheSweep: a remote outlier
+// below the floor, logged before the purge, is named by an event D logged
+// after it, before the janitor's sweep: it is a backward extremity; the
+// backfilled copy a read asks for is dropped below the floor, deleting the
+// entry; then the sweep deleted the outlier, and its markExtremity found D
+// through the edge updateExtremities stored and made it a backward
+// extremity again. A rebuild from the erased log applies D (parent
+// unknown), drops the copy and has no row for the janitor to mark: no
+// entry. The dropped copy now ends the edges too. From a helper's review.
+func TestPurge_ASweptOutlierParentBackfilledBeforeTheSweep(t *testing.T) {
+	r := testenv.NewRoom("sweptparent", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 10)
+	out := testenv.Event{"event_id": "$fetched", "room_id": r.ID, "type": "m.room.message", "sender": "@remote:other.org",
+		"origin_server_ts": int64(1), "depth": msgs[1]["depth"], "prev_events": []any{}, "content": map[string]any{}, "outlier": true}
+	log := append(append(append([]testenv.Event{}, setup...), out), msgs...)
+	params := purgeAt(msgs[5])
+	d := r.Msg("@remote:other.org", "names the outlier")
+	d["prev_events"] = []any{msgs[9].ID(), out.ID()}
+	backfilled := copyOf(out, false)
+	delete(backfilled, "outlier")
+	backfilled["backfilled"] = true
+
+	live := openWithServer(t)
+	next := apply(t, live, 1, log...)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	apply(t, live, next+1, d, backfilled) // before the janitor
+	drainJanitor(t, live)
+	_ = live.View(r.ID, func(v *projections.RoomView) error {
+		t.Logf("live: backward extremities %v", v.Extremities(true))
+		return nil
+	})
+	er, _ := live.PendingErasures(100, true)
+	t.Logf("erased %v", er.Seqs)
+
+	rebuilt := openWithServer(t)
+	for i, ev := range log {
+		if !slices.Contains(er.Seqs, uint64(i+1)) {
+			apply(t, rebuilt, uint64(i+1), ev)
+		}
+	}
+	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	apply(t, rebuilt, next+1, d, backfilled)
+	drainJanitor(t, rebuilt)
+	_ = rebuilt.View(r.ID, func(v *projections.RoomView) error {
+		t.Logf("rebuilt: backward extremities %v", v.Extremities(true))
+		return nil
+	})
+	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
+}
