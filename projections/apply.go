@@ -528,7 +528,7 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 			if err != nil {
 				return err
 			}
-			if ev.Depth < floor {
+			if was.depth < floor { // the stored event's depth, whatever the copy claims
 				if err := endBelowFloor(tx, id); err != nil {
 					return err
 				}
