@@ -601,10 +601,17 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	if err := tx.Bucket(bRStream).Put(binary.BigEndian.AppendUint64(u64(room), order(stream)), u64(uint64(ev.Depth))); err != nil {
 		return err
 	}
-	if ev.Rejected || ev.SoftFailed {
+	if ev.Rejected {
 		// Kept for the DAG and for admin reads, but neither state nor an
 		// extremity.
 		return nil
+	}
+	if ev.SoftFailed {
+		// Neither state nor a forward extremity, but persisted as any
+		// other event in Synapse, whose _update_backward_extremeties
+		// leaves out only rejected events: it ends its own gap, and its
+		// parents not held begin one.
+		return a.extremities(room, ev, false)
 	}
 	if err := indexEventRelations(tx, room, ev, row, stream); err != nil {
 		return err
@@ -743,6 +750,14 @@ func logSeq(stream int64) uint64 {
 // the next event usually names it as its parent, and then neither the
 // entry nor its deletion is written.
 func (a *applier) updateExtremities(room uint64, ev *commands.Event) error {
+	return a.extremities(room, ev, true)
+}
+
+// extremities is updateExtremities; without forward (a soft-failed event,
+// which Synapse's _calculate_new_extremities leaves out) it changes only
+// the backward extremities and the edges, and leaves the forward ones
+// and the chain link alone.
+func (a *applier) extremities(room uint64, ev *commands.Event, forward bool) error {
 	tx := a.tx
 	fwd, back, events, edges := tx.Bucket(bFwd), tx.Bucket(bBack), tx.Bucket(bEvents), tx.Bucket(bEdges)
 	for _, p := range ev.PrevEvents {
@@ -752,13 +767,17 @@ func (a *applier) updateExtremities(room uint64, ev *commands.Event) error {
 		if a.last.room == room && a.last.id == p {
 			// The room's previous event, applied in this transaction.
 			known, loc.depth = true, a.last.depth
-			if a.last.fwd {
+			if !forward {
+				// Its forward extremity stays.
+			} else if a.last.fwd {
 				a.last.fwd = false // held back: nothing to delete
 			} else if err := fwd.Delete(pk); err != nil {
 				return err
 			}
 		} else {
-			if err := fwd.Delete(pk); err != nil {
+			if !forward {
+				// Its forward extremity, if any, stays.
+			} else if err := fwd.Delete(pk); err != nil {
 				return err
 			}
 			// A parent known only under a room number that purge_room
@@ -785,6 +804,12 @@ func (a *applier) updateExtremities(room uint64, ev *commands.Event) error {
 		}
 	}
 	k := roomStrKey(room, ev.EventID)
+	if !forward {
+		if back.Get(k) == nil {
+			return nil
+		}
+		return back.Delete(k) // it fills a gap
+	}
 	link := chainLink{room: room, id: ev.EventID, depth: ev.Depth, fwd: true}
 	if back.Get(k) != nil {
 		// Some stored event already names this one: it fills a gap and is

@@ -667,3 +667,32 @@ func TestTopologicalAt(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestApplyBatch_SoftFailedEventsUpdateBackwardExtremities: Synapse
+// persists a soft-failed event as any other non-rejected one
+// (_store_rejected_events_txn leaves out only rejected events before
+// _update_backward_extremeties): a soft-failed event that arrives for a
+// backward extremity ends it, and its parents not held become backward
+// extremities; it is no forward extremity. scrollback left the gap (every
+// read near it asked federation again, backed off). From a helper's
+// review.
+func TestApplyBatch_SoftFailedEventsUpdateBackwardExtremities(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("softgap", "test")
+	create := r.Create("@a:test")
+	r.StartAt(10, "$parent9")
+	child := r.Msg("@a:test", "after the gap")
+	next := apply(t, s, 1, create, child)
+	parent := testenv.Event{"event_id": "$parent9", "room_id": r.ID, "type": "m.room.message", "sender": "@a:other.org",
+		"origin_server_ts": int64(5), "depth": int64(9), "prev_events": []string{"$older8"}, "content": map[string]any{},
+		"backfilled": true, "soft_failed": true}
+	apply(t, s, next, parent)
+	var back, fwd map[string]int64
+	_ = s.View(r.ID, func(v *projections.RoomView) error { back, fwd = v.Extremities(true), v.Extremities(false); return nil })
+	if _, ok := back["$parent9"]; ok || back["$older8"] != 9 || len(back) != 1 {
+		t.Errorf("backward extremities %v after the soft-failed $parent9 came: want only $older8 (Synapse's _update_backward_extremeties)", back)
+	}
+	if _, ok := fwd["$parent9"]; ok {
+		t.Errorf("forward extremities %v: a soft-failed event is none", fwd)
+	}
+}

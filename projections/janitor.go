@@ -789,8 +789,8 @@ func (j *purgeTx) decCount(k []byte) error {
 // Its kept children are those of its edges with a depth at or above the
 // floor, and, when it lies just below the floor, the rows at the floor
 // that name it (updateExtremities stores no edge to a parent one level
-// up). Rejected and soft-failed rows name no parents here, as they have
-// no edges.
+// up). Rejected rows name no parents here, as they have no edges
+// (soft-failed ones have, as Synapse's event_edges).
 func (j *purgeTx) markExtremity(eventID []byte, depth int64) error {
 	var first firstChild
 	j.keptChildren(eventID, &first)
@@ -802,7 +802,7 @@ func (j *purgeTx) markExtremity(eventID []byte, depth int64) error {
 			if err != nil {
 				return err
 			}
-			if h.flags&(flagRejected|flagSoftFailed) != 0 || !namesParent(h.prevs, eventID) {
+			if h.flags&flagRejected != 0 || !namesParent(h.prevs, eventID) {
 				continue
 			}
 			_, _, stream := parseTLKey(k)

@@ -130,3 +130,52 @@ func TestPurge_ASweptOutlierParentBackfilledBeforeTheSweep(t *testing.T) {
 	})
 	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
 }
+
+// TestPurge_SoftFailedChildrenAsInARebuild: a soft-failed event names its
+// parents as any other (its edges, SoftFailedEventsUpdateBackwardExtremities):
+// one at the cut-off's depth that names a purged parent one level down
+// makes that parent a backward extremity, live (the janitor's scan of the
+// rows at the floor) as in a rebuild from the erased log (where the parent
+// is unknown when the soft-failed event is applied). So does one far
+// above that names a purged parent through an edge.
+func TestPurge_SoftFailedChildrenAsInARebuild(t *testing.T) {
+	r := testenv.NewRoom("softkids", "test")
+	setup := r.Setup("@alice:test", "@remote:other.org")
+	msgs := remoteMsgs(r, 10)
+	// A side branch just below the cut-off that only the soft-failed
+	// event names (msgs[5], also there, is named by msgs[6] anyway).
+	side := r.Msg("@remote:other.org", "a side branch, purged")
+	side["prev_events"], side["depth"] = []any{msgs[4].ID()}, msgs[5]["depth"]
+	near := r.Msg("@remote:other.org", "soft-failed, one level above a purged parent")
+	near["prev_events"], near["depth"], near["soft_failed"] = []any{side.ID()}, msgs[6]["depth"], true
+	far := r.Msg("@remote:other.org", "soft-failed, far above a purged parent")
+	far["prev_events"], far["soft_failed"] = []any{msgs[9].ID(), msgs[2].ID()}, true
+	log := append(append(append([]testenv.Event{}, setup...), msgs...), side, near, far)
+	params := purgeAt(msgs[6])
+
+	live := openWithServer(t)
+	next := apply(t, live, 1, log...)
+	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, live)
+	var back map[string]int64
+	_ = live.View(r.ID, func(v *projections.RoomView) error { back = v.Extremities(true); return nil })
+	if _, ok := back[side.ID()]; !ok {
+		t.Errorf("backward extremities %v: the purged %s, named by the soft-failed event at the floor, is none", back, side.ID())
+	}
+	if _, ok := back[msgs[2].ID()]; !ok {
+		t.Errorf("backward extremities %v: the purged %s, named by the soft-failed event far above, is none", back, msgs[2].ID())
+	}
+	er, err := live.PendingErasures(100, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rebuilt := openWithServer(t)
+	for i, ev := range log {
+		if !slices.Contains(er.Seqs, uint64(i+1)) {
+			apply(t, rebuilt, uint64(i+1), ev)
+		}
+	}
+	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
+	drainJanitor(t, rebuilt)
+	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
+}
