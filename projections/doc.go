@@ -30,10 +30,12 @@
 // catch-up 1.10-1.31x in three pairs). bbolt's order of syncs, pages
 // before the meta page, is unchanged. A new file (Options.Build) commits
 // without fsync (bbolt still syncs as the file grows, every 16 MiB) until
-// it is within 1,024 messages of the log's end,
-// guarded by a marker holding the machine's boot ID: a restart of the
-// machine meanwhile makes the next Open delete the file and build it
-// again (build.go).
+// it is within 1,024 messages of the log's end (at once over an empty
+// log: Run asks the log, EmptyFrom), guarded by a marker holding the
+// machine's boot ID: a restart of the machine meanwhile makes the next
+// Open delete the file and build it again (build.go). The outcomes of
+// what the log held when a new file started are marked Replayed, so that
+// the service does not report old task endings as new.
 // Live traffic is the opposite case: a few messages at a time, into as
 // many rooms, each commit writing about 8 pages a message and two fsyncs.
 // When a group holds fewer than 256 messages, nobody waits for the
@@ -64,7 +66,10 @@
 //	                                          (the redactions after the mark's)
 //	state      room|type|state_key|depth|order -> membership|event ID
 //	fwdext     room|event ID               -> depth   (no stored event names it)
-//	backext    room|event ID               -> depth   (named, not held)
+//	backext    room|event ID               -> depth   (named by a timeline
+//	                                          event, rejected ones aside,
+//	                                          and not on the timeline:
+//	                                          unknown, or an outlier)
 //	edges      room|parent ID|0|child ID   -> child's depth (parents not
 //	                                          one level up, or unknown)
 //	forgotten  room|user ID                -> forget time (ms), then 1 for a room deletion's own forget
