@@ -529,8 +529,18 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 				return err
 			}
 			if was.depth < floor { // the stored event's depth, whatever the copy claims
-				if err := endBelowFloor(tx, id); err != nil {
+				// Unless the purge deletes the stored row: then the copy
+				// is erased with it (its extra message), and a rebuild
+				// from the erased log never sees it (found by a
+				// helper's review).
+				meta, err := getRoomMeta(tx, room)
+				if err != nil {
 					return err
+				}
+				if !meta.purged(tx, was, rowAt(tx.Bucket, id, was)) {
+					if err := endBelowFloor(tx, id); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -635,6 +645,38 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		}
 	}
 	return a.updateExtremities(room, ev)
+}
+
+// namedByLiveChild reports whether a timeline event that is not
+// soft-failed names the event of key (its evKey) among its parents, by
+// the edges from its children: a parent the room does not hold always
+// gets one (updateExtremities). Without any edge it reports true, as
+// before soft-failed events named parents.
+func namedByLiveChild(tx *bolt.Tx, room uint64, key []byte) (bool, error) {
+	prefix := append(bytes.Clone(key), 0)
+	events := tx.Bucket(bEvents)
+	c := tx.Bucket(bEdges).Cursor()
+	edges := 0
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		edges++
+		child := k[len(prefix):]
+		loc, ok := parseLoc(room, events.Get(roomStrKey(room, string(child))))
+		if !ok || loc.outlier {
+			continue
+		}
+		val := tx.Bucket(bTimeline).Get(tlKey(room, loc.depth, loc.stream))
+		if val == nil {
+			continue // its row is gone: a purge's janitor on its way
+		}
+		h, err := readPurgeHead(val)
+		if err != nil {
+			return false, err
+		}
+		if h.flags&(flagSoftFailed|flagRejected) == 0 {
+			return true, nil
+		}
+	}
+	return edges == 0, nil
 }
 
 // endBelowFloor ends the backward extremity of an event whose copy came
@@ -813,8 +855,15 @@ func (a *applier) extremities(room uint64, ev *commands.Event, forward bool) err
 	link := chainLink{room: room, id: ev.EventID, depth: ev.Depth, fwd: true}
 	if back.Get(k) != nil {
 		// Some stored event already names this one: it fills a gap and is
-		// not a forward extremity.
-		link.fwd = false
+		// not a forward extremity, unless only soft-failed events name it
+		// (Synapse's _get_events_which_are_prevs leaves them out; a
+		// helper's review found a room left with no forward extremity,
+		// and a purge above every event passing the guard).
+		named, err := namedByLiveChild(tx, room, k)
+		if err != nil {
+			return err
+		}
+		link.fwd = !named
 		if err := back.Delete(k); err != nil {
 			return err
 		}
