@@ -538,7 +538,7 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 					return err
 				}
 				if !meta.purged(tx, was, rowAt(tx.Bucket, id, was)) {
-					if err := endBelowFloor(tx, id); err != nil {
+					if err := endBelowFloor(tx, id, e.Seq); err != nil {
 						return err
 					}
 				}
@@ -562,7 +562,7 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 			// it is no backward extremity any more, and no read asks
 			// for it again. The dropped message stays in the log, so a
 			// rebuild does the same.
-			return endBelowFloor(tx, id)
+			return endBelowFloor(tx, id, e.Seq)
 		}
 	}
 	if p.err != nil {
@@ -680,14 +680,19 @@ func namedByLiveChild(tx *bolt.Tx, room uint64, key []byte) (bool, error) {
 }
 
 // endBelowFloor ends the backward extremity of an event whose copy came
-// back from below the room's floor (key is its evKey): its entry, and the
-// edges from its children, so that no later pass of the janitor
-// (markExtremity, when it deletes or keeps the event's row or outlier)
-// makes it one again. Whether the event was an outlier, a row the janitor
-// had not reached, or unknown when its copy came, live and a rebuild
-// from the log then agree: no entry. Found by a helper's review.
-func endBelowFloor(tx *bolt.Tx, key []byte) error {
+// back from below the room's floor (key is its evKey; seq the copy's log
+// sequence): its entry, and the edges from its children, and it marks
+// the event as ended at seq, so that no later pass of the janitor
+// (markExtremity, settleBackward) makes it one again from a child logged
+// before the copy. A child logged after it opens the gap again, live as
+// in a rebuild. Whether the event was an outlier, a row the janitor had
+// not reached, or unknown when its copy came, live and a rebuild from the
+// log then agree. Found by two helpers' reviews.
+func endBelowFloor(tx *bolt.Tx, key []byte, seq uint64) error {
 	if err := tx.Bucket(bBack).Delete(key); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bEnded).Put(key, u64(seq)); err != nil {
 		return err
 	}
 	prefix := append(bytes.Clone(key), 0)

@@ -99,6 +99,11 @@
 //	                                          relations off the timeline)
 //	extraseqs  room|event ID|0|log sequence -> {}     (a stored event's
 //	                                          other messages)
+//	ended      room|event ID               -> log sequence (the copy from
+//	                                          below the floor that ended
+//	                                          its gap: earlier children no
+//	                                          longer make it a backward
+//	                                          extremity)
 //
 // An event can reach the log more than once: as an outlier that later
 // joins the timeline, and published again after JetStream's

@@ -70,6 +70,49 @@ func liveThenRebuild(t *testing.T, roomID string, items []logItem, janitorAt int
 	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
 }
 
+// TestExtremities_KeptStateParentAtFloorCopyAfterJanitor: a remote state
+// event S one level below the floor, which the purge keeps as an outlier,
+// named by the row at the floor. Live, the janitor makes S a backward
+// extremity (markExtremity's scan of the rows at the floor); a backfilled
+// copy of S then comes and is dropped below the floor (endBelowFloor): no
+// entry. A rebuild applies the copy as a duplicate of S's row, then its
+// janitor keeps S as an outlier, and its scan made S a backward extremity
+// again from the same row: the copy now marks S ended (bEnded), and only
+// children logged after it count. One logged after it opens the gap
+// again, live as in the rebuild. From a helper's review.
+func TestExtremities_KeptStateParentAtFloorCopyAfterJanitor(t *testing.T) {
+	for _, later := range []bool{false, true} {
+		t.Run(map[bool]string{false: "the copy last", true: "a child after the copy"}[later], func(t *testing.T) {
+			r := testenv.NewRoom("keptfloor", "test")
+			setup := r.Setup("@alice:test", "@remote:other.org")
+			a := remoteMsgs(r, 4)
+			s := r.Next("m.room.topic", "@remote:other.org", testenv.S(""), map[string]any{"topic": "kept"})
+			b := remoteMsgs(r, 5)
+			var items []logItem
+			for _, ev := range append(append(append(append([]testenv.Event{}, setup...), a...), s), b...) {
+				items = append(items, logItem{ev: ev})
+			}
+			janitorAt := len(items) + 1
+			cp := copyOf(s, false)
+			cp["backfilled"] = true
+			items = append(items, logItem{cmd: purgeAt(b[0])}, logItem{ev: cp})
+			if later {
+				c := r.Msg("@remote:other.org", "a later child at the floor")
+				c["prev_events"], c["depth"] = []any{s.ID()}, b[0]["depth"]
+				items = append(items, logItem{ev: c})
+			}
+			liveThenRebuild(t, r.ID, items, janitorAt)
+			if later {
+				live := openWithServer(t)
+				replay(t, live, r.ID, items, nil, janitorAt)
+				if _, ok := backOf(live, r.ID)[s.ID()]; !ok {
+					t.Errorf("backward extremities %v: the later child's parent %s is none", backOf(live, r.ID), s.ID())
+				}
+			}
+		})
+	}
+}
+
 // TestExtremities_DeletedRowCopyBeforeJanitor: D, logged after the purge,
 // names a remote message P far below the floor that is still a row. A
 // backfilled copy of P comes before the janitor reaches it: a duplicate,

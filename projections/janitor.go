@@ -792,7 +792,7 @@ func (j *purgeTx) decCount(k []byte) error {
 // up). Rejected rows name no parents here, as they have no edges
 // (soft-failed ones have, as Synapse's event_edges).
 func (j *purgeTx) markExtremity(eventID []byte, depth int64) error {
-	var first firstChild
+	first := firstChild{after: j.endedAt(eventID)}
 	j.keptChildren(eventID, &first)
 	if depth+1 == j.floor {
 		at := tlKey(j.room, j.floor, math.MinInt64)
@@ -839,7 +839,7 @@ func (j *purgeTx) settleBackward() error {
 		}
 	}
 	for _, k := range stale {
-		var first firstChild
+		first := firstChild{after: j.endedAt(k[len(prefix):])}
 		j.keptChildren(k[len(prefix):], &first)
 		var err error
 		if first.found {
@@ -862,12 +862,25 @@ type firstChild struct {
 	seq   uint64
 	depth int64
 	found bool
+	after uint64 // children logged at or before it do not count (bEnded)
 }
 
 func (f *firstChild) offer(seq uint64, depth int64) {
-	if !f.found || seq < f.seq {
-		*f = firstChild{seq: seq, depth: depth, found: true}
+	if seq <= f.after {
+		return
 	}
+	if !f.found || seq < f.seq {
+		*f = firstChild{seq: seq, depth: depth, found: true, after: f.after}
+	}
+}
+
+// endedAt is the log sequence at which a copy from below the floor ended
+// the event's gap (endBelowFloor), 0 if none did.
+func (j *purgeTx) endedAt(eventID []byte) uint64 {
+	if v := j.b(bEnded).Get(j.roomKey(eventID)); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
 }
 
 // keptChildren offers first the children of parent that edges holds with
@@ -970,7 +983,7 @@ func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error
 	prefix := u64(room)
 	j := newPurgeTx(tx, room, 0)
 	left := batch
-	for _, name := range [][]byte{bTimeline, bOutliers, bEvents, bRedacts, bReRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs} {
+	for _, name := range [][]byte{bTimeline, bOutliers, bEvents, bRedacts, bReRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs, bEnded} {
 		var each func(k, v []byte) error
 		switch {
 		case bytes.Equal(name, bTimeline):

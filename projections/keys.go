@@ -41,10 +41,11 @@ var (
 	bEraseIn   = []byte("erasein")     // room -> bucket: log sequence -> {} (event messages to erase, by room; see RoomErasures)
 	bOpenTasks = []byte("opentasks")   // task ID -> {} (scheduled or active)
 	bExtraSeqs = []byte("extraseqs")   // room|event ID|0|log sequence -> {} (a stored event's other log messages; see extraSeqKey)
+	bEnded     = []byte("ended")       // room|event ID -> log sequence of the copy from below the floor that ended its gap (endBelowFloor)
 	bTaskDone  = []byte("taskdone")    // last update ts (as order)|task ID -> {} (finished tasks, to expire; see ExpireTasks)
 	bUnconfirm = []byte("unconfirmed") // task ID -> {} (purge_room refusals the task runner is to confirm in the log; see applyPurgeRoom)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs, bTaskDone, bUnconfirm}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs, bTaskDone, bUnconfirm, bEnded}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
