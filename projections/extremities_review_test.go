@@ -54,8 +54,9 @@ func fwdOf(s *projections.Store, roomID string) map[string]int64 {
 
 // liveThenRebuild runs items live with the janitor drained before item
 // janitorAt, then rebuilds from the log less what the live store erased
-// (janitor at the end, as buildFromLog), and compares.
-func liveThenRebuild(t *testing.T, roomID string, items []logItem, janitorAt int) {
+// (janitor at the end, as buildFromLog), compares, and returns the live
+// store.
+func liveThenRebuild(t *testing.T, roomID string, items []logItem, janitorAt int) *projections.Store {
 	t.Helper()
 	live := openWithServer(t)
 	replay(t, live, roomID, items, nil, janitorAt)
@@ -68,6 +69,7 @@ func liveThenRebuild(t *testing.T, roomID string, items []logItem, janitorAt int
 	replay(t, rebuilt, roomID, items, er.Seqs, len(items))
 	t.Logf("erased %v; live back %v; rebuilt back %v", er.Seqs, backOf(live, roomID), backOf(rebuilt, roomID))
 	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
+	return live
 }
 
 // TestExtremities_KeptStateParentAtFloorCopyAfterJanitor: a remote state

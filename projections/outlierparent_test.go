@@ -103,32 +103,12 @@ func TestPurge_ASweptOutlierParentBackfilledBeforeTheSweep(t *testing.T) {
 	delete(backfilled, "outlier")
 	backfilled["backfilled"] = true
 
-	live := openWithServer(t)
-	next := apply(t, live, 1, log...)
-	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	apply(t, live, next+1, d, backfilled) // before the janitor
-	drainJanitor(t, live)
-	_ = live.View(r.ID, func(v *projections.RoomView) error {
-		t.Logf("live: backward extremities %v", v.Extremities(true))
-		return nil
-	})
-	er, _ := live.PendingErasures(100, true)
-	t.Logf("erased %v", er.Seqs)
-
-	rebuilt := openWithServer(t)
-	for i, ev := range log {
-		if !slices.Contains(er.Seqs, uint64(i+1)) {
-			apply(t, rebuilt, uint64(i+1), ev)
-		}
+	var items []logItem
+	for _, ev := range log {
+		items = append(items, logItem{ev: ev})
 	}
-	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	apply(t, rebuilt, next+1, d, backfilled)
-	drainJanitor(t, rebuilt)
-	_ = rebuilt.View(r.ID, func(v *projections.RoomView) error {
-		t.Logf("rebuilt: backward extremities %v", v.Extremities(true))
-		return nil
-	})
-	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
+	items = append(items, logItem{cmd: params}, logItem{ev: d}, logItem{ev: backfilled}) // before the janitor
+	liveThenRebuild(t, r.ID, items, len(items))
 }
 
 // TestPurge_SoftFailedChildrenAsInARebuild: a soft-failed event names its
@@ -153,29 +133,16 @@ func TestPurge_SoftFailedChildrenAsInARebuild(t *testing.T) {
 	log := append(append(append([]testenv.Event{}, setup...), msgs...), side, near, far)
 	params := purgeAt(msgs[6])
 
-	live := openWithServer(t)
-	next := apply(t, live, 1, log...)
-	applyCmd(t, live, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	drainJanitor(t, live)
-	var back map[string]int64
-	_ = live.View(r.ID, func(v *projections.RoomView) error { back = v.Extremities(true); return nil })
+	var items []logItem
+	for _, ev := range log {
+		items = append(items, logItem{ev: ev})
+	}
+	items = append(items, logItem{cmd: params})
+	back := backOf(liveThenRebuild(t, r.ID, items, len(items)), r.ID)
 	if _, ok := back[side.ID()]; !ok {
 		t.Errorf("backward extremities %v: the purged %s, named by the soft-failed event at the floor, is none", back, side.ID())
 	}
 	if _, ok := back[msgs[2].ID()]; !ok {
 		t.Errorf("backward extremities %v: the purged %s, named by the soft-failed event far above, is none", back, msgs[2].ID())
 	}
-	er, err := live.PendingErasures(100, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rebuilt := openWithServer(t)
-	for i, ev := range log {
-		if !slices.Contains(er.Seqs, uint64(i+1)) {
-			apply(t, rebuilt, uint64(i+1), ev)
-		}
-	}
-	applyCmd(t, rebuilt, next, r.ID, "p", commands.ActionPurgeHistory, params)
-	drainJanitor(t, rebuilt)
-	sameProjection(t, "live and rebuilt from the erased log", live, rebuilt)
 }
