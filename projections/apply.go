@@ -681,28 +681,25 @@ func namedByLiveChild(tx *bolt.Tx, room uint64, key []byte) (bool, error) {
 
 // endBelowFloor ends the backward extremity of an event whose copy came
 // back from below the room's floor (key is its evKey; seq the copy's log
-// sequence): its entry, and the edges from its children, and it marks
-// the event as ended at seq, so that no later pass of the janitor
-// (markExtremity, settleBackward) makes it one again from a child logged
-// before the copy. A child logged after it opens the gap again, live as
-// in a rebuild. Whether the event was an outlier, a row the janitor had
-// not reached, or unknown when its copy came, live and a rebuild from the
-// log then agree. Found by two helpers' reviews.
+// sequence): its entry goes, and the event is marked ended at seq
+// (bEnded), so that no later pass of the janitor (markExtremity,
+// settleBackward) makes it one again from a child logged before the copy.
+// A child logged after it opens the gap again, live as in a rebuild; and
+// if a later purge deletes the event and erases the copy with it (an
+// extra message), the janitor drops the mark (takeExtraSeqs), as a
+// rebuild from the erased log never sees the copy. Whether the event was
+// an outlier, a row the janitor had not reached, or unknown when its copy
+// came, live and a rebuild then agree. Found by three helpers' reviews.
 func endBelowFloor(tx *bolt.Tx, key []byte, seq uint64) error {
 	if err := tx.Bucket(bBack).Delete(key); err != nil {
 		return err
 	}
-	if err := tx.Bucket(bEnded).Put(key, u64(seq)); err != nil {
-		return err
-	}
-	prefix := append(bytes.Clone(key), 0)
-	c := tx.Bucket(bEdges).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
-		if err := c.Delete(); err != nil {
-			return err
-		}
-	}
-	return nil
+	// The edges from its children stay: the mark makes the janitor pass
+	// over those logged before seq, and if a later purge deletes the
+	// event and erases this copy with it (an extra message), the janitor
+	// drops the mark (takeExtraSeqs) and they count again, as in a
+	// rebuild from the erased log.
+	return tx.Bucket(bEnded).Put(key, u64(seq))
 }
 
 // dropOutlierReceived deletes the received entry of the room's outlier

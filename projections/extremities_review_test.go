@@ -18,7 +18,9 @@ type logItem struct {
 
 // replay applies items from seq 1 on, skipping the sequences in skip;
 // janitorAt >= 0 drains the janitor before item janitorAt (len(items): at
-// the end).
+// the end). A command is a purge_history with the task ID p<seq>, or,
+// with a task_id, a TaskUpdate (the runner's confirmation of a waiting
+// purge, which releases a later purge's erasures).
 func replay(t *testing.T, s *projections.Store, roomID string, items []logItem, skip []uint64, janitorAt int) {
 	t.Helper()
 	for i, it := range items {
@@ -29,8 +31,13 @@ func replay(t *testing.T, s *projections.Store, roomID string, items []logItem, 
 		if slices.Contains(skip, seq) {
 			continue
 		}
-		if it.cmd != nil {
-			applyCmd(t, s, seq, roomID, "p", commands.ActionPurgeHistory, it.cmd)
+		if _, ok := it.cmd["task_id"]; ok {
+			out, err := s.ApplyBatch(0, []commands.LogEntry{entry(t, seq, roomID, commands.KindTask, it.cmd)})
+			if err != nil || out[0].Result != projections.OutcomeApplied {
+				t.Fatalf("update %v: %v %v", it.cmd, err, out)
+			}
+		} else if it.cmd != nil {
+			applyCmd(t, s, seq, roomID, fmt.Sprintf("p%d", seq), commands.ActionPurgeHistory, it.cmd)
 		} else {
 			apply(t, s, seq, it.ev)
 		}

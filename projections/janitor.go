@@ -522,6 +522,7 @@ func (j *purgeTx) sweepOutliers(meta *RoomMeta, batch int, y *yielder) error {
 // after the purge (a new one, kept: applyEvent's outlastsPurge), whose
 // own copies are logged after it and stay with it; otherwise MaxUint64.
 func (j *purgeTx) takeExtraSeqs(eventID []byte, below uint64, erase []uint64) ([]uint64, error) {
+	ended := j.endedAt(eventID)
 	p := extraSeqPrefix(j.buf[:0], j.room, eventID)
 	j.buf = p
 	c := j.cur(bExtraSeqs).c
@@ -535,6 +536,15 @@ func (j *purgeTx) takeExtraSeqs(eventID []byte, below uint64, erase []uint64) ([
 				break
 			}
 			erase = append(erase, seq)
+			if seq == ended {
+				// The copy that ended the event's gap goes with it: a
+				// rebuild from the erased log never sees it.
+				if err := j.b(bEnded).Delete(j.roomKey(eventID)); err != nil {
+					return erase, err
+				}
+				p = extraSeqPrefix(j.buf[:0], j.room, eventID)
+				j.buf = p
+			}
 		}
 		if err := c.Delete(); err != nil {
 			return erase, err
@@ -899,7 +909,7 @@ func (j *purgeTx) keptChildren(parent []byte, first *firstChild) {
 		if depth < j.floor {
 			continue
 		}
-		if j.lookups <= 0 {
+		if j.lookups <= 0 && first.after == 0 {
 			first.offer(math.MaxUint64, depth)
 			return
 		}

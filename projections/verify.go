@@ -82,6 +82,7 @@ func digestRoom(tx *bolt.Tx, d Digest, roomID string, room uint64) error {
 	d["room "+roomID+" state"] = lines(bState, true)
 	d["room "+roomID+" forward extremities"] = lines(bFwd, true)
 	d["room "+roomID+" backward extremities"] = lines(bBack, true)
+	d["room "+roomID+" ended"] = lines(bEnded, true)
 	d["room "+roomID+" forgotten"] = lines(bForgot, false)
 	d["room "+roomID+" relations"] = lines(bRelCount, true)
 	d["room "+roomID+" related marks"] = lines(bRelAt, true) + "\n-\n" + lines(bRelWait, true)
