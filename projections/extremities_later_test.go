@@ -86,15 +86,7 @@ func TestExtremities_CopyAndChildrenInOneBatch(t *testing.T) {
 		log = append(log, entry(t, seq, r.ID, commands.KindEvent, ev))
 		seq++
 	}
-	whole, alone := openWithServer(t), openWithServer(t)
-	if _, err := whole.ApplyBatch(0, log); err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range log {
-		if _, err := alone.ApplyBatch(0, []commands.LogEntry{e}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	whole, alone := wholeAndAlone(t, log)
 	drainJanitor(t, whole)
 	drainJanitor(t, alone)
 	t.Logf("back %v / %v", backOf(whole, r.ID), backOf(alone, r.ID))

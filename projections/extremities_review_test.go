@@ -200,7 +200,16 @@ func TestExtremities_SoftFailedChainLinkBatchAgrees(t *testing.T) {
 	for i, ev := range evs {
 		log = append(log, entry(t, uint64(i+1), r.ID, commands.KindEvent, ev))
 	}
-	whole, alone := openWithServer(t), openWithServer(t)
+	whole, alone := wholeAndAlone(t, log)
+	t.Logf("fwd %v back %v", fwdOf(whole, r.ID), backOf(whole, r.ID))
+	sameProjection(t, "one batch and one by one", whole, alone)
+}
+
+// wholeAndAlone applies log to two stores: in one batch (one
+// transaction), and one message per transaction.
+func wholeAndAlone(t *testing.T, log []commands.LogEntry) (whole, alone *projections.Store) {
+	t.Helper()
+	whole, alone = openWithServer(t), openWithServer(t)
 	if _, err := whole.ApplyBatch(0, log); err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +218,5 @@ func TestExtremities_SoftFailedChainLinkBatchAgrees(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("fwd %v back %v", fwdOf(whole, r.ID), backOf(whole, r.ID))
-	sameProjection(t, "one batch and one by one", whole, alone)
+	return whole, alone
 }
