@@ -216,14 +216,7 @@ func TestCommands_EveryFailedCommandHasAStatus(t *testing.T) {
 		}
 		// And the operator's log says so, once, with the reason.
 		// (The projector logs after the commit that the read waited for.)
-		failedLines := func() (lines []string) {
-			for _, line := range strings.Split(logs.String(), "\n") {
-				if strings.Contains(line, `msg="task failed"`) && strings.Contains(line, " task="+c.id+" ") {
-					lines = append(lines, line)
-				}
-			}
-			return lines
-		}
+		failedLines := func() []string { return taskLogLines(&logs, "task failed", c.id) }
 		testenv.WaitFor(t, 5*time.Second, c.id+"'s failure in the log", func() bool { return len(failedLines()) > 0 })
 		if lines := failedLines(); len(lines) != 1 || !strings.Contains(lines[0], fmt.Sprintf("err=%q", errText)) {
 			t.Errorf("%s: log lines %q, want one with the reason %q", c.id, lines, errText)
@@ -329,12 +322,7 @@ func TestPurge_TaskResumesAfterRestart(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	var logs testenv.Buffer
-	m2 := &Main{Config: m.Config, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	if err := m2.Open(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m2.Close() })
+	m2, logs := openLogged(t, m.Config, slog.LevelDebug)
 	testenv.WaitFor(t, 15*time.Second, "the purge task to complete after the restart", func() bool {
 		task, _ := m2.Store.Task("resumeme")
 		return task != nil && task.Status == "complete"
@@ -345,15 +333,8 @@ func TestPurge_TaskResumesAfterRestart(t *testing.T) {
 	}
 	// The operator's log tells the resumption and the end (at debug
 	// level: the command names no requester, as a background job's).
-	for _, msg := range []string{`msg="resuming task"`, `msg="task complete"`} {
-		testenv.WaitFor(t, 5*time.Second, msg+" in the log", func() bool {
-			for _, line := range strings.Split(logs.String(), "\n") {
-				if strings.Contains(line, msg) && strings.Contains(line, " task=resumeme ") {
-					return true
-				}
-			}
-			return false
-		})
+	for _, msg := range []string{"resuming task", "task complete"} {
+		testenv.WaitFor(t, 5*time.Second, msg+" in the log", func() bool { return len(taskLogLines(logs, msg, "resumeme")) > 0 })
 	}
 }
 
@@ -537,12 +518,7 @@ func TestCommands_AReplayDoesNotLogOldFailuresAgain(t *testing.T) {
 	if err := os.Remove(filepath.Join(m.Config.DataDir, "scrollback.db")); err != nil {
 		t.Fatal(err)
 	}
-	var logs testenv.Buffer
-	m2 := &Main{Config: m.Config, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-	if err := m2.Open(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m2.Close() })
+	m2, logs := openLogged(t, m.Config, slog.LevelWarn)
 	testenv.WaitFor(t, 10*time.Second, "the new file's build to end", func() bool { return !m2.Store.Building() })
 	// A failure after the replay, in the same room (so the same
 	// partition, observed in log order): once it is logged, so would
@@ -551,16 +527,35 @@ func TestCommands_AReplayDoesNotLogOldFailuresAgain(t *testing.T) {
 	if _, err := m2.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seq}); err != nil {
 		t.Fatal(err)
 	}
-	failed := func(id string) bool {
-		for _, line := range strings.Split(logs.String(), "\n") {
-			if strings.Contains(line, `msg="task failed"`) && strings.Contains(line, " task="+id+" ") {
-				return true
-			}
-		}
-		return false
-	}
+	failed := func(id string) bool { return len(taskLogLines(logs, "task failed", id)) > 0 }
 	testenv.WaitFor(t, 5*time.Second, "the new failure in the log", func() bool { return failed("newbad") })
 	if failed("oldbad") {
 		t.Errorf("a task that failed before the new file was built is logged as failing again:\n%s", logs.String())
 	}
+}
+
+// openLogged opens a service on cfg (a restart on a data dir a test has
+// closed) that logs at level into the returned buffer, and closes it when
+// the test ends.
+func openLogged(t *testing.T, cfg Config, level slog.Level) (*Main, *testenv.Buffer) {
+	t.Helper()
+	logs := &testenv.Buffer{}
+	m := &Main{Config: cfg, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}))}
+	if err := m.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m, logs
+}
+
+// taskLogLines are the lines of logs with the message msg about the task
+// id.
+func taskLogLines(logs *testenv.Buffer, msg, id string) []string {
+	var out []string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, fmt.Sprintf("msg=%q", msg)) && strings.Contains(line, " task="+id+" ") {
+			out = append(out, line)
+		}
+	}
+	return out
 }
