@@ -36,6 +36,25 @@ type Event struct {
 	Outlier        bool
 	Rejected       bool
 	SoftFailed     bool
+	// Extra holds the event's other top-level keys that Synapse's client
+	// format shows (ClientKeys): a legacy top-level membership, a
+	// server's own additions. Nil when there are none.
+	Extra map[string]any
+}
+
+// ownKeys are the top-level keys an Event reads into its fields, or that
+// the client format computes (user_id, age and the copies from
+// unsigned), or that Synapse's client format drops (V2_DROP_KEYS in its
+// rust/src/events/serialize.rs): auth_events, prev_events, hashes,
+// signatures, depth, origin, prev_state. Every other key is Extra.
+var ownKeys = map[string]bool{
+	"event_id": true, "room_id": true, "type": true, "sender": true, "state_key": true,
+	"origin_server_ts": true, "depth": true, "prev_events": true, "content": true,
+	"unsigned": true, "redacts": true, "received_ts": true, "backfilled": true,
+	"outlier": true, "rejected": true, "soft_failed": true,
+	"auth_events": true, "hashes": true, "signatures": true, "origin": true, "prev_state": true,
+	"user_id": true, "age": true, "redacted_because": true, "replaces_state": true,
+	"prev_content": true, "invite_room_state": true, "knock_room_state": true,
 }
 
 // IsState reports whether the event is a state event.
@@ -180,6 +199,18 @@ func EventFromMap(m map[string]any, roomID string) (*Event, error) {
 			}
 			*f.dst = b
 		}
+	}
+	for k, v := range m {
+		if ownKeys[k] {
+			continue
+		}
+		if e.Extra == nil {
+			e.Extra = map[string]any{}
+		}
+		e.Extra[k] = v
+	}
+	if err := checkDepth(e.Extra, 1); err != nil {
+		return nil, fieldErr("top-level keys", "%v", err)
 	}
 	return e, nil
 }

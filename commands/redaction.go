@@ -200,3 +200,13 @@ func RedactsInContent(roomVersion string) bool {
 func KeepsTopLevelRedacts(roomVersion string) bool {
 	return false
 }
+
+// KeepsTopLevelMembership reports whether the redaction algorithm of
+// roomVersion keeps an event's legacy top-level "membership" key: before
+// v11 it is among the kept top-level keys (with origin and prev_state,
+// which the client format drops anyway); v11 (MSC2176) removed it. No
+// other top-level key of an Event's Extra survives redaction (Synapse's
+// rust/src/events/utils.rs redact).
+func KeepsTopLevelMembership(roomVersion string) bool {
+	return !redactionRulesFor(roomVersion).updated
+}

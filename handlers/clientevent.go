@@ -119,7 +119,19 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 		}
 	}
 
-	fields := 9 // content event_id origin_server_ts room_id sender type unsigned user_id age
+	// The event's other top-level keys, which the client format keeps;
+	// redaction keeps only a legacy membership, before v11.
+	extra, extraN := r.Extra, r.ExtraN
+	if redacted && extraN > 0 {
+		extra, extraN = nil, 0
+		if commands.KeepsTopLevelMembership(rc.version()) {
+			if pair, ok := pairOf(r.Extra, r.ExtraN, "membership"); ok {
+				extra, extraN = pair, 1
+			}
+		}
+	}
+
+	fields := 9 + extraN // content event_id origin_server_ts room_id sender type unsigned user_id age, the extra keys
 	if r.IsState() {
 		fields++
 	}
@@ -171,6 +183,7 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 			return err
 		}
 	}
+	c.buf.Write(extra)
 
 	// unsigned: age, prev_* for state events, membership, redaction,
 	// relations. What else the homeserver published in unsigned is not
@@ -317,6 +330,24 @@ func stringField(raw []byte, key string) (string, bool) {
 		return s, true
 	}
 	return "", false
+}
+
+// pairOf finds key among n MessagePack map pairs and returns that pair's
+// bytes.
+func pairOf(pairs []byte, n int, key string) ([]byte, bool) {
+	rd := bytes.NewReader(pairs)
+	dec := msgpack.NewDecoder(rd)
+	for range n {
+		start := len(pairs) - rd.Len()
+		k, err := dec.DecodeString()
+		if err != nil || dec.Skip() != nil {
+			return nil, false
+		}
+		if k == key {
+			return pairs[start : len(pairs)-rd.Len()], true
+		}
+	}
+	return nil, false
 }
 
 // mapHeader reads the header of a MessagePack map: its length and the

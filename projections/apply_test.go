@@ -134,19 +134,28 @@ func TestApplyBatch_MalformedIsDeadLetteredAndRoomGoesOn(t *testing.T) {
 	wrongRoom := r.Msg("@a:test", "y")
 	wrongRoom["room_id"] = "!other:test"
 	badData := subjects.Decode(3, subjects.Room(r.ID, commands.KindEvent), []byte{0xdf, 0xff, 0xff, 0xff, 0xff}, 0)
+	// A top-level key of the event's own (shown in the client format)
+	// nested deeper than content may be.
+	deep := r.Msg("@a:test", "deep")
+	var nested any = "bottom"
+	for range commands.MaxContentDepth + 1 {
+		nested = []any{nested}
+	}
+	deep["org.example.deep"] = nested
 	after := r.Msg("@a:test", "after")
 	batch := []commands.LogEntry{
 		entry(t, 1, r.ID, commands.KindEvent, good),
 		entry(t, 2, r.ID, commands.KindEvent, noDepth),
 		badData,
 		entry(t, 4, r.ID, commands.KindEvent, wrongRoom),
-		entry(t, 5, r.ID, commands.KindEvent, after),
+		entry(t, 5, r.ID, commands.KindEvent, deep),
+		entry(t, 6, r.ID, commands.KindEvent, after),
 	}
 	out, err := s.ApplyBatch(0, batch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{projections.OutcomeApplied, projections.OutcomeDead, projections.OutcomeDead, projections.OutcomeDead, projections.OutcomeApplied}
+	want := []string{projections.OutcomeApplied, projections.OutcomeDead, projections.OutcomeDead, projections.OutcomeDead, projections.OutcomeDead, projections.OutcomeApplied}
 	for i, o := range out {
 		if o.Result != want[i] {
 			t.Errorf("seq %d: Result=%s (%s), want %s", o.Seq, o.Result, o.Reason, want[i])
@@ -156,7 +165,7 @@ func TestApplyBatch_MalformedIsDeadLetteredAndRoomGoesOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dead) != 3 || dead[0].Seq != 4 || dead[2].Seq != 2 {
+	if len(dead) != 4 || dead[0].Seq != 5 || dead[3].Seq != 2 || !strings.Contains(dead[0].Reason, "top-level keys: nested deeper") {
 		t.Fatalf("dead letters = %+v", dead)
 	}
 	for _, d := range dead {

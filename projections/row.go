@@ -44,6 +44,8 @@ type Row struct {
 	Content        []byte   // MessagePack map
 	Unsigned       []byte   // MessagePack map pairs of the published unsigned, age removed
 	UnsignedN      int      // number of pairs in Unsigned
+	Extra          []byte   // MessagePack map pairs of the event's other top-level keys (commands.Event.Extra)
+	ExtraN         int      // number of pairs in Extra
 	Flags          uint8
 
 	// Position, filled by reads from the key.
@@ -149,28 +151,44 @@ func newRow(e *commands.Event, receivedTS int64) (*Row, error) {
 	if r.Content, err = encodeMsgpack(e.Content); err != nil {
 		return nil, fmt.Errorf("encode content: %w", err)
 	}
-	if len(e.Unsigned) > 0 {
-		keys := make([]string, 0, len(e.Unsigned))
-		for k := range e.Unsigned {
-			if !computedUnsigned[k] {
-				keys = append(keys, k)
-			}
-		}
-		sort.Strings(keys)
-		var buf bytes.Buffer
-		enc := msgpack.NewEncoder(&buf)
-		enc.SetSortMapKeys(true)
-		for _, k := range keys {
-			if err := enc.EncodeString(k); err != nil {
-				return nil, err
-			}
-			if err := enc.Encode(e.Unsigned[k]); err != nil {
-				return nil, fmt.Errorf("encode unsigned: %w", err)
-			}
-		}
-		r.Unsigned, r.UnsignedN = buf.Bytes(), len(keys)
+	if r.Unsigned, r.UnsignedN, err = encodePairs(e.Unsigned, computedUnsigned); err != nil {
+		return nil, fmt.Errorf("encode unsigned: %w", err)
+	}
+	if r.Extra, r.ExtraN, err = encodePairs(e.Extra, nil); err != nil {
+		return nil, fmt.Errorf("encode top-level keys: %w", err)
 	}
 	return r, nil
+}
+
+// encodePairs encodes the pairs of m whose keys are not in skip as
+// MessagePack map pairs, in key order, and counts them; nil and 0 when
+// there are none.
+func encodePairs(m map[string]any, skip map[string]bool) ([]byte, int, error) {
+	if len(m) == 0 {
+		return nil, 0, nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		if !skip[k] {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, 0, nil
+	}
+	sort.Strings(keys)
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.SetSortMapKeys(true)
+	for _, k := range keys {
+		if err := enc.EncodeString(k); err != nil {
+			return nil, 0, err
+		}
+		if err := enc.Encode(m[k]); err != nil {
+			return nil, 0, err
+		}
+	}
+	return buf.Bytes(), len(keys), nil
 }
 
 const rowVersion = 1
@@ -178,16 +196,19 @@ const rowVersion = 1
 // marshal writes the row's binary form: a version byte, the flags, then
 // varint-prefixed fields. Position is not stored: it is the key.
 //
-// Last comes the published unsigned.age (a varint), so that the janitor
+// Then comes the published unsigned.age (a varint), so that the janitor
 // can rebuild the key of the row's received entry: its received time is
-// AgeTS plus the age (rowReceived). Rows stored by earlier releases end
+// AgeTS plus the age (rowReceived). Last, only when the event has any,
+// its other top-level keys (Extra: their count, then the length-prefixed
+// pairs); rows without them end after the age, as rows of earlier
+// releases do. Rows stored by earlier releases end
 // after their unsigned; the layout is otherwise the same, and so is the
 // version byte, so that those rows read as before. The readers that skip
 // ahead (rowHead, readPurgeHead) stop before the unsigned; unmarshal
 // reads the age when it is there (a length check for an older row), so
 // that a decoded row marshals back to the same bytes.
 func (r *Row) marshal() []byte {
-	n := 50 + len(r.EventID) + len(r.Type) + len(r.Sender) + len(r.StateKey) + len(r.Redacts) + len(r.Summary) + len(r.RelType) + len(r.RelTarget) + len(r.Content) + len(r.Unsigned)
+	n := 60 + len(r.EventID) + len(r.Type) + len(r.Sender) + len(r.StateKey) + len(r.Redacts) + len(r.Summary) + len(r.RelType) + len(r.RelTarget) + len(r.Content) + len(r.Unsigned) + len(r.Extra)
 	for _, l := range r.Labels {
 		n += len(l) + 2
 	}
@@ -225,7 +246,13 @@ func (r *Row) marshal() []byte {
 	if !r.aged {
 		return b
 	}
-	return binary.AppendVarint(b, r.age)
+	b = binary.AppendVarint(b, r.age)
+	if r.ExtraN == 0 {
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(r.ExtraN))
+	b = binary.AppendUvarint(b, uint64(len(r.Extra)))
+	return append(b, r.Extra...)
 }
 
 var errBadRow = errors.New("projections: corrupt row")
@@ -377,6 +404,10 @@ func (r *Row) unmarshal(b []byte, alias bool) error {
 	r.Unsigned = rr.span()
 	if len(rr.b) > 0 && rr.err == nil {
 		r.age, r.aged = rr.varint(), true // not in rows of earlier releases
+	}
+	if len(rr.b) > 0 && rr.err == nil {
+		r.ExtraN = int(rr.uvarint()) // only in rows with other top-level keys
+		r.Extra = rr.span()
 	}
 	return rr.err
 }

@@ -13,7 +13,8 @@ func TestRow_RoundTrip(t *testing.T) {
 	sk := "@a:x"
 	ev := &commands.Event{EventID: "$e", Type: "m.room.member", Sender: "@a:x", StateKey: &sk, OriginServerTS: 42, Depth: 3,
 		Content:  map[string]any{"membership": "join", "url": "mxc://x/y", "org.matrix.labels": []any{"#a", 5}},
-		Unsigned: map[string]any{"age": int64(10), "org.example.kept": "t", "prev_content": "dropped"}, SoftFailed: true}
+		Unsigned: map[string]any{"age": int64(10), "org.example.kept": "t", "prev_content": "dropped"}, SoftFailed: true,
+		Extra: map[string]any{"membership": "join", "org.example.top": int64(7)}}
 	r, err := newRow(ev, 1000)
 	if err != nil {
 		t.Fatal(err)
@@ -25,6 +26,17 @@ func TestRow_RoundTrip(t *testing.T) {
 	if got.EventID != "$e" || got.Summary != "join" || got.AgeTS != 990 || !got.IsState() || !got.SoftFailed() || got.Rejected() ||
 		got.StateKey != sk || got.UnsignedN != 1 || len(got.Labels) != 1 || got.Meta().HasURL != true {
 		t.Fatalf("round trip: %+v", got)
+	}
+	if got.ExtraN != 2 || !bytes.Equal(got.Extra, r.Extra) || !bytes.Equal(got.marshal(), r.marshal()) {
+		t.Fatalf("top-level keys: %d %x, want 2 %x; marshals back the same: %v", got.ExtraN, got.Extra, r.Extra, bytes.Equal(got.marshal(), r.marshal()))
+	}
+	// The janitor still finds the received time ahead of them.
+	ph, err := readPurgeHead(r.marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts, exact, err := rowReceived(ph.ageTS, ph.rest); ts != 1000 || !exact || err != nil {
+		t.Fatalf("rowReceived = %d %v %v, want 1000 exact", ts, exact, err)
 	}
 	h, err := rowHead(r.marshal())
 	if err != nil || h.flags != r.Flags || string(h.id) != "$e" || string(h.typ) != "m.room.member" || string(h.sender) != "@a:x" || len(h.labels) != 1 {

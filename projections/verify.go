@@ -58,7 +58,7 @@ func digestRoom(tx *bolt.Tx, d Digest, roomID string, room uint64) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&b, "%s %d %d %d %x\n", r.EventID, depth, stream, r.Flags, r.Content)
+		fmt.Fprintf(&b, "%s %d %d %d %x %x\n", r.EventID, depth, stream, r.Flags, r.Content, r.Extra)
 	}
 	d["room "+roomID+" timeline"] = b.String()
 	meta, err := getRoomMeta(tx, room)
