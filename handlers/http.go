@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -739,7 +740,9 @@ func parseJSONParam(s string) (any, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, err
 	}
-	if dec.More() {
+	// Python's json raises "Extra data" for anything after the value;
+	// Decoder.More misses a stray ']' or '}', so look for the end itself.
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("trailing data")
 	}
 	return normalizeJSON(v, 0)

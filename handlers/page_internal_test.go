@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"net/url"
 	"testing"
 	"time"
 
@@ -99,6 +100,20 @@ func TestMessagesQuery_RepeatedParamsAreEachChecked(t *testing.T) {
 		_, err := messagesQuery(httptest.NewRequest("GET", "/x?"+tc.query, nil))
 		if e := (*commands.Error)(nil); !errors.As(err, &e) || e.Status != 400 || e.Code != tc.code || e.Message != tc.msg {
 			t.Errorf("%s: got %v, want 400 %s %q", tc.query, err, tc.code, tc.msg)
+		}
+	}
+}
+
+// TestMessagesQuery_FilterWithTrailingCloser: Synapse's parse_json_from_args
+// decodes the filter with json.JSONDecoder.decode, which raises "Extra
+// data" for anything after the first value, a stray ']' or '}' included:
+// 400 M_NOT_JSON "Query parameter filter must be a valid JSON object".
+// Found by a review helper.
+func TestMessagesQuery_FilterWithTrailingCloser(t *testing.T) {
+	for _, f := range []string{`{"types":["m.room.message"]}}`, `{"types":[]}]`, `{}}`, `null]`, `[]]`} {
+		_, err := messagesQuery(httptest.NewRequest("GET", "/x?filter="+url.QueryEscape(f), nil))
+		if e := (*commands.Error)(nil); !errors.As(err, &e) || e.Status != 400 || e.Code != commands.CodeNotJSON || e.Message != "Query parameter filter must be a valid JSON object" {
+			t.Errorf("filter %s: got %v, want 400 M_NOT_JSON", f, err)
 		}
 	}
 }

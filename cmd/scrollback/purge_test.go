@@ -58,6 +58,9 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 		{"wrong room", "/_synapse/admin/v1/purge_history/" + url.PathEscape("!other:test") + "/" + url.PathEscape(evs[5].ID()), "", 400, "M_UNKNOWN", "Event is for wrong room."},
 		{"no event in the room before ts", "/_synapse/admin/v1/purge_history/" + url.PathEscape("!empty:test"), `{"purge_up_to_ts": 0}`, 404, "M_NOT_FOUND", "there is no event to be purged"},
 		{"not json", base, `{`, 400, "M_NOT_JSON", "Content not JSON."},
+		// Python's json raises "Extra data" after the value, a stray
+		// closer too.
+		{"a stray closer after the object", base, `{"purge_up_to_ts": 0}}`, 400, "M_NOT_JSON", "Content not JSON."},
 		{"not an object", base, `[]`, 400, "M_BAD_JSON", "Content must be a JSON object."},
 		// Synapse's parse_json_object_from_request(allow_empty_body=True)
 		// takes null as an empty body: {}.
