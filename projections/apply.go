@@ -644,6 +644,14 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 			}
 		}
 	}
+	if ev.Backfilled {
+		// Synapse computes a room's new forward extremities only for
+		// events that are not backfilled (persist_events.py
+		// _persist_event_batch, `if not backfilled`): a backfilled event
+		// neither becomes one nor ends its parents'. It still ends its
+		// own gap and begins its parents'.
+		return a.extremities(room, ev, false)
+	}
 	return a.updateExtremities(room, ev)
 }
 

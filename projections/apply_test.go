@@ -207,11 +207,13 @@ func TestApplyBatch_Extremities(t *testing.T) {
 		})
 	}
 	check("after the gap", []string{create.ID(), late.ID()}, []string{"$missing9"})
-	// The missing event arrives (backfilled): it closes the gap.
+	// The missing event arrives (backfilled): it closes the gap. As in
+	// Synapse, a backfilled event leaves the forward extremities alone
+	// (persist_events.py, `if not backfilled`): create stays one.
 	missing := testenv.Event{"event_id": "$missing9", "room_id": r.ID, "type": "m.room.message", "sender": "@a:test",
 		"origin_server_ts": int64(5), "depth": int64(9), "prev_events": []string{create.ID()}, "content": map[string]any{}, "backfilled": true}
 	apply(t, s, next, missing)
-	check("gap filled", []string{late.ID()}, nil)
+	check("gap filled", []string{create.ID(), late.ID()}, nil)
 }
 
 // TestApplyBatch_OutlierParentIsABackwardExtremity: a parent held only as
