@@ -9,8 +9,8 @@ import (
 )
 
 // TestPurgeHistory_BackfilledEventIsNoForwardExtremity (found by a review
-// helper): Synapse never
-// changes a room's forward extremities for backfilled events
+// helper): Synapse never changes a room's forward extremities for
+// backfilled events
 // (synapse/storage/controllers/persist_events.py _persist_event_batch:
 // the new extremities are computed only `if not backfilled`). A
 // backfilled event that no stored event names (here one a remote
