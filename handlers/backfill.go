@@ -1,12 +1,14 @@
 package handlers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,7 +21,8 @@ import (
 const (
 	backfillLimit      = 100 // events asked for, and how far above the requested depth a point may be
 	backfillMaxPoints  = 5
-	backfillMaxBackoff = 8 // the back-off doubles up to 2^8 times
+	backfillCandidates = 50 // the deepest points get_backfill_points_in_room returns
+	backfillMaxBackoff = 8  // the back-off doubles up to 2^8 times
 	// maxBackoffWait bounds a failed backfill point's back-off.
 	maxBackoffWait     = 100 * 365 * 24 * time.Hour
 	backgroundBackfill = 4 // background backfills at once
@@ -169,7 +172,10 @@ func (c *backfillCall) wait(ctx context.Context) bool {
 	}
 }
 
-// extremities are the room's backward extremities above its purge floor.
+// extremities are the room's backward extremities above its purge floor,
+// each once per depth of an event that names it: Synapse's
+// get_backfill_points_in_room joins an extremity with every successor
+// (event_edges) and gives a row per successor, at its depth.
 func (b *Backfiller) extremities(roomID string) ([]point, error) {
 	var all []point
 	err := b.Store.View(roomID, func(v *projections.RoomView) error {
@@ -179,6 +185,11 @@ func (b *Backfiller) extremities(roomID string) ([]point, error) {
 				continue // never backfill into purged history
 			}
 			all = append(all, point{id, d})
+			for _, sd := range v.SuccessorDepths(id) {
+				if sd > floor && sd != d {
+					all = append(all, point{id, sd})
+				}
+			}
 		}
 		return nil
 	})
@@ -201,18 +212,37 @@ func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) 
 	if len(near) == 0 {
 		return nil
 	}
-	// Closest to the requested depth first, then the older one.
+	// Synapse's query keeps the backfillCandidates deepest rows (ORDER BY
+	// depth DESC, event_id DESC LIMIT 50), then sorts them closest to the
+	// requested depth first, then the older one.
 	slices.SortFunc(near, func(x, y point) int {
+		if x.depth != y.depth {
+			return cmp.Compare(y.depth, x.depth)
+		}
+		return strings.Compare(y.id, x.id)
+	})
+	near = near[:min(len(near), backfillCandidates)]
+	slices.SortStableFunc(near, func(x, y point) int {
 		dx, dy := abs(depth-x.depth), abs(depth-y.depth)
 		if dx != dy {
-			return int(dx - dy)
+			return cmp.Compare(dx, dy)
 		}
-		return int(x.depth - y.depth)
+		return cmp.Compare(x.depth, y.depth)
 	})
 	if depth-2*int64(limit) > near[0].depth {
 		return nil // not close enough yet
 	}
-	return near[:min(len(near), backfillMaxPoints)]
+	// An extremity named from several depths is asked about once.
+	var out []point
+	for _, p := range near {
+		if len(out) == backfillMaxPoints {
+			break
+		}
+		if !slices.ContainsFunc(out, func(o point) bool { return o.id == p.id }) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func abs(x int64) int64 {

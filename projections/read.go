@@ -329,6 +329,25 @@ func (v *RoomView) Extremities(backward bool) map[string]int64 {
 	return out
 }
 
+// SuccessorDepths lists the depths of the room's events that name eventID
+// among their parents (the edges index: every parent the room does not
+// hold gets an entry per child), as Synapse's get_backfill_points_in_room
+// joins a backward extremity with each of its successors.
+func (v *RoomView) SuccessorDepths(eventID string) []int64 {
+	if v.room == 0 {
+		return nil
+	}
+	prefix := append(roomStrKey(v.room, eventID), 0)
+	var out []int64
+	c := v.bucket(bEdges).Cursor()
+	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
+		if len(val) == 8 {
+			out = append(out, int64(binary.BigEndian.Uint64(val)))
+		}
+	}
+	return out
+}
+
 // Paginate walks the room's timeline as Synapse's
 // paginate_room_events_by_topological_ordering does: ordered by (depth,
 // stream ordering), bounded by From and To (compared as tuples for
