@@ -79,6 +79,9 @@ func FuzzUnmarshalRow(f *testing.F) {
 	ev := &commands.Event{EventID: "$e", Type: "t", Sender: "@a:x", Content: map[string]any{"b": "x"}}
 	r, _ := newRow(ev, 1)
 	f.Add(r.marshal())
+	ev.Extra = map[string]any{"membership": "join"}
+	r, _ = newRow(ev, 1)
+	f.Add(r.marshal())
 	f.Add([]byte{rowVersion, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		copied, err := unmarshalRow(b)
