@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode"
 )
 
 // Limits on what one event may carry. They bound memory per message; the
@@ -326,9 +327,34 @@ func LegalRoomID(s string) bool {
 	}
 	local, server, hasServer := strings.Cut(s[1:], ":")
 	if !hasServer {
+		// ROOM_ID_PATTERN_DOMAINLESS ends with Python's "$", which also
+		// matches before a final newline.
+		local = strings.TrimSuffix(local, "\n")
 		return len(local) == 43 && strings.Trim(local, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == ""
 	}
 	return ValidServerName(server)
+}
+
+// pyInt reports whether Python's int() takes s: surrounding whitespace,
+// an optional sign, then decimal digits (any Unicode ones) with single
+// underscores between them. Synapse's parse_server_name reads a port so.
+func pyInt(s string) bool {
+	s = strings.TrimFunc(s, unicode.IsSpace)
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		s = s[1:]
+	}
+	digit := false // the previous rune was a digit
+	for _, r := range s {
+		switch {
+		case unicode.IsDigit(r):
+			digit = true
+		case r == '_' && digit:
+			digit = false
+		default:
+			return false
+		}
+	}
+	return digit
 }
 
 // ValidServerName reports whether s is a server name as Synapse's
@@ -340,7 +366,7 @@ func ValidServerName(s string) bool {
 	if !strings.HasSuffix(s, "]") {
 		if i := strings.LastIndexByte(s, ':'); i >= 0 {
 			host = s[:i]
-			if port := s[i+1:]; port == "" || strings.Trim(port, "0123456789") != "" {
+			if !pyInt(s[i+1:]) {
 				return false
 			}
 		}

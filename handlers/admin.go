@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math"
 	"math/big"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
@@ -429,7 +431,27 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 				return nil, err
 			}
 		}
+		// One request of this instance at a time checks the room and
+		// publishes: a deletion refused because another is open is
+		// answered here, never published, so that it leaves no failed
+		// task in the room's delete_status (Synapse refuses it before it
+		// schedules any). The projection still settles races between
+		// instances.
+		unlock := lockRoomDeletion(roomID)
+		open, err := a.deletionOpen(roomID)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		if open {
+			unlock()
+			if !wait {
+				return nil, commands.Errorf(400, commands.CodeUnknown, "%s", inProgress)
+			}
+			continue
+		}
 		id, err := a.publish(ctx, roomID, commands.ActionShutdownAndPurgeRoom, params, by)
+		unlock()
 		if err != nil {
 			return nil, err
 		}
@@ -499,6 +521,30 @@ func (a *Admin) waitStarted(ctx context.Context, roomID, id string) {
 		t, err := a.Store.Task(id)
 		return err != nil || t == nil || t.Status != commands.TaskScheduled, nil
 	})
+}
+
+// deletionLocks serialize, per room (by hash), a deletion request's last
+// check for an open deletion and its publish.
+var deletionLocks [64]sync.Mutex
+
+func lockRoomDeletion(roomID string) (unlock func()) {
+	h := fnv.New32a()
+	h.Write([]byte(roomID))
+	mu := &deletionLocks[h.Sum32()%uint32(len(deletionLocks))]
+	mu.Lock()
+	return mu.Unlock
+}
+
+// deletionOpen reports whether the room has a scheduled or active
+// deletion (shutdown_and_purge_room or purge_room).
+func (a *Admin) deletionOpen(roomID string) (bool, error) {
+	tasks, err := a.Store.RoomTasks(roomID)
+	for _, t := range tasks {
+		if !t.Finished() && isDeleteAction(t.Action) {
+			return true, err
+		}
+	}
+	return false, err
 }
 
 // waitNoDeletion waits until the room has no scheduled or active
