@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,12 +28,20 @@ type shutdownResult struct {
 	Failed    []string
 	Aliases   []string
 	NewRoomID string
-	// Todo is the local members to kick (user -> membership), recorded
-	// before the first kick so that a resumed shutdown works on the same
-	// list even though the kicked users have left meanwhile. It is not
-	// part of Synapse's response.
-	Todo map[string]string
+	// Todo is the local members to kick, recorded before the first kick
+	// so that a resumed shutdown works on the same list even though the
+	// kicked users have left meanwhile; a resumed one adds who has joined
+	// since, at the end. A user's index in it is the <n> of their
+	// txn_ids: stable across resumptions, and never one user's and
+	// another's (a hash of the user ID was: two users sharing it got one
+	// leave between them, the homeserver answering the second with the
+	// first's reply). Nil until listed. It is not part of Synapse's
+	// response.
+	Todo []member
 }
+
+// member is a local member a shutdown moves, with their membership.
+type member struct{ user, membership string }
 
 func resultOf(m map[string]any) *shutdownResult {
 	r := &shutdownResult{}
@@ -48,10 +57,21 @@ func resultOf(m map[string]any) *shutdownResult {
 	}
 	r.Kicked, r.Failed, r.Aliases = list("kicked_users"), list("failed_to_kick_users"), list("local_aliases")
 	r.NewRoomID, _ = m["new_room_id"].(string)
-	if todo, ok := m[todoKey].(map[string]any); ok {
-		r.Todo = map[string]string{}
-		for u, v := range todo {
-			r.Todo[u], _ = v.(string)
+	switch todo := m[todoKey].(type) {
+	case []any: // [[user, membership], ...]
+		r.Todo = make([]member, 0, len(todo))
+		for _, p := range todo {
+			if pair, ok := p.([]any); ok && len(pair) == 2 {
+				u, _ := pair[0].(string)
+				mem, _ := pair[1].(string)
+				r.Todo = append(r.Todo, member{u, mem})
+			}
+		}
+	case map[string]any: // user -> membership, as earlier releases kept it
+		r.Todo = make([]member, 0, len(todo))
+		for _, u := range slices.Sorted(maps.Keys(todo)) {
+			mem, _ := todo[u].(string)
+			r.Todo = append(r.Todo, member{u, mem})
 		}
 	}
 	return r
@@ -79,21 +99,33 @@ func (r *shutdownResult) toMap() map[string]any {
 		m["new_room_id"] = r.NewRoomID
 	}
 	if r.Todo != nil {
-		todo := make(map[string]any, len(r.Todo))
-		for u, mem := range r.Todo {
-			todo[u] = mem
+		todo := make([]any, len(r.Todo))
+		for i, p := range r.Todo {
+			todo[i] = []any{p.user, p.membership}
 		}
 		m[todoKey] = todo
 	}
 	return m
 }
 
-// txnN is the <n> of a per-user txn_id: stable across resumptions,
-// whatever the member list looks like then.
-func txnN(user string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(user))
-	return h.Sum32()
+// list adds the room's local members not on the list yet, in user order,
+// and reports whether it changed (a first listing always does).
+func (r *shutdownResult) list(members map[string]string) bool {
+	changed := r.Todo == nil
+	listed := make(map[string]bool, len(r.Todo))
+	for _, p := range r.Todo {
+		listed[p.user] = true
+	}
+	if r.Todo == nil {
+		r.Todo = []member{}
+	}
+	for _, u := range slices.Sorted(maps.Keys(members)) {
+		if !listed[u] {
+			r.Todo = append(r.Todo, member{u, members[u]})
+			changed = true
+		}
+	}
+	return changed
 }
 
 // runShutdown carries out shutdown_and_purge_room (SYNAPSE.md 7.3) as a
@@ -160,19 +192,23 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 			return err
 		}
 	}
-	if res.Todo == nil {
-		// Listed once the new room exists, as Synapse does: a user who
-		// joined while it was being made is kicked too.
-		members, err := r.localMembers(task.RoomID)
-		if err != nil {
-			return err
-		}
-		res.Todo = members
+	// Listed once the new room exists, as Synapse does: a user who
+	// joined while it was being made is kicked too. Synapse lists the
+	// members each time the task runs (get_local_users_related_to_room),
+	// so a resumed task also moves those who joined since it was
+	// interrupted; those listed before stay listed, and a user whose
+	// leave went through but was not recorded is asked again under the
+	// same txn_id.
+	members, err := r.localMembers(task.RoomID)
+	if err != nil {
+		return err
+	}
+	if res.list(members) {
 		if err := next(commands.TaskActive, ""); err != nil {
 			return err
 		}
 	}
-	if err := r.kickAll(ctx, task, res.Todo, res, &n); err != nil {
+	if err := r.kickAll(ctx, task, res, &n); err != nil {
 		return err
 	}
 	if newUser != "" {
@@ -229,18 +265,18 @@ func (r *TaskRunner) localMembers(roomID string) (map[string]string, error) {
 // the previously joined ones to the new room, at most Concurrency users at
 // once, each after BeforeKick. Progress is published every 500 ms and at
 // the end.
-func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members map[string]string, res *shutdownResult, n *int) error {
+func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shutdownResult, n *int) error {
 	kicked := make(map[string]bool, len(res.Kicked))
 	for _, u := range res.Kicked {
 		kicked[u] = true
 	}
-	var users []string
-	for u := range members {
-		if !kicked[u] {
-			users = append(users, u)
+	var todo []int // indexes in res.Todo, in user order
+	for i, p := range res.Todo {
+		if !kicked[p.user] {
+			todo = append(todo, i)
 		}
 	}
-	slices.Sort(users)
+	slices.SortFunc(todo, func(x, y int) int { return strings.Compare(res.Todo[x].user, res.Todo[y].user) })
 	conc := max(r.Concurrency, 1)
 	var mu sync.Mutex // guards res and changes
 	changes := 0      // users done since the last snapshot
@@ -281,7 +317,8 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 	}()
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
-	for _, u := range users {
+	for _, i := range todo {
+		u, membership := res.Todo[i].user, res.Todo[i].membership
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -298,7 +335,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ok := r.kick(ctx, task, u, members[u], res.NewRoomID)
+			ok := r.kick(ctx, task, u, i, membership, res.NewRoomID)
 			mu.Lock()
 			defer mu.Unlock()
 			res.Failed = slices.DeleteFunc(res.Failed, func(s string) bool { return s == u })
@@ -324,8 +361,8 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, members m
 // kick is one user's part of a shutdown: leave, forget, and join the new
 // room when they were joined. Any failure puts the user in
 // failed_to_kick_users; the shutdown goes on.
-func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user, membership, newRoom string) bool {
-	suffix := fmt.Sprintf("-%d", txnN(user))
+func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user string, n int, membership, newRoom string) bool {
+	suffix := fmt.Sprintf("-%d", n)
 	if _, err := r.hs(ctx, "leave", map[string]any{"txn_id": task.ID + "-leave" + suffix, "room_id": task.RoomID, "user_id": user}); err != nil {
 		r.Logger.Warn("shutdown: leave failed", "task", task.ID, "user", user, "err", err)
 		return false
