@@ -172,9 +172,9 @@ func (rc *readContext) version() string {
 	if !rc.versionRead {
 		rc.versionRead = true
 		rc.roomVersion = "1"
-		c, ok := rc.v.CurrentState(typeCreate, "")
-		if ok && c.Summary != "" {
-			rc.roomVersion = c.Summary
+		version, ok := rc.v.Version()
+		if ok && version != "" {
+			rc.roomVersion = version
 		}
 		rc.versionKnown = ok
 	}

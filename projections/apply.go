@@ -600,6 +600,21 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		a.received = append(a.received, received{ts: uint64(receivedTS(e)), seq: e.Seq, room: room})
 	}
 	if ev.Outlier {
+		if ev.Type == "m.room.create" && ev.StateKey != nil && *ev.StateKey == "" && !ev.Rejected {
+			// A room joined over federation holds its create event as
+			// an outlier until a backfill reaches it: its version
+			// decides how reads prune and which redactions they
+			// recheck, as Synapse's rooms.room_version does.
+			if err := markRoom(tx, room, func(m *RoomMeta) bool {
+				if m.OutlierCreate {
+					return false
+				}
+				m.OutlierCreate, m.OutlierVersion = true, row.Summary
+				return true
+			}); err != nil {
+				return err
+			}
+		}
 		return tx.Bucket(bOutliers).Put(id, val)
 	}
 	if err := tx.Bucket(bTimeline).Put(tlKey(room, ev.Depth, stream), val); err != nil {

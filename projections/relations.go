@@ -278,8 +278,22 @@ func roomVersion(tx *bolt.Tx, room uint64) (string, bool, error) {
 	if err != nil {
 		return "", false, err
 	}
-	e, ok := (&RoomView{tx: tx, room: room, meta: meta}).CurrentState("m.room.create", "")
-	return e.Summary, ok, nil
+	v, ok := (&RoomView{tx: tx, room: room, meta: meta}).Version()
+	return v, ok, nil
+}
+
+// Version is the room's version: the StateSummary of its current
+// m.room.create state event ("" for one without content.room_version,
+// version 1), else that of an m.room.create it holds as an outlier
+// (RoomMeta.OutlierCreate); false when it holds neither.
+func (v *RoomView) Version() (string, bool) {
+	if e, ok := v.CurrentState("m.room.create", ""); ok {
+		return e.Summary, true
+	}
+	if v.meta != nil && v.meta.OutlierCreate {
+		return v.meta.OutlierVersion, true
+	}
+	return "", false
 }
 
 // markRoom updates the room's meta when change reports a change.
