@@ -3,6 +3,7 @@ package handlers
 import (
 	"cmp"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -201,7 +202,9 @@ func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) 
 	now := b.Now()
 	var near []point
 	for _, p := range all {
-		if p.depth > depth+backfillLimit {
+		// p.depth-backfillLimit cannot overflow (depths are >= 1);
+		// depth+backfillLimit did for a read within 100 of 2^63-1.
+		if p.depth-backfillLimit > depth {
 			continue
 		}
 		if st, ok := b.failures[roomID+"|"+p.id]; ok && now.Before(st.until) {
@@ -364,7 +367,19 @@ func (b *Backfiller) append(ctx context.Context, roomID string, events []any) (i
 // appends to the log: two backfills that bring the same event within
 // JetStream's duplicate window append it once, and no homeserver publish
 // of it is taken for it.
-func BackfillMsgID(eventID string) string { return "backfill:" + eventID }
+//
+// An ID with a byte outside printable ASCII goes as backfill~ and its
+// unpadded base64url: a header value is trimmed of white space, and its
+// CR and LF become spaces, so "$a:x" and "$a:x " had one message ID, and
+// JetStream dropped the second event as a duplicate of the first.
+func BackfillMsgID(eventID string) string {
+	for i := 0; i < len(eventID); i++ {
+		if c := eventID[i]; c < 0x21 || c > 0x7e {
+			return "backfill~" + base64.RawURLEncoding.EncodeToString([]byte(eventID))
+		}
+	}
+	return "backfill:" + eventID
+}
 
 // failed puts the points in exponential back-off: Backoff, doubling up
 // to 2^8 times.

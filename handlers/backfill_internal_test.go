@@ -81,3 +81,69 @@ func TestBackfill_AppendWaitsForItsNewestEvent(t *testing.T) {
 		t.Fatalf("append reports sequence %d; the new event is at %d or after (the repeat acks with %d)", last, first+1, first)
 	}
 }
+
+// TestBackfill_PointsNearMaxDepth (found by a review helper): a read at
+// a depth within 100 of the int64 maximum (an event's depth may be up to 2^63-1, Synapse's
+// MAX_DEPTH, and a client's token may name any depth) must still find the
+// backward extremities near it. depth+backfillLimit overflowed to a
+// negative number, so every point looked too deep and none was asked.
+func TestBackfill_PointsNearMaxDepth(t *testing.T) {
+	now := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	b := &Backfiller{Now: func() time.Time { return now }}
+	b.init()
+	const maxDepth = 1<<63 - 1
+	all := []point{{id: "$deep", depth: maxDepth - 5}}
+	for _, depth := range []int64{maxDepth, maxDepth - 50} {
+		got := b.points(all, "!r:test", depth, 10)
+		if len(got) != 1 || got[0].id != "$deep" {
+			t.Errorf("read at depth %d: points %v, want [$deep]", depth, got)
+		}
+	}
+}
+
+// TestBackfill_DistinctIDsAreNotDuplicates (found by a review helper):
+// two events of a reply with distinct event IDs are both appended. Their message IDs went into a
+// NATS header, which trims white space and turns CR and LF into spaces:
+// "$a:x" and "$a:x " (or "$a:x\n") had the same Nats-Msg-Id, and
+// JetStream dropped the second as a duplicate within its window, so that
+// event never reached the log (and its gap stayed, backed off).
+func TestBackfill_DistinctIDsAreNotDuplicates(t *testing.T) {
+	n := testenv.NewNATS(t)
+	s := bus.Subjects{Prefix: "sb"}
+	ctx := context.Background()
+	if _, err := bus.EnsureStream(ctx, n.JS, s, "SCROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	log := &bus.Log{JS: n.JS, Stream: "SCROLLBACK", Subjects: s}
+	r := testenv.NewRoom("ids", "test")
+	b := &Backfiller{Log: log, Subjects: s}
+	var reply []any
+	for _, id := range []string{"$a:x", "$a:x ", "$a:x\n", "$b:x\ny", "$b:x y"} {
+		ev := r.Msg("@alice:test", id)
+		ev["event_id"] = id
+		data, err := bus.Encode(map[string]any(ev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := bus.DecodeMap(data, bus.DefaultLimits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reply = append(reply, m)
+	}
+	appended, _, err := b.append(ctx, r.ID, reply)
+	if err != nil || appended != len(reply) {
+		t.Fatalf("append = %d, %v", appended, err)
+	}
+	info, err := n.JS.Stream(ctx, "SCROLLBACK")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := info.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State.Msgs != uint64(len(reply)) {
+		t.Fatalf("the log holds %d messages, want %d: JetStream took distinct events for duplicates", st.State.Msgs, len(reply))
+	}
+}
