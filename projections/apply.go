@@ -594,6 +594,20 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 	if err := events.Put(id, loc.bytes()); err != nil {
 		return err
 	}
+	if !known && !ev.Rejected && ev.StateKey != nil && ev.Type == "m.room.member" {
+		// A membership of a user who forgot the room, stored after the
+		// forget (a rejoin, a leave, an invite), ends it: Synapse's
+		// did_forget is false once the user has a membership row the
+		// forget did not mark ("Returns False if they have since
+		// re-joined"). Every event stored gets that row
+		// (_store_room_members_txn), outliers and soft-failed ones too,
+		// rejected ones not; an outlier that joins the timeline later
+		// (known) gets none: its row is the outlier's, which a forget
+		// after it marked.
+		if err := tx.Bucket(bForgot).Delete(roomStrKey(room, *ev.StateKey)); err != nil {
+			return err
+		}
+	}
 	if !ev.Backfilled {
 		// Outliers too: Synapse's purge_up_to_ts counts every event
 		// received at or after ts (SYNAPSE.md 6.1).
@@ -647,16 +661,6 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		v = append(append(v, row.Summary...), ev.EventID...)
 		if err := tx.Bucket(bState).Put(k, v); err != nil {
 			return err
-		}
-		if ev.Type == "m.room.member" {
-			// A membership of a user who forgot the room, applied after the
-			// forget (a rejoin, a leave, an invite), ends it: Synapse's
-			// did_forget is false once the user has a membership row the
-			// forget did not mark ("Returns False if they have since
-			// re-joined").
-			if err := tx.Bucket(bForgot).Delete(roomStrKey(room, *ev.StateKey)); err != nil {
-				return err
-			}
 		}
 	}
 	if ev.Backfilled {

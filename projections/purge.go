@@ -556,8 +556,9 @@ func openShutdown(tx *bolt.Tx, room uint64) bool {
 // forget that leaves the room forgotten, unless a room deletion made it
 // (do_not_schedule_purge): a room whose last forget was a deletion's is
 // never listed, so a deletion with purge: false keeps its history. Rooms
-// with a deletion task that has not expired, and rooms that never had a
-// local member, are left out too.
+// with a deletion task that is open, or that was requested at or after
+// the last forget and has not expired, and rooms that never had a local
+// member, are left out too.
 func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, error) {
 	var out []string
 	err := s.ForEachRoom(func(roomID string, v *RoomView) bool {
@@ -586,7 +587,17 @@ func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, erro
 		c := v.bucket(bRoomTask).Cursor()
 		prefix := u64(v.room)
 		for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if t, err := getTask(v.tx, string(k[16:])); err == nil && t != nil && !t.ExpiredAt(now) && (t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom) {
+			t, err := getTask(v.tx, string(k[16:]))
+			if err != nil || t == nil || t.ExpiredAt(now) || (t.Action != commands.ActionPurgeRoom && t.Action != commands.ActionShutdownAndPurgeRoom) {
+				continue
+			}
+			// A deletion still open, or one that came after the last
+			// forget, holds the room. One that ended before it does not:
+			// Synapse schedules a purge at every forget that leaves the
+			// room forgotten, whatever purges came before (a room purged
+			// here, whose new timeline a local user joined, left and
+			// forgot again, is due one period after that forget).
+			if !t.Finished() || t.CreatedTS >= last {
 				return true
 			}
 		}
