@@ -584,6 +584,13 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		if err := addExtraSeq(tx, room, ev.EventID, logSeq(was.stream)); err != nil {
 			return err
 		}
+		if ev.StateKey != nil {
+			// Its state entry moves to the timeline row's position
+			// (below), unless the timeline copy is no state.
+			if err := tx.Bucket(bState).Delete(stateKeyAt(statePrefix(room, ev.Type, *ev.StateKey), was.depth, was.stream)); err != nil {
+				return err
+			}
+		}
 	}
 	stream := int64(e.Seq)
 	if ev.Backfilled {
@@ -614,18 +621,15 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		a.received = append(a.received, received{ts: uint64(receivedTS(e)), seq: e.Seq, room: room})
 	}
 	if ev.Outlier {
-		if ev.Type == "m.room.create" && ev.StateKey != nil && *ev.StateKey == "" && !ev.Rejected {
-			// A room joined over federation holds its create event as
-			// an outlier until a backfill reaches it: its version
-			// decides how reads prune and which redactions they
-			// recheck, as Synapse's rooms.room_version does.
-			if err := markRoom(tx, room, func(m *RoomMeta) bool {
-				if m.OutlierCreate {
-					return false
-				}
-				m.OutlierCreate, m.OutlierVersion = true, row.Summary
-				return true
-			}); err != nil {
+		if ev.StateKey != nil && !ev.Rejected && !ev.SoftFailed {
+			// State, though off the timeline: a room joined over
+			// federation holds the state the join brought (the create,
+			// the power levels, the other members) as outliers, and
+			// Synapse builds the join's state from them. Its version
+			// decides how reads prune, its power levels which
+			// redactions apply, its history visibility what a member
+			// sees.
+			if err := putState(tx, room, ev, row.Summary, stream); err != nil {
 				return err
 			}
 		}
@@ -656,10 +660,7 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		return err
 	}
 	if ev.StateKey != nil {
-		k := stateKeyAt(statePrefix(room, ev.Type, *ev.StateKey), ev.Depth, stream)
-		v := binary.AppendUvarint(nil, uint64(len(row.Summary)))
-		v = append(append(v, row.Summary...), ev.EventID...)
-		if err := tx.Bucket(bState).Put(k, v); err != nil {
+		if err := putState(tx, room, ev, row.Summary, stream); err != nil {
 			return err
 		}
 	}
@@ -672,6 +673,15 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		return a.extremities(room, ev, false)
 	}
 	return a.updateExtremities(room, ev)
+}
+
+// putState records the state event ev at its position: its summary
+// (commands.StateSummary) and ID.
+func putState(tx *bolt.Tx, room uint64, ev *commands.Event, summary string, stream int64) error {
+	k := stateKeyAt(statePrefix(room, ev.Type, *ev.StateKey), ev.Depth, stream)
+	v := binary.AppendUvarint(nil, uint64(len(summary)))
+	v = append(append(v, summary...), ev.EventID...)
+	return tx.Bucket(bState).Put(k, v)
 }
 
 // namedByLiveChild reports whether a timeline event that is not

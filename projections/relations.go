@@ -284,16 +284,11 @@ func roomVersion(tx *bolt.Tx, room uint64) (string, bool, error) {
 
 // Version is the room's version: the StateSummary of its current
 // m.room.create state event ("" for one without content.room_version,
-// version 1), else that of an m.room.create it holds as an outlier
-// (RoomMeta.OutlierCreate); false when it holds neither.
+// version 1; the create of a room joined over federation is state held
+// as an outlier); false when it holds none.
 func (v *RoomView) Version() (string, bool) {
-	if e, ok := v.CurrentState("m.room.create", ""); ok {
-		return e.Summary, true
-	}
-	if v.meta != nil && v.meta.OutlierCreate {
-		return v.meta.OutlierVersion, true
-	}
-	return "", false
+	e, ok := v.CurrentState("m.room.create", "")
+	return e.Summary, ok
 }
 
 // markRoom updates the room's meta when change reports a change.

@@ -479,16 +479,7 @@ type RoomMeta struct {
 	// was ever indexed in the room: reads skip the per-event look-ups in
 	// rooms without them.
 	HasRedactions bool `msgpack:"has_redactions,omitempty"`
-	// OutlierCreate says that the room holds an m.room.create event as
-	// an outlier (the state a join over federation brings), and
-	// OutlierVersion is its room version (its StateSummary): reads and
-	// the redaction index take the room version from it while the
-	// timeline has no m.room.create, as Synapse knows a joined room's
-	// version (rooms.room_version) whether or not its create event is
-	// on the timeline.
-	OutlierCreate  bool   `msgpack:"outlier_create,omitempty"`
-	OutlierVersion string `msgpack:"outlier_version,omitempty"`
-	HasRelations   bool   `msgpack:"has_relations,omitempty"`
+	HasRelations  bool `msgpack:"has_relations,omitempty"`
 	// HasExtraSeqs says whether any event of the room was ever stored
 	// with an extra log message (extraSeqKey): the janitor looks a
 	// deleted row's up only in rooms with them.
