@@ -41,13 +41,8 @@ func TestBackfill_BackoffSaturates(t *testing.T) {
 // reads its page again before the new events are applied (its gap then
 // shows, or partly).
 func TestBackfill_AppendWaitsForItsNewestEvent(t *testing.T) {
-	n := testenv.NewNATS(t)
-	s := bus.Subjects{Prefix: "sb"}
 	ctx := context.Background()
-	if _, err := bus.EnsureStream(ctx, n.JS, s, "SCROLLBACK"); err != nil {
-		t.Fatal(err)
-	}
-	log := &bus.Log{JS: n.JS, Stream: "SCROLLBACK", Subjects: s}
+	log, s := testLog(t)
 	r := testenv.NewRoom("dups", "test")
 	evs := r.Setup("@alice:test")
 	old, nw := evs[0], evs[1]
@@ -108,13 +103,8 @@ func TestBackfill_PointsNearMaxDepth(t *testing.T) {
 // JetStream dropped the second as a duplicate within its window, so that
 // event never reached the log (and its gap stayed, backed off).
 func TestBackfill_DistinctIDsAreNotDuplicates(t *testing.T) {
-	n := testenv.NewNATS(t)
-	s := bus.Subjects{Prefix: "sb"}
 	ctx := context.Background()
-	if _, err := bus.EnsureStream(ctx, n.JS, s, "SCROLLBACK"); err != nil {
-		t.Fatal(err)
-	}
-	log := &bus.Log{JS: n.JS, Stream: "SCROLLBACK", Subjects: s}
+	log, s := testLog(t)
 	r := testenv.NewRoom("ids", "test")
 	b := &Backfiller{Log: log, Subjects: s}
 	var reply []any
@@ -135,7 +125,7 @@ func TestBackfill_DistinctIDsAreNotDuplicates(t *testing.T) {
 	if err != nil || appended != len(reply) {
 		t.Fatalf("append = %d, %v", appended, err)
 	}
-	info, err := n.JS.Stream(ctx, "SCROLLBACK")
+	info, err := log.JS.Stream(ctx, "SCROLLBACK")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,4 +136,15 @@ func TestBackfill_DistinctIDsAreNotDuplicates(t *testing.T) {
 	if st.State.Msgs != uint64(len(reply)) {
 		t.Fatalf("the log holds %d messages, want %d: JetStream took distinct events for duplicates", st.State.Msgs, len(reply))
 	}
+}
+
+// testLog is a room log on an embedded NATS server of the test's own.
+func testLog(t *testing.T) (*bus.Log, bus.Subjects) {
+	t.Helper()
+	n := testenv.NewNATS(t)
+	s := bus.Subjects{Prefix: "sb"}
+	if _, err := bus.EnsureStream(context.Background(), n.JS, s, "SCROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	return &bus.Log{JS: n.JS, Stream: "SCROLLBACK", Subjects: s}, s
 }

@@ -4,9 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -65,14 +62,7 @@ func TestDeleteRoom_EveryUserLeavesWhateverTheirIDsHash(t *testing.T) {
 // resumes, and the unforced purge then succeeds.
 func TestDeleteRoom_ResumeListsTheMembersAgain(t *testing.T) {
 	m := startMain(t, func(c *Config) { c.Shutdown.Concurrency = 1; c.NATS.Listen = "127.0.0.1:0" })
-	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	hsPub := &testenv.Publisher{JS: js, Subjects: m.publisher().Subjects}
-	hs := testenv.NewHomeserver(t, nc, hsPub, "test")
+	hs := separateHomeserver(t, m)
 	room := shutdownRoom(t, m, hs, "relist", 3)
 	hs.StallLeave("@user0:test")
 	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{}`)

@@ -5,9 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"net/url"
 	"sort"
 	"testing"
@@ -219,14 +216,7 @@ func TestDeleteRoom_ResumesAfterRestart(t *testing.T) {
 	// The homeserver is a process of its own: it talks to scrollback's
 	// embedded NATS over TCP and reconnects when scrollback restarts.
 	m := startMain(t, func(c *Config) { c.Shutdown.Concurrency = 2; c.NATS.Listen = "127.0.0.1:0" })
-	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	hsPub := &testenv.Publisher{JS: js, Subjects: m.publisher().Subjects}
-	hs := testenv.NewHomeserver(t, nc, hsPub, "test")
+	hs := separateHomeserver(t, m)
 	room := shutdownRoom(t, m, hs, "resumed", 30)
 	hs.SetDelay(20 * time.Millisecond)
 	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"new_room_user_id": "@admin:test", "purge": false}`)
@@ -368,4 +358,13 @@ func TestDeleteRoom_V1EmptyNewRoomUserIsCheckedInTheShutdown(t *testing.T) {
 	if st != 200 || len(strList(reply["kicked_users"])) != 0 {
 		t.Fatalf("v1 on an unknown room: %d %v; want 200 and the empty result", st, reply)
 	}
+}
+
+// separateHomeserver is a homeserver in a process of its own: it talks to
+// m's embedded NATS over TCP (m must listen: NATS.Listen) and reconnects
+// when m restarts.
+func separateHomeserver(t *testing.T, m *Main) *testenv.Homeserver {
+	t.Helper()
+	nc, js := connectNATS(t, m.NATSServer.ClientURL())
+	return testenv.NewHomeserver(t, nc, &testenv.Publisher{JS: js, Subjects: m.publisher().Subjects}, "test")
 }

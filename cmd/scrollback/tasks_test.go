@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/testenv"
 )
@@ -56,13 +53,7 @@ func TestTasks_ActiveTaskResumesFirstAfterRestart(t *testing.T) {
 		c.Homeserver.Timeout = commands.DurationOf(time.Minute)
 		c.NATS.Listen = "127.0.0.1:0"
 	})
-	nc, err := nats.Connect(m.NATSServer.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	hs := testenv.NewHomeserver(t, nc, &testenv.Publisher{JS: js, Subjects: m.publisher().Subjects}, "test")
+	hs := separateHomeserver(t, m)
 	hs.StallLeave("@user0:test") // a member of both rooms: each shutdown hangs on them
 	first := shutdownRoom(t, m, hs, "first", 1)
 	second := shutdownRoom(t, m, hs, "second", 1)
