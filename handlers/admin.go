@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math"
 	"math/big"
@@ -437,7 +436,10 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		// task in the room's delete_status (Synapse refuses it before it
 		// schedules any). The projection still settles races between
 		// instances.
-		unlock := lockRoomDeletion(roomID)
+		unlock, err := lockRoomDeletion(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
 		open, err := a.deletionOpen(roomID)
 		if err != nil {
 			unlock()
@@ -523,16 +525,46 @@ func (a *Admin) waitStarted(ctx context.Context, roomID, id string) {
 	})
 }
 
-// deletionLocks serialize, per room (by hash), a deletion request's last
-// check for an open deletion and its publish.
-var deletionLocks [64]sync.Mutex
+// deletionLocks serialize, per room, a deletion request's last check for
+// an open deletion and its publish. The publish waits until the command
+// is applied (up to WaitForTimeout): a lock shared between rooms made
+// the deletions of unrelated rooms wait for a room whose partition is
+// slow, past their own deadlines.
+var deletionLocks = struct {
+	sync.Mutex
+	m map[string]*roomLock
+}{m: map[string]*roomLock{}}
 
-func lockRoomDeletion(roomID string) (unlock func()) {
-	h := fnv.New32a()
-	h.Write([]byte(roomID))
-	mu := &deletionLocks[h.Sum32()%uint32(len(deletionLocks))]
-	mu.Lock()
-	return mu.Unlock
+type roomLock struct {
+	ch   chan struct{} // holds a token while locked
+	refs int           // requests holding or waiting for it
+}
+
+// lockRoomDeletion takes the room's deletion lock, or gives up when ctx
+// ends.
+func lockRoomDeletion(ctx context.Context, roomID string) (unlock func(), err error) {
+	deletionLocks.Lock()
+	l := deletionLocks.m[roomID]
+	if l == nil {
+		l = &roomLock{ch: make(chan struct{}, 1)}
+		deletionLocks.m[roomID] = l
+	}
+	l.refs++
+	deletionLocks.Unlock()
+	release := func() {
+		deletionLocks.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(deletionLocks.m, roomID)
+		}
+		deletionLocks.Unlock()
+	}
+	select {
+	case l.ch <- struct{}{}:
+		return func() { <-l.ch; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
 }
 
 // deletionOpen reports whether the room has a scheduled or active

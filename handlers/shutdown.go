@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"slices"
 	"strings"
@@ -40,8 +41,15 @@ type shutdownResult struct {
 	Todo []member
 }
 
-// member is a local member a shutdown moves, with their membership.
-type member struct{ user, membership string }
+// member is a local member a shutdown moves, with their membership and
+// the <n> of their txn_ids: their index in the list, or, for a list an
+// earlier release recorded (a map), the FNV-1a hash of their ID that it
+// numbered their txn_ids with, so that a request it sent is repeated
+// under the same txn_id.
+type member struct {
+	user, membership string
+	n                int64
+}
 
 func resultOf(m map[string]any) *shutdownResult {
 	r := &shutdownResult{}
@@ -60,18 +68,26 @@ func resultOf(m map[string]any) *shutdownResult {
 	switch todo := m[todoKey].(type) {
 	case []any: // [[user, membership], ...]
 		r.Todo = make([]member, 0, len(todo))
-		for _, p := range todo {
-			if pair, ok := p.([]any); ok && len(pair) == 2 {
+		for i, p := range todo {
+			// [user, membership] numbered by its index, or [user,
+			// membership, n] where n is not the index.
+			if pair, ok := p.([]any); ok && (len(pair) == 2 || len(pair) == 3) {
 				u, _ := pair[0].(string)
 				mem, _ := pair[1].(string)
-				r.Todo = append(r.Todo, member{u, mem})
+				n, ok := int64(i), true
+				if len(pair) == 3 {
+					n, ok = commands.AsInt(pair[2])
+				}
+				if ok {
+					r.Todo = append(r.Todo, member{u, mem, n})
+				}
 			}
 		}
 	case map[string]any: // user -> membership, as earlier releases kept it
 		r.Todo = make([]member, 0, len(todo))
 		for _, u := range slices.Sorted(maps.Keys(todo)) {
 			mem, _ := todo[u].(string)
-			r.Todo = append(r.Todo, member{u, mem})
+			r.Todo = append(r.Todo, member{u, mem, int64(legacyTxnN(u))})
 		}
 	}
 	return r
@@ -101,7 +117,11 @@ func (r *shutdownResult) toMap() map[string]any {
 	if r.Todo != nil {
 		todo := make([]any, len(r.Todo))
 		for i, p := range r.Todo {
-			todo[i] = []any{p.user, p.membership}
+			if p.n == int64(i) {
+				todo[i] = []any{p.user, p.membership}
+			} else {
+				todo[i] = []any{p.user, p.membership, p.n}
+			}
 		}
 		m[todoKey] = todo
 	}
@@ -113,19 +133,29 @@ func (r *shutdownResult) toMap() map[string]any {
 func (r *shutdownResult) list(members map[string]string) bool {
 	changed := r.Todo == nil
 	listed := make(map[string]bool, len(r.Todo))
+	next := int64(len(r.Todo)) // a number no listed user has
 	for _, p := range r.Todo {
 		listed[p.user] = true
+		next = max(next, p.n+1)
 	}
 	if r.Todo == nil {
 		r.Todo = []member{}
 	}
 	for _, u := range slices.Sorted(maps.Keys(members)) {
 		if !listed[u] {
-			r.Todo = append(r.Todo, member{u, members[u]})
+			r.Todo = append(r.Todo, member{u, members[u], next})
+			next++
 			changed = true
 		}
 	}
 	return changed
+}
+
+// legacyTxnN is the <n> an earlier release gave a user's txn_ids.
+func legacyTxnN(user string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(user))
+	return h.Sum32()
 }
 
 // runShutdown carries out shutdown_and_purge_room (SYNAPSE.md 7.3) as a
@@ -318,7 +348,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shut
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
 	for _, i := range todo {
-		u, membership := res.Todo[i].user, res.Todo[i].membership
+		u, membership, txnN := res.Todo[i].user, res.Todo[i].membership, res.Todo[i].n
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -335,7 +365,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shut
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ok := r.kick(ctx, task, u, i, membership, res.NewRoomID)
+			ok := r.kick(ctx, task, u, txnN, membership, res.NewRoomID)
 			mu.Lock()
 			defer mu.Unlock()
 			res.Failed = slices.DeleteFunc(res.Failed, func(s string) bool { return s == u })
@@ -361,7 +391,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shut
 // kick is one user's part of a shutdown: leave, forget, and join the new
 // room when they were joined. Any failure puts the user in
 // failed_to_kick_users; the shutdown goes on.
-func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user string, n int, membership, newRoom string) bool {
+func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user string, n int64, membership, newRoom string) bool {
 	suffix := fmt.Sprintf("-%d", n)
 	if _, err := r.hs(ctx, "leave", map[string]any{"txn_id": task.ID + "-leave" + suffix, "room_id": task.RoomID, "user_id": user}); err != nil {
 		r.Logger.Warn("shutdown: leave failed", "task", task.ID, "user", user, "err", err)

@@ -15,7 +15,7 @@ func TestShutdownResult_ListKeepsEachUsersNumber(t *testing.T) {
 		t.Fatal("a first listing changes the result")
 	}
 	back := resultOf(r.toMap())
-	want := []member{{"@a:t", "invite"}, {"@b:t", "join"}}
+	want := []member{{"@a:t", "invite", 0}, {"@b:t", "join", 1}}
 	if !reflect.DeepEqual(back.Todo, want) {
 		t.Fatalf("round trip: %v, want %v", back.Todo, want)
 	}
@@ -25,12 +25,13 @@ func TestShutdownResult_ListKeepsEachUsersNumber(t *testing.T) {
 	if !back.list(map[string]string{"@0:t": "join", "@b:t": "join"}) {
 		t.Fatal("a newcomer changes the list")
 	}
-	want = append(want, member{"@0:t", "join"}) // last, whatever its ID sorts as
+	want = append(want, member{"@0:t", "join", 2}) // last, whatever its ID sorts as
 	if !reflect.DeepEqual(back.Todo, want) {
 		t.Fatalf("relisted: %v, want %v", back.Todo, want)
 	}
-	old := resultOf(map[string]any{todoKey: map[string]any{"@b:t": "join", "@a:t": "knock"}})
-	if want := []member{{"@a:t", "knock"}, {"@b:t", "join"}}; !reflect.DeepEqual(old.Todo, want) {
+	// An earlier release's map keeps the numbers it gave: the users' hashes.
+	old := resultOf(resultOf(map[string]any{todoKey: map[string]any{"@b:t": "join", "@a:t": "knock"}}).toMap())
+	if want := []member{{"@a:t", "knock", int64(legacyTxnN("@a:t"))}, {"@b:t", "join", int64(legacyTxnN("@b:t"))}}; !reflect.DeepEqual(old.Todo, want) {
 		t.Fatalf("an earlier release's map: %v, want %v", old.Todo, want)
 	}
 	empty := resultOf((&shutdownResult{Todo: []member{}}).toMap())

@@ -1,0 +1,82 @@
+package handlers_test
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/handlers"
+)
+
+type seqLog struct {
+	mu  sync.Mutex
+	seq uint64
+}
+
+func (l *seqLog) Append(context.Context, string, string, []byte) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq++
+	return l.seq, nil
+}
+
+// stalledRoomWaiter never sees one room's commands applied (its
+// partition is stuck behind a long purge, say); every other room's are
+// applied at once.
+type stalledRoomWaiter struct{ stalled string }
+
+func (w stalledRoomWaiter) WaitFor(ctx context.Context, roomID string, _ uint64) error {
+	if roomID == w.stalled {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return nil
+}
+func (stalledRoomWaiter) Watermark(string) uint64 { return 0 }
+
+func lockSlot(roomID string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(roomID))
+	return h.Sum32() % 64
+}
+
+// TestDelete_ARoomWhoseCommandIsSlowDoesNotHoldUpOthers (found by a review
+// helper): the per-room deletion lock is one of 64 shared mutexes and is
+// held through the publish, which waits up to WaitForTimeout (10 s) for the
+// command to be applied. A v2 deletion of another room that shares the
+// mutex then waits for that, beyond its own deadline: mu.Lock ignores the
+// request's ctx.
+func TestDelete_ARoomWhoseCommandIsSlowDoesNotHoldUpOthers(t *testing.T) {
+	f := newFixture(t)
+	slow := "!slow:test"
+	other := ""
+	for i := 0; other == ""; i++ {
+		if id := fmt.Sprintf("!other%d:test", i); lockSlot(id) == lockSlot(slow) {
+			other = id
+		}
+	}
+	a := &handlers.Admin{Store: f.store, Waiter: stalledRoomWaiter{slow}, Log: &seqLog{}, Subjects: subjects,
+		Now: time.Now, CanStart: func(string) bool { return false }}
+	req, _ := bus.Encode(map[string]any{"requested_by": "@admin:test"})
+	slowCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go a.Delete(slowCtx, subjects.APIRoom(slow, "delete"), req)
+	time.Sleep(200 * time.Millisecond) // the slow room's request holds the lock, in its publish
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { _, err := a.Delete(ctx, subjects.APIRoom(other, "delete"), req); done <- err }()
+	select {
+	case err := <-done:
+		t.Logf("%s answered after %v: %v", other, time.Since(start), err)
+	case <-time.After(3 * time.Second):
+		t.Fatalf("the deletion of %s, a room nobody else deletes, still waits after %v (its deadline was 1 s): it shares a lock with %s, whose command is slow to apply",
+			other, time.Since(start), slow)
+	}
+}
