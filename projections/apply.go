@@ -584,9 +584,12 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 		if err := addExtraSeq(tx, room, ev.EventID, logSeq(was.stream)); err != nil {
 			return err
 		}
-		if ev.StateKey != nil {
+		if ev.StateKey != nil && !ev.Rejected && !ev.SoftFailed {
 			// Its state entry moves to the timeline row's position
-			// (below), unless the timeline copy is no state.
+			// (below), unless the timeline copy is no state, or writes
+			// no entry of its own: a rejected copy (which Synapse's
+			// _update_outliers_txn ignores) or a soft-failed one leaves
+			// the state the outlier was part of as it was.
 			if err := tx.Bucket(bState).Delete(stateKeyAt(statePrefix(room, ev.Type, *ev.StateKey), was.depth, was.stream)); err != nil {
 				return err
 			}
