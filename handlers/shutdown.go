@@ -32,20 +32,23 @@ type shutdownResult struct {
 	// Todo is the local members to kick, recorded before the first kick
 	// so that a resumed shutdown works on the same list even though the
 	// kicked users have left meanwhile; a resumed one adds who has joined
-	// since, at the end. A user's index in it is the <n> of their
-	// txn_ids: stable across resumptions, and never one user's and
-	// another's (a hash of the user ID was: two users sharing it got one
-	// leave between them, the homeserver answering the second with the
-	// first's reply). Nil until listed. It is not part of Synapse's
-	// response.
+	// since, at the end. Each has the <n> of their txn_ids (member):
+	// stable across resumptions, and never one user's and another's (a
+	// hash of the user ID was: two users sharing it got one leave between
+	// them, the homeserver answering the second with the first's reply).
+	// The task's result records only those not kicked yet, so that a
+	// TaskUpdate holds each user once (kicked_users or the list), and Next,
+	// the next number to give. Nil until listed. Neither is part of
+	// Synapse's response.
 	Todo []member
+	Next int64
 }
 
 // member is a local member a shutdown moves, with their membership and
-// the <n> of their txn_ids: their index in the list, or, for a list an
-// earlier release recorded (a map), the FNV-1a hash of their ID that it
-// numbered their txn_ids with, so that a request it sent is repeated
-// under the same txn_id.
+// the <n> of their txn_ids: the order in which they were listed, or, for
+// a list an earlier release recorded (a map), the FNV-1a hash of their ID
+// that it numbered their txn_ids with, so that a request it sent is
+// repeated under the same txn_id.
 type member struct {
 	user, membership string
 	n                int64
@@ -66,19 +69,13 @@ func resultOf(m map[string]any) *shutdownResult {
 	r.Kicked, r.Failed, r.Aliases = list("kicked_users"), list("failed_to_kick_users"), list("local_aliases")
 	r.NewRoomID, _ = m["new_room_id"].(string)
 	switch todo := m[todoKey].(type) {
-	case []any: // [[user, membership], ...]
+	case []any: // [[user, membership, n], ...]
 		r.Todo = make([]member, 0, len(todo))
-		for i, p := range todo {
-			// [user, membership] numbered by its index, or [user,
-			// membership, n] where n is not the index.
-			if pair, ok := p.([]any); ok && (len(pair) == 2 || len(pair) == 3) {
-				u, _ := pair[0].(string)
-				mem, _ := pair[1].(string)
-				n, ok := int64(i), true
-				if len(pair) == 3 {
-					n, ok = commands.AsInt(pair[2])
-				}
-				if ok {
+		for _, p := range todo {
+			if e, ok := p.([]any); ok && len(e) == 3 {
+				u, _ := e[0].(string)
+				mem, _ := e[1].(string)
+				if n, ok := commands.AsInt(e[2]); ok {
 					r.Todo = append(r.Todo, member{u, mem, n})
 				}
 			}
@@ -90,15 +87,20 @@ func resultOf(m map[string]any) *shutdownResult {
 			r.Todo = append(r.Todo, member{u, mem, int64(legacyTxnN(u))})
 		}
 	}
+	r.Next, _ = commands.AsInt(m[nextKey])
 	return r
 }
 
-const todoKey = "users_to_kick"
+const (
+	todoKey = "users_to_kick"
+	nextKey = "users_to_kick_next"
+)
 
 // public is the result as Synapse's ShutdownRoomResponse.
 func (r *shutdownResult) public() map[string]any {
 	m := r.toMap()
 	delete(m, todoKey)
+	delete(m, nextKey)
 	return m
 }
 
@@ -115,15 +117,18 @@ func (r *shutdownResult) toMap() map[string]any {
 		m["new_room_id"] = r.NewRoomID
 	}
 	if r.Todo != nil {
-		todo := make([]any, len(r.Todo))
-		for i, p := range r.Todo {
-			if p.n == int64(i) {
-				todo[i] = []any{p.user, p.membership}
-			} else {
-				todo[i] = []any{p.user, p.membership, p.n}
+		kicked := make(map[string]bool, len(r.Kicked))
+		for _, u := range r.Kicked {
+			kicked[u] = true
+		}
+		todo := make([]any, 0, len(r.Todo)-min(len(r.Todo), len(r.Kicked)))
+		for _, p := range r.Todo {
+			if !kicked[p.user] {
+				todo = append(todo, []any{p.user, p.membership, p.n})
 			}
 		}
 		m[todoKey] = todo
+		m[nextKey] = r.Next
 	}
 	return m
 }
@@ -133,18 +138,17 @@ func (r *shutdownResult) toMap() map[string]any {
 func (r *shutdownResult) list(members map[string]string) bool {
 	changed := r.Todo == nil
 	listed := make(map[string]bool, len(r.Todo))
-	next := int64(len(r.Todo)) // a number no listed user has
 	for _, p := range r.Todo {
 		listed[p.user] = true
-		next = max(next, p.n+1)
+		r.Next = max(r.Next, p.n+1) // a legacy list's hashes, or a lost Next
 	}
 	if r.Todo == nil {
 		r.Todo = []member{}
 	}
 	for _, u := range slices.Sorted(maps.Keys(members)) {
 		if !listed[u] {
-			r.Todo = append(r.Todo, member{u, members[u], next})
-			next++
+			r.Todo = append(r.Todo, member{u, members[u], r.Next})
+			r.Next++
 			changed = true
 		}
 	}

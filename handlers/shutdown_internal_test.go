@@ -1,14 +1,18 @@
 package handlers
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
+
+	"github.com/scrollback/scrollback/bus"
 )
 
 // A shutdown's list of members keeps its order through the task's result,
 // so that each user keeps the <n> of their txn_ids when the task resumes;
-// a result of an earlier release (a map) is numbered in user order; and a
-// resumed task's relisting appends those who joined since.
+// a result of an earlier release (a map) keeps the hashes it numbered
+// them with; and a resumed task's relisting appends those who joined
+// since.
 func TestShutdownResult_ListKeepsEachUsersNumber(t *testing.T) {
 	r := &shutdownResult{}
 	if !r.list(map[string]string{"@b:t": "join", "@a:t": "invite"}) {
@@ -40,5 +44,55 @@ func TestShutdownResult_ListKeepsEachUsersNumber(t *testing.T) {
 	}
 	if _, ok := (&shutdownResult{Todo: want}).public()[todoKey]; ok {
 		t.Fatal("the public result shows the list")
+	}
+}
+
+// A deletion's TaskUpdates carry its whole result, and the log refuses a
+// message over max_payload (8 MiB): a task whose update does not fit can
+// record no progress, and fails the same way each time it resumes. With
+// 100k local members of long user IDs the list of members to kick and
+// kicked_users each took about 4.5 MB (found by a review helper). The
+// list keeps only the members not kicked yet, so the two never hold a
+// user twice, at any point of the task.
+func TestShutdownResult_ATaskUpdateFits100kMembers(t *testing.T) {
+	members := map[string]string{}
+	for i := range 100_000 {
+		members[fmt.Sprintf("@user%06d:chat.company-name.example.com", i)] = "join"
+	}
+	r := &shutdownResult{}
+	r.list(members)
+	for step, kicked := range []int{0, 50_000, 100_000} {
+		r.Kicked = nil
+		for _, p := range r.Todo[:kicked] {
+			r.Kicked = append(r.Kicked, p.user)
+		}
+		data, err := bus.Encode(map[string]any{"task_id": "T", "status": "active", "ts": int64(0), "result": r.toMap()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(data) >= bus.MaxPayload {
+			t.Errorf("step %d (%d kicked): a TaskUpdate of %d bytes, max_payload %d", step, kicked, len(data), bus.MaxPayload)
+		}
+		back := resultOf(r.toMap())
+		if len(back.Todo) != len(members)-kicked {
+			t.Errorf("step %d: %d members left to kick read back, want %d", step, len(back.Todo), len(members)-kicked)
+		}
+	}
+}
+
+// Kicked users leave the recorded list, but their numbers are not given
+// again: a newcomer listed by a resumed task never takes the txn_ids of a
+// kicked user, whose homeserver replies are kept.
+func TestShutdownResult_NumbersOfKickedUsersAreNotReused(t *testing.T) {
+	r := &shutdownResult{}
+	r.list(map[string]string{"@a:t": "join", "@b:t": "join"})
+	r.Kicked = []string{"@a:t", "@b:t"}
+	back := resultOf(r.toMap())
+	if len(back.Todo) != 0 || back.Todo == nil {
+		t.Fatalf("read back %#v, want an empty list", back.Todo)
+	}
+	back.list(map[string]string{"@c:t": "join"})
+	if got := back.Todo[0].n; got < 2 {
+		t.Fatalf("the newcomer's number %d is a kicked user's", got)
 	}
 }
