@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/scrollback/scrollback/bus"
 )
@@ -94,5 +95,18 @@ func TestShutdownResult_NumbersOfKickedUsersAreNotReused(t *testing.T) {
 	back.list(map[string]string{"@c:t": "join"})
 	if got := back.Todo[0].n; got < 2 {
 		t.Fatalf("the newcomer's number %d is a kicked user's", got)
+	}
+}
+
+// A big deletion publishes its progress less often: its updates grow
+// with the members, and each stays in the log.
+func TestProgressEvery(t *testing.T) {
+	for _, tt := range []struct {
+		members int
+		want    time.Duration
+	}{{0, 500 * time.Millisecond}, {5_000, 500 * time.Millisecond}, {10_000, time.Second}, {100_000, 5500 * time.Millisecond}} {
+		if got := progressEvery(tt.members); got != tt.want {
+			t.Errorf("progressEvery(%d) = %v, want %v", tt.members, got, tt.want)
+		}
 	}
 }
