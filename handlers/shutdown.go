@@ -36,9 +36,12 @@ type shutdownResult struct {
 	// stable across resumptions, and never one user's and another's (a
 	// hash of the user ID was: two users sharing it got one leave between
 	// them, the homeserver answering the second with the first's reply).
-	// The task's result records only those not kicked yet, so that a
-	// TaskUpdate holds each user once (kicked_users or the list), and Next,
-	// the next number to give. Nil until listed. Neither is part of
+	// The task's result records each user once, so that a TaskUpdate of
+	// 100k members fits max_payload: those kicked in kicked_users, those
+	// that failed in failed_to_kick_users (their membership and number
+	// in users_failed_n, in the same order: they are tried again when the
+	// task resumes), the others in users_to_kick; and Next, the next
+	// number to give. Nil until listed. Neither is part of
 	// Synapse's response.
 	Todo []member
 	Next int64
@@ -80,6 +83,18 @@ func resultOf(m map[string]any) *shutdownResult {
 				}
 			}
 		}
+		failed, _ := m[failedKey].([]any)
+		for i, u := range r.Failed {
+			if i == len(failed) {
+				break
+			}
+			if e, ok := failed[i].([]any); ok && len(e) == 2 {
+				mem, _ := e[0].(string)
+				if n, ok := commands.AsInt(e[1]); ok {
+					r.Todo = append(r.Todo, member{u, mem, n})
+				}
+			}
+		}
 	case map[string]any: // user -> membership, as earlier releases kept it
 		r.Todo = make([]member, 0, len(todo))
 		for _, u := range slices.Sorted(maps.Keys(todo)) {
@@ -92,14 +107,16 @@ func resultOf(m map[string]any) *shutdownResult {
 }
 
 const (
-	todoKey = "users_to_kick"
-	nextKey = "users_to_kick_next"
+	todoKey   = "users_to_kick"
+	failedKey = "users_failed_n"
+	nextKey   = "users_to_kick_next"
 )
 
 // public is the result as Synapse's ShutdownRoomResponse.
 func (r *shutdownResult) public() map[string]any {
 	m := r.toMap()
 	delete(m, todoKey)
+	delete(m, failedKey)
 	delete(m, nextKey)
 	return m
 }
@@ -117,17 +134,34 @@ func (r *shutdownResult) toMap() map[string]any {
 		m["new_room_id"] = r.NewRoomID
 	}
 	if r.Todo != nil {
-		kicked := make(map[string]bool, len(r.Kicked))
+		done := make(map[string]bool, len(r.Kicked)+len(r.Failed))
 		for _, u := range r.Kicked {
-			kicked[u] = true
+			done[u] = true
 		}
-		todo := make([]any, 0, len(r.Todo)-min(len(r.Todo), len(r.Kicked)))
+		byUser := make(map[string]member, len(r.Failed))
+		for _, u := range r.Failed {
+			done[u] = true
+			byUser[u] = member{}
+		}
+		todo := make([]any, 0, len(r.Todo)-min(len(r.Todo), len(done)))
 		for _, p := range r.Todo {
-			if !kicked[p.user] {
+			if _, ok := byUser[p.user]; ok {
+				byUser[p.user] = p
+			}
+			if !done[p.user] {
 				todo = append(todo, []any{p.user, p.membership, p.n})
 			}
 		}
+		failed := make([]any, len(r.Failed))
+		for i, u := range r.Failed {
+			if p := byUser[u]; p.user != "" {
+				failed[i] = []any{p.membership, p.n}
+			} else {
+				failed[i] = []any{} // not listed: nothing to try again
+			}
+		}
 		m[todoKey] = todo
+		m[failedKey] = failed
 		m[nextKey] = r.Next
 	}
 	return m

@@ -62,21 +62,36 @@ func TestShutdownResult_ATaskUpdateFits100kMembers(t *testing.T) {
 	}
 	r := &shutdownResult{}
 	r.list(members)
-	for step, kicked := range []int{0, 50_000, 100_000} {
-		r.Kicked = nil
-		for _, p := range r.Todo[:kicked] {
+	// Kicked, failed (the homeserver's worker down: every user failed,
+	// and retried when the task resumes), and left to do.
+	for _, step := range []struct{ kicked, failed int }{{0, 0}, {50_000, 0}, {100_000, 0}, {0, 100_000}, {30_000, 30_000}} {
+		r.Kicked, r.Failed = nil, nil
+		for _, p := range r.Todo[:step.kicked] {
 			r.Kicked = append(r.Kicked, p.user)
+		}
+		for _, p := range r.Todo[step.kicked : step.kicked+step.failed] {
+			r.Failed = append(r.Failed, p.user)
 		}
 		data, err := bus.Encode(map[string]any{"task_id": "T", "status": "active", "ts": int64(0), "result": r.toMap()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(data) >= bus.MaxPayload {
-			t.Errorf("step %d (%d kicked): a TaskUpdate of %d bytes, max_payload %d", step, kicked, len(data), bus.MaxPayload)
+			t.Errorf("%+v: a TaskUpdate of %d bytes, max_payload %d", step, len(data), bus.MaxPayload)
 		}
 		back := resultOf(r.toMap())
-		if len(back.Todo) != len(members)-kicked {
-			t.Errorf("step %d: %d members left to kick read back, want %d", step, len(back.Todo), len(members)-kicked)
+		want := r.Todo[step.kicked:]
+		got := map[string]member{}
+		for _, p := range back.Todo {
+			got[p.user] = p
+		}
+		if len(back.Todo) != len(want) {
+			t.Errorf("%+v: %d members left to kick read back, want %d", step, len(back.Todo), len(want))
+		}
+		for _, p := range want {
+			if got[p.user] != p {
+				t.Fatalf("%+v: %s read back as %+v, want %+v", step, p.user, got[p.user], p)
+			}
 		}
 	}
 }
