@@ -64,8 +64,15 @@
 //	redacted   room|redacted event ID      -> redaction event ID
 //	reredacted room|redacted event ID|0|log sequence -> redaction event ID
 //	                                          (the redactions after the mark's)
-//	state      room|type|state_key|depth|order -> membership|event ID
-//	fwdext     room|event ID               -> depth   (no stored event names it)
+//	state      room|type|state_key|depth|order -> summary|event ID (the
+//	                                          commands.StateSummary; timeline
+//	                                          and outlier state events, rejected
+//	                                          and soft-failed ones aside)
+//	fwdext     room|event ID               -> depth   (a timeline event, not
+//	                                          rejected, soft-failed or
+//	                                          backfilled, that no such event
+//	                                          names: backfilled events leave
+//	                                          the forward extremities alone)
 //	backext    room|event ID               -> depth   (named by a timeline
 //	                                          event, rejected ones aside,
 //	                                          and not on the timeline:
@@ -156,9 +163,10 @@
 // with every row it deletes, and, for a purge_room, with every row and
 // outlier of the retired number. received is keyed by time, so a row
 // holds what rebuilds the key: the log sequence is its stream ordering,
-// the received time its AgeTS plus the published age stored at its end
-// (Row.marshal). A row a purge_history keeps as an outlier keeps its
-// entry: Synapse keeps its events row, and counts it in purge_up_to_ts.
+// the received time its AgeTS plus the published age stored after its
+// unsigned (Row.marshal; the event's other top-level keys, if any,
+// follow). A row a purge_history keeps as an outlier keeps its entry:
+// Synapse keeps its events row, and counts it in purge_up_to_ts.
 // An event published as an outlier has one too, for the same reason; it
 // goes when the outlier joins the timeline (the row's replaces it) or
 // when a purge's sweep deletes the outlier.
@@ -217,7 +225,11 @@
 //
 // Room state is linearized by (depth, stream ordering): the state after an
 // event is, for each (type, state_key), the entry with the greatest
-// position at or below the event's. Looking it up is one cursor seek.
+// position at or below the event's. State events held as outliers (the
+// state a join over federation brings) have entries too, at their own
+// position; one that joins the timeline moves its entry to its row's (a
+// rejected or soft-failed timeline copy leaves it where it was). Looking
+// it up is one cursor seek.
 //
 // # Caveats
 //
