@@ -333,7 +333,7 @@ func (r *TaskRunner) localMembers(roomID string) (map[string]string, error) {
 // progress: every 500 ms, and for more than 10,000 members 500 ms more
 // for each 10,000. Each update carries the whole result, which grows
 // with the members (about 50 bytes each), stays in the log and is
-// rewritten in the projection: for 100k members every 5 s, about a
+// rewritten in the projection: for 100k members every 5.5 s, about a
 // megabyte a second, where every 500 ms wrote ten. A resumed task asks
 // again, under the same txn_ids, for what it had not recorded.
 func progressEvery(members int) time.Duration {
