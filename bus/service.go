@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -300,14 +301,34 @@ func (s *Service) respondError(req micro.Request, ep Endpoint, err error) int {
 		s.opts.Logger.Error("request failed", "endpoint", ep.Name, "subject", req.Subject(), "err", err)
 	}
 	e = commands.AsError(err)
-	body, _ := Encode(map[string]any{"errcode": e.Code, "error": e.Message})
+	text := errorText(e.Message)
+	body, _ := Encode(map[string]any{"errcode": e.Code, "error": text})
 	h := nats.Header{}
 	h.Set(micro.ErrorCodeHeader, strconv.Itoa(e.Status))
-	h.Set(micro.ErrorHeader, e.Message)
+	h.Set(micro.ErrorHeader, text)
 	if rerr := s.reply(req, &nats.Msg{Header: h, Data: body}); rerr != nil {
 		s.opts.Logger.Warn("error reply failed", "endpoint", ep.Name, "err", rerr)
 	}
 	return e.Status
+}
+
+// MaxErrorText bounds an error reply's text. The text goes out twice, in
+// the Nats-Service-Error header and in the body, and may echo a request's
+// ID ("delete id '<id>' not found"): a 5 MiB ID made a reply past
+// max_payload, which NATS refused, and the requester got no answer.
+const MaxErrorText = 16 << 10
+
+// errorText is msg cut to MaxErrorText bytes (on a rune boundary, with
+// "…" after it), the same in the header and the body.
+func errorText(msg string) string {
+	if len(msg) <= MaxErrorText {
+		return msg
+	}
+	cut := MaxErrorText
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "…"
 }
 
 // reply answers from the worker goroutine. micro's own Respond and Error
