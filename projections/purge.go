@@ -562,6 +562,13 @@ func openShutdown(tx *bolt.Tx, room uint64) bool {
 func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, error) {
 	var out []string
 	err := s.ForEachRoom(func(roomID string, v *RoomView) bool {
+		// A room none of whose users forgot it is not due, whatever its
+		// members: one seek instead of reading them all (a room joined
+		// over federation has every member of the join's state).
+		prefix := u64(v.room)
+		if k, _ := v.bucket(bForgot).Cursor().Seek(prefix); !bytes.HasPrefix(k, prefix) {
+			return true
+		}
 		local, eligible, byShutdown := 0, true, false
 		var last int64
 		v.CurrentMembers(func(user, membership string) bool {
@@ -585,7 +592,6 @@ func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, erro
 			return true
 		}
 		c := v.bucket(bRoomTask).Cursor()
-		prefix := u64(v.room)
 		for k, _ := c.Seek(prefix); len(k) > 16 && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			t, err := getTask(v.tx, string(k[16:]))
 			if err != nil || t == nil || t.ExpiredAt(now) || (t.Action != commands.ActionPurgeRoom && t.Action != commands.ActionShutdownAndPurgeRoom) {
