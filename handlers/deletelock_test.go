@@ -10,6 +10,7 @@ import (
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/testenv"
 )
 
 type seqLog struct {
@@ -59,13 +60,20 @@ func TestDelete_ARoomWhoseCommandIsSlowDoesNotHoldUpOthers(t *testing.T) {
 			other = id
 		}
 	}
-	a := &handlers.Admin{Store: f.store, Waiter: stalledRoomWaiter{slow}, Log: &seqLog{}, Subjects: subjects,
+	log := &seqLog{}
+	a := &handlers.Admin{Store: f.store, Waiter: stalledRoomWaiter{slow}, Log: log, Subjects: subjects,
 		Now: time.Now, CanStart: func(string) bool { return false }}
 	req, _ := bus.Encode(map[string]any{"requested_by": "@admin:test"})
 	slowCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go a.Delete(slowCtx, subjects.APIRoom(slow, "delete"), req)
-	time.Sleep(200 * time.Millisecond) // the slow room's request holds the lock, in its publish
+	// Once its command is appended, the slow room's request holds the
+	// lock, waiting in its publish for the command to be applied.
+	testenv.WaitFor(t, 5*time.Second, "the slow room's command appended", func() bool {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		return log.seq > 0
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
