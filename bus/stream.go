@@ -225,24 +225,60 @@ func (l *Log) Append(ctx context.Context, subject, msgID string, data []byte) (u
 	return l.publish(ctx, msg, msgID != "")
 }
 
+// ErrDuplicate is AppendNew's error for a message ID the log already
+// held: another writer's message took the ID, and this one was dropped.
+var ErrDuplicate = errors.New("bus: the log already holds a message with this ID")
+
+// AppendNew is Append for a message ID that only this call may take: if
+// the log already held a message with it before this call (another
+// writer's: the duplicate window dropped this one), it returns that
+// message's sequence and ErrDuplicate. A repeat of this call's own publish
+// after a lost acknowledgement is not reported (it cannot be told from
+// another writer's).
+func (l *Log) AppendNew(ctx context.Context, subject, msgID string, data []byte) (uint64, error) {
+	if !ValidSubject(subject) {
+		return 0, fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	return l.publishNew(ctx, msg)
+}
+
 // publish is Append's publish of a prepared message; with a message ID
 // (repeatable) it retries a lost acknowledgement.
 func (l *Log) publish(ctx context.Context, msg *nats.Msg, repeatable bool) (uint64, error) {
+	seq, _, err := l.publishAck(ctx, msg, repeatable)
+	return seq, err
+}
+
+// publishNew is AppendNew's publish.
+func (l *Log) publishNew(ctx context.Context, msg *nats.Msg) (uint64, error) {
+	seq, dup, err := l.publishAck(ctx, msg, true)
+	if err == nil && dup {
+		err = ErrDuplicate
+	}
+	return seq, err
+}
+
+// publishAck publishes, retrying a lost acknowledgement when repeatable,
+// and reports whether the first attempt's acknowledgement said the log
+// had the message ID already.
+func (l *Log) publishAck(ctx context.Context, msg *nats.Msg, repeatable bool) (uint64, bool, error) {
 	subject := msg.Subject
-	for {
+	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, appendAttempt)
 		ack, err := l.JS.PublishMsg(actx, msg)
 		cancel()
 		if err == nil {
-			return ack.Sequence, nil
+			return ack.Sequence, ack.Duplicate && attempt == 0, nil
 		}
 		lost := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoStreamResponse)
 		if !repeatable || !lost || ctx.Err() != nil {
-			return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
+			return 0, false, fmt.Errorf("bus: publish %s: %w", subject, err)
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("bus: publish %s: %w", subject, err)
+			return 0, false, fmt.Errorf("bus: publish %s: %w", subject, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

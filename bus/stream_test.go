@@ -175,3 +175,27 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+// AppendNew tells another writer's message under the same ID from its
+// own: the second append of an ID within the duplicate window gets the
+// first one's sequence and ErrDuplicate; Append takes it for its own.
+func TestLog_AppendNewReportsAnotherWritersMessage(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, bus.Subjects{Prefix: "sb"}, "SCROLLBACK")
+	ctx := context.Background()
+	subject := log.Subjects.Room("!r:test", "task")
+	first, err := log.AppendNew(ctx, subject, "T-1", []byte{0x80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := log.AppendNew(ctx, subject, "T-1", []byte{0x81})
+	if !errors.Is(err, bus.ErrDuplicate) || again != first {
+		t.Fatalf("a second AppendNew of T-1: sequence %d, %v; want %d and ErrDuplicate", again, err, first)
+	}
+	if seq, err := log.Append(ctx, subject, "T-1", []byte{0x82}); err != nil || seq != first {
+		t.Fatalf("Append of T-1: sequence %d, %v; want %d and no error", seq, err, first)
+	}
+	if seq, err := log.AppendNew(ctx, subject, "T-2", []byte{0x80}); err != nil || seq <= first {
+		t.Fatalf("AppendNew of T-2: sequence %d, %v", seq, err)
+	}
+}

@@ -141,10 +141,6 @@ func TestBackfill_DistinctIDsAreNotDuplicates(t *testing.T) {
 // testLog is a room log on an embedded NATS server of the test's own.
 func testLog(t *testing.T) (*bus.Log, bus.Subjects) {
 	t.Helper()
-	n := testenv.NewNATS(t)
 	s := bus.Subjects{Prefix: "sb"}
-	if _, err := bus.EnsureStream(context.Background(), n.JS, s, "SCROLLBACK"); err != nil {
-		t.Fatal(err)
-	}
-	return &bus.Log{JS: n.JS, Stream: "SCROLLBACK", Subjects: s}, s
+	return testenv.NewNATS(t).Stream(t, s, "SCROLLBACK"), s
 }

@@ -271,12 +271,7 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 	if err != nil {
 		return err
 	}
-	if res.list(members) {
-		if err := next(commands.TaskActive, ""); err != nil {
-			return err
-		}
-	}
-	if err := r.kickAll(ctx, task, res, &n); err != nil {
+	if err := r.listAndKick(ctx, task, res, members, &n); err != nil {
 		return err
 	}
 	if newUser != "" {
@@ -311,6 +306,21 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
 	defer cancel()
 	return r.Waiter.WaitFor(wctx, task.RoomID, seq)
+}
+
+// listAndKick records the members on the task's list (those not listed
+// yet get the next numbers) and moves them all. The list's update must be
+// this run's own: if the log already held that update, another instance
+// ran the task meanwhile (a failover while this one paused) and may have
+// numbered the members otherwise, so this run stops and the task resumes
+// from the log (update returns ErrDuplicate).
+func (r *TaskRunner) listAndKick(ctx context.Context, task *commands.Task, res *shutdownResult, members map[string]string, n *int) error {
+	if res.list(members) {
+		if err := r.update(ctx, task, n, commands.TaskActive, res.toMap(), ""); err != nil {
+			return err
+		}
+	}
+	return r.kickAll(ctx, task, res, n)
 }
 
 // localMembers lists the room's local users who are joined, invited or

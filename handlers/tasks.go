@@ -3,6 +3,7 @@ package handlers
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -402,7 +403,21 @@ func (r *TaskRunner) update(ctx context.Context, task *commands.Task, n *int, st
 	if err != nil {
 		return err
 	}
-	seq, err := r.Log.Append(ctx, r.Subjects.Room(task.RoomID, commands.KindTask), fmt.Sprintf("%s-%d", task.ID, *n+1), data)
+	subject, id := r.Subjects.Room(task.RoomID, commands.KindTask), fmt.Sprintf("%s-%d", task.ID, *n+1)
+	var seq uint64
+	if l, ok := r.Log.(newAppender); ok {
+		// An update the log already held under this number is another
+		// instance's (an owner that paused past its lease and the new
+		// one): this run's state is not the log's any more, so it stops
+		// and the task resumes from the log, rather than acting on,
+		// say, a list of members numbered otherwise than the recorded one.
+		seq, err = l.AppendNew(ctx, subject, id, data)
+		if errors.Is(err, bus.ErrDuplicate) {
+			return fmt.Errorf("task %s: update %d was written by another run; resuming from the log: %w", task.ID, *n+1, err)
+		}
+	} else {
+		seq, err = r.Log.Append(ctx, subject, id, data)
+	}
 	if err != nil {
 		return err
 	}
@@ -410,6 +425,12 @@ func (r *TaskRunner) update(ctx context.Context, task *commands.Task, n *int, st
 	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
 	defer cancel()
 	return r.Waiter.WaitFor(wctx, task.RoomID, seq)
+}
+
+// newAppender is a log that tells an append of a message ID it already
+// held (bus.Log.AppendNew).
+type newAppender interface {
+	AppendNew(ctx context.Context, subject, msgID string, data []byte) (uint64, error)
 }
 
 // TaskLog is the room log as the task runner uses it: it appends
