@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,6 +52,11 @@ func TestRebuild_KeepsARefusalThatExpiredBeforeTheForcedPurge(t *testing.T) {
 	var out bytes.Buffer
 	if err := rebuildProjection(context.Background(), m.Config, &out); err != nil {
 		t.Fatal(err)
+	}
+	// The log's last sequence, which the erasure's gaps make more than
+	// its messages.
+	if !strings.Contains(out.String(), "from the log up to sequence ") {
+		t.Errorf("rebuild says: %s", out.String())
 	}
 	s := testenv.OpenStore(t, filepath.Join(m.Config.DataDir, "scrollback.db"))
 	rt, err := s.Task("refused")

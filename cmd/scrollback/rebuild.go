@@ -66,7 +66,10 @@ func rebuildProjection(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := durable.Remove(projections.BuildMarker(dbPath)); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "rebuilt %s from %d log messages in %s (%s)\n", dbPath, last, time.Since(start).Round(time.Millisecond), kept)
+	// The log's last sequence, not its count of messages: a purge's
+	// erasure leaves gaps (an operator's walkthrough took the count for
+	// an erasure that never happened).
+	fmt.Fprintf(out, "rebuilt %s from the log up to sequence %d in %s (%s)\n", dbPath, last, time.Since(start).Round(time.Millisecond), kept)
 	return nil
 }
 
