@@ -32,6 +32,16 @@ func (l *refuseOnce) Append(ctx context.Context, subject, msgID string, data []b
 	return l.Log.Append(ctx, subject, msgID, data)
 }
 
+// AppendNew refuses as Append does: the task runner publishes its updates
+// with it.
+func (l *refuseOnce) AppendNew(ctx context.Context, subject, msgID string, data []byte) (uint64, error) {
+	if l.refuse {
+		l.refuse = false
+		return 0, errors.New("nats: insufficient resources")
+	}
+	return l.Log.AppendNew(ctx, subject, msgID, data)
+}
+
 // TestTaskRunner_RefusedUpdateUsesNoNumber: a task's updates are numbered
 // by the updates the log took, so that a run that starts from the task's
 // applied count (Task.Updates) never reuses the message ID of an update
