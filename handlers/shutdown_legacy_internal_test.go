@@ -6,47 +6,12 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
 )
-
-// recordingHS answers every sb.hs.* request with {} and records the
-// txn_ids it was asked.
-type recordingHS struct {
-	mu   sync.Mutex
-	txns map[string]string // txn_id -> user
-}
-
-func (h *recordingHS) Request(_ context.Context, subject string, req any) ([]byte, error) {
-	m := req.(map[string]any)
-	h.mu.Lock()
-	if h.txns == nil {
-		h.txns = map[string]string{}
-	}
-	u, _ := m["user_id"].(string)
-	h.txns[m["txn_id"].(string)] = u
-	h.mu.Unlock()
-	return bus.Encode(map[string]any{})
-}
-
-type countingLog struct {
-	mu   sync.Mutex
-	seq  uint64
-	data [][]byte
-}
-
-func (l *countingLog) Append(_ context.Context, _, _ string, data []byte) (uint64, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.seq++
-	l.data = append(l.data, data)
-	return l.seq, nil
-}
-func (l *countingLog) LastSeq(context.Context) (uint64, error) { return l.seq, nil }
 
 type nopWaiter struct{}
 
@@ -67,8 +32,8 @@ func fnv32(s string) uint32 {
 // homeserver acts a second time (a second leave, forget and join: kicked
 // twice).
 func TestShutdown_ResumedLegacyTaskKeepsItsTxnIDs(t *testing.T) {
-	hs := &recordingHS{}
-	r := &TaskRunner{HS: hs, Log: &countingLog{}, Waiter: nopWaiter{}, Now: time.Now,
+	hs := &cachingHS{}
+	r := &TaskRunner{HS: hs, Log: &dedupLog{}, Waiter: nopWaiter{}, Now: time.Now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Concurrency: 2, Subjects: bus.Subjects{Prefix: "sb"}}
 	task := &commands.Task{ID: "T", RoomID: "!r:t"}
 	// As the previous release left it: @a done, @b's leave sent (under
@@ -82,20 +47,20 @@ func TestShutdown_ResumedLegacyTaskKeepsItsTxnIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("T-leave-%d", fnv32("@b:t"))
-	if _, ok := hs.txns[want]; !ok {
+	if !hs.seen[want] {
 		var got []string
-		for k := range hs.txns {
+		for k := range hs.seen {
 			got = append(got, k)
 		}
 		t.Fatalf("@b:t was asked under %v, not %s, the txn_id its first leave had: the homeserver acts again", got, want)
 	}
 	// A newcomer gets txn_ids no listed user has had.
-	before := len(hs.txns)
+	before := len(hs.seen)
 	res.list(map[string]string{"@c:t": "join"})
 	if err := r.kickAll(context.Background(), task, res, &n); err != nil {
 		t.Fatal(err)
 	}
-	if got := len(hs.txns) - before; got != 2 {
+	if got := len(hs.seen) - before; got != 2 {
 		t.Fatalf("@c:t's leave and forget: %d new txn_ids, want 2", got)
 	}
 }

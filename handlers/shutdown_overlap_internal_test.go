@@ -46,7 +46,8 @@ func (l *dedupLog) Append(ctx context.Context, subject, id string, data []byte) 
 func (l *dedupLog) LastSeq(context.Context) (uint64, error) { return l.seq, nil }
 
 // cachingHS answers a txn_id it has seen from its cache, as a homeserver
-// worker does, and counts the leaves it carried out per user.
+// worker does: it records the txn_ids it was asked (seen) and counts the
+// leaves it carried out per user.
 type cachingHS struct {
 	mu     sync.Mutex
 	seen   map[string]bool
@@ -60,9 +61,9 @@ func (h *cachingHS) Request(_ context.Context, subject string, req any) ([]byte,
 	if h.seen == nil {
 		h.seen, h.leaves = map[string]bool{}, map[string]int{}
 	}
-	key := subject + "|" + m["txn_id"].(string)
-	if !h.seen[key] {
-		h.seen[key] = true
+	txn := m["txn_id"].(string) // one per step and user: <task>-leave-<n>
+	if !h.seen[txn] {
+		h.seen[txn] = true
 		if subject == "sb.hs.leave" {
 			h.leaves[m["user_id"].(string)]++
 		}
