@@ -358,17 +358,14 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		return nil, commands.Errorf(400, commands.CodeUnknown, "%s is not a legal room ID", roomID)
 	}
 	if !wait {
-		tasks, err := a.Store.RoomTasks(roomID)
-		if err != nil {
+		// Synapse refuses only while one is active; a scheduled one is
+		// refused too, so two requests in a row never start two
+		// shutdowns (synapse#10797). Checked again, under the room's
+		// lock, right before the publish (below).
+		if open, err := a.deletionOpen(roomID); err != nil {
 			return nil, err
-		}
-		for _, t := range tasks {
-			// Synapse refuses only while one is active; a scheduled one is
-			// refused too, so two requests in a row never start two
-			// shutdowns (synapse#10797).
-			if !t.Finished() && isDeleteAction(t.Action) {
-				return nil, commands.Errorf(400, commands.CodeUnknown, "Purge already in progress for %s", roomID)
-			}
+		} else if open != "" {
+			return nil, commands.Errorf(400, commands.CodeUnknown, "Purge already in progress for %s", roomID)
 		}
 	}
 	for _, k := range []string{"new_room_user_id", "room_name", "message"} {
@@ -445,7 +442,7 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			unlock()
 			return nil, err
 		}
-		if open {
+		if open != "" {
 			unlock()
 			if !wait {
 				return nil, commands.Errorf(400, commands.CodeUnknown, "%s", inProgress)
@@ -567,16 +564,16 @@ func lockRoomDeletion(ctx context.Context, roomID string) (unlock func(), err er
 	}
 }
 
-// deletionOpen reports whether the room has a scheduled or active
-// deletion (shutdown_and_purge_room or purge_room).
-func (a *Admin) deletionOpen(roomID string) (bool, error) {
+// deletionOpen is the ID of the room's scheduled or active deletion
+// (shutdown_and_purge_room or purge_room), "" when there is none.
+func (a *Admin) deletionOpen(roomID string) (string, error) {
 	tasks, err := a.Store.RoomTasks(roomID)
 	for _, t := range tasks {
 		if !t.Finished() && isDeleteAction(t.Action) {
-			return true, err
+			return t.ID, err
 		}
 	}
-	return false, err
+	return "", err
 }
 
 // waitNoDeletion waits until the room has no scheduled or active
@@ -584,14 +581,8 @@ func (a *Admin) deletionOpen(roomID string) (bool, error) {
 func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
 	open := ""
 	err := a.waitUntil(ctx, roomID, func() (bool, error) {
-		tasks, err := a.Store.RoomTasks(roomID)
-		open = ""
-		for _, t := range tasks {
-			if !t.Finished() && isDeleteAction(t.Action) {
-				open = t.ID
-				break
-			}
-		}
+		var err error
+		open, err = a.deletionOpen(roomID)
 		return open == "", err
 	})
 	return a.waitErr(err, open, "")
