@@ -707,3 +707,35 @@ func TestApplyBatch_SoftFailedEventsUpdateBackwardExtremities(t *testing.T) {
 		t.Errorf("forward extremities %v: a soft-failed event is none", fwd)
 	}
 }
+
+// TestApply_OutlierRedactionAppliesOnceOnTheTimeline: a redaction held
+// only as an outlier redacts nothing (README, "Where scrollback differs
+// from Synapse on purpose"); the same redaction sent again on the
+// timeline redacts its target.
+func TestApply_OutlierRedactionAppliesOnceOnTheTimeline(t *testing.T) {
+	s := testenv.NewStore(t)
+	r := testenv.NewRoom("outred", "test")
+	evs := r.Setup("@alice:test")
+	target := r.Msg("@alice:test", "to redact")
+	redaction := r.Next("m.room.redaction", "@alice:test", nil, map[string]any{"redacts": target.ID()})
+	outlier := testenv.Event{}
+	for k, v := range redaction {
+		outlier[k] = v
+	}
+	outlier["outlier"] = true
+	next := apply(t, s, 1, append(evs, target, outlier)...)
+	redactedBy := func() string {
+		var by string
+		if err := s.View(r.ID, func(v *projections.RoomView) error { by = v.RedactedBy(target.ID()); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return by
+	}
+	if by := redactedBy(); by != "" {
+		t.Fatalf("RedactedBy with the redaction an outlier = %q, want none", by)
+	}
+	apply(t, s, next, redaction)
+	if by := redactedBy(); by != redaction.ID() {
+		t.Fatalf("RedactedBy once the redaction joined the timeline = %q, want %q", by, redaction.ID())
+	}
+}
