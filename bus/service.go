@@ -76,6 +76,14 @@ type Service struct {
 	opts     ServiceOptions
 	ctx      context.Context
 	stop     context.CancelFunc
+	// Stop sets closed (under mu) and closes closing: micro drains the
+	// endpoints' subscriptions, so requests they held are still delivered
+	// after Stop began; from then on they are refused instead of
+	// handled, and the wait group is never added to after Stop waits.
+	mu       sync.Mutex
+	closed   bool
+	closing  chan struct{}
+	stopOnce sync.Once
 	// lastRefused is when a refused request was last logged (UnixNano).
 	lastRefused atomic.Int64
 }
@@ -134,7 +142,8 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 	if opts.Version == "" {
 		opts.Version = "0.1.0"
 	}
-	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), detached: make(chan struct{}, opts.MaxDetached), opts: opts}
+	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), detached: make(chan struct{}, opts.MaxDetached), opts: opts,
+		closing: make(chan struct{})}
 	opts.Load.serve(opts.Workers)
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	svc, err := micro.AddService(nc, micro.Config{Name: opts.Name, Version: opts.Version, Description: "Matrix room history"})
@@ -175,11 +184,21 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 		s.opts.Load.add(1)
 		select {
 		case s.sem <- struct{}{}:
-		case <-s.ctx.Done():
+		case <-s.closing:
 			s.opts.Load.add(-1)
+			s.refuseStopping(req, ep)
+			return
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			<-s.sem
+			s.opts.Load.add(-1)
+			s.refuseStopping(req, ep)
 			return
 		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			w := &worker{s: s}
 			defer func() {
@@ -343,9 +362,31 @@ func (s *Service) reply(req micro.Request, msg *nats.Msg) error {
 	return s.nc.PublishMsg(msg)
 }
 
-// Stop stops taking requests and waits for the ones under way.
+// errStopping answers the requests that arrive while the service stops.
+var errStopping = commands.Errorf(503, commands.CodeUnknown, "The service is stopping; try again")
+
+// refuseStopping answers a request that Stop left unhandled with a 503,
+// so that its requester need not wait for its timeout (with several
+// instances, another one answers a retry).
+func (s *Service) refuseStopping(req micro.Request, ep Endpoint) {
+	status := s.respondError(req, ep, errStopping)
+	if s.opts.Observe != nil {
+		s.opts.Observe(ep.Name, 0, status)
+	}
+}
+
+// Stop stops taking requests and waits for the ones under way. Requests
+// not started when it begins (micro still delivers those its
+// subscriptions held) are answered 503: no handler starts once Stop has
+// returned.
 func (s *Service) Stop() error {
 	err := s.svc.Stop()
+	s.stopOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.closing)
+	})
 	s.wg.Wait()
 	s.stop()
 	return err

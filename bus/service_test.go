@@ -3,6 +3,7 @@ package bus_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -325,5 +326,86 @@ func TestServe_AStallQueuesSmallRequestsInsteadOfDroppingThem(t *testing.T) {
 		case <-timeout:
 			t.Fatalf("%d of %d requests answered after the stall: the rest were dropped", got, n+1)
 		}
+	}
+}
+
+// TestServe_StopStartsNoHandlerAfterItReturns: requests that the
+// endpoint's subscription still held when Stop began (micro drains it:
+// they are still delivered after Stop has unsubscribed) are never
+// handled once Stop has returned, when the caller goes on to close what
+// the handlers use (the projection file, the connections). They are
+// answered at once with a 503 instead of waiting for their timeout, so
+// that a requester can try another instance.
+func TestServe_StopStartsNoHandlerAfterItReturns(t *testing.T) {
+	env := testenv.NewNATS(t)
+	client, err := nats.Connect(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Close)
+	load := &bus.Load{}
+	gate, first := make(chan struct{}), make(chan struct{})
+	var stopped atomic.Bool
+	var late atomic.Int32
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "stopping", Version: "0.0.1", Workers: 1, Load: load}, []bus.Endpoint{{
+		Name: "work", Subject: "stopping.work",
+		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
+			if stopped.Load() {
+				late.Add(1)
+			}
+			if string(data) == "block" {
+				close(first)
+				<-gate
+			}
+			return []byte("done"), nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = client.Request("stopping.work", []byte("block"), 10*time.Second) }()
+	<-first
+	// Requests that queue behind the one worker: one waits for it in
+	// the endpoint's handler, the rest in the subscription.
+	const queued = 64
+	var wg sync.WaitGroup
+	var answered, unanswered atomic.Int32
+	for range queued {
+		wg.Go(func() {
+			if _, err := client.Request("stopping.work", []byte("queued"), 3*time.Second); err != nil {
+				unanswered.Add(1)
+				return
+			}
+			answered.Add(1)
+		})
+	}
+	testenv.WaitFor(t, 5*time.Second, "the queued requests to reach the service", func() bool { return load.Requests() >= 2 })
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	stopDone := make(chan error, 1)
+	go func() {
+		err := svc.Stop()
+		stopped.Store(true)
+		stopDone <- err
+	}()
+	// Stop has unsubscribed once a new request finds no responder.
+	testenv.WaitFor(t, 5*time.Second, "Stop to unsubscribe the endpoint", func() bool {
+		_, err := client.Request("stopping.work", []byte("probe"), 20*time.Millisecond)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	close(gate)
+	if err := <-stopDone; err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if n := late.Load(); n != 0 {
+		t.Errorf("%d handlers started after Stop returned", n)
+	}
+	if n := unanswered.Load(); n != 0 {
+		t.Errorf("%d of %d queued requests got no answer (answered %d): a stopping service leaves its requesters to time out", n, queued, answered.Load())
 	}
 }
