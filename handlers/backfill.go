@@ -51,7 +51,10 @@ type Backfiller struct {
 	once     sync.Once
 	mu       sync.Mutex // inflight and failures
 	inflight map[string]*backfillCall
-	failures map[string]backoffState // room|event ID -> back-off
+	// failures is the back-off of the backward extremities that failed,
+	// by room, then event ID; points forgets those the room no longer
+	// has, so that it holds no more than the rooms' extremities.
+	failures map[string]map[string]backoffState
 	bg       chan struct{}
 }
 
@@ -75,7 +78,7 @@ type point struct {
 func (b *Backfiller) init() {
 	b.once.Do(func() {
 		b.inflight = map[string]*backfillCall{}
-		b.failures = map[string]backoffState{}
+		b.failures = map[string]map[string]backoffState{}
 		b.bg = make(chan struct{}, backgroundBackfill)
 	})
 }
@@ -197,9 +200,27 @@ func (b *Backfiller) extremities(roomID string) ([]point, error) {
 	return all, err
 }
 
-// points chooses the extremities to ask about among all (b.mu held).
+// points chooses the extremities to ask about among all, the room's
+// backward extremities (b.mu held). It forgets the back-off of those the
+// room no longer has: their events came (Synapse clears a failed pull's
+// attempts when the event is persisted), or a purge took them.
 func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) []point {
 	now := b.Now()
+	failed := b.failures[roomID]
+	if len(failed) > 0 {
+		there := make(map[string]bool, len(all))
+		for _, p := range all {
+			there[p.id] = true
+		}
+		for id := range failed {
+			if !there[id] {
+				delete(failed, id)
+			}
+		}
+		if len(failed) == 0 {
+			delete(b.failures, roomID)
+		}
+	}
 	var near []point
 	for _, p := range all {
 		// p.depth-backfillLimit cannot overflow (depths are >= 1);
@@ -207,7 +228,7 @@ func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) 
 		if p.depth-backfillLimit > depth {
 			continue
 		}
-		if st, ok := b.failures[roomID+"|"+p.id]; ok && now.Before(st.until) {
+		if st, ok := failed[p.id]; ok && now.Before(st.until) {
 			continue
 		}
 		near = append(near, p)
@@ -391,14 +412,18 @@ func (b *Backfiller) failed(roomID string, points []point) {
 		base = time.Hour
 	}
 	now := b.Now()
+	failed := b.failures[roomID]
+	if failed == nil {
+		failed = map[string]backoffState{}
+		b.failures[roomID] = failed
+	}
 	for _, p := range points {
-		k := roomID + "|" + p.id
-		st := b.failures[k]
+		st := failed[p.id]
 		st.attempts++
 		mult := math.Pow(2, float64(min(st.attempts-1, backfillMaxBackoff)))
 		// At most maxBackoffWait: a base of years times 2^8 would
 		// overflow a Duration into the past.
 		st.until = now.Add(time.Duration(min(float64(base)*mult, float64(maxBackoffWait))))
-		b.failures[k] = st
+		failed[p.id] = st
 	}
 }

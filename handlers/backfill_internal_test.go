@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func TestBackfill_BackoffSaturates(t *testing.T) {
 		last := now
 		for attempt := 1; attempt <= 12; attempt++ {
 			b.failed("!r:test", []point{{id: "$x"}})
-			until := b.failures["!r:test|$x"].until
+			until := b.failures["!r:test"]["$x"].until
 			if !until.After(now) || until.Before(last) {
 				t.Fatalf("base %v, failure %d: retry at %v, before the one before (%v) or not after now", base, attempt, until, last)
 			}
@@ -143,4 +144,51 @@ func testLog(t *testing.T) (*bus.Log, bus.Subjects) {
 	t.Helper()
 	s := bus.Subjects{Prefix: "sb"}
 	return testenv.NewNATS(t).Stream(t, s, "SCROLLBACK"), s
+}
+
+// TestBackfill_FailuresForgetPointsNoLongerThere: the back-off of a
+// backward extremity is forgotten once the room no longer has that
+// extremity (its event came, by a later backfill or from the homeserver;
+// a purge took it below the floor), as Synapse clears a failed pull's
+// attempts when the event is persisted. The back-off map is keyed by
+// room and event ID from federation: kept for good, it grew with every
+// extremity that had ever failed once, for as long as the process ran.
+func TestBackfill_FailuresForgetPointsNoLongerThere(t *testing.T) {
+	now := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	b := &Backfiller{Backoff: time.Millisecond, Now: func() time.Time { return now }}
+	b.init()
+	const room = "!r:test"
+	// A room read again and again, each time with a new gap that fails
+	// once and is then filled by other means.
+	for i := range 10_000 {
+		p := point{id: fmt.Sprintf("$gap%d:test", i), depth: 50}
+		b.mu.Lock()
+		got := b.points([]point{p}, room, 60, 10)
+		b.mu.Unlock()
+		if len(got) != 1 {
+			t.Fatalf("round %d: points %v, want [%s]", i, got, p.id)
+		}
+		b.failed(room, got)
+		now = now.Add(time.Second) // past the back-off
+	}
+	// The room's gaps are all filled now.
+	b.mu.Lock()
+	b.points(nil, room, 60, 10)
+	n := 0
+	for _, m := range b.failures {
+		n += len(m)
+	}
+	b.mu.Unlock()
+	if n > 1 {
+		t.Errorf("the back-off map holds %d entries for a room with no backward extremity left, want at most 1", n)
+	}
+	// A point still there keeps its back-off.
+	p := point{id: "$still:test", depth: 50}
+	b.failed(room, []point{p})
+	b.mu.Lock()
+	got := b.points([]point{p}, room, 60, 10)
+	b.mu.Unlock()
+	if len(got) != 0 {
+		t.Errorf("a point in back-off was asked again: %v", got)
+	}
 }
