@@ -274,7 +274,7 @@
 // expired; a waiting purge_history that holds nothing stays marked until
 // it starts. A file from before the bucket gets its marks
 // when it is opened (markOldRefusals). Before applying an unforced purge_room
-// whose history is erased, or any purge_history, the projector asks the
+// (its history erased, in part, or not at all), or any purge_history, the projector asks the
 // log for the first TaskUpdate of the task (and of its shutdown
 // task, for a shutdown's purge step) after the command
 // (Projector.FirstUpdates, commands.LogEntry.Decided): a confirmation

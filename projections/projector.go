@@ -70,8 +70,8 @@ type Projector struct {
 	// room's tasks after a sequence (bus.Log.FirstUpdates). The projector
 	// asks it about a purge whose outcome depends on history that a later
 	// purge may have erased from the log (commands.LogEntry.Decided): an
-	// unforced purge_room whose history is erased, and every
-	// purge_history. Without it, a rebuild after such purges
+	// unforced purge_room, erased or not (an erasure stopped between
+	// its steps leaves part of the history), and every purge_history. Without it, a rebuild after such purges
 	// can differ from the live file in those tasks' records.
 	FirstUpdates func(ctx context.Context, roomID string, ids []string, after uint64) (map[string]*commands.TaskUpdate, error)
 	Logger       *slog.Logger
@@ -586,11 +586,17 @@ func (p *Projector) markErased(ctx context.Context, entries []commands.LogEntry)
 			}) {
 				return false
 			}
-			if e.HistoryErased {
-				decide = []string{c.ID}
-				if owner, ok := strings.CutSuffix(c.ID, commands.ShutdownPurgeSuffix); ok {
-					decide = append(decide, owner) // a shutdown's purge step
-				}
+			// Always, erased or not: an erasure stopped between two of
+			// its steps (bus.Log.PurgeSubjectInSteps, from the oldest)
+			// leaves the room's later history without its earlier part,
+			// the members' joins among it, and a members check on that
+			// passes a purge that was refused where it was first
+			// applied. The refusal's confirmation is in the log before
+			// any of the history goes (holding). Live, the question
+			// costs one request that finds nothing.
+			decide = []string{c.ID}
+			if owner, ok := strings.CutSuffix(c.ID, commands.ShutdownPurgeSuffix); ok {
+				decide = append(decide, owner) // a shutdown's purge step
 			}
 		case c.Action == commands.ActionPurgeHistory:
 			// Always: the committed file cannot vouch for the guard

@@ -131,11 +131,17 @@ func aboveExtremities(tx *bolt.Tx, room uint64, depth int64) bool {
 // confirmed in the log (refused: the caller marks the task, and the task
 // runner publishes the confirmation, TaskRunner.confirm), and a
 // confirmation after the command (confirmed, from
-// commands.LogEntry.Decided) refuses it again with the same error.
+// commands.LogEntry.Decided) refuses it again with the same error,
+// whether the history is erased or not: an erasure stopped between its
+// steps (bus.Log.PurgeSubjectInSteps) leaves the later part of it, which
+// may lack a member's join.
 func applyPurgeRoom(tx *bolt.Tx, room uint64, c *commands.Command, t *commands.Task, seq uint64, server string, erased bool, confirmed *commands.TaskUpdate) (n uint64, refused bool, err error) {
 	if !c.Bool("force", false) && server != "" {
 		switch {
-		case erased && confirmed != nil && confirmed.Status == commands.TaskFailed:
+		case confirmed != nil && confirmed.Status == commands.TaskFailed:
+			// Confirmed refused, whatever is left of the history: an
+			// erasure stopped between its steps leaves a part of it
+			// (Projector.markErased).
 			t.Status, t.Error = commands.TaskFailed, confirmed.Error
 			return room, false, nil
 		case !erased:
