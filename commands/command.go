@@ -3,7 +3,9 @@ package commands
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Command actions (CONTRACT.md section 3).
@@ -66,7 +68,7 @@ func CommandFromMap(m map[string]any, roomID string) (*Command, error) {
 		return nil, fieldErr("room_id", "required")
 	}
 	if c.RoomID != roomID {
-		return nil, fieldErr("room_id", "%q does not match the subject's room %q", c.RoomID, roomID)
+		return nil, fieldErr("room_id", "%s does not match the subject's room %s", Quote(c.RoomID), Quote(roomID))
 	}
 	c.Action, _ = m["action"].(string)
 	if p, present := m["params"]; present && p != nil {
@@ -119,7 +121,7 @@ func (c *Command) Validate() error {
 		}
 		rt, err := ParseRoomToken(tok)
 		if err != nil || !rt.IsTopological {
-			return fmt.Errorf("purge_history: params.token %q is not a t<depth>-<stream> token", tok)
+			return fmt.Errorf("purge_history: params.token %s is not a t<depth>-<stream> token", Quote(tok))
 		}
 		return optBools(c.Params, "delete_local_events")
 	case ActionPurgeRoom:
@@ -136,7 +138,7 @@ func (c *Command) Validate() error {
 			}
 		}
 		if u, _ := c.Params["new_room_user_id"].(string); u != "" && !ValidUserID(u) {
-			return fmt.Errorf("%s: params.new_room_user_id %q is not a user ID", c.Action, u)
+			return fmt.Errorf("%s: params.new_room_user_id %s is not a user ID", c.Action, Quote(u))
 		}
 		return nil
 	case ActionBlockRoom:
@@ -153,7 +155,7 @@ func (c *Command) Validate() error {
 	case "":
 		return errors.New("action is required")
 	default:
-		return fmt.Errorf("unknown action %q", c.Action)
+		return fmt.Errorf("unknown action %s", Quote(c.Action))
 	}
 }
 
@@ -180,4 +182,24 @@ func (c *Command) Bool(key string, def bool) bool {
 func (c *Command) String(key string) string {
 	s, _ := c.Params[key].(string)
 	return s
+}
+
+// MaxQuoted bounds the bytes of a value that Quote quotes.
+const MaxQuoted = 256
+
+// Quote is %q of s, cut to its first MaxQuoted bytes (on a rune
+// boundary, then "…") first: errors that name what a log message
+// carried become dead-letter reasons and failed tasks' errors, which are
+// stored, logged and sent in status replies. Quoted whole, a value of a
+// few MiB made a text four times its size (%q writes a control byte as
+// \x01), past what a reply may carry.
+func Quote(s string) string {
+	if len(s) <= MaxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := MaxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "…"
 }

@@ -110,7 +110,7 @@ func EventFromMap(m map[string]any, roomID string) (*Event, error) {
 		return nil, err
 	}
 	if e.RoomID != roomID {
-		return nil, fieldErr("room_id", "%q does not match the subject's room %q", e.RoomID, roomID)
+		return nil, fieldErr("room_id", "%s does not match the subject's room %s", Quote(e.RoomID), Quote(roomID))
 	}
 	if e.Type, err = reqString(m, "type"); err != nil {
 		return nil, err
