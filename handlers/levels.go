@@ -16,8 +16,9 @@ import (
 // position too, which a purge_room's new timeline never reuses.
 //
 // The cache holds at most maxLevelsBytes of contents, counted by their
-// stored (encoded) size: a content's size may lie in any of its keys (an
-// "events" map, say), not only in its users. A decoded content takes a few
+// stored (encoded) size plus their keys' strings and a fixed overhead an
+// entry (levelsEntryOverhead): a content's size may lie in any of its
+// keys (an "events" map, say), not only in its users. A decoded content takes a few
 // times its encoded size. A content too big for a quarter of the bound is
 // not kept (each read decodes it once, as before). When an entry does not
 // fit, entries go in the map's order, which Go randomises: a random
@@ -35,7 +36,7 @@ type levelsKey struct {
 
 type levelsEntry struct {
 	content map[string]any // read-only once stored
-	size    int            // its encoded size
+	size    int            // its encoded size, its key's and levelsEntryOverhead
 }
 
 // maxLevelsBytes bounds the cache's contents, encoded: a few times that
@@ -50,6 +51,14 @@ func (c *levelsCache) get(roomID, eventID string, stream int64) (map[string]any,
 	return e.content, ok
 }
 
+// levelsEntryOverhead is what an entry costs besides its content's
+// encoded size and its key's strings: the map slot, the key and entry
+// structs, and the decoded map (an empty one included), roughly. A
+// content may encode in one byte ({}): counted at that alone, the bound
+// let the cache keep millions of entries, each holding up to 510 bytes
+// of IDs.
+const levelsEntryOverhead = 256
+
 // put stores a decoded content of size encoded bytes, which no one may
 // change afterwards. The key's strings are copied: a read's strings alias
 // its transaction's memory.
@@ -57,6 +66,7 @@ func (c *levelsCache) put(roomID, eventID string, stream int64, content map[stri
 	if size > maxLevelsBytes/4 {
 		return
 	}
+	size += len(roomID) + len(eventID) + levelsEntryOverhead
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	key := levelsKey{strings.Clone(roomID), strings.Clone(eventID), stream}

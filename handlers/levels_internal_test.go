@@ -2,6 +2,8 @@ package handlers
 
 import (
 	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -61,4 +63,31 @@ func TestLevelsCache_Bounded(t *testing.T) {
 	if sum != c.size || len(c.entries) < 50 {
 		t.Fatalf("%d entries, sizes summing to %d, counted %d", len(c.entries), sum, c.size)
 	}
+}
+
+// TestLevelsCache_SmallEntriesBounded: the bound holds for what the
+// entries cost, not only their contents. A power-levels content may
+// encode in one byte ({}), and each entry keeps its room and event IDs
+// (up to 255 bytes each) and a decoded map besides: counted at a byte
+// each, the 4 MiB bound let the cache keep four million entries, gigabytes,
+// for a room that paginates through many power-levels events.
+func TestLevelsCache_SmallEntriesBounded(t *testing.T) {
+	var c levelsCache
+	room := "!" + strings.Repeat("r", 240) + ":test"
+	pad := strings.Repeat("e", 230)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range 100_000 {
+		c.put(room, fmt.Sprintf("$%s%08d", pad, i), int64(i), map[string]any{}, 1)
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	held := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if held > 4*maxLevelsBytes {
+		t.Fatalf("%d entries of one-byte contents hold %d MiB; the cache is bounded at %d MiB of contents",
+			len(c.entries), held>>20, maxLevelsBytes>>20)
+	}
+	runtime.KeepAlive(&c)
 }
