@@ -1,6 +1,10 @@
 package handlers
 
 import (
+	"bytes"
+
+	"github.com/vmihailenco/msgpack/v5"
+
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/projections"
 )
@@ -29,6 +33,16 @@ func (rc *readContext) bundle(r *projections.Row, withThread, redacted bool) ([]
 	if kinds == 0 {
 		return nil, nil
 	}
+	related := relType != ""
+	if !related && !redacted {
+		// commands.RelationOf leaves out the relations that Synapse's
+		// relation_from_event takes but nothing aggregates (an empty
+		// rel_type or event_id, or one past 255 bytes): the event still
+		// has one, so it starts no thread, and an edit gets no bundle.
+		if relType, related = relationTypeOf(r.Content); relType == commands.RelAnnotation || relType == commands.RelReplace {
+			return nil, nil
+		}
+	}
 	ignored := rc.reader.Ignored
 	var refs []string
 	if kinds&projections.RelatedReference != 0 {
@@ -50,7 +64,7 @@ func (rc *readContext) bundle(r *projections.Row, withThread, redacted bool) ([]
 	var count int64
 	participated := false
 	var err error
-	if withThread && relType == "" && kinds&projections.RelatedThread != 0 {
+	if withThread && !related && kinds&projections.RelatedThread != 0 {
 		count = rc.v.RelationCount(r.EventID, commands.RelThread, "")
 		for u := range ignored {
 			count -= rc.v.RelationCount(r.EventID, commands.RelThread, u)
@@ -143,4 +157,61 @@ func (rc *readContext) latestEdit(r *projections.Row) (*projections.Row, error) 
 		return true
 	})
 	return best, err
+}
+
+// relationTypeOf is Synapse's relation_from_event on stored content:
+// content["m.relates_to"] is a relation when it is a non-empty map whose
+// rel_type and event_id are strings, whatever they hold. It reads the
+// MessagePack in place, skipping the other keys' values.
+func relationTypeOf(raw []byte) (string, bool) {
+	dec := msgpack.NewDecoder(bytes.NewReader(raw))
+	n, err := dec.DecodeMapLen()
+	if err != nil {
+		return "", false
+	}
+	for range n {
+		k, err := dec.DecodeString()
+		if err != nil {
+			return "", false
+		}
+		if k != "m.relates_to" {
+			if dec.Skip() != nil {
+				return "", false
+			}
+			continue
+		}
+		m, err := dec.DecodeMapLen()
+		if err != nil || m <= 0 {
+			return "", false
+		}
+		var relType string
+		var hasType, hasID bool
+		for range m {
+			k, err := dec.DecodeString()
+			if err != nil {
+				return "", false
+			}
+			if k != "rel_type" && k != "event_id" {
+				if dec.Skip() != nil {
+					return "", false
+				}
+				continue
+			}
+			v, err := dec.DecodeInterface()
+			if err != nil {
+				return "", false
+			}
+			s, isStr := v.(string)
+			if k == "rel_type" {
+				relType, hasType = s, isStr
+			} else {
+				hasID = isStr
+			}
+		}
+		if !hasType || !hasID {
+			return "", false
+		}
+		return relType, true
+	}
+	return "", false
 }
