@@ -56,6 +56,12 @@ type Backfiller struct {
 	// has, so that it holds no more than the rooms' extremities.
 	failures map[string]map[string]backoffState
 	bg       chan struct{}
+	// Background runs are owned here: Close cancels life and waits for
+	// them (wg), and none starts once closed is set.
+	life    context.Context
+	endLife context.CancelFunc
+	closed  bool // under mu
+	wg      sync.WaitGroup
 }
 
 type backfillCall struct {
@@ -80,11 +86,25 @@ func (b *Backfiller) init() {
 		b.inflight = map[string]*backfillCall{}
 		b.failures = map[string]map[string]backoffState{}
 		b.bg = make(chan struct{}, backgroundBackfill)
+		b.life, b.endLife = context.WithCancel(context.Background())
 	})
 }
 
+// Close stops the background backfills and waits for them to end; no
+// background backfill starts after it. Reads that call Maybe themselves
+// are their own callers' to stop.
+func (b *Backfiller) Close() {
+	b.init()
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.endLife()
+	b.wg.Wait()
+}
+
 // Background starts Maybe in the background unless too many are running.
-// Every read near a backward extremity calls it: it takes no lock.
+// Every read near a backward extremity calls it: it takes a lock only
+// when it starts one.
 func (b *Backfiller) Background(roomID string, depth int64, limit int) {
 	b.init()
 	select {
@@ -92,9 +112,20 @@ func (b *Backfiller) Background(roomID string, depth int64, limit int) {
 	default:
 		return // busy: a later read will ask again
 	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		<-b.bg
+		return
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
 	go func() {
-		defer func() { <-b.bg }()
-		ctx, cancel := context.WithTimeout(context.Background(), b.timeout()+WaitForTimeout)
+		defer func() {
+			<-b.bg
+			b.wg.Done()
+		}()
+		ctx, cancel := context.WithTimeout(b.life, b.timeout()+WaitForTimeout)
 		defer cancel()
 		b.Maybe(ctx, roomID, depth, limit)
 	}()

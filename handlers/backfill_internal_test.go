@@ -3,10 +3,15 @@ package handlers
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -190,5 +195,52 @@ func TestBackfill_FailuresForgetPointsNoLongerThere(t *testing.T) {
 	b.mu.Unlock()
 	if len(got) != 0 {
 		t.Errorf("a point in back-off was asked again: %v", got)
+	}
+}
+
+// TestBackfill_CloseEndsTheBackgroundRuns: a background backfill belongs
+// to its Backfiller, which Close stops and waits for: it ran on its own
+// context for up to its timeout, past the service's stop, against a store
+// and connections the stop then closed. No background run starts after
+// Close.
+func TestBackfill_CloseEndsTheBackgroundRuns(t *testing.T) {
+	n := testenv.NewNATS(t)
+	s, store := bus.Subjects{Prefix: "sb"}, testenv.NewStore(t)
+	r, evs := gapRoom("bgclose", 3)
+	for i, ev := range evs {
+		data, _ := bus.Encode(map[string]any(ev))
+		e := s.Decode(uint64(i+1), s.Room(r.ID, commands.KindEvent), data, 1_800_000_000_000)
+		if _, err := store.ApplyBatch(projections.PartitionOf(bus.RoomKey(r.ID), store.Partitions()), []commands.LogEntry{e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A federation worker that takes the request and never answers.
+	asked := make(chan struct{}, 8)
+	sub, err := n.NC.Subscribe(s.Backfill(), func(*nats.Msg) { asked <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	b := &Backfiller{Req: &bus.Requester{NC: n.NC, Timeout: time.Hour}, Store: store, Subjects: s,
+		Timeout: time.Hour, Now: time.Now, Logger: slog.New(slog.DiscardHandler)}
+	b.Background(r.ID, 25, 10)
+	select {
+	case <-asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the background backfill never asked")
+	}
+	closed := make(chan struct{})
+	go func() { b.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not end the background backfill, which waits an hour")
+	}
+	if len(b.bg) != 0 {
+		t.Fatalf("%d background backfills still hold a slot after Close", len(b.bg))
+	}
+	b.Background(r.ID, 25, 10)
+	if len(b.bg) != 0 {
+		t.Fatal("a background backfill started after Close")
 	}
 }

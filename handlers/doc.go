@@ -42,7 +42,8 @@
 //
 // Reads that reach a backward extremity call the Backfiller (Synapse's
 // maybe_backfill): in the foreground when the page is short or gappy,
-// else in the background. A room has one backfill under way at a time:
+// else in the background (at most four at once, owned by the Backfiller,
+// whose Close ends them and waits). A room has one backfill under way at a time:
 // a read that finds one waits for it, then decides for its own depth
 // (Synapse's _room_backfill linearizer). Every read near a gap may call
 // it, so its lock guards only the in-flight calls and the back-off,

@@ -71,6 +71,7 @@ type Main struct {
 	Metrics    *handlers.Metrics
 	Retention  *handlers.RetentionRunner
 	Forgotten  *handlers.ForgottenRooms // nil unless forgotten_room_retention_period is set
+	backfill   *handlers.Backfiller     // the reads' backfills, whose background runs Close ends
 	Owners     *bus.Owners              // partition leases; nil with the embedded server (this instance owns all)
 	HTTPAddr   string                   // where the bridge listens ("" if off)
 	AdminToken string                   // the generated admin token, if any
@@ -204,11 +205,11 @@ func (m *Main) Open(ctx context.Context) error {
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
 		Concurrency: c.Shutdown.Concurrency, BeforeKick: handlers.MakeWayForKicks(apiLoad), ObserveHS: m.Metrics.ObserveHomeserver, ServerName: c.ServerName, Owns: owns, Wake: taskWake}
 	m.background(runCtx, "tasks", runner.Run)
+	m.backfill = &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
+		Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
+		Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill")}
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
-		Retention: retentionConfig(c.Retention),
-		Backfill: &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
-			Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
-			Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill")}}
+		Retention: retentionConfig(c.Retention), Backfill: m.backfill}
 	m.stopping = make(chan struct{})
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: now, ServerName: c.ServerName,
 		Audit: m.Logger.With("component", "audit"), Stopping: m.stopping, CanStart: runner.CanStart}
@@ -650,6 +651,12 @@ func (m *Main) Close() error {
 	if m.svc != nil {
 		errs = append(errs, m.svc.Stop())
 		m.svc = nil
+	}
+	if m.backfill != nil {
+		// No read starts one now; those under way end before the store
+		// and the connections close.
+		m.backfill.Close()
+		m.backfill = nil
 	}
 	if m.cancel != nil {
 		m.cancel()
