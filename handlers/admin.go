@@ -271,7 +271,7 @@ func (a *Admin) PurgeHistory(ctx context.Context, subject string, data []byte) (
 // complete and failed through and every other status to active, and adds
 // the failure reason.
 func (a *Admin) PurgeStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	id, t, err := a.taskByID(data, "purge_id")
+	id, t, err := a.taskByID(ctx, data, "purge_id")
 	if err != nil {
 		return nil, err
 	}
@@ -696,7 +696,7 @@ func (a *Admin) DeleteStatusByRoom(ctx context.Context, subject string, data []b
 // (CONTRACT.md section 4: a command that fails validation is a failed
 // task, visible through the status requests).
 func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) ([]byte, error) {
-	id, t, err := a.taskByID(data, "delete_id")
+	id, t, err := a.taskByID(ctx, data, "delete_id")
 	if err != nil {
 		return nil, err
 	}
@@ -718,8 +718,10 @@ func decodeRequest(data []byte) (map[string]any, error) {
 }
 
 // taskByID decodes a status request {<key>: id} and looks the task up
-// (nil when unknown); a missing id is 400 M_MISSING_PARAM.
-func (a *Admin) taskByID(data []byte, key string) (string, *commands.Task, error) {
+// (nil when unknown); a missing id is 400 M_MISSING_PARAM. An unknown
+// task is looked up again once the projection has caught up with the
+// log, for at most 5 s within the request's own deadline.
+func (a *Admin) taskByID(ctx context.Context, data []byte, key string) (string, *commands.Task, error) {
 	m, err := decodeRequest(data)
 	if err != nil {
 		return "", nil, err
@@ -733,7 +735,7 @@ func (a *Admin) taskByID(data []byte, key string) (string, *commands.Task, error
 	}
 	t, err := a.Store.Task(id)
 	if t == nil && err == nil && a.CatchUp != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		if a.CatchUp(ctx) == nil {
 			t, err = a.Store.Task(id)
