@@ -243,3 +243,57 @@ func TestCPUBudget(t *testing.T) {
 		t.Errorf("over no events = %v, want 0", got)
 	}
 }
+
+// TestPublisher_SentWhenPublished: a batch's Sent is when it is handed to
+// the client, so publish-to-ack (and the ingest's freshness, timed from
+// Sent) is the log's latency, not the time the batch took to be made: a
+// paced ingest makes one message every 1/rate, and Sent was taken when
+// the first one was made, before the rest were and before a slot was
+// free.
+func TestPublisher_SentWhenPublished(t *testing.T) {
+	subjects := bus.Subjects{Prefix: "sb"}
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir(), Subjects: subjects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }
+	nc, err := connect("setup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstreamOf(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.EnsureStream(context.Background(), js, subjects, "SCROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	const size, batches = 3, 2
+	var acks []pubAck
+	p, closeP, err := newPublisher(connect, "pub", publishModeBatch, size, 1, func(a pubAck) { acks = append(acks, a) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeP()
+	var made []time.Time
+	if _, err := p.run(context.Background(), func() *nats.Msg {
+		if len(made) == size*batches {
+			return nil
+		}
+		time.Sleep(time.Millisecond) // the ingest's pace: one message every 1/rate
+		made = append(made, time.Now())
+		return &nats.Msg{Subject: subjects.Room("!r:x", "event"), Data: []byte{0x80}}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(acks) != batches {
+		t.Fatalf("%d acks, want %d", len(acks), batches)
+	}
+	for i, a := range acks { // in log order, one a batch
+		if last := made[(i+1)*size-1]; a.Sent.Before(last) {
+			t.Errorf("batch %d: Sent %v before its last message was made, so publish to ack counts the making", i, last.Sub(a.Sent))
+		}
+	}
+}
