@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/internal/schedwait"
 )
@@ -760,7 +761,7 @@ func memRows(t summaryTable, p memPeak, who, goal, result string) {
 func (b *bench) writeReport(started time.Time) error {
 	rep := &loadgen.Report{
 		Title:   "scrollback bench " + version,
-		Command: "scrollback bench " + strings.Join(b.args, " "),
+		Command: "scrollback bench " + strings.Join(redactArgs(b.args), " "),
 		Started: started, Elapsed: time.Since(started), Machine: loadgen.ReadMachine(),
 		Notes: []string{
 			"Every ratio compares two things measured in this run, on this machine (DESIGN.md, \"Benchmark protocol\"): latency from 1 closed-loop client, throughput from --clients closed-loop clients on one shared connection, interference (\"p99 during X\") at an open-loop rate; the floor is the cheapest way to answer the same read, measured with the same client code.",
@@ -772,7 +773,7 @@ func (b *bench) writeReport(started time.Time) error {
 		rep.Notes = append(rep.Notes, "Every figure of this run was measured under the CPU profiler (--profile-dir "+b.cfg.ProfileDir+"): it takes CPU from the service and the floor alike, not by the same share, so compare these figures only with other profiled runs.")
 	}
 	if b.cfg.Target != "" {
-		rep.Notes = append(rep.Notes, "Target: the external service at "+b.cfg.Target+", reached through the contract only (CONTRACT.md).")
+		rep.Notes = append(rep.Notes, "Target: the external service at "+bus.RedactURL(b.cfg.Target)+", reached through the contract only (CONTRACT.md).")
 	} else {
 		rep.Notes = append(rep.Notes, "Target: an embedded service in the bench's own process (its memory includes the bench's clients).")
 	}
@@ -795,6 +796,21 @@ func (b *bench) writeReport(started time.Time) error {
 	}
 	fmt.Fprintf(b.out, "report: %s\n", b.cfg.Report)
 	return nil
+}
+
+// redactArgs is the command line with the password or token of a NATS
+// URL (--target nats://user:password@host) masked, as the run's output
+// masks it: the report is a file meant to be shared.
+func redactArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if k, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(k, "-") {
+			out[i] = k + "=" + bus.RedactURL(v)
+		} else {
+			out[i] = bus.RedactURL(a)
+		}
+	}
+	return out
 }
 
 func fmtKiB(n float64) string { return fmt.Sprintf("%.0f KiB", n/1024) }

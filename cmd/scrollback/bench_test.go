@@ -694,3 +694,27 @@ func TestProfiledRunSaysSo(t *testing.T) {
 		}
 	}
 }
+
+// TestReport_RedactsTargetPassword: a --target URL with a password or a
+// token is masked in the report's command line and notes, as the run's
+// output masks it.
+func TestReport_RedactsTargetPassword(t *testing.T) {
+	const secret = "s3cretpw"
+	target := "nats://bench:" + secret + "@127.0.0.1:4222"
+	path := filepath.Join(t.TempDir(), "report.html")
+	b := &bench{cfg: benchConfig{Report: path, Target: target}, out: io.Discard,
+		args: []string{"--target", target, "--target=" + target, "--scenario", "ingest"}}
+	if err := b.writeReport(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, []byte(secret)) {
+		t.Errorf("the report holds the target's password")
+	}
+	if !bytes.Contains(data, []byte("--scenario ingest")) || !bytes.Contains(data, []byte("127.0.0.1:4222")) {
+		t.Errorf("the report lost the rest of the command line")
+	}
+}
