@@ -190,7 +190,7 @@ func unrecognized(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
 func (b *Bridge) health(w http.ResponseWriter, r *http.Request) {
 	if b.Healthy != nil && !b.Healthy() {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, "starting")
+		fmt.Fprintln(w, "not ready")
 		return
 	}
 	fmt.Fprintln(w, "ok")

@@ -267,7 +267,13 @@ func (m *Main) Open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := m.openHTTP(bridgeNC, subjects, m.Projector.Started); err != nil {
+		// Ready while the projector consumes the log and the API can
+		// answer: with the log on an external NATS that went away,
+		// neither holds, and every request would be a 503.
+		healthy := func() bool {
+			return m.Projector.Started() && m.NC.IsConnected() && apiNC.IsConnected()
+		}
+		if err := m.openHTTP(bridgeNC, subjects, healthy); err != nil {
 			return err
 		}
 	}
@@ -484,9 +490,11 @@ func (m *Main) openHTTP(nc *nats.Conn, subjects bus.Subjects, healthy func() boo
 		Subjects:  subjects,
 		Auth:      &handlers.Auth{Static: static, Req: req, Subjects: subjects},
 		Logger:    m.Logger.With("component", "http"),
-		Healthy:   healthy,
-		Metrics:   m.Metrics.Handler(),
-		Observe:   m.Metrics.ObserveRequest("http"),
+		// The bridge's own connection too: without it no request
+		// reaches the service.
+		Healthy: func() bool { return nc.IsConnected() && healthy() },
+		Metrics: m.Metrics.Handler(),
+		Observe: m.Metrics.ObserveRequest("http"),
 	}
 	// The certificate first: Close waits for the server once it is set.
 	var tlsConfig *tls.Config
