@@ -29,6 +29,13 @@ const (
 	backgroundBackfill = 4 // background backfills at once
 )
 
+// Outcomes of one backfill request (Backfiller.Observe).
+const (
+	BackfillEvents = "events" // the reply brought events, appended to the log
+	BackfillEmpty  = "empty"  // an answer without any event to append
+	BackfillError  = "error"  // no responder, a timeout, an error reply, or the append failed
+)
+
 // Backfiller asks federation workers for history the room is missing
 // (sb.backfill) and appends what they return to the room's log as
 // backfilled events, so it reaches the timeline like every other event.
@@ -47,6 +54,9 @@ type Backfiller struct {
 	Backoff time.Duration
 	Now     func() time.Time
 	Logger  *slog.Logger
+	// Observe, if set, hears the outcome of each request to the
+	// federation workers: BackfillEvents, BackfillEmpty or BackfillError.
+	Observe func(outcome string)
 
 	once     sync.Once
 	mu       sync.Mutex // inflight and failures
@@ -326,6 +336,16 @@ func (b *Backfiller) fetch(ctx context.Context, roomID string, points []point) b
 	appended, last, aerr := b.append(ctx, roomID, events)
 	if err == nil {
 		err = aerr
+	}
+	if b.Observe != nil && !errors.Is(err, context.Canceled) {
+		switch {
+		case err != nil:
+			b.Observe(BackfillError)
+		case appended == 0:
+			b.Observe(BackfillEmpty)
+		default:
+			b.Observe(BackfillEvents)
+		}
 	}
 	if err != nil || appended == 0 {
 		b.failed(roomID, points)

@@ -4,7 +4,9 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/projections"
 )
 
@@ -32,7 +35,17 @@ type Metrics struct {
 	janWait    prometheus.Counter
 	janHeld    prometheus.Counter
 	hsReqs     *prometheus.HistogramVec
+	backfills  *prometheus.CounterVec
+	tasksDone  *prometheus.CounterVec
+	tasksOpen  *prometheus.GaugeVec
+	tasksStale prometheus.Gauge
+	openOnce   sync.Once
 }
+
+// taskActions are the actions the tasks metric names; any other (a
+// command the service does not know, failed as such) counts as "other".
+var taskActions = []string{commands.ActionPurgeHistory, commands.ActionPurgeRoom, commands.ActionShutdownAndPurgeRoom,
+	commands.ActionBlockRoom, commands.ActionForget}
 
 // NewMetrics registers the metrics. lag (nil: no projection here) reports the projection lag in log
 // messages (the log's last sequence minus the applied one).
@@ -45,7 +58,7 @@ func NewMetrics(lag func() float64) *Metrics {
 	}, []string{"endpoint", "transport", "status"})
 	m.logMsgs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "scrollback_log_messages_total",
-		Help: "Room log messages processed, by kind (event, cmd, task) and result (applied, duplicate, dead_letter, skipped).",
+		Help: "Room log messages processed, by kind (event, cmd, task, kept, or other for a subject of no kind the log has) and result (applied, duplicate, dead_letter, skipped: applied before; dropped: below the room's purge cut-off; passed: a kept copy, applied at its original sequence).",
 	}, []string{"kind", "result"})
 	m.deadLetter = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "scrollback_dead_letters_total",
@@ -85,8 +98,32 @@ func NewMetrics(lag func() float64) *Metrics {
 		Help:    "Time the homeserver took to answer a request of a shutdown (sb.hs.leave, forget, join, create_room, send, move_aliases), retries included, by request and outcome (ok or error).",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	}, []string{"request", "outcome"})
+	m.backfills = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "scrollback_backfill_requests_total",
+		Help: "Backfill requests to the federation workers (sb.backfill), by outcome: events (the reply brought events, appended to the log), empty (an answer without events), error (no responder, a timeout, an error reply, or the append to the log failed).",
+	}, []string{"outcome"})
+	for _, o := range []string{BackfillEvents, BackfillEmpty, BackfillError} {
+		m.backfills.WithLabelValues(o) // each at 0 from the start, for rates and alerts
+	}
+	m.tasksDone = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "scrollback_tasks_finished_total",
+		Help: "Tasks that finished as this instance applied the log, by action (purge_history, purge_room, shutdown_and_purge_room, block_room, forget, or other for a command the service does not know) and status (complete, failed, cancelled).",
+	}, []string{"action", "status"})
+	for _, a := range append(slices.Clone(taskActions), "other") {
+		for _, st := range []string{commands.TaskComplete, commands.TaskFailed, commands.TaskCancelled} {
+			m.tasksDone.WithLabelValues(a, st) // at 0 from the start, for increase() to see the first
+		}
+	}
+	m.tasksOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "scrollback_tasks_open",
+		Help: "Open tasks (purges, room deletions) of the rooms whose tasks this instance runs, by status (scheduled: waiting for one of tasks.max_concurrent slots; active).",
+	}, []string{"status"})
+	m.tasksStale = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "scrollback_tasks_stale",
+		Help: "Open tasks of the rooms whose tasks this instance runs that were not updated for 24 hours: stuck purges or deletions (each is also logged as 'task not updated for 24 hours').",
+	})
 	m.Registry.MustRegister(m.requests, m.logMsgs, m.deadLetter, m.batch, m.commit, m.commitMsgs, m.commitPgs,
-		m.janTx, m.janRows, m.janWait, m.janHeld, m.hsReqs,
+		m.janTx, m.janRows, m.janWait, m.janHeld, m.hsReqs, m.backfills, m.tasksDone,
 		// go_sched_latencies_seconds among them: how long goroutines
 		// waited, runnable, for a CPU. When reads slow down beside a
 		// purge or an ingest, this tells a CPU that is too busy from a
@@ -170,6 +207,31 @@ func (m *Metrics) ObserveHomeserver(request string, d time.Duration, err error) 
 	m.hsReqs.WithLabelValues(request, outcome).Observe(d.Seconds())
 }
 
+// ObserveBackfill records the outcome of one backfill request
+// (handlers.Backfiller.Observe).
+func (m *Metrics) ObserveBackfill(outcome string) {
+	m.backfills.WithLabelValues(outcome).Inc()
+}
+
+// ObserveTaskFinished records a task that finished (failed, complete or
+// cancelled) as the log was applied.
+func (m *Metrics) ObserveTaskFinished(action, status string) {
+	if !slices.Contains(taskActions, action) {
+		action = "other"
+	}
+	m.tasksDone.WithLabelValues(action, status).Inc()
+}
+
+// ObserveOpenTasks sets the open tasks' gauges
+// (handlers.TaskRunner.ObserveOpen). They are registered by the first
+// call: a process that runs no tasks (scrollback bridge) has none.
+func (m *Metrics) ObserveOpenTasks(scheduled, active, stale int) {
+	m.openOnce.Do(func() { m.Registry.MustRegister(m.tasksOpen, m.tasksStale) })
+	m.tasksOpen.WithLabelValues(commands.TaskScheduled).Set(float64(scheduled))
+	m.tasksOpen.WithLabelValues(commands.TaskActive).Set(float64(active))
+	m.tasksStale.Set(float64(stale))
+}
+
 // ObserveCommit records one group commit (projections.Projector.ObserveCommit).
 func (m *Metrics) ObserveCommit(c projections.CommitStats) {
 	m.commit.Observe(c.Duration.Seconds())
@@ -194,7 +256,15 @@ func (m *Metrics) ObserveJanitor(j projections.JanitorStats) {
 func (m *Metrics) ObserveBatch(outcomes []projections.Outcome, d time.Duration) {
 	m.batch.Observe(d.Seconds())
 	for _, o := range outcomes {
-		m.logMsgs.WithLabelValues(o.Kind, o.Result).Inc()
+		kind := o.Kind
+		switch kind {
+		case commands.KindEvent, commands.KindCmd, commands.KindTask, commands.KindKept:
+		default:
+			// The stream takes any sb.room.<rk>.<token>: a label
+			// value per token would have no bound.
+			kind = "other"
+		}
+		m.logMsgs.WithLabelValues(kind, o.Result).Inc()
 		if o.Result == projections.OutcomeDead {
 			m.deadLetter.Inc()
 		}

@@ -54,6 +54,11 @@ type TaskRunner struct {
 	// name (leave, forget, ...), how long it took, retries included, and
 	// its error (Metrics.ObserveHomeserver).
 	ObserveHS func(request string, d time.Duration, err error)
+	// ObserveOpen, if set, hears on each pass how many open tasks of the
+	// rooms this instance runs tasks for are scheduled and active, and
+	// how many of them were not updated for StaleTaskAge
+	// (Metrics.ObserveOpenTasks).
+	ObserveOpen func(scheduled, active, stale int)
 	// ServerName decides which members are local.
 	ServerName string
 	// Owns tells whether this instance runs the tasks of a room (nil:
@@ -166,6 +171,9 @@ func (r *TaskRunner) Run(ctx context.Context) {
 				}
 			}()
 		}
+		if err == nil {
+			r.observeOpen(tasks)
+		}
 		r.confirm(ctx)
 		r.expire()
 		r.warnStale(tasks)
@@ -271,6 +279,30 @@ func (r *TaskRunner) warnStale(tasks []*commands.Task) {
 			r.Logger.Warn("task not updated for 24 hours", "task", t.ID, "action", t.Action, "room_id", t.RoomID, "status", t.Status, "updated", time.UnixMilli(t.UpdatedTS).UTC(), "age", age.Round(time.Minute))
 		}
 	}
+}
+
+// observeOpen counts the open tasks of this instance's rooms for
+// ObserveOpen: those it runs, as warnStale looks at them.
+func (r *TaskRunner) observeOpen(tasks []*commands.Task) {
+	if r.ObserveOpen == nil {
+		return
+	}
+	now := r.Now()
+	var scheduled, active, stale int
+	for _, t := range tasks {
+		if !r.handles(t.Action) || !r.owns(t.RoomID) {
+			continue
+		}
+		if t.Status == commands.TaskActive {
+			active++
+		} else {
+			scheduled++
+		}
+		if now.Sub(time.UnixMilli(t.UpdatedTS)) >= StaleTaskAge {
+			stale++
+		}
+	}
+	r.ObserveOpen(scheduled, active, stale)
 }
 
 // launchOrder sorts open tasks in the order they take free slots: the

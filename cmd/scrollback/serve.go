@@ -203,11 +203,12 @@ func (m *Main) Open(ctx context.Context) error {
 	runner := &handlers.TaskRunner{Store: m.Store, Log: logLog, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Logger: m.Logger.With("component", "tasks"), MaxConcurrent: c.Tasks.MaxConcurrent,
 		HS: &bus.Requester{NC: m.NC, Timeout: c.Homeserver.Timeout.Duration}, HSTimeout: c.Homeserver.Timeout.Duration,
-		Concurrency: c.Shutdown.Concurrency, BeforeKick: handlers.MakeWayForKicks(apiLoad), ObserveHS: m.Metrics.ObserveHomeserver, ServerName: c.ServerName, Owns: owns, Wake: taskWake}
+		Concurrency: c.Shutdown.Concurrency, BeforeKick: handlers.MakeWayForKicks(apiLoad), ObserveHS: m.Metrics.ObserveHomeserver, ObserveOpen: m.Metrics.ObserveOpenTasks, ServerName: c.ServerName, Owns: owns, Wake: taskWake}
 	m.background(runCtx, "tasks", runner.Run)
 	m.backfill = &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
 		Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
-		Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill")}
+		Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill"),
+		Observe: m.Metrics.ObserveBackfill}
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
 		Retention: retentionConfig(c.Retention), Backfill: m.backfill}
 	m.stopping = make(chan struct{})
@@ -429,6 +430,7 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 		for _, o := range outcomes {
 			if o.Finished && !o.Replayed {
 				logFinished(log, o.Task)
+				m.Metrics.ObserveTaskFinished(o.Task.Action, o.Task.Status)
 			}
 			if o.Result != projections.OutcomeDead {
 				continue
