@@ -181,7 +181,11 @@ func TestLoad_CalmWhileGoroutinesQueueForACPU(t *testing.T) {
 		start := time.Now()
 		load.Calm(context.Background(), longest)
 		took := time.Since(start)
-		if took > longest+100*time.Millisecond {
+		// Generous: this test makes goroutines queue for a CPU on
+		// purpose, and on a machine busy besides, the goroutine that
+		// Calm wakes waits its turn too (300-550 ms seen beside other
+		// test runs). It bounds a Calm that never gives up.
+		if took > longest+time.Second {
 			t.Errorf("Calm took %v, want at most its longest, %v", took, longest)
 		}
 		total += took
