@@ -123,6 +123,14 @@ func Connect(url, credentials, name string) (*nats.Conn, error) {
 	if credentials != "" {
 		opts = append(opts, nats.UserCredentials(credentials))
 	}
+	// A URL nats.go cannot parse (a password with '%', '/', '?' or '#'
+	// not percent-encoded) would come back in its url.Error whole,
+	// password and all.
+	for p := range strings.SplitSeq(url, ",") {
+		if _, err := parseServer(p); err != nil {
+			return nil, fmt.Errorf("bus: connect %s: not a valid URL (percent-encode a password's %%, /, ?, # and @)", RedactURL(url))
+		}
+	}
 	if user := urlUser(url); user != "" {
 		// A user of an embedded server may only subscribe to its own
 		// inbox (UserInbox).
@@ -141,7 +149,11 @@ func Connect(url, credentials, name string) (*nats.Conn, error) {
 func RedactURL(servers string) string {
 	parts := strings.Split(servers, ",")
 	for i, p := range parts {
-		if u, err := parseServer(p); err == nil && u.User != nil {
+		u, err := parseServer(p)
+		switch {
+		case err != nil:
+			parts[i] = redactUnparsed(p)
+		case u.User != nil:
 			if _, has := u.User.Password(); has {
 				parts[i] = u.Redacted()
 			} else {
@@ -151,6 +163,28 @@ func RedactURL(servers string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// redactUnparsed masks what may be credentials in a server URL that does
+// not parse: everything between the scheme and the last '@' but the user
+// (a password with '/', '?' or '#' ends the URL's authority early, so the
+// parser cannot be asked where the password ends).
+func redactUnparsed(p string) string {
+	start := 0
+	if i := strings.Index(p, "://"); i >= 0 {
+		start = i + 3
+	}
+	at := strings.LastIndex(p[start:], "@")
+	if at < 0 {
+		return p
+	}
+	user, _, hasPassword := strings.Cut(p[start:start+at], ":")
+	if !hasPassword {
+		user = "xxxxx" // a token
+	} else {
+		user += ":xxxxx"
+	}
+	return p[:start] + user + p[start+at:]
 }
 
 // urlUser is the user named, with a password, in the first URL of a

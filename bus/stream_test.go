@@ -199,3 +199,31 @@ func TestLog_AppendNewReportsAnotherWritersMessage(t *testing.T) {
 		t.Fatalf("AppendNew of T-2: sequence %d, %v", seq, err)
 	}
 }
+
+// TestRedactURL_PasswordURLCannotParse: a password with a character a URL
+// must escape ('%', '/', '?', '#'), written as it is, makes the URL
+// unparsable; neither RedactURL nor Connect's error may then show it
+// (they printed the whole URL, and nats.go's url.Error once more).
+func TestRedactURL_PasswordURLCannotParse(t *testing.T) {
+	for _, in := range []string{
+		"nats://hs:pa%zz-s3cret@127.0.0.1:4222",
+		"nats://hs:pa/s3cret@127.0.0.1:4222",
+		"nats://hs:pa?s3cret@127.0.0.1:4222",
+		"nats://hs:pa#s3cret@127.0.0.1:4222",
+		"hs:pa/s3cret@127.0.0.1:4222",
+		"nats://127.0.0.1:4222,nats://hs:pa%zz-s3cret@127.0.0.1:4223",
+	} {
+		if got := bus.RedactURL(in); strings.Contains(got, "s3cret") {
+			t.Errorf("RedactURL(%q) = %q", in, got)
+		}
+		nc, err := bus.Connect(in, "", "redact-test")
+		if err == nil {
+			nc.Close()
+			t.Errorf("Connect(%q) succeeded", in)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Connect(%q): %v", in, err)
+		}
+	}
+}
