@@ -65,9 +65,12 @@ func (r *Requester) RequestRaw(ctx context.Context, subject string, data []byte)
 	return msg.Data, nil
 }
 
+// replyError reads an error reply. Its status is an error's (4xx or 5xx),
+// or 500: the bridge answers with it, and an "error" of 200 or 1xx
+// answered the client as a success (or an informational response).
 func replyError(code string, msg *nats.Msg) *commands.Error {
 	status, err := strconv.Atoi(code)
-	if err != nil || status < 100 || status > 599 {
+	if err != nil || status < 400 || status > 599 {
 		status = 500
 	}
 	e := &commands.Error{Status: status, Code: commands.CodeUnknown, Message: msg.Header.Get("Nats-Service-Error")}
