@@ -598,7 +598,11 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 			}
 		}
 		raw := q.Get("filter")
-		f, err := parseJSONParam(pyUnquote(raw))
+		// The filter is a value of the request map, one level below
+		// its top: nested as deep as a body may be, it made a request
+		// the service refuses (bus.RequestLimits), answered with a
+		// 400 about MessagePack.
+		f, err := parseJSONParamAt(pyUnquote(raw), 1)
 		if err != nil {
 			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
 		}
@@ -733,7 +737,12 @@ func parseLimit(s string) (int64, error) {
 // clamped to it likewise. Values nested deeper than maxJSONDepth are an
 // error (Python's limit is its recursion limit, about 1,000): the service
 // refuses requests nested deeper than that (bus.RequestLimits).
-func parseJSONParam(s string) (any, error) {
+func parseJSONParam(s string) (any, error) { return parseJSONParamAt(s, 0) }
+
+// parseJSONParamAt is parseJSONParam for a value that the request to the
+// service holds at depth at (0: the request itself), so that its
+// nesting is bounded where the service's is.
+func parseJSONParamAt(s string, at int) (any, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.UseNumber()
 	var v any
@@ -745,7 +754,7 @@ func parseJSONParam(s string) (any, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("trailing data")
 	}
-	return normalizeJSON(v, 0)
+	return normalizeJSON(v, at)
 }
 
 // DecodeJSONBody decodes a request body into an object with Synapse's
