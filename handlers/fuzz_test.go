@@ -186,3 +186,34 @@ func TestParseJSONParam_PythonDigitLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestMessagesQuery_FilterNestingWithinRequestLimits (found by
+// FuzzBridge): the filter sits one level down in the request to the
+// service, so a filter nested as deep as a body may be (maxJSONDepth)
+// made a request the service refused (bus.RequestLimits), a 400 about
+// MessagePack for a read Synapse would answer. The bridge bounds the
+// filter where the service bounds the request.
+func TestMessagesQuery_FilterNestingWithinRequestLimits(t *testing.T) {
+	nested := func(depth int) string { // the innermost value at depth
+		return `{"a":` + strings.Repeat("[", depth-1) + "0" + strings.Repeat("]", depth-1) + "}"
+	}
+	query := func(filter string) *http.Request {
+		return httptest.NewRequest(http.MethodGet, "/x?filter="+url.QueryEscape(filter), nil)
+	}
+	m, err := messagesQuery(query(nested(maxJSONDepth - 1)))
+	if err != nil {
+		t.Fatalf("filter nested %d deep: %v", maxJSONDepth-1, err)
+	}
+	data, err := bus.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Check(data, bus.RequestLimits); err != nil {
+		t.Fatalf("the service refuses the request the bridge made: %v", err)
+	}
+	_, err = messagesQuery(query(nested(maxJSONDepth)))
+	var e *commands.Error
+	if !errors.As(err, &e) || e.Status != 400 || e.Code != commands.CodeNotJSON {
+		t.Fatalf("filter nested %d deep: %v, want 400 %s", maxJSONDepth, err, commands.CodeNotJSON)
+	}
+}

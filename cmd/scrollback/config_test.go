@@ -844,3 +844,69 @@ func TestHelp_ExitsZeroWithTheCommandsName(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecodeConfig: any config file is either refused with an error or
+// decoded; a decoded config written out as YAML again decodes to the
+// same config (so that what an operator reads back, e.g. from a dump of
+// the effective config, is what runs), and Validate never panics on it.
+func FuzzDecodeConfig(f *testing.F) {
+	for _, s := range []string{
+		"",
+		"# only a comment\n",
+		"server_name: example.org\ndata_dir: /var/lib/scrollback\nnats:\n  url: nats://127.0.0.1:4222\n  subject_prefix: sb\n",
+		"http:\n  listen: 127.0.0.1:8090\nauth:\n  tokens:\n    - token: secret\n      user_id: '@admin:example.org'\n      admin: true\n",
+		"retention:\n  enabled: true\n  default_policy:\n    min_lifetime: 1d\n    max_lifetime: 86_400_000\n  purge_jobs:\n    - interval: 12h\n      shortest_max_lifetime: 0x10\n",
+		"backfill:\n  timeout: 5s\n  backoff: null\nforgotten_room_retention_period: 28d\nmemory_limit: 512MiB\n",
+		"cluster:\n  instance: a\n  lease: 2000\n  replicas: 3\ntasks:\n  max_concurrent: 4\nshutdown:\n  concurrency: 0.9\n",
+		"base: &b\n  timeout: 1s\nbackfill:\n  <<: *b\n",
+		"log: {level: debug, format: json}\n---\nlog: {}\n",
+		"http:\n  lisen: x\n  listen: y\n  listen: z\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data string) {
+		if len(data) > 4096 {
+			return
+		}
+		cfg := DefaultConfig()
+		if err := decodeConfig([]byte(data), &cfg); err != nil {
+			return
+		}
+		cfg.ApplyDefaults()
+		_ = cfg.Validate()
+		out, err := yaml.Marshal(cfg)
+		if err != nil {
+			t.Fatalf("decoded config does not encode: %v", err)
+		}
+		again := DefaultConfig()
+		if err := decodeConfig(out, &again); err != nil {
+			t.Fatalf("config written again is refused: %v\n%s", err, out)
+		}
+		again.ApplyDefaults()
+		// Compared as written: an empty list reads back as a nil one.
+		if out2, err := yaml.Marshal(again); err != nil || !bytes.Equal(out, out2) {
+			t.Fatalf("config %+v\nwritten as\n%s\nreads %+v\nwritten as\n%s", cfg, out, again, out2)
+		}
+	})
+}
+
+// FuzzByteSize: a size is refused or a non-negative number of bytes that
+// String writes in a form UnmarshalText reads back to the same size.
+func FuzzByteSize(f *testing.F) {
+	for _, s := range []string{"", "0", "512MiB", " 1GiB ", "64KiB", "7B", "1TiB", "8388607TiB", "8388608TiB", "-1", "+5", "1.5GiB", "1 GiB", "0x10"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var b ByteSize
+		if err := b.UnmarshalText([]byte(s)); err != nil {
+			return
+		}
+		if b < 0 {
+			t.Fatalf("%q is %d bytes", s, b)
+		}
+		var back ByteSize
+		if err := back.UnmarshalText([]byte(b.String())); err != nil || back != b {
+			t.Fatalf("%q -> %d -> %q -> %d, %v", s, b, b.String(), back, err)
+		}
+	})
+}
