@@ -5,6 +5,7 @@ BIN         := $(CURDIR)/bin
 STATICCHECK := $(BIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME    ?= 20000x
+FUZZMIN     ?= 2s
 PKGS        := ./...
 
 .PHONY: run test fmt-check vet staticcheck unit fuzz soak boundary bench build seed clean tidy-check
@@ -45,13 +46,13 @@ unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 	$(GO) test -count=1 -timeout 5m -run 'Cluster' ./testenv ./cmd/scrollback
 
-## fuzz: every fuzz target for FUZZTIME (20000 inputs each in CI, a few seconds; e.g. make fuzz FUZZTIME=5m for a long run). A count, not a duration: time-limited runs sometimes end with a spurious "context deadline exceeded" on a loaded machine.
+## fuzz: every fuzz target for FUZZTIME (20000 inputs each in CI, a few seconds; e.g. make fuzz FUZZTIME=5m for a long run). A count, not a duration: time-limited runs sometimes end with a spurious "context deadline exceeded" on a loaded machine. FUZZMIN bounds the minimising of each new interesting input (Go's default, 60 s, left timed runs fuzzing for a fraction of their time).
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
 			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
+			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMIN) $$pkg; \
 		done; \
 	done
 
