@@ -252,10 +252,14 @@ func (r *TaskRunner) runShutdown(ctx context.Context, task *commands.Task) error
 		if err != nil {
 			return next(commands.TaskFailed, fmt.Sprintf("Failed to create the new room: %v", err))
 		}
-		res.NewRoomID, _ = reply["room_id"].(string)
-		if res.NewRoomID == "" {
-			return next(commands.TaskFailed, "Failed to create the new room: no room_id in the homeserver's reply")
+		newRoom, _ := reply["room_id"].(string)
+		if !commands.LegalRoomID(newRoom) {
+			// The members are moved there and the aliases go there: a
+			// broken worker's answer fails the deletion before anybody
+			// is kicked.
+			return next(commands.TaskFailed, "Failed to create the new room: no room ID in the homeserver's reply, got "+commands.Quote(newRoom))
 		}
+		res.NewRoomID = newRoom
 		if err := next(commands.TaskActive, ""); err != nil {
 			return err
 		}

@@ -45,6 +45,7 @@ type Homeserver struct {
 	aliases  []string
 	tokens   map[string]map[string]any
 	retired  bool
+	newRoom  any // if set, create_room answers this room_id and creates nothing
 
 	inflight map[string]chan struct{} // subject|txn_id -> closed once answered
 }
@@ -89,6 +90,10 @@ func (hs *Homeserver) Track(r *Room) {
 	defer hs.mu.Unlock()
 	hs.rooms[r.ID] = r
 }
+
+// AnswerCreateRoom makes create_room answer {"room_id": id} and create
+// nothing: a homeserver whose reply is not what the contract says.
+func (hs *Homeserver) AnswerCreateRoom(id any) { hs.mu.Lock(); hs.newRoom = id; hs.mu.Unlock() }
 
 // FailLeave makes the leave of user answer an error.
 func (hs *Homeserver) FailLeave(user string) { hs.mu.Lock(); hs.fail[user] = true; hs.mu.Unlock() }
@@ -206,6 +211,13 @@ func (hs *Homeserver) handle(tb testing.TB, name string, m *nats.Msg) {
 	case "ignored_users":
 		out = map[string]any{"ignored_users": []any{}}
 	case "create_room":
+		hs.mu.Lock()
+		answer := hs.newRoom
+		hs.mu.Unlock()
+		if answer != nil {
+			out = map[string]any{"room_id": answer}
+			break
+		}
 		creator := str(req["creator"])
 		r := NewRoom(fmt.Sprintf("new%d", time.Now().UnixNano()), hs.server)
 		hs.Track(r)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -367,4 +368,47 @@ func separateHomeserver(t *testing.T, m *Main) *testenv.Homeserver {
 	t.Helper()
 	nc, js := connectNATS(t, m.NATSServer.ClientURL())
 	return testenv.NewHomeserver(t, nc, &testenv.Publisher{JS: js, Subjects: m.publisher().Subjects}, "test")
+}
+
+// TestDeleteRoom_NewRoomIDFromTheHomeserverIsChecked: the room ID in the
+// homeserver's create_room reply names the room every member is moved
+// to and the aliases go to, and is shown in the deletion's status. One
+// that is no room ID (a broken worker) fails the deletion before anybody
+// is kicked, with a short reason, instead of sending leaves and joins to
+// a room that cannot exist.
+func TestDeleteRoom_NewRoomIDFromTheHomeserverIsChecked(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		id   any
+	}{
+		{"not a room ID", "not-a-room"},
+		{"no local part", "!:test"},
+		{"huge", "!" + strings.Repeat("x", 1<<20) + ":test"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := startMain(t)
+			hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+			room := shutdownRoom(t, m, hs, "badnew", 3)
+			hs.AnswerCreateRoom(c.id)
+			st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"new_room_user_id": "@admin:test"}`)
+			if st != 200 {
+				t.Fatalf("%d %v", st, body)
+			}
+			id := body["delete_id"].(string)
+			var task map[string]any
+			testenv.WaitFor(t, 30*time.Second, "the deletion to end", func() bool {
+				_, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+				return task["status"] == "complete" || task["status"] == "failed"
+			})
+			if task["status"] != "failed" {
+				t.Fatalf("deletion with a create_room reply of %.40q: %v", c.id, task["status"])
+			}
+			if e, _ := task["error"].(string); !strings.HasPrefix(e, "Failed to create the new room") || len(e) > 1024 {
+				t.Fatalf("error = %.200q (%d bytes)", e, len(e))
+			}
+			if n := len(hs.Calls("leave")) + len(hs.Calls("join")); n != 0 {
+				t.Fatalf("%d leaves and joins sent for a room that cannot exist", n)
+			}
+		})
+	}
 }
