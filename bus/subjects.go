@@ -25,7 +25,9 @@ func RoomKey(roomID string) string {
 // unpadded base64url of a non-empty UTF-8 string.
 func RoomIDFromKey(rk string) (string, error) {
 	b, err := base64.RawURLEncoding.Strict().DecodeString(rk)
-	if err != nil || len(b) == 0 || !utf8.Valid(b) {
+	// The decoder skips '\r' and '\n' even when strict: a key is the one
+	// spelling RoomKey gives, or two subjects would name one room.
+	if err != nil || len(b) == 0 || !utf8.Valid(b) || base64.RawURLEncoding.EncodeToString(b) != rk {
 		return "", fmt.Errorf("%w: room key %q is not base64url of a room ID", ErrBadSubject, rk)
 	}
 	return string(b), nil
