@@ -66,14 +66,27 @@ func TestRebuild_RefusedPurgeRoomAfterAStopMidErasure(t *testing.T) {
 
 	// The eraser runs, and the service stops after the first step of the
 	// event subject's erasure: below the first message after the join.
+	stopAfterTheFirstStep(t, l, live, r.ID, seqs[len(seqs)-1], later[0])
+	ctx := context.Background()
+	if left, err := l.log.RoomHistoryBelow(ctx, r.ID, forced); err != nil || !left {
+		t.Fatalf("history left below the forced purge_room after the first step: %v %v, want some", left, err)
+	}
+	rebuildAsLive(t, l, live, "refused")
+}
+
+// stopAfterTheFirstStep runs the eraser over live until the first step
+// of roomID's event subject's erasure, below firstAfter (the first
+// message after the local member's join at join), then stops it there.
+func stopAfterTheFirstStep(t *testing.T, l *erasedLog, live *projections.Store, roomID string, join, firstAfter uint64) {
+	t.Helper()
+	if firstAfter <= join {
+		t.Fatal("the join is not below the messages")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ectx, ecancel := context.WithCancel(ctx)
 	defer ecancel()
-	log := &stopBetweenSteps{LogEraser: l.log, subject: l.subjects.Room(r.ID, commands.KindEvent), below: later[0], stop: ecancel, stopped: make(chan struct{})}
-	if later[0] <= seqs[len(seqs)-1] {
-		t.Fatal("the join is not below the messages")
-	}
+	log := &stopBetweenSteps{LogEraser: l.log, subject: l.subjects.Room(roomID, commands.KindEvent), below: firstAfter, stop: ecancel, stopped: make(chan struct{})}
 	eraser := &handlers.Eraser{Store: live, Log: log, Subjects: l.subjects, Compact: true, Logger: slog.New(slog.DiscardHandler)}
 	done := make(chan struct{})
 	go func() { eraser.Run(ectx); close(done) }()
@@ -83,18 +96,20 @@ func TestRebuild_RefusedPurgeRoomAfterAStopMidErasure(t *testing.T) {
 		t.Fatal("the eraser never reached the event subject's erasure")
 	}
 	<-done
-	if left, err := l.log.RoomHistoryBelow(ctx, r.ID, forced); err != nil || !left {
-		t.Fatalf("history left below the forced purge_room after the first step: %v %v, want some", left, err)
-	}
+}
 
-	// `scrollback rebuild` from the log as the stop left it.
-	last, err := l.log.LastSeq(ctx)
+// rebuildAsLive is `scrollback rebuild` from the log as the stop left it:
+// the task failed, as live has it, and the same projection, without
+// dead letters.
+func rebuildAsLive(t *testing.T, l *erasedLog, live *projections.Store, task string) {
+	t.Helper()
+	last, err := l.log.LastSeq(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rebuilt := l.store(t)
 	l.read(t, rebuilt, last)
-	checkTask(t, rebuilt, "refused", commands.TaskFailed)
+	checkTask(t, rebuilt, task, commands.TaskFailed)
 	now := time.Now()
 	dl, err := live.Digest(now)
 	if err != nil {
@@ -105,9 +120,12 @@ func TestRebuild_RefusedPurgeRoomAfterAStopMidErasure(t *testing.T) {
 		t.Fatal(err)
 	}
 	if diff := dl.Diff(dr, "live", "rebuilt"); len(diff) > 0 {
-		dumpTask(t, "live", live, "refused")
-		dumpTask(t, "rebuilt", rebuilt, "refused")
+		dumpTask(t, "live", live, task)
+		dumpTask(t, "rebuilt", rebuilt, task)
 		t.Errorf("the rebuild differs from the live projection: %v", diff)
+	}
+	if dl, _ := rebuilt.DeadLetters(10); len(dl) > 0 {
+		t.Errorf("dead letters in the rebuild: %+v", dl)
 	}
 }
 
@@ -137,45 +155,6 @@ func TestRebuild_RefusedDeletionAfterAStopMidErasure(t *testing.T) {
 	l.read(t, live, forced)
 	drainJanitor(t, live)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ectx, ecancel := context.WithCancel(ctx)
-	defer ecancel()
-	log := &stopBetweenSteps{LogEraser: l.log, subject: l.subjects.Room(r.ID, commands.KindEvent), below: later[0], stop: ecancel, stopped: make(chan struct{})}
-	if later[0] <= seqs[len(seqs)-1] {
-		t.Fatal("the join is not below the messages")
-	}
-	eraser := &handlers.Eraser{Store: live, Log: log, Subjects: l.subjects, Compact: true, Logger: slog.New(slog.DiscardHandler)}
-	done := make(chan struct{})
-	go func() { eraser.Run(ectx); close(done) }()
-	select {
-	case <-log.stopped:
-	case <-ctx.Done():
-		t.Fatal("the eraser never reached the event subject's erasure")
-	}
-	<-done
-	last, err := l.log.LastSeq(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rebuilt := l.store(t)
-	l.read(t, rebuilt, last)
-	checkTask(t, rebuilt, "del", commands.TaskFailed)
-	now := time.Now()
-	dl, err := live.Digest(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dr, err := rebuilt.Digest(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := dl.Diff(dr, "live", "rebuilt"); len(diff) > 0 {
-		dumpTask(t, "live", live, "del")
-		dumpTask(t, "rebuilt", rebuilt, "del")
-		t.Errorf("the rebuild differs from the live projection: %v", diff)
-	}
-	if dl, _ := rebuilt.DeadLetters(10); len(dl) > 0 {
-		t.Errorf("dead letters in the rebuild: %+v", dl)
-	}
+	stopAfterTheFirstStep(t, l, live, r.ID, seqs[len(seqs)-1], later[0])
+	rebuildAsLive(t, l, live, "del")
 }
