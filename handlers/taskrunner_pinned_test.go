@@ -247,24 +247,8 @@ func TestTaskRunner_Run_TaskFinishedInTheLogIsNotRunAgain(t *testing.T) {
 func TestTaskRunner_Run_NoProgressUpdateWithoutProgress(t *testing.T) {
 	r := testenv.NewRoom("stalled", "test")
 	cut := r.Msg("@alice:test", "one")
-	a, store := rejectingAdmin(t, func() string { return "purge1" }, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
-	if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(r.ID, "purge_history"), mustEncode(t, map[string]any{"event_id": cut.ID()})); err != nil {
-		t.Fatal(err)
-	}
-	clock := testenv.NewClock(time.Now())
-	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now,
-		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	task := func() *commands.Task {
-		task, err := store.Task("purge1")
-		if err != nil || task == nil {
-			t.Fatalf("task: %+v (%v)", task, err)
-		}
-		return task
-	}
+	p := purgeWithRunner(t, r, cut, append(r.Setup("@alice:test"), cut, r.Msg("@alice:test", "two"))...)
+	clock, runner, task := p.clock, p.runner, p.task
 	// The janitor is not running: the purge goes active, then has its
 	// first progress update (nothing purged yet) once the clock has moved.
 	testenv.WaitFor(t, 10*time.Second, "the purge's first progress update", func() bool {

@@ -107,28 +107,8 @@ func TestTaskRunner_PurgeProgressInTheTaskRecord(t *testing.T) {
 		evs = append(evs, r.Msg("@remote:other.org", fmt.Sprint(i)))
 	}
 	cut := evs[len(evs)-3]
-	a, store := rejectingAdmin(t, func() string { return "purge1" }, evs...)
-	req, err := bus.Encode(map[string]any{"event_id": cut.ID()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(r.ID, "purge_history"), req); err != nil {
-		t.Fatal(err)
-	}
-	clock := testenv.NewClock(time.Now())
-	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now,
-		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	task := func() *commands.Task {
-		task, err := store.Task("purge1")
-		if err != nil || task == nil {
-			t.Fatalf("task: %+v (%v)", task, err)
-		}
-		return task
-	}
+	p := purgeWithRunner(t, r, cut, evs...)
+	a, store, clock, task := p.admin, p.store, p.clock, p.task
 	testenv.WaitFor(t, 10*time.Second, "the purge task to go active", func() bool { return task().Status == commands.TaskActive })
 
 	// The janitor is not running: the test steps it, 5 rows a step (its
@@ -340,4 +320,42 @@ func drainJanitor(t *testing.T, store *projections.Store) {
 			return
 		}
 	}
+}
+
+// purgeRun is a purge_history (purge1) with its task runner.
+type purgeRun struct {
+	admin  *handlers.Admin
+	store  *projections.Store
+	clock  *testenv.Clock
+	runner *handlers.TaskRunner
+	task   func() *commands.Task // the purge's record
+}
+
+// purgeWithRunner applies evs, requests purge1, a purge_history up to
+// cut, and runs a task runner on a test clock, with no janitor running:
+// the test steps it.
+func purgeWithRunner(t *testing.T, r *testenv.Room, cut testenv.Event, evs ...testenv.Event) *purgeRun {
+	t.Helper()
+	a, store := rejectingAdmin(t, func() string { return "purge1" }, evs...)
+	req, err := bus.Encode(map[string]any{"event_id": cut.ID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.PurgeHistory(context.Background(), subjects.APIRoom(r.ID, "purge_history"), req); err != nil {
+		t.Fatal(err)
+	}
+	clock := testenv.NewClock(time.Now())
+	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now,
+		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); runner.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &purgeRun{admin: a, store: store, clock: clock, runner: runner, task: func() *commands.Task {
+		task, err := store.Task("purge1")
+		if err != nil || task == nil {
+			t.Fatalf("task: %+v (%v)", task, err)
+		}
+		return task
+	}}
 }

@@ -113,25 +113,7 @@ func TestGenRoom_Shapes(t *testing.T) {
 // and checks the acknowledgements: every message once, in log order,
 // groups contiguous.
 func TestPublisher(t *testing.T) {
-	subjects := bus.Subjects{Prefix: "sb"}
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir(), Subjects: subjects})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }
-	nc, err := connect("setup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstreamOf(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bus.EnsureStream(context.Background(), js, subjects, "SCROLLBACK"); err != nil {
-		t.Fatal(err)
-	}
+	subjects, connect := publisherLog(t)
 	var next uint64 = 1
 	for _, tc := range []struct {
 		mode       string
@@ -251,25 +233,7 @@ func TestCPUBudget(t *testing.T) {
 // the first one was made, before the rest were and before a slot was
 // free.
 func TestPublisher_SentWhenPublished(t *testing.T) {
-	subjects := bus.Subjects{Prefix: "sb"}
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir(), Subjects: subjects})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }
-	nc, err := connect("setup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstreamOf(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bus.EnsureStream(context.Background(), js, subjects, "SCROLLBACK"); err != nil {
-		t.Fatal(err)
-	}
+	subjects, connect := publisherLog(t)
 	const size, batches = 3, 2
 	var acks []pubAck
 	p, closeP, err := newPublisher(connect, "pub", publishModeBatch, size, 1, func(a pubAck) { acks = append(acks, a) })
@@ -296,4 +260,30 @@ func TestPublisher_SentWhenPublished(t *testing.T) {
 			t.Errorf("batch %d: Sent %v before its last message was made, so publish to ack counts the making", i, last.Sub(a.Sent))
 		}
 	}
+}
+
+// publisherLog is an embedded server with the log's stream, and how a
+// publisher connects to it.
+func publisherLog(t *testing.T) (bus.Subjects, func(string) (*nats.Conn, error)) {
+	t.Helper()
+	subjects := bus.Subjects{Prefix: "sb"}
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir(), Subjects: subjects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	connect := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }
+	nc, err := connect("setup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstreamOf(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.EnsureStream(context.Background(), js, subjects, "SCROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	return subjects, connect
 }
