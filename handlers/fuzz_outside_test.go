@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -103,7 +104,7 @@ func sameDecoded(a, b any) bool {
 		y, ok := b.(float64)
 		return ok && (x == y || math.IsNaN(x) && math.IsNaN(y))
 	}
-	return a == b
+	return reflect.DeepEqual(a, b) // []byte (MessagePack bin) is not comparable with ==
 }
 
 func backfillSeed(events ...map[string]any) []byte {
