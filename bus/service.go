@@ -76,14 +76,13 @@ type Service struct {
 	opts     ServiceOptions
 	ctx      context.Context
 	stop     context.CancelFunc
-	// Stop sets closed (under mu) and closes closing: micro drains the
-	// endpoints' subscriptions, so requests they held are still delivered
-	// after Stop began; from then on they are refused instead of
-	// handled, and the wait group is never added to after Stop waits.
-	mu       sync.Mutex
-	closed   bool
-	closing  chan struct{}
-	stopOnce sync.Once
+	// Stop sets closed (under mu): micro drains the endpoints'
+	// subscriptions, so requests they held are still delivered after
+	// Stop began; from then on they are refused instead of handled, and
+	// the wait group is never added to after Stop waits. A request
+	// handed over before then is served.
+	mu     sync.Mutex
+	closed bool
 	// lastRefused is when a refused request was last logged (UnixNano).
 	lastRefused atomic.Int64
 }
@@ -142,8 +141,7 @@ func Serve(nc *nats.Conn, opts ServiceOptions, endpoints []Endpoint) (*Service, 
 	if opts.Version == "" {
 		opts.Version = "0.1.0"
 	}
-	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), detached: make(chan struct{}, opts.MaxDetached), opts: opts,
-		closing: make(chan struct{})}
+	s := &Service{nc: nc, sem: make(chan struct{}, opts.Workers), detached: make(chan struct{}, opts.MaxDetached), opts: opts}
 	opts.Load.serve(opts.Workers)
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	svc, err := micro.AddService(nc, micro.Config{Name: opts.Name, Version: opts.Version, Description: "Matrix room history"})
@@ -181,24 +179,18 @@ func (s *Service) wrap(ep Endpoint) micro.Handler {
 			}
 			return
 		}
-		s.opts.Load.add(1)
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.closing:
-			s.opts.Load.add(-1)
-			s.refuseStopping(req, ep)
-			return
-		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			<-s.sem
-			s.opts.Load.add(-1)
 			s.refuseStopping(req, ep)
 			return
 		}
+		// Counted before it waits for a worker: a request handed over
+		// before Stop began is served, and Stop waits for it.
 		s.wg.Add(1)
 		s.mu.Unlock()
+		s.opts.Load.add(1)
+		s.sem <- struct{}{}
 		go func() {
 			w := &worker{s: s}
 			defer func() {
@@ -375,18 +367,16 @@ func (s *Service) refuseStopping(req micro.Request, ep Endpoint) {
 	}
 }
 
-// Stop stops taking requests and waits for the ones under way. Requests
-// not started when it begins (micro still delivers those its
-// subscriptions held) are answered 503: no handler starts once Stop has
+// Stop stops taking requests and waits for the ones under way, those
+// already handed to the service and waiting for a worker included.
+// Requests that micro delivers after it began (those its subscriptions
+// still held) are answered 503: no handler starts once Stop has
 // returned.
 func (s *Service) Stop() error {
 	err := s.svc.Stop()
-	s.stopOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		close(s.closing)
-	})
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.wg.Wait()
 	s.stop()
 	return err

@@ -409,3 +409,60 @@ func TestServe_StopStartsNoHandlerAfterItReturns(t *testing.T) {
 		t.Errorf("%d of %d queued requests got no answer (answered %d): a stopping service leaves its requesters to time out", n, queued, answered.Load())
 	}
 }
+
+// TestServe_StopServesARequestWaitingForAWorker: a request that micro
+// had already handed to the service when Stop began, waiting there for
+// a busy worker, is served (Stop waits for it), not refused with a 503:
+// only what micro delivers once the service is stopping is refused.
+func TestServe_StopServesARequestWaitingForAWorker(t *testing.T) {
+	env := testenv.NewNATS(t)
+	client, err := nats.Connect(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Close)
+	load := &bus.Load{}
+	gate, first := make(chan struct{}), make(chan struct{})
+	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "waiting", Version: "0.0.1", Workers: 1, Load: load}, []bus.Endpoint{{
+		Name: "work", Subject: "waiting.work",
+		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
+			if string(data) == "block" {
+				close(first)
+				<-gate
+			}
+			return []byte("done"), nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = client.Request("waiting.work", []byte("block"), 30*time.Second) }()
+	<-first
+	type result struct {
+		msg *nats.Msg
+		err error
+	}
+	waiting := make(chan result, 1)
+	go func() {
+		msg, err := client.Request("waiting.work", []byte("second"), 30*time.Second)
+		waiting <- result{msg, err}
+	}()
+	testenv.WaitFor(t, 10*time.Second, "the second request to wait for the worker", func() bool { return load.Requests() >= 2 })
+	stopDone := make(chan error, 1)
+	go func() { stopDone <- svc.Stop() }()
+	testenv.WaitFor(t, 10*time.Second, "Stop to unsubscribe the endpoint", func() bool {
+		_, err := client.Request("waiting.work", []byte("probe"), 20*time.Millisecond)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	close(gate)
+	if err := <-stopDone; err != nil {
+		t.Fatal(err)
+	}
+	r := <-waiting
+	if r.err != nil {
+		t.Fatalf("the waiting request: %v", r.err)
+	}
+	if code := r.msg.Header.Get("Nats-Service-Error-Code"); code != "" || string(r.msg.Data) != "done" {
+		t.Fatalf("the request handed over before Stop was answered %s %q (%q), want it served", code, r.msg.Header.Get("Nats-Service-Error"), r.msg.Data)
+	}
+}
