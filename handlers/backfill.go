@@ -244,7 +244,10 @@ func (b *Backfiller) extremities(roomID string) ([]point, error) {
 // points chooses the extremities to ask about among all, the room's
 // backward extremities (b.mu held). It forgets the back-off of those the
 // room no longer has: their events came (Synapse clears a failed pull's
-// attempts when the event is persisted), or a purge took them.
+// attempts when the event is persisted), or a purge took them. Only once
+// that back-off has run out: all was read before b.mu was taken, and a
+// backfill that ended in between may have backed off an extremity all
+// does not hold yet.
 func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) []point {
 	now := b.Now()
 	failed := b.failures[roomID]
@@ -253,8 +256,8 @@ func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) 
 		for _, p := range all {
 			there[p.id] = true
 		}
-		for id := range failed {
-			if !there[id] {
+		for id, st := range failed {
+			if !there[id] && !now.Before(st.until) {
 				delete(failed, id)
 			}
 		}

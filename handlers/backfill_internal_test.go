@@ -244,3 +244,25 @@ func TestBackfill_CloseEndsTheBackgroundRuns(t *testing.T) {
 		t.Fatal("a background backfill started after Close")
 	}
 }
+
+// TestBackfill_FreshBackoffOutlivesAnOlderListOfPoints: a read lists the
+// room's extremities before it takes the Backfiller's lock, and a
+// backfill that ends in between may back off an extremity the list does
+// not hold yet (it came with the backfill's own events). Forgetting the
+// back-off of every extremity missing from the list dropped that fresh
+// one, and the next read asked about it again at once.
+func TestBackfill_FreshBackoffOutlivesAnOlderListOfPoints(t *testing.T) {
+	now := time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
+	b := &Backfiller{Backoff: time.Minute, Now: func() time.Time { return now }}
+	b.init()
+	const room = "!r:test"
+	fresh := point{id: "$new:test", depth: 40}
+	b.failed(room, []point{fresh})
+	b.mu.Lock()
+	b.points([]point{{id: "$old:test", depth: 50}}, room, 60, 10) // listed before fresh was there
+	got := b.points([]point{fresh}, room, 60, 10)
+	b.mu.Unlock()
+	if len(got) != 0 {
+		t.Fatalf("points %v: a back-off a minute long was forgotten at once", got)
+	}
+}
