@@ -329,6 +329,72 @@ func TestServe_AStallQueuesSmallRequestsInsteadOfDroppingThem(t *testing.T) {
 	}
 }
 
+// heldWorker is a service with one worker on <name>.work; a "block"
+// request holds the worker until gate is closed.
+type heldWorker struct {
+	env     *testenv.NATS
+	client  *nats.Conn
+	svc     *bus.Service
+	load    *bus.Load
+	subject string
+	gate    chan struct{}
+}
+
+// holdTheWorker serves <name>.work with one worker, sends a "block"
+// request and returns once it holds the worker. handled, if set, runs
+// at the start of every handler call.
+func holdTheWorker(t *testing.T, name string, handled func()) *heldWorker {
+	t.Helper()
+	env := testenv.NewNATS(t)
+	client, err := nats.Connect(env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.Close)
+	h := &heldWorker{env: env, client: client, load: &bus.Load{}, subject: name + ".work", gate: make(chan struct{})}
+	first := make(chan struct{})
+	h.svc, err = bus.Serve(env.NC, bus.ServiceOptions{Name: name, Version: "0.0.1", Workers: 1, Load: h.load}, []bus.Endpoint{{
+		Name: "work", Subject: h.subject,
+		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
+			if handled != nil {
+				handled()
+			}
+			if string(data) == "block" {
+				close(first)
+				<-h.gate
+			}
+			return []byte("done"), nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = client.Request(h.subject, []byte("block"), 30*time.Second) }()
+	<-first
+	return h
+}
+
+// stop stops the service while the worker is held, lets the worker go
+// once Stop has unsubscribed the endpoint (a new request finds no
+// responder), and returns when Stop does; stopped runs right after it.
+func (h *heldWorker) stop(t *testing.T, stopped func()) {
+	t.Helper()
+	stopDone := make(chan error, 1)
+	go func() {
+		err := h.svc.Stop()
+		stopped()
+		stopDone <- err
+	}()
+	testenv.WaitFor(t, 10*time.Second, "Stop to unsubscribe the endpoint", func() bool {
+		_, err := h.client.Request(h.subject, []byte("probe"), 20*time.Millisecond)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	close(h.gate)
+	if err := <-stopDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestServe_StopStartsNoHandlerAfterItReturns: requests that the
 // endpoint's subscription still held when Stop began (micro drains it:
 // they are still delivered after Stop has unsubscribed) are never
@@ -337,34 +403,13 @@ func TestServe_AStallQueuesSmallRequestsInsteadOfDroppingThem(t *testing.T) {
 // answered at once with a 503 instead of waiting for their timeout, so
 // that a requester can try another instance.
 func TestServe_StopStartsNoHandlerAfterItReturns(t *testing.T) {
-	env := testenv.NewNATS(t)
-	client, err := nats.Connect(env.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Close)
-	load := &bus.Load{}
-	gate, first := make(chan struct{}), make(chan struct{})
 	var stopped atomic.Bool
 	var late atomic.Int32
-	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "stopping", Version: "0.0.1", Workers: 1, Load: load}, []bus.Endpoint{{
-		Name: "work", Subject: "stopping.work",
-		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
-			if stopped.Load() {
-				late.Add(1)
-			}
-			if string(data) == "block" {
-				close(first)
-				<-gate
-			}
-			return []byte("done"), nil
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _, _ = client.Request("stopping.work", []byte("block"), 10*time.Second) }()
-	<-first
+	h := holdTheWorker(t, "stopping", func() {
+		if stopped.Load() {
+			late.Add(1)
+		}
+	})
 	// Requests that queue behind the one worker: one waits for it in
 	// the endpoint's handler, the rest in the subscription.
 	const queued = 64
@@ -372,35 +417,21 @@ func TestServe_StopStartsNoHandlerAfterItReturns(t *testing.T) {
 	var answered, unanswered atomic.Int32
 	for range queued {
 		wg.Go(func() {
-			if _, err := client.Request("stopping.work", []byte("queued"), 3*time.Second); err != nil {
+			if _, err := h.client.Request(h.subject, []byte("queued"), 3*time.Second); err != nil {
 				unanswered.Add(1)
 				return
 			}
 			answered.Add(1)
 		})
 	}
-	testenv.WaitFor(t, 5*time.Second, "the queued requests to reach the service", func() bool { return load.Requests() >= 2 })
-	if err := client.Flush(); err != nil {
+	testenv.WaitFor(t, 5*time.Second, "the queued requests to reach the service", func() bool { return h.load.Requests() >= 2 })
+	if err := h.client.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.NC.Flush(); err != nil {
+	if err := h.env.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	stopDone := make(chan error, 1)
-	go func() {
-		err := svc.Stop()
-		stopped.Store(true)
-		stopDone <- err
-	}()
-	// Stop has unsubscribed once a new request finds no responder.
-	testenv.WaitFor(t, 5*time.Second, "Stop to unsubscribe the endpoint", func() bool {
-		_, err := client.Request("stopping.work", []byte("probe"), 20*time.Millisecond)
-		return errors.Is(err, nats.ErrNoResponders)
-	})
-	close(gate)
-	if err := <-stopDone; err != nil {
-		t.Fatal(err)
-	}
+	h.stop(t, func() { stopped.Store(true) })
 	wg.Wait()
 	if n := late.Load(); n != 0 {
 		t.Errorf("%d handlers started after Stop returned", n)
@@ -415,49 +446,18 @@ func TestServe_StopStartsNoHandlerAfterItReturns(t *testing.T) {
 // a busy worker, is served (Stop waits for it), not refused with a 503:
 // only what micro delivers once the service is stopping is refused.
 func TestServe_StopServesARequestWaitingForAWorker(t *testing.T) {
-	env := testenv.NewNATS(t)
-	client, err := nats.Connect(env.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Close)
-	load := &bus.Load{}
-	gate, first := make(chan struct{}), make(chan struct{})
-	svc, err := bus.Serve(env.NC, bus.ServiceOptions{Name: "waiting", Version: "0.0.1", Workers: 1, Load: load}, []bus.Endpoint{{
-		Name: "work", Subject: "waiting.work",
-		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
-			if string(data) == "block" {
-				close(first)
-				<-gate
-			}
-			return []byte("done"), nil
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _, _ = client.Request("waiting.work", []byte("block"), 30*time.Second) }()
-	<-first
+	h := holdTheWorker(t, "waiting", nil)
 	type result struct {
 		msg *nats.Msg
 		err error
 	}
 	waiting := make(chan result, 1)
 	go func() {
-		msg, err := client.Request("waiting.work", []byte("second"), 30*time.Second)
+		msg, err := h.client.Request(h.subject, []byte("second"), 30*time.Second)
 		waiting <- result{msg, err}
 	}()
-	testenv.WaitFor(t, 10*time.Second, "the second request to wait for the worker", func() bool { return load.Requests() >= 2 })
-	stopDone := make(chan error, 1)
-	go func() { stopDone <- svc.Stop() }()
-	testenv.WaitFor(t, 10*time.Second, "Stop to unsubscribe the endpoint", func() bool {
-		_, err := client.Request("waiting.work", []byte("probe"), 20*time.Millisecond)
-		return errors.Is(err, nats.ErrNoResponders)
-	})
-	close(gate)
-	if err := <-stopDone; err != nil {
-		t.Fatal(err)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the second request to wait for the worker", func() bool { return h.load.Requests() >= 2 })
+	h.stop(t, func() {})
 	r := <-waiting
 	if r.err != nil {
 		t.Fatalf("the waiting request: %v", r.err)
