@@ -44,17 +44,8 @@ func TestTaskRunner_Run_OwnershipMoveStopsTheTaskAndFreesItsSlot(t *testing.T) {
 	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: time.Now,
 		Logger: slog.New(slog.DiscardHandler), PollInterval: time.Hour, MaxConcurrent: 1, Wake: wake,
 		Owns: func(roomID string) bool { return (roomID == rb.ID) == ownsB.Load() }}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	status := func(id string) string {
-		task, err := store.Task(id)
-		if err != nil || task == nil {
-			t.Fatalf("task %s: %+v (%v)", id, task, err)
-		}
-		return task.Status
-	}
+	runTaskRunner(t, runner)
+	status := taskStatus(t, store)
 	// The janitor is not running: room A's purge stays active.
 	testenv.WaitFor(t, 10*time.Second, "room A's purge to go active", func() bool { return status("purgea") == commands.TaskActive })
 	if got := status("purgeb"); got != commands.TaskScheduled {
@@ -111,10 +102,7 @@ func TestTaskRunner_Run_ExpiresABacklogWithoutWaitingForTheInterval(t *testing.T
 	// No open task and nothing to confirm: the runner only sweeps.
 	runner := &handlers.TaskRunner{Store: store, Subjects: subjects, Now: time.Now, Logger: slog.New(slog.DiscardHandler),
 		PollInterval: 5 * time.Millisecond, ExpireInterval: time.Hour}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runTaskRunner(t, runner)
 	testenv.WaitFor(t, 10*time.Second, "every expired task deleted", func() bool { return left() == 0 })
 }
 
@@ -210,10 +198,7 @@ func TestTaskRunner_Run_TaskFinishedInTheLogIsNotRunAgain(t *testing.T) {
 	waiter := &catchUpWaiter{store: store, behind: batch}
 	runner := &handlers.TaskRunner{Store: store, Log: log, Waiter: waiter, Subjects: subjects, Now: time.Now,
 		Logger: slog.New(slog.DiscardHandler), PollInterval: time.Hour, MaxConcurrent: 1}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runTaskRunner(t, runner)
 	updates := func() (ids []string) { // the runner's updates, not its confirmations
 		log.mu.Lock()
 		defer log.mu.Unlock()

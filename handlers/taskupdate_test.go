@@ -165,10 +165,7 @@ func TestTaskRunner_WarnsAboutStaleTasks(t *testing.T) {
 	var logs testenv.Buffer
 	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)), PollInterval: 10 * time.Millisecond, ExpireInterval: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runTaskRunner(t, runner)
 	testenv.WaitFor(t, 10*time.Second, "the purge task to go active", func() bool {
 		task, _ := store.Task("purge1")
 		return task != nil && task.Status == commands.TaskActive
@@ -230,17 +227,8 @@ func TestTaskRunner_APurgeWaitsForItsOwnRoomsErasures(t *testing.T) {
 	purge(quick.ID, quickEvs[0])
 	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: time.Now,
 		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	status := func(id string) string {
-		task, err := store.Task(id)
-		if err != nil || task == nil {
-			t.Fatalf("task %s: %+v (%v)", id, task, err)
-		}
-		return task.Status
-	}
+	runTaskRunner(t, runner)
+	status := taskStatus(t, store)
 	// Both tasks start on their own goroutines, so the quick one can
 	// complete before the slow one has published that it is active: wait
 	// for both states (CI once saw the slow one still scheduled).
@@ -347,10 +335,7 @@ func purgeWithRunner(t *testing.T, r *testenv.Room, cut testenv.Event, evs ...te
 	clock := testenv.NewClock(time.Now())
 	runner := &handlers.TaskRunner{Store: store, Log: a.Log.(noMsgID).log, Waiter: a.Waiter, Subjects: subjects, Now: clock.Now,
 		Logger: slog.New(slog.DiscardHandler), PollInterval: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runTaskRunner(t, runner)
 	return &purgeRun{admin: a, store: store, clock: clock, runner: runner, task: func() *commands.Task {
 		task, err := store.Task("purge1")
 		if err != nil || task == nil {
@@ -358,4 +343,25 @@ func purgeWithRunner(t *testing.T, r *testenv.Room, cut testenv.Event, evs ...te
 		}
 		return task
 	}}
+}
+
+// runTaskRunner runs runner until the test ends.
+func runTaskRunner(t *testing.T, runner *handlers.TaskRunner) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); runner.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// taskStatus reads a task's status from store; the task must exist.
+func taskStatus(t *testing.T, store *projections.Store) func(id string) string {
+	return func(id string) string {
+		t.Helper()
+		task, err := store.Task(id)
+		if err != nil || task == nil {
+			t.Fatalf("task %s: %+v (%v)", id, task, err)
+		}
+		return task.Status
+	}
 }
