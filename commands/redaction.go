@@ -210,3 +210,27 @@ func KeepsTopLevelRedacts(roomVersion string) bool {
 func KeepsTopLevelMembership(roomVersion string) bool {
 	return !redactionRulesFor(roomVersion).updated
 }
+
+// prunedPDUKeys are the top-level keys of an event that survive
+// redaction in every room version (Synapse's rust/src/events/utils.rs
+// redact, allowed_keys); unsigned is rebuilt apart.
+var prunedPDUKeys = map[string]bool{
+	"event_id": true, "sender": true, "room_id": true, "hashes": true, "signatures": true,
+	"content": true, "type": true, "state_key": true, "depth": true, "prev_events": true,
+	"origin_server_ts": true, "auth_events": true,
+}
+
+// KeepsTopLevelKey reports whether the redaction algorithm of roomVersion
+// keeps the event's top-level key: the keys of prunedPDUKeys, and before
+// v11 (MSC2176) also prev_state, membership and origin. The federation
+// format shows a redacted event with only these.
+func KeepsTopLevelKey(roomVersion, key string) bool {
+	if prunedPDUKeys[key] {
+		return true
+	}
+	switch key {
+	case "prev_state", "membership", "origin":
+		return !redactionRulesFor(roomVersion).updated
+	}
+	return false
+}

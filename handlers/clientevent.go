@@ -80,6 +80,9 @@ func (c *clientEncoder) event(r *projections.Row, opts eventOpts) error {
 			return err
 		}
 	}
+	if rc.fed != nil {
+		rc.fed.note(r, redacted)
+	}
 	if opts.because {
 		// Shown pruned if it is redacted itself, but without its own
 		// redacted_because: one level, not one a link of a chain.

@@ -59,6 +59,13 @@
 // inside the transaction and keeps nothing of a row after it, not even
 // a string (a map key, an error's text, a goroutine's argument).
 //
+// A page in the federation format (?raw, or a filter's event_format) is
+// built in the client format in its transaction, with each event's log
+// sequence noted (fedPage, with copied IDs), and turned after it: each
+// event's message is read from the log (bus.Log.EventMessage, which
+// finds a compacted room's kept copies too), since the projection does
+// not keep the PDU fields the client format drops.
+//
 // The HTTP bridge is a thin translation: every endpoint becomes a NATS
 // request of CONTRACT.md section 4, so it can run in its own process.
 package handlers

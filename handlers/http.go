@@ -615,6 +615,11 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
 		}
 	}
+	// Synapse's `b"raw" not in request.args`: any raw parameter, whatever
+	// its value, asks for the federation format (SYNAPSE.md 1.1 step 4).
+	if q.Has("raw") {
+		req["event_format"] = "federation"
+	}
 	return req, nil
 }
 

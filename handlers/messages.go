@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +50,9 @@ type Messages struct {
 	// Backfill, if set, fills gaps from federation workers on backwards
 	// reads (SYNAPSE.md 1.4 step 6).
 	Backfill *Backfiller
+	// Events reads events' messages from the log for pages in the
+	// federation format (fedevent.go); without it such a page is 501.
+	Events EventLog
 
 	levels levelsCache // decoded power levels, between reads
 }
@@ -69,6 +73,10 @@ type MessagesRequest struct {
 	Filter       *commands.Filter
 	WaitFor      uint64
 	IgnoredUsers []string
+	// Federation: the events in the federation format, asked by
+	// event_format or by the filter's event_format (SYNAPSE.md 1.1
+	// step 4).
+	Federation bool
 }
 
 // ParseMessagesRequest validates a request map in Synapse's order: dir,
@@ -115,6 +123,16 @@ func ParseMessagesRequest(m map[string]any) (*MessagesRequest, error) {
 			return nil, err
 		}
 		r.Filter = f
+		r.Federation = f.FederationFormat
+	}
+	if v, ok := m["event_format"]; ok && v != nil {
+		switch v {
+		case "federation":
+			r.Federation = true
+		case "client":
+		default:
+			return nil, commands.Errorf(400, commands.CodeBadJSON, "Param 'event_format' must be 'client' or 'federation'")
+		}
 	}
 	if v, ok := m["admin"]; ok && v != nil {
 		b, ok := v.(bool)
@@ -186,7 +204,7 @@ func (h *Messages) Read(ctx context.Context, roomID string, req *MessagesRequest
 			return nil, err
 		}
 	}
-	reply, need, err := h.readOnce(roomID, req)
+	reply, need, err := h.readOnce(ctx, roomID, req)
 	if err != nil || need == nil || h.Backfill == nil {
 		return reply, err
 	}
@@ -197,19 +215,27 @@ func (h *Messages) Read(ctx context.Context, roomID string, req *MessagesRequest
 	if !h.Backfill.Maybe(ctx, roomID, need.depth, req.Limit) {
 		return reply, nil // nothing came: the local page, at once
 	}
-	reply, _, err = h.readOnce(roomID, req)
+	reply, _, err = h.readOnce(ctx, roomID, req)
 	return reply, err
 }
 
-func (h *Messages) readOnce(roomID string, req *MessagesRequest) ([]byte, *backfillNeed, error) {
+func (h *Messages) readOnce(ctx context.Context, roomID string, req *MessagesRequest) ([]byte, *backfillNeed, error) {
 	now := h.Now().UnixMilli()
+	if req.Federation && h.Events == nil {
+		return nil, nil, commands.Errorf(501, commands.CodeUnknown, "The federation event format is not available here")
+	}
 	var reply []byte
 	var need *backfillNeed
+	var fed *fedPage
 	err := h.Store.View(roomID, func(v *projections.RoomView) error {
 		var err error
-		reply, need, err = h.page(v, roomID, req, now)
+		reply, need, fed, err = h.page(v, roomID, req, now)
 		return err
 	})
+	if err != nil || fed == nil {
+		return reply, need, err
+	}
+	reply, err = fed.turn(ctx, h.Events, roomID, reply)
 	return reply, need, err
 }
 
@@ -238,7 +264,10 @@ func backfillDecision(rows []*projections.Row, limit int, depth int64) *backfill
 	return need
 }
 
-func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesRequest, now int64) ([]byte, *backfillNeed, error) {
+// page reads one page in the client format; for a request in the
+// federation format it also returns what the page's turn into it needs
+// (fedPage), which happens outside the read transaction.
+func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesRequest, now int64) ([]byte, *backfillNeed, *fedPage, error) {
 	// Step 1: the from token.
 	var from commands.StreamToken
 	fromGiven := req.From != nil
@@ -277,7 +306,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		rc.reader = commands.Reader{UserID: req.UserID, Ignored: rc.ignored(), Now: now}
 	} else {
 		if err := rc.checkAccess(); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		// Step 4: a departed user paging backwards is clamped to their
 		// leave event; start shows the clamped token.
@@ -302,7 +331,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		}
 		var err error
 		if res, err = v.Paginate(q); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	// Rejected events never leave the store, nor do the redactions
@@ -315,7 +344,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 		if r.Type == typeRedaction {
 			withheld, err := rc.withholds(r)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			if withheld {
 				continue
@@ -348,7 +377,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	if !res.Limited && len(rows) == 0 {
 		var enc clientEncoder
 		reply, err := finishReply(&enc, startReply(&enc), from.String(), "", nil, nil)
-		return reply, need, err
+		return reply, need, nil, err
 	}
 	// Step 9: the filter's after-limit part, then visibility.
 	visible := rows[:0:0]
@@ -363,7 +392,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 				// no url and no labels left (the SQL part saw them).
 				red, err := rc.redaction(r)
 				if err != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
 				if red != nil {
 					meta.HasURL, meta.Labels = false, nil
@@ -388,6 +417,9 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	// The events are written straight into the reply after its head
 	// (see startReply), so the reply is built in one buffer, not copied.
 	rc.v.MarkRelated(visible)
+	if req.Federation {
+		rc.fed = &fedPage{events: map[string]fedSource{}}
+	}
 	enc := clientEncoder{rc: rc}
 	enc.buf = *bytes.NewBuffer(replyBuf(len(visible)*512 + 256))
 	chunkAt := startReply(&enc)
@@ -402,7 +434,7 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 			opts.membership = memberships[i]
 		}
 		if err := enc.event(r, opts); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if enc.buf.Len() > maxReply-replyMargin && i > 0 {
 			// The reply would pass max_payload: end at the last whole
@@ -419,14 +451,20 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	if req.Filter != nil && req.Filter.LazyLoadMembers && len(visible) > 0 {
 		var err error
 		if state, err = rc.lazyMembers(visible); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	reply, err := finishReply(&enc, chunkAt, from.String(), end.String(), state, gaps(v, visible, from, req.Backwards))
 	if state != nil {
 		ReleaseReply(state.buf.Bytes()) // copied into the reply
 	}
-	return reply, need, err
+	if f := rc.fed; f != nil {
+		f.version, f.from, f.backwards, f.maxReply = strings.Clone(rc.version()), from, req.Backwards, maxReply
+		for _, r := range visible {
+			f.chunk = append(f.chunk, rowPos{r.Depth, r.Stream})
+		}
+	}
+	return reply, need, rc.fed, err
 }
 
 // gapsKey is MSC3871's unstable field.

@@ -34,7 +34,7 @@ func needOf(t *testing.T, r *testenv.Room, evs []testenv.Event, req *MessagesReq
 	}
 	h := &Messages{Store: store, Subjects: s, Now: time.Now, Waiter: watermark(len(evs))}
 	var need *backfillNeed
-	_ = store.View(r.ID, func(v *projections.RoomView) (err error) { _, need, err = h.page(v, r.ID, req, 0); return })
+	_ = store.View(r.ID, func(v *projections.RoomView) (err error) { _, need, _, err = h.page(v, r.ID, req, 0); return })
 	return need
 }
 

@@ -34,6 +34,9 @@ type readContext struct {
 	// reads, when they are short (nil: seek per event).
 	visHist, memberHist []projections.StateEntry
 	histLoaded          bool
+
+	// fed notes the events written, for a page in the federation format.
+	fed *fedPage
 }
 
 // maxHistory bounds the state entries a read keeps in memory per key.

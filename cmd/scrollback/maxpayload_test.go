@@ -17,17 +17,7 @@ import (
 // the embedded server; it used to be built up to 8 MiB, and its publish
 // failed, so the reader timed out.
 func TestMessages_RepliesFitAnExternalServersMaxPayload(t *testing.T) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-		StoreDir: t.TempDir(), MaxPayload: 1 << 20, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	m := startMain(t, func(c *Config) { c.NATS.URL = srv.ClientURL() })
+	m := startMainOnSmallPayloads(t)
 	r := testenv.NewRoom("bigpage", "test")
 	evs := r.Setup("@a:test")
 	body := strings.Repeat("x", 30<<10)
@@ -43,4 +33,21 @@ func TestMessages_RepliesFitAnExternalServersMaxPayload(t *testing.T) {
 	if n == 0 || n >= 60 || page["end"] == nil {
 		t.Fatalf("page of %d events, end %v: want fewer than 60, the most that fit in 1 MiB, and an end token", n, page["end"])
 	}
+}
+
+// startMainOnSmallPayloads starts a service on an external NATS server
+// whose max_payload is NATS's default, 1 MiB.
+func startMainOnSmallPayloads(t *testing.T) *Main {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+		StoreDir: t.TempDir(), MaxPayload: 1 << 20, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	return startMain(t, func(c *Config) { c.NATS.URL = srv.ClientURL() })
 }

@@ -210,7 +210,7 @@ func (m *Main) Open(ctx context.Context) error {
 		Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill"),
 		Observe: m.Metrics.ObserveBackfill}
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
-		Retention: retentionConfig(c.Retention), Backfill: m.backfill}
+		Retention: retentionConfig(c.Retention), Backfill: m.backfill, Events: logLog}
 	m.stopping = make(chan struct{})
 	admin := &handlers.Admin{Store: m.Store, Waiter: m.Projector, Log: logLog, Subjects: subjects, Now: now, ServerName: c.ServerName,
 		Audit: m.Logger.With("component", "audit"), Stopping: m.stopping, CanStart: runner.CanStart}
