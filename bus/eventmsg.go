@@ -4,29 +4,76 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/scrollback/scrollback/commands"
 )
 
-// ErrEventGone is EventMessage's answer for a sequence whose event
+// ErrEventGone is eventMessage's answer for a sequence whose event
 // message the log no longer holds, on the room's event subject or as a
 // kept copy.
 var ErrEventGone = errors.New("bus: the event's message is not in the log")
 
-// EventMessage is the data of the room's event message published at seq:
-// the event as the homeserver published it, every PDU field included
-// (the projection keeps only what reads in the client format need). A
-// compaction (Compact) may have moved the message to the room's kept
+// EventMessages are the data of the room's event messages published at
+// seqs: the events as the homeserver published them, every PDU field
+// included (the projection keeps only what reads in the client format
+// need). A sequence whose message the log no longer holds is absent from
+// the map. The requests go eventMessagesAtOnce at a time: one after the
+// other, a page of 1,000 events took 170 ms here, the stream's look-up
+// included each time.
+//
+// A compaction (Compact) may have moved a message to the room's kept
 // subject, where it is found by its original sequence: copies go there in
 // order of it, so a binary search over the subject finds it in about 2
 // log2(n) requests for n copies.
-func (l *Log) EventMessage(ctx context.Context, roomID string, seq uint64) ([]byte, error) {
+func (l *Log) EventMessages(ctx context.Context, roomID string, seqs []uint64) (map[uint64][]byte, error) {
 	st, err := l.JS.Stream(ctx, l.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("bus: stream %s: %w", l.Stream, err)
 	}
+	out := make(map[uint64][]byte, len(seqs))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+	)
+	sem := make(chan struct{}, eventMessagesAtOnce)
+	for _, seq := range seqs {
+		sem <- struct{}{}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			data, err := l.eventMessage(ctx, st, roomID, seq)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				out[seq] = data
+			case errors.Is(err, ErrEventGone):
+			case first == nil:
+				first = err
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return out, first
+}
+
+// eventMessagesAtOnce bounds the requests EventMessages has under way.
+const eventMessagesAtOnce = 16
+
+// eventMessage is one message of EventMessages.
+func (l *Log) eventMessage(ctx context.Context, st jetstream.Stream, roomID string, seq uint64) ([]byte, error) {
 	m, err := st.GetMsg(ctx, seq)
 	switch {
 	case err == nil && m.Subject == l.Subjects.Room(roomID, commands.KindEvent):

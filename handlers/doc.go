@@ -62,7 +62,7 @@
 // A page in the federation format (?raw, or a filter's event_format) is
 // built in the client format in its transaction, with each event's log
 // sequence noted (fedPage, with copied IDs), and turned after it: each
-// event's message is read from the log (bus.Log.EventMessage, which
+// event's message is read from the log (bus.Log.EventMessages, which
 // finds a compacted room's kept copies too), since the projection does
 // not keep the PDU fields the client format drops.
 //

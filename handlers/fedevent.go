@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -11,10 +10,11 @@ import (
 	"github.com/scrollback/scrollback/projections"
 )
 
-// EventLog reads an event's message from the room log as the homeserver
-// published it (bus.Log.EventMessage).
+// EventLog reads events' messages from the room log as the homeserver
+// published them (bus.Log.EventMessages); one the log no longer holds is
+// absent from the map.
 type EventLog interface {
-	EventMessage(ctx context.Context, roomID string, seq uint64) ([]byte, error)
+	EventMessages(ctx context.Context, roomID string, seqs []uint64) (map[uint64][]byte, error)
 }
 
 // The federation format (SYNAPSE.md 1.1 step 4: ?raw, or a filter's
@@ -45,6 +45,7 @@ type fedSource struct {
 // transaction.
 type fedPage struct {
 	events    map[string]fedSource
+	msgs      map[uint64][]byte // the events' messages, read by turn
 	version   string
 	from      commands.StreamToken
 	backwards bool
@@ -80,12 +81,19 @@ func (f *fedPage) turn(ctx context.Context, log EventLog, roomID string, reply [
 	if err != nil {
 		return nil, fmt.Errorf("federation format: decoding the page: %w", err)
 	}
+	seqs := make([]uint64, 0, len(f.events))
+	for _, src := range f.events {
+		seqs = append(seqs, src.seq)
+	}
+	if f.msgs, err = log.EventMessages(ctx, roomID, seqs); err != nil {
+		return nil, fmt.Errorf("federation format: %w", err)
+	}
 	chunk, _ := m["chunk"].([]any)
 	kept := chunk[:0]
 	var keptPos []rowPos
 	sizes := 0
 	for i, v := range chunk {
-		ev, ok, err := f.event(ctx, log, roomID, v)
+		ev, ok, err := f.event(v)
 		if err != nil {
 			return nil, err
 		}
@@ -109,7 +117,7 @@ func (f *fedPage) turn(ctx context.Context, log EventLog, roomID string, reply [
 	if state, ok := m["state"].([]any); ok {
 		out := state[:0]
 		for _, v := range state {
-			ev, ok, err := f.event(ctx, log, roomID, v)
+			ev, ok, err := f.event(v)
 			if err != nil {
 				return nil, err
 			}
@@ -150,19 +158,16 @@ func replyLimits(n int) bus.Limits {
 
 // event turns one client event (a map of the reply) into the federation
 // format; ok is false if its message is gone from the log.
-func (f *fedPage) event(ctx context.Context, log EventLog, roomID string, v any) (map[string]any, bool, error) {
+func (f *fedPage) event(v any) (map[string]any, bool, error) {
 	ev, _ := v.(map[string]any)
 	id, _ := ev["event_id"].(string)
 	src, ok := f.events[id]
 	if !ok {
 		return nil, false, fmt.Errorf("federation format: event %q of the page was not noted", id)
 	}
-	data, err := log.EventMessage(ctx, roomID, src.seq)
-	if errors.Is(err, bus.ErrEventGone) {
+	data, ok := f.msgs[src.seq]
+	if !ok {
 		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("federation format: %w", err)
 	}
 	msg, err := bus.DecodeMap(data, bus.DefaultLimits)
 	if err != nil {
@@ -183,15 +188,15 @@ func (f *fedPage) event(ctx context.Context, log EventLog, roomID string, v any)
 		out["redacts"] = r // where the client encoder put it: the same rules
 	}
 	un, _ := ev["unsigned"].(map[string]any)
-	if err := f.nested(ctx, log, roomID, un, "redacted_because"); err != nil {
+	if err := f.nested(un, "redacted_because"); err != nil {
 		return nil, false, err
 	}
 	if rel, ok := un["m.relations"].(map[string]any); ok {
-		if err := f.nested(ctx, log, roomID, rel, commands.RelReplace); err != nil {
+		if err := f.nested(rel, commands.RelReplace); err != nil {
 			return nil, false, err
 		}
 		if th, ok := rel[commands.RelThread].(map[string]any); ok {
-			if err := f.nested(ctx, log, roomID, th, "latest_event"); err != nil {
+			if err := f.nested(th, "latest_event"); err != nil {
 				return nil, false, err
 			}
 		}
@@ -204,12 +209,12 @@ func (f *fedPage) event(ctx context.Context, log EventLog, roomID string, v any)
 
 // nested turns the event at m[key], if any, into the federation format;
 // one whose message is gone is left out.
-func (f *fedPage) nested(ctx context.Context, log EventLog, roomID string, m map[string]any, key string) error {
+func (f *fedPage) nested(m map[string]any, key string) error {
 	v, ok := m[key]
 	if !ok {
 		return nil
 	}
-	ev, ok, err := f.event(ctx, log, roomID, v)
+	ev, ok, err := f.event(v)
 	if err != nil {
 		return err
 	}
