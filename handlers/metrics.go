@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"context"
+	"errors"
 	"math"
 	"net/http"
 	"os"
@@ -95,7 +97,7 @@ func NewMetrics(lag func() float64) *Metrics {
 	// flight at a time: their round trips bound how long it takes.
 	m.hsReqs = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "scrollback_homeserver_request_duration_seconds",
-		Help:    "Time the homeserver took to answer a request of a shutdown (sb.hs.leave, forget, join, create_room, send, move_aliases), retries included, by request and outcome (ok or error).",
+		Help:    "Time the homeserver took to answer a request of a shutdown (sb.hs.leave, forget, join, create_room, send, move_aliases), retries included, by request and outcome (ok, error, or cancelled: the shutdown's context ended, the task cancelled or the service stopping).",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	}, []string{"request", "outcome"})
 	m.backfills = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -185,6 +187,41 @@ func (m *Metrics) CountDisk(db *bolt.DB) {
 		}, func() float64 { return float64(db.Stats().FreeAlloc) }))
 }
 
+// CountPurgeBacklog exports the purges' background work still waiting,
+// asked of the store at each scrape (projections.Store.PurgeBacklog): the
+// rooms whose purged rows the janitor has still to delete, and those
+// whose purged events the eraser has still to delete from the log. Only
+// rates showed before (scrollback_janitor_rows_total), which say nothing
+// of how much is left, nor of an eraser that is stuck. It counts rooms,
+// not rows: a scrape cannot count a purge's million rows, and the queues
+// hold a room each.
+func (m *Metrics) CountPurgeBacklog(store *projections.Store) {
+	m.Registry.MustRegister(&purgeBacklog{store: store, desc: prometheus.NewDesc("scrollback_purge_backlog_rooms",
+		"Rooms with purge work waiting in the background, by stage: rows (purged rows the janitor has still to delete from the projection) or erasure (purged events the eraser has still to delete from the log; the queue of a file from before erasein counts as one). A room whose history a purge_room ended counts twice while that history and its new one both wait.",
+		[]string{"stage"}, nil)})
+}
+
+// purgeBacklog collects scrollback_purge_backlog_rooms: one read-only
+// transaction a scrape for both stages.
+type purgeBacklog struct {
+	store *projections.Store
+	desc  *prometheus.Desc
+}
+
+func (c *purgeBacklog) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect reports NaN for both stages when the store cannot be read (it
+// is closed as the service stops), as CountDisk does for the file.
+func (c *purgeBacklog) Collect(ch chan<- prometheus.Metric) {
+	b, err := c.store.PurgeBacklog()
+	rows, erasure := float64(b.RowRooms), float64(b.ErasureRooms)
+	if err != nil {
+		rows, erasure = math.NaN(), math.NaN()
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, rows, "rows")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, erasure, "erasure")
+}
+
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
@@ -200,11 +237,22 @@ func (m *Metrics) ObserveRequest(transport string) func(endpoint string, d time.
 // ObserveHomeserver records one request to the homeserver
 // (handlers.TaskRunner.ObserveHS).
 func (m *Metrics) ObserveHomeserver(request string, d time.Duration, err error) {
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
+	m.hsReqs.WithLabelValues(request, hsOutcome(err)).Observe(d.Seconds())
+}
+
+// hsOutcome is the outcome label of a request to the homeserver that
+// ended with err: ok, error, or cancelled when the shutdown's context
+// ended (the task cancelled, the service stopping). A stop is no failure
+// of the homeserver, and must not raise the error series an operator
+// alerts on; a deadline (no answer within homeserver.timeout) is one.
+func hsOutcome(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
 	}
-	m.hsReqs.WithLabelValues(request, outcome).Observe(d.Seconds())
+	return "error"
 }
 
 // ObserveBackfill records the outcome of one backfill request

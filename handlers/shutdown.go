@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -357,7 +358,8 @@ func progressEvery(members int) time.Duration {
 // kickAll makes every local member leave and forget the room, and joins
 // the previously joined ones to the new room, at most Concurrency users at
 // once, each after BeforeKick. Progress is published every
-// progressEvery(members) and at the end.
+// progressEvery(members) and at the end; failures are logged by
+// kickFailures, a few at Warn.
 func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shutdownResult, n *int) error {
 	kicked := make(map[string]bool, len(res.Kicked))
 	for _, u := range res.Kicked {
@@ -408,6 +410,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shut
 			}
 		}
 	}()
+	failures := &kickFailures{log: r.Logger, task: task.ID}
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
 	for _, i := range todo {
@@ -428,7 +431,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shut
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ok := r.kick(ctx, task, u, txnN, membership, res.NewRoomID)
+			ok := r.kick(ctx, task, u, txnN, membership, res.NewRoomID, failures)
 			mu.Lock()
 			defer mu.Unlock()
 			res.Failed = slices.DeleteFunc(res.Failed, func(s string) bool { return s == u })
@@ -441,6 +444,7 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shut
 		}()
 	}
 	wg.Wait()
+	failures.summary()
 	close(stopFlush)
 	if err := <-flushDone; err != nil {
 		return err
@@ -453,29 +457,85 @@ func (r *TaskRunner) kickAll(ctx context.Context, task *commands.Task, res *shut
 
 // kick is one user's part of a shutdown: leave, forget, and join the new
 // room when they were joined. Any failure puts the user in
-// failed_to_kick_users; the shutdown goes on.
-func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user string, n int64, membership, newRoom string) bool {
+// failed_to_kick_users, and is told to failures; the shutdown goes on.
+func (r *TaskRunner) kick(ctx context.Context, task *commands.Task, user string, n int64, membership, newRoom string, failures *kickFailures) bool {
 	suffix := fmt.Sprintf("-%d", n)
 	if _, err := r.hs(ctx, "leave", map[string]any{"txn_id": task.ID + "-leave" + suffix, "room_id": task.RoomID, "user_id": user}); err != nil {
-		r.Logger.Warn("shutdown: leave failed", "task", task.ID, "user", user, "err", err)
+		failures.add("leave", user, err)
 		return false
 	}
 	if _, err := r.hs(ctx, "forget", map[string]any{"txn_id": task.ID + "-forget" + suffix, "room_id": task.RoomID, "user_id": user}); err != nil {
-		r.Logger.Warn("shutdown: forget failed", "task", task.ID, "user", user, "err", err)
+		failures.add("forget", user, err)
 		return false
 	}
 	if newRoom != "" && membership == "join" {
 		if _, err := r.hs(ctx, "join", map[string]any{"txn_id": task.ID + "-join" + suffix, "room_id": newRoom, "user_id": user}); err != nil {
-			r.Logger.Warn("shutdown: join to the new room failed", "task", task.ID, "user", user, "err", err)
+			failures.add("join to the new room", user, err)
 			return false
 		}
 	}
 	return true
 }
 
+// warnedKicks is how many failed kicks of a task's run are logged at
+// Warn; the others are logged at Debug, and summed up at the end
+// (kickFailures.summary).
+const warnedKicks = 10
+
+// kickFailures logs the failed kicks of one run of a task's kicks: the
+// first warnedKicks at Warn, with the user and the error, the others at
+// Debug, so that a room of 5,000 members whose homeserver is down writes
+// a dozen Warn lines, not 5,000; the user's result
+// (failed_to_kick_users) is the kicks' own.
+type kickFailures struct {
+	log  *slog.Logger
+	task string
+
+	mu    sync.Mutex
+	n     int   // kicks failed so far
+	first error // the first one's step and error
+}
+
+// add logs the failure of user's kick at step (leave, forget, join to
+// the new room).
+func (f *kickFailures) add(step, user string, err error) {
+	if errors.Is(err, context.Canceled) {
+		// The task was cancelled or the service is stopping: no failure
+		// of the homeserver, and the kick is retried when the task
+		// resumes.
+		f.log.Debug("shutdown: "+step+" stopped", "task", f.task, "user", user, "err", err)
+		return
+	}
+	f.mu.Lock()
+	f.n++
+	warn := f.n <= warnedKicks
+	if f.first == nil {
+		f.first = fmt.Errorf("%s: %w", step, err)
+	}
+	f.mu.Unlock()
+	level := slog.LevelDebug
+	if warn {
+		level = slog.LevelWarn
+	}
+	f.log.Log(context.Background(), level, "shutdown: "+step+" failed", "task", f.task, "user", user, "err", err)
+}
+
+// summary logs, once the run's kicks have ended, one Warn line with how
+// many failed and the first error, when more failed than were logged at
+// Warn.
+func (f *kickFailures) summary() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n > warnedKicks {
+		f.log.Warn("shutdown: kicks failed", "task", f.task, "failed", f.n, "logged_at_warn", warnedKicks, "first_err", f.first)
+	}
+}
+
 // hs asks the homeserver, bounded by HSTimeout. "No responders" is
 // retried within that bound: a homeserver worker that restarts or
-// reconnects must not fail every user of a shutdown at once.
+// reconnects must not fail every user of a shutdown at once. A request
+// whose ctx ends while it retries ends with ctx's error too, as one
+// waiting for an answer does.
 func (r *TaskRunner) hs(ctx context.Context, name string, req map[string]any) (out map[string]any, err error) {
 	if r.ObserveHS != nil {
 		start := time.Now()
@@ -492,6 +552,11 @@ func (r *TaskRunner) hs(ctx context.Context, name string, req map[string]any) (o
 		if errors.Is(err, bus.ErrNoResponders) {
 			select {
 			case <-hctx.Done():
+				if ctx.Err() != nil {
+					// The shutdown ended, not the homeserver's time:
+					// the error says so (ObserveHS: cancelled).
+					return nil, fmt.Errorf("%w; given up: %w", err, ctx.Err())
+				}
 				return nil, err
 			case <-time.After(100 * time.Millisecond):
 				continue

@@ -2212,3 +2212,65 @@ func TestToConfirm_TheOwnerConfirmsWhatAnotherInstanceHolds(t *testing.T) {
 		t.Errorf("A's erasure of the room waits for the refusal's confirmation, which the owner B never publishes: B.ToConfirm = %v", taskIDs(tb))
 	}
 }
+
+// TestPurgeBacklog_CountsRoomsNotRows: the purges' background work still
+// queued, which /metrics asks at each scrape, is counted in rooms from
+// the queues of the janitor and the eraser (one entry a room), so that a
+// purge of a million rows costs a scrape no more than one of ten.
+func TestPurgeBacklog_CountsRoomsNotRows(t *testing.T) {
+	s := openWithServer(t)
+	backlog := func() projections.PurgeBacklog {
+		t.Helper()
+		b, err := s.PurgeBacklog()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if got := backlog(); got != (projections.PurgeBacklog{}) {
+		t.Fatalf("a new store: %+v, want nothing waiting", got)
+	}
+	h := testenv.NewRoom("histories", "test")
+	msgs := remoteMsgs(h, 50)
+	next := apply(t, s, 1, append(h.Setup("@alice:test", "@remote:other.org"), msgs...)...)
+	d := testenv.NewRoom("dropped", "test")
+	next = apply(t, s, next, append(d.Setup("@alice:test", "@remote:other.org"), remoteMsgs(d, 10)...)...)
+	applyCmd(t, s, next, h.ID, "history", commands.ActionPurgeHistory, purgeAt(msgs[40]))
+	applyCmd(t, s, next+1, d.ID, "room", commands.ActionPurgeRoom, map[string]any{"force": true})
+	// The purge_history's 40-odd rows are one room; the purge_room's
+	// erasure is queued at once, the purge_history's as the janitor
+	// deletes its rows.
+	if got, want := backlog(), (projections.PurgeBacklog{RowRooms: 2, ErasureRooms: 1}); got != want {
+		t.Fatalf("after the purges: %+v, want %+v", got, want)
+	}
+	drainJanitor(t, s)
+	if got, want := backlog(), (projections.PurgeBacklog{ErasureRooms: 2}); got != want {
+		t.Fatalf("once the janitor is done: %+v, want %+v", got, want)
+	}
+	// The queue of files from before erasein names no room: one more.
+	err := s.DB().Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("erase")).Put(binary.BigEndian.AppendUint64(nil, 1), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := backlog(), (projections.PurgeBacklog{ErasureRooms: 3}); got != want {
+		t.Fatalf("with the old queue: %+v, want %+v", got, want)
+	}
+	projections.ConfirmAll(t, s) // the old queue waits for every mark
+	for {
+		e, err := s.PendingErasures(1000, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(e.Seqs) == 0 && len(e.Rooms) == 0 {
+			break
+		}
+		if err := s.ErasuresDone(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := backlog(); got != (projections.PurgeBacklog{}) {
+		t.Fatalf("once the log has erased everything: %+v, want nothing waiting", got)
+	}
+}

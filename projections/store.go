@@ -1024,6 +1024,50 @@ func (s *Store) ErasuresPending() (bool, error) {
 	return pending, err
 }
 
+// PurgeBacklog is the purges' background work still queued, in rooms
+// (room numbers: a room whose history a purge_room ended counts once for
+// that history and once for its new one while both wait).
+type PurgeBacklog struct {
+	// RowRooms have purged rows still stored, which the janitor is to
+	// delete (its queue: janitor).
+	RowRooms int
+	// ErasureRooms have purged events still in the log, which the eraser
+	// is to delete: those with erasures queued under their number
+	// (erasein) or for their purge_room (eraseroom); and the queue of
+	// files from before erasein (erase), which names no room, counts as
+	// one.
+	ErasureRooms int
+}
+
+// PurgeBacklog counts the purges' queued background work, for /metrics
+// at each scrape. It reads the keys of the queues, one a room, and never
+// what they hold: a purge may leave a million rows to delete and as many
+// log messages to erase, and a scrape every few seconds must not read
+// them. Its cost is one key per room with work waiting.
+func (s *Store) PurgeBacklog() (PurgeBacklog, error) {
+	var b PurgeBacklog
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b.RowRooms = countKeys(tx.Bucket(bJanitor))
+		b.ErasureRooms = countKeys(tx.Bucket(bEraseIn)) + countKeys(tx.Bucket(bEraseRoom))
+		if k, _ := tx.Bucket(bErase).Cursor().First(); k != nil {
+			b.ErasureRooms++
+		}
+		return nil
+	})
+	return b, err
+}
+
+// countKeys is the number of keys at b's top level; a nested bucket
+// (a room's in erasein) is one key, whose own keys are not read.
+func countKeys(b *bolt.Bucket) int {
+	n := 0
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	return n
+}
+
 // ErasuresPendingFor reports whether erasures of roomID's messages are
 // queued: under its room number (erasein), for its purge_room
 // (eraseroom), or in the queue that files written before erasein kept,

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -193,6 +195,77 @@ func TestDeleteRoom_V2ShutdownWithNewRoom(t *testing.T) {
 	}
 }
 
+// TestDeleteRoom_FailedKicksLogAFewWarnings: a shutdown whose homeserver
+// fails the users' leaves logs the first 10 failures at Warn, with the
+// user and the error, the others at Debug, and at the end one Warn line
+// with the task, how many kicks failed and the first error: each failure
+// was a Warn line, 5,000 of them for a room of 5,000 members while the
+// homeserver was down. The result names every user that failed, as
+// before.
+func TestDeleteRoom_FailedKicksLogAFewWarnings(t *testing.T) {
+	var logs testenv.Buffer
+	m := startMainWith(t, &Main{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "hsdown", 25)
+	var failing []string
+	for i := range 15 {
+		u := fmt.Sprintf("@user%d:test", i)
+		hs.FailLeave(u)
+		failing = append(failing, u)
+	}
+	sort.Strings(failing)
+	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"block": true, "purge": false}`)
+	if st != 200 {
+		t.Fatalf("%d %v", st, body)
+	}
+	id := body["delete_id"].(string)
+	var task map[string]any
+	testenv.WaitFor(t, 30*time.Second, "the shutdown to finish", func() bool {
+		_, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
+		return task["status"] == "complete" || task["status"] == "failed"
+	})
+	res := task["shutdown_room"].(map[string]any)
+	if f := strList(res["failed_to_kick_users"]); task["status"] != "complete" || !slices.Equal(f, failing) {
+		t.Fatalf("task %v, failed_to_kick_users %v; want complete, and %v", task["status"], f, failing)
+	}
+	if kicked := strList(res["kicked_users"]); len(kicked) != 13 { // alice, 10 users, the invitee, the knocker
+		t.Fatalf("kicked_users = %d %v", len(kicked), kicked)
+	}
+	user := regexp.MustCompile(` user=(\S+)`)
+	var warned, debugged, summaries []string
+	logged := map[string]int{}
+	for line := range strings.Lines(logs.String()) {
+		switch {
+		case strings.Contains(line, `level=WARN msg="shutdown: leave failed"`):
+			warned = append(warned, line)
+		case strings.Contains(line, `level=DEBUG msg="shutdown: leave failed"`):
+			debugged = append(debugged, line)
+		case strings.Contains(line, `msg="shutdown: kicks failed"`):
+			summaries = append(summaries, line)
+			continue
+		default:
+			continue
+		}
+		if u := user.FindStringSubmatch(line); u != nil && strings.Contains(line, " task="+id+" ") && strings.Contains(line, " err=") {
+			logged[u[1]]++
+		} else {
+			t.Errorf("a failure logged without its task, user or error: %s", line)
+		}
+	}
+	if len(warned) != 10 || len(debugged) != 5 {
+		t.Errorf("%d failures logged at Warn and %d at Debug, want 10 and 5:\n%s", len(warned), len(debugged), strings.Join(append(warned, debugged...), ""))
+	}
+	for _, u := range failing {
+		if logged[u] != 1 {
+			t.Errorf("%s's failure logged %d times, want once", u, logged[u])
+		}
+	}
+	if len(summaries) != 1 || !strings.Contains(summaries[0], "level=WARN") || !strings.Contains(summaries[0], " task="+id+" ") ||
+		!strings.Contains(summaries[0], " failed=15 ") || !strings.Contains(summaries[0], " first_err=") {
+		t.Errorf("summaries of the failed kicks: %q, want one Warn line with the task, failed=15 and the first error", summaries)
+	}
+}
+
 func TestDeleteRoom_V1WaitsAndUnforcedPurgeFails(t *testing.T) {
 	m := startMain(t)
 	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
@@ -306,14 +379,20 @@ func TestDeleteRoom_KicksMakeWayForACPUQueue(t *testing.T) {
 // name and labels as the exposition writes them (0 if absent).
 func metric(t *testing.T, m *Main, series string) float64 {
 	t.Helper()
+	v, _ := metricFound(t, m, series)
+	return v
+}
+
+// metricFound is metric, and whether the series is there.
+func metricFound(t *testing.T, m *Main, series string) (float64, bool) {
+	t.Helper()
 	resp, err := http.Get("http://" + m.HTTPAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	data, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	v, _ := loadgen.PromValue(data, series)
-	return v
+	return loadgen.PromValue(data, series)
 }
 
 // TestDeleteRoom_V1ChecksTheNewRoomUserInTheShutdown: v1 has no check of

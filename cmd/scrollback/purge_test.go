@@ -146,6 +146,15 @@ func TestPurgeHistory_EndToEnd(t *testing.T) {
 		}
 	}
 
+	// Nothing of the purges waits in the background once the purge is
+	// complete: its rows and its erasure are done.
+	for _, stage := range []string{"rows", "erasure"} {
+		series := `scrollback_purge_backlog_rooms{stage="` + stage + `"}`
+		if v, ok := metricFound(t, m, series); !ok || v != 0 {
+			t.Errorf("%s = %v (in /metrics: %v), want 0", series, v, ok)
+		}
+	}
+
 	// Erased from the log: remote messages below the cut-off are gone,
 	// local ones and state stay (kept as outliers). The embedded server's
 	// log is compacted: what stays is read in its original place.

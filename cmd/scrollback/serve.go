@@ -141,6 +141,7 @@ func (m *Main) Open(ctx context.Context) error {
 	m.Projector.Observe = m.observeBatch(subjects)
 	m.Projector.ObserveCommit = m.Metrics.ObserveCommit
 	m.Metrics.CountDisk(m.Store.DB())
+	m.Metrics.CountPurgeBacklog(m.Store)
 	if err := m.Projector.Init(); err != nil {
 		return err
 	}
