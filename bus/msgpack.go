@@ -31,7 +31,10 @@ var DefaultLimits = Limits{MaxBytes: 8 << 20, MaxDepth: 100, MaxElements: 1 << 2
 // input (1 MiB of empty maps made 63 MB), so a request may hold at most
 // 256k values (about 16 MB of Go values), against a million on the rest
 // of the bus. Its size is the bus's: a page request carries the reader's
-// whole ignore list (30k user IDs is about 1 MB).
+// whole ignore list (30k user IDs is about 1 MB). The HTTP bridge holds a
+// JSON body and a /messages filter to the same count of values, so that
+// its requests stay within it and an admin is told in terms of the JSON
+// they sent.
 var RequestLimits = Limits{MaxBytes: DefaultLimits.MaxBytes, MaxDepth: 100, MaxElements: 256 << 10}
 
 // Errors of the MessagePack checker.
@@ -42,8 +45,16 @@ var (
 	// ErrBadMsgpack: the payload is not well-formed, or uses a type that
 	// has no JSON equivalent (binary, extensions, non-string map keys).
 	ErrBadMsgpack = errors.New("invalid MessagePack")
-	// ErrTooLarge: the payload exceeds Limits.
+	// ErrTooLarge: the payload exceeds Limits. Each of the three errors
+	// below, which name the limit, is an ErrTooLarge too.
 	ErrTooLarge = errors.New("payload exceeds size limits")
+	// ErrTooManyBytes: the payload is longer than Limits.MaxBytes.
+	ErrTooManyBytes = fmt.Errorf("%w: too many bytes", ErrTooLarge)
+	// ErrTooDeep: maps and arrays nest deeper than Limits.MaxDepth.
+	ErrTooDeep = fmt.Errorf("%w: nested too deeply", ErrTooLarge)
+	// ErrTooManyValues: the payload holds more than Limits.MaxElements
+	// values, each map key counting as one.
+	ErrTooManyValues = fmt.Errorf("%w: too many values", ErrTooLarge)
 )
 
 // Check walks data and verifies that it is exactly one MessagePack map of
@@ -54,7 +65,7 @@ func Check(data []byte, lim Limits) error {
 		return ErrNotMap
 	}
 	if len(data) > lim.MaxBytes {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBytes)
+		return fmt.Errorf("%w: %d, limit %d", ErrTooManyBytes, len(data), lim.MaxBytes)
 	}
 	c := checker{data: data, lim: lim}
 	b := data[0]
@@ -106,11 +117,11 @@ func (c *checker) uint(n int) (int, error) {
 
 func (c *checker) value(depth int) error {
 	if depth > c.lim.MaxDepth {
-		return fmt.Errorf("%w: nested deeper than %d", ErrTooLarge, c.lim.MaxDepth)
+		return fmt.Errorf("%w: deeper than %d", ErrTooDeep, c.lim.MaxDepth)
 	}
 	c.elems++
 	if c.elems > c.lim.MaxElements {
-		return fmt.Errorf("%w: more than %d values", ErrTooLarge, c.lim.MaxElements)
+		return fmt.Errorf("%w: more than %d", ErrTooManyValues, c.lim.MaxElements)
 	}
 	if err := c.need(1); err != nil {
 		return err

@@ -56,17 +56,24 @@ func TestCheck_Limits(t *testing.T) {
 		cur = next
 	}
 	data, _ := Encode(deep)
-	if err := Check(data, DefaultLimits); !errors.Is(err, ErrTooLarge) {
+	if err := Check(data, DefaultLimits); !errors.Is(err, ErrTooDeep) || !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("deep nesting: %v", err)
 	}
 	many := make([]any, 2000)
 	data, _ = Encode(map[string]any{"a": many})
-	if err := Check(data, Limits{MaxBytes: 1 << 20, MaxDepth: 10, MaxElements: 1000}); !errors.Is(err, ErrTooLarge) {
+	if err := Check(data, Limits{MaxBytes: 1 << 20, MaxDepth: 10, MaxElements: 1000}); !errors.Is(err, ErrTooManyValues) || !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("element count: %v", err)
+	}
+	// Each map key is a value: {"a": [2000 nils]} is 2003 of them.
+	if err := Check(data, Limits{MaxBytes: 1 << 20, MaxDepth: 10, MaxElements: 2003}); err != nil {
+		t.Fatalf("2003 values within a limit of 2003: %v", err)
+	}
+	if err := Check(data, Limits{MaxBytes: 1 << 20, MaxDepth: 10, MaxElements: 2002}); !errors.Is(err, ErrTooManyValues) {
+		t.Fatalf("2003 values within a limit of 2002: %v", err)
 	}
 	big := bytes.Repeat([]byte{'x'}, 100)
 	data, _ = Encode(map[string]any{"a": string(big)})
-	if err := Check(data, Limits{MaxBytes: 50, MaxDepth: 10, MaxElements: 10}); !errors.Is(err, ErrTooLarge) {
+	if err := Check(data, Limits{MaxBytes: 50, MaxDepth: 10, MaxElements: 10}); !errors.Is(err, ErrTooManyBytes) || !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("byte size: %v", err)
 	}
 }

@@ -708,13 +708,36 @@ func (a *Admin) DeleteStatus(ctx context.Context, subject string, data []byte) (
 
 // decodeRequest decodes a request payload: a MessagePack map, or 400
 // M_BAD_JSON (the empty payload included: it is never taken for {}), and
-// within bus.RequestLimits.
+// within bus.RequestLimits, or 400 M_TOO_LARGE (requestTooLarge).
 func decodeRequest(data []byte) (map[string]any, error) {
 	m, err := bus.DecodeMap(data, bus.RequestLimits)
 	if err != nil {
+		if e := requestTooLarge(err); e != nil {
+			return nil, e
+		}
 		return nil, commands.Errorf(400, commands.CodeBadJSON, "Request must be a MessagePack map: %v", err)
 	}
 	return m, nil
+}
+
+// requestTooLarge is the answer to a request past one of
+// bus.RequestLimits: a 400 M_TOO_LARGE that names the limit, as the HTTP
+// bridge answers a body past it. "Request must be a MessagePack map:
+// payload exceeds size limits: ..." told a worker calling the service
+// (CONTRACT.md section 4) that its map was not one. It is nil for any
+// other error, a length prefix longer than any payload among them (no
+// well-formed request has one).
+func requestTooLarge(err error) *commands.Error {
+	lim := bus.RequestLimits
+	switch {
+	case errors.Is(err, bus.ErrTooManyValues):
+		return commands.Errorf(400, commands.CodeLimitExceeded, "Request has too many values (at most %d)", lim.MaxElements)
+	case errors.Is(err, bus.ErrTooDeep):
+		return commands.Errorf(400, commands.CodeLimitExceeded, "Request is nested too deeply (at most %d levels)", lim.MaxDepth)
+	case errors.Is(err, bus.ErrTooManyBytes):
+		return commands.Errorf(400, commands.CodeLimitExceeded, "Request too large (at most %d bytes)", lim.MaxBytes)
+	}
+	return nil
 }
 
 // taskByID decodes a status request {<key>: id} and looks the task up

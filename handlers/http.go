@@ -603,6 +603,9 @@ func messagesQuery(r *http.Request) (map[string]any, error) {
 		// the service refuses (bus.RequestLimits), answered with a
 		// 400 about MessagePack.
 		f, err := parseJSONParamAt(pyUnquote(raw), 1)
+		if errors.Is(err, errTooManyValues) {
+			return nil, tooManyValues("Query parameter filter")
+		}
 		if err != nil {
 			return nil, commands.Errorf(400, commands.CodeNotJSON, "Query parameter filter must be a valid JSON object")
 		}
@@ -741,7 +744,9 @@ func parseLimit(s string) (int64, error) {
 // received times, which are all within int64); a float beyond float64 is
 // clamped to it likewise. Values nested deeper than maxJSONDepth are an
 // error (Python's limit is its recursion limit, about 1,000): the service
-// refuses requests nested deeper than that (bus.RequestLimits).
+// refuses requests nested deeper than that (bus.RequestLimits). So is a
+// value that holds more values than the service takes in a request
+// (errTooManyValues), which Python's json has no limit on.
 func parseJSONParam(s string) (any, error) { return parseJSONParamAt(s, 0) }
 
 // parseJSONParamAt is parseJSONParam for a value that the request to the
@@ -759,12 +764,14 @@ func parseJSONParamAt(s string, at int) (any, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("trailing data")
 	}
-	return normalizeJSON(v, at)
+	var values int
+	return normalizeJSON(v, at, &values)
 }
 
 // DecodeJSONBody decodes a request body into an object with Synapse's
 // errors: unparseable "Content not JSON.", non-object "Content must be a
-// JSON object.". emptyOK makes an empty body, or null, {}.
+// JSON object.". emptyOK makes an empty body, or null, {}. A body of more
+// values than the service takes is 400 M_TOO_LARGE (errTooManyValues).
 func DecodeJSONBody(r *http.Request, emptyOK bool) (map[string]any, error) {
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(r.Body); err != nil {
@@ -786,6 +793,9 @@ func DecodeJSONBody(r *http.Request, emptyOK bool) (map[string]any, error) {
 		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
 	}
 	v, err := parseJSONParam(buf.String())
+	if errors.Is(err, errTooManyValues) {
+		return nil, tooManyValues("Request body")
+	}
 	if err != nil {
 		return nil, commands.Errorf(400, commands.CodeNotJSON, "Content not JSON.")
 	}
@@ -803,9 +813,33 @@ func DecodeJSONBody(r *http.Request, emptyOK bool) (map[string]any, error) {
 
 const maxJSONDepth = 100
 
-func normalizeJSON(v any, depth int) (any, error) {
+// errTooManyValues: a JSON body or filter holds more values than the
+// service takes in a request, bus.RequestLimits.MaxElements, counted as
+// the service counts them: every value, and every key of an object. A
+// body under MaxBodyBytes can hold twice as many ([0,0,...]); passed on,
+// it was refused by the service with a text about MessagePack, or went
+// through when its values were in a field the route drops. The limit is
+// the service's own, so that the two cannot drift apart.
+var errTooManyValues = errors.New("too many values")
+
+// tooManyValues is the answer to a JSON input, named by what, past
+// errTooManyValues's limit: 400 M_TOO_LARGE (Matrix's errcode for a
+// request too large, the bridge's for a body past MaxBodyBytes), with the
+// limit in words an admin who sent JSON can act on. Synapse has no such
+// limit.
+func tooManyValues(what string) *commands.Error {
+	return commands.Errorf(400, commands.CodeLimitExceeded, "%s has too many values (at most %d)", what, bus.RequestLimits.MaxElements)
+}
+
+// normalizeJSON normalizes v (see parseJSONParam), which the request to
+// the service holds at depth, adding its values to *values.
+func normalizeJSON(v any, depth int, values *int) (any, error) {
 	if depth > maxJSONDepth {
 		return nil, errors.New("nested too deeply")
+	}
+	*values++
+	if *values > bus.RequestLimits.MaxElements {
+		return nil, errTooManyValues
 	}
 	switch x := v.(type) {
 	case json.Number:
@@ -836,8 +870,12 @@ func normalizeJSON(v any, depth int) (any, error) {
 		}
 		return f, nil
 	case map[string]any:
+		*values += len(x) // its keys
+		if *values > bus.RequestLimits.MaxElements {
+			return nil, errTooManyValues
+		}
 		for k, c := range x {
-			n, err := normalizeJSON(c, depth+1)
+			n, err := normalizeJSON(c, depth+1, values)
 			if err != nil {
 				return nil, err
 			}
@@ -845,7 +883,7 @@ func normalizeJSON(v any, depth int) (any, error) {
 		}
 	case []any:
 		for i, c := range x {
-			n, err := normalizeJSON(c, depth+1)
+			n, err := normalizeJSON(c, depth+1, values)
 			if err != nil {
 				return nil, err
 			}

@@ -52,8 +52,10 @@ func TestAdmin_PurgeErrorsOverNATS(t *testing.T) {
 		{"status without purge_id", status(mustEncode(t, map[string]any{})), 400, commands.CodeMissingParam, "Missing params: ['purge_id']"},
 		{"status of a payload that is not a map", status(notMap), 400, commands.CodeBadJSON, "Request must be a MessagePack map"},
 		// {purge_id: [270k empty maps]} (270 KB) would have made the
-		// decoder build 270k Go maps (bus.RequestLimits).
-		{"a request of too many values", status(append(append([]byte{0x81, 0xa8}, "purge_id"...), append([]byte{0xdd, 0, 4, 0x1e, 0xb0}, bytes.Repeat([]byte{0x80}, 270_000)...)...)), 400, commands.CodeBadJSON, "Request must be a MessagePack map: payload exceeds size limits: more than 262144 values"},
+		// decoder build 270k Go maps (bus.RequestLimits). It is a map:
+		// the answer names the limit it passed.
+		{"a request of too many values", status(append(append([]byte{0x81, 0xa8}, "purge_id"...), append([]byte{0xdd, 0, 4, 0x1e, 0xb0}, bytes.Repeat([]byte{0x80}, 270_000)...)...)), 400, commands.CodeLimitExceeded, "Request has too many values (at most 262144)"},
+		{"a request nested too deeply", status(append(append([]byte{0x81, 0xa8}, "purge_id"...), bytes.Repeat([]byte{0x91}, 150)...)), 400, commands.CodeLimitExceeded, "Request is nested too deeply (at most 100 levels)"},
 	} {
 		var e *commands.Error
 		if !errors.As(tt.err, &e) || e.Status != tt.status || e.Code != tt.code || !strings.HasPrefix(e.Message, tt.text) {
