@@ -11,10 +11,10 @@ import (
 )
 
 // EventLog reads events' messages from the room log as the homeserver
-// published them (bus.Log.EventMessages); one the log no longer holds is
-// absent from the map.
+// published them (bus.Log.EventMessages): out[i] is the message at
+// seqs[i], nil if the log no longer holds it.
 type EventLog interface {
-	EventMessages(ctx context.Context, roomID string, seqs []uint64) (map[uint64][]byte, error)
+	EventMessages(ctx context.Context, roomID string, seqs []uint64) ([][]byte, error)
 }
 
 // The federation format (SYNAPSE.md 1.1 step 4: ?raw, or a filter's
@@ -45,13 +45,27 @@ type fedSource struct {
 // transaction.
 type fedPage struct {
 	events    map[string]fedSource
-	msgs      map[uint64][]byte // the events' messages, read by turn
 	version   string
 	from      commands.StreamToken
 	backwards bool
 	chunk     []rowPos // the chunk's events, in order, for end if the page must shrink
 	maxReply  int
+
+	// Set by turn: where the messages come from, and those read for the
+	// events being turned (a window of fedWindow events of a list, and
+	// the events inside them); nil for one the log no longer holds.
+	log    EventLog
+	roomID string
+	msgs   map[uint64][]byte
 }
+
+// fedWindow is how many events of a list turn reads the messages of in
+// one EventLog.EventMessages (one stream look-up, a few reads at once):
+// one EventMessage an event, a page of 1000 took 150 ms on the embedded
+// server, against 2-8 ms in the client format; all of a page at once,
+// it would hold every event's message though the reply bound may keep
+// only a few of them.
+const fedWindow = 64
 
 // rowPos is a row's position.
 type rowPos struct{ depth, stream int64 }
@@ -75,62 +89,147 @@ func (f *fedPage) note(r *projections.Row, redacted bool) {
 // federation format. An event whose message the log no longer holds (a
 // purge erased it after the read transaction) is left out of the page.
 // A page that grows past the reply bound ends at the last whole event
-// that fits, as in the client format.
+// that fits, as in the client format; the lazy-loaded members (state)
+// count in its size, and are those of the senders of the events it
+// keeps (SYNAPSE.md 5), as a page that ended there would have had.
 func (f *fedPage) turn(ctx context.Context, log EventLog, roomID string, reply []byte) ([]byte, error) {
+	f.log, f.roomID = log, roomID
 	m, err := bus.DecodeMap(reply, replyLimits(len(reply)))
 	if err != nil {
 		return nil, fmt.Errorf("federation format: decoding the page: %w", err)
 	}
-	seqs := make([]uint64, 0, len(f.events))
-	for _, src := range f.events {
-		seqs = append(seqs, src.seq)
-	}
-	if f.msgs, err = log.EventMessages(ctx, roomID, seqs); err != nil {
-		return nil, fmt.Errorf("federation format: %w", err)
+	// The members first: each one's size counts once the chunk keeps an
+	// event of its user.
+	state, withState := m["state"].([]any)
+	members := map[string]int{}
+	if withState {
+		state, err = f.list(ctx, state, func(_ int, ev map[string]any, size int) bool {
+			if k, ok := ev["state_key"].(string); ok {
+				members[k] = size
+			}
+			return true
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	chunk, _ := m["chunk"].([]any)
-	kept := chunk[:0]
-	var keptPos []rowPos
+	senders := map[string]bool{}
+	var last *rowPos
 	sizes := 0
-	for i, v := range chunk {
-		ev, ok, err := f.event(v)
-		if err != nil {
-			return nil, err
+	kept, err := f.list(ctx, chunk, func(i int, ev map[string]any, size int) bool {
+		sender, _ := ev["sender"].(string)
+		if !senders[sender] {
+			size += members[sender]
 		}
-		if !ok {
-			continue
-		}
-		b, err := bus.Encode(ev)
-		if err != nil {
-			return nil, err
-		}
-		if sizes+len(b) > f.maxReply-replyMargin && len(kept) > 0 {
-			last := keptPos[len(keptPos)-1]
+		if last != nil && sizes+size > f.maxReply-replyMargin {
 			m["end"] = f.from.WithRoom(projections.NextToken(last.depth, last.stream, f.backwards)).String()
-			break
+			return false
 		}
-		sizes += len(b)
-		kept = append(kept, ev)
-		keptPos = append(keptPos, f.chunk[i])
+		sizes += size
+		senders[sender] = true
+		last = &f.chunk[i]
+		return true
+	})
+	if err != nil {
+		return nil, err
 	}
 	m["chunk"] = kept
-	if state, ok := m["state"].([]any); ok {
+	if withState {
 		out := state[:0]
 		for _, v := range state {
-			ev, ok, err := f.event(v)
-			if err != nil {
-				return nil, err
-			}
-			if ok {
-				out = append(out, ev)
+			ev, _ := v.(map[string]any)
+			if k, _ := ev["state_key"].(string); senders[k] {
+				out = append(out, v)
 			}
 		}
-		m["state"] = out
+		if len(out) > 0 {
+			m["state"] = out
+		} else {
+			delete(m, "state")
+		}
 	}
 	if gaps, ok := m[gapsKey].([]any); ok {
 		m[gapsKey] = keepGaps(gaps, kept)
 	}
 	return bus.Encode(m)
+}
+
+// list turns the client events of list into the federation format, in
+// windows of fedWindow, and gives each (with its index in list and its
+// encoded size) to keep, until keep refuses one; the events whose
+// messages are gone are left out.
+func (f *fedPage) list(ctx context.Context, list []any, keep func(i int, ev map[string]any, size int) bool) ([]any, error) {
+	out := make([]any, 0, len(list))
+	for start := 0; start < len(list); start += fedWindow {
+		win := list[start:min(start+fedWindow, len(list))]
+		if err := f.read(ctx, win); err != nil {
+			return nil, err
+		}
+		for k, v := range win {
+			ev, ok, err := f.event(ctx, v)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+			b, err := bus.Encode(ev)
+			if err != nil {
+				return nil, err
+			}
+			if !keep(start+k, ev, len(b)) {
+				return out, nil
+			}
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}
+
+// read reads the messages of the client events of list and of the events
+// inside them (as event turns them), in place of the last ones read.
+func (f *fedPage) read(ctx context.Context, list []any) error {
+	f.msgs = map[uint64][]byte{}
+	var seqs []uint64
+	seen := map[uint64]bool{}
+	for _, v := range list {
+		walkEvents(v, func(id string) {
+			if src, ok := f.events[id]; ok && !seen[src.seq] {
+				seen[src.seq] = true
+				seqs = append(seqs, src.seq)
+			}
+		})
+	}
+	data, err := f.log.EventMessages(ctx, f.roomID, seqs)
+	if err != nil {
+		return fmt.Errorf("federation format: %w", err)
+	}
+	for i, seq := range seqs {
+		f.msgs[seq] = data[i]
+	}
+	return nil
+}
+
+// walkEvents calls fn with the ID of the client event v and of each event
+// inside it that event turns: redacted_because, the bundled edit, the
+// thread's latest event.
+func walkEvents(v any, fn func(id string)) {
+	ev, _ := v.(map[string]any)
+	if ev == nil {
+		return
+	}
+	if id, ok := ev["event_id"].(string); ok {
+		fn(id)
+	}
+	un, _ := ev["unsigned"].(map[string]any)
+	walkEvents(un["redacted_because"], fn)
+	if rel, ok := un["m.relations"].(map[string]any); ok {
+		walkEvents(rel[commands.RelReplace], fn)
+		if th, ok := rel[commands.RelThread].(map[string]any); ok {
+			walkEvents(th["latest_event"], fn)
+		}
+	}
 }
 
 // keepGaps is the gaps of the events a page kept.
@@ -158,7 +257,7 @@ func replyLimits(n int) bus.Limits {
 
 // event turns one client event (a map of the reply) into the federation
 // format; ok is false if its message is gone from the log.
-func (f *fedPage) event(v any) (map[string]any, bool, error) {
+func (f *fedPage) event(ctx context.Context, v any) (map[string]any, bool, error) {
 	ev, _ := v.(map[string]any)
 	id, _ := ev["event_id"].(string)
 	src, ok := f.events[id]
@@ -166,7 +265,15 @@ func (f *fedPage) event(v any) (map[string]any, bool, error) {
 		return nil, false, fmt.Errorf("federation format: event %q of the page was not noted", id)
 	}
 	data, ok := f.msgs[src.seq]
-	if !ok {
+	if !ok { // not read with its window (read walks as event does)
+		all, err := f.log.EventMessages(ctx, f.roomID, []uint64{src.seq})
+		if err != nil {
+			return nil, false, fmt.Errorf("federation format: %w", err)
+		}
+		data = all[0]
+		f.msgs[src.seq] = data
+	}
+	if data == nil {
 		return nil, false, nil
 	}
 	msg, err := bus.DecodeMap(data, bus.DefaultLimits)
@@ -188,15 +295,15 @@ func (f *fedPage) event(v any) (map[string]any, bool, error) {
 		out["redacts"] = r // where the client encoder put it: the same rules
 	}
 	un, _ := ev["unsigned"].(map[string]any)
-	if err := f.nested(un, "redacted_because"); err != nil {
+	if err := f.nested(ctx, un, "redacted_because"); err != nil {
 		return nil, false, err
 	}
 	if rel, ok := un["m.relations"].(map[string]any); ok {
-		if err := f.nested(rel, commands.RelReplace); err != nil {
+		if err := f.nested(ctx, rel, commands.RelReplace); err != nil {
 			return nil, false, err
 		}
 		if th, ok := rel[commands.RelThread].(map[string]any); ok {
-			if err := f.nested(th, "latest_event"); err != nil {
+			if err := f.nested(ctx, th, "latest_event"); err != nil {
 				return nil, false, err
 			}
 		}
@@ -209,12 +316,12 @@ func (f *fedPage) event(v any) (map[string]any, bool, error) {
 
 // nested turns the event at m[key], if any, into the federation format;
 // one whose message is gone is left out.
-func (f *fedPage) nested(m map[string]any, key string) error {
+func (f *fedPage) nested(ctx context.Context, m map[string]any, key string) error {
 	v, ok := m[key]
 	if !ok {
 		return nil
 	}
-	ev, ok, err := f.event(v)
+	ev, ok, err := f.event(ctx, v)
 	if err != nil {
 		return err
 	}

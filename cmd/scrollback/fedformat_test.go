@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -244,6 +245,209 @@ func TestMessages_FederationFormatFitsMaxPayload(t *testing.T) {
 		ids := chunkIDs(page)
 		if pages == 0 && len(ids) >= 60 {
 			t.Fatalf("a first page of %d events of 30 KiB: it cannot fit in 1 MiB", len(ids))
+		}
+		got = append(got, ids...)
+		end, _ := page["end"].(string)
+		if end == "" || len(ids) == 0 {
+			break
+		}
+		from = end
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("read %d events:\n%v\nwant %d:\n%v", len(got), got, len(want), want)
+	}
+}
+
+// TestMessages_FederationFormatPrunesByRoomVersion: a redacted event in
+// the federation format keeps the top-level keys of its room version's
+// redaction algorithm (Synapse's rust/src/events/utils.rs redact): the
+// PDU's own keys in every version, and before v11 also origin,
+// membership and prev_state, which v11 (MSC2176) stopped protecting. A
+// v11 redaction keeps its target in content.redacts, and shows it at the
+// top level too (serialize_event's copy to the other place).
+func TestMessages_FederationFormatPrunesByRoomVersion(t *testing.T) {
+	m := startMain(t)
+	for _, version := range []string{"10", "11"} {
+		room := testenv.NewRoom("prune"+version, "test")
+		evs := []testenv.Event{room.Next("m.room.create", alice, testenv.S(""), map[string]any{"creator": alice, "room_version": version})}
+		evs = append(evs, room.Join(alice),
+			room.Next("m.room.power_levels", alice, testenv.S(""), map[string]any{"users": map[string]any{alice: int64(100)}}),
+			room.Next("m.room.join_rules", alice, testenv.S(""), map[string]any{"join_rule": "public"}))
+		secret := room.Msg(alice, "secret")
+		for k, v := range map[string]any{"auth_events": []any{evs[0].ID()}, "origin": "test", "membership": "join",
+			"prev_state": []any{}, "org.example.custom": "gone"} {
+			secret[k] = v
+		}
+		redaction := room.Next("m.room.redaction", alice, nil, map[string]any{"redacts": secret.ID()})
+		if version == "11" {
+			delete(redaction, "redacts") // v11: the target is content.redacts only
+		}
+		evs = append(evs, secret, redaction)
+		seqs := m.publisher().Publish(t, evs...)
+		page, err := m.messages(t, room.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 10,
+			"wait_for": seqs[len(seqs)-1], "event_format": "federation"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := fedEvent(t, page, "chunk", secret.ID())
+		wantPDU(t, "v"+version+" redacted", s)
+		if s["auth_events"] == nil {
+			t.Errorf("v%s: redacted without auth_events: %v", version, s)
+		}
+		for _, k := range []string{"origin", "membership", "prev_state"} {
+			if _, ok := s[k]; ok != (version == "10") {
+				t.Errorf("v%s: redacted shows %s: %v, want %v", version, k, ok, version == "10")
+			}
+		}
+		if _, ok := s["org.example.custom"]; ok {
+			t.Errorf("v%s: redacted keeps a key no version protects: %v", version, s)
+		}
+		r := fedEvent(t, page, "chunk", redaction.ID())
+		content, _ := r["content"].(map[string]any)
+		if r["redacts"] != secret.ID() || content["redacts"] != secret.ID() {
+			t.Errorf("v%s: the redaction's redacts %v, content %v", version, r["redacts"], content)
+		}
+	}
+}
+
+// TestMessages_FederationFormatNestedAndMembers: the events inside an
+// event and beside the chunk are in the federation format too: a
+// thread's latest event with its own bundled edit (Synapse's
+// inject_bundled_aggregations serializes both with the page's config),
+// and the lazy-loaded members (state), which carry no
+// unsigned.membership, while the chunk's events do (serialize_event
+// adds it in every format).
+func TestMessages_FederationFormatNestedAndMembers(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("fednested", "test")
+	evs := room.Setup(alice, bob)
+	bobJoin := evs[len(evs)-1]
+	root := room.Msg(alice, "root")
+	reply := room.Next("m.room.message", bob, nil, map[string]any{"msgtype": "m.text", "body": "in thread",
+		"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root.ID()}})
+	edit := room.Next("m.room.message", bob, nil, map[string]any{"msgtype": "m.text", "body": "* in thread!",
+		"m.new_content": map[string]any{"msgtype": "m.text", "body": "in thread!"},
+		"m.relates_to":  map[string]any{"rel_type": "m.replace", "event_id": reply.ID()}})
+	evs = append(evs, root, reply, edit)
+	seqs := m.publisher().Publish(t, evs...)
+	page, err := m.messages(t, room.ID, map[string]any{"user_id": alice, "dir": "b", "limit": 10, "wait_for": seqs[len(seqs)-1],
+		"event_format": "federation", "filter": map[string]any{"lazy_load_members": true, "types": []any{"m.room.message"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := fedEvent(t, page, "chunk", root.ID())
+	wantPDU(t, "the thread root", r)
+	un, _ := r["unsigned"].(map[string]any)
+	if un["membership"] != "join" {
+		t.Errorf("the thread root: unsigned.membership %v", un["membership"])
+	}
+	rel, _ := un["m.relations"].(map[string]any)
+	th, _ := rel["m.thread"].(map[string]any)
+	latest, _ := th["latest_event"].(map[string]any)
+	if latest == nil || latest["event_id"] != reply.ID() {
+		t.Fatalf("the thread's summary: %v", th)
+	}
+	wantPDU(t, "the thread's latest event", latest)
+	lun, _ := latest["unsigned"].(map[string]any)
+	lrel, _ := lun["m.relations"].(map[string]any)
+	if e, _ := lrel["m.replace"].(map[string]any); e == nil || e["event_id"] != edit.ID() {
+		t.Errorf("the latest event's bundled edit: %v", lrel)
+	} else {
+		wantPDU(t, "the latest event's bundled edit", e)
+	}
+	for _, join := range []testenv.Event{evs[1], bobJoin} {
+		st := fedEvent(t, page, "state", join.ID())
+		wantPDU(t, "a lazy-loaded member", st)
+		if sun, _ := st["unsigned"].(map[string]any); sun["membership"] != nil {
+			t.Errorf("a lazy-loaded member with unsigned.membership: %v", sun)
+		}
+	}
+}
+
+// TestMessages_FederationFormatBackfilled: a backfilled event's stream
+// ordering is the negative of its log sequence (CONTRACT.md section 3);
+// its message is read at the sequence, and it is in the page as its PDU.
+func TestMessages_FederationFormatBackfilled(t *testing.T) {
+	m := startMain(t)
+	room := testenv.NewRoom("fedbackfilled", "test")
+	evs := room.Setup(alice)
+	live := room.Msg(alice, "live")
+	room.StartAt(1)
+	old := room.Msg("@remote:other.org", "from before")
+	old["backfilled"] = true
+	old["origin"] = "other.org"
+	evs = append(evs, live, old)
+	seqs := m.publisher().Publish(t, evs...)
+	req := map[string]any{"admin": true, "dir": "b", "limit": 10, "wait_for": seqs[len(seqs)-1]}
+	client, err := m.messages(t, room.ID, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req["event_format"] = "federation"
+	fed, err := m.messages(t, room.ID, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids, want := chunkIDs(fed), chunkIDs(client); fmt.Sprint(ids) != fmt.Sprint(want) || !slices.Contains(ids, old.ID()) {
+		t.Fatalf("federation page %v, client page %v; want both with %s", ids, want, old.ID())
+	}
+	o := fedEvent(t, fed, "chunk", old.ID())
+	wantPDU(t, "the backfilled event", o)
+	if o["origin"] != "other.org" {
+		t.Errorf("the backfilled event: %v", o)
+	}
+}
+
+// TestMessages_FederationFormatMembersFitMaxPayload: the lazy-loaded
+// members are in the federation format too, where a member event may be
+// far bigger than in the client format (here 30 KiB of signatures each):
+// they count in the reply's size, so a page of 40 senders ends at the
+// last event whose sender's member still fits, and its state holds the
+// members of the senders of the events it keeps (in the state after the
+// newest, chunk[0] of a backwards page), as Synapse's state of such a
+// chunk would. Paging on reads every event once.
+func TestMessages_FederationFormatMembersFitMaxPayload(t *testing.T) {
+	m := startMainOnSmallPayloads(t)
+	r := testenv.NewRoom("bigmembers", "test")
+	evs := r.Setup("@a:test")
+	sig := map[string]any{"test": map[string]any{"ed25519:a": strings.Repeat("s", 30<<10)}}
+	var want []string
+	for i := range 40 {
+		user := fmt.Sprintf("@u%d:test", i)
+		join := r.Join(user)
+		join["signatures"] = sig
+		msg := r.Msg(user, fmt.Sprint(i))
+		evs = append(evs, join, msg)
+		want = append([]string{msg.ID()}, want...) // newest first
+	}
+	seqs := m.publisher().Publish(t, evs...)
+	from := ""
+	var got []string
+	for pages := 0; ; pages++ {
+		req := map[string]any{"admin": true, "dir": "b", "limit": 40, "wait_for": seqs[len(seqs)-1], "event_format": "federation",
+			"filter": map[string]any{"types": []any{"m.room.message"}, "lazy_load_members": true}}
+		if from != "" {
+			req["from"] = from
+		}
+		page, err := m.messages(t, r.ID, req)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		ids := chunkIDs(page)
+		if pages == 0 && len(ids) >= 40 {
+			t.Fatalf("a first page of %d senders whose members are 30 KiB each: it cannot fit in 1 MiB", len(ids))
+		}
+		senders := map[any]bool{}
+		for _, v := range page["chunk"].([]any) {
+			senders[v.(map[string]any)["sender"]] = true
+		}
+		members := map[any]bool{}
+		state, _ := page["state"].([]any)
+		for _, v := range state {
+			members[v.(map[string]any)["state_key"]] = true
+		}
+		if len(ids) > 0 && fmt.Sprint(members) != fmt.Sprint(senders) {
+			t.Fatalf("page %d: members %v for the chunk's senders %v", pages, members, senders)
 		}
 		got = append(got, ids...)
 		end, _ := page["end"].(string)
