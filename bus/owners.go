@@ -183,7 +183,9 @@ func (o *Owners) Owns(p int) bool {
 		return true
 	}
 	last := o.owned[p].Load()
-	return last != 0 && time.Since(time.Unix(0, last)) < o.Lease*2/3
+	// Lease/3*2, not Lease*2/3: a lease of centuries ("1000y") would
+	// overflow into a negative bound, and nothing would be owned.
+	return last != 0 && time.Since(time.Unix(0, last)) < o.Lease/3*2
 }
 
 // Owned lists the partitions this instance owns now.

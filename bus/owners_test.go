@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/testenv"
 )
 
@@ -158,6 +159,18 @@ func TestOwners_ReleaseAfterALostRenewal(t *testing.T) {
 	cancel()
 	a.Run(cctx)
 	stepUntil(t, "b to own every partition", func() bool { return len(b.Owned()) == 16 }, b)
+}
+
+// TestOwners_ALeaseOfCenturies: cluster.lease takes Synapse's durations,
+// read up to about 292 years (commands.MaxDuration: "1000y" is that, as
+// in docs/CONFIG.md). Owns compared with two thirds of the lease computed
+// as Lease*2/3, which overflowed for a lease over 146 years: the lone
+// instance owned no partition, and ran no task, purge or retention job,
+// without a word.
+func TestOwners_ALeaseOfCenturies(t *testing.T) {
+	n := testenv.NewNATS(t)
+	o := openOwners(t, n, "a", commands.MaxDuration)
+	stepUntil(t, "the lone instance to own every partition", func() bool { return len(o.Owned()) == 16 }, o)
 }
 
 func TestOwners_RejectsBadNames(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/scrollback/scrollback/bus"
 	"github.com/scrollback/scrollback/commands"
@@ -35,6 +36,12 @@ type Auth struct {
 	Static   map[string]Identity
 	Req      Requester
 	Subjects bus.Subjects
+	// Timeout bounds each request to the homeserver workers, whoami and
+	// the bridge's ignored_users (homeserver.timeout; default 5 s). It
+	// is set on the request's context: the HTTP request's own deadline
+	// is longer, and a requester's timeout applies only to a context
+	// without one.
+	Timeout time.Duration
 
 	hashOnce sync.Once
 	byDigest map[[sha256.Size]byte]Identity
@@ -81,6 +88,18 @@ func tokenOf(r *http.Request) (tok, missing string) {
 	return "", "Missing access token."
 }
 
+// askHomeserver sends a request to the homeserver workers (sb.hs.<name>),
+// bounded by Timeout.
+func (a *Auth) askHomeserver(ctx context.Context, name string, req map[string]any) ([]byte, error) {
+	t := a.Timeout
+	if t <= 0 {
+		t = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, t)
+	defer cancel()
+	return a.Req.Request(ctx, a.Subjects.HS(name), req)
+}
+
 // Authenticate returns the requester's identity or a Matrix error: 401
 // M_MISSING_TOKEN, 401 M_UNKNOWN_TOKEN, or 503 when no homeserver answers
 // whoami for a token the config does not know.
@@ -98,7 +117,7 @@ func (a *Auth) Authenticate(ctx context.Context, r *http.Request) (Identity, err
 	if a.Req == nil {
 		return Identity{}, commands.Errorf(401, commands.CodeUnknownToken, "Unrecognised access token.")
 	}
-	data, err := a.Req.Request(ctx, a.Subjects.HS("whoami"), map[string]any{"access_token": tok})
+	data, err := a.askHomeserver(ctx, "whoami", map[string]any{"access_token": tok})
 	var apiErr *commands.Error
 	switch {
 	case errors.As(err, &apiErr):

@@ -446,7 +446,7 @@ func (b *Bridge) memberMessages(ctx context.Context, roomID, user string, req ma
 // reply or a timeout is 503, since showing ignored users' messages would
 // be wrong.
 func (b *Bridge) ignoredUsers(ctx context.Context, userID string) ([]any, error) {
-	data, err := b.Auth.Req.Request(ctx, b.Subjects.HS("ignored_users"), map[string]any{"user_id": userID})
+	data, err := b.Auth.askHomeserver(ctx, "ignored_users", map[string]any{"user_id": userID})
 	if errors.Is(err, bus.ErrNoResponders) {
 		return nil, nil
 	}

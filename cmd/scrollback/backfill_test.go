@@ -161,6 +161,44 @@ func TestBackfill_NeverHangsAndBacksOff(t *testing.T) {
 	})
 }
 
+// TestBackfill_BackoffIsTheConfiguredDelay: backfill.backoff is the first
+// retry delay of the points whose backfill failed, doubling with each
+// further failure (Synapse's is a fixed 1 h, SYNAPSE.md 11). On the
+// service's clock: a read before the delay is over asks the federation
+// workers nothing, a read at its end asks again.
+func TestBackfill_BackoffIsTheConfiguredDelay(t *testing.T) {
+	clock := testenv.NewClock(time.UnixMilli(1_900_000_000_000))
+	m := startMainAt(t, clock.Now, func(c *Config) {
+		c.Backfill.Timeout = commands.DurationOf(2 * time.Second)
+		c.Backfill.Backoff = commands.DurationOf(10 * time.Minute)
+	})
+	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+	fed.SetFail(true)
+	r, _ := gappyRoom(t, m, "backoff")
+	// A short page: each read backfills in the foreground, and its
+	// failure is recorded before it answers.
+	read := func() int {
+		t.Helper()
+		if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 30}); err != nil {
+			t.Fatal(err)
+		}
+		return len(fed.Requests())
+	}
+	if n := read(); n != 1 {
+		t.Fatalf("the first read sent %d backfill requests, want 1", n)
+	}
+	for i, delay := range []time.Duration{10 * time.Minute, 20 * time.Minute} {
+		clock.Advance(delay - time.Millisecond)
+		if n := read(); n != i+1 {
+			t.Fatalf("a read 1 ms before the end of a %v back-off: %d requests in all, want %d", delay, n, i+1)
+		}
+		clock.Advance(time.Millisecond)
+		if n := read(); n != i+2 {
+			t.Fatalf("a read at the end of a %v back-off: %d requests in all, want %d", delay, n, i+2)
+		}
+	}
+}
+
 func TestBackfill_ConcurrentReadsShareOneRequest(t *testing.T) {
 	m := backfillMain(t, 3*time.Second)
 	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)

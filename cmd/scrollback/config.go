@@ -275,6 +275,15 @@ func (l LogConfig) SlogLevel() slog.Level {
 	return slog.LevelInfo
 }
 
+// MaxBackfillTimeout is the longest backfill.timeout. A read answers
+// within 30 s (the messages endpoint's timeout in serve.go, and the HTTP
+// bridge's bound on one request), of which its wait_for may take
+// handlers.WaitForTimeout: a longer backfill was cut there, its page
+// answered as the bridge gave up on it, and one of 1000y made the
+// background backfills' timeout overflow into the past, so that they
+// never ran.
+const MaxBackfillTimeout = 20 * time.Second
+
 // DefaultPurgeJobInterval is the interval of the purge job ApplyDefaults
 // adds when retention is enabled without purge_jobs (Synapse's default).
 const DefaultPurgeJobInterval = 24 * time.Hour
@@ -633,6 +642,10 @@ func (c *Config) Validate() error {
 	}
 
 	p.positive("backfill.timeout", c.Backfill.Timeout)
+	if c.Backfill.Timeout.Duration > MaxBackfillTimeout {
+		p.add("backfill.timeout", "must be at most %v (a read answers within 30s, of which its wait_for may take 10s), got %v",
+			commands.DurationOf(MaxBackfillTimeout), c.Backfill.Timeout)
+	}
 	p.positive("backfill.backoff", c.Backfill.Backoff)
 	p.positive("homeserver.timeout", c.Homeserver.Timeout)
 	if c.Tasks.MaxConcurrent < 1 {
@@ -852,6 +865,7 @@ func withHeading(heading string, err error) error {
 //	--nats-listen ADDR    nats.listen ("" = in-process only)
 //	--http ADDR           http.listen ("" = no HTTP bridge)
 //	--log-level LEVEL     log.level (debug, info, warn, error)
+//	--instance NAME       cluster.instance ("" = the host name)
 //	--memory-limit SIZE   memory_limit (512MiB, 2GiB; 0 = none)
 //
 // A flag given with an empty value sets the key to "". With -h or --help

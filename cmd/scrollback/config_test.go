@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/scrollback/scrollback/commands"
+	"github.com/scrollback/scrollback/handlers"
 )
 
 const (
@@ -564,6 +567,14 @@ func TestConfig_Validate(t *testing.T) {
 			c.Retention.AllowedLifetimeMin = dur(2 * day)
 			c.Retention.AllowedLifetimeMax = dur(day)
 		}, "retention.allowed_lifetime_min:"},
+		// A read answers within 30 s, of which its wait_for may take 10:
+		// a longer backfill was cut there (or its page lost to the HTTP
+		// bridge's own 30 s), and one of 1000y never ran in the
+		// background (its timeout plus 10 s overflowed into the past).
+		{"backfill timeout at its longest", func(c *Config) { c.Backfill.Timeout = dur(20 * time.Second) }, ""},
+		{"backfill timeout longer than a read", func(c *Config) { c.Backfill.Timeout = dur(21 * time.Second) },
+			"backfill.timeout: must be at most 20s (a read answers within 30s, of which its wait_for may take 10s), got 21s"},
+		{"backfill timeout for ever", func(c *Config) { c.Backfill.Timeout = dur(commands.MaxDuration) }, "backfill.timeout: must be at most 20s"},
 		{"forgotten room retention zero", func(c *Config) {
 			c.ForgottenRoomRetentionPeriod = &commands.Duration{Set: true}
 		}, ""},
@@ -671,6 +682,7 @@ func TestParseServeFlags(t *testing.T) {
 			}},
 		{"log level", []string{"--log-level", "debug"}, func(c *Config) { c.Log.Level = "debug" }},
 		{"memory limit", []string{"--memory-limit", "512MiB"}, func(c *Config) { c.MemoryLimit = 512 << 20 }},
+		{"instance", []string{"--instance", "node-2"}, func(c *Config) { c.Cluster.Instance = "node-2" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -745,12 +757,92 @@ func TestParseServeFlags_Errors(t *testing.T) {
 	t.Run("usage names the flags", func(t *testing.T) {
 		var out strings.Builder
 		_, _ = parseFlags("serve", []string{"-h"}, &out)
-		for _, name := range []string{"-c", "-config", "-data", "-server-name", "-nats-url", "-nats-listen", "-http", "-log-level"} {
+		for _, name := range []string{"-c", "-config", "-data", "-server-name", "-nats-url", "-nats-listen", "-http", "-log-level", "-instance", "-memory-limit"} {
 			if !strings.Contains(out.String(), name+" ") {
 				t.Errorf("usage does not mention %s:\n%s", name, out.String())
 			}
 		}
 	})
+}
+
+// TestNewLogger_LevelAndFormat: log.level is the lowest level written,
+// log.format the form of the lines.
+func TestNewLogger_LevelAndFormat(t *testing.T) {
+	var out bytes.Buffer
+	l := newLogger(LogConfig{Level: LogLevelWarn, Format: LogFormatJSON}, &out)
+	l.Info("below the level")
+	l.Warn("at the level", "k", 1)
+	var line map[string]any
+	if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+		t.Fatalf("log.format json wrote %q: %v", out.String(), err)
+	}
+	if line["msg"] != "at the level" || line["level"] != "WARN" || line["k"] != 1.0 {
+		t.Fatalf("log level warn, format json wrote %q", out.String())
+	}
+	out.Reset()
+	l = newLogger(LogConfig{Level: LogLevelDebug, Format: LogFormatText}, &out)
+	l.Debug("detail", "k", 1)
+	if !strings.Contains(out.String(), "level=DEBUG msg=detail k=1") {
+		t.Fatalf("log level debug, format text wrote %q", out.String())
+	}
+}
+
+// TestMemoryLimit_SizesTheProjector: memory_limit sets Go's soft memory
+// limit of the process (0 leaves what GOMEMLIMIT set), and the projector,
+// started after it, sizes its buffers from it: the limit / 512 KiB
+// messages queued a partition, the limit / 64 KiB dirty pages a write
+// transaction (docs/CONFIG.md). 2 GiB: far above what the tests use.
+func TestMemoryLimit_SizesTheProjector(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	const limit = 2 << 30
+	applyMemoryLimit(Config{MemoryLimit: limit})
+	if got := debug.SetMemoryLimit(-1); got != limit {
+		t.Fatalf("memory limit %d after applying memory_limit 2GiB", got)
+	}
+	applyMemoryLimit(Config{})
+	if got := debug.SetMemoryLimit(-1); got != limit {
+		t.Fatalf("memory_limit 0 changed the limit to %d", got)
+	}
+	m := startMain(t, func(c *Config) { c.MemoryLimit = limit })
+	if q, d := m.Projector.QueueLen, m.Projector.MaxDirty; q != limit/(512<<10) || d != limit/(64<<10) {
+		t.Fatalf("projector queue %d, dirty pages %d under 2GiB; want %d, %d", q, d, limit/(512<<10), limit/(64<<10))
+	}
+}
+
+// TestRetentionConfig_CarriesEveryKey: the retention section reaches the
+// reads and the purge jobs whole, a duration given as 0 (a value, as in
+// Synapse) told apart from one left out.
+func TestRetentionConfig_CarriesEveryKey(t *testing.T) {
+	const dayMS, yearMS = int64(day / time.Millisecond), int64(year / time.Millisecond)
+	got := retentionConfig(RetentionConfig{
+		Enabled:            true,
+		DefaultPolicy:      RetentionPolicy{MinLifetime: dur(day), MaxLifetime: dur(year)},
+		AllowedLifetimeMin: dur(0),
+		AllowedLifetimeMax: dur(2 * year),
+		PurgeJobs: []PurgeJobConfig{
+			{Interval: dur(12 * time.Hour), LongestMaxLifetime: dur(3 * day)},
+			{Interval: dur(day), ShortestMaxLifetime: dur(0)},
+		},
+	})
+	want := handlers.Retention{
+		Enabled:    true,
+		Default:    commands.RetentionPolicy{MinLifetime: dayMS, MaxLifetime: yearMS, MaxSet: true},
+		AllowedMin: 0, HasAllowedMin: true,
+		AllowedMax: 2 * yearMS, HasAllowedMax: true,
+		Jobs: []handlers.RetentionJob{
+			{Interval: 12 * time.Hour, Longest: 3 * dayMS, HasLongest: true},
+			{Interval: day, HasShortest: true},
+		},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("retentionConfig(every key) = %+v\nwant %+v", got, want)
+	}
+	got = retentionConfig(RetentionConfig{Enabled: true, PurgeJobs: []PurgeJobConfig{{Interval: dur(day)}}})
+	want = handlers.Retention{Enabled: true, Jobs: []handlers.RetentionJob{{Interval: day}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("retentionConfig(keys left out) = %+v\nwant %+v", got, want)
+	}
 }
 
 func TestTokenConfig_String(t *testing.T) {

@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/scrollback/scrollback/bus"
+	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/internal/loadgen"
 	"github.com/scrollback/scrollback/testenv"
 )
@@ -217,6 +219,59 @@ func TestHTTP_AuthAndErrors(t *testing.T) {
 			}
 		}
 	})
+}
+
+// slowHomeserver answers sb.hs.whoami (for bob) and sb.hs.ignored_users
+// (none), each hold after the request came, or at once when the test
+// ends: later than the short homeserver.timeout a test sets.
+func slowHomeserver(tb testing.TB, m *Main, hold time.Duration) {
+	tb.Helper()
+	done := make(chan struct{})
+	tb.Cleanup(func() { close(done) })
+	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
+	for _, name := range []string{"whoami", "ignored_users"} {
+		sub, err := m.NC.Subscribe(subjects.HS(name), func(msg *nats.Msg) {
+			go func() {
+				select {
+				case <-done:
+				case <-time.After(hold):
+				}
+				data, _ := bus.Encode(map[string]any{"user_id": bob, "admin": false, "ignored_users": []any{}})
+				msg.Respond(data)
+			}()
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { sub.Unsubscribe() })
+	}
+	if err := m.NC.Flush(); err != nil { // before the bridge asks, on its own connection
+		tb.Fatal(err)
+	}
+}
+
+// TestHTTP_HomeserverTimeoutBoundsTheBridgesRequests: homeserver.timeout
+// is how long scrollback waits for one reply of the homeserver workers,
+// the HTTP bridge's sb.hs.whoami (a token the config does not know) and
+// sb.hs.ignored_users (a client read) included: past it, the read is 503
+// as for no homeserver at all. The bridge asked them under the HTTP
+// request's own 30 s deadline, and a requester's timeout applies only to
+// a context without one, so the key did nothing there: a homeserver that
+// took 29 s to answer held every read that long, and the read succeeded.
+func TestHTTP_HomeserverTimeoutBoundsTheBridgesRequests(t *testing.T) {
+	m := startMain(t, func(c *Config) { c.Homeserver.Timeout = commands.DurationOf(50 * time.Millisecond) })
+	room := testenv.NewRoom("slowhs", "test")
+	seqs := m.publisher().Publish(t, append(room.Setup(alice, bob), room.Msg(alice, "hi"))...)
+	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	slowHomeserver(t, m, 5*time.Second) // a hundred times homeserver.timeout
+	msgs := "/_matrix/client/v3/rooms/" + url.PathEscape(room.ID) + "/messages"
+
+	st, body := m.do(t, "GET", msgs, "hs-token", "")
+	wantErr(t, st, body, 503, "M_UNKNOWN", "Cannot check the access token: no homeserver answers sb.hs.whoami")
+	st, body = m.do(t, "GET", msgs, "tok-alice", "")
+	wantErr(t, st, body, 503, "M_UNKNOWN", "Cannot read the ignored users of @alice:test: the homeserver did not answer")
 }
 
 func TestHTTP_BlockAPI(t *testing.T) {

@@ -491,7 +491,7 @@ func (m *Main) openHTTP(nc *nats.Conn, subjects bus.Subjects, healthy func() boo
 		Req:       &bus.Requester{NC: nc, Timeout: handlers.WaitForTimeout + 20*time.Second},
 		DeleteReq: &bus.Requester{NC: nc, Timeout: handlers.DeleteV1Timeout},
 		Subjects:  subjects,
-		Auth:      &handlers.Auth{Static: static, Req: req, Subjects: subjects},
+		Auth:      &handlers.Auth{Static: static, Req: req, Subjects: subjects, Timeout: c.Homeserver.Timeout.Duration},
 		Logger:    m.Logger.With("component", "http"),
 		// The bridge's own connection too: without it no request
 		// reaches the service.

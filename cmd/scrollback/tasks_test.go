@@ -167,6 +167,38 @@ func TestTasks_ScheduledTasksStartOldestFirst(t *testing.T) {
 	}
 }
 
+// TestTasks_ShutdownConcurrencyBoundsTheRequests: shutdown.concurrency is
+// how many homeserver requests one room shutdown keeps in flight. With
+// every member's leave held by the homeserver, the shutdown sends that
+// many leaves and waits; once they answer, it kicks everybody.
+func TestTasks_ShutdownConcurrencyBoundsTheRequests(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.Shutdown.Concurrency = 3
+		c.Homeserver.Timeout = commands.DurationOf(time.Minute) // the held leaves keep their places
+	})
+	hs := testenv.NewHomeserver(t, m.NC, m.publisher(), "test")
+	room := shutdownRoom(t, m, hs, "bounded", 8)
+	members := []string{alice, "@invitee:test", "@knocker:test"}
+	for i := range 8 {
+		members = append(members, fmt.Sprintf("@user%d:test", i))
+	}
+	for _, u := range members {
+		hs.StallLeave(u)
+	}
+	const id = "cccccccccccccccc"
+	shutdownCmd(t, m, id, room.ID)
+	testenv.WaitFor(t, 10*time.Second, "the shutdown's first leaves", func() bool { return len(hs.Calls("leave")) >= 3 })
+	held := len(hs.Calls("leave"))
+	hs.ReleaseStalled()
+	testenv.WaitFor(t, 30*time.Second, "the shutdown to complete", func() bool { return taskStatusOf(m, id) == commands.TaskComplete })
+	if held != 3 {
+		t.Fatalf("%d leaves in flight at once with shutdown.concurrency 3", held)
+	}
+	if n := len(hs.Calls("leave")); n != len(members) {
+		t.Fatalf("%d leaves in all, want one for each of the %d members", n, len(members))
+	}
+}
+
 // TestTasks_ShutdownWithLongestIDCompletes: a shutdown_and_purge_room
 // command may have any id of 1-64 of [A-Za-z0-9_-] (CONTRACT.md section
 // 3), and its purge step is the purge_room command "<id>-purge". With a
