@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -205,6 +206,40 @@ func TestPurgeRoom(t *testing.T) {
 	er, _ := s.PendingErasures(10, true)
 	if er.Rooms[r.ID] != next-1 {
 		t.Fatalf("room erasure = %v, want below %d", er.Rooms, next-1)
+	}
+}
+
+// TestOpen_RefusesAnotherServerName: a file made for one server_name is
+// refused, as it is, when opened for another (ErrServerName), by Open and
+// by CheckServerName, which reads it without writing: which users are
+// local decides what a purge deletes, and a file opened by mistake under
+// another name deleted a purge's kept local events. Opened for its own
+// name, or with none (verify's live file), it opens.
+func TestOpen_RefusesAnotherServerName(t *testing.T) {
+	path := t.TempDir() + "/p.db"
+	s, err := projections.Open(path, projections.Options{ServerName: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := projections.CheckServerName(path, "localhost"); !errors.Is(err, projections.ErrServerName) || !strings.Contains(err.Error(), `"test", not "localhost"`) {
+		t.Fatalf("CheckServerName for another name: %v, want ErrServerName naming both", err)
+	}
+	if _, err := projections.Open(path, projections.Options{ServerName: "localhost"}); !errors.Is(err, projections.ErrServerName) {
+		t.Fatalf("Open for another name: %v, want ErrServerName", err)
+	}
+	for _, name := range []string{"test", ""} {
+		if err := projections.CheckServerName(path, name); err != nil {
+			t.Fatalf("CheckServerName for %q: %v", name, err)
+		}
+		s, err := projections.Open(path, projections.Options{ServerName: name})
+		if err != nil {
+			t.Fatalf("Open for %q: %v", name, err)
+		}
+		s.Close()
+	}
+	if err := projections.CheckServerName(path+".missing", "localhost"); err != nil {
+		t.Fatalf("CheckServerName of no file: %v", err)
 	}
 }
 

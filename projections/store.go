@@ -33,6 +33,13 @@ var (
 	ErrFormat = errors.New("projections: unsupported file format")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("projections: store closed")
+	// ErrServerName: the file was made for another server_name. Which
+	// users are local decides what purges delete (delete_local_events)
+	// and which purge_room are refused, and a Matrix server's name never
+	// changes: opened with another name by mistake (a forgotten -c), a
+	// rebuild deleted the local events a purge had kept, and the service
+	// then erased them from the log.
+	ErrServerName = errors.New("projections: the file was made for another server_name")
 )
 
 // Options configure Open.
@@ -183,6 +190,9 @@ func Open(path string, opts Options) (*Store, error) {
 			}
 		}
 		if opts.ServerName != "" {
+			if was := meta.Get([]byte("server_name")); was != nil && string(was) != opts.ServerName {
+				return serverNameError(string(was), opts.ServerName)
+			}
 			if err := meta.Put([]byte("server_name"), []byte(opts.ServerName)); err != nil {
 				return err
 			}
@@ -216,6 +226,35 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("projections: init %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// serverNameError is ErrServerName for a file made for was, opened for
+// name.
+func serverNameError(was, name string) error {
+	return fmt.Errorf("%w (%q, not %q): give server_name (or --server-name) as the service has it", ErrServerName, was, name)
+}
+
+// CheckServerName refuses the file at path, with ErrServerName, if it was
+// made for another server than name, without writing to it; a file it
+// cannot read (there is none, it is torn) passes. scrollback rebuild and
+// verify check the live file before they apply the log with name.
+func CheckServerName(path, name string) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return nil
+	}
+	defer db.Close()
+	var was string
+	db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bMeta); meta != nil {
+			was = string(meta.Get([]byte("server_name")))
+		}
+		return nil
+	})
+	if was != "" && name != "" && was != name {
+		return fmt.Errorf("%s: %w", path, serverNameError(was, name))
+	}
+	return nil
 }
 
 // metaRelMarks is the meta key of a file whose relat and relwait buckets

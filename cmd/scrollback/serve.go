@@ -111,6 +111,9 @@ func (m *Main) Open(ctx context.Context) error {
 		return err
 	}
 	m.unlock = unlock
+	if err := removeLeftovers(c.DataDir, m.Logger); err != nil {
+		return err
+	}
 	if err := m.openLog(ctx); err != nil {
 		return err
 	}
