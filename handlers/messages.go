@@ -122,8 +122,8 @@ func ParseMessagesRequest(m map[string]any) (*MessagesRequest, error) {
 		if err != nil {
 			return nil, err
 		}
-		r.Filter = f
-		r.Federation = f.FederationFormat
+		r.Filter = f // nil for a falsy filter ({}): no filter, as in Synapse
+		r.Federation = f != nil && f.FederationFormat
 	}
 	if v, ok := m["event_format"]; ok && v != nil {
 		switch v {
