@@ -52,23 +52,32 @@ func newFixture(t *testing.T) *fixture {
 func (f *fixture) add(evs ...testenv.Event) {
 	f.t.Helper()
 	for _, ev := range evs {
-		f.seq++
-		data, err := bus.Encode(map[string]any(ev))
-		if err != nil {
-			f.t.Fatal(err)
+		if out := f.applyOutcome(ev); out.Result != projections.OutcomeApplied {
+			f.t.Fatalf("%s: %s %s", ev.ID(), out.Result, out.Reason)
 		}
-		roomID := ev["room_id"].(string)
-		e := subjects.Decode(f.seq, subjects.Room(roomID, commands.KindEvent), data, 1_800_000_000_000-1000+int64(f.seq))
-		out, err := f.store.ApplyBatch(projections.PartitionOf(bus.RoomKey(roomID), f.store.Partitions()), []commands.LogEntry{e})
-		if err != nil {
-			f.t.Fatal(err)
-		}
-		if out[0].Result != projections.OutcomeApplied {
-			f.t.Fatalf("%s: %s %s", ev.ID(), out[0].Result, out[0].Reason)
-		}
+	}
+}
+
+// applyOutcome applies ev as the next log message, like add, and returns
+// what the projection made of it instead of requiring it applied.
+func (f *fixture) applyOutcome(ev testenv.Event) projections.Outcome {
+	f.t.Helper()
+	f.seq++
+	data, err := bus.Encode(map[string]any(ev))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	roomID := ev["room_id"].(string)
+	e := subjects.Decode(f.seq, subjects.Room(roomID, commands.KindEvent), data, 1_800_000_000_000-1000+int64(f.seq))
+	out, err := f.store.ApplyBatch(projections.PartitionOf(bus.RoomKey(roomID), f.store.Partitions()), []commands.LogEntry{e})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if out[0].Result == projections.OutcomeApplied {
 		f.seqOf[ev.ID()] = f.seq
 	}
 	f.w.seq = f.seq
+	return out[0]
 }
 
 // applyCmd applies a command as the next log message.

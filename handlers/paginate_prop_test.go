@@ -12,8 +12,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/scrollback/scrollback/bus"
-	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/projections"
 	"github.com/scrollback/scrollback/testenv"
 )
@@ -390,31 +388,9 @@ func (g *pgGen) publish(ev testenv.Event) {
 		flags = append(flags, "redacts "+target)
 	}
 	g.m.table = append(g.m.table, fmt.Sprintf("  seq %3d %-14s depth %3d %-19s %-14s %v -> %s", seq, ev.ID(), ev["depth"], ev["type"], ev["sender"], flags, want))
-	if got := g.f.applyOutcome(ev); got != want {
+	if got := g.f.applyOutcome(ev).Result; got != want {
 		g.f.t.Fatalf("applying %s (seq %d, %v): %s, want %s\nlog:\n%s", ev.ID(), seq, flags, got, want, g.m.dump())
 	}
-}
-
-// applyOutcome applies ev as the next log message, like add, and returns
-// what the projection made of it instead of requiring it applied.
-func (f *fixture) applyOutcome(ev testenv.Event) string {
-	f.t.Helper()
-	f.seq++
-	data, err := bus.Encode(map[string]any(ev))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	roomID := ev["room_id"].(string)
-	e := subjects.Decode(f.seq, subjects.Room(roomID, commands.KindEvent), data, 1_800_000_000_000-1000+int64(f.seq))
-	out, err := f.store.ApplyBatch(projections.PartitionOf(bus.RoomKey(roomID), f.store.Partitions()), []commands.LogEntry{e})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	if out[0].Result == projections.OutcomeApplied {
-		f.seqOf[ev.ID()] = f.seq
-	}
-	f.w.seq = f.seq
-	return out[0].Result
 }
 
 // pgFilter is a RoomEventFilter of types, not_types and senders. A nil

@@ -214,16 +214,8 @@ func TestDeleteRoom_FailedKicksLogAFewWarnings(t *testing.T) {
 		failing = append(failing, u)
 	}
 	sort.Strings(failing)
-	st, body := m.do(t, "DELETE", deletePath("v2", room.ID), "tok-admin", `{"block": true, "purge": false}`)
-	if st != 200 {
-		t.Fatalf("%d %v", st, body)
-	}
-	id := body["delete_id"].(string)
-	var task map[string]any
-	testenv.WaitFor(t, 30*time.Second, "the shutdown to finish", func() bool {
-		_, task = m.do(t, "GET", "/_synapse/admin/v2/rooms/delete_status/"+id, "tok-admin", "")
-		return task["status"] == "complete" || task["status"] == "failed"
-	})
+	task := deleteAndWait(t, m, room.ID, `{"block": true, "purge": false}`)
+	id := task["delete_id"].(string)
 	res := task["shutdown_room"].(map[string]any)
 	if f := strList(res["failed_to_kick_users"]); task["status"] != "complete" || !slices.Equal(f, failing) {
 		t.Fatalf("task %v, failed_to_kick_users %v; want complete, and %v", task["status"], f, failing)

@@ -191,10 +191,7 @@ func TestMessages_FederationFormatAfterCompaction(t *testing.T) {
 	for i := range 10 {
 		msgs = append(msgs, room.Msg(remote, fmt.Sprint(i)))
 	}
-	seqs := m.publisher().Publish(t, append(evs, msgs...)...)
-	if _, err := m.messages(t, room.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	seqs := m.publishApplied(t, room.ID, append(evs, msgs...)...)
 	m.purgeHistory(t, room.ID, msgs[8].ID(), `{}`)
 	st, err := m.JS.Stream(context.Background(), m.Config.NATS.Stream)
 	if err != nil {
@@ -230,29 +227,12 @@ func TestMessages_FederationFormatFitsMaxPayload(t *testing.T) {
 		want = append(want, ev.ID())
 	}
 	seqs := m.publisher().Publish(t, evs...)
-	from := ""
-	var got []string
-	for pages := 0; ; pages++ {
-		req := map[string]any{"admin": true, "limit": 60, "wait_for": seqs[len(seqs)-1], "event_format": "federation",
-			"filter": map[string]any{"types": []any{"m.room.message"}}}
-		if from != "" {
-			req["from"] = from
+	got := walkPages(t, m, r.ID, map[string]any{"admin": true, "limit": 60, "wait_for": seqs[len(seqs)-1], "event_format": "federation",
+		"filter": map[string]any{"types": []any{"m.room.message"}}}, func(pages int, page map[string]any) {
+		if n := len(chunkIDs(page)); pages == 0 && n >= 60 {
+			t.Fatalf("a first page of %d events of 30 KiB: it cannot fit in 1 MiB", n)
 		}
-		page, err := m.messages(t, r.ID, req)
-		if err != nil {
-			t.Fatalf("page %d: %v", pages, err)
-		}
-		ids := chunkIDs(page)
-		if pages == 0 && len(ids) >= 60 {
-			t.Fatalf("a first page of %d events of 30 KiB: it cannot fit in 1 MiB", len(ids))
-		}
-		got = append(got, ids...)
-		end, _ := page["end"].(string)
-		if end == "" || len(ids) == 0 {
-			break
-		}
-		from = end
-	}
+	})
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("read %d events:\n%v\nwant %d:\n%v", len(got), got, len(want), want)
 	}
@@ -421,18 +401,8 @@ func TestMessages_FederationFormatMembersFitMaxPayload(t *testing.T) {
 		want = append([]string{msg.ID()}, want...) // newest first
 	}
 	seqs := m.publisher().Publish(t, evs...)
-	from := ""
-	var got []string
-	for pages := 0; ; pages++ {
-		req := map[string]any{"admin": true, "dir": "b", "limit": 40, "wait_for": seqs[len(seqs)-1], "event_format": "federation",
-			"filter": map[string]any{"types": []any{"m.room.message"}, "lazy_load_members": true}}
-		if from != "" {
-			req["from"] = from
-		}
-		page, err := m.messages(t, r.ID, req)
-		if err != nil {
-			t.Fatalf("page %d: %v", pages, err)
-		}
+	got := walkPages(t, m, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 40, "wait_for": seqs[len(seqs)-1], "event_format": "federation",
+		"filter": map[string]any{"types": []any{"m.room.message"}, "lazy_load_members": true}}, func(pages int, page map[string]any) {
 		ids := chunkIDs(page)
 		if pages == 0 && len(ids) >= 40 {
 			t.Fatalf("a first page of %d senders whose members are 30 KiB each: it cannot fit in 1 MiB", len(ids))
@@ -449,14 +419,29 @@ func TestMessages_FederationFormatMembersFitMaxPayload(t *testing.T) {
 		if len(ids) > 0 && fmt.Sprint(members) != fmt.Sprint(senders) {
 			t.Fatalf("page %d: members %v for the chunk's senders %v", pages, members, senders)
 		}
+	})
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("read %d events:\n%v\nwant %d:\n%v", len(got), got, len(want), want)
+	}
+}
+
+// walkPages reads pages of req from the start until one has no end (or
+// no events), checking each with check, and returns the events' IDs.
+func walkPages(t *testing.T, m *Main, roomID string, req map[string]any, check func(pages int, page map[string]any)) []string {
+	t.Helper()
+	var got []string
+	for pages := 0; ; pages++ {
+		page, err := m.messages(t, roomID, req)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		check(pages, page)
+		ids := chunkIDs(page)
 		got = append(got, ids...)
 		end, _ := page["end"].(string)
 		if end == "" || len(ids) == 0 {
-			break
+			return got
 		}
-		from = end
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("read %d events:\n%v\nwant %d:\n%v", len(got), got, len(want), want)
+		req["from"] = end
 	}
 }

@@ -101,6 +101,18 @@ func (m *Main) messages(tb testing.TB, roomID string, req map[string]any) (map[s
 	return out, nil
 }
 
+// publishApplied publishes evs, all of roomID, and waits until the
+// service has applied them (a read with wait_for, which waits for the
+// room's own subjects only).
+func (m *Main) publishApplied(tb testing.TB, roomID string, evs ...testenv.Event) []uint64 {
+	tb.Helper()
+	seqs := m.publisher().Publish(tb, evs...)
+	if _, err := m.messages(tb, roomID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
+		tb.Fatal(err)
+	}
+	return seqs
+}
+
 func chunkIDs(page map[string]any) []string {
 	var ids []string
 	chunk, _ := page["chunk"].([]any)

@@ -31,10 +31,7 @@ func TestRebuild_RefusesAnotherServerName(t *testing.T) {
 	for i := range 10 {
 		evs = append(evs, r.Msg(alice, fmt.Sprint("local ", i)), r.Msg("@remote:other.org", fmt.Sprint("remote ", i)))
 	}
-	seqs := m.publisher().Publish(t, evs...)
-	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	m.publishApplied(t, r.ID, evs...)
 	kept := evs[len(evs)-10].ID() // alice's, below the cut-off: kept as an outlier
 	m.purgeHistory(t, r.ID, evs[len(evs)-2].ID(), "")
 	cfg := m.Config
@@ -81,10 +78,7 @@ func TestRebuild_RefusesAnotherServerName(t *testing.T) {
 func TestVerify_SaysTheLiveProjectionIsBehind(t *testing.T) {
 	m := startMain(t)
 	r := testenv.NewRoom("behind", "test")
-	seqs := m.publisher().Publish(t, r.Setup(alice)...)
-	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	m.publishApplied(t, r.ID, r.Setup(alice)...)
 	cfg := m.Config
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
@@ -131,10 +125,7 @@ func TestRebuild_Interrupted(t *testing.T) {
 	for i := range 50 {
 		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
 	}
-	seqs := m.publisher().Publish(t, evs...)
-	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	m.publishApplied(t, r.ID, evs...)
 	cfg := m.Config
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
@@ -185,10 +176,7 @@ func TestCompact_SaysTheSizeOnDisk(t *testing.T) {
 	for i := range 300 {
 		evs = append(evs, r.Msg(alice, strings.Repeat("x", 100)+fmt.Sprint(i)))
 	}
-	seqs := m.publisher().Publish(t, evs...)
-	if _, err := m.messages(t, r.ID, map[string]any{"admin": true, "wait_for": seqs[len(seqs)-1]}); err != nil {
-		t.Fatal(err)
-	}
+	m.publishApplied(t, r.ID, evs...)
 	before := m.allPages(t, r.ID)
 	cfg := m.Config
 	if err := m.Close(); err != nil {
