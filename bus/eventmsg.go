@@ -11,25 +11,10 @@ import (
 	"github.com/scrollback/scrollback/commands"
 )
 
-// ErrEventGone is EventMessage's answer for a sequence whose event
+// ErrEventGone is eventMessage's answer for a sequence whose event
 // message the log no longer holds, on the room's event subject or as a
 // kept copy.
 var ErrEventGone = errors.New("bus: the event's message is not in the log")
-
-// EventMessage is the data of the room's event message published at seq:
-// the event as the homeserver published it, every PDU field included
-// (the projection keeps only what reads in the client format need). A
-// compaction (Compact) may have moved the message to the room's kept
-// subject, where it is found by its original sequence: copies go there in
-// order of it, so a binary search over the subject finds it in about 2
-// log2(n) requests for n copies.
-func (l *Log) EventMessage(ctx context.Context, roomID string, seq uint64) ([]byte, error) {
-	st, err := l.JS.Stream(ctx, l.Stream)
-	if err != nil {
-		return nil, fmt.Errorf("bus: stream %s: %w", l.Stream, err)
-	}
-	return l.eventMessage(ctx, st, roomID, seq)
-}
 
 // eventReads is how many messages EventMessages reads at once. A page
 // of 1000 events in the federation format, which reads one message an
@@ -40,9 +25,15 @@ func (l *Log) EventMessage(ctx context.Context, roomID string, seq uint64) ([]by
 // readers share).
 const eventReads = 4
 
-// EventMessages is EventMessage for each of seqs, with one look-up of the
-// stream and up to eventReads reads at once: out[i] is the data of
-// seqs[i], nil if the log no longer holds it (ErrEventGone).
+// EventMessages are the data of the room's event messages published at
+// seqs: the events as the homeserver published them, every PDU field
+// included (the projection keeps only what reads in the client format
+// need). A compaction (Compact) may have moved a message to the room's
+// kept subject, where it is found by its original sequence: copies go
+// there in order of it, so a binary search over the subject finds it in
+// about 2 log2(n) requests for n copies. It looks the stream up once and
+// reads up to eventReads messages at once: out[i] is the data of seqs[i],
+// nil if the log no longer holds it (ErrEventGone).
 func (l *Log) EventMessages(ctx context.Context, roomID string, seqs []uint64) ([][]byte, error) {
 	if len(seqs) == 0 {
 		return nil, nil

@@ -35,3 +35,14 @@ func (l *Log) FindKept(ctx context.Context, subject string, erase []uint64, afte
 	}
 	return l.findKept(ctx, st, subject, erase, after)
 }
+
+// EventMessage is one sequence of EventMessages, with eventMessage's
+// ErrEventGone for a message the log no longer holds: the tests of the
+// kept-copy search look at one sequence at a time.
+func (l *Log) EventMessage(ctx context.Context, roomID string, seq uint64) ([]byte, error) {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return nil, err
+	}
+	return l.eventMessage(ctx, st, roomID, seq)
+}

@@ -61,7 +61,7 @@ type fedPage struct {
 
 // fedWindow is how many events of a list turn reads the messages of in
 // one EventLog.EventMessages (one stream look-up, a few reads at once):
-// one EventMessage an event, a page of 1000 took 150 ms on the embedded
+// one read an event, a page of 1000 took 150 ms on the embedded
 // server, against 2-8 ms in the client format; all of a page at once,
 // it would hold every event's message though the reply bound may keep
 // only a few of them.
