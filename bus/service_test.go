@@ -411,33 +411,50 @@ func TestServe_StopStartsNoHandlerAfterItReturns(t *testing.T) {
 		}
 	})
 	// Requests that queue behind the one worker: one waits for it in
-	// the endpoint's handler, the rest in the subscription.
+	// the endpoint's handler, the rest in the subscription. All are
+	// published, and the server has taken them, before Stop begins: a
+	// request sent after Stop unsubscribed rightly finds no responder
+	// (one goroutine a request made that race under load).
 	const queued = 64
-	var wg sync.WaitGroup
-	var answered, unanswered atomic.Int32
-	for range queued {
-		wg.Go(func() {
-			if _, err := h.client.Request(h.subject, []byte("queued"), 3*time.Second); err != nil {
-				unanswered.Add(1)
-				return
-			}
-			answered.Add(1)
-		})
+	inbox := nats.NewInbox()
+	replies := make(chan *nats.Msg, queued)
+	sub, err := h.client.ChanSubscribe(inbox+".*", replies)
+	if err != nil {
+		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 5*time.Second, "the queued requests to reach the service", func() bool { return h.load.Requests() >= 2 })
+	defer func() { _ = sub.Unsubscribe() }()
+	for i := range queued {
+		if err := h.client.PublishRequest(h.subject, fmt.Sprintf("%s.%d", inbox, i), []byte("queued")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := h.client.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	testenv.WaitFor(t, 5*time.Second, "the queued requests to reach the service", func() bool { return h.load.Requests() >= 2 })
 	if err := h.env.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	h.stop(t, func() { stopped.Store(true) })
-	wg.Wait()
+	answered, unanswered := 0, 0
+	timeout := time.After(3 * time.Second)
+	for answered+unanswered < queued {
+		select {
+		case m := <-replies:
+			if m.Header.Get("Status") == "503" && len(m.Data) == 0 { // no responders
+				unanswered++
+			} else {
+				answered++
+			}
+		case <-timeout:
+			unanswered = queued - answered
+		}
+	}
 	if n := late.Load(); n != 0 {
 		t.Errorf("%d handlers started after Stop returned", n)
 	}
-	if n := unanswered.Load(); n != 0 {
-		t.Errorf("%d of %d queued requests got no answer (answered %d): a stopping service leaves its requesters to time out", n, queued, answered.Load())
+	if unanswered != 0 {
+		t.Errorf("%d of %d queued requests got no answer (answered %d): a stopping service leaves its requesters to time out", unanswered, queued, answered)
 	}
 }
 
