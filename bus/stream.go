@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -242,6 +243,53 @@ func (l *Log) AppendNew(ctx context.Context, subject, msgID string, data []byte)
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	return l.publishNew(ctx, msg)
+}
+
+// ErrNotLast is AppendAfter's error when the subject has a message after
+// the one the caller expected to be its last: another writer appended
+// in between, or an earlier attempt of this call whose acknowledgement
+// was lost.
+var ErrNotLast = errors.New("bus: the subject has a message after the expected last one")
+
+// SubjectLastSeq is the sequence of the subject's last message in the log, 0
+// when it holds none. With AppendAfter it makes a check and an append
+// one step, whichever instance of the service writes.
+func (l *Log) SubjectLastSeq(ctx context.Context, subject string) (uint64, error) {
+	st, err := l.JS.Stream(ctx, l.Stream)
+	if err != nil {
+		return 0, fmt.Errorf("bus: stream %s: %w", l.Stream, err)
+	}
+	m, err := st.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bus: last message of %s: %w", subject, err)
+	}
+	return m.Sequence, nil
+}
+
+// AppendAfter is Append on condition that the subject's last message is
+// still the one at sequence last (0: the subject holds none); otherwise
+// it appends nothing and returns ErrNotLast. JetStream checks the
+// condition before the message ID, so a retry after a lost
+// acknowledgement whose publish did land gets ErrNotLast too: the
+// caller, which looks again, finds its own message.
+func (l *Log) AppendAfter(ctx context.Context, subject, msgID string, data []byte, last uint64) (uint64, error) {
+	if !ValidSubject(subject) {
+		return 0, fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+	if msgID != "" {
+		msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	}
+	seq, err := l.publish(ctx, msg, msgID != "")
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return 0, fmt.Errorf("%w: %s, expected at %d", ErrNotLast, subject, last)
+	}
+	return seq, err
 }
 
 // publish is Append's publish of a prepared message; with a message ID

@@ -200,6 +200,40 @@ func TestLog_AppendNewReportsAnotherWritersMessage(t *testing.T) {
 	}
 }
 
+// TestLog_AppendAfterIsRefusedAfterAnotherWriter: AppendAfter appends
+// only while the subject's last message is the one the caller saw, so
+// that a check made against the log up to it still holds (two
+// instances deleting a room at once); other subjects do not matter.
+func TestLog_AppendAfterIsRefusedAfterAnotherWriter(t *testing.T) {
+	n := testenv.NewNATS(t)
+	log := n.Stream(t, bus.Subjects{Prefix: "sb"}, "SCROLLBACK")
+	ctx := context.Background()
+	subject := log.Subjects.Room("!r:test", "cmd")
+	if last, err := log.SubjectLastSeq(ctx, subject); err != nil || last != 0 {
+		t.Fatalf("SubjectLastSeq of an empty subject = %d, %v; want 0", last, err)
+	}
+	first, err := log.AppendAfter(ctx, subject, "C-1", []byte{0x80}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := log.AppendAfter(ctx, subject, "C-2", []byte{0x80}, 0); !errors.Is(err, bus.ErrNotLast) {
+		t.Fatalf("AppendAfter expecting no message, after C-1: %v; want ErrNotLast", err)
+	}
+	if _, err := log.Append(ctx, log.Subjects.Room("!other:test", "cmd"), "O-1", []byte{0x80}); err != nil {
+		t.Fatal(err)
+	}
+	if last, err := log.SubjectLastSeq(ctx, subject); err != nil || last != first {
+		t.Fatalf("SubjectLastSeq = %d, %v; want %d", last, err, first)
+	}
+	second, err := log.AppendAfter(ctx, subject, "C-2", []byte{0x80}, first)
+	if err != nil || second <= first {
+		t.Fatalf("AppendAfter C-1's sequence: %d, %v", second, err)
+	}
+	if _, err := log.AppendAfter(ctx, subject, "C-3", []byte{0x80}, first); !errors.Is(err, bus.ErrNotLast) {
+		t.Fatalf("AppendAfter an older sequence: %v; want ErrNotLast", err)
+	}
+}
+
 // TestRedactURL_PasswordURLCannotParse: a password with a character a URL
 // must escape ('%', '/', '?', '#'), written as it is, makes the URL
 // unparsable; neither RedactURL nor Connect's error may then show it

@@ -11,7 +11,6 @@ import (
 	"math/big"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/scrollback/scrollback/bus"
@@ -24,13 +23,23 @@ type Appender interface {
 	Append(ctx context.Context, subject, msgID string, data []byte) (uint64, error)
 }
 
+// CommandLog is the room log as Admin uses it: Append, and the
+// conditional append (bus.Log.AppendAfter) that makes a deletion's check
+// for an open one and its publish one step on every instance sharing
+// the log.
+type CommandLog interface {
+	Appender
+	SubjectLastSeq(ctx context.Context, subject string) (uint64, error)
+	AppendAfter(ctx context.Context, subject, msgID string, data []byte, last uint64) (uint64, error)
+}
+
 // Admin answers the admin requests that act through the room log: each
 // one publishes a command and replies once the command is processed, so
 // that its effect and task are visible to the next request.
 type Admin struct {
 	Store    *projections.Store
 	Waiter   Waiter
-	Log      Appender
+	Log      CommandLog
 	Subjects bus.Subjects
 	Now      func() time.Time
 	// NewID makes command IDs (default: 16 random letters, like Synapse's
@@ -87,11 +96,21 @@ func RandomID() string {
 // publish appends a command to the room's log and waits until the
 // projection has processed it.
 func (a *Admin) publish(ctx context.Context, roomID, action string, params map[string]any, requestedBy string) (string, error) {
-	newID := a.NewID
-	if newID == nil {
-		newID = RandomID
+	return a.publishAs(ctx, a.newID(), roomID, action, params, requestedBy, nil)
+}
+
+// newID is a new task ID.
+func (a *Admin) newID() string {
+	if a.NewID != nil {
+		return a.NewID()
 	}
-	id := newID()
+	return RandomID()
+}
+
+// publishAs is publish of the command of task id; with after set, only
+// while the room's last command is the one at sequence *after, and
+// otherwise an error wrapping bus.ErrNotLast.
+func (a *Admin) publishAs(ctx context.Context, id, roomID, action string, params map[string]any, requestedBy string, after *uint64) (string, error) {
 	cmd := map[string]any{"id": id, "action": action, "room_id": roomID, "params": params, "ts": a.Now().UnixMilli()}
 	if requestedBy != "" {
 		cmd["requested_by"] = requestedBy
@@ -101,7 +120,12 @@ func (a *Admin) publish(ctx context.Context, roomID, action string, params map[s
 		return "", err
 	}
 	subject := a.Subjects.Room(roomID, commands.KindCmd)
-	seq, err := a.Log.Append(ctx, subject, id, data)
+	var seq uint64
+	if after != nil {
+		seq, err = a.Log.AppendAfter(ctx, subject, id, data, *after)
+	} else {
+		seq, err = a.Log.Append(ctx, subject, id, data)
+	}
 	if err != nil {
 		return "", fmt.Errorf("publish %s command: %w", action, err)
 	}
@@ -360,8 +384,8 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 	if !wait {
 		// Synapse refuses only while one is active; a scheduled one is
 		// refused too, so two requests in a row never start two
-		// shutdowns (synapse#10797). Checked again, under the room's
-		// lock, right before the publish (below).
+		// shutdowns (synapse#10797). Checked again right before the
+		// publish (below).
 		if open, err := a.deletionOpen(roomID); err != nil {
 			return nil, err
 		} else if open != "" {
@@ -416,7 +440,9 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		}
 	}
 	inProgress := projections.ErrTextDeletionInProgress + roomID
+	cmdSubject := a.Subjects.Room(roomID, commands.KindCmd)
 	var t *commands.Task
+	id := "" // this request's task, kept while other commands overtake its publish
 	for {
 		if wait {
 			// Synapse's v1 has no "in progress" check: a second call runs
@@ -427,32 +453,42 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 				return nil, err
 			}
 		}
-		// One request of this instance at a time checks the room and
-		// publishes: a deletion refused because another is open is
+		// The check for an open deletion reads the projection with the
+		// room's commands applied up to the last one in the log, and the
+		// publish happens only if no command came after that one
+		// (bus.Log.AppendAfter): whichever instance of the service
+		// publishes it, a deletion refused because another is open is
 		// answered here, never published, so that it leaves no failed
 		// task in the room's delete_status (Synapse refuses it before it
-		// schedules any). The projection still settles races between
-		// instances.
-		unlock, err := lockRoomDeletion(ctx, roomID)
+		// schedules any).
+		last, err := a.Log.SubjectLastSeq(ctx, cmdSubject)
 		if err != nil {
+			return nil, err
+		}
+		if err := a.waitApplied(ctx, roomID, last); err != nil {
 			return nil, err
 		}
 		open, err := a.deletionOpen(roomID)
 		if err != nil {
-			unlock()
 			return nil, err
 		}
-		if open != "" {
-			unlock()
+		if open != "" && open != id {
 			if !wait {
 				return nil, commands.Errorf(400, commands.CodeUnknown, "%s", inProgress)
 			}
 			continue
 		}
-		id, err := a.publish(ctx, roomID, commands.ActionShutdownAndPurgeRoom, params, by)
-		unlock()
-		if err != nil {
-			return nil, err
+		if id == "" {
+			id = a.newID()
+		}
+		// open == id: an attempt whose acknowledgement was lost did
+		// publish it.
+		if open == "" {
+			if _, err := a.publishAs(ctx, id, roomID, commands.ActionShutdownAndPurgeRoom, params, by, &last); errors.Is(err, bus.ErrNotLast) {
+				continue // another command came first: look again
+			} else if err != nil {
+				return nil, err
+			}
 		}
 		if !wait {
 			// Another request's deletion was applied first: refused, as
@@ -472,7 +508,8 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			break
 		}
 		// Another deletion was applied between the wait and ours: wait
-		// for that one too.
+		// for that one too, and try again as a new task.
+		id = ""
 	}
 	if t.Status == commands.TaskFailed {
 		if msg, ok := strings.CutPrefix(t.Error, "400: "); ok {
@@ -522,46 +559,18 @@ func (a *Admin) waitStarted(ctx context.Context, roomID, id string) {
 	})
 }
 
-// deletionLocks serialize, per room, a deletion request's last check for
-// an open deletion and its publish. The publish waits until the command
-// is applied (up to WaitForTimeout): a lock shared between rooms made
-// the deletions of unrelated rooms wait for a room whose partition is
-// slow, past their own deadlines.
-var deletionLocks = struct {
-	sync.Mutex
-	m map[string]*roomLock
-}{m: map[string]*roomLock{}}
-
-type roomLock struct {
-	ch   chan struct{} // holds a token while locked
-	refs int           // requests holding or waiting for it
-}
-
-// lockRoomDeletion takes the room's deletion lock, or gives up when ctx
-// ends.
-func lockRoomDeletion(ctx context.Context, roomID string) (unlock func(), err error) {
-	deletionLocks.Lock()
-	l := deletionLocks.m[roomID]
-	if l == nil {
-		l = &roomLock{ch: make(chan struct{}, 1)}
-		deletionLocks.m[roomID] = l
+// waitApplied waits, up to WaitForTimeout, until the room's log is
+// applied up to sequence seq (0: nothing to wait for).
+func (a *Admin) waitApplied(ctx context.Context, roomID string, seq uint64) error {
+	if seq == 0 {
+		return nil
 	}
-	l.refs++
-	deletionLocks.Unlock()
-	release := func() {
-		deletionLocks.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(deletionLocks.m, roomID)
-		}
-		deletionLocks.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, WaitForTimeout)
+	defer cancel()
+	if err := a.Waiter.WaitFor(wctx, roomID, seq); err != nil {
+		return commands.Errorf(504, commands.CodeUnknown, "The room's last command (sequence %d) is not processed yet; try again", seq)
 	}
-	select {
-	case l.ch <- struct{}{}:
-		return func() { <-l.ch; release() }, nil
-	case <-ctx.Done():
-		release()
-		return nil, ctx.Err()
-	}
+	return nil
 }
 
 // deletionOpen is the ID of the room's scheduled or active deletion

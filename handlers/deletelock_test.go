@@ -25,6 +25,13 @@ func (l *seqLog) Append(context.Context, string, string, []byte) (uint64, error)
 	return l.seq, nil
 }
 
+// SubjectLastSeq and AppendAfter: every room's commands are new here.
+func (l *seqLog) SubjectLastSeq(context.Context, string) (uint64, error) { return 0, nil }
+
+func (l *seqLog) AppendAfter(ctx context.Context, subject, msgID string, data []byte, _ uint64) (uint64, error) {
+	return l.Append(ctx, subject, msgID, data)
+}
+
 // stalledRoomWaiter never sees one room's commands applied (its
 // partition is stuck behind a long purge, say); every other room's are
 // applied at once.
@@ -46,11 +53,13 @@ func lockSlot(roomID string) uint32 {
 }
 
 // TestDelete_ARoomWhoseCommandIsSlowDoesNotHoldUpOthers (found by a review
-// helper): the per-room deletion lock is one of 64 shared mutexes and is
-// held through the publish, which waits up to WaitForTimeout (10 s) for the
-// command to be applied. A v2 deletion of another room that shares the
-// mutex then waits for that, beyond its own deadline: mu.Lock ignores the
-// request's ctx.
+// helper): a deletion waits up to WaitForTimeout (10 s) for its command
+// to be applied. A deletion of another room must not wait for that:
+// when a process-wide lock, one of 64 shared mutexes, serialized the
+// check and the publish, a room sharing the slow room's mutex waited
+// beyond its own deadline (mu.Lock ignores the request's ctx). The
+// check and the publish are now one conditional append per room
+// (bus.Log.AppendAfter), and no lock is shared.
 func TestDelete_ARoomWhoseCommandIsSlowDoesNotHoldUpOthers(t *testing.T) {
 	f := newFixture(t)
 	slow := "!slow:test"

@@ -57,6 +57,22 @@ func (l *fuzzLog) Append(_ context.Context, subject, msgID string, data []byte) 
 	return uint64(len(l.appended)), nil
 }
 
+func (l *fuzzLog) SubjectLastSeq(_ context.Context, subject string) (uint64, error) {
+	for i := len(l.appended) - 1; i >= 0; i-- {
+		if l.appended[i].subject == subject {
+			return uint64(i + 1), nil
+		}
+	}
+	return 0, nil
+}
+
+func (l *fuzzLog) AppendAfter(ctx context.Context, subject, msgID string, data []byte, last uint64) (uint64, error) {
+	if at, _ := l.SubjectLastSeq(ctx, subject); at != last {
+		return 0, bus.ErrNotLast
+	}
+	return l.Append(ctx, subject, msgID, data)
+}
+
 // refusingWaiter ends fetch before it reads the store's extremities.
 type refusingWaiter struct{}
 

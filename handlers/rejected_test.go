@@ -29,6 +29,14 @@ func (a noMsgID) Append(ctx context.Context, subject, _ string, data []byte) (ui
 	return a.log.Append(ctx, subject, "", data)
 }
 
+func (a noMsgID) SubjectLastSeq(ctx context.Context, subject string) (uint64, error) {
+	return a.log.SubjectLastSeq(ctx, subject)
+}
+
+func (a noMsgID) AppendAfter(ctx context.Context, subject, _ string, data []byte, last uint64) (uint64, error) {
+	return a.log.AppendAfter(ctx, subject, "", data, last)
+}
+
 // TestAdmin_RejectedCommandIsAnError: an admin request whose command the
 // projector dead-letters, rather than applies, is answered with an error
 // that names the command's sequence and the reason, at once. Before, the

@@ -181,7 +181,7 @@ func TestRetention_DeletesLocalEventsBelowAnEarlierFloor(t *testing.T) {
 // failingAppender fails every append to one room's subjects and passes
 // the others to the log.
 type failingAppender struct {
-	handlers.Appender
+	handlers.CommandLog
 	prefix string
 }
 
@@ -189,7 +189,7 @@ func (a failingAppender) Append(ctx context.Context, subject, msgID string, data
 	if strings.HasPrefix(subject, a.prefix) {
 		return 0, errors.New("injected: the room's log refuses appends")
 	}
-	return a.Appender.Append(ctx, subject, msgID, data)
+	return a.CommandLog.Append(ctx, subject, msgID, data)
 }
 
 // TestRetention_OneFailingRoomDoesNotStopTheJob: a room whose purge
@@ -220,7 +220,7 @@ func TestRetention_OneFailingRoomDoesNotStopTheJob(t *testing.T) {
 		}
 	}
 	admin := *m.Retention.Admin
-	admin.Log = failingAppender{Appender: admin.Log, prefix: strings.TrimSuffix(bus.Subjects{Prefix: "sb"}.Room(rooms[0].ID, commands.KindCmd), "cmd")}
+	admin.Log = failingAppender{CommandLog: admin.Log, prefix: strings.TrimSuffix(bus.Subjects{Prefix: "sb"}.Room(rooms[0].ID, commands.KindCmd), "cmd")}
 	m.Retention.Admin = &admin
 	n, err := m.Retention.RunJob(context.Background(), handlers.RetentionJob{Interval: time.Hour})
 	if err == nil {
