@@ -253,10 +253,10 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return c, err
+		return c, usageErr(err)
 	}
 	if fs.NArg() > 0 {
-		return c, fmt.Errorf("bench: unexpected argument %q", fs.Arg(0))
+		return c, usageErr(fmt.Errorf("bench: unexpected argument %q", fs.Arg(0)))
 	}
 	if quick {
 		set := map[string]bool{}
@@ -337,7 +337,7 @@ func parseBenchFlags(args []string, output io.Writer) (benchConfig, error) {
 		p.add("purge-rate", "must be greater than 0 and at most 1, got %g", c.PurgeRate)
 	}
 	if err := errors.Join(p...); err != nil {
-		return c, withHeading("bench: invalid flags", err)
+		return c, usageErr(withHeading("bench: invalid flags", err))
 	}
 	return c, nil
 }

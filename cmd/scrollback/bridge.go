@@ -16,13 +16,15 @@ import (
 // runBridge runs the HTTP bridge alone, in front of scrollback instances
 // reached over an external NATS (`scrollback bridge -c FILE`): it reads
 // the same config file as serve and uses nats.url, nats.credentials,
-// http.*, auth.* and homeserver.timeout. Reads and admin requests go to
-// whichever instance the NATS queue group picks.
+// nats.subject_prefix, http.*, auth.*, homeserver.timeout, log.* and
+// memory_limit. Reads and admin requests go to whichever instance the
+// NATS queue group picks.
 func runBridge(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg, err := parseFlags("bridge", args, os.Stderr)
 	if err != nil {
 		return err
 	}
+	applyMemoryLimit(cfg)
 	m := &Main{Config: cfg, Logger: newLogger(cfg.Log, stderr)}
 	slog.SetDefault(m.Logger) // for what libraries report without a logger of ours
 	if err := m.OpenBridge(); err != nil {

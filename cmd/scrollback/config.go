@@ -615,9 +615,16 @@ func (c *Config) Validate() error {
 		p.add("nats.subject_prefix", "must not be empty")
 	} else if bad := badNameChar(c.NATS.SubjectPrefix, ".*>"); bad != "" {
 		p.add("nats.subject_prefix", "%q is not a single NATS subject token: it must not contain %s", c.NATS.SubjectPrefix, bad)
+	} else if why := reservedSubjectToken(c.NATS.SubjectPrefix); why != "" {
+		p.add("nats.subject_prefix", "%q is reserved by NATS: %s; choose another, like sb", c.NATS.SubjectPrefix, why)
 	}
 	p.listen("nats.listen", c.NATS.Listen)
 	p.listen("http.listen", c.HTTP.Listen)
+	if c.HTTP.TLS.Enabled() && c.HTTP.Listen == "" {
+		// Ignored there, and silently: the operator believes the bridge
+		// serves HTTPS.
+		p.add("http.tls", `set while http.listen is "" (no HTTP bridge): set http.listen to serve the bridge over HTTPS, or remove http.tls`)
+	}
 
 	seen := map[string]int{}
 	for i, t := range c.Auth.Tokens {
@@ -771,6 +778,23 @@ func badNameChar(s, forbidden string) string {
 	return ""
 }
 
+// reservedSubjectToken says why NATS reserves tok as the first token of
+// a subject, or returns "" if it does not: subjects starting with $ are
+// the server's ($JS for JetStream's API, $KV and $O for its buckets,
+// $SYS, $SRV, ...), _INBOX is where clients receive replies, and _R_ and
+// _GR_ carry the server's own replies across accounts and gateways.
+func reservedSubjectToken(tok string) string {
+	switch {
+	case strings.HasPrefix(tok, "$"):
+		return "subjects starting with $ are the server's ($JS, $KV, $SYS, ...)"
+	case strings.HasPrefix(tok, "_INBOX"):
+		return "_INBOX subjects carry the replies to requests"
+	case tok == "_R_" || tok == "_GR_":
+		return "the server sends its own replies on " + tok + " subjects"
+	}
+	return ""
+}
+
 // validServerName reports whether s is a Matrix server name: a DNS name,
 // IPv4 address or [IPv6] literal, optionally followed by :port.
 func validServerName(s string) bool {
@@ -869,8 +893,10 @@ func withHeading(heading string, err error) error {
 //	--memory-limit SIZE   memory_limit (512MiB, 2GiB; 0 = none)
 //
 // A flag given with an empty value sets the key to "". With -h or --help
-// it prints the usage on stderr and returns flag.ErrHelp. Every problem of
-// the resulting configuration is reported at once.
+// it prints the usage on stderr and returns flag.ErrHelp. An unknown flag,
+// a flag value that does not parse and an argument after the flags are
+// usage errors (usageError: the process exits 2). Every problem of the
+// resulting configuration is reported at once.
 func ParseServeFlags(args []string) (Config, error) {
 	return parseFlags("serve", args, os.Stderr)
 }
@@ -901,10 +927,10 @@ func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return Config{}, err
+		return Config{}, usageErr(err)
 	}
 	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("%s: unexpected argument %q (flags go before it; see -h)", cmd, fs.Arg(0))
+		return Config{}, usageErr(fmt.Errorf("%s: unexpected argument %q (flags go before it; see -h)", cmd, fs.Arg(0)))
 	}
 
 	cfg, err := LoadConfig(path)
@@ -916,7 +942,7 @@ func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
 		switch f.Name {
 		case "memory-limit":
 			if err := cfg.MemoryLimit.UnmarshalText([]byte(memLimit)); err != nil {
-				flagProblems = append(flagProblems, fmt.Errorf("--memory-limit: %w", err))
+				flagProblems = append(flagProblems, usageErr(fmt.Errorf("--memory-limit: %w", err)))
 			}
 		case "data":
 			cfg.DataDir = dataDir

@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/scrollback/scrollback/commands"
 	"github.com/scrollback/scrollback/handlers"
+	"github.com/scrollback/scrollback/testenv"
 )
 
 const (
@@ -1001,4 +1004,135 @@ func FuzzByteSize(f *testing.F) {
 			t.Fatalf("%q -> %d -> %q -> %d, %v", s, b, b.String(), back, err)
 		}
 	})
+}
+
+// TestBridge_AppliesMemoryLimit: `scrollback bridge` sets the process's
+// soft memory limit from memory_limit, and from --memory-limit over it,
+// as serve does (it read both and ignored them).
+func TestBridge_AppliesMemoryLimit(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	logger := slog.Default()
+	t.Cleanup(func() { slog.SetDefault(logger) }) // the bridge makes its logger the default
+	n := testenv.NewNATS(t)
+	file := writeConfig(t, "memory_limit: 1536MiB\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the bridge starts, then stops at once
+	for _, tt := range []struct {
+		name string
+		args []string
+		want int64
+	}{
+		{"memory_limit", []string{"-c", file}, 1536 << 20},
+		{"--memory-limit", []string{"-c", file, "--memory-limit", "2GiB"}, 2 << 30},
+	} {
+		debug.SetMemoryLimit(math.MaxInt64) // none
+		args := append([]string{"bridge", "--nats-url", n.URL, "--http", "127.0.0.1:0", "--data", t.TempDir()}, tt.args...)
+		var out, errOut testenv.Buffer
+		if code := run(ctx, args, &out, &errOut); code != 0 {
+			t.Fatalf("scrollback %q exited %d: %s", args, code, errOut.String())
+		}
+		if !strings.Contains(errOut.String(), "scrollback bridge started") {
+			t.Fatalf("scrollback %q did not start the bridge: %s", args, errOut.String())
+		}
+		if got := debug.SetMemoryLimit(-1); got != tt.want {
+			t.Errorf("bridge with %s: memory limit = %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestConfig_Validate_HTTPTLSNeedsListen: http.tls with http.listen ""
+// (no HTTP bridge) is an error naming both keys; it was ignored, and the
+// operator believed the bridge served HTTPS.
+func TestConfig_Validate_HTTPTLSNeedsListen(t *testing.T) {
+	tls := writeConfig(t, "http:\n  listen: 127.0.0.1:8443\n  tls: {cert: /etc/sb/cert.pem, key: /etc/sb/key.pem}\n")
+	tlsNoListen := writeConfig(t, "http:\n  listen: \"\"\n  tls: {cert: /etc/sb/cert.pem, key: /etc/sb/key.pem}\n")
+	const want = `http.tls: set while http.listen is "" (no HTTP bridge)`
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string // "" = valid
+	}{
+		{"tls with listen", []string{"-c", tls}, ""},
+		{"no bridge, no tls", []string{"--http="}, ""},
+		{"tls without listen in the file", []string{"-c", tlsNoListen}, want},
+		{"--http= turns the bridge off under tls", []string{"-c", tls, "--http="}, want},
+		{"--http turns it on again", []string{"-c", tlsNoListen, "--http", ":8443"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseFlags("serve", tt.args, io.Discard)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Errorf("parseFlags(serve, %q) error = %v, want nil", tt.args, err)
+				}
+				return
+			}
+			wantAll(t, err, tt.wantErr, "set http.listen", "remove http.tls")
+		})
+	}
+}
+
+// TestConfig_Validate_ReservedSubjectPrefix: a subject prefix NATS
+// reserves ($JS, $SYS, $KV and every other $ subject, the reply inboxes
+// _INBOX, the server's reply subjects _R_ and _GR_) is refused at start;
+// it was accepted, and the log's subjects shared those of JetStream's API
+// or of replies. Names merely like them are fine.
+func TestConfig_Validate_ReservedSubjectPrefix(t *testing.T) {
+	for _, prefix := range []string{"$JS", "$SYS", "$KV", "$O", "$SRV", "$G", "$", "$sb", "_INBOX", "_INBOX_sb", "_R_", "_GR_"} {
+		c := DefaultConfig()
+		c.NATS.SubjectPrefix = prefix
+		wantAll(t, c.Validate(), fmt.Sprintf("nats.subject_prefix: %q is reserved by NATS", prefix))
+	}
+	for _, prefix := range []string{"sb", "s$", "inbox", "_inbox", "INBOX", "_R", "GR_", "sb_INBOX"} {
+		c := DefaultConfig()
+		c.NATS.SubjectPrefix = prefix
+		if err := c.Validate(); err != nil {
+			t.Errorf("nats.subject_prefix %q: Validate() = %v, want nil", prefix, err)
+		}
+	}
+}
+
+// TestRun_UsageErrorsExitTwo: a mistake on the command line (an unknown
+// flag, a flag value that does not parse, or for seed and bench, whose
+// flags are all their settings, one out of range; an argument where none
+// is taken) exits 2, as Go's flag package does; every other error,
+// an invalid configuration (file and flags checked together) included,
+// exits 1, and -h exits 0.
+func TestRun_UsageErrorsExitTwo(t *testing.T) {
+	bad := writeConfig(t, "server_name: \"\"\n")
+	tests := []struct {
+		args []string
+		want int
+	}{
+		{[]string{"serve", "--verbose"}, 2},
+		{[]string{"serve", "-c", bad, "extra"}, 2},
+		{[]string{"serve", "--memory-limit", "lots"}, 2},
+		{[]string{"serve", "-c", bad, "--memory-limit", "lots"}, 2},
+		{[]string{"bridge", "--nope"}, 2},
+		{[]string{"rebuild", "--data"}, 2},
+		{[]string{"compact", "now"}, 2},
+		{[]string{"verify", "-x"}, 2},
+		{[]string{"seed", "--rooms", "x"}, 2},
+		{[]string{"seed", "--rooms", "0"}, 2},
+		{[]string{"seed", "extra"}, 2},
+		{[]string{"bench", "--events", "x"}, 2},
+		{[]string{"bench", "--scenario", "nope"}, 2},
+		{[]string{"bench", "extra"}, 2},
+
+		{[]string{"serve", "-c", filepath.Join(t.TempDir(), "none.yaml")}, 1},
+		{[]string{"serve", "-c", bad}, 1},
+		{[]string{"serve", "--memory-limit", "1MiB"}, 1},
+		{[]string{"verify", "--data", filepath.Join(t.TempDir(), "none")}, 1},
+
+		{[]string{"seed", "-h"}, 0},
+		{[]string{"bench", "-h"}, 0},
+		{[]string{"serve", "--help"}, 0},
+	}
+	for _, tt := range tests {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), tt.args, &out, &errOut); code != tt.want {
+			t.Errorf("scrollback %q exited %d (%s), want %d", tt.args, code, strings.TrimSpace(errOut.String()), tt.want)
+		}
+	}
 }

@@ -69,7 +69,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "scrollback:", err)
+		if ue := (*usageError)(nil); errors.As(err, &ue) {
+			return 2
+		}
 		return 1
 	}
 	return 0
+}
+
+// usageError is a mistake on the command line: an unknown flag, a flag
+// value that does not parse (or, for seed and bench, whose flags are all
+// their settings, one out of range), an argument where none is taken.
+// run exits 2 for it, as Go's flag package does, and 1 for every other
+// error; an invalid configuration (the file and the flags, checked
+// together) is one of those.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// usageErr marks err as a usage error. nil and flag.ErrHelp (-h, which
+// exits 0) are returned as they are.
+func usageErr(err error) error {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return &usageError{err: err}
 }

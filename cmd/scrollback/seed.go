@@ -111,7 +111,8 @@ func runSeed(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // parseSeedFlags parses the flags of `scrollback seed`. With -h it prints
-// the usage on stdout and returns flag.ErrHelp.
+// the usage on stdout and returns flag.ErrHelp; any other error is a
+// usage error (usageError: the process exits 2).
 func parseSeedFlags(args []string, stdout io.Writer) (seedOptions, string, error) {
 	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned, not printed twice
@@ -134,16 +135,16 @@ func parseSeedFlags(args []string, stdout io.Writer) (seedOptions, string, error
 			fs.PrintDefaults()
 			return seedOptions{}, "", err
 		}
-		return seedOptions{}, "", fmt.Errorf("seed: %w (see scrollback seed -h)", err)
+		return seedOptions{}, "", usageErr(fmt.Errorf("seed: %w (see scrollback seed -h)", err))
 	}
 	if fs.NArg() > 0 {
-		return seedOptions{}, "", fmt.Errorf("seed: unexpected argument %q (see scrollback seed -h)", fs.Arg(0))
+		return seedOptions{}, "", usageErr(fmt.Errorf("seed: unexpected argument %q (see scrollback seed -h)", fs.Arg(0)))
 	}
 	if natsURL == "" {
-		return seedOptions{}, "", errors.New("seed: --nats-url must not be empty")
+		return seedOptions{}, "", usageErr(errors.New("seed: --nats-url must not be empty"))
 	}
 	if err := opts.validate(); err != nil {
-		return seedOptions{}, "", err
+		return seedOptions{}, "", usageErr(err)
 	}
 	return opts, natsURL, nil
 }
