@@ -67,23 +67,8 @@ func (o *otherInstance) AppendAfter(ctx context.Context, subject, msgID string, 
 // delete_status that Synapse never has.
 func TestDelete_AnotherInstancesDeletionLeavesNoFailedTask(t *testing.T) {
 	r := testenv.NewRoom("twoinstances", "test")
-	n := testenv.NewNATS(t)
-	log := n.Stream(t, subjects, "SCROLLBACK")
-	store := testenv.NewStore(t)
-	p := &projections.Projector{Store: store, Source: log, Decode: subjects.Decode, RoomKeyOf: roomKeyOf}
-	if err := p.Init(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	testenv.WaitFor(t, 10*time.Second, "projector start", p.Started)
-	evs := r.Setup("@alice:test")
-	seqs := (&testenv.Publisher{JS: n.JS, Subjects: subjects}).Publish(t, evs...)
-	if err := p.WaitFor(ctx, r.ID, seqs[len(seqs)-1]); err != nil {
-		t.Fatal(err)
-	}
+	log, store, p := projectedLog(t, subjects.Decode, r.Setup("@alice:test")...)
+	ctx := context.Background()
 	a := &handlers.Admin{Store: store, Waiter: p, Log: &otherInstance{Log: log, t: t, waiter: p, roomID: r.ID}, Subjects: subjects,
 		Now: time.Now, NewID: func() string { return "thisone" }, CanStart: func(string) bool { return false }}
 	req, err := bus.Encode(map[string]any{"requested_by": "@admin:test"})

@@ -160,6 +160,14 @@ func rejectingAdmin(t *testing.T, newID func() string, evs ...testenv.Event) (*h
 // with decode.
 func decodingAdmin(t *testing.T, newID func() string, decode projections.Decoder, evs ...testenv.Event) (*handlers.Admin, *projections.Store) {
 	t.Helper()
+	log, store, p := projectedLog(t, decode, evs...)
+	return &handlers.Admin{Store: store, Waiter: p, Log: noMsgID{log}, Subjects: subjects, Now: time.Now, NewID: newID}, store
+}
+
+// projectedLog runs a projector, decoding with decode, over a real log
+// holding evs, and returns once they are applied.
+func projectedLog(t *testing.T, decode projections.Decoder, evs ...testenv.Event) (*bus.Log, *projections.Store, *projections.Projector) {
+	t.Helper()
 	n := testenv.NewNATS(t)
 	log := n.Stream(t, subjects, "SCROLLBACK")
 	store := testenv.NewStore(t)
@@ -176,7 +184,7 @@ func decodingAdmin(t *testing.T, newID func() string, decode projections.Decoder
 	if err := p.WaitFor(context.Background(), roomOf(evs[len(evs)-1]), seqs[len(seqs)-1]); err != nil {
 		t.Fatal(err)
 	}
-	return &handlers.Admin{Store: store, Waiter: p, Log: noMsgID{log}, Subjects: subjects, Now: time.Now, NewID: newID}, store
+	return log, store, p
 }
 
 func roomOf(ev testenv.Event) string { return ev["room_id"].(string) }
