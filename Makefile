@@ -18,8 +18,8 @@ run:
 build:
 	$(GO) build -o $(BIN)/scrollback ./cmd/scrollback
 
-## test: everything CI runs: gofmt, go vet, staticcheck, the domain boundary, go test -race, short fuzzing
-test: fmt-check vet staticcheck boundary unit fuzz
+## test: everything CI runs: gofmt, a tidy go.mod, go vet, staticcheck, the domain boundary, go test -race, short fuzzing
+test: fmt-check tidy-check vet staticcheck boundary unit fuzz
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
