@@ -151,7 +151,10 @@ func (s *Store) applyBatches(bs []*partBatch) (written int, err error) {
 			}
 			return written, fmt.Errorf("projections: commit of partitions %v: %w", parts, err)
 		}
-		return written, fmt.Errorf("projections: %w", err)
+		// Before the commit: apply's error names its partition and
+		// message, and the package where the package made it (a corrupt
+		// row), which it would name twice here.
+		return written, err
 	}
 	wakeJanitor, wakeTasks := false, false
 	var changed map[string]bool // rooms whose tasks were written

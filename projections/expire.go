@@ -118,7 +118,7 @@ func (s *Store) indexFinishedTasks() error {
 	return s.fillOnce(metaTaskDone, bTasks, taskDoneBatch, func(tx *bolt.Tx, k, v []byte) error {
 		t := &commands.Task{}
 		if err := decodeMsgpack(v, t); err != nil {
-			return fmt.Errorf("projections: task %s: %w", k, err)
+			return fmt.Errorf("task %s: %w", k, err)
 		}
 		if !t.Finished() {
 			return nil
@@ -142,7 +142,7 @@ func (s *Store) markOldRefusals() error {
 	return s.fillOnce(metaUnconfirmed, bTasks, taskDoneBatch, func(tx *bolt.Tx, k, v []byte) error {
 		t := &commands.Task{}
 		if err := decodeMsgpack(v, t); err != nil {
-			return fmt.Errorf("projections: task %s: %w", k, err)
+			return fmt.Errorf("task %s: %w", k, err)
 		}
 		refusal := t.Status == commands.TaskFailed && t.Error == ErrTextUsersJoined &&
 			(t.Action == commands.ActionPurgeRoom || t.Action == commands.ActionShutdownAndPurgeRoom)

@@ -276,7 +276,7 @@ func (v *RoomView) StateEvent(st StateEntry) (*Row, error) {
 	if val := v.bucket(bTimeline).Get(tlKey(v.room, st.Depth, st.Stream)); val != nil {
 		r, err := unmarshalRow(val)
 		if err != nil {
-			return nil, fmt.Errorf("projections: event %s: %w", st.EventID, err)
+			return nil, fmt.Errorf("event %s: %w", st.EventID, err)
 		}
 		if r.EventID == st.EventID {
 			r.Depth, r.Stream = st.Depth, st.Stream
@@ -299,7 +299,7 @@ func (v *RoomView) Event(eventID string) (*Row, error) {
 	}
 	r, err := unmarshalRow(val)
 	if err != nil {
-		return nil, fmt.Errorf("projections: event %s: %w", eventID, err)
+		return nil, fmt.Errorf("event %s: %w", eventID, err)
 	}
 	r.Depth, r.Stream = loc.depth, loc.stream
 	return r, nil
@@ -435,7 +435,7 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 			// took a quarter of an unfiltered page's time in Paginate.
 			h, err := rowHead(val)
 			if err != nil {
-				return nil, fmt.Errorf("projections: timeline row %x: %w", k, err)
+				return nil, fmt.Errorf("timeline row %x: %w", k, err)
 			}
 			if !q.Filter.PreLimit(commands.EventMeta{Type: string(h.typ), Sender: string(h.sender), HasURL: h.flags&flagHasURL != 0, Labels: h.labels}) {
 				continue
@@ -450,7 +450,7 @@ func (v *RoomView) Paginate(q PageQuery) (*PageResult, error) {
 		}
 		r := rows.next()
 		if err := r.unmarshal(val, true); err != nil {
-			return nil, fmt.Errorf("projections: timeline row %x: %w", k, err)
+			return nil, fmt.Errorf("timeline row %x: %w", k, err)
 		}
 		r.Depth, r.Stream = depth, stream
 		res.Rows = append(res.Rows, r)

@@ -175,8 +175,8 @@ func Open(path string, opts Options) (*Store, error) {
 		meta := tx.Bucket(bMeta)
 		if v := meta.Get([]byte("version")); v != nil {
 			got := binary.BigEndian.Uint64(v)
-			if got != formatVersion && got != 1 {
-				return fmt.Errorf("%w: version %d, want %d", ErrFormat, got, formatVersion)
+			if err := checkVersion(got); err != nil {
+				return err
 			}
 			migrate = got == 1
 		} else {
@@ -223,9 +223,22 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		db.Close()
 		s.writeback.close()
+		if errors.Is(err, ErrFormat) || errors.Is(err, ErrServerName) {
+			// The file's refusals, which name the package already.
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 		return nil, fmt.Errorf("projections: init %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// checkVersion refuses, with ErrFormat, a file of layout version v that
+// Open neither reads nor migrates.
+func checkVersion(v uint64) error {
+	if v != formatVersion && v != 1 {
+		return fmt.Errorf("%w: version %d, want %d", ErrFormat, v, formatVersion)
+	}
+	return nil
 }
 
 // serverNameError is ErrServerName for a file made for was, opened for
@@ -253,6 +266,39 @@ func CheckServerName(path, name string) error {
 	})
 	if was != "" && name != "" && was != name {
 		return fmt.Errorf("%s: %w", path, serverNameError(was, name))
+	}
+	return nil
+}
+
+// Check refuses, with Open's error, what Open without Build would refuse
+// about the file at path before it reads a row: a build without fsync
+// that a restart of the machine cut short (ErrUnsynced) and a layout this
+// release does not read (ErrFormat). It writes nothing, where Open
+// writes even to a file it then refuses, and a file it cannot read
+// (there is none, it is torn) passes: Open says what is wrong with it.
+// scrollback verify checks the live file so before it spends minutes
+// rebuilding a projection from the log to compare with it.
+func Check(path string) error {
+	if _, _, err := prepareBuild(path, false); err != nil { // without Build, it writes nothing
+		return err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return nil
+	}
+	defer db.Close()
+	var v []byte
+	db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bMeta); meta != nil {
+			v = bytes.Clone(meta.Get([]byte("version")))
+		}
+		return nil
+	})
+	if len(v) != 8 {
+		return nil
+	}
+	if err := checkVersion(binary.BigEndian.Uint64(v)); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
 }
@@ -338,7 +384,7 @@ var relMarksBatch = 20000
 // not report, so the file is not to be put in place.
 func (s *Store) Sync() error {
 	if err := s.lostWrites(); err != nil {
-		return err
+		return fmt.Errorf("projections: %w", err)
 	}
 	if err := s.db.Update(func(*bolt.Tx) error {
 		s.db.NoSync = false
@@ -346,14 +392,17 @@ func (s *Store) Sync() error {
 	}); err != nil {
 		return err
 	}
-	return s.lostWrites()
+	if err := s.lostWrites(); err != nil {
+		return fmt.Errorf("projections: %w", err)
+	}
+	return nil
 }
 
 // lostWrites is the first write fault update saw while the file was
-// unsynced, as an error, or nil.
+// unsynced, as an error, or nil. Its callers name the package.
 func (s *Store) lostWrites() error {
 	if err, _ := s.lost.Load().(error); err != nil {
-		return fmt.Errorf("projections: a write failed while the file was not synced, so earlier commits may not be on disk: %w", err)
+		return fmt.Errorf("a write failed while the file was not synced, so earlier commits may not be on disk: %w", err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -901,9 +902,23 @@ func ParseServeFlags(args []string) (Config, error) {
 	return parseFlags("serve", args, os.Stderr)
 }
 
+// commandFlags are the flags each command that takes the service's
+// config file reads besides -c/--config and --data: its -h lists these
+// alone, and it refuses the others, which it would ignore.
+var commandFlags = map[string][]string{
+	"serve": {"server-name", "nats-url", "nats-listen", "http", "instance", "memory-limit", "log-level"},
+	// server_name: the generated admin token's user.
+	"bridge":  {"server-name", "nats-url", "http", "log-level", "memory-limit"},
+	"rebuild": {"server-name", "nats-url", "memory-limit"},
+	"verify":  {"server-name", "nats-url", "memory-limit"},
+	// nats.url: whether the data dir holds the embedded server's log.
+	"compact": {"nats-url"},
+}
+
 // parseFlags is ParseServeFlags for command cmd (serve, bridge, rebuild,
-// compact, verify: they take the same config and flags), whose name the
-// usage and the errors show, writing the usage to output.
+// compact, verify: they take the same config file, and the flags of
+// commandFlags), whose name the usage and the errors show, writing the
+// usage to output.
 func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -915,13 +930,22 @@ func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&path, "c", "", "YAML config `file` (same as --config)")
 	fs.StringVar(&path, "config", "", "YAML config `file`; without one, the built-in defaults apply")
 	fs.StringVar(&dataDir, "data", "", "data `dir`ectory, overrides data_dir (default ./data)")
-	fs.StringVar(&serverName, "server-name", "", "Matrix server `name`, overrides server_name (default localhost)")
-	fs.StringVar(&natsURL, "nats-url", "", "external NATS `url`s, overrides nats.url (default \"\": embedded server)")
-	fs.StringVar(&natsListen, "nats-listen", "", "embedded NATS client `address`, overrides nats.listen (default 127.0.0.1:4222; \"\": in-process only)")
-	fs.StringVar(&httpAddr, "http", "", "HTTP bridge `address`, overrides http.listen (default 127.0.0.1:8090; \"\": no bridge)")
-	fs.StringVar(&instance, "instance", "", "this instance's `name` among several sharing a log, overrides cluster.instance (default: the host name)")
-	fs.StringVar(&memLimit, "memory-limit", "", "soft memory `limit` of the process, like 512MiB, overrides memory_limit (default 0: none)")
-	fs.StringVar(&logLvl, "log-level", "", "`level` debug, info, warn or error, overrides log.level (default info)")
+	for _, f := range []struct {
+		p           *string
+		name, usage string
+	}{
+		{&serverName, "server-name", "Matrix server `name`, overrides server_name (default localhost)"},
+		{&natsURL, "nats-url", "external NATS `url`s, overrides nats.url (default \"\": embedded server)"},
+		{&natsListen, "nats-listen", "embedded NATS client `address`, overrides nats.listen (default 127.0.0.1:4222; \"\": in-process only)"},
+		{&httpAddr, "http", "HTTP bridge `address`, overrides http.listen (default 127.0.0.1:8090; \"\": no bridge)"},
+		{&instance, "instance", "this instance's `name` among several sharing a log, overrides cluster.instance (default: the host name)"},
+		{&memLimit, "memory-limit", "soft memory `limit` of the process, like 512MiB, overrides memory_limit (default 0: none)"},
+		{&logLvl, "log-level", "`level` debug, info, warn or error, overrides log.level (default info)"},
+	} {
+		if slices.Contains(commandFlags[cmd], f.name) {
+			fs.StringVar(f.p, f.name, "", f.usage)
+		}
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: scrollback %s [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n", cmd)
 		fs.PrintDefaults()

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -936,6 +937,43 @@ func TestHelp_ExitsZeroWithTheCommandsName(t *testing.T) {
 		var out, errOut bytes.Buffer
 		if code := run(context.Background(), []string{cmd, "-h"}, &out, &errOut); code != 0 {
 			t.Errorf("scrollback %s -h exited %d (%s), want 0", cmd, code, errOut.String())
+		}
+	}
+}
+
+// TestHelp_ListsOnlyTheFlagsTheCommandReads: each command's -h lists
+// the flags that command reads, and no other. They all shared serve's
+// flag set, so that rebuild -h offered --http, --nats-listen, --instance
+// and --log-level, which a rebuild never reads (found by a review).
+// Flags a command does not list are refused, not ignored.
+func TestHelp_ListsOnlyTheFlagsTheCommandReads(t *testing.T) {
+	for cmd, want := range map[string][]string{
+		"serve":   {"c", "config", "data", "http", "instance", "log-level", "memory-limit", "nats-listen", "nats-url", "server-name"},
+		"bridge":  {"c", "config", "data", "http", "log-level", "memory-limit", "nats-url", "server-name"},
+		"rebuild": {"c", "config", "data", "memory-limit", "nats-url", "server-name"},
+		"verify":  {"c", "config", "data", "memory-limit", "nats-url", "server-name"},
+		"compact": {"c", "config", "data", "nats-url"},
+	} {
+		var usage bytes.Buffer
+		if _, err := parseFlags(cmd, []string{"-h"}, &usage); !errors.Is(err, flag.ErrHelp) {
+			t.Fatalf("%s -h: %v, want flag.ErrHelp", cmd, err)
+		}
+		var listed []string
+		for _, line := range strings.Split(usage.String(), "\n") {
+			// PrintDefaults: "  -name value" or "  -name", the usage on
+			// the next line, indented further.
+			if name, ok := strings.CutPrefix(line, "  -"); ok {
+				listed = append(listed, strings.Fields(name)[0])
+			}
+		}
+		if !slices.Equal(listed, want) {
+			t.Errorf("%s -h lists %v, want %v:\n%s", cmd, listed, want, usage.String())
+		}
+		if cmd == "serve" {
+			continue
+		}
+		if _, err := parseFlags(cmd, []string{"--nats-listen", "127.0.0.1:4222"}, io.Discard); err == nil || !strings.Contains(err.Error(), "flag provided but not defined: -nats-listen") {
+			t.Errorf("%s --nats-listen: %v, want it refused", cmd, err)
 		}
 	}
 }

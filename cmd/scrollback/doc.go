@@ -7,9 +7,9 @@
 //
 //   - main.go: the commands. Every command that runs or opens the
 //     service (serve, bridge, rebuild, compact, verify) parses the same
-//     config file and flags (config.go, parseFlags); -h prints the
-//     command's flags and exits 0; every problem of a configuration is
-//     reported at once, one a line.
+//     config file, and those of serve's flags it reads (config.go,
+//     parseFlags, commandFlags); -h prints the command's flags and exits
+//     0; every problem of a configuration is reported at once, one a line.
 //   - serve.go: Main, the wiring. Open brings the parts up in the order
 //     that lets each rely on the one before: NATS (the embedded server
 //     unless nats.url) and the log's stream, the projection file, the

@@ -3,11 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -65,6 +70,143 @@ func TestRebuild_RefusesAnotherServerName(t *testing.T) {
 	m2 := openAgain(t, cfg)
 	if _, ok, err := m2.Store.FindEvent(r.ID, kept); err != nil || !ok {
 		t.Fatalf("the local message the purge kept: found %v, %v", ok, err)
+	}
+}
+
+// setLayoutVersion writes layout version v into the projection file at
+// path, as a release of another layout would have left it.
+func setLayoutVersion(tb testing.TB, path string, v uint64) {
+	tb.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("version"), binary.BigEndian.AppendUint64(nil, v))
+	})
+	if err := errors.Join(err, db.Close()); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestVerify_RefusesTheLiveFileBeforeBuilding: what verify refuses
+// about the live projection (a build without fsync that a restart of the
+// machine cut short, a file of a format this release cannot read, a file
+// made for another server_name) it refuses before it builds anything from
+// the log, with the error it gave after: it applied the whole log first,
+// minutes on a big one, for an error it could give at once (found by a
+// review). The live file is left as it was.
+func TestVerify_RefusesTheLiveFileBeforeBuilding(t *testing.T) {
+	m := startMain(t)
+	r := testenv.NewRoom("refused", "test")
+	evs := r.Setup(alice)
+	for i := range 20 {
+		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
+	}
+	m.publishApplied(t, r.ID, evs...)
+	cfg := m.Config
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	var batches atomic.Int64 // batches a build from the log applied
+	buildBatch = func() { batches.Add(1) }
+	t.Cleanup(func() { buildBatch = nil })
+	wrongName := cfg
+	wrongName.ServerName = "localhost"
+	for _, tt := range []struct {
+		name       string
+		cfg        Config
+		spoil, fix func()
+		wantErr    error
+		wantPrefix string
+	}{
+		{"a build a restart cut short", cfg,
+			func() {
+				if err := os.WriteFile(projections.BuildMarker(dbPath), []byte("another boot"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			},
+			func() {
+				if err := os.Remove(projections.BuildMarker(dbPath)); err != nil {
+					t.Fatal(err)
+				}
+			},
+			projections.ErrUnsynced, "verify: the live projection: "},
+		{"another format", cfg, func() { setLayoutVersion(t, dbPath, 99) }, func() { setLayoutVersion(t, dbPath, 2) },
+			projections.ErrFormat, "verify: the live projection: "},
+		{"another server_name", wrongName, func() {}, func() {},
+			projections.ErrServerName, "verify: " + dbPath + ": "},
+	} {
+		tt.spoil()
+		before, err := os.ReadFile(dbPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batches.Store(0)
+		_, err = verifyProjection(context.Background(), tt.cfg, &bytes.Buffer{})
+		if !errors.Is(err, tt.wantErr) || !strings.HasPrefix(err.Error(), tt.wantPrefix) {
+			t.Errorf("verify of a live file with %s: %v, want %q, starting %q", tt.name, err, tt.wantErr, tt.wantPrefix)
+		}
+		if n := batches.Load(); n != 0 {
+			t.Errorf("verify of a live file with %s applied %d batches of the log before it refused it", tt.name, n)
+		}
+		if after, err := os.ReadFile(dbPath); err != nil || !bytes.Equal(before, after) {
+			t.Errorf("verify of a live file with %s changed it (%v)", tt.name, err)
+		}
+		tt.fix()
+	}
+	// The same file, left as it was, is verified: by a build from the log.
+	batches.Store(0)
+	if n, err := verifyProjection(context.Background(), cfg, &bytes.Buffer{}); err != nil || n != 0 {
+		t.Fatalf("verify of the file made whole again: %d differences, %v", n, err)
+	}
+	if batches.Load() == 0 {
+		t.Fatal("verify applied no batch of the log: the test sees no build")
+	}
+}
+
+// TestServe_ErrorsNameTheProjectionsPackageOnce: the errors of the
+// projection file that reach the operator (serve, rebuild and verify on a
+// file made for another server_name, or of another format) name the
+// projections package once. Open wrapped its own errors again with its
+// name: "scrollback: projections: init .../scrollback.db: projections:
+// the file was made for another server_name" (found by a review).
+func TestServe_ErrorsNameTheProjectionsPackageOnce(t *testing.T) {
+	m := startMain(t)
+	cfg := m.Config
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	// serve makes its logger, on the buffer below, slog's default, and
+	// so the log package's output: both are put back for the next tests.
+	wasSlog, wasLog, wasFlags := slog.Default(), log.Writer(), log.Flags()
+	t.Cleanup(func() { slog.SetDefault(wasSlog); log.SetOutput(wasLog); log.SetFlags(wasFlags) })
+	flags := []string{"--data", cfg.DataDir, "--server-name", cfg.ServerName}
+	once := func(what string, args []string, want error) {
+		t.Helper()
+		var stderr bytes.Buffer
+		// serve's own listeners off: the embedded NATS in-process only,
+		// no HTTP bridge (they are serve's alone).
+		if args[0] == "serve" {
+			args = append(args, "--nats-listen", "", "--http", "")
+		}
+		if code := run(context.Background(), args, io.Discard, &stderr); code != 1 {
+			t.Fatalf("%s: exit %d, want 1 (%s)", what, code, stderr.String())
+		}
+		msg := strings.TrimSpace(stderr.String())
+		t.Logf("%s: %s", what, msg)
+		if n := strings.Count(msg, "projections:"); n != 1 || !strings.Contains(msg, strings.TrimPrefix(want.Error(), "projections: ")) {
+			t.Errorf("%s: %q names the projections package %d times, want once, with %q", what, msg, n, want)
+		}
+	}
+	for _, cmd := range []string{"serve", "rebuild", "verify"} {
+		once(cmd+" with another server_name", []string{cmd, "--data", cfg.DataDir, "--server-name", "localhost"}, projections.ErrServerName)
+	}
+	setLayoutVersion(t, dbPath, 99)
+	for _, cmd := range []string{"serve", "verify"} {
+		once(cmd+" of another format", append([]string{cmd}, flags...), projections.ErrFormat)
 	}
 }
 

@@ -109,6 +109,16 @@ func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, erro
 	}
 	defer unlock()
 	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	// What it refuses about the live file, verify refuses before it
+	// builds from the log, minutes on a big log, and with the same
+	// error: another server_name (buildFromLog checks it too, for
+	// rebuild), a build a restart cut short, another layout. Read-only.
+	if err := projections.CheckServerName(dbPath, cfg.ServerName); err != nil {
+		return 0, fmt.Errorf("verify: %w", err)
+	}
+	if err := projections.Check(dbPath); err != nil {
+		return 0, fmt.Errorf("verify: the live projection: %w", err)
+	}
 	tmp := dbPath + ".verify"
 	defer os.Remove(tmp)
 	if _, err := buildFromLog(ctx, cfg, tmp); err != nil {
@@ -144,7 +154,11 @@ func verifyProjection(ctx context.Context, cfg Config, out io.Writer) (int, erro
 	// the diff each, those of either side.
 	fmt.Fprintf(out, "verify: %d aspects in the live projection, %d in the rebuild from the log, %d differences\n", len(live), len(rebuilt), len(diff))
 	if n := partitionsBehind(liveCPs, rebuiltCPs); n > 0 {
-		return len(diff), fmt.Errorf("verify: the live projection has not applied the end of the log yet (%d of its %d partitions are behind it, as when the service was killed before it caught up): start scrollback serve, let it catch up (scrollback_projection_lag_messages 0), stop it, and verify again", n, len(liveCPs))
+		are := "are"
+		if n == 1 {
+			are = "is"
+		}
+		return len(diff), fmt.Errorf("verify: the live projection has not applied the end of the log yet (%d of its %d partitions %s behind it, as when the service was killed before it caught up): start scrollback serve, let it catch up (scrollback_projection_lag_messages 0), stop it, and verify again", n, len(liveCPs), are)
 	}
 	return len(diff), nil
 }

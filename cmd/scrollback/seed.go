@@ -10,7 +10,9 @@ import (
 	"html"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode"
@@ -36,12 +38,14 @@ const (
 	seedMaxEvents        = 2_000_000 // rooms × messages: the run keeps every event ID
 )
 
-const seedUsage = `Usage: scrollback seed [flags]
+const seedUsage = `Usage: scrollback seed [-c FILE] [flags]
 
 Publishes synthetic rooms (state, members, a conversation with edits, threads,
 reactions, an image, a topic change, a leave and rejoin, a redaction) to the
 room log of a running scrollback, so that there is history to read at once.
-Every run adds new rooms; --seed makes their content reproducible.
+Every run adds new rooms; --seed makes their content reproducible. Given the
+service's config file (-c) or data dir (--data), seed connects to that service
+and prints reads that work for it; the other flags override what they say.
 
 Flags:
 `
@@ -64,8 +68,10 @@ type seedOptions struct {
 	// Prefix is the subject prefix, nats.subject_prefix (--prefix).
 	Prefix string
 	// HTTPAddr is the HTTP bridge's address, only used in the printed
-	// examples (--http).
+	// examples (--http); "" prints none.
 	HTTPAddr string
+	// HTTPS: the bridge serves HTTPS (http.tls in the config).
+	HTTPS bool
 	// TokenFile is the admin token's file, only used in the printed curl
 	// examples (--token-file).
 	TokenFile string
@@ -101,7 +107,7 @@ func runSeed(ctx context.Context, args []string, stdout io.Writer) error {
 	// its own inbox prefix, which a nats.auth server requires.
 	nc, err := bus.Connect(natsURL, "", "scrollback seed")
 	if err != nil {
-		return fmt.Errorf("seed: cannot connect to NATS at %s (is `scrollback serve` running? its embedded server listens on nats.listen, %s by default): %w",
+		return fmt.Errorf("seed: cannot connect to NATS at %s (is `scrollback serve` running? its embedded server listens on nats.listen, %s by default: give seed the service's config with -c, or --nats-url): %w",
 			bus.RedactURL(natsURL), strings.TrimPrefix(seedDefaultNATSURL, "nats://"), err)
 	}
 	defer nc.Close()
@@ -112,21 +118,26 @@ func runSeed(ctx context.Context, args []string, stdout io.Writer) error {
 
 // parseSeedFlags parses the flags of `scrollback seed`. With -h it prints
 // the usage on stdout and returns flag.ErrHelp; any other error is a
-// usage error (usageError: the process exits 2).
+// usage error (usageError: the process exits 2). The flags about the
+// service that are not given come from its config file (-c) and data dir
+// (--data), or from the defaults without them (seedFromConfig).
 func parseSeedFlags(args []string, stdout io.Writer) (seedOptions, string, error) {
 	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned, not printed twice
 	opts := seedOptions{Window: seedDefaultWindow}
-	var natsURL string
-	fs.StringVar(&natsURL, "nats-url", seedDefaultNATSURL, "NATS `url` of the running service (its embedded listener, nats.listen)")
-	fs.StringVar(&opts.ServerName, "server-name", "localhost", "Matrix server `name` of the rooms and users (the service's server_name)")
+	var natsURL, path, dataDir string
+	fs.StringVar(&path, "c", "", "the service's YAML config `file` (same as --config)")
+	fs.StringVar(&path, "config", "", "the service's YAML config `file`: its nats.url or nats.listen, server_name, nats.subject_prefix, http.listen and data_dir are the defaults of the flags below")
+	fs.StringVar(&dataDir, "data", "", "the service's data `dir`ectory, overrides data_dir (default ./data): the curl examples read <dir>/admin.token")
+	fs.StringVar(&natsURL, "nats-url", "", "NATS `url` of the running service (default: the config's nats.url, else its nats.listen; "+seedDefaultNATSURL+" without -c)")
+	fs.StringVar(&opts.ServerName, "server-name", "", "Matrix server `name` of the rooms and users (default: the config's server_name; localhost without -c)")
 	fs.IntVar(&opts.Rooms, "rooms", 3, "number of rooms to create")
 	fs.IntVar(&opts.Messages, "messages", 200, "conversation events per room, after the room's set-up events")
 	fs.IntVar(&opts.Members, "members", 5, "users who join each room, the creator included (@alice, @bob, @carol, ...)")
 	fs.Int64Var(&opts.Seed, "seed", 1, "random `seed`: the same seed gives the same rooms (room and event IDs excepted)")
-	fs.StringVar(&opts.Prefix, "prefix", "sb", "subject `prefix` (nats.subject_prefix)")
-	fs.StringVar(&opts.HTTPAddr, "http", seedDefaultHTTP, "HTTP bridge `address` used in the printed curl examples")
-	fs.StringVar(&opts.TokenFile, "token-file", seedDefaultTokenFile, "the service's admin token `file` (<data dir>/admin.token), used in the printed curl examples")
+	fs.StringVar(&opts.Prefix, "prefix", "", "subject `prefix` (default: the config's nats.subject_prefix; sb without -c)")
+	fs.StringVar(&opts.HTTPAddr, "http", "", "HTTP bridge `address` used in the printed curl examples (default: the config's http.listen; "+seedDefaultHTTP+" without -c); \"\" prints none")
+	fs.StringVar(&opts.TokenFile, "token-file", "", "the service's admin token `file`, used in the printed curl examples (default: <data dir>/admin.token; "+seedDefaultTokenFile+" without -c or --data)")
 	fs.DurationVar(&opts.Timeout, "timeout", seedDefaultTimeout, "give up if publishing and acks take longer than this")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -140,6 +151,18 @@ func parseSeedFlags(args []string, stdout io.Writer) (seedOptions, string, error
 	if fs.NArg() > 0 {
 		return seedOptions{}, "", usageErr(fmt.Errorf("seed: unexpected argument %q (see scrollback seed -h)", fs.Arg(0)))
 	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return seedOptions{}, "", fmt.Errorf("seed: %w", err)
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if given["data"] {
+		cfg.DataDir = dataDir
+	}
+	if err := seedFromConfig(cfg, given, &opts, &natsURL); err != nil {
+		return seedOptions{}, "", err
+	}
 	if natsURL == "" {
 		return seedOptions{}, "", usageErr(errors.New("seed: --nats-url must not be empty"))
 	}
@@ -147,6 +170,53 @@ func parseSeedFlags(args []string, stdout io.Writer) (seedOptions, string, error
 		return seedOptions{}, "", usageErr(err)
 	}
 	return opts, natsURL, nil
+}
+
+// seedFromConfig sets the options about the service that no flag gave
+// from its configuration: where it listens, its names, the admin token
+// in its data dir. The defaults' configuration gives the flags' defaults.
+func seedFromConfig(cfg Config, given map[string]bool, opts *seedOptions, natsURL *string) error {
+	if !given["nats-url"] {
+		switch {
+		case cfg.NATS.URL != "":
+			*natsURL = cfg.NATS.URL
+		case cfg.NATS.Listen != "":
+			*natsURL = "nats://" + reachable(cfg.NATS.Listen)
+		default:
+			return errors.New("seed: the service's embedded NATS takes no clients (nats.listen is \"\"): give --nats-url")
+		}
+	}
+	if !given["server-name"] {
+		opts.ServerName = cfg.ServerName
+	}
+	if !given["prefix"] {
+		opts.Prefix = cfg.NATS.SubjectPrefix
+	}
+	if !given["http"] {
+		opts.HTTPAddr = cfg.HTTP.Listen
+	}
+	opts.HTTPS = cfg.HTTP.TLS.Enabled()
+	if !given["token-file"] {
+		opts.TokenFile = filepath.Join(cfg.DataDir, "admin.token")
+	}
+	return nil
+}
+
+// reachable is where a client on this machine reaches a listener on
+// addr: on loopback when addr is every interface's (":8090", "0.0.0.0",
+// "[::]"), which a client cannot dial by that name.
+func reachable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	switch ip := net.ParseIP(host); {
+	case host == "" || ip != nil && ip.Equal(net.IPv4zero):
+		host = "127.0.0.1"
+	case ip != nil && ip.IsUnspecified():
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // validate reports every option that cannot work, joined, under "seed: ".
@@ -194,9 +264,6 @@ func seedRooms(ctx context.Context, nc *nats.Conn, opts seedOptions, out io.Writ
 	}
 	if opts.TokenFile == "" {
 		opts.TokenFile = seedDefaultTokenFile
-	}
-	if opts.HTTPAddr == "" {
-		opts.HTTPAddr = seedDefaultHTTP
 	}
 	if opts.Timeout == 0 {
 		opts.Timeout = seedDefaultTimeout
@@ -329,14 +396,21 @@ func printSeededRoom(out io.Writer, r seededRoom, opts seedOptions) {
 	subjects := bus.Subjects{Prefix: opts.Prefix}
 	fmt.Fprintf(out, "\n%s  %q\n", r.ID, r.Name)
 	fmt.Fprintf(out, "  events: %d, last log sequence: %d\n", len(r.EventIDs), r.LastSeq)
-	fmt.Fprintf(out, "  HTTP:  curl -s -H \"Authorization: Bearer $(cat %s)\" '%s'\n", shellQuote(opts.TokenFile), seedAdminURL(opts.HTTPAddr, r.ID))
+	if opts.HTTPAddr != "" {
+		fmt.Fprintf(out, "  HTTP:  curl -s -H \"Authorization: Bearer $(cat %s)\" '%s'\n", shellQuote(opts.TokenFile), seedAdminURL(opts.HTTPAddr, opts.HTTPS, r.ID))
+	}
 	fmt.Fprintf(out, "  NATS:  request %s with the MessagePack map {\"admin\": true, \"dir\": \"b\", \"limit\": 5, \"wait_for\": %d}\n",
 		subjects.APIRoom(r.ID, "messages"), r.LastSeq)
 }
 
-// seedAdminURL is the admin /messages URL of the room's five latest events.
-func seedAdminURL(httpAddr, roomID string) string {
-	return "http://" + httpAddr + "/_synapse/admin/v1/rooms/" + url.PathEscape(roomID) + "/messages?dir=b&limit=5"
+// seedAdminURL is the admin /messages URL of the room's five latest
+// events, on a bridge that listens on httpAddr (over HTTPS if https).
+func seedAdminURL(httpAddr string, https bool, roomID string) string {
+	scheme := "http://"
+	if https {
+		scheme = "https://"
+	}
+	return scheme + reachable(httpAddr) + "/_synapse/admin/v1/rooms/" + url.PathEscape(roomID) + "/messages?dir=b&limit=5"
 }
 
 // seedRoomID is room n of a run: "!seed<n>-<run>:<server>".

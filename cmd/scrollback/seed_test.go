@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -231,7 +233,7 @@ func TestSeed_IntoService(t *testing.T) {
 		}
 
 		// The printed curl URL works with an admin token.
-		u := seedAdminURL(m.HTTPAddr, r.ID)
+		u := seedAdminURL(m.HTTPAddr, false, r.ID)
 		if !strings.Contains(out.String(), "'"+u+"'") {
 			t.Errorf("output lacks %s", u)
 		}
@@ -320,6 +322,104 @@ func TestSeed_Flags(t *testing.T) {
 	}
 	if err := runSeed(context.Background(), []string{"-h"}, &out); err != nil || !strings.Contains(out.String(), "--messages") && !strings.Contains(out.String(), "-messages") {
 		t.Fatalf("help: %v %s", err, out.String())
+	}
+}
+
+// TestSeed_HintsFollowTheServicesConfig: given the service's config file
+// (-c) or data dir (--data), seed connects where that service listens and
+// prints hints that work for it: the curl reads the bridge on its
+// http.listen and the admin token in its data dir. Its hints assumed the
+// defaults (127.0.0.1:8090, data/admin.token), whatever the service was
+// configured with (found by a review).
+func TestSeed_HintsFollowTheServicesConfig(t *testing.T) {
+	m := startMain(t, func(c *Config) {
+		c.NATS.Listen = "127.0.0.1:0"
+		c.NATS.SubjectPrefix = "hist"
+		c.Auth.Tokens = nil // the service writes <data dir>/admin.token
+	})
+	u, err := url.Parse(m.NATSServer.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, fmt.Sprintf("server_name: test\ndata_dir: %q\nnats:\n  listen: %q\n  subject_prefix: hist\nhttp:\n  listen: %q\n",
+		m.Config.DataDir, u.Host, m.HTTPAddr))
+	var out bytes.Buffer
+	if err := runSeed(context.Background(), []string{"-c", path, "--rooms", "1", "--messages", "10"}, &out); err != nil {
+		t.Fatalf("seed -c %s: %v\n%s", path, err, out.String())
+	}
+	t.Logf("output:\n%s", out.String())
+	// Once the projection has applied what seed published: the curl, run
+	// as soon as seed ends, reads what the service has applied by then.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	last, err := (&bus.Log{JS: m.JS, Stream: m.Config.NATS.Stream}).LastSeq(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Projector.WaitAll(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	// The printed curl, run as printed: the token from the file it names,
+	// the URL it names.
+	var tokenFile, pageURL string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if _, rest, ok := strings.Cut(line, `curl -s -H "Authorization: Bearer $(cat `); ok {
+			tokenFile, rest, _ = strings.Cut(rest, `)" '`)
+			tokenFile = strings.Trim(tokenFile, "'") // shellQuote's quotes, if any
+			pageURL, _, _ = strings.Cut(rest, "'")
+		}
+	}
+	if want := filepath.Join(m.Config.DataDir, "admin.token"); tokenFile != want {
+		t.Fatalf("the curl reads the token of %q, want the service's %q", tokenFile, want)
+	}
+	if want := "http://" + m.HTTPAddr + "/"; !strings.HasPrefix(pageURL, want) {
+		t.Fatalf("the curl reads %q, want the service's bridge %s", pageURL, want)
+	}
+	token, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", pageURL, nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var page struct {
+		Chunk []json.RawMessage `json:"chunk"`
+	}
+	if err := json.Unmarshal(body, &page); resp.StatusCode != 200 || err != nil || len(page.Chunk) != 5 {
+		t.Fatalf("the printed curl: GET %s: %d %s", pageURL, resp.StatusCode, body)
+	}
+	if !strings.Contains(out.String(), "request hist.api.room.") {
+		t.Errorf("the NATS hint does not use the subject prefix hist:\n%s", out.String())
+	}
+
+	// Addresses on every interface are reached on loopback; a bridge with
+	// TLS over https; --data and flags override the file; no bridge, no
+	// curl.
+	tls := writeConfig(t, "data_dir: /srv/sb\nnats:\n  listen: 0.0.0.0:4333\nhttp:\n  listen: \":8443\"\n  tls: {cert: c.pem, key: k.pem}\n")
+	for _, tt := range []struct {
+		args               []string
+		wantNATS, wantCurl string
+	}{
+		{[]string{"-c", tls}, "nats://127.0.0.1:4333", `$(cat /srv/sb/admin.token)" 'https://127.0.0.1:8443/_synapse/`},
+		{[]string{"--config", tls, "--data", "/var/lib/sb", "--http", "[::]:9000"}, "nats://127.0.0.1:4333", `$(cat /var/lib/sb/admin.token)" 'https://[::1]:9000/_synapse/`},
+		{[]string{"--data", "/var/lib/sb"}, "nats://127.0.0.1:4222", `$(cat /var/lib/sb/admin.token)" 'http://127.0.0.1:8090/_synapse/`},
+		{[]string{"-c", writeConfig(t, "nats:\n  url: nats://hub:4222\nhttp:\n  listen: \"\"\n")}, "nats://hub:4222", ""},
+	} {
+		opts, natsURL, err := parseSeedFlags(tt.args, io.Discard)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.args, err)
+		}
+		var hint bytes.Buffer
+		printSeededRoom(&hint, seededRoom{ID: "!r:localhost"}, opts)
+		curl := strings.Contains(hint.String(), "curl")
+		if natsURL != tt.wantNATS || tt.wantCurl != "" && !strings.Contains(hint.String(), tt.wantCurl) || tt.wantCurl == "" && curl {
+			t.Errorf("%q: NATS %s, hint:\n%s\nwant NATS %s and the curl %q", tt.args, natsURL, hint.String(), tt.wantNATS, tt.wantCurl)
+		}
 	}
 }
 
