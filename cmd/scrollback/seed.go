@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -75,6 +76,9 @@ type seedOptions struct {
 	// TokenFile is the admin token's file, only used in the printed curl
 	// examples (--token-file).
 	TokenFile string
+	// TokenInConfig: the service's admin tokens are in its auth.tokens
+	// (it writes no admin.token), and the curls read $SCROLLBACK_TOKEN.
+	TokenInConfig bool
 	// Timeout bounds the whole run (--timeout).
 	Timeout time.Duration
 	// Window is the number of publishes awaiting their ack at once
@@ -198,6 +202,9 @@ func seedFromConfig(cfg Config, given map[string]bool, opts *seedOptions, natsUR
 	opts.HTTPS = cfg.HTTP.TLS.Enabled()
 	if !given["token-file"] {
 		opts.TokenFile = filepath.Join(cfg.DataDir, "admin.token")
+		// serve then writes no admin.token; the token in the config
+		// file is not for printing.
+		opts.TokenInConfig = slices.ContainsFunc(cfg.Auth.Tokens, func(t TokenConfig) bool { return t.Admin })
 	}
 	return nil
 }
@@ -396,7 +403,11 @@ func printSeededRoom(out io.Writer, r seededRoom, opts seedOptions) {
 	subjects := bus.Subjects{Prefix: opts.Prefix}
 	fmt.Fprintf(out, "\n%s  %q\n", r.ID, r.Name)
 	fmt.Fprintf(out, "  events: %d, last log sequence: %d\n", len(r.EventIDs), r.LastSeq)
-	if opts.HTTPAddr != "" {
+	switch {
+	case opts.HTTPAddr == "":
+	case opts.TokenInConfig:
+		fmt.Fprintf(out, "  HTTP:  curl -s -H \"Authorization: Bearer $SCROLLBACK_TOKEN\" '%s'   (SCROLLBACK_TOKEN: an admin token of auth.tokens)\n", seedAdminURL(opts.HTTPAddr, opts.HTTPS, r.ID))
+	default:
 		fmt.Fprintf(out, "  HTTP:  curl -s -H \"Authorization: Bearer $(cat %s)\" '%s'\n", shellQuote(opts.TokenFile), seedAdminURL(opts.HTTPAddr, opts.HTTPS, r.ID))
 	}
 	fmt.Fprintf(out, "  NATS:  request %s with the MessagePack map {\"admin\": true, \"dir\": \"b\", \"limit\": 5, \"wait_for\": %d}\n",

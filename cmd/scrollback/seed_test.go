@@ -409,6 +409,10 @@ func TestSeed_HintsFollowTheServicesConfig(t *testing.T) {
 		{[]string{"--config", tls, "--data", "/var/lib/sb", "--http", "[::]:9000"}, "nats://127.0.0.1:4333", `$(cat /var/lib/sb/admin.token)" 'https://[::1]:9000/_synapse/`},
 		{[]string{"--data", "/var/lib/sb"}, "nats://127.0.0.1:4222", `$(cat /var/lib/sb/admin.token)" 'http://127.0.0.1:8090/_synapse/`},
 		{[]string{"-c", writeConfig(t, "nats:\n  url: nats://hub:4222\nhttp:\n  listen: \"\"\n")}, "nats://hub:4222", ""},
+		// An admin token in auth.tokens: the service writes no
+		// admin.token, and the curl must not name one.
+		{[]string{"-c", writeConfig(t, "data_dir: /srv/sb\nauth:\n  tokens:\n    - {token: sekrit-admin-token-0123456789, user_id: \"@root:localhost\", admin: true}\n")},
+			"nats://127.0.0.1:4222", `"Authorization: Bearer $SCROLLBACK_TOKEN" 'http://127.0.0.1:8090/_synapse/`},
 	} {
 		opts, natsURL, err := parseSeedFlags(tt.args, io.Discard)
 		if err != nil {
@@ -417,6 +421,9 @@ func TestSeed_HintsFollowTheServicesConfig(t *testing.T) {
 		var hint bytes.Buffer
 		printSeededRoom(&hint, seededRoom{ID: "!r:localhost"}, opts)
 		curl := strings.Contains(hint.String(), "curl")
+		if strings.Contains(hint.String(), "sekrit") {
+			t.Errorf("%q: the hint shows the configured token:\n%s", tt.args, hint.String())
+		}
 		if natsURL != tt.wantNATS || tt.wantCurl != "" && !strings.Contains(hint.String(), tt.wantCurl) || tt.wantCurl == "" && curl {
 			t.Errorf("%q: NATS %s, hint:\n%s\nwant NATS %s and the curl %q", tt.args, natsURL, hint.String(), tt.wantNATS, tt.wantCurl)
 		}
