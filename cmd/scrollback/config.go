@@ -921,7 +921,6 @@ var commandFlags = map[string][]string{
 // usage to output.
 func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(output)
 	var (
 		path                                                       string
 		dataDir, serverName, natsURL, natsListen, httpAddr, logLvl string
@@ -946,15 +945,19 @@ func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
 			fs.StringVar(f.p, f.name, "", f.usage)
 		}
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: scrollback %s [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n", cmd)
+	// A mistake is returned, for run to print once: the flag package
+	// would print it too, with the whole usage. -h prints the usage.
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(output)
+		fmt.Fprintf(output, "Usage: scrollback %s [-c FILE] [flags]\n\nFlags override the config file (see docs/CONFIG.md):\n", cmd)
 		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return Config{}, usageErr(err)
+		return Config{}, err
+	} else if err != nil {
+		return Config{}, usageErr(fmt.Errorf("%s: %w (see scrollback %s -h)", cmd, err, cmd))
 	}
 	if fs.NArg() > 0 {
-		return Config{}, usageErr(fmt.Errorf("%s: unexpected argument %q (flags go before it; see -h)", cmd, fs.Arg(0)))
+		return Config{}, usageErr(fmt.Errorf("%s: unexpected argument %q (flags go before it; see scrollback %s -h)", cmd, fs.Arg(0), cmd))
 	}
 
 	cfg, err := LoadConfig(path)

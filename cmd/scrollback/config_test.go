@@ -941,6 +941,25 @@ func TestHelp_ExitsZeroWithTheCommandsName(t *testing.T) {
 	}
 }
 
+// TestParseFlags_AMistakeIsReportedOnce: a bad flag is reported once, by
+// run ("scrollback: serve: flag provided but not defined: -nope (see
+// scrollback serve -h)"); the flag package printed it too, with the
+// whole usage, before run printed it again. -h still prints the usage.
+func TestParseFlags_AMistakeIsReportedOnce(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseFlags("serve", []string{"--nope"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "-nope") || !strings.Contains(err.Error(), "scrollback serve -h") {
+		t.Fatalf("err = %v; want the unknown flag named, and where to look", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("parseFlags printed, besides returning the error:\n%s", out.String())
+	}
+	out.Reset()
+	if _, err := parseFlags("serve", []string{"-h"}, &out); !errors.Is(err, flag.ErrHelp) || !strings.Contains(out.String(), "-nats-listen address") {
+		t.Errorf("-h: %v, printed:\n%s", err, out.String())
+	}
+}
+
 // TestHelp_ListsOnlyTheFlagsTheCommandReads: each command's -h lists
 // the flags that command reads, and no other. They all shared serve's
 // flag set, so that rebuild -h offered --http, --nats-listen, --instance
