@@ -611,6 +611,10 @@ func (c *Config) Validate() error {
 		p.add("nats.stream", "must not be empty")
 	} else if bad := badNameChar(c.NATS.Stream, ".*>/\\"); bad != "" {
 		p.add("nats.stream", "%q is not a valid JetStream stream name: it must not contain %s", c.NATS.Stream, bad)
+	} else if c.NATS.URL != "" && !validBucketName(bus.OwnersBucket(c.NATS.Stream)) {
+		// With an external NATS the partitions' leases live in a
+		// key-value bucket named after the stream (docs/CLUSTER.md).
+		p.add("nats.stream", "%q cannot name the leases bucket %s, which takes only letters, digits, '-' and '_'", c.NATS.Stream, bus.OwnersBucket(c.NATS.Stream))
 	}
 	if c.NATS.SubjectPrefix == "" {
 		p.add("nats.subject_prefix", "must not be empty")
@@ -1012,6 +1016,17 @@ func parseFlags(cmd string, args []string, output io.Writer) (Config, error) {
 // an optional unit B, KiB, MiB, GiB or TiB right after them ("512MiB");
 // bare digits are bytes.
 type ByteSize int64
+
+// validBucketName reports whether JetStream takes name for a key-value
+// bucket: letters, digits, '-' and '_'.
+func validBucketName(name string) bool {
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return name != ""
+}
 
 // MinMemoryLimit is the least memory_limit accepted: below it the
 // service would spend its time collecting garbage.

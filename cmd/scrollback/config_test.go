@@ -1150,6 +1150,27 @@ func TestConfig_Validate_ReservedSubjectPrefix(t *testing.T) {
 	}
 }
 
+// TestConfig_Validate_StreamNameForAnExternalNATS: with nats.url the
+// service keeps its partitions' leases in the key-value bucket
+// <stream>_owners, whose name JetStream takes only of letters, digits,
+// '-' and '_'; a stream name with another character passed validation
+// and failed at start, after connecting. The embedded server keeps no
+// leases, and takes such a name as before.
+func TestConfig_Validate_StreamNameForAnExternalNATS(t *testing.T) {
+	c := DefaultConfig()
+	c.NATS.URL = "nats://127.0.0.1:4222"
+	c.NATS.Stream = "SCROLL+BACK"
+	wantAll(t, c.Validate(), `nats.stream: "SCROLL+BACK" cannot name the leases bucket SCROLL+BACK_owners`)
+	c.NATS.URL = ""
+	if err := c.Validate(); err != nil {
+		t.Errorf("embedded, nats.stream %q: Validate() = %v, want nil", c.NATS.Stream, err)
+	}
+	c.NATS.URL, c.NATS.Stream = "nats://127.0.0.1:4222", "Scroll-back_2"
+	if err := c.Validate(); err != nil {
+		t.Errorf("nats.stream %q: Validate() = %v, want nil", c.NATS.Stream, err)
+	}
+}
+
 // TestRun_UsageErrorsExitTwo: a mistake on the command line (an unknown
 // flag, a flag value that does not parse, or for seed and bench, whose
 // flags are all their settings, one out of range; an argument where none
