@@ -359,9 +359,10 @@ func (h *Messages) page(v *projections.RoomView, roomID string, req *MessagesReq
 	// Synapse's maybe_backfill returns at once in a room without
 	// backward extremities: asking here, in this transaction, spares the
 	// backfill's own read (a twentieth of the CPU of reads of a room
-	// without gaps).
+	// without gaps). A limit of 0 is no short page (0 < 0): Synapse
+	// backfills in the background with limit 0.
 	var need *backfillNeed
-	if req.Backwards && req.Limit > 0 && v.HasGaps() {
+	if req.Backwards && v.HasGaps() {
 		need = backfillDecision(rows, req.Limit, topo())
 	}
 	// Step 7: next_key.

@@ -463,3 +463,29 @@ func TestBackfill_AReadWaitsThenAsksForItsOwnGap(t *testing.T) {
 		t.Fatalf("the top page still has the gap full[280:285] (backfill requests: %v)\n got  %v\n want %v", fed.Requests(), got, want)
 	}
 }
+
+// TestBackfill_LimitZeroBackfillsInTheBackground: a backwards read with
+// limit 0 returns no event, which get_messages does not count as a short
+// page (0 < 0 is false), so Synapse runs maybe_backfill in the background
+// with limit 0 (synapse/handlers/pagination.py get_messages): it asks for
+// the points whose depth is at or above the read's, as current_depth -
+// 2*0 > depth rules out only the deeper-down ones
+// (synapse/handlers/federation.py _maybe_backfill_inner). scrollback
+// skipped the backfill for limit 0.
+func TestBackfill_LimitZeroBackfillsInTheBackground(t *testing.T) {
+	m := backfillMain(t, 2*time.Second)
+	fed := testenv.NewFederation(t, m.NC, m.publisher().Subjects)
+	r, full := gappyRoom(t, m, "limitzero")
+	fed.Serve(r.ID, full...)
+	// At full[40], the first event above the middle gap: its missing
+	// parent full[39] is a backfill point at its depth.
+	from := fmt.Sprintf("t%d-%d", full[40]["depth"], 1<<40)
+	p, err := m.messages(t, r.ID, map[string]any{"admin": true, "dir": "b", "limit": 0, "from": from})
+	if err != nil || len(chunkIDs(p)) != 0 {
+		t.Fatalf("limit 0: %v %v, want an empty chunk", chunkIDs(p), err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "a background backfill request", func() bool { return len(fed.Requests()) >= 1 })
+	if ev := fed.Requests()[0]["event_ids"].([]any); len(ev) == 0 || ev[0] != full[39].ID() {
+		t.Fatalf("asked about %v, want the extremity %s first", ev, full[39].ID())
+	}
+}
