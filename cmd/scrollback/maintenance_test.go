@@ -97,18 +97,7 @@ func setLayoutVersion(tb testing.TB, path string, v uint64) {
 // minutes on a big one, for an error it could give at once (found by a
 // review). The live file is left as it was.
 func TestVerify_RefusesTheLiveFileBeforeBuilding(t *testing.T) {
-	m := startMain(t)
-	r := testenv.NewRoom("refused", "test")
-	evs := r.Setup(alice)
-	for i := range 20 {
-		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
-	}
-	m.publishApplied(t, r.ID, evs...)
-	cfg := m.Config
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	cfg, dbPath := stoppedWithRoom(t, "refused", 20)
 	var batches atomic.Int64 // batches a build from the log applied
 	buildBatch = func() { batches.Add(1) }
 	t.Cleanup(func() { buildBatch = nil })
@@ -261,18 +250,7 @@ func TestVerify_SaysTheLiveProjectionIsBehind(t *testing.T) {
 // that retries, the disk stayed full (found by a helper's operator
 // walkthrough).
 func TestRebuild_Interrupted(t *testing.T) {
-	m := startMain(t)
-	r := testenv.NewRoom("stopped", "test")
-	evs := r.Setup(alice)
-	for i := range 50 {
-		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
-	}
-	m.publishApplied(t, r.ID, evs...)
-	cfg := m.Config
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dbPath := filepath.Join(cfg.DataDir, "scrollback.db")
+	cfg, dbPath := stoppedWithRoom(t, "stopped", 50)
 	before, err := os.ReadFile(dbPath)
 	if err != nil {
 		t.Fatal(err)
@@ -405,4 +383,23 @@ func TestRebuild_KeepsTheFilesOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	owned("compact")
+}
+
+// stoppedWithRoom runs the service until a room named name with n
+// messages is applied, stops it, and returns its config and projection
+// file, for the maintenance commands to work on.
+func stoppedWithRoom(t *testing.T, name string, n int) (Config, string) {
+	t.Helper()
+	m := startMain(t)
+	r := testenv.NewRoom(name, "test")
+	evs := r.Setup(alice)
+	for i := range n {
+		evs = append(evs, r.Msg(alice, fmt.Sprint(i)))
+	}
+	m.publishApplied(t, r.ID, evs...)
+	cfg := m.Config
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, filepath.Join(cfg.DataDir, "scrollback.db")
 }
