@@ -126,6 +126,9 @@ const (
 	publishWindow = 1024
 	// requestTimeout bounds one request of the read phases.
 	benchRequestTimeout = 10 * time.Second
+	// benchClientConns is how many connections the purge scenario's reads
+	// spread over (natsPoolTarget).
+	benchClientConns = 8
 )
 
 // Scenarios of `scrollback bench --scenario`.
@@ -1182,8 +1185,17 @@ func (e *serviceError) Error() string {
 // natsTarget sends reqs[i] to subject over nc and fails on a service error
 // reply (serviceError).
 func natsTarget(nc *nats.Conn, subject string, reqs [][]byte) target {
+	return natsPoolTarget([]*nats.Conn{nc}, subject, reqs)
+}
+
+// natsPoolTarget is natsTarget over several connections, the i-th
+// request on ncs[i%len(ncs)]: thousands of open-loop requests under way
+// on one connection queue for its mutex, which then hands itself from
+// goroutine to goroutine (sync.Mutex's starvation mode), a context
+// switch each, in the service's process.
+func natsPoolTarget(ncs []*nats.Conn, subject string, reqs [][]byte) target {
 	return target{n: len(reqs), rec: &recHook{}, do: func(ctx context.Context, i int) (int, error) {
-		msg, err := nc.RequestMsg(&nats.Msg{Subject: subject, Data: reqs[i]}, benchRequestTimeout)
+		msg, err := ncs[i%len(ncs)].RequestMsg(&nats.Msg{Subject: subject, Data: reqs[i]}, benchRequestTimeout)
 		if err != nil {
 			return 0, fmt.Errorf("request %s: %w", subject, err)
 		}

@@ -238,11 +238,14 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 		return err
 	}
 
-	nc, err := bus.ConnectInProcess(m.NATSServer, "bench-client")
-	if err != nil {
-		return err
+	ncs := make([]*nats.Conn, benchClientConns)
+	for i := range ncs {
+		if ncs[i], err = bus.ConnectInProcess(m.NATSServer, fmt.Sprintf("bench-client-%d", i)); err != nil {
+			return err
+		}
+		defer ncs[i].Close()
 	}
-	defer nc.Close()
+	nc := ncs[0]
 	p, err := newPurger(ctx, m, nc, room)
 	if err != nil {
 		return err
@@ -251,7 +254,7 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 	if err := b.idlePurge(ctx, p); err != nil {
 		return err
 	}
-	read, err := b.otherRoomReads(ctx, m, nc, other)
+	read, err := b.otherRoomReads(ctx, m, ncs, other)
 	if err != nil {
 		return err
 	}
@@ -294,7 +297,8 @@ func (b *bench) purgeScenario(ctx context.Context) error {
 // (compare), sets the open-loop rate to --purge-rate times the floor's
 // throughput (but at most maxOpenLoad times the service's) and returns the
 // read as a target.
-func (b *bench) otherRoomReads(ctx context.Context, m *Main, nc *nats.Conn, other *benchRoom) (target, error) {
+func (b *bench) otherRoomReads(ctx context.Context, m *Main, ncs []*nats.Conn, other *benchRoom) (target, error) {
+	nc := ncs[0]
 	c := b.cfg
 	res := b.res.purge
 	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
@@ -311,9 +315,9 @@ func (b *bench) otherRoomReads(ctx context.Context, m *Main, nc *nats.Conn, othe
 	if err != nil {
 		return target{}, err
 	}
-	read := natsTarget(nc, subjects.APIRoom(other.ID, "messages"), reqs)
+	read := natsPoolTarget(ncs, subjects.APIRoom(other.ID, "messages"), reqs)
 	pairs, err := b.compare(ctx,
-		namedTarget{"other: floor nats scan", natsTarget(nc, floorScanSubject, t.floorRequests(c.Limit))},
+		namedTarget{"other: floor nats scan", natsPoolTarget(ncs, floorScanSubject, t.floorRequests(c.Limit))},
 		namedTarget{"other: nats /messages", read})
 	if err != nil {
 		return target{}, err
