@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -49,5 +51,38 @@ func TestDeadLetter_Announced(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no dead-letter announcement")
+	}
+}
+
+// TestDeadLetter_AnUnknownKindIsLoggedAsAnnounced: a message whose
+// subject names no kind is announced on sb.deadletter.unknown, and its
+// log line says kind=unknown too (it said kind="", noticed by a helper's
+// README walkthrough).
+func TestDeadLetter_AnUnknownKindIsLoggedAsAnnounced(t *testing.T) {
+	var logs testenv.Buffer
+	m := startMainWith(t, &Main{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	subjects := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}
+	got := make(chan *nats.Msg, 1)
+	sub, err := m.NC.ChanSubscribe(subjects.DeadLetter("unknown"), got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := m.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.JS.Publish(context.Background(), m.Config.NATS.SubjectPrefix+".room.nokind", []byte{0x80}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no dead-letter announcement on " + subjects.DeadLetter("unknown"))
+	}
+	testenv.WaitFor(t, 10*time.Second, "the dead letter's log line", func() bool { return strings.Contains(logs.String(), "dead letter") })
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "dead letter") && !strings.Contains(line, "kind=unknown") {
+			t.Errorf("log line %q, want kind=unknown as announced", line)
+		}
 	}
 }

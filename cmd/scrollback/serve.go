@@ -439,13 +439,13 @@ func (m *Main) observeBatch(subjects bus.Subjects) projections.Observer {
 			if o.Result != projections.OutcomeDead {
 				continue
 			}
-			log.Warn("dead letter: log message not applied", "seq", o.Seq, "room_id", o.RoomID, "kind", o.Kind, "reason", o.Reason)
+			kind := o.Kind
+			if kind == "" {
+				kind = "unknown" // a subject that names no kind: as announced
+			}
+			log.Warn("dead letter: log message not applied", "seq", o.Seq, "room_id", o.RoomID, "kind", kind, "reason", o.Reason)
 			data, err := bus.Encode(deadLetterNote{Seq: o.Seq, RoomID: o.RoomID, Reason: o.Reason})
 			if err == nil {
-				kind := o.Kind
-				if kind == "" {
-					kind = "unknown"
-				}
 				_ = m.NC.Publish(subjects.DeadLetter(kind), data)
 			}
 		}
