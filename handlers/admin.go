@@ -449,7 +449,7 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 			// after the deletion under way (SYNAPSE.md 7.5). A room has
 			// one open deletion at a time here (the projection fails a
 			// second one), so v1 waits for the open one first.
-			if err := a.waitNoDeletion(ctx, roomID); err != nil {
+			if err := a.waitNoDeletion(ctx, roomID, id); err != nil {
 				return nil, err
 			}
 		}
@@ -472,7 +472,22 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		if err != nil {
 			return nil, err
 		}
-		if open != "" && open != id {
+		// An attempt refused with bus.ErrNotLast may be in the log all
+		// the same: its acknowledgement was lost, and the repeat was
+		// refused (JetStream checks the expected sequence before the
+		// message ID). Its task is then there, open or already
+		// finished, and the command is not published again: past the
+		// duplicate window the log would take it twice, and the
+		// projection dead-letter the second as a duplicate.
+		landed := false
+		if id != "" {
+			mine, err := a.Store.Task(id)
+			if err != nil {
+				return nil, err
+			}
+			landed = mine != nil
+		}
+		if open != "" && !landed {
 			if !wait {
 				return nil, commands.Errorf(400, commands.CodeUnknown, "%s", inProgress)
 			}
@@ -481,14 +496,14 @@ func (a *Admin) Delete(ctx context.Context, subject string, data []byte) ([]byte
 		if id == "" {
 			id = a.newID()
 		}
-		// open == id: an attempt whose acknowledgement was lost did
-		// publish it.
-		if open == "" {
-			if _, err := a.publishAs(ctx, id, roomID, commands.ActionShutdownAndPurgeRoom, params, by, &last); errors.Is(err, bus.ErrNotLast) {
-				continue // another command came first: look again
-			} else if err != nil {
-				return nil, err
+		if landed {
+			if a.Audit != nil {
+				a.Audit.Info("admin action", "action", commands.ActionShutdownAndPurgeRoom, "room_id", roomID, "requested_by", by, "task_id", id, "ack", "lost")
 			}
+		} else if _, err := a.publishAs(ctx, id, roomID, commands.ActionShutdownAndPurgeRoom, params, by, &last); errors.Is(err, bus.ErrNotLast) {
+			continue // another command came first, or this one's acknowledgement was lost: look again
+		} else if err != nil {
+			return nil, err
 		}
 		if !wait {
 			// Another request's deletion was applied first: refused, as
@@ -586,13 +601,14 @@ func (a *Admin) deletionOpen(roomID string) (string, error) {
 }
 
 // waitNoDeletion waits until the room has no scheduled or active
-// deletion (shutdown_and_purge_room or purge_room), or ctx ends.
-func (a *Admin) waitNoDeletion(ctx context.Context, roomID string) error {
+// deletion (shutdown_and_purge_room or purge_room) but task mine (this
+// request's, if any), or ctx ends.
+func (a *Admin) waitNoDeletion(ctx context.Context, roomID, mine string) error {
 	open := ""
 	err := a.waitUntil(ctx, roomID, func() (bool, error) {
 		var err error
 		open, err = a.deletionOpen(roomID)
-		return open == "", err
+		return open == "" || open == mine, err
 	})
 	return a.waitErr(err, open, "")
 }
