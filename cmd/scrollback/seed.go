@@ -76,6 +76,9 @@ type seedOptions struct {
 	// TokenFile is the admin token's file, only used in the printed curl
 	// examples (--token-file).
 	TokenFile string
+	// Credentials is the NATS credentials file of the service's nats.url,
+	// when seed took that URL from the service's config (-c).
+	Credentials string
 	// TokenInConfig: the service's admin tokens are in its auth.tokens
 	// (it writes no admin.token), and the curls read $SCROLLBACK_TOKEN.
 	TokenInConfig bool
@@ -109,7 +112,7 @@ func runSeed(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	// bus.Connect, as the service's own clients: a user in the URL gets
 	// its own inbox prefix, which a nats.auth server requires.
-	nc, err := bus.Connect(natsURL, "", "scrollback seed")
+	nc, err := bus.Connect(natsURL, opts.Credentials, "scrollback seed")
 	if err != nil {
 		return fmt.Errorf("seed: cannot connect to NATS at %s (is `scrollback serve` running? its embedded server listens on nats.listen, %s by default: give seed the service's config with -c, or --nats-url): %w",
 			bus.RedactURL(natsURL), strings.TrimPrefix(seedDefaultNATSURL, "nats://"), err)
@@ -183,7 +186,7 @@ func seedFromConfig(cfg Config, given map[string]bool, opts *seedOptions, natsUR
 	if !given["nats-url"] {
 		switch {
 		case cfg.NATS.URL != "":
-			*natsURL = cfg.NATS.URL
+			*natsURL, opts.Credentials = cfg.NATS.URL, cfg.NATS.Credentials
 		case cfg.NATS.Listen != "":
 			*natsURL = "nats://" + reachable(cfg.NATS.Listen)
 		default:

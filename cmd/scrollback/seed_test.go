@@ -397,6 +397,16 @@ func TestSeed_HintsFollowTheServicesConfig(t *testing.T) {
 		t.Errorf("the NATS hint does not use the subject prefix hist:\n%s", out.String())
 	}
 
+	// The credentials of the service's nats.url come with it (seed
+	// connected without them, and an external NATS refused it).
+	withCreds := writeConfig(t, "nats:\n  url: nats://hub:4222\n  credentials: /etc/scrollback/hs.creds\n")
+	if opts, natsURL, err := parseSeedFlags([]string{"-c", withCreds}, io.Discard); err != nil || natsURL != "nats://hub:4222" || opts.Credentials != "/etc/scrollback/hs.creds" {
+		t.Errorf("seed -c with nats.credentials: %s, credentials %q, %v; want nats://hub:4222 with /etc/scrollback/hs.creds", natsURL, opts.Credentials, err)
+	}
+	if opts, _, err := parseSeedFlags([]string{"-c", withCreds, "--nats-url", "nats://other:4222"}, io.Discard); err != nil || opts.Credentials != "" {
+		t.Errorf("seed --nats-url over the file's: credentials %q, %v; want none (they are the file's server's)", opts.Credentials, err)
+	}
+
 	// Addresses on every interface are reached on loopback; a bridge with
 	// TLS over https; --data and flags override the file; no bridge, no
 	// curl.
