@@ -630,6 +630,11 @@ func (c *Config) Validate() error {
 		// serves HTTPS.
 		p.add("http.tls", `set while http.listen is "" (no HTTP bridge): set http.listen to serve the bridge over HTTPS, or remove http.tls`)
 	}
+	if c.NATS.TLS.Enabled() && c.NATS.Listen == "" && c.NATS.URL == "" {
+		// Likewise for the embedded server's client listener (with
+		// nats.url, nats.tls is ignored, as documented).
+		p.add("nats.tls", `set while nats.listen is "" (no client listener): set nats.listen to take clients over TLS, or remove nats.tls`)
+	}
 
 	seen := map[string]int{}
 	for i, t := range c.Auth.Tokens {

@@ -1130,6 +1130,25 @@ func TestConfig_Validate_HTTPTLSNeedsListen(t *testing.T) {
 	}
 }
 
+// TestConfig_Validate_NATSTLSNeedsListen: nats.tls configures the
+// embedded server's client listener; with nats.listen "" (in-process
+// clients only) and no nats.url there is no listener, and the settings
+// were ignored without a word, as http.tls's were without http.listen.
+// With nats.url they stay ignored, as documented.
+func TestConfig_Validate_NATSTLSNeedsListen(t *testing.T) {
+	c := DefaultConfig()
+	c.NATS.TLS = TLSConfig{Cert: "/etc/sb/cert.pem", Key: "/etc/sb/key.pem"}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("nats.tls with nats.listen: %v", err)
+	}
+	c.NATS.Listen = ""
+	wantAll(t, c.Validate(), `nats.tls: set while nats.listen is "" (no client listener)`, "set nats.listen", "remove nats.tls")
+	c.NATS.URL = "nats://hub:4222"
+	if err := c.Validate(); err != nil {
+		t.Errorf("nats.tls with nats.url (ignored, as documented): %v", err)
+	}
+}
+
 // TestConfig_Validate_ReservedSubjectPrefix: a subject prefix NATS
 // reserves ($JS, $SYS, $KV and every other $ subject, the reply inboxes
 // _INBOX, the server's reply subjects _R_ and _GR_) is refused at start;
