@@ -57,6 +57,11 @@ type ServiceOptions struct {
 	// is always among them. A request with such a reply subject is
 	// dropped unhandled.
 	ReplyDeny []string
+	// ReplyConns, if set, publish the replies in turn instead of the
+	// connection the requests come in on. Each must be allowed to
+	// publish on any reply subject: a connection answering requests it
+	// did not receive is refused by a response permission.
+	ReplyConns []*nats.Conn
 }
 
 // DefaultMaxDetached is ServiceOptions.MaxDetached's default. A detached
@@ -85,6 +90,8 @@ type Service struct {
 	closed bool
 	// lastRefused is when a refused request was last logged (UnixNano).
 	lastRefused atomic.Int64
+	// replies counts the replies sent through ReplyConns.
+	replies atomic.Uint64
 }
 
 // An endpoint's requests wait in its subscription while every worker is
@@ -351,7 +358,11 @@ func (s *Service) reply(req micro.Request, msg *nats.Msg) error {
 		return nil
 	}
 	msg.Subject = req.Reply()
-	return s.nc.PublishMsg(msg)
+	nc := s.nc
+	if n := uint64(len(s.opts.ReplyConns)); n > 0 {
+		nc = s.opts.ReplyConns[s.replies.Add(1)%n]
+	}
+	return nc.PublishMsg(msg)
 }
 
 // errStopping answers the requests that arrive while the service stops.

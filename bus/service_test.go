@@ -483,3 +483,58 @@ func TestServe_StopServesARequestWaitingForAWorker(t *testing.T) {
 		t.Fatalf("the request handed over before Stop was answered %s %q (%q), want it served", code, r.msg.Header.Get("Nats-Service-Error"), r.msg.Data)
 	}
 }
+
+// TestServe_RepliesGoOutOnTheReplyConnections: with ReplyConns, every
+// reply, an error's included, is published by one of them in turn, none
+// by the connection the requests came in on, and each reaches its
+// requester.
+func TestServe_RepliesGoOutOnTheReplyConnections(t *testing.T) {
+	env := testenv.NewNATS(t)
+	var replyConns []*nats.Conn
+	for i := range 2 {
+		nc, err := bus.ConnectInProcess(env.Server, fmt.Sprintf("reply-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		replyConns = append(replyConns, nc)
+	}
+	serving, err := bus.ConnectInProcess(env.Server, "serving")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serving.Close()
+	svc, err := bus.Serve(serving, bus.ServiceOptions{Name: "replies", Version: "0.0.1", ReplyConns: replyConns}, []bus.Endpoint{{
+		Name: "echo", Subject: "replies.echo",
+		Handler: func(ctx context.Context, _ string, data []byte) ([]byte, error) {
+			if string(data) == "fail" {
+				return nil, errors.New("failed")
+			}
+			return data, nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	servingBefore := serving.Stats().OutMsgs
+	for i, data := range []string{"one", "two", "fail", "four"} {
+		msg, err := env.NC.Request("replies.echo", []byte(data), 5*time.Second)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if code := msg.Header.Get("Nats-Service-Error-Code"); data == "fail" && code != "500" {
+			t.Errorf("request %q: error code %q, want 500", data, code)
+		} else if data != "fail" && string(msg.Data) != data {
+			t.Errorf("request %q: reply %q", data, msg.Data)
+		}
+	}
+	for i, nc := range replyConns {
+		if n := nc.Stats().OutMsgs; n != 2 {
+			t.Errorf("reply connection %d published %d replies, want 2 of the 4", i, n)
+		}
+	}
+	if n := serving.Stats().OutMsgs - servingBefore; n != 0 {
+		t.Errorf("the serving connection published %d messages, want none", n)
+	}
+}

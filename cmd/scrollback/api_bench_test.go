@@ -1,9 +1,14 @@
 package main
 
 import (
+	"flag"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -19,7 +24,7 @@ import (
 // the service's workers wait (docs/BENCHMARKS.md, "A quicker Sunday
 // evening": the connections' mutex).
 //
-//	go test -run '^$' -bench APIMessagesClosedLoop -benchtime 20000x ./cmd/scrollback
+//	go test -run '^$' -bench API_MessagesClosedLoop -benchtime 20000x ./cmd/scrollback
 func BenchmarkAPI_MessagesClosedLoop(b *testing.B) {
 	m := startMain(b)
 	r := testenv.NewRoom("closedloop", "test")
@@ -60,4 +65,96 @@ func BenchmarkAPI_MessagesClosedLoop(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// openLoopRate is BenchmarkAPI_MessagesOpenLoop's request rate.
+var openLoopRate = flag.Int("openloop-rate", 20000, "BenchmarkAPI_MessagesOpenLoop: requests a second")
+
+// BenchmarkAPI_MessagesOpenLoop sends the reads of
+// BenchmarkAPI_MessagesClosedLoop at a fixed rate (-openloop-rate) for
+// five seconds, each when it is due whatever the replies do, over 8
+// client connections, and reports the replies a second that came within
+// 2 s of being due (goodput), the p99 from when each was due, and the
+// share lost. Past the service's capacity a good service keeps its
+// goodput near that capacity; one that collapses answers fewer the more
+// it is asked. Run it with -benchtime 1x.
+//
+//	go test -run '^$' -bench API_MessagesOpenLoop -benchtime 1x -openloop-rate 30000 ./cmd/scrollback
+func BenchmarkAPI_MessagesOpenLoop(b *testing.B) {
+	const (
+		conns    = 8
+		duration = 5 * time.Second
+		deadline = 2 * time.Second
+	)
+	m := startMain(b)
+	r := testenv.NewRoom("openloop", "test")
+	evs := r.Setup(alice)
+	for i := range 5000 {
+		evs = append(evs, r.Msg(alice, fmt.Sprint("message ", i)))
+	}
+	m.publishApplied(b, r.ID, evs...)
+	subject := bus.Subjects{Prefix: m.Config.NATS.SubjectPrefix}.APIRoom(r.ID, "messages")
+	req, err := bus.Encode(map[string]any{"admin": true, "dir": "b", "limit": 50})
+	if err != nil {
+		b.Fatal(err)
+	}
+	total := int(duration.Seconds() * float64(*openLoopRate))
+	interval := time.Second / time.Duration(*openLoopRate)
+	var start atomic.Int64              // UnixNano of the first request's due time
+	took := make([]atomic.Int64, total) // from due to reply, 0 while none
+	ncs := make([]*nats.Conn, conns)
+	prefixes := make([]string, conns)
+	for i := range ncs {
+		nc, err := bus.ConnectInProcess(m.NATSServer, fmt.Sprintf("openloop-%d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		inbox := nc.NewRespInbox()
+		prefix := inbox[:strings.LastIndexByte(inbox, '.')+1]
+		sub, err := nc.Subscribe(prefix+"*", func(msg *nats.Msg) {
+			n, err := strconv.Atoi(msg.Subject[len(prefix):])
+			if err != nil || n < 0 || n >= total {
+				return
+			}
+			due := time.Unix(0, start.Load()).Add(time.Duration(n) * interval)
+			took[n].Store(int64(time.Since(due)))
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := sub.SetPendingLimits(-1, -1); err != nil {
+			b.Fatal(err)
+		}
+		ncs[i], prefixes[i] = nc, prefix
+	}
+	b.ResetTimer()
+	t0 := time.Now()
+	start.Store(t0.UnixNano())
+	for i := range total {
+		if d := time.Until(t0.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		c := i % conns
+		if err := ncs[c].PublishMsg(&nats.Msg{Subject: subject, Reply: prefixes[c] + strconv.Itoa(i), Data: req}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	time.Sleep(deadline)
+	b.StopTimer()
+	var lat []time.Duration
+	lost := 0
+	for i := range took {
+		d := time.Duration(took[i].Load())
+		if d == 0 || d > deadline {
+			lost++
+			d = deadline
+		}
+		lat = append(lat, d)
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(total-lost)/duration.Seconds(), "good/s")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(100*float64(lost)/float64(total), "lost-%")
 }

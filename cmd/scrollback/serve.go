@@ -247,9 +247,27 @@ func (m *Main) Open(ctx context.Context) error {
 	// embedded server, often NATS's default of 1 MiB on an external one,
 	// and whatever the node the connection is on now says.
 	msgs.MaxReply = func() int { return int(min(apiNC.MaxPayload(), bus.MaxPayload)) }
+	// On the embedded server the replies go out over connections of
+	// their own, in turn (bus.ServiceOptions.ReplyConns). One connection
+	// carries them one at a time: nats.go writes its buffer holding the
+	// connection's mutex, an in-process connection takes a write only as
+	// fast as the server's one reading goroutine for it reads, and near
+	// capacity the workers queued on that mutex in a convoy. Not with an
+	// external server: credentials that answer by a response permission
+	// may reply only on the connection a request came in on.
+	var replyNCs []*nats.Conn
+	if m.NATSServer != nil {
+		for i := range apiReplyConns {
+			rc, err := m.dial(fmt.Sprintf("scrollback-api-reply-%d", i))
+			if err != nil {
+				return err
+			}
+			replyNCs = append(replyNCs, rc)
+		}
+	}
 	m.svc, err = bus.Serve(apiNC, bus.ServiceOptions{
 		Name: bus.ServiceName, Version: version, Logger: m.Logger.With("component", "api"),
-		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad, ReplyDeny: []string{subjects.Prefix + "."},
+		Observe: m.Metrics.ObserveRequest("nats"), Load: apiLoad, ReplyDeny: []string{subjects.Prefix + "."}, ReplyConns: replyNCs,
 	}, []bus.Endpoint{
 		{Name: "messages", Subject: subjects.APIRoomWildcard("messages"), Handler: msgs.Handle, Timeout: handlers.WaitForTimeout + 20*time.Second,
 			Release: handlers.ReleaseReply},
@@ -601,6 +619,13 @@ func adminToken(dataDir, serverName string) (token, path string, err error) {
 // minAdminToken is the shortest admin token adminToken takes from its
 // file.
 const minAdminToken = 16
+
+// apiReplyConns is how many connections publish the API's replies on the
+// embedded server. BenchmarkAPI_MessagesOpenLoop near the service's
+// capacity (18-22k reads a second, docs/BENCHMARKS.md session 36): the
+// p99 fell from 21-188 ms with one connection to 13-32 ms with four;
+// two did about half as well, eight as well as four.
+const apiReplyConns = 4
 
 // roomKeyToken returns the <rk> token of a room subject <prefix>.room.<rk>.<kind>.
 func roomKeyToken(prefix string) func(string) string {
