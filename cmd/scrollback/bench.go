@@ -427,8 +427,8 @@ func (c benchConfig) validateGenerated(p *problems) {
 			p.add("target-http", "must be http://host:port, got %q", c.TargetHTTP)
 		}
 	}
-	if c.TargetPrefix == "" || !bus.ValidSubject(c.TargetPrefix) {
-		p.add("target-prefix", "must be a valid subject token, got %q", c.TargetPrefix)
+	if why := subjectPrefixProblem(c.TargetPrefix); why != "" {
+		p.add("target-prefix", "%s", why)
 	}
 	if c.TargetStream == "" {
 		p.add("target-stream", "must not be empty")

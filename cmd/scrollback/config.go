@@ -162,7 +162,7 @@ type TokenConfig struct {
 	// UserID is the Matrix user the token authenticates, @local:server.
 	UserID string `yaml:"user_id"`
 	// Admin grants the admin APIs.
-	Admin bool `yaml:"admin"`
+	Admin Bool `yaml:"admin"`
 }
 
 // String prints the token entry with the secret redacted, so that logging
@@ -205,7 +205,7 @@ type ShutdownConfig struct {
 type RetentionConfig struct {
 	// Enabled turns room retention policies on; when false they are
 	// ignored everywhere.
-	Enabled bool `yaml:"enabled"`
+	Enabled Bool `yaml:"enabled"`
 	// DefaultPolicy applies to rooms without an m.room.retention state
 	// event, and fills the fields such an event leaves out.
 	DefaultPolicy RetentionPolicy `yaml:"default_policy"`
@@ -365,6 +365,59 @@ func decodeConfig(data []byte, cfg *Config) error {
 		return err
 	}
 	return nil
+}
+
+// Bool is a boolean key of the config file, read as Synapse reads its
+// homeserver.yaml, with PyYAML (YAML 1.1): true, false, yes, no, on and
+// off, each in lower case, capitalised or upper case, and any case of
+// them under an explicit !!bool tag, so that a retention: section copied
+// from Synapse means the same here. Whatever PyYAML reads as a string is
+// an error: a quoted "yes" or "no" (which Synapse would take as true,
+// both of them, being strings that are not empty), and y or n, which the
+// YAML 1.1 spec counts as booleans but PyYAML does not. The YAML decoder
+// alone took "yes", y and n as booleans, and refused !!bool yes.
+type Bool bool
+
+// pyYAMLBools are the scalars PyYAML's resolver reads as booleans, as
+// they are spelled.
+var pyYAMLBools = map[string]bool{
+	"true": true, "True": true, "TRUE": true, "false": false, "False": false, "FALSE": false,
+	"yes": true, "Yes": true, "YES": true, "no": false, "No": false, "NO": false,
+	"on": true, "On": true, "ON": true, "off": false, "Off": false, "OFF": false,
+}
+
+// UnmarshalYAML reads n as PyYAML would read a boolean, or says why it
+// is none.
+func (b *Bool) UnmarshalYAML(n *yaml.Node) error {
+	if v, ok := pyYAMLBool(n); ok {
+		*b = Bool(v)
+		return nil
+	}
+	if _, spelled := pyYAMLBools[n.Value]; spelled && n.Kind == yaml.ScalarNode {
+		return fmt.Errorf("want true or false, got the string %q: a quoted (or !!str) value is a string, in Synapse's homeserver.yaml too; write %s without quotes", n.Value, n.Value)
+	}
+	return fmt.Errorf("want true or false (or yes, no, on, off), got %s", nodeKind(n))
+}
+
+// pyYAMLBool is the boolean PyYAML reads n as, if it reads one: a plain
+// scalar spelled as its resolver has them, or any case of those under
+// !!bool (its constructor lowers the case). A quoted or block scalar, or
+// one tagged otherwise, is not one.
+func pyYAMLBool(n *yaml.Node) (value, ok bool) {
+	switch {
+	case n.Kind != yaml.ScalarNode:
+		return false, false
+	case n.Style&yaml.TaggedStyle != 0:
+		if n.ShortTag() != "!!bool" {
+			return false, false
+		}
+		value, ok = pyYAMLBools[strings.ToLower(n.Value)]
+		return value, ok
+	case n.Style != 0:
+		return false, false
+	}
+	value, ok = pyYAMLBools[n.Value]
+	return value, ok
 }
 
 // checker walks a YAML tree alongside the Go type it will be decoded into
@@ -616,12 +669,8 @@ func (c *Config) Validate() error {
 		// key-value bucket named after the stream (docs/CLUSTER.md).
 		p.add("nats.stream", "%q cannot name the leases bucket %s, which takes only letters, digits, '-' and '_'", c.NATS.Stream, bus.OwnersBucket(c.NATS.Stream))
 	}
-	if c.NATS.SubjectPrefix == "" {
-		p.add("nats.subject_prefix", "must not be empty")
-	} else if bad := badNameChar(c.NATS.SubjectPrefix, ".*>"); bad != "" {
-		p.add("nats.subject_prefix", "%q is not a single NATS subject token: it must not contain %s", c.NATS.SubjectPrefix, bad)
-	} else if why := reservedSubjectToken(c.NATS.SubjectPrefix); why != "" {
-		p.add("nats.subject_prefix", "%q is reserved by NATS: %s; choose another, like sb", c.NATS.SubjectPrefix, why)
+	if why := subjectPrefixProblem(c.NATS.SubjectPrefix); why != "" {
+		p.add("nats.subject_prefix", "%s", why)
 	}
 	p.listen("nats.listen", c.NATS.Listen)
 	p.listen("http.listen", c.HTTP.Listen)
@@ -784,6 +833,23 @@ func badNameChar(s, forbidden string) string {
 		case strings.ContainsRune(forbidden, r):
 			return fmt.Sprintf("%q", r)
 		}
+	}
+	return ""
+}
+
+// subjectPrefixProblem says what is wrong with prefix as a subject prefix
+// (nats.subject_prefix, and the flags that name the service's: seed's
+// --prefix, bench's --target-prefix), or returns "" if nothing is: it
+// must be one subject token, and not one NATS reserves.
+func subjectPrefixProblem(prefix string) string {
+	if prefix == "" {
+		return "must not be empty"
+	}
+	if bad := badNameChar(prefix, ".*>"); bad != "" {
+		return fmt.Sprintf("%q is not a single NATS subject token: it must not contain %s", prefix, bad)
+	}
+	if why := reservedSubjectToken(prefix); why != "" {
+		return fmt.Sprintf("%q is reserved by NATS: %s; choose another, like sb", prefix, why)
 	}
 	return ""
 }

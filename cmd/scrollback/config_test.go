@@ -1169,6 +1169,32 @@ func TestConfig_Validate_ReservedSubjectPrefix(t *testing.T) {
 	}
 }
 
+// TestRun_ReservedPrefixOnTheCommandLine: `seed --prefix` and `bench
+// --target-prefix` name the service's nats.subject_prefix, and refuse the
+// prefixes NATS reserves as the config does, with the same words, as a
+// mistake on the command line (exit 2). They took them: seed published
+// its rooms under $JS or _INBOX, bench sent its requests there.
+func TestRun_ReservedPrefixOnTheCommandLine(t *testing.T) {
+	for _, prefix := range []string{"$JS", "$", "_INBOX", "_INBOX_sb", "_R_", "_GR_"} {
+		want := fmt.Sprintf("%q is reserved by NATS", prefix)
+		// Nothing listens on port 1: a prefix let through fails there, exit 1.
+		var out, errOut bytes.Buffer
+		args := []string{"seed", "--nats-url", "nats://127.0.0.1:1", "--prefix", prefix}
+		if code := run(context.Background(), args, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--prefix "+want) {
+			t.Errorf("scrollback %q exited %d (%s), want 2 and %q", args, code, strings.TrimSpace(errOut.String()), "--prefix "+want)
+		}
+		// bench is run only through its flag parser: one let through
+		// would run the benchmarks.
+		_, err := parseBenchFlags([]string{"--target-prefix", prefix}, io.Discard)
+		if ue := (*usageError)(nil); !errors.As(err, &ue) || !strings.Contains(err.Error(), "target-prefix: "+want) {
+			t.Errorf("bench --target-prefix %q: err = %v, want a usage error saying %q", prefix, err, "target-prefix: "+want)
+		}
+	}
+	if _, err := parseBenchFlags([]string{"--target-prefix", "sb_INBOX"}, io.Discard); err != nil {
+		t.Errorf("bench --target-prefix sb_INBOX: %v", err)
+	}
+}
+
 // TestConfig_Validate_StreamNameForAnExternalNATS: with nats.url the
 // service keeps its partitions' leases in the key-value bucket
 // <stream>_owners, whose name JetStream takes only of letters, digits,
@@ -1230,6 +1256,59 @@ func TestRun_UsageErrorsExitTwo(t *testing.T) {
 		var out, errOut bytes.Buffer
 		if code := run(context.Background(), tt.args, &out, &errOut); code != tt.want {
 			t.Errorf("scrollback %q exited %d (%s), want %d", tt.args, code, strings.TrimSpace(errOut.String()), tt.want)
+		}
+	}
+}
+
+// TestConfig_YAML11Booleans: every boolean key reads what Synapse's
+// PyYAML (YAML 1.1) reads as a boolean: true, false, yes, no, on, off,
+// each in lower case, capitalised or upper case, and any case of them
+// under an explicit !!bool, so that a retention: section copied from a
+// homeserver.yaml means the same here. What PyYAML reads as a string is
+// an error: a quoted "yes", y and n (YAML 1.1's spec has them, PyYAML
+// does not). The YAML decoder alone took "yes" and y as true, and
+// refused !!bool yes.
+func TestConfig_YAML11Booleans(t *testing.T) {
+	keys := []struct {
+		name, doc string
+		get       func(Config) bool
+	}{
+		{"retention.enabled", "retention:\n  enabled: %s\n", func(c Config) bool { return bool(c.Retention.Enabled) }},
+		{"auth.tokens[0].admin", "auth:\n  tokens:\n    - token: a-long-enough-token\n      user_id: \"@a:test\"\n      admin: %s\n",
+			func(c Config) bool { return len(c.Auth.Tokens) == 1 && bool(c.Auth.Tokens[0].Admin) }},
+	}
+	read := map[string]bool{
+		"true": true, "True": true, "TRUE": true, "yes": true, "Yes": true, "YES": true, "on": true, "On": true, "ON": true,
+		"false": false, "False": false, "FALSE": false, "no": false, "No": false, "NO": false, "off": false, "Off": false, "OFF": false,
+		"!!bool yes": true, "!!bool oN": true, "!!bool \"yes\"": true, "!!bool Off": false,
+	}
+	refused := map[string]string{
+		`"yes"`:     `want true or false, got the string "yes": a quoted (or !!str) value is a string`,
+		`'on'`:      `want true or false, got the string "on": a quoted (or !!str) value is a string`,
+		`"false"`:   `want true or false, got the string "false": a quoted (or !!str) value is a string`,
+		`!!str yes`: `want true or false, got the string "yes": a quoted (or !!str) value is a string`,
+		"y":         `want true or false (or yes, no, on, off), got "y"`,
+		"N":         `want true or false (or yes, no, on, off), got "N"`,
+		"yEs":       `want true or false (or yes, no, on, off), got "yEs"`,
+		"1":         `want true or false (or yes, no, on, off), got "1"`,
+		"!!bool y":  `want true or false (or yes, no, on, off), got "y"`,
+	}
+	for _, k := range keys {
+		for value, want := range read {
+			for _, start := range []bool{false, true} { // a value read, not the default kept
+				cfg := DefaultConfig()
+				cfg.Retention.Enabled = Bool(start)
+				if err := decodeConfig([]byte(fmt.Sprintf(k.doc, value)), &cfg); err != nil || k.get(cfg) != want {
+					t.Errorf("%s: %s: got %v (%v), want %v", k.name, value, k.get(cfg), err, want)
+				}
+			}
+		}
+		for value, want := range refused {
+			cfg := DefaultConfig()
+			err := decodeConfig([]byte(fmt.Sprintf(k.doc, value)), &cfg)
+			if err == nil || !strings.Contains(err.Error(), k.name+": "+want) {
+				t.Errorf("%s: %s: err = %v, want one saying %q", k.name, value, err, k.name+": "+want)
+			}
 		}
 	}
 }

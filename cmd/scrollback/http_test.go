@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -341,6 +344,37 @@ func TestMain_GeneratedAdminToken(t *testing.T) {
 	}
 }
 
+// TestMain_GeneratedAdminTokenLogSaysWhereItCameFrom: the log line about
+// the generated admin token says whether this start made it (and where it
+// wrote it) or read it back from the file an earlier start wrote. It said
+// "using a generated one" on every start, so an operator was told of a
+// new token that did not exist.
+func TestMain_GeneratedAdminTokenLogSaysWhereItCameFrom(t *testing.T) {
+	var first testenv.Buffer
+	m := startMainWith(t, &Main{Logger: slog.New(slog.NewTextHandler(&first, nil))}, func(c *Config) { c.Auth.Tokens = nil })
+	path := filepath.Join(m.Config.DataDir, "admin.token")
+	made := fmt.Sprintf("no admin token in auth.tokens: generated one and wrote it to its file\" path=%s", path)
+	read := fmt.Sprintf("no admin token in auth.tokens: using the one in its file\" path=%s", path)
+	if !strings.Contains(first.String(), made) || strings.Contains(first.String(), read) {
+		t.Fatalf("first start's log:\n%s\nwant a line with %q", first.String(), made)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var again testenv.Buffer
+	m2 := &Main{Config: m.Config, Logger: slog.New(slog.NewTextHandler(&again, nil))}
+	if err := m2.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m2.Close() })
+	if !strings.Contains(again.String(), read) || strings.Contains(again.String(), made) {
+		t.Fatalf("second start's log:\n%s\nwant a line with %q", again.String(), read)
+	}
+	if m2.AdminToken != m.AdminToken {
+		t.Fatalf("second start's token %q, want the first's %q", m2.AdminToken, m.AdminToken)
+	}
+}
+
 // TestAdminToken_FileStates: the generated admin token's file grants a
 // server admin's rights, so a token is taken from it only when it is a
 // regular file no other user may read or write, and long enough; an
@@ -361,16 +395,16 @@ func TestAdminToken_FileStates(t *testing.T) {
 	}
 	fresh := func(t *testing.T, dir string) string {
 		t.Helper()
-		tok, path, err := adminToken(dir, "test")
+		tok, path, made, err := adminToken(dir, "test")
 		if err != nil {
 			t.Fatal(err)
 		}
 		info, err := os.Lstat(path)
-		if err != nil || !info.Mode().IsRegular() || info.Mode().Perm() != 0o600 || !strings.HasPrefix(tok, "sb_") {
-			t.Fatalf("token %q in %v (%v), want a new token in a regular 0600 file", tok, info.Mode(), err)
+		if err != nil || !info.Mode().IsRegular() || info.Mode().Perm() != 0o600 || !strings.HasPrefix(tok, "sb_") || !made {
+			t.Fatalf("token %q (made %v) in %v (%v), want a new token in a regular 0600 file", tok, made, info.Mode(), err)
 		}
-		if again, _, err := adminToken(dir, "test"); err != nil || again != tok {
-			t.Fatalf("read back: %q, %v; want %q", again, err, tok)
+		if again, _, made, err := adminToken(dir, "test"); err != nil || again != tok || made {
+			t.Fatalf("read back: %q (made %v), %v; want %q, read", again, made, err, tok)
 		}
 		return tok
 	}
@@ -378,8 +412,8 @@ func TestAdminToken_FileStates(t *testing.T) {
 	t.Run("empty, readable by others", func(t *testing.T) { fresh(t, write(t, "", 0o644)) })
 	t.Run("an operator's own token", func(t *testing.T) {
 		dir := write(t, "an-operator-chose-this-one\n", 0o600)
-		if tok, _, err := adminToken(dir, "test"); err != nil || tok != "an-operator-chose-this-one" {
-			t.Fatalf("%q, %v", tok, err)
+		if tok, _, made, err := adminToken(dir, "test"); err != nil || tok != "an-operator-chose-this-one" || made {
+			t.Fatalf("%q (made %v), %v", tok, made, err)
 		}
 	})
 	for name, tt := range map[string]struct {
@@ -391,7 +425,7 @@ func TestAdminToken_FileStates(t *testing.T) {
 		"too short":          {"x", 0o600, "shorter than 16"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if tok, _, err := adminToken(write(t, tt.content, tt.mode), "test"); err == nil || !strings.Contains(err.Error(), tt.want) {
+			if tok, _, _, err := adminToken(write(t, tt.content, tt.mode), "test"); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("token %q, err %v; want an error saying %q", tok, err, tt.want)
 			}
 		})
@@ -405,7 +439,7 @@ func TestAdminToken_FileStates(t *testing.T) {
 		if err := os.Symlink(target, filepath.Join(dir, "admin.token")); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := adminToken(dir, "test"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		if _, _, _, err := adminToken(dir, "test"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Fatalf("err %v, want the link refused", err)
 		}
 		if b, _ := os.ReadFile(target); len(b) != 0 {

@@ -207,7 +207,7 @@ func seedFromConfig(cfg Config, given map[string]bool, opts *seedOptions, natsUR
 		opts.TokenFile = filepath.Join(cfg.DataDir, "admin.token")
 		// serve then writes no admin.token; the token in the config
 		// file is not for printing.
-		opts.TokenInConfig = slices.ContainsFunc(cfg.Auth.Tokens, func(t TokenConfig) bool { return t.Admin })
+		opts.TokenInConfig = slices.ContainsFunc(cfg.Auth.Tokens, func(t TokenConfig) bool { return bool(t.Admin) })
 	}
 	return nil
 }
@@ -250,8 +250,8 @@ func (o seedOptions) validate() error {
 	if o.Members < 1 || o.Members > seedMaxMembers {
 		bad("--members %d must be between 1 and %d", o.Members, seedMaxMembers)
 	}
-	if o.Prefix == "" || strings.ContainsAny(o.Prefix, ".*> \t\r\n") {
-		bad("--prefix %q must be a single NATS subject token", o.Prefix)
+	if why := subjectPrefixProblem(o.Prefix); why != "" {
+		bad("--prefix %s", why)
 	}
 	if o.Timeout <= 0 {
 		bad("--timeout %v must be positive", o.Timeout)

@@ -332,7 +332,7 @@ func projectionLag(p *projections.Projector, log *bus.Log) func() float64 {
 // as 0 is a value, as in Synapse, not an unset key.
 func retentionConfig(r RetentionConfig) handlers.Retention {
 	out := handlers.Retention{
-		Enabled: r.Enabled,
+		Enabled: bool(r.Enabled),
 		Default: commands.RetentionPolicy{MinLifetime: r.DefaultPolicy.MinLifetime.Milliseconds(),
 			MaxLifetime: r.DefaultPolicy.MaxLifetime.Milliseconds(), MaxSet: r.DefaultPolicy.MaxLifetime.Set},
 		AllowedMin: r.AllowedLifetimeMin.Milliseconds(), HasAllowedMin: r.AllowedLifetimeMin.Set,
@@ -495,17 +495,22 @@ func (m *Main) openHTTP(nc *nats.Conn, subjects bus.Subjects, healthy func() boo
 	static := map[string]handlers.Identity{}
 	hasAdmin := false
 	for _, t := range c.Auth.Tokens {
-		static[t.Token] = handlers.Identity{UserID: t.UserID, Admin: t.Admin}
-		hasAdmin = hasAdmin || t.Admin
+		static[t.Token] = handlers.Identity{UserID: t.UserID, Admin: bool(t.Admin)}
+		hasAdmin = hasAdmin || bool(t.Admin)
 	}
 	if !hasAdmin {
-		tok, path, err := adminToken(c.DataDir, c.ServerName)
+		tok, path, made, err := adminToken(c.DataDir, c.ServerName)
 		if err != nil {
 			return err
 		}
 		m.AdminToken = tok
 		static[tok] = handlers.Identity{UserID: "@admin:" + c.ServerName, Admin: true}
-		m.Logger.Info("no admin token in auth.tokens: using a generated one", "path", path, "user_id", "@admin:"+c.ServerName)
+		// Whether there is a new token to fetch, or the one already known.
+		msg := "no admin token in auth.tokens: using the one in its file"
+		if made {
+			msg = "no admin token in auth.tokens: generated one and wrote it to its file"
+		}
+		m.Logger.Info(msg, "path", path, "user_id", "@admin:"+c.ServerName)
 	}
 	req := &bus.Requester{NC: nc, Timeout: c.Homeserver.Timeout.Duration}
 	bridge := &handlers.Bridge{
@@ -568,29 +573,30 @@ func (m *Main) background(ctx context.Context, name string, fn func(ctx context.
 // when the file is not there or empty. The file grants a server admin's
 // rights: a symbolic link in its place is refused, and a token is taken
 // from a file that no other user may read or write, and only if it is at
-// least minAdminToken characters long.
-func adminToken(dataDir, serverName string) (token, path string, err error) {
+// least minAdminToken characters long. made says whether this call made
+// the token, or read one an earlier start (or the operator) wrote.
+func adminToken(dataDir, serverName string) (token, path string, made bool, err error) {
 	path = filepath.Join(dataDir, "admin.token")
 	info, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
-		return "", "", fmt.Errorf("admin token: %w", err)
+		return "", "", false, fmt.Errorf("admin token: %w", err)
 	case !info.Mode().IsRegular():
-		return "", "", fmt.Errorf("admin token: %s is not a regular file (%s): remove it", path, info.Mode().Type())
+		return "", "", false, fmt.Errorf("admin token: %s is not a regular file (%s): remove it", path, info.Mode().Type())
 	default:
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return "", "", fmt.Errorf("admin token: %w", err)
+			return "", "", false, fmt.Errorf("admin token: %w", err)
 		}
 		if tok := strings.TrimSpace(string(b)); tok != "" {
 			if info.Mode().Perm()&0o077 != 0 {
-				return "", "", fmt.Errorf("admin token: %s may be read or written by other users (mode %04o): chmod 600 it, or remove it for a new token", path, info.Mode().Perm())
+				return "", "", false, fmt.Errorf("admin token: %s may be read or written by other users (mode %04o): chmod 600 it, or remove it for a new token", path, info.Mode().Perm())
 			}
 			if len(tok) < minAdminToken {
-				return "", "", fmt.Errorf("admin token: the token in %s is shorter than %d characters: remove the file for a new one", path, minAdminToken)
+				return "", "", false, fmt.Errorf("admin token: the token in %s is shorter than %d characters: remove the file for a new one", path, minAdminToken)
 			}
-			return tok, path, nil
+			return tok, path, false, nil
 		}
 	}
 	token = "sb_" + rand.Text()
@@ -611,9 +617,9 @@ func adminToken(dataDir, serverName string) (token, path string, err error) {
 		err = durable.SyncDir(dataDir)
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("write admin token: %w", err)
+		return "", "", false, fmt.Errorf("write admin token: %w", err)
 	}
-	return token, path, nil
+	return token, path, true, nil
 }
 
 // minAdminToken is the shortest admin token adminToken takes from its
