@@ -231,6 +231,25 @@ func visNorm(v string) string {
 	return VisShared
 }
 
+// RestrictsServers reports whether history visibility vis (in the state
+// at an event; "" when there is none, or it is no string) hides the event
+// from a server none of whose users is in the room then: "joined" and
+// "invited" do, and any other value does, unknown ones included, as in
+// Synapse's event_visible_to_server (rust/src/events/filter.rs), which
+// compares with those two only. Unlike the rules for clients there is no
+// special case for the history_visibility event itself: its own value
+// applies.
+func RestrictsServers(vis string) bool {
+	return vis == VisJoined || vis == VisInvited
+}
+
+// LetsServerSee reports whether a user's membership in the state at an
+// event whose history visibility vis RestrictsServers lets the user's
+// server see the event: "join" does, and "invite" under "invited".
+func LetsServerSee(vis, membership string) bool {
+	return membership == visMembershipJoin || (vis == VisInvited && membership == visMembershipInvite)
+}
+
 // visOlderThan reports ts < now - maxLifetime exactly, as Python's
 // unbounded integers compute it, even where now - maxLifetime overflows.
 func visOlderThan(ts, now, maxLifetime int64) bool {

@@ -372,3 +372,34 @@ func TestVisible_RetentionFromPolicy(t *testing.T) {
 		t.Fatalf("retention disabled: got %v %q", ok, m)
 	}
 }
+
+// TestLetsServerSee_Rules: Synapse's event_visible_to_server. Under a
+// history visibility other than "joined" and "invited" (none, an unknown
+// value) a server sees every event; under those two, only through a user
+// of its own joined, or invited under "invited".
+func TestLetsServerSee_Rules(t *testing.T) {
+	cases := []struct {
+		vis, membership string
+		want            bool
+	}{
+		{"", "", true},
+		{VisShared, "", true},
+		{VisWorldReadable, "leave", true},
+		{"members_only", "", true},
+		{VisJoined, "join", true},
+		{VisJoined, "invite", false},
+		{VisJoined, "leave", false},
+		{VisJoined, "knock", false},
+		{VisJoined, "", false},
+		{VisInvited, "join", true},
+		{VisInvited, "invite", true},
+		{VisInvited, "ban", false},
+		{VisInvited, "", false},
+	}
+	for _, c := range cases {
+		got := !RestrictsServers(c.vis) || LetsServerSee(c.vis, c.membership)
+		if got != c.want {
+			t.Errorf("visibility %q, membership %q: visible=%v, want %v", c.vis, c.membership, got, c.want)
+		}
+	}
+}

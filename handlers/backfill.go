@@ -48,6 +48,9 @@ type Backfiller struct {
 	Waiter   Waiter
 	Store    *projections.Store
 	Subjects bus.Subjects
+	// ServerName is ours (server_name): a point is asked about only if
+	// our server may see one of the events that name it (visible).
+	ServerName string
 	// Timeout bounds a request and the wait for its events (backfill.timeout).
 	Timeout time.Duration
 	// Backoff is the first retry delay of a failed extremity (backfill.backoff).
@@ -149,8 +152,10 @@ func (b *Backfiller) timeout() time.Duration {
 }
 
 // Maybe is Synapse's maybe_backfill: it picks up to 5 backfill points near
-// depth, asks the federation workers for their history, appends it to the
-// log and waits until it is applied. It reports whether any event came.
+// depth whose history our server may see (visible), asks the federation
+// workers for it, appends it to the log and waits until it is applied. It
+// reports whether any event came; with no point to ask about, false at
+// once.
 func (b *Backfiller) Maybe(ctx context.Context, roomID string, depth int64, limit int) bool {
 	b.init()
 	// One backfill of a room at a time, each for its own depth, as
@@ -191,7 +196,9 @@ func (b *Backfiller) Maybe(ctx context.Context, roomID string, depth int64, limi
 		c := &backfillCall{done: make(chan struct{})}
 		b.inflight[roomID] = c
 		b.mu.Unlock()
-		c.did = b.fetch(ctx, roomID, points)
+		if points = b.visible(roomID, points); len(points) > 0 {
+			c.did = b.fetch(ctx, roomID, points)
+		}
 		b.mu.Lock()
 		delete(b.inflight, roomID)
 		b.mu.Unlock()
@@ -241,13 +248,15 @@ func (b *Backfiller) extremities(roomID string) ([]point, error) {
 	return all, err
 }
 
-// points chooses the extremities to ask about among all, the room's
-// backward extremities (b.mu held). It forgets the back-off of those the
-// room no longer has: their events came (Synapse clears a failed pull's
-// attempts when the event is persisted), or a purge took them. Only once
-// that back-off has run out: all was read before b.mu was taken, and a
-// backfill that ended in between may have backed off an extremity all
-// does not hold yet.
+// points chooses the candidates to ask about among all, the room's
+// backward extremities (b.mu held): those near depth and not in back-off,
+// of the backfillCandidates deepest, in the order Synapse tries them,
+// each extremity once; visible then keeps the first 5 our server may see.
+// It forgets the back-off of those the room no longer has: their events
+// came (Synapse clears a failed pull's attempts when the event is
+// persisted), or a purge took them. Only once that back-off has run out:
+// all was read before b.mu was taken, and a backfill that ended in
+// between may have backed off an extremity all does not hold yet.
 func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) []point {
 	now := b.Now()
 	failed := b.failures[roomID]
@@ -300,17 +309,70 @@ func (b *Backfiller) points(all []point, roomID string, depth int64, limit int) 
 	if depth-2*int64(limit) > near[0].depth {
 		return nil // not close enough yet
 	}
-	// An extremity named from several depths is asked about once.
+	// An extremity named from several depths is asked about once (and
+	// checked once: Synapse checks each of its rows against the same
+	// successors).
 	var out []point
 	for _, p := range near {
-		if len(out) == backfillMaxPoints {
-			break
-		}
 		if !slices.ContainsFunc(out, func(o point) bool { return o.id == p.id }) {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// visible keeps the first backfillMaxPoints of the candidates whose
+// history our server may see, as _maybe_backfill_inner does with
+// filter_events_for_server on each point's successors: for regular
+// backward extremities the extremity itself is not held, so the events
+// that name it stand for it. A point whose successors are all hidden from
+// us is skipped, and the next candidate may take its place; none kept (or
+// the store unreadable) means no request. Synapse does not back such a
+// point off, and neither does this: a read near it checks it again.
+//
+// The cost, in its own read transaction, per candidate until 5 are kept:
+// a seek in the edges index and a look-up of each successor's position,
+// a state seek for the history visibility at each, and under "joined" or
+// "invited" one state seek per user of ours that was ever a member of the
+// room (RoomView.ServerMember), not a walk of the room's membership.
+func (b *Backfiller) visible(roomID string, candidates []point) []point {
+	var out []point
+	err := b.Store.View(roomID, func(v *projections.RoomView) error {
+		for _, p := range candidates {
+			if len(out) == backfillMaxPoints {
+				break
+			}
+			if b.seesASuccessor(v, p.id) {
+				out = append(out, p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// seesASuccessor reports whether filter_events_for_server lets our server
+// see any of the events that name the extremity id (called, as Synapse
+// calls it, without redaction and without the erased-sender and
+// partial-state filters): in the state after the event, a history
+// visibility that does not restrict servers lets us see it, and "joined"
+// or "invited" does through a user of ours joined, or invited under
+// "invited" (commands.RestrictsServers, LetsServerSee).
+func (b *Backfiller) seesASuccessor(v *projections.RoomView, id string) bool {
+	for _, s := range v.Successors(id) {
+		vis, _ := v.StateAt("m.room.history_visibility", "", s.Depth, s.Stream)
+		if !commands.RestrictsServers(vis.Summary) {
+			return true
+		}
+		lets := func(membership string) bool { return commands.LetsServerSee(vis.Summary, membership) }
+		if v.ServerMember(b.ServerName, s.Depth, s.Stream, lets) {
+			return true
+		}
+	}
+	return false
 }
 
 func abs(x int64) int64 {

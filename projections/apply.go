@@ -682,12 +682,19 @@ func (a *applier) applyEvent(e *commands.LogEntry, p *prepared, o *Outcome) erro
 }
 
 // putState records the state event ev at its position: its summary
-// (commands.StateSummary) and ID.
+// (commands.StateSummary) and ID; a membership's user goes in the
+// srvmembers index too.
 func putState(tx *bolt.Tx, room uint64, ev *commands.Event, summary string, stream int64) error {
 	k := stateKeyAt(statePrefix(room, ev.Type, *ev.StateKey), ev.Depth, stream)
 	v := binary.AppendUvarint(nil, uint64(len(summary)))
 	v = append(append(v, summary...), ev.EventID...)
-	return tx.Bucket(bState).Put(k, v)
+	if err := tx.Bucket(bState).Put(k, v); err != nil {
+		return err
+	}
+	if ev.Type == "m.room.member" {
+		return indexMember(tx, room, *ev.StateKey)
+	}
+	return nil
 }
 
 // namedByLiveChild reports whether a timeline event that is not

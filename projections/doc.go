@@ -79,6 +79,9 @@
 //	                                          unknown, or an outlier)
 //	edges      room|parent ID|0|child ID   -> child's depth (parents not
 //	                                          one level up, or unknown)
+//	srvmembers room|len(server)|server|user ID -> {} (users with a
+//	                                          member state entry, by the
+//	                                          server of their ID)
 //	forgotten  room|user ID                -> forget time (ms), then 1 for a room deletion's own forget
 //	tasks      task ID                     -> Task
 //	roomtasks  room|created|task ID        -> {}

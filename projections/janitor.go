@@ -993,7 +993,7 @@ func dropRoomBatch(tx *bolt.Tx, room uint64, batch int, y *yielder) (bool, error
 	prefix := u64(room)
 	j := newPurgeTx(tx, room, 0)
 	left := batch
-	for _, name := range [][]byte{bTimeline, bOutliers, bEvents, bRedacts, bReRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs, bEnded} {
+	for _, name := range [][]byte{bTimeline, bOutliers, bEvents, bRedacts, bReRedacts, bState, bFwd, bBack, bForgot, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bExtraSeqs, bEnded, bByServer} {
 		var each func(k, v []byte) error
 		switch {
 		case bytes.Equal(name, bTimeline):

@@ -42,10 +42,11 @@ var (
 	bOpenTasks = []byte("opentasks")   // task ID -> {} (scheduled or active)
 	bExtraSeqs = []byte("extraseqs")   // room|event ID|0|log sequence -> {} (a stored event's other log messages; see extraSeqKey)
 	bEnded     = []byte("ended")       // room|event ID -> log sequence of the copy from below the floor that ended its gap (endBelowFloor)
+	bByServer  = []byte("srvmembers")  // room|len(server)|server|user ID -> {} (users with a member state entry, by server; see indexMember)
 	bTaskDone  = []byte("taskdone")    // last update ts (as order)|task ID -> {} (finished tasks, to expire; see ExpireTasks)
 	bUnconfirm = []byte("unconfirmed") // task ID -> {} (purge_room refusals the task runner is to confirm in the log; see applyPurgeRoom)
 
-	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs, bTaskDone, bUnconfirm, bEnded}
+	allBuckets = [][]byte{bMeta, bCP, bRooms, bRoomMeta, bTimeline, bEvents, bOutliers, bState, bFwd, bBack, bForgot, bTasks, bRoomTask, bDead, bReceived, bRedacts, bReRedacts, bRel, bRelCount, bRelAt, bRelWait, bEdges, bRStream, bJanitor, bErase, bEraseRoom, bEraseIn, bOpenTasks, bExtraSeqs, bTaskDone, bUnconfirm, bEnded, bByServer}
 )
 
 // order maps a signed stream ordering to an unsigned key component that
@@ -198,6 +199,17 @@ func relPrefix(room uint64, target, relType string) []byte {
 // parseRelKey reads the room, target and relation type of a relations
 // key (relPrefix, then depth and order).
 func parseRelKey(k []byte) (room uint64, target, relType string, ok bool) {
+	return parseTwoStrings(k)
+}
+
+// parseStateKey reads the room, type and state key of a state key
+// (statePrefix, then depth and order).
+func parseStateKey(k []byte) (room uint64, typ, stateKey string, ok bool) {
+	return parseTwoStrings(k)
+}
+
+// parseTwoStrings reads a key that starts room|len(a)|a|len(b)|b.
+func parseTwoStrings(k []byte) (room uint64, a, b string, ok bool) {
 	if len(k) < 10 {
 		return 0, "", "", false
 	}

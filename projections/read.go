@@ -334,17 +334,56 @@ func (v *RoomView) Extremities(backward bool) map[string]int64 {
 // hold gets an entry per child), as Synapse's get_backfill_points_in_room
 // joins a backward extremity with each of its successors.
 func (v *RoomView) SuccessorDepths(eventID string) []int64 {
+	var out []int64
+	v.edges(eventID, func(_ []byte, depth int64) {
+		out = append(out, depth)
+	})
+	return out
+}
+
+// edges calls fn with the ID and depth of each child that the edges index
+// holds for the parent eventID. child is the transaction's memory.
+func (v *RoomView) edges(eventID string, fn func(child []byte, depth int64)) {
 	if v.room == 0 {
-		return nil
+		return
 	}
 	prefix := append(roomStrKey(v.room, eventID), 0)
-	var out []int64
 	c := v.bucket(bEdges).Cursor()
 	for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
 		if len(val) == 8 {
-			out = append(out, int64(binary.BigEndian.Uint64(val)))
+			fn(k[len(prefix):], int64(binary.BigEndian.Uint64(val)))
 		}
 	}
+}
+
+// Successor is a timeline event that names another among its parents.
+type Successor struct {
+	EventID       string
+	Depth, Stream int64
+}
+
+// Successors are the room's events that name eventID among their parents,
+// for an event the room does not hold on its timeline (a backward
+// extremity), as Synapse's get_successor_events and get_events_as_list
+// give them: every timeline child but rejected ones has an edge to a
+// parent not held (updateExtremities), and no other event has one. Those
+// below the room's floor are left out from the moment the purge is
+// applied, as the janitor then deletes their edges (unindex): Synapse
+// deletes the purged ones' and keeps those of the events it keeps as
+// outliers, with no state, which would count as visible (a backfill
+// point has a successor above the floor, which decides for it here).
+// It costs a seek in the edges index and a look-up in the events index
+// per child.
+func (v *RoomView) Successors(eventID string) []Successor {
+	var out []Successor
+	events := v.bucket(bEvents)
+	v.edges(eventID, func(child []byte, _ int64) {
+		loc, ok := parseLoc(v.room, events.Get(roomStrKey(v.room, string(child))))
+		if !ok || loc.outlier || v.meta.purgedAway(loc.depth, loc.stream) {
+			return
+		}
+		out = append(out, Successor{EventID: string(child), Depth: loc.depth, Stream: loc.stream})
+	})
 	return out
 }
 

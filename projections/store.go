@@ -183,7 +183,7 @@ func Open(path string, opts Options) (*Store, error) {
 			if err := meta.Put([]byte("version"), u64(formatVersion)); err != nil {
 				return err
 			}
-			for _, mark := range [][]byte{metaRelMarks, metaTaskDone, metaUnconfirmed} {
+			for _, mark := range [][]byte{metaRelMarks, metaTaskDone, metaUnconfirmed, metaServerMembers} {
 				if err := meta.Put(mark, nil); err != nil {
 					return err
 				}
@@ -219,6 +219,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if err == nil {
 		err = s.markOldRefusals()
+	}
+	if err == nil {
+		err = s.indexServerMembers()
 	}
 	if err != nil {
 		db.Close()

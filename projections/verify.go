@@ -13,11 +13,11 @@ import (
 
 // Digest is a logical dump of a projection: one entry per room aspect
 // (timeline, state, extremities, forgotten users, flags, relations,
-// redaction marks) and per task, free of what may differ between two
-// files holding the same history (room numbers, page layout, the
-// janitor's counters, queued erasures, expired tasks), and of what says
-// which log messages carry an event (extraseqs), which describes the log
-// rather than the history.
+// redaction marks, members by server) and per task, free of what may
+// differ between two files holding the same history (room numbers, page
+// layout, the janitor's counters, queued erasures, expired tasks), and of
+// what says which log messages carry an event (extraseqs), which
+// describes the log rather than the history.
 // Two projections of the same log must have equal digests.
 type Digest map[string]string
 
@@ -84,6 +84,7 @@ func digestRoom(tx *bolt.Tx, d Digest, roomID string, room uint64) error {
 	d["room "+roomID+" backward extremities"] = lines(bBack, true)
 	d["room "+roomID+" ended"] = lines(bEnded, true)
 	d["room "+roomID+" forgotten"] = lines(bForgot, false)
+	d["room "+roomID+" members by server"] = lines(bByServer, false)
 	d["room "+roomID+" relations"] = lines(bRelCount, true)
 	d["room "+roomID+" related marks"] = lines(bRelAt, true) + "\n-\n" + lines(bRelWait, true)
 	d["room "+roomID+" redactions"] = lines(bRedacts, true) + "\n-\n" + lines(bReRedacts, true)

@@ -210,7 +210,7 @@ func (m *Main) Open(ctx context.Context) error {
 		Concurrency: c.Shutdown.Concurrency, BeforeKick: handlers.MakeWayForKicks(apiLoad), ObserveHS: m.Metrics.ObserveHomeserver, ObserveOpen: m.Metrics.ObserveOpenTasks, ServerName: c.ServerName, Owns: owns, Wake: taskWake}
 	m.background(runCtx, "tasks", runner.Run)
 	m.backfill = &handlers.Backfiller{Req: &bus.Requester{NC: m.NC, Timeout: c.Backfill.Timeout.Duration}, Log: logLog,
-		Waiter: m.Projector, Store: m.Store, Subjects: subjects, Timeout: c.Backfill.Timeout.Duration,
+		Waiter: m.Projector, Store: m.Store, Subjects: subjects, ServerName: c.ServerName, Timeout: c.Backfill.Timeout.Duration,
 		Backoff: c.Backfill.Backoff.Duration, Now: now, Logger: m.Logger.With("component", "backfill"),
 		Observe: m.Metrics.ObserveBackfill}
 	msgs := &handlers.Messages{Store: m.Store, Waiter: m.Projector, Subjects: subjects, Now: now,
