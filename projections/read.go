@@ -366,7 +366,10 @@ type Successor struct {
 // for an event the room does not hold on its timeline (a backward
 // extremity), as Synapse's get_successor_events and get_events_as_list
 // give them: every timeline child but rejected ones has an edge to a
-// parent not held (updateExtremities), and no other event has one. Those
+// parent not held (updateExtremities), and no other event has one.
+// Synapse's also hold the outliers that name it (it stores every event's
+// edges), which filter_events_for_server lets any server see; outliers
+// have no edges here (README, where scrollback differs). Those
 // below the room's floor are left out from the moment the purge is
 // applied, as the janitor then deletes their edges (unindex): Synapse
 // deletes the purged ones' and keeps those of the events it keeps as

@@ -9,7 +9,10 @@ package main
 //   - scan over NATS: a micro endpoint served by bus.Serve, the same
 //     arrangement as the service's (micro hands each request to a bounded
 //     worker pool goroutine), on its own connection to the service's NATS
-//     server (in-process when embedded). The handler does one bbolt read
+//     server (in-process when embedded, and then replying over
+//     apiReplyConns connections of its own, as serve does there: on one
+//     connection its workers queued near capacity where the service's do
+//     not). The handler does one bbolt read
 //     transaction with a reverse cursor scan of `limit` values (a forward
 //     one for dir=f) and replies with the raw bytes concatenated, in a
 //     buffer it takes back once the reply is sent (Endpoint.Release), as
@@ -58,6 +61,7 @@ var floorBucket = []byte("events")
 type floor struct {
 	db       *bolt.DB
 	nc       *nats.Conn
+	replyNCs []*nats.Conn
 	svc      *bus.Service
 	echo     *nats.Subscription
 	httpSrv  *http.Server
@@ -66,15 +70,18 @@ type floor struct {
 }
 
 // openFloor writes the room's events to a new bbolt file at path and
-// starts the floor's endpoints on srv and on a loopback HTTP port. Close
-// stops everything it started, also after a failure.
+// starts the floor's endpoints on srv (in-process, with apiReplyConns
+// reply connections, as serve on its embedded server) and on a loopback
+// HTTP port. Close stops everything it started, also after a failure.
 func openFloor(ctx context.Context, path string, srv *server.Server, room *benchRoom) (f *floor, err error) {
-	return openFloorFrom(ctx, path, func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }, slices.Values(room.raw))
+	return openFloorFrom(ctx, path, func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(srv, name) }, apiReplyConns, slices.Values(room.raw))
 }
 
-// openFloorFrom is openFloor for any NATS server (connect) and any
-// sequence of events, oldest first, which need not fit in memory.
-func openFloorFrom(ctx context.Context, path string, connect func(name string) (*nats.Conn, error), events iter.Seq[[]byte]) (f *floor, err error) {
+// openFloorFrom is openFloor for any NATS server (connect), with
+// replyConns connections of its own for the scan's replies (none: on the
+// connection the requests come in on), and any sequence of events, oldest
+// first, which need not fit in memory.
+func openFloorFrom(ctx context.Context, path string, connect func(name string) (*nats.Conn, error), replyConns int, events iter.Seq[[]byte]) (f *floor, err error) {
 	f = &floor{}
 	defer func() {
 		if err != nil {
@@ -93,7 +100,10 @@ func openFloorFrom(ctx context.Context, path string, connect func(name string) (
 	if f.nc, err = connect("bench-floor"); err != nil {
 		return f, err
 	}
-	f.svc, err = bus.Serve(f.nc, bus.ServiceOptions{Name: "scrollback-floor", Version: version}, []bus.Endpoint{
+	if f.replyNCs, err = dialReplyConns(connect, "bench-floor", replyConns); err != nil {
+		return f, err
+	}
+	f.svc, err = bus.Serve(f.nc, bus.ServiceOptions{Name: "scrollback-floor", Version: version, ReplyConns: f.replyNCs}, []bus.Endpoint{
 		{Name: "scan", Subject: floorScanSubject, Handler: f.handleScan, Release: releaseFloorBuf},
 	})
 	if err != nil {
@@ -298,6 +308,10 @@ func (f *floor) Close() error {
 		errs = append(errs, f.svc.Stop())
 		f.svc = nil
 	}
+	for _, nc := range f.replyNCs {
+		nc.Close() // after Stop: the replies it waited for are sent
+	}
+	f.replyNCs = nil
 	if f.nc != nil {
 		f.nc.Close()
 		f.nc = nil

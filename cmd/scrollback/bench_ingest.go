@@ -215,7 +215,7 @@ func (b *bench) readsBySize(ctx context.Context, sv *sut, g *genLog, prefix stri
 			return fmt.Errorf("bench: room %s of %d events: %w", room.ID, n, err)
 		}
 		path := filepath.Join(b.dir, fmt.Sprintf("size-floor-%d.db", idx))
-		fl, err := openFloorFrom(ctx, path, sv.connect, genRoomEvents(c.Seed, prefix, idx, n))
+		fl, err := openFloorFrom(ctx, path, sv.connect, sv.floorReplyConns(), genRoomEvents(c.Seed, prefix, idx, n))
 		if err != nil {
 			return err
 		}

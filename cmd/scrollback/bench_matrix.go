@@ -128,7 +128,7 @@ func (b *bench) matrixPhases(ctx context.Context, s *sut, room *benchRoom, reade
 		starts[dir] = t
 	}
 	b.printf("start points: %d for dir=b, %d for dir=f (every %d events, with at least 100 events beyond)\n", len(starts["b"].tokens), len(starts["f"].tokens), tokenPage)
-	fl, err := openFloorFrom(ctx, filepath.Join(b.dir, "matrix-floor.db"), s.connect, slices.Values(room.raw))
+	fl, err := openFloorFrom(ctx, filepath.Join(b.dir, "matrix-floor.db"), s.connect, s.floorReplyConns(), slices.Values(room.raw))
 	if err != nil {
 		return err
 	}
@@ -198,7 +198,7 @@ func (b *bench) dendritePhase(ctx context.Context, s *sut, readerToken string) e
 	if err != nil {
 		return err
 	}
-	fl, err := openFloorFrom(ctx, filepath.Join(b.dir, "dendrite-floor.db"), s.connect, slices.Values(room.raw))
+	fl, err := openFloorFrom(ctx, filepath.Join(b.dir, "dendrite-floor.db"), s.connect, s.floorReplyConns(), slices.Values(room.raw))
 	if err != nil {
 		return err
 	}

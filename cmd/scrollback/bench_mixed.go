@@ -264,7 +264,7 @@ func (b *bench) mixedReads(ctx context.Context, sv *sut, read *benchRoom) (*floo
 	if err != nil {
 		return nil, target{}, err
 	}
-	fl, err := openFloorFrom(ctx, b.dir+"/mixed-floor.db", sv.connect, func(yield func([]byte) bool) {
+	fl, err := openFloorFrom(ctx, b.dir+"/mixed-floor.db", sv.connect, sv.floorReplyConns(), func(yield func([]byte) bool) {
 		for _, r := range read.raw {
 			if !yield(r) {
 				return

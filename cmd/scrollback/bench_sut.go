@@ -51,6 +51,17 @@ type sut struct {
 // External reports whether the service runs elsewhere.
 func (s *sut) External() bool { return s.m == nil }
 
+// floorReplyConns is how many connections of its own a floor next to the
+// service replies on: as many as the service's replies go out on
+// (serve: apiReplyConns on its embedded server), none next to an external
+// target, which the floor reaches as a client.
+func (s *sut) floorReplyConns() int {
+	if s.External() || s.m.NATSServer == nil {
+		return 0
+	}
+	return apiReplyConns
+}
+
 // openSUT opens the service under test: a new embedded service on a data
 // dir of its own under the bench's temp dir, or the external target.
 func (b *bench) openSUT(ctx context.Context, name string) (*sut, error) {

@@ -628,6 +628,45 @@ func TestFloorReusesReplyBuffers(t *testing.T) {
 	}
 }
 
+// TestFloor_RepliesAsTheServiceDoes: the floor is bus.Serve in the
+// service's arrangement (DESIGN.md, "Benchmark protocol"), so in-process
+// on the embedded server its replies go out over apiReplyConns
+// connections of their own, as serve's do, and none over the connection
+// its requests come in on. It replied on that one connection, and near
+// capacity its workers queued on the connection's mutex, which the
+// service's no longer do: the ratios to the floor and the purge
+// scenario's read rate, half the floor's throughput, came from a floor
+// slower than the service's own arrangement.
+func TestFloor_RepliesAsTheServiceDoes(t *testing.T) {
+	env := testenv.NewNATS(t)
+	room := newBenchRoom("!floor:"+benchServerName, 100)
+	f, err := openFloor(context.Background(), filepath.Join(t.TempDir(), "floor.db"), env.Server, room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range 2 * apiReplyConns {
+		msg, err := env.NC.Request(floorScanSubject, floorRequest(room.Len()-i, 10), 5*time.Second)
+		if err != nil {
+			t.Fatalf("scan %d: %v", i, err)
+		}
+		if len(msg.Data) == 0 || msg.Header.Get("Nats-Service-Error-Code") != "" {
+			t.Fatalf("scan %d: %d bytes, error %q", i, len(msg.Data), msg.Header.Get("Nats-Service-Error"))
+		}
+	}
+	if n := f.nc.Stats().OutMsgs; n != 0 {
+		t.Errorf("the floor's serving connection published %d replies, want none", n)
+	}
+	if len(f.replyNCs) != apiReplyConns {
+		t.Fatalf("the floor replies over %d connections, the service over %d", len(f.replyNCs), apiReplyConns)
+	}
+	for i, nc := range f.replyNCs {
+		if n := nc.Stats().OutMsgs; n != 2 {
+			t.Errorf("reply connection %d published %d replies, want 2 of the %d", i, n, 2*apiReplyConns)
+		}
+	}
+}
+
 // TestExternalMemoryIsVmRSS: an external service's /metrics gives only
 // process_resident_memory_bytes, every resident page with bbolt's mapped
 // file: it is sampled and shown as VmRSS, and never judged against the
