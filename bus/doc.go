@@ -69,6 +69,12 @@
 // other than the CPU (a v1 room deletion waits minutes for the deletion)
 // calls Detach: its request gives the worker back and leaves the Load
 // count until it returns (at most ServiceOptions.MaxDetached at once).
+// Replies go out on the serving connection, or in turn on
+// ServiceOptions.ReplyConns: one connection sends one write at a time
+// (nats.go writes holding its mutex), and near capacity the workers
+// queued for it; connections that answer by a response permission may
+// reply only to requests they received, so those are for the service's
+// own user on the embedded server.
 //
 // A Load counts the requests a service holds, so that background work can
 // make way for reads: MakeWay while the requests outnumber a limit its

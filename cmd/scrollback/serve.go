@@ -623,10 +623,12 @@ func adminToken(dataDir, serverName string) (token, path string, made bool, err 
 const minAdminToken = 16
 
 // apiReplyConns is how many connections publish the API's replies on the
-// embedded server. BenchmarkAPI_MessagesOpenLoop near the service's
-// capacity (18-22k reads a second, docs/BENCHMARKS.md session 36): the
-// p99 fell from 21-188 ms with one connection to 13-32 ms with four;
-// two did about half as well, eight as well as four.
+// embedded server. BenchmarkAPI_MessagesOpenLoop (docs/BENCHMARKS.md,
+// session 36), alternating runs: offered 25k reads a second, one
+// connection answered 18.1-21.2k of them in time (15-28% lost), four all
+// but 0.9% at most; at 20k both kept up, and the p99 was 32, 244 and
+// 336 ms against 39, 20 and 23 ms. Two did about half as well as four,
+// eight no better.
 const apiReplyConns = 4
 
 // dialReplyConns opens n connections with dial, named <name>-reply-<i>,
