@@ -36,8 +36,16 @@ func serverMembersRoom(r *testenv.Room) (evs []testenv.Event, at map[string]test
 // checkServerMember checks RoomView.ServerMember for the room of
 // serverMembersRoom: in the state after each event, whether a user of
 // "test" is joined, and whether one is invited.
-func checkServerMember(t *testing.T, s *projections.Store, roomID string, at map[string]testenv.Event, seqs map[string]uint64) {
+func checkServerMember(t *testing.T, s *projections.Store, roomID string, at map[string]testenv.Event, evs []testenv.Event) {
 	t.Helper()
+	seqs := map[string]uint64{} // the log sequence of each of at's events: evs were applied from 1
+	for i, ev := range evs {
+		for k, e := range at {
+			if e.ID() == ev.ID() {
+				seqs[k] = uint64(i + 1)
+			}
+		}
+	}
 	is := func(m string) func(string) bool { return func(got string) bool { return got == m } }
 	want := []struct {
 		event           string
@@ -80,15 +88,7 @@ func TestRoomView_ServerMember(t *testing.T) {
 	r := testenv.NewRoom("servers", "test")
 	evs, at := serverMembersRoom(r)
 	apply(t, s, 1, evs...)
-	seqs := map[string]uint64{}
-	for i, ev := range evs {
-		for k, e := range at {
-			if e.ID() == ev.ID() {
-				seqs[k] = uint64(i + 1)
-			}
-		}
-	}
-	checkServerMember(t, s, r.ID, at, seqs)
+	checkServerMember(t, s, r.ID, at, evs)
 }
 
 // TestServerMembers_OlderFile: Open gives a file made before the
@@ -123,15 +123,7 @@ func TestServerMembers_OlderFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { testenv.CheckBolt(t, s.DB()); s.Close() })
-	seqs := map[string]uint64{}
-	for i, ev := range evs {
-		for k, e := range at {
-			if e.ID() == ev.ID() {
-				seqs[k] = uint64(i + 1)
-			}
-		}
-	}
-	checkServerMember(t, s, r.ID, at, seqs)
+	checkServerMember(t, s, r.ID, at, evs)
 }
 
 // TestRoomView_Successors: the events that name a parent the room does
