@@ -224,21 +224,6 @@ func localJoined(tx *bolt.Tx, room uint64, server string) (bool, error) {
 	return (&RoomView{tx: tx, room: room, meta: meta}).LocalJoined(server), nil
 }
 
-// LocalJoined reports whether a user of server is joined to the room now:
-// whether the server is still in it (Synapse deletes a room's current
-// state when its last local member leaves).
-func (v *RoomView) LocalJoined(server string) bool {
-	joined := false
-	v.CurrentMembers(func(user, membership string) bool {
-		if membership == "join" && commands.IsLocalUser(user, server) {
-			joined = true
-			return false
-		}
-		return true
-	})
-	return joined
-}
-
 // CurrentMembers calls fn with every user's current membership in the
 // room (after its last purge_room), until fn returns false.
 func (v *RoomView) CurrentMembers(fn func(user, membership string) bool) {

@@ -43,7 +43,9 @@ func indexMember(tx *bolt.Tx, room uint64, userID string) error {
 	if b.Get(k) != nil {
 		return nil
 	}
-	return b.Put(k, nil)
+	// Not nil: bbolt gives a nil value back as nil within its
+	// transaction, and the look-up above would put it again.
+	return b.Put(k, []byte{})
 }
 
 // ServerMember reports whether some user of server has, in the state after
@@ -51,13 +53,32 @@ func indexMember(tx *bolt.Tx, room uint64, userID string) error {
 // seek for the server's users in the room, then a state seek per user
 // until one passes: it does not read the other servers' members.
 func (v *RoomView) ServerMember(server string, depth, stream int64, ok func(membership string) bool) bool {
+	return v.anyServerMember(server, func(user string) (StateEntry, bool) {
+		return v.StateAt("m.room.member", user, depth, stream)
+	}, ok)
+}
+
+// LocalJoined reports whether a user of server is joined to the room now:
+// whether the server is still in it (Synapse deletes a room's current
+// state when its last local member leaves). Like ServerMember, it reads
+// the server's users alone: a room the server has left, with thousands of
+// members of other servers, costs a seek.
+func (v *RoomView) LocalJoined(server string) bool {
+	return v.anyServerMember(server, func(user string) (StateEntry, bool) {
+		return v.CurrentState("m.room.member", user)
+	}, func(membership string) bool { return membership == "join" })
+}
+
+// anyServerMember reports whether, for some user of server in the
+// srvmembers index, the membership state entry that at finds passes ok.
+func (v *RoomView) anyServerMember(server string, at func(user string) (StateEntry, bool), ok func(membership string) bool) bool {
 	if v.room == 0 {
 		return false
 	}
 	prefix := serverMemberPrefix(v.room, server)
 	c := v.bucket(bByServer).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		if e, found := v.StateAt("m.room.member", string(k[len(prefix):]), depth, stream); found && ok(e.Summary) {
+		if e, found := at(string(k[len(prefix):])); found && ok(e.Summary) {
 			return true
 		}
 	}

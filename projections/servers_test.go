@@ -174,3 +174,67 @@ func TestRoomView_Successors(t *testing.T) {
 	drainJanitor(t, s)
 	check("after the janitor", above)
 }
+
+// TestRoomView_LocalJoined: whether a user of ours is joined now, read
+// through the srvmembers index: not while ours is only invited or has
+// left, however many members of other servers are joined; yes once one
+// joins; not for a user ID whose part after the first colon is not our
+// name exactly; and not after a purge_room, whose later events start a
+// new timeline.
+func TestRoomView_LocalJoined(t *testing.T) {
+	s := openWithServer(t)
+	r := testenv.NewRoom("localjoined", "test")
+	evs, _ := serverMembersRoom(r) // alice of ours joined and left, bob of ours invited
+	evs = append(evs, r.Join("@carol:test:8448"))
+	next := apply(t, s, 1, evs...)
+	localJoined := func() bool {
+		var joined bool
+		if err := s.View(r.ID, func(v *projections.RoomView) error {
+			joined = v.LocalJoined("test")
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return joined
+	}
+	if localJoined() {
+		t.Fatal("joined, with ours left or invited and @carol:test:8448 of another server")
+	}
+	next = apply(t, s, next, r.Join("@bob:test"))
+	if !localJoined() {
+		t.Fatal("not joined after @bob:test joined")
+	}
+	applyCmd(t, s, next, r.ID, "pr", commands.ActionPurgeRoom, map[string]any{"force": true})
+	if localJoined() {
+		t.Fatal("joined after purge_room")
+	}
+}
+
+// BenchmarkRoomView_LocalJoined is the question retention asks of every
+// room it would purge, and purge_room of its room, for a room our server
+// has left with 10,000 members of other servers: a walk of the whole
+// membership before the srvmembers index, a seek since.
+func BenchmarkRoomView_LocalJoined(b *testing.B) {
+	s, err := projections.Open(b.TempDir()+"/p.db", projections.Options{ServerName: "test"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	r := testenv.NewRoom("left", "test")
+	evs := r.Setup("@alice:test")
+	for i := range 10_000 {
+		evs = append(evs, r.Join(fmt.Sprintf("@u%d:other.org", i)))
+	}
+	evs = append(evs, r.Member("@alice:test", "@alice:test", "leave"))
+	apply(b, s, 1, evs...)
+	for b.Loop() {
+		if err := s.View(r.ID, func(v *projections.RoomView) error {
+			if v.LocalJoined("test") {
+				b.Fatal("joined")
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
