@@ -333,8 +333,8 @@ func (r *TaskRunner) listAndKick(ctx context.Context, task *commands.Task, res *
 func (r *TaskRunner) localMembers(roomID string) (map[string]string, error) {
 	members := map[string]string{}
 	err := r.Store.View(roomID, func(v *projections.RoomView) error {
-		v.CurrentMembers(func(user, membership string) bool {
-			if commands.IsLocalUser(user, r.ServerName) && (membership == "join" || membership == "invite" || membership == "knock") {
+		v.ServerMembers(r.ServerName, func(user, membership string) bool {
+			if membership == "join" || membership == "invite" || membership == "knock" {
 				members[user] = membership
 			}
 			return true

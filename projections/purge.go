@@ -224,36 +224,6 @@ func localJoined(tx *bolt.Tx, room uint64, server string) (bool, error) {
 	return (&RoomView{tx: tx, room: room, meta: meta}).LocalJoined(server), nil
 }
 
-// CurrentMembers calls fn with every user's current membership in the
-// room (after its last purge_room), until fn returns false.
-func (v *RoomView) CurrentMembers(fn func(user, membership string) bool) {
-	if v.room == 0 {
-		return
-	}
-	prefix := statePrefix(v.room, "m.room.member", "")
-	prefix = prefix[:len(prefix)-2] // room|len(type)|type: every state key
-	c := v.bucket(bState).Cursor()
-	last := ""
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		rest := k[len(prefix):]
-		if len(rest) < 2+16 {
-			continue
-		}
-		n := int(binary.BigEndian.Uint16(rest))
-		if len(rest) != 2+n+16 {
-			continue
-		}
-		user := string(rest[2 : 2+n])
-		if user == last {
-			continue
-		}
-		last = user
-		if e, ok := v.CurrentState("m.room.member", user); ok && !fn(user, e.Summary) {
-			return
-		}
-	}
-}
-
 // PurgeDone reports whether a room's purged rows are physically gone.
 func (s *Store) PurgeDone(roomID string) (bool, error) {
 	p, err := s.PurgeProgress(roomID)
@@ -562,10 +532,7 @@ func (s *Store) ForgottenRooms(server string, now, period int64) ([]string, erro
 		}
 		local, eligible, byShutdown := 0, true, false
 		var last int64
-		v.CurrentMembers(func(user, membership string) bool {
-			if !commands.IsLocalUser(user, server) {
-				return true
-			}
+		v.ServerMembers(server, func(user, membership string) bool {
 			local++
 			ts := v.bucket(bForgot).Get(roomStrKey(v.room, user))
 			if membership == "join" || membership == "invite" || membership == "knock" || ts == nil {

@@ -53,9 +53,17 @@ func indexMember(tx *bolt.Tx, room uint64, userID string) error {
 // seek for the server's users in the room, then a state seek per user
 // until one passes: it does not read the other servers' members.
 func (v *RoomView) ServerMember(server string, depth, stream int64, ok func(membership string) bool) bool {
-	return v.anyServerMember(server, func(user string) (StateEntry, bool) {
-		return v.StateAt("m.room.member", user, depth, stream)
-	}, ok)
+	if v.room == 0 {
+		return false
+	}
+	prefix := serverMemberPrefix(v.room, server)
+	c := v.bucket(bByServer).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if e, found := v.StateAt("m.room.member", string(k[len(prefix):]), depth, stream); found && ok(e.Summary) {
+			return true
+		}
+	}
+	return false
 }
 
 // LocalJoined reports whether a user of server is joined to the room now:
@@ -64,25 +72,30 @@ func (v *RoomView) ServerMember(server string, depth, stream int64, ok func(memb
 // the server's users alone: a room the server has left, with thousands of
 // members of other servers, costs a seek.
 func (v *RoomView) LocalJoined(server string) bool {
-	return v.anyServerMember(server, func(user string) (StateEntry, bool) {
-		return v.CurrentState("m.room.member", user)
-	}, func(membership string) bool { return membership == "join" })
+	joined := false
+	v.ServerMembers(server, func(_, membership string) bool {
+		joined = membership == "join"
+		return !joined
+	})
+	return joined
 }
 
-// anyServerMember reports whether, for some user of server in the
-// srvmembers index, the membership state entry that at finds passes ok.
-func (v *RoomView) anyServerMember(server string, at func(user string) (StateEntry, bool), ok func(membership string) bool) bool {
+// ServerMembers calls fn with the current membership of each user of
+// server that has one in the room (after its last purge_room), in user ID
+// order, until fn returns false. It reads that server's users alone (the
+// srvmembers index), not the room's whole membership.
+func (v *RoomView) ServerMembers(server string, fn func(user, membership string) bool) {
 	if v.room == 0 {
-		return false
+		return
 	}
 	prefix := serverMemberPrefix(v.room, server)
 	c := v.bucket(bByServer).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		if e, found := at(string(k[len(prefix):])); found && ok(e.Summary) {
-			return true
+		user := string(k[len(prefix):])
+		if e, ok := v.CurrentState("m.room.member", user); ok && !fn(user, e.Summary) {
+			return
 		}
 	}
-	return false
 }
 
 // metaServerMembers is the meta key of a file whose srvmembers index is
