@@ -232,7 +232,7 @@ func (r *RetentionRunner) purgeRoom(ctx context.Context, t retentionTarget) erro
 		floor, localBelow = v.Floor(), v.DeleteLocalBelow()
 		// A room the server has left is not purged: Synapse's jobs find
 		// rooms through their current state, which it deletes when the
-		// last local member leaves. Asked last, as it walks the members.
+		// last local member leaves. Asked last: it reads our users.
 		joined = v.LocalJoined(r.Admin.ServerName)
 		return nil
 	}); err != nil {
