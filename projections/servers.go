@@ -53,17 +53,13 @@ func indexMember(tx *bolt.Tx, room uint64, userID string) error {
 // seek for the server's users in the room, then a state seek per user
 // until one passes: it does not read the other servers' members.
 func (v *RoomView) ServerMember(server string, depth, stream int64, ok func(membership string) bool) bool {
-	if v.room == 0 {
-		return false
-	}
-	prefix := serverMemberPrefix(v.room, server)
-	c := v.bucket(bByServer).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		if e, found := v.StateAt("m.room.member", string(k[len(prefix):]), depth, stream); found && ok(e.Summary) {
-			return true
-		}
-	}
-	return false
+	found := false
+	v.serverUsers(server, func(user string) bool {
+		e, at := v.StateAt("m.room.member", user, depth, stream)
+		found = at && ok(e.Summary)
+		return !found
+	})
+	return found
 }
 
 // LocalJoined reports whether a user of server is joined to the room now:
@@ -85,14 +81,22 @@ func (v *RoomView) LocalJoined(server string) bool {
 // order, until fn returns false. It reads that server's users alone (the
 // srvmembers index), not the room's whole membership.
 func (v *RoomView) ServerMembers(server string, fn func(user, membership string) bool) {
+	v.serverUsers(server, func(user string) bool {
+		e, ok := v.CurrentState("m.room.member", user)
+		return !ok || fn(user, e.Summary)
+	})
+}
+
+// serverUsers calls fn with each user of server in the room's srvmembers
+// index, in user ID order, until fn returns false.
+func (v *RoomView) serverUsers(server string, fn func(user string) bool) {
 	if v.room == 0 {
 		return
 	}
 	prefix := serverMemberPrefix(v.room, server)
 	c := v.bucket(bByServer).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		user := string(k[len(prefix):])
-		if e, ok := v.CurrentState("m.room.member", user); ok && !fn(user, e.Summary) {
+		if !fn(string(k[len(prefix):])) {
 			return
 		}
 	}
